@@ -1,0 +1,43 @@
+# Gongji developer commands. Every target sets up its own virtual environment first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup run test demo bench protos protos-check lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## Serve the gateway (127.0.0.1:50051, operators on :50052) and two stub provinces (650000 on :50061, 620000 on :50062).
+run: setup
+	$(PY) -m scripts.devstack
+
+## Play the seeds' story against a running `make run`.
+demo: setup
+	$(PY) -m scripts.demo
+
+## The test suite (real servers on port 0, real SQLite, and PostgreSQL when reachable; required when CI=true).
+test: setup
+	$(PY) -m pytest -q
+
+## Throughput and latency against a bare gRPC echo measured side by side; writes bench/results/latest.json.
+bench: setup
+	$(PY) -m bench
+
+protos: setup
+	bash scripts/gen_protos.sh
+
+protos-check: setup
+	bash scripts/check_protos.sh
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf var/ .pytest_cache .mypy_cache .ruff_cache

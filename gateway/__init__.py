@@ -1,0 +1,1 @@
+"""Gongji: the exchange gateway between provincial medical-insurance platforms."""

@@ -1,0 +1,1 @@
+"""The gRPC edge: servicers that translate, the error table, interceptors and conversions."""

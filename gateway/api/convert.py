@@ -1,0 +1,183 @@
+"""Proto <-> domain conversion for the API: strict decoding of signed payloads and views."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from google.protobuf import message as pb_message
+from google.protobuf.unknown_fields import UnknownFieldSet
+
+from gateway.domain.envelope import Header
+from gateway.domain.errors import InvalidArgument
+from gateway.domain.provinces import Policy, Province, ProvinceKey, ProvinceStatus
+from gateway.domain.transfers import (
+    Decision,
+    PersonRef,
+    Transfer,
+    TransferConfirmation,
+    TransferInstruction,
+    TransferQuery,
+    TransferState,
+)
+from gateway.wire import from_timestamp, timestamp
+from protos.gongji.v1 import common_pb2, operations_pb2, transfers_pb2
+
+P = TypeVar("P", bound=pb_message.Message)
+
+
+def _has_unknown_fields(message: pb_message.Message) -> bool:
+    if len(UnknownFieldSet(message)):
+        return True
+    for field, value in message.ListFields():
+        if field.message_type is None:
+            continue
+        if field.is_repeated:
+            if field.message_type.GetOptions().map_entry:
+                continue
+            if any(_has_unknown_fields(item) for item in value):
+                return True
+        elif _has_unknown_fields(value):
+            return True
+    return False
+
+
+def parse_strict(payload: bytes, message_class: type[P]) -> P:
+    """Parse exactly: malformed bytes and fields this contract does not know are refused."""
+    message = message_class()
+    try:
+        message.ParseFromString(payload)
+    except pb_message.DecodeError as error:
+        raise InvalidArgument("payload does not parse as " + message_class.DESCRIPTOR.full_name,
+                              reason="MALFORMED_PAYLOAD", field="payload") from error
+    if _has_unknown_fields(message):
+        raise InvalidArgument("payload has fields this contract does not define", reason="UNKNOWN_FIELDS",
+                              field="payload")
+    return message
+
+
+def header_from_proto(header: common_pb2.Header, present: bool) -> Header:
+    if not present:
+        raise InvalidArgument("header is required", reason="MISSING_FIELD", field="header")
+    if not header.HasField("created_at"):
+        raise InvalidArgument("header.created_at is required", reason="MISSING_FIELD", field="header.created_at")
+    try:
+        created_at = from_timestamp(header.created_at)
+    except (ValueError, OverflowError) as error:
+        raise InvalidArgument("header.created_at is not a valid time", reason="INVALID_TIMESTAMP",
+                              field="header.created_at") from error
+    return Header(header.message_id, header.sender, header.receiver, created_at)
+
+
+def decode_instruction(payload: bytes) -> TransferInstruction:
+    message = parse_strict(payload, transfers_pb2.TransferInstruction)
+    expires_at = None
+    if message.HasField("expires_at"):
+        try:
+            expires_at = from_timestamp(message.expires_at)
+        except (ValueError, OverflowError) as error:
+            raise InvalidArgument("expires_at is not a valid time", reason="INVALID_TIMESTAMP",
+                                  field="expires_at") from error
+    return TransferInstruction(
+        header=header_from_proto(message.header, message.HasField("header")),
+        giver=PersonRef(message.giver.id_number, message.giver.pooling_area),
+        receiver=PersonRef(message.receiver.id_number, message.receiver.pooling_area),
+        amount_fen=message.amount_fen, currency=message.currency, expires_at=expires_at,
+        binding_id=message.binding_id,
+    )
+
+
+_DECISIONS = {
+    transfers_pb2.CONFIRMATION_DECISION_CREDITED: Decision.CREDITED,
+    transfers_pb2.CONFIRMATION_DECISION_DECLINED: Decision.DECLINED,
+}
+
+
+def decode_confirmation(payload: bytes) -> TransferConfirmation:
+    message = parse_strict(payload, transfers_pb2.TransferConfirmation)
+    header = header_from_proto(message.header, message.HasField("header"))
+    decision = _DECISIONS.get(message.decision)
+    if decision is None:
+        raise InvalidArgument("decision must be CREDITED or DECLINED", reason="INVALID_DECISION", field="decision")
+    return TransferConfirmation(header, message.transfer_id, decision, message.decline_reason)
+
+
+def decode_query(payload: bytes) -> TransferQuery:
+    message = parse_strict(payload, transfers_pb2.TransferQuery)
+    return TransferQuery(header_from_proto(message.header, message.HasField("header")), message.transfer_id)
+
+
+def transfer_state_to_proto(state: TransferState) -> transfers_pb2.TransferState.ValueType:
+    return transfers_pb2.TransferState.Value(f"TRANSFER_STATE_{state.value}")
+
+
+def transfer_to_proto(transfer: Transfer) -> transfers_pb2.TransferView:
+    return transfers_pb2.TransferView(
+        transfer_id=transfer.transfer_id, state=transfer_state_to_proto(transfer.state),
+        giver_province=transfer.giver_province, receiver_province=transfer.receiver_province,
+        giver_id_masked=transfer.giver_id_masked, receiver_id_masked=transfer.receiver_id_masked,
+        amount_fen=transfer.amount_fen, currency=transfer.currency, created_at=timestamp(transfer.created_at),
+        updated_at=timestamp(transfer.updated_at), return_deadline=timestamp(transfer.return_deadline),
+        reason=transfer.reason, instruction_sha256=transfer.instruction_sha256,
+        settlement_window_id=transfer.settlement_window_id,
+        history=[transfers_pb2.TransferEvent(state=transfer_state_to_proto(e.state), at=timestamp(e.at), reason=e.reason)
+                 for e in transfer.history],
+    )
+
+
+_STATUS_TO_PROTO = {
+    ProvinceStatus.ACTIVE: operations_pb2.PROVINCE_STATUS_ACTIVE,
+    ProvinceStatus.SUSPENDED: operations_pb2.PROVINCE_STATUS_SUSPENDED,
+}
+_STATUS_FROM_PROTO = {v: k for k, v in _STATUS_TO_PROTO.items()}
+
+
+def province_status_from_proto(value: int) -> ProvinceStatus | None:
+    return _STATUS_FROM_PROTO.get(value)  # type: ignore[call-overload]
+
+
+def policy_from_proto(policy: operations_pb2.ProvincePolicy) -> Policy:
+    def opt(name: str) -> int | bool | None:
+        return getattr(policy, name) if policy.HasField(name) else None
+
+    return Policy(**{name: opt(name) for name in Policy.__slots__})  # type: ignore[arg-type]
+
+
+def policy_to_proto(policy: Policy) -> operations_pb2.ProvincePolicy:
+    return operations_pb2.ProvincePolicy(
+        **{name: getattr(policy, name) for name in Policy.__slots__ if getattr(policy, name) is not None})
+
+
+def key_from_proto(key: operations_pb2.ProvinceKey) -> ProvinceKey:
+    return ProvinceKey(
+        key_id=key.key_id, public_key=key.public_key, alg=key.alg or "ed25519",
+        valid_from=from_timestamp(key.valid_from) if key.HasField("valid_from") else None,
+        valid_until=from_timestamp(key.valid_until) if key.HasField("valid_until") else None,
+    )
+
+
+def key_to_proto(key: ProvinceKey) -> operations_pb2.ProvinceKey:
+    message = operations_pb2.ProvinceKey(key_id=key.key_id, alg=key.alg, public_key=key.public_key)
+    if key.valid_from:
+        message.valid_from.CopyFrom(timestamp(key.valid_from))
+    if key.valid_until:
+        message.valid_until.CopyFrom(timestamp(key.valid_until))
+    return message
+
+
+def province_from_proto(message: operations_pb2.Province) -> Province:
+    status = province_status_from_proto(message.status) or ProvinceStatus.ACTIVE
+    return Province(code=message.code, name=message.name, endpoint=message.endpoint, status=status,
+                    keys=tuple(key_from_proto(k) for k in message.keys), policy=policy_from_proto(message.policy))
+
+
+def province_to_proto(province: Province) -> operations_pb2.Province:
+    message = operations_pb2.Province(
+        code=province.code, name=province.name, endpoint=province.endpoint,
+        status=_STATUS_TO_PROTO[province.status], keys=[key_to_proto(k) for k in province.keys],
+        policy=policy_to_proto(province.policy))
+    if province.updated_at:
+        message.updated_at.CopyFrom(timestamp(province.updated_at))
+    return message
+
+

@@ -1,0 +1,107 @@
+"""The one table from domain errors to gRPC status codes, applied by one server interceptor."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from gateway.domain import errors
+
+log = logging.getLogger(__name__)
+
+ERROR_DOMAIN = "gongji.v1"
+
+STATUS_BY_ERROR: dict[type[errors.GongjiError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.RequestInFlight: grpc.StatusCode.ABORTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+}
+
+
+def status_code_for(error: errors.GongjiError) -> grpc.StatusCode:
+    for cls in type(error).__mro__:
+        code = STATUS_BY_ERROR.get(cls)  # type: ignore[call-overload]
+        if code is not None:
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def rich_status(code: grpc.StatusCode, message: str, reason: str, metadata: dict[str, str]) -> grpc.Status:
+    """A status carrying a google.rpc.ErrorInfo detail (domain gongji.v1, a stable reason)."""
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata))
+    return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=message, details=[detail]))
+
+
+def status_for(error: Exception) -> grpc.Status:
+    if isinstance(error, errors.GongjiError):
+        metadata = {}
+        if error.field:
+            metadata["field"] = error.field
+        if error.replay:
+            metadata["replay"] = "true"
+        return rich_status(status_code_for(error), error.message, error.reason, metadata)
+    return rich_status(grpc.StatusCode.INTERNAL, "internal error", "INTERNAL", {})
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: Exception, method: str) -> None:
+    if not isinstance(error, errors.GongjiError):
+        log.error("unexpected error in %s", method, exc_info=error)
+    status = status_for(error)
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+    """Turns exceptions raised by servicers into statuses; nothing unexpected reaches the client as is."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                try:
+                    return await inner(request, context)
+                except (errors.GongjiError, Exception) as error:
+                    if isinstance(error, grpc.aio.AbortError):
+                        raise
+                    await _abort(context, error, method)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                try:
+                    async for item in inner_stream(request, context):
+                        yield item
+                except (errors.GongjiError, Exception) as error:
+                    if isinstance(error, grpc.aio.AbortError):
+                        raise
+                    await _abort(context, error, method)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        return handler

@@ -1,0 +1,163 @@
+"""Servicers: proto in -> convert -> one use case -> convert -> proto out. Nothing else happens here."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from gateway.api import convert
+from gateway.domain.errors import Unimplemented
+from gateway.usecases import provinces as province_cases
+from gateway.usecases import transfers as transfer_cases
+from gateway.usecases.context import UseCaseContext
+from gateway.wire import envelope_from_proto
+from protos.gongji.v1 import (
+    common_pb2,
+    operations_pb2,
+    operations_pb2_grpc,
+    relations_pb2_grpc,
+    settlements_pb2_grpc,
+    transfers_pb2,
+    transfers_pb2_grpc,
+)
+
+T = TypeVar("T")
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class UseCaseRunner:
+    """Runs a synchronous use case off the event loop and wakes the outbox after state changes."""
+
+    def __init__(self, ctx: UseCaseContext, run_in_db: Callable[..., Awaitable[Any]],
+                 on_change: Callable[[], None]) -> None:
+        self.ctx = ctx
+        self._run_in_db = run_in_db
+        self._on_change = on_change
+
+    async def query(self, use_case: Callable[..., T], *args: Any) -> T:
+        result: T = await self._run_in_db(use_case, self.ctx, *args)
+        return result
+
+    async def change(self, use_case: Callable[..., T], *args: Any) -> T:
+        result: T = await self._run_in_db(use_case, self.ctx, *args)
+        self._on_change()
+        return result
+
+
+def peer_identity(context: Context) -> str | None:
+    """The province the transport authenticated, or None on a connection without client certificates."""
+    return None
+
+
+def _receipt_envelope(answer: transfer_cases.ReceiptAnswer) -> common_pb2.SignedEnvelope:
+    return common_pb2.SignedEnvelope.FromString(answer.receipt)
+
+
+class TransfersServicer(transfers_pb2_grpc.TransfersServicer):
+    def __init__(self, run: UseCaseRunner) -> None:
+        self._run = run
+
+    async def SubmitTransfer(self, request: transfers_pb2.SubmitTransferRequest,
+                             context: Context) -> transfers_pb2.SubmitTransferResponse:
+        answer = await self._run.change(transfer_cases.submit_transfer, envelope_from_proto(request.instruction),
+                                        peer_identity(context), convert.decode_instruction)
+        return transfers_pb2.SubmitTransferResponse(
+            receipt=_receipt_envelope(answer), replay=answer.replay, transfer_id=answer.subject_id,
+            state=convert.transfer_state_to_proto(answer.state))
+
+    async def ConfirmTransfer(self, request: transfers_pb2.ConfirmTransferRequest,
+                              context: Context) -> transfers_pb2.ConfirmTransferResponse:
+        answer = await self._run.change(transfer_cases.confirm_transfer, envelope_from_proto(request.confirmation),
+                                        peer_identity(context), convert.decode_confirmation)
+        return transfers_pb2.ConfirmTransferResponse(
+            receipt=_receipt_envelope(answer), replay=answer.replay,
+            state=convert.transfer_state_to_proto(answer.state))
+
+    async def GetTransfer(self, request: transfers_pb2.GetTransferRequest,
+                          context: Context) -> transfers_pb2.GetTransferResponse:
+        transfer = await self._run.query(transfer_cases.get_transfer, envelope_from_proto(request.query),
+                                         peer_identity(context), convert.decode_query)
+        return transfers_pb2.GetTransferResponse(transfer=convert.transfer_to_proto(transfer))
+
+
+def _later(method: str, issue: str) -> Unimplemented:
+    return Unimplemented(f"{method} is declared in the contract and arrives with {issue}")
+
+
+class OperationsServicer(operations_pb2_grpc.OperationsServicer):
+    def __init__(self, run: UseCaseRunner) -> None:
+        self._run = run
+
+    async def RegisterProvince(self, request: operations_pb2.RegisterProvinceRequest,
+                               context: Context) -> operations_pb2.RegisterProvinceResponse:
+        province = await self._run.change(province_cases.register_province,
+                                          convert.province_from_proto(request.province))
+        return operations_pb2.RegisterProvinceResponse(province=convert.province_to_proto(province))
+
+    async def UpdateProvince(self, request: operations_pb2.UpdateProvinceRequest,
+                             context: Context) -> operations_pb2.UpdateProvinceResponse:
+        changes = province_cases.ProvinceChanges(
+            name=request.name if request.HasField("name") else None,
+            endpoint=request.endpoint if request.HasField("endpoint") else None,
+            status=convert.province_status_from_proto(request.status),
+            add_keys=[convert.key_from_proto(k) for k in request.add_keys],
+            retire_key_ids=list(request.retire_key_ids),
+            policy=convert.policy_from_proto(request.policy) if request.HasField("policy") else None,
+        )
+        province = await self._run.change(province_cases.update_province, request.code, changes)
+        return operations_pb2.UpdateProvinceResponse(province=convert.province_to_proto(province))
+
+    async def ListProvinces(self, request: operations_pb2.ListProvincesRequest,
+                            context: Context) -> operations_pb2.ListProvincesResponse:
+        provinces = await self._run.query(province_cases.list_provinces)
+        return operations_pb2.ListProvincesResponse(provinces=[convert.province_to_proto(p) for p in provinces])
+
+    async def ListTransfers(self, request: Any, context: Context) -> Any:
+        raise _later("ListTransfers", "issue 4 (operators' view)")
+
+    async def WatchTransfers(self, request: Any, context: Context) -> Any:
+        raise _later("WatchTransfers", "issue 4 (operators' view)")
+        yield  # an async generator, as a server-streaming handler must be
+
+    async def GetStats(self, request: Any, context: Context) -> Any:
+        raise _later("GetStats", "issue 4 (operators' view)")
+
+    async def CloseSettlementWindow(self, request: Any, context: Context) -> Any:
+        raise _later("CloseSettlementWindow", "issue 4 (settlement)")
+
+    async def RecordSettlementPayment(self, request: Any, context: Context) -> Any:
+        raise _later("RecordSettlementPayment", "issue 4 (settlement)")
+
+
+class RelationsServicer(relations_pb2_grpc.RelationsServicer):
+    """Declared now; issue 3 implements family relations."""
+
+    async def VerifyRelation(self, request: Any, context: Context) -> Any:
+        raise _later("VerifyRelation", "issue 3 (family relations)")
+
+    async def ProposeBinding(self, request: Any, context: Context) -> Any:
+        raise _later("ProposeBinding", "issue 3 (family relations)")
+
+    async def AcceptBinding(self, request: Any, context: Context) -> Any:
+        raise _later("AcceptBinding", "issue 3 (family relations)")
+
+    async def DissolveBinding(self, request: Any, context: Context) -> Any:
+        raise _later("DissolveBinding", "issue 3 (family relations)")
+
+    async def GetBinding(self, request: Any, context: Context) -> Any:
+        raise _later("GetBinding", "issue 3 (family relations)")
+
+    async def ReportMemberChange(self, request: Any, context: Context) -> Any:
+        raise _later("ReportMemberChange", "issue 3 (family relations)")
+
+
+class SettlementsServicer(settlements_pb2_grpc.SettlementsServicer):
+    """Declared now; issue 4 implements settlement."""
+
+    async def GetSettlement(self, request: Any, context: Context) -> Any:
+        raise _later("GetSettlement", "issue 4 (settlement)")
+
+    async def AcknowledgeSettlement(self, request: Any, context: Context) -> Any:
+        raise _later("AcknowledgeSettlement", "issue 4 (settlement)")

@@ -1,0 +1,154 @@
+"""Composition root: the only place where concrete classes meet. Tests call create_gateway on port 0."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from sqlalchemy import Engine
+
+from gateway.api.errors import ErrorMappingInterceptor
+from gateway.api.receipts import SignedReceiptIssuer
+from gateway.api.servicers import (
+    OperationsServicer,
+    RelationsServicer,
+    SettlementsServicer,
+    TransfersServicer,
+    UseCaseRunner,
+)
+from gateway.config import Settings
+from gateway.domain.clock import Clock, SystemClock
+from gateway.domain.envelope import GATEWAY
+from gateway.manifest import load_manifest
+from gateway.provinces.client import ProvinceClient
+from gateway.provinces.outbox import OutboxWorker
+from gateway.security.hashing import HmacPersonHasher, load_or_create_secret
+from gateway.security.keys import ensure_key_pair
+from gateway.security.signing import EnvelopeSigner
+from gateway.store.sql import SqlUnitOfWork, create_schema, make_engine
+from gateway.usecases.context import UseCaseContext
+from gateway.usecases.provinces import apply_manifest
+from protos.gongji.v1 import (
+    operations_pb2,
+    operations_pb2_grpc,
+    relations_pb2,
+    relations_pb2_grpc,
+    settlements_pb2,
+    settlements_pb2_grpc,
+    transfers_pb2,
+    transfers_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+
+PROVINCE_SERVICES = (
+    transfers_pb2.DESCRIPTOR.services_by_name["Transfers"].full_name,
+    relations_pb2.DESCRIPTOR.services_by_name["Relations"].full_name,
+    settlements_pb2.DESCRIPTOR.services_by_name["Settlements"].full_name,
+)
+OPERATOR_SERVICES = (operations_pb2.DESCRIPTOR.services_by_name["Operations"].full_name,)
+
+
+@dataclass
+class Gateway:
+    """A running gateway: the provinces' server, the operators' server and the outbox loop."""
+
+    port: int
+    ops_port: int
+    context: UseCaseContext
+    engine: Engine
+    _server: grpc.aio.Server
+    _ops_server: grpc.aio.Server
+    _healths: tuple[health.aio.HealthServicer, ...]
+    _outbox: OutboxWorker
+    _client: ProvinceClient
+    _executor: ThreadPoolExecutor
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Graceful stop: health NOT_SERVING first, then in-flight calls finish within `grace`."""
+        for servicer in self._healths:
+            await servicer.enter_graceful_shutdown()
+        await asyncio.gather(self._server.stop(grace), self._ops_server.stop(grace))
+        await self._outbox.stop()
+        await self._client.close()
+        self._executor.shutdown(wait=True)
+        self.engine.dispose()
+
+    async def wait_for_termination(self) -> None:
+        await self._server.wait_for_termination()
+
+
+def _new_server(settings: Settings, services: tuple[str, ...]) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    server = grpc.aio.server(
+        interceptors=[ErrorMappingInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+        ],
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    return server, health_servicer
+
+
+def _bind(server: grpc.aio.Server, address: str) -> int:
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    return port
+
+
+async def create_gateway(settings: Settings, clock: Clock | None = None) -> Gateway:
+    """Build and start everything `settings` describes; ports 0 pick free ports (see .port/.ops_port)."""
+    clock = clock or SystemClock()
+    engine = make_engine(settings.database_url)
+    create_schema(engine)
+    signer = EnvelopeSigner(GATEWAY, settings.gateway_key_id,
+                            ensure_key_pair(settings.gateway_key_file, settings.gateway_public_key_file))
+    context = UseCaseContext(
+        uow=functools.partial(SqlUnitOfWork, engine),
+        clock=clock,
+        receipts=SignedReceiptIssuer(signer),
+        hasher=HmacPersonHasher(load_or_create_secret(settings.id_hash_key_file)),
+        max_clock_skew=timedelta(seconds=settings.max_clock_skew_seconds),
+    )
+    if settings.manifest is not None:
+        result = apply_manifest(context, load_manifest(settings.manifest))
+        log.info("manifest %s applied: created %s, updated %s", settings.manifest, result.created, result.updated)
+
+    executor = ThreadPoolExecutor(max_workers=settings.db_threads, thread_name_prefix="db")
+    loop = asyncio.get_running_loop()
+
+    def run_in_db(use_case: Any, *args: Any) -> asyncio.Future[Any]:
+        return loop.run_in_executor(executor, functools.partial(use_case, *args))
+
+    client = ProvinceClient(signer, clock, settings.province_call_timeout_seconds)
+    outbox = OutboxWorker(context, client, run_in_db, settings.outbox)
+    runner = UseCaseRunner(context, run_in_db, outbox.wake)
+
+    server, server_health = _new_server(settings, PROVINCE_SERVICES)
+    transfers_pb2_grpc.add_TransfersServicer_to_server(TransfersServicer(runner), server)
+    relations_pb2_grpc.add_RelationsServicer_to_server(RelationsServicer(), server)
+    settlements_pb2_grpc.add_SettlementsServicer_to_server(SettlementsServicer(), server)
+    ops_server, ops_health = _new_server(settings, OPERATOR_SERVICES)
+    operations_pb2_grpc.add_OperationsServicer_to_server(OperationsServicer(runner), ops_server)
+
+    port = _bind(server, settings.listen)
+    ops_port = _bind(ops_server, settings.ops_listen)
+    await server.start()
+    await ops_server.start()
+    outbox.start()
+    for health_servicer, services in ((server_health, PROVINCE_SERVICES), (ops_health, OPERATOR_SERVICES)):
+        for name in ("", *services):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return Gateway(port, ops_port, context, engine, server, ops_server, (server_health, ops_health), outbox, client,
+                   executor)

@@ -1,0 +1,86 @@
+"""Settings: read and validated once at start-up, the only reader of the environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.provinces.outbox import OutboxSettings
+from gateway.usecases.outbox import Backoff
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the gateway refuses to start."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: str = "127.0.0.1:50051"
+    ops_listen: str = "127.0.0.1:50052"
+    database_url: str = "sqlite:///var/gongji.db"
+    manifest: Path | None = None
+    # Secrets are file paths, never values (created on first start when missing, for development).
+    gateway_key_file: Path = Path("var/keys/gateway.key")
+    gateway_key_id: str = "gateway-k1"
+    id_hash_key_file: Path = Path("var/keys/id-hash.key")
+    max_clock_skew_seconds: float = 120.0
+    province_call_timeout_seconds: float = 5.0
+    db_threads: int = 1
+    max_message_bytes: int = 256 * 1024
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    @property
+    def gateway_public_key_file(self) -> Path:
+        return self.gateway_key_file.with_suffix(".pub")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+        def get(name: str, default: str) -> str:
+            return env.get(f"GONGJI_{name}", default)
+
+        def number(name: str, default: float) -> float:
+            raw = get(name, str(default))
+            try:
+                return float(raw)
+            except ValueError:
+                raise ConfigError(f"GONGJI_{name} must be a number, got {raw!r}") from None
+
+        database_url = get("DATABASE_URL", cls.database_url)
+        sqlite = database_url.startswith("sqlite")
+        manifest = get("MANIFEST", "")
+        settings = cls(
+            listen=get("LISTEN", cls.listen),
+            ops_listen=get("OPS_LISTEN", cls.ops_listen),
+            database_url=database_url,
+            manifest=Path(manifest) if manifest else None,
+            gateway_key_file=Path(get("GATEWAY_KEY_FILE", str(cls.gateway_key_file))),
+            gateway_key_id=get("GATEWAY_KEY_ID", cls.gateway_key_id),
+            id_hash_key_file=Path(get("ID_HASH_KEY_FILE", str(cls.id_hash_key_file))),
+            max_clock_skew_seconds=number("MAX_CLOCK_SKEW_SECONDS", cls.max_clock_skew_seconds),
+            province_call_timeout_seconds=number("PROVINCE_CALL_TIMEOUT_SECONDS", cls.province_call_timeout_seconds),
+            # SQLite has one writer: one database thread avoids lock contention; PostgreSQL takes more.
+            db_threads=int(number("DB_THREADS", 1 if sqlite else 8)),
+            outbox=OutboxSettings(backoff=Backoff(
+                base_seconds=number("OUTBOX_BACKOFF_BASE_SECONDS", 0.2),
+                max_seconds=number("OUTBOX_BACKOFF_MAX_SECONDS", 30.0))),
+            log_level=get("LOG_LEVEL", "INFO").upper(),
+            log_json=get("LOG_JSON", "false").lower() in ("1", "true", "yes"),
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        for name in ("listen", "ops_listen"):
+            host, sep, port = getattr(self, name).rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ConfigError(f"{name} must be host:port, got {getattr(self, name)!r}")
+        if not self.database_url.startswith(("sqlite", "postgresql")):
+            raise ConfigError("database_url must be a sqlite:/// or postgresql:// URL")
+        if self.manifest is not None and not self.manifest.is_file():
+            raise ConfigError(f"manifest {self.manifest} does not exist")
+        if self.db_threads < 1 or self.max_clock_skew_seconds <= 0 or self.province_call_timeout_seconds <= 0:
+            raise ConfigError("db_threads, max_clock_skew_seconds and province_call_timeout_seconds must be positive")

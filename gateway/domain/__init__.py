@@ -1,0 +1,1 @@
+"""The domain: entities, value objects and rules. Standard library only."""

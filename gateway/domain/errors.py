@@ -1,0 +1,71 @@
+"""Domain errors: each carries a stable reason and, where there is one, the offending field."""
+
+from __future__ import annotations
+
+
+class GongjiError(Exception):
+    """Base of every expected failure. `reason` is stable UPPER_SNAKE_CASE; `field` names the input."""
+
+    default_reason = "ERROR"
+
+    def __init__(self, message: str, *, reason: str | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.field = field
+        # True when this is a stored refusal given again to a resend (D15).
+        self.replay = False
+
+
+class InvalidArgument(GongjiError):
+    """A malformed or invalid field."""
+
+    default_reason = "INVALID_ARGUMENT"
+
+
+class Unauthenticated(GongjiError):
+    """Bad signature, unknown or inactive key, algorithm not allowed."""
+
+    default_reason = "BAD_SIGNATURE"
+
+
+class PermissionDenied(GongjiError):
+    """A province acting for another, or on something that is not its own (D14, D20)."""
+
+    default_reason = "NOT_YOUR_PROVINCE"
+
+
+class NotFound(GongjiError):
+    default_reason = "NOT_FOUND"
+
+
+class AlreadyExists(GongjiError):
+    default_reason = "ALREADY_EXISTS"
+
+
+class ModifiedRequest(AlreadyExists):
+    """Same (sender, message_id), different payload bytes (D15)."""
+
+    default_reason = "MODIFIED_REQUEST"
+
+
+class FailedPrecondition(GongjiError):
+    """A rule or the current state forbids it; stored and replayed like any answer."""
+
+    default_reason = "FAILED_PRECONDITION"
+
+
+class RequestInFlight(GongjiError):
+    """The same (sender, message_id) is being processed right now: retry with the same key."""
+
+    default_reason = "REQUEST_IN_FLIGHT"
+
+
+class Unavailable(GongjiError):
+    default_reason = "UNAVAILABLE"
+
+
+class Unimplemented(GongjiError):
+    """Declared in the contract, implemented by a later release."""
+
+    default_reason = "NOT_IMPLEMENTED"

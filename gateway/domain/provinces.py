@@ -1,0 +1,123 @@
+"""The routing table as the domain sees it: provinces, their keys, status and policy."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from gateway.domain.envelope import ALLOWED_ALGS
+from gateway.domain.errors import InvalidArgument
+
+PROVINCE_CODE = re.compile(r"\d{2}0000")
+KEY_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
+
+
+class ProvinceStatus(enum.Enum):
+    ACTIVE = "ACTIVE"
+    SUSPENDED = "SUSPENDED"
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Per-province policy (D8, D12, D13); None means the national default."""
+
+    single_relation_only: bool | None = None
+    daily_transfer_limit: int | None = None
+    max_transfer_fen: int | None = None
+    blackout_start_minute: int | None = None
+    blackout_end_minute: int | None = None
+    return_hour: int | None = None
+    delivery_deadline_seconds: int | None = None
+
+
+NATIONAL_DEFAULTS = Policy(
+    single_relation_only=False,
+    daily_transfer_limit=3,
+    max_transfer_fen=200_000,
+    blackout_start_minute=22 * 60,
+    blackout_end_minute=6 * 60,
+    return_hour=6,
+    delivery_deadline_seconds=600,
+)
+
+
+def effective_policy(policy: Policy) -> Policy:
+    """The province's overrides on top of the national defaults."""
+    merged = {
+        name: getattr(policy, name) if getattr(policy, name) is not None else getattr(NATIONAL_DEFAULTS, name)
+        for name in Policy.__slots__
+    }
+    return Policy(**merged)
+
+
+@dataclass(frozen=True, slots=True)
+class ProvinceKey:
+    key_id: str
+    public_key: bytes
+    alg: str = "ed25519"
+    valid_from: datetime | None = None
+    valid_until: datetime | None = None
+
+    def is_valid_at(self, at: datetime) -> bool:
+        if self.valid_from is not None and at < self.valid_from:
+            return False
+        return self.valid_until is None or at < self.valid_until
+
+
+@dataclass(frozen=True, slots=True)
+class Province:
+    code: str
+    name: str
+    endpoint: str
+    status: ProvinceStatus = ProvinceStatus.ACTIVE
+    keys: tuple[ProvinceKey, ...] = ()
+    policy: Policy = field(default_factory=Policy)
+    updated_at: datetime | None = None
+
+    @property
+    def is_active(self) -> bool:
+        return self.status is ProvinceStatus.ACTIVE
+
+
+def validate_province_code(code: str, field_name: str = "code") -> None:
+    if not PROVINCE_CODE.fullmatch(code):
+        raise InvalidArgument("a province code is six digits ending in 0000", reason="INVALID_PROVINCE_CODE",
+                              field=field_name)
+
+
+def validate_endpoint(endpoint: str, field_name: str = "endpoint") -> None:
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidArgument("an endpoint is host:port", reason="INVALID_ENDPOINT", field=field_name)
+
+
+def validate_key(key: ProvinceKey, field_name: str = "keys") -> None:
+    if not KEY_ID.fullmatch(key.key_id):
+        raise InvalidArgument("key_id is 1-64 characters [A-Za-z0-9._:-]", reason="INVALID_KEY_ID",
+                              field=f"{field_name}.key_id")
+    if key.alg not in ALLOWED_ALGS:
+        raise InvalidArgument("only ed25519 keys are accepted", reason="ALGORITHM_NOT_ALLOWED",
+                              field=f"{field_name}.alg")
+    if len(key.public_key) != 32:
+        raise InvalidArgument("an Ed25519 public key is 32 bytes", reason="INVALID_PUBLIC_KEY",
+                              field=f"{field_name}.public_key")
+    if key.valid_from and key.valid_until and key.valid_until <= key.valid_from:
+        raise InvalidArgument("valid_until must be after valid_from", reason="INVALID_KEY_VALIDITY",
+                              field=f"{field_name}.valid_until")
+
+
+def validate_policy(policy: Policy) -> None:
+    checks: list[tuple[str, int | None, int, int]] = [
+        ("daily_transfer_limit", policy.daily_transfer_limit, 1, 1000),
+        ("max_transfer_fen", policy.max_transfer_fen, 1, 2**63 - 1),
+        ("blackout_start_minute", policy.blackout_start_minute, 0, 1439),
+        ("blackout_end_minute", policy.blackout_end_minute, 0, 1439),
+        ("return_hour", policy.return_hour, 0, 23),
+        ("delivery_deadline_seconds", policy.delivery_deadline_seconds, 1, 7 * 24 * 3600),
+    ]
+    for name, value, low, high in checks:
+        if value is not None and not low <= value <= high:
+            raise InvalidArgument(f"policy.{name} must be within {low}..{high}", reason="INVALID_POLICY",
+                                  field=f"policy.{name}")

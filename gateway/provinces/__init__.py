@@ -1,0 +1,1 @@
+"""Outbound calls to provinces (ProvinceInbox) and the outbox that drives them."""

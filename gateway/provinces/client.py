@@ -1,0 +1,102 @@
+"""The gateway's client of each province's ProvinceInbox: signed messages, a deadline on every call.
+
+grpc.RpcError never leaves this module: every outcome becomes a SendResult.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from gateway.domain.clock import Clock
+from gateway.domain.envelope import GATEWAY
+from gateway.domain.records import OutboxKind
+from gateway.domain.transfers import TransferState
+from gateway.security.signing import EnvelopeSigner
+from gateway.usecases.outbox import OutboxWork, SendResult
+from gateway.wire import envelope_to_proto, timestamp
+from protos.gongji.v1 import common_pb2, province_pb2, province_pb2_grpc, transfers_pb2
+
+log = logging.getLogger(__name__)
+
+MAX_CACHED_CHANNELS = 64
+
+
+class ProvinceClient:
+    def __init__(self, signer: EnvelopeSigner, clock: Clock, call_timeout_seconds: float) -> None:
+        self._signer = signer
+        self._clock = clock
+        self._timeout = call_timeout_seconds
+        self._stubs: dict[str, province_pb2_grpc.ProvinceInboxStub] = {}
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def _stub(self, endpoint: str) -> province_pb2_grpc.ProvinceInboxStub:
+        # Keyed by endpoint, read fresh from the routing table for every message: an endpoint change
+        # takes effect on the next call.
+        stub = self._stubs.get(endpoint)
+        if stub is None:
+            if len(self._channels) >= MAX_CACHED_CHANNELS:
+                oldest = next(iter(self._channels))
+                self._stubs.pop(oldest, None)
+                self._channels.pop(oldest)  # closed by garbage collection; in-flight calls finish
+            channel = grpc.aio.insecure_channel(endpoint)
+            self._channels[endpoint] = channel
+            stub = self._stubs[endpoint] = province_pb2_grpc.ProvinceInboxStub(channel)
+        return stub
+
+    def _header(self, message_id: str, receiver: str) -> common_pb2.Header:
+        return common_pb2.Header(message_id=message_id, sender=GATEWAY, receiver=receiver,
+                                 created_at=timestamp(self._clock.now()))
+
+    def _sign(self, payload_type: str, payload: bytes) -> common_pb2.SignedEnvelope:
+        return envelope_to_proto(self._signer.sign(payload_type, payload))
+
+    async def send(self, work: OutboxWork) -> SendResult:
+        if not work.destination_active:
+            return SendResult.failed("PROVINCE_SUSPENDED")
+        try:
+            if work.message.kind is OutboxKind.DELIVER_TRANSFER:
+                return await self._deliver(work)
+            return await self._notify(work)
+        except grpc.aio.AioRpcError as error:
+            return SendResult.failed(error.code().name)
+        except Exception:  # a bug must not kill the outbox loop; the message is retried
+            log.exception("sending outbox message %s failed unexpectedly", work.message.id)
+            return SendResult.failed("INTERNAL")
+
+    async def _deliver(self, work: OutboxWork) -> SendResult:
+        transfer, message = work.transfer, work.message
+        assert work.instruction is not None
+        delivery = province_pb2.TransferDelivery(
+            header=self._header(message.message_id, message.destination), transfer_id=transfer.transfer_id,
+            instruction_sha256=transfer.instruction_sha256, confirm_by=timestamp(transfer.return_deadline))
+        request = province_pb2.DeliverTransferRequest(
+            instruction=envelope_to_proto(work.instruction),
+            delivery=self._sign("gongji.v1.TransferDelivery", delivery.SerializeToString()))
+        answer = await self._stub(work.endpoint).DeliverTransfer(request, timeout=self._timeout)
+        if answer.decision == province_pb2.DELIVERY_DECISION_ACCEPTED:
+            return SendResult(acknowledged=True)
+        if answer.decision == province_pb2.DELIVERY_DECISION_REJECTED:
+            return SendResult(acknowledged=True, rejected=True, reason=answer.reject_reason or "REJECTED_BY_RECEIVER")
+        return SendResult.failed("NO_DECISION")
+
+    async def _notify(self, work: OutboxWork) -> SendResult:
+        transfer, message = work.transfer, work.message
+        state = TransferState(message.message_id.rsplit(":", 1)[1])
+        outcome = province_pb2.Outcome(
+            header=self._header(message.message_id, message.destination),
+            transfer=province_pb2.TransferOutcome(
+                transfer_id=transfer.transfer_id, state=transfers_pb2.TransferState.Value(f"TRANSFER_STATE_{state.value}"),
+                reason=transfer.reason if transfer.state is state else "", amount_fen=transfer.amount_fen,
+                giver_province=transfer.giver_province, receiver_province=transfer.receiver_province,
+                decided_at=timestamp(transfer.updated_at)))
+        request = province_pb2.NotifyOutcomeRequest(outcome=self._sign("gongji.v1.Outcome", outcome.SerializeToString()))
+        await self._stub(work.endpoint).NotifyOutcome(request, timeout=self._timeout)
+        return SendResult(acknowledged=True)
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+        self._stubs.clear()

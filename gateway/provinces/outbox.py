@@ -1,0 +1,96 @@
+"""The outbox loop: sends due messages to provinces concurrently and records the answers durably."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from gateway.provinces.client import ProvinceClient
+from gateway.usecases.context import UseCaseContext
+from gateway.usecases.outbox import Backoff, claim_outbox_work, record_outbox_results, sweep_deadlines
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+RunInDb = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class OutboxSettings:
+    batch_size: int = 64
+    batches_in_flight: int = 4
+    poll_interval_seconds: float = 0.25
+    sweep_interval_seconds: float = 0.5
+    lease_seconds: float = 30.0
+    backoff: Backoff = Backoff()
+
+
+class OutboxWorker:
+    def __init__(self, ctx: UseCaseContext, client: ProvinceClient, run_in_db: RunInDb,
+                 settings: OutboxSettings) -> None:
+        self._ctx = ctx
+        self._client = client
+        self._run_in_db = run_in_db
+        self._settings = settings
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(settings.batches_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._main: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        """Called after a use case enqueued something, so it goes out now rather than at the next poll."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._main = asyncio.get_running_loop().create_task(self._run(), name="outbox")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._main is not None:
+            await self._main
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_sweep = 0.0
+        while not self._stopping:
+            try:
+                if loop.time() >= next_sweep:
+                    await self._run_in_db(sweep_deadlines, self._ctx)
+                    next_sweep = loop.time() + self._settings.sweep_interval_seconds
+                await self._slots.acquire()
+                self._wake.clear()
+                work = await self._run_in_db(claim_outbox_work, self._ctx, self._settings.batch_size,
+                                             timedelta(seconds=self._settings.lease_seconds))
+                if work:
+                    task = loop.create_task(self._send_batch(work))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                    continue
+                self._slots.release()
+            except Exception:
+                log.exception("outbox loop iteration failed; retrying")
+                self._slots.release()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._settings.poll_interval_seconds)
+            except TimeoutError:
+                pass
+
+    async def _send_batch(self, work: list[Any]) -> None:
+        try:
+            results = await asyncio.gather(*(self._client.send(item) for item in work))
+            await self._run_in_db(record_outbox_results, self._ctx, list(zip(work, results, strict=True)),
+                                  self._settings.backoff)
+        except Exception:
+            # The lease expires and the messages are retried; nothing is lost.
+            log.exception("recording an outbox batch failed")
+        finally:
+            self._slots.release()
+            if len(work) == self._settings.batch_size:
+                self._wake.set()  # a full batch: more is probably waiting

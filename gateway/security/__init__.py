@@ -1,0 +1,1 @@
+"""Signing and verification, key files, and other security primitives."""

@@ -1,0 +1,146 @@
+"""The database schema as SQLAlchemy 2.0 typed mappings (SQLite and PostgreSQL alike)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import BigInteger, DateTime, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ProvinceRow(Base):
+    __tablename__ = "provinces"
+
+    code: Mapped[str] = mapped_column(String(6), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    endpoint: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))
+    policy_json: Mapped[str] = mapped_column(Text, default="{}")
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class ProvinceKeyRow(Base):
+    __tablename__ = "province_keys"
+
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    province_code: Mapped[str] = mapped_column(String(6), index=True)
+    alg: Mapped[str] = mapped_column(String(16))
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)
+    valid_from: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    valid_until: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class RequestRow(Base):
+    """One row per (sender, message_id) ever accepted for processing: the idempotency record (D15)."""
+
+    __tablename__ = "requests"
+
+    sender: Mapped[str] = mapped_column(String(16), primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    payload_type: Mapped[str] = mapped_column(String(128))
+    payload_sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
+    # OK: `response` holds the signed receipt; REJECTED: the error_* columns hold the stored refusal.
+    outcome: Mapped[str] = mapped_column(String(16))
+    response: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    error_kind: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    error_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_field: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class TransferRow(Base):
+    __tablename__ = "transfers"
+
+    transfer_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(64), default="")
+    giver_province: Mapped[str] = mapped_column(String(6))
+    receiver_province: Mapped[str] = mapped_column(String(6))
+    # Keyed hashes (HMAC-SHA256) of the ID numbers: people are found by these, never by clear ID (D19).
+    giver_ref: Mapped[bytes] = mapped_column(LargeBinary(32), index=True)
+    receiver_ref: Mapped[bytes] = mapped_column(LargeBinary(32), index=True)
+    giver_id_masked: Mapped[str] = mapped_column(String(18))
+    receiver_id_masked: Mapped[str] = mapped_column(String(18))
+    amount_fen: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    binding_id: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    return_deadline: Mapped[datetime] = mapped_column(UtcDateTime)
+    delivery_deadline: Mapped[datetime] = mapped_column(UtcDateTime)
+    instruction_sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
+    # The giver province's envelope exactly as received: passed through to the receiver's province.
+    instruction_payload: Mapped[bytes] = mapped_column(LargeBinary)
+    instruction_signer: Mapped[str] = mapped_column(String(16))
+    instruction_key_id: Mapped[str] = mapped_column(String(64))
+    instruction_alg: Mapped[str] = mapped_column(String(16))
+    instruction_signature: Mapped[bytes] = mapped_column(LargeBinary)
+    settlement_window_id: Mapped[str] = mapped_column(String(32), default="")
+
+    __table_args__ = (
+        Index("ix_transfers_state_return_deadline", "state", "return_deadline"),
+        Index("ix_transfers_created_at", "created_at"),
+    )
+
+
+class TransferEventRow(Base):
+    """Every state a transfer enters, in order: its history and the source of change feeds."""
+
+    __tablename__ = "transfer_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    transfer_id: Mapped[str] = mapped_column(String(64), index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(64), default="")
+    at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class OutboxRow(Base):
+    """A message the gateway owes a province; sent until acknowledged (api.md, outbox)."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    destination: Mapped[str] = mapped_column(String(6))
+    kind: Mapped[str] = mapped_column(String(32))
+    message_id: Mapped[str] = mapped_column(String(128))
+    subject_id: Mapped[str] = mapped_column(String(64))
+    # PENDING until acknowledged (DONE) or abandoned past its deadline (EXPIRED).
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_error: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    done_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+    __table_args__ = (
+        UniqueConstraint("destination", "message_id", name="uq_outbox_destination_message"),
+        Index("ix_outbox_status_next_attempt", "status", "next_attempt_at"),
+    )

@@ -1,0 +1,61 @@
+"""Authenticating a signed envelope, in the verification order of api.md, before any state changes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Protocol, TypeVar
+
+from gateway.domain.envelope import ALLOWED_ALGS, Envelope, Header
+from gateway.domain.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from gateway.security.signing import verify_signature
+from gateway.usecases.ports import UnitOfWork
+
+
+class HasHeader(Protocol):
+    @property
+    def header(self) -> Header: ...
+
+
+M = TypeVar("M", bound=HasHeader)
+
+
+def authenticate(
+    uow: UnitOfWork,
+    envelope: Envelope,
+    expected_type: str,
+    decode: Callable[[bytes], M],
+    peer: str | None,
+    now: datetime,
+    max_skew: timedelta,
+) -> M:
+    """Verify `envelope` and return its decoded message; raise before anything is stored."""
+    if envelope.payload_type != expected_type:
+        raise InvalidArgument(f"payload_type must be {expected_type}", reason="WRONG_PAYLOAD_TYPE",
+                              field="payload_type")
+    if envelope.alg not in ALLOWED_ALGS:
+        raise Unauthenticated("signature algorithm not allowed", reason="ALGORITHM_NOT_ALLOWED", field="alg")
+    owned = uow.provinces.key_owner(envelope.key_id)
+    if owned is None:
+        raise Unauthenticated("unknown key_id", reason="UNKNOWN_KEY", field="key_id")
+    owner, key = owned
+    if owner != envelope.signer:
+        raise Unauthenticated("key_id does not belong to the signer", reason="KEY_NOT_OWNED_BY_SIGNER",
+                              field="key_id")
+    if not key.is_valid_at(now):
+        raise Unauthenticated("key is not valid now (retired, expired or not yet valid)", reason="KEY_NOT_ACTIVE",
+                              field="key_id")
+    if not verify_signature(envelope, key.public_key):
+        raise Unauthenticated("signature does not verify", reason="BAD_SIGNATURE", field="signature")
+    if peer is not None and peer != envelope.signer:
+        raise PermissionDenied("the signer is not the authenticated caller (D20)", reason="SIGNER_NOT_CALLER",
+                               field="signer")
+    message = decode(envelope.payload)  # raises InvalidArgument: malformed payload or unknown fields
+    header = message.header
+    if header.sender != envelope.signer:
+        raise PermissionDenied("header.sender is not the signer (D20)", reason="SENDER_NOT_SIGNER",
+                               field="header.sender")
+    if abs(header.created_at - now) > max_skew:
+        raise InvalidArgument("header.created_at is outside the accepted window around the gateway's clock",
+                              reason="STALE_MESSAGE", field="header.created_at")
+    return message

@@ -1,0 +1,44 @@
+"""What every use case is given: the unit of work, the clock, the receipt issuer and friends."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from gateway.domain.clock import Clock
+from gateway.domain.errors import RequestInFlight
+from gateway.usecases.ports import PersonHasher, ReceiptIssuer, UnitOfWorkFactory
+
+
+class InFlightRequests:
+    """Keys being processed in this process: a concurrent duplicate is told to retry, never run twice."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._keys: set[tuple[str, str]] = set()
+
+    @contextmanager
+    def hold(self, sender: str, message_id: str) -> Iterator[None]:
+        key = (sender, message_id)
+        with self._lock:
+            if key in self._keys:
+                raise RequestInFlight("the same message is being processed; retry with the same message_id")
+            self._keys.add(key)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._keys.discard(key)
+
+
+@dataclass(frozen=True)
+class UseCaseContext:
+    uow: UnitOfWorkFactory
+    clock: Clock
+    receipts: ReceiptIssuer
+    hasher: PersonHasher
+    max_clock_skew: timedelta = timedelta(seconds=120)
+    in_flight: InFlightRequests = field(default_factory=InFlightRequests)

@@ -1,0 +1,122 @@
+"""Outbox use cases: take due messages, record what the provinces answered, and enforce deadlines (D13)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from gateway.domain.envelope import Envelope
+from gateway.domain.records import OutboxKind, OutboxMessage
+from gateway.domain.transfers import Transfer, TransferState
+from gateway.usecases.context import UseCaseContext
+from gateway.usecases.ports import UnitOfWork
+from gateway.usecases.transfers import enqueue_outcome
+
+DESTINATION_UNREACHABLE = "DESTINATION_UNREACHABLE"
+CONFIRMATION_DEADLINE_PASSED = "CONFIRMATION_DEADLINE_PASSED"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxWork:
+    """A due message with what is needed to send it."""
+
+    message: OutboxMessage
+    endpoint: str
+    destination_active: bool
+    transfer: Transfer
+    instruction: Envelope | None  # the giver's original envelope, for deliveries
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What came of one attempt: acknowledged (with the receiver's decision for deliveries) or failed."""
+
+    acknowledged: bool
+    rejected: bool = False
+    reason: str = ""
+
+    @classmethod
+    def failed(cls, error: str) -> SendResult:
+        return cls(acknowledged=False, reason=error)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    base_seconds: float = 0.2
+    max_seconds: float = 30.0
+
+    def delay(self, attempts: int) -> timedelta:
+        ceiling = min(self.max_seconds, self.base_seconds * 2 ** max(0, attempts - 1))
+        # Jitter spreads the retries of many messages to one recovering province.
+        return timedelta(seconds=ceiling * random.uniform(0.5, 1.0))
+
+
+def claim_outbox_work(ctx: UseCaseContext, limit: int, lease: timedelta) -> list[OutboxWork]:
+    now = ctx.clock.now()
+    with ctx.uow() as uow:
+        messages = uow.outbox.claim_due(now, limit, now + lease)
+        provinces = {p.code: p for p in uow.provinces.list()} if messages else {}
+        work = []
+        for message in messages:
+            transfer = uow.transfers.get(message.subject_id)
+            province = provinces.get(message.destination)
+            if transfer is None or province is None:
+                uow.outbox.mark_retry(message.id, now + lease, "UNKNOWN_SUBJECT_OR_DESTINATION")
+                continue
+            instruction = (uow.transfers.instruction_envelope(transfer.transfer_id)
+                           if message.kind is OutboxKind.DELIVER_TRANSFER else None)
+            work.append(OutboxWork(message, province.endpoint, province.is_active, transfer, instruction))
+        uow.commit()
+    return work
+
+
+def _reject_undeliverable(uow: UnitOfWork, transfer: Transfer, now: datetime) -> None:
+    uow.outbox.expire_pending(OutboxKind.DELIVER_TRANSFER, transfer.transfer_id, now, DESTINATION_UNREACHABLE)
+    if uow.transfers.change_state(transfer.transfer_id, [TransferState.RECEIVED], TransferState.REJECTED,
+                                  DESTINATION_UNREACHABLE, now):
+        enqueue_outcome(uow, transfer, TransferState.REJECTED, now)
+
+
+def record_outbox_results(ctx: UseCaseContext, results: list[tuple[OutboxWork, SendResult]],
+                          backoff: Backoff) -> None:
+    now = ctx.clock.now()
+    with ctx.uow() as uow:
+        for work, result in results:
+            message, transfer = work.message, work.transfer
+            if result.acknowledged:
+                uow.outbox.mark_done(message.id, now)
+                if message.kind is OutboxKind.DELIVER_TRANSFER:
+                    if result.rejected:
+                        if uow.transfers.change_state(transfer.transfer_id, [TransferState.RECEIVED],
+                                                      TransferState.REJECTED, result.reason, now):
+                            enqueue_outcome(uow, transfer, TransferState.REJECTED, now)
+                    else:
+                        # A no-op when the confirmation already overtook this answer.
+                        uow.transfers.change_state(transfer.transfer_id, [TransferState.RECEIVED],
+                                                   TransferState.DELIVERED, "", now)
+            elif message.kind is OutboxKind.DELIVER_TRANSFER and now >= transfer.delivery_deadline:
+                _reject_undeliverable(uow, transfer, now)
+            else:
+                uow.outbox.mark_retry(message.id, now + backoff.delay(message.attempts), result.reason)
+        uow.commit()
+
+
+def sweep_deadlines(ctx: UseCaseContext, limit: int = 200) -> int:
+    """Return unconfirmed transfers and reject undeliverable ones; each happens exactly once (guarded)."""
+    now = ctx.clock.now()
+    changed = 0
+    with ctx.uow() as uow:
+        for transfer_id in uow.transfers.undelivered_past_deadline(now, limit):
+            transfer = uow.transfers.get(transfer_id)
+            if transfer is not None:
+                _reject_undeliverable(uow, transfer, now)
+                changed += 1
+        for transfer_id in uow.transfers.due_for_return(now, limit):
+            transfer = uow.transfers.get(transfer_id)
+            if transfer is not None and uow.transfers.change_state(
+                    transfer_id, [TransferState.DELIVERED], TransferState.RETURNED, CONFIRMATION_DEADLINE_PASSED, now):
+                enqueue_outcome(uow, transfer, TransferState.RETURNED, now)
+                changed += 1
+        uow.commit()
+    return changed

@@ -1,0 +1,138 @@
+"""Routing-table use cases: register, update, list, and apply the start-up manifest."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from gateway.domain.errors import AlreadyExists, InvalidArgument, NotFound
+from gateway.domain.provinces import (
+    Policy,
+    Province,
+    ProvinceKey,
+    ProvinceStatus,
+    validate_endpoint,
+    validate_key,
+    validate_policy,
+    validate_province_code,
+)
+from gateway.usecases.context import UseCaseContext
+from gateway.usecases.ports import UnitOfWork
+
+
+@dataclass(frozen=True)
+class ProvinceChanges:
+    """An UpdateProvince request: None (or empty) leaves a thing as it is."""
+
+    name: str | None = None
+    endpoint: str | None = None
+    status: ProvinceStatus | None = None
+    add_keys: Sequence[ProvinceKey] = ()
+    retire_key_ids: Sequence[str] = ()
+    policy: Policy | None = None
+
+
+@dataclass(frozen=True)
+class ManifestResult:
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+
+
+def _validate(province: Province) -> None:
+    validate_province_code(province.code, "province.code")
+    if not province.name or len(province.name) > 64:
+        raise InvalidArgument("name is required (at most 64 characters)", reason="INVALID_NAME", field="province.name")
+    validate_endpoint(province.endpoint, "province.endpoint")
+    if not province.keys:
+        raise InvalidArgument("a province needs at least one signing key", reason="MISSING_FIELD",
+                              field="province.keys")
+    for key in province.keys:
+        validate_key(key, "province.keys")
+    validate_policy(province.policy)
+
+
+def _check_key_ids_free(uow: UnitOfWork, code: str, keys: Sequence[ProvinceKey]) -> None:
+    seen: set[str] = set()
+    for key in keys:
+        owner = uow.provinces.key_owner(key.key_id)
+        if key.key_id in seen or (owner is not None and owner[0] != code):
+            raise AlreadyExists("key_id is already registered", reason="KEY_ID_TAKEN", field="province.keys.key_id")
+        seen.add(key.key_id)
+
+
+def register_province(ctx: UseCaseContext, province: Province) -> Province:
+    _validate(province)
+    with ctx.uow() as uow:
+        if uow.provinces.get(province.code) is not None:
+            raise AlreadyExists("the province is already registered", reason="PROVINCE_EXISTS", field="province.code")
+        _check_key_ids_free(uow, province.code, province.keys)
+        stored = dataclasses.replace(province, updated_at=ctx.clock.now())
+        uow.provinces.add(stored)
+        uow.commit()
+    return stored
+
+
+def update_province(ctx: UseCaseContext, code: str, changes: ProvinceChanges) -> Province:
+    now = ctx.clock.now()
+    with ctx.uow() as uow:
+        current = uow.provinces.get(code)
+        if current is None:
+            raise NotFound("no such province", reason="PROVINCE_NOT_FOUND", field="code")
+        keys = {k.key_id: k for k in current.keys}
+        for key_id in changes.retire_key_ids:
+            if key_id not in keys:
+                raise NotFound("no such key for this province", reason="KEY_NOT_FOUND", field="retire_key_ids")
+            keys[key_id] = dataclasses.replace(keys[key_id], valid_until=now)
+        for key in changes.add_keys:
+            validate_key(key, "add_keys")
+            if key.key_id in keys:
+                raise AlreadyExists("key_id is already registered", reason="KEY_ID_TAKEN", field="add_keys.key_id")
+        _check_key_ids_free(uow, code, changes.add_keys)
+        keys.update({k.key_id: k for k in changes.add_keys})
+        updated = dataclasses.replace(
+            current,
+            name=changes.name if changes.name is not None else current.name,
+            endpoint=changes.endpoint if changes.endpoint is not None else current.endpoint,
+            status=changes.status or current.status,
+            keys=tuple(keys.values()),
+            policy=changes.policy if changes.policy is not None else current.policy,
+            updated_at=now,
+        )
+        _validate(updated)
+        uow.provinces.update(updated)
+        uow.commit()
+    return updated
+
+
+def list_provinces(ctx: UseCaseContext) -> list[Province]:
+    with ctx.uow() as uow:
+        return uow.provinces.list()
+
+
+def apply_manifest(ctx: UseCaseContext, declared: Sequence[Province]) -> ManifestResult:
+    """Make the routing table hold what the manifest declares.
+
+    Name, endpoint, policy and keys follow the manifest; an existing province keeps its status, which
+    operators own at run time (a suspension survives a restart). Keys not in the manifest are kept.
+    """
+    result = ManifestResult()
+    now = ctx.clock.now()
+    for province in declared:
+        _validate(province)
+    with ctx.uow() as uow:
+        for province in declared:
+            _check_key_ids_free(uow, province.code, province.keys)
+            current = uow.provinces.get(province.code)
+            if current is None:
+                uow.provinces.add(dataclasses.replace(province, updated_at=now))
+                result.created.append(province.code)
+                continue
+            keys = {k.key_id: k for k in current.keys} | {k.key_id: k for k in province.keys}
+            wanted = dataclasses.replace(current, name=province.name, endpoint=province.endpoint,
+                                         policy=province.policy, keys=tuple(keys.values()))
+            if wanted != current:
+                uow.provinces.update(dataclasses.replace(wanted, updated_at=now))
+                result.updated.append(province.code)
+        uow.commit()
+    return result

@@ -1,0 +1,164 @@
+"""Transfer use cases: submit (giver's province), confirm (receiver's province), read (either)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from gateway.domain.clock import BEIJING
+from gateway.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from gateway.domain.identity import mask_id_number
+from gateway.domain.provinces import Province, effective_policy
+from gateway.domain.records import OutboxKind
+from gateway.domain.transfers import (
+    Decision,
+    Transfer,
+    TransferConfirmation,
+    TransferInstruction,
+    TransferQuery,
+    TransferState,
+    delivery_deadline,
+    return_deadline,
+    validate_confirmation,
+    validate_instruction,
+    validate_message_id,
+)
+from gateway.domain.envelope import GATEWAY, Envelope
+from gateway.usecases.auth import authenticate
+from gateway.usecases.context import UseCaseContext
+from gateway.usecases.idempotency import payload_digest, run_once
+from gateway.usecases.ports import UnitOfWork
+
+INSTRUCTION_TYPE = "gongji.v1.TransferInstruction"
+CONFIRMATION_TYPE = "gongji.v1.TransferConfirmation"
+QUERY_TYPE = "gongji.v1.TransferQuery"
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptAnswer:
+    """A state-changing call's answer: the signed receipt (serialised envelope) and what it says."""
+
+    receipt: bytes
+    replay: bool
+    subject_id: str
+    state: TransferState
+
+
+def delivery_message_id(transfer_id: str) -> str:
+    return f"dlv:{transfer_id}"
+
+
+def outcome_message_id(transfer_id: str, state: TransferState) -> str:
+    return f"out:{transfer_id}:{state.value}"
+
+
+def enqueue_outcome(uow: UnitOfWork, transfer: Transfer, state: TransferState, now_at: datetime) -> None:
+    """Both provinces are told every final state, once each (de-duplicated by message_id)."""
+    for province in (transfer.giver_province, transfer.receiver_province):
+        uow.outbox.enqueue(province, OutboxKind.NOTIFY_TRANSFER_OUTCOME, outcome_message_id(transfer.transfer_id, state),
+                           transfer.transfer_id, now_at)
+
+
+def _require_active(province: Province | None, code: str) -> Province:
+    if province is None:
+        raise FailedPrecondition(f"province {code} is not in the routing table", reason="UNKNOWN_PROVINCE",
+                                 field="header.receiver")
+    if not province.is_active:
+        raise FailedPrecondition(f"province {code} is suspended", reason="PROVINCE_SUSPENDED")
+    return province
+
+
+def submit_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
+                    decode: Callable[[bytes], TransferInstruction]) -> ReceiptAnswer:
+    now = ctx.clock.now()
+    with ctx.uow() as uow:
+        instruction = authenticate(uow, envelope, INSTRUCTION_TYPE, decode, peer, now, ctx.max_clock_skew)
+        validate_instruction(instruction, today=now.astimezone(BEIJING).date())
+        header = instruction.header
+        transfer_id = header.message_id
+        digest = payload_digest(envelope.payload)
+
+        def accept() -> bytes:
+            giver_province = _require_active(uow.provinces.get(header.sender), header.sender)
+            _require_active(uow.provinces.get(header.receiver), header.receiver)
+            if uow.transfers.exists(transfer_id):
+                raise AlreadyExists("this transfer_id is taken by another province's transfer; use a new id",
+                                    reason="TRANSFER_ID_TAKEN", field="header.message_id")
+            policy = effective_policy(giver_province.policy)
+            assert policy.return_hour is not None and policy.delivery_deadline_seconds is not None
+            returns_at = return_deadline(now, instruction.expires_at, policy.return_hour)
+            transfer = Transfer(
+                transfer_id=transfer_id, state=TransferState.RECEIVED, giver_province=header.sender,
+                receiver_province=header.receiver, giver_id_masked=mask_id_number(instruction.giver.id_number),
+                receiver_id_masked=mask_id_number(instruction.receiver.id_number),
+                amount_fen=instruction.amount_fen, currency=instruction.currency, created_at=now, updated_at=now,
+                return_deadline=returns_at,
+                delivery_deadline=delivery_deadline(now, policy.delivery_deadline_seconds, returns_at),
+                instruction_sha256=digest, binding_id=instruction.binding_id,
+            )
+            uow.transfers.add(transfer, ctx.hasher.ref(instruction.giver.id_number),
+                              ctx.hasher.ref(instruction.receiver.id_number), envelope)
+            uow.outbox.enqueue(header.receiver, OutboxKind.DELIVER_TRANSFER, delivery_message_id(transfer_id),
+                               transfer_id, now)
+            return ctx.receipts.issue(request_sender=header.sender, request_message_id=transfer_id,
+                                      request_sha256=digest, request_payload_type=INSTRUCTION_TYPE,
+                                      subject_id=transfer_id, state=TransferState.RECEIVED.value, at=now)
+
+        with ctx.in_flight.hold(header.sender, transfer_id):
+            receipt, replay = run_once(uow, header.sender, transfer_id, INSTRUCTION_TYPE, digest, now, accept)
+    return ReceiptAnswer(receipt, replay, transfer_id, TransferState.RECEIVED)
+
+
+def confirm_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
+                     decode: Callable[[bytes], TransferConfirmation]) -> ReceiptAnswer:
+    now = ctx.clock.now()
+    with ctx.uow() as uow:
+        confirmation = authenticate(uow, envelope, CONFIRMATION_TYPE, decode, peer, now, ctx.max_clock_skew)
+        validate_confirmation(confirmation)
+        header = confirmation.header
+        if header.receiver != GATEWAY:
+            raise InvalidArgument("a confirmation is addressed to the gateway", reason="WRONG_RECEIVER",
+                                  field="header.receiver")
+        transfer = uow.transfers.get(confirmation.transfer_id)
+        if transfer is None:
+            raise NotFound("no such transfer", reason="TRANSFER_NOT_FOUND", field="transfer_id")
+        if header.sender != transfer.receiver_province:
+            raise PermissionDenied("only the receiver's province may confirm a transfer (D14)",
+                                   reason="NOT_RECEIVER_PROVINCE", field="header.sender")
+        digest = payload_digest(envelope.payload)
+        final = TransferState.COMMITTED if confirmation.decision is Decision.CREDITED else TransferState.DECLINED
+        reason = confirmation.decline_reason if final is TransferState.DECLINED else ""
+
+        def decide() -> bytes:
+            _require_active(uow.provinces.get(header.sender), header.sender)
+            if transfer.state is TransferState.RECEIVED:
+                # The receiver's answer can overtake the gateway's record of the delivery: it implies it.
+                uow.transfers.change_state(transfer.transfer_id, [TransferState.RECEIVED], TransferState.DELIVERED,
+                                           "", now)
+            if not uow.transfers.change_state(transfer.transfer_id, [TransferState.DELIVERED], final, reason, now):
+                raise FailedPrecondition(f"the transfer is already {transfer.state.value} and cannot change",
+                                         reason="TRANSFER_ALREADY_FINAL", field="transfer_id")
+            enqueue_outcome(uow, transfer, final, now)
+            return ctx.receipts.issue(request_sender=header.sender, request_message_id=header.message_id,
+                                      request_sha256=digest, request_payload_type=CONFIRMATION_TYPE,
+                                      subject_id=transfer.transfer_id, state=final.value, at=now)
+
+        with ctx.in_flight.hold(header.sender, header.message_id):
+            receipt, replay = run_once(uow, header.sender, header.message_id, CONFIRMATION_TYPE, digest, now, decide)
+    return ReceiptAnswer(receipt, replay, transfer.transfer_id, final)
+
+
+def get_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
+                 decode: Callable[[bytes], TransferQuery]) -> Transfer:
+    now = ctx.clock.now()
+    with ctx.uow() as uow:
+        query = authenticate(uow, envelope, QUERY_TYPE, decode, peer, now, ctx.max_clock_skew)
+        validate_message_id(query.transfer_id, field="transfer_id")
+        transfer = uow.transfers.get(query.transfer_id, with_history=True)
+        if transfer is None:
+            raise NotFound("no such transfer", reason="TRANSFER_NOT_FOUND", field="transfer_id")
+        if query.header.sender not in (transfer.giver_province, transfer.receiver_province):
+            raise PermissionDenied("only the two provinces of a transfer may read it (D14)",
+                                   reason="NOT_A_PARTY", field="header.sender")
+        return transfer

@@ -1,0 +1,105 @@
+"""python -m province_stub: parse the command line, configure logging, serve until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from province_stub.server import StubConfig, start_stub
+from province_stub.state import Behaviour, ConfirmMode
+
+
+def _confirm(value: str) -> tuple[ConfirmMode, int]:
+    """immediate | delay:MS | never | decline."""
+    mode, _, delay = value.partition(":")
+    try:
+        parsed = ConfirmMode(mode)
+        delay_ms = int(delay) if delay else 0
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected immediate, delay:MS, never or decline, not {value!r}"
+        ) from None
+    if (parsed is ConfirmMode.DELAY) != bool(delay) or delay_ms < 0:
+        raise argparse.ArgumentTypeError(f"expected immediate, delay:MS, never or decline, not {value!r}")
+    return parsed, delay_ms
+
+
+def _non_negative(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return number
+
+
+def parse_args(argv: list[str] | None = None) -> StubConfig:
+    parser = argparse.ArgumentParser(
+        prog="python -m province_stub", description="A stub provincial platform for the Gongji gateway."
+    )
+    parser.add_argument("--province", required=True, help="province code, e.g. 650000")
+    parser.add_argument("--name", default="", help="display name, e.g. 新疆")
+    parser.add_argument("--listen", default="127.0.0.1:50061", help="host:port to serve on (port 0: any)")
+    parser.add_argument("--gateway", default="127.0.0.1:50051", help="the gateway's province-facing address")
+    parser.add_argument("--keys-dir", type=Path, default=Path("var/keys"), help="own and others' key files")
+    parser.add_argument("--key-id", default="", help="own signing key id (default <province>-k1)")
+    parser.add_argument("--seed", type=Path, default=None, help="seed file (default the packaged one)")
+    parser.add_argument(
+        "--confirm",
+        type=_confirm,
+        default=(ConfirmMode.IMMEDIATE, 0),
+        metavar="MODE",
+        help="immediate | delay:MS | never | decline (default immediate)",
+    )
+    parser.add_argument(
+        "--fail-next", type=_non_negative, default=0, metavar="N", help="fail the next N inbox calls"
+    )
+    parser.add_argument(
+        "--latency-ms", type=_non_negative, default=0, metavar="N", help="delay every inbox call"
+    )
+    parser.add_argument(
+        "--reject-reason", default="", metavar="REASON", help="reject every delivery with this"
+    )
+    args = parser.parse_args(argv)
+    mode, delay_ms = args.confirm
+    return StubConfig(
+        province=args.province,
+        name=args.name,
+        listen=args.listen,
+        gateway=args.gateway,
+        keys_dir=args.keys_dir,
+        key_id=args.key_id,
+        seed=args.seed,
+        behaviour=Behaviour(
+            confirm_mode=mode,
+            confirm_delay_ms=delay_ms,
+            fail_next_calls=args.fail_next,
+            latency_ms=args.latency_ms,
+            reject_reason=args.reject_reason,
+        ),
+    )
+
+
+async def _serve(config: StubConfig) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    stub = await start_stub(config)
+    # Launchers wait for this line, so it is flushed at once.
+    print(f"stub province {config.province} serving on {stub.address} (key {stub.key_id})", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await stub.stop(grace_s=2.0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(_serve(config))
+
+
+if __name__ == "__main__":
+    main()

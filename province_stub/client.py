@@ -1,0 +1,333 @@
+"""The province platform's side towards the gateway: build, sign and send messages, read answers.
+
+Reusable outside the stub (the bench driver signs and submits through it). gRPC errors never escape:
+they come back as a status code name and the ErrorInfo reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import cast
+
+import grpc
+import grpc.aio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from google.protobuf import message as protobuf_message
+from google.protobuf import timestamp_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from protos.gongji.v1 import common_pb2, transfers_pb2, transfers_pb2_grpc
+from province_stub.signing import GATEWAY_SIGNER, PublicKeyStore, sha256, sign_envelope, verify_with_store
+
+INSTRUCTION_TYPE = "gongji.v1.TransferInstruction"
+CONFIRMATION_TYPE = "gongji.v1.TransferConfirmation"
+QUERY_TYPE = "gongji.v1.TransferQuery"
+RECEIPT_TYPE = "gongji.v1.Receipt"
+DEFAULT_DEADLINE_S = 5.0
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+_MAX_MESSAGE_ID = 64
+
+
+def now_timestamp() -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(time.time_ns())
+    return ts
+
+
+def new_transfer_id(province: str) -> str:
+    return f"{province}-{uuid.uuid4().hex}"
+
+
+def header(
+    message_id: str, sender: str, receiver: str, created_at: timestamp_pb2.Timestamp | None = None
+) -> common_pb2.Header:
+    return common_pb2.Header(
+        message_id=message_id,
+        sender=sender,
+        receiver=receiver,
+        created_at=created_at if created_at is not None else now_timestamp(),
+    )
+
+
+def build_instruction(
+    sender: str,
+    transfer_id: str,
+    giver: common_pb2.PersonRef,
+    receiver: common_pb2.PersonRef,
+    receiver_province: str,
+    amount_fen: int,
+    *,
+    binding_id: str = "",
+    currency: str = "CNY",
+    created_at: timestamp_pb2.Timestamp | None = None,
+    expires_at: timestamp_pb2.Timestamp | None = None,
+) -> transfers_pb2.TransferInstruction:
+    instruction = transfers_pb2.TransferInstruction(
+        header=header(transfer_id, sender, receiver_province, created_at),
+        giver=giver,
+        receiver=receiver,
+        amount_fen=amount_fen,
+        currency=currency,
+        binding_id=binding_id,
+    )
+    if expires_at is not None:
+        instruction.expires_at.CopyFrom(expires_at)
+    return instruction
+
+
+def build_instruction_envelope(
+    signer: str,
+    key_id: str,
+    private_key: Ed25519PrivateKey,
+    transfer_id: str,
+    giver: common_pb2.PersonRef,
+    receiver: common_pb2.PersonRef,
+    receiver_province: str,
+    amount_fen: int,
+    *,
+    binding_id: str = "",
+    currency: str = "CNY",
+    created_at: timestamp_pb2.Timestamp | None = None,
+    expires_at: timestamp_pb2.Timestamp | None = None,
+) -> common_pb2.SignedEnvelope:
+    """A TransferInstruction from province `signer`, serialised once and signed."""
+    instruction = build_instruction(
+        signer,
+        transfer_id,
+        giver,
+        receiver,
+        receiver_province,
+        amount_fen,
+        binding_id=binding_id,
+        currency=currency,
+        created_at=created_at,
+        expires_at=expires_at,
+    )
+    return sign_envelope(private_key, signer, key_id, INSTRUCTION_TYPE, instruction.SerializeToString())
+
+
+def confirmation_message_id(transfer_id: str, decline: bool) -> str:
+    """One id per (transfer, decision), so resending the same decision is an idempotent replay."""
+    suffix = ":D" if decline else ":C"
+    message_id = f"cfm:{transfer_id}{suffix}"
+    if len(message_id) > _MAX_MESSAGE_ID:
+        message_id = f"cfm:{hashlib.sha256(transfer_id.encode()).hexdigest()[:40]}{suffix}"
+    return message_id
+
+
+@dataclass(frozen=True)
+class GatewayStatus:
+    """How a gateway call ended: status code name ("OK" on success) and ErrorInfo reason."""
+
+    code: str
+    reason: str = ""
+    message: str = ""
+    # The raw google.rpc.Status trailer, so a caller can pass the error on unchanged.
+    details_bin: bytes = b""
+
+    @property
+    def ok(self) -> bool:
+        return self.code == "OK"
+
+
+OK = GatewayStatus(code="OK")
+
+
+def status_from_error(error: grpc.aio.AioRpcError) -> GatewayStatus:
+    details_bin = b""
+    # grpc-stubs type this as the synchronous API's metadata; on grpc.aio it is (key, value) pairs.
+    metadata = cast(Iterable[tuple[str, str | bytes]], error.trailing_metadata() or ())
+    for key, value in metadata:
+        if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
+            details_bin = value
+    return GatewayStatus(
+        code=error.code().name,
+        reason=error_info_reason(details_bin),
+        message=error.details() or "",
+        details_bin=details_bin,
+    )
+
+
+def error_info_reason(details_bin: bytes) -> str:
+    """The reason of the first google.rpc.ErrorInfo in a serialised google.rpc.Status, or ""."""
+    if not details_bin:
+        return ""
+    status = status_pb2.Status()
+    try:
+        status.ParseFromString(details_bin)
+    except protobuf_message.DecodeError:
+        return ""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason)
+    return ""
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """The gateway's answer to SubmitTransfer, reduced to what a province checks."""
+
+    transfer_id: str
+    status: GatewayStatus
+    state: transfers_pb2.TransferState.ValueType = transfers_pb2.TRANSFER_STATE_UNSPECIFIED
+    replay: bool = False
+    receipt_verified: bool = False
+    receipt_sha256: str = ""
+
+
+@dataclass(frozen=True)
+class ConfirmResult:
+    """The gateway's answer to ConfirmTransfer."""
+
+    transfer_id: str
+    status: GatewayStatus
+    state: transfers_pb2.TransferState.ValueType = transfers_pb2.TRANSFER_STATE_UNSPECIFIED
+    replay: bool = False
+    receipt_verified: bool = False
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """The gateway's answer to GetTransfer; `response` is set only when the status is OK."""
+
+    status: GatewayStatus
+    response: transfers_pb2.GetTransferResponse | None = None
+
+
+def read_receipt(
+    keys: PublicKeyStore, receipt: common_pb2.SignedEnvelope, request_payload: bytes
+) -> common_pb2.Receipt | None:
+    """The receipt if the gateway signed it and it binds our request's SHA-256, else None."""
+    if verify_with_store(keys, receipt, signer=GATEWAY_SIGNER, payload_type=RECEIPT_TYPE):
+        return None
+    parsed = common_pb2.Receipt()
+    try:
+        parsed.ParseFromString(receipt.payload)
+    except protobuf_message.DecodeError:
+        return None
+    if parsed.request_sha256 != sha256(request_payload):
+        return None
+    return parsed
+
+
+def _state_of(
+    answered: transfers_pb2.TransferState.ValueType, receipt: common_pb2.Receipt | None
+) -> transfers_pb2.TransferState.ValueType:
+    if answered != transfers_pb2.TRANSFER_STATE_UNSPECIFIED or receipt is None:
+        return answered
+    try:
+        return transfers_pb2.TransferState.Value(receipt.state)
+    except ValueError:
+        return answered
+
+
+class GatewayClient:
+    """Signs as one province and calls gongji.v1.Transfers, with a deadline on every call."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        province: str,
+        key_id: str,
+        private_key: Ed25519PrivateKey,
+        keys: PublicKeyStore,
+        *,
+        deadline_s: float = DEFAULT_DEADLINE_S,
+    ) -> None:
+        self.province = province
+        self.key_id = key_id
+        self._private_key = private_key
+        self._keys = keys
+        self._deadline_s = deadline_s
+        self._transfers = transfers_pb2_grpc.TransfersStub(channel)
+
+    def sign(self, payload_type: str, payload: bytes) -> common_pb2.SignedEnvelope:
+        return sign_envelope(self._private_key, self.province, self.key_id, payload_type, payload)
+
+    def instruction_envelope(
+        self,
+        transfer_id: str,
+        giver: common_pb2.PersonRef,
+        receiver: common_pb2.PersonRef,
+        receiver_province: str,
+        amount_fen: int,
+        *,
+        binding_id: str = "",
+    ) -> common_pb2.SignedEnvelope:
+        return build_instruction_envelope(
+            self.province,
+            self.key_id,
+            self._private_key,
+            transfer_id,
+            giver,
+            receiver,
+            receiver_province,
+            amount_fen,
+            binding_id=binding_id,
+        )
+
+    def confirmation_envelope(
+        self, transfer_id: str, decline: bool, decline_reason: str = ""
+    ) -> common_pb2.SignedEnvelope:
+        confirmation = transfers_pb2.TransferConfirmation(
+            header=header(confirmation_message_id(transfer_id, decline), self.province, GATEWAY_SIGNER),
+            transfer_id=transfer_id,
+            decision=(
+                transfers_pb2.CONFIRMATION_DECISION_DECLINED
+                if decline
+                else transfers_pb2.CONFIRMATION_DECISION_CREDITED
+            ),
+            decline_reason=decline_reason if decline else "",
+        )
+        return self.sign(CONFIRMATION_TYPE, confirmation.SerializeToString())
+
+    async def submit(self, envelope: common_pb2.SignedEnvelope, transfer_id: str = "") -> SubmitResult:
+        """Send a signed instruction as is; `transfer_id` is only echoed into the result."""
+        request = transfers_pb2.SubmitTransferRequest(instruction=envelope)
+        try:
+            response = await self._transfers.SubmitTransfer(request, timeout=self._deadline_s)
+        except grpc.aio.AioRpcError as error:
+            return SubmitResult(transfer_id=transfer_id, status=status_from_error(error))
+        receipt = read_receipt(self._keys, response.receipt, envelope.payload)
+        return SubmitResult(
+            transfer_id=response.transfer_id or transfer_id,
+            status=OK,
+            state=_state_of(response.state, receipt),
+            replay=response.replay,
+            receipt_verified=receipt is not None,
+            receipt_sha256=hashlib.sha256(response.receipt.payload).hexdigest(),
+        )
+
+    async def confirm(self, envelope: common_pb2.SignedEnvelope, transfer_id: str = "") -> ConfirmResult:
+        """Send a signed confirmation as is (resending the same bytes is a replay at the gateway)."""
+        request = transfers_pb2.ConfirmTransferRequest(confirmation=envelope)
+        try:
+            response = await self._transfers.ConfirmTransfer(request, timeout=self._deadline_s)
+        except grpc.aio.AioRpcError as error:
+            return ConfirmResult(transfer_id=transfer_id, status=status_from_error(error))
+        receipt = read_receipt(self._keys, response.receipt, envelope.payload)
+        return ConfirmResult(
+            transfer_id=transfer_id,
+            status=OK,
+            state=_state_of(response.state, receipt),
+            replay=response.replay,
+            receipt_verified=receipt is not None,
+        )
+
+    async def get_transfer(self, transfer_id: str) -> QueryResult:
+        query = transfers_pb2.TransferQuery(
+            header=header(f"qry-{uuid.uuid4().hex}", self.province, GATEWAY_SIGNER),
+            transfer_id=transfer_id,
+        )
+        request = transfers_pb2.GetTransferRequest(query=self.sign(QUERY_TYPE, query.SerializeToString()))
+        try:
+            response = await self._transfers.GetTransfer(request, timeout=self._deadline_s)
+        except grpc.aio.AioRpcError as error:
+            return QueryResult(status=status_from_error(error))
+        return QueryResult(status=OK, response=response)

@@ -1,0 +1,147 @@
+"""Composition root of the stub province: StubConfig in, a running grpc.aio server out."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from protos.gongji.v1 import province_pb2, province_pb2_grpc
+from protos.stub.v1 import control_pb2, control_pb2_grpc
+from province_stub.client import DEFAULT_DEADLINE_S, GatewayClient
+from province_stub.confirmer import Confirmer
+from province_stub.control import StubControl
+from province_stub.inbox import ProvinceInbox
+from province_stub.people import default_seed_path, load_seed
+from province_stub.signing import PublicKeyStore, ensure_key_pair
+from province_stub.state import Behaviour, StubState
+
+logger = logging.getLogger(__name__)
+
+# grpc-stubs describe only the synchronous health servicer; this is its asyncio twin.
+AsyncHealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
+
+_SERVICES = (
+    province_pb2.DESCRIPTOR.services_by_name["ProvinceInbox"].full_name,
+    control_pb2.DESCRIPTOR.services_by_name["StubControl"].full_name,
+)
+
+
+@dataclass(frozen=True)
+class StubConfig:
+    """Everything a stub province needs to start; read once."""
+
+    province: str
+    name: str = ""
+    listen: str = "127.0.0.1:0"
+    gateway: str = "127.0.0.1:50051"
+    keys_dir: Path = Path("var/keys")
+    # Empty: "<province>-k1".
+    key_id: str = ""
+    # None: the packaged province_stub/seeds/<province>.toml.
+    seed: Path | None = None
+    behaviour: Behaviour = field(default_factory=Behaviour)
+    gateway_deadline_s: float = DEFAULT_DEADLINE_S
+
+    @property
+    def signing_key_id(self) -> str:
+        return self.key_id or f"{self.province}-k1"
+
+    @property
+    def seed_path(self) -> Path:
+        return self.seed if self.seed is not None else default_seed_path(self.province)
+
+
+class RunningStub:
+    """A started stub; `state` is exposed for in-process tests."""
+
+    def __init__(
+        self,
+        config: StubConfig,
+        server: grpc.aio.Server,
+        port: int,
+        state: StubState,
+        health_servicer: Any,
+        channel: grpc.aio.Channel,
+        confirmer: Confirmer,
+    ) -> None:
+        self.config = config
+        self.port = port
+        self.state = state
+        self._server = server
+        self._health = health_servicer
+        self._channel = channel
+        self._confirmer = confirmer
+
+    @property
+    def address(self) -> str:
+        host = self.config.listen.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    @property
+    def key_id(self) -> str:
+        return self.config.signing_key_id
+
+    async def stop(self, grace_s: float = 1.0) -> None:
+        """Health NOT_SERVING first, so launchers stop routing here, then drain and close."""
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace_s)
+        await self._confirmer.close()
+        await self._channel.close(None)
+
+    async def wait_for_termination(self) -> None:
+        await self._server.wait_for_termination()
+
+
+async def start_stub(config: StubConfig) -> RunningStub:
+    seed = load_seed(config.seed_path)
+    if seed.province != config.province:
+        raise ValueError(f"seed {config.seed_path} is for province {seed.province}, not {config.province}")
+    private_key = ensure_key_pair(Path(config.keys_dir), config.signing_key_id)
+    keys = PublicKeyStore(Path(config.keys_dir))
+    state = StubState(province=config.province, behaviour=config.behaviour)
+
+    channel = grpc.aio.insecure_channel(config.gateway)
+    client = GatewayClient(
+        channel,
+        config.province,
+        config.signing_key_id,
+        private_key,
+        keys,
+        deadline_s=config.gateway_deadline_s,
+    )
+    confirmer = Confirmer(client)
+
+    def on_accepted(transfer_id: str) -> None:
+        # The behaviour in force when the answer went out decides how to confirm.
+        confirmer.schedule(transfer_id, state.behaviour)
+
+    server = grpc.aio.server()
+    province_pb2_grpc.add_ProvinceInboxServicer_to_server(
+        ProvinceInbox(state, seed, keys, on_accepted), server
+    )
+    control_pb2_grpc.add_StubControlServicer_to_server(StubControl(state, seed, client, confirmer), server)
+    health_servicer = AsyncHealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((*_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(config.listen)
+    if port == 0:
+        await channel.close(None)
+        raise OSError(f"could not listen on {config.listen}")
+    await server.start()
+    for service in ("", *_SERVICES):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    logger.info(
+        "stub province %s %s listening on port %d, gateway %s",
+        config.province,
+        config.name,
+        port,
+        config.gateway,
+    )
+    return RunningStub(config, server, port, state, health_servicer, channel, confirmer)

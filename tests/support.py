@@ -1,0 +1,271 @@
+"""Test support: a loop thread for async servers, a running stack, message builders and waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from sqlalchemy import func, select, text
+
+from gateway.app import Gateway, create_gateway
+from gateway.config import Settings
+from gateway.domain.clock import OffsetClock
+from gateway.domain.envelope import Envelope
+from gateway.provinces.outbox import OutboxSettings
+from gateway.security.keys import load_private_key, load_public_key
+from gateway.security.signing import EnvelopeSigner, verify_signature
+from gateway.usecases.outbox import Backoff
+from gateway.wire import envelope_to_proto
+from protos.gongji.v1 import (
+    common_pb2,
+    operations_pb2,
+    operations_pb2_grpc,
+    transfers_pb2,
+    transfers_pb2_grpc,
+)
+from protos.stub.v1 import control_pb2, control_pb2_grpc
+from province_stub.server import RunningStub, StubConfig, start_stub
+from province_stub.state import Behaviour, ConfirmMode
+
+T = TypeVar("T")
+
+XINJIANG, GANSU = "650000", "620000"
+GIVER = ("650502199001011230", "650500")  # Hami, employee insurance (the seeds' giver)
+MOTHER = ("620102196505120026", "620100")  # Lanzhou, resident insurance (his mother)
+
+
+class LoopThread:
+    """An asyncio loop in a background thread, so sync tests can run async servers."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="test-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+def postgres_admin_url() -> str | None:
+    """A URL of the local PostgreSQL's `test` database, or None if it cannot be reached."""
+    import psycopg
+
+    for user in ("postgres", "root"):
+        url = f"postgresql://{user}@127.0.0.1:5432/test"
+        try:
+            with psycopg.connect(url, connect_timeout=3):
+                return url
+        except psycopg.OperationalError:
+            continue
+    return None
+
+
+def wait_until(condition: Callable[[], T], timeout: float = 15.0, interval: float = 0.02, what: str = "") -> T:
+    """Poll `condition` until it returns something truthy; fail after `timeout` seconds (no bare sleeps)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(interval)
+
+
+def ts(at: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(at)
+    return stamp
+
+
+def unique_id(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:20]}"
+
+
+@dataclass
+class ErrorSeen:
+    code: grpc.StatusCode
+    reason: str
+    metadata: dict[str, str]
+    message: str
+
+
+def error_of(call: Callable[[], Any]) -> ErrorSeen:
+    """Run a call that must fail; return its status code and ErrorInfo."""
+    try:
+        call()
+    except grpc.RpcError as error:
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+        reason, metadata = "", {}
+        if status is not None:
+            for detail in status.details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    assert info.domain == "gongji.v1"
+                    reason, metadata = info.reason, dict(info.metadata)
+        return ErrorSeen(error.code(), reason, metadata, error.details() or "")  # type: ignore[attr-defined]
+    raise AssertionError("the call succeeded but was expected to fail")
+
+
+@dataclass
+class Stack:
+    loop_thread: LoopThread
+    gateway: Gateway
+    clock: OffsetClock
+    stubs: dict[str, RunningStub]
+    keys_dir: Path
+    channel: grpc.Channel
+    ops_channel: grpc.Channel
+    signers: dict[str, EnvelopeSigner] = field(default_factory=dict)
+
+    @property
+    def transfers(self) -> transfers_pb2_grpc.TransfersStub:
+        return transfers_pb2_grpc.TransfersStub(self.channel)
+
+    @property
+    def operations(self) -> operations_pb2_grpc.OperationsStub:
+        return operations_pb2_grpc.OperationsStub(self.ops_channel)
+
+    def control(self, province: str) -> control_pb2_grpc.StubControlStub:
+        return control_pb2_grpc.StubControlStub(grpc.insecure_channel(self.stubs[province].address))
+
+    def configure(self, province: str, **behaviour: Any) -> None:
+        self.control(province).Configure(control_pb2.Behaviour(**behaviour), timeout=5)
+
+    def snapshot(self, province: str) -> control_pb2.SnapshotResponse:
+        return self.control(province).Snapshot(control_pb2.SnapshotRequest(), timeout=5)
+
+    def gateway_public_key(self) -> bytes:
+        return load_public_key(self.keys_dir / "gateway.pub")
+
+    # -- messages, signed as a province platform would -------------------------------------------
+    def instruction(self, transfer_id: str | None = None, amount_fen: int = 50_000, sender: str = XINJIANG,
+                    receiver: str = GANSU, giver: tuple[str, str] = GIVER, person: tuple[str, str] = MOTHER,
+                    created_at: datetime | None = None, **overrides: Any) -> transfers_pb2.TransferInstruction:
+        message = transfers_pb2.TransferInstruction(
+            header=common_pb2.Header(message_id=transfer_id or unique_id("tr"), sender=sender, receiver=receiver,
+                                     created_at=ts(created_at or self.clock.now())),
+            giver=common_pb2.PersonRef(id_number=giver[0], pooling_area=giver[1]),
+            receiver=common_pb2.PersonRef(id_number=person[0], pooling_area=person[1]),
+            amount_fen=amount_fen, currency="CNY")
+        for name, value in overrides.items():
+            setattr(message, name, value)
+        return message
+
+    def sign(self, message: Any, signer: str = XINJIANG, payload_type: str | None = None,
+             payload: bytes | None = None) -> common_pb2.SignedEnvelope:
+        envelope = self.signers[signer].sign(payload_type or message.DESCRIPTOR.full_name,
+                                             payload if payload is not None else message.SerializeToString())
+        return envelope_to_proto(envelope)
+
+    def submit(self, instruction: transfers_pb2.TransferInstruction | common_pb2.SignedEnvelope,
+               signer: str = XINJIANG) -> transfers_pb2.SubmitTransferResponse:
+        envelope = instruction if isinstance(instruction, common_pb2.SignedEnvelope) else self.sign(instruction, signer)
+        return self.transfers.SubmitTransfer(transfers_pb2.SubmitTransferRequest(instruction=envelope), timeout=10)
+
+    def confirm(self, transfer_id: str, signer: str = GANSU, decline: bool = False,
+                message_id: str | None = None) -> transfers_pb2.ConfirmTransferResponse:
+        confirmation = transfers_pb2.TransferConfirmation(
+            header=common_pb2.Header(message_id=message_id or unique_id("cf"), sender=signer, receiver="gateway",
+                                     created_at=ts(self.clock.now())),
+            transfer_id=transfer_id,
+            decision=(transfers_pb2.CONFIRMATION_DECISION_DECLINED if decline
+                      else transfers_pb2.CONFIRMATION_DECISION_CREDITED),
+            decline_reason="RECEIVER_DECLINED" if decline else "")
+        return self.transfers.ConfirmTransfer(
+            transfers_pb2.ConfirmTransferRequest(confirmation=self.sign(confirmation, signer)), timeout=10)
+
+    def get(self, transfer_id: str, signer: str = XINJIANG) -> transfers_pb2.TransferView:
+        query = transfers_pb2.TransferQuery(
+            header=common_pb2.Header(message_id=unique_id("q"), sender=signer, receiver="gateway",
+                                     created_at=ts(self.clock.now())),
+            transfer_id=transfer_id)
+        answer = self.transfers.GetTransfer(transfers_pb2.GetTransferRequest(query=self.sign(query, signer)),
+                                            timeout=10)
+        return answer.transfer
+
+    def wait_for_state(self, transfer_id: str, state: int, timeout: float = 15) -> transfers_pb2.TransferView:
+        return wait_until(lambda: (v := self.get(transfer_id)).state == state and v, timeout,
+                          what=f"{transfer_id} to reach {transfers_pb2.TransferState.Name(state)}")
+
+    def verify_receipt(self, receipt: common_pb2.SignedEnvelope, request_payload: bytes) -> common_pb2.Receipt:
+        envelope = Envelope(receipt.payload, receipt.payload_type, receipt.signer, receipt.key_id, receipt.alg,
+                            receipt.signature)
+        assert receipt.signer == "gateway" and receipt.payload_type == "gongji.v1.Receipt"
+        assert verify_signature(envelope, self.gateway_public_key()), "receipt signature must verify"
+        parsed = common_pb2.Receipt.FromString(receipt.payload)
+        assert parsed.request_sha256 == hashlib.sha256(request_payload).digest()
+        return parsed
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table: proof that a refused call stored nothing."""
+        with self.gateway.engine.connect() as conn:
+            return {table: conn.execute(select(func.count()).select_from(text(table))).scalar_one()
+                    for table in ("requests", "transfers", "transfer_events", "outbox")}
+
+    def close(self) -> None:
+        self.channel.close()
+        self.ops_channel.close()
+
+        async def stop() -> None:
+            for stub in self.stubs.values():
+                await stub.stop(0.5)
+            await self.gateway.stop(1.0)
+
+        self.loop_thread.run(stop())
+
+
+def register(ops: operations_pb2_grpc.OperationsStub, code: str, name: str, endpoint: str, key_id: str,
+             public_key: bytes) -> operations_pb2.Province:
+    answer = ops.RegisterProvince(operations_pb2.RegisterProvinceRequest(province=operations_pb2.Province(
+        code=code, name=name, endpoint=endpoint,
+        keys=[operations_pb2.ProvinceKey(key_id=key_id, alg="ed25519", public_key=public_key)])), timeout=5)
+    return answer.province
+
+
+def start_stack(loop_thread: LoopThread, tmp_path: Path, db_url: str,
+                behaviours: dict[str, Behaviour] | None = None, **settings: Any) -> Stack:
+    """Gateway first (its port is needed by the stubs), then the stubs, then their registration."""
+    keys_dir = tmp_path / "keys"
+    clock = OffsetClock()
+    config = Settings(
+        listen="127.0.0.1:0", ops_listen="127.0.0.1:0", database_url=db_url,
+        gateway_key_file=keys_dir / "gateway.key", id_hash_key_file=keys_dir / "id-hash.key",
+        province_call_timeout_seconds=settings.pop("province_call_timeout_seconds", 2.0),
+        outbox=OutboxSettings(poll_interval_seconds=0.05, sweep_interval_seconds=0.05,
+                              backoff=Backoff(base_seconds=0.05, max_seconds=0.5)),
+        **settings)
+    gateway = loop_thread.run(create_gateway(config, clock))
+    behaviours = behaviours or {}
+    stubs = {}
+    for code, name in ((XINJIANG, "新疆"), (GANSU, "甘肃")):
+        stubs[code] = loop_thread.run(start_stub(StubConfig(
+            province=code, name=name, gateway=f"127.0.0.1:{gateway.port}", keys_dir=keys_dir,
+            behaviour=behaviours.get(code, Behaviour()))))
+    stack = Stack(loop_thread, gateway, clock, stubs, keys_dir,
+                  grpc.insecure_channel(f"127.0.0.1:{gateway.port}"),
+                  grpc.insecure_channel(f"127.0.0.1:{gateway.ops_port}"))
+    for code, stub in stubs.items():
+        register(stack.operations, code, stub.config.name, stub.address, stub.key_id,
+                 load_public_key(keys_dir / f"{stub.key_id}.pub"))
+        stack.signers[code] = EnvelopeSigner(code, stub.key_id, load_private_key(keys_dir / f"{stub.key_id}.key"))
+    return stack
+
+
+NEVER_CONFIRM = Behaviour(confirm_mode=ConfirmMode.NEVER)
