@@ -57,16 +57,8 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def stack(loop_thread: LoopThread, tmp_path: Path, sqlite_url: str) -> Iterator[Stack]:
-    """Gateway (SQLite file) with Xinjiang 650000 and Gansu 620000 stub provinces, all on 127.0.0.1:0."""
-    running = start_stack(loop_thread, tmp_path, sqlite_url)
-    yield running
-    running.close()
-
-
-@pytest.fixture
-def any_db_stack(loop_thread: LoopThread, tmp_path: Path, db_url: str) -> Iterator[Stack]:
-    """The same stack on each database backend."""
+def stack(loop_thread: LoopThread, tmp_path: Path, db_url: str) -> Iterator[Stack]:
+    """Gateway with Xinjiang 650000 and Gansu 620000 stub provinces, all on 127.0.0.1:0, on each database."""
     running = start_stack(loop_thread, tmp_path, db_url)
     yield running
     running.close()

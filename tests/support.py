@@ -219,6 +219,19 @@ class Stack:
             return {table: conn.execute(select(func.count()).select_from(text(table))).scalar_one()
                     for table in ("requests", "transfers", "transfer_events", "outbox")}
 
+    def gateway_outbox_attempts(self, subject_id: str) -> int:
+        with self.gateway.engine.connect() as conn:
+            return int(conn.execute(text("SELECT coalesce(sum(attempts), 0) FROM outbox WHERE subject_id = :s"),
+                                    {"s": subject_id}).scalar_one())
+
+    def wait_for_outbox_idle(self, destination: str) -> None:
+        """Until nothing is waiting to go to `destination` (everything sent was acknowledged)."""
+        def idle() -> bool:
+            with self.gateway.engine.connect() as conn:
+                return conn.execute(text("SELECT count(*) FROM outbox WHERE destination = :d AND status = 'PENDING'"),
+                                    {"d": destination}).scalar_one() == 0
+        wait_until(idle, what=f"outbox to {destination} drained")
+
     def close(self) -> None:
         self.channel.close()
         self.ops_channel.close()

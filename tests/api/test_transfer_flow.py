@@ -6,8 +6,7 @@ from protos.gongji.v1 import transfers_pb2
 from tests.support import GANSU, XINJIANG, Stack, wait_until
 
 
-def test_happy_path_reaches_committed_and_both_provinces_are_told(any_db_stack: Stack) -> None:
-    stack = any_db_stack
+def test_happy_path_reaches_committed_and_both_provinces_are_told(stack: Stack) -> None:
     instruction = stack.instruction(amount_fen=50_000)
     answer = stack.submit(instruction)
 

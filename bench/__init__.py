@@ -1,0 +1,1 @@
+"""`make bench`: Gongji's transfer throughput and latency measured against a bare gRPC echo ceiling."""

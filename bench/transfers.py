@@ -1,0 +1,53 @@
+"""The transfer driver's requests: Xinjiang's platform signing fresh TransferInstructions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from protos.gongji.v1 import common_pb2, transfers_pb2
+from province_stub.client import build_instruction_envelope, new_transfer_id, read_receipt
+from province_stub.signing import PublicKeyStore, load_private_key
+
+SUBMIT_METHOD = "/gongji.v1.Transfers/SubmitTransfer"
+XINJIANG, GANSU = "650000", "620000"
+XINJIANG_KEY_ID = f"{XINJIANG}-k1"
+# The seeds' pair: a Hami employee giving to his mother insured in Lanzhou.
+GIVER = common_pb2.PersonRef(id_number="650502199001011230", pooling_area="650500")
+RECEIVER = common_pb2.PersonRef(id_number="620102196505120026", pooling_area="620100")
+AMOUNT_FEN = 100
+
+
+class TransferSource:
+    """Builds and signs one new instruction per call (unique transfer_id, created_at = now)."""
+
+    def __init__(self, keys_dir: Path, *, keep_payloads: bool = False) -> None:
+        self._private_key = load_private_key(keys_dir / f"{XINJIANG_KEY_ID}.key")
+        self._keys = PublicKeyStore(keys_dir)
+        self.submitted: list[str] = []
+        # Only while warming up: the payloads let every receipt be verified against its request.
+        self.keep_payloads = keep_payloads
+        self._payloads: dict[str, bytes] = {}
+
+    def next_request(self) -> tuple[str, transfers_pb2.SubmitTransferRequest]:
+        transfer_id = new_transfer_id(XINJIANG)
+        envelope = build_instruction_envelope(
+            XINJIANG, XINJIANG_KEY_ID, self._private_key, transfer_id, GIVER, RECEIVER, GANSU, AMOUNT_FEN
+        )
+        self.submitted.append(transfer_id)
+        if self.keep_payloads:
+            self._payloads[transfer_id] = envelope.payload
+        return transfer_id, transfers_pb2.SubmitTransferRequest(instruction=envelope)
+
+    def check(self, answer: transfers_pb2.SubmitTransferResponse) -> str:
+        """"OK" for a first acceptance (RECEIVED, not a replay, receipt signed by the gateway)."""
+        if answer.replay:
+            return "REPLAY"
+        if answer.state != transfers_pb2.TRANSFER_STATE_RECEIVED:
+            return f"STATE_{transfers_pb2.TransferState.Name(answer.state)}"
+        if answer.receipt.signer != "gateway" or not answer.receipt.signature:
+            return "NO_RECEIPT"
+        payload = self._payloads.get(answer.transfer_id)
+        # Full verification costs an Ed25519 check on the driver's CPU, so only warm-up pays it.
+        if payload is not None and read_receipt(self._keys, answer.receipt, payload) is None:
+            return "BAD_RECEIPT"
+        return "OK"
