@@ -27,6 +27,7 @@ class Outcomes:
     province: str
     by_transfer: dict[str, list[control_pb2.Notification]]
     credits: Counter[str]
+    credit_status: dict[str, int]
     deliveries_received: int
 
     @classmethod
@@ -38,6 +39,7 @@ class Outcomes:
             province=snapshot.province,
             by_transfer=dict(by_transfer),
             credits=Counter(credit.transfer_id for credit in snapshot.credits),
+            credit_status=dict(Counter(credit.status for credit in snapshot.credits)),
             deliveries_received=snapshot.deliveries_received,
         )
 
@@ -78,7 +80,9 @@ def completed(outcomes: Mapping[str, Outcomes], transfer_id: str) -> float | Non
     return max(t for t in times if t is not None)
 
 
-async def drain(stubs: Stubs, accepted: Collection[str], timeout_s: float) -> tuple[dict[str, Outcomes], float]:
+async def drain(
+    stubs: Stubs, accepted: Collection[str], timeout_s: float
+) -> tuple[dict[str, Outcomes], float]:
     """Poll the stubs until every accepted transfer was told to both (or `timeout_s`); answer the
     last snapshots and how long the drain took. Polls once a second: a snapshot costs the stub CPU."""
     start = time.monotonic()
@@ -136,6 +140,7 @@ class Accounting:
     outbox_status: dict[str, int] = field(default_factory=dict)
     outbox_pending: int = 0
     refused_but_stored: int = 0
+    stub_credit_status: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def account(
@@ -144,6 +149,7 @@ def account(
     submitted_set = set(submitted)
     result = Accounting(db_states=dict(Counter(db.states.values())), outbox_status=db.outbox_status)
     result.outbox_pending = db.outbox_status.get("PENDING", 0)
+    result.stub_credit_status = {p: o.credit_status for p, o in outcomes.items() if o.credit_status}
 
     not_in_db = [t for t in accepted if t not in db.states]
     not_committed = [t for t in accepted if t in db.states and db.states[t] != "COMMITTED"]

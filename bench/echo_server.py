@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 
 import grpc
@@ -46,10 +47,8 @@ async def serve(listen: str, max_seconds: float) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     # Bounded even if the bench that started it disappears without stopping it.
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), max_seconds)
-    except TimeoutError:
-        pass
     await server.stop(1.0)
 
 

@@ -127,7 +127,8 @@ class Children:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, children start before any channel
+                # Only a prctl call, and every child starts before the bench opens a channel (threads).
+                preexec_fn=_die_with_parent,
             )
         child = Child(name, popen, stdout_path, stderr_path)
         self.started.append(child)

@@ -28,12 +28,19 @@ class TransferSource:
         self.keep_payloads = keep_payloads
         self._payloads: dict[str, bytes] = {}
 
+    def sample_request(self) -> transfers_pb2.SubmitTransferRequest:
+        """A request like every submitted one, but never sent to the gateway (the echo's payload)."""
+        return self._build(new_transfer_id(XINJIANG))[1]
+
     def next_request(self) -> tuple[str, transfers_pb2.SubmitTransferRequest]:
         transfer_id = new_transfer_id(XINJIANG)
+        self.submitted.append(transfer_id)
+        return self._build(transfer_id)
+
+    def _build(self, transfer_id: str) -> tuple[str, transfers_pb2.SubmitTransferRequest]:
         envelope = build_instruction_envelope(
             XINJIANG, XINJIANG_KEY_ID, self._private_key, transfer_id, GIVER, RECEIVER, GANSU, AMOUNT_FEN
         )
-        self.submitted.append(transfer_id)
         if self.keep_payloads:
             self._payloads[transfer_id] = envelope.payload
         return transfer_id, transfers_pb2.SubmitTransferRequest(instruction=envelope)

@@ -49,6 +49,9 @@ from protos.gongji.v1 import (
 
 log = logging.getLogger(__name__)
 
+# grpc-stubs describe only the synchronous health servicer; this is its asyncio twin.
+HealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
+
 PROVINCE_SERVICES = (
     transfers_pb2.DESCRIPTOR.services_by_name["Transfers"].full_name,
     relations_pb2.DESCRIPTOR.services_by_name["Relations"].full_name,
@@ -67,7 +70,7 @@ class Gateway:
     engine: Engine
     _server: grpc.aio.Server
     _ops_server: grpc.aio.Server
-    _healths: tuple[health.aio.HealthServicer, ...]
+    _healths: tuple[Any, ...]
     _outbox: OutboxWorker
     _client: ProvinceClient
     _executor: ThreadPoolExecutor
@@ -86,7 +89,7 @@ class Gateway:
         await self._server.wait_for_termination()
 
 
-def _new_server(settings: Settings, services: tuple[str, ...]) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+def _new_server(settings: Settings, services: tuple[str, ...]) -> tuple[grpc.aio.Server, Any]:
     server = grpc.aio.server(
         interceptors=[ErrorMappingInterceptor()],
         options=[
@@ -94,7 +97,7 @@ def _new_server(settings: Settings, services: tuple[str, ...]) -> tuple[grpc.aio
             ("grpc.max_send_message_length", settings.max_message_bytes),
         ],
     )
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     return server, health_servicer
@@ -115,7 +118,7 @@ async def create_gateway(settings: Settings, clock: Clock | None = None) -> Gate
     signer = EnvelopeSigner(GATEWAY, settings.gateway_key_id,
                             ensure_key_pair(settings.gateway_key_file, settings.gateway_public_key_file))
     context = UseCaseContext(
-        uow=functools.partial(SqlUnitOfWork, engine),
+        uow=lambda: SqlUnitOfWork(engine),
         clock=clock,
         receipts=SignedReceiptIssuer(signer),
         hasher=HmacPersonHasher(load_or_create_secret(settings.id_hash_key_file)),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TypeVar
 
 from google.protobuf import message as pb_message
@@ -120,8 +119,8 @@ def transfer_to_proto(transfer: Transfer) -> transfers_pb2.TransferView:
         updated_at=timestamp(transfer.updated_at), return_deadline=timestamp(transfer.return_deadline),
         reason=transfer.reason, instruction_sha256=transfer.instruction_sha256,
         settlement_window_id=transfer.settlement_window_id,
-        history=[transfers_pb2.TransferEvent(state=transfer_state_to_proto(e.state), at=timestamp(e.at), reason=e.reason)
-                 for e in transfer.history],
+        history=[transfers_pb2.TransferEvent(state=transfer_state_to_proto(e.state), at=timestamp(e.at),
+                                             reason=e.reason) for e in transfer.history],
     )
 
 
@@ -133,12 +132,12 @@ _STATUS_FROM_PROTO = {v: k for k, v in _STATUS_TO_PROTO.items()}
 
 
 def province_status_from_proto(value: int) -> ProvinceStatus | None:
-    return _STATUS_FROM_PROTO.get(value)  # type: ignore[call-overload]
+    return _STATUS_FROM_PROTO.get(value)  # type: ignore[call-overload, no-any-return]
 
 
 def policy_from_proto(policy: operations_pb2.ProvincePolicy) -> Policy:
     def opt(name: str) -> int | bool | None:
-        return getattr(policy, name) if policy.HasField(name) else None
+        return getattr(policy, name) if policy.HasField(name) else None  # type: ignore[arg-type]
 
     return Policy(**{name: opt(name) for name in Policy.__slots__})  # type: ignore[arg-type]
 

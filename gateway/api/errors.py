@@ -32,7 +32,7 @@ STATUS_BY_ERROR: dict[type[errors.GongjiError], grpc.StatusCode] = {
 
 def status_code_for(error: errors.GongjiError) -> grpc.StatusCode:
     for cls in type(error).__mro__:
-        code = STATUS_BY_ERROR.get(cls)  # type: ignore[call-overload]
+        code = STATUS_BY_ERROR.get(cls)
         if code is not None:
             return code
     return grpc.StatusCode.INTERNAL
@@ -63,15 +63,16 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: Exception, 
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
-class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Turns exceptions raised by servicers into statuses; nothing unexpected reaches the client as is."""
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
+    ) -> Any:
+        # grpc-stubs type handlers as synchronous; under grpc.aio their behaviours are coroutines.
+        handler: Any = await continuation(handler_call_details)
         if handler is None:
             return handler
         method = handler_call_details.method

@@ -10,7 +10,7 @@ from datetime import datetime
 from gateway.domain.envelope import ALLOWED_ALGS
 from gateway.domain.errors import InvalidArgument
 
-PROVINCE_CODE = re.compile(r"\d{2}0000")
+PROVINCE_CODE = re.compile(r"[0-9]{2}0000")  # ASCII digits only, as in ID numbers
 KEY_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
 
 
@@ -89,7 +89,7 @@ def validate_province_code(code: str, field_name: str = "code") -> None:
 
 def validate_endpoint(endpoint: str, field_name: str = "endpoint") -> None:
     host, sep, port = endpoint.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise InvalidArgument("an endpoint is host:port", reason="INVALID_ENDPOINT", field=field_name)
 
 

@@ -112,7 +112,7 @@ def _validate_person(person: PersonRef, province: str, role: str, today: date) -
         raise InvalidArgument(f"{role}.id_number is not a valid resident ID number ({problem.value})",
                               reason="INVALID_ID_NUMBER", field=f"{role}.id_number")
     area = person.pooling_area
-    if len(area) != 6 or not area.isdigit() or area[:2] != province[:2]:
+    if len(area) != 6 or not (area.isascii() and area.isdigit()) or area[:2] != province[:2]:
         raise InvalidArgument(f"{role}.pooling_area must be a 6-digit pooling area within province {province}",
                               reason="INVALID_POOLING_AREA", field=f"{role}.pooling_area")
 

@@ -74,7 +74,7 @@ class ProvinceClient:
         request = province_pb2.DeliverTransferRequest(
             instruction=envelope_to_proto(work.instruction),
             delivery=self._sign("gongji.v1.TransferDelivery", delivery.SerializeToString()))
-        answer = await self._stub(work.endpoint).DeliverTransfer(request, timeout=self._timeout)
+        answer = await self._stub(work.endpoint).DeliverTransfer(request, timeout=self._timeout)  # type: ignore[misc]
         if answer.decision == province_pb2.DELIVERY_DECISION_ACCEPTED:
             return SendResult(acknowledged=True)
         if answer.decision == province_pb2.DELIVERY_DECISION_REJECTED:
@@ -87,16 +87,18 @@ class ProvinceClient:
         outcome = province_pb2.Outcome(
             header=self._header(message.message_id, message.destination),
             transfer=province_pb2.TransferOutcome(
-                transfer_id=transfer.transfer_id, state=transfers_pb2.TransferState.Value(f"TRANSFER_STATE_{state.value}"),
+                transfer_id=transfer.transfer_id,
+                state=transfers_pb2.TransferState.Value(f"TRANSFER_STATE_{state.value}"),
                 reason=transfer.reason if transfer.state is state else "", amount_fen=transfer.amount_fen,
                 giver_province=transfer.giver_province, receiver_province=transfer.receiver_province,
                 decided_at=timestamp(transfer.updated_at)))
-        request = province_pb2.NotifyOutcomeRequest(outcome=self._sign("gongji.v1.Outcome", outcome.SerializeToString()))
-        await self._stub(work.endpoint).NotifyOutcome(request, timeout=self._timeout)
+        request = province_pb2.NotifyOutcomeRequest(
+            outcome=self._sign("gongji.v1.Outcome", outcome.SerializeToString()))
+        await self._stub(work.endpoint).NotifyOutcome(request, timeout=self._timeout)  # type: ignore[misc]
         return SendResult(acknowledged=True)
 
     async def close(self) -> None:
         for channel in self._channels.values():
-            await channel.close()
+            await channel.close(None)
         self._channels.clear()
         self._stubs.clear()

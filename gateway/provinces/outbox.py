@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -25,7 +26,7 @@ class OutboxSettings:
     poll_interval_seconds: float = 0.25
     sweep_interval_seconds: float = 0.5
     lease_seconds: float = 30.0
-    backoff: Backoff = Backoff()
+    backoff: Backoff = field(default_factory=Backoff)
 
 
 class OutboxWorker:
@@ -77,10 +78,8 @@ class OutboxWorker:
             except Exception:
                 log.exception("outbox loop iteration failed; retrying")
                 self._slots.release()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._settings.poll_interval_seconds)
-            except TimeoutError:
-                pass
 
     async def _send_batch(self, work: list[Any]) -> None:
         try:

@@ -189,6 +189,11 @@ class SqlRequestRepository:
             error_message=message))
 
 
+# Everything but the stored instruction envelope, which only deliveries need.
+_VIEW_COLUMNS = tuple(
+    c for c in transfers_t.c if not c.name.startswith("instruction_") or c.name == "instruction_sha256")
+
+
 class SqlTransferRepository:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
@@ -208,10 +213,9 @@ class SqlTransferRepository:
         ))
         self.add_event(transfer.transfer_id, transfer.state, transfer.reason, transfer.created_at)
 
-    _VIEW_COLUMNS = [c for c in transfers_t.c if not c.name.startswith("instruction_") or c.name == "instruction_sha256"]
 
     def get(self, transfer_id: str, with_history: bool = False) -> Transfer | None:
-        row = self._conn.execute(select(*self._VIEW_COLUMNS).where(transfers_t.c.transfer_id == transfer_id)).first()
+        row = self._conn.execute(select(*_VIEW_COLUMNS).where(transfers_t.c.transfer_id == transfer_id)).first()
         if row is None:
             return None
         history: tuple[TransferEvent, ...] = ()

@@ -47,7 +47,8 @@ class Backoff:
     max_seconds: float = 30.0
 
     def delay(self, attempts: int) -> timedelta:
-        ceiling = min(self.max_seconds, self.base_seconds * 2 ** max(0, attempts - 1))
+        # The exponent is capped: notifications retry without end, and 2**1024 overflows a float.
+        ceiling = min(self.max_seconds, self.base_seconds * 2 ** min(max(0, attempts - 1), 60))
         # Jitter spreads the retries of many messages to one recovering province.
         return timedelta(seconds=ceiling * random.uniform(0.5, 1.0))
 

@@ -51,10 +51,16 @@ class OutboxRepository(Protocol):
 
 
 class UnitOfWork(Protocol):
-    provinces: ProvinceRepository
-    requests: RequestRepository
-    transfers: TransferRepository
-    outbox: OutboxRepository
+    """One transaction; leaving the `with` block without commit() rolls it back."""
+
+    @property
+    def provinces(self) -> ProvinceRepository: ...
+    @property
+    def requests(self) -> RequestRepository: ...
+    @property
+    def transfers(self) -> TransferRepository: ...
+    @property
+    def outbox(self) -> OutboxRepository: ...
 
     def __enter__(self) -> UnitOfWork: ...
     def __exit__(self, *exc: object) -> None: ...

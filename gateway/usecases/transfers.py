@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from gateway.domain.clock import BEIJING
+from gateway.domain.envelope import GATEWAY, Envelope
 from gateway.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from gateway.domain.identity import mask_id_number
 from gateway.domain.provinces import Province, effective_policy
@@ -24,7 +25,6 @@ from gateway.domain.transfers import (
     validate_instruction,
     validate_message_id,
 )
-from gateway.domain.envelope import GATEWAY, Envelope
 from gateway.usecases.auth import authenticate
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.idempotency import payload_digest, run_once
@@ -56,8 +56,8 @@ def outcome_message_id(transfer_id: str, state: TransferState) -> str:
 def enqueue_outcome(uow: UnitOfWork, transfer: Transfer, state: TransferState, now_at: datetime) -> None:
     """Both provinces are told every final state, once each (de-duplicated by message_id)."""
     for province in (transfer.giver_province, transfer.receiver_province):
-        uow.outbox.enqueue(province, OutboxKind.NOTIFY_TRANSFER_OUTCOME, outcome_message_id(transfer.transfer_id, state),
-                           transfer.transfer_id, now_at)
+        uow.outbox.enqueue(province, OutboxKind.NOTIFY_TRANSFER_OUTCOME,
+                           outcome_message_id(transfer.transfer_id, state), transfer.transfer_id, now_at)
 
 
 def _require_active(province: Province | None, code: str) -> Province:

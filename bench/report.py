@@ -1,0 +1,135 @@
+"""What a run found, as latest.json, a Markdown page for the README to quote, and a console table."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+# The issue's targets on the 2-core reference machine.
+TARGETS = {"submit_ratio": 0.15, "lifecycle_ratio": 0.10}
+ZERO_TARGETS = ("errors", "lost", "duplicated")
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        load = list(os.getloadavg())
+    except OSError:
+        load = []
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+        "loadavg_at_start": load,
+    }
+
+
+def missed(report: dict[str, Any]) -> list[str]:
+    """One line per target the run did not reach (a miss is a finding, not a failed run)."""
+    lines = [
+        f"{key} = {report[key]:.3f} < {target:.2f} (short by {target - report[key]:.3f})"
+        for key, target in TARGETS.items()
+        if report[key] < target
+    ]
+    lines.extend(f"{key} = {report[key]} (must be 0)" for key in ZERO_TARGETS if report[key] != 0)
+    return lines
+
+
+def noise(report: dict[str, Any], threshold: float = 20.0) -> list[str]:
+    """Phases during which processes outside the bench used more than `threshold`% of one core."""
+    return [
+        f"{phase}: other processes used {figures['others_percent_of_one_core']:.0f}% of one core"
+        for phase, figures in report["cpu"].items()
+        if figures.get("others_percent_of_one_core", 0.0) > threshold
+    ]
+
+
+def write(report: dict[str, Any], results_dir: Path) -> Path:
+    """latest.json and latest.md, each written to a temporary name and renamed (never half a file)."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    target = results_dir / "latest.json"
+    tmp = results_dir / "latest.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(target)
+    md_tmp = results_dir / "latest.md.tmp"
+    md_tmp.write_text(markdown(report), encoding="utf-8")
+    md_tmp.replace(results_dir / "latest.md")
+    return target
+
+
+def _cpu_line(cpu: dict[str, Any], phase: str) -> str:
+    shares = cpu.get(phase, {}).get("process_percent_of_one_core", {})
+    return ", ".join(f"{name} {value:.0f}%" for name, value in sorted(shares.items(), key=lambda kv: -kv[1]))
+
+
+def markdown(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    rows = [
+        ("echo ceiling (rps, median of rounds)", f"{r['echo_rps']:.0f}"),
+        ("submit (tps)", f"{r['submit_tps']:.0f}"),
+        ("submit p50 / p99 (ms)", f"{r['submit_p50_ms']:.1f} / {r['submit_p99_ms']:.1f}"),
+        ("lifecycle (tps, committed + both told within the window)", f"{r['lifecycle_tps']:.0f}"),
+        ("lifecycle p50 / p99 (ms)", f"{r['lifecycle_p50_ms']:.0f} / {r['lifecycle_p99_ms']:.0f}"),
+        ("submit_ratio (target ≥ 0.15)", f"{r['submit_ratio']:.3f}"),
+        ("lifecycle_ratio (target ≥ 0.10)", f"{r['lifecycle_ratio']:.3f}"),
+        ("errors / lost / duplicated", f"{r['errors']} / {r['lost']} / {r['duplicated']}"),
+    ]
+    lines = [
+        "# Latest `make bench` figures",
+        "",
+        f"Run {r['started_at']}: {r['bench_seconds']:g} s per phase, {r['concurrency']} calls in flight, "
+        f"on {m['nproc']} × {m['cpu_model'] or 'unknown CPU'} (Linux {m['kernel']}, Python {m['python']}, "
+        f"grpcio {m['grpcio']}). Gateway, both stub provinces, the echo server and the driver share "
+        "these cores.",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        *(f"| {name} | {value} |" for name, value in rows),
+        "",
+        f"CPU during the transfer phase (% of one core): {_cpu_line(r['cpu'], 'transfers')}; "
+        f"other processes on the machine: {r['cpu'].get('transfers', {}).get('others_percent_of_one_core', 0):.0f}%.",
+        "",
+        f"Method: {r['method']['phases']} Written by `make bench` to `bench/results/latest.json`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def summary(r: dict[str, Any]) -> str:
+    rounds = ", ".join(f"{e['rps']:.0f}" for e in r["echo_rounds"])
+    lines = [
+        f"{'echo_rps':<18}{r['echo_rps']:>10.0f}   rounds: {rounds}",
+        f"{'submit_tps':<18}{r['submit_tps']:>10.0f}   p50 {r['submit_p50_ms']:.1f} ms, "
+        f"p99 {r['submit_p99_ms']:.1f} ms",
+        f"{'lifecycle_tps':<18}{r['lifecycle_tps']:>10.0f}   p50 {r['lifecycle_p50_ms']:.0f} ms, "
+        f"p99 {r['lifecycle_p99_ms']:.0f} ms (drained rate {r['lifecycle_tps_drained']:.0f}/s)",
+        f"{'submit_ratio':<18}{r['submit_ratio']:>10.3f}   target ≥ {TARGETS['submit_ratio']}",
+        f"{'lifecycle_ratio':<18}{r['lifecycle_ratio']:>10.3f}   target ≥ {TARGETS['lifecycle_ratio']}",
+        f"{'submitted':<18}{r['submitted']:>10}   accepted {r['accepted']}",
+        f"{'errors':<18}{r['errors']:>10}   {r['error_codes'] or ''}",
+        f"{'lost':<18}{r['lost']:>10}   {_nonzero(r['lost_detail'])}",
+        f"{'duplicated':<18}{r['duplicated']:>10}   {_nonzero(r['duplicated_detail'])}",
+        f"{'redelivered':<18}{r['redelivered']:>10}   {_nonzero(r['redelivered_detail'])}",
+        f"{'outbox_pending':<18}{r['outbox_pending']:>10}",
+        f"cpu (transfers):  {_cpu_line(r['cpu'], 'transfers')}; "
+        f"machine {r['cpu'].get('transfers', {}).get('machine_busy_percent', 0):.0f}% busy",
+    ]
+    return "\n".join(lines)
+
+
+def _nonzero(detail: dict[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in detail.items() if v) or ""

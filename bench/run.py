@@ -1,0 +1,425 @@
+"""One bench run: start the gateway, two stubs and the echo server, measure in phases, check, report."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc.aio
+
+from bench import report
+from bench.checks import Database, Outcomes, Stubs, account, completed, drain
+from bench.echo_server import ECHO_METHOD
+from bench.load import Phase, UnaryTarget, drive, percentile
+from bench.procs import (
+    PROJECT_ROOT,
+    BenchError,
+    Child,
+    Children,
+    free_ports,
+    machine_busy_ticks,
+    process_cpu_seconds,
+    wait_for_file,
+    wait_for_health,
+    wait_for_line,
+)
+from bench.transfers import GANSU, SUBMIT_METHOD, XINJIANG, TransferSource
+from protos.gongji.v1 import transfers_pb2
+
+DEADLINE_S = 10.0
+STARTUP_TIMEOUT_S = 30.0
+ECHO_WARMUP_S = 1.0
+PROVINCE_NAMES = {XINJIANG: "新疆", GANSU: "甘肃"}
+GATEWAY_READY = re.compile(r"gateway ready: provinces (\S+), operators (\S+)")
+STUB_READY = re.compile(r"stub province \d+ serving on (\S+)")
+ECHO_READY = re.compile(r"echo ready on (\S+)")
+PHASES = (
+    "Warm-up (1 s of echo; 4×concurrency verified submissions, drained). Then echo round 1, "
+    "transfer phase, drain, echo round 2, each echo round and the transfer phase BENCH_SECONDS long, "
+    "in one run on one machine; echo_rps is the median of the echo rounds (with two, their mean), so "
+    "drift during the run lands on both sides of the transfer phase."
+)
+
+
+@dataclass(frozen=True)
+class Options:
+    seconds: float
+    concurrency: int
+    drain_timeout_s: float
+    results_dir: Path
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Options:
+        """BENCH_SECONDS (20), BENCH_CONCURRENCY (32), BENCH_DRAIN_SECONDS (60); ValueError if bad."""
+        seconds = float(env.get("BENCH_SECONDS", "20"))
+        concurrency = int(env.get("BENCH_CONCURRENCY", "32"))
+        drain_timeout_s = float(env.get("BENCH_DRAIN_SECONDS", "60"))
+        if not (0 < seconds <= 600 and 0 < concurrency <= 1024 and 0 < drain_timeout_s <= 600):
+            raise ValueError(
+                "BENCH_SECONDS and BENCH_DRAIN_SECONDS must be in (0, 600], BENCH_CONCURRENCY in (0, 1024]"
+            )
+        return cls(seconds, concurrency, drain_timeout_s, PROJECT_ROOT / "bench" / "results")
+
+
+@dataclass
+class Stack:
+    """The started processes and where they listen."""
+
+    children: Children
+    keys_dir: Path
+    db_path: Path
+    gateway: str
+    stubs: dict[str, str]
+    echo: str
+
+
+def _write_manifest(path: Path, stubs: Mapping[str, str]) -> None:
+    # Key files are relative to the manifest's folder (gateway/manifest.py).
+    blocks = [
+        f'[[provinces]]\ncode = "{code}"\nname = "{PROVINCE_NAMES[code]}"\nendpoint = "{address}"\n'
+        f'[[provinces.keys]]\nkey_id = "{code}-k1"\npublic_key_file = "keys/{code}-k1.pub"\n'
+        for code, address in stubs.items()
+    ]
+    path.write_text("\n".join(blocks), encoding="utf-8")
+
+
+async def start_stack(children: Children, workdir: Path) -> Stack:
+    """Stubs first (they create their keys), then the manifest naming them, then the gateway and echo.
+
+    Every process is started before the bench opens its first gRPC channel: fork after gRPC has
+    started its threads is unsafe.
+    """
+    keys_dir = workdir / "keys"
+    gw_port, ops_port, xj_port, gs_port, echo_port = free_ports(5)
+    gateway = f"127.0.0.1:{gw_port}"
+    stubs = {XINJIANG: f"127.0.0.1:{xj_port}", GANSU: f"127.0.0.1:{gs_port}"}
+    stub_children: dict[str, Child] = {}
+    for code, address in stubs.items():
+        stub_children[code] = children.start(
+            f"stub-{code}",
+            ["-m", "province_stub", "--province", code, "--name", PROVINCE_NAMES[code], "--listen", address,
+             "--gateway", gateway, "--keys-dir", str(keys_dir)],
+        )
+    for code, child in stub_children.items():
+        await wait_for_line(child, STUB_READY, STARTUP_TIMEOUT_S)
+        await wait_for_file(child, keys_dir / f"{code}-k1.pub", STARTUP_TIMEOUT_S)
+    manifest = workdir / "manifest.toml"
+    _write_manifest(manifest, stubs)
+    db_path = workdir / "bench.db"
+    gateway_child = children.start(
+        "gateway",
+        ["-m", "gateway"],
+        env={
+            "GONGJI_LISTEN": gateway,
+            "GONGJI_OPS_LISTEN": f"127.0.0.1:{ops_port}",
+            "GONGJI_DATABASE_URL": f"sqlite:///{db_path}",
+            "GONGJI_GATEWAY_KEY_FILE": str(keys_dir / "gateway.key"),
+            "GONGJI_ID_HASH_KEY_FILE": str(keys_dir / "id-hash.key"),
+            "GONGJI_MANIFEST": str(manifest),
+            "GONGJI_LOG_LEVEL": "WARNING",
+        },
+    )
+    echo = f"127.0.0.1:{echo_port}"
+    echo_child = children.start(
+        "echo", ["-m", "bench.echo_server", "--listen", echo, "--max-seconds", "3600"]
+    )
+    await wait_for_line(gateway_child, GATEWAY_READY, STARTUP_TIMEOUT_S)
+    await wait_for_line(echo_child, ECHO_READY, STARTUP_TIMEOUT_S)
+    await wait_for_health(gateway_child, gateway, STARTUP_TIMEOUT_S)
+    await wait_for_health(gateway_child, f"127.0.0.1:{ops_port}", STARTUP_TIMEOUT_S)
+    for code, child in stub_children.items():
+        await wait_for_health(child, stubs[code], STARTUP_TIMEOUT_S)
+    await wait_for_health(echo_child, echo, STARTUP_TIMEOUT_S)
+    return Stack(children, keys_dir, db_path, gateway, stubs, echo)
+
+
+class CpuMeter:
+    """CPU seconds of every process (the bench itself included) and the machine, per phase."""
+
+    def __init__(self, children: Children) -> None:
+        self._children = children
+        self.phases: dict[str, dict[str, Any]] = {}
+        self._mark: tuple[float, dict[str, float], tuple[int, int]] | None = None
+
+    def _sample(self) -> dict[str, float]:
+        sample = {child.name: child.cpu_seconds() for child in self._children.started}
+        sample["driver"] = process_cpu_seconds(os.getpid())
+        return sample
+
+    def start(self) -> None:
+        self._mark = (time.monotonic(), self._sample(), machine_busy_ticks())
+
+    def stop(self, phase: str) -> None:
+        if self._mark is None:
+            return
+        started, before, (busy0, total0) = self._mark
+        wall = time.monotonic() - started
+        after = self._sample()
+        busy1, total1 = machine_busy_ticks()
+        ours = {name: 100 * (after[name] - before.get(name, 0.0)) / wall for name in after}
+        busy_percent = 100 * (busy1 - busy0) / max(1, total1 - total0)
+        self.phases[phase] = {
+            "seconds": round(wall, 2),
+            # 100 = one core fully busy; on 2 cores the sum can reach 200.
+            "process_percent_of_one_core": {name: round(value, 1) for name, value in ours.items()},
+            "machine_busy_percent": round(busy_percent, 1),
+            # Whatever else ran on the machine meanwhile (other people's tests): the noise to judge by.
+            "others_percent_of_one_core": round(max(0.0, busy_percent * (os.cpu_count() or 1) - sum(ours.values())), 1),
+        }
+        self._mark = None
+
+
+def _echo_summary(phase: Phase) -> dict[str, Any]:
+    return {
+        "rps": round(phase.rate, 1),
+        "calls": len(phase.calls),
+        "errors": phase.errors,
+        "error_codes": phase.error_codes,
+        "p50_ms": round(phase.latency_ms(50), 2),
+        "p99_ms": round(phase.latency_ms(99), 2),
+        "elapsed_s": round(phase.elapsed_s, 3),
+        "started_at": phase.started_at,
+    }
+
+
+def _lifecycle(phase: Phase, outcomes: Mapping[str, Outcomes]) -> dict[str, Any]:
+    window_end = phase.started_at + phase.window_s
+    latencies: list[float] = []
+    done_in_window = 0
+    last_done = phase.started_at
+    for call in phase.ok:
+        done = completed(outcomes, call.key)
+        if done is None:
+            continue
+        latencies.append((done - call.started_at) * 1000)
+        last_done = max(last_done, done)
+        if done <= window_end:
+            done_in_window += 1
+    drained_span = last_done - phase.started_at
+    return {
+        "lifecycle_tps": done_in_window / phase.window_s,
+        "lifecycle_tps_drained": len(latencies) / drained_span if drained_span > 0 else 0.0,
+        "lifecycle_completed_in_window": done_in_window,
+        "lifecycle_completed": len(latencies),
+        "lifecycle_p50_ms": percentile(latencies, 50),
+        "lifecycle_p99_ms": percentile(latencies, 99),
+    }
+
+
+async def measure(stack: Stack, options: Options, cpu: CpuMeter) -> dict[str, Any]:
+    source = TransferSource(stack.keys_dir, keep_payloads=True)
+    sample = source.sample_request()
+    # One channel per server, as a province platform would hold one to the gateway.
+    gateway_channel = grpc.aio.insecure_channel(stack.gateway)
+    echo_channel = grpc.aio.insecure_channel(stack.echo)
+    stubs = Stubs(stack.stubs)
+    try:
+        submit: UnaryTarget[transfers_pb2.SubmitTransferRequest, transfers_pb2.SubmitTransferResponse] = (
+            UnaryTarget(gateway_channel, SUBMIT_METHOD,
+                        transfers_pb2.SubmitTransferRequest.SerializeToString,
+                        transfers_pb2.SubmitTransferResponse.FromString, DEADLINE_S)
+        )
+        # The echo carries a real signed submit request through the same serialisation, both ways.
+        echo: UnaryTarget[transfers_pb2.SubmitTransferRequest, transfers_pb2.SubmitTransferRequest] = (
+            UnaryTarget(echo_channel, ECHO_METHOD,
+                        transfers_pb2.SubmitTransferRequest.SerializeToString,
+                        transfers_pb2.SubmitTransferRequest.FromString, DEADLINE_S)
+        )
+
+        def echo_request() -> tuple[str, transfers_pb2.SubmitTransferRequest]:
+            return "", sample
+
+        def echo_check(answer: transfers_pb2.SubmitTransferRequest) -> str:
+            return "OK" if answer.instruction.signature == sample.instruction.signature else "ECHO_MISMATCH"
+
+        async def echo_round(name: str) -> Phase:
+            cpu.start()
+            phase = await drive(name, echo, echo_request, echo_check,
+                                concurrency=options.concurrency, seconds=options.seconds)
+            cpu.stop(name)
+            return phase
+
+        print("bench: warming up", file=sys.stderr, flush=True)
+        await drive("echo-warmup", echo, echo_request, echo_check,
+                    concurrency=options.concurrency, seconds=ECHO_WARMUP_S)
+        warmup = await drive("transfers-warmup", submit, source.next_request, source.check,
+                             concurrency=options.concurrency, total_calls=4 * options.concurrency)
+        await drain(stubs, [c.key for c in warmup.ok], options.drain_timeout_s)
+        source.keep_payloads = False
+
+        print(f"bench: echo round 1 ({options.seconds:g} s)", file=sys.stderr, flush=True)
+        echo_rounds = [await echo_round("echo-1")]
+        print(f"bench: transfers ({options.seconds:g} s, {options.concurrency} in flight)",
+              file=sys.stderr, flush=True)
+        cpu.start()
+        transfers = await drive("transfers", submit, source.next_request, source.check,
+                                concurrency=options.concurrency, seconds=options.seconds)
+        cpu.stop("transfers")
+        accepted = [c.key for c in warmup.ok] + [c.key for c in transfers.ok]
+        print(f"bench: draining {len(accepted)} accepted transfers (at most {options.drain_timeout_s:g} s)",
+              file=sys.stderr, flush=True)
+        cpu.start()
+        _, drain_s = await drain(stubs, accepted, options.drain_timeout_s)
+        cpu.stop("drain")
+        print(f"bench: echo round 2 ({options.seconds:g} s)", file=sys.stderr, flush=True)
+        echo_rounds.append(await echo_round("echo-2"))
+
+        # The end of the run: late redeliveries during echo round 2 are caught too.
+        outcomes = await stubs.outcomes()
+        stack.children.started[0].check_alive()
+        database = Database.read(stack.db_path)
+    finally:
+        await stubs.close()
+        await gateway_channel.close(None)
+        await echo_channel.close(None)
+
+    accounting = account(source.submitted, set(accepted), database, outcomes)
+    echo_rps = statistics.median(phase.rate for phase in echo_rounds)
+    lifecycle = _lifecycle(transfers, outcomes)
+    submit_tps = transfers.rate
+    all_calls = warmup.calls + transfers.calls
+    error_codes: dict[str, int] = {}
+    for call in all_calls:
+        if call.code != "OK":
+            error_codes[call.code] = error_codes.get(call.code, 0) + 1
+    return {
+        "echo_rps": round(echo_rps, 1),
+        "submit_tps": round(submit_tps, 1),
+        "submit_p50_ms": round(transfers.latency_ms(50), 2),
+        "submit_p99_ms": round(transfers.latency_ms(99), 2),
+        "lifecycle_tps": round(lifecycle["lifecycle_tps"], 1),
+        "lifecycle_p50_ms": round(lifecycle["lifecycle_p50_ms"], 1),
+        "lifecycle_p99_ms": round(lifecycle["lifecycle_p99_ms"], 1),
+        "lifecycle_tps_drained": round(lifecycle["lifecycle_tps_drained"], 1),
+        "submit_ratio": round(submit_tps / echo_rps, 4) if echo_rps else 0.0,
+        "lifecycle_ratio": round(lifecycle["lifecycle_tps"] / echo_rps, 4) if echo_rps else 0.0,
+        "errors": sum(error_codes.values()),
+        "error_codes": error_codes,
+        "lost": accounting.lost,
+        "duplicated": accounting.duplicated,
+        "redelivered": accounting.redelivered,
+        "lost_detail": accounting.lost_detail,
+        "duplicated_detail": accounting.duplicated_detail,
+        "redelivered_detail": accounting.redelivered_detail,
+        "outbox_pending": accounting.outbox_pending,
+        "outbox_status": accounting.outbox_status,
+        "db_transfer_states": accounting.db_states,
+        "stub_credit_status": accounting.stub_credit_status,
+        "refused_but_stored": accounting.refused_but_stored,
+        "submitted": len(source.submitted),
+        "accepted": len(accepted),
+        "measured_submitted": len(transfers.calls),
+        "measured_accepted": len(transfers.ok),
+        "warmup_submitted": len(warmup.calls),
+        "lifecycle_completed_in_window": lifecycle["lifecycle_completed_in_window"],
+        "lifecycle_completed": lifecycle["lifecycle_completed"],
+        "transfer_window_started_at": transfers.started_at,
+        "transfer_elapsed_s": round(transfers.elapsed_s, 3),
+        "drain_s": round(drain_s, 2),
+        "echo_rounds": [_echo_summary(phase) for phase in echo_rounds],
+        "echo_request_bytes": sample.ByteSize(),
+        "cpu": cpu.phases,
+    }
+
+
+METHOD = {
+    "phases": PHASES,
+    "client": "Both loads run in the bench process through bench.load.drive: one grpc.aio channel per server, "
+    "`concurrency` coroutines each awaiting one unary call at a time (closed loop), protobuf "
+    "SubmitTransferRequest serialisation, a deadline of 10 s.",
+    "echo": "A separate process (bench.echo_server): grpc.aio server, one generic unary method with identity "
+    "(de)serialisers answering the request bytes, no interceptor. Request = one real signed "
+    "SubmitTransferRequest, deserialised on return.",
+    "submit": "Every call carries a fresh Ed25519-signed TransferInstruction from Xinjiang (650000) to Gansu "
+    "(620000), 100 fen, unique transfer_id, created_at = now; signed before the clock starts. OK = "
+    "status OK, not a replay, state RECEIVED, receipt signed by the gateway (fully verified during "
+    "warm-up). submit_tps = OK answers / time from the window start until the last call returned.",
+    "lifecycle": "Lifecycle latency = max(COMMITTED notification first received_at at 650000, at 620000) − "
+    "the submit call's start (wall clock, same machine). lifecycle_tps = measured submissions whose "
+    "both notifications arrived within the submit window [start, start + BENCH_SECONDS], divided by "
+    "BENCH_SECONDS. lifecycle_tps_drained = all completed / (last completion − window start). "
+    "Percentiles are nearest-rank over completed transfers.",
+    "accounting": "At the end of the run (after echo round 2): the gateway's SQLite file read-only and both "
+    "stubs' StubControl.Snapshot. lost = accepted submissions not in the DB, not COMMITTED, or not "
+    "told COMMITTED to both provinces. duplicated = doubled effects: DB transfers never submitted, "
+    "more than one COMMITTED event, more than one outbox message of one kind to one province about one "
+    "transfer, a credit held twice or for an unknown transfer, two distinct outcome messages for one "
+    "transfer at one province. redelivered = the same message arriving again (times_received > 1, "
+    "deliveries beyond credits): legitimate at-least-once delivery, de-duplicated by message_id.",
+    "cpu": "CPU seconds per process from /proc/<pid>/stat over each phase, as % of one core; "
+    "machine_busy_percent from /proc/stat over all cores.",
+}
+
+
+async def run(options: Options) -> dict[str, Any]:
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    machine = report.machine()
+    workdir = Path(tempfile.mkdtemp(prefix="gongji-bench-"))
+    children = Children(workdir / "logs")
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    if task is not None:
+        # SIGTERM cancels the run like Ctrl-C does, so the finally below still stops every child.
+        loop.add_signal_handler(15, task.cancel)
+    try:
+        print(f"bench: starting gateway, stubs and echo server in {workdir}", file=sys.stderr, flush=True)
+        stack = await start_stack(children, workdir)
+        figures = await measure(stack, options, CpuMeter(children))
+    finally:
+        with contextlib.suppress(Exception):
+            loop.remove_signal_handler(15)
+        children.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {
+        **figures,
+        "machine": machine,
+        "bench_seconds": options.seconds,
+        "concurrency": options.concurrency,
+        "started_at": started_at,
+        "method": METHOD,
+        "targets": report.TARGETS,
+    }
+
+
+def main() -> int:
+    try:
+        options = Options.from_env()
+    except ValueError as error:
+        print(f"bench: {error}", file=sys.stderr)
+        return 2
+    overall_s = 3 * options.seconds + 2 * options.drain_timeout_s + 4 * STARTUP_TIMEOUT_S
+    try:
+        figures = asyncio.run(asyncio.wait_for(run(options), overall_s))
+    except BenchError as error:
+        print(f"bench: FAILED: {error}", file=sys.stderr)
+        return 1
+    except TimeoutError:
+        print(f"bench: FAILED: the run took longer than {overall_s:.0f} s", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("bench: interrupted; every process it started was stopped", file=sys.stderr)
+        return 130
+    figures["noisy_phases"] = report.noise(figures)
+    path = report.write(figures, options.results_dir)
+    print(report.summary(figures))
+    misses = report.missed(figures)
+    for line in misses:
+        print(f"MISSED: {line}")
+    if not misses:
+        print("all targets met")
+    for line in report.noise(figures):
+        print(f"NOISY: {line}")
+    print(f"written {path.relative_to(PROJECT_ROOT)}")
+    return 0

@@ -1,0 +1,137 @@
+"""`make run`: the gateway on 127.0.0.1:50051 (SQLite under var/) with stub provinces 650000 and 620000.
+
+Stubs start first (they create their signing keys on first start), then the manifest that registers
+them is written, then the gateway starts and loads it. Ctrl-C stops everything gracefully.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+VAR = Path(os.environ.get("GONGJI_VAR", ROOT / "var")).resolve()
+KEYS = VAR / "keys"
+LOGS = VAR / "logs"
+GATEWAY = os.environ.get("GONGJI_LISTEN", "127.0.0.1:50051")
+OPERATORS = os.environ.get("GONGJI_OPS_LISTEN", "127.0.0.1:50052")
+STUBS = (("650000", "新疆", os.environ.get("GONGJI_STUB_650000", "127.0.0.1:50061")),
+         ("620000", "甘肃", os.environ.get("GONGJI_STUB_620000", "127.0.0.1:50062")))
+READY_TIMEOUT_S = 30.0
+
+
+def port_free(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, int(port)))
+        except OSError:
+            return False
+    return True
+
+
+def wait_serving(address: str, process: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise SystemExit(f"{what} exited with code {process.returncode}; see {LOGS}/")
+            try:
+                answer = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                time.sleep(0.1)
+    raise SystemExit(f"{what} did not become ready on {address} within {READY_TIMEOUT_S:.0f}s; see {LOGS}/")
+
+
+def write_manifest() -> Path:
+    lines = ["# Written by `make run`: the two stub provinces and their public keys.", ""]
+    for code, name, address in STUBS:
+        lines += ["[[provinces]]", f'code = "{code}"', f'name = "{name}"', f'endpoint = "{address}"', "",
+                  "[[provinces.keys]]", f'key_id = "{code}-k1"', f'public_key_file = "keys/{code}-k1.pub"', ""]
+    path = VAR / "manifest.toml"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def main() -> int:
+    for address in (GATEWAY, OPERATORS, *(a for _, _, a in STUBS)):
+        if not port_free(address):
+            print(f"make run: {address} is already in use (is another `make run` running?)", file=sys.stderr)
+            return 1
+    LOGS.mkdir(parents=True, exist_ok=True)
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def spawn(what: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = (LOGS / f"{what}.log").open("ab")
+        process = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **(env or {})})
+        children.append((what, process))
+        return process
+
+    try:
+        for code, name, address in STUBS:
+            stub = spawn(f"stub-{code}", ["-m", "province_stub", "--province", code, "--name", name, "--listen",
+                                          address, "--gateway", GATEWAY, "--keys-dir", str(KEYS)])
+            wait_serving(address, stub, f"stub province {code}")
+        manifest = write_manifest()
+        gateway = spawn("gateway", ["-m", "gateway"], {
+            "GONGJI_LISTEN": GATEWAY, "GONGJI_OPS_LISTEN": OPERATORS,
+            "GONGJI_DATABASE_URL": os.environ.get("GONGJI_DATABASE_URL", f"sqlite:///{VAR / 'gongji.db'}"),
+            "GONGJI_MANIFEST": str(manifest), "GONGJI_GATEWAY_KEY_FILE": str(KEYS / "gateway.key"),
+            "GONGJI_ID_HASH_KEY_FILE": str(KEYS / "id-hash.key")})
+        wait_serving(GATEWAY, gateway, "gateway")
+        print(f"""
+Gongji is running (logs in var/logs/, database var/gongji.db, keys var/keys/):
+  gateway, provinces' port   {GATEWAY}   (Transfers, Relations, Settlements, health, reflection)
+  gateway, operators' port   {OPERATORS}   (Operations)
+  stub province 650000 新疆  {STUBS[0][2]}
+  stub province 620000 甘肃  {STUBS[1][2]}
+
+Try it, in another terminal:
+  make demo        # a giver in Hami sends 500.00 yuan to his mother in Lanzhou, then resends it
+  grpcurl -plaintext {OPERATORS} gongji.v1.Operations/ListProvinces   # if you have grpcurl
+
+Ctrl-C stops everything.""", flush=True)
+        stopping = False
+
+        def stop(*_: object) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        while not stopping:
+            for what, process in children:
+                if process.poll() is not None:
+                    print(f"make run: {what} exited with code {process.returncode}; see var/logs/{what}.log",
+                          file=sys.stderr)
+                    stopping = True
+            time.sleep(0.2)
+        return 0
+    finally:
+        for _, process in reversed(children):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for what, process in reversed(children):
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                print(f"make run: {what} did not stop; killing it", file=sys.stderr)
+                process.kill()
+        print("stopped.", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""The direction of dependencies (style.md), checked on the import statements of every module."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("gateway", "province_stub")
+
+GRPC = ("grpc", "grpc_status", "grpc_health", "grpc_reflection")
+# The wire contract: our generated code and the protobuf runtime / well-known and google.rpc messages.
+PROTOS = ("protos", "google.protobuf", "google.rpc")
+SQLALCHEMY = ("sqlalchemy", "psycopg", "psycopg2", "sqlite3")
+CRYPTOGRAPHY = ("cryptography",)
+
+
+@dataclass(frozen=True)
+class Module:
+    name: str  # dotted, e.g. gateway.store.sql
+    path: str  # relative to the project root, e.g. gateway/store/sql.py
+    imports: frozenset[str]
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports_of(source: str, name: str, is_package: bool) -> frozenset[str]:
+    """Every module `source` imports anywhere (top level, functions, TYPE_CHECKING), as absolute names.
+
+    `from a.b import c` yields both `a.b` and `a.b.c`, since `c` may be a submodule.
+    """
+    package = name if is_package else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join([*anchor, node.module] if node.module else anchor)
+            else:
+                base = node.module or ""
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")
+    return frozenset(found)
+
+
+def load_modules() -> list[Module]:
+    modules = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            name = module_name(path)
+            source = path.read_text(encoding="utf-8")
+            imports = imports_of(source, name, path.name == "__init__.py")
+            modules.append(Module(name, path.relative_to(ROOT).as_posix(), imports))
+    return modules
+
+
+MODULES = load_modules()
+
+
+def within(name: str, prefixes: Iterable[str]) -> bool:
+    return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
+
+
+def is_standard_library(name: str) -> bool:
+    return name.split(".")[0] in sys.stdlib_module_names
+
+
+def in_package(package: str) -> list[Module]:
+    return [m for m in MODULES if within(m.name, [package])]
+
+
+def violations(modules: Iterable[Module], forbidden: Callable[[str], bool]) -> list[str]:
+    return sorted(f"{m.path} imports {imported}" for m in modules for imported in m.imports if forbidden(imported))
+
+
+# -- the scanner itself ------------------------------------------------------------------------------
+
+
+def test_the_scanner_sees_every_kind_of_import() -> None:
+    source = """
+from __future__ import annotations
+import os.path, json as j
+from typing import TYPE_CHECKING
+from . import sibling
+from .. import errors
+from ..store.sql import make_engine
+if TYPE_CHECKING:
+    import sqlalchemy
+def later() -> None:
+    import grpc
+"""
+    found = imports_of(source, "gateway.usecases.ports", is_package=False)
+    assert {
+        "os.path",
+        "json",
+        "typing",
+        "gateway.usecases.sibling",
+        "gateway.errors",
+        "gateway.store.sql",
+        "sqlalchemy",
+        "grpc",
+    } <= found
+    assert imports_of("from . import x", "gateway.store", is_package=True) == {"gateway.store", "gateway.store.x"}
+
+
+def test_the_scanner_finds_the_layers() -> None:
+    names = {m.name for m in MODULES}
+    for expected in (
+        "gateway.domain.transfers",
+        "gateway.usecases.transfers",
+        "gateway.api.servicers",
+        "gateway.store.sql",
+        "gateway.provinces.client",
+        "gateway.app",
+        "gateway.__main__",
+        "province_stub.server",
+    ):
+        assert expected in names
+    assert "gateway.store.sql" in next(m for m in MODULES if m.name == "gateway.app").imports
+
+
+def test_the_standard_library_check() -> None:
+    assert is_standard_library("zoneinfo") and is_standard_library("__future__")
+    assert is_standard_library("collections.abc")
+    assert not is_standard_library("grpc") and not is_standard_library("sqlalchemy")
+    assert not is_standard_library("gateway.domain")
+
+
+# -- the rules ---------------------------------------------------------------------------------------
+
+
+def test_domain_imports_only_the_standard_library_and_itself() -> None:
+    assert in_package("gateway.domain")
+    found = violations(
+        in_package("gateway.domain"),
+        lambda name: not is_standard_library(name) and not within(name, ["gateway.domain"]),
+    )
+    assert found == []
+
+
+def test_usecases_import_no_transport_storage_or_adapters() -> None:
+    forbidden = (*GRPC, *PROTOS, *SQLALCHEMY, "gateway.api", "gateway.store", "gateway.provinces", "gateway.app")
+    found = violations(in_package("gateway.usecases"), lambda name: within(name, forbidden))
+    assert found == []
+
+
+def test_api_never_touches_the_database() -> None:
+    found = violations(in_package("gateway.api"), lambda name: within(name, [*SQLALCHEMY, "gateway.store"]))
+    assert found == []
+
+
+def test_store_imports_no_grpc_protos_or_api() -> None:
+    forbidden = (*GRPC, *PROTOS, "gateway.api", "gateway.provinces")
+    found = violations(in_package("gateway.store"), lambda name: within(name, forbidden))
+    assert found == []
+
+
+def test_province_stub_never_imports_the_gateway() -> None:
+    assert in_package("province_stub")
+    found = violations(in_package("province_stub"), lambda name: within(name, ["gateway"]))
+    assert found == []
+
+
+def test_only_the_composition_root_wires_store_and_api_together() -> None:
+    allowed = {"gateway/app.py", "gateway/__main__.py"}
+    both = [
+        m.path
+        for m in MODULES
+        if m.path not in allowed
+        and any(within(name, ["gateway.store"]) for name in m.imports)
+        and any(within(name, ["gateway.api"]) for name in m.imports)
+    ]
+    assert both == []
+
+
+def test_cryptography_is_used_only_by_security() -> None:
+    # province_stub is a separate program with its own signing; inside the gateway only security/ signs.
+    modules = [m for m in in_package("gateway") if not within(m.name, ["gateway.security"])]
+    assert violations(modules, lambda name: within(name, CRYPTOGRAPHY)) == []
+
+
+def test_grpc_and_protos_stay_at_the_edges() -> None:
+    edges = ["gateway.api", "gateway.provinces", "gateway.wire", "gateway.app", "gateway.__main__"]
+    modules = [m for m in in_package("gateway") if not within(m.name, edges)]
+    assert violations(modules, lambda name: within(name, (*GRPC, *PROTOS))) == []
