@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc.aio
 
+from bench.procs import BenchError
 from protos.gongji.v1 import transfers_pb2
 from protos.stub.v1 import control_pb2, control_pb2_grpc
 
@@ -64,7 +65,10 @@ class Stubs:
             return Outcomes.of(await stub.Snapshot(control_pb2.SnapshotRequest(), timeout=30))
 
         provinces = list(self._channels)
-        answers = await asyncio.gather(*(one(self._channels[p]) for p in provinces))
+        try:
+            answers = await asyncio.gather(*(one(self._channels[p]) for p in provinces))
+        except grpc.aio.AioRpcError as error:
+            raise BenchError(f"a stub's Snapshot failed: {error.code().name} {error.details()}") from error
         return dict(zip(provinces, answers, strict=True))
 
     async def close(self) -> None:
@@ -106,6 +110,13 @@ class Database:
 
     @classmethod
     def read(cls, path: Path) -> Database:
+        try:
+            return cls._read(path)
+        except sqlite3.Error as error:
+            raise BenchError(f"reading the gateway's database {path.name} failed: {error}") from error
+
+    @classmethod
+    def _read(cls, path: Path) -> Database:
         connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
         try:
             states = dict(connection.execute("SELECT transfer_id, state FROM transfers").fetchall())

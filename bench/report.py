@@ -106,6 +106,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"Method: {r['method']['phases']} Written by `make bench` to `bench/results/latest.json`.",
         "",
     ]
+    if r.get("noisy_phases"):
+        lines += ["Noise: " + "; ".join(r["noisy_phases"]) + " (figures less trustworthy; run again).", ""]
     return "\n".join(lines)
 
 

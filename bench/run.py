@@ -278,7 +278,9 @@ async def measure(stack: Stack, options: Options, cpu: CpuMeter) -> dict[str, An
 
         # The end of the run: late redeliveries during echo round 2 are caught too.
         outcomes = await stubs.outcomes()
-        stack.children.started[0].check_alive()
+        # A process that died during the run makes every figure meaningless.
+        for child in stack.children.started:
+            child.check_alive()
         database = Database.read(stack.db_path)
     finally:
         await stubs.close()

@@ -95,8 +95,12 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
                 try:
-                    async for item in inner_stream(request, context):
-                        yield item
+                    responses = inner_stream(request, context)
+                    if hasattr(responses, "__aiter__"):
+                        async for item in responses:
+                            yield item
+                    else:  # a coroutine that streams with context.write (e.g. health Watch)
+                        await responses
                 except (errors.GongjiError, Exception) as error:
                     if isinstance(error, grpc.aio.AbortError):
                         raise

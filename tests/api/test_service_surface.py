@@ -1,0 +1,157 @@
+"""What generic clients see: health, reflection, UNIMPLEMENTED for later issues, operator RPC checks."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from gateway.config import Settings
+from gateway.manifest import load_manifest
+from protos.gongji.v1 import (
+    operations_pb2,
+    relations_pb2,
+    relations_pb2_grpc,
+    settlements_pb2,
+    settlements_pb2_grpc,
+)
+from tests.support import GANSU, XINJIANG, LoopThread, Stack, error_of, start_stack
+
+
+def test_health_is_served_on_both_ports(stack: Stack) -> None:
+    for channel in (stack.channel, stack.ops_channel):
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", ):
+            answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    answer = health_pb2_grpc.HealthStub(stack.channel).Check(
+        health_pb2.HealthCheckRequest(service="gongji.v1.Transfers"), timeout=5)
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _listed_services(channel: grpc.Channel) -> set[str]:
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+    answers = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                              timeout=5)
+    return {s.name for answer in answers for s in answer.list_services_response.service}
+
+
+def test_reflection_lets_generic_clients_discover_the_services(stack: Stack) -> None:
+    assert {"gongji.v1.Transfers", "gongji.v1.Relations", "gongji.v1.Settlements",
+            "grpc.health.v1.Health"} <= _listed_services(stack.channel)
+    assert "gongji.v1.Operations" in _listed_services(stack.ops_channel)
+    assert "gongji.v1.Operations" not in _listed_services(stack.channel)
+
+
+def test_rpcs_of_later_issues_answer_unimplemented(stack: Stack) -> None:
+    relations = relations_pb2_grpc.RelationsStub(stack.channel)
+    settlements = settlements_pb2_grpc.SettlementsStub(stack.channel)
+    calls = [
+        lambda: relations.VerifyRelation(relations_pb2.VerifyRelationRequest(), timeout=5),
+        lambda: relations.ProposeBinding(relations_pb2.ProposeBindingRequest(), timeout=5),
+        lambda: settlements.GetSettlement(settlements_pb2.GetSettlementRequest(), timeout=5),
+        lambda: stack.operations.GetStats(operations_pb2.GetStatsRequest(), timeout=5),
+        lambda: list(stack.operations.WatchTransfers(operations_pb2.WatchTransfersRequest(), timeout=5)),
+    ]
+    for call in calls:
+        seen = error_of(call)
+        assert (seen.code, seen.reason) == (grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED")
+
+
+def test_register_province_validates_and_refuses_duplicates(stack: Stack) -> None:
+    def register(**fields: object) -> object:
+        base: dict[str, object] = {"code": "110000", "name": "北京", "endpoint": "127.0.0.1:50070", "keys": [
+            operations_pb2.ProvinceKey(key_id="110000-k1", alg="ed25519", public_key=b"\x01" * 32)]}
+        base.update(fields)
+        return stack.operations.RegisterProvince(
+            operations_pb2.RegisterProvinceRequest(province=operations_pb2.Province(**base)), timeout=5)
+
+    cases = [
+        ({"code": "110100"}, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PROVINCE_CODE"),
+        ({"endpoint": "nowhere"}, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ENDPOINT"),
+        ({"name": ""}, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_NAME"),
+        ({"keys": []}, grpc.StatusCode.INVALID_ARGUMENT, "MISSING_FIELD"),
+        ({"keys": [operations_pb2.ProvinceKey(key_id="110000-k1", alg="ed25519", public_key=b"\x01" * 31)]},
+         grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PUBLIC_KEY"),
+        ({"keys": [operations_pb2.ProvinceKey(key_id="110000-k1", alg="rsa", public_key=b"\x01" * 32)]},
+         grpc.StatusCode.INVALID_ARGUMENT, "ALGORITHM_NOT_ALLOWED"),
+        ({"keys": [operations_pb2.ProvinceKey(key_id="650000-k1", alg="ed25519", public_key=b"\x01" * 32)]},
+         grpc.StatusCode.ALREADY_EXISTS, "KEY_ID_TAKEN"),
+        ({"code": XINJIANG}, grpc.StatusCode.ALREADY_EXISTS, "PROVINCE_EXISTS"),
+        ({"policy": operations_pb2.ProvincePolicy(return_hour=25)}, grpc.StatusCode.INVALID_ARGUMENT,
+         "INVALID_POLICY"),
+    ]
+    for fields, code, reason in cases:
+        seen = error_of(lambda f=fields: register(**f))
+        assert (seen.code, seen.reason) == (code, reason), fields
+    register(policy=operations_pb2.ProvincePolicy(single_relation_only=True, max_transfer_fen=100_000))
+    listed = {p.code: p for p in stack.operations.ListProvinces(operations_pb2.ListProvincesRequest(),
+                                                                timeout=5).provinces}
+    assert set(listed) == {"110000", GANSU, XINJIANG}
+    beijing = listed["110000"]
+    assert beijing.policy.single_relation_only and beijing.policy.max_transfer_fen == 100_000
+    assert not beijing.policy.HasField("daily_transfer_limit")  # unset: the national default applies
+    seen = error_of(lambda: stack.operations.UpdateProvince(
+        operations_pb2.UpdateProvinceRequest(code="130000", endpoint="127.0.0.1:1"), timeout=5))
+    assert (seen.code, seen.reason) == (grpc.StatusCode.NOT_FOUND, "PROVINCE_NOT_FOUND")
+
+
+def test_manifest_is_applied_at_start_and_keeps_operator_status(loop_thread: LoopThread, tmp_path: Path,
+                                                                db_url: str) -> None:
+    manifest = tmp_path / "manifest.toml"
+    manifest.write_text("""
+[[provinces]]
+code = "110000"
+name = "北京"
+endpoint = "127.0.0.1:50070"
+[provinces.policy]
+single_relation_only = true
+[[provinces.keys]]
+key_id = "110000-k1"
+public_key_hex = "0101010101010101010101010101010101010101010101010101010101010101"
+""", encoding="utf-8")
+    assert [p.code for p in load_manifest(manifest)] == ["110000"]
+    stack = start_stack(loop_thread, tmp_path, db_url, manifest=manifest)
+    try:
+        listed = stack.operations.ListProvinces(operations_pb2.ListProvincesRequest(), timeout=5).provinces
+        assert {p.code for p in listed} == {"110000", XINJIANG, GANSU}
+        stack.operations.UpdateProvince(operations_pb2.UpdateProvinceRequest(
+            code="110000", status=operations_pb2.PROVINCE_STATUS_SUSPENDED), timeout=5)
+    finally:
+        stack.close()
+    restarted = start_stack(loop_thread, tmp_path / "again", db_url, with_stubs=False, manifest=manifest)
+    try:
+        beijing = next(p for p in restarted.operations.ListProvinces(operations_pb2.ListProvincesRequest(),
+                                                                     timeout=5).provinces if p.code == "110000")
+        assert beijing.status == operations_pb2.PROVINCE_STATUS_SUSPENDED
+    finally:
+        restarted.close()
+
+
+def test_bad_settings_are_refused_at_start(tmp_path: Path) -> None:
+    from gateway.config import ConfigError
+
+    with pytest.raises(ConfigError):
+        Settings.from_env({"GONGJI_LISTEN": "nowhere"})
+    with pytest.raises(ConfigError):
+        Settings.from_env({"GONGJI_DATABASE_URL": "mysql://x"})
+    with pytest.raises(ConfigError):
+        Settings.from_env({"GONGJI_MANIFEST": str(tmp_path / "missing.toml")})
+
+
+def test_graceful_stop_reports_not_serving_first(loop_thread: LoopThread, tmp_path: Path, sqlite_url: str) -> None:
+    stack = start_stack(loop_thread, tmp_path, sqlite_url)
+    with grpc.insecure_channel(f"127.0.0.1:{stack.gateway.port}") as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        stopping = threading.Thread(target=stack.close)
+        stopping.start()
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        stopping.join(15)
+    with grpc.insecure_channel(f"127.0.0.1:{stack.gateway.port}") as channel:
+        seen = error_of(lambda: health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2))
+    assert seen.code == grpc.StatusCode.UNAVAILABLE  # stopped: new calls are refused
