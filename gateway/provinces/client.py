@@ -12,7 +12,7 @@ import grpc
 from gateway.domain.clock import Clock
 from gateway.domain.envelope import GATEWAY
 from gateway.domain.records import OutboxKind
-from gateway.domain.transfers import TransferState
+from gateway.domain.transfers import REASON_PATTERN, TransferState
 from gateway.security.signing import EnvelopeSigner
 from gateway.usecases.outbox import OutboxWork, SendResult
 from gateway.wire import envelope_to_proto, timestamp
@@ -78,7 +78,9 @@ class ProvinceClient:
         if answer.decision == province_pb2.DELIVERY_DECISION_ACCEPTED:
             return SendResult(acknowledged=True)
         if answer.decision == province_pb2.DELIVERY_DECISION_REJECTED:
-            return SendResult(acknowledged=True, rejected=True, reason=answer.reject_reason or "REJECTED_BY_RECEIVER")
+            # A province's reason is kept only if it is a stable code; free text is not stored.
+            reason = answer.reject_reason if REASON_PATTERN.fullmatch(answer.reject_reason or "-") else ""
+            return SendResult(acknowledged=True, rejected=True, reason=reason or "REJECTED_BY_RECEIVER")
         return SendResult.failed("NO_DECISION")
 
     async def _notify(self, work: OutboxWork) -> SendResult:

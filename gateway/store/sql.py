@@ -1,45 +1,59 @@
-"""SQL repositories and the unit of work over one SQLAlchemy connection per transaction."""
+"""SQL repositories and the unit of work: one database transaction per unit of work.
+
+Statements are built with SQLAlchemy from the typed tables and compiled once per engine (see
+prepared.py); the routing table is cached per engine and reloaded whenever its version row changes,
+so a change by any gateway process is seen on the next call without reading every row every time.
+"""
 
 from __future__ import annotations
 
 import json
+import threading
+import weakref
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, and_, create_engine, event, select, update
+from sqlalchemy import Connection, Engine, Table, and_, bindparam, create_engine, event, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql import ClauseElement
 
 from gateway.domain.envelope import Envelope
 from gateway.domain.provinces import Policy, Province, ProvinceKey, ProvinceStatus
 from gateway.domain.records import OutboxKind, OutboxMessage, RequestOutcome, StoredRequest
 from gateway.domain.transfers import Transfer, TransferEvent, TransferState
+from gateway.store.prepared import Cursor, Prepared
 from gateway.store.tables import (
     Base,
     OutboxRow,
     ProvinceKeyRow,
     ProvinceRow,
     RequestRow,
+    RoutingVersionRow,
     TransferEventRow,
     TransferRow,
 )
 
 provinces_t: Table = ProvinceRow.__table__  # type: ignore[assignment]
 keys_t: Table = ProvinceKeyRow.__table__  # type: ignore[assignment]
+routing_version_t: Table = RoutingVersionRow.__table__  # type: ignore[assignment]
 requests_t: Table = RequestRow.__table__  # type: ignore[assignment]
 transfers_t: Table = TransferRow.__table__  # type: ignore[assignment]
 events_t: Table = TransferEventRow.__table__  # type: ignore[assignment]
 outbox_t: Table = OutboxRow.__table__  # type: ignore[assignment]
 
+REASON_MAX = 64  # transfers.reason and transfer_events.reason
+
 
 def make_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite files get WAL, a busy timeout and foreign keys."""
+    """An engine for `url`; SQLite files get WAL, a busy timeout, and transactions we begin ourselves."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-            # Let SQLAlchemy issue BEGIN itself so transactions are real (pysqlite's default defers them).
+            # Autocommit at the driver: the unit of work issues BEGIN IMMEDIATE itself, which takes the
+            # write lock up front (no deadlock-prone read-to-write upgrade between processes).
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
@@ -49,7 +63,6 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Connection) -> None:
-            # IMMEDIATE takes the write lock up front: no deadlock-prone read-to-write upgrades.
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
@@ -60,19 +73,13 @@ def make_engine(url: str) -> Engine:
 
 def create_schema(engine: Engine) -> None:
     Base.metadata.create_all(engine)
+    with engine.begin() as conn:
+        if conn.execute(select(routing_version_t.c.version)).first() is None:
+            conn.execute(routing_version_t.insert().values(id=1, version=0))
 
 
 def drop_schema(engine: Engine) -> None:
     Base.metadata.drop_all(engine)
-
-
-def _insert_ignoring_conflict(conn: Connection, table: Table) -> Any:
-    dialect = conn.dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing()
-    if dialect == "sqlite":
-        return sqlite.insert(table).on_conflict_do_nothing()
-    raise RuntimeError(f"unsupported database dialect {dialect}")
 
 
 def _policy_to_json(policy: Policy) -> str:
@@ -85,122 +92,238 @@ def _policy_from_json(text: str) -> Policy:
     return Policy(**{k: v for k, v in values.items() if k in Policy.__slots__})
 
 
+def _b(name: str) -> Any:
+    return bindparam(name)
+
+
+_TRANSFER_VIEW = [c for c in transfers_t.c if not c.name.startswith("instruction_") or c.name == "instruction_sha256"]
+_INSTRUCTION = [transfers_t.c.instruction_payload, transfers_t.c.instruction_signer, transfers_t.c.instruction_key_id,
+                transfers_t.c.instruction_alg, transfers_t.c.instruction_signature]
+
+
+class Statements:
+    """Every statement the repositories run, compiled for one dialect."""
+
+    def __init__(self, engine: Engine) -> None:
+        dialect = engine.dialect
+        insert = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
+
+        def p(statement: ClauseElement) -> Prepared:
+            return Prepared(statement, dialect)
+
+        t, o, r = transfers_t.c, outbox_t.c, requests_t.c
+        self.routing_version = p(select(routing_version_t.c.version).where(routing_version_t.c.id == 1))
+        self.bump_routing_version = p(update(routing_version_t).where(routing_version_t.c.id == 1)
+                                      .values(version=routing_version_t.c.version + 1))
+        self.all_provinces = p(select(provinces_t).order_by(provinces_t.c.code))
+        self.all_keys = p(select(keys_t).order_by(keys_t.c.key_id))
+        self.insert_province = p(provinces_t.insert())
+        self.update_province = p(update(provinces_t).where(provinces_t.c.code == _b("w_code")).values(
+            name=_b("name"), endpoint=_b("endpoint"), status=_b("status"), policy_json=_b("policy_json"),
+            updated_at=_b("updated_at")))
+        self.insert_key = p(keys_t.insert())
+        self.update_key = p(update(keys_t).where(keys_t.c.key_id == _b("w_key_id")).values(
+            alg=_b("alg"), public_key=_b("public_key"), valid_from=_b("valid_from"), valid_until=_b("valid_until")))
+
+        self.get_request = p(select(requests_t).where(and_(r.sender == _b("w_sender"), r.message_id == _b("w_id"))))
+        self.claim_request = p(insert(requests_t).on_conflict_do_nothing().returning(r.sender))
+        self.record_response = p(update(requests_t).where(and_(r.sender == _b("w_sender"), r.message_id == _b("w_id")))
+                                 .values(outcome=_b("outcome"), response=_b("response")))
+        self.record_rejection = p(update(requests_t)
+                                  .where(and_(r.sender == _b("w_sender"), r.message_id == _b("w_id")))
+                                  .values(outcome=_b("outcome"), error_kind=_b("error_kind"),
+                                          error_reason=_b("error_reason"), error_field=_b("error_field"),
+                                          error_message=_b("error_message")))
+
+        self.insert_transfer = p(transfers_t.insert())
+        self.insert_event = p(events_t.insert().values(transfer_id=_b("transfer_id"), state=_b("state"),
+                                                       reason=_b("reason"), at=_b("at")))
+        self.get_transfer = p(select(*_TRANSFER_VIEW).where(t.transfer_id == _b("w_id")))
+        self.get_transfer_for_delivery = p(select(*_TRANSFER_VIEW, *_INSTRUCTION).where(t.transfer_id == _b("w_id")))
+        self.transfer_exists = p(select(t.transfer_id).where(t.transfer_id == _b("w_id")))
+        self.history = p(select(events_t.c.state, events_t.c.at, events_t.c.reason)
+                         .where(events_t.c.transfer_id == _b("w_id")).order_by(events_t.c.id))
+        self.instruction = p(select(*_INSTRUCTION).where(t.transfer_id == _b("w_id")))
+        self.change_state = p(update(transfers_t).where(and_(t.transfer_id == _b("w_id"), t.state == _b("w_from")))
+                              .values(state=_b("state"), reason=_b("reason"), updated_at=_b("updated_at")))
+        self.due_for_return = p(select(t.transfer_id).where(and_(t.state == TransferState.DELIVERED.value,
+                                                                 t.return_deadline <= _b("now")))
+                                .order_by(t.return_deadline).limit(_b("limit")))
+        self.undelivered = p(select(t.transfer_id).where(and_(t.state == TransferState.RECEIVED.value,
+                                                              t.delivery_deadline <= _b("now")))
+                             .order_by(t.delivery_deadline).limit(_b("limit")))
+
+        self.enqueue = p(insert(outbox_t).on_conflict_do_nothing().values(
+            destination=_b("destination"), kind=_b("kind"), message_id=_b("message_id"), subject_id=_b("subject_id"),
+            status="PENDING", attempts=0, next_attempt_at=_b("at"), last_error="", created_at=_b("at")))
+        due = (select(o.id, o.destination, o.kind, o.message_id, o.subject_id, o.attempts, o.created_at)
+               .where(and_(o.status == "PENDING", o.next_attempt_at <= _b("now")))
+               .order_by(o.next_attempt_at, o.id).limit(_b("limit")))
+        if dialect.name == "postgresql":
+            due = due.with_for_update(skip_locked=True)  # several gateways share the outbox
+        self.claim_due = p(due)
+        self.lease = p(update(outbox_t).where(o.id == _b("w_id"))
+                       .values(next_attempt_at=_b("lease_until"), attempts=o.attempts + 1))
+        self.mark_done = p(update(outbox_t).where(and_(o.id == _b("w_id"), o.status == "PENDING"))
+                           .values(status="DONE", done_at=_b("at"), last_error=""))
+        self.mark_retry = p(update(outbox_t).where(and_(o.id == _b("w_id"), o.status == "PENDING"))
+                            .values(next_attempt_at=_b("next_attempt_at"), last_error=_b("error")))
+        self.expire_pending = p(update(outbox_t).where(and_(o.kind == _b("w_kind"), o.subject_id == _b("w_subject"),
+                                                            o.status == "PENDING"))
+                                .values(status="EXPIRED", done_at=_b("at"), last_error=_b("error")))
+
+
+class RoutingCache:
+    """The routing table of one database, reloaded when its version row moves (shared by threads)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._version: int | None = None
+        self._provinces: dict[str, Province] = {}
+        self._key_owners: dict[str, tuple[str, ProvinceKey]] = {}
+
+    def snapshot(self, cursor: Cursor, statements: Statements) -> tuple[dict[str, Province],
+                                                                         dict[str, tuple[str, ProvinceKey]]]:
+        row = cursor.first(statements.routing_version)
+        version = int(row[0]) if row else 0
+        with self._lock:
+            if version == self._version:
+                return self._provinces, self._key_owners
+        keys: dict[str, list[ProvinceKey]] = {}
+        owners: dict[str, tuple[str, ProvinceKey]] = {}
+        names = statements.all_keys.columns
+        for raw in cursor.all(statements.all_keys):
+            k = dict(zip(names, raw, strict=True))
+            key = ProvinceKey(k["key_id"], bytes(k["public_key"]), k["alg"], k["valid_from"], k["valid_until"])
+            keys.setdefault(k["province_code"], []).append(key)
+            owners[key.key_id] = (k["province_code"], key)
+        provinces = {}
+        names = statements.all_provinces.columns
+        for raw in cursor.all(statements.all_provinces):
+            v = dict(zip(names, raw, strict=True))
+            provinces[v["code"]] = Province(
+                code=v["code"], name=v["name"], endpoint=v["endpoint"], status=ProvinceStatus(v["status"]),
+                keys=tuple(keys.get(v["code"], ())), policy=_policy_from_json(v["policy_json"]),
+                updated_at=v["updated_at"])
+        with self._lock:
+            self._version, self._provinces, self._key_owners = version, provinces, owners
+        return provinces, owners
+
+
+class SqlStore:
+    """What every unit of work on one engine shares: compiled statements and the routing cache."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.statements = Statements(engine)
+        self.routing = RoutingCache()
+        self.is_sqlite = engine.dialect.name == "sqlite"
+
+
+_STORES: weakref.WeakKeyDictionary[Engine, SqlStore] = weakref.WeakKeyDictionary()
+_STORES_LOCK = threading.Lock()
+
+
+def store_for(engine: Engine) -> SqlStore:
+    with _STORES_LOCK:
+        store = _STORES.get(engine)
+        if store is None:
+            store = _STORES[engine] = SqlStore(engine)
+        return store
+
+
 class SqlProvinceRepository:
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
+    def __init__(self, cursor: Cursor, store: SqlStore) -> None:
+        self._cursor, self._s, self._store = cursor, store.statements, store
+        self._snapshot: tuple[dict[str, Province], dict[str, tuple[str, ProvinceKey]]] | None = None
 
-    def _keys(self, codes: Sequence[str]) -> dict[str, list[ProvinceKey]]:
-        rows = self._conn.execute(select(keys_t).where(keys_t.c.province_code.in_(codes)).order_by(keys_t.c.key_id))
-        by_code: dict[str, list[ProvinceKey]] = {code: [] for code in codes}
-        for row in rows:
-            by_code[row.province_code].append(
-                ProvinceKey(row.key_id, row.public_key, row.alg, row.valid_from, row.valid_until)
-            )
-        return by_code
-
-    @staticmethod
-    def _province(row: Any, keys: list[ProvinceKey]) -> Province:
-        return Province(
-            code=row.code, name=row.name, endpoint=row.endpoint, status=ProvinceStatus(row.status),
-            keys=tuple(keys), policy=_policy_from_json(row.policy_json), updated_at=row.updated_at,
-        )
+    def _routing(self) -> tuple[dict[str, Province], dict[str, tuple[str, ProvinceKey]]]:
+        # Read the version once per unit of work: one cheap query instead of the whole table.
+        if self._snapshot is None:
+            self._snapshot = self._store.routing.snapshot(self._cursor, self._s)
+        return self._snapshot
 
     def get(self, code: str) -> Province | None:
-        row = self._conn.execute(select(provinces_t).where(provinces_t.c.code == code)).first()
-        if row is None:
-            return None
-        return self._province(row, self._keys([code])[code])
+        return self._routing()[0].get(code)
 
     def list(self) -> list[Province]:
-        rows = self._conn.execute(select(provinces_t).order_by(provinces_t.c.code)).all()
-        keys = self._keys([row.code for row in rows])
-        return [self._province(row, keys[row.code]) for row in rows]
+        return sorted(self._routing()[0].values(), key=lambda p: p.code)
+
+    def key_owner(self, key_id: str) -> tuple[str, ProvinceKey] | None:
+        return self._routing()[1].get(key_id)
+
+    def _values(self, province: Province) -> dict[str, Any]:
+        return {"name": province.name, "endpoint": province.endpoint, "status": province.status.value,
+                "policy_json": _policy_to_json(province.policy), "updated_at": province.updated_at}
 
     def add(self, province: Province) -> None:
-        self._conn.execute(provinces_t.insert().values(
-            code=province.code, name=province.name, endpoint=province.endpoint, status=province.status.value,
-            policy_json=_policy_to_json(province.policy), updated_at=province.updated_at,
-        ))
-        self._write_keys(province)
+        self._cursor.run(self._s.insert_province, code=province.code, **self._values(province))
+        self._write_keys(province, existing=set())
+        self._changed()
 
     def update(self, province: Province) -> None:
-        self._conn.execute(provinces_t.update().where(provinces_t.c.code == province.code).values(
-            name=province.name, endpoint=province.endpoint, status=province.status.value,
-            policy_json=_policy_to_json(province.policy), updated_at=province.updated_at,
-        ))
-        self._write_keys(province)
+        self._cursor.run(self._s.update_province, w_code=province.code, **self._values(province))
+        current = self._routing()[0].get(province.code)
+        self._write_keys(province, existing={k.key_id for k in current.keys} if current else set())
+        self._changed()
 
-    def _write_keys(self, province: Province) -> None:
-        existing = {row.key_id for row in self._conn.execute(
-            select(keys_t.c.key_id).where(keys_t.c.province_code == province.code))}
+    def _write_keys(self, province: Province, existing: set[str]) -> None:
         for key in province.keys:
             values = {"alg": key.alg, "public_key": key.public_key, "valid_from": key.valid_from,
                       "valid_until": key.valid_until}
             if key.key_id in existing:
-                self._conn.execute(keys_t.update().where(keys_t.c.key_id == key.key_id).values(**values))
+                self._cursor.run(self._s.update_key, w_key_id=key.key_id, **values)
             else:
-                self._conn.execute(keys_t.insert().values(key_id=key.key_id, province_code=province.code,
-                                                          **values))
+                self._cursor.run(self._s.insert_key, key_id=key.key_id, province_code=province.code, **values)
 
-    def key_owner(self, key_id: str) -> tuple[str, ProvinceKey] | None:
-        row = self._conn.execute(select(keys_t).where(keys_t.c.key_id == key_id)).first()
-        if row is None:
-            return None
-        return row.province_code, ProvinceKey(row.key_id, row.public_key, row.alg, row.valid_from, row.valid_until)
+    def _changed(self) -> None:
+        self._cursor.run(self._s.bump_routing_version)
+        self._snapshot = None
 
 
 class SqlRequestRepository:
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
+    def __init__(self, cursor: Cursor, store: SqlStore) -> None:
+        self._cursor, self._s = cursor, store.statements
 
     def get(self, sender: str, message_id: str) -> StoredRequest | None:
-        row = self._conn.execute(select(requests_t).where(
-            and_(requests_t.c.sender == sender, requests_t.c.message_id == message_id))).first()
-        if row is None:
+        raw = self._cursor.first(self._s.get_request, w_sender=sender, w_id=message_id)
+        if raw is None:
             return None
+        v = dict(zip(self._s.get_request.columns, raw, strict=True))
         return StoredRequest(
-            sender=row.sender, message_id=row.message_id, payload_type=row.payload_type,
-            payload_sha256=row.payload_sha256, outcome=RequestOutcome(row.outcome), response=row.response,
-            error_kind=row.error_kind, error_reason=row.error_reason, error_field=row.error_field,
-            error_message=row.error_message,
-        )
+            sender=v["sender"], message_id=v["message_id"], payload_type=v["payload_type"],
+            payload_sha256=bytes(v["payload_sha256"]), outcome=RequestOutcome(v["outcome"]),
+            response=bytes(v["response"]) if v["response"] is not None else None, error_kind=v["error_kind"],
+            error_reason=v["error_reason"], error_field=v["error_field"], error_message=v["error_message"])
 
     def claim(self, sender: str, message_id: str, payload_type: str, payload_sha256: bytes,
               at: datetime) -> bool:
-        """Insert the idempotency record; False if (sender, message_id) is already taken (unique key)."""
-        statement = _insert_ignoring_conflict(self._conn, requests_t).values(
-            sender=sender, message_id=message_id, payload_type=payload_type, payload_sha256=payload_sha256,
-            outcome=RequestOutcome.PENDING.value, created_at=at,
-        ).returning(requests_t.c.sender)
+        """Insert the idempotency record; False if (sender, message_id) is taken (the unique key decides)."""
         # RETURNING, not rowcount: psycopg reports no row count for INSERT .. ON CONFLICT DO NOTHING.
-        return self._conn.execute(statement).first() is not None
-
-    def _where(self, sender: str, message_id: str) -> Any:
-        return and_(requests_t.c.sender == sender, requests_t.c.message_id == message_id)
+        return self._cursor.first(
+            self._s.claim_request, sender=sender, message_id=message_id, payload_type=payload_type,
+            payload_sha256=payload_sha256, outcome=RequestOutcome.PENDING.value, response=None, error_kind=None,
+            error_reason=None, error_field=None, error_message=None, created_at=at) is not None
 
     def record_response(self, sender: str, message_id: str, response: bytes) -> None:
-        self._conn.execute(requests_t.update().where(self._where(sender, message_id)).values(
-            outcome=RequestOutcome.OK.value, response=response))
+        self._cursor.run(self._s.record_response, w_sender=sender, w_id=message_id,
+                         outcome=RequestOutcome.OK.value, response=response)
 
     def record_rejection(self, sender: str, message_id: str, kind: str, reason: str, field: str | None,
                          message: str) -> None:
-        self._conn.execute(requests_t.update().where(self._where(sender, message_id)).values(
-            outcome=RequestOutcome.REJECTED.value, error_kind=kind, error_reason=reason, error_field=field,
-            error_message=message))
-
-
-# Everything but the stored instruction envelope, which only deliveries need.
-_VIEW_COLUMNS = tuple(
-    c for c in transfers_t.c if not c.name.startswith("instruction_") or c.name == "instruction_sha256")
+        self._cursor.run(self._s.record_rejection, w_sender=sender, w_id=message_id,
+                         outcome=RequestOutcome.REJECTED.value, error_kind=kind, error_reason=reason[:REASON_MAX],
+                         error_field=field, error_message=message)
 
 
 class SqlTransferRepository:
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
+    def __init__(self, cursor: Cursor, store: SqlStore) -> None:
+        self._cursor, self._s = cursor, store.statements
 
     def add(self, transfer: Transfer, giver_ref: bytes, receiver_ref: bytes, envelope: Envelope) -> None:
-        self._conn.execute(transfers_t.insert().values(
-            transfer_id=transfer.transfer_id, state=transfer.state.value, reason=transfer.reason,
+        self._cursor.run(
+            self._s.insert_transfer,
+            transfer_id=transfer.transfer_id, state=transfer.state.value, reason=transfer.reason[:REASON_MAX],
             giver_province=transfer.giver_province, receiver_province=transfer.receiver_province,
             giver_ref=giver_ref, receiver_ref=receiver_ref, giver_id_masked=transfer.giver_id_masked,
             receiver_id_masked=transfer.receiver_id_masked, amount_fen=transfer.amount_fen,
@@ -209,139 +332,135 @@ class SqlTransferRepository:
             delivery_deadline=transfer.delivery_deadline, instruction_sha256=transfer.instruction_sha256,
             instruction_payload=envelope.payload, instruction_signer=envelope.signer,
             instruction_key_id=envelope.key_id, instruction_alg=envelope.alg,
-            instruction_signature=envelope.signature, settlement_window_id=transfer.settlement_window_id,
-        ))
+            instruction_signature=envelope.signature, settlement_window_id=transfer.settlement_window_id)
         self.add_event(transfer.transfer_id, transfer.state, transfer.reason, transfer.created_at)
 
+    @staticmethod
+    def _transfer(v: dict[str, Any], history: tuple[TransferEvent, ...] = ()) -> Transfer:
+        return Transfer(
+            transfer_id=v["transfer_id"], state=TransferState(v["state"]), giver_province=v["giver_province"],
+            receiver_province=v["receiver_province"], giver_id_masked=v["giver_id_masked"],
+            receiver_id_masked=v["receiver_id_masked"], amount_fen=v["amount_fen"], currency=v["currency"],
+            created_at=v["created_at"], updated_at=v["updated_at"], return_deadline=v["return_deadline"],
+            delivery_deadline=v["delivery_deadline"], instruction_sha256=bytes(v["instruction_sha256"]),
+            reason=v["reason"], binding_id=v["binding_id"], settlement_window_id=v["settlement_window_id"],
+            history=history)
 
     def get(self, transfer_id: str, with_history: bool = False) -> Transfer | None:
-        row = self._conn.execute(select(*_VIEW_COLUMNS).where(transfers_t.c.transfer_id == transfer_id)).first()
-        if row is None:
+        raw = self._cursor.first(self._s.get_transfer, w_id=transfer_id)
+        if raw is None:
             return None
         history: tuple[TransferEvent, ...] = ()
         if with_history:
-            events = self._conn.execute(select(events_t).where(events_t.c.transfer_id == transfer_id)
-                                        .order_by(events_t.c.id))
-            history = tuple(TransferEvent(TransferState(e.state), e.at, e.reason) for e in events)
-        return Transfer(
-            transfer_id=row.transfer_id, state=TransferState(row.state), giver_province=row.giver_province,
-            receiver_province=row.receiver_province, giver_id_masked=row.giver_id_masked,
-            receiver_id_masked=row.receiver_id_masked, amount_fen=row.amount_fen, currency=row.currency,
-            created_at=row.created_at, updated_at=row.updated_at, return_deadline=row.return_deadline,
-            delivery_deadline=row.delivery_deadline, instruction_sha256=row.instruction_sha256,
-            reason=row.reason, binding_id=row.binding_id, settlement_window_id=row.settlement_window_id,
-            history=history,
-        )
+            history = tuple(TransferEvent(TransferState(state), at, reason)
+                            for state, at, reason in self._cursor.all(self._s.history, w_id=transfer_id))
+        return self._transfer(dict(zip(self._s.get_transfer.columns, raw, strict=True)), history)
+
+    def get_for_delivery(self, transfer_id: str) -> tuple[Transfer, Envelope] | None:
+        """The transfer and the giver's original envelope, in one read."""
+        raw = self._cursor.first(self._s.get_transfer_for_delivery, w_id=transfer_id)
+        if raw is None:
+            return None
+        v = dict(zip(self._s.get_transfer_for_delivery.columns, raw, strict=True))
+        return self._transfer(v), self._envelope(v)
+
+    @staticmethod
+    def _envelope(v: dict[str, Any]) -> Envelope:
+        return Envelope(bytes(v["instruction_payload"]), "gongji.v1.TransferInstruction", v["instruction_signer"],
+                        v["instruction_key_id"], v["instruction_alg"], bytes(v["instruction_signature"]))
 
     def exists(self, transfer_id: str) -> bool:
-        return self._conn.execute(select(transfers_t.c.transfer_id)
-                                  .where(transfers_t.c.transfer_id == transfer_id)).first() is not None
+        return self._cursor.first(self._s.transfer_exists, w_id=transfer_id) is not None
 
     def instruction_envelope(self, transfer_id: str) -> Envelope | None:
-        t = transfers_t.c
-        row = self._conn.execute(select(t.instruction_payload, t.instruction_signer, t.instruction_key_id,
-                                        t.instruction_alg, t.instruction_signature)
-                                 .where(t.transfer_id == transfer_id)).first()
-        if row is None:
+        raw = self._cursor.first(self._s.instruction, w_id=transfer_id)
+        if raw is None:
             return None
-        return Envelope(row.instruction_payload, "gongji.v1.TransferInstruction", row.instruction_signer,
-                        row.instruction_key_id, row.instruction_alg, row.instruction_signature)
+        return self._envelope(dict(zip(self._s.instruction.columns, raw, strict=True)))
 
     def change_state(self, transfer_id: str, from_states: Sequence[TransferState], to: TransferState,
                      reason: str, at: datetime) -> bool:
-        """Move the transfer only if it is in one of `from_states`: the guard makes each change happen once."""
-        result = self._conn.execute(
-            update(transfers_t)
-            .where(and_(transfers_t.c.transfer_id == transfer_id,
-                        transfers_t.c.state.in_([s.value for s in from_states])))
-            .values(state=to.value, reason=reason, updated_at=at)
-        )
-        if result.rowcount != 1:
-            return False
-        self.add_event(transfer_id, to, reason, at)
-        return True
+        """Move the transfer only from one of `from_states`: the guard makes each change happen once."""
+        reason = reason[:REASON_MAX]
+        for state in from_states:
+            if self._cursor.run(self._s.change_state, w_id=transfer_id, w_from=state.value, state=to.value,
+                                reason=reason, updated_at=at) == 1:
+                self.add_event(transfer_id, to, reason, at)
+                return True
+        return False
 
     def add_event(self, transfer_id: str, state: TransferState, reason: str, at: datetime) -> None:
-        self._conn.execute(events_t.insert().values(transfer_id=transfer_id, state=state.value, reason=reason, at=at))
+        self._cursor.run(self._s.insert_event, transfer_id=transfer_id, state=state.value, reason=reason[:REASON_MAX],
+                         at=at)
 
     def due_for_return(self, now: datetime, limit: int) -> list[str]:
-        rows = self._conn.execute(
-            select(transfers_t.c.transfer_id)
-            .where(and_(transfers_t.c.state == TransferState.DELIVERED.value, transfers_t.c.return_deadline <= now))
-            .limit(limit))
-        return [row.transfer_id for row in rows]
+        return [row[0] for row in self._cursor.all(self._s.due_for_return, now=now, limit=limit)]
 
     def undelivered_past_deadline(self, now: datetime, limit: int) -> list[str]:
-        rows = self._conn.execute(
-            select(transfers_t.c.transfer_id)
-            .where(and_(transfers_t.c.state == TransferState.RECEIVED.value,
-                        transfers_t.c.delivery_deadline <= now))
-            .limit(limit))
-        return [row.transfer_id for row in rows]
+        return [row[0] for row in self._cursor.all(self._s.undelivered, now=now, limit=limit)]
 
 
 class SqlOutboxRepository:
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
+    def __init__(self, cursor: Cursor, store: SqlStore) -> None:
+        self._cursor, self._s = cursor, store.statements
 
     def enqueue(self, destination: str, kind: OutboxKind, message_id: str, subject_id: str,
                 at: datetime) -> None:
         # The unique (destination, message_id) key makes a second enqueue of the same message a no-op.
-        self._conn.execute(_insert_ignoring_conflict(self._conn, outbox_t).values(
-            destination=destination, kind=kind.value, message_id=message_id, subject_id=subject_id,
-            status="PENDING", attempts=0, next_attempt_at=at, last_error="", created_at=at))
+        self._cursor.run(self._s.enqueue, destination=destination, kind=kind.value, message_id=message_id,
+                         subject_id=subject_id, at=at)
 
     def claim_due(self, now: datetime, limit: int, lease_until: datetime) -> list[OutboxMessage]:
         """Take due messages and lease them, so a crash mid-send only delays their retry."""
-        query = (select(outbox_t).where(and_(outbox_t.c.status == "PENDING", outbox_t.c.next_attempt_at <= now))
-                 .order_by(outbox_t.c.next_attempt_at, outbox_t.c.id).limit(limit))
-        if self._conn.dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        rows = self._conn.execute(query).all()
-        if rows:
-            self._conn.execute(update(outbox_t).where(outbox_t.c.id.in_([r.id for r in rows]))
-                               .values(next_attempt_at=lease_until, attempts=outbox_t.c.attempts + 1))
-        return [OutboxMessage(r.id, r.destination, OutboxKind(r.kind), r.message_id, r.subject_id,
-                              r.attempts + 1, r.created_at) for r in rows]
+        rows = self._cursor.all(self._s.claim_due, now=now, limit=limit)
+        self._cursor.run_many(self._s.lease, [{"w_id": row[0], "lease_until": lease_until} for row in rows])
+        return [OutboxMessage(id, destination, OutboxKind(kind), message_id, subject_id, attempts + 1, created_at)
+                for id, destination, kind, message_id, subject_id, attempts, created_at in rows]
 
     def mark_done(self, message_id: int, at: datetime) -> None:
-        self._conn.execute(update(outbox_t).where(and_(outbox_t.c.id == message_id, outbox_t.c.status == "PENDING"))
-                           .values(status="DONE", done_at=at, last_error=""))
+        self._cursor.run(self._s.mark_done, w_id=message_id, at=at)
 
     def mark_retry(self, message_id: int, next_attempt_at: datetime, error: str) -> None:
-        self._conn.execute(update(outbox_t).where(and_(outbox_t.c.id == message_id, outbox_t.c.status == "PENDING"))
-                           .values(next_attempt_at=next_attempt_at, last_error=error[:128]))
+        self._cursor.run(self._s.mark_retry, w_id=message_id, next_attempt_at=next_attempt_at, error=error[:128])
 
     def expire_pending(self, kind: OutboxKind, subject_id: str, at: datetime, error: str) -> None:
-        self._conn.execute(update(outbox_t).where(and_(outbox_t.c.kind == kind.value,
-                                                       outbox_t.c.subject_id == subject_id,
-                                                       outbox_t.c.status == "PENDING"))
-                           .values(status="EXPIRED", done_at=at, last_error=error[:128]))
+        self._cursor.run(self._s.expire_pending, w_kind=kind.value, w_subject=subject_id, at=at, error=error[:128])
 
 
 class SqlUnitOfWork:
     """One database transaction; leaving the block without commit() rolls it back."""
 
     def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+        self._store = store_for(engine)
 
     def __enter__(self) -> SqlUnitOfWork:
-        self._conn = self._engine.connect()
-        self._transaction = self._conn.begin()
-        self.provinces = SqlProvinceRepository(self._conn)
-        self.requests = SqlRequestRepository(self._conn)
-        self.transfers = SqlTransferRepository(self._conn)
-        self.outbox = SqlOutboxRepository(self._conn)
+        self._connection = self._store.engine.raw_connection()
+        self._cursor = Cursor(self._connection.driver_connection)
+        self._open = True
+        if self._store.is_sqlite:
+            self._cursor.raw("BEGIN IMMEDIATE")
+        self.provinces = SqlProvinceRepository(self._cursor, self._store)
+        self.requests = SqlRequestRepository(self._cursor, self._store)
+        self.transfers = SqlTransferRepository(self._cursor, self._store)
+        self.outbox = SqlOutboxRepository(self._cursor, self._store)
         return self
 
     def __exit__(self, *exc: object) -> None:
         try:
-            if self._transaction.is_active:
-                self._transaction.rollback()
+            if self._open:
+                self._end("ROLLBACK")
         finally:
-            self._conn.close()
+            self._cursor.close()
+            self._connection.close()  # back to the pool
+
+    def _end(self, verb: str) -> None:
+        self._open = False
+        if self._store.is_sqlite:
+            self._cursor.raw(verb)
+        elif verb == "COMMIT":
+            self._connection.commit()
+        else:
+            self._connection.rollback()
 
     def commit(self) -> None:
-        self._transaction.commit()
-
-
+        self._end("COMMIT")

@@ -144,3 +144,12 @@ class OutboxRow(Base):
         UniqueConstraint("destination", "message_id", name="uq_outbox_destination_message"),
         Index("ix_outbox_status_next_attempt", "status", "next_attempt_at"),
     )
+
+
+class RoutingVersionRow(Base):
+    """One row whose version moves with every routing-table change: caches compare it, never the table."""
+
+    __tablename__ = "routing_version"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)

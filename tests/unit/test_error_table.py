@@ -34,9 +34,7 @@ def defined_error_classes() -> list[type[errors.GongjiError]]:
     return [
         cls
         for _, cls in inspect.getmembers(errors, inspect.isclass)
-        if issubclass(cls, errors.GongjiError)
-        and cls is not errors.GongjiError
-        and cls.__module__ == errors.__name__
+        if issubclass(cls, errors.GongjiError) and cls is not errors.GongjiError and cls.__module__ == errors.__name__
     ]
 
 
@@ -62,12 +60,8 @@ def test_every_domain_error_has_a_mapping(cls: type[errors.GongjiError]) -> None
     assert status_code_for(cls("x")) is not grpc.StatusCode.INTERNAL
 
 
-@pytest.mark.parametrize(
-    ("cls", "code"), list(EXPECTED.items()), ids=lambda v: getattr(v, "__name__", str(v))
-)
-def test_each_error_maps_to_the_status_of_api_md(
-    cls: type[errors.GongjiError], code: grpc.StatusCode
-) -> None:
+@pytest.mark.parametrize(("cls", "code"), list(EXPECTED.items()), ids=lambda v: getattr(v, "__name__", str(v)))
+def test_each_error_maps_to_the_status_of_api_md(cls: type[errors.GongjiError], code: grpc.StatusCode) -> None:
     assert status_code_for(cls("x")) is code
     assert status_for(cls("x")).code is code
 
@@ -127,9 +121,7 @@ def test_a_replay_without_field_is_marked_too() -> None:
 @pytest.mark.parametrize(
     "error",
     [
-        pytest.param(
-            RuntimeError("connection to postgresql://secret@db failed for 650502199001011230"), id="runtime"
-        ),
+        pytest.param(RuntimeError("connection to postgresql://secret@db failed for 650502199001011230"), id="runtime"),
         pytest.param(KeyError("650502199001011230"), id="key error"),
         pytest.param(ValueError("naive datetime given to the store"), id="value error"),
     ],

@@ -1,0 +1,620 @@
+"""The SQL repositories and unit of work against real databases: a SQLite file and PostgreSQL."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, Table, func, select, text
+
+from gateway.domain.clock import BEIJING
+from gateway.domain.envelope import Envelope
+from gateway.domain.provinces import Policy, Province, ProvinceKey, ProvinceStatus
+from gateway.domain.records import OutboxKind, RequestOutcome
+from gateway.domain.transfers import INT64_MAX, Transfer, TransferEvent, TransferState
+from gateway.store.sql import SqlUnitOfWork, create_schema, make_engine, outbox_t, requests_t
+from tests.support import wait_until
+
+T0 = datetime(2026, 5, 1, 7, 0, 0, 123456, tzinfo=UTC)
+SHA_A, SHA_B = b"\xaa" * 32, b"\xbb" * 32
+INSTRUCTION = "gongji.v1.TransferInstruction"
+DELIVER, NOTIFY = OutboxKind.DELIVER_TRANSFER, OutboxKind.NOTIFY_TRANSFER_OUTCOME
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    engine = make_engine(db_url)
+    create_schema(engine)
+    yield engine
+    engine.dispose()
+
+
+def uid(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
+def is_utc(at: datetime | None) -> bool:
+    return at is not None and at.utcoffset() == timedelta(0)
+
+
+def count(engine: Engine, table: Table) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+def outbox_row(engine: Engine, row_id: int) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(select(outbox_t).where(outbox_t.c.id == row_id)).one()
+
+
+def envelope(payload: bytes = b"\x0a\x05tr-01\x00\xff payload") -> Envelope:
+    return Envelope(payload, INSTRUCTION, "650000", "xj-2026", "ed25519", b"\x5a" * 64)
+
+
+def transfer(
+    transfer_id: str | None = None,
+    state: TransferState = TransferState.RECEIVED,
+    created_at: datetime = T0,
+    return_deadline: datetime | None = None,
+    delivery_deadline: datetime | None = None,
+    **changes: Any,
+) -> Transfer:
+    changes.setdefault("amount_fen", 50_000)
+    return Transfer(
+        transfer_id=transfer_id or uid("tr"),
+        state=state,
+        giver_province="650000",
+        receiver_province="620000",
+        giver_id_masked="650502********1230",
+        receiver_id_masked="620102********0026",
+        currency="CNY",
+        created_at=created_at,
+        updated_at=created_at,
+        return_deadline=return_deadline or created_at + timedelta(hours=15),
+        delivery_deadline=delivery_deadline or created_at + timedelta(minutes=10),
+        instruction_sha256=SHA_A,
+        **changes,
+    )
+
+
+def add_transfers(engine: Engine, *transfers: Transfer) -> None:
+    with SqlUnitOfWork(engine) as uow:
+        for item in transfers:
+            uow.transfers.add(item, b"\x01" * 32, b"\x02" * 32, envelope())
+        uow.commit()
+
+
+# -- provinces ---------------------------------------------------------------------------------------
+
+
+def xinjiang() -> Province:
+    return Province(
+        code="650000",
+        name="新疆",
+        endpoint="xj.example.cn:7443",
+        status=ProvinceStatus.ACTIVE,
+        keys=(
+            # Sorted by key_id: the order in which the repository lists keys.
+            ProvinceKey("xj-2025", b"\x01" * 32, "ed25519", T0.astimezone(BEIJING) - timedelta(days=365), T0),
+            ProvinceKey("xj-2026", b"\x02" * 32, "ed25519", T0, None),
+        ),
+        # Zero and False are overrides too, not "unset".
+        policy=Policy(single_relation_only=True, daily_transfer_limit=5, blackout_start_minute=0, return_hour=0),
+        updated_at=T0.astimezone(BEIJING),
+    )
+
+
+def gansu() -> Province:
+    return Province(
+        code="620000",
+        name="甘肃",
+        endpoint="10.0.0.7:7443",
+        keys=(ProvinceKey("gs-1", b"\x03" * 32),),
+        policy=Policy(),
+        updated_at=T0,
+    )
+
+
+def test_provinces_and_keys_round_trip_through_add_get_list_and_update(engine: Engine) -> None:
+    with SqlUnitOfWork(engine) as uow:
+        uow.provinces.add(xinjiang())
+        uow.provinces.add(gansu())
+        uow.commit()
+
+    with SqlUnitOfWork(engine) as uow:
+        stored = uow.provinces.get("650000")
+        assert stored == xinjiang()
+        assert stored is not None and stored.policy.return_hour == 0 and stored.policy.single_relation_only is True
+        assert is_utc(stored.updated_at)
+        assert all(is_utc(key.valid_from) for key in stored.keys)
+        assert uow.provinces.list() == [gansu(), xinjiang()]
+        assert uow.provinces.get("110000") is None
+        assert uow.provinces.key_owner("xj-2025") == ("650000", xinjiang().keys[0])
+        assert uow.provinces.key_owner("gs-1") == ("620000", gansu().keys[0])
+        assert uow.provinces.key_owner("nobody-1") is None
+
+    later = T0 + timedelta(days=30)
+    changed = dataclasses.replace(
+        xinjiang(),
+        name="新疆维吾尔自治区",
+        endpoint="xj2.example.cn:8443",
+        status=ProvinceStatus.SUSPENDED,
+        keys=(
+            xinjiang().keys[0],
+            ProvinceKey("xj-2026", b"\x02" * 32, "ed25519", T0, later),  # retired
+            ProvinceKey("xj-2027", b"\x04" * 32, "ed25519", later, None),  # added
+        ),
+        policy=Policy(max_transfer_fen=100_000, delivery_deadline_seconds=60),
+        updated_at=later,
+    )
+    with SqlUnitOfWork(engine) as uow:
+        uow.provinces.update(changed)
+        uow.commit()
+
+    with SqlUnitOfWork(engine) as uow:
+        assert uow.provinces.get("650000") == changed
+        assert uow.provinces.get("620000") == gansu()
+        assert [p.code for p in uow.provinces.list()] == ["620000", "650000"]
+
+
+# -- idempotency records ----------------------------------------------------------------------------
+
+
+def test_a_key_is_claimed_once(engine: Engine) -> None:
+    message_id = uid("tr")
+    with SqlUnitOfWork(engine) as uow:
+        assert uow.requests.claim("650000", message_id, INSTRUCTION, SHA_A, T0) is True
+        pending = uow.requests.get("650000", message_id)
+        assert pending is not None and pending.outcome is RequestOutcome.PENDING
+        uow.commit()
+
+    with SqlUnitOfWork(engine) as uow:
+        # A later transaction, even with other bytes: the key is taken and the first record stays.
+        assert uow.requests.claim("650000", message_id, INSTRUCTION, SHA_B, T0 + timedelta(seconds=5)) is False
+        stored = uow.requests.get("650000", message_id)
+        assert stored is not None and stored.payload_sha256 == SHA_A
+        # The key is the pair (sender, message_id): another sender may use the same id.
+        assert uow.requests.claim("620000", message_id, INSTRUCTION, SHA_B, T0) is True
+        uow.commit()
+    assert count(engine, requests_t) == 2
+
+    with SqlUnitOfWork(engine) as uow, pytest.raises(ValueError, match="naive"):
+        uow.requests.claim("650000", uid("tr"), INSTRUCTION, SHA_A, datetime(2026, 5, 1, 7, 0))
+
+
+def test_recorded_responses_and_rejections_are_returned(engine: Engine) -> None:
+    ok, refused, refused_no_field = uid("ok"), uid("no"), uid("no")
+    with SqlUnitOfWork(engine) as uow:
+        for message_id in (ok, refused, refused_no_field):
+            assert uow.requests.claim("650000", message_id, INSTRUCTION, SHA_A, T0)
+        uow.requests.record_response("650000", ok, b"\x00signed receipt\xff")
+        uow.requests.record_rejection(
+            "650000",
+            refused,
+            "FailedPrecondition",
+            "DAILY_LIMIT_REACHED",
+            "amount_fen",
+            "at most 3 transfers per giver per day",
+        )
+        uow.requests.record_rejection("650000", refused_no_field, "AlreadyExists", "BINDING_EXISTS", None, "exists")
+        uow.commit()
+    with SqlUnitOfWork(engine) as uow:
+        answered = uow.requests.get("650000", ok)
+        rejected = uow.requests.get("650000", refused)
+        rejected_no_field = uow.requests.get("650000", refused_no_field)
+
+    assert answered is not None
+    assert (answered.sender, answered.message_id, answered.payload_type) == ("650000", ok, INSTRUCTION)
+    assert answered.payload_sha256 == SHA_A
+    assert answered.outcome is RequestOutcome.OK
+    assert answered.response == b"\x00signed receipt\xff"
+    assert (answered.error_kind, answered.error_reason, answered.error_field, answered.error_message) == (None,) * 4
+
+    assert rejected is not None and rejected_no_field is not None
+    assert rejected.outcome is RequestOutcome.REJECTED and rejected.response is None
+    assert (rejected.error_kind, rejected.error_reason, rejected.error_field, rejected.error_message) == (
+        "FailedPrecondition",
+        "DAILY_LIMIT_REACHED",
+        "amount_fen",
+        "at most 3 transfers per giver per day",
+    )
+    assert rejected_no_field.outcome is RequestOutcome.REJECTED
+    assert (rejected_no_field.error_kind, rejected_no_field.error_reason, rejected_no_field.error_field) == (
+        "AlreadyExists",
+        "BINDING_EXISTS",
+        None,
+    )
+
+
+# -- the unit of work --------------------------------------------------------------------------------
+
+
+def test_leaving_without_commit_rolls_everything_back(engine: Engine) -> None:
+    message_id = uid("tr")
+    with SqlUnitOfWork(engine) as uow:
+        assert uow.requests.claim("650000", message_id, INSTRUCTION, SHA_A, T0)
+        uow.transfers.add(transfer(message_id), b"\x01" * 32, b"\x02" * 32, envelope())
+        uow.outbox.enqueue("620000", DELIVER, f"deliver-{message_id}", message_id, T0)
+        uow.provinces.add(gansu())
+        assert uow.transfers.exists(message_id)  # visible inside its own transaction
+
+    with SqlUnitOfWork(engine) as uow:
+        assert uow.requests.get("650000", message_id) is None
+        assert uow.transfers.get(message_id) is None
+        assert not uow.transfers.exists(message_id)
+        assert uow.provinces.get("620000") is None
+        assert uow.outbox.claim_due(T0 + timedelta(days=1), 10, T0 + timedelta(days=2)) == []
+    for table in ("requests", "transfers", "transfer_events", "outbox", "provinces", "province_keys"):
+        with engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(text(table))).scalar_one() == 0, table
+
+    # The key is free again: nothing of the abandoned attempt remains. An exception rolls back too.
+    with pytest.raises(RuntimeError, match="boom"), SqlUnitOfWork(engine) as uow:
+        assert uow.requests.claim("650000", message_id, INSTRUCTION, SHA_B, T0) is True
+        uow.transfers.add(transfer(message_id), b"\x01" * 32, b"\x02" * 32, envelope())
+        raise RuntimeError("boom")
+    with SqlUnitOfWork(engine) as uow:
+        assert uow.requests.get("650000", message_id) is None
+        assert uow.transfers.get(message_id) is None
+
+
+# -- transfers ---------------------------------------------------------------------------------------
+
+
+def test_a_transfer_round_trips_with_utc_datetimes_and_history(engine: Engine) -> None:
+    created = datetime(2026, 5, 1, 15, 0, 1, 654321, tzinfo=BEIJING)
+    original = transfer(
+        created_at=created,
+        return_deadline=datetime(2026, 5, 2, 6, 0, tzinfo=BEIJING),
+        delivery_deadline=created + timedelta(seconds=600),
+        binding_id="bd-0001",
+        settlement_window_id="2026-05-01",
+        amount_fen=INT64_MAX,
+    )
+    add_transfers(engine, original)
+
+    with SqlUnitOfWork(engine) as uow:
+        plain = uow.transfers.get(original.transfer_id)
+        full = uow.transfers.get(original.transfer_id, with_history=True)
+        stored_envelope = uow.transfers.instruction_envelope(original.transfer_id)
+        assert uow.transfers.exists(original.transfer_id)
+        assert uow.transfers.get(uid("tr")) is None
+        assert uow.transfers.instruction_envelope(uid("tr")) is None
+
+    assert plain == original  # aware datetimes compare as instants
+    assert full == dataclasses.replace(original, history=(TransferEvent(TransferState.RECEIVED, created, ""),))
+    assert full is not None
+    for at in (full.created_at, full.updated_at, full.return_deadline, full.delivery_deadline, full.history[0].at):
+        assert is_utc(at)
+    assert full.created_at.microsecond == 654321
+    assert full.return_deadline == datetime(2026, 5, 1, 22, 0, tzinfo=UTC)
+    # The giver's envelope comes back byte for byte, to be passed through unchanged.
+    assert stored_envelope == envelope()
+
+
+def test_change_state_happens_once(engine: Engine) -> None:
+    item = transfer()
+    add_transfers(engine, item)
+    t1, t2, t3 = (T0 + timedelta(minutes=n) for n in (1, 2, 3))
+
+    with SqlUnitOfWork(engine) as uow:
+        assert uow.transfers.change_state(item.transfer_id, [TransferState.RECEIVED], TransferState.DELIVERED, "", t1)
+        uow.commit()
+    with SqlUnitOfWork(engine) as uow:
+        assert not uow.transfers.change_state(
+            item.transfer_id, [TransferState.RECEIVED], TransferState.DELIVERED, "", t2
+        )
+        uow.commit()
+
+    with SqlUnitOfWork(engine) as uow:
+        stored = uow.transfers.get(item.transfer_id, with_history=True)
+    assert stored is not None
+    assert stored.state is TransferState.DELIVERED
+    assert stored.updated_at == t1
+    assert [(e.state, e.at) for e in stored.history] == [(TransferState.RECEIVED, T0), (TransferState.DELIVERED, t1)]
+
+    with SqlUnitOfWork(engine) as uow:
+        assert uow.transfers.change_state(
+            item.transfer_id,
+            [TransferState.RECEIVED, TransferState.DELIVERED],
+            TransferState.RETURNED,
+            "CONFIRMATION_DEADLINE_PASSED",
+            t3,
+        )
+        # A final state never changes.
+        assert not uow.transfers.change_state(
+            item.transfer_id, [TransferState.DELIVERED], TransferState.COMMITTED, "", t3
+        )
+        assert not uow.transfers.change_state(uid("tr"), [TransferState.RECEIVED], TransferState.DELIVERED, "", t3)
+        uow.commit()
+    with SqlUnitOfWork(engine) as uow:
+        stored = uow.transfers.get(item.transfer_id, with_history=True)
+    assert stored is not None
+    assert (stored.state, stored.reason, stored.updated_at) == (
+        TransferState.RETURNED,
+        "CONFIRMATION_DEADLINE_PASSED",
+        t3,
+    )
+    assert [e.state for e in stored.history] == [
+        TransferState.RECEIVED,
+        TransferState.DELIVERED,
+        TransferState.RETURNED,
+    ]
+    assert stored.history[-1].reason == "CONFIRMATION_DEADLINE_PASSED"
+
+
+def test_a_long_reason_from_a_province_does_not_break_the_state_change(engine: Engine) -> None:
+    # A receiving province's DeliverTransfer answer carries a free-text reject_reason, which the province
+    # client passes to change_state(..., result.reason); transfers.reason is VARCHAR(64), so the store cuts it.
+    item = transfer()
+    add_transfers(engine, item)
+    reason = "RECEIVER_NOT_INSURED_IN_THIS_POOLING_AREA_SINCE_THE_LAST_MEMBER_CHANGE_REPORT_" + "X" * 40
+    with SqlUnitOfWork(engine) as uow:
+        assert uow.transfers.change_state(
+            item.transfer_id, [TransferState.RECEIVED], TransferState.REJECTED, reason, T0
+        )
+        uow.commit()
+    with SqlUnitOfWork(engine) as uow:
+        stored = uow.transfers.get(item.transfer_id, with_history=True)
+    assert stored is not None and stored.state is TransferState.REJECTED
+    assert stored.reason and reason.startswith(stored.reason)
+
+
+def test_deadline_queries_select_exactly_the_right_transfers(engine: Engine) -> None:
+    now = T0.astimezone(BEIJING)  # the store compares instants, whatever the zone
+    past, future = now - timedelta(seconds=1), now + timedelta(microseconds=1)
+    far = now + timedelta(days=1)
+    rows = {
+        "delivered-past": (TransferState.DELIVERED, past, past),
+        "delivered-now": (TransferState.DELIVERED, now, past),
+        "delivered-future": (TransferState.DELIVERED, future, past),
+        "received-past": (TransferState.RECEIVED, past, past),
+        "received-now": (TransferState.RECEIVED, far, now),
+        "received-future": (TransferState.RECEIVED, far, future),
+        "committed-past": (TransferState.COMMITTED, past, past),
+        "declined-past": (TransferState.DECLINED, past, past),
+        "returned-past": (TransferState.RETURNED, past, past),
+        "rejected-past": (TransferState.REJECTED, past, past),
+    }
+    suffix = uuid.uuid4().hex[:8]
+    add_transfers(
+        engine,
+        *(
+            transfer(f"{name}-{suffix}", state, now - timedelta(hours=1), return_at, deliver_at)
+            for name, (state, return_at, deliver_at) in rows.items()
+        ),
+    )
+
+    with SqlUnitOfWork(engine) as uow:
+        due = uow.transfers.due_for_return(now, 100)
+        undelivered = uow.transfers.undelivered_past_deadline(now, 100)
+        one = uow.transfers.due_for_return(now, 1)
+    assert sorted(due) == [f"delivered-now-{suffix}", f"delivered-past-{suffix}"]
+    assert sorted(undelivered) == [f"received-now-{suffix}", f"received-past-{suffix}"]
+    assert len(one) == 1 and one[0] in due
+
+
+# -- outbox ------------------------------------------------------------------------------------------
+
+
+def test_enqueue_is_idempotent_and_claim_due_leases_due_pending_messages(engine: Engine) -> None:
+    subject = uid("tr")
+    now, lease_until = T0 + timedelta(seconds=5), T0 + timedelta(seconds=35)
+    with SqlUnitOfWork(engine) as uow:
+        uow.outbox.enqueue("620000", NOTIFY, f"done-{subject}", subject, T0 - timedelta(hours=1))
+        [done] = uow.outbox.claim_due(T0 - timedelta(hours=1), 10, T0 - timedelta(hours=1))
+        uow.outbox.mark_done(done.id, T0 - timedelta(hours=1))
+        uow.outbox.enqueue("620000", DELIVER, f"due-{subject}", subject, T0)
+        uow.outbox.enqueue("620000", DELIVER, f"due-{subject}", subject, T0 + timedelta(seconds=1))
+        uow.outbox.enqueue("650000", NOTIFY, f"later-{subject}", subject, T0 + timedelta(seconds=10))
+        uow.commit()
+    with SqlUnitOfWork(engine) as uow:
+        # The same (destination, message_id) again, in a later transaction: still one row, the first.
+        uow.outbox.enqueue("620000", NOTIFY, f"due-{subject}", uid("tr"), T0 - timedelta(days=1))
+        uow.commit()
+    assert count(engine, outbox_t) == 3
+
+    with SqlUnitOfWork(engine) as uow:
+        first = uow.outbox.claim_due(now, 10, lease_until)
+        uow.commit()
+    assert [(m.message_id, m.destination, m.kind, m.subject_id, m.attempts) for m in first] == [
+        (f"due-{subject}", "620000", DELIVER, subject, 1)
+    ]
+    assert first[0].created_at == T0
+    row = outbox_row(engine, first[0].id)
+    assert (row.status, row.attempts, row.next_attempt_at) == ("PENDING", 1, lease_until)
+
+    with SqlUnitOfWork(engine) as uow:
+        assert uow.outbox.claim_due(now, 10, lease_until) == []  # leased: nobody else takes it meanwhile
+        uow.commit()
+
+    after_lease = lease_until
+    with SqlUnitOfWork(engine) as uow:
+        again = uow.outbox.claim_due(after_lease, 10, after_lease + timedelta(seconds=30))
+        uow.commit()
+    # Oldest due first: the later message (due at +10 s) before the re-leased one (due at +35 s).
+    assert [(m.message_id, m.attempts) for m in again] == [(f"later-{subject}", 1), (f"due-{subject}", 2)]
+
+    with SqlUnitOfWork(engine) as uow:
+        limited = uow.outbox.claim_due(after_lease + timedelta(minutes=5), 1, after_lease + timedelta(minutes=6))
+    assert len(limited) == 1
+
+    with SqlUnitOfWork(engine) as uow:
+        # The key is (destination, message_id): the same id to another province is another message.
+        uow.outbox.enqueue("650000", NOTIFY, f"due-{subject}", subject, T0)
+        uow.commit()
+    assert count(engine, outbox_t) == 4
+
+
+def test_mark_done_and_mark_retry(engine: Engine) -> None:
+    subject = uid("tr")
+    with SqlUnitOfWork(engine) as uow:
+        uow.outbox.enqueue("620000", DELIVER, f"a-{subject}", subject, T0)
+        uow.outbox.enqueue("650000", NOTIFY, f"b-{subject}", subject, T0)
+        uow.commit()
+    with SqlUnitOfWork(engine) as uow:
+        a, b = sorted(uow.outbox.claim_due(T0, 10, T0 + timedelta(seconds=30)), key=lambda m: m.message_id)
+        uow.outbox.mark_done(a.id, T0 + timedelta(seconds=1))
+        uow.outbox.mark_retry(b.id, T0 + timedelta(minutes=5), "UNAVAILABLE: " + "x" * 300)
+        uow.commit()
+
+    done = outbox_row(engine, a.id)
+    assert (done.status, done.done_at, done.last_error) == ("DONE", T0 + timedelta(seconds=1), "")
+    retried = outbox_row(engine, b.id)
+    assert (retried.status, retried.next_attempt_at, retried.done_at) == ("PENDING", T0 + timedelta(minutes=5), None)
+    assert retried.last_error.startswith("UNAVAILABLE: ") and len(retried.last_error) == 128
+
+    with SqlUnitOfWork(engine) as uow:
+        assert (
+            uow.outbox.claim_due(T0 + timedelta(minutes=5) - timedelta(microseconds=1), 10, T0 + timedelta(hours=1))
+            == []
+        )
+        # Done is final: neither done again nor retried.
+        uow.outbox.mark_done(a.id, T0 + timedelta(hours=1))
+        uow.outbox.mark_retry(a.id, T0, "LATE")
+        uow.commit()
+    assert outbox_row(engine, a.id).done_at == T0 + timedelta(seconds=1)
+    assert outbox_row(engine, a.id).status == "DONE"
+
+    with SqlUnitOfWork(engine) as uow:
+        [retry] = uow.outbox.claim_due(T0 + timedelta(minutes=5), 10, T0 + timedelta(hours=1))
+    assert (retry.id, retry.attempts) == (b.id, 2)
+
+
+def test_expire_pending_ends_only_the_matching_pending_messages(engine: Engine) -> None:
+    subject, other = uid("tr"), uid("tr")
+    with SqlUnitOfWork(engine) as uow:
+        uow.outbox.enqueue("620000", DELIVER, f"deliver-{subject}", subject, T0)
+        uow.outbox.enqueue("620000", DELIVER, f"deliver-again-{subject}", subject, T0)
+        uow.outbox.enqueue("650000", NOTIFY, f"notify-{subject}", subject, T0)
+        uow.outbox.enqueue("620000", DELIVER, f"deliver-{other}", other, T0)
+        uow.commit()
+    with SqlUnitOfWork(engine) as uow:
+        by_id = {m.message_id: m.id for m in uow.outbox.claim_due(T0, 10, T0)}
+        uow.outbox.mark_done(by_id[f"deliver-again-{subject}"], T0)
+        uow.commit()
+
+    expired_at = T0 + timedelta(minutes=10)
+    with SqlUnitOfWork(engine) as uow:
+        uow.outbox.expire_pending(DELIVER, subject, expired_at, "DESTINATION_UNREACHABLE")
+        uow.commit()
+
+    expired = outbox_row(engine, by_id[f"deliver-{subject}"])
+    assert (expired.status, expired.done_at, expired.last_error) == ("EXPIRED", expired_at, "DESTINATION_UNREACHABLE")
+    assert outbox_row(engine, by_id[f"deliver-again-{subject}"]).status == "DONE"
+    assert outbox_row(engine, by_id[f"deliver-again-{subject}"]).done_at == T0
+    assert outbox_row(engine, by_id[f"notify-{subject}"]).status == "PENDING"
+    assert outbox_row(engine, by_id[f"deliver-{other}"]).status == "PENDING"
+    with SqlUnitOfWork(engine) as uow:
+        due = {m.message_id for m in uow.outbox.claim_due(expired_at, 10, expired_at)}
+    assert due == {f"notify-{subject}", f"deliver-{other}"}
+
+
+# -- concurrency -------------------------------------------------------------------------------------
+
+
+def in_thread(target: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    """Run `target` in a thread; its result or exception lands in the returned dict."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = target()
+        except BaseException as error:  # re-raised in the test thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def result_of(thread: threading.Thread, outcome: dict[str, Any]) -> Any:
+    thread.join(20)
+    assert not thread.is_alive(), "the thread did not finish"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def test_racing_claims_of_one_key_give_exactly_one_winner(engine: Engine) -> None:
+    message_id = uid("tr")
+    barrier = threading.Barrier(2, timeout=10)
+
+    def claim() -> bool:
+        barrier.wait()
+        with SqlUnitOfWork(engine) as uow:
+            won = uow.requests.claim("650000", message_id, INSTRUCTION, SHA_A, T0)
+            uow.commit()
+        return won
+
+    runs = [in_thread(claim) for _ in range(2)]
+    assert sorted(result_of(*run) for run in runs) == [False, True]
+    assert count(engine, requests_t) == 1
+
+
+def waiting_on_a_lock(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        waiting = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        ).scalar_one()
+    return bool(waiting)
+
+
+POSTGRES_ONLY = pytest.mark.parametrize(
+    "db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+
+
+@POSTGRES_ONLY
+def test_a_concurrent_claim_waits_for_the_first_commit_then_loses(engine: Engine) -> None:
+    message_id = uid("tr")
+
+    def second_claim() -> tuple[bool, Any]:
+        with SqlUnitOfWork(engine) as uow:
+            won = uow.requests.claim("650000", message_id, INSTRUCTION, SHA_A, T0)
+            stored = uow.requests.get("650000", message_id)
+            uow.commit()
+        return won, stored
+
+    with SqlUnitOfWork(engine) as first:
+        assert first.requests.claim("650000", message_id, INSTRUCTION, SHA_A, T0) is True
+        thread, outcome = in_thread(second_claim)
+        # The unique key makes the second insert wait on the first transaction, not fail or succeed.
+        wait_until(lambda: waiting_on_a_lock(engine), timeout=10, what="the second claim to wait on a lock")
+        assert thread.is_alive() and not outcome
+        first.requests.record_response("650000", message_id, b"receipt")
+        first.commit()
+
+    won, stored = result_of(thread, outcome)
+    assert won is False
+    # After waiting it sees the committed answer, ready to be replayed.
+    assert stored is not None and stored.outcome is RequestOutcome.OK and stored.response == b"receipt"
+
+
+@POSTGRES_ONLY
+def test_a_concurrent_claim_wins_when_the_first_rolls_back(engine: Engine) -> None:
+    message_id = uid("tr")
+
+    def second_claim() -> bool:
+        with SqlUnitOfWork(engine) as uow:
+            won = uow.requests.claim("650000", message_id, INSTRUCTION, SHA_B, T0)
+            uow.commit()
+        return won
+
+    with SqlUnitOfWork(engine) as first:
+        assert first.requests.claim("650000", message_id, INSTRUCTION, SHA_A, T0) is True
+        thread, outcome = in_thread(second_claim)
+        wait_until(lambda: waiting_on_a_lock(engine), timeout=10, what="the second claim to wait on a lock")
+        # Leaving without commit: the first attempt vanishes and the key is free.
+
+    assert result_of(thread, outcome) is True
+    with SqlUnitOfWork(engine) as uow:
+        stored = uow.requests.get("650000", message_id)
+    assert stored is not None and stored.payload_sha256 == SHA_B
