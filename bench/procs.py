@@ -59,6 +59,19 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
+def child_pids(parent: int) -> list[int]:
+    """Direct children of `parent`, from /proc."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if int(text[text.rindex(")") + 2 :].split()[1]) == parent:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
 def machine_busy_ticks() -> tuple[int, int]:
     """(busy, total) jiffies of all CPUs since boot, from the first line of /proc/stat."""
     try:
@@ -102,7 +115,8 @@ class Child:
             raise BenchError(f"{self.name} exited with code {code}:\n{self.tail()}")
 
     def cpu_seconds(self) -> float:
-        return process_cpu_seconds(self.pid)
+        """This process and the processes it started (the gateway's outbox dispatchers)."""
+        return process_cpu_seconds(self.pid) + sum(process_cpu_seconds(pid) for pid in child_pids(self.pid))
 
 
 @dataclass

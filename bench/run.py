@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc.aio
+import uvloop
 
 from bench import report
 from bench.checks import Database, Outcomes, Stubs, account, completed, drain
@@ -403,7 +404,7 @@ def main() -> int:
         return 2
     overall_s = 3 * options.seconds + 2 * options.drain_timeout_s + 4 * STARTUP_TIMEOUT_S
     try:
-        figures = asyncio.run(asyncio.wait_for(run(options), overall_s))
+        figures = uvloop.run(asyncio.wait_for(run(options), overall_s))
     except BenchError as error:
         print(f"bench: FAILED: {error}", file=sys.stderr)
         return 1

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -73,7 +75,7 @@ class Gateway:
     _healths: tuple[Any, ...]
     _outbox: OutboxWorker
     _client: ProvinceClient
-    _executor: ThreadPoolExecutor
+    _executor: ThreadPoolExecutor | None
 
     async def stop(self, grace: float = 5.0) -> None:
         """Graceful stop: health NOT_SERVING first, then in-flight calls finish within `grace`."""
@@ -82,7 +84,8 @@ class Gateway:
         await asyncio.gather(self._server.stop(grace), self._ops_server.stop(grace))
         await self._outbox.stop()
         await self._client.close()
-        self._executor.shutdown(wait=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
         self.engine.dispose()
 
     async def wait_for_termination(self) -> None:
@@ -110,9 +113,19 @@ def _bind(server: grpc.aio.Server, address: str) -> int:
     return port
 
 
-async def create_gateway(settings: Settings, clock: Clock | None = None) -> Gateway:
-    """Build and start everything `settings` describes; ports 0 pick free ports (see .port/.ops_port)."""
-    clock = clock or SystemClock()
+@dataclass
+class _Core:
+    """What the gateway's server and its outbox dispatcher both need."""
+
+    engine: Engine
+    signer: EnvelopeSigner
+    context: UseCaseContext
+    run_in_db: Callable[..., Awaitable[Any]]
+    executor: ThreadPoolExecutor | None
+    client: ProvinceClient
+
+
+def _core(settings: Settings, clock: Clock) -> _Core:
     engine = make_engine(settings.database_url)
     create_schema(engine)
     signer = EnvelopeSigner(GATEWAY, settings.gateway_key_id,
@@ -124,18 +137,34 @@ async def create_gateway(settings: Settings, clock: Clock | None = None) -> Gate
         hasher=HmacPersonHasher(load_or_create_secret(settings.id_hash_key_file)),
         max_clock_skew=timedelta(seconds=settings.max_clock_skew_seconds),
     )
+    loop = asyncio.get_running_loop()
+    executor = None
+    if settings.db_threads == 0:
+        # SQLite: one writer, local file, statements in microseconds. Running use cases on the event
+        # loop itself avoids a thread hop and GIL hand-over per call, which cost more than the work.
+        async def run_in_db(use_case: Any, *args: Any) -> Any:
+            return use_case(*args)
+    else:
+        executor = ThreadPoolExecutor(max_workers=settings.db_threads, thread_name_prefix="db")
+
+        def run_in_db(use_case: Any, *args: Any) -> asyncio.Future[Any]:  # type: ignore[misc]
+            return loop.run_in_executor(executor, functools.partial(use_case, *args))
+
+    client = ProvinceClient(signer, clock, settings.province_call_timeout_seconds)
+    return _Core(engine, signer, context, run_in_db, executor, client)
+
+
+async def create_gateway(settings: Settings, clock: Clock | None = None, run_outbox: bool = True) -> Gateway:
+    """Build and start everything `settings` describes; ports 0 pick free ports (see .port/.ops_port).
+
+    With run_outbox=False the outbox is left to separate dispatcher processes (create_dispatcher).
+    """
+    core = _core(settings, clock or SystemClock())
+    context, run_in_db = core.context, core.run_in_db
     if settings.manifest is not None:
         result = apply_manifest(context, load_manifest(settings.manifest))
         log.info("manifest %s applied: created %s, updated %s", settings.manifest, result.created, result.updated)
-
-    executor = ThreadPoolExecutor(max_workers=settings.db_threads, thread_name_prefix="db")
-    loop = asyncio.get_running_loop()
-
-    def run_in_db(use_case: Any, *args: Any) -> asyncio.Future[Any]:
-        return loop.run_in_executor(executor, functools.partial(use_case, *args))
-
-    client = ProvinceClient(signer, clock, settings.province_call_timeout_seconds)
-    outbox = OutboxWorker(context, client, run_in_db, settings.outbox)
+    outbox = OutboxWorker(context, core.client, run_in_db, settings.outbox)
     runner = UseCaseRunner(context, run_in_db, outbox.wake)
 
     server, server_health = _new_server(settings, PROVINCE_SERVICES)
@@ -149,9 +178,35 @@ async def create_gateway(settings: Settings, clock: Clock | None = None) -> Gate
     ops_port = _bind(ops_server, settings.ops_listen)
     await server.start()
     await ops_server.start()
-    outbox.start()
+    if run_outbox:
+        outbox.start()
     for health_servicer, services in ((server_health, PROVINCE_SERVICES), (ops_health, OPERATOR_SERVICES)):
         for name in ("", *services):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Gateway(port, ops_port, context, engine, server, ops_server, (server_health, ops_health), outbox, client,
-                   executor)
+    return Gateway(port, ops_port, context, core.engine, server, ops_server, (server_health, ops_health), outbox,
+                   core.client, core.executor)
+
+
+@dataclass
+class Dispatcher:
+    """A running outbox dispatcher: delivers what any gateway process of this database enqueued."""
+
+    _outbox: OutboxWorker
+    _core: _Core
+
+    async def stop(self) -> None:
+        await self._outbox.stop()
+        await self._core.client.close()
+        if self._core.executor is not None:
+            self._core.executor.shutdown(wait=True)
+        self._core.engine.dispose()
+
+
+async def create_dispatcher(settings: Settings, clock: Clock | None = None) -> Dispatcher:
+    """The outbox alone, in its own process: claims are leased in the database, so several may run."""
+    core = _core(settings, clock or SystemClock())
+    # Nothing in this process can wake it when a message is enqueued: poll often, it costs one query.
+    polling = dataclasses.replace(settings.outbox, poll_interval_seconds=settings.dispatcher_poll_seconds)
+    outbox = OutboxWorker(core.context, core.client, core.run_in_db, polling)
+    outbox.start()
+    return Dispatcher(outbox, core)

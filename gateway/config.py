@@ -27,9 +27,13 @@ class Settings:
     id_hash_key_file: Path = Path("var/keys/id-hash.key")
     max_clock_skew_seconds: float = 120.0
     province_call_timeout_seconds: float = 5.0
-    db_threads: int = 1
+    db_threads: int = 0
     max_message_bytes: int = 256 * 1024
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    # `python -m gateway` runs the outbox in this many separate dispatcher processes (0: in the server
+    # process). A second process lets delivery use the other core: the server alone fills one.
+    outbox_dispatchers: int = 1
+    dispatcher_poll_seconds: float = 0.05
     log_level: str = "INFO"
     log_json: bool = False
 
@@ -62,11 +66,14 @@ class Settings:
             id_hash_key_file=Path(get("ID_HASH_KEY_FILE", str(cls.id_hash_key_file))),
             max_clock_skew_seconds=number("MAX_CLOCK_SKEW_SECONDS", cls.max_clock_skew_seconds),
             province_call_timeout_seconds=number("PROVINCE_CALL_TIMEOUT_SECONDS", cls.province_call_timeout_seconds),
-            # SQLite has one writer: one database thread avoids lock contention; PostgreSQL takes more.
-            db_threads=int(number("DB_THREADS", 1 if sqlite else 8)),
+            # SQLite (one writer, microsecond statements): 0 = on the event loop. PostgreSQL: a pool of
+            # threads, since its round trips would otherwise stall every call in flight.
+            db_threads=int(number("DB_THREADS", 0 if sqlite else 8)),
             outbox=OutboxSettings(backoff=Backoff(
                 base_seconds=number("OUTBOX_BACKOFF_BASE_SECONDS", 0.2),
                 max_seconds=number("OUTBOX_BACKOFF_MAX_SECONDS", 30.0))),
+            outbox_dispatchers=int(number("OUTBOX_DISPATCHERS", 1)),
+            dispatcher_poll_seconds=number("DISPATCHER_POLL_SECONDS", 0.05),
             log_level=get("LOG_LEVEL", "INFO").upper(),
             log_json=get("LOG_JSON", "false").lower() in ("1", "true", "yes"),
         )
@@ -82,5 +89,7 @@ class Settings:
             raise ConfigError("database_url must be a sqlite:/// or postgresql:// URL")
         if self.manifest is not None and not self.manifest.is_file():
             raise ConfigError(f"manifest {self.manifest} does not exist")
-        if self.db_threads < 1 or self.max_clock_skew_seconds <= 0 or self.province_call_timeout_seconds <= 0:
+        if not 0 <= self.outbox_dispatchers <= 16 or self.dispatcher_poll_seconds <= 0:
+            raise ConfigError("outbox_dispatchers must be within 0..16 and dispatcher_poll_seconds positive")
+        if self.db_threads < 0 or self.max_clock_skew_seconds <= 0 or self.province_call_timeout_seconds <= 0:
             raise ConfigError("db_threads, max_clock_skew_seconds and province_call_timeout_seconds must be positive")

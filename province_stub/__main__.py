@@ -8,6 +8,8 @@ import logging
 import signal
 from pathlib import Path
 
+import uvloop
+
 from province_stub.server import StubConfig, start_stub
 from province_stub.state import Behaviour, ConfirmMode
 
@@ -98,7 +100,7 @@ async def _serve(config: StubConfig) -> None:
 def main(argv: list[str] | None = None) -> None:
     config = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(_serve(config))
+    uvloop.run(_serve(config))
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ class Confirmer:
         for attempt in range(1, self._attempts + 1):
             result = await self.confirm(transfer_id, decline)
             if result.status.code not in _RETRYABLE:
-                logger.info(
+                logger.debug(
                     "confirmation transfer=%s decline=%s answered %s %s",
                     transfer_id,
                     decline,

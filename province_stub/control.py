@@ -92,7 +92,7 @@ class StubControl(control_pb2_grpc.StubControlServicer):
         # Kept before sending, so a submission lost in transit can still be resent.
         self._state.submitted.setdefault(transfer_id, SubmittedInstruction(transfer_id, envelope))
         result = await self._client.submit(envelope, transfer_id)
-        logger.info("submitted transfer=%s: %s %s", transfer_id, result.status.code, result.status.reason)
+        logger.debug("submitted transfer=%s: %s %s", transfer_id, result.status.code, result.status.reason)
         return _submit_response(result)
 
     async def Resubmit(

@@ -109,7 +109,7 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
                     amount_fen=instruction.amount_fen,
                     instruction_sha256=instruction_sha256,
                 )
-            logger.info(
+            logger.debug(
                 "delivery transfer=%s receiver=%s amount_fen=%d accepted=%s %s",
                 transfer_id,
                 mask_id(instruction.receiver.id_number),
@@ -188,7 +188,7 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
             status = OUTCOME_TO_CREDIT_STATUS.get(transfer.state)
             if credit is not None and status is not None:
                 credit.status = status
-            logger.info("outcome transfer=%s state=%s", transfer.transfer_id, transfer.state)
+            logger.debug("outcome transfer=%s state=%s", transfer.transfer_id, transfer.state)
         return province_pb2.NotifyOutcomeResponse()
 
     async def CheckMember(

@@ -17,6 +17,7 @@ from gateway.usecases.outbox import Backoff, claim_outbox_work, record_outbox_re
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 RunInDb = Callable[..., Awaitable[Any]]
+IDLE_POLL_START_SECONDS = 0.002
 
 
 @dataclass(frozen=True)
@@ -60,26 +61,35 @@ class OutboxWorker:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         next_sweep = 0.0
+        idle_wait = 0.0
         while not self._stopping:
-            try:
-                if loop.time() >= next_sweep:
+            if loop.time() >= next_sweep:
+                try:
                     await self._run_in_db(sweep_deadlines, self._ctx)
-                    next_sweep = loop.time() + self._settings.sweep_interval_seconds
-                await self._slots.acquire()
-                self._wake.clear()
+                except Exception:
+                    log.exception("deadline sweep failed; retrying")
+                next_sweep = loop.time() + self._settings.sweep_interval_seconds
+            await self._slots.acquire()
+            self._wake.clear()
+            try:
                 work = await self._run_in_db(claim_outbox_work, self._ctx, self._settings.batch_size,
                                              timedelta(seconds=self._settings.lease_seconds))
-                if work:
-                    task = loop.create_task(self._send_batch(work))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-                    continue
-                self._slots.release()
             except Exception:
-                log.exception("outbox loop iteration failed; retrying")
-                self._slots.release()
+                log.exception("claiming outbox messages failed; retrying")
+                work = []
+            if work:
+                idle_wait = 0.0
+                task = loop.create_task(self._send_batch(work))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                continue
+            self._slots.release()
+            # Idle: wait for a wake-up (same process) or poll, backing off to poll_interval_seconds so a
+            # dispatcher in its own process answers fast under load and costs little when idle.
+            idle_wait = min(self._settings.poll_interval_seconds, max(idle_wait * 2, IDLE_POLL_START_SECONDS))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._settings.poll_interval_seconds)
+                await asyncio.wait_for(self._wake.wait(), idle_wait)
+            continue
 
     async def _send_batch(self, work: list[Any]) -> None:
         try:

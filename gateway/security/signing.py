@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -36,13 +38,18 @@ class EnvelopeSigner:
         )
 
 
+@functools.lru_cache(maxsize=1024)
+def _public_key(raw: bytes) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
 def verify_signature(envelope: Envelope, public_key: bytes) -> bool:
     """True when `envelope.signature` is a valid Ed25519 signature over the envelope's exact bytes."""
     if envelope.alg != ALG_ED25519 or len(public_key) != 32 or len(envelope.signature) != 64:
         return False
     message = signature_input(envelope.payload_type, envelope.signer, envelope.key_id, envelope.payload)
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(envelope.signature, message)
+        _public_key(public_key).verify(envelope.signature, message)
     except (InvalidSignature, ValueError):
         return False
     return True

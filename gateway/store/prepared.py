@@ -36,14 +36,17 @@ class Prepared:
         self._any_result_processor = any(p is not None for p in self._result_processors)
         # Values written into the statement (literals SQLAlchemy turned into bound parameters).
         self._defaults = {name: value for name, value in compiled.params.items() if value is not None}
+        # For positional drivers (SQLite): the parameter order with each one's processor, worked out once.
+        self._plan: tuple[tuple[str, Processor], ...] | None = (
+            tuple((name, self._bind_processors.get(name)) for name in self._positional)
+            if self._positional is not None else None)
 
     def params(self, given: Mapping[str, Any]) -> Sequence[Any] | Mapping[str, Any]:
         values = {**self._defaults, **given} if self._defaults else given
-        processed = {name: (processor(values[name]) if (processor := self._bind_processors.get(name)) else
-                            values[name]) for name in values}
-        if self._positional is not None:
-            return tuple(processed[name] for name in self._positional)
-        return processed
+        if self._plan is not None:
+            return tuple(processor(values[name]) if processor else values[name] for name, processor in self._plan)
+        return {name: (processor(value) if (processor := self._bind_processors.get(name)) else value)
+                for name, value in values.items()}
 
     def row(self, raw: Sequence[Any]) -> tuple[Any, ...]:
         if not self._any_result_processor:

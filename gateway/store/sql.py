@@ -48,7 +48,9 @@ REASON_MAX = 64  # transfers.reason and transfer_events.reason
 def make_engine(url: str) -> Engine:
     """An engine for `url`; SQLite files get WAL, a busy timeout, and transactions we begin ourselves."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # No reset-on-return: every unit of work ends its own transaction with COMMIT or ROLLBACK.
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               pool_reset_on_return=None)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -68,7 +70,7 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, pool_reset_on_return=None)
 
 
 def create_schema(engine: Engine) -> None:
