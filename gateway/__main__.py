@@ -1,8 +1,8 @@
 """python -m gateway [serve|dispatch]: read settings, configure logging, run until SIGTERM/SIGINT.
 
-`serve` (the default) runs the gRPC servers and starts the outbox dispatcher processes it is
-configured for (GONGJI_OUTBOX_DISPATCHERS, default 1), restarting one that dies; `dispatch` is
-such a dispatcher: it only delivers the outbox.
+`serve` (the default) runs the gRPC servers, and either the outbox in the same process
+(GONGJI_OUTBOX_DISPATCHERS=0, the default) or that many dispatcher processes, restarting one that
+dies; `dispatch` is such a dispatcher: it only delivers the outbox.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from gateway.provinces.client import ProvinceClient
 from gateway.provinces.outbox import OutboxWorker
 from gateway.security.hashing import HmacPersonHasher, load_or_create_secret
 from gateway.security.keys import ensure_key_pair
-from gateway.security.signing import EnvelopeSigner
+from gateway.security.signing import EnvelopeSigner, verify_signature
 from gateway.store.sql import SqlUnitOfWork, create_schema, make_engine
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.provinces import apply_manifest
@@ -135,6 +135,7 @@ def _core(settings: Settings, clock: Clock) -> _Core:
         clock=clock,
         receipts=SignedReceiptIssuer(signer),
         hasher=HmacPersonHasher(load_or_create_secret(settings.id_hash_key_file)),
+        verify=verify_signature,
         max_clock_skew=timedelta(seconds=settings.max_clock_skew_seconds),
     )
     loop = asyncio.get_running_loop()

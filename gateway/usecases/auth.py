@@ -8,8 +8,7 @@ from typing import Protocol, TypeVar
 
 from gateway.domain.envelope import ALLOWED_ALGS, Envelope, Header
 from gateway.domain.errors import InvalidArgument, PermissionDenied, Unauthenticated
-from gateway.security.signing import verify_signature
-from gateway.usecases.ports import UnitOfWork
+from gateway.usecases.ports import SignatureVerifier, UnitOfWork
 
 
 class HasHeader(Protocol):
@@ -28,6 +27,7 @@ def authenticate(
     peer: str | None,
     now: datetime,
     max_skew: timedelta,
+    verify: SignatureVerifier,
 ) -> M:
     """Verify `envelope` and return its decoded message; raise before anything is stored."""
     if envelope.payload_type != expected_type:
@@ -45,7 +45,7 @@ def authenticate(
     if not key.is_valid_at(now):
         raise Unauthenticated("key is not valid now (retired, expired or not yet valid)", reason="KEY_NOT_ACTIVE",
                               field="key_id")
-    if not verify_signature(envelope, key.public_key):
+    if not verify(envelope, key.public_key):
         raise Unauthenticated("signature does not verify", reason="BAD_SIGNATURE", field="signature")
     if peer is not None and peer != envelope.signer:
         raise PermissionDenied("the signer is not the authenticated caller (D20)", reason="SIGNER_NOT_CALLER",

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from gateway.domain.clock import Clock
 from gateway.domain.errors import RequestInFlight
-from gateway.usecases.ports import PersonHasher, ReceiptIssuer, UnitOfWorkFactory
+from gateway.usecases.ports import PersonHasher, ReceiptIssuer, SignatureVerifier, UnitOfWorkFactory
 
 
 class InFlightRequests:
@@ -40,5 +40,6 @@ class UseCaseContext:
     clock: Clock
     receipts: ReceiptIssuer
     hasher: PersonHasher
+    verify: SignatureVerifier
     max_clock_skew: timedelta = timedelta(seconds=120)
     in_flight: InFlightRequests = field(default_factory=InFlightRequests)

@@ -77,6 +77,12 @@ class ReceiptIssuer(Protocol):
               request_payload_type: str, subject_id: str, state: str, at: datetime) -> bytes: ...
 
 
+class SignatureVerifier(Protocol):
+    """True when the envelope's signature verifies with `public_key` over its exact bytes."""
+
+    def __call__(self, envelope: Envelope, public_key: bytes) -> bool: ...
+
+
 class PersonHasher(Protocol):
     """Keyed hash of an ID number, the only form in which people are indexed (D19)."""
 

@@ -73,7 +73,7 @@ def submit_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                     decode: Callable[[bytes], TransferInstruction]) -> ReceiptAnswer:
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        instruction = authenticate(uow, envelope, INSTRUCTION_TYPE, decode, peer, now, ctx.max_clock_skew)
+        instruction = authenticate(uow, envelope, INSTRUCTION_TYPE, decode, peer, now, ctx.max_clock_skew, ctx.verify)
         validate_instruction(instruction, today=now.astimezone(BEIJING).date())
         header = instruction.header
         transfer_id = header.message_id
@@ -114,7 +114,7 @@ def confirm_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                      decode: Callable[[bytes], TransferConfirmation]) -> ReceiptAnswer:
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        confirmation = authenticate(uow, envelope, CONFIRMATION_TYPE, decode, peer, now, ctx.max_clock_skew)
+        confirmation = authenticate(uow, envelope, CONFIRMATION_TYPE, decode, peer, now, ctx.max_clock_skew, ctx.verify)
         validate_confirmation(confirmation)
         header = confirmation.header
         if header.receiver != GATEWAY:
@@ -153,7 +153,7 @@ def get_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                  decode: Callable[[bytes], TransferQuery]) -> Transfer:
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        query = authenticate(uow, envelope, QUERY_TYPE, decode, peer, now, ctx.max_clock_skew)
+        query = authenticate(uow, envelope, QUERY_TYPE, decode, peer, now, ctx.max_clock_skew, ctx.verify)
         validate_message_id(query.transfer_id, field="transfer_id")
         transfer = uow.transfers.get(query.transfer_id, with_history=True)
         if transfer is None:

@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 CLEAR_PERSONAL_DATA = ("650502199001011230", "620102196505120026", "张伟", "李秀英")
 
@@ -22,8 +24,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_devstack_serves_and_the_demo_tells_the_story(tmp_path: Path) -> None:
-    env = {**os.environ, "GONGJI_VAR": str(tmp_path / "var"),
+@pytest.mark.parametrize("dispatchers", ["0", "1"], ids=["outbox in process", "outbox dispatcher process"])
+def test_devstack_serves_and_the_demo_tells_the_story(tmp_path: Path, dispatchers: str) -> None:
+    env = {**os.environ, "GONGJI_VAR": str(tmp_path / "var"), "GONGJI_OUTBOX_DISPATCHERS": dispatchers,
            "GONGJI_LISTEN": f"127.0.0.1:{free_port()}", "GONGJI_OPS_LISTEN": f"127.0.0.1:{free_port()}",
            "GONGJI_STUB_650000": f"127.0.0.1:{free_port()}", "GONGJI_STUB_620000": f"127.0.0.1:{free_port()}"}
     stack = subprocess.Popen([sys.executable, "-m", "scripts.devstack"], cwd=ROOT, env=env, text=True,
