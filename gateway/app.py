@@ -170,7 +170,7 @@ async def create_gateway(settings: Settings, clock: Clock | None = None, run_out
 
     server, server_health = _new_server(settings, PROVINCE_SERVICES)
     transfers_pb2_grpc.add_TransfersServicer_to_server(TransfersServicer(runner), server)
-    relations_pb2_grpc.add_RelationsServicer_to_server(RelationsServicer(), server)
+    relations_pb2_grpc.add_RelationsServicer_to_server(RelationsServicer(runner, core.client), server)
     settlements_pb2_grpc.add_SettlementsServicer_to_server(SettlementsServicer(), server)
     ops_server, ops_health = _new_server(settings, OPERATOR_SERVICES)
     operations_pb2_grpc.add_OperationsServicer_to_server(OperationsServicer(runner), ops_server)

@@ -32,6 +32,8 @@ from protos.gongji.v1 import (
     common_pb2,
     operations_pb2,
     operations_pb2_grpc,
+    relations_pb2,
+    relations_pb2_grpc,
     transfers_pb2,
     transfers_pb2_grpc,
 )
@@ -190,6 +192,18 @@ class Stack:
             decline_reason="RECEIVER_DECLINED" if decline else "")
         return self.transfers.ConfirmTransfer(
             transfers_pb2.ConfirmTransferRequest(confirmation=self.sign(confirmation, signer)), timeout=10)
+
+    def verify_relation(self, receiver: tuple[str, str] = MOTHER, relation_code: str = "52",
+                        giver: tuple[str, str] = GIVER, sender: str = XINJIANG,
+                        receiver_province: str = GANSU) -> relations_pb2.VerifyRelationResponse:
+        query = relations_pb2.RelationQuery(
+            header=common_pb2.Header(message_id=unique_id("vr"), sender=sender, receiver=receiver_province,
+                                     created_at=ts(self.clock.now())),
+            giver=common_pb2.PersonRef(id_number=giver[0], pooling_area=giver[1]),
+            receiver=common_pb2.PersonRef(id_number=receiver[0], pooling_area=receiver[1]),
+            relation_code=relation_code)
+        return relations_pb2_grpc.RelationsStub(self.channel).VerifyRelation(
+            relations_pb2.VerifyRelationRequest(query=self.sign(query, sender)), timeout=10)
 
     def get(self, transfer_id: str, signer: str = XINJIANG) -> transfers_pb2.TransferView:
         query = transfers_pb2.TransferQuery(

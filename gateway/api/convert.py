@@ -10,6 +10,7 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 from gateway.domain.envelope import Header
 from gateway.domain.errors import InvalidArgument
 from gateway.domain.provinces import Policy, Province, ProvinceKey, ProvinceStatus
+from gateway.domain.relations import RelationQuery
 from gateway.domain.transfers import (
     Decision,
     PersonRef,
@@ -20,7 +21,7 @@ from gateway.domain.transfers import (
     TransferState,
 )
 from gateway.wire import from_timestamp, timestamp
-from protos.gongji.v1 import common_pb2, operations_pb2, transfers_pb2
+from protos.gongji.v1 import common_pb2, operations_pb2, relations_pb2, transfers_pb2
 
 P = TypeVar("P", bound=pb_message.Message)
 
@@ -99,6 +100,15 @@ def decode_confirmation(payload: bytes) -> TransferConfirmation:
     if decision is None:
         raise InvalidArgument("decision must be CREDITED or DECLINED", reason="INVALID_DECISION", field="decision")
     return TransferConfirmation(header, message.transfer_id, decision, message.decline_reason)
+
+
+def decode_relation_query(payload: bytes) -> RelationQuery:
+    message = parse_strict(payload, relations_pb2.RelationQuery)
+    return RelationQuery(
+        header=header_from_proto(message.header, message.HasField("header")),
+        giver=PersonRef(message.giver.id_number, message.giver.pooling_area),
+        receiver=PersonRef(message.receiver.id_number, message.receiver.pooling_area),
+        relation_code=message.relation_code)
 
 
 def decode_query(payload: bytes) -> TransferQuery:

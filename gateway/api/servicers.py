@@ -10,13 +10,16 @@ import grpc
 from gateway.api import convert
 from gateway.domain.errors import Unimplemented
 from gateway.usecases import provinces as province_cases
+from gateway.usecases import relations as relation_cases
 from gateway.usecases import transfers as transfer_cases
 from gateway.usecases.context import UseCaseContext
+from gateway.usecases.relations import MemberDirectory
 from gateway.wire import envelope_from_proto
 from protos.gongji.v1 import (
     common_pb2,
     operations_pb2,
     operations_pb2_grpc,
+    relations_pb2,
     relations_pb2_grpc,
     settlements_pb2_grpc,
     transfers_pb2,
@@ -39,6 +42,10 @@ class UseCaseRunner:
     async def query(self, use_case: Callable[..., T], *args: Any) -> T:
         result: T = await self._run_in_db(use_case, self.ctx, *args)
         return result
+
+    async def orchestrate(self, use_case: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """An asynchronous use case that calls other systems between its database steps."""
+        return await use_case(self.ctx, self._run_in_db, *args)
 
     async def change(self, use_case: Callable[..., T], *args: Any) -> T:
         result: T = await self._run_in_db(use_case, self.ctx, *args)
@@ -132,10 +139,20 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
 
 
 class RelationsServicer(relations_pb2_grpc.RelationsServicer):
-    """Declared now; issue 3 implements family relations."""
+    """VerifyRelation works; bindings arrive with the rest of issue 3."""
 
-    async def VerifyRelation(self, request: Any, context: Context) -> Any:
-        raise _later("VerifyRelation", "issue 3 (family relations)")
+    def __init__(self, run: UseCaseRunner, members: MemberDirectory) -> None:
+        self._run = run
+        self._members = members
+
+    async def VerifyRelation(self, request: relations_pb2.VerifyRelationRequest,
+                             context: Context) -> relations_pb2.VerifyRelationResponse:
+        violations = await self._run.orchestrate(relation_cases.verify_relation, self._members,
+                                                 envelope_from_proto(request.query), peer_identity(context),
+                                                 convert.decode_relation_query)
+        return relations_pb2.VerifyRelationResponse(
+            eligibility=relations_pb2.ELIGIBILITY_NOT_ELIGIBLE if violations else relations_pb2.ELIGIBILITY_ELIGIBLE,
+            violations=[relations_pb2.RuleViolation(reason=v.reason, rule=v.rule, field=v.field) for v in violations])
 
     async def ProposeBinding(self, request: Any, context: Context) -> Any:
         raise _later("ProposeBinding", "issue 3 (family relations)")

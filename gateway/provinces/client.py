@@ -1,18 +1,23 @@
 """The gateway's client of each province's ProvinceInbox: signed messages, a deadline on every call.
 
+It is also the usecases' MemberDirectory (CheckMember).
+
 grpc.RpcError never leaves this module: every outcome becomes a SendResult.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 
 import grpc
 
 from gateway.domain.clock import Clock
+from gateway.domain.eligibility import MemberStatus
 from gateway.domain.envelope import GATEWAY
+from gateway.domain.provinces import Province
 from gateway.domain.records import OutboxKind
-from gateway.domain.transfers import REASON_PATTERN, TransferState
+from gateway.domain.transfers import REASON_PATTERN, PersonRef, TransferState
 from gateway.security.signing import EnvelopeSigner
 from gateway.usecases.outbox import OutboxWork, SendResult
 from gateway.wire import envelope_to_proto, timestamp
@@ -98,6 +103,23 @@ class ProvinceClient:
             outcome=self._sign("gongji.v1.Outcome", outcome.SerializeToString()))
         await self._stub(work.endpoint).NotifyOutcome(request, timeout=self._timeout)  # type: ignore[misc]
         return SendResult(acknowledged=True)
+
+    async def check_member(self, province: Province, person: PersonRef) -> MemberStatus | None:
+        """CheckMember (signed MemberQuery) with a deadline; None when the province cannot answer."""
+        query = province_pb2.MemberQuery(
+            header=self._header(f"mq:{uuid.uuid4().hex}", province.code),
+            person=common_pb2.PersonRef(id_number=person.id_number, pooling_area=person.pooling_area))
+        request = province_pb2.CheckMemberRequest(query=self._sign("gongji.v1.MemberQuery", query.SerializeToString()))
+        try:
+            answer = await self._stub(province.endpoint).CheckMember(  # type: ignore[misc]
+                request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as error:
+            log.warning("CheckMember at province %s failed: %s", province.code, error.code().name)
+            return None
+        if answer.status == province_pb2.MEMBER_STATUS_NOT_FOUND:
+            return MemberStatus.not_found()
+        return MemberStatus(insutype=answer.insutype, status_normal=answer.status == province_pb2.MEMBER_STATUS_NORMAL,
+                            settlement_suspended=answer.settlement_suspended)
 
     async def close(self) -> None:
         for channel in self._channels.values():

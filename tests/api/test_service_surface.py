@@ -51,7 +51,6 @@ def test_rpcs_of_later_issues_answer_unimplemented(stack: Stack) -> None:
     relations = relations_pb2_grpc.RelationsStub(stack.channel)
     settlements = settlements_pb2_grpc.SettlementsStub(stack.channel)
     calls = [
-        lambda: relations.VerifyRelation(relations_pb2.VerifyRelationRequest(), timeout=5),
         lambda: relations.ProposeBinding(relations_pb2.ProposeBindingRequest(), timeout=5),
         lambda: settlements.GetSettlement(settlements_pb2.GetSettlementRequest(), timeout=5),
         lambda: stack.operations.GetStats(operations_pb2.GetStatsRequest(), timeout=5),
