@@ -11,7 +11,7 @@ from pathlib import Path
 import uvloop
 
 from province_stub.server import StubConfig, start_stub
-from province_stub.state import Behaviour, ConfirmMode
+from province_stub.state import Behaviour, ConfirmMode, ConsentMode
 
 
 def _confirm(value: str) -> tuple[ConfirmMode, int]:
@@ -27,6 +27,16 @@ def _confirm(value: str) -> tuple[ConfirmMode, int]:
     if (parsed is ConfirmMode.DELAY) != bool(delay) or delay_ms < 0:
         raise argparse.ArgumentTypeError(f"expected immediate, delay:MS, never or decline, not {value!r}")
     return parsed, delay_ms
+
+
+def _consent(value: str) -> ConsentMode:
+    """accept | face | guardian | refuse | never."""
+    try:
+        return ConsentMode(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected {', '.join(m.value for m in ConsentMode)}, not {value!r}"
+        ) from None
 
 
 def _non_negative(value: str) -> int:
@@ -55,6 +65,13 @@ def parse_args(argv: list[str] | None = None) -> StubConfig:
         help="immediate | delay:MS | never | decline (default immediate)",
     )
     parser.add_argument(
+        "--consent",
+        type=_consent,
+        default=ConsentMode.ACCEPT,
+        metavar="MODE",
+        help="answer consent requests: accept (face at 16+, else guardian) | face | guardian | refuse | never",
+    )
+    parser.add_argument(
         "--fail-next", type=_non_negative, default=0, metavar="N", help="fail the next N inbox calls"
     )
     parser.add_argument(
@@ -79,6 +96,7 @@ def parse_args(argv: list[str] | None = None) -> StubConfig:
             fail_next_calls=args.fail_next,
             latency_ms=args.latency_ms,
             reject_reason=args.reject_reason,
+            consent_mode=args.consent,
         ),
     )
 

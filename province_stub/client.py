@@ -20,26 +20,42 @@ from google.protobuf import message as protobuf_message
 from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from protos.gongji.v1 import common_pb2, transfers_pb2, transfers_pb2_grpc
+from protos.gongji.v1 import common_pb2, relations_pb2, relations_pb2_grpc, transfers_pb2, transfers_pb2_grpc
 from province_stub.signing import GATEWAY_SIGNER, PublicKeyStore, sha256, sign_envelope, verify_with_store
 
 INSTRUCTION_TYPE = "gongji.v1.TransferInstruction"
 CONFIRMATION_TYPE = "gongji.v1.TransferConfirmation"
 QUERY_TYPE = "gongji.v1.TransferQuery"
 RECEIPT_TYPE = "gongji.v1.Receipt"
+PROPOSAL_TYPE = "gongji.v1.BindingProposal"
+ACCEPTANCE_TYPE = "gongji.v1.BindingAcceptance"
+DISSOLUTION_TYPE = "gongji.v1.BindingDissolution"
+MEMBER_CHANGE_TYPE = "gongji.v1.MemberChange"
+BINDING_QUERY_TYPE = "gongji.v1.BindingQuery"
+# The version of the commitment letter (承诺书) the stub's givers accept.
+LETTER_VERSION = "2024-01"
+DEFAULT_CONSENT_SECONDS = 86400
 DEFAULT_DEADLINE_S = 5.0
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _MAX_MESSAGE_ID = 64
 
 
-def now_timestamp() -> timestamp_pb2.Timestamp:
+def now_timestamp(offset_s: int = 0) -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
-    ts.FromNanoseconds(time.time_ns())
+    ts.FromNanoseconds(time.time_ns() + offset_s * 1_000_000_000)
     return ts
 
 
 def new_transfer_id(province: str) -> str:
     return f"{province}-{uuid.uuid4().hex}"
+
+
+def new_binding_id(province: str) -> str:
+    return f"{province}-b-{uuid.uuid4().hex}"
+
+
+def new_message_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
 
 
 def header(
@@ -116,6 +132,14 @@ def confirmation_message_id(transfer_id: str, decline: bool) -> str:
     message_id = f"cfm:{transfer_id}{suffix}"
     if len(message_id) > _MAX_MESSAGE_ID:
         message_id = f"cfm:{hashlib.sha256(transfer_id.encode()).hexdigest()[:40]}{suffix}"
+    return message_id
+
+
+def acceptance_message_id(binding_id: str) -> str:
+    """One id per binding: a second, different answer is a modified request the gateway refuses."""
+    message_id = f"acc:{binding_id}"
+    if len(message_id) > _MAX_MESSAGE_ID:
+        message_id = f"acc:{hashlib.sha256(binding_id.encode()).hexdigest()[:40]}"
     return message_id
 
 
@@ -200,6 +224,29 @@ class QueryResult:
     response: transfers_pb2.GetTransferResponse | None = None
 
 
+@dataclass(frozen=True)
+class CallResult:
+    """The gateway's answer to a receipted Relations call.
+
+    `state` is the receipt's state string (e.g. "PROPOSED"), and is empty unless the receipt's
+    signature verified and it binds our request's SHA-256.
+    """
+
+    subject_id: str
+    status: GatewayStatus
+    state: str = ""
+    replay: bool = False
+    receipt_verified: bool = False
+
+
+@dataclass(frozen=True)
+class BindingQueryResult:
+    """The gateway's answer to GetBinding; `response` is set only when the status is OK."""
+
+    status: GatewayStatus
+    response: relations_pb2.GetBindingResponse | None = None
+
+
 def read_receipt(
     keys: PublicKeyStore, receipt: common_pb2.SignedEnvelope, request_payload: bytes
 ) -> common_pb2.Receipt | None:
@@ -228,7 +275,7 @@ def _state_of(
 
 
 class GatewayClient:
-    """Signs as one province and calls gongji.v1.Transfers, with a deadline on every call."""
+    """Signs as one province and calls gongji.v1.Transfers and Relations, with a deadline on every call."""
 
     def __init__(
         self,
@@ -246,6 +293,7 @@ class GatewayClient:
         self._keys = keys
         self._deadline_s = deadline_s
         self._transfers = transfers_pb2_grpc.TransfersStub(channel)
+        self._relations = relations_pb2_grpc.RelationsStub(channel)
 
     def sign(self, payload_type: str, payload: bytes) -> common_pb2.SignedEnvelope:
         return sign_envelope(self._private_key, self.province, self.key_id, payload_type, payload)
@@ -331,3 +379,117 @@ class GatewayClient:
         except grpc.aio.AioRpcError as error:
             return QueryResult(status=status_from_error(error))
         return QueryResult(status=OK, response=response)
+
+    # --- bindings (gongji.v1.Relations) ---
+
+    def proposal_envelope(
+        self,
+        binding_id: str,
+        giver: common_pb2.PersonRef,
+        receiver: common_pb2.PersonRef,
+        receiver_province: str,
+        relation_code: str,
+        *,
+        authorised_amount_fen: int = 0,
+        consent_seconds: int = DEFAULT_CONSENT_SECONDS,
+    ) -> common_pb2.SignedEnvelope:
+        """A BindingProposal whose message_id is the binding id, addressed to the receiver's province."""
+        now = now_timestamp()
+        proposal = relations_pb2.BindingProposal(
+            header=header(binding_id, self.province, receiver_province, now),
+            giver=giver,
+            receiver=receiver,
+            relation_code=relation_code,
+            commitment=relations_pb2.Commitment(letter_version=LETTER_VERSION, accepted_at=now),
+            authorised_amount_fen=authorised_amount_fen,
+            consent_by=now_timestamp(consent_seconds),
+        )
+        return self.sign(PROPOSAL_TYPE, proposal.SerializeToString())
+
+    def acceptance_envelope(
+        self,
+        binding_id: str,
+        decision: relations_pb2.ConsentDecision.ValueType,
+        attestation: relations_pb2.Attestation | None = None,
+    ) -> common_pb2.SignedEnvelope:
+        acceptance = relations_pb2.BindingAcceptance(
+            header=header(acceptance_message_id(binding_id), self.province, GATEWAY_SIGNER),
+            binding_id=binding_id,
+            decision=decision,
+        )
+        if attestation is not None:
+            acceptance.attestation.CopyFrom(attestation)
+        return self.sign(ACCEPTANCE_TYPE, acceptance.SerializeToString())
+
+    def dissolution_envelope(self, message_id: str, binding_id: str, reason: str) -> common_pb2.SignedEnvelope:
+        dissolution = relations_pb2.BindingDissolution(
+            header=header(message_id, self.province, GATEWAY_SIGNER), binding_id=binding_id, reason=reason
+        )
+        return self.sign(DISSOLUTION_TYPE, dissolution.SerializeToString())
+
+    def member_change_envelope(
+        self, message_id: str, person: common_pb2.PersonRef, kind: relations_pb2.MemberChangeKind.ValueType
+    ) -> common_pb2.SignedEnvelope:
+        change = relations_pb2.MemberChange(
+            header=header(message_id, self.province, GATEWAY_SIGNER),
+            person=person,
+            kind=kind,
+            effective_at=now_timestamp(),
+        )
+        return self.sign(MEMBER_CHANGE_TYPE, change.SerializeToString())
+
+    def _call_result(
+        self, subject_id: str, receipt: common_pb2.SignedEnvelope, replay: bool, request_payload: bytes
+    ) -> CallResult:
+        parsed = read_receipt(self._keys, receipt, request_payload)
+        return CallResult(
+            subject_id=subject_id,
+            status=OK,
+            state=parsed.state if parsed is not None else "",
+            replay=replay,
+            receipt_verified=parsed is not None,
+        )
+
+    async def propose_binding(self, envelope: common_pb2.SignedEnvelope, binding_id: str) -> CallResult:
+        request = relations_pb2.ProposeBindingRequest(proposal=envelope)
+        try:
+            response = await self._relations.ProposeBinding(request, timeout=self._deadline_s)
+        except grpc.aio.AioRpcError as error:
+            return CallResult(subject_id=binding_id, status=status_from_error(error))
+        return self._call_result(binding_id, response.receipt, response.replay, envelope.payload)
+
+    async def accept_binding(self, envelope: common_pb2.SignedEnvelope, binding_id: str) -> CallResult:
+        """Send a signed acceptance as is (resending the same bytes is a replay at the gateway)."""
+        request = relations_pb2.AcceptBindingRequest(acceptance=envelope)
+        try:
+            response = await self._relations.AcceptBinding(request, timeout=self._deadline_s)
+        except grpc.aio.AioRpcError as error:
+            return CallResult(subject_id=binding_id, status=status_from_error(error))
+        return self._call_result(binding_id, response.receipt, response.replay, envelope.payload)
+
+    async def dissolve_binding(self, envelope: common_pb2.SignedEnvelope, binding_id: str) -> CallResult:
+        request = relations_pb2.DissolveBindingRequest(dissolution=envelope)
+        try:
+            response = await self._relations.DissolveBinding(request, timeout=self._deadline_s)
+        except grpc.aio.AioRpcError as error:
+            return CallResult(subject_id=binding_id, status=status_from_error(error))
+        return self._call_result(binding_id, response.receipt, response.replay, envelope.payload)
+
+    async def report_member_change(self, envelope: common_pb2.SignedEnvelope, message_id: str) -> CallResult:
+        request = relations_pb2.ReportMemberChangeRequest(change=envelope)
+        try:
+            response = await self._relations.ReportMemberChange(request, timeout=self._deadline_s)
+        except grpc.aio.AioRpcError as error:
+            return CallResult(subject_id=message_id, status=status_from_error(error))
+        return self._call_result(message_id, response.receipt, response.replay, envelope.payload)
+
+    async def get_binding(self, binding_id: str) -> BindingQueryResult:
+        query = relations_pb2.BindingQuery(
+            header=header(new_message_id("qry"), self.province, GATEWAY_SIGNER), binding_id=binding_id
+        )
+        request = relations_pb2.GetBindingRequest(query=self.sign(BINDING_QUERY_TYPE, query.SerializeToString()))
+        try:
+            response = await self._relations.GetBinding(request, timeout=self._deadline_s)
+        except grpc.aio.AioRpcError as error:
+            return BindingQueryResult(status=status_from_error(error))
+        return BindingQueryResult(status=OK, response=response)

@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import logging
+from typing import NoReturn
 
 import grpc
 
-from protos.gongji.v1 import common_pb2, transfers_pb2
+from protos.gongji.v1 import common_pb2, relations_pb2, transfers_pb2
 from protos.stub.v1 import control_pb2, control_pb2_grpc
 from province_stub.client import (
+    DEFAULT_CONSENT_SECONDS,
     INSTRUCTION_TYPE,
     STATUS_DETAILS_KEY,
+    CallResult,
     ConfirmResult,
     GatewayClient,
+    GatewayStatus,
     SubmitResult,
+    new_binding_id,
+    new_message_id,
     new_transfer_id,
 )
 from province_stub.confirmer import Confirmer
+from province_stub.consent import Consenter
 from province_stub.inbox import Context
 from province_stub.people import Seed, mask_id
-from province_stub.state import Behaviour, StubState, SubmittedInstruction
+from province_stub.state import Behaviour, ConsentMode, StubState, SubmittedInstruction, consent_mode_from_proto
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +49,22 @@ def _confirm_response(result: ConfirmResult) -> control_pb2.ConfirmResponse:
     )
 
 
+def _call_response(result: CallResult) -> control_pb2.StubCallResponse:
+    return control_pb2.StubCallResponse(
+        subject_id=result.subject_id,
+        code=result.status.code,
+        reason=result.status.reason,
+        state=result.state,
+        replay=result.replay,
+    )
+
+
+async def _abort_as_gateway(context: Context, status: GatewayStatus) -> NoReturn:
+    """Pass the gateway's error on unchanged, ErrorInfo trailer included."""
+    trailing = ((STATUS_DETAILS_KEY, status.details_bin),) if status.details_bin else ()
+    await context.abort(grpc.StatusCode[status.code], status.message, trailing)
+
+
 def _fallback_pooling_area(id_number: str) -> str:
     # The prefecture part of the ID's address code: good enough for people not in the seed.
     return id_number[:4] + "00" if len(id_number) >= 4 else ""
@@ -50,11 +73,14 @@ def _fallback_pooling_area(id_number: str) -> str:
 class StubControl(control_pb2_grpc.StubControlServicer):
     """Test control. Unlike the inbox, these calls are never delayed or failed on purpose."""
 
-    def __init__(self, state: StubState, seed: Seed, client: GatewayClient, confirmer: Confirmer) -> None:
+    def __init__(
+        self, state: StubState, seed: Seed, client: GatewayClient, confirmer: Confirmer, consenter: Consenter
+    ) -> None:
         self._state = state
         self._seed = seed
         self._client = client
         self._confirmer = confirmer
+        self._consenter = consenter
 
     async def Configure(self, request: control_pb2.Behaviour, context: Context) -> control_pb2.Behaviour:
         try:
@@ -123,11 +149,97 @@ class StubControl(control_pb2_grpc.StubControlServicer):
         result = await self._client.get_transfer(request.transfer_id)
         if result.response is not None:
             return result.response
-        status = result.status
-        trailing = ((STATUS_DETAILS_KEY, status.details_bin),) if status.details_bin else ()
-        await context.abort(grpc.StatusCode[status.code], status.message, trailing)
+        await _abort_as_gateway(context, result.status)
 
     async def Snapshot(
         self, request: control_pb2.SnapshotRequest, context: Context
     ) -> control_pb2.SnapshotResponse:
         return self._state.snapshot()
+
+    async def ProposeBinding(
+        self, request: control_pb2.StubProposeRequest, context: Context
+    ) -> control_pb2.StubCallResponse:
+        # Like SubmitTransfer, a giver missing from the seed is still proposed, for the gateway to judge.
+        giver = self._seed.find(request.giver_id_number)
+        if giver is None:
+            logger.warning("proposing for %s, who is not in the seed", mask_id(request.giver_id_number))
+        binding_id = request.binding_id or new_binding_id(self._state.province)
+        # Negative seconds are sent as they are, so tests can see the gateway refuse a past deadline.
+        consent_seconds = request.consent_seconds or DEFAULT_CONSENT_SECONDS
+        envelope = self._client.proposal_envelope(
+            binding_id,
+            common_pb2.PersonRef(
+                id_number=request.giver_id_number,
+                pooling_area=(
+                    giver.pooling_area if giver else _fallback_pooling_area(request.giver_id_number)
+                ),
+            ),
+            common_pb2.PersonRef(
+                id_number=request.receiver_id_number, pooling_area=request.receiver_pooling_area
+            ),
+            request.receiver_province,
+            request.relation_code,
+            authorised_amount_fen=request.authorised_amount_fen,
+            consent_seconds=consent_seconds,
+        )
+        result = await self._client.propose_binding(envelope, binding_id)
+        logger.debug(
+            "proposed binding=%s: %s %s %s", binding_id, result.status.code, result.status.reason, result.state
+        )
+        return _call_response(result)
+
+    async def AnswerConsent(
+        self, request: control_pb2.AnswerConsentRequest, context: Context
+    ) -> control_pb2.StubCallResponse:
+        asked = self._state.consent_requests.get(request.binding_id)
+        if asked is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no consent requested here for that binding")
+        try:
+            mode = consent_mode_from_proto(request.mode)
+            if mode is ConsentMode.NEVER:
+                raise ValueError("NEVER is not an answer")
+        except ValueError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        result = await self._consenter.answer(asked, mode)
+        return _call_response(result)
+
+    async def DissolveBinding(
+        self, request: control_pb2.StubDissolveRequest, context: Context
+    ) -> control_pb2.StubCallResponse:
+        envelope = self._client.dissolution_envelope(
+            new_message_id("dis"), request.binding_id, request.reason or "MEMBER_REQUEST"
+        )
+        result = await self._client.dissolve_binding(envelope, request.binding_id)
+        logger.debug("dissolve binding=%s: %s %s", request.binding_id, result.status.code, result.status.reason)
+        return _call_response(result)
+
+    async def ReportMemberChange(
+        self, request: control_pb2.StubMemberChangeRequest, context: Context
+    ) -> control_pb2.StubCallResponse:
+        person = self._seed.find(request.id_number)
+        if person is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "that person is not insured here")
+        message_id = new_message_id("mch")
+        envelope = self._client.member_change_envelope(
+            message_id,
+            common_pb2.PersonRef(id_number=person.id_number, pooling_area=person.pooling_area),
+            request.kind,
+        )
+        result = await self._client.report_member_change(envelope, message_id)
+        logger.debug(
+            "member change %s person=%s kind=%s: %s %s",
+            message_id,
+            mask_id(person.id_number),
+            relations_pb2.MemberChangeKind.Name(request.kind),
+            result.status.code,
+            result.status.reason,
+        )
+        return _call_response(result)
+
+    async def QueryBinding(
+        self, request: control_pb2.QueryBindingRequest, context: Context
+    ) -> relations_pb2.GetBindingResponse:
+        result = await self._client.get_binding(request.binding_id)
+        if result.response is not None:
+            return result.response
+        await _abort_as_gateway(context, result.status)

@@ -1,4 +1,4 @@
-"""gongji.v1.ProvinceInbox as a provincial platform answers it: checks, pending credits, outcomes."""
+"""gongji.v1.ProvinceInbox as a provincial platform answers it: checks, consent, pending credits, outcomes."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ import grpc
 import grpc.aio
 from google.protobuf import message as protobuf_message
 
-from protos.gongji.v1 import common_pb2, province_pb2, province_pb2_grpc, transfers_pb2
-from province_stub.client import INSTRUCTION_TYPE
+from protos.gongji.v1 import common_pb2, province_pb2, province_pb2_grpc, relations_pb2, transfers_pb2
+from province_stub.client import INSTRUCTION_TYPE, PROPOSAL_TYPE
 from province_stub.people import Seed, mask_id
 from province_stub.signing import GATEWAY_SIGNER, PublicKeyStore, sha256, verify_envelope, verify_with_store
 from province_stub.state import (
     OUTCOME_TO_CREDIT_STATUS,
+    Behaviour,
+    ConsentRequestRecord,
     Credit,
     DeliveryAnswer,
     Notification,
@@ -29,10 +31,14 @@ logger = logging.getLogger(__name__)
 DELIVERY_TYPE = "gongji.v1.TransferDelivery"
 OUTCOME_TYPE = "gongji.v1.Outcome"
 MEMBER_QUERY_TYPE = "gongji.v1.MemberQuery"
+CONSENT_REQUEST_TYPE = "gongji.v1.ConsentRequest"
 
 Context = grpc.aio.ServicerContext[Any, Any]
 # Called (on the event loop) with a transfer id once an ACCEPTED answer has been sent.
 AcceptedHook = Callable[[str], None]
+# Called (on the event loop) with the request, and the behaviour in force when it was answered,
+# once a RequestConsent has been answered.
+ConsentHook = Callable[[ConsentRequestRecord, Behaviour], None]
 
 _ACCEPTED = province_pb2.DeliveryDecision.DELIVERY_DECISION_ACCEPTED
 _REJECTED = province_pb2.DeliveryDecision.DELIVERY_DECISION_REJECTED
@@ -42,14 +48,33 @@ def _rejected(reason: str) -> province_pb2.DeliverTransferResponse:
     return province_pb2.DeliverTransferResponse(decision=_REJECTED, reject_reason=reason)
 
 
+def _after_rpc(context: Context, action: Callable[[], None]) -> None:
+    """Run `action` on the event loop once this RPC has finished, unless it was cancelled."""
+    loop = asyncio.get_running_loop()
+
+    def done(ctx: Context) -> None:
+        if not ctx.cancelled():
+            loop.call_soon_threadsafe(action)
+
+    context.add_done_callback(cast(Any, done))
+
+
 class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
     """Answers the gateway's calls from the seed file and the in-memory state."""
 
-    def __init__(self, state: StubState, seed: Seed, keys: PublicKeyStore, on_accepted: AcceptedHook) -> None:
+    def __init__(
+        self,
+        state: StubState,
+        seed: Seed,
+        keys: PublicKeyStore,
+        on_accepted: AcceptedHook,
+        on_consent_requested: ConsentHook,
+    ) -> None:
         self._state = state
         self._seed = seed
         self._keys = keys
         self._on_accepted = on_accepted
+        self._on_consent_requested = on_consent_requested
 
     async def _apply_behaviour(self, context: Context) -> None:
         behaviour = self._state.behaviour
@@ -153,13 +178,7 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
     def _confirm_after_answer(self, context: Context, transfer_id: str) -> None:
         # Confirming before the gateway has our ACCEPTED could race its own DELIVERED bookkeeping,
         # so the confirmation starts only when this RPC has finished.
-        loop = asyncio.get_running_loop()
-
-        def done(ctx: Context) -> None:
-            if not ctx.cancelled():
-                loop.call_soon_threadsafe(self._on_accepted, transfer_id)
-
-        context.add_done_callback(cast(Any, done))
+        _after_rpc(context, lambda: self._on_accepted(transfer_id))
 
     async def NotifyOutcome(
         self, request: province_pb2.NotifyOutcomeRequest, context: Context
@@ -176,12 +195,16 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         if known is not None:
             known.times_received += 1
             return province_pb2.NotifyOutcomeResponse()
-        transfer = outcome.transfer if outcome.WhichOneof("subject") == "transfer" else None
+        subject = outcome.WhichOneof("subject")
+        transfer = outcome.transfer if subject == "transfer" else None
+        binding = outcome.binding if subject == "binding" else None
         self._state.notifications[message_id] = Notification(
             message_id=message_id,
             transfer_id=transfer.transfer_id if transfer is not None else "",
             state=transfer.state if transfer is not None else transfers_pb2.TRANSFER_STATE_UNSPECIFIED,
             received_at=time.time(),
+            binding_id=binding.binding_id if binding is not None else "",
+            binding_state=binding.state if binding is not None else relations_pb2.BINDING_STATE_UNSPECIFIED,
         )
         if transfer is not None:
             credit = self._state.credits.get(transfer.transfer_id)
@@ -189,6 +212,8 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
             if credit is not None and status is not None:
                 credit.status = status
             logger.debug("outcome transfer=%s state=%s", transfer.transfer_id, transfer.state)
+        if binding is not None:
+            logger.debug("outcome binding=%s state=%s %s", binding.binding_id, binding.state, binding.reason)
         return province_pb2.NotifyOutcomeResponse()
 
     async def CheckMember(
@@ -220,7 +245,56 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         self, request: province_pb2.RequestConsentRequest, context: Context
     ) -> province_pb2.RequestConsentResponse:
         await self._apply_behaviour(context)
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "RequestConsent: not in the stub yet")
+        await self._verify_gateway(request.consent_request, CONSENT_REQUEST_TYPE, context)
+        consent_request = province_pb2.ConsentRequest()
+        proposal = relations_pb2.BindingProposal()
+        try:
+            consent_request.ParseFromString(request.consent_request.payload)
+            proposal.ParseFromString(request.proposal.payload)
+        except protobuf_message.DecodeError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "consent request or proposal does not parse")
+        proposal_sha256 = sha256(request.proposal.payload)
+        binding_id = consent_request.binding_id
+        # The gateway vouches for this exact proposal under this binding id (its message_id).
+        if consent_request.proposal_sha256 != proposal_sha256 or proposal.header.message_id != binding_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "consent request does not match the proposal")
+        if not self._giver_signature_ok(request.proposal, proposal):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad proposal signature")
+
+        self._state.consent_requests_received += 1
+        record = self._state.consent_requests.get(binding_id)
+        if record is None:
+            record = ConsentRequestRecord(
+                binding_id=binding_id,
+                proposal_sha256=proposal_sha256,
+                receiver_id_number=proposal.receiver.id_number,
+                giver_province=proposal.header.sender,
+                received_at=time.time(),
+            )
+            self._state.consent_requests[binding_id] = record
+            logger.debug(
+                "consent requested binding=%s giver_province=%s receiver=%s relation=%s",
+                binding_id,
+                record.giver_province,
+                mask_id(record.receiver_id_number),
+                proposal.relation_code,
+            )
+        else:
+            record.times_received += 1
+        # Answering before the gateway has our acknowledgement could race its PROPOSED bookkeeping,
+        # so the answer starts only when this RPC has finished, as the behaviour now in force says.
+        behaviour = self._state.behaviour
+        _after_rpc(context, lambda: self._on_consent_requested(record, behaviour))
+        return province_pb2.RequestConsentResponse()
+
+    def _giver_signature_ok(
+        self, envelope: common_pb2.SignedEnvelope, proposal: relations_pb2.BindingProposal
+    ) -> bool:
+        if envelope.payload_type != PROPOSAL_TYPE or envelope.signer != proposal.header.sender:
+            return False
+        key = self._keys.get(envelope.signer, envelope.key_id)
+        # A giver province whose key we were not given is vouched for by the gateway's request.
+        return key is None or verify_envelope(envelope, key)
 
     async def NotifySettlement(
         self, request: province_pb2.NotifySettlementRequest, context: Context

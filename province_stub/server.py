@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,11 +18,12 @@ from protos.gongji.v1 import province_pb2, province_pb2_grpc
 from protos.stub.v1 import control_pb2, control_pb2_grpc
 from province_stub.client import DEFAULT_DEADLINE_S, GatewayClient
 from province_stub.confirmer import Confirmer
+from province_stub.consent import Consenter, beijing_today
 from province_stub.control import StubControl
 from province_stub.inbox import ProvinceInbox
 from province_stub.people import default_seed_path, load_seed
 from province_stub.signing import PublicKeyStore, ensure_key_pair
-from province_stub.state import Behaviour, StubState
+from province_stub.state import Behaviour, ConsentRequestRecord, StubState
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +51,8 @@ class StubConfig:
     seed: Path | None = None
     behaviour: Behaviour = field(default_factory=Behaviour)
     gateway_deadline_s: float = DEFAULT_DEADLINE_S
+    # The date the consent age rule (D6) counts on; tests pin it, e.g. the day before a 16th birthday.
+    today: Callable[[], datetime.date] = beijing_today
 
     @property
     def signing_key_id(self) -> str:
@@ -70,6 +75,7 @@ class RunningStub:
         health_servicer: Any,
         channel: grpc.aio.Channel,
         confirmer: Confirmer,
+        consenter: Consenter,
     ) -> None:
         self.config = config
         self.port = port
@@ -78,6 +84,7 @@ class RunningStub:
         self._health = health_servicer
         self._channel = channel
         self._confirmer = confirmer
+        self._consenter = consenter
 
     @property
     def address(self) -> str:
@@ -93,6 +100,7 @@ class RunningStub:
         await self._health.enter_graceful_shutdown()
         await self._server.stop(grace_s)
         await self._confirmer.close()
+        await self._consenter.close()
         await self._channel.close(None)
 
     async def wait_for_termination(self) -> None:
@@ -117,16 +125,22 @@ async def start_stub(config: StubConfig) -> RunningStub:
         deadline_s=config.gateway_deadline_s,
     )
     confirmer = Confirmer(client)
+    consenter = Consenter(client, today=config.today)
 
     def on_accepted(transfer_id: str) -> None:
         # The behaviour in force when the answer went out decides how to confirm.
         confirmer.schedule(transfer_id, state.behaviour)
 
+    def on_consent_requested(request: ConsentRequestRecord, behaviour: Behaviour) -> None:
+        consenter.schedule(request, behaviour)
+
     server = grpc.aio.server()
     province_pb2_grpc.add_ProvinceInboxServicer_to_server(
-        ProvinceInbox(state, seed, keys, on_accepted), server
+        ProvinceInbox(state, seed, keys, on_accepted, on_consent_requested), server
     )
-    control_pb2_grpc.add_StubControlServicer_to_server(StubControl(state, seed, client, confirmer), server)
+    control_pb2_grpc.add_StubControlServicer_to_server(
+        StubControl(state, seed, client, confirmer, consenter), server
+    )
     health_servicer = AsyncHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -144,4 +158,4 @@ async def start_stub(config: StubConfig) -> RunningStub:
         port,
         config.gateway,
     )
-    return RunningStub(config, server, port, state, health_servicer, channel, confirmer)
+    return RunningStub(config, server, port, state, health_servicer, channel, confirmer, consenter)

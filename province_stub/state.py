@@ -1,4 +1,4 @@
-"""What one stub province holds in memory: its behaviour, credits, outcomes told, and counters."""
+"""What one stub province holds in memory: behaviour, credits, consent requests, outcomes told, counters."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import dataclasses
 import enum
 from dataclasses import dataclass, field
 
-from protos.gongji.v1 import common_pb2, transfers_pb2
+from protos.gongji.v1 import common_pb2, relations_pb2, transfers_pb2
 from protos.stub.v1 import control_pb2
 
 
@@ -28,15 +28,47 @@ _MODE_TO_PROTO = {
 _PROTO_TO_MODE = {value: mode for mode, value in _MODE_TO_PROTO.items()}
 
 
+class ConsentMode(enum.Enum):
+    """How consent requests for receivers insured here are answered."""
+
+    # FACE at 16 or over on today's Beijing date, else GUARDIAN_DOCUMENT.
+    ACCEPT = "accept"
+    FACE = "face"
+    GUARDIAN = "guardian"
+    REFUSE = "refuse"
+    NEVER = "never"
+
+
+_CONSENT_TO_PROTO = {
+    ConsentMode.ACCEPT: control_pb2.CONSENT_MODE_ACCEPT,
+    ConsentMode.FACE: control_pb2.CONSENT_MODE_ACCEPT_FACE,
+    ConsentMode.GUARDIAN: control_pb2.CONSENT_MODE_ACCEPT_GUARDIAN,
+    ConsentMode.REFUSE: control_pb2.CONSENT_MODE_REFUSE,
+    ConsentMode.NEVER: control_pb2.CONSENT_MODE_NEVER,
+}
+_PROTO_TO_CONSENT = {value: mode for mode, value in _CONSENT_TO_PROTO.items()}
+
+
+def consent_mode_from_proto(value: control_pb2.ConsentMode.ValueType) -> ConsentMode:
+    """UNSPECIFIED means ACCEPT; raises ValueError on an unknown value."""
+    if value == control_pb2.CONSENT_MODE_UNSPECIFIED:
+        return ConsentMode.ACCEPT
+    mode = _PROTO_TO_CONSENT.get(value)
+    if mode is None:
+        raise ValueError(f"unknown consent mode {value}")
+    return mode
+
+
 @dataclass(frozen=True)
 class Behaviour:
-    """Failure injection and confirmation policy; replaced as a whole by Configure."""
+    """Failure injection, confirmation and consent policy; replaced as a whole by Configure."""
 
     confirm_mode: ConfirmMode = ConfirmMode.IMMEDIATE
     confirm_delay_ms: int = 0
     fail_next_calls: int = 0
     latency_ms: int = 0
     reject_reason: str = ""
+    consent_mode: ConsentMode = ConsentMode.ACCEPT
 
     def to_proto(self) -> control_pb2.Behaviour:
         return control_pb2.Behaviour(
@@ -45,11 +77,12 @@ class Behaviour:
             fail_next_calls=self.fail_next_calls,
             latency_ms=self.latency_ms,
             reject_reason=self.reject_reason,
+            consent_mode=_CONSENT_TO_PROTO[self.consent_mode],
         )
 
     @classmethod
     def from_proto(cls, message: control_pb2.Behaviour) -> Behaviour:
-        """Raises ValueError on negative numbers or an unknown mode; UNSPECIFIED means IMMEDIATE."""
+        """Raises ValueError on negative numbers or an unknown mode; UNSPECIFIED means IMMEDIATE / ACCEPT."""
         if min(message.confirm_delay_ms, message.fail_next_calls, message.latency_ms) < 0:
             raise ValueError("durations and counts must not be negative")
         if message.confirm_mode == control_pb2.CONFIRM_MODE_UNSPECIFIED:
@@ -64,6 +97,7 @@ class Behaviour:
             fail_next_calls=message.fail_next_calls,
             latency_ms=message.latency_ms,
             reject_reason=message.reject_reason,
+            consent_mode=consent_mode_from_proto(message.consent_mode),
         )
 
 
@@ -87,14 +121,30 @@ class DeliveryAnswer:
 
 
 @dataclass
+class ConsentRequestRecord:
+    """A binding this province was asked to consent to, kept once per binding id."""
+
+    binding_id: str
+    proposal_sha256: bytes
+    # Kept to choose the attestation by age; never logged in clear.
+    receiver_id_number: str
+    giver_province: str
+    received_at: float
+    times_received: int = 1
+
+
+@dataclass
 class Notification:
     """A NotifyOutcome received, de-duplicated by the outcome's message_id."""
 
     message_id: str
+    # Exactly one of transfer_id / binding_id is set, after the outcome's subject.
     transfer_id: str
     state: transfers_pb2.TransferState.ValueType
     received_at: float
     times_received: int = 1
+    binding_id: str = ""
+    binding_state: relations_pb2.BindingState.ValueType = relations_pb2.BINDING_STATE_UNSPECIFIED
 
 
 @dataclass
@@ -124,7 +174,10 @@ class StubState:
     answers: dict[str, DeliveryAnswer] = field(default_factory=dict)
     notifications: dict[str, Notification] = field(default_factory=dict)
     submitted: dict[str, SubmittedInstruction] = field(default_factory=dict)
+    # By binding id, in order of first arrival.
+    consent_requests: dict[str, ConsentRequestRecord] = field(default_factory=dict)
     deliveries_received: int = 0
+    consent_requests_received: int = 0
     calls_failed: int = 0
 
     def take_failure(self) -> bool:
@@ -151,9 +204,13 @@ class StubState:
                     state=n.state,
                     received_at=n.received_at,
                     times_received=n.times_received,
+                    binding_id=n.binding_id,
+                    binding_state=n.binding_state,
                 )
                 for n in self.notifications.values()
             ],
             deliveries_received=self.deliveries_received,
             calls_failed=self.calls_failed,
+            consent_requests_received=self.consent_requests_received,
+            consent_requests=list(self.consent_requests),
         )

@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -204,6 +204,65 @@ class Stack:
             relation_code=relation_code)
         return relations_pb2_grpc.RelationsStub(self.channel).VerifyRelation(
             relations_pb2.VerifyRelationRequest(query=self.sign(query, sender)), timeout=10)
+
+    # -- bindings, signed as the provinces' platforms would ---------------------------------------
+    def propose(self, receiver: tuple[str, str] = MOTHER, relation_code: str = "52", binding_id: str | None = None,
+                giver: tuple[str, str] = GIVER, sender: str = XINJIANG, receiver_province: str = GANSU,
+                authorised_amount_fen: int = 0, consent_seconds: int = 3600) -> relations_pb2.ProposeBindingResponse:
+        now = self.clock.now()
+        proposal = relations_pb2.BindingProposal(
+            header=common_pb2.Header(message_id=binding_id or unique_id("b"), sender=sender,
+                                     receiver=receiver_province, created_at=ts(now)),
+            giver=common_pb2.PersonRef(id_number=giver[0], pooling_area=giver[1]),
+            receiver=common_pb2.PersonRef(id_number=receiver[0], pooling_area=receiver[1]),
+            relation_code=relation_code,
+            commitment=relations_pb2.Commitment(letter_version="2024-01", accepted_at=ts(now)),
+            authorised_amount_fen=authorised_amount_fen, consent_by=ts(now + timedelta(seconds=consent_seconds)))
+        return self.relations.ProposeBinding(relations_pb2.ProposeBindingRequest(proposal=self.sign(proposal, sender)),
+                                             timeout=10)
+
+    def answer_consent(self, binding_id: str, signer: str = GANSU, accept: bool = True,
+                       method: int = relations_pb2.ATTESTATION_METHOD_FACE) -> relations_pb2.AcceptBindingResponse:
+        acceptance = relations_pb2.BindingAcceptance(
+            header=common_pb2.Header(message_id=unique_id("acc"), sender=signer, receiver="gateway",
+                                     created_at=ts(self.clock.now())),
+            binding_id=binding_id,
+            decision=relations_pb2.CONSENT_DECISION_ACCEPT if accept else relations_pb2.CONSENT_DECISION_REFUSE)
+        if accept:
+            acceptance.attestation.CopyFrom(relations_pb2.Attestation(
+                method=method, evidence_ref=unique_id("ev"), attested_at=ts(self.clock.now())))
+        return self.relations.AcceptBinding(
+            relations_pb2.AcceptBindingRequest(acceptance=self.sign(acceptance, signer)), timeout=10)
+
+    def dissolve(self, binding_id: str, signer: str = XINJIANG) -> relations_pb2.DissolveBindingResponse:
+        dissolution = relations_pb2.BindingDissolution(
+            header=common_pb2.Header(message_id=unique_id("dis"), sender=signer, receiver="gateway",
+                                     created_at=ts(self.clock.now())),
+            binding_id=binding_id, reason="MEMBER_REQUEST")
+        return self.relations.DissolveBinding(
+            relations_pb2.DissolveBindingRequest(dissolution=self.sign(dissolution, signer)), timeout=10)
+
+    def member_change(self, person: tuple[str, str], kind: int,
+                      signer: str = GANSU) -> relations_pb2.ReportMemberChangeResponse:
+        change = relations_pb2.MemberChange(
+            header=common_pb2.Header(message_id=unique_id("mc"), sender=signer, receiver="gateway",
+                                     created_at=ts(self.clock.now())),
+            person=common_pb2.PersonRef(id_number=person[0], pooling_area=person[1]), kind=kind,
+            effective_at=ts(self.clock.now()))
+        return self.relations.ReportMemberChange(
+            relations_pb2.ReportMemberChangeRequest(change=self.sign(change, signer)), timeout=10)
+
+    def binding(self, binding_id: str, signer: str = XINJIANG) -> relations_pb2.BindingView:
+        query = relations_pb2.BindingQuery(
+            header=common_pb2.Header(message_id=unique_id("q"), sender=signer, receiver="gateway",
+                                     created_at=ts(self.clock.now())),
+            binding_id=binding_id)
+        return self.relations.GetBinding(relations_pb2.GetBindingRequest(query=self.sign(query, signer)),
+                                         timeout=10).binding
+
+    @property
+    def relations(self) -> relations_pb2_grpc.RelationsStub:
+        return relations_pb2_grpc.RelationsStub(self.channel)
 
     def get(self, transfer_id: str, signer: str = XINJIANG) -> transfers_pb2.TransferView:
         query = transfers_pb2.TransferQuery(

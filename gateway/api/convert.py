@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TypeVar
 
 from google.protobuf import message as pb_message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
+from gateway.domain.bindings import (
+    Attestation,
+    Binding,
+    BindingAcceptance,
+    BindingDissolution,
+    BindingProposal,
+    BindingQuery,
+    BindingState,
+    ConsentDecision,
+    MemberChange,
+    MemberChangeKind,
+)
+from gateway.domain.eligibility import AttestationMethod
 from gateway.domain.envelope import Header
 from gateway.domain.errors import InvalidArgument
 from gateway.domain.provinces import Policy, Province, ProvinceKey, ProvinceStatus
@@ -109,6 +123,98 @@ def decode_relation_query(payload: bytes) -> RelationQuery:
         giver=PersonRef(message.giver.id_number, message.giver.pooling_area),
         receiver=PersonRef(message.receiver.id_number, message.receiver.pooling_area),
         relation_code=message.relation_code)
+
+
+def _optional_time(message: pb_message.Message, field: str) -> datetime | None:
+    if not message.HasField(field):
+        return None
+    try:
+        return from_timestamp(getattr(message, field))
+    except (ValueError, OverflowError) as error:
+        raise InvalidArgument(f"{field} is not a valid time", reason="INVALID_TIMESTAMP", field=field) from error
+
+
+def _person(message: common_pb2.PersonRef) -> PersonRef:
+    return PersonRef(message.id_number, message.pooling_area)
+
+
+def decode_binding_proposal(payload: bytes) -> BindingProposal:
+    message = parse_strict(payload, relations_pb2.BindingProposal)
+    return BindingProposal(
+        header=header_from_proto(message.header, message.HasField("header")), giver=_person(message.giver),
+        receiver=_person(message.receiver), relation_code=message.relation_code,
+        letter_version=message.commitment.letter_version,
+        accepted_at=_optional_time(message.commitment, "accepted_at"),
+        authorised_amount_fen=message.authorised_amount_fen, consent_by=_optional_time(message, "consent_by"))
+
+
+_CONSENT = {relations_pb2.CONSENT_DECISION_ACCEPT: ConsentDecision.ACCEPT,
+            relations_pb2.CONSENT_DECISION_REFUSE: ConsentDecision.REFUSE}
+_ATTESTATION = {relations_pb2.ATTESTATION_METHOD_FACE: AttestationMethod.FACE,
+                relations_pb2.ATTESTATION_METHOD_GUARDIAN_DOCUMENT: AttestationMethod.GUARDIAN_DOCUMENT}
+_ATTESTATION_TO_PROTO = {v: k for k, v in _ATTESTATION.items()}
+
+
+def decode_binding_acceptance(payload: bytes) -> BindingAcceptance:
+    message = parse_strict(payload, relations_pb2.BindingAcceptance)
+    header = header_from_proto(message.header, message.HasField("header"))
+    decision = _CONSENT.get(message.decision)
+    if decision is None:
+        raise InvalidArgument("decision must be ACCEPT or REFUSE", reason="INVALID_DECISION", field="decision")
+    attestation = None
+    if message.HasField("attestation"):
+        method = _ATTESTATION.get(message.attestation.method)
+        attested_at = _optional_time(message.attestation, "attested_at")
+        if method is None:
+            raise InvalidArgument("attestation.method must be FACE or GUARDIAN_DOCUMENT", reason="INVALID_ATTESTATION",
+                                  field="attestation.method")
+        if attested_at is None or not message.attestation.evidence_ref or len(message.attestation.evidence_ref) > 128:
+            raise InvalidArgument("an attestation needs its time and the province's evidence reference (D7)",
+                                  reason="INVALID_ATTESTATION", field="attestation")
+        attestation = Attestation(method, message.attestation.evidence_ref, attested_at)
+    return BindingAcceptance(header, message.binding_id, decision, attestation)
+
+
+def decode_binding_dissolution(payload: bytes) -> BindingDissolution:
+    message = parse_strict(payload, relations_pb2.BindingDissolution)
+    return BindingDissolution(header_from_proto(message.header, message.HasField("header")), message.binding_id,
+                              message.reason)
+
+
+def decode_binding_query(payload: bytes) -> BindingQuery:
+    message = parse_strict(payload, relations_pb2.BindingQuery)
+    return BindingQuery(header_from_proto(message.header, message.HasField("header")), message.binding_id)
+
+
+_CHANGES = {relations_pb2.MEMBER_CHANGE_KIND_INSURANCE_ENDED: MemberChangeKind.INSURANCE_ENDED,
+            relations_pb2.MEMBER_CHANGE_KIND_POOLING_AREA_MOVED: MemberChangeKind.POOLING_AREA_MOVED,
+            relations_pb2.MEMBER_CHANGE_KIND_SETTLEMENT_SUSPENDED: MemberChangeKind.SETTLEMENT_SUSPENDED,
+            relations_pb2.MEMBER_CHANGE_KIND_SETTLEMENT_RESUMED: MemberChangeKind.SETTLEMENT_RESUMED}
+
+
+def decode_member_change(payload: bytes) -> MemberChange:
+    message = parse_strict(payload, relations_pb2.MemberChange)
+    kind = _CHANGES.get(message.kind)
+    if kind is None:
+        raise InvalidArgument("kind must be one of the MemberChangeKind values", reason="INVALID_KIND", field="kind")
+    return MemberChange(header_from_proto(message.header, message.HasField("header")), _person(message.person), kind,
+                        _optional_time(message, "effective_at"))
+
+
+def binding_state_to_proto(state: BindingState) -> relations_pb2.BindingState.ValueType:
+    return relations_pb2.BindingState.Value(f"BINDING_STATE_{state.value}")
+
+
+def binding_to_proto(binding: Binding) -> relations_pb2.BindingView:
+    return relations_pb2.BindingView(
+        binding_id=binding.binding_id, state=binding_state_to_proto(binding.state),
+        giver_province=binding.giver_province, receiver_province=binding.receiver_province,
+        giver_id_masked=binding.giver_id_masked, receiver_id_masked=binding.receiver_id_masked,
+        relation_code=binding.relation_code, authorised_amount_fen=binding.authorised_amount_fen,
+        used_amount_fen=binding.used_amount_fen,
+        attestation_method=_ATTESTATION_TO_PROTO.get(binding.attestation_method,  # type: ignore[arg-type]
+                                                     relations_pb2.ATTESTATION_METHOD_UNSPECIFIED),
+        created_at=timestamp(binding.created_at), updated_at=timestamp(binding.updated_at), reason=binding.reason)
 
 
 def decode_query(payload: bytes) -> TransferQuery:

@@ -9,6 +9,7 @@ import grpc
 
 from gateway.api import convert
 from gateway.domain.errors import Unimplemented
+from gateway.usecases import bindings as binding_cases
 from gateway.usecases import provinces as province_cases
 from gateway.usecases import relations as relation_cases
 from gateway.usecases import transfers as transfer_cases
@@ -47,6 +48,10 @@ class UseCaseRunner:
         """An asynchronous use case that calls other systems between its database steps."""
         return await use_case(self.ctx, self._run_in_db, *args)
 
+    def changed(self) -> None:
+        """After an orchestrated use case that changed state: the outbox may have work."""
+        self._on_change()
+
     async def change(self, use_case: Callable[..., T], *args: Any) -> T:
         result: T = await self._run_in_db(use_case, self.ctx, *args)
         self._on_change()
@@ -58,10 +63,6 @@ def peer_identity(context: Context) -> str | None:
     return None
 
 
-def _receipt_envelope(answer: transfer_cases.ReceiptAnswer) -> common_pb2.SignedEnvelope:
-    return common_pb2.SignedEnvelope.FromString(answer.receipt)
-
-
 class TransfersServicer(transfers_pb2_grpc.TransfersServicer):
     def __init__(self, run: UseCaseRunner) -> None:
         self._run = run
@@ -71,7 +72,7 @@ class TransfersServicer(transfers_pb2_grpc.TransfersServicer):
         answer = await self._run.change(transfer_cases.submit_transfer, envelope_from_proto(request.instruction),
                                         peer_identity(context), convert.decode_instruction)
         return transfers_pb2.SubmitTransferResponse(
-            receipt=_receipt_envelope(answer), replay=answer.replay, transfer_id=answer.subject_id,
+            receipt=_envelope(answer.receipt), replay=answer.replay, transfer_id=answer.subject_id,
             state=convert.transfer_state_to_proto(answer.state))
 
     async def ConfirmTransfer(self, request: transfers_pb2.ConfirmTransferRequest,
@@ -79,7 +80,7 @@ class TransfersServicer(transfers_pb2_grpc.TransfersServicer):
         answer = await self._run.change(transfer_cases.confirm_transfer, envelope_from_proto(request.confirmation),
                                         peer_identity(context), convert.decode_confirmation)
         return transfers_pb2.ConfirmTransferResponse(
-            receipt=_receipt_envelope(answer), replay=answer.replay,
+            receipt=_envelope(answer.receipt), replay=answer.replay,
             state=convert.transfer_state_to_proto(answer.state))
 
     async def GetTransfer(self, request: transfers_pb2.GetTransferRequest,
@@ -139,7 +140,7 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
 
 
 class RelationsServicer(relations_pb2_grpc.RelationsServicer):
-    """VerifyRelation works; bindings arrive with the rest of issue 3."""
+    """Family relations: eligibility and bindings (issue 3); transfers do not yet require a binding."""
 
     def __init__(self, run: UseCaseRunner, members: MemberDirectory) -> None:
         self._run = run
@@ -154,20 +155,54 @@ class RelationsServicer(relations_pb2_grpc.RelationsServicer):
             eligibility=relations_pb2.ELIGIBILITY_NOT_ELIGIBLE if violations else relations_pb2.ELIGIBILITY_ELIGIBLE,
             violations=[relations_pb2.RuleViolation(reason=v.reason, rule=v.rule, field=v.field) for v in violations])
 
-    async def ProposeBinding(self, request: Any, context: Context) -> Any:
-        raise _later("ProposeBinding", "issue 3 (family relations)")
+    async def ProposeBinding(self, request: relations_pb2.ProposeBindingRequest,
+                             context: Context) -> relations_pb2.ProposeBindingResponse:
+        answer = await self._run.orchestrate(binding_cases.propose_binding, self._members,
+                                             envelope_from_proto(request.proposal), peer_identity(context),
+                                             convert.decode_binding_proposal)
+        self._run.changed()
+        return relations_pb2.ProposeBindingResponse(receipt=_envelope(answer.receipt), replay=answer.replay,
+                                                    state=_receipt_binding_state(answer.receipt))
 
-    async def AcceptBinding(self, request: Any, context: Context) -> Any:
-        raise _later("AcceptBinding", "issue 3 (family relations)")
+    async def AcceptBinding(self, request: relations_pb2.AcceptBindingRequest,
+                            context: Context) -> relations_pb2.AcceptBindingResponse:
+        answer = await self._run.change(binding_cases.accept_binding, envelope_from_proto(request.acceptance),
+                                        peer_identity(context), convert.decode_binding_acceptance)
+        return relations_pb2.AcceptBindingResponse(receipt=_envelope(answer.receipt), replay=answer.replay,
+                                                   state=_receipt_binding_state(answer.receipt))
 
-    async def DissolveBinding(self, request: Any, context: Context) -> Any:
-        raise _later("DissolveBinding", "issue 3 (family relations)")
+    async def DissolveBinding(self, request: relations_pb2.DissolveBindingRequest,
+                              context: Context) -> relations_pb2.DissolveBindingResponse:
+        answer = await self._run.change(binding_cases.dissolve_binding, envelope_from_proto(request.dissolution),
+                                        peer_identity(context), convert.decode_binding_dissolution)
+        return relations_pb2.DissolveBindingResponse(receipt=_envelope(answer.receipt), replay=answer.replay,
+                                                     state=_receipt_binding_state(answer.receipt))
 
-    async def GetBinding(self, request: Any, context: Context) -> Any:
-        raise _later("GetBinding", "issue 3 (family relations)")
+    async def GetBinding(self, request: relations_pb2.GetBindingRequest,
+                         context: Context) -> relations_pb2.GetBindingResponse:
+        binding = await self._run.query(binding_cases.get_binding, envelope_from_proto(request.query),
+                                        peer_identity(context), convert.decode_binding_query)
+        return relations_pb2.GetBindingResponse(binding=convert.binding_to_proto(binding))
 
-    async def ReportMemberChange(self, request: Any, context: Context) -> Any:
-        raise _later("ReportMemberChange", "issue 3 (family relations)")
+    async def ReportMemberChange(self, request: relations_pb2.ReportMemberChangeRequest,
+                                 context: Context) -> relations_pb2.ReportMemberChangeResponse:
+        receipt, replay = await self._run.change(binding_cases.report_member_change,
+                                                 envelope_from_proto(request.change), peer_identity(context),
+                                                 convert.decode_member_change)
+        envelope = _envelope(receipt)
+        affected = common_pb2.Receipt.FromString(envelope.payload).affected_ids
+        return relations_pb2.ReportMemberChangeResponse(receipt=envelope, replay=replay,
+                                                        affected_binding_ids=list(affected))
+
+
+def _envelope(receipt: bytes) -> common_pb2.SignedEnvelope:
+    return common_pb2.SignedEnvelope.FromString(receipt)
+
+
+def _receipt_binding_state(receipt: bytes) -> relations_pb2.BindingState.ValueType:
+    """The state the signed receipt records (a replayed answer says what the first one said)."""
+    state = common_pb2.Receipt.FromString(_envelope(receipt).payload).state
+    return relations_pb2.BindingState.Value(f"BINDING_STATE_{state}")
 
 
 class SettlementsServicer(settlements_pb2_grpc.SettlementsServicer):

@@ -32,6 +32,8 @@ class StoredRequest:
 class OutboxKind(enum.Enum):
     DELIVER_TRANSFER = "DELIVER_TRANSFER"
     NOTIFY_TRANSFER_OUTCOME = "NOTIFY_TRANSFER_OUTCOME"
+    REQUEST_CONSENT = "REQUEST_CONSENT"
+    NOTIFY_BINDING_OUTCOME = "NOTIFY_BINDING_OUTCOME"
 
 
 @dataclass(frozen=True, slots=True)

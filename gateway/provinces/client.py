@@ -19,9 +19,10 @@ from gateway.domain.provinces import Province
 from gateway.domain.records import OutboxKind
 from gateway.domain.transfers import REASON_PATTERN, PersonRef, TransferState
 from gateway.security.signing import EnvelopeSigner
+from gateway.usecases.bindings import state_of_outcome_message
 from gateway.usecases.outbox import OutboxWork, SendResult
 from gateway.wire import envelope_to_proto, timestamp
-from protos.gongji.v1 import common_pb2, province_pb2, province_pb2_grpc, transfers_pb2
+from protos.gongji.v1 import common_pb2, province_pb2, province_pb2_grpc, relations_pb2, transfers_pb2
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,14 @@ class ProvinceClient:
         if not work.destination_active:
             return SendResult.failed("PROVINCE_SUSPENDED")
         try:
-            if work.message.kind is OutboxKind.DELIVER_TRANSFER:
+            kind = work.message.kind
+            if kind is OutboxKind.DELIVER_TRANSFER:
                 return await self._deliver(work)
-            return await self._notify(work)
+            if kind is OutboxKind.NOTIFY_TRANSFER_OUTCOME:
+                return await self._notify(work)
+            if kind is OutboxKind.REQUEST_CONSENT:
+                return await self._request_consent(work)
+            return await self._notify_binding(work)
         except grpc.aio.AioRpcError as error:
             return SendResult.failed(error.code().name)
         except Exception:  # a bug must not kill the outbox loop; the message is retried
@@ -72,7 +78,7 @@ class ProvinceClient:
 
     async def _deliver(self, work: OutboxWork) -> SendResult:
         transfer, message = work.transfer, work.message
-        assert work.instruction is not None
+        assert work.instruction is not None and transfer is not None
         delivery = province_pb2.TransferDelivery(
             header=self._header(message.message_id, message.destination), transfer_id=transfer.transfer_id,
             instruction_sha256=transfer.instruction_sha256, confirm_by=timestamp(transfer.return_deadline))
@@ -90,6 +96,7 @@ class ProvinceClient:
 
     async def _notify(self, work: OutboxWork) -> SendResult:
         transfer, message = work.transfer, work.message
+        assert transfer is not None
         state = TransferState(message.message_id.rsplit(":", 1)[1])
         outcome = province_pb2.Outcome(
             header=self._header(message.message_id, message.destination),
@@ -99,6 +106,32 @@ class ProvinceClient:
                 reason=transfer.reason if transfer.state is state else "", amount_fen=transfer.amount_fen,
                 giver_province=transfer.giver_province, receiver_province=transfer.receiver_province,
                 decided_at=timestamp(transfer.updated_at)))
+        request = province_pb2.NotifyOutcomeRequest(
+            outcome=self._sign("gongji.v1.Outcome", outcome.SerializeToString()))
+        await self._stub(work.endpoint).NotifyOutcome(request, timeout=self._timeout)  # type: ignore[misc]
+        return SendResult(acknowledged=True)
+
+    async def _request_consent(self, work: OutboxWork) -> SendResult:
+        binding, message = work.binding, work.message
+        assert binding is not None and work.instruction is not None
+        consent = province_pb2.ConsentRequest(
+            header=self._header(message.message_id, message.destination), binding_id=binding.binding_id,
+            proposal_sha256=binding.proposal_sha256, consent_by=timestamp(binding.consent_by))
+        request = province_pb2.RequestConsentRequest(
+            proposal=envelope_to_proto(work.instruction),
+            consent_request=self._sign("gongji.v1.ConsentRequest", consent.SerializeToString()))
+        await self._stub(work.endpoint).RequestConsent(request, timeout=self._timeout)  # type: ignore[misc]
+        return SendResult(acknowledged=True)
+
+    async def _notify_binding(self, work: OutboxWork) -> SendResult:
+        binding, message = work.binding, work.message
+        assert binding is not None
+        state = state_of_outcome_message(message.message_id)
+        outcome = province_pb2.Outcome(
+            header=self._header(message.message_id, message.destination),
+            binding=province_pb2.BindingOutcome(
+                binding_id=binding.binding_id, state=relations_pb2.BindingState.Value(f"BINDING_STATE_{state.value}"),
+                reason=binding.reason if binding.state is state else ""))
         request = province_pb2.NotifyOutcomeRequest(
             outcome=self._sign("gongji.v1.Outcome", outcome.SerializeToString()))
         await self._stub(work.endpoint).NotifyOutcome(request, timeout=self._timeout)  # type: ignore[misc]

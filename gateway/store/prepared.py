@@ -22,7 +22,8 @@ class Prepared:
     """One statement compiled for one dialect."""
 
     def __init__(self, statement: ClauseElement, dialect: Dialect) -> None:
-        compiled: Any = statement.compile(dialect=dialect)  # an SQLCompiler: positiontup, _bind_processors
+        # Executed without SQLAlchemy: no expanding ("IN :list") parameters; write equalities instead.
+        compiled: Any = statement.compile(dialect=dialect)
         self.sql = compiled.string
         self._bind_processors: dict[str, Processor] = dict(compiled._bind_processors)
         self._positional: tuple[str, ...] | None = (

@@ -14,10 +14,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, and_, bindparam, create_engine, event, select, update
+from sqlalchemy import Connection, Engine, Table, and_, bindparam, create_engine, event, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import ClauseElement
 
+from gateway.domain.bindings import Attestation, Binding, BindingState
+from gateway.domain.eligibility import AttestationMethod
 from gateway.domain.envelope import Envelope
 from gateway.domain.provinces import Policy, Province, ProvinceKey, ProvinceStatus
 from gateway.domain.records import OutboxKind, OutboxMessage, RequestOutcome, StoredRequest
@@ -25,6 +27,8 @@ from gateway.domain.transfers import Transfer, TransferEvent, TransferState
 from gateway.store.prepared import Cursor, Prepared
 from gateway.store.tables import (
     Base,
+    BindingRow,
+    MemberSuspensionRow,
     OutboxRow,
     ProvinceKeyRow,
     ProvinceRow,
@@ -41,6 +45,8 @@ requests_t: Table = RequestRow.__table__  # type: ignore[assignment]
 transfers_t: Table = TransferRow.__table__  # type: ignore[assignment]
 events_t: Table = TransferEventRow.__table__  # type: ignore[assignment]
 outbox_t: Table = OutboxRow.__table__  # type: ignore[assignment]
+bindings_t: Table = BindingRow.__table__  # type: ignore[assignment]
+suspensions_t: Table = MemberSuspensionRow.__table__  # type: ignore[assignment]
 
 REASON_MAX = 64  # transfers.reason and transfer_events.reason
 
@@ -103,6 +109,11 @@ _INSTRUCTION = [transfers_t.c.instruction_payload, transfers_t.c.instruction_sig
                 transfers_t.c.instruction_alg, transfers_t.c.instruction_signature]
 
 
+_BINDING_VIEW = [c for c in bindings_t.c if not c.name.startswith("proposal_") or c.name == "proposal_sha256"]
+_PROPOSAL = [bindings_t.c.proposal_payload, bindings_t.c.proposal_signer, bindings_t.c.proposal_key_id,
+             bindings_t.c.proposal_alg, bindings_t.c.proposal_signature]
+
+
 class Statements:
     """Every statement the repositories run, compiled for one dialect."""
 
@@ -154,6 +165,28 @@ class Statements:
         self.undelivered = p(select(t.transfer_id).where(and_(t.state == TransferState.RECEIVED.value,
                                                               t.delivery_deadline <= _b("now")))
                              .order_by(t.delivery_deadline).limit(_b("limit")))
+
+        b = bindings_t.c
+        self.insert_binding = p(bindings_t.insert())
+        self.get_binding = p(select(*_BINDING_VIEW).where(b.binding_id == _b("w_id")))
+        self.binding_exists = p(select(b.binding_id).where(b.binding_id == _b("w_id")))
+        self.proposal = p(select(*_PROPOSAL).where(b.binding_id == _b("w_id")))
+        self.change_binding_state = p(update(bindings_t).where(and_(b.binding_id == _b("w_id"),
+                                                                    b.state == _b("w_from")))
+                                      .values(state=_b("state"), reason=_b("reason"), updated_at=_b("updated_at")))
+        self.attest_binding = p(update(bindings_t).where(b.binding_id == _b("w_id")).values(
+            attestation_method=_b("attestation_method"), evidence_ref=_b("evidence_ref"),
+            attested_at=_b("attested_at")))
+        self.bindings_of_person = p(select(*_BINDING_VIEW).where(
+            (b.giver_ref == _b("ref")) | (b.receiver_ref == _b("ref"))).order_by(b.created_at))
+        self.expired_proposals = p(select(b.binding_id).where(and_(b.state == "PROPOSED", b.consent_by <= _b("now")))
+                                   .order_by(b.consent_by).limit(_b("limit")))
+        self.used_on_binding = p(select(func.coalesce(func.sum(t.amount_fen), 0)).where(and_(
+            t.binding_id == _b("w_id"),
+            or_(t.state == "RECEIVED", t.state == "DELIVERED", t.state == "COMMITTED"))))
+        self.suspend_member = p(insert(suspensions_t).on_conflict_do_nothing())
+        self.resume_member = p(suspensions_t.delete().where(suspensions_t.c.person_ref == _b("ref")))
+        self.member_suspended = p(select(suspensions_t.c.person_ref).where(suspensions_t.c.person_ref == _b("ref")))
 
         self.enqueue = p(insert(outbox_t).on_conflict_do_nothing().values(
             destination=_b("destination"), kind=_b("kind"), message_id=_b("message_id"), subject_id=_b("subject_id"),
@@ -402,6 +435,89 @@ class SqlTransferRepository:
         return [row[0] for row in self._cursor.all(self._s.undelivered, now=now, limit=limit)]
 
 
+class SqlBindingRepository:
+    def __init__(self, cursor: Cursor, store: SqlStore) -> None:
+        self._cursor, self._s = cursor, store.statements
+
+    def add(self, binding: Binding, envelope: Envelope) -> None:
+        self._cursor.run(
+            self._s.insert_binding, binding_id=binding.binding_id, state=binding.state.value,
+            reason=binding.reason[:REASON_MAX], giver_province=binding.giver_province,
+            receiver_province=binding.receiver_province, giver_ref=binding.giver_ref,
+            receiver_ref=binding.receiver_ref, giver_id_masked=binding.giver_id_masked,
+            receiver_id_masked=binding.receiver_id_masked, relation_code=binding.relation_code,
+            authorised_amount_fen=binding.authorised_amount_fen, receiver_birth_date=binding.receiver_birth_date,
+            consent_by=binding.consent_by, created_at=binding.created_at, updated_at=binding.updated_at,
+            attestation_method="", evidence_ref="", attested_at=None, proposal_sha256=binding.proposal_sha256,
+            proposal_payload=envelope.payload, proposal_signer=envelope.signer, proposal_key_id=envelope.key_id,
+            proposal_alg=envelope.alg, proposal_signature=envelope.signature)
+
+    def _binding(self, raw: Sequence[Any]) -> Binding:
+        v = dict(zip(self._s.get_binding.columns, raw, strict=True))
+        return Binding(
+            binding_id=v["binding_id"], state=BindingState(v["state"]), giver_province=v["giver_province"],
+            receiver_province=v["receiver_province"], giver_id_masked=v["giver_id_masked"],
+            receiver_id_masked=v["receiver_id_masked"], relation_code=v["relation_code"],
+            authorised_amount_fen=v["authorised_amount_fen"], receiver_birth_date=v["receiver_birth_date"],
+            consent_by=v["consent_by"], created_at=v["created_at"], updated_at=v["updated_at"],
+            proposal_sha256=bytes(v["proposal_sha256"]), reason=v["reason"],
+            attestation_method=AttestationMethod(v["attestation_method"]) if v["attestation_method"] else None,
+            evidence_ref=v["evidence_ref"], attested_at=v["attested_at"], giver_ref=bytes(v["giver_ref"]),
+            receiver_ref=bytes(v["receiver_ref"]))
+
+    def get(self, binding_id: str) -> Binding | None:
+        raw = self._cursor.first(self._s.get_binding, w_id=binding_id)
+        return None if raw is None else self._binding(raw)
+
+    def exists(self, binding_id: str) -> bool:
+        return self._cursor.first(self._s.binding_exists, w_id=binding_id) is not None
+
+    def proposal_envelope(self, binding_id: str) -> Envelope | None:
+        raw = self._cursor.first(self._s.proposal, w_id=binding_id)
+        if raw is None:
+            return None
+        payload, signer, key_id, alg, signature = raw
+        return Envelope(bytes(payload), "gongji.v1.BindingProposal", signer, key_id, alg, bytes(signature))
+
+    def change_state(self, binding_id: str, from_states: Sequence[BindingState], to: BindingState, reason: str,
+                     at: datetime) -> bool:
+        for state in from_states:
+            if self._cursor.run(self._s.change_binding_state, w_id=binding_id, w_from=state.value, state=to.value,
+                                reason=reason[:REASON_MAX], updated_at=at) == 1:
+                return True
+        return False
+
+    def record_attestation(self, binding_id: str, attestation: Attestation) -> None:
+        self._cursor.run(self._s.attest_binding, w_id=binding_id, attestation_method=attestation.method.value,
+                         evidence_ref=attestation.evidence_ref[:128], attested_at=attestation.attested_at)
+
+    def of_person(self, person_ref: bytes) -> list[Binding]:
+        return [self._binding(raw) for raw in self._cursor.all(self._s.bindings_of_person, ref=person_ref)]
+
+    def expired_proposals(self, now: datetime, limit: int) -> list[str]:
+        return [row[0] for row in self._cursor.all(self._s.expired_proposals, now=now, limit=limit)]
+
+    def used_amount(self, binding_id: str) -> int:
+        row = self._cursor.first(self._s.used_on_binding, w_id=binding_id)
+        return int(row[0]) if row else 0
+
+
+class SqlMemberRepository:
+    """Settlement suspensions (D3) by keyed hash of the person."""
+
+    def __init__(self, cursor: Cursor, store: SqlStore) -> None:
+        self._cursor, self._s = cursor, store.statements
+
+    def suspend(self, person_ref: bytes, province: str, at: datetime) -> None:
+        self._cursor.run(self._s.suspend_member, person_ref=person_ref, province=province, since=at)
+
+    def resume(self, person_ref: bytes) -> None:
+        self._cursor.run(self._s.resume_member, ref=person_ref)
+
+    def is_suspended(self, person_ref: bytes) -> bool:
+        return self._cursor.first(self._s.member_suspended, ref=person_ref) is not None
+
+
 class SqlOutboxRepository:
     def __init__(self, cursor: Cursor, store: SqlStore) -> None:
         self._cursor, self._s = cursor, store.statements
@@ -445,6 +561,8 @@ class SqlUnitOfWork:
         self.requests = SqlRequestRepository(self._cursor, self._store)
         self.transfers = SqlTransferRepository(self._cursor, self._store)
         self.outbox = SqlOutboxRepository(self._cursor, self._store)
+        self.bindings = SqlBindingRepository(self._cursor, self._store)
+        self.members = SqlMemberRepository(self._cursor, self._store)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
-from sqlalchemy import BigInteger, DateTime, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Date, DateTime, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -105,6 +105,7 @@ class TransferRow(Base):
     __table_args__ = (
         Index("ix_transfers_state_return_deadline", "state", "return_deadline"),
         Index("ix_transfers_created_at", "created_at"),
+        Index("ix_transfers_binding_id", "binding_id"),
     )
 
 
@@ -153,3 +154,48 @@ class RoutingVersionRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     version: Mapped[int] = mapped_column(BigInteger)
+
+
+class BindingRow(Base):
+    """A giver-receiver relation across provinces (D8-D10)."""
+
+    __tablename__ = "bindings"
+
+    binding_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(64), default="")
+    giver_province: Mapped[str] = mapped_column(String(6))
+    receiver_province: Mapped[str] = mapped_column(String(6))
+    giver_ref: Mapped[bytes] = mapped_column(LargeBinary(32), index=True)
+    receiver_ref: Mapped[bytes] = mapped_column(LargeBinary(32), index=True)
+    giver_id_masked: Mapped[str] = mapped_column(String(18))
+    receiver_id_masked: Mapped[str] = mapped_column(String(18))
+    relation_code: Mapped[str] = mapped_column(String(2))
+    authorised_amount_fen: Mapped[int] = mapped_column(BigInteger)
+    # Needed for the age rule at acceptance (D6); the ID number itself is not kept in a column.
+    receiver_birth_date: Mapped[date] = mapped_column(Date)
+    consent_by: Mapped[datetime] = mapped_column(UtcDateTime)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    attestation_method: Mapped[str] = mapped_column(String(32), default="")
+    evidence_ref: Mapped[str] = mapped_column(String(128), default="")
+    attested_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    proposal_sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
+    # The giver province's envelope exactly as received: passed on with the consent request.
+    proposal_payload: Mapped[bytes] = mapped_column(LargeBinary)
+    proposal_signer: Mapped[str] = mapped_column(String(16))
+    proposal_key_id: Mapped[str] = mapped_column(String(64))
+    proposal_alg: Mapped[str] = mapped_column(String(16))
+    proposal_signature: Mapped[bytes] = mapped_column(LargeBinary)
+
+    __table_args__ = (Index("ix_bindings_state_consent_by", "state", "consent_by"),)
+
+
+class MemberSuspensionRow(Base):
+    """People whose networked settlement a province reported suspended (D3), by keyed hash."""
+
+    __tablename__ = "member_suspensions"
+
+    person_ref: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    province: Mapped[str] = mapped_column(String(6))
+    since: Mapped[datetime] = mapped_column(UtcDateTime)

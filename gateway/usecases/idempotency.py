@@ -33,6 +33,12 @@ def _replay(stored: StoredRequest, payload_sha256: bytes) -> bytes:
     return stored.response
 
 
+def replay_if_seen(uow: UnitOfWork, sender: str, message_id: str, payload_sha256: bytes) -> bytes | None:
+    """The stored answer to a resend (raising a stored refusal or MODIFIED_REQUEST), or None if unseen."""
+    stored = uow.requests.get(sender, message_id)
+    return None if stored is None else _replay(stored, payload_sha256)
+
+
 def run_once(
     uow: UnitOfWork,
     sender: str,

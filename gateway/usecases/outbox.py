@@ -6,14 +6,17 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from gateway.domain.bindings import Binding
 from gateway.domain.envelope import Envelope
 from gateway.domain.records import OutboxKind, OutboxMessage
 from gateway.domain.transfers import Transfer, TransferState
+from gateway.usecases.bindings import expire_proposals
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.ports import UnitOfWork
 from gateway.usecases.transfers import enqueue_outcome
 
 DESTINATION_UNREACHABLE = "DESTINATION_UNREACHABLE"
+_BINDING_KINDS = frozenset({OutboxKind.REQUEST_CONSENT, OutboxKind.NOTIFY_BINDING_OUTCOME})
 CONFIRMATION_DEADLINE_PASSED = "CONFIRMATION_DEADLINE_PASSED"
 
 
@@ -24,8 +27,9 @@ class OutboxWork:
     message: OutboxMessage
     endpoint: str
     destination_active: bool
-    transfer: Transfer
-    instruction: Envelope | None  # the giver's original envelope, for deliveries
+    transfer: Transfer | None  # for transfer messages
+    instruction: Envelope | None  # the giver province's original envelope: instruction or binding proposal
+    binding: Binding | None = None  # for binding messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,14 +64,24 @@ def claim_outbox_work(ctx: UseCaseContext, limit: int, lease: timedelta) -> list
         provinces = {p.code: p for p in uow.provinces.list()} if messages else {}
         work = []
         for message in messages:
-            transfer = uow.transfers.get(message.subject_id)
             province = provinces.get(message.destination)
-            if transfer is None or province is None:
+            item: OutboxWork | None = None
+            if province is not None and message.kind in _BINDING_KINDS:
+                binding = uow.bindings.get(message.subject_id)
+                proposal = (uow.bindings.proposal_envelope(message.subject_id)
+                            if message.kind is OutboxKind.REQUEST_CONSENT else None)
+                if binding is not None:
+                    item = OutboxWork(message, province.endpoint, province.is_active, None, proposal, binding)
+            elif province is not None:
+                transfer = uow.transfers.get(message.subject_id)
+                instruction = (uow.transfers.instruction_envelope(message.subject_id)
+                               if message.kind is OutboxKind.DELIVER_TRANSFER else None)
+                if transfer is not None:
+                    item = OutboxWork(message, province.endpoint, province.is_active, transfer, instruction)
+            if item is None:
                 uow.outbox.mark_retry(message.id, now + lease, "UNKNOWN_SUBJECT_OR_DESTINATION")
                 continue
-            instruction = (uow.transfers.instruction_envelope(transfer.transfer_id)
-                           if message.kind is OutboxKind.DELIVER_TRANSFER else None)
-            work.append(OutboxWork(message, province.endpoint, province.is_active, transfer, instruction))
+            work.append(item)
         uow.commit()
     return work
 
@@ -85,6 +99,12 @@ def record_outbox_results(ctx: UseCaseContext, results: list[tuple[OutboxWork, S
     with ctx.uow() as uow:
         for work, result in results:
             message, transfer = work.message, work.transfer
+            if transfer is None:  # a binding message: acknowledged, or retried until its deadline sweeps it
+                if result.acknowledged:
+                    uow.outbox.mark_done(message.id, now)
+                else:
+                    uow.outbox.mark_retry(message.id, now + backoff.delay(message.attempts), result.reason)
+                continue
             if result.acknowledged:
                 uow.outbox.mark_done(message.id, now)
                 if message.kind is OutboxKind.DELIVER_TRANSFER:
@@ -119,5 +139,6 @@ def sweep_deadlines(ctx: UseCaseContext, limit: int = 200) -> int:
                     transfer_id, [TransferState.DELIVERED], TransferState.RETURNED, CONFIRMATION_DEADLINE_PASSED, now):
                 enqueue_outcome(uow, transfer, TransferState.RETURNED, now)
                 changed += 1
+        changed += expire_proposals(uow, now, limit)
         uow.commit()
     return changed

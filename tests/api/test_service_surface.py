@@ -14,8 +14,6 @@ from gateway.config import Settings
 from gateway.manifest import load_manifest
 from protos.gongji.v1 import (
     operations_pb2,
-    relations_pb2,
-    relations_pb2_grpc,
     settlements_pb2,
     settlements_pb2_grpc,
 )
@@ -48,10 +46,8 @@ def test_reflection_lets_generic_clients_discover_the_services(stack: Stack) -> 
 
 
 def test_rpcs_of_later_issues_answer_unimplemented(stack: Stack) -> None:
-    relations = relations_pb2_grpc.RelationsStub(stack.channel)
     settlements = settlements_pb2_grpc.SettlementsStub(stack.channel)
     calls = [
-        lambda: relations.ProposeBinding(relations_pb2.ProposeBindingRequest(), timeout=5),
         lambda: settlements.GetSettlement(settlements_pb2.GetSettlementRequest(), timeout=5),
         lambda: stack.operations.GetStats(operations_pb2.GetStatsRequest(), timeout=5),
         lambda: list(stack.operations.WatchTransfers(operations_pb2.WatchTransfersRequest(), timeout=5)),

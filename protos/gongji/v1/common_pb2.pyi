@@ -5,9 +5,11 @@ Shared building blocks of the Gongji contract: the message header, the signed
 envelope every state-changing call carries, and the gateway's signed receipt.
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -121,6 +123,7 @@ class Receipt(_message.Message):
     SUBJECT_ID_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     GATEWAY_TIME_FIELD_NUMBER: _builtins.int
+    AFFECTED_IDS_FIELD_NUMBER: _builtins.int
     request_sender: _builtins.str
     """The sender of the request this receipt answers."""
     request_message_id: _builtins.str
@@ -141,6 +144,10 @@ class Receipt(_message.Message):
     def gateway_time(self) -> _timestamp_pb2.Timestamp:
         """The gateway's clock when it accepted the request."""
 
+    @_builtins.property
+    def affected_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Other subjects the request changed, e.g. the bindings a member change ended or suspended."""
+
     def __init__(
         self,
         *,
@@ -152,10 +159,11 @@ class Receipt(_message.Message):
         subject_id: _builtins.str = ...,
         state: _builtins.str = ...,
         gateway_time: _timestamp_pb2.Timestamp | None = ...,
+        affected_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["gateway_time", b"gateway_time", "header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway_time", b"gateway_time", "header", b"header", "request_message_id", b"request_message_id", "request_payload_type", b"request_payload_type", "request_sender", b"request_sender", "request_sha256", b"request_sha256", "state", b"state", "subject_id", b"subject_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affected_ids", b"affected_ids", "gateway_time", b"gateway_time", "header", b"header", "request_message_id", b"request_message_id", "request_payload_type", b"request_payload_type", "request_sender", b"request_sender", "request_sha256", b"request_sha256", "state", b"state", "subject_id", b"subject_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -65,9 +65,13 @@ class _BindingStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BindingS
     """Final: no answer by consent_by."""
     BINDING_STATE_DISSOLVED: _BindingState.ValueType  # 5
     """Final: dissolved by either side or by a member change (D9)."""
+    BINDING_STATE_SUSPENDED: _BindingState.ValueType  # 6
+    """A member's networked settlement is suspended (D3): no transfers until it is resumed."""
 
 class BindingState(_BindingState, metaclass=_BindingStateEnumTypeWrapper):
-    """Binding life: PROPOSED -> ACTIVE | REFUSED | EXPIRED; ACTIVE -> DISSOLVED."""
+    """Binding life: PROPOSED -> ACTIVE | REFUSED | EXPIRED; ACTIVE -> DISSOLVED;
+    ACTIVE <-> SUSPENDED while a member's settlement is suspended (D3); SUSPENDED -> DISSOLVED.
+    """
 
 BINDING_STATE_UNSPECIFIED: BindingState.ValueType  # 0
 """Never used."""
@@ -81,6 +85,8 @@ BINDING_STATE_EXPIRED: BindingState.ValueType  # 4
 """Final: no answer by consent_by."""
 BINDING_STATE_DISSOLVED: BindingState.ValueType  # 5
 """Final: dissolved by either side or by a member change (D9)."""
+BINDING_STATE_SUSPENDED: BindingState.ValueType  # 6
+"""A member's networked settlement is suspended (D3): no transfers until it is resumed."""
 Global___BindingState: _TypeAlias = BindingState  # noqa: Y015
 
 class _AttestationMethod:

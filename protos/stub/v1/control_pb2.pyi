@@ -11,6 +11,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from protos.gongji.v1 import relations_pb2 as _relations_pb2
 from protos.gongji.v1 import transfers_pb2 as _transfers_pb2
 import builtins as _builtins
 import sys
@@ -22,6 +23,42 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ConsentMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ConsentModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ConsentMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONSENT_MODE_UNSPECIFIED: _ConsentMode.ValueType  # 0
+    """Never used; Configure treats it as ACCEPT."""
+    CONSENT_MODE_ACCEPT: _ConsentMode.ValueType  # 1
+    """Accept with the attestation the receiver's age calls for: FACE at 16 or over, else GUARDIAN_DOCUMENT."""
+    CONSENT_MODE_ACCEPT_FACE: _ConsentMode.ValueType  # 2
+    """Accept with FACE whatever the age."""
+    CONSENT_MODE_ACCEPT_GUARDIAN: _ConsentMode.ValueType  # 3
+    """Accept with GUARDIAN_DOCUMENT whatever the age (refused by the gateway at 16 or over)."""
+    CONSENT_MODE_REFUSE: _ConsentMode.ValueType  # 4
+    """Refuse."""
+    CONSENT_MODE_NEVER: _ConsentMode.ValueType  # 5
+    """Never answer (the proposal expires)."""
+
+class ConsentMode(_ConsentMode, metaclass=_ConsentModeEnumTypeWrapper):
+    """How the stub answers consent requests for receivers insured here."""
+
+CONSENT_MODE_UNSPECIFIED: ConsentMode.ValueType  # 0
+"""Never used; Configure treats it as ACCEPT."""
+CONSENT_MODE_ACCEPT: ConsentMode.ValueType  # 1
+"""Accept with the attestation the receiver's age calls for: FACE at 16 or over, else GUARDIAN_DOCUMENT."""
+CONSENT_MODE_ACCEPT_FACE: ConsentMode.ValueType  # 2
+"""Accept with FACE whatever the age."""
+CONSENT_MODE_ACCEPT_GUARDIAN: ConsentMode.ValueType  # 3
+"""Accept with GUARDIAN_DOCUMENT whatever the age (refused by the gateway at 16 or over)."""
+CONSENT_MODE_REFUSE: ConsentMode.ValueType  # 4
+"""Refuse."""
+CONSENT_MODE_NEVER: ConsentMode.ValueType  # 5
+"""Never answer (the proposal expires)."""
+Global___ConsentMode: _TypeAlias = ConsentMode  # noqa: Y015
 
 class _ConfirmMode:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -56,6 +93,194 @@ CONFIRM_MODE_DECLINE: ConfirmMode.ValueType  # 4
 Global___ConfirmMode: _TypeAlias = ConfirmMode  # noqa: Y015
 
 @_typing.final
+class StubProposeRequest(_message.Message):
+    """ProposeBinding's request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GIVER_ID_NUMBER_FIELD_NUMBER: _builtins.int
+    RECEIVER_ID_NUMBER_FIELD_NUMBER: _builtins.int
+    RECEIVER_POOLING_AREA_FIELD_NUMBER: _builtins.int
+    RECEIVER_PROVINCE_FIELD_NUMBER: _builtins.int
+    RELATION_CODE_FIELD_NUMBER: _builtins.int
+    AUTHORISED_AMOUNT_FEN_FIELD_NUMBER: _builtins.int
+    BINDING_ID_FIELD_NUMBER: _builtins.int
+    CONSENT_SECONDS_FIELD_NUMBER: _builtins.int
+    giver_id_number: _builtins.str
+    """Giver's ID number (insured here)."""
+    receiver_id_number: _builtins.str
+    """Receiver's ID number."""
+    receiver_pooling_area: _builtins.str
+    """Receiver's pooling area."""
+    receiver_province: _builtins.str
+    """Receiver's province code."""
+    relation_code: _builtins.str
+    """GB/T 4761 relation code of the receiver to the giver."""
+    authorised_amount_fen: _builtins.int
+    """Authorised amount in fen (0: none)."""
+    binding_id: _builtins.str
+    """Binding id to use; empty: a fresh one."""
+    consent_seconds: _builtins.int
+    """Seconds the receiver has to consent (0: one day)."""
+    def __init__(
+        self,
+        *,
+        giver_id_number: _builtins.str = ...,
+        receiver_id_number: _builtins.str = ...,
+        receiver_pooling_area: _builtins.str = ...,
+        receiver_province: _builtins.str = ...,
+        relation_code: _builtins.str = ...,
+        authorised_amount_fen: _builtins.int = ...,
+        binding_id: _builtins.str = ...,
+        consent_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorised_amount_fen", b"authorised_amount_fen", "binding_id", b"binding_id", "consent_seconds", b"consent_seconds", "giver_id_number", b"giver_id_number", "receiver_id_number", b"receiver_id_number", "receiver_pooling_area", b"receiver_pooling_area", "receiver_province", b"receiver_province", "relation_code", b"relation_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StubProposeRequest: _TypeAlias = StubProposeRequest  # noqa: Y015
+
+@_typing.final
+class StubCallResponse(_message.Message):
+    """What the gateway answered a stub-driven call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REPLAY_FIELD_NUMBER: _builtins.int
+    subject_id: _builtins.str
+    """The subject (binding id, or the member change's message id)."""
+    code: _builtins.str
+    """gRPC status code name from the gateway ("OK" on success)."""
+    reason: _builtins.str
+    """ErrorInfo reason, when not OK."""
+    state: _builtins.str
+    """The subject's state per the receipt (e.g. "PROPOSED", "ACTIVE")."""
+    replay: _builtins.bool
+    """Whether the gateway marked its answer a replay."""
+    def __init__(
+        self,
+        *,
+        subject_id: _builtins.str = ...,
+        code: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        state: _builtins.str = ...,
+        replay: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "reason", b"reason", "replay", b"replay", "state", b"state", "subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StubCallResponse: _TypeAlias = StubCallResponse  # noqa: Y015
+
+@_typing.final
+class AnswerConsentRequest(_message.Message):
+    """AnswerConsent's request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BINDING_ID_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    binding_id: _builtins.str
+    """A binding this province was asked to consent to."""
+    mode: Global___ConsentMode.ValueType
+    """How to answer."""
+    def __init__(
+        self,
+        *,
+        binding_id: _builtins.str = ...,
+        mode: Global___ConsentMode.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["binding_id", b"binding_id", "mode", b"mode"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnswerConsentRequest: _TypeAlias = AnswerConsentRequest  # noqa: Y015
+
+@_typing.final
+class StubDissolveRequest(_message.Message):
+    """DissolveBinding's request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BINDING_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    binding_id: _builtins.str
+    """The binding."""
+    reason: _builtins.str
+    """Why (UPPER_SNAKE_CASE)."""
+    def __init__(
+        self,
+        *,
+        binding_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["binding_id", b"binding_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StubDissolveRequest: _TypeAlias = StubDissolveRequest  # noqa: Y015
+
+@_typing.final
+class StubMemberChangeRequest(_message.Message):
+    """ReportMemberChange's request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_NUMBER_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    id_number: _builtins.str
+    """The person (insured here)."""
+    kind: _relations_pb2.MemberChangeKind.ValueType
+    """What changed."""
+    def __init__(
+        self,
+        *,
+        id_number: _builtins.str = ...,
+        kind: _relations_pb2.MemberChangeKind.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id_number", b"id_number", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StubMemberChangeRequest: _TypeAlias = StubMemberChangeRequest  # noqa: Y015
+
+@_typing.final
+class QueryBindingRequest(_message.Message):
+    """QueryBinding's request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BINDING_ID_FIELD_NUMBER: _builtins.int
+    binding_id: _builtins.str
+    """The binding."""
+    def __init__(
+        self,
+        *,
+        binding_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["binding_id", b"binding_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueryBindingRequest: _TypeAlias = QueryBindingRequest  # noqa: Y015
+
+@_typing.final
 class Behaviour(_message.Message):
     """The stub's configurable behaviour for integration testing."""
 
@@ -66,6 +291,7 @@ class Behaviour(_message.Message):
     FAIL_NEXT_CALLS_FIELD_NUMBER: _builtins.int
     LATENCY_MS_FIELD_NUMBER: _builtins.int
     REJECT_REASON_FIELD_NUMBER: _builtins.int
+    CONSENT_MODE_FIELD_NUMBER: _builtins.int
     confirm_mode: Global___ConfirmMode.ValueType
     """How deliveries are confirmed."""
     confirm_delay_ms: _builtins.int
@@ -76,6 +302,8 @@ class Behaviour(_message.Message):
     """Added latency on every inbox call."""
     reject_reason: _builtins.str
     """Non-empty: reject every delivery with this reason."""
+    consent_mode: Global___ConsentMode.ValueType
+    """How consent requests are answered."""
     def __init__(
         self,
         *,
@@ -84,10 +312,11 @@ class Behaviour(_message.Message):
         fail_next_calls: _builtins.int = ...,
         latency_ms: _builtins.int = ...,
         reject_reason: _builtins.str = ...,
+        consent_mode: Global___ConsentMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirm_delay_ms", b"confirm_delay_ms", "confirm_mode", b"confirm_mode", "fail_next_calls", b"fail_next_calls", "latency_ms", b"latency_ms", "reject_reason", b"reject_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirm_delay_ms", b"confirm_delay_ms", "confirm_mode", b"confirm_mode", "consent_mode", b"consent_mode", "fail_next_calls", b"fail_next_calls", "latency_ms", b"latency_ms", "reject_reason", b"reject_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -347,6 +576,8 @@ class Notification(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     RECEIVED_AT_FIELD_NUMBER: _builtins.int
     TIMES_RECEIVED_FIELD_NUMBER: _builtins.int
+    BINDING_ID_FIELD_NUMBER: _builtins.int
+    BINDING_STATE_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """The outcome's message_id."""
     transfer_id: _builtins.str
@@ -357,6 +588,10 @@ class Notification(_message.Message):
     """Unix time (seconds) it first arrived."""
     times_received: _builtins.int
     """How many times it arrived (1 unless redelivered)."""
+    binding_id: _builtins.str
+    """The binding, for a binding outcome (transfer_id is then empty)."""
+    binding_state: _relations_pb2.BindingState.ValueType
+    """The binding's new state, for a binding outcome."""
     def __init__(
         self,
         *,
@@ -365,10 +600,12 @@ class Notification(_message.Message):
         state: _transfers_pb2.TransferState.ValueType = ...,
         received_at: _builtins.float = ...,
         times_received: _builtins.int = ...,
+        binding_id: _builtins.str = ...,
+        binding_state: _relations_pb2.BindingState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id", "received_at", b"received_at", "state", b"state", "times_received", b"times_received", "transfer_id", b"transfer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["binding_id", b"binding_id", "binding_state", b"binding_state", "message_id", b"message_id", "received_at", b"received_at", "state", b"state", "times_received", b"times_received", "transfer_id", b"transfer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -385,12 +622,16 @@ class SnapshotResponse(_message.Message):
     NOTIFICATIONS_FIELD_NUMBER: _builtins.int
     DELIVERIES_RECEIVED_FIELD_NUMBER: _builtins.int
     CALLS_FAILED_FIELD_NUMBER: _builtins.int
+    CONSENT_REQUESTS_RECEIVED_FIELD_NUMBER: _builtins.int
+    CONSENT_REQUESTS_FIELD_NUMBER: _builtins.int
     province: _builtins.str
     """Province code."""
     deliveries_received: _builtins.int
     """Deliveries received (counting redeliveries)."""
     calls_failed: _builtins.int
     """Inbox calls failed on purpose (fail_next_calls)."""
+    consent_requests_received: _builtins.int
+    """Consent requests received (counting redeliveries)."""
     @_builtins.property
     def credits(self) -> _containers.RepeatedCompositeFieldContainer[Global___Credit]:
         """Credits received as the receiver's province."""
@@ -398,6 +639,10 @@ class SnapshotResponse(_message.Message):
     @_builtins.property
     def notifications(self) -> _containers.RepeatedCompositeFieldContainer[Global___Notification]:
         """Outcomes told."""
+
+    @_builtins.property
+    def consent_requests(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Binding ids this province was asked to consent to, in order of first arrival."""
 
     def __init__(
         self,
@@ -407,10 +652,12 @@ class SnapshotResponse(_message.Message):
         notifications: _abc.Iterable[Global___Notification] | None = ...,
         deliveries_received: _builtins.int = ...,
         calls_failed: _builtins.int = ...,
+        consent_requests_received: _builtins.int = ...,
+        consent_requests: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls_failed", b"calls_failed", "credits", b"credits", "deliveries_received", b"deliveries_received", "notifications", b"notifications", "province", b"province"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls_failed", b"calls_failed", "consent_requests", b"consent_requests", "consent_requests_received", b"consent_requests_received", "credits", b"credits", "deliveries_received", b"deliveries_received", "notifications", b"notifications", "province", b"province"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from protos.gongji.v1 import relations_pb2 as protos_dot_gongji_dot_v1_dot_relations__pb2
 from protos.gongji.v1 import transfers_pb2 as protos_dot_gongji_dot_v1_dot_transfers__pb2
 from protos.stub.v1 import control_pb2 as protos_dot_stub_dot_v1_dot_control__pb2
 
@@ -66,6 +67,31 @@ class StubControlStub:
                 request_serializer=protos_dot_stub_dot_v1_dot_control__pb2.SnapshotRequest.SerializeToString,
                 response_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.SnapshotResponse.FromString,
                 _registered_method=True)
+        self.ProposeBinding = channel.unary_unary(
+                '/gongji.stub.v1.StubControl/ProposeBinding',
+                request_serializer=protos_dot_stub_dot_v1_dot_control__pb2.StubProposeRequest.SerializeToString,
+                response_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.FromString,
+                _registered_method=True)
+        self.AnswerConsent = channel.unary_unary(
+                '/gongji.stub.v1.StubControl/AnswerConsent',
+                request_serializer=protos_dot_stub_dot_v1_dot_control__pb2.AnswerConsentRequest.SerializeToString,
+                response_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.FromString,
+                _registered_method=True)
+        self.DissolveBinding = channel.unary_unary(
+                '/gongji.stub.v1.StubControl/DissolveBinding',
+                request_serializer=protos_dot_stub_dot_v1_dot_control__pb2.StubDissolveRequest.SerializeToString,
+                response_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.FromString,
+                _registered_method=True)
+        self.ReportMemberChange = channel.unary_unary(
+                '/gongji.stub.v1.StubControl/ReportMemberChange',
+                request_serializer=protos_dot_stub_dot_v1_dot_control__pb2.StubMemberChangeRequest.SerializeToString,
+                response_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.FromString,
+                _registered_method=True)
+        self.QueryBinding = channel.unary_unary(
+                '/gongji.stub.v1.StubControl/QueryBinding',
+                request_serializer=protos_dot_stub_dot_v1_dot_control__pb2.QueryBindingRequest.SerializeToString,
+                response_deserializer=protos_dot_gongji_dot_v1_dot_relations__pb2.GetBindingResponse.FromString,
+                _registered_method=True)
 
 
 class StubControlServicer:
@@ -114,6 +140,41 @@ class StubControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ProposeBinding(self, request, context):
+        """Sign and send a ProposeBinding as the giver's province.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AnswerConsent(self, request, context):
+        """Answer a consent request now (AcceptBinding), whatever the consent mode.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DissolveBinding(self, request, context):
+        """Sign and send a DissolveBinding.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportMemberChange(self, request, context):
+        """Sign and send a ReportMemberChange about a person insured here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QueryBinding(self, request, context):
+        """Ask the gateway (signed GetBinding) for a binding's view.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StubControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +207,31 @@ def add_StubControlServicer_to_server(servicer, server):
                     servicer.Snapshot,
                     request_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.SnapshotRequest.FromString,
                     response_serializer=protos_dot_stub_dot_v1_dot_control__pb2.SnapshotResponse.SerializeToString,
+            ),
+            'ProposeBinding': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProposeBinding,
+                    request_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.StubProposeRequest.FromString,
+                    response_serializer=protos_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.SerializeToString,
+            ),
+            'AnswerConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.AnswerConsent,
+                    request_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.AnswerConsentRequest.FromString,
+                    response_serializer=protos_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.SerializeToString,
+            ),
+            'DissolveBinding': grpc.unary_unary_rpc_method_handler(
+                    servicer.DissolveBinding,
+                    request_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.StubDissolveRequest.FromString,
+                    response_serializer=protos_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.SerializeToString,
+            ),
+            'ReportMemberChange': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportMemberChange,
+                    request_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.StubMemberChangeRequest.FromString,
+                    response_serializer=protos_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.SerializeToString,
+            ),
+            'QueryBinding': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryBinding,
+                    request_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.QueryBindingRequest.FromString,
+                    response_serializer=protos_dot_gongji_dot_v1_dot_relations__pb2.GetBindingResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -311,6 +397,141 @@ class StubControl:
             '/gongji.stub.v1.StubControl/Snapshot',
             protos_dot_stub_dot_v1_dot_control__pb2.SnapshotRequest.SerializeToString,
             protos_dot_stub_dot_v1_dot_control__pb2.SnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProposeBinding(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gongji.stub.v1.StubControl/ProposeBinding',
+            protos_dot_stub_dot_v1_dot_control__pb2.StubProposeRequest.SerializeToString,
+            protos_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnswerConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gongji.stub.v1.StubControl/AnswerConsent',
+            protos_dot_stub_dot_v1_dot_control__pb2.AnswerConsentRequest.SerializeToString,
+            protos_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DissolveBinding(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gongji.stub.v1.StubControl/DissolveBinding',
+            protos_dot_stub_dot_v1_dot_control__pb2.StubDissolveRequest.SerializeToString,
+            protos_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportMemberChange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gongji.stub.v1.StubControl/ReportMemberChange',
+            protos_dot_stub_dot_v1_dot_control__pb2.StubMemberChangeRequest.SerializeToString,
+            protos_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryBinding(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gongji.stub.v1.StubControl/QueryBinding',
+            protos_dot_stub_dot_v1_dot_control__pb2.QueryBindingRequest.SerializeToString,
+            protos_dot_gongji_dot_v1_dot_relations__pb2.GetBindingResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,6 +8,7 @@ read what it received.
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from protos.gongji.v1 import relations_pb2 as _relations_pb2
 from protos.gongji.v1 import transfers_pb2 as _transfers_pb2
 from protos.stub.v1 import control_pb2 as _control_pb2
 import abc as _abc_1
@@ -49,6 +50,16 @@ class StubControlStub:
     """Ask the gateway (signed GetTransfer) for a transfer's view."""
     Snapshot: _grpc.UnaryUnaryMultiCallable[_control_pb2.SnapshotRequest, _control_pb2.SnapshotResponse]
     """What this province holds: credits received and outcomes told."""
+    ProposeBinding: _grpc.UnaryUnaryMultiCallable[_control_pb2.StubProposeRequest, _control_pb2.StubCallResponse]
+    """Sign and send a ProposeBinding as the giver's province."""
+    AnswerConsent: _grpc.UnaryUnaryMultiCallable[_control_pb2.AnswerConsentRequest, _control_pb2.StubCallResponse]
+    """Answer a consent request now (AcceptBinding), whatever the consent mode."""
+    DissolveBinding: _grpc.UnaryUnaryMultiCallable[_control_pb2.StubDissolveRequest, _control_pb2.StubCallResponse]
+    """Sign and send a DissolveBinding."""
+    ReportMemberChange: _grpc.UnaryUnaryMultiCallable[_control_pb2.StubMemberChangeRequest, _control_pb2.StubCallResponse]
+    """Sign and send a ReportMemberChange about a person insured here."""
+    QueryBinding: _grpc.UnaryUnaryMultiCallable[_control_pb2.QueryBindingRequest, _relations_pb2.GetBindingResponse]
+    """Ask the gateway (signed GetBinding) for a binding's view."""
 
 @_typing.type_check_only
 class StubControlAsyncStub(StubControlStub):
@@ -67,6 +78,16 @@ class StubControlAsyncStub(StubControlStub):
     """Ask the gateway (signed GetTransfer) for a transfer's view."""
     Snapshot: _aio.UnaryUnaryMultiCallable[_control_pb2.SnapshotRequest, _control_pb2.SnapshotResponse]  # type: ignore[assignment]
     """What this province holds: credits received and outcomes told."""
+    ProposeBinding: _aio.UnaryUnaryMultiCallable[_control_pb2.StubProposeRequest, _control_pb2.StubCallResponse]  # type: ignore[assignment]
+    """Sign and send a ProposeBinding as the giver's province."""
+    AnswerConsent: _aio.UnaryUnaryMultiCallable[_control_pb2.AnswerConsentRequest, _control_pb2.StubCallResponse]  # type: ignore[assignment]
+    """Answer a consent request now (AcceptBinding), whatever the consent mode."""
+    DissolveBinding: _aio.UnaryUnaryMultiCallable[_control_pb2.StubDissolveRequest, _control_pb2.StubCallResponse]  # type: ignore[assignment]
+    """Sign and send a DissolveBinding."""
+    ReportMemberChange: _aio.UnaryUnaryMultiCallable[_control_pb2.StubMemberChangeRequest, _control_pb2.StubCallResponse]  # type: ignore[assignment]
+    """Sign and send a ReportMemberChange about a person insured here."""
+    QueryBinding: _aio.UnaryUnaryMultiCallable[_control_pb2.QueryBindingRequest, _relations_pb2.GetBindingResponse]  # type: ignore[assignment]
+    """Ask the gateway (signed GetBinding) for a binding's view."""
 
 class StubControlServicer(metaclass=_abc_1.ABCMeta):
     """Served by each stub province on its inbox port."""
@@ -118,5 +139,45 @@ class StubControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.SnapshotResponse, _abc.Awaitable[_control_pb2.SnapshotResponse]]:
         """What this province holds: credits received and outcomes told."""
+
+    @_abc_1.abstractmethod
+    def ProposeBinding(
+        self,
+        request: _control_pb2.StubProposeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.StubCallResponse, _abc.Awaitable[_control_pb2.StubCallResponse]]:
+        """Sign and send a ProposeBinding as the giver's province."""
+
+    @_abc_1.abstractmethod
+    def AnswerConsent(
+        self,
+        request: _control_pb2.AnswerConsentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.StubCallResponse, _abc.Awaitable[_control_pb2.StubCallResponse]]:
+        """Answer a consent request now (AcceptBinding), whatever the consent mode."""
+
+    @_abc_1.abstractmethod
+    def DissolveBinding(
+        self,
+        request: _control_pb2.StubDissolveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.StubCallResponse, _abc.Awaitable[_control_pb2.StubCallResponse]]:
+        """Sign and send a DissolveBinding."""
+
+    @_abc_1.abstractmethod
+    def ReportMemberChange(
+        self,
+        request: _control_pb2.StubMemberChangeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.StubCallResponse, _abc.Awaitable[_control_pb2.StubCallResponse]]:
+        """Sign and send a ReportMemberChange about a person insured here."""
+
+    @_abc_1.abstractmethod
+    def QueryBinding(
+        self,
+        request: _control_pb2.QueryBindingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_relations_pb2.GetBindingResponse, _abc.Awaitable[_relations_pb2.GetBindingResponse]]:
+        """Ask the gateway (signed GetBinding) for a binding's view."""
 
 def add_StubControlServicer_to_server(servicer: StubControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,154 @@
+"""Bindings between a giver and a receiver (D6-D9): messages, the entity, states and validation."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+from gateway.domain.eligibility import AttestationMethod
+from gateway.domain.envelope import Header
+from gateway.domain.errors import InvalidArgument
+from gateway.domain.provinces import PROVINCE_CODE
+from gateway.domain.transfers import INT64_MAX, REASON_PATTERN, PersonRef, validate_message_id
+
+MAX_CONSENT_WINDOW = timedelta(days=30)
+
+
+class BindingState(enum.Enum):
+    PROPOSED = "PROPOSED"
+    ACTIVE = "ACTIVE"
+    REFUSED = "REFUSED"
+    EXPIRED = "EXPIRED"
+    DISSOLVED = "DISSOLVED"
+    SUSPENDED = "SUSPENDED"
+
+
+# A person is "in a relation" (D8, single_relation_only) while a binding is one of these.
+LIVE_STATES = (BindingState.PROPOSED, BindingState.ACTIVE, BindingState.SUSPENDED)
+
+
+class ConsentDecision(enum.Enum):
+    ACCEPT = "ACCEPT"
+    REFUSE = "REFUSE"
+
+
+class MemberChangeKind(enum.Enum):
+    INSURANCE_ENDED = "INSURANCE_ENDED"
+    POOLING_AREA_MOVED = "POOLING_AREA_MOVED"
+    SETTLEMENT_SUSPENDED = "SETTLEMENT_SUSPENDED"
+    SETTLEMENT_RESUMED = "SETTLEMENT_RESUMED"
+
+
+@dataclass(frozen=True, slots=True)
+class Attestation:
+    method: AttestationMethod
+    evidence_ref: str
+    attested_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class BindingProposal:
+    header: Header  # message_id is the binding_id
+    giver: PersonRef
+    receiver: PersonRef
+    relation_code: str
+    letter_version: str
+    accepted_at: datetime | None
+    authorised_amount_fen: int
+    consent_by: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class BindingAcceptance:
+    header: Header
+    binding_id: str
+    decision: ConsentDecision
+    attestation: Attestation | None
+
+
+@dataclass(frozen=True, slots=True)
+class BindingDissolution:
+    header: Header
+    binding_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class BindingQuery:
+    header: Header
+    binding_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class MemberChange:
+    header: Header
+    person: PersonRef
+    kind: MemberChangeKind
+    effective_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    binding_id: str
+    state: BindingState
+    giver_province: str
+    receiver_province: str
+    giver_id_masked: str
+    receiver_id_masked: str
+    relation_code: str
+    authorised_amount_fen: int  # 0: none
+    receiver_birth_date: date
+    consent_by: datetime
+    created_at: datetime
+    updated_at: datetime
+    proposal_sha256: bytes
+    reason: str = ""
+    attestation_method: AttestationMethod | None = None
+    evidence_ref: str = ""
+    attested_at: datetime | None = None
+    used_amount_fen: int = 0
+    # Keyed hashes of the two ID numbers (D19): how the gateway recognises the same person again.
+    giver_ref: bytes = b""
+    receiver_ref: bytes = b""
+
+    def has_party(self, province: str) -> bool:
+        return province in (self.giver_province, self.receiver_province)
+
+
+def _pooling_area(person: PersonRef, province: str, field: str) -> None:
+    area = person.pooling_area
+    if len(area) != 6 or not (area.isascii() and area.isdigit()) or area[:2] != province[:2]:
+        raise InvalidArgument(f"{field} must be a 6-digit pooling area within province {province}",
+                              reason="INVALID_POOLING_AREA", field=field)
+
+
+def validate_proposal(proposal: BindingProposal, now: datetime) -> None:
+    """The proposal's own fields; eligibility (D1-D5) is judged separately and reported as a refusal."""
+    header = proposal.header
+    validate_message_id(header.message_id)
+    if not PROVINCE_CODE.fullmatch(header.receiver):
+        raise InvalidArgument("header.receiver must be the receiver's province code", reason="INVALID_PROVINCE_CODE",
+                              field="header.receiver")
+    if header.receiver == header.sender:
+        raise InvalidArgument("giver and receiver are insured in the same province; the gateway carries "
+                              "cross-province relations only", reason="NOT_CROSS_PROVINCE", field="header.receiver")
+    _pooling_area(proposal.giver, header.sender, "giver.pooling_area")
+    _pooling_area(proposal.receiver, header.receiver, "receiver.pooling_area")
+    if not proposal.letter_version or len(proposal.letter_version) > 32:
+        raise InvalidArgument("the giver's accepted commitment letter is required", reason="MISSING_COMMITMENT",
+                              field="commitment.letter_version")
+    if proposal.accepted_at is None or proposal.accepted_at > now + timedelta(minutes=5):
+        raise InvalidArgument("commitment.accepted_at is required and not in the future", reason="INVALID_TIMESTAMP",
+                              field="commitment.accepted_at")
+    if not 0 <= proposal.authorised_amount_fen <= INT64_MAX:
+        raise InvalidArgument("authorised_amount_fen is whole fen, 0 for none", reason="INVALID_AMOUNT",
+                              field="authorised_amount_fen")
+    if proposal.consent_by is None or not now < proposal.consent_by <= now + MAX_CONSENT_WINDOW:
+        raise InvalidArgument("consent_by must be in the future, within 30 days", reason="INVALID_CONSENT_DEADLINE",
+                              field="consent_by")
+
+
+def validate_reason(reason: str, field: str = "reason") -> None:
+    if not REASON_PATTERN.fullmatch(reason):
+        raise InvalidArgument("reason is UPPER_SNAKE_CASE, at most 64 characters", reason="INVALID_REASON", field=field)

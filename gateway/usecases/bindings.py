@@ -1,0 +1,349 @@
+"""Binding use cases: propose, accept or refuse, dissolve, read, and member changes (D3, D6-D9)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from gateway.domain.bindings import (
+    LIVE_STATES,
+    Binding,
+    BindingAcceptance,
+    BindingDissolution,
+    BindingProposal,
+    BindingQuery,
+    BindingState,
+    ConsentDecision,
+    MemberChange,
+    MemberChangeKind,
+    validate_proposal,
+    validate_reason,
+)
+from gateway.domain.clock import BEIJING
+from gateway.domain.eligibility import MemberStatus, check_attestation, check_eligibility, parse_valid_id
+from gateway.domain.envelope import GATEWAY, Envelope
+from gateway.domain.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
+from gateway.domain.identity import mask_id_number
+from gateway.domain.provinces import Province, effective_policy
+from gateway.domain.records import OutboxKind
+from gateway.domain.transfers import PersonRef, validate_message_id
+from gateway.usecases.auth import authenticate
+from gateway.usecases.context import UseCaseContext
+from gateway.usecases.idempotency import payload_digest, replay_if_seen, run_once
+from gateway.usecases.ports import UnitOfWork
+from gateway.usecases.relations import MemberDirectory, RunInDb
+
+PROPOSAL_TYPE = "gongji.v1.BindingProposal"
+ACCEPTANCE_TYPE = "gongji.v1.BindingAcceptance"
+DISSOLUTION_TYPE = "gongji.v1.BindingDissolution"
+BINDING_QUERY_TYPE = "gongji.v1.BindingQuery"
+MEMBER_CHANGE_TYPE = "gongji.v1.MemberChange"
+
+
+@dataclass(frozen=True, slots=True)
+class BindingAnswer:
+    """A state-changing call's answer: the signed receipt (serialised envelope) and what it says."""
+
+    receipt: bytes
+    replay: bool
+    state: BindingState | None
+
+
+def consent_message_id(binding_id: str) -> str:
+    return f"csn:{binding_id}"
+
+
+def binding_outcome_message_id(binding_id: str, state: BindingState, at: datetime) -> str:
+    # The time makes each change its own message: a binding may go ACTIVE -> SUSPENDED -> ACTIVE.
+    return f"bout:{binding_id}:{state.value}:{at.timestamp():.6f}"
+
+
+def state_of_outcome_message(message_id: str) -> BindingState:
+    return BindingState(message_id.split(":")[-2])
+
+
+def tell_both(uow: UnitOfWork, binding: Binding, state: BindingState, at: datetime) -> None:
+    message_id = binding_outcome_message_id(binding.binding_id, state, at)
+    for province in (binding.giver_province, binding.receiver_province):
+        uow.outbox.enqueue(province, OutboxKind.NOTIFY_BINDING_OUTCOME, message_id, binding.binding_id, at)
+
+
+def _active(province: Province | None, code: str, field: str) -> Province:
+    if province is None:
+        raise FailedPrecondition(f"province {code} is not in the routing table", reason="UNKNOWN_PROVINCE",
+                                 field=field)
+    if not province.is_active:
+        raise FailedPrecondition(f"province {code} is suspended", reason="PROVINCE_SUSPENDED", field=field)
+    return province
+
+
+def _party_binding(uow: UnitOfWork, binding_id: str, sender: str) -> Binding:
+    validate_message_id(binding_id, field="binding_id")
+    binding = uow.bindings.get(binding_id)
+    if binding is None:
+        raise NotFound("no such binding", reason="BINDING_NOT_FOUND", field="binding_id")
+    if not binding.has_party(sender):
+        raise PermissionDenied("only the two provinces of a binding may act on it", reason="NOT_A_PARTY",
+                               field="header.sender")
+    return binding
+
+
+# -- ProposeBinding -------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class _Proposal:
+    proposal: BindingProposal
+    giver_province: Province
+    receiver_province: Province
+    replayed: BindingAnswer | None
+
+
+def _accept_proposal(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
+                     decode: Callable[[bytes], BindingProposal]) -> _Proposal:
+    now = ctx.clock.now()
+    with ctx.uow() as uow:
+        proposal = authenticate(uow, envelope, PROPOSAL_TYPE, decode, peer, now, ctx.max_clock_skew, ctx.verify)
+        validate_proposal(proposal, now)
+        header = proposal.header
+        stored = replay_if_seen(uow, header.sender, header.message_id, payload_digest(envelope.payload))
+        replayed = BindingAnswer(stored, True, None) if stored is not None else None
+        return _Proposal(proposal, _active(uow.provinces.get(header.sender), header.sender, "header.sender"),
+                         _active(uow.provinces.get(header.receiver), header.receiver, "header.receiver"), replayed)
+
+
+def _store_proposal(ctx: UseCaseContext, envelope: Envelope, proposal: BindingProposal,
+                    giver_status: MemberStatus, receiver_status: MemberStatus) -> BindingAnswer:
+    now = ctx.clock.now()
+    today = now.astimezone(BEIJING).date()
+    header = proposal.header
+    binding_id = header.message_id
+    digest = payload_digest(envelope.payload)
+    with ctx.uow() as uow:
+
+        def propose() -> bytes:
+            violations = check_eligibility(
+                giver_id_number=proposal.giver.id_number, receiver_id_number=proposal.receiver.id_number,
+                relation_code=proposal.relation_code, giver_status=giver_status, receiver_status=receiver_status,
+                on=today)
+            if violations:
+                raise FailedPrecondition("not eligible: " + ", ".join(v.reason for v in violations),
+                                         reason=violations[0].reason, field=violations[0].field)
+            giver_ref = ctx.hasher.ref(proposal.giver.id_number)
+            receiver_ref = ctx.hasher.ref(proposal.receiver.id_number)
+            for code, ref, role in ((header.sender, giver_ref, "giver"), (header.receiver, receiver_ref, "receiver")):
+                province = uow.provinces.get(code)
+                policy = effective_policy(province.policy) if province else None
+                if policy and policy.single_relation_only and any(
+                        b.state in LIVE_STATES for b in uow.bindings.of_person(ref)):
+                    raise FailedPrecondition(f"the {role}'s province allows one family relation at a time (D8)",
+                                             reason="SINGLE_RELATION_ONLY", field=f"{role}.id_number")
+            if uow.bindings.exists(binding_id):
+                raise AlreadyExists("this binding_id is taken; use a new id", reason="BINDING_ID_TAKEN",
+                                    field="header.message_id")
+            receiver = parse_valid_id(proposal.receiver.id_number, today)
+            assert receiver is not None and proposal.consent_by is not None  # eligibility checked D1
+            uow.bindings.add(Binding(
+                binding_id=binding_id, state=BindingState.PROPOSED, giver_province=header.sender,
+                receiver_province=header.receiver, giver_id_masked=mask_id_number(proposal.giver.id_number),
+                receiver_id_masked=mask_id_number(proposal.receiver.id_number), relation_code=proposal.relation_code,
+                authorised_amount_fen=proposal.authorised_amount_fen, receiver_birth_date=receiver.birth_date,
+                consent_by=proposal.consent_by, created_at=now, updated_at=now, proposal_sha256=digest,
+                giver_ref=giver_ref, receiver_ref=receiver_ref), envelope)
+            uow.outbox.enqueue(header.receiver, OutboxKind.REQUEST_CONSENT, consent_message_id(binding_id),
+                               binding_id, now)
+            return ctx.receipts.issue(request_sender=header.sender, request_message_id=binding_id,
+                                      request_sha256=digest, request_payload_type=PROPOSAL_TYPE, subject_id=binding_id,
+                                      state=BindingState.PROPOSED.value, at=now)
+
+        with ctx.in_flight.hold(header.sender, binding_id):
+            receipt, replay = run_once(uow, header.sender, binding_id, PROPOSAL_TYPE, digest, now, propose)
+    return BindingAnswer(receipt, replay, BindingState.PROPOSED)
+
+
+async def propose_binding(ctx: UseCaseContext, run_in_db: RunInDb, members: MemberDirectory, envelope: Envelope,
+                          peer: str | None, decode: Callable[[bytes], BindingProposal]) -> BindingAnswer:
+    """Check eligibility with both provinces, store PROPOSED and ask the receiver's province for consent."""
+    accepted: _Proposal = await run_in_db(_accept_proposal, ctx, envelope, peer, decode)
+    if accepted.replayed is not None:
+        return accepted.replayed  # a resend: the provinces are not asked again
+    proposal = accepted.proposal
+    today = ctx.clock.now().astimezone(BEIJING).date()
+
+    async def status(province: Province, person: PersonRef) -> MemberStatus:
+        if parse_valid_id(person.id_number, today) is None:
+            return MemberStatus.not_found()
+        answer = await members.check_member(province, person)
+        if answer is None:
+            raise Unavailable(f"province {province.code} did not answer in time; retry with the same message_id",
+                              reason="PROVINCE_UNAVAILABLE")
+        return answer
+
+    giver_status, receiver_status = await asyncio.gather(status(accepted.giver_province, proposal.giver),
+                                                         status(accepted.receiver_province, proposal.receiver))
+    answer: BindingAnswer = await run_in_db(_store_proposal, ctx, envelope, proposal, giver_status, receiver_status)
+    return answer
+
+
+# -- AcceptBinding, DissolveBinding, GetBinding ------------------------------------------------------
+
+def accept_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
+                   decode: Callable[[bytes], BindingAcceptance]) -> BindingAnswer:
+    now = ctx.clock.now()
+    with ctx.uow() as uow:
+        acceptance = authenticate(uow, envelope, ACCEPTANCE_TYPE, decode, peer, now, ctx.max_clock_skew, ctx.verify)
+        header = acceptance.header
+        validate_message_id(header.message_id)
+        if acceptance.decision is ConsentDecision.ACCEPT and acceptance.attestation is None:
+            raise InvalidArgument("an acceptance needs the receiver's attestation (D6)", reason="MISSING_FIELD",
+                                  field="attestation")
+        binding = _party_binding(uow, acceptance.binding_id, header.sender)
+        if header.sender != binding.receiver_province:
+            raise PermissionDenied("only the receiver's province answers a proposal", reason="NOT_RECEIVER_PROVINCE",
+                                   field="header.sender")
+        digest = payload_digest(envelope.payload)
+        new_state = BindingState.ACTIVE if acceptance.decision is ConsentDecision.ACCEPT else BindingState.REFUSED
+
+        def answer() -> bytes:
+            if binding.state is not BindingState.PROPOSED:
+                raise FailedPrecondition(f"the binding is {binding.state.value}, not PROPOSED",
+                                         reason="BINDING_NOT_PROPOSED", field="binding_id")
+            if now >= binding.consent_by:
+                raise FailedPrecondition("the consent deadline has passed", reason="CONSENT_EXPIRED",
+                                         field="binding_id")
+            if acceptance.attestation is not None and new_state is BindingState.ACTIVE:
+                today = acceptance.attestation.attested_at.astimezone(BEIJING).date()
+                violations = check_attestation(acceptance.attestation.method, binding.receiver_birth_date, today)
+                if violations:
+                    raise FailedPrecondition("the receiver is 16 or over: their own face verification is required (D6)",
+                                             reason=violations[0].reason, field=violations[0].field)
+                uow.bindings.record_attestation(binding.binding_id, acceptance.attestation)
+            uow.bindings.change_state(binding.binding_id, [BindingState.PROPOSED], new_state, "", now)
+            tell_both(uow, binding, new_state, now)
+            return ctx.receipts.issue(request_sender=header.sender, request_message_id=header.message_id,
+                                      request_sha256=digest, request_payload_type=ACCEPTANCE_TYPE,
+                                      subject_id=binding.binding_id, state=new_state.value, at=now)
+
+        with ctx.in_flight.hold(header.sender, header.message_id):
+            receipt, replay = run_once(uow, header.sender, header.message_id, ACCEPTANCE_TYPE, digest, now, answer)
+    return BindingAnswer(receipt, replay, new_state)
+
+
+def dissolve_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
+                     decode: Callable[[bytes], BindingDissolution]) -> BindingAnswer:
+    now = ctx.clock.now()
+    with ctx.uow() as uow:
+        dissolution = authenticate(uow, envelope, DISSOLUTION_TYPE, decode, peer, now, ctx.max_clock_skew, ctx.verify)
+        header = dissolution.header
+        validate_message_id(header.message_id)
+        validate_reason(dissolution.reason)
+        binding = _party_binding(uow, dissolution.binding_id, header.sender)
+        digest = payload_digest(envelope.payload)
+
+        def dissolve() -> bytes:
+            if not uow.bindings.change_state(binding.binding_id, [BindingState.ACTIVE, BindingState.SUSPENDED],
+                                             BindingState.DISSOLVED, dissolution.reason or "DISSOLVED_BY_MEMBER", now):
+                raise FailedPrecondition(f"the binding is {binding.state.value} and cannot be dissolved",
+                                         reason="BINDING_NOT_ACTIVE", field="binding_id")
+            tell_both(uow, binding, BindingState.DISSOLVED, now)
+            return ctx.receipts.issue(request_sender=header.sender, request_message_id=header.message_id,
+                                      request_sha256=digest, request_payload_type=DISSOLUTION_TYPE,
+                                      subject_id=binding.binding_id, state=BindingState.DISSOLVED.value, at=now)
+
+        with ctx.in_flight.hold(header.sender, header.message_id):
+            receipt, replay = run_once(uow, header.sender, header.message_id, DISSOLUTION_TYPE, digest, now, dissolve)
+    return BindingAnswer(receipt, replay, BindingState.DISSOLVED)
+
+
+def get_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
+                decode: Callable[[bytes], BindingQuery]) -> Binding:
+    now = ctx.clock.now()
+    with ctx.uow() as uow:
+        query = authenticate(uow, envelope, BINDING_QUERY_TYPE, decode, peer, now, ctx.max_clock_skew, ctx.verify)
+        binding = _party_binding(uow, query.binding_id, query.header.sender)
+        return replace(binding, used_amount_fen=uow.bindings.used_amount(binding.binding_id))
+
+
+# -- ReportMemberChange ---------------------------------------------------------------------------
+
+_ENDING = {MemberChangeKind.INSURANCE_ENDED: "MEMBER_INSURANCE_ENDED",
+           MemberChangeKind.POOLING_AREA_MOVED: "MEMBER_MOVED_POOLING_AREA"}
+
+
+def report_member_change(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
+                         decode: Callable[[bytes], MemberChange]) -> tuple[bytes, bool]:
+    """Dissolve (D9) or suspend/resume (D3) the person's bindings at once; both provinces are told."""
+    now = ctx.clock.now()
+    with ctx.uow() as uow:
+        change = authenticate(uow, envelope, MEMBER_CHANGE_TYPE, decode, peer, now, ctx.max_clock_skew, ctx.verify)
+        header = change.header
+        validate_message_id(header.message_id)
+        if header.receiver != GATEWAY:
+            raise InvalidArgument("a member change is addressed to the gateway", reason="WRONG_RECEIVER",
+                                  field="header.receiver")
+        if parse_valid_id(change.person.id_number, now.astimezone(BEIJING).date()) is None:
+            raise InvalidArgument("person.id_number is not a valid resident ID number", reason="INVALID_ID_NUMBER",
+                                  field="person.id_number")
+        area = change.person.pooling_area
+        if len(area) != 6 or not (area.isascii() and area.isdigit()) or area[:2] != header.sender[:2]:
+            # A province reports only on people insured with it (D20).
+            raise InvalidArgument("person.pooling_area must be a pooling area of the reporting province",
+                                  reason="INVALID_POOLING_AREA", field="person.pooling_area")
+        digest = payload_digest(envelope.payload)
+        ref = ctx.hasher.ref(change.person.id_number)
+
+        def apply() -> bytes:
+            # Only the person's own province speaks for them (D20): bindings where they sit on its side.
+            mine = [b for b in uow.bindings.of_person(ref)
+                    if (b.giver_ref == ref and b.giver_province == header.sender)
+                    or (b.receiver_ref == ref and b.receiver_province == header.sender)]
+            affected: list[str] = []
+
+            def move(binding: Binding, from_states: list[BindingState], to: BindingState, reason: str) -> None:
+                if uow.bindings.change_state(binding.binding_id, from_states, to, reason, now):
+                    tell_both(uow, binding, to, now)
+                    affected.append(binding.binding_id)
+
+            for binding in mine:
+                if change.kind in _ENDING:
+                    move(binding, [BindingState.ACTIVE, BindingState.SUSPENDED], BindingState.DISSOLVED,
+                         _ENDING[change.kind])
+                    move(binding, [BindingState.PROPOSED], BindingState.EXPIRED, _ENDING[change.kind])
+                elif change.kind is MemberChangeKind.SETTLEMENT_SUSPENDED:
+                    move(binding, [BindingState.ACTIVE], BindingState.SUSPENDED, "SETTLEMENT_SUSPENDED")
+                else:
+                    other = binding.receiver_ref if binding.giver_ref == ref else binding.giver_ref
+                    if not uow.members.is_suspended(other):
+                        move(binding, [BindingState.SUSPENDED], BindingState.ACTIVE, "")
+            if change.kind is MemberChangeKind.SETTLEMENT_SUSPENDED:
+                uow.members.suspend(ref, header.sender, now)
+            elif change.kind is MemberChangeKind.SETTLEMENT_RESUMED:
+                uow.members.resume(ref)
+            return ctx.receipts.issue(request_sender=header.sender, request_message_id=header.message_id,
+                                      request_sha256=digest, request_payload_type=MEMBER_CHANGE_TYPE,
+                                      subject_id=header.message_id, state=change.kind.value, at=now,
+                                      affected_ids=affected)
+
+        with ctx.in_flight.hold(header.sender, header.message_id):
+            return run_once(uow, header.sender, header.message_id, MEMBER_CHANGE_TYPE, digest, now, apply)
+
+
+def expire_proposals(uow: UnitOfWork, now: datetime, limit: int) -> int:
+    """Proposals unanswered by their consent deadline become EXPIRED, both provinces told."""
+    expired = 0
+    for binding_id in uow.bindings.expired_proposals(now, limit):
+        binding = uow.bindings.get(binding_id)
+        if binding is not None and uow.bindings.change_state(binding_id, [BindingState.PROPOSED],
+                                                             BindingState.EXPIRED, "CONSENT_NOT_GIVEN", now):
+            uow.outbox.expire_pending(OutboxKind.REQUEST_CONSENT, binding_id, now, "CONSENT_NOT_GIVEN")
+            tell_both(uow, binding, BindingState.EXPIRED, now)
+            expired += 1
+    return expired

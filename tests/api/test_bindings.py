@@ -1,0 +1,164 @@
+"""Bindings over real channels: propose, consent (D6), refuse, expire, dissolve, member changes (D3, D9)."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway.security.keys import public_bytes
+from gateway.security.signing import EnvelopeSigner
+from protos.gongji.v1 import operations_pb2, relations_pb2
+from protos.stub.v1 import control_pb2
+from tests.support import GANSU, GIVER, MOTHER, XINJIANG, Stack, error_of, register, wait_until
+
+R = relations_pb2
+CHILD = ("620102201508160027", "620100")  # born 2015-08-16, female: the giver's daughter (code 30), under 16
+OTHER_GIVER = ("652201198506152316", "650500")  # Hami, born 1985, male
+
+
+@pytest.fixture(autouse=True)
+def manual_consent(stack: Stack) -> None:
+    """Gansu's platform answers consent requests only when a test says so."""
+    stack.configure(GANSU, consent_mode=control_pb2.CONSENT_MODE_NEVER)
+
+
+def told(stack: Stack, province: str, binding_id: str) -> list[tuple[int, int]]:
+    return [(n.binding_state, n.times_received) for n in stack.snapshot(province).notifications
+            if n.binding_id == binding_id]
+
+
+def test_propose_accept_with_face_makes_an_active_binding_and_both_provinces_hear(stack: Stack) -> None:
+    proposed = stack.propose(MOTHER, relation_code="52", authorised_amount_fen=100_000)
+    binding_id = stack_binding_id(proposed)
+    assert (proposed.state, proposed.replay) == (R.BINDING_STATE_PROPOSED, False)
+    wait_until(lambda: binding_id in stack.snapshot(GANSU).consent_requests, what="consent asked of Gansu")
+
+    accepted = stack.answer_consent(binding_id, method=R.ATTESTATION_METHOD_FACE)
+    assert accepted.state == R.BINDING_STATE_ACTIVE
+    view = stack.binding(binding_id, signer=GANSU)
+    assert (view.state, view.attestation_method, view.relation_code, view.authorised_amount_fen) == (
+        R.BINDING_STATE_ACTIVE, R.ATTESTATION_METHOD_FACE, "52", 100_000)
+    assert view.receiver_id_masked == "620102********0026"
+    for province in (XINJIANG, GANSU):
+        assert wait_until(lambda p=province: told(stack, p, binding_id), what=f"{province} told") == [
+            (R.BINDING_STATE_ACTIVE, 1)]
+
+
+def stack_binding_id(answer: R.ProposeBindingResponse) -> str:
+    from protos.gongji.v1 import common_pb2
+
+    return common_pb2.Receipt.FromString(answer.receipt.payload).subject_id
+
+
+def test_an_in_law_is_refused_with_its_reason_and_the_refusal_is_replayed(stack: Stack) -> None:
+    binding_id = "b-inlaw-" + stack_binding_id(stack.propose(MOTHER, relation_code="52"))[-8:]
+    seen = error_of(lambda: stack.propose(MOTHER, relation_code="28", binding_id=binding_id))
+    assert (seen.code, seen.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "INELIGIBLE_RELATION")
+    # The refusal is stored under its id: a retry with other bytes cannot turn it into a binding.
+    again = error_of(lambda: stack.propose(MOTHER, relation_code="52", binding_id=binding_id))
+    assert (again.code, again.reason) == (grpc.StatusCode.ALREADY_EXISTS, "MODIFIED_REQUEST")
+    seen = error_of(lambda: stack.binding(binding_id))
+    assert seen.reason == "BINDING_NOT_FOUND"
+
+
+def test_a_child_under_16_is_bound_with_a_guardians_attestation(stack: Stack) -> None:
+    binding_id = stack_binding_id(stack.propose(CHILD, relation_code="30"))
+    assert stack.answer_consent(binding_id, method=R.ATTESTATION_METHOD_GUARDIAN_DOCUMENT).state == \
+        R.BINDING_STATE_ACTIVE
+
+
+def test_a_receiver_of_16_or_over_needs_her_own_face(stack: Stack) -> None:
+    binding_id = stack_binding_id(stack.propose(MOTHER, relation_code="52"))
+    seen = error_of(lambda: stack.answer_consent(binding_id, method=R.ATTESTATION_METHOD_GUARDIAN_DOCUMENT))
+    assert (seen.code, seen.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "FACE_REQUIRED")
+    assert stack.binding(binding_id).state == R.BINDING_STATE_PROPOSED
+
+
+def test_refusal_and_expiry(stack: Stack) -> None:
+    refused = stack_binding_id(stack.propose(MOTHER, relation_code="52"))
+    assert stack.answer_consent(refused, accept=False).state == R.BINDING_STATE_REFUSED
+    unanswered = stack_binding_id(stack.propose(CHILD, relation_code="30", consent_seconds=600))
+    stack.clock.advance(601)
+    wait_until(lambda: stack.binding(unanswered).state == R.BINDING_STATE_EXPIRED, what="proposal expired")
+    for province in (XINJIANG, GANSU):
+        wait_until(lambda p=province: told(stack, p, unanswered) == [(R.BINDING_STATE_EXPIRED, 1)],
+                   what=f"{province} told of the expiry")
+    seen = error_of(lambda: stack.answer_consent(unanswered))
+    assert seen.reason == "BINDING_NOT_PROPOSED"
+
+
+def test_only_the_receivers_province_answers_and_only_the_parties_read(stack: Stack) -> None:
+    binding_id = stack_binding_id(stack.propose(MOTHER, relation_code="52"))
+    seen = error_of(lambda: stack.answer_consent(binding_id, signer=XINJIANG))
+    assert (seen.code, seen.reason) == (grpc.StatusCode.PERMISSION_DENIED, "NOT_RECEIVER_PROVINCE")
+    beijing_key = Ed25519PrivateKey.generate()
+    register(stack.operations, "110000", "北京", "127.0.0.1:1", "110000-k1", public_bytes(beijing_key))
+    stack.signers["110000"] = EnvelopeSigner("110000", "110000-k1", beijing_key)
+    seen = error_of(lambda: stack.binding(binding_id, signer="110000"))
+    assert (seen.code, seen.reason) == (grpc.StatusCode.PERMISSION_DENIED, "NOT_A_PARTY")
+
+
+def test_dissolving_ends_the_binding_once_and_both_hear(stack: Stack) -> None:
+    binding_id = stack_binding_id(stack.propose(MOTHER, relation_code="52"))
+    stack.answer_consent(binding_id)
+    assert stack.dissolve(binding_id, signer=GANSU).state == R.BINDING_STATE_DISSOLVED
+    seen = error_of(lambda: stack.dissolve(binding_id))
+    assert (seen.code, seen.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "BINDING_NOT_ACTIVE")
+    for province in (XINJIANG, GANSU):
+        wait_until(lambda p=province: (R.BINDING_STATE_DISSOLVED, 1) in told(stack, p, binding_id),
+                   what=f"{province} told of the dissolution")
+
+
+def test_single_relation_only_refuses_a_second_binding_of_a_gansu_person(stack: Stack) -> None:
+    stack.operations.UpdateProvince(operations_pb2.UpdateProvinceRequest(
+        code=GANSU, policy=operations_pb2.ProvincePolicy(single_relation_only=True)), timeout=5)
+    first = stack_binding_id(stack.propose(MOTHER, relation_code="52"))
+    stack.answer_consent(first)
+    seen = error_of(lambda: stack.propose(MOTHER, relation_code="52", giver=OTHER_GIVER))
+    assert (seen.code, seen.reason, seen.metadata.get("field")) == (
+        grpc.StatusCode.FAILED_PRECONDITION, "SINGLE_RELATION_ONLY", "receiver.id_number")
+    # Xinjiang has no such policy: its giver may have several relations.
+    assert stack.propose(CHILD, relation_code="30").state == R.BINDING_STATE_PROPOSED
+
+
+def test_member_changes_end_or_suspend_bindings_and_both_provinces_hear_once(stack: Stack) -> None:
+    ended = stack_binding_id(stack.propose(MOTHER, relation_code="52"))
+    stack.answer_consent(ended)
+    suspended = stack_binding_id(stack.propose(CHILD, relation_code="30"))
+    stack.answer_consent(suspended, method=R.ATTESTATION_METHOD_GUARDIAN_DOCUMENT)
+
+    answer = stack.member_change(CHILD, R.MEMBER_CHANGE_KIND_SETTLEMENT_SUSPENDED)
+    assert list(answer.affected_binding_ids) == [suspended]
+    assert stack.binding(suspended).state == R.BINDING_STATE_SUSPENDED
+    answer = stack.member_change(CHILD, R.MEMBER_CHANGE_KIND_SETTLEMENT_RESUMED)
+    assert list(answer.affected_binding_ids) == [suspended]
+    assert stack.binding(suspended).state == R.BINDING_STATE_ACTIVE
+
+    answer = stack.member_change(MOTHER, R.MEMBER_CHANGE_KIND_INSURANCE_ENDED)
+    assert list(answer.affected_binding_ids) == [ended]
+    view = stack.binding(ended)
+    assert (view.state, view.reason) == (R.BINDING_STATE_DISSOLVED, "MEMBER_INSURANCE_ENDED")
+    for province in (XINJIANG, GANSU):
+        wait_until(lambda p=province: (R.BINDING_STATE_DISSOLVED, 1) in told(stack, p, ended),
+                   what=f"{province} told")
+    stack.clock.advance(5)
+    stack.wait_for_outbox_idle(XINJIANG)
+    assert [t for t in told(stack, XINJIANG, ended) if t[0] == R.BINDING_STATE_DISSOLVED] == [
+        (R.BINDING_STATE_DISSOLVED, 1)]
+    # Gansu cannot speak for a Xinjiang member (D20).
+    seen = error_of(lambda: stack.member_change(GIVER, R.MEMBER_CHANGE_KIND_INSURANCE_ENDED, signer=GANSU))
+    assert (seen.code, seen.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_POOLING_AREA")
+    assert stack.binding(suspended).state == R.BINDING_STATE_ACTIVE
+
+
+def test_bad_proposals_are_refused_before_anything_is_stored(stack: Stack) -> None:
+    before = stack.counts()
+    for kwargs, reason in (({"receiver_province": XINJIANG, "receiver": ("650502198803150422", "650500")},
+                            "NOT_CROSS_PROVINCE"),
+                           ({"consent_seconds": 31 * 24 * 3600}, "INVALID_CONSENT_DEADLINE"),
+                           ({"authorised_amount_fen": -1}, "INVALID_AMOUNT"),
+                           ({"receiver": (MOTHER[0], "650500")}, "INVALID_POOLING_AREA")):
+        seen = error_of(lambda k=kwargs: stack.propose(**k))
+        assert (seen.code, seen.reason) == (grpc.StatusCode.INVALID_ARGUMENT, reason), kwargs
+    assert stack.counts() == before
