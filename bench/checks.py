@@ -35,7 +35,8 @@ class Outcomes:
     def of(cls, snapshot: control_pb2.SnapshotResponse) -> Outcomes:
         by_transfer: dict[str, list[control_pb2.Notification]] = defaultdict(list)
         for notification in snapshot.notifications:
-            by_transfer[notification.transfer_id].append(notification)
+            if notification.transfer_id:  # binding outcomes (the bench's own binding) are not transfers
+                by_transfer[notification.transfer_id].append(notification)
         return cls(
             province=snapshot.province,
             by_transfer=dict(by_transfer),

@@ -36,8 +36,9 @@ from bench.procs import (
     wait_for_health,
     wait_for_line,
 )
-from bench.transfers import GANSU, SUBMIT_METHOD, XINJIANG, TransferSource
-from protos.gongji.v1 import transfers_pb2
+from bench.transfers import GANSU, GIVER, RECEIVER, SUBMIT_METHOD, XINJIANG, TransferSource
+from protos.gongji.v1 import relations_pb2, transfers_pb2
+from protos.stub.v1 import control_pb2, control_pb2_grpc
 
 DEADLINE_S = 10.0
 STARTUP_TIMEOUT_S = 30.0
@@ -86,11 +87,19 @@ class Stack:
     echo: str
 
 
+# A load test sends thousands of transfers from one giver at any hour: the giver's province lifts the
+# daily limit and the blackout (D12 policy) for the run. Everything else is the national default.
+BENCH_POLICY = (
+    "[provinces.policy]\ndaily_transfer_limit = 1000000\nblackout_start_minute = 0\nblackout_end_minute = 0\n"
+)
+
+
 def _write_manifest(path: Path, stubs: Mapping[str, str]) -> None:
     # Key files are relative to the manifest's folder (gateway/manifest.py).
     blocks = [
         f'[[provinces]]\ncode = "{code}"\nname = "{PROVINCE_NAMES[code]}"\nendpoint = "{address}"\n'
-        f'[[provinces.keys]]\nkey_id = "{code}-k1"\npublic_key_file = "keys/{code}-k1.pub"\n'
+        + (BENCH_POLICY if code == XINJIANG else "")
+        + f'[[provinces.keys]]\nkey_id = "{code}-k1"\npublic_key_file = "keys/{code}-k1.pub"\n'
         for code, address in stubs.items()
     ]
     path.write_text("\n".join(blocks), encoding="utf-8")
@@ -219,8 +228,26 @@ def _lifecycle(phase: Phase, outcomes: Mapping[str, Outcomes]) -> dict[str, Any]
     }
 
 
+async def bind_giver_and_receiver(stack: Stack) -> str:
+    """Transfers need an ACTIVE binding (D10): Xinjiang proposes, Gansu's stub consents by itself."""
+    async with grpc.aio.insecure_channel(stack.stubs[XINJIANG]) as channel:
+        control = control_pb2_grpc.StubControlStub(channel)
+        answer = await control.ProposeBinding(control_pb2.StubProposeRequest(
+            giver_id_number=GIVER.id_number, receiver_id_number=RECEIVER.id_number,
+            receiver_pooling_area=RECEIVER.pooling_area, receiver_province=GANSU, relation_code="52"), timeout=10)
+        if answer.code != "OK":
+            raise BenchError(f"proposing the bench's binding failed: {answer.code} {answer.reason}")
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            view = await control.QueryBinding(control_pb2.QueryBindingRequest(binding_id=answer.subject_id), timeout=5)
+            if view.binding.state == relations_pb2.BINDING_STATE_ACTIVE:
+                return answer.subject_id
+            await asyncio.sleep(0.05)
+    raise BenchError("the bench's binding did not become ACTIVE")
+
+
 async def measure(stack: Stack, options: Options, cpu: CpuMeter) -> dict[str, Any]:
-    source = TransferSource(stack.keys_dir, keep_payloads=True)
+    source = TransferSource(stack.keys_dir, await bind_giver_and_receiver(stack), keep_payloads=True)
     sample = source.sample_request()
     # One channel per server, as a province platform would hold one to the gateway.
     gateway_channel = grpc.aio.insecure_channel(stack.gateway)

@@ -20,7 +20,8 @@ AMOUNT_FEN = 100
 class TransferSource:
     """Builds and signs one new instruction per call (unique transfer_id, created_at = now)."""
 
-    def __init__(self, keys_dir: Path, *, keep_payloads: bool = False) -> None:
+    def __init__(self, keys_dir: Path, binding_id: str, *, keep_payloads: bool = False) -> None:
+        self._binding_id = binding_id
         self._private_key = load_private_key(keys_dir / f"{XINJIANG_KEY_ID}.key")
         self._keys = PublicKeyStore(keys_dir)
         self.submitted: list[str] = []
@@ -39,7 +40,8 @@ class TransferSource:
 
     def _build(self, transfer_id: str) -> tuple[str, transfers_pb2.SubmitTransferRequest]:
         envelope = build_instruction_envelope(
-            XINJIANG, XINJIANG_KEY_ID, self._private_key, transfer_id, GIVER, RECEIVER, GANSU, AMOUNT_FEN
+            XINJIANG, XINJIANG_KEY_ID, self._private_key, transfer_id, GIVER, RECEIVER, GANSU, AMOUNT_FEN,
+            binding_id=self._binding_id,
         )
         if self.keep_payloads:
             self._payloads[transfer_id] = envelope.payload

@@ -1,9 +1,11 @@
-"""`make demo`, against a running `make run`: the seeds' story of one cross-province transfer.
+"""`make demo`, against a running `make run`: the seeds' story of cross-province family mutual aid.
 
-A giver insured in Hami (Xinjiang 650000, employee insurance) sends 500.00 yuan to his mother insured
-in Lanzhou (Gansu 620000, resident insurance). The demo drives Xinjiang's stub platform to submit,
-follows the transfer through the gateway, shows both provinces' view, then resends the instruction
-unchanged (a replay) and modified (refused). ID numbers are shown masked only (D19).
+A giver insured in Hami (Xinjiang 650000, employee insurance) binds himself to his mother insured in
+Lanzhou (Gansu 620000, resident insurance) — she consents with her own face — is refused an in-law,
+binds his daughter under 16 with a guardian's attestation, then sends his mother 500.00 yuan. The
+demo drives Xinjiang's stub platform, follows the transfer through the gateway, shows both
+provinces' view, resends the instruction unchanged (a replay) and modified (refused), and finally
+dissolves the bindings it made so it can run again. ID numbers are shown masked only (D19).
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ from zoneinfo import ZoneInfo
 
 import grpc
 
-from protos.gongji.v1 import transfers_pb2
+from protos.gongji.v1 import relations_pb2, transfers_pb2
 from protos.stub.v1 import control_pb2, control_pb2_grpc
 
 XINJIANG = os.environ.get("GONGJI_STUB_650000", "127.0.0.1:50061")
 GANSU = os.environ.get("GONGJI_STUB_620000", "127.0.0.1:50062")
-GIVER_ID = "650502199001011230"  # Hami 650500, employee insurance (310)
-MOTHER_ID, MOTHER_AREA = "620102196505120026", "620100"  # Lanzhou, resident insurance (390)
+GIVER_ID = "650502199001011230"  # Hami 650500, employee insurance (310), born 1990
+MOTHER_ID, LANZHOU = "620102196505120026", "620100"  # resident insurance (390), born 1965
+IN_LAW_ID = "620103198203040034"  # a Gansu employee, born 1982: a son-in-law is not eligible (D4)
+DAUGHTER_ID = "620102201508160027"  # born 2015: under 16, so a guardian attests (D6)
 AMOUNT_FEN = 50_000
 TIMEOUT_S = 20.0
 BEIJING = ZoneInfo("Asia/Shanghai")
@@ -36,6 +40,39 @@ def state_name(state: transfers_pb2.TransferState.ValueType) -> str:
     return transfers_pb2.TransferState.Name(state).removeprefix("TRANSFER_STATE_")
 
 
+def binding_state(state: relations_pb2.BindingState.ValueType) -> str:
+    return relations_pb2.BindingState.Name(state).removeprefix("BINDING_STATE_")
+
+
+class Demo:
+    def __init__(self, xinjiang: control_pb2_grpc.StubControlStub, gansu: control_pb2_grpc.StubControlStub) -> None:
+        self.xinjiang, self.gansu = xinjiang, gansu
+
+    def propose(self, receiver_id: str, relation_code: str) -> control_pb2.StubCallResponse:
+        return self.xinjiang.ProposeBinding(control_pb2.StubProposeRequest(
+            giver_id_number=GIVER_ID, receiver_id_number=receiver_id, receiver_pooling_area=LANZHOU,
+            receiver_province="620000", relation_code=relation_code), timeout=15)
+
+    def wait_binding(self, binding_id: str) -> relations_pb2.BindingView:
+        deadline = time.monotonic() + TIMEOUT_S
+        while True:
+            view = self.xinjiang.QueryBinding(control_pb2.QueryBindingRequest(binding_id=binding_id), timeout=5).binding
+            if view.state != relations_pb2.BINDING_STATE_PROPOSED or time.monotonic() > deadline:
+                return view
+            time.sleep(0.1)
+
+    def bind(self, who: str, receiver_id: str, relation_code: str) -> str | None:
+        answer = self.propose(receiver_id, relation_code)
+        if answer.code != "OK":
+            print(f"   {who}: refused, {answer.code} {answer.reason}")
+            return None
+        view = self.wait_binding(answer.subject_id)
+        method = relations_pb2.AttestationMethod.Name(view.attestation_method).removeprefix("ATTESTATION_METHOD_")
+        print(f"   {who}: binding {answer.subject_id} {binding_state(view.state)}, consent by {method}, "
+              f"{view.giver_id_masked} -> {view.receiver_id_masked}")
+        return answer.subject_id if view.state == relations_pb2.BINDING_STATE_ACTIVE else None
+
+
 def main() -> int:
     with grpc.insecure_channel(XINJIANG) as xj_channel, grpc.insecure_channel(GANSU) as gs_channel:
         xinjiang = control_pb2_grpc.StubControlStub(xj_channel)
@@ -45,13 +82,22 @@ def main() -> int:
         except grpc.FutureTimeoutError:
             print(f"make demo: nothing answers on {XINJIANG}; start `make run` first.", file=sys.stderr)
             return 1
+        demo = Demo(xinjiang, gansu)
 
-        print(f"1. Xinjiang's platform submits a signed transfer: giver {mask(GIVER_ID)} (Hami 650500) -> "
-              f"his mother {mask(MOTHER_ID)} (Lanzhou {MOTHER_AREA}, Gansu 620000), "
-              f"{AMOUNT_FEN / 100:.2f} yuan")
+        print(f"1. Family relations: giver {mask(GIVER_ID)} (Hami, Xinjiang 650000) proposes, Gansu 620000 "
+              "asks the relative to consent:")
+        mother_binding = demo.bind(f"his mother {mask(MOTHER_ID)} (code 52)", MOTHER_ID, "52")
+        demo.bind(f"an in-law {mask(IN_LAW_ID)} (code 28, son-in-law)", IN_LAW_ID, "28")
+        daughter_binding = demo.bind(f"his daughter {mask(DAUGHTER_ID)}, under 16 (code 30)", DAUGHTER_ID, "30")
+        if mother_binding is None:
+            print("   the binding with his mother is not ACTIVE; is an earlier demo's binding still there?",
+                  file=sys.stderr)
+            return 1
+
+        print(f"2. Xinjiang's platform submits a signed transfer to his mother: {AMOUNT_FEN / 100:.2f} yuan")
         answer = xinjiang.SubmitTransfer(control_pb2.StubSubmitRequest(
-            giver_id_number=GIVER_ID, receiver_id_number=MOTHER_ID, receiver_pooling_area=MOTHER_AREA,
-            receiver_province="620000", amount_fen=AMOUNT_FEN), timeout=10)
+            giver_id_number=GIVER_ID, receiver_id_number=MOTHER_ID, receiver_pooling_area=LANZHOU,
+            receiver_province="620000", amount_fen=AMOUNT_FEN, binding_id=mother_binding), timeout=10)
         if answer.code != "OK":
             print(f"   refused: {answer.code} {answer.reason}", file=sys.stderr)
             return 1
@@ -59,14 +105,14 @@ def main() -> int:
         print(f"   gateway receipt: transfer {transfer_id}, state {state_name(answer.state)}, "
               f"signature verified: {answer.receipt_verified}")
 
-        print("2. The transfer moves through the gateway:")
+        print("3. The transfer moves through the gateway:")
         seen: list[transfers_pb2.TransferState.ValueType] = []
         deadline = time.monotonic() + TIMEOUT_S
         view = None
         while time.monotonic() < deadline:
             view = xinjiang.QueryTransfer(control_pb2.QueryTransferRequest(transfer_id=transfer_id), timeout=5).transfer
             for event in view.history:
-                if len(seen) < len(view.history) and event.state not in seen:
+                if event.state not in seen:
                     seen.append(event.state)
                     at = event.at.ToDatetime(tzinfo=UTC).astimezone(BEIJING)
                     print(f"   {state_name(event.state):<10} at {at:%H:%M:%S.%f}"[:-3] + " Beijing time")
@@ -78,7 +124,7 @@ def main() -> int:
             return 1
         print("   path: " + " -> ".join(state_name(s) for s in seen))
 
-        print("3. Both provinces' view:")
+        print("4. Both provinces' view:")
         for name, stub in (("Xinjiang 650000 (giver's side)", xinjiang), ("Gansu 620000 (receiver's side)", gansu)):
             snapshot = _wait_told(stub, transfer_id)
             gateway_view = stub.QueryTransfer(control_pb2.QueryTransferRequest(transfer_id=transfer_id),
@@ -91,14 +137,20 @@ def main() -> int:
                   f"{gateway_view.giver_id_masked} -> {gateway_view.receiver_id_masked}; outcome told: "
                   f"{', '.join(told) or 'not yet'}" + (f"; credit: {', '.join(credits)}" if credits else ""))
 
-        print("4. Xinjiang resends the very same instruction (e.g. after a lost answer):")
+        print("5. Xinjiang resends the very same instruction (e.g. after a lost answer):")
         again = xinjiang.Resubmit(control_pb2.ResubmitRequest(transfer_id=transfer_id), timeout=10)
         same = again.receipt_sha256 == answer.receipt_sha256
         print(f"   {again.code}: replay={again.replay}, same receipt as the first answer: {same}")
 
-        print("5. Xinjiang resends it modified (amount + 1 fen) under the same id:")
+        print("6. Xinjiang resends it modified (amount + 1 fen) under the same id:")
         modified = xinjiang.Resubmit(control_pb2.ResubmitRequest(transfer_id=transfer_id, modify=True), timeout=10)
         print(f"   refused: {modified.code} {modified.reason}")
+
+        print("7. Cleaning up: Xinjiang dissolves the demo's bindings (Gansu allows one relation at a time):")
+        for binding_id in (b for b in (mother_binding, daughter_binding) if b):
+            dissolved = xinjiang.DissolveBinding(control_pb2.StubDissolveRequest(binding_id=binding_id,
+                                                                                 reason="DEMO_FINISHED"), timeout=10)
+            print(f"   binding {binding_id}: {dissolved.code} {dissolved.state}")
         ok = again.replay and same and modified.code == "ALREADY_EXISTS" and modified.reason == "MODIFIED_REQUEST"
         print("\ndemo complete." if ok else "\ndemo finished with unexpected answers.")
         return 0 if ok else 1

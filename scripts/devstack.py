@@ -55,10 +55,18 @@ def wait_serving(address: str, process: subprocess.Popen[bytes], what: str) -> N
     raise SystemExit(f"{what} did not become ready on {address} within {READY_TIMEOUT_S:.0f}s; see {LOGS}/")
 
 
+# Development policy: no blackout, so `make demo` works at any hour (the national 22:00-06:00 Beijing
+# blackout applies wherever a province does not override it), and a daily limit that survives a few
+# demo runs. Gansu allows one family relation per person at a time, as domain.md says (D8).
+DEV_POLICY = ["blackout_start_minute = 0", "blackout_end_minute = 0", "daily_transfer_limit = 50"]
+PROVINCE_POLICY = {"620000": ["single_relation_only = true"]}
+
+
 def write_manifest() -> Path:
-    lines = ["# Written by `make run`: the two stub provinces and their public keys.", ""]
+    lines = ["# Written by `make run`: the two stub provinces, their public keys and a development policy.", ""]
     for code, name, address in STUBS:
         lines += ["[[provinces]]", f'code = "{code}"', f'name = "{name}"', f'endpoint = "{address}"', "",
+                  "[provinces.policy]", *DEV_POLICY, *PROVINCE_POLICY.get(code, []), "",
                   "[[provinces.keys]]", f'key_id = "{code}-k1"', f'public_key_file = "keys/{code}-k1.pub"', ""]
     path = VAR / "manifest.toml"
     path.write_text("\n".join(lines), encoding="utf-8")

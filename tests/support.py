@@ -135,6 +135,7 @@ class Stack:
     channel: grpc.Channel
     ops_channel: grpc.Channel
     signers: dict[str, EnvelopeSigner] = field(default_factory=dict)
+    binding_id: str = ""  # the ACTIVE binding of GIVER and MOTHER made at start
 
     @property
     def transfers(self) -> transfers_pb2_grpc.TransfersStub:
@@ -165,7 +166,7 @@ class Stack:
                                      created_at=ts(created_at or self.clock.now())),
             giver=common_pb2.PersonRef(id_number=giver[0], pooling_area=giver[1]),
             receiver=common_pb2.PersonRef(id_number=person[0], pooling_area=person[1]),
-            amount_fen=amount_fen, currency="CNY")
+            amount_fen=amount_fen, currency="CNY", binding_id=self.binding_id)
         for name, value in overrides.items():
             setattr(message, name, value)
         return message
@@ -317,10 +318,17 @@ class Stack:
         self.loop_thread.run(stop())
 
 
+# The policy the test stack registers its provinces with: no blackout (so tests pass at any hour of
+# Beijing time) and a high daily limit (so one giver can make many transfers); tests of D12 set the
+# national values explicitly.
+TEST_POLICY = operations_pb2.ProvincePolicy(blackout_start_minute=0, blackout_end_minute=0,
+                                            daily_transfer_limit=100_000)
+
+
 def register(ops: operations_pb2_grpc.OperationsStub, code: str, name: str, endpoint: str, key_id: str,
-             public_key: bytes) -> operations_pb2.Province:
+             public_key: bytes, policy: operations_pb2.ProvincePolicy | None = None) -> operations_pb2.Province:
     answer = ops.RegisterProvince(operations_pb2.RegisterProvinceRequest(province=operations_pb2.Province(
-        code=code, name=name, endpoint=endpoint,
+        code=code, name=name, endpoint=endpoint, policy=policy,
         keys=[operations_pb2.ProvinceKey(key_id=key_id, alg="ed25519", public_key=public_key)])), timeout=5)
     return answer.province
 
@@ -351,8 +359,14 @@ def start_stack(loop_thread: LoopThread, tmp_path: Path, db_url: str,
                   grpc.insecure_channel(f"127.0.0.1:{gateway.ops_port}"))
     for code, stub in stubs.items():
         register(stack.operations, code, stub.config.name, stub.address, stub.key_id,
-                 load_public_key(keys_dir / f"{stub.key_id}.pub"))
+                 load_public_key(keys_dir / f"{stub.key_id}.pub"), TEST_POLICY)
         stack.signers[code] = EnvelopeSigner(code, stub.key_id, load_private_key(keys_dir / f"{stub.key_id}.key"))
+    if with_stubs:
+        # The giver and his mother, bound as the seeds' story has it; Gansu's stub consents by itself.
+        receipt = stack.propose(MOTHER, relation_code="52").receipt
+        stack.binding_id = common_pb2.Receipt.FromString(receipt.payload).subject_id
+        wait_until(lambda: stack.binding(stack.binding_id).state == relations_pb2.BINDING_STATE_ACTIVE,
+                   what="the giver's binding with his mother to become ACTIVE")
     return stack
 
 

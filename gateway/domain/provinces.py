@@ -110,7 +110,7 @@ def validate_key(key: ProvinceKey, field_name: str = "keys") -> None:
 
 def validate_policy(policy: Policy) -> None:
     checks: list[tuple[str, int | None, int, int]] = [
-        ("daily_transfer_limit", policy.daily_transfer_limit, 1, 1000),
+        ("daily_transfer_limit", policy.daily_transfer_limit, 1, 1_000_000),
         ("max_transfer_fen", policy.max_transfer_fen, 1, 2**63 - 1),
         ("blackout_start_minute", policy.blackout_start_minute, 0, 1439),
         ("blackout_end_minute", policy.blackout_end_minute, 0, 1439),

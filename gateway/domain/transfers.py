@@ -140,8 +140,10 @@ def validate_instruction(instruction: TransferInstruction, today: date) -> None:
     if instruction.expires_at is not None and instruction.expires_at <= header.created_at:
         raise InvalidArgument("expires_at must be after header.created_at", reason="INVALID_EXPIRY",
                               field="expires_at")
-    if instruction.binding_id:
-        validate_message_id(instruction.binding_id, field="binding_id")
+    if not instruction.binding_id:
+        raise InvalidArgument("binding_id is required: a transfer needs the giver's ACTIVE binding (D10)",
+                              reason="MISSING_FIELD", field="binding_id")
+    validate_message_id(instruction.binding_id, field="binding_id")
 
 
 def validate_confirmation(confirmation: TransferConfirmation) -> None:

@@ -184,6 +184,9 @@ class Statements:
         self.used_on_binding = p(select(func.coalesce(func.sum(t.amount_fen), 0)).where(and_(
             t.binding_id == _b("w_id"),
             or_(t.state == "RECEIVED", t.state == "DELIVERED", t.state == "COMMITTED"))))
+        self.giver_transfers_between = p(select(func.count()).select_from(transfers_t).where(and_(
+            t.giver_ref == _b("ref"), t.created_at >= _b("start"), t.created_at < _b("end"),
+            or_(t.state == "RECEIVED", t.state == "DELIVERED", t.state == "COMMITTED"))))
         self.suspend_member = p(insert(suspensions_t).on_conflict_do_nothing())
         self.resume_member = p(suspensions_t.delete().where(suspensions_t.c.person_ref == _b("ref")))
         self.member_suspended = p(select(suspensions_t.c.person_ref).where(suspensions_t.c.person_ref == _b("ref")))
@@ -430,6 +433,11 @@ class SqlTransferRepository:
 
     def due_for_return(self, now: datetime, limit: int) -> list[str]:
         return [row[0] for row in self._cursor.all(self._s.due_for_return, now=now, limit=limit)]
+
+    def count_for_giver(self, giver_ref: bytes, start: datetime, end: datetime) -> int:
+        """The giver's transfers created in [start, end) that have not failed (D12's daily count)."""
+        row = self._cursor.first(self._s.giver_transfers_between, ref=giver_ref, start=start, end=end)
+        return int(row[0]) if row else 0
 
     def undelivered_past_deadline(self, now: datetime, limit: int) -> list[str]:
         return [row[0] for row in self._cursor.all(self._s.undelivered, now=now, limit=limit)]

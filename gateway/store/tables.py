@@ -106,6 +106,7 @@ class TransferRow(Base):
         Index("ix_transfers_state_return_deadline", "state", "return_deadline"),
         Index("ix_transfers_created_at", "created_at"),
         Index("ix_transfers_binding_id", "binding_id"),
+        Index("ix_transfers_giver_ref_created_at", "giver_ref", "created_at"),
     )
 
 

@@ -6,10 +6,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from gateway.domain.bindings import Binding, BindingState
 from gateway.domain.clock import BEIJING
 from gateway.domain.envelope import GATEWAY, Envelope
 from gateway.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from gateway.domain.identity import mask_id_number
+from gateway.domain.policy import beijing_day, beijing_day_window, check_transfer_limits
 from gateway.domain.provinces import Province, effective_policy
 from gateway.domain.records import OutboxKind
 from gateway.domain.transfers import (
@@ -69,6 +71,27 @@ def _require_active(province: Province | None, code: str) -> Province:
     return province
 
 
+def _require_binding(uow: UnitOfWork, instruction: TransferInstruction, giver_ref: bytes,
+                     receiver_ref: bytes) -> Binding:
+    """D10: an ACTIVE binding between exactly this giver and receiver; D3: neither of them suspended."""
+    binding = uow.bindings.get(instruction.binding_id)
+    if binding is None:
+        raise FailedPrecondition("no such binding", reason="BINDING_NOT_FOUND", field="binding_id")
+    header = instruction.header
+    if (binding.giver_ref, binding.receiver_ref, binding.giver_province, binding.receiver_province) != (
+            giver_ref, receiver_ref, header.sender, header.receiver):
+        raise FailedPrecondition("the binding is not between this giver and this receiver", reason="BINDING_MISMATCH",
+                                 field="binding_id")
+    for ref, role in ((giver_ref, "giver"), (receiver_ref, "receiver")):
+        if uow.members.is_suspended(ref):
+            raise FailedPrecondition(f"the {role}'s networked settlement is suspended (D3)",
+                                     reason="SETTLEMENT_SUSPENDED", field=f"{role}.id_number")
+    if binding.state is not BindingState.ACTIVE:
+        raise FailedPrecondition(f"the binding is {binding.state.value}, not ACTIVE", reason="BINDING_NOT_ACTIVE",
+                                 field="binding_id")
+    return binding
+
+
 def submit_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                     decode: Callable[[bytes], TransferInstruction]) -> ReceiptAnswer:
     now = ctx.clock.now()
@@ -78,6 +101,8 @@ def submit_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
         header = instruction.header
         transfer_id = header.message_id
         digest = payload_digest(envelope.payload)
+        giver_ref = ctx.hasher.ref(instruction.giver.id_number)
+        receiver_ref = ctx.hasher.ref(instruction.receiver.id_number)
 
         def accept() -> bytes:
             giver_province = _require_active(uow.provinces.get(header.sender), header.sender)
@@ -85,7 +110,15 @@ def submit_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
             if uow.transfers.exists(transfer_id):
                 raise AlreadyExists("this transfer_id is taken by another province's transfer; use a new id",
                                     reason="TRANSFER_ID_TAKEN", field="header.message_id")
+            binding = _require_binding(uow, instruction, giver_ref, receiver_ref)
             policy = effective_policy(giver_province.policy)
+            day_start, day_end = beijing_day_window(beijing_day(now))
+            limits = check_transfer_limits(
+                instruction.amount_fen, uow.transfers.count_for_giver(giver_ref, day_start, day_end), now, policy,
+                binding.authorised_amount_fen or None, uow.bindings.used_amount(binding.binding_id))
+            if limits:
+                raise FailedPrecondition("refused by policy: " + ", ".join(v.reason for v in limits),
+                                         reason=limits[0].reason, field=limits[0].field or None)
             assert policy.return_hour is not None and policy.delivery_deadline_seconds is not None
             returns_at = return_deadline(now, instruction.expires_at, policy.return_hour)
             transfer = Transfer(
@@ -97,8 +130,7 @@ def submit_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                 delivery_deadline=delivery_deadline(now, policy.delivery_deadline_seconds, returns_at),
                 instruction_sha256=digest, binding_id=instruction.binding_id,
             )
-            uow.transfers.add(transfer, ctx.hasher.ref(instruction.giver.id_number),
-                              ctx.hasher.ref(instruction.receiver.id_number), envelope)
+            uow.transfers.add(transfer, giver_ref, receiver_ref, envelope)
             uow.outbox.enqueue(header.receiver, OutboxKind.DELIVER_TRANSFER, delivery_message_id(transfer_id),
                                transfer_id, now)
             return ctx.receipts.issue(request_sender=header.sender, request_message_id=transfer_id,

@@ -90,6 +90,7 @@ BAD_FIELDS = [
     ("expiry before creation", lambda m: m.expires_at.FromSeconds(m.header.created_at.seconds - 1),
      "INVALID_EXPIRY", "expires_at"),
     ("binding id bad chars", _set("binding_id", "b?d"), "INVALID_MESSAGE_ID", "binding_id"),
+    ("binding id missing", _set("binding_id", ""), "MISSING_FIELD", "binding_id"),
 ]
 
 

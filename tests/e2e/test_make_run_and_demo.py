@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CLEAR_PERSONAL_DATA = ("650502199001011230", "620102196505120026", "张伟", "李秀英")
+CLEAR_PERSONAL_DATA = ("650502199001011230", "620102196505120026", "620103198203040034", "620102201508160027",
+                       "张伟", "李秀英", "陈志刚", "王小雨")
 
 
 def free_port() -> int:
@@ -50,6 +51,10 @@ def test_devstack_serves_and_the_demo_tells_the_story(tmp_path: Path, dispatcher
                               capture_output=True, timeout=60)
         assert demo.returncode == 0, demo.stdout + demo.stderr
         out = demo.stdout
+        assert "(code 52): binding" in out and "ACTIVE, consent by FACE" in out
+        assert "(code 28, son-in-law): refused, FAILED_PRECONDITION INELIGIBLE_RELATION" in out
+        assert "ACTIVE, consent by GUARDIAN_DOCUMENT" in out
+        assert out.count("OK DISSOLVED") == 2
         assert "path: RECEIVED -> DELIVERED -> COMMITTED" in out
         assert "credit: 500.00 yuan CREDITED" in out and "COMMITTED (told 1x)" in out
         assert "OK: replay=True, same receipt as the first answer: True" in out

@@ -1,0 +1,113 @@
+"""Transfers obey bindings (D10), suspensions (D3) and the giver province's policy (D12), over real channels."""
+
+from __future__ import annotations
+
+from datetime import datetime, time, timedelta
+
+import grpc
+import pytest
+
+from gateway.domain.clock import BEIJING
+from protos.gongji.v1 import common_pb2, operations_pb2, relations_pb2, transfers_pb2
+from protos.stub.v1 import control_pb2
+from tests.support import GANSU, MOTHER, XINJIANG, Stack, error_of
+
+CHILD = ("620102201508160027", "620100")  # the giver's daughter, born 2015
+
+
+def binding_of(answer: relations_pb2.ProposeBindingResponse) -> str:
+    return common_pb2.Receipt.FromString(answer.receipt.payload).subject_id
+
+
+def national_policy(stack: Stack) -> None:
+    """Xinjiang (the giver's province) back on the national defaults of domain.md."""
+    stack.operations.UpdateProvince(operations_pb2.UpdateProvinceRequest(
+        code=XINJIANG, policy=operations_pb2.ProvincePolicy()), timeout=5)
+
+
+def move_clock_to(stack: Stack, beijing: time, days_ahead: int = 0) -> None:
+    """Move the gateway's clock forward to the next `beijing` time of day (plus whole days)."""
+    now = stack.clock.now().astimezone(BEIJING)
+    target = datetime.combine(now.date(), beijing, tzinfo=BEIJING) + timedelta(days=days_ahead)
+    while target <= now:
+        target += timedelta(days=1)
+    stack.clock.advance((target - now).total_seconds())
+
+
+def submit_error(stack: Stack, **kwargs: object) -> tuple[grpc.StatusCode, str]:
+    seen = error_of(lambda: stack.submit(stack.instruction(**kwargs)))  # type: ignore[arg-type]
+    return seen.code, seen.reason
+
+
+def accepted(stack: Stack, **kwargs: object) -> bool:
+    return stack.submit(stack.instruction(**kwargs)).state == transfers_pb2.TRANSFER_STATE_RECEIVED  # type: ignore[arg-type]
+
+
+def test_propose_accept_transfer_dissolve_then_no_more_transfers(stack: Stack) -> None:
+    stack.configure(GANSU, consent_mode=control_pb2.CONSENT_MODE_NEVER)
+    binding_id = binding_of(stack.propose(CHILD, relation_code="30"))
+    assert submit_error(stack, person=CHILD, binding_id=binding_id) == (grpc.StatusCode.FAILED_PRECONDITION,
+                                                                      "BINDING_NOT_ACTIVE")
+    stack.answer_consent(binding_id, method=relations_pb2.ATTESTATION_METHOD_GUARDIAN_DOCUMENT)
+    transfer_id = stack.submit(stack.instruction(person=CHILD, binding_id=binding_id)).transfer_id
+    stack.wait_for_state(transfer_id, transfers_pb2.TRANSFER_STATE_COMMITTED)
+    stack.dissolve(binding_id)
+    assert submit_error(stack, person=CHILD, binding_id=binding_id) == (grpc.StatusCode.FAILED_PRECONDITION,
+                                                                      "BINDING_NOT_ACTIVE")
+
+
+def test_a_transfer_needs_the_binding_of_exactly_that_giver_and_receiver(stack: Stack) -> None:
+    seen = error_of(lambda: stack.submit(stack.instruction(binding_id="")))
+    assert (seen.code, seen.reason, seen.metadata["field"]) == (grpc.StatusCode.INVALID_ARGUMENT, "MISSING_FIELD",
+                                                                "binding_id")
+    assert submit_error(stack, binding_id="no-such-binding") == (grpc.StatusCode.FAILED_PRECONDITION,
+                                                                 "BINDING_NOT_FOUND")
+    # The mother's binding used for a transfer to the daughter.
+    assert submit_error(stack, person=CHILD) == (grpc.StatusCode.FAILED_PRECONDITION, "BINDING_MISMATCH")
+
+
+def test_a_suspended_member_can_neither_give_nor_receive(stack: Stack) -> None:
+    stack.member_change(MOTHER, relations_pb2.MEMBER_CHANGE_KIND_SETTLEMENT_SUSPENDED)
+    assert submit_error(stack) == (grpc.StatusCode.FAILED_PRECONDITION, "SETTLEMENT_SUSPENDED")
+    stack.member_change(MOTHER, relations_pb2.MEMBER_CHANGE_KIND_SETTLEMENT_RESUMED)
+    assert accepted(stack)
+
+
+@pytest.mark.parametrize(("at", "allowed"), [
+    (time(21, 59, 59), True), (time(22, 0, 0), False), (time(5, 59, 59), False), (time(6, 0, 0), True)],
+    ids=["21:59:59", "22:00:00", "05:59:59", "06:00:00"])
+def test_blackout_in_beijing_time(stack: Stack, at: time, allowed: bool) -> None:
+    national_policy(stack)
+    move_clock_to(stack, at)
+    if allowed:
+        assert accepted(stack)
+    else:
+        assert submit_error(stack) == (grpc.StatusCode.FAILED_PRECONDITION, "TRANSFER_BLACKOUT")
+
+
+def test_the_fourth_transfer_of_a_beijing_day_is_refused_and_the_next_days_first_accepted(stack: Stack) -> None:
+    national_policy(stack)
+    move_clock_to(stack, time(10, 0))
+    for _ in range(3):
+        assert accepted(stack)
+    assert submit_error(stack) == (grpc.StatusCode.FAILED_PRECONDITION, "DAILY_LIMIT_REACHED")
+    move_clock_to(stack, time(6, 0))  # the next Beijing day, first minute after the blackout
+    assert accepted(stack)
+
+
+def test_the_largest_transfer_is_accepted_and_one_fen_more_refused(stack: Stack) -> None:
+    national_policy(stack)
+    move_clock_to(stack, time(12, 0))
+    assert accepted(stack, amount_fen=200_000)
+    assert submit_error(stack, amount_fen=200_001) == (grpc.StatusCode.FAILED_PRECONDITION, "AMOUNT_OVER_LIMIT")
+
+
+def test_the_authorised_amount_is_reached_exactly_then_one_fen_more_refused(stack: Stack) -> None:
+    stack.configure(GANSU, consent_mode=control_pb2.CONSENT_MODE_NEVER)
+    binding_id = binding_of(stack.propose(CHILD, relation_code="30", authorised_amount_fen=100_000))
+    stack.answer_consent(binding_id, method=relations_pb2.ATTESTATION_METHOD_GUARDIAN_DOCUMENT)
+    assert accepted(stack, person=CHILD, binding_id=binding_id, amount_fen=60_000)
+    assert accepted(stack, person=CHILD, binding_id=binding_id, amount_fen=40_000)
+    assert submit_error(stack, person=CHILD, binding_id=binding_id, amount_fen=1) == (
+        grpc.StatusCode.FAILED_PRECONDITION, "AUTHORISED_AMOUNT_EXCEEDED")
+    assert stack.binding(binding_id).used_amount_fen == 100_000
