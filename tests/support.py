@@ -100,6 +100,12 @@ def unique_id(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:20]}"
 
 
+def _clear_personal_data() -> tuple[str, ...]:
+    from tests.api.conftest import CLEAR_PERSONAL_DATA
+
+    return CLEAR_PERSONAL_DATA
+
+
 @dataclass
 class ErrorSeen:
     code: grpc.StatusCode
@@ -121,7 +127,10 @@ def error_of(call: Callable[[], Any]) -> ErrorSeen:
                 if detail.Unpack(info):
                     assert info.domain == "gongji.v1"
                     reason, metadata = info.reason, dict(info.metadata)
-        return ErrorSeen(error.code(), reason, metadata, error.details() or "")  # type: ignore[attr-defined]
+        message = error.details() or ""  # type: ignore[attr-defined]
+        for clear in _clear_personal_data():
+            assert clear not in message, "an error message shows personal data in clear (D19)"
+        return ErrorSeen(error.code(), reason, metadata, message)  # type: ignore[attr-defined]
     raise AssertionError("the call succeeded but was expected to fail")
 
 

@@ -1,0 +1,29 @@
+"""Every API test also checks D19: no clear ID number or name of a seeded person in any log line."""
+
+from __future__ import annotations
+
+import logging
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SEEDS = Path(__file__).resolve().parents[2] / "province_stub" / "seeds"
+CLEAR_PERSONAL_DATA = tuple(
+    value
+    for seed in sorted(SEEDS.glob("*.toml"))
+    for person in tomllib.loads(seed.read_text(encoding="utf-8"))["people"]
+    for value in (person["id_number"], person["name"])
+)
+
+
+@pytest.fixture(autouse=True)
+def no_clear_personal_data_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    caplog.set_level(logging.DEBUG)  # the most talkative setting: whatever any level would print
+    yield
+    # caplog.text holds only the current (teardown) phase: read every phase's records.
+    records = [*caplog.get_records("setup"), *caplog.get_records("call"), *caplog.records]
+    text = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in records)
+    leaked = [value[:6] + "…" for value in CLEAR_PERSONAL_DATA if value in text]
+    assert not leaked, f"clear personal data in the logs (D19): {leaked}"
