@@ -49,6 +49,7 @@ bindings_t: Table = BindingRow.__table__  # type: ignore[assignment]
 suspensions_t: Table = MemberSuspensionRow.__table__  # type: ignore[assignment]
 
 REASON_MAX = 64  # transfers.reason and transfer_events.reason
+_FAILED = frozenset({TransferState.DECLINED, TransferState.RETURNED, TransferState.REJECTED})
 
 
 def make_engine(url: str) -> Engine:
@@ -153,6 +154,7 @@ class Statements:
                                                        reason=_b("reason"), at=_b("at")))
         self.get_transfer = p(select(*_TRANSFER_VIEW).where(t.transfer_id == _b("w_id")))
         self.get_transfer_for_delivery = p(select(*_TRANSFER_VIEW, *_INSTRUCTION).where(t.transfer_id == _b("w_id")))
+        self.transfer_binding_amount = p(select(t.binding_id, t.amount_fen).where(t.transfer_id == _b("w_id")))
         self.transfer_exists = p(select(t.transfer_id).where(t.transfer_id == _b("w_id")))
         self.history = p(select(events_t.c.state, events_t.c.at, events_t.c.reason)
                          .where(events_t.c.transfer_id == _b("w_id")).order_by(events_t.c.id))
@@ -181,9 +183,8 @@ class Statements:
             (b.giver_ref == _b("ref")) | (b.receiver_ref == _b("ref"))).order_by(b.created_at))
         self.expired_proposals = p(select(b.binding_id).where(and_(b.state == "PROPOSED", b.consent_by <= _b("now")))
                                    .order_by(b.consent_by).limit(_b("limit")))
-        self.used_on_binding = p(select(func.coalesce(func.sum(t.amount_fen), 0)).where(and_(
-            t.binding_id == _b("w_id"),
-            or_(t.state == "RECEIVED", t.state == "DELIVERED", t.state == "COMMITTED"))))
+        self.add_used = p(update(bindings_t).where(b.binding_id == _b("w_id"))
+                          .values(used_amount_fen=b.used_amount_fen + _b("amount")))
         self.giver_transfers_between = p(select(func.count()).select_from(transfers_t).where(and_(
             t.giver_ref == _b("ref"), t.created_at >= _b("start"), t.created_at < _b("end"),
             or_(t.state == "RECEIVED", t.state == "DELIVERED", t.state == "COMMITTED"))))
@@ -372,6 +373,8 @@ class SqlTransferRepository:
             instruction_key_id=envelope.key_id, instruction_alg=envelope.alg,
             instruction_signature=envelope.signature, settlement_window_id=transfer.settlement_window_id)
         self.add_event(transfer.transfer_id, transfer.state, transfer.reason, transfer.created_at)
+        if transfer.binding_id:
+            self._cursor.run(self._s.add_used, w_id=transfer.binding_id, amount=transfer.amount_fen)
 
     @staticmethod
     def _transfer(v: dict[str, Any], history: tuple[TransferEvent, ...] = ()) -> Transfer:
@@ -424,6 +427,11 @@ class SqlTransferRepository:
             if self._cursor.run(self._s.change_state, w_id=transfer_id, w_from=state.value, state=to.value,
                                 reason=reason, updated_at=at) == 1:
                 self.add_event(transfer_id, to, reason, at)
+                if to in _FAILED and not state.is_final:
+                    # A failed transfer no longer counts against its binding's authorised amount (D10).
+                    row = self._cursor.first(self._s.transfer_binding_amount, w_id=transfer_id)
+                    if row is not None and row[0]:
+                        self._cursor.run(self._s.add_used, w_id=row[0], amount=-int(row[1]))
                 return True
         return False
 
@@ -454,7 +462,8 @@ class SqlBindingRepository:
             receiver_province=binding.receiver_province, giver_ref=binding.giver_ref,
             receiver_ref=binding.receiver_ref, giver_id_masked=binding.giver_id_masked,
             receiver_id_masked=binding.receiver_id_masked, relation_code=binding.relation_code,
-            authorised_amount_fen=binding.authorised_amount_fen, receiver_birth_date=binding.receiver_birth_date,
+            authorised_amount_fen=binding.authorised_amount_fen, used_amount_fen=0,
+            receiver_birth_date=binding.receiver_birth_date,
             consent_by=binding.consent_by, created_at=binding.created_at, updated_at=binding.updated_at,
             attestation_method="", evidence_ref="", attested_at=None, proposal_sha256=binding.proposal_sha256,
             proposal_payload=envelope.payload, proposal_signer=envelope.signer, proposal_key_id=envelope.key_id,
@@ -470,7 +479,8 @@ class SqlBindingRepository:
             consent_by=v["consent_by"], created_at=v["created_at"], updated_at=v["updated_at"],
             proposal_sha256=bytes(v["proposal_sha256"]), reason=v["reason"],
             attestation_method=AttestationMethod(v["attestation_method"]) if v["attestation_method"] else None,
-            evidence_ref=v["evidence_ref"], attested_at=v["attested_at"], giver_ref=bytes(v["giver_ref"]),
+            evidence_ref=v["evidence_ref"], attested_at=v["attested_at"], used_amount_fen=v["used_amount_fen"],
+            giver_ref=bytes(v["giver_ref"]),
             receiver_ref=bytes(v["receiver_ref"]))
 
     def get(self, binding_id: str) -> Binding | None:
@@ -505,9 +515,8 @@ class SqlBindingRepository:
     def expired_proposals(self, now: datetime, limit: int) -> list[str]:
         return [row[0] for row in self._cursor.all(self._s.expired_proposals, now=now, limit=limit)]
 
-    def used_amount(self, binding_id: str) -> int:
-        row = self._cursor.first(self._s.used_on_binding, w_id=binding_id)
-        return int(row[0]) if row else 0
+
+
 
 
 class SqlMemberRepository:

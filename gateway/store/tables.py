@@ -173,6 +173,9 @@ class BindingRow(Base):
     receiver_id_masked: Mapped[str] = mapped_column(String(18))
     relation_code: Mapped[str] = mapped_column(String(2))
     authorised_amount_fen: Mapped[int] = mapped_column(BigInteger)
+    # Sum of the binding's transfers that have not failed (D10), kept with every transfer change so a
+    # submission reads one row instead of summing the binding's history.
+    used_amount_fen: Mapped[int] = mapped_column(BigInteger, default=0)
     # Needed for the age rule at acceptance (D6); the ID number itself is not kept in a column.
     receiver_birth_date: Mapped[date] = mapped_column(Date)
     consent_by: Mapped[datetime] = mapped_column(UtcDateTime)

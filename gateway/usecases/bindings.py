@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 
 from gateway.domain.bindings import (
@@ -268,8 +268,7 @@ def get_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
     now = ctx.clock.now()
     with ctx.uow() as uow:
         query = authenticate(uow, envelope, BINDING_QUERY_TYPE, decode, peer, now, ctx.max_clock_skew, ctx.verify)
-        binding = _party_binding(uow, query.binding_id, query.header.sender)
-        return replace(binding, used_amount_fen=uow.bindings.used_amount(binding.binding_id))
+        return _party_binding(uow, query.binding_id, query.header.sender)
 
 
 # -- ReportMemberChange ---------------------------------------------------------------------------

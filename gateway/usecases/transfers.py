@@ -115,7 +115,7 @@ def submit_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
             day_start, day_end = beijing_day_window(beijing_day(now))
             limits = check_transfer_limits(
                 instruction.amount_fen, uow.transfers.count_for_giver(giver_ref, day_start, day_end), now, policy,
-                binding.authorised_amount_fen or None, uow.bindings.used_amount(binding.binding_id))
+                binding.authorised_amount_fen or None, binding.used_amount_fen)
             if limits:
                 raise FailedPrecondition("refused by policy: " + ", ".join(v.reason for v in limits),
                                          reason=limits[0].reason, field=limits[0].field or None)

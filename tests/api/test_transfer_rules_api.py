@@ -111,3 +111,14 @@ def test_the_authorised_amount_is_reached_exactly_then_one_fen_more_refused(stac
     assert submit_error(stack, person=CHILD, binding_id=binding_id, amount_fen=1) == (
         grpc.StatusCode.FAILED_PRECONDITION, "AUTHORISED_AMOUNT_EXCEEDED")
     assert stack.binding(binding_id).used_amount_fen == 100_000
+
+
+def test_a_declined_transfer_no_longer_counts_against_the_authorised_amount(stack: Stack) -> None:
+    stack.configure(GANSU, consent_mode=control_pb2.CONSENT_MODE_NEVER, confirm_mode=control_pb2.CONFIRM_MODE_DECLINE)
+    binding_id = binding_of(stack.propose(CHILD, relation_code="30", authorised_amount_fen=100_000))
+    stack.answer_consent(binding_id, method=relations_pb2.ATTESTATION_METHOD_GUARDIAN_DOCUMENT)
+    declined = stack.submit(stack.instruction(person=CHILD, binding_id=binding_id, amount_fen=100_000)).transfer_id
+    stack.wait_for_state(declined, transfers_pb2.TRANSFER_STATE_DECLINED)
+    assert stack.binding(binding_id).used_amount_fen == 0
+    assert accepted(stack, person=CHILD, binding_id=binding_id, amount_fen=100_000)
+    assert stack.binding(binding_id).used_amount_fen == 100_000
