@@ -153,7 +153,6 @@ class Statements:
         self.insert_event = p(events_t.insert().values(transfer_id=_b("transfer_id"), state=_b("state"),
                                                        reason=_b("reason"), at=_b("at")))
         self.get_transfer = p(select(*_TRANSFER_VIEW).where(t.transfer_id == _b("w_id")))
-        self.get_transfer_for_delivery = p(select(*_TRANSFER_VIEW, *_INSTRUCTION).where(t.transfer_id == _b("w_id")))
         self.transfer_binding_amount = p(select(t.binding_id, t.amount_fen).where(t.transfer_id == _b("w_id")))
         self.transfer_exists = p(select(t.transfer_id).where(t.transfer_id == _b("w_id")))
         self.history = p(select(events_t.c.state, events_t.c.at, events_t.c.reason)
@@ -396,14 +395,6 @@ class SqlTransferRepository:
             history = tuple(TransferEvent(TransferState(state), at, reason)
                             for state, at, reason in self._cursor.all(self._s.history, w_id=transfer_id))
         return self._transfer(dict(zip(self._s.get_transfer.columns, raw, strict=True)), history)
-
-    def get_for_delivery(self, transfer_id: str) -> tuple[Transfer, Envelope] | None:
-        """The transfer and the giver's original envelope, in one read."""
-        raw = self._cursor.first(self._s.get_transfer_for_delivery, w_id=transfer_id)
-        if raw is None:
-            return None
-        v = dict(zip(self._s.get_transfer_for_delivery.columns, raw, strict=True))
-        return self._transfer(v), self._envelope(v)
 
     @staticmethod
     def _envelope(v: dict[str, Any]) -> Envelope:
