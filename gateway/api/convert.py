@@ -23,6 +23,7 @@ from gateway.domain.bindings import (
 from gateway.domain.eligibility import AttestationMethod
 from gateway.domain.envelope import Header
 from gateway.domain.errors import InvalidArgument
+from gateway.domain.monitoring import Stats, TransferFilter
 from gateway.domain.provinces import Policy, Province, ProvinceKey, ProvinceStatus
 from gateway.domain.relations import RelationQuery
 from gateway.domain.transfers import (
@@ -215,6 +216,32 @@ def binding_to_proto(binding: Binding) -> relations_pb2.BindingView:
         attestation_method=_ATTESTATION_TO_PROTO.get(binding.attestation_method,  # type: ignore[arg-type]
                                                      relations_pb2.ATTESTATION_METHOD_UNSPECIFIED),
         created_at=timestamp(binding.created_at), updated_at=timestamp(binding.updated_at), reason=binding.reason)
+
+
+def transfer_filter_from_proto(request: operations_pb2.ListTransfersRequest) -> TransferFilter:
+    states = []
+    for value in request.states:
+        name = transfers_pb2.TransferState.Name(value).removeprefix("TRANSFER_STATE_")
+        if value == transfers_pb2.TRANSFER_STATE_UNSPECIFIED:
+            raise InvalidArgument("states must name transfer states", reason="INVALID_STATE", field="states")
+        states.append(TransferState(name))
+    return TransferFilter(
+        states=tuple(states), giver_province=request.giver_province, receiver_province=request.receiver_province,
+        created_from=from_timestamp(request.created_from) if request.HasField("created_from") else None,
+        created_to=from_timestamp(request.created_to) if request.HasField("created_to") else None)
+
+
+def stats_to_proto(stats: Stats) -> operations_pb2.GetStatsResponse:
+    answer = operations_pb2.GetStatsResponse(
+        transfers=[operations_pb2.TransferStat(giver_province=f.giver_province, receiver_province=f.receiver_province,
+                                               state=transfer_state_to_proto(f.state), count=f.count,
+                                               amount_fen=f.amount_fen) for f in stats.transfers],
+        outbox_backlog=stats.outbox_backlog,
+        delivery_failures=[operations_pb2.DeliveryFailures(province=p, failed_attempts=n)
+                           for p, n in sorted(stats.failed_attempts_by_province.items())])
+    if stats.oldest_undelivered is not None:
+        answer.oldest_undelivered.CopyFrom(timestamp(stats.oldest_undelivered))
+    return answer
 
 
 def decode_query(payload: bytes) -> TransferQuery:

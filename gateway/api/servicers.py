@@ -10,6 +10,7 @@ import grpc
 from gateway.api import convert
 from gateway.domain.errors import Unimplemented
 from gateway.usecases import bindings as binding_cases
+from gateway.usecases import monitoring as monitoring_cases
 from gateway.usecases import provinces as province_cases
 from gateway.usecases import relations as relation_cases
 from gateway.usecases import transfers as transfer_cases
@@ -122,15 +123,20 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
         provinces = await self._run.query(province_cases.list_provinces)
         return operations_pb2.ListProvincesResponse(provinces=[convert.province_to_proto(p) for p in provinces])
 
-    async def ListTransfers(self, request: Any, context: Context) -> Any:
-        raise _later("ListTransfers", "issue 4 (operators' view)")
+    async def ListTransfers(self, request: operations_pb2.ListTransfersRequest,
+                            context: Context) -> operations_pb2.ListTransfersResponse:
+        page = await self._run.query(monitoring_cases.list_transfers, convert.transfer_filter_from_proto(request),
+                                     request.page_token, request.page_size)
+        return operations_pb2.ListTransfersResponse(
+            transfers=[convert.transfer_to_proto(t) for t in page.transfers], next_page_token=page.next_page_token)
 
     async def WatchTransfers(self, request: Any, context: Context) -> Any:
         raise _later("WatchTransfers", "issue 4 (operators' view)")
         yield  # an async generator, as a server-streaming handler must be
 
-    async def GetStats(self, request: Any, context: Context) -> Any:
-        raise _later("GetStats", "issue 4 (operators' view)")
+    async def GetStats(self, request: operations_pb2.GetStatsRequest,
+                       context: Context) -> operations_pb2.GetStatsResponse:
+        return convert.stats_to_proto(await self._run.query(monitoring_cases.get_stats))
 
     async def CloseSettlementWindow(self, request: Any, context: Context) -> Any:
         raise _later("CloseSettlementWindow", "issue 4 (settlement)")

@@ -11,16 +11,17 @@ import json
 import threading
 import weakref
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, and_, bindparam, create_engine, event, func, or_, select, update
+from sqlalchemy import Connection, Engine, Table, and_, bindparam, case, create_engine, event, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import ClauseElement
 
 from gateway.domain.bindings import Attestation, Binding, BindingState
 from gateway.domain.eligibility import AttestationMethod
 from gateway.domain.envelope import Envelope
+from gateway.domain.monitoring import PairStateFigure, Stats, TransferFilter
 from gateway.domain.provinces import Policy, Province, ProvinceKey, ProvinceStatus
 from gateway.domain.records import OutboxKind, OutboxMessage, RequestOutcome, StoredRequest
 from gateway.domain.transfers import Transfer, TransferEvent, TransferState
@@ -89,6 +90,14 @@ def create_schema(engine: Engine) -> None:
 
 def drop_schema(engine: Engine) -> None:
     Base.metadata.drop_all(engine)
+
+
+def _aware(value: Any) -> datetime | None:
+    """An aggregate (MIN) skips the column's type on some drivers: read SQLite's text as UTC too."""
+    if value is None:
+        return None
+    at: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def _policy_to_json(policy: Policy) -> str:
@@ -356,7 +365,46 @@ class SqlRequestRepository:
 
 class SqlTransferRepository:
     def __init__(self, cursor: Cursor, store: SqlStore) -> None:
-        self._cursor, self._s = cursor, store.statements
+        self._cursor, self._s, self._dialect = cursor, store.statements, store.engine.dialect
+
+    def page(self, where: TransferFilter, after: tuple[datetime, str] | None, limit: int) -> list[Transfer]:
+        """Transfers in (created_at, transfer_id) order after `after`: new ones only ever come later."""
+        t = transfers_t.c
+        query = select(*_TRANSFER_VIEW)
+        if where.states:
+            query = query.where(or_(*(t.state == state.value for state in where.states)))
+        if where.giver_province:
+            query = query.where(t.giver_province == where.giver_province)
+        if where.receiver_province:
+            query = query.where(t.receiver_province == where.receiver_province)
+        if where.created_from is not None:
+            query = query.where(t.created_at >= where.created_from)
+        if where.created_to is not None:
+            query = query.where(t.created_at < where.created_to)
+        if after is not None:
+            query = query.where(or_(t.created_at > after[0], and_(t.created_at == after[0], t.transfer_id > after[1])))
+        # Operator queries vary in shape and are rare: compiled per call, run like every other statement.
+        statement = Prepared(query.order_by(t.created_at, t.transfer_id).limit(limit), self._dialect)
+        return [self._transfer(dict(zip(statement.columns, raw, strict=True))) for raw in self._cursor.all(statement)]
+
+    def stats(self) -> Stats:
+        t, o = transfers_t.c, outbox_t.c
+        by_pair = Prepared(select(t.giver_province, t.receiver_province, t.state, func.count(),
+                                  func.coalesce(func.sum(t.amount_fen), 0))
+                           .group_by(t.giver_province, t.receiver_province, t.state)
+                           .order_by(t.giver_province, t.receiver_province, t.state), self._dialect)
+        backlog = Prepared(select(func.count(), func.min(o.created_at)).where(o.status == "PENDING"), self._dialect)
+        # Every attempt of a message but the one that succeeded failed (a leased one in flight counts too).
+        succeeded = func.sum(case((o.status == "DONE", 1), else_=0))
+        failures = Prepared(select(o.destination, func.sum(o.attempts) - succeeded)
+                            .group_by(o.destination).order_by(o.destination), self._dialect)
+        pending = self._cursor.first(backlog)
+        return Stats(
+            transfers=[PairStateFigure(g, r, TransferState(s), int(c), int(a)) for g, r, s, c, a in
+                       self._cursor.all(by_pair)],
+            outbox_backlog=int(pending[0]) if pending else 0,
+            oldest_undelivered=_aware(pending[1]) if pending else None,
+            failed_attempts_by_province={d: int(n or 0) for d, n in self._cursor.all(failures)})
 
     def add(self, transfer: Transfer, giver_ref: bytes, receiver_ref: bytes, envelope: Envelope) -> None:
         self._cursor.run(

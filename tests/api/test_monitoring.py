@@ -1,0 +1,78 @@
+"""Operators' ListTransfers and GetStats over real channels, on each database."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+
+from protos.gongji.v1 import operations_pb2, transfers_pb2
+from tests.support import GANSU, XINJIANG, Stack, error_of, wait_until
+
+
+def list_all(stack: Stack, page_size: int, **filters: object) -> list[str]:
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = stack.operations.ListTransfers(operations_pb2.ListTransfersRequest(
+            page_size=page_size, page_token=token, **filters), timeout=10)  # type: ignore[arg-type]
+        seen += [t.transfer_id for t in page.transfers]
+        token = page.next_page_token
+        if not token:
+            return seen
+
+
+def test_pagination_returns_every_transfer_exactly_once_while_new_ones_arrive(stack: Stack) -> None:
+    first = [stack.submit(stack.instruction()).transfer_id for _ in range(25)]
+    stop = threading.Event()
+    later: list[str] = []
+
+    def keep_submitting() -> None:
+        while not stop.is_set() and len(later) < 40:
+            later.append(stack.submit(stack.instruction()).transfer_id)
+
+    writer = threading.Thread(target=keep_submitting)
+    writer.start()
+    try:
+        seen = list_all(stack, page_size=4)
+    finally:
+        stop.set()
+        writer.join(30)
+    assert len(seen) == len(set(seen)), "a transfer was listed twice"
+    assert set(first) <= set(seen), "a transfer that existed before the listing began was missed"
+    assert set(seen) <= set(first) | set(later)
+    assert sorted(list_all(stack, page_size=1000)) == sorted(first + later)
+
+
+def test_filters_and_bad_requests(stack: Stack) -> None:
+    stack.configure(GANSU, reject_reason="RECEIVER_NOT_INSURED")
+    rejected = stack.submit(stack.instruction()).transfer_id
+    stack.wait_for_state(rejected, transfers_pb2.TRANSFER_STATE_REJECTED)
+    assert list_all(stack, 10, states=[transfers_pb2.TRANSFER_STATE_REJECTED]) == [rejected]
+    assert list_all(stack, 10, giver_province=GANSU) == []
+    assert rejected in list_all(stack, 10, giver_province=XINJIANG, receiver_province=GANSU)
+    for request, reason in ((operations_pb2.ListTransfersRequest(page_size=1001), "INVALID_PAGE_SIZE"),
+                            (operations_pb2.ListTransfersRequest(page_token="not-a-token"), "INVALID_PAGE_TOKEN"),
+                            (operations_pb2.ListTransfersRequest(giver_province="6500"), "INVALID_PROVINCE_CODE")):
+        seen = error_of(lambda r=request: stack.operations.ListTransfers(r, timeout=5))
+        assert (seen.code, seen.reason) == (grpc.StatusCode.INVALID_ARGUMENT, reason)
+
+
+def test_stats_count_transfers_by_pair_and_state_and_show_the_outbox(stack: Stack) -> None:
+    for _ in range(3):
+        stack.wait_for_state(stack.submit(stack.instruction(amount_fen=1000)).transfer_id,
+                             transfers_pb2.TRANSFER_STATE_COMMITTED)
+    stack.wait_for_outbox_idle(XINJIANG)
+    stack.wait_for_outbox_idle(GANSU)
+    stats = stack.operations.GetStats(operations_pb2.GetStatsRequest(), timeout=5)
+    committed = [s for s in stats.transfers if s.state == transfers_pb2.TRANSFER_STATE_COMMITTED]
+    assert [(s.giver_province, s.receiver_province, s.count, s.amount_fen) for s in committed] == [
+        (XINJIANG, GANSU, 3, 3000)]
+    assert stats.outbox_backlog == 0 and not stats.HasField("oldest_undelivered")
+
+    stack.configure(GANSU, fail_next_calls=1000)
+    stack.submit(stack.instruction())
+    stats = wait_until(lambda: (s := stack.operations.GetStats(operations_pb2.GetStatsRequest(), timeout=5))
+                       .delivery_failures and any(f.province == GANSU and f.failed_attempts >= 2
+                                                  for f in s.delivery_failures) and s, what="failures counted")
+    assert stats.outbox_backlog >= 1 and stats.HasField("oldest_undelivered")
