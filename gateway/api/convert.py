@@ -23,7 +23,7 @@ from gateway.domain.bindings import (
 from gateway.domain.eligibility import AttestationMethod
 from gateway.domain.envelope import Header
 from gateway.domain.errors import InvalidArgument
-from gateway.domain.monitoring import Stats, TransferFilter
+from gateway.domain.monitoring import Stats, TransferChange, TransferFilter
 from gateway.domain.provinces import Policy, Province, ProvinceKey, ProvinceStatus
 from gateway.domain.relations import RelationQuery
 from gateway.domain.transfers import (
@@ -229,6 +229,13 @@ def transfer_filter_from_proto(request: operations_pb2.ListTransfersRequest) -> 
         states=tuple(states), giver_province=request.giver_province, receiver_province=request.receiver_province,
         created_from=from_timestamp(request.created_from) if request.HasField("created_from") else None,
         created_to=from_timestamp(request.created_to) if request.HasField("created_to") else None)
+
+
+def transfer_change_to_proto(change: TransferChange) -> operations_pb2.TransferChange:
+    return operations_pb2.TransferChange(
+        cursor=str(change.position), transfer_id=change.transfer_id, state=transfer_state_to_proto(change.state),
+        at=timestamp(change.at), reason=change.reason, giver_province=change.giver_province,
+        receiver_province=change.receiver_province, amount_fen=change.amount_fen)
 
 
 def stats_to_proto(stats: Stats) -> operations_pb2.GetStatsResponse:

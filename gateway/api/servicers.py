@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -44,6 +44,10 @@ class UseCaseRunner:
     async def query(self, use_case: Callable[..., T], *args: Any) -> T:
         result: T = await self._run_in_db(use_case, self.ctx, *args)
         return result
+
+    def stream(self, use_case: Callable[..., AsyncIterator[T]], *args: Any) -> AsyncIterator[T]:
+        """An asynchronous use case that yields results as they come (a server stream)."""
+        return use_case(self.ctx, self._run_in_db, *args)
 
     async def orchestrate(self, use_case: Callable[..., Awaitable[T]], *args: Any) -> T:
         """An asynchronous use case that calls other systems between its database steps."""
@@ -130,9 +134,10 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
         return operations_pb2.ListTransfersResponse(
             transfers=[convert.transfer_to_proto(t) for t in page.transfers], next_page_token=page.next_page_token)
 
-    async def WatchTransfers(self, request: Any, context: Context) -> Any:
-        raise _later("WatchTransfers", "issue 4 (operators' view)")
-        yield  # an async generator, as a server-streaming handler must be
+    async def WatchTransfers(self, request: operations_pb2.WatchTransfersRequest,
+                             context: Context) -> AsyncIterator[operations_pb2.TransferChange]:
+        async for change in self._run.stream(monitoring_cases.watch_transfers, request.from_cursor):
+            yield convert.transfer_change_to_proto(change)
 
     async def GetStats(self, request: operations_pb2.GetStatsRequest,
                        context: Context) -> operations_pb2.GetStatsResponse:

@@ -26,6 +26,20 @@ class TransferPage:
 
 
 @dataclass(frozen=True, slots=True)
+class TransferChange:
+    """One state a transfer entered; `position` orders all changes (the change feed's cursor)."""
+
+    position: int
+    transfer_id: str
+    state: TransferState
+    at: datetime
+    reason: str
+    giver_province: str
+    receiver_province: str
+    amount_fen: int
+
+
+@dataclass(frozen=True, slots=True)
 class PairStateFigure:
     giver_province: str
     receiver_province: str

@@ -21,7 +21,7 @@ from sqlalchemy.sql import ClauseElement
 from gateway.domain.bindings import Attestation, Binding, BindingState
 from gateway.domain.eligibility import AttestationMethod
 from gateway.domain.envelope import Envelope
-from gateway.domain.monitoring import PairStateFigure, Stats, TransferFilter
+from gateway.domain.monitoring import PairStateFigure, Stats, TransferChange, TransferFilter
 from gateway.domain.provinces import Policy, Province, ProvinceKey, ProvinceStatus
 from gateway.domain.records import OutboxKind, OutboxMessage, RequestOutcome, StoredRequest
 from gateway.domain.transfers import Transfer, TransferEvent, TransferState
@@ -162,6 +162,12 @@ class Statements:
         self.insert_event = p(events_t.insert().values(transfer_id=_b("transfer_id"), state=_b("state"),
                                                        reason=_b("reason"), at=_b("at")))
         self.get_transfer = p(select(*_TRANSFER_VIEW).where(t.transfer_id == _b("w_id")))
+        e = events_t.c
+        self.changes_after = p(select(e.id, e.transfer_id, e.state, e.at, e.reason, t.giver_province,
+                                      t.receiver_province, t.amount_fen)
+                               .join_from(events_t, transfers_t, e.transfer_id == t.transfer_id)
+                               .where(e.id > _b("after")).order_by(e.id).limit(_b("limit")))
+        self.last_change = p(select(func.max(e.id)))
         self.transfer_binding_amount = p(select(t.binding_id, t.amount_fen).where(t.transfer_id == _b("w_id")))
         self.transfer_exists = p(select(t.transfer_id).where(t.transfer_id == _b("w_id")))
         self.history = p(select(events_t.c.state, events_t.c.at, events_t.c.reason)
@@ -386,6 +392,15 @@ class SqlTransferRepository:
         # Operator queries vary in shape and are rare: compiled per call, run like every other statement.
         statement = Prepared(query.order_by(t.created_at, t.transfer_id).limit(limit), self._dialect)
         return [self._transfer(dict(zip(statement.columns, raw, strict=True))) for raw in self._cursor.all(statement)]
+
+    def changes_after(self, position: int, limit: int) -> list[TransferChange]:
+        rows = self._cursor.all(self._s.changes_after, after=position, limit=limit)
+        return [TransferChange(int(i), tid, TransferState(state), at, reason, giver, receiver, int(amount))
+                for i, tid, state, at, reason, giver, receiver, amount in rows]
+
+    def last_change(self) -> int:
+        row = self._cursor.first(self._s.last_change)
+        return int(row[0]) if row and row[0] is not None else 0
 
     def stats(self) -> Stats:
         t, o = transfers_t.c, outbox_t.c

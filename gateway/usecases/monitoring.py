@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+from collections.abc import AsyncIterator
 from datetime import datetime
 
 from gateway.domain.errors import InvalidArgument
-from gateway.domain.monitoring import Stats, TransferFilter, TransferPage
+from gateway.domain.monitoring import Stats, TransferChange, TransferFilter, TransferPage
 from gateway.domain.provinces import validate_province_code
 from gateway.usecases.context import UseCaseContext
+from gateway.usecases.relations import RunInDb
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -47,6 +50,52 @@ def list_transfers(ctx: UseCaseContext, where: TransferFilter, page_token: str, 
     more = len(rows) > size
     rows = rows[:size]
     return TransferPage(rows, _token(rows[-1].created_at, rows[-1].transfer_id) if more else "")
+
+
+WATCH_BATCH = 500
+WATCH_POLL_SECONDS = 0.1
+WATCH_GAP_GRACE_SECONDS = 5.0
+
+
+def _changes_after(ctx: UseCaseContext, position: int, limit: int) -> list[TransferChange]:
+    with ctx.uow() as uow:
+        return uow.transfers.changes_after(position, limit)
+
+
+def _last_change(ctx: UseCaseContext) -> int:
+    with ctx.uow() as uow:
+        return uow.transfers.last_change()
+
+
+async def watch_transfers(ctx: UseCaseContext, run_in_db: RunInDb, from_cursor: str) -> AsyncIterator[TransferChange]:
+    """Every state change after the cursor (or from now), in the order they were recorded, for ever.
+
+    Each watcher reads the database at its own pace: one that stops reading only stops itself, as
+    gRPC's flow control holds its stream; nothing is queued for it in the gateway.
+    """
+    if from_cursor:
+        if not (from_cursor.isascii() and from_cursor.isdigit()):
+            raise InvalidArgument("from_cursor is not one this gateway gave out", reason="INVALID_CURSOR",
+                                  field="from_cursor")
+        position = int(from_cursor)
+    else:
+        position = await run_in_db(_last_change, ctx)
+    loop = asyncio.get_running_loop()
+    gap_seen_at: float | None = None
+    while True:
+        batch: list[TransferChange] = await run_in_db(_changes_after, ctx, position, WATCH_BATCH)
+        for change in batch:
+            if change.position != position + 1:
+                # PostgreSQL numbers a change when it is written, not when it commits: a missing number
+                # may still be committing. Wait for it a while; after that it was rolled back.
+                gap_seen_at = gap_seen_at if gap_seen_at is not None else loop.time()
+                if loop.time() - gap_seen_at < WATCH_GAP_GRACE_SECONDS:
+                    break
+            gap_seen_at = None
+            yield change
+            position = change.position
+        if len(batch) < WATCH_BATCH or gap_seen_at is not None:
+            await asyncio.sleep(WATCH_POLL_SECONDS)
 
 
 def get_stats(ctx: UseCaseContext) -> Stats:

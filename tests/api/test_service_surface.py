@@ -49,7 +49,7 @@ def test_rpcs_of_later_issues_answer_unimplemented(stack: Stack) -> None:
     settlements = settlements_pb2_grpc.SettlementsStub(stack.channel)
     calls = [
         lambda: settlements.GetSettlement(settlements_pb2.GetSettlementRequest(), timeout=5),
-        lambda: list(stack.operations.WatchTransfers(operations_pb2.WatchTransfersRequest(), timeout=5)),
+        lambda: stack.operations.CloseSettlementWindow(operations_pb2.CloseSettlementWindowRequest(), timeout=5),
     ]
     for call in calls:
         seen = error_of(call)

@@ -1,0 +1,81 @@
+"""Operators' WatchTransfers: every state change exactly once, in order per transfer; slow readers harm no one."""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+
+import grpc
+
+from protos.gongji.v1 import operations_pb2, transfers_pb2
+from tests.support import Stack, error_of, wait_until
+
+T = transfers_pb2
+LIFE = [T.TRANSFER_STATE_RECEIVED, T.TRANSFER_STATE_DELIVERED, T.TRANSFER_STATE_COMMITTED]
+RUN = 1000
+
+
+class Watcher:
+    """Reads a WatchTransfers stream in a thread into a list."""
+
+    def __init__(self, stack: Stack, from_cursor: str = "") -> None:
+        self.changes: list[operations_pb2.TransferChange] = []
+        self._stream = stack.operations.WatchTransfers(operations_pb2.WatchTransfersRequest(from_cursor=from_cursor),
+                                                       timeout=120)
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for change in self._stream:
+                self.changes.append(change)
+        except grpc.RpcError:
+            pass  # cancelled at the end of the test
+
+    def close(self) -> None:
+        self._stream.cancel()
+        self._thread.join(10)
+
+
+def test_every_state_change_of_a_thousand_transfers_exactly_once_and_in_order(stack: Stack) -> None:
+    watcher = Watcher(stack)
+    stalled = stack.operations.WatchTransfers(operations_pb2.WatchTransfersRequest(), timeout=120)  # never read
+    try:
+        submitted = [stack.submit(stack.instruction(amount_fen=100)).transfer_id for _ in range(RUN)]
+
+        def all_committed() -> bool:
+            done = {c.transfer_id for c in watcher.changes if c.state == T.TRANSFER_STATE_COMMITTED}
+            return done >= set(submitted)
+
+        wait_until(all_committed, timeout=120, interval=0.2, what="every transfer's COMMITTED in the feed")
+    finally:
+        watcher.close()
+        stalled.cancel()
+    per_transfer: dict[str, list[int]] = defaultdict(list)
+    for change in watcher.changes:
+        per_transfer[change.transfer_id].append(change.state)
+    assert set(per_transfer) == set(submitted)
+    assert all(states == LIFE for states in per_transfer.values()), "a change missing, doubled or out of order"
+    cursors = [int(c.cursor) for c in watcher.changes]
+    assert cursors == sorted(cursors) and len(set(cursors)) == len(cursors)
+
+
+def test_resuming_from_a_cursor_gives_what_came_after_it(stack: Stack) -> None:
+    first = stack.submit(stack.instruction()).transfer_id
+    stack.wait_for_state(first, T.TRANSFER_STATE_COMMITTED)
+    watcher = Watcher(stack, from_cursor="0")
+    try:
+        wait_until(lambda: len([c for c in watcher.changes if c.transfer_id == first]) == 3, what="history replayed")
+        cursor = watcher.changes[-1].cursor
+    finally:
+        watcher.close()
+    second = stack.submit(stack.instruction()).transfer_id
+    resumed = Watcher(stack, from_cursor=cursor)
+    try:
+        wait_until(lambda: [c.state for c in resumed.changes if c.transfer_id == second] == LIFE, what="resumed")
+        assert all(c.transfer_id != first for c in resumed.changes)
+    finally:
+        resumed.close()
+    seen = error_of(lambda: next(iter(stack.operations.WatchTransfers(
+        operations_pb2.WatchTransfersRequest(from_cursor="abc"), timeout=5))))
+    assert (seen.code, seen.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CURSOR")
