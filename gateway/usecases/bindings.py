@@ -220,7 +220,8 @@ def accept_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                 raise FailedPrecondition("the consent deadline has passed", reason="CONSENT_EXPIRED",
                                          field="binding_id")
             if acceptance.attestation is not None and new_state is BindingState.ACTIVE:
-                today = acceptance.attestation.attested_at.astimezone(BEIJING).date()
+                # Age on the gateway's date, not the attestation's own: a backdated attestation gains nothing.
+                today = now.astimezone(BEIJING).date()
                 violations = check_attestation(acceptance.attestation.method, binding.receiver_birth_date, today)
                 if violations:
                     raise FailedPrecondition("the receiver is 16 or over: their own face verification is required (D6)",
