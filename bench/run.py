@@ -134,6 +134,7 @@ async def start_stack(children: Children, workdir: Path) -> Stack:
         env={
             "GONGJI_LISTEN": gateway,
             "GONGJI_OPS_LISTEN": f"127.0.0.1:{ops_port}",
+            "GONGJI_METRICS_LISTEN": "127.0.0.1:0",
             "GONGJI_DATABASE_URL": f"sqlite:///{db_path}",
             "GONGJI_GATEWAY_KEY_FILE": str(keys_dir / "gateway.key"),
             "GONGJI_ID_HASH_KEY_FILE": str(keys_dir / "id-hash.key"),

@@ -15,9 +15,11 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
 from gateway.api.errors import ErrorMappingInterceptor
+from gateway.api.metrics import MetricsServer, RpcMetrics, StateCollector
 from gateway.api.receipts import SignedReceiptIssuer
 from gateway.api.servicers import (
     OperationsServicer,
@@ -37,6 +39,7 @@ from gateway.security.keys import ensure_key_pair
 from gateway.security.signing import EnvelopeSigner, verify_signature
 from gateway.store.sql import SqlUnitOfWork, create_schema, make_engine
 from gateway.usecases.context import UseCaseContext
+from gateway.usecases.monitoring import get_stats
 from gateway.usecases.provinces import apply_manifest
 from protos.gongji.v1 import (
     operations_pb2,
@@ -76,6 +79,11 @@ class Gateway:
     _outbox: OutboxWorker
     _client: ProvinceClient
     _executor: ThreadPoolExecutor | None
+    _metrics: MetricsServer | None = None
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self._metrics.port if self._metrics else None
 
     async def stop(self, grace: float = 5.0) -> None:
         """Graceful stop: health NOT_SERVING first, then in-flight calls finish within `grace`."""
@@ -83,6 +91,8 @@ class Gateway:
             await servicer.enter_graceful_shutdown()
         await asyncio.gather(self._server.stop(grace), self._ops_server.stop(grace))
         await self._outbox.stop()
+        if self._metrics is not None:
+            self._metrics.stop()
         await self._client.close()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
@@ -92,9 +102,10 @@ class Gateway:
         await self._server.wait_for_termination()
 
 
-def _new_server(settings: Settings, services: tuple[str, ...]) -> tuple[grpc.aio.Server, Any]:
+def _new_server(settings: Settings, services: tuple[str, ...],
+                observe: Callable[[str, str, float], None]) -> tuple[grpc.aio.Server, Any]:
     server = grpc.aio.server(
-        interceptors=[ErrorMappingInterceptor()],
+        interceptors=[ErrorMappingInterceptor(observe)],
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -168,11 +179,14 @@ async def create_gateway(settings: Settings, clock: Clock | None = None, run_out
     outbox = OutboxWorker(context, core.client, run_in_db, settings.outbox)
     runner = UseCaseRunner(context, run_in_db, outbox.wake)
 
-    server, server_health = _new_server(settings, PROVINCE_SERVICES)
+    registry = CollectorRegistry()
+    rpc_metrics = RpcMetrics(registry)
+    registry.register(StateCollector(functools.partial(get_stats, context)))
+    server, server_health = _new_server(settings, PROVINCE_SERVICES, rpc_metrics.observe)
     transfers_pb2_grpc.add_TransfersServicer_to_server(TransfersServicer(runner), server)
     relations_pb2_grpc.add_RelationsServicer_to_server(RelationsServicer(runner, core.client), server)
     settlements_pb2_grpc.add_SettlementsServicer_to_server(SettlementsServicer(), server)
-    ops_server, ops_health = _new_server(settings, OPERATOR_SERVICES)
+    ops_server, ops_health = _new_server(settings, OPERATOR_SERVICES, rpc_metrics.observe)
     operations_pb2_grpc.add_OperationsServicer_to_server(OperationsServicer(runner), ops_server)
 
     port = _bind(server, settings.listen)
@@ -184,8 +198,9 @@ async def create_gateway(settings: Settings, clock: Clock | None = None, run_out
     for health_servicer, services in ((server_health, PROVINCE_SERVICES), (ops_health, OPERATOR_SERVICES)):
         for name in ("", *services):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    metrics = MetricsServer(registry, settings.metrics_listen) if settings.metrics_listen else None
     return Gateway(port, ops_port, context, core.engine, server, ops_server, (server_health, ops_health), outbox,
-                   core.client, core.executor)
+                   core.client, core.executor, metrics)
 
 
 @dataclass

@@ -19,6 +19,8 @@ class ConfigError(ValueError):
 class Settings:
     listen: str = "127.0.0.1:50051"
     ops_listen: str = "127.0.0.1:50052"
+    # Prometheus /metrics; empty: no metrics endpoint.
+    metrics_listen: str = "127.0.0.1:9464"
     database_url: str = "sqlite:///var/gongji.db"
     manifest: Path | None = None
     # Secrets are file paths, never values (created on first start when missing, for development).
@@ -60,6 +62,7 @@ class Settings:
         settings = cls(
             listen=get("LISTEN", cls.listen),
             ops_listen=get("OPS_LISTEN", cls.ops_listen),
+            metrics_listen=get("METRICS_LISTEN", cls.metrics_listen),
             database_url=database_url,
             manifest=Path(manifest) if manifest else None,
             gateway_key_file=Path(get("GATEWAY_KEY_FILE", str(cls.gateway_key_file))),
@@ -82,7 +85,9 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        for name in ("listen", "ops_listen"):
+        for name in ("listen", "ops_listen", "metrics_listen"):
+            if name == "metrics_listen" and not self.metrics_listen:
+                continue
             host, sep, port = getattr(self, name).rpartition(":")
             if not sep or not host or not port.isdigit():
                 raise ConfigError(f"{name} must be host:port, got {getattr(self, name)!r}")

@@ -349,6 +349,8 @@ def start_stack(loop_thread: LoopThread, tmp_path: Path, db_url: str,
     clock = OffsetClock()
     config = Settings(
         listen="127.0.0.1:0", ops_listen="127.0.0.1:0", database_url=db_url,
+        # /metrics only where a test asks: stopping its HTTP server costs up to half a second.
+        metrics_listen=settings.pop("metrics_listen", ""),
         gateway_key_file=keys_dir / "gateway.key", id_hash_key_file=keys_dir / "id-hash.key",
         province_call_timeout_seconds=settings.pop("province_call_timeout_seconds", 2.0),
         # As `python -m gateway` chooses: inline for SQLite, a thread pool for PostgreSQL.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -66,8 +67,10 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: Exception, 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Turns exceptions raised by servicers into statuses; nothing unexpected reaches the client as is."""
 
-    def __init__(self) -> None:
+    def __init__(self, observe: Callable[[str, str, float], None] | None = None) -> None:
         self._wrapped: dict[str, tuple[Any, Any]] = {}
+        # Told (method, status code name, seconds) after every unary call: the RPC metrics.
+        self._observe = observe
 
     async def intercept_service(
         self,
@@ -82,22 +85,29 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]  # wrapping anew on every call was a measurable share of each RPC's cost
-        wrapped = self._wrap(handler, method)
+        wrapped = self._wrap(handler, method, self._observe)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
     @staticmethod
-    def _wrap(handler: Any, method: str) -> Any:
+    def _wrap(handler: Any, method: str, observe: Callable[[str, str, float], None] | None) -> Any:
         if handler.unary_unary is not None:
             inner = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                started = time.perf_counter()
+                code = "OK"
                 try:
                     return await inner(request, context)
                 except Exception as error:
                     if isinstance(error, grpc.aio.AbortError):
+                        code = "ABORTED_BY_HANDLER"
                         raise
+                    code = status_for(error).code.name
                     await _abort(context, error, method)
+                finally:
+                    if observe is not None:
+                        observe(method, code, time.perf_counter() - started)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary, request_deserializer=handler.request_deserializer,

@@ -29,6 +29,7 @@ def free_port() -> int:
 def test_devstack_serves_and_the_demo_tells_the_story(tmp_path: Path, dispatchers: str) -> None:
     env = {**os.environ, "GONGJI_VAR": str(tmp_path / "var"), "GONGJI_OUTBOX_DISPATCHERS": dispatchers,
            "GONGJI_LISTEN": f"127.0.0.1:{free_port()}", "GONGJI_OPS_LISTEN": f"127.0.0.1:{free_port()}",
+           "GONGJI_METRICS_LISTEN": "127.0.0.1:0",
            "GONGJI_STUB_650000": f"127.0.0.1:{free_port()}", "GONGJI_STUB_620000": f"127.0.0.1:{free_port()}"}
     stack = subprocess.Popen([sys.executable, "-m", "scripts.devstack"], cwd=ROOT, env=env, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -1,0 +1,75 @@
+"""Prometheus metrics on the gateway's HTTP port: RPCs as they happen, transfers and outbox at scrape time."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from gateway.domain.monitoring import Stats
+
+log = logging.getLogger(__name__)
+
+
+class RpcMetrics:
+    """Counts and times every RPC by method and status code (fed by the error-mapping interceptor)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._calls = Counter("gongji_rpc", "RPCs handled, by method and status code", ["method", "code"],
+                              registry=registry)
+        self._seconds = Histogram("gongji_rpc_duration_seconds", "RPC handling time, by method", ["method"],
+                                  registry=registry,
+                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
+    def observe(self, method: str, code: str, seconds: float) -> None:
+        self._calls.labels(method, code).inc()
+        self._seconds.labels(method).observe(seconds)
+
+
+class StateCollector(Collector):
+    """Reads the database when scraped, so the figures are the database's, never a second count."""
+
+    def __init__(self, read_stats: Callable[[], Stats]) -> None:
+        self._read_stats = read_stats
+
+    def collect(self) -> Iterator[Any]:
+        stats = self._read_stats()
+        transfers = GaugeMetricFamily("gongji_transfers", "Transfers by state and province pair",
+                                      labels=["state", "giver_province", "receiver_province"])
+        amounts = GaugeMetricFamily("gongji_transfers_amount_fen", "Transfer amounts (fen) by state and pair",
+                                    labels=["state", "giver_province", "receiver_province"])
+        for figure in stats.transfers:
+            labels = [figure.state.value, figure.giver_province, figure.receiver_province]
+            transfers.add_metric(labels, figure.count)
+            amounts.add_metric(labels, figure.amount_fen)
+        yield transfers
+        yield amounts
+        yield GaugeMetricFamily("gongji_outbox_backlog", "Outbox messages not yet acknowledged",
+                                value=stats.outbox_backlog)
+        failures = GaugeMetricFamily("gongji_outbox_failed_attempts", "Failed delivery attempts by destination",
+                                     labels=["province"])
+        for province, count in sorted(stats.failed_attempts_by_province.items()):
+            failures.add_metric([province], count)
+        yield failures
+
+
+class MetricsServer:
+    """The /metrics endpoint on its own thread (prometheus-client's WSGI server)."""
+
+    def __init__(self, registry: CollectorRegistry, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        self._server: WSGIServer
+        self._thread: threading.Thread
+        self._server, self._thread = start_http_server(int(port), addr=host, registry=registry)
+        self.port = int(self._server.server_port)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)

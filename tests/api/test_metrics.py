@@ -1,0 +1,52 @@
+"""/metrics parses with the Prometheus text parser and its figures match the database after a run."""
+
+from __future__ import annotations
+
+import urllib.request
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
+
+from protos.gongji.v1 import transfers_pb2
+from tests.support import GANSU, XINJIANG, LoopThread, Stack, error_of, start_stack
+
+
+def scrape(stack: Stack) -> dict[str, list[tuple[dict[str, str], float]]]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.gateway.metrics_port}/metrics", timeout=5) as answer:
+        body = answer.read().decode()
+    return {family.name: [(sample.labels, sample.value) for sample in family.samples]
+            for family in text_string_to_metric_families(body)}
+
+
+def test_metrics_parse_and_agree_with_the_database(loop_thread: LoopThread, tmp_path: Path, db_url: str) -> None:
+    stack = start_stack(loop_thread, tmp_path, db_url, metrics_listen="127.0.0.1:0")
+    try:
+        check_metrics(stack)
+    finally:
+        stack.close()
+
+
+def check_metrics(stack: Stack) -> None:
+    ids = [stack.submit(stack.instruction(amount_fen=1000)).transfer_id for _ in range(5)]
+    for transfer_id in ids:
+        stack.wait_for_state(transfer_id, transfers_pb2.TRANSFER_STATE_COMMITTED)
+    error_of(lambda: stack.submit(stack.instruction(amount_fen=0)))  # one refused call
+    stack.wait_for_outbox_idle(XINJIANG)
+    stack.wait_for_outbox_idle(GANSU)
+    metrics = scrape(stack)
+
+    with stack.gateway.engine.connect() as conn:
+        committed = conn.execute(
+            text("SELECT count(*), sum(amount_fen) FROM transfers WHERE state = 'COMMITTED'")).one()
+        pending = conn.execute(text("SELECT count(*) FROM outbox WHERE status = 'PENDING'")).scalar_one()
+    pair = {"state": "COMMITTED", "giver_province": XINJIANG, "receiver_province": GANSU}
+    assert (pair, committed[0]) in metrics["gongji_transfers"]
+    assert (pair, committed[1]) in metrics["gongji_transfers_amount_fen"]
+    assert metrics["gongji_outbox_backlog"] == [({}, pending)]
+
+    calls = {(s["method"], s["code"]): v for s, v in metrics["gongji_rpc"] if "method" in s}
+    submit = "/gongji.v1.Transfers/SubmitTransfer"
+    assert calls[(submit, "OK")] == 5 and calls[(submit, "INVALID_ARGUMENT")] == 1
+    assert calls[("/gongji.v1.Transfers/ConfirmTransfer", "OK")] == 5  # Gansu's stub confirmed each
+    assert any(s.get("method") == submit for s, _ in metrics["gongji_rpc_duration_seconds"])
