@@ -103,7 +103,8 @@ def main() -> int:
         print(f"""
 Gongji is running (logs in var/logs/, database var/gongji.db, keys var/keys/):
   gateway, provinces' port   {GATEWAY}   (Transfers, Relations, Settlements, health, reflection)
-  gateway, operators' port   {OPERATORS}   (Operations)
+  gateway, operators' port   {OPERATORS}   (Operations; try `.venv/bin/gongji stats`)
+  gateway, metrics           http://{os.environ.get("GONGJI_METRICS_LISTEN", "127.0.0.1:9464")}/metrics
   stub province 650000 新疆  {STUBS[0][2]}
   stub province 620000 甘肃  {STUBS[1][2]}
 
