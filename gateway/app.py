@@ -66,20 +66,40 @@ OPERATOR_SERVICES = (operations_pb2.DESCRIPTOR.services_by_name["Operations"].fu
 
 
 @dataclass
+class _Core:
+    """What the gateway's server and its outbox dispatcher both need."""
+
+    engine: Engine
+    signer: EnvelopeSigner
+    context: UseCaseContext
+    run_in_db: Callable[..., Awaitable[Any]]
+    executor: ThreadPoolExecutor | None
+    client: ProvinceClient
+
+    async def close(self) -> None:
+        await self.client.close()
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+        self.engine.dispose()
+
+
+@dataclass
 class Gateway:
     """A running gateway: the provinces' server, the operators' server and the outbox loop."""
 
     port: int
     ops_port: int
     context: UseCaseContext
-    engine: Engine
     _server: grpc.aio.Server
     _ops_server: grpc.aio.Server
     _healths: tuple[Any, ...]
     _outbox: OutboxWorker
-    _client: ProvinceClient
-    _executor: ThreadPoolExecutor | None
+    _core: _Core
     _metrics: MetricsServer | None = None
+
+    @property
+    def engine(self) -> Engine:
+        return self._core.engine
 
     @property
     def metrics_port(self) -> int | None:
@@ -93,10 +113,7 @@ class Gateway:
         await self._outbox.stop()
         if self._metrics is not None:
             self._metrics.stop()
-        await self._client.close()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-        self.engine.dispose()
+        await self._core.close()
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()
@@ -122,18 +139,6 @@ def _bind(server: grpc.aio.Server, address: str) -> int:
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     return port
-
-
-@dataclass
-class _Core:
-    """What the gateway's server and its outbox dispatcher both need."""
-
-    engine: Engine
-    signer: EnvelopeSigner
-    context: UseCaseContext
-    run_in_db: Callable[..., Awaitable[Any]]
-    executor: ThreadPoolExecutor | None
-    client: ProvinceClient
 
 
 def _core(settings: Settings, clock: Clock) -> _Core:
@@ -199,8 +204,7 @@ async def create_gateway(settings: Settings, clock: Clock | None = None, run_out
         for name in ("", *services):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     metrics = MetricsServer(registry, settings.metrics_listen) if settings.metrics_listen else None
-    return Gateway(port, ops_port, context, core.engine, server, ops_server, (server_health, ops_health), outbox,
-                   core.client, core.executor, metrics)
+    return Gateway(port, ops_port, context, server, ops_server, (server_health, ops_health), outbox, core, metrics)
 
 
 @dataclass
@@ -212,10 +216,7 @@ class Dispatcher:
 
     async def stop(self) -> None:
         await self._outbox.stop()
-        await self._core.client.close()
-        if self._core.executor is not None:
-            self._core.executor.shutdown(wait=True)
-        self._core.engine.dispose()
+        await self._core.close()
 
 
 async def create_dispatcher(settings: Settings, clock: Clock | None = None) -> Dispatcher:

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import threading
 import time
+import tomllib
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -100,10 +101,14 @@ def unique_id(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:20]}"
 
 
-def _clear_personal_data() -> tuple[str, ...]:
-    from tests.api.conftest import CLEAR_PERSONAL_DATA
-
-    return CLEAR_PERSONAL_DATA
+# Every seeded person's ID number and name: none may appear in clear in a log line or error (D19).
+SEEDS = Path(__file__).resolve().parents[1] / "province_stub" / "seeds"
+CLEAR_PERSONAL_DATA = tuple(
+    value
+    for seed in sorted(SEEDS.glob("*.toml"))
+    for person in tomllib.loads(seed.read_text(encoding="utf-8"))["people"]
+    for value in (person["id_number"], person["name"])
+)
 
 
 @dataclass
@@ -128,7 +133,7 @@ def error_of(call: Callable[[], Any]) -> ErrorSeen:
                     assert info.domain == "gongji.v1"
                     reason, metadata = info.reason, dict(info.metadata)
         message = error.details() or ""  # type: ignore[attr-defined]
-        for clear in _clear_personal_data():
+        for clear in CLEAR_PERSONAL_DATA:
             assert clear not in message, "an error message shows personal data in clear (D19)"
         return ErrorSeen(error.code(), reason, metadata, message)  # type: ignore[attr-defined]
     raise AssertionError("the call succeeded but was expected to fail")

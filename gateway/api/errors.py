@@ -57,11 +57,11 @@ def status_for(error: Exception) -> grpc.Status:
     return rich_status(grpc.StatusCode.INTERNAL, "internal error", "INTERNAL", {})
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: Exception, method: str) -> None:
+def _failure(error: Exception, method: str) -> grpc.Status:
+    """The status a failed call ends with; an unexpected error's traceback goes to the log."""
     if not isinstance(error, errors.GongjiError):
         log.error("unexpected error in %s", method, exc_info=error)
-    status = status_for(error)
-    await context.abort(status.code, status.details, status.trailing_metadata)
+    return status_for(error)
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -103,8 +103,9 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
                     if isinstance(error, grpc.aio.AbortError):
                         code = "ABORTED_BY_HANDLER"
                         raise
-                    code = status_for(error).code.name
-                    await _abort(context, error, method)
+                    status = _failure(error, method)
+                    code = status.code.name
+                    await context.abort(status.code, status.details, status.trailing_metadata)
                 finally:
                     if observe is not None:
                         observe(method, code, time.perf_counter() - started)
@@ -126,7 +127,8 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
                 except Exception as error:
                     if isinstance(error, grpc.aio.AbortError):
                         raise
-                    await _abort(context, error, method)
+                    status = _failure(error, method)
+                    await context.abort(status.code, status.details, status.trailing_metadata)
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream, request_deserializer=handler.request_deserializer,

@@ -10,7 +10,13 @@ from gateway.domain.eligibility import AttestationMethod
 from gateway.domain.envelope import Header
 from gateway.domain.errors import InvalidArgument
 from gateway.domain.provinces import PROVINCE_CODE
-from gateway.domain.transfers import INT64_MAX, REASON_PATTERN, PersonRef, validate_message_id
+from gateway.domain.transfers import (
+    INT64_MAX,
+    REASON_PATTERN,
+    PersonRef,
+    validate_message_id,
+    validate_pooling_area,
+)
 
 MAX_CONSENT_WINDOW = timedelta(days=30)
 
@@ -116,13 +122,6 @@ class Binding:
         return province in (self.giver_province, self.receiver_province)
 
 
-def _pooling_area(person: PersonRef, province: str, field: str) -> None:
-    area = person.pooling_area
-    if len(area) != 6 or not (area.isascii() and area.isdigit()) or area[:2] != province[:2]:
-        raise InvalidArgument(f"{field} must be a 6-digit pooling area within province {province}",
-                              reason="INVALID_POOLING_AREA", field=field)
-
-
 def validate_proposal(proposal: BindingProposal, now: datetime) -> None:
     """The proposal's own fields; eligibility (D1-D5) is judged separately and reported as a refusal."""
     header = proposal.header
@@ -133,8 +132,8 @@ def validate_proposal(proposal: BindingProposal, now: datetime) -> None:
     if header.receiver == header.sender:
         raise InvalidArgument("giver and receiver are insured in the same province; the gateway carries "
                               "cross-province relations only", reason="NOT_CROSS_PROVINCE", field="header.receiver")
-    _pooling_area(proposal.giver, header.sender, "giver.pooling_area")
-    _pooling_area(proposal.receiver, header.receiver, "receiver.pooling_area")
+    validate_pooling_area(proposal.giver.pooling_area, header.sender, "giver.pooling_area")
+    validate_pooling_area(proposal.receiver.pooling_area, header.receiver, "receiver.pooling_area")
     if not proposal.letter_version or len(proposal.letter_version) > 32:
         raise InvalidArgument("the giver's accepted commitment letter is required", reason="MISSING_COMMITMENT",
                               field="commitment.letter_version")

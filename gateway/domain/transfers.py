@@ -106,15 +106,19 @@ def validate_message_id(message_id: str, field: str = "header.message_id") -> No
                               reason="INVALID_MESSAGE_ID", field=field)
 
 
+def validate_pooling_area(area: str, province: str, field: str) -> None:
+    """A pooling area is six ASCII digits within the province that insures the person."""
+    if len(area) != 6 or not (area.isascii() and area.isdigit()) or area[:2] != province[:2]:
+        raise InvalidArgument(f"{field} must be a 6-digit pooling area within province {province}",
+                              reason="INVALID_POOLING_AREA", field=field)
+
+
 def _validate_person(person: PersonRef, province: str, role: str, today: date) -> None:
     problem = check_id_number(person.id_number, today)
     if problem is not None:
         raise InvalidArgument(f"{role}.id_number is not a valid resident ID number ({problem.value})",
                               reason="INVALID_ID_NUMBER", field=f"{role}.id_number")
-    area = person.pooling_area
-    if len(area) != 6 or not (area.isascii() and area.isdigit()) or area[:2] != province[:2]:
-        raise InvalidArgument(f"{role}.pooling_area must be a 6-digit pooling area within province {province}",
-                              reason="INVALID_POOLING_AREA", field=f"{role}.pooling_area")
+    validate_pooling_area(person.pooling_area, province, f"{role}.pooling_area")
 
 
 def validate_instruction(instruction: TransferInstruction, today: date) -> None:

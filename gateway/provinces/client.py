@@ -17,10 +17,11 @@ from gateway.domain.eligibility import MemberStatus
 from gateway.domain.envelope import GATEWAY
 from gateway.domain.provinces import Province
 from gateway.domain.records import OutboxKind
-from gateway.domain.transfers import REASON_PATTERN, PersonRef, TransferState
+from gateway.domain.transfers import REASON_PATTERN, PersonRef
 from gateway.security.signing import EnvelopeSigner
 from gateway.usecases.bindings import state_of_outcome_message
 from gateway.usecases.outbox import OutboxWork, SendResult
+from gateway.usecases.transfers import state_of_outcome_message_for_transfer
 from gateway.wire import envelope_to_proto, timestamp
 from protos.gongji.v1 import common_pb2, province_pb2, province_pb2_grpc, relations_pb2, transfers_pb2
 
@@ -97,7 +98,7 @@ class ProvinceClient:
     async def _notify(self, work: OutboxWork) -> SendResult:
         transfer, message = work.transfer, work.message
         assert transfer is not None
-        state = TransferState(message.message_id.rsplit(":", 1)[1])
+        state = state_of_outcome_message_for_transfer(message.message_id)
         outcome = province_pb2.Outcome(
             header=self._header(message.message_id, message.destination),
             transfer=province_pb2.TransferOutcome(
@@ -106,6 +107,9 @@ class ProvinceClient:
                 reason=transfer.reason if transfer.state is state else "", amount_fen=transfer.amount_fen,
                 giver_province=transfer.giver_province, receiver_province=transfer.receiver_province,
                 decided_at=timestamp(transfer.updated_at)))
+        return await self._send_outcome(work, outcome)
+
+    async def _send_outcome(self, work: OutboxWork, outcome: province_pb2.Outcome) -> SendResult:
         request = province_pb2.NotifyOutcomeRequest(
             outcome=self._sign("gongji.v1.Outcome", outcome.SerializeToString()))
         await self._stub(work.endpoint).NotifyOutcome(request, timeout=self._timeout)  # type: ignore[misc]
@@ -132,10 +136,7 @@ class ProvinceClient:
             binding=province_pb2.BindingOutcome(
                 binding_id=binding.binding_id, state=relations_pb2.BindingState.Value(f"BINDING_STATE_{state.value}"),
                 reason=binding.reason if binding.state is state else ""))
-        request = province_pb2.NotifyOutcomeRequest(
-            outcome=self._sign("gongji.v1.Outcome", outcome.SerializeToString()))
-        await self._stub(work.endpoint).NotifyOutcome(request, timeout=self._timeout)  # type: ignore[misc]
-        return SendResult(acknowledged=True)
+        return await self._send_outcome(work, outcome)
 
     async def check_member(self, province: Province, person: PersonRef) -> MemberStatus | None:
         """CheckMember (signed MemberQuery) with a deadline; None when the province cannot answer."""

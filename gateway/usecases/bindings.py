@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,17 +29,17 @@ from gateway.domain.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
-    Unavailable,
 )
 from gateway.domain.identity import mask_id_number
 from gateway.domain.provinces import Province, effective_policy
 from gateway.domain.records import OutboxKind
-from gateway.domain.transfers import PersonRef, validate_message_id
+from gateway.domain.transfers import validate_message_id, validate_pooling_area
 from gateway.usecases.auth import authenticate
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.idempotency import payload_digest, replay_if_seen, run_once
 from gateway.usecases.ports import UnitOfWork
-from gateway.usecases.relations import MemberDirectory, RunInDb
+from gateway.usecases.provinces import require_active
+from gateway.usecases.relations import MemberDirectory, RunInDb, ask_both
 
 PROPOSAL_TYPE = "gongji.v1.BindingProposal"
 ACCEPTANCE_TYPE = "gongji.v1.BindingAcceptance"
@@ -77,15 +76,6 @@ def tell_both(uow: UnitOfWork, binding: Binding, state: BindingState, at: dateti
         uow.outbox.enqueue(province, OutboxKind.NOTIFY_BINDING_OUTCOME, message_id, binding.binding_id, at)
 
 
-def _active(province: Province | None, code: str, field: str) -> Province:
-    if province is None:
-        raise FailedPrecondition(f"province {code} is not in the routing table", reason="UNKNOWN_PROVINCE",
-                                 field=field)
-    if not province.is_active:
-        raise FailedPrecondition(f"province {code} is suspended", reason="PROVINCE_SUSPENDED", field=field)
-    return province
-
-
 def _party_binding(uow: UnitOfWork, binding_id: str, sender: str) -> Binding:
     validate_message_id(binding_id, field="binding_id")
     binding = uow.bindings.get(binding_id)
@@ -116,8 +106,9 @@ def _accept_proposal(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
         header = proposal.header
         stored = replay_if_seen(uow, header.sender, header.message_id, payload_digest(envelope.payload))
         replayed = BindingAnswer(stored, True, None) if stored is not None else None
-        return _Proposal(proposal, _active(uow.provinces.get(header.sender), header.sender, "header.sender"),
-                         _active(uow.provinces.get(header.receiver), header.receiver, "header.receiver"), replayed)
+        giver_province = require_active(uow.provinces.get(header.sender), header.sender, "header.sender")
+        receiver_province = require_active(uow.provinces.get(header.receiver), header.receiver, "header.receiver")
+        return _Proposal(proposal, giver_province, receiver_province, replayed)
 
 
 def _store_proposal(ctx: UseCaseContext, envelope: Envelope, proposal: BindingProposal,
@@ -177,18 +168,8 @@ async def propose_binding(ctx: UseCaseContext, run_in_db: RunInDb, members: Memb
         return accepted.replayed  # a resend: the provinces are not asked again
     proposal = accepted.proposal
     today = ctx.clock.now().astimezone(BEIJING).date()
-
-    async def status(province: Province, person: PersonRef) -> MemberStatus:
-        if parse_valid_id(person.id_number, today) is None:
-            return MemberStatus.not_found()
-        answer = await members.check_member(province, person)
-        if answer is None:
-            raise Unavailable(f"province {province.code} did not answer in time; retry with the same message_id",
-                              reason="PROVINCE_UNAVAILABLE")
-        return answer
-
-    giver_status, receiver_status = await asyncio.gather(status(accepted.giver_province, proposal.giver),
-                                                         status(accepted.receiver_province, proposal.receiver))
+    giver_status, receiver_status = await ask_both(members, (accepted.giver_province, proposal.giver),
+                                                   (accepted.receiver_province, proposal.receiver), today)
     answer: BindingAnswer = await run_in_db(_store_proposal, ctx, envelope, proposal, giver_status, receiver_status)
     return answer
 
@@ -292,11 +273,8 @@ def report_member_change(ctx: UseCaseContext, envelope: Envelope, peer: str | No
         if parse_valid_id(change.person.id_number, now.astimezone(BEIJING).date()) is None:
             raise InvalidArgument("person.id_number is not a valid resident ID number", reason="INVALID_ID_NUMBER",
                                   field="person.id_number")
-        area = change.person.pooling_area
-        if len(area) != 6 or not (area.isascii() and area.isdigit()) or area[:2] != header.sender[:2]:
-            # A province reports only on people insured with it (D20).
-            raise InvalidArgument("person.pooling_area must be a pooling area of the reporting province",
-                                  reason="INVALID_POOLING_AREA", field="person.pooling_area")
+        # A province reports only on people insured with it (D20).
+        validate_pooling_area(change.person.pooling_area, header.sender, "person.pooling_area")
         digest = payload_digest(envelope.payload)
         ref = ctx.hasher.ref(change.person.id_number)
 

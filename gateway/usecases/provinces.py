@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gateway.domain.errors import AlreadyExists, InvalidArgument, NotFound
+from gateway.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from gateway.domain.provinces import (
     Policy,
     Province,
@@ -59,6 +59,16 @@ def _check_key_ids_free(uow: UnitOfWork, code: str, keys: Sequence[ProvinceKey])
         if key.key_id in seen or (owner is not None and owner[0] != code):
             raise AlreadyExists("key_id is already registered", reason="KEY_ID_TAKEN", field="province.keys.key_id")
         seen.add(key.key_id)
+
+
+def require_active(province: Province | None, code: str, field: str) -> Province:
+    """A province that may take part now: in the routing table and not suspended (stored refusals)."""
+    if province is None:
+        raise FailedPrecondition(f"province {code} is not in the routing table", reason="UNKNOWN_PROVINCE",
+                                 field=field)
+    if not province.is_active:
+        raise FailedPrecondition(f"province {code} is suspended", reason="PROVINCE_SUSPENDED", field=field)
+    return province
 
 
 def register_province(ctx: UseCaseContext, province: Province) -> Province:

@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import date
 from typing import Any, Protocol
 
 from gateway.domain.clock import BEIJING
 from gateway.domain.eligibility import MemberStatus, Violation, check_eligibility, parse_valid_id
 from gateway.domain.envelope import Envelope
-from gateway.domain.errors import FailedPrecondition, InvalidArgument, Unavailable
+from gateway.domain.errors import InvalidArgument, Unavailable
 from gateway.domain.provinces import PROVINCE_CODE, Province
 from gateway.domain.relations import RelationQuery
 from gateway.domain.transfers import PersonRef, validate_message_id
 from gateway.usecases.auth import authenticate
 from gateway.usecases.context import UseCaseContext
+from gateway.usecases.provinces import require_active
 
 RELATION_QUERY_TYPE = "gongji.v1.RelationQuery"
 RunInDb = Callable[..., Awaitable[Any]]
@@ -27,20 +29,28 @@ class MemberDirectory(Protocol):
     async def check_member(self, province: Province, person: PersonRef) -> MemberStatus | None: ...
 
 
+async def ask_both(members: MemberDirectory, giver: tuple[Province, PersonRef], receiver: tuple[Province, PersonRef],
+                   today: date) -> tuple[MemberStatus, MemberStatus]:
+    """Each person's province says what only it knows (CheckMember, in parallel); UNAVAILABLE if one cannot."""
+
+    async def status(province: Province, person: PersonRef) -> MemberStatus:
+        if parse_valid_id(person.id_number, today) is None:
+            return MemberStatus.not_found()  # not asked: no province insures an invalid number
+        answer = await members.check_member(province, person)
+        if answer is None:
+            raise Unavailable(f"province {province.code} did not answer in time; retry with the same message_id",
+                              reason="PROVINCE_UNAVAILABLE")
+        return answer
+
+    giver_status, receiver_status = await asyncio.gather(status(*giver), status(*receiver))
+    return giver_status, receiver_status
+
+
 @dataclass(frozen=True, slots=True)
 class RelationCheck:
     query: RelationQuery
     giver_province: Province
     receiver_province: Province
-
-
-def _active(province: Province | None, code: str, field: str) -> Province:
-    if province is None:
-        raise FailedPrecondition(f"province {code} is not in the routing table", reason="UNKNOWN_PROVINCE",
-                                 field=field)
-    if not province.is_active:
-        raise FailedPrecondition(f"province {code} is suspended", reason="PROVINCE_SUSPENDED", field=field)
-    return province
 
 
 def accept_relation_query(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
@@ -53,9 +63,9 @@ def accept_relation_query(ctx: UseCaseContext, envelope: Envelope, peer: str | N
         if not PROVINCE_CODE.fullmatch(query.header.receiver):
             raise InvalidArgument("header.receiver must be the receiver's province code",
                                   reason="INVALID_PROVINCE_CODE", field="header.receiver")
-        return RelationCheck(query, _active(uow.provinces.get(query.header.sender), query.header.sender,
+        return RelationCheck(query, require_active(uow.provinces.get(query.header.sender), query.header.sender,
                                             "header.sender"),
-                             _active(uow.provinces.get(query.header.receiver), query.header.receiver,
+                             require_active(uow.provinces.get(query.header.receiver), query.header.receiver,
                                      "header.receiver"))
 
 
@@ -65,19 +75,8 @@ async def verify_relation(ctx: UseCaseContext, run_in_db: RunInDb, members: Memb
     check: RelationCheck = await run_in_db(accept_relation_query, ctx, envelope, peer, decode)
     query = check.query
     today = ctx.clock.now().astimezone(BEIJING).date()
-
-    async def status(province: Province, person: PersonRef) -> MemberStatus | None:
-        if parse_valid_id(person.id_number, today) is None:
-            return MemberStatus.not_found()  # not asked: no province insures an invalid number
-        return await members.check_member(province, person)
-
-    giver_status, receiver_status = await asyncio.gather(status(check.giver_province, query.giver),
-                                                         status(check.receiver_province, query.receiver))
-    for answer, province in ((giver_status, check.giver_province), (receiver_status, check.receiver_province)):
-        if answer is None:
-            raise Unavailable(f"province {province.code} did not answer in time; retry later",
-                              reason="PROVINCE_UNAVAILABLE")
-    assert giver_status is not None and receiver_status is not None
+    giver_status, receiver_status = await ask_both(members, (check.giver_province, query.giver),
+                                                   (check.receiver_province, query.receiver), today)
     return check_eligibility(giver_id_number=query.giver.id_number, receiver_id_number=query.receiver.id_number,
                              relation_code=query.relation_code, giver_status=giver_status,
                              receiver_status=receiver_status, on=today)

@@ -12,7 +12,7 @@ from gateway.domain.envelope import GATEWAY, Envelope
 from gateway.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from gateway.domain.identity import mask_id_number
 from gateway.domain.policy import beijing_day, beijing_day_window, check_transfer_limits
-from gateway.domain.provinces import Province, effective_policy
+from gateway.domain.provinces import effective_policy
 from gateway.domain.records import OutboxKind
 from gateway.domain.transfers import (
     Decision,
@@ -31,6 +31,7 @@ from gateway.usecases.auth import authenticate
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.idempotency import payload_digest, run_once
 from gateway.usecases.ports import UnitOfWork
+from gateway.usecases.provinces import require_active
 
 INSTRUCTION_TYPE = "gongji.v1.TransferInstruction"
 CONFIRMATION_TYPE = "gongji.v1.TransferConfirmation"
@@ -55,20 +56,15 @@ def outcome_message_id(transfer_id: str, state: TransferState) -> str:
     return f"out:{transfer_id}:{state.value}"
 
 
+def state_of_outcome_message_for_transfer(message_id: str) -> TransferState:
+    return TransferState(message_id.rsplit(":", 1)[1])
+
+
 def enqueue_outcome(uow: UnitOfWork, transfer: Transfer, state: TransferState, now_at: datetime) -> None:
     """Both provinces are told every final state, once each (de-duplicated by message_id)."""
     for province in (transfer.giver_province, transfer.receiver_province):
         uow.outbox.enqueue(province, OutboxKind.NOTIFY_TRANSFER_OUTCOME,
                            outcome_message_id(transfer.transfer_id, state), transfer.transfer_id, now_at)
-
-
-def _require_active(province: Province | None, code: str) -> Province:
-    if province is None:
-        raise FailedPrecondition(f"province {code} is not in the routing table", reason="UNKNOWN_PROVINCE",
-                                 field="header.receiver")
-    if not province.is_active:
-        raise FailedPrecondition(f"province {code} is suspended", reason="PROVINCE_SUSPENDED")
-    return province
 
 
 def _require_binding(uow: UnitOfWork, instruction: TransferInstruction, giver_ref: bytes,
@@ -105,8 +101,8 @@ def submit_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
         receiver_ref = ctx.hasher.ref(instruction.receiver.id_number)
 
         def accept() -> bytes:
-            giver_province = _require_active(uow.provinces.get(header.sender), header.sender)
-            _require_active(uow.provinces.get(header.receiver), header.receiver)
+            giver_province = require_active(uow.provinces.get(header.sender), header.sender, "header.sender")
+            require_active(uow.provinces.get(header.receiver), header.receiver, "header.receiver")
             if uow.transfers.exists(transfer_id):
                 raise AlreadyExists("this transfer_id is taken by another province's transfer; use a new id",
                                     reason="TRANSFER_ID_TAKEN", field="header.message_id")
@@ -163,7 +159,7 @@ def confirm_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
         reason = confirmation.decline_reason if final is TransferState.DECLINED else ""
 
         def decide() -> bytes:
-            _require_active(uow.provinces.get(header.sender), header.sender)
+            require_active(uow.provinces.get(header.sender), header.sender, "header.sender")
             if transfer.state is TransferState.RECEIVED:
                 # The receiver's answer can overtake the gateway's record of the delivery: it implies it.
                 uow.transfers.change_state(transfer.transfer_id, [TransferState.RECEIVED], TransferState.DELIVERED,

@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import logging
-import tomllib
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-SEEDS = Path(__file__).resolve().parents[2] / "province_stub" / "seeds"
-CLEAR_PERSONAL_DATA = tuple(
-    value
-    for seed in sorted(SEEDS.glob("*.toml"))
-    for person in tomllib.loads(seed.read_text(encoding="utf-8"))["people"]
-    for value in (person["id_number"], person["name"])
-)
+from tests.support import CLEAR_PERSONAL_DATA
 
 
 @pytest.fixture(autouse=True)
