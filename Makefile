@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run test demo bench protos protos-check lint clean
+.PHONY: setup run test test-browser demo bench protos protos-check lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,14 @@ demo: setup
 	$(PY) -m scripts.demo
 
 ## The test suite (real servers on port 0, real SQLite, and PostgreSQL when reachable; required when CI=true).
+## tests/browser is left to `make test-browser`.
 test: setup
 	$(PY) -m pytest -q
+
+## The operators' dashboard in real headless Chromium (installs Debian's chromium and chromium-driver when missing).
+test-browser: setup
+	bash scripts/ensure_chromium.sh
+	$(PY) -m pytest -q tests/browser
 
 ## Throughput and latency against a bare gRPC echo measured side by side; writes bench/results/latest.json.
 bench: setup

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,12 +21,29 @@ import uvloop
 
 from gateway.app import create_dispatcher, create_gateway
 from gateway.config import ConfigError, Settings
+from gateway.domain.identity import mask_id_number
+
+# 18-character resident ID numbers (17 digits and a check character) standing alone in text.
+ID_NUMBER_IN_TEXT = re.compile(r"(?<![0-9A-Za-z])[0-9]{17}[0-9Xx](?![0-9A-Za-z])")
 
 log = logging.getLogger("gateway")
 RESTART_DELAY_SECONDS = 1.0
 
 
+class MaskIdNumbers(logging.Filter):
+    """A last line of defence for D19: any ID number that reached a log line leaves it masked."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = ID_NUMBER_IN_TEXT.sub(lambda m: mask_id_number(m.group(0)), message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message (and the exception, if any)."""
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
                  "message": record.getMessage()}
@@ -36,6 +54,7 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(MaskIdNumbers())
     handler.setFormatter(JsonFormatter() if settings.log_json
                          else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=settings.log_level, handlers=[handler])

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
 from gateway.api.errors import ErrorMappingInterceptor
-from gateway.api.metrics import MetricsServer, RpcMetrics, StateCollector
+from gateway.api.metrics import RpcMetrics, StateCollector
 from gateway.api.receipts import SignedReceiptIssuer
 from gateway.api.servicers import (
     OperationsServicer,
@@ -28,6 +28,7 @@ from gateway.api.servicers import (
     TransfersServicer,
     UseCaseRunner,
 )
+from gateway.api.web import MetricsServer
 from gateway.config import Settings
 from gateway.domain.clock import Clock, SystemClock
 from gateway.domain.envelope import GATEWAY
@@ -39,6 +40,7 @@ from gateway.security.keys import ensure_key_pair
 from gateway.security.signing import EnvelopeSigner, verify_signature
 from gateway.store.sql import SqlUnitOfWork, create_schema, make_engine
 from gateway.usecases.context import UseCaseContext
+from gateway.usecases.dashboard import dashboard_snapshot
 from gateway.usecases.monitoring import get_stats
 from gateway.usecases.provinces import apply_manifest
 from protos.gongji.v1 import (
@@ -153,6 +155,7 @@ def _core(settings: Settings, clock: Clock) -> _Core:
         hasher=HmacPersonHasher(load_or_create_secret(settings.id_hash_key_file)),
         verify=verify_signature,
         max_clock_skew=timedelta(seconds=settings.max_clock_skew_seconds),
+        settlement=settings.settlement,
     )
     loop = asyncio.get_running_loop()
     executor = None
@@ -190,7 +193,7 @@ async def create_gateway(settings: Settings, clock: Clock | None = None, run_out
     server, server_health = _new_server(settings, PROVINCE_SERVICES, rpc_metrics.observe)
     transfers_pb2_grpc.add_TransfersServicer_to_server(TransfersServicer(runner), server)
     relations_pb2_grpc.add_RelationsServicer_to_server(RelationsServicer(runner, core.client), server)
-    settlements_pb2_grpc.add_SettlementsServicer_to_server(SettlementsServicer(), server)
+    settlements_pb2_grpc.add_SettlementsServicer_to_server(SettlementsServicer(runner), server)
     ops_server, ops_health = _new_server(settings, OPERATOR_SERVICES, rpc_metrics.observe)
     operations_pb2_grpc.add_OperationsServicer_to_server(OperationsServicer(runner), ops_server)
 
@@ -203,7 +206,8 @@ async def create_gateway(settings: Settings, clock: Clock | None = None, run_out
     for health_servicer, services in ((server_health, PROVINCE_SERVICES), (ops_health, OPERATOR_SERVICES)):
         for name in ("", *services):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    metrics = MetricsServer(registry, settings.metrics_listen) if settings.metrics_listen else None
+    read_snapshot = functools.partial(dashboard_snapshot, context, timedelta(seconds=settings.dashboard_stuck_seconds))
+    metrics = MetricsServer(registry, settings.metrics_listen, read_snapshot) if settings.metrics_listen else None
     return Gateway(port, ops_port, context, server, ops_server, (server_health, ops_health), outbox, core, metrics)
 
 

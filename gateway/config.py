@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
+from gateway.domain.settlement import SettlementPeriod, SettlementPolicy
 from gateway.provinces.outbox import OutboxSettings
 from gateway.usecases.outbox import Backoff
 
@@ -15,12 +17,21 @@ class ConfigError(ValueError):
     """A setting is missing or malformed; the gateway refuses to start."""
 
 
+def _period(raw: str) -> SettlementPeriod:
+    try:
+        return SettlementPeriod(raw.lower())
+    except ValueError:
+        raise ConfigError(f"GONGJI_SETTLEMENT_PERIOD must be daily or monthly, got {raw!r}") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     listen: str = "127.0.0.1:50051"
     ops_listen: str = "127.0.0.1:50052"
-    # Prometheus /metrics; empty: no metrics endpoint.
+    # The HTTP port: Prometheus /metrics and the operators' dashboard (/); empty: none.
     metrics_listen: str = "127.0.0.1:9464"
+    # The dashboard lists transfers not final this long after they arrived as stuck.
+    dashboard_stuck_seconds: float = 300.0
     database_url: str = "sqlite:///var/gongji.db"
     manifest: Path | None = None
     # Secrets are file paths, never values (created on first start when missing, for development).
@@ -39,6 +50,7 @@ class Settings:
     dispatcher_poll_seconds: float = 0.05
     log_level: str = "INFO"
     log_json: bool = False
+    settlement: SettlementPolicy = field(default_factory=SettlementPolicy)
 
     @property
     def gateway_public_key_file(self) -> Path:
@@ -63,6 +75,7 @@ class Settings:
             listen=get("LISTEN", cls.listen),
             ops_listen=get("OPS_LISTEN", cls.ops_listen),
             metrics_listen=get("METRICS_LISTEN", cls.metrics_listen),
+            dashboard_stuck_seconds=number("DASHBOARD_STUCK_SECONDS", cls.dashboard_stuck_seconds),
             database_url=database_url,
             manifest=Path(manifest) if manifest else None,
             gateway_key_file=Path(get("GATEWAY_KEY_FILE", str(cls.gateway_key_file))),
@@ -80,6 +93,10 @@ class Settings:
             dispatcher_poll_seconds=number("DISPATCHER_POLL_SECONDS", 0.05),
             log_level=get("LOG_LEVEL", "INFO").upper(),
             log_json=get("LOG_JSON", "false").lower() in ("1", "true", "yes"),
+            settlement=SettlementPolicy(
+                period=_period(get("SETTLEMENT_PERIOD", SettlementPeriod.DAILY.value)),
+                close_delay=timedelta(seconds=number("SETTLEMENT_CLOSE_DELAY_SECONDS", 600)),
+                close_on_schedule=get("SETTLEMENT_CLOSE_ON_SCHEDULE", "true").lower() in ("1", "true", "yes")),
         )
         settings.validate()
         return settings
@@ -91,11 +108,15 @@ class Settings:
             host, sep, port = getattr(self, name).rpartition(":")
             if not sep or not host or not port.isdigit():
                 raise ConfigError(f"{name} must be host:port, got {getattr(self, name)!r}")
+        if self.dashboard_stuck_seconds < 0:
+            raise ConfigError("dashboard_stuck_seconds must not be negative")
         if not self.database_url.startswith(("sqlite", "postgresql")):
             raise ConfigError("database_url must be a sqlite:/// or postgresql:// URL")
         if self.manifest is not None and not self.manifest.is_file():
             raise ConfigError(f"manifest {self.manifest} does not exist")
         if not 0 <= self.outbox_dispatchers <= 16 or self.dispatcher_poll_seconds <= 0:
             raise ConfigError("outbox_dispatchers must be within 0..16 and dispatcher_poll_seconds positive")
+        if self.settlement.close_delay < timedelta(0):
+            raise ConfigError("settlement close delay must not be negative")
         if self.db_threads < 0 or self.max_clock_skew_seconds <= 0 or self.province_call_timeout_seconds <= 0:
             raise ConfigError("db_threads, max_clock_skew_seconds and province_call_timeout_seconds must be positive")

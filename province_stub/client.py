@@ -20,7 +20,15 @@ from google.protobuf import message as protobuf_message
 from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from protos.gongji.v1 import common_pb2, relations_pb2, relations_pb2_grpc, transfers_pb2, transfers_pb2_grpc
+from protos.gongji.v1 import (
+    common_pb2,
+    relations_pb2,
+    relations_pb2_grpc,
+    settlements_pb2,
+    settlements_pb2_grpc,
+    transfers_pb2,
+    transfers_pb2_grpc,
+)
 from province_stub.signing import GATEWAY_SIGNER, PublicKeyStore, sha256, sign_envelope, verify_with_store
 
 INSTRUCTION_TYPE = "gongji.v1.TransferInstruction"
@@ -32,6 +40,8 @@ ACCEPTANCE_TYPE = "gongji.v1.BindingAcceptance"
 DISSOLUTION_TYPE = "gongji.v1.BindingDissolution"
 MEMBER_CHANGE_TYPE = "gongji.v1.MemberChange"
 BINDING_QUERY_TYPE = "gongji.v1.BindingQuery"
+SETTLEMENT_QUERY_TYPE = "gongji.v1.SettlementQuery"
+SETTLEMENT_ACK_TYPE = "gongji.v1.SettlementAcknowledgement"
 # The version of the commitment letter (承诺书) the stub's givers accept.
 LETTER_VERSION = "2024-01"
 DEFAULT_CONSENT_SECONDS = 86400
@@ -240,6 +250,14 @@ class CallResult:
 
 
 @dataclass(frozen=True)
+class SettlementQueryResult:
+    """The gateway's answer to GetSettlement; `response` is set only when the status is OK."""
+
+    status: GatewayStatus
+    response: settlements_pb2.GetSettlementResponse | None = None
+
+
+@dataclass(frozen=True)
 class BindingQueryResult:
     """The gateway's answer to GetBinding; `response` is set only when the status is OK."""
 
@@ -294,6 +312,7 @@ class GatewayClient:
         self._deadline_s = deadline_s
         self._transfers = transfers_pb2_grpc.TransfersStub(channel)
         self._relations = relations_pb2_grpc.RelationsStub(channel)
+        self._settlements = settlements_pb2_grpc.SettlementsStub(channel)
 
     def sign(self, payload_type: str, payload: bytes) -> common_pb2.SignedEnvelope:
         return sign_envelope(self._private_key, self.province, self.key_id, payload_type, payload)
@@ -493,3 +512,33 @@ class GatewayClient:
         except grpc.aio.AioRpcError as error:
             return BindingQueryResult(status=status_from_error(error))
         return BindingQueryResult(status=OK, response=response)
+
+    def acknowledgement_envelope(self, window_id: str, figures_sha256: bytes) -> common_pb2.SignedEnvelope:
+        # A fresh message id each time: a resend of these same bytes is a replay at the gateway.
+        message_id = new_message_id("ack")
+        acknowledgement = settlements_pb2.SettlementAcknowledgement(
+            header=header(message_id, self.province, GATEWAY_SIGNER), window_id=window_id,
+            figures_sha256=figures_sha256,
+        )
+        return self.sign(SETTLEMENT_ACK_TYPE, acknowledgement.SerializeToString())
+
+    async def acknowledge_settlement(self, envelope: common_pb2.SignedEnvelope, window_id: str) -> CallResult:
+        request = settlements_pb2.AcknowledgeSettlementRequest(acknowledgement=envelope)
+        try:
+            response = await self._settlements.AcknowledgeSettlement(request, timeout=self._deadline_s)
+        except grpc.aio.AioRpcError as error:
+            return CallResult(subject_id=window_id, status=status_from_error(error))
+        return self._call_result(window_id, response.receipt, response.replay, envelope.payload)
+
+    async def get_settlement(self, window_id: str) -> SettlementQueryResult:
+        query = settlements_pb2.SettlementQuery(
+            header=header(new_message_id("sq"), self.province, GATEWAY_SIGNER), window_id=window_id
+        )
+        request = settlements_pb2.GetSettlementRequest(
+            query=self.sign(SETTLEMENT_QUERY_TYPE, query.SerializeToString())
+        )
+        try:
+            response = await self._settlements.GetSettlement(request, timeout=self._deadline_s)
+        except grpc.aio.AioRpcError as error:
+            return SettlementQueryResult(status=status_from_error(error))
+        return SettlementQueryResult(status=OK, response=response)

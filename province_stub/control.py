@@ -7,7 +7,7 @@ from typing import NoReturn
 
 import grpc
 
-from protos.gongji.v1 import common_pb2, relations_pb2, transfers_pb2
+from protos.gongji.v1 import common_pb2, relations_pb2, settlements_pb2, transfers_pb2
 from protos.stub.v1 import control_pb2, control_pb2_grpc
 from province_stub.client import (
     DEFAULT_CONSENT_SECONDS,
@@ -26,6 +26,7 @@ from province_stub.confirmer import Confirmer
 from province_stub.consent import Consenter
 from province_stub.inbox import Context
 from province_stub.people import Seed, mask_id
+from province_stub.settlement import Acknowledger
 from province_stub.state import Behaviour, ConsentMode, StubState, SubmittedInstruction, consent_mode_from_proto
 
 logger = logging.getLogger(__name__)
@@ -74,13 +75,20 @@ class StubControl(control_pb2_grpc.StubControlServicer):
     """Test control. Unlike the inbox, these calls are never delayed or failed on purpose."""
 
     def __init__(
-        self, state: StubState, seed: Seed, client: GatewayClient, confirmer: Confirmer, consenter: Consenter
+        self,
+        state: StubState,
+        seed: Seed,
+        client: GatewayClient,
+        confirmer: Confirmer,
+        consenter: Consenter,
+        acknowledger: Acknowledger,
     ) -> None:
         self._state = state
         self._seed = seed
         self._client = client
         self._confirmer = confirmer
         self._consenter = consenter
+        self._acknowledger = acknowledger
 
     async def Configure(self, request: control_pb2.Behaviour, context: Context) -> control_pb2.Behaviour:
         try:
@@ -240,6 +248,24 @@ class StubControl(control_pb2_grpc.StubControlServicer):
         self, request: control_pb2.QueryBindingRequest, context: Context
     ) -> relations_pb2.GetBindingResponse:
         result = await self._client.get_binding(request.binding_id)
+        if result.response is not None:
+            return result.response
+        await _abort_as_gateway(context, result.status)
+
+    async def AcknowledgeSettlement(
+        self, request: control_pb2.StubAcknowledgeRequest, context: Context
+    ) -> control_pb2.StubCallResponse:
+        record = self._state.settlements.get(request.window_id)
+        if record is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no figures received for that window")
+        result = await self._acknowledger.acknowledge(record, wrong_digest=request.wrong_digest)
+        logger.debug("acknowledge window=%s: %s %s", request.window_id, result.status.code, result.status.reason)
+        return _call_response(result)
+
+    async def QuerySettlement(
+        self, request: control_pb2.QuerySettlementRequest, context: Context
+    ) -> settlements_pb2.GetSettlementResponse:
+        result = await self._client.get_settlement(request.window_id)
         if result.response is not None:
             return result.response
         await _abort_as_gateway(context, result.status)

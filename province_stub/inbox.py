@@ -12,7 +12,14 @@ import grpc
 import grpc.aio
 from google.protobuf import message as protobuf_message
 
-from protos.gongji.v1 import common_pb2, province_pb2, province_pb2_grpc, relations_pb2, transfers_pb2
+from protos.gongji.v1 import (
+    common_pb2,
+    province_pb2,
+    province_pb2_grpc,
+    relations_pb2,
+    settlements_pb2,
+    transfers_pb2,
+)
 from province_stub.client import INSTRUCTION_TYPE, PROPOSAL_TYPE
 from province_stub.people import Seed, mask_id
 from province_stub.signing import GATEWAY_SIGNER, PublicKeyStore, sha256, verify_envelope, verify_with_store
@@ -23,6 +30,8 @@ from province_stub.state import (
     Credit,
     DeliveryAnswer,
     Notification,
+    SettlementAckMode,
+    SettlementRecord,
     StubState,
 )
 
@@ -32,6 +41,7 @@ DELIVERY_TYPE = "gongji.v1.TransferDelivery"
 OUTCOME_TYPE = "gongji.v1.Outcome"
 MEMBER_QUERY_TYPE = "gongji.v1.MemberQuery"
 CONSENT_REQUEST_TYPE = "gongji.v1.ConsentRequest"
+FIGURES_TYPE = "gongji.v1.SettlementFigures"
 
 Context = grpc.aio.ServicerContext[Any, Any]
 # Called (on the event loop) with a transfer id once an ACCEPTED answer has been sent.
@@ -39,6 +49,8 @@ AcceptedHook = Callable[[str], None]
 # Called (on the event loop) with the request, and the behaviour in force when it was answered,
 # once a RequestConsent has been answered.
 ConsentHook = Callable[[ConsentRequestRecord, Behaviour], None]
+# Called (on the event loop) with newly received settlement figures to acknowledge.
+SettlementHook = Callable[[SettlementRecord], None]
 
 _ACCEPTED = province_pb2.DeliveryDecision.DELIVERY_DECISION_ACCEPTED
 _REJECTED = province_pb2.DeliveryDecision.DELIVERY_DECISION_REJECTED
@@ -69,12 +81,14 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         keys: PublicKeyStore,
         on_accepted: AcceptedHook,
         on_consent_requested: ConsentHook,
+        on_settlement: SettlementHook,
     ) -> None:
         self._state = state
         self._seed = seed
         self._keys = keys
         self._on_accepted = on_accepted
         self._on_consent_requested = on_consent_requested
+        self._on_settlement = on_settlement
 
     async def _apply_behaviour(self, context: Context) -> None:
         behaviour = self._state.behaviour
@@ -300,4 +314,28 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         self, request: province_pb2.NotifySettlementRequest, context: Context
     ) -> province_pb2.NotifySettlementResponse:
         await self._apply_behaviour(context)
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "NotifySettlement: not in the stub yet")
+        await self._verify_gateway(request.figures, FIGURES_TYPE, context)
+        figures = settlements_pb2.SettlementFigures()
+        try:
+            figures.ParseFromString(request.figures.payload)
+        except protobuf_message.DecodeError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "settlement figures do not parse")
+        if figures.header.receiver != self._state.province:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "settlement figures addressed to another province")
+        known = self._state.settlements.get(figures.window_id)
+        if known is not None:
+            known.times_received += 1
+            return province_pb2.NotifySettlementResponse()
+        net_fen = sum(p.net_fen for p in figures.positions if p.province == self._state.province)
+        record = SettlementRecord(
+            window_id=figures.window_id,
+            envelope=request.figures,
+            figures_sha256=sha256(request.figures.payload),
+            net_fen=net_fen,
+        )
+        self._state.settlements[figures.window_id] = record
+        logger.debug("settlement window=%s net_fen=%d pairs=%d", figures.window_id, net_fen, len(figures.pairs))
+        if self._state.behaviour.settlement_ack_mode is SettlementAckMode.AUTO:
+            # Acknowledging before the gateway has our answer is allowed, but keep the order a platform would.
+            _after_rpc(context, lambda: self._on_settlement(record))
+        return province_pb2.NotifySettlementResponse()

@@ -22,6 +22,7 @@ from province_stub.consent import Consenter, beijing_today
 from province_stub.control import StubControl
 from province_stub.inbox import ProvinceInbox
 from province_stub.people import default_seed_path, load_seed
+from province_stub.settlement import Acknowledger
 from province_stub.signing import PublicKeyStore, ensure_key_pair
 from province_stub.state import Behaviour, ConsentRequestRecord, StubState
 
@@ -76,6 +77,7 @@ class RunningStub:
         channel: grpc.aio.Channel,
         confirmer: Confirmer,
         consenter: Consenter,
+        acknowledger: Acknowledger,
     ) -> None:
         self.config = config
         self.port = port
@@ -85,6 +87,7 @@ class RunningStub:
         self._channel = channel
         self._confirmer = confirmer
         self._consenter = consenter
+        self._acknowledger = acknowledger
 
     @property
     def address(self) -> str:
@@ -101,6 +104,7 @@ class RunningStub:
         await self._server.stop(grace_s)
         await self._confirmer.close()
         await self._consenter.close()
+        await self._acknowledger.close()
         await self._channel.close(None)
 
     async def wait_for_termination(self) -> None:
@@ -126,6 +130,7 @@ async def start_stub(config: StubConfig) -> RunningStub:
     )
     confirmer = Confirmer(client)
     consenter = Consenter(client, today=config.today)
+    acknowledger = Acknowledger(client)
 
     def on_accepted(transfer_id: str) -> None:
         # The behaviour in force when the answer went out decides how to confirm.
@@ -136,10 +141,10 @@ async def start_stub(config: StubConfig) -> RunningStub:
 
     server = grpc.aio.server()
     province_pb2_grpc.add_ProvinceInboxServicer_to_server(
-        ProvinceInbox(state, seed, keys, on_accepted, on_consent_requested), server
+        ProvinceInbox(state, seed, keys, on_accepted, on_consent_requested, acknowledger.schedule), server
     )
     control_pb2_grpc.add_StubControlServicer_to_server(
-        StubControl(state, seed, client, confirmer, consenter), server
+        StubControl(state, seed, client, confirmer, consenter, acknowledger), server
     )
     health_servicer = AsyncHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -158,4 +163,4 @@ async def start_stub(config: StubConfig) -> RunningStub:
         port,
         config.gateway,
     )
-    return RunningStub(config, server, port, state, health_servicer, channel, confirmer, consenter)
+    return RunningStub(config, server, port, state, health_servicer, channel, confirmer, consenter, acknowledger)

@@ -59,6 +59,20 @@ def consent_mode_from_proto(value: control_pb2.ConsentMode.ValueType) -> Consent
     return mode
 
 
+class SettlementAckMode(enum.Enum):
+    """Whether settlement figures are acknowledged as soon as they arrive."""
+
+    AUTO = "auto"
+    MANUAL = "manual"
+
+
+_ACK_TO_PROTO = {
+    SettlementAckMode.AUTO: control_pb2.SETTLEMENT_ACK_MODE_AUTO,
+    SettlementAckMode.MANUAL: control_pb2.SETTLEMENT_ACK_MODE_MANUAL,
+}
+_PROTO_TO_ACK = {value: mode for mode, value in _ACK_TO_PROTO.items()}
+
+
 @dataclass(frozen=True)
 class Behaviour:
     """Failure injection, confirmation and consent policy; replaced as a whole by Configure."""
@@ -69,6 +83,7 @@ class Behaviour:
     latency_ms: int = 0
     reject_reason: str = ""
     consent_mode: ConsentMode = ConsentMode.ACCEPT
+    settlement_ack_mode: SettlementAckMode = SettlementAckMode.AUTO
 
     def to_proto(self) -> control_pb2.Behaviour:
         return control_pb2.Behaviour(
@@ -78,6 +93,7 @@ class Behaviour:
             latency_ms=self.latency_ms,
             reject_reason=self.reject_reason,
             consent_mode=_CONSENT_TO_PROTO[self.consent_mode],
+            settlement_ack_mode=_ACK_TO_PROTO[self.settlement_ack_mode],
         )
 
     @classmethod
@@ -91,6 +107,12 @@ class Behaviour:
             mode = _PROTO_TO_MODE[message.confirm_mode]
         else:
             raise ValueError(f"unknown confirm mode {message.confirm_mode}")
+        if message.settlement_ack_mode == control_pb2.SETTLEMENT_ACK_MODE_UNSPECIFIED:
+            ack_mode = SettlementAckMode.AUTO
+        elif message.settlement_ack_mode in _PROTO_TO_ACK:
+            ack_mode = _PROTO_TO_ACK[message.settlement_ack_mode]
+        else:
+            raise ValueError(f"unknown settlement ack mode {message.settlement_ack_mode}")
         return cls(
             confirm_mode=mode,
             confirm_delay_ms=message.confirm_delay_ms,
@@ -98,6 +120,7 @@ class Behaviour:
             latency_ms=message.latency_ms,
             reject_reason=message.reject_reason,
             consent_mode=consent_mode_from_proto(message.consent_mode),
+            settlement_ack_mode=ack_mode,
         )
 
 
@@ -148,6 +171,18 @@ class Notification:
 
 
 @dataclass
+class SettlementRecord:
+    """Settlement figures received for one window (the gateway sends a province one statement per window)."""
+
+    window_id: str
+    envelope: common_pb2.SignedEnvelope
+    figures_sha256: bytes
+    net_fen: int
+    times_received: int = 1
+    acknowledged_state: str = ""
+
+
+@dataclass
 class SubmittedInstruction:
     """An instruction this stub submitted, kept so it can be resent byte for byte."""
 
@@ -176,6 +211,7 @@ class StubState:
     submitted: dict[str, SubmittedInstruction] = field(default_factory=dict)
     # By binding id, in order of first arrival.
     consent_requests: dict[str, ConsentRequestRecord] = field(default_factory=dict)
+    settlements: dict[str, SettlementRecord] = field(default_factory=dict)
     deliveries_received: int = 0
     consent_requests_received: int = 0
     calls_failed: int = 0
@@ -213,4 +249,14 @@ class StubState:
             calls_failed=self.calls_failed,
             consent_requests_received=self.consent_requests_received,
             consent_requests=list(self.consent_requests),
+            settlements=[
+                control_pb2.SettlementReceived(
+                    window_id=r.window_id,
+                    figures_sha256=r.figures_sha256,
+                    net_fen=r.net_fen,
+                    times_received=r.times_received,
+                    acknowledged_state=r.acknowledged_state,
+                )
+                for r in self.settlements.values()
+            ],
         )

@@ -5,7 +5,9 @@ Lanzhou (Gansu 620000, resident insurance) — she consents with her own face �
 binds his daughter under 16 with a guardian's attestation, then sends his mother 500.00 yuan. The
 demo drives Xinjiang's stub platform, follows the transfer through the gateway, shows both
 provinces' view, resends the instruction unchanged (a replay) and modified (refused), and finally
-dissolves the bindings it made so it can run again. ID numbers are shown masked only (D19).
+dissolves the bindings it made so it can run again. Last, the operator closes the settlement window:
+each province's position is printed, both provinces acknowledge their signed figures, and the
+operator records the bank payment (D16-D18). ID numbers are shown masked only (D19).
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from zoneinfo import ZoneInfo
 
 import grpc
 
-from protos.gongji.v1 import relations_pb2, transfers_pb2
+from protos.gongji.v1 import operations_pb2, operations_pb2_grpc, relations_pb2, settlements_pb2, transfers_pb2
 from protos.stub.v1 import control_pb2, control_pb2_grpc
 
 XINJIANG = os.environ.get("GONGJI_STUB_650000", "127.0.0.1:50061")
 GANSU = os.environ.get("GONGJI_STUB_620000", "127.0.0.1:50062")
+# The operators' port: as the CLI names it, else as the gateway was told to listen.
+OPS = os.environ.get("GONGJI_OPS") or os.environ.get("GONGJI_OPS_LISTEN", "127.0.0.1:50052")
 GIVER_ID = "650502199001011230"  # Hami 650500, employee insurance (310), born 1990
 MOTHER_ID, LANZHOU = "620102196505120026", "620100"  # resident insurance (390), born 1965
 IN_LAW_ID = "620103198203040034"  # a Gansu employee, born 1982: a son-in-law is not eligible (D4)
@@ -152,8 +156,64 @@ def main() -> int:
                                                                                  reason="DEMO_FINISHED"), timeout=10)
             print(f"   binding {binding_id}: {dissolved.code} {dissolved.state}")
         ok = again.replay and same and modified.code == "ALREADY_EXISTS" and modified.reason == "MODIFIED_REQUEST"
+        try:
+            ok = settle(transfer_id, xinjiang, gansu) and ok
+        except grpc.RpcError as error:
+            print(f"   the operators' port {OPS} answered {error.code().name}: {error.details()}", file=sys.stderr)
+            ok = False
         print("\ndemo complete." if ok else "\ndemo finished with unexpected answers.")
         return 0 if ok else 1
+
+
+def yuan(fen: int) -> str:
+    return f"{fen / 100:,.2f} yuan"
+
+
+def window_state(state: settlements_pb2.SettlementWindowState.ValueType) -> str:
+    return settlements_pb2.SettlementWindowState.Name(state).removeprefix("SETTLEMENT_WINDOW_STATE_")
+
+
+def settle(transfer_id: str, xinjiang: control_pb2_grpc.StubControlStub,
+           gansu: control_pb2_grpc.StubControlStub) -> bool:
+    """Step 8: the operator closes the window the transfer committed into; the provinces agree; payment."""
+    with grpc.insecure_channel(OPS) as channel:
+        ops = operations_pb2_grpc.OperationsStub(channel)
+        window_id = xinjiang.QueryTransfer(control_pb2.QueryTransferRequest(transfer_id=transfer_id),
+                                           timeout=5).transfer.settlement_window_id
+        print(f"8. The operator closes settlement window {window_id} (the transfer committed into it):")
+        window = ops.CloseSettlementWindow(operations_pb2.CloseSettlementWindowRequest(window_id=window_id),
+                                           timeout=10).window
+        for pair in window.pairs:
+            print(f"   owed {pair.from_province} -> {pair.to_province}: {yuan(pair.gross_fen)} "
+                  f"in {pair.transfer_count} transfer(s)")
+        for position in window.positions:
+            side = "receives" if position.net_fen >= 0 else "pays"
+            print(f"   position of {position.province}: {side} {yuan(abs(position.net_fen))}")
+        print(f"   net positions sum to {yuan(sum(p.net_fen for p in window.positions))}; "
+              f"window {window_state(window.state)}, signed figures sent to {', '.join(window.provinces)}")
+        deadline = time.monotonic() + TIMEOUT_S
+        while window.state == settlements_pb2.SETTLEMENT_WINDOW_STATE_CLOSED and time.monotonic() < deadline:
+            time.sleep(0.1)
+            window = ops.GetSettlementWindow(operations_pb2.GetSettlementWindowRequest(window_id=window_id),
+                                             timeout=5).window
+        for name, stub in (("Xinjiang 650000", xinjiang), ("Gansu 620000", gansu)):
+            received = [r for r in stub.Snapshot(control_pb2.SnapshotRequest(), timeout=5).settlements
+                        if r.window_id == window_id]
+            for r in received:
+                print(f"   {name} acknowledged figures sha256 {r.figures_sha256.hex()[:16]}..., "
+                      f"its position {yuan(r.net_fen)}; gateway recorded {r.acknowledged_state or 'nothing yet'}")
+        print(f"   window {window_state(window.state)}; acknowledged by {', '.join(window.acknowledged_by)}")
+        if window.state != settlements_pb2.SETTLEMENT_WINDOW_STATE_ACKNOWLEDGED:
+            print("   not every province acknowledged in time", file=sys.stderr)
+            return False
+        today = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 8 * 3600))  # Beijing date
+        payments = [operations_pb2.PaymentRecord(from_province=p.from_province, to_province=p.to_province,
+                                                 bank="中国人民银行 (demo)", serial_number=f"DEMO-{window_id}-{i + 1}",
+                                                 date=today) for i, p in enumerate(window.pairs)]
+        window = ops.RecordSettlementPayment(operations_pb2.RecordSettlementPaymentRequest(
+            window_id=window_id, payments=payments), timeout=10).window
+        print(f"   payment references recorded: window {window_state(window.state)}")
+        return window.state == settlements_pb2.SETTLEMENT_WINDOW_STATE_SETTLED
 
 
 def _wait_told(stub: control_pb2_grpc.StubControlStub, transfer_id: str) -> control_pb2.SnapshotResponse:

@@ -320,6 +320,27 @@ class Stack:
                                     {"d": destination}).scalar_one() == 0
         wait_until(idle, what=f"outbox to {destination} drained")
 
+    def add_province(self, code: str, name: str, behaviour: Behaviour | None = None) -> RunningStub:
+        """Start one more stub province (its seed file under province_stub/seeds) and register it."""
+        stub = self.loop_thread.run(start_stub(StubConfig(
+            province=code, name=name, gateway=f"127.0.0.1:{self.gateway.port}", keys_dir=self.keys_dir,
+            behaviour=behaviour or Behaviour())))
+        self.stubs[code] = stub
+        register(self.operations, code, name, stub.address, stub.key_id,
+                 load_public_key(self.keys_dir / f"{stub.key_id}.pub"), TEST_POLICY)
+        self.signers[code] = EnvelopeSigner(code, stub.key_id, load_private_key(self.keys_dir / f"{stub.key_id}.key"))
+        return stub
+
+    def bind(self, giver: tuple[str, str], receiver: tuple[str, str], relation_code: str, sender: str,
+             receiver_province: str) -> str:
+        """A binding the receiver's stub consents to by itself; returns its id once ACTIVE."""
+        receipt = self.propose(receiver, relation_code, giver=giver, sender=sender,
+                               receiver_province=receiver_province).receipt
+        binding_id = common_pb2.Receipt.FromString(receipt.payload).subject_id
+        wait_until(lambda: self.binding(binding_id, signer=sender).state == relations_pb2.BINDING_STATE_ACTIVE,
+                   what=f"binding {binding_id} to become ACTIVE")
+        return binding_id
+
     def close(self) -> None:
         self.channel.close()
         self.ops_channel.close()

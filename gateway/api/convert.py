@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import TypeVar
 
@@ -26,6 +27,7 @@ from gateway.domain.errors import InvalidArgument
 from gateway.domain.monitoring import Stats, TransferChange, TransferFilter
 from gateway.domain.provinces import Policy, Province, ProvinceKey, ProvinceStatus
 from gateway.domain.relations import RelationQuery
+from gateway.domain.settlement import SettlementAcknowledgement, SettlementQuery, SettlementWindow, WindowState
 from gateway.domain.transfers import (
     Decision,
     PersonRef,
@@ -36,7 +38,7 @@ from gateway.domain.transfers import (
     TransferState,
 )
 from gateway.wire import from_timestamp, timestamp
-from protos.gongji.v1 import common_pb2, operations_pb2, relations_pb2, transfers_pb2
+from protos.gongji.v1 import common_pb2, operations_pb2, relations_pb2, settlements_pb2, transfers_pb2
 
 P = TypeVar("P", bound=pb_message.Message)
 
@@ -330,3 +332,46 @@ def province_to_proto(province: Province) -> operations_pb2.Province:
     return message
 
 
+
+
+def decode_settlement_query(payload: bytes) -> SettlementQuery:
+    message = parse_strict(payload, settlements_pb2.SettlementQuery)
+    return SettlementQuery(header_from_proto(message.header, message.HasField("header")), message.window_id)
+
+
+def decode_settlement_acknowledgement(payload: bytes) -> SettlementAcknowledgement:
+    message = parse_strict(payload, settlements_pb2.SettlementAcknowledgement)
+    return SettlementAcknowledgement(header_from_proto(message.header, message.HasField("header")),
+                                     message.window_id, message.figures_sha256)
+
+
+def window_state_to_proto(state: WindowState) -> settlements_pb2.SettlementWindowState.ValueType:
+    return settlements_pb2.SettlementWindowState.Value(f"SETTLEMENT_WINDOW_STATE_{state.value}")
+
+
+def window_states_from_proto(values: Iterable[int]) -> list[WindowState]:
+    states = []
+    for value in values:
+        if value not in settlements_pb2.SettlementWindowState.values() or value == 0:
+            raise InvalidArgument("states must name settlement window states", reason="INVALID_STATE", field="states")
+        states.append(WindowState(settlements_pb2.SettlementWindowState.Name(
+            value).removeprefix("SETTLEMENT_WINDOW_STATE_")))  # type: ignore[arg-type]
+    return states
+
+
+def window_to_proto(window: SettlementWindow) -> operations_pb2.SettlementWindow:
+    answer = operations_pb2.SettlementWindow(
+        window_id=window.window_id, state=window_state_to_proto(window.state), opens_at=timestamp(window.opens_at),
+        closes_at=timestamp(window.closes_at),
+        pairs=[settlements_pb2.PairFigure(from_province=p.from_province, to_province=p.to_province,
+                                          gross_fen=p.gross_fen, transfer_count=p.transfer_count)
+               for p in window.pairs],
+        positions=[settlements_pb2.ProvincePosition(province=p.province, net_fen=p.net_fen)
+                   for p in window.positions],
+        acknowledged_by=window.acknowledged_by, provinces=window.provinces,
+        payments=[operations_pb2.PaymentRecord(from_province=p.from_province, to_province=p.to_province,
+                                               bank=p.bank, serial_number=p.serial_number,
+                                               date=p.paid_on.isoformat()) for p in window.payments])
+    if window.closed_at is not None:
+        answer.closed_at.CopyFrom(timestamp(window.closed_at))
+    return answer

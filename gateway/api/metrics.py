@@ -1,14 +1,12 @@
-"""Prometheus metrics on the gateway's HTTP port: RPCs as they happen, transfers and outbox at scrape time."""
+"""Prometheus metrics (served by gateway.api.web): RPCs as they happen, transfers and outbox at scrape time."""
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -57,19 +55,8 @@ class StateCollector(Collector):
         for province, count in sorted(stats.failed_attempts_by_province.items()):
             failures.add_metric([province], count)
         yield failures
+        windows = GaugeMetricFamily("gongji_settlement_windows", "Settlement windows by state", labels=["state"])
+        for state, count in sorted(stats.settlement_windows.items()):
+            windows.add_metric([state], count)
+        yield windows
 
-
-class MetricsServer:
-    """The /metrics endpoint on its own thread (prometheus-client's WSGI server)."""
-
-    def __init__(self, registry: CollectorRegistry, address: str) -> None:
-        host, _, port = address.rpartition(":")
-        self._server: WSGIServer
-        self._thread: threading.Thread
-        self._server, self._thread = start_http_server(int(port), addr=host, registry=registry)
-        self.port = int(self._server.server_port)
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)

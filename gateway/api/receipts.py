@@ -1,16 +1,18 @@
-"""Gateway-signed receipts (api.md "Receipts")."""
+"""What the gateway signs: receipts (api.md "Receipts") and settlement figures (D17)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
 
-from gateway.domain.envelope import GATEWAY
+from gateway.domain.envelope import GATEWAY, Envelope
+from gateway.domain.settlement import Figures
 from gateway.security.signing import EnvelopeSigner
 from gateway.wire import envelope_to_proto, timestamp
-from protos.gongji.v1 import common_pb2
+from protos.gongji.v1 import common_pb2, settlements_pb2
 
 RECEIPT_TYPE = "gongji.v1.Receipt"
+FIGURES_TYPE = "gongji.v1.SettlementFigures"
 
 
 class SignedReceiptIssuer:
@@ -28,3 +30,16 @@ class SignedReceiptIssuer:
             gateway_time=timestamp(at), affected_ids=list(affected_ids))
         envelope = self._signer.sign(RECEIPT_TYPE, receipt.SerializeToString())
         return envelope_to_proto(envelope).SerializeToString()
+
+    def sign_figures(self, figures: Figures, receiver: str, at: datetime) -> Envelope:
+        # The message id names window and province: a province sees one statement per window, ever.
+        message = settlements_pb2.SettlementFigures(
+            header=common_pb2.Header(message_id=f"stl:{figures.window_id}:{receiver}", sender=GATEWAY,
+                                     receiver=receiver, created_at=timestamp(at)),
+            window_id=figures.window_id, opens_at=timestamp(figures.opens_at), closes_at=timestamp(figures.closes_at),
+            pairs=[settlements_pb2.PairFigure(from_province=p.from_province, to_province=p.to_province,
+                                              gross_fen=p.gross_fen, transfer_count=p.transfer_count)
+                   for p in figures.pairs],
+            positions=[settlements_pb2.ProvincePosition(province=p.province, net_fen=p.net_fen)
+                       for p in figures.positions if p.province == receiver])
+        return self._signer.sign(FIGURES_TYPE, message.SerializeToString())

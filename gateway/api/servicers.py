@@ -8,21 +8,22 @@ from typing import Any, TypeVar
 import grpc
 
 from gateway.api import convert
-from gateway.domain.errors import Unimplemented
 from gateway.usecases import bindings as binding_cases
 from gateway.usecases import monitoring as monitoring_cases
 from gateway.usecases import provinces as province_cases
 from gateway.usecases import relations as relation_cases
+from gateway.usecases import settlements as settlement_cases
 from gateway.usecases import transfers as transfer_cases
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.relations import MemberDirectory
-from gateway.wire import envelope_from_proto
+from gateway.wire import envelope_from_proto, envelope_to_proto
 from protos.gongji.v1 import (
     common_pb2,
     operations_pb2,
     operations_pb2_grpc,
     relations_pb2,
     relations_pb2_grpc,
+    settlements_pb2,
     settlements_pb2_grpc,
     transfers_pb2,
     transfers_pb2_grpc,
@@ -95,10 +96,6 @@ class TransfersServicer(transfers_pb2_grpc.TransfersServicer):
         return transfers_pb2.GetTransferResponse(transfer=convert.transfer_to_proto(transfer))
 
 
-def _later(method: str, issue: str) -> Unimplemented:
-    return Unimplemented(f"{method} is declared in the contract and arrives with {issue}")
-
-
 class OperationsServicer(operations_pb2_grpc.OperationsServicer):
     def __init__(self, run: UseCaseRunner) -> None:
         self._run = run
@@ -134,6 +131,11 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
         return operations_pb2.ListTransfersResponse(
             transfers=[convert.transfer_to_proto(t) for t in page.transfers], next_page_token=page.next_page_token)
 
+    async def InspectTransfer(self, request: operations_pb2.InspectTransferRequest,
+                              context: Context) -> operations_pb2.InspectTransferResponse:
+        transfer = await self._run.query(monitoring_cases.inspect_transfer, request.transfer_id)
+        return operations_pb2.InspectTransferResponse(transfer=convert.transfer_to_proto(transfer))
+
     async def WatchTransfers(self, request: operations_pb2.WatchTransfersRequest,
                              context: Context) -> AsyncIterator[operations_pb2.TransferChange]:
         async for change in self._run.stream(monitoring_cases.watch_transfers, request.from_cursor):
@@ -143,11 +145,29 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
                        context: Context) -> operations_pb2.GetStatsResponse:
         return convert.stats_to_proto(await self._run.query(monitoring_cases.get_stats))
 
-    async def CloseSettlementWindow(self, request: Any, context: Context) -> Any:
-        raise _later("CloseSettlementWindow", "issue 4 (settlement)")
+    async def CloseSettlementWindow(self, request: operations_pb2.CloseSettlementWindowRequest,
+                                    context: Context) -> operations_pb2.CloseSettlementWindowResponse:
+        window = await self._run.change(settlement_cases.close_window, request.window_id)
+        return operations_pb2.CloseSettlementWindowResponse(window=convert.window_to_proto(window))
 
-    async def RecordSettlementPayment(self, request: Any, context: Context) -> Any:
-        raise _later("RecordSettlementPayment", "issue 4 (settlement)")
+    async def RecordSettlementPayment(self, request: operations_pb2.RecordSettlementPaymentRequest,
+                                      context: Context) -> operations_pb2.RecordSettlementPaymentResponse:
+        payments = [settlement_cases.PaymentInput(p.from_province, p.to_province, p.bank, p.serial_number, p.date)
+                    for p in request.payments]
+        window = await self._run.change(settlement_cases.record_payment, request.window_id, payments)
+        return operations_pb2.RecordSettlementPaymentResponse(window=convert.window_to_proto(window))
+
+    async def GetSettlementWindow(self, request: operations_pb2.GetSettlementWindowRequest,
+                                  context: Context) -> operations_pb2.GetSettlementWindowResponse:
+        window = await self._run.query(settlement_cases.get_window, request.window_id)
+        return operations_pb2.GetSettlementWindowResponse(window=convert.window_to_proto(window))
+
+    async def ListSettlementWindows(self, request: operations_pb2.ListSettlementWindowsRequest,
+                                    context: Context) -> operations_pb2.ListSettlementWindowsResponse:
+        page = await self._run.query(settlement_cases.list_windows, convert.window_states_from_proto(request.states),
+                                     request.page_token, request.page_size)
+        return operations_pb2.ListSettlementWindowsResponse(
+            windows=[convert.window_to_proto(w) for w in page.windows], next_page_token=page.next_page_token)
 
 
 class RelationsServicer(relations_pb2_grpc.RelationsServicer):
@@ -217,10 +237,26 @@ def _receipt_binding_state(receipt: bytes) -> relations_pb2.BindingState.ValueTy
 
 
 class SettlementsServicer(settlements_pb2_grpc.SettlementsServicer):
-    """Declared now; issue 4 implements settlement."""
+    def __init__(self, run: UseCaseRunner) -> None:
+        self._run = run
 
-    async def GetSettlement(self, request: Any, context: Context) -> Any:
-        raise _later("GetSettlement", "issue 4 (settlement)")
+    async def GetSettlement(self, request: settlements_pb2.GetSettlementRequest,
+                            context: Context) -> settlements_pb2.GetSettlementResponse:
+        view = await self._run.query(settlement_cases.get_settlement, envelope_from_proto(request.query),
+                                     peer_identity(context), convert.decode_settlement_query)
+        answer = settlements_pb2.GetSettlementResponse(state=convert.window_state_to_proto(view.state),
+                                                       acknowledged_by=view.acknowledged_by)
+        if view.figures is not None:
+            answer.figures.CopyFrom(envelope_to_proto(view.figures))
+        return answer
 
-    async def AcknowledgeSettlement(self, request: Any, context: Context) -> Any:
-        raise _later("AcknowledgeSettlement", "issue 4 (settlement)")
+    async def AcknowledgeSettlement(self, request: settlements_pb2.AcknowledgeSettlementRequest,
+                                    context: Context) -> settlements_pb2.AcknowledgeSettlementResponse:
+        answer = await self._run.change(settlement_cases.acknowledge_settlement,
+                                        envelope_from_proto(request.acknowledgement), peer_identity(context),
+                                        convert.decode_settlement_acknowledgement)
+        envelope = _envelope(answer.receipt)
+        state = common_pb2.Receipt.FromString(envelope.payload).state  # what the (first) answer recorded
+        return settlements_pb2.AcknowledgeSettlementResponse(
+            receipt=envelope, replay=answer.replay,
+            state=settlements_pb2.SettlementWindowState.Value(f"SETTLEMENT_WINDOW_STATE_{state}"))

@@ -1,10 +1,12 @@
-"""What operators ask of the exchange: filtered pages of transfers and summary figures."""
+"""What operators ask of the exchange: filtered pages of transfers, summary figures, the dashboard's snapshot."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from gateway.domain.provinces import Province
+from gateway.domain.settlement import SettlementWindow
 from gateway.domain.transfers import Transfer, TransferState
 
 
@@ -54,3 +56,92 @@ class Stats:
     outbox_backlog: int = 0
     oldest_undelivered: datetime | None = None
     failed_attempts_by_province: dict[str, int] = field(default_factory=dict)
+    # Settlement windows by state name (OPEN, CLOSED, ACKNOWLEDGED, SETTLED).
+    settlement_windows: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StuckTransfer:
+    """A transfer not final long after it arrived; only what operators need, never a person (D19)."""
+
+    transfer_id: str
+    state: TransferState
+    giver_province: str
+    receiver_province: str
+    amount_fen: int
+    created_at: datetime
+    updated_at: datetime
+    age: timedelta
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PairFlow:
+    """Money between one ordered pair of provinces: committed, still in flight, and ended otherwise."""
+
+    giver_province: str
+    receiver_province: str
+    committed_count: int = 0
+    committed_fen: int = 0
+    in_flight_count: int = 0
+    in_flight_fen: int = 0
+    failed_count: int = 0
+    failed_fen: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ProvinceFlow:
+    """One province's committed money out (as the giver's side) and in (as the receiver's side)."""
+
+    province: str
+    out_count: int = 0
+    out_fen: int = 0
+    in_count: int = 0
+    in_fen: int = 0
+    out_in_flight_fen: int = 0
+    in_in_flight_fen: int = 0
+
+
+def pair_flows(figures: list[PairStateFigure]) -> tuple[PairFlow, ...]:
+    """Stats by pair and state folded into one line per pair, in (giver, receiver) order."""
+    totals: dict[tuple[str, str], dict[str, int]] = {}
+    for figure in figures:
+        pair = totals.setdefault((figure.giver_province, figure.receiver_province), {})
+        kind = ("committed" if figure.state is TransferState.COMMITTED
+                else "failed" if figure.state.is_final else "in_flight")
+        pair[f"{kind}_count"] = pair.get(f"{kind}_count", 0) + figure.count
+        pair[f"{kind}_fen"] = pair.get(f"{kind}_fen", 0) + figure.amount_fen
+    return tuple(PairFlow(giver, receiver, **values) for (giver, receiver), values in sorted(totals.items()))
+
+
+def province_flows(pairs: tuple[PairFlow, ...], provinces: list[str]) -> tuple[ProvinceFlow, ...]:
+    """Each province's flows in and out, for every province named and every one seen in a pair."""
+    codes = sorted({*provinces, *(p.giver_province for p in pairs), *(p.receiver_province for p in pairs)})
+    return tuple(
+        ProvinceFlow(
+            province=code,
+            out_count=sum(p.committed_count for p in pairs if p.giver_province == code),
+            out_fen=sum(p.committed_fen for p in pairs if p.giver_province == code),
+            in_count=sum(p.committed_count for p in pairs if p.receiver_province == code),
+            in_fen=sum(p.committed_fen for p in pairs if p.receiver_province == code),
+            out_in_flight_fen=sum(p.in_flight_fen for p in pairs if p.giver_province == code),
+            in_in_flight_fen=sum(p.in_flight_fen for p in pairs if p.receiver_province == code),
+        )
+        for code in codes
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DashboardSnapshot:
+    """Everything the operators' dashboard shows at one moment; no ID number, name or person hash (D19)."""
+
+    at: datetime
+    stuck_after: timedelta
+    provinces: tuple[Province, ...]
+    recent_changes: tuple[TransferChange, ...]  # newest first
+    stats: Stats
+    pairs: tuple[PairFlow, ...]
+    flows: tuple[ProvinceFlow, ...]
+    stuck: tuple[StuckTransfer, ...]  # oldest first
+    stuck_more: bool = False  # more stuck transfers than listed
+    windows: tuple[SettlementWindow, ...] = ()  # the newest few, with their positions

@@ -70,6 +70,8 @@ class ProvinceClient:
                 return await self._notify(work)
             if kind is OutboxKind.REQUEST_CONSENT:
                 return await self._request_consent(work)
+            if kind is OutboxKind.NOTIFY_SETTLEMENT:
+                return await self._notify_settlement(work)
             return await self._notify_binding(work)
         except grpc.aio.AioRpcError as error:
             return SendResult.failed(error.code().name)
@@ -137,6 +139,13 @@ class ProvinceClient:
                 binding_id=binding.binding_id, state=relations_pb2.BindingState.Value(f"BINDING_STATE_{state.value}"),
                 reason=binding.reason if binding.state is state else ""))
         return await self._send_outcome(work, outcome)
+
+    async def _notify_settlement(self, work: OutboxWork) -> SendResult:
+        assert work.figures is not None
+        # The figures go exactly as signed at closing: the province acknowledges the digest of these bytes.
+        request = province_pb2.NotifySettlementRequest(figures=envelope_to_proto(work.figures))
+        await self._stub(work.endpoint).NotifySettlement(request, timeout=self._timeout)  # type: ignore[misc]
+        return SendResult(acknowledged=True)
 
     async def check_member(self, province: Province, person: PersonRef) -> MemberStatus | None:
         """CheckMember (signed MemberQuery) with a deadline; None when the province cannot answer."""

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from gateway.provinces.client import ProvinceClient
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.outbox import Backoff, claim_outbox_work, record_outbox_results, sweep_deadlines
+from gateway.usecases.settlements import close_due_windows
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -66,6 +67,8 @@ class OutboxWorker:
             if loop.time() >= next_sweep:
                 try:
                     await self._run_in_db(sweep_deadlines, self._ctx)
+                    # Windows due on schedule: the figures they queue are claimed just below.
+                    await self._run_in_db(close_due_windows, self._ctx)
                 except Exception:
                     log.exception("deadline sweep failed; retrying")
                 next_sweep = loop.time() + self._settings.sweep_interval_seconds

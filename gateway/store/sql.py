@@ -24,6 +24,14 @@ from gateway.domain.envelope import Envelope
 from gateway.domain.monitoring import PairStateFigure, Stats, TransferChange, TransferFilter
 from gateway.domain.provinces import Policy, Province, ProvinceKey, ProvinceStatus
 from gateway.domain.records import OutboxKind, OutboxMessage, RequestOutcome, StoredRequest
+from gateway.domain.settlement import (
+    Acknowledgement,
+    PairFigure,
+    Payment,
+    SettlementWindow,
+    WindowSpan,
+    WindowState,
+)
 from gateway.domain.transfers import Transfer, TransferEvent, TransferState
 from gateway.store.prepared import Cursor, Prepared
 from gateway.store.tables import (
@@ -35,6 +43,9 @@ from gateway.store.tables import (
     ProvinceRow,
     RequestRow,
     RoutingVersionRow,
+    SettlementPairRow,
+    SettlementStatementRow,
+    SettlementWindowRow,
     TransferEventRow,
     TransferRow,
 )
@@ -48,7 +59,11 @@ events_t: Table = TransferEventRow.__table__  # type: ignore[assignment]
 outbox_t: Table = OutboxRow.__table__  # type: ignore[assignment]
 bindings_t: Table = BindingRow.__table__  # type: ignore[assignment]
 suspensions_t: Table = MemberSuspensionRow.__table__  # type: ignore[assignment]
+windows_t: Table = SettlementWindowRow.__table__  # type: ignore[assignment]
+pairs_t: Table = SettlementPairRow.__table__  # type: ignore[assignment]
+statements_t: Table = SettlementStatementRow.__table__  # type: ignore[assignment]
 
+FIGURES_TYPE = "gongji.v1.SettlementFigures"
 REASON_MAX = 64  # transfers.reason and transfer_events.reason
 _FAILED = frozenset({TransferState.DECLINED, TransferState.RETURNED, TransferState.REJECTED})
 
@@ -205,6 +220,17 @@ class Statements:
         self.suspend_member = p(insert(suspensions_t).on_conflict_do_nothing())
         self.resume_member = p(suspensions_t.delete().where(suspensions_t.c.person_ref == _b("ref")))
         self.member_suspended = p(select(suspensions_t.c.person_ref).where(suspensions_t.c.person_ref == _b("ref")))
+
+        w = windows_t.c
+        self.ensure_window = p(insert(windows_t).on_conflict_do_nothing().values(
+            window_id=_b("window_id"), state=WindowState.OPEN.value, opens_at=_b("opens_at"),
+            closes_at=_b("closes_at"), updated_at=_b("at")))
+        # Shared by every commit into the window, exclusive for closing it: a commit and a close are
+        # ordered, so a transfer lands in exactly one window's figures (D16).
+        self.window_state_for_commit = p(select(w.state).where(w.window_id == _b("w_id")).with_for_update(read=True))
+        self.window_state_for_close = p(select(w.state).where(w.window_id == _b("w_id")).with_for_update())
+        self.assign_window = p(update(transfers_t).where(t.transfer_id == _b("w_id"))
+                               .values(settlement_window_id=_b("window_id")))
 
         self.enqueue = p(insert(outbox_t).on_conflict_do_nothing().values(
             destination=_b("destination"), kind=_b("kind"), message_id=_b("message_id"), subject_id=_b("subject_id"),
@@ -496,6 +522,9 @@ class SqlTransferRepository:
     def due_for_return(self, now: datetime, limit: int) -> list[str]:
         return [row[0] for row in self._cursor.all(self._s.due_for_return, now=now, limit=limit)]
 
+    def assign_window(self, transfer_id: str, window_id: str) -> None:
+        self._cursor.run(self._s.assign_window, w_id=transfer_id, window_id=window_id)
+
     def count_for_giver(self, giver_ref: bytes, start: datetime, end: datetime) -> int:
         """The giver's transfers created in [start, end) that have not failed (D12's daily count)."""
         row = self._cursor.first(self._s.giver_transfers_between, ref=giver_ref, start=start, end=end)
@@ -616,6 +645,157 @@ class SqlOutboxRepository:
         self._cursor.run(self._s.expire_pending, w_kind=kind.value, w_subject=subject_id, at=at, error=error[:128])
 
 
+class SqlSettlementRepository:
+    """Settlement windows, their frozen figures, the provinces' statements and acknowledgements."""
+
+    def __init__(self, cursor: Cursor, store: SqlStore) -> None:
+        self._cursor, self._s, self._dialect = cursor, store.statements, store.engine.dialect
+
+    def _prepared(self, statement: ClauseElement) -> Prepared:
+        # Settlement statements run a few times a day: compiled per call, run like every other statement.
+        return Prepared(statement, self._dialect)
+
+    def _ensure(self, span: WindowSpan, at: datetime) -> None:
+        self._cursor.run(self._s.ensure_window, window_id=span.window_id, opens_at=span.opens_at,
+                         closes_at=span.closes_at, at=at)
+
+    def state_for_commit(self, span: WindowSpan, at: datetime) -> WindowState:
+        """The window's state, creating it OPEN if new, locked against closing until this transaction ends."""
+        row = self._cursor.first(self._s.window_state_for_commit, w_id=span.window_id)
+        if row is None:
+            self._ensure(span, at)
+            row = self._cursor.first(self._s.window_state_for_commit, w_id=span.window_id)
+        assert row is not None
+        return WindowState(row[0])
+
+    def state_for_close(self, span: WindowSpan, at: datetime) -> WindowState:
+        """The window's state, creating it OPEN if new, locked until this transaction ends."""
+        self._ensure(span, at)
+        state = self.lock(span.window_id)
+        assert state is not None
+        return state
+
+    def lock(self, window_id: str) -> WindowState | None:
+        """The window's state, locked against every other change until this transaction ends."""
+        row = self._cursor.first(self._s.window_state_for_close, w_id=window_id)
+        return None if row is None else WindowState(row[0])
+
+    def committed_pairs(self, window_id: str) -> list[PairFigure]:
+        t = transfers_t.c
+        statement = self._prepared(
+            select(t.giver_province, t.receiver_province, func.sum(t.amount_fen), func.count())
+            .where(and_(t.settlement_window_id == window_id, t.state == TransferState.COMMITTED.value))
+            .group_by(t.giver_province, t.receiver_province).order_by(t.giver_province, t.receiver_province))
+        return [PairFigure(g, r, int(total), int(count)) for g, r, total, count in self._cursor.all(statement)]
+
+    def freeze(self, window_id: str, pairs: Sequence[PairFigure],
+               statements: Sequence[tuple[str, Envelope, bytes]], at: datetime) -> None:
+        """Store the figures and each province's signed statement, and mark the window CLOSED."""
+        self._cursor.run_many(self._prepared(pairs_t.insert()), [
+            {"window_id": window_id, "from_province": p.from_province, "to_province": p.to_province,
+             "gross_fen": p.gross_fen, "transfer_count": p.transfer_count, "bank": "", "serial_number": "",
+             "paid_on": None, "paid_recorded_at": None} for p in pairs])
+        self._cursor.run_many(self._prepared(statements_t.insert()), [
+            {"window_id": window_id, "province": province, "figures_payload": envelope.payload,
+             "figures_key_id": envelope.key_id, "figures_alg": envelope.alg, "figures_signature": envelope.signature,
+             "figures_sha256": digest, "acknowledged_at": None, "ack_message_id": "", "ack_payload": None,
+             "ack_key_id": "", "ack_signature": None} for province, envelope, digest in statements])
+        changed = self.change_state(window_id, WindowState.OPEN, WindowState.CLOSED, at, closed=True)
+        assert changed, "the window was locked OPEN by this transaction"
+
+    def change_state(self, window_id: str, from_state: WindowState, to: WindowState, at: datetime,
+                     closed: bool = False) -> bool:
+        w = windows_t.c
+        values: dict[str, Any] = {"state": to.value, "updated_at": at}
+        if closed:
+            values["closed_at"] = at
+        statement = self._prepared(update(windows_t).where(and_(w.window_id == window_id,
+                                                                w.state == from_state.value)).values(**values))
+        return self._cursor.run(statement) == 1
+
+    def get(self, window_id: str) -> SettlementWindow | None:
+        w, pr, st = windows_t.c, pairs_t.c, statements_t.c
+        row = self._cursor.first(self._prepared(
+            select(w.window_id, w.state, w.opens_at, w.closes_at, w.closed_at).where(w.window_id == window_id)))
+        if row is None:
+            return None
+        pairs, payments = [], []
+        for fr, to, gross, count, bank, serial, paid_on in self._cursor.all(self._prepared(
+                select(pr.from_province, pr.to_province, pr.gross_fen, pr.transfer_count, pr.bank, pr.serial_number,
+                       pr.paid_on).where(pr.window_id == window_id).order_by(pr.from_province, pr.to_province))):
+            pairs.append(PairFigure(fr, to, int(gross), int(count)))
+            if paid_on is not None:
+                payments.append(Payment(fr, to, bank, serial, paid_on))
+        acks = tuple(Acknowledgement(province, at) for province, at in self._cursor.all(self._prepared(
+            select(st.province, st.acknowledged_at).where(and_(st.window_id == window_id,
+                                                                st.acknowledged_at.is_not(None)))
+            .order_by(st.province))))
+        return SettlementWindow(row[0], WindowState(row[1]), row[2], row[3], row[4], tuple(pairs), acks,
+                                tuple(payments))
+
+    def newest_first(self, states: Sequence[WindowState], before: str | None, limit: int) -> list[SettlementWindow]:
+        """Windows newest first (by window id), `before` excluded."""
+        w = windows_t.c
+        query = select(w.window_id)
+        if states:
+            query = query.where(or_(*(w.state == state.value for state in states)))
+        if before is not None:
+            query = query.where(w.window_id < before)
+        ids = [r[0] for r in self._cursor.all(self._prepared(query.order_by(w.window_id.desc()).limit(limit)))]
+        return [window for window_id in ids if (window := self.get(window_id)) is not None]
+
+    def due_for_close(self, closes_before: datetime, limit: int) -> list[str]:
+        w = windows_t.c
+        statement = self._prepared(select(w.window_id).where(and_(w.state == WindowState.OPEN.value,
+                                                                  w.closes_at <= closes_before))
+                                   .order_by(w.closes_at).limit(limit))
+        return [row[0] for row in self._cursor.all(statement)]
+
+    def statement(self, window_id: str, province: str) -> tuple[Envelope, bytes] | None:
+        """The gateway-signed figures sent to `province`, with their digest."""
+        st = statements_t.c
+        row = self._cursor.first(self._prepared(
+            select(st.figures_payload, st.figures_key_id, st.figures_alg, st.figures_signature, st.figures_sha256)
+            .where(and_(st.window_id == window_id, st.province == province))))
+        if row is None:
+            return None
+        payload, key_id, alg, signature, digest = row
+        return Envelope(bytes(payload), FIGURES_TYPE, "gateway", key_id, alg, bytes(signature)), bytes(digest)
+
+    def latest_statement_window(self, province: str) -> str | None:
+        st = statements_t.c
+        row = self._cursor.first(self._prepared(select(st.window_id).where(st.province == province)
+                                                .order_by(st.window_id.desc()).limit(1)))
+        return None if row is None else str(row[0])
+
+    def acknowledge(self, window_id: str, province: str, at: datetime, message_id: str, envelope: Envelope) -> bool:
+        """Record the province's signed agreement once; False if it had already agreed."""
+        st = statements_t.c
+        statement = self._prepared(update(statements_t).where(and_(
+            st.window_id == window_id, st.province == province, st.acknowledged_at.is_(None))).values(
+            acknowledged_at=at, ack_message_id=message_id, ack_payload=envelope.payload, ack_key_id=envelope.key_id,
+            ack_signature=envelope.signature))
+        return self._cursor.run(statement) == 1
+
+    def unacknowledged(self, window_id: str) -> int:
+        st = statements_t.c
+        row = self._cursor.first(self._prepared(select(func.count()).select_from(statements_t).where(
+            and_(st.window_id == window_id, st.acknowledged_at.is_(None)))))
+        return int(row[0]) if row else 0
+
+    def record_payment(self, window_id: str, payment: Payment, at: datetime) -> None:
+        pr = pairs_t.c
+        self._cursor.run(self._prepared(update(pairs_t).where(and_(
+            pr.window_id == window_id, pr.from_province == payment.from_province,
+            pr.to_province == payment.to_province, pr.paid_on.is_(None))).values(
+            bank=payment.bank, serial_number=payment.serial_number, paid_on=payment.paid_on, paid_recorded_at=at)))
+
+    def counts_by_state(self) -> dict[WindowState, int]:
+        w = windows_t.c
+        rows = self._cursor.all(self._prepared(select(w.state, func.count()).group_by(w.state)))
+        return {WindowState(state): int(count) for state, count in rows}
+
+
 class SqlUnitOfWork:
     """One database transaction; leaving the block without commit() rolls it back."""
 
@@ -634,6 +814,7 @@ class SqlUnitOfWork:
         self.outbox = SqlOutboxRepository(self._cursor, self._store)
         self.bindings = SqlBindingRepository(self._cursor, self._store)
         self.members = SqlMemberRepository(self._cursor, self._store)
+        self.settlements = SqlSettlementRepository(self._cursor, self._store)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -10,6 +10,7 @@ from datetime import timedelta
 
 from gateway.domain.clock import Clock
 from gateway.domain.errors import RequestInFlight
+from gateway.domain.settlement import SettlementPolicy
 from gateway.usecases.ports import PersonHasher, ReceiptIssuer, SignatureVerifier, UnitOfWorkFactory
 
 
@@ -43,3 +44,4 @@ class UseCaseContext:
     verify: SignatureVerifier
     max_clock_skew: timedelta = timedelta(seconds=120)
     in_flight: InFlightRequests = field(default_factory=InFlightRequests)
+    settlement: SettlementPolicy = field(default_factory=SettlementPolicy)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 from collections.abc import AsyncIterator
 from datetime import datetime
 
-from gateway.domain.errors import InvalidArgument
+from gateway.domain.errors import InvalidArgument, NotFound
 from gateway.domain.monitoring import Stats, TransferChange, TransferFilter, TransferPage
 from gateway.domain.provinces import validate_province_code
+from gateway.domain.settlement import WindowState
+from gateway.domain.transfers import Transfer, validate_message_id
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.relations import RunInDb
 
@@ -33,6 +36,16 @@ def _position(token: str) -> tuple[datetime, str]:
         raise InvalidArgument("page_token is not one this gateway gave out", reason="INVALID_PAGE_TOKEN",
                               field="page_token")
     return position, transfer_id
+
+
+def inspect_transfer(ctx: UseCaseContext, transfer_id: str) -> Transfer:
+    """One transfer with its history, for operators (the view holds masked ID numbers only)."""
+    validate_message_id(transfer_id, field="transfer_id")
+    with ctx.uow() as uow:
+        transfer = uow.transfers.get(transfer_id, with_history=True)
+    if transfer is None:
+        raise NotFound("no such transfer", reason="TRANSFER_NOT_FOUND", field="transfer_id")
+    return transfer
 
 
 def list_transfers(ctx: UseCaseContext, where: TransferFilter, page_token: str, page_size: int) -> TransferPage:
@@ -100,4 +113,6 @@ async def watch_transfers(ctx: UseCaseContext, run_in_db: RunInDb, from_cursor: 
 
 def get_stats(ctx: UseCaseContext) -> Stats:
     with ctx.uow() as uow:
-        return uow.transfers.stats()
+        stats = uow.transfers.stats()
+        windows = uow.settlements.counts_by_state()
+    return dataclasses.replace(stats, settlement_windows={state.value: windows.get(state, 0) for state in WindowState})

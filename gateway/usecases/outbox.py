@@ -30,6 +30,7 @@ class OutboxWork:
     transfer: Transfer | None  # for transfer messages
     instruction: Envelope | None  # the giver province's original envelope: instruction or binding proposal
     binding: Binding | None = None  # for binding messages
+    figures: Envelope | None = None  # for settlement messages: the gateway-signed figures for this province
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +67,11 @@ def claim_outbox_work(ctx: UseCaseContext, limit: int, lease: timedelta) -> list
         for message in messages:
             province = provinces.get(message.destination)
             item: OutboxWork | None = None
-            if province is not None and message.kind in _BINDING_KINDS:
+            if province is not None and message.kind is OutboxKind.NOTIFY_SETTLEMENT:
+                statement = uow.settlements.statement(message.subject_id, message.destination)
+                if statement is not None:
+                    item = OutboxWork(message, province.endpoint, province.is_active, None, None, figures=statement[0])
+            elif province is not None and message.kind in _BINDING_KINDS:
                 binding = uow.bindings.get(message.subject_id)
                 proposal = (uow.bindings.proposal_envelope(message.subject_id)
                             if message.kind is OutboxKind.REQUEST_CONSENT else None)
@@ -99,7 +104,7 @@ def record_outbox_results(ctx: UseCaseContext, results: list[tuple[OutboxWork, S
     with ctx.uow() as uow:
         for work, result in results:
             message, transfer = work.message, work.transfer
-            if transfer is None:  # a binding message: acknowledged, or retried until its deadline sweeps it
+            if transfer is None:  # a binding or settlement message: acknowledged, or retried
                 if result.acknowledged:
                     uow.outbox.mark_done(message.id, now)
                 else:

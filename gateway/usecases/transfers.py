@@ -32,6 +32,7 @@ from gateway.usecases.context import UseCaseContext
 from gateway.usecases.idempotency import payload_digest, run_once
 from gateway.usecases.ports import UnitOfWork
 from gateway.usecases.provinces import require_active
+from gateway.usecases.settlements import assign_to_open_window
 
 INSTRUCTION_TYPE = "gongji.v1.TransferInstruction"
 CONFIRMATION_TYPE = "gongji.v1.TransferConfirmation"
@@ -167,6 +168,8 @@ def confirm_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
             if not uow.transfers.change_state(transfer.transfer_id, [TransferState.DELIVERED], final, reason, now):
                 raise FailedPrecondition(f"the transfer is already {transfer.state.value} and cannot change",
                                          reason="TRANSFER_ALREADY_FINAL", field="transfer_id")
+            if final is TransferState.COMMITTED:
+                assign_to_open_window(uow, ctx.settlement, transfer.transfer_id, now)
             enqueue_outcome(uow, transfer, final, now)
             return ctx.receipts.issue(request_sender=header.sender, request_message_id=header.message_id,
                                       request_sha256=digest, request_payload_type=CONFIRMATION_TYPE,

@@ -8,7 +8,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
-from protos.gongji.v1 import transfers_pb2
+from protos.gongji.v1 import operations_pb2, transfers_pb2
 from tests.support import GANSU, XINJIANG, LoopThread, Stack, error_of, start_stack
 
 
@@ -50,3 +50,13 @@ def check_metrics(stack: Stack) -> None:
     assert calls[(submit, "OK")] == 5 and calls[(submit, "INVALID_ARGUMENT")] == 1
     assert calls[("/gongji.v1.Transfers/ConfirmTransfer", "OK")] == 5  # Gansu's stub confirmed each
     assert any(s.get("method") == submit for s, _ in metrics["gongji_rpc_duration_seconds"])
+
+    # Settlement windows by state: one open window holds the commits; closing it moves it on.
+    windows = {s["state"]: v for s, v in metrics["gongji_settlement_windows"]}
+    assert windows == {"OPEN": 1, "CLOSED": 0, "ACKNOWLEDGED": 0, "SETTLED": 0}
+    stack.operations.CloseSettlementWindow(operations_pb2.CloseSettlementWindowRequest(), timeout=10)
+    windows = {s["state"]: v for s, v in scrape(stack)["gongji_settlement_windows"]}
+    with stack.gateway.engine.connect() as conn:
+        in_db = dict(conn.execute(text("SELECT state, count(*) FROM settlement_windows GROUP BY state")).all())
+    assert windows["OPEN"] == 0 and windows["CLOSED"] + windows["ACKNOWLEDGED"] == 1
+    assert {state: count for state, count in windows.items() if count} == in_db

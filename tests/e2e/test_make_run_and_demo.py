@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -30,6 +31,8 @@ def test_devstack_serves_and_the_demo_tells_the_story(tmp_path: Path, dispatcher
     env = {**os.environ, "GONGJI_VAR": str(tmp_path / "var"), "GONGJI_OUTBOX_DISPATCHERS": dispatchers,
            "GONGJI_LISTEN": f"127.0.0.1:{free_port()}", "GONGJI_OPS_LISTEN": f"127.0.0.1:{free_port()}",
            "GONGJI_METRICS_LISTEN": "127.0.0.1:0",
+           # One variant logs JSON lines, as production would configure it.
+           "GONGJI_LOG_JSON": "true" if dispatchers == "1" else "false",
            "GONGJI_STUB_650000": f"127.0.0.1:{free_port()}", "GONGJI_STUB_620000": f"127.0.0.1:{free_port()}"}
     stack = subprocess.Popen([sys.executable, "-m", "scripts.devstack"], cwd=ROOT, env=env, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -58,6 +61,11 @@ def test_devstack_serves_and_the_demo_tells_the_story(tmp_path: Path, dispatcher
         assert out.count("OK DISSOLVED") == 2
         assert "path: RECEIVED -> DELIVERED -> COMMITTED" in out
         assert "credit: 500.00 yuan CREDITED" in out and "COMMITTED (told 1x)" in out
+        # Settlement: the window closes with Xinjiang owing Gansu, both agree, the payment settles it.
+        assert "owed 650000 -> 620000: 500.00 yuan in 1 transfer(s)" in out
+        assert "position of 620000: receives 500.00 yuan" in out and "position of 650000: pays 500.00 yuan" in out
+        assert "net positions sum to 0.00 yuan" in out
+        assert "acknowledged by 620000, 650000" in out and "window SETTLED" in out
         assert "OK: replay=True, same receipt as the first answer: True" in out
         assert "refused: ALREADY_EXISTS MODIFIED_REQUEST" in out
     finally:
@@ -66,6 +74,11 @@ def test_devstack_serves_and_the_demo_tells_the_story(tmp_path: Path, dispatcher
     while not lines.empty():
         printed.append(lines.get())
     assert stack.returncode == 0, "".join(printed)
+    if dispatchers == "1":
+        gateway_log = (tmp_path / "var" / "logs" / "gateway.log").read_text().splitlines()
+        # Every log line is one JSON object (the file also holds the readiness line printed on stdout).
+        entries = [json.loads(line) for line in gateway_log if line.strip() and not line.startswith("gateway ready:")]
+        assert entries and all({"time", "level", "logger", "message"} <= entry.keys() for entry in entries)
     # D19: nothing the processes printed or logged shows an ID number or name in clear.
     logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "var" / "logs").glob("*.log"))
     for shown in (out, demo.stderr, "".join(printed), logs):

@@ -677,6 +677,9 @@ class SettlementWindow(_message.Message):
     PAIRS_FIELD_NUMBER: _builtins.int
     POSITIONS_FIELD_NUMBER: _builtins.int
     ACKNOWLEDGED_BY_FIELD_NUMBER: _builtins.int
+    CLOSED_AT_FIELD_NUMBER: _builtins.int
+    PROVINCES_FIELD_NUMBER: _builtins.int
+    PAYMENTS_FIELD_NUMBER: _builtins.int
     window_id: _builtins.str
     """The window."""
     state: _settlements_pb2.SettlementWindowState.ValueType
@@ -701,6 +704,18 @@ class SettlementWindow(_message.Message):
     def acknowledged_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Provinces that acknowledged."""
 
+    @_builtins.property
+    def closed_at(self) -> _timestamp_pb2.Timestamp:
+        """When the figures were frozen (unset while open)."""
+
+    @_builtins.property
+    def provinces(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Provinces whose agreement is needed (every province in a pair)."""
+
+    @_builtins.property
+    def payments(self) -> _containers.RepeatedCompositeFieldContainer[Global___PaymentRecord]:
+        """Payment references recorded so far, one per paid pair."""
+
     def __init__(
         self,
         *,
@@ -711,10 +726,13 @@ class SettlementWindow(_message.Message):
         pairs: _abc.Iterable[_settlements_pb2.PairFigure] | None = ...,
         positions: _abc.Iterable[_settlements_pb2.ProvincePosition] | None = ...,
         acknowledged_by: _abc.Iterable[_builtins.str] | None = ...,
+        closed_at: _timestamp_pb2.Timestamp | None = ...,
+        provinces: _abc.Iterable[_builtins.str] | None = ...,
+        payments: _abc.Iterable[Global___PaymentRecord] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["closes_at", b"closes_at", "opens_at", b"opens_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "closes_at", b"closes_at", "opens_at", b"opens_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_by", b"acknowledged_by", "closes_at", b"closes_at", "opens_at", b"opens_at", "pairs", b"pairs", "positions", b"positions", "state", b"state", "window_id", b"window_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_by", b"acknowledged_by", "closed_at", b"closed_at", "closes_at", b"closes_at", "opens_at", b"opens_at", "pairs", b"pairs", "payments", b"payments", "positions", b"positions", "provinces", b"provinces", "state", b"state", "window_id", b"window_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -855,3 +873,155 @@ class RecordSettlementPaymentResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecordSettlementPaymentResponse: _TypeAlias = RecordSettlementPaymentResponse  # noqa: Y015
+
+@_typing.final
+class GetSettlementWindowRequest(_message.Message):
+    """GetSettlementWindow's request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_ID_FIELD_NUMBER: _builtins.int
+    window_id: _builtins.str
+    """YYYY-MM-DD (daily windows) or YYYY-MM (monthly)."""
+    def __init__(
+        self,
+        *,
+        window_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["window_id", b"window_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSettlementWindowRequest: _TypeAlias = GetSettlementWindowRequest  # noqa: Y015
+
+@_typing.final
+class GetSettlementWindowResponse(_message.Message):
+    """GetSettlementWindow's answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def window(self) -> Global___SettlementWindow:
+        """The window."""
+
+    def __init__(
+        self,
+        *,
+        window: Global___SettlementWindow | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["window", b"window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSettlementWindowResponse: _TypeAlias = GetSettlementWindowResponse  # noqa: Y015
+
+@_typing.final
+class ListSettlementWindowsRequest(_message.Message):
+    """ListSettlementWindows' request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATES_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Page size, 0 = 50, at most 200."""
+    page_token: _builtins.str
+    """From a previous answer's next_page_token."""
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[_settlements_pb2.SettlementWindowState.ValueType]:
+        """Only these states (empty: all)."""
+
+    def __init__(
+        self,
+        *,
+        states: _abc.Iterable[_settlements_pb2.SettlementWindowState.ValueType] | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "states", b"states"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSettlementWindowsRequest: _TypeAlias = ListSettlementWindowsRequest  # noqa: Y015
+
+@_typing.final
+class ListSettlementWindowsResponse(_message.Message):
+    """ListSettlementWindows' answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOWS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def windows(self) -> _containers.RepeatedCompositeFieldContainer[Global___SettlementWindow]:
+        """Newest first."""
+
+    def __init__(
+        self,
+        *,
+        windows: _abc.Iterable[Global___SettlementWindow] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "windows", b"windows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSettlementWindowsResponse: _TypeAlias = ListSettlementWindowsResponse  # noqa: Y015
+
+@_typing.final
+class InspectTransferRequest(_message.Message):
+    """InspectTransfer's request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    transfer_id: _builtins.str
+    """The transfer."""
+    def __init__(
+        self,
+        *,
+        transfer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["transfer_id", b"transfer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InspectTransferRequest: _TypeAlias = InspectTransferRequest  # noqa: Y015
+
+@_typing.final
+class InspectTransferResponse(_message.Message):
+    """InspectTransfer's answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def transfer(self) -> _transfers_pb2.TransferView:
+        """The transfer with its history."""
+
+    def __init__(
+        self,
+        *,
+        transfer: _transfers_pb2.TransferView | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["transfer", b"transfer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["transfer", b"transfer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InspectTransferResponse: _TypeAlias = InspectTransferResponse  # noqa: Y015

@@ -75,6 +75,21 @@ class OperationsStub:
                 request_serializer=protos_dot_gongji_dot_v1_dot_operations__pb2.RecordSettlementPaymentRequest.SerializeToString,
                 response_deserializer=protos_dot_gongji_dot_v1_dot_operations__pb2.RecordSettlementPaymentResponse.FromString,
                 _registered_method=True)
+        self.GetSettlementWindow = channel.unary_unary(
+                '/gongji.v1.Operations/GetSettlementWindow',
+                request_serializer=protos_dot_gongji_dot_v1_dot_operations__pb2.GetSettlementWindowRequest.SerializeToString,
+                response_deserializer=protos_dot_gongji_dot_v1_dot_operations__pb2.GetSettlementWindowResponse.FromString,
+                _registered_method=True)
+        self.ListSettlementWindows = channel.unary_unary(
+                '/gongji.v1.Operations/ListSettlementWindows',
+                request_serializer=protos_dot_gongji_dot_v1_dot_operations__pb2.ListSettlementWindowsRequest.SerializeToString,
+                response_deserializer=protos_dot_gongji_dot_v1_dot_operations__pb2.ListSettlementWindowsResponse.FromString,
+                _registered_method=True)
+        self.InspectTransfer = channel.unary_unary(
+                '/gongji.v1.Operations/InspectTransfer',
+                request_serializer=protos_dot_gongji_dot_v1_dot_operations__pb2.InspectTransferRequest.SerializeToString,
+                response_deserializer=protos_dot_gongji_dot_v1_dot_operations__pb2.InspectTransferResponse.FromString,
+                _registered_method=True)
 
 
 class OperationsServicer:
@@ -137,6 +152,27 @@ class OperationsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSettlementWindow(self, request, context):
+        """One settlement window with its figures, acknowledgements and payments.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSettlementWindows(self, request, context):
+        """Settlement windows, newest first (filter by state; paginated).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InspectTransfer(self, request, context):
+        """One transfer with its history, as operators see it (masked ID numbers only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperationsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -179,6 +215,21 @@ def add_OperationsServicer_to_server(servicer, server):
                     servicer.RecordSettlementPayment,
                     request_deserializer=protos_dot_gongji_dot_v1_dot_operations__pb2.RecordSettlementPaymentRequest.FromString,
                     response_serializer=protos_dot_gongji_dot_v1_dot_operations__pb2.RecordSettlementPaymentResponse.SerializeToString,
+            ),
+            'GetSettlementWindow': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSettlementWindow,
+                    request_deserializer=protos_dot_gongji_dot_v1_dot_operations__pb2.GetSettlementWindowRequest.FromString,
+                    response_serializer=protos_dot_gongji_dot_v1_dot_operations__pb2.GetSettlementWindowResponse.SerializeToString,
+            ),
+            'ListSettlementWindows': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSettlementWindows,
+                    request_deserializer=protos_dot_gongji_dot_v1_dot_operations__pb2.ListSettlementWindowsRequest.FromString,
+                    response_serializer=protos_dot_gongji_dot_v1_dot_operations__pb2.ListSettlementWindowsResponse.SerializeToString,
+            ),
+            'InspectTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.InspectTransfer,
+                    request_deserializer=protos_dot_gongji_dot_v1_dot_operations__pb2.InspectTransferRequest.FromString,
+                    response_serializer=protos_dot_gongji_dot_v1_dot_operations__pb2.InspectTransferResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -398,6 +449,87 @@ class Operations:
             '/gongji.v1.Operations/RecordSettlementPayment',
             protos_dot_gongji_dot_v1_dot_operations__pb2.RecordSettlementPaymentRequest.SerializeToString,
             protos_dot_gongji_dot_v1_dot_operations__pb2.RecordSettlementPaymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSettlementWindow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gongji.v1.Operations/GetSettlementWindow',
+            protos_dot_gongji_dot_v1_dot_operations__pb2.GetSettlementWindowRequest.SerializeToString,
+            protos_dot_gongji_dot_v1_dot_operations__pb2.GetSettlementWindowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSettlementWindows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gongji.v1.Operations/ListSettlementWindows',
+            protos_dot_gongji_dot_v1_dot_operations__pb2.ListSettlementWindowsRequest.SerializeToString,
+            protos_dot_gongji_dot_v1_dot_operations__pb2.ListSettlementWindowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InspectTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gongji.v1.Operations/InspectTransfer',
+            protos_dot_gongji_dot_v1_dot_operations__pb2.InspectTransferRequest.SerializeToString,
+            protos_dot_gongji_dot_v1_dot_operations__pb2.InspectTransferResponse.FromString,
             options,
             channel_credentials,
             insecure,

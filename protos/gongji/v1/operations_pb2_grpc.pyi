@@ -51,6 +51,12 @@ class OperationsStub:
     """Freeze a window's figures and send them to the provinces (issue 4)."""
     RecordSettlementPayment: _grpc.UnaryUnaryMultiCallable[_operations_pb2.RecordSettlementPaymentRequest, _operations_pb2.RecordSettlementPaymentResponse]
     """Record the payment references of an acknowledged window (issue 4)."""
+    GetSettlementWindow: _grpc.UnaryUnaryMultiCallable[_operations_pb2.GetSettlementWindowRequest, _operations_pb2.GetSettlementWindowResponse]
+    """One settlement window with its figures, acknowledgements and payments."""
+    ListSettlementWindows: _grpc.UnaryUnaryMultiCallable[_operations_pb2.ListSettlementWindowsRequest, _operations_pb2.ListSettlementWindowsResponse]
+    """Settlement windows, newest first (filter by state; paginated)."""
+    InspectTransfer: _grpc.UnaryUnaryMultiCallable[_operations_pb2.InspectTransferRequest, _operations_pb2.InspectTransferResponse]
+    """One transfer with its history, as operators see it (masked ID numbers only)."""
 
 @_typing.type_check_only
 class OperationsAsyncStub(OperationsStub):
@@ -73,6 +79,12 @@ class OperationsAsyncStub(OperationsStub):
     """Freeze a window's figures and send them to the provinces (issue 4)."""
     RecordSettlementPayment: _aio.UnaryUnaryMultiCallable[_operations_pb2.RecordSettlementPaymentRequest, _operations_pb2.RecordSettlementPaymentResponse]  # type: ignore[assignment]
     """Record the payment references of an acknowledged window (issue 4)."""
+    GetSettlementWindow: _aio.UnaryUnaryMultiCallable[_operations_pb2.GetSettlementWindowRequest, _operations_pb2.GetSettlementWindowResponse]  # type: ignore[assignment]
+    """One settlement window with its figures, acknowledgements and payments."""
+    ListSettlementWindows: _aio.UnaryUnaryMultiCallable[_operations_pb2.ListSettlementWindowsRequest, _operations_pb2.ListSettlementWindowsResponse]  # type: ignore[assignment]
+    """Settlement windows, newest first (filter by state; paginated)."""
+    InspectTransfer: _aio.UnaryUnaryMultiCallable[_operations_pb2.InspectTransferRequest, _operations_pb2.InspectTransferResponse]  # type: ignore[assignment]
+    """One transfer with its history, as operators see it (masked ID numbers only)."""
 
 class OperationsServicer(metaclass=_abc_1.ABCMeta):
     """Called by operators."""
@@ -140,5 +152,29 @@ class OperationsServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_operations_pb2.RecordSettlementPaymentResponse, _abc.Awaitable[_operations_pb2.RecordSettlementPaymentResponse]]:
         """Record the payment references of an acknowledged window (issue 4)."""
+
+    @_abc_1.abstractmethod
+    def GetSettlementWindow(
+        self,
+        request: _operations_pb2.GetSettlementWindowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.GetSettlementWindowResponse, _abc.Awaitable[_operations_pb2.GetSettlementWindowResponse]]:
+        """One settlement window with its figures, acknowledgements and payments."""
+
+    @_abc_1.abstractmethod
+    def ListSettlementWindows(
+        self,
+        request: _operations_pb2.ListSettlementWindowsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.ListSettlementWindowsResponse, _abc.Awaitable[_operations_pb2.ListSettlementWindowsResponse]]:
+        """Settlement windows, newest first (filter by state; paginated)."""
+
+    @_abc_1.abstractmethod
+    def InspectTransfer(
+        self,
+        request: _operations_pb2.InspectTransferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.InspectTransferResponse, _abc.Awaitable[_operations_pb2.InspectTransferResponse]]:
+        """One transfer with its history, as operators see it (masked ID numbers only)."""
 
 def add_OperationsServicer_to_server(servicer: OperationsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -24,6 +24,30 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _SettlementAckMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SettlementAckModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SettlementAckMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SETTLEMENT_ACK_MODE_UNSPECIFIED: _SettlementAckMode.ValueType  # 0
+    """Never used; Configure treats it as AUTO."""
+    SETTLEMENT_ACK_MODE_AUTO: _SettlementAckMode.ValueType  # 1
+    """Acknowledge the figures as received, at once."""
+    SETTLEMENT_ACK_MODE_MANUAL: _SettlementAckMode.ValueType  # 2
+    """Only when told (AcknowledgeSettlement)."""
+
+class SettlementAckMode(_SettlementAckMode, metaclass=_SettlementAckModeEnumTypeWrapper):
+    """How the stub answers settlement figures it is sent."""
+
+SETTLEMENT_ACK_MODE_UNSPECIFIED: SettlementAckMode.ValueType  # 0
+"""Never used; Configure treats it as AUTO."""
+SETTLEMENT_ACK_MODE_AUTO: SettlementAckMode.ValueType  # 1
+"""Acknowledge the figures as received, at once."""
+SETTLEMENT_ACK_MODE_MANUAL: SettlementAckMode.ValueType  # 2
+"""Only when told (AcknowledgeSettlement)."""
+Global___SettlementAckMode: _TypeAlias = SettlementAckMode  # noqa: Y015
+
 class _ConsentMode:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -91,6 +115,92 @@ CONFIRM_MODE_NEVER: ConfirmMode.ValueType  # 3
 CONFIRM_MODE_DECLINE: ConfirmMode.ValueType  # 4
 """Confirm DECLINED at once."""
 Global___ConfirmMode: _TypeAlias = ConfirmMode  # noqa: Y015
+
+@_typing.final
+class StubAcknowledgeRequest(_message.Message):
+    """AcknowledgeSettlement's request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_ID_FIELD_NUMBER: _builtins.int
+    WRONG_DIGEST_FIELD_NUMBER: _builtins.int
+    window_id: _builtins.str
+    """A window whose figures this stub received."""
+    wrong_digest: _builtins.bool
+    """Sign a digest that does not match the figures (to see the gateway refuse it)."""
+    def __init__(
+        self,
+        *,
+        window_id: _builtins.str = ...,
+        wrong_digest: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["window_id", b"window_id", "wrong_digest", b"wrong_digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StubAcknowledgeRequest: _TypeAlias = StubAcknowledgeRequest  # noqa: Y015
+
+@_typing.final
+class QuerySettlementRequest(_message.Message):
+    """QuerySettlement's request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_ID_FIELD_NUMBER: _builtins.int
+    window_id: _builtins.str
+    """The window; empty: the latest closed one."""
+    def __init__(
+        self,
+        *,
+        window_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["window_id", b"window_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuerySettlementRequest: _TypeAlias = QuerySettlementRequest  # noqa: Y015
+
+@_typing.final
+class SettlementReceived(_message.Message):
+    """Settlement figures received through NotifySettlement."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_ID_FIELD_NUMBER: _builtins.int
+    FIGURES_SHA256_FIELD_NUMBER: _builtins.int
+    NET_FEN_FIELD_NUMBER: _builtins.int
+    TIMES_RECEIVED_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGED_STATE_FIELD_NUMBER: _builtins.int
+    window_id: _builtins.str
+    """The window."""
+    figures_sha256: _builtins.bytes
+    """SHA-256 of the figures' payload bytes (what an acknowledgement signs)."""
+    net_fen: _builtins.int
+    """This province's net position in fen."""
+    times_received: _builtins.int
+    """How many times the figures arrived (1 unless redelivered)."""
+    acknowledged_state: _builtins.str
+    """The window state the gateway's acknowledgement receipt recorded, once acknowledged."""
+    def __init__(
+        self,
+        *,
+        window_id: _builtins.str = ...,
+        figures_sha256: _builtins.bytes = ...,
+        net_fen: _builtins.int = ...,
+        times_received: _builtins.int = ...,
+        acknowledged_state: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_state", b"acknowledged_state", "figures_sha256", b"figures_sha256", "net_fen", b"net_fen", "times_received", b"times_received", "window_id", b"window_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettlementReceived: _TypeAlias = SettlementReceived  # noqa: Y015
 
 @_typing.final
 class StubProposeRequest(_message.Message):
@@ -292,6 +402,7 @@ class Behaviour(_message.Message):
     LATENCY_MS_FIELD_NUMBER: _builtins.int
     REJECT_REASON_FIELD_NUMBER: _builtins.int
     CONSENT_MODE_FIELD_NUMBER: _builtins.int
+    SETTLEMENT_ACK_MODE_FIELD_NUMBER: _builtins.int
     confirm_mode: Global___ConfirmMode.ValueType
     """How deliveries are confirmed."""
     confirm_delay_ms: _builtins.int
@@ -304,6 +415,8 @@ class Behaviour(_message.Message):
     """Non-empty: reject every delivery with this reason."""
     consent_mode: Global___ConsentMode.ValueType
     """How consent requests are answered."""
+    settlement_ack_mode: Global___SettlementAckMode.ValueType
+    """How settlement figures are acknowledged."""
     def __init__(
         self,
         *,
@@ -313,10 +426,11 @@ class Behaviour(_message.Message):
         latency_ms: _builtins.int = ...,
         reject_reason: _builtins.str = ...,
         consent_mode: Global___ConsentMode.ValueType = ...,
+        settlement_ack_mode: Global___SettlementAckMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirm_delay_ms", b"confirm_delay_ms", "confirm_mode", b"confirm_mode", "consent_mode", b"consent_mode", "fail_next_calls", b"fail_next_calls", "latency_ms", b"latency_ms", "reject_reason", b"reject_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirm_delay_ms", b"confirm_delay_ms", "confirm_mode", b"confirm_mode", "consent_mode", b"consent_mode", "fail_next_calls", b"fail_next_calls", "latency_ms", b"latency_ms", "reject_reason", b"reject_reason", "settlement_ack_mode", b"settlement_ack_mode"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -624,6 +738,7 @@ class SnapshotResponse(_message.Message):
     CALLS_FAILED_FIELD_NUMBER: _builtins.int
     CONSENT_REQUESTS_RECEIVED_FIELD_NUMBER: _builtins.int
     CONSENT_REQUESTS_FIELD_NUMBER: _builtins.int
+    SETTLEMENTS_FIELD_NUMBER: _builtins.int
     province: _builtins.str
     """Province code."""
     deliveries_received: _builtins.int
@@ -644,6 +759,10 @@ class SnapshotResponse(_message.Message):
     def consent_requests(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Binding ids this province was asked to consent to, in order of first arrival."""
 
+    @_builtins.property
+    def settlements(self) -> _containers.RepeatedCompositeFieldContainer[Global___SettlementReceived]:
+        """Settlement figures received, by window."""
+
     def __init__(
         self,
         *,
@@ -654,10 +773,11 @@ class SnapshotResponse(_message.Message):
         calls_failed: _builtins.int = ...,
         consent_requests_received: _builtins.int = ...,
         consent_requests: _abc.Iterable[_builtins.str] | None = ...,
+        settlements: _abc.Iterable[Global___SettlementReceived] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls_failed", b"calls_failed", "consent_requests", b"consent_requests", "consent_requests_received", b"consent_requests_received", "credits", b"credits", "deliveries_received", b"deliveries_received", "notifications", b"notifications", "province", b"province"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls_failed", b"calls_failed", "consent_requests", b"consent_requests", "consent_requests_received", b"consent_requests_received", "credits", b"credits", "deliveries_received", b"deliveries_received", "notifications", b"notifications", "province", b"province", "settlements", b"settlements"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from protos.gongji.v1 import relations_pb2 as protos_dot_gongji_dot_v1_dot_relations__pb2
+from protos.gongji.v1 import settlements_pb2 as protos_dot_gongji_dot_v1_dot_settlements__pb2
 from protos.gongji.v1 import transfers_pb2 as protos_dot_gongji_dot_v1_dot_transfers__pb2
 from protos.stub.v1 import control_pb2 as protos_dot_stub_dot_v1_dot_control__pb2
 
@@ -92,6 +93,16 @@ class StubControlStub:
                 request_serializer=protos_dot_stub_dot_v1_dot_control__pb2.QueryBindingRequest.SerializeToString,
                 response_deserializer=protos_dot_gongji_dot_v1_dot_relations__pb2.GetBindingResponse.FromString,
                 _registered_method=True)
+        self.AcknowledgeSettlement = channel.unary_unary(
+                '/gongji.stub.v1.StubControl/AcknowledgeSettlement',
+                request_serializer=protos_dot_stub_dot_v1_dot_control__pb2.StubAcknowledgeRequest.SerializeToString,
+                response_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.FromString,
+                _registered_method=True)
+        self.QuerySettlement = channel.unary_unary(
+                '/gongji.stub.v1.StubControl/QuerySettlement',
+                request_serializer=protos_dot_stub_dot_v1_dot_control__pb2.QuerySettlementRequest.SerializeToString,
+                response_deserializer=protos_dot_gongji_dot_v1_dot_settlements__pb2.GetSettlementResponse.FromString,
+                _registered_method=True)
 
 
 class StubControlServicer:
@@ -175,6 +186,20 @@ class StubControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AcknowledgeSettlement(self, request, context):
+        """Sign and send an AcknowledgeSettlement for figures received (now, whatever the ack mode).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QuerySettlement(self, request, context):
+        """Ask the gateway (signed GetSettlement) for a window's figures.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StubControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -232,6 +257,16 @@ def add_StubControlServicer_to_server(servicer, server):
                     servicer.QueryBinding,
                     request_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.QueryBindingRequest.FromString,
                     response_serializer=protos_dot_gongji_dot_v1_dot_relations__pb2.GetBindingResponse.SerializeToString,
+            ),
+            'AcknowledgeSettlement': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcknowledgeSettlement,
+                    request_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.StubAcknowledgeRequest.FromString,
+                    response_serializer=protos_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.SerializeToString,
+            ),
+            'QuerySettlement': grpc.unary_unary_rpc_method_handler(
+                    servicer.QuerySettlement,
+                    request_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.QuerySettlementRequest.FromString,
+                    response_serializer=protos_dot_gongji_dot_v1_dot_settlements__pb2.GetSettlementResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -532,6 +567,60 @@ class StubControl:
             '/gongji.stub.v1.StubControl/QueryBinding',
             protos_dot_stub_dot_v1_dot_control__pb2.QueryBindingRequest.SerializeToString,
             protos_dot_gongji_dot_v1_dot_relations__pb2.GetBindingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcknowledgeSettlement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gongji.stub.v1.StubControl/AcknowledgeSettlement',
+            protos_dot_stub_dot_v1_dot_control__pb2.StubAcknowledgeRequest.SerializeToString,
+            protos_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QuerySettlement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gongji.stub.v1.StubControl/QuerySettlement',
+            protos_dot_stub_dot_v1_dot_control__pb2.QuerySettlementRequest.SerializeToString,
+            protos_dot_gongji_dot_v1_dot_settlements__pb2.GetSettlementResponse.FromString,
             options,
             channel_credentials,
             insecure,

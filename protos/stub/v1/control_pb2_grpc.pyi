@@ -9,6 +9,7 @@ read what it received.
 from collections import abc as _abc
 from grpc import aio as _aio
 from protos.gongji.v1 import relations_pb2 as _relations_pb2
+from protos.gongji.v1 import settlements_pb2 as _settlements_pb2
 from protos.gongji.v1 import transfers_pb2 as _transfers_pb2
 from protos.stub.v1 import control_pb2 as _control_pb2
 import abc as _abc_1
@@ -60,6 +61,10 @@ class StubControlStub:
     """Sign and send a ReportMemberChange about a person insured here."""
     QueryBinding: _grpc.UnaryUnaryMultiCallable[_control_pb2.QueryBindingRequest, _relations_pb2.GetBindingResponse]
     """Ask the gateway (signed GetBinding) for a binding's view."""
+    AcknowledgeSettlement: _grpc.UnaryUnaryMultiCallable[_control_pb2.StubAcknowledgeRequest, _control_pb2.StubCallResponse]
+    """Sign and send an AcknowledgeSettlement for figures received (now, whatever the ack mode)."""
+    QuerySettlement: _grpc.UnaryUnaryMultiCallable[_control_pb2.QuerySettlementRequest, _settlements_pb2.GetSettlementResponse]
+    """Ask the gateway (signed GetSettlement) for a window's figures."""
 
 @_typing.type_check_only
 class StubControlAsyncStub(StubControlStub):
@@ -88,6 +93,10 @@ class StubControlAsyncStub(StubControlStub):
     """Sign and send a ReportMemberChange about a person insured here."""
     QueryBinding: _aio.UnaryUnaryMultiCallable[_control_pb2.QueryBindingRequest, _relations_pb2.GetBindingResponse]  # type: ignore[assignment]
     """Ask the gateway (signed GetBinding) for a binding's view."""
+    AcknowledgeSettlement: _aio.UnaryUnaryMultiCallable[_control_pb2.StubAcknowledgeRequest, _control_pb2.StubCallResponse]  # type: ignore[assignment]
+    """Sign and send an AcknowledgeSettlement for figures received (now, whatever the ack mode)."""
+    QuerySettlement: _aio.UnaryUnaryMultiCallable[_control_pb2.QuerySettlementRequest, _settlements_pb2.GetSettlementResponse]  # type: ignore[assignment]
+    """Ask the gateway (signed GetSettlement) for a window's figures."""
 
 class StubControlServicer(metaclass=_abc_1.ABCMeta):
     """Served by each stub province on its inbox port."""
@@ -179,5 +188,21 @@ class StubControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_relations_pb2.GetBindingResponse, _abc.Awaitable[_relations_pb2.GetBindingResponse]]:
         """Ask the gateway (signed GetBinding) for a binding's view."""
+
+    @_abc_1.abstractmethod
+    def AcknowledgeSettlement(
+        self,
+        request: _control_pb2.StubAcknowledgeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.StubCallResponse, _abc.Awaitable[_control_pb2.StubCallResponse]]:
+        """Sign and send an AcknowledgeSettlement for figures received (now, whatever the ack mode)."""
+
+    @_abc_1.abstractmethod
+    def QuerySettlement(
+        self,
+        request: _control_pb2.QuerySettlementRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlements_pb2.GetSettlementResponse, _abc.Awaitable[_settlements_pb2.GetSettlementResponse]]:
+        """Ask the gateway (signed GetSettlement) for a window's figures."""
 
 def add_StubControlServicer_to_server(servicer: StubControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

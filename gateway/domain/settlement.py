@@ -1,0 +1,217 @@
+"""Settlement between provincial funds (D16-D18): windows on the Beijing calendar, figures, payments."""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+
+from gateway.domain.clock import BEIJING
+from gateway.domain.envelope import Header
+from gateway.domain.errors import InvalidArgument
+from gateway.domain.provinces import validate_province_code
+
+WINDOW_ID_PATTERN = re.compile(r"\d{4}-\d{2}(-\d{2})?")
+BANK_MAX = 64
+SERIAL_PATTERN = re.compile(r"[A-Za-z0-9\-_/.]{1,64}")
+
+
+class SettlementPeriod(enum.Enum):
+    DAILY = "daily"
+    MONTHLY = "monthly"
+
+
+class WindowState(enum.Enum):
+    OPEN = "OPEN"
+    CLOSED = "CLOSED"
+    ACKNOWLEDGED = "ACKNOWLEDGED"
+    SETTLED = "SETTLED"
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementPolicy:
+    """Scheme-wide: how long a window is, and how long after its end it is closed on schedule."""
+
+    period: SettlementPeriod = SettlementPeriod.DAILY
+    # Confirmations in flight at the window's end commit within this delay; only then are figures frozen.
+    close_delay: timedelta = timedelta(minutes=10)
+    close_on_schedule: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSpan:
+    window_id: str
+    opens_at: datetime  # inclusive, a Beijing midnight
+    closes_at: datetime  # exclusive
+
+
+def _span(start: date, period: SettlementPeriod) -> WindowSpan:
+    if period is SettlementPeriod.DAILY:
+        end = start + timedelta(days=1)
+        window_id = start.isoformat()
+    else:
+        end = date(start.year + start.month // 12, start.month % 12 + 1, 1)
+        window_id = f"{start.year:04d}-{start.month:02d}"
+    return WindowSpan(window_id, datetime.combine(start, time(0), tzinfo=BEIJING),
+                      datetime.combine(end, time(0), tzinfo=BEIJING))
+
+
+def window_containing(at: datetime, period: SettlementPeriod) -> WindowSpan:
+    """The calendar window (Beijing time) that the instant `at` falls in."""
+    if at.tzinfo is None:
+        raise ValueError("expected a timezone-aware datetime")
+    day = at.astimezone(BEIJING).date()
+    return _span(day if period is SettlementPeriod.DAILY else day.replace(day=1), period)
+
+
+def next_window(span: WindowSpan, period: SettlementPeriod) -> WindowSpan:
+    """The window after `span`: where commits go once `span` is closed (D16, "late events")."""
+    return window_containing(span.closes_at, period)
+
+
+def span_of(window_id: str) -> WindowSpan:
+    """The span a window id names ("2026-11-22" daily, "2026-11" monthly); InvalidArgument otherwise."""
+    validate_window_id(window_id)
+    try:
+        if len(window_id) == 10:
+            return _span(date.fromisoformat(window_id), SettlementPeriod.DAILY)
+        return _span(date.fromisoformat(window_id + "-01"), SettlementPeriod.MONTHLY)
+    except ValueError:
+        raise InvalidArgument("window_id is not a real day or month", reason="INVALID_WINDOW_ID",
+                              field="window_id") from None
+
+
+def validate_window_id(window_id: str, field_name: str = "window_id") -> None:
+    if not WINDOW_ID_PATTERN.fullmatch(window_id):
+        raise InvalidArgument("window_id must be YYYY-MM-DD (daily) or YYYY-MM (monthly)",
+                              reason="INVALID_WINDOW_ID", field=field_name)
+
+
+@dataclass(frozen=True, slots=True)
+class PairFigure:
+    """Gross amount owed by the givers' province (from) to the receivers' province (to), D17."""
+
+    from_province: str
+    to_province: str
+    gross_fen: int
+    transfer_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    province: str
+    net_fen: int  # received minus paid; negative: the province pays
+
+
+def net_positions(pairs: Iterable[PairFigure]) -> list[Position]:
+    """Each province's net position; by construction they sum to zero (D17)."""
+    net: dict[str, int] = {}
+    for pair in pairs:
+        net[pair.from_province] = net.get(pair.from_province, 0) - pair.gross_fen
+        net[pair.to_province] = net.get(pair.to_province, 0) + pair.gross_fen
+    return [Position(code, net[code]) for code in sorted(net)]
+
+
+def provinces_in(pairs: Iterable[PairFigure]) -> list[str]:
+    return sorted({code for pair in pairs for code in (pair.from_province, pair.to_province)})
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """A closed window's frozen figures, as signed and sent to the provinces."""
+
+    window_id: str
+    opens_at: datetime
+    closes_at: datetime
+    pairs: tuple[PairFigure, ...]
+
+    @property
+    def positions(self) -> list[Position]:
+        return net_positions(self.pairs)
+
+    def concerning(self, province: str) -> Figures:
+        """The part of the figures a province is shown: its own pairs (GetSettlement, NotifySettlement)."""
+        return Figures(self.window_id, self.opens_at, self.closes_at,
+                       tuple(p for p in self.pairs if province in (p.from_province, p.to_province)))
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    """The payment reference of one pair (D18)."""
+
+    from_province: str
+    to_province: str
+    bank: str
+    serial_number: str
+    paid_on: date
+
+
+def validate_payment(from_province: str, to_province: str, bank: str, serial_number: str, paid_on: str,
+                     index: int, today: date) -> Payment:
+    prefix = f"payments[{index}]"
+    validate_province_code(from_province, f"{prefix}.from_province")
+    validate_province_code(to_province, f"{prefix}.to_province")
+    if not bank.strip() or len(bank) > BANK_MAX or not bank.isprintable():
+        raise InvalidArgument(f"bank must be 1-{BANK_MAX} printable characters", reason="INVALID_BANK",
+                              field=f"{prefix}.bank")
+    if not SERIAL_PATTERN.fullmatch(serial_number):
+        raise InvalidArgument("serial_number must be 1-64 characters from [A-Za-z0-9-_/.]",
+                              reason="INVALID_SERIAL_NUMBER", field=f"{prefix}.serial_number")
+    try:
+        day = date.fromisoformat(paid_on) if re.fullmatch(r"\d{4}-\d{2}-\d{2}", paid_on) else None
+    except ValueError:
+        day = None
+    if day is None:
+        raise InvalidArgument("date must be a real YYYY-MM-DD day", reason="INVALID_PAYMENT_DATE",
+                              field=f"{prefix}.date")
+    if day > today:
+        raise InvalidArgument("a payment cannot be dated in the future", reason="INVALID_PAYMENT_DATE",
+                              field=f"{prefix}.date")
+    return Payment(from_province, to_province, bank.strip(), serial_number, day)
+
+
+@dataclass(frozen=True, slots=True)
+class Acknowledgement:
+    province: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementWindow:
+    """A window as operators see it."""
+
+    window_id: str
+    state: WindowState
+    opens_at: datetime
+    closes_at: datetime
+    closed_at: datetime | None = None
+    pairs: tuple[PairFigure, ...] = ()
+    acknowledgements: tuple[Acknowledgement, ...] = ()
+    payments: tuple[Payment, ...] = field(default=())
+
+    @property
+    def positions(self) -> list[Position]:
+        return net_positions(self.pairs)
+
+    @property
+    def provinces(self) -> list[str]:
+        return provinces_in(self.pairs)
+
+    @property
+    def acknowledged_by(self) -> list[str]:
+        return sorted(a.province for a in self.acknowledgements)
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementQuery:
+    header: Header
+    window_id: str  # empty: the latest closed window
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementAcknowledgement:
+    header: Header
+    window_id: str
+    figures_sha256: bytes

@@ -1,0 +1,57 @@
+"""The operators' dashboard: one consistent snapshot of provinces, recent changes, flows and stuck transfers."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from gateway.domain.monitoring import (
+    DashboardSnapshot,
+    StuckTransfer,
+    TransferFilter,
+    pair_flows,
+    province_flows,
+)
+from gateway.domain.transfers import FINAL_STATES, TransferState
+from gateway.usecases.context import UseCaseContext
+
+MAX_RECENT = 500
+MAX_STUCK = 100
+WINDOWS_SHOWN = 5
+NOT_FINAL = tuple(state for state in TransferState if state not in FINAL_STATES)
+
+
+def dashboard_snapshot(ctx: UseCaseContext, stuck_after: timedelta, recent: int = 50) -> DashboardSnapshot:
+    """What an operator sees now: read in one unit of work, so the parts agree with each other.
+
+    Stuck: not final and created before now - `stuck_after`, oldest first, at most MAX_STUCK of them.
+    """
+    recent = max(0, min(recent, MAX_RECENT))
+    now = ctx.clock.now()
+    with ctx.uow() as uow:
+        provinces = tuple(sorted(uow.provinces.list(), key=lambda province: province.code))
+        last = uow.transfers.last_change()
+        # Positions may have gaps (PostgreSQL numbers a change when written): at most `recent` changes.
+        changes = uow.transfers.changes_after(max(0, last - recent), recent) if recent else []
+        stats = uow.transfers.stats()
+        waiting = uow.transfers.page(TransferFilter(states=NOT_FINAL, created_to=now - stuck_after), None,
+                                     MAX_STUCK + 1)
+        windows = tuple(uow.settlements.newest_first((), None, WINDOWS_SHOWN))
+    stuck = tuple(
+        StuckTransfer(transfer.transfer_id, transfer.state, transfer.giver_province, transfer.receiver_province,
+                      transfer.amount_fen, transfer.created_at, transfer.updated_at, now - transfer.created_at,
+                      transfer.reason)
+        for transfer in waiting[:MAX_STUCK]
+    )
+    pairs = pair_flows(stats.transfers)
+    return DashboardSnapshot(
+        at=now,
+        stuck_after=stuck_after,
+        provinces=provinces,
+        recent_changes=tuple(reversed(changes)),
+        stats=stats,
+        pairs=pairs,
+        flows=province_flows(pairs, [province.code for province in provinces]),
+        stuck=stuck,
+        stuck_more=len(waiting) > MAX_STUCK,
+        windows=windows,
+    )

@@ -1,0 +1,290 @@
+"""Settlement use cases (D16-D18): assign commits to windows, close, acknowledge, record payments."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from gateway.domain.clock import BEIJING
+from gateway.domain.envelope import GATEWAY, Envelope
+from gateway.domain.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from gateway.domain.records import OutboxKind
+from gateway.domain.settlement import (
+    Figures,
+    Payment,
+    SettlementAcknowledgement,
+    SettlementPolicy,
+    SettlementQuery,
+    SettlementWindow,
+    WindowSpan,
+    WindowState,
+    next_window,
+    provinces_in,
+    span_of,
+    validate_payment,
+    validate_window_id,
+    window_containing,
+)
+from gateway.usecases.auth import authenticate
+from gateway.usecases.context import UseCaseContext
+from gateway.usecases.idempotency import payload_digest, run_once
+from gateway.usecases.ports import UnitOfWork
+
+QUERY_TYPE = "gongji.v1.SettlementQuery"
+ACKNOWLEDGEMENT_TYPE = "gongji.v1.SettlementAcknowledgement"
+# Each closed window pushes commits one window on; no real history comes near this many in a row.
+MAX_WINDOW_HOPS = 1000
+MAX_PAGE_SIZE = 200
+
+
+def settlement_message_id(window_id: str, province: str) -> str:
+    return f"stl:{window_id}:{province}"
+
+
+def assign_to_open_window(uow: UnitOfWork, policy: SettlementPolicy, transfer_id: str, now: datetime) -> str:
+    """D16: the window open at commit time; if it is already closed, the next one that is open."""
+    span = window_containing(now, policy.period)
+    for _ in range(MAX_WINDOW_HOPS):
+        if uow.settlements.state_for_commit(span, now) is WindowState.OPEN:
+            uow.transfers.assign_window(transfer_id, span.window_id)
+            return span.window_id
+        span = next_window(span, policy.period)
+    raise RuntimeError(f"no open settlement window within {MAX_WINDOW_HOPS} windows of {now.isoformat()}")
+
+
+def _current_span(uow: UnitOfWork, policy: SettlementPolicy, now: datetime) -> WindowSpan:
+    """The window commits go to now (the one "CloseSettlementWindow" with no id closes)."""
+    span = window_containing(now, policy.period)
+    for _ in range(MAX_WINDOW_HOPS):
+        window = uow.settlements.get(span.window_id)
+        if window is None or window.state is WindowState.OPEN:
+            return span
+        span = next_window(span, policy.period)
+    raise RuntimeError(f"no open settlement window within {MAX_WINDOW_HOPS} windows of {now.isoformat()}")
+
+
+def _span_to_close(uow: UnitOfWork, policy: SettlementPolicy, window_id: str, now: datetime) -> WindowSpan:
+    if not window_id:
+        return _current_span(uow, policy, now)
+    span = span_of(window_id)
+    if uow.settlements.get(window_id) is None:
+        if span != window_containing(span.opens_at, policy.period):
+            raise InvalidArgument(f"windows are {policy.period.value}: {window_id} is not one",
+                                  reason="WINDOW_NOT_OF_PERIOD", field="window_id")
+        if span.opens_at > now:
+            raise FailedPrecondition("the window has not started yet", reason="WINDOW_NOT_STARTED",
+                                     field="window_id")
+    return span
+
+
+def close_window(ctx: UseCaseContext, window_id: str) -> SettlementWindow:
+    """Freeze the figures (D17), sign each province's part and queue it for them; closing twice is a no-op."""
+    now = ctx.clock.now()
+    with ctx.uow() as uow:
+        span = _span_to_close(uow, ctx.settlement, window_id, now)
+        if uow.settlements.state_for_close(span, now) is WindowState.OPEN:
+            pairs = uow.settlements.committed_pairs(span.window_id)
+            figures = Figures(span.window_id, span.opens_at, span.closes_at, tuple(pairs))
+            statements = []
+            for province in provinces_in(pairs):
+                envelope = ctx.receipts.sign_figures(figures.concerning(province), province, now)
+                statements.append((province, envelope, payload_digest(envelope.payload)))
+                uow.outbox.enqueue(province, OutboxKind.NOTIFY_SETTLEMENT,
+                                   settlement_message_id(span.window_id, province), span.window_id, now)
+            uow.settlements.freeze(span.window_id, pairs, statements, now)
+            if not statements:  # nothing moved: there is no one whose agreement is needed
+                uow.settlements.change_state(span.window_id, WindowState.CLOSED, WindowState.ACKNOWLEDGED, now)
+        window = uow.settlements.get(span.window_id)
+        uow.commit()
+    assert window is not None
+    return window
+
+
+def close_due_windows(ctx: UseCaseContext, limit: int = 10) -> list[str]:
+    """Close, on schedule, every open window that ended more than the close delay ago."""
+    if not ctx.settlement.close_on_schedule:
+        return []
+    with ctx.uow() as uow:
+        due = uow.settlements.due_for_close(ctx.clock.now() - ctx.settlement.close_delay, limit)
+    return [close_window(ctx, window_id).window_id for window_id in due]
+
+
+def get_window(ctx: UseCaseContext, window_id: str) -> SettlementWindow:
+    validate_window_id(window_id)
+    with ctx.uow() as uow:
+        window = uow.settlements.get(window_id)
+    if window is None:
+        raise NotFound("no such settlement window", reason="SETTLEMENT_WINDOW_NOT_FOUND", field="window_id")
+    return window
+
+
+@dataclass(frozen=True, slots=True)
+class WindowPage:
+    windows: list[SettlementWindow]
+    next_page_token: str
+
+
+def list_windows(ctx: UseCaseContext, states: Sequence[WindowState], page_token: str,
+                 page_size: int) -> WindowPage:
+    """Windows newest first; the token is the last window id shown (ids sort as their dates)."""
+    if not 0 <= page_size <= MAX_PAGE_SIZE:
+        raise InvalidArgument(f"page_size must be within 0..{MAX_PAGE_SIZE}", reason="INVALID_PAGE_SIZE",
+                              field="page_size")
+    if page_token:
+        validate_window_id(page_token, "page_token")
+    size = page_size or 50
+    with ctx.uow() as uow:
+        windows = uow.settlements.newest_first(states, page_token or None, size + 1)
+    more = len(windows) > size
+    windows = windows[:size]
+    return WindowPage(windows, windows[-1].window_id if more else "")
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementView:
+    """What a province is shown of a window: its state, its own signed figures, who has agreed."""
+
+    window_id: str
+    state: WindowState
+    figures: Envelope | None
+    acknowledged_by: list[str]
+
+
+def get_settlement(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
+                   decode: Callable[[bytes], SettlementQuery]) -> SettlementView:
+    now = ctx.clock.now()
+    with ctx.uow() as uow:
+        query = authenticate(uow, envelope, QUERY_TYPE, decode, peer, now, ctx.max_clock_skew, ctx.verify)
+        province = query.header.sender
+        window_id = query.window_id
+        if window_id:
+            validate_window_id(window_id)
+        else:
+            window_id = uow.settlements.latest_statement_window(province) or ""
+            if not window_id:
+                raise NotFound("no closed window concerns this province yet", reason="NO_CLOSED_WINDOW",
+                               field="window_id")
+        window = uow.settlements.get(window_id)
+        if window is None:
+            raise NotFound("no such settlement window", reason="SETTLEMENT_WINDOW_NOT_FOUND", field="window_id")
+        if window.state is WindowState.OPEN:
+            return SettlementView(window_id, window.state, None, [])
+        statement = uow.settlements.statement(window_id, province)
+        if statement is None:
+            raise PermissionDenied("this province has no figures in the window", reason="NOT_IN_WINDOW",
+                                   field="header.sender")
+        return SettlementView(window_id, window.state, statement[0], window.acknowledged_by)
+
+
+@dataclass(frozen=True, slots=True)
+class AcknowledgementAnswer:
+    receipt: bytes
+    replay: bool
+
+
+def acknowledge_settlement(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
+                           decode: Callable[[bytes], SettlementAcknowledgement]) -> AcknowledgementAnswer:
+    """A province signs its agreement with its figures (digest must match); the last one makes it ACKNOWLEDGED."""
+    now = ctx.clock.now()
+    with ctx.uow() as uow:
+        ack = authenticate(uow, envelope, ACKNOWLEDGEMENT_TYPE, decode, peer, now, ctx.max_clock_skew, ctx.verify)
+        header = ack.header
+        if header.receiver != GATEWAY:
+            raise InvalidArgument("an acknowledgement is addressed to the gateway", reason="WRONG_RECEIVER",
+                                  field="header.receiver")
+        validate_window_id(ack.window_id)
+        if len(ack.figures_sha256) != 32:
+            raise InvalidArgument("figures_sha256 must be 32 bytes", reason="INVALID_DIGEST", field="figures_sha256")
+        digest = payload_digest(envelope.payload)
+
+        def record() -> bytes:
+            state = uow.settlements.lock(ack.window_id)  # acknowledgements of one window one at a time
+            if state is None:
+                raise NotFound("no such settlement window", reason="SETTLEMENT_WINDOW_NOT_FOUND",
+                               field="window_id")
+            if state is WindowState.OPEN:
+                raise FailedPrecondition("the window is still open", reason="WINDOW_NOT_CLOSED", field="window_id")
+            statement = uow.settlements.statement(ack.window_id, header.sender)
+            if statement is None:
+                raise PermissionDenied("this province has no figures in the window", reason="NOT_IN_WINDOW",
+                                       field="header.sender")
+            if statement[1] != ack.figures_sha256:
+                raise FailedPrecondition("figures_sha256 does not match the figures the gateway sent",
+                                         reason="FIGURES_DIGEST_MISMATCH", field="figures_sha256")
+            uow.settlements.acknowledge(ack.window_id, header.sender, now, header.message_id, envelope)
+            if state is WindowState.CLOSED and uow.settlements.unacknowledged(ack.window_id) == 0:
+                uow.settlements.change_state(ack.window_id, WindowState.CLOSED, WindowState.ACKNOWLEDGED, now)
+                state = WindowState.ACKNOWLEDGED
+            return ctx.receipts.issue(request_sender=header.sender, request_message_id=header.message_id,
+                                      request_sha256=digest, request_payload_type=ACKNOWLEDGEMENT_TYPE,
+                                      subject_id=ack.window_id, state=state.value, at=now)
+
+        with ctx.in_flight.hold(header.sender, header.message_id):
+            receipt, replay = run_once(uow, header.sender, header.message_id, ACKNOWLEDGEMENT_TYPE, digest, now,
+                                       record)
+    return AcknowledgementAnswer(receipt, replay)
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentInput:
+    from_province: str
+    to_province: str
+    bank: str
+    serial_number: str
+    date: str
+
+
+def record_payment(ctx: UseCaseContext, window_id: str, inputs: Sequence[PaymentInput]) -> SettlementWindow:
+    """D18: payment references per pair of an ACKNOWLEDGED window; SETTLED once every pair is paid.
+
+    Recording the same reference again changes nothing; a different one for a paid pair is refused.
+    """
+    validate_window_id(window_id)
+    now = ctx.clock.now()
+    today = now.astimezone(BEIJING).date()
+    payments: list[Payment] = []
+    for index, given in enumerate(inputs):
+        payment = validate_payment(given.from_province, given.to_province, given.bank, given.serial_number,
+                                   given.date, index, today)
+        if any((p.from_province, p.to_province) == (payment.from_province, payment.to_province) for p in payments):
+            raise InvalidArgument("one payment per pair", reason="DUPLICATE_PAYMENT", field=f"payments[{index}]")
+        payments.append(payment)
+    with ctx.uow() as uow:
+        state = uow.settlements.lock(window_id)
+        window = uow.settlements.get(window_id)
+        if state is None or window is None:
+            raise NotFound("no such settlement window", reason="SETTLEMENT_WINDOW_NOT_FOUND", field="window_id")
+        if state in (WindowState.OPEN, WindowState.CLOSED):
+            raise FailedPrecondition(f"the window is {state.value}: every province must acknowledge it first (D18)",
+                                     reason="WINDOW_NOT_ACKNOWLEDGED", field="window_id")
+        pairs = {(p.from_province, p.to_province) for p in window.pairs}
+        paid = {(p.from_province, p.to_province): p for p in window.payments}
+        assert window.closed_at is not None
+        closed_on = window.closed_at.astimezone(BEIJING).date()
+        for index, payment in enumerate(payments):
+            key = (payment.from_province, payment.to_province)
+            if key not in pairs:
+                raise InvalidArgument(f"the window has no figure from {key[0]} to {key[1]}",
+                                      reason="PAIR_NOT_IN_WINDOW", field=f"payments[{index}]")
+            if payment.paid_on < closed_on:
+                raise InvalidArgument("a payment cannot predate the window's figures", reason="INVALID_PAYMENT_DATE",
+                                      field=f"payments[{index}].date")
+            if key in paid:
+                if paid[key] != payment:
+                    raise FailedPrecondition("this pair's payment is already recorded with another reference",
+                                             reason="PAYMENT_ALREADY_RECORDED", field=f"payments[{index}]")
+                continue
+            uow.settlements.record_payment(window_id, payment, now)
+            paid[key] = payment
+        if state is WindowState.ACKNOWLEDGED and pairs <= paid.keys():
+            uow.settlements.change_state(window_id, WindowState.ACKNOWLEDGED, WindowState.SETTLED, now)
+        result = uow.settlements.get(window_id)
+        uow.commit()
+    assert result is not None
+    return result
+
+
+def window_counts(ctx: UseCaseContext) -> dict[WindowState, int]:
+    with ctx.uow() as uow:
+        return uow.settlements.counts_by_state()
