@@ -37,19 +37,24 @@ from bench.procs import (
     wait_for_line,
 )
 from bench.transfers import GANSU, GIVER, RECEIVER, SUBMIT_METHOD, XINJIANG, TransferSource
-from protos.gongji.v1 import relations_pb2, transfers_pb2
+from protos.gongji.v1 import operations_pb2, operations_pb2_grpc, relations_pb2, transfers_pb2
 from protos.stub.v1 import control_pb2, control_pb2_grpc
 
 DEADLINE_S = 10.0
 STARTUP_TIMEOUT_S = 30.0
 ECHO_WARMUP_S = 1.0
+# Operators' watch streams left unread during the second transfer phase: a stalled consumer must not
+# slow submissions (issue 4); the two phases' rates are compared side by side.
+STALLED_WATCHERS = 4
 PROVINCE_NAMES = {XINJIANG: "新疆", GANSU: "甘肃"}
 GATEWAY_READY = re.compile(r"gateway ready: provinces (\S+), operators (\S+)")
 STUB_READY = re.compile(r"stub province \d+ serving on (\S+)")
 ECHO_READY = re.compile(r"echo ready on (\S+)")
 PHASES = (
     "Warm-up (1 s of echo; 4×concurrency verified submissions, drained). Then echo round 1, "
-    "transfer phase, drain, echo round 2, each echo round and the transfer phase BENCH_SECONDS long, "
+    "transfer phase, drain, a second transfer phase with STALLED_WATCHERS WatchTransfers streams open "
+    "from cursor 0 that are never read, drain, echo round 2, each echo round and transfer phase "
+    "BENCH_SECONDS long, "
     "in one run on one machine; echo_rps is the median of the echo rounds (with two, their mean), so "
     "drift during the run lands on both sides of the transfer phase."
 )
@@ -85,6 +90,7 @@ class Stack:
     gateway: str
     stubs: dict[str, str]
     echo: str
+    operations: str
 
 
 # A load test sends thousands of transfers from one giver at any hour: the giver's province lifts the
@@ -153,7 +159,7 @@ async def start_stack(children: Children, workdir: Path) -> Stack:
     for code, child in stub_children.items():
         await wait_for_health(child, stubs[code], STARTUP_TIMEOUT_S)
     await wait_for_health(echo_child, echo, STARTUP_TIMEOUT_S)
-    return Stack(children, keys_dir, db_path, gateway, stubs, echo)
+    return Stack(children, keys_dir, db_path, gateway, stubs, echo, f"127.0.0.1:{ops_port}")
 
 
 class CpuMeter:
@@ -302,6 +308,28 @@ async def measure(stack: Stack, options: Options, cpu: CpuMeter) -> dict[str, An
         cpu.start()
         _, drain_s = await drain(stubs, accepted, options.drain_timeout_s)
         cpu.stop("drain")
+
+        print(f"bench: transfers with {STALLED_WATCHERS} stalled WatchTransfers streams ({options.seconds:g} s)",
+              file=sys.stderr, flush=True)
+        # A client that does not grow its receive window (no BDP probing) holds each stream at one
+        # flow-control window at once; with probing it would take a few MB first (tests/api/test_watch.py).
+        ops_channel = grpc.aio.insecure_channel(stack.operations, options=[("grpc.http2.bdp_probe", 0)])
+        operations = operations_pb2_grpc.OperationsStub(ops_channel)
+        # From cursor 0: each stream has the whole run's history to send at once, and nobody reads it.
+        stalled = [operations.WatchTransfers(operations_pb2.WatchTransfersRequest(from_cursor="0"))
+                   for _ in range(STALLED_WATCHERS)]
+        try:
+            cpu.start()
+            with_stalled = await drive("transfers-stalled-watchers", submit, source.next_request, source.check,
+                                       concurrency=options.concurrency, seconds=options.seconds)
+            cpu.stop("transfers-stalled-watchers")
+            stalled_accepted = [c.key for c in with_stalled.ok]
+            accepted += stalled_accepted
+            await drain(stubs, stalled_accepted, options.drain_timeout_s)
+        finally:
+            for stream in stalled:
+                stream.cancel()
+            await ops_channel.close(None)
         print(f"bench: echo round 2 ({options.seconds:g} s)", file=sys.stderr, flush=True)
         echo_rounds.append(await echo_round("echo-2"))
 
@@ -319,8 +347,9 @@ async def measure(stack: Stack, options: Options, cpu: CpuMeter) -> dict[str, An
     accounting = account(source.submitted, set(accepted), database, outcomes)
     echo_rps = statistics.median(phase.rate for phase in echo_rounds)
     lifecycle = _lifecycle(transfers, outcomes)
+    stalled_lifecycle = _lifecycle(with_stalled, outcomes)
     submit_tps = transfers.rate
-    all_calls = warmup.calls + transfers.calls
+    all_calls = warmup.calls + transfers.calls + with_stalled.calls
     error_codes: dict[str, int] = {}
     for call in all_calls:
         if call.code != "OK":
@@ -336,6 +365,11 @@ async def measure(stack: Stack, options: Options, cpu: CpuMeter) -> dict[str, An
         "lifecycle_tps_drained": round(lifecycle["lifecycle_tps_drained"], 1),
         "submit_ratio": round(submit_tps / echo_rps, 4) if echo_rps else 0.0,
         "lifecycle_ratio": round(lifecycle["lifecycle_tps"] / echo_rps, 4) if echo_rps else 0.0,
+        "stalled_watchers": STALLED_WATCHERS,
+        "stalled_watchers_submit_tps": round(with_stalled.rate, 1),
+        "stalled_watchers_lifecycle_tps": round(stalled_lifecycle["lifecycle_tps"], 1),
+        # Submissions with unread watch streams open, over submissions without (side by side, one run).
+        "stalled_watchers_submit_ratio": round(with_stalled.rate / submit_tps, 3) if submit_tps else 0.0,
         "errors": sum(error_codes.values()),
         "error_codes": error_codes,
         "lost": accounting.lost,

@@ -104,12 +104,13 @@ def main() -> int:
 Gongji is running (logs in var/logs/, database var/gongji.db, keys var/keys/):
   gateway, provinces' port   {GATEWAY}   (Transfers, Relations, Settlements, health, reflection)
   gateway, operators' port   {OPERATORS}   (Operations; try `.venv/bin/gongji stats`)
-  gateway, metrics           http://{os.environ.get("GONGJI_METRICS_LISTEN", "127.0.0.1:9464")}/metrics
+  operators' dashboard       http://{os.environ.get("GONGJI_METRICS_LISTEN", "127.0.0.1:9464")}/   (/metrics beside it)
   stub province 650000 新疆  {STUBS[0][2]}
   stub province 620000 甘肃  {STUBS[1][2]}
 
 Try it, in another terminal:
-  make demo        # a giver in Hami sends 500.00 yuan to his mother in Lanzhou, then resends it
+  make demo        # a giver in Hami sends 500.00 yuan to his mother in Lanzhou, resends it, and the
+                   # operator settles the window (positions, acknowledgements, payment)
   grpcurl -plaintext {OPERATORS} gongji.v1.Operations/ListProvinces   # if you have grpcurl
 
 Ctrl-C stops everything.""", flush=True)

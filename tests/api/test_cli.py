@@ -2,20 +2,54 @@
 
 from __future__ import annotations
 
+import base64
+import csv
+import io
 import json
+from pathlib import Path
+from typing import Any
 
-from typer.testing import CliRunner
+import pytest
+import typer
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from typer.testing import CliRunner, Result
 
-from gateway.cli import app
+from gateway.cli import app, load_public_key, plain_yuan, yuan
+from gateway.domain.clock import BEIJING
 from protos.gongji.v1 import transfers_pb2
-from tests.support import GANSU, XINJIANG, Stack
+from protos.stub.v1 import control_pb2
+from tests.support import GANSU, XINJIANG, Stack, wait_until
 
 runner = CliRunner()
+SHAANXI = "610000"
+COMMITTED = transfers_pb2.TRANSFER_STATE_COMMITTED
+
+
+def invoke(stack: Stack, *args: str) -> Result:
+    # A wide terminal, so that rich does not wrap the tables' cells.
+    return runner.invoke(app, [*args, "--ops", f"127.0.0.1:{stack.gateway.ops_port}"], env={"COLUMNS": "250"})
 
 
 def gongji(stack: Stack, *args: str) -> tuple[int, str]:
-    result = runner.invoke(app, [*args, "--ops", f"127.0.0.1:{stack.gateway.ops_port}"])
+    """Exit code and everything printed (stdout and stderr)."""
+    result = invoke(stack, *args)
     return result.exit_code, result.output
+
+
+def gongji_json(stack: Stack, *args: str) -> Any:
+    """A command's --json answer; stdout must hold nothing else."""
+    result = invoke(stack, *args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def committed(stack: Stack, *amounts_fen: int) -> list[str]:
+    ids = [stack.submit(stack.instruction(amount_fen=amount)).transfer_id for amount in amounts_fen]
+    for transfer_id in ids:
+        stack.wait_for_state(transfer_id, COMMITTED)
+    return ids
 
 
 def test_provinces_transfers_watch_and_stats(stack: Stack) -> None:
@@ -34,7 +68,7 @@ def test_provinces_transfers_watch_and_stats(stack: Stack) -> None:
     assert code == 0 and states == ["TRANSFER_STATE_RECEIVED", "TRANSFER_STATE_DELIVERED", "TRANSFER_STATE_COMMITTED"]
 
     code, out = gongji(stack, "stats")
-    assert code == 0 and "123.45" in out and "COMMITTED" in out
+    assert code == 0 and "¥123.45" in out and "COMMITTED" in out
 
     code, out = gongji(stack, "provinces", "suspend", GANSU)
     assert code == 0 and "SUSPENDED" in out
@@ -47,3 +81,193 @@ def test_expected_failures_are_one_line_without_a_traceback(stack: Stack) -> Non
     assert code == 1 and "NOT_FOUND PROVINCE_NOT_FOUND" in out and "Traceback" not in out
     code, out = gongji(stack, "transfers", "list", "--state", "nonsense")
     assert code == 2 and "unknown state" in out
+
+
+def test_amounts_in_yuan() -> None:
+    assert [yuan(f) for f in (0, 5, 123_456, 100_000_000, -123_456)] == \
+        ["¥0.00", "¥0.05", "¥1,234.56", "¥1,000,000.00", "-¥1,234.56"]
+    assert [plain_yuan(f) for f in (5, 123_456, -123_456)] == ["0.05", "1234.56", "-1234.56"]
+
+
+def test_public_key_files_in_every_format(tmp_path: Path) -> None:
+    public = Ed25519PrivateKey.generate().public_key()
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    files = {
+        "raw.bin": raw,
+        "hex.pub": (raw.hex() + "\n").encode(),  # what the gateway and the stubs write (var/keys/*.pub)
+        "spki.pem": public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
+        "spki.der": public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo),
+    }
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+        assert load_public_key(tmp_path / name) == raw, name
+    # An X25519 key has the same shape under another algorithm; a private key file is refused by its name.
+    (tmp_path / "x25519.pem").write_bytes(X25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    (tmp_path / "gateway.key").write_text(raw.hex())
+    for name in ("x25519.pem", "gateway.key"):
+        with pytest.raises(typer.Exit):
+            load_public_key(tmp_path / name)
+
+
+def test_provinces_show_and_register(stack: Stack, tmp_path: Path) -> None:
+    shown = gongji_json(stack, "provinces", "show", XINJIANG)
+    assert (shown["code"], shown["name"], shown["status"]) == (XINJIANG, "新疆", "PROVINCE_STATUS_ACTIVE")
+    assert shown["endpoint"] == stack.stubs[XINJIANG].address
+    assert shown["policy"]["daily_transfer_limit"] == 100_000
+    key_id = stack.stubs[XINJIANG].key_id
+    assert [k["key_id"] for k in shown["keys"]] == [key_id]
+    # The stub's own .pub file (hex, as `make run` leaves them in var/keys) reads as the registered key.
+    assert base64.b64decode(shown["keys"][0]["public_key"]) == load_public_key(stack.keys_dir / f"{key_id}.pub")
+
+    code, out = gongji(stack, "provinces", "show", GANSU)
+    assert code == 0
+    for expected in (GANSU, "甘肃", "ACTIVE", stack.stubs[GANSU].key_id, "valid", "national default",
+                     "00:00 (0)"):
+        assert expected in out
+
+    # A third province, its key a PEM SubjectPublicKeyInfo file.
+    key_file = tmp_path / "610000-k1.pem"
+    public = Ed25519PrivateKey.generate().public_key()
+    key_file.write_bytes(public.public_bytes(serialization.Encoding.PEM,
+                                             serialization.PublicFormat.SubjectPublicKeyInfo))
+    register = ["provinces", "register", "--code", SHAANXI, "--name", "陕西", "--endpoint", "127.0.0.1:50063",
+                "--key-id", "610000-k1", "--public-key", str(key_file), "--policy-daily-transfer-limit", "5",
+                "--policy-single-relation-only"]
+    code, out = gongji(stack, *register)
+    assert code == 0 and "registered province 610000" in out and "ACTIVE" in out
+    registered = gongji_json(stack, "provinces", "show", SHAANXI)
+    assert (registered["name"], registered["endpoint"]) == ("陕西", "127.0.0.1:50063")
+    assert registered["policy"] == {"daily_transfer_limit": 5, "single_relation_only": True}
+    [key] = registered["keys"]
+    assert key["key_id"] == "610000-k1" and key["alg"] == "ed25519" and "valid_until" not in key
+    assert base64.b64decode(key["public_key"]) == public.public_bytes(serialization.Encoding.Raw,
+                                                                      serialization.PublicFormat.Raw)
+    assert SHAANXI in {p["code"] for p in gongji_json(stack, "provinces", "list")["provinces"]}
+
+    code, out = gongji(stack, *register)
+    assert code == 1 and "ALREADY_EXISTS" in out and "Traceback" not in out
+    code, out = gongji(stack, "provinces", "show", "130000")
+    assert code == 1 and "NOT_FOUND PROVINCE_NOT_FOUND" in out and "Traceback" not in out
+    not_a_key = tmp_path / "not-a-key.pem"
+    not_a_key.write_text("-----BEGIN PUBLIC KEY-----\nbm9uc2Vuc2U=\n-----END PUBLIC KEY-----\n")
+    code, out = gongji(stack, "provinces", "register", "--code", "630000", "--name", "青海", "--endpoint",
+                       "127.0.0.1:50064", "--key-id", "630000-k1", "--public-key", str(not_a_key))
+    assert code == 2 and "not an Ed25519 public key" in out and "Traceback" not in out
+
+
+def test_transfers_show_and_every_page(stack: Stack) -> None:
+    ids = committed(stack, 12_345, 20_000, 30_000, 40_000, 50_000)
+
+    shown = gongji_json(stack, "transfers", "show", ids[0])
+    assert (shown["transfer_id"], shown["state"], shown["amount_fen"]) == (ids[0], "TRANSFER_STATE_COMMITTED", "12345")
+    assert [e["state"] for e in shown["history"]] == \
+        ["TRANSFER_STATE_RECEIVED", "TRANSFER_STATE_DELIVERED", "TRANSFER_STATE_COMMITTED"]
+    assert shown["giver_id_masked"] == "650502********1230" and shown["settlement_window_id"]
+    code, out = gongji(stack, "transfers", "show", ids[0])
+    assert code == 0 and ids[0] in out and "¥123.45" in out and "650502********1230" in out
+    assert out.index("RECEIVED") < out.index("DELIVERED") < out.rindex("COMMITTED")
+
+    # --all follows the pages to the end (here 3 of 2, 2 and 1); without it, --limit stops early.
+    assert [t["transfer_id"] for t in gongji_json(stack, "transfers", "list", "--all", "--page-size", "2")] == ids
+    assert len(gongji_json(stack, "transfers", "list", "--page-size", "2", "--limit", "3")) == 3
+    assert gongji_json(stack, "transfers", "list", "--all", "--page-size", "2", "--from", GANSU) == []
+    assert len(gongji_json(stack, "transfers", "list", "--all", "--page-size", "2", "--to", GANSU,
+                           "--state", "committed")) == 5
+    code, out = gongji(stack, "transfers", "list", "--all", "--page-size", "2")
+    assert code == 0 and "5 transfers in 3 pages" in out and all(i in out for i in ids)
+
+    code, out = gongji(stack, "transfers", "show", "tr-no-such-transfer")
+    assert code == 1 and "NOT_FOUND TRANSFER_NOT_FOUND" in out and "Traceback" not in out
+
+
+def test_settlement_close_show_acknowledge_pay_and_export(stack: Stack, tmp_path: Path) -> None:
+    committed(stack, 12_345, 100_000)
+
+    closed = gongji_json(stack, "settlement", "close")
+    window_id = closed["window_id"]
+    assert closed["state"] in ("SETTLEMENT_WINDOW_STATE_CLOSED", "SETTLEMENT_WINDOW_STATE_ACKNOWLEDGED")
+    assert closed["pairs"] == [{"from_province": XINJIANG, "to_province": GANSU, "gross_fen": "112345",
+                                "transfer_count": "2"}]
+    assert {p["province"]: p["net_fen"] for p in closed["positions"]} == {XINJIANG: "-112345", GANSU: "112345"}
+    code, out = gongji(stack, "settlement", "close", window_id)  # again: the same figures
+    assert code == 0 and window_id in out and "¥1,123.45" in out and "-¥1,123.45" in out
+
+    # The stubs acknowledge by themselves.
+    wait_until(lambda: gongji_json(stack, "settlement", "show", window_id)["state"]
+               == "SETTLEMENT_WINDOW_STATE_ACKNOWLEDGED", what="the window to be acknowledged")
+    code, out = gongji(stack, "settlement", "show")
+    assert code == 0 and window_id in out and "ACKNOWLEDGED" in out and "¥1,123.45" in out and "2/2" in out
+    listed = gongji_json(stack, "settlement", "show")["windows"]
+    assert listed[0]["window_id"] == window_id
+    acks = gongji_json(stack, "settlement", "ack-status", window_id)
+    assert acks == {"window_id": window_id, "state": "SETTLEMENT_WINDOW_STATE_ACKNOWLEDGED",
+                    "provinces": [{"province": GANSU, "acknowledged": True},
+                                  {"province": XINJIANG, "acknowledged": True}]}
+    code, out = gongji(stack, "settlement", "ack-status", window_id)
+    assert code == 0 and "2 of 2 provinces acknowledged" in out
+
+    today = stack.clock.now().astimezone(BEIJING).date().isoformat()
+    code, out = gongji(stack, "settlement", "record-payment", window_id, "--from", XINJIANG, "--to", GANSU,
+                       "--bank", "中国工商银行", "--serial", "ICBC-0001", "--date", today)
+    assert code == 0 and "1/1 pairs paid" in out and "SETTLED" in out
+    window = gongji_json(stack, "settlement", "show", window_id)
+    assert window["state"] == "SETTLEMENT_WINDOW_STATE_SETTLED"
+    assert window["payments"] == [{"from_province": XINJIANG, "to_province": GANSU, "bank": "中国工商银行",
+                                   "serial_number": "ICBC-0001", "date": today}]
+
+    # CSV: one row per pair, the figures those of the window.
+    result = invoke(stack, "settlement", "export", window_id, "--format", "csv")
+    assert result.exit_code == 0
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [(r["window_id"], r["state"], r["from_province"], r["to_province"], int(r["gross_fen"]), r["gross_yuan"],
+             int(r["transfer_count"]), r["paid_bank"], r["paid_serial_number"], r["paid_date"]) for r in rows] == \
+        [(window_id, "SETTLED", p["from_province"], p["to_province"], int(p["gross_fen"]), "1123.45",
+          int(p["transfer_count"]), "中国工商银行", "ICBC-0001", today) for p in window["pairs"]]
+    to_file = tmp_path / "window.csv"
+    assert invoke(stack, "settlement", "export", window_id, "--output", str(to_file)).exit_code == 0
+    assert list(csv.DictReader(io.StringIO(to_file.read_text(encoding="utf-8"), newline=""))) == rows
+
+    # JSON: the whole window.
+    assert json.loads(invoke(stack, "settlement", "export", window_id, "--format", "json").stdout) == window
+    to_file = tmp_path / "window.json"
+    result = invoke(stack, "settlement", "export", window_id, "--format", "json", "--output", str(to_file))
+    assert result.exit_code == 0 and result.stdout == "" and str(to_file) in result.output
+    assert json.loads(to_file.read_text(encoding="utf-8")) == window
+
+
+def test_settlement_failures_are_one_line_without_a_traceback(stack: Stack, tmp_path: Path) -> None:
+    code, out = gongji(stack, "settlement", "show", "1999-01-01")
+    assert code == 1 and "NOT_FOUND SETTLEMENT_WINDOW_NOT_FOUND" in out and "Traceback" not in out
+    code, out = gongji(stack, "settlement", "show", "not-a-window")
+    assert code == 1 and "INVALID_ARGUMENT INVALID_WINDOW_ID" in out and "Traceback" not in out
+
+    # Gansu does not acknowledge by itself: the window stays CLOSED.
+    stack.configure(GANSU, settlement_ack_mode=control_pb2.SETTLEMENT_ACK_MODE_MANUAL)
+    committed(stack, 7_000)
+    window_id = gongji_json(stack, "settlement", "close")["window_id"]
+    wait_until(lambda: gongji_json(stack, "settlement", "ack-status", window_id)["provinces"]
+               == [{"province": GANSU, "acknowledged": False}, {"province": XINJIANG, "acknowledged": True}],
+               what="Xinjiang's acknowledgement")
+    code, out = gongji(stack, "settlement", "ack-status", window_id)
+    assert code == 0 and "1 of 2 provinces acknowledged" in out and "CLOSED" in out
+    [listed] = gongji_json(stack, "settlement", "show", "--state", "closed")["windows"]
+    assert (listed["window_id"], listed["acknowledged_by"]) == (window_id, [XINJIANG])
+
+    today = stack.clock.now().astimezone(BEIJING).date().isoformat()
+    code, out = gongji(stack, "settlement", "record-payment", window_id, "--from", XINJIANG, "--to", GANSU,
+                       "--bank", "中国工商银行", "--serial", "ICBC-0002", "--date", today)
+    assert code == 1 and "FAILED_PRECONDITION WINDOW_NOT_ACKNOWLEDGED" in out and "Traceback" not in out
+    assert len(out.strip().splitlines()) == 1
+
+    code, out = gongji(stack, "settlement", "show", "--state", "nonsense")
+    assert code == 2 and "unknown window state" in out
+    code, out = gongji(stack, "settlement", "export", window_id, "--output", str(tmp_path / "no-such-dir" / "w.csv"))
+    assert code == 1 and "cannot write" in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize("command", [["provinces", "list"], ["transfers", "list"], ["stats"],
+                                     ["settlement", "show"]])
+def test_an_unreachable_gateway_is_one_line(command: list[str]) -> None:
+    result = runner.invoke(app, [*command, "--ops", "127.0.0.1:1"])
+    assert result.exit_code == 1 and "UNAVAILABLE" in result.output and "Traceback" not in result.output

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
+import time
 from collections import defaultdict
+from datetime import UTC, datetime
 
 import grpc
+import pytest
+from sqlalchemy import text
 
-from protos.gongji.v1 import operations_pb2, transfers_pb2
+from gateway.api import convert
+from gateway.domain.monitoring import TransferChange
+from protos.gongji.v1 import operations_pb2, operations_pb2_grpc, transfers_pb2
 from tests.support import Stack, error_of, wait_until
 
 T = transfers_pb2
@@ -79,3 +86,57 @@ def test_resuming_from_a_cursor_gives_what_came_after_it(stack: Stack) -> None:
     seen = error_of(lambda: next(iter(stack.operations.WatchTransfers(
         operations_pb2.WatchTransfersRequest(from_cursor="abc"), timeout=5))))
     assert (seen.code, seen.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CURSOR")
+
+
+def test_a_watcher_that_stops_reading_is_held_by_flow_control_and_loses_nothing(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unread stream costs the gateway a bounded amount (one flow-control window), then nothing; others go on.
+
+    The spy only counts the changes the gateway turned into messages for streams; it changes nothing.
+    """
+    produced = {"n": 0}
+    real = convert.transfer_change_to_proto
+
+    def counting(change: TransferChange) -> operations_pb2.TransferChange:
+        produced["n"] += 1
+        return real(change)
+
+    monkeypatch.setattr(convert, "transfer_change_to_proto", counting)
+    first = stack.submit(stack.instruction()).transfer_id
+    stack.wait_for_state(first, T.TRANSFER_STATE_COMMITTED)
+    history = 20_000  # far more than one flow-control window of changes
+    with stack.gateway.engine.begin() as conn:
+        conn.execute(text("INSERT INTO transfer_events (transfer_id, state, reason, at) "
+                          "VALUES (:t, 'RECEIVED', 'FILLER', :at)"),
+                     [{"t": first, "at": datetime(2026, 1, 1, tzinfo=UTC)}] * history)
+    # A client that does not grow its receive window (no BDP probing): the gateway may send one window.
+    channel = grpc.insecure_channel(f"127.0.0.1:{stack.gateway.ops_port}", options=[("grpc.http2.bdp_probe", 0)])
+    stalled = iter(operations_pb2_grpc.OperationsStub(channel).WatchTransfers(
+        operations_pb2.WatchTransfersRequest(from_cursor="0"), timeout=60))
+    try:
+        next(stalled)  # the stream is open; from here nobody reads it
+
+        def settled() -> int:
+            before = produced["n"]
+            time.sleep(0.5)
+            return before if produced["n"] == before else 0
+
+        held_at = wait_until(settled, what="the stalled stream to stop being fed")
+        assert 0 < held_at < history // 4, f"the gateway kept producing for a reader that stopped: {held_at}"
+
+        # The gateway goes on: a new transfer commits, and another watcher sees its whole life.
+        watcher = Watcher(stack)
+        try:
+            second = stack.submit(stack.instruction()).transfer_id
+            stack.wait_for_state(second, T.TRANSFER_STATE_COMMITTED)
+            wait_until(lambda: [c.state for c in watcher.changes if c.transfer_id == second] == LIFE,
+                       what="the other watcher to see the new transfer")
+        finally:
+            watcher.close()
+        assert produced["n"] - held_at < 100, "still feeding the stalled stream"
+
+        # The stalled reader resumes: it gets everything, in order, nothing lost.
+        cursors = [int(c.cursor) for c in itertools.islice(stalled, history + 5)]
+        assert cursors == sorted(cursors) and len(cursors) == history + 5
+    finally:
+        channel.close()

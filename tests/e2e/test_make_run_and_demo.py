@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -66,6 +67,22 @@ def test_devstack_serves_and_the_demo_tells_the_story(tmp_path: Path, dispatcher
         assert "position of 620000: receives 500.00 yuan" in out and "position of 650000: pays 500.00 yuan" in out
         assert "net positions sum to 0.00 yuan" in out
         assert "acknowledged by 620000, 650000" in out and "window SETTLED" in out
+        # The operators' CLI against these processes: the routing table, the transfer, the settled window.
+        def gongji(*args: str) -> str:
+            done = subprocess.run([str(Path(sys.executable).parent / "gongji"), *args, "--ops",
+                                   env["GONGJI_OPS_LISTEN"]], cwd=ROOT, text=True, capture_output=True, timeout=30)
+            assert done.returncode == 0, done.stdout + done.stderr
+            return done.stdout
+
+        assert {p["code"] for p in json.loads(gongji("provinces", "list", "--json"))["provinces"]} == {
+            "650000", "620000"}
+        transfer_id = re.search(r"gateway receipt: transfer (\S+),", out).group(1)  # type: ignore[union-attr]
+        shown = gongji("transfers", "show", transfer_id)
+        assert "COMMITTED" in shown and "650502" in shown and "650502199001011230" not in shown
+        window_id = re.search(r"closes settlement window (\S+) ", out).group(1)  # type: ignore[union-attr]
+        window = json.loads(gongji("settlement", "show", window_id, "--json"))
+        window = window.get("window", window)
+        assert window["state"] == "SETTLEMENT_WINDOW_STATE_SETTLED" and len(window["payments"]) == 1
         assert "OK: replay=True, same receipt as the first answer: True" in out
         assert "refused: ALREADY_EXISTS MODIFIED_REQUEST" in out
     finally:
