@@ -86,7 +86,8 @@ def markdown(r: dict[str, Any]) -> str:
         ("lifecycle p50 / p99 (ms)", f"{r['lifecycle_p50_ms']:.0f} / {r['lifecycle_p99_ms']:.0f}"),
         ("submit_ratio (target ≥ 0.15)", f"{r['submit_ratio']:.3f}"),
         ("lifecycle_ratio (target ≥ 0.10)", f"{r['lifecycle_ratio']:.3f}"),
-        (f"submit (tps) with {r['stalled_watchers']} unread WatchTransfers streams open, and its ratio to submit",
+        (f"submit (tps) with {r['stalled_watchers']} unread WatchTransfers streams open, and its ratio to the "
+         "mean of the phases before and after without them",
          f"{r['stalled_watchers_submit_tps']:.0f} ({r['stalled_watchers_submit_ratio']:.2f})"),
         ("errors / lost / duplicated", f"{r['errors']} / {r['lost']} / {r['duplicated']}"),
     ]
@@ -124,7 +125,8 @@ def summary(r: dict[str, Any]) -> str:
         f"{'submit_ratio':<18}{r['submit_ratio']:>10.3f}   target ≥ {TARGETS['submit_ratio']}",
         f"{'lifecycle_ratio':<18}{r['lifecycle_ratio']:>10.3f}   target ≥ {TARGETS['lifecycle_ratio']}",
         f"{'stalled watchers':<18}{r['stalled_watchers_submit_tps']:>10.0f}   submit tps with "
-        f"{r['stalled_watchers']} unread watch streams open; ratio to submit_tps "
+        f"{r['stalled_watchers']} unread watch streams open (after: {r['submit_tps_after']:.0f}); "
+        f"ratio to the phases around it "
         f"{r['stalled_watchers_submit_ratio']:.2f}",
         f"{'submitted':<18}{r['submitted']:>10}   accepted {r['accepted']}",
         f"{'errors':<18}{r['errors']:>10}   {r['error_codes'] or ''}",

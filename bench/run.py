@@ -53,8 +53,9 @@ ECHO_READY = re.compile(r"echo ready on (\S+)")
 PHASES = (
     "Warm-up (1 s of echo; 4×concurrency verified submissions, drained). Then echo round 1, "
     "transfer phase, drain, a second transfer phase with STALLED_WATCHERS WatchTransfers streams open "
-    "from cursor 0 that are never read, drain, echo round 2, each echo round and transfer phase "
-    "BENCH_SECONDS long, "
+    "from cursor 0 that are never read, drain, a third transfer phase without them, drain, echo round 2; "
+    "each echo round and transfer phase BENCH_SECONDS long; the stalled-stream phase is compared with "
+    "the mean of the two around it. All "
     "in one run on one machine; echo_rps is the median of the echo rounds (with two, their mean), so "
     "drift during the run lands on both sides of the transfer phase."
 )
@@ -330,6 +331,17 @@ async def measure(stack: Stack, options: Options, cpu: CpuMeter) -> dict[str, An
             for stream in stalled:
                 stream.cancel()
             await ops_channel.close(None)
+        # The same load again without watchers: the database grows during the run (the giver's daily
+        # count reads his rows of the day), so the phase with stalled streams is compared with the
+        # mean of the phases before and after it.
+        print(f"bench: transfers again, no watchers ({options.seconds:g} s)", file=sys.stderr, flush=True)
+        cpu.start()
+        after = await drive("transfers-after", submit, source.next_request, source.check,
+                            concurrency=options.concurrency, seconds=options.seconds)
+        cpu.stop("transfers-after")
+        after_accepted = [c.key for c in after.ok]
+        accepted += after_accepted
+        await drain(stubs, after_accepted, options.drain_timeout_s)
         print(f"bench: echo round 2 ({options.seconds:g} s)", file=sys.stderr, flush=True)
         echo_rounds.append(await echo_round("echo-2"))
 
@@ -349,7 +361,8 @@ async def measure(stack: Stack, options: Options, cpu: CpuMeter) -> dict[str, An
     lifecycle = _lifecycle(transfers, outcomes)
     stalled_lifecycle = _lifecycle(with_stalled, outcomes)
     submit_tps = transfers.rate
-    all_calls = warmup.calls + transfers.calls + with_stalled.calls
+    all_calls = warmup.calls + transfers.calls + with_stalled.calls + after.calls
+    bracket_tps = (transfers.rate + after.rate) / 2
     error_codes: dict[str, int] = {}
     for call in all_calls:
         if call.code != "OK":
@@ -368,8 +381,9 @@ async def measure(stack: Stack, options: Options, cpu: CpuMeter) -> dict[str, An
         "stalled_watchers": STALLED_WATCHERS,
         "stalled_watchers_submit_tps": round(with_stalled.rate, 1),
         "stalled_watchers_lifecycle_tps": round(stalled_lifecycle["lifecycle_tps"], 1),
-        # Submissions with unread watch streams open, over submissions without (side by side, one run).
-        "stalled_watchers_submit_ratio": round(with_stalled.rate / submit_tps, 3) if submit_tps else 0.0,
+        "submit_tps_after": round(after.rate, 1),
+        # Submissions with unread watch streams open, over the mean of the phases without, before and after.
+        "stalled_watchers_submit_ratio": round(with_stalled.rate / bracket_tps, 3) if bracket_tps else 0.0,
         "errors": sum(error_codes.values()),
         "error_codes": error_codes,
         "lost": accounting.lost,

@@ -11,7 +11,7 @@ import json
 import threading
 import weakref
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, and_, bindparam, case, create_engine, event, func, or_, select, update
@@ -22,6 +22,7 @@ from gateway.domain.bindings import Attestation, Binding, BindingState
 from gateway.domain.eligibility import AttestationMethod
 from gateway.domain.envelope import Envelope
 from gateway.domain.monitoring import PairStateFigure, Stats, TransferChange, TransferFilter
+from gateway.domain.policy import beijing_day
 from gateway.domain.provinces import Policy, Province, ProvinceKey, ProvinceStatus
 from gateway.domain.records import OutboxKind, OutboxMessage, RequestOutcome, StoredRequest
 from gateway.domain.settlement import (
@@ -37,6 +38,7 @@ from gateway.store.prepared import Cursor, Prepared
 from gateway.store.tables import (
     Base,
     BindingRow,
+    GiverDayRow,
     MemberSuspensionRow,
     OutboxRow,
     ProvinceKeyRow,
@@ -59,6 +61,7 @@ events_t: Table = TransferEventRow.__table__  # type: ignore[assignment]
 outbox_t: Table = OutboxRow.__table__  # type: ignore[assignment]
 bindings_t: Table = BindingRow.__table__  # type: ignore[assignment]
 suspensions_t: Table = MemberSuspensionRow.__table__  # type: ignore[assignment]
+giver_days_t: Table = GiverDayRow.__table__  # type: ignore[assignment]
 windows_t: Table = SettlementWindowRow.__table__  # type: ignore[assignment]
 pairs_t: Table = SettlementPairRow.__table__  # type: ignore[assignment]
 statements_t: Table = SettlementStatementRow.__table__  # type: ignore[assignment]
@@ -183,7 +186,8 @@ class Statements:
                                .join_from(events_t, transfers_t, e.transfer_id == t.transfer_id)
                                .where(e.id > _b("after")).order_by(e.id).limit(_b("limit")))
         self.last_change = p(select(func.max(e.id)))
-        self.transfer_binding_amount = p(select(t.binding_id, t.amount_fen).where(t.transfer_id == _b("w_id")))
+        self.transfer_counted_in = p(select(t.binding_id, t.amount_fen, t.giver_ref, t.created_at)
+                                     .where(t.transfer_id == _b("w_id")))
         self.transfer_exists = p(select(t.transfer_id).where(t.transfer_id == _b("w_id")))
         self.history = p(select(events_t.c.state, events_t.c.at, events_t.c.reason)
                          .where(events_t.c.transfer_id == _b("w_id")).order_by(events_t.c.id))
@@ -214,9 +218,13 @@ class Statements:
                                    .order_by(b.consent_by).limit(_b("limit")))
         self.add_used = p(update(bindings_t).where(b.binding_id == _b("w_id"))
                           .values(used_amount_fen=b.used_amount_fen + _b("amount")))
-        self.giver_transfers_between = p(select(func.count()).select_from(transfers_t).where(and_(
-            t.giver_ref == _b("ref"), t.created_at >= _b("start"), t.created_at < _b("end"),
-            or_(t.state == "RECEIVED", t.state == "DELIVERED", t.state == "COMMITTED"))))
+        d = giver_days_t.c
+        self.reserve_daily_slot = p(insert(giver_days_t).values(giver_ref=_b("ref"), day=_b("day"), count=1)
+                                    .on_conflict_do_update(index_elements=[d.giver_ref, d.day],
+                                                           set_={"count": d.count + 1})
+                                    .returning(d.count))
+        self.release_daily_slot = p(update(giver_days_t).where(and_(d.giver_ref == _b("ref"), d.day == _b("day")))
+                                    .values(count=d.count - 1))
         self.suspend_member = p(insert(suspensions_t).on_conflict_do_nothing())
         self.resume_member = p(suspensions_t.delete().where(suspensions_t.c.person_ref == _b("ref")))
         self.member_suspended = p(select(suspensions_t.c.person_ref).where(suspensions_t.c.person_ref == _b("ref")))
@@ -508,10 +516,14 @@ class SqlTransferRepository:
                                 reason=reason, updated_at=at) == 1:
                 self.add_event(transfer_id, to, reason, at)
                 if to in _FAILED and not state.is_final:
-                    # A failed transfer no longer counts against its binding's authorised amount (D10).
-                    row = self._cursor.first(self._s.transfer_binding_amount, w_id=transfer_id)
-                    if row is not None and row[0]:
-                        self._cursor.run(self._s.add_used, w_id=row[0], amount=-int(row[1]))
+                    # A failed transfer no longer counts against its binding's authorised amount (D10),
+                    # nor against its giver's transfers of the day (D12).
+                    row = self._cursor.first(self._s.transfer_counted_in, w_id=transfer_id)
+                    if row is not None:
+                        binding_id, amount, giver_ref, created_at = row
+                        if binding_id:
+                            self._cursor.run(self._s.add_used, w_id=binding_id, amount=-int(amount))
+                        self.release_daily_slot(bytes(giver_ref), beijing_day(created_at))
                 return True
         return False
 
@@ -525,10 +537,14 @@ class SqlTransferRepository:
     def assign_window(self, transfer_id: str, window_id: str) -> None:
         self._cursor.run(self._s.assign_window, w_id=transfer_id, window_id=window_id)
 
-    def count_for_giver(self, giver_ref: bytes, start: datetime, end: datetime) -> int:
-        """The giver's transfers created in [start, end) that have not failed (D12's daily count)."""
-        row = self._cursor.first(self._s.giver_transfers_between, ref=giver_ref, start=start, end=end)
-        return int(row[0]) if row else 0
+    def reserve_daily_slot(self, giver_ref: bytes, day: date) -> int:
+        """Count one more transfer of the giver on `day`; returns how many there were before it (D12)."""
+        row = self._cursor.first(self._s.reserve_daily_slot, ref=giver_ref, day=day)
+        assert row is not None
+        return int(row[0]) - 1
+
+    def release_daily_slot(self, giver_ref: bytes, day: date) -> None:
+        self._cursor.run(self._s.release_daily_slot, ref=giver_ref, day=day)
 
     def undelivered_past_deadline(self, now: datetime, limit: int) -> list[str]:
         return [row[0] for row in self._cursor.all(self._s.undelivered, now=now, limit=limit)]

@@ -253,3 +253,17 @@ class SettlementStatementRow(Base):
     ack_payload: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     ack_key_id: Mapped[str] = mapped_column(String(64), default="")
     ack_signature: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+
+
+class GiverDayRow(Base):
+    """How many of a giver's transfers of one Beijing day count against the daily limit (D12).
+
+    Kept with every transfer change, so a submission reads (and locks) one row instead of counting the
+    giver's transfers of the day; the lock also puts one giver's concurrent submissions in a row.
+    """
+
+    __tablename__ = "giver_days"
+
+    giver_ref: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)

@@ -11,7 +11,7 @@ from gateway.domain.clock import BEIJING
 from gateway.domain.envelope import GATEWAY, Envelope
 from gateway.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from gateway.domain.identity import mask_id_number
-from gateway.domain.policy import beijing_day, beijing_day_window, check_transfer_limits
+from gateway.domain.policy import beijing_day, check_transfer_limits
 from gateway.domain.provinces import effective_policy
 from gateway.domain.records import OutboxKind
 from gateway.domain.transfers import (
@@ -107,15 +107,21 @@ def submit_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
             if uow.transfers.exists(transfer_id):
                 raise AlreadyExists("this transfer_id is taken by another province's transfer; use a new id",
                                     reason="TRANSFER_ID_TAKEN", field="header.message_id")
-            binding = _require_binding(uow, instruction, giver_ref, receiver_ref)
-            policy = effective_policy(giver_province.policy)
-            day_start, day_end = beijing_day_window(beijing_day(now))
-            limits = check_transfer_limits(
-                instruction.amount_fen, uow.transfers.count_for_giver(giver_ref, day_start, day_end), now, policy,
-                binding.authorised_amount_fen or None, binding.used_amount_fen)
-            if limits:
-                raise FailedPrecondition("refused by policy: " + ", ".join(v.reason for v in limits),
-                                         reason=limits[0].reason, field=limits[0].field or None)
+            # Taken first: it locks the giver's row of the day, so one giver's submissions are decided one
+            # at a time (PostgreSQL) and the binding and the day's count below are read as they stand.
+            day = beijing_day(now)
+            earlier_today = uow.transfers.reserve_daily_slot(giver_ref, day)
+            try:
+                binding = _require_binding(uow, instruction, giver_ref, receiver_ref)
+                policy = effective_policy(giver_province.policy)
+                limits = check_transfer_limits(instruction.amount_fen, earlier_today, now, policy,
+                                               binding.authorised_amount_fen or None, binding.used_amount_fen)
+                if limits:
+                    raise FailedPrecondition("refused by policy: " + ", ".join(v.reason for v in limits),
+                                             reason=limits[0].reason, field=limits[0].field or None)
+            except FailedPrecondition:
+                uow.transfers.release_daily_slot(giver_ref, day)  # a stored refusal commits: count nothing
+                raise
             assert policy.return_hour is not None and policy.delivery_deadline_seconds is not None
             returns_at = return_deadline(now, instruction.expires_at, policy.return_hour)
             transfer = Transfer(

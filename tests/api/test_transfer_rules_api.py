@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, time, timedelta
 
 import grpc
@@ -122,3 +123,45 @@ def test_a_declined_transfer_no_longer_counts_against_the_authorised_amount(stac
     assert stack.binding(binding_id).used_amount_fen == 0
     assert accepted(stack, person=CHILD, binding_id=binding_id, amount_fen=100_000)
     assert stack.binding(binding_id).used_amount_fen == 100_000
+
+
+def test_a_declined_transfer_gives_its_place_in_the_day_back(stack: Stack) -> None:
+    # The national daily limit without the blackout: the stub's confirmations carry the real time, so
+    # the gateway's clock stays where it is.
+    policy = operations_pb2.ProvincePolicy(daily_transfer_limit=3, blackout_start_minute=0, blackout_end_minute=0)
+    stack.operations.UpdateProvince(operations_pb2.UpdateProvinceRequest(code=XINJIANG, policy=policy), timeout=5)
+    stack.configure(GANSU, confirm_mode=control_pb2.CONFIRM_MODE_DECLINE)
+    declined = stack.submit(stack.instruction()).transfer_id
+    stack.wait_for_state(declined, transfers_pb2.TRANSFER_STATE_DECLINED)
+    stack.configure(GANSU, confirm_mode=control_pb2.CONFIRM_MODE_IMMEDIATE)
+    for _ in range(3):
+        assert accepted(stack)
+    assert submit_error(stack) == (grpc.StatusCode.FAILED_PRECONDITION, "DAILY_LIMIT_REACHED")
+
+
+def _raise(error: Exception) -> None:
+    raise error
+
+
+def test_concurrent_submissions_of_one_giver_never_pass_the_daily_limit(stack: Stack) -> None:
+    """Twelve different transfers of one giver at once: exactly three get through (D12), on either database."""
+    national_policy(stack)
+    move_clock_to(stack, time(11, 0))
+    barrier = threading.Barrier(12)
+    answers: list[str] = []
+
+    def one() -> None:
+        message = stack.instruction()
+        barrier.wait()
+        try:
+            stack.submit(message)
+            answers.append("OK")
+        except grpc.RpcError as error:
+            answers.append(error_of(lambda e=error: _raise(e)).reason)  # type: ignore[misc]
+
+    threads = [threading.Thread(target=one) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(answers) == ["DAILY_LIMIT_REACHED"] * 9 + ["OK"] * 3
