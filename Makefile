@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run test test-browser demo bench protos protos-check lint clean
+.PHONY: setup run test test-browser test-crash demo bench protos protos-check lint migration clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test-browser: setup
 	bash scripts/ensure_chromium.sh
 	$(PY) -m pytest -q tests/browser
 
+## Crash and fault tests (kill -9 under load, provinces down or slow, connections cut, graceful stop, two gateways
+## on one PostgreSQL): real processes on 127.0.0.1, a few minutes. tests/crash is left out of `make test`.
+test-crash: setup
+	$(PY) -m pytest -q -s tests/crash
+
 ## Throughput and latency against a bare gRPC echo measured side by side; writes bench/results/latest.json.
 bench: setup
 	$(PY) -m bench
@@ -44,6 +49,10 @@ protos-check: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+## A new schema migration from what gateway/store/tables.py adds to head: make migration m="what it changes".
+migration: setup
+	$(PY) -m scripts.new_migration "$(m)"
 
 clean:
 	rm -rf var/ .pytest_cache .mypy_cache .ruff_cache

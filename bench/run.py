@@ -145,8 +145,11 @@ async def start_stack(children: Children, workdir: Path) -> Stack:
             "GONGJI_DATABASE_URL": f"sqlite:///{db_path}",
             "GONGJI_GATEWAY_KEY_FILE": str(keys_dir / "gateway.key"),
             "GONGJI_ID_HASH_KEY_FILE": str(keys_dir / "id-hash.key"),
+            "GONGJI_DATA_KEY_FILE": str(keys_dir / "data.keys"),
             "GONGJI_MANIFEST": str(manifest),
             "GONGJI_LOG_LEVEL": "WARNING",
+            # The bench measures the gateway's capacity: one giver's province sends everything, unthrottled.
+            "GONGJI_RATE_LIMIT_PER_SECOND": "0",
         },
     )
     echo = f"127.0.0.1:{echo_port}"

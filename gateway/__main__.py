@@ -22,6 +22,7 @@ import uvloop
 from gateway.app import create_dispatcher, create_gateway
 from gateway.config import ConfigError, Settings
 from gateway.domain.identity import mask_id_number
+from gateway.store.schema import SchemaError
 
 # 18-character resident ID numbers (17 digits and a check character) standing alone in text.
 ID_NUMBER_IN_TEXT = re.compile(r"(?<![0-9A-Za-z])[0-9]{17}[0-9Xx](?![0-9A-Za-z])")
@@ -128,7 +129,11 @@ def main(argv: list[str]) -> int:
         return 2
     configure_logging(settings)
     # uvloop: the same asyncio API on libuv; about a third more transfers per core in `make bench`.
-    uvloop.run(serve(settings) if command == "serve" else dispatch(settings))
+    try:
+        uvloop.run(serve(settings) if command == "serve" else dispatch(settings))
+    except SchemaError as error:
+        print(f"gateway: database schema: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -20,14 +20,17 @@ from sqlalchemy import Engine
 
 from gateway.api.errors import ErrorMappingInterceptor
 from gateway.api.metrics import RpcMetrics, StateCollector
+from gateway.api.ratelimit import ProvinceRateLimits
 from gateway.api.receipts import SignedReceiptIssuer
 from gateway.api.servicers import (
+    GatewayKeysServicer,
     OperationsServicer,
     RelationsServicer,
     SettlementsServicer,
     TransfersServicer,
     UseCaseRunner,
 )
+from gateway.api.transport import authorize_operator, server_credentials
 from gateway.api.web import MetricsServer
 from gateway.config import Settings
 from gateway.domain.clock import Clock, SystemClock
@@ -35,15 +38,21 @@ from gateway.domain.envelope import GATEWAY
 from gateway.manifest import load_manifest
 from gateway.provinces.client import ProvinceClient
 from gateway.provinces.outbox import OutboxWorker
+from gateway.security.encryption import load_or_create_keys
 from gateway.security.hashing import HmacPersonHasher, load_or_create_secret
-from gateway.security.keys import ensure_key_pair
+from gateway.security.keys import ensure_key_pair, public_bytes
 from gateway.security.signing import EnvelopeSigner, verify_signature
-from gateway.store.sql import SqlUnitOfWork, create_schema, make_engine
+from gateway.store.schema import ensure_known_schema
+from gateway.store.sql import SqlUnitOfWork, make_engine, use_sealer
+from gateway.usecases.audit import checkpoint_audit
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.dashboard import dashboard_snapshot
+from gateway.usecases.keys import register_gateway_key
 from gateway.usecases.monitoring import get_stats
 from gateway.usecases.provinces import apply_manifest
 from protos.gongji.v1 import (
+    keys_pb2,
+    keys_pb2_grpc,
     operations_pb2,
     operations_pb2_grpc,
     relations_pb2,
@@ -63,6 +72,7 @@ PROVINCE_SERVICES = (
     transfers_pb2.DESCRIPTOR.services_by_name["Transfers"].full_name,
     relations_pb2.DESCRIPTOR.services_by_name["Relations"].full_name,
     settlements_pb2.DESCRIPTOR.services_by_name["Settlements"].full_name,
+    keys_pb2.DESCRIPTOR.services_by_name["GatewayKeys"].full_name,
 )
 OPERATOR_SERVICES = (operations_pb2.DESCRIPTOR.services_by_name["Operations"].full_name,)
 
@@ -77,6 +87,7 @@ class _Core:
     run_in_db: Callable[..., Awaitable[Any]]
     executor: ThreadPoolExecutor | None
     client: ProvinceClient
+    public_key: bytes  # of the gateway's current signing key
 
     async def close(self) -> None:
         await self.client.close()
@@ -113,6 +124,11 @@ class Gateway:
             await servicer.enter_graceful_shutdown()
         await asyncio.gather(self._server.stop(grace), self._ops_server.stop(grace))
         await self._outbox.stop()
+        # The last state changes get a signed checkpoint before the process goes.
+        try:
+            await self._core.run_in_db(checkpoint_audit, self._core.context)
+        except Exception:
+            log.exception("final audit checkpoint failed")
         if self._metrics is not None:
             self._metrics.stop()
         await self._core.close()
@@ -121,10 +137,10 @@ class Gateway:
         await self._server.wait_for_termination()
 
 
-def _new_server(settings: Settings, services: tuple[str, ...],
-                observe: Callable[[str, str, float], None]) -> tuple[grpc.aio.Server, Any]:
+def _new_server(settings: Settings, services: tuple[str, ...], observe: Callable[[str, str, float], None],
+                authorize: Callable[[str, Any], None] | None = None) -> tuple[grpc.aio.Server, Any]:
     server = grpc.aio.server(
-        interceptors=[ErrorMappingInterceptor(observe)],
+        interceptors=[ErrorMappingInterceptor(observe, authorize)],
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -136,8 +152,16 @@ def _new_server(settings: Settings, services: tuple[str, ...],
     return server, health_servicer
 
 
-def _bind(server: grpc.aio.Server, address: str) -> int:
-    port = server.add_insecure_port(address)
+def _bind(server: grpc.aio.Server, address: str, settings: Settings) -> int:
+    files = settings.tls_files
+    if files is not None:
+        port = server.add_secure_port(address, server_credentials(files))
+    elif settings.insecure_dev_plaintext:
+        log.warning("PLAINTEXT port %s: no TLS, no caller certificates — for development only "
+                    "(GONGJI_INSECURE_DEV_PLAINTEXT)", address)
+        port = server.add_insecure_port(address)
+    else:
+        raise ValueError("mutual TLS files are required (or insecure_dev_plaintext for development)")
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     return port
@@ -145,15 +169,22 @@ def _bind(server: grpc.aio.Server, address: str) -> int:
 
 def _core(settings: Settings, clock: Clock) -> _Core:
     engine = make_engine(settings.database_url)
-    create_schema(engine)
-    signer = EnvelopeSigner(GATEWAY, settings.gateway_key_id,
-                            ensure_key_pair(settings.gateway_key_file, settings.gateway_public_key_file))
+    use_sealer(engine, load_or_create_keys(settings.data_key_file))
+    try:
+        ensure_known_schema(engine, auto_upgrade=settings.auto_migrate)
+    except Exception:
+        engine.dispose()
+        raise
+    private_key = ensure_key_pair(settings.gateway_key_file, settings.gateway_public_key_file)
+    signer = EnvelopeSigner(GATEWAY, settings.gateway_key_id, private_key)
     context = UseCaseContext(
         uow=lambda: SqlUnitOfWork(engine),
         clock=clock,
         receipts=SignedReceiptIssuer(signer),
         hasher=HmacPersonHasher(load_or_create_secret(settings.id_hash_key_file)),
-        verify=verify_signature,
+        # Each province's calls are counted once its signature verifies (see ProvinceRateLimits).
+        verify=ProvinceRateLimits(settings.rate_limit_per_second, settings.rate_limit_burst, clock).verifier(
+            verify_signature),
         max_clock_skew=timedelta(seconds=settings.max_clock_skew_seconds),
         settlement=settings.settlement,
     )
@@ -170,8 +201,8 @@ def _core(settings: Settings, clock: Clock) -> _Core:
         def run_in_db(use_case: Any, *args: Any) -> asyncio.Future[Any]:  # type: ignore[misc]
             return loop.run_in_executor(executor, functools.partial(use_case, *args))
 
-    client = ProvinceClient(signer, clock, settings.province_call_timeout_seconds)
-    return _Core(engine, signer, context, run_in_db, executor, client)
+    client = ProvinceClient(signer, clock, settings.province_call_timeout_seconds, settings.tls_files)
+    return _Core(engine, signer, context, run_in_db, executor, client, public_bytes(private_key))
 
 
 async def create_gateway(settings: Settings, clock: Clock | None = None, run_outbox: bool = True) -> Gateway:
@@ -181,6 +212,9 @@ async def create_gateway(settings: Settings, clock: Clock | None = None, run_out
     """
     core = _core(settings, clock or SystemClock())
     context, run_in_db = core.context, core.run_in_db
+    # The key this process signs with is the current one; older ones retire after the overlap.
+    register_gateway_key(context, settings.gateway_key_id, core.public_key,
+                         timedelta(seconds=settings.gateway_key_overlap_seconds))
     if settings.manifest is not None:
         result = apply_manifest(context, load_manifest(settings.manifest))
         log.info("manifest %s applied: created %s, updated %s", settings.manifest, result.created, result.updated)
@@ -194,11 +228,12 @@ async def create_gateway(settings: Settings, clock: Clock | None = None, run_out
     transfers_pb2_grpc.add_TransfersServicer_to_server(TransfersServicer(runner), server)
     relations_pb2_grpc.add_RelationsServicer_to_server(RelationsServicer(runner, core.client), server)
     settlements_pb2_grpc.add_SettlementsServicer_to_server(SettlementsServicer(runner), server)
-    ops_server, ops_health = _new_server(settings, OPERATOR_SERVICES, rpc_metrics.observe)
+    keys_pb2_grpc.add_GatewayKeysServicer_to_server(GatewayKeysServicer(runner), server)
+    ops_server, ops_health = _new_server(settings, OPERATOR_SERVICES, rpc_metrics.observe, authorize_operator)
     operations_pb2_grpc.add_OperationsServicer_to_server(OperationsServicer(runner), ops_server)
 
-    port = _bind(server, settings.listen)
-    ops_port = _bind(ops_server, settings.ops_listen)
+    port = _bind(server, settings.listen, settings)
+    ops_port = _bind(ops_server, settings.ops_listen, settings)
     await server.start()
     await ops_server.start()
     if run_outbox:

@@ -7,6 +7,7 @@ import binascii
 import csv
 import enum
 import json
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -27,9 +28,10 @@ from rich.panel import Panel
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
+from gateway.admin import add_admin_commands
 from protos.gongji.v1 import operations_pb2, operations_pb2_grpc, settlements_pb2, transfers_pb2
 
-app = typer.Typer(help="Operate the Gongji exchange: provinces, transfers, settlement, stats.",
+app = typer.Typer(help="Operate the Gongji exchange: provinces, transfers, settlement, stats, the database schema.",
                   no_args_is_help=True)
 provinces_app = typer.Typer(help="The routing table.", no_args_is_help=True)
 transfers_app = typer.Typer(help="Transfers.", no_args_is_help=True)
@@ -37,6 +39,8 @@ settlement_app = typer.Typer(help="Settlement windows between provincial funds (
 app.add_typer(provinces_app, name="provinces")
 app.add_typer(transfers_app, name="transfers")
 app.add_typer(settlement_app, name="settlement")
+# `db`: the only commands that open the database rather than call the gateway (gateway/admin.py).
+add_admin_commands(app)
 console = Console()
 # Errors and progress go to stderr, so that stdout holds only the answer (JSON or CSV for scripts).
 err_console = Console(stderr=True)
@@ -50,10 +54,30 @@ NONE = "—"
 WINDOW_STATE_PREFIX = "SETTLEMENT_WINDOW_STATE_"
 
 
+# The gateway's certificate names it so (see gateway/security/tls.py).
+GATEWAY_TLS_NAME = "gateway.gongji"
+
+
+def _channel(address: str) -> grpc.Channel:
+    """Mutual TLS as an operator when a certificate folder is there (GONGJI_TLS_DIR, default `make run`'s
+    var/tls with operator-<GONGJI_OPERATOR>.crt/.key and ca.crt); plaintext otherwise (development)."""
+    folder = Path(os.environ.get("GONGJI_TLS_DIR", "var/tls"))
+    name = f"operator-{os.environ.get('GONGJI_OPERATOR', 'operator')}"
+    if os.environ.get("GONGJI_INSECURE_DEV_PLAINTEXT", "").lower() == "true" or not (folder / "ca.crt").exists():
+        return grpc.insecure_channel(address)
+    try:
+        credentials = grpc.ssl_channel_credentials(root_certificates=(folder / "ca.crt").read_bytes(),
+                                                   private_key=(folder / f"{name}.key").read_bytes(),
+                                                   certificate_chain=(folder / f"{name}.crt").read_bytes())
+    except OSError as error:
+        fail(f"cannot read the operator's certificate in {folder}: {error.strerror} ({error.filename})")
+    return grpc.secure_channel(address, credentials, options=[("grpc.ssl_target_name_override", GATEWAY_TLS_NAME)])
+
+
 @contextmanager
 def operations(address: str) -> Iterator[operations_pb2_grpc.OperationsStub]:
     """A client for one command; expected failures become a one-line message and exit code 1."""
-    with grpc.insecure_channel(address) as channel:
+    with _channel(address) as channel:
         try:
             yield operations_pb2_grpc.OperationsStub(channel)
         except grpc.RpcError as error:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from gateway.domain.settlement import SettlementPeriod, SettlementPolicy
 from gateway.provinces.outbox import OutboxSettings
+from gateway.security.tls import TlsFiles
 from gateway.usecases.outbox import Backoff
 
 
@@ -24,6 +25,12 @@ def _period(raw: str) -> SettlementPeriod:
         raise ConfigError(f"GONGJI_SETTLEMENT_PERIOD must be daily or monthly, got {raw!r}") from None
 
 
+def check_database_url(url: str) -> None:
+    """The gateway runs on SQLite and PostgreSQL only (`gongji db` checks its --database the same way)."""
+    if not url.startswith(("sqlite", "postgresql")):
+        raise ConfigError("database_url must be a sqlite:/// or postgresql:// URL")
+
+
 @dataclass(frozen=True)
 class Settings:
     listen: str = "127.0.0.1:50051"
@@ -33,15 +40,32 @@ class Settings:
     # The dashboard lists transfers not final this long after they arrived as stuck.
     dashboard_stuck_seconds: float = 300.0
     database_url: str = "sqlite:///var/gongji.db"
+    # An empty database, or one at an older revision, is migrated to head at start-up; when false the
+    # gateway refuses it until `gongji db upgrade` has run. A schema it does not know is always refused.
+    auto_migrate: bool = True
     manifest: Path | None = None
     # Secrets are file paths, never values (created on first start when missing, for development).
     gateway_key_file: Path = Path("var/keys/gateway.key")
     gateway_key_id: str = "gateway-k1"
+    # Mutual TLS on both ports and on calls to provinces (PEM files); see README "Mutual TLS".
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None
+    # Development only: plaintext ports with no caller certificates (logged as a warning at start).
+    insecure_dev_plaintext: bool = False
+    # After a new gateway key is introduced, signatures by the previous one stay good this long.
+    gateway_key_overlap_seconds: float = 7 * 86400.0
     id_hash_key_file: Path = Path("var/keys/id-hash.key")
+    # AES-256-GCM keys for personal data at rest, `key_id hex-key` per line, the first one current.
+    data_key_file: Path = Path("var/keys/data.keys")
     max_clock_skew_seconds: float = 120.0
     province_call_timeout_seconds: float = 5.0
     db_threads: int = 0
+    # The largest request or answer gRPC carries on either port; larger ones end RESOURCE_EXHAUSTED.
     max_message_bytes: int = 256 * 1024
+    # Calls a second each province may make on the provinces' port, and the burst it may save up; 0: no limit.
+    rate_limit_per_second: float = 200.0
+    rate_limit_burst: float = 400.0
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     # `python -m gateway` runs the outbox in this many separate dispatcher processes, or in the server
     # process when 0 (the default: in `make bench` on 2 cores both give the same throughput, and in
@@ -51,6 +75,12 @@ class Settings:
     log_level: str = "INFO"
     log_json: bool = False
     settlement: SettlementPolicy = field(default_factory=SettlementPolicy)
+
+    @property
+    def tls_files(self) -> TlsFiles | None:
+        if self.tls_cert_file is None or self.tls_key_file is None or self.tls_ca_file is None:
+            return None
+        return TlsFiles(self.tls_cert_file, self.tls_key_file, self.tls_ca_file)
 
     @property
     def gateway_public_key_file(self) -> Path:
@@ -68,6 +98,10 @@ class Settings:
             except ValueError:
                 raise ConfigError(f"GONGJI_{name} must be a number, got {raw!r}") from None
 
+        def path(name: str) -> Path | None:
+            raw = get(name, "")
+            return Path(raw) if raw else None
+
         database_url = get("DATABASE_URL", cls.database_url)
         sqlite = database_url.startswith("sqlite")
         manifest = get("MANIFEST", "")
@@ -77,18 +111,29 @@ class Settings:
             metrics_listen=get("METRICS_LISTEN", cls.metrics_listen),
             dashboard_stuck_seconds=number("DASHBOARD_STUCK_SECONDS", cls.dashboard_stuck_seconds),
             database_url=database_url,
+            auto_migrate=get("AUTO_MIGRATE", "true").lower() in ("1", "true", "yes"),
             manifest=Path(manifest) if manifest else None,
             gateway_key_file=Path(get("GATEWAY_KEY_FILE", str(cls.gateway_key_file))),
             gateway_key_id=get("GATEWAY_KEY_ID", cls.gateway_key_id),
+            tls_cert_file=path("TLS_CERT_FILE"),
+            tls_key_file=path("TLS_KEY_FILE"),
+            tls_ca_file=path("TLS_CA_FILE"),
+            insecure_dev_plaintext=get("INSECURE_DEV_PLAINTEXT", "false").lower() in ("1", "true", "yes"),
+            gateway_key_overlap_seconds=number("GATEWAY_KEY_OVERLAP_SECONDS", cls.gateway_key_overlap_seconds),
             id_hash_key_file=Path(get("ID_HASH_KEY_FILE", str(cls.id_hash_key_file))),
+            data_key_file=Path(get("DATA_KEY_FILE", str(cls.data_key_file))),
             max_clock_skew_seconds=number("MAX_CLOCK_SKEW_SECONDS", cls.max_clock_skew_seconds),
             province_call_timeout_seconds=number("PROVINCE_CALL_TIMEOUT_SECONDS", cls.province_call_timeout_seconds),
             # SQLite (one writer, microsecond statements): 0 = on the event loop. PostgreSQL: a pool of
             # threads, since its round trips would otherwise stall every call in flight.
             db_threads=int(number("DB_THREADS", 0 if sqlite else 8)),
-            outbox=OutboxSettings(backoff=Backoff(
-                base_seconds=number("OUTBOX_BACKOFF_BASE_SECONDS", 0.2),
-                max_seconds=number("OUTBOX_BACKOFF_MAX_SECONDS", 30.0))),
+            max_message_bytes=int(number("MAX_MESSAGE_BYTES", cls.max_message_bytes)),
+            rate_limit_per_second=number("RATE_LIMIT_PER_SECOND", cls.rate_limit_per_second),
+            rate_limit_burst=number("RATE_LIMIT_BURST", cls.rate_limit_burst),
+            outbox=OutboxSettings(
+                backoff=Backoff(base_seconds=number("OUTBOX_BACKOFF_BASE_SECONDS", 0.2),
+                                max_seconds=number("OUTBOX_BACKOFF_MAX_SECONDS", 30.0)),
+                checkpoint_interval_seconds=number("AUDIT_CHECKPOINT_SECONDS", 60.0)),
             outbox_dispatchers=int(number("OUTBOX_DISPATCHERS", 0)),
             dispatcher_poll_seconds=number("DISPATCHER_POLL_SECONDS", 0.05),
             log_level=get("LOG_LEVEL", "INFO").upper(),
@@ -110,13 +155,25 @@ class Settings:
                 raise ConfigError(f"{name} must be host:port, got {getattr(self, name)!r}")
         if self.dashboard_stuck_seconds < 0:
             raise ConfigError("dashboard_stuck_seconds must not be negative")
-        if not self.database_url.startswith(("sqlite", "postgresql")):
-            raise ConfigError("database_url must be a sqlite:/// or postgresql:// URL")
+        tls = (self.tls_cert_file, self.tls_key_file, self.tls_ca_file)
+        if self.insecure_dev_plaintext and any(tls):
+            raise ConfigError("GONGJI_INSECURE_DEV_PLAINTEXT and GONGJI_TLS_* exclude each other")
+        if not self.insecure_dev_plaintext and not all(tls):
+            raise ConfigError("mutual TLS needs GONGJI_TLS_CERT_FILE, GONGJI_TLS_KEY_FILE and GONGJI_TLS_CA_FILE "
+                              "(for development only: GONGJI_INSECURE_DEV_PLAINTEXT=true)")
+        for file in (f for f in tls if f is not None):
+            if not file.is_file():
+                raise ConfigError(f"TLS file {file} does not exist")
+        check_database_url(self.database_url)
         if self.manifest is not None and not self.manifest.is_file():
             raise ConfigError(f"manifest {self.manifest} does not exist")
         if not 0 <= self.outbox_dispatchers <= 16 or self.dispatcher_poll_seconds <= 0:
             raise ConfigError("outbox_dispatchers must be within 0..16 and dispatcher_poll_seconds positive")
         if self.settlement.close_delay < timedelta(0):
             raise ConfigError("settlement close delay must not be negative")
+        if not 16 * 1024 <= self.max_message_bytes <= 64 * 1024 * 1024:
+            raise ConfigError("max_message_bytes must be within 16 KiB..64 MiB")
+        if self.rate_limit_per_second < 0 or (self.rate_limit_per_second > 0 and self.rate_limit_burst < 1):
+            raise ConfigError("rate_limit_per_second must not be negative, and rate_limit_burst is at least 1")
         if self.db_threads < 0 or self.max_clock_skew_seconds <= 0 or self.province_call_timeout_seconds <= 0:
             raise ConfigError("db_threads, max_clock_skew_seconds and province_call_timeout_seconds must be positive")

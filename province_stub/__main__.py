@@ -80,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> StubConfig:
     parser.add_argument(
         "--reject-reason", default="", metavar="REASON", help="reject every delivery with this"
     )
+    parser.add_argument("--tls-dir", type=Path, default=None,
+                        help="mutual TLS: a folder with ca.crt and province-<code>.crt/.key (default: plaintext)")
     args = parser.parse_args(argv)
     mode, delay_ms = args.confirm
     return StubConfig(
@@ -90,6 +92,7 @@ def parse_args(argv: list[str] | None = None) -> StubConfig:
         keys_dir=args.keys_dir,
         key_id=args.key_id,
         seed=args.seed,
+        tls_dir=args.tls_dir,
         behaviour=Behaviour(
             confirm_mode=mode,
             confirm_delay_ms=delay_ms,

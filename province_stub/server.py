@@ -50,6 +50,9 @@ class StubConfig:
     key_id: str = ""
     # None: the packaged province_stub/seeds/<province>.toml.
     seed: Path | None = None
+    # Mutual TLS: a folder with ca.crt and province-<code>.crt/.key (as `make run`'s development CA
+    # writes them); None: plaintext.
+    tls_dir: Path | None = None
     behaviour: Behaviour = field(default_factory=Behaviour)
     gateway_deadline_s: float = DEFAULT_DEADLINE_S
     # The date the consent age rule (D6) counts on; tests pin it, e.g. the day before a 16th birthday.
@@ -111,6 +114,20 @@ class RunningStub:
         await self._server.wait_for_termination()
 
 
+GATEWAY_TLS_NAME = "gateway.gongji"
+
+
+def _tls_files(config: StubConfig) -> tuple[bytes, bytes, bytes]:
+    assert config.tls_dir is not None
+    folder = config.tls_dir
+    name = f"province-{config.province}"
+    return (
+        (folder / f"{name}.key").read_bytes(),
+        (folder / f"{name}.crt").read_bytes(),
+        (folder / "ca.crt").read_bytes(),
+    )
+
+
 async def start_stub(config: StubConfig) -> RunningStub:
     seed = load_seed(config.seed_path)
     if seed.province != config.province:
@@ -119,7 +136,16 @@ async def start_stub(config: StubConfig) -> RunningStub:
     keys = PublicKeyStore(Path(config.keys_dir))
     state = StubState(province=config.province, behaviour=config.behaviour)
 
-    channel = grpc.aio.insecure_channel(config.gateway)
+    if config.tls_dir is None:
+        channel = grpc.aio.insecure_channel(config.gateway)
+    else:
+        key, cert, ca = _tls_files(config)
+        # The gateway's certificate must name it (gateway.gongji): nobody else gets our instructions.
+        channel = grpc.aio.secure_channel(
+            config.gateway,
+            grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert),
+            options=[("grpc.ssl_target_name_override", GATEWAY_TLS_NAME)],
+        )
     client = GatewayClient(
         channel,
         config.province,
@@ -149,7 +175,14 @@ async def start_stub(config: StubConfig) -> RunningStub:
     health_servicer = AsyncHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(config.listen)
+    if config.tls_dir is None:
+        port = server.add_insecure_port(config.listen)
+    else:
+        key, cert, ca = _tls_files(config)
+        port = server.add_secure_port(
+            config.listen,
+            grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True),
+        )
     if port == 0:
         await channel.close(None)
         raise OSError(f"could not listen on {config.listen}")

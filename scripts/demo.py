@@ -16,10 +16,12 @@ import os
 import sys
 import time
 from datetime import UTC
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import grpc
 
+from gateway.security.tls import GATEWAY_DNS, province_dns
 from protos.gongji.v1 import operations_pb2, operations_pb2_grpc, relations_pb2, settlements_pb2, transfers_pb2
 from protos.stub.v1 import control_pb2, control_pb2_grpc
 
@@ -34,6 +36,18 @@ DAUGHTER_ID = "620102201508160027"  # born 2015: under 16, so a guardian attests
 AMOUNT_FEN = 50_000
 TIMEOUT_S = 20.0
 BEIJING = ZoneInfo("Asia/Shanghai")
+# `make run` serves mutual TLS from a development CA under var/tls/ (plaintext only when told).
+TLS = Path(os.environ.get("GONGJI_VAR", Path(__file__).resolve().parents[1] / "var")) / "tls"
+
+
+def channel(address: str, server_name: str) -> grpc.Channel:
+    """As the development operator (its certificate), or plaintext when `make run` runs without TLS."""
+    if not (TLS / "ca.crt").exists() or os.environ.get("GONGJI_INSECURE_DEV_PLAINTEXT", "").lower() == "true":
+        return grpc.insecure_channel(address)
+    credentials = grpc.ssl_channel_credentials(root_certificates=(TLS / "ca.crt").read_bytes(),
+                                               private_key=(TLS / "operator-operator.key").read_bytes(),
+                                               certificate_chain=(TLS / "operator-operator.crt").read_bytes())
+    return grpc.secure_channel(address, credentials, options=[("grpc.ssl_target_name_override", server_name)])
 
 
 def mask(id_number: str) -> str:
@@ -78,7 +92,7 @@ class Demo:
 
 
 def main() -> int:
-    with grpc.insecure_channel(XINJIANG) as xj_channel, grpc.insecure_channel(GANSU) as gs_channel:
+    with channel(XINJIANG, province_dns("650000")) as xj_channel, channel(GANSU, province_dns("620000")) as gs_channel:
         xinjiang = control_pb2_grpc.StubControlStub(xj_channel)
         gansu = control_pb2_grpc.StubControlStub(gs_channel)
         try:
@@ -176,8 +190,8 @@ def window_state(state: settlements_pb2.SettlementWindowState.ValueType) -> str:
 def settle(transfer_id: str, xinjiang: control_pb2_grpc.StubControlStub,
            gansu: control_pb2_grpc.StubControlStub) -> bool:
     """Step 8: the operator closes the window the transfer committed into; the provinces agree; payment."""
-    with grpc.insecure_channel(OPS) as channel:
-        ops = operations_pb2_grpc.OperationsStub(channel)
+    with channel(OPS, GATEWAY_DNS) as ops_channel:
+        ops = operations_pb2_grpc.OperationsStub(ops_channel)
         window_id = xinjiang.QueryTransfer(control_pb2.QueryTransferRequest(transfer_id=transfer_id),
                                            timeout=5).transfer.settlement_window_id
         print(f"8. The operator closes settlement window {window_id} (the transfer committed into it):")

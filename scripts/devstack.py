@@ -17,6 +17,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.security.tls import GATEWAY_DNS, DevCa, ensure_dev_pki, province_dns
+
 ROOT = Path(__file__).resolve().parents[1]
 VAR = Path(os.environ.get("GONGJI_VAR", ROOT / "var")).resolve()
 KEYS = VAR / "keys"
@@ -26,6 +28,9 @@ OPERATORS = os.environ.get("GONGJI_OPS_LISTEN", "127.0.0.1:50052")
 STUBS = (("650000", "新疆", os.environ.get("GONGJI_STUB_650000", "127.0.0.1:50061")),
          ("620000", "甘肃", os.environ.get("GONGJI_STUB_620000", "127.0.0.1:50062")))
 READY_TIMEOUT_S = 30.0
+TLS = VAR / "tls"
+# Mutual TLS from a development CA under var/tls/ unless asked for plaintext (development only).
+PLAINTEXT = os.environ.get("GONGJI_INSECURE_DEV_PLAINTEXT", "false").lower() in ("1", "true", "yes")
 
 
 def port_free(address: str) -> bool:
@@ -39,10 +44,21 @@ def port_free(address: str) -> bool:
     return True
 
 
-def wait_serving(address: str, process: subprocess.Popen[bytes], what: str) -> None:
+def channel(address: str, server_name: str) -> grpc.Channel:
+    """A channel as the development operator (its certificate), or plaintext."""
+    if PLAINTEXT:
+        return grpc.insecure_channel(address)
+    files = DevCa(TLS).files("operator-operator")
+    credentials = grpc.ssl_channel_credentials(root_certificates=files.ca.read_bytes(),
+                                               private_key=files.key.read_bytes(),
+                                               certificate_chain=files.cert.read_bytes())
+    return grpc.secure_channel(address, credentials, options=[("grpc.ssl_target_name_override", server_name)])
+
+
+def wait_serving(address: str, process: subprocess.Popen[bytes], what: str, server_name: str) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
-    with grpc.insecure_channel(address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
+    with channel(address, server_name) as channel_:
+        health = health_pb2_grpc.HealthStub(channel_)
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise SystemExit(f"{what} exited with code {process.returncode}; see {LOGS}/")
@@ -88,20 +104,31 @@ def main() -> int:
         children.append((what, process))
         return process
 
+    tls_env: dict[str, str] = {"GONGJI_INSECURE_DEV_PLAINTEXT": "true"}
+    tls_args: list[str] = []
+    if not PLAINTEXT:
+        # A development CA and certificates for the gateway, both provinces and an operator (first start).
+        ca = ensure_dev_pki(TLS, [code for code, _, _ in STUBS])
+        gateway_files = ca.files("gateway")
+        tls_env = {"GONGJI_TLS_CERT_FILE": str(gateway_files.cert), "GONGJI_TLS_KEY_FILE": str(gateway_files.key),
+                   "GONGJI_TLS_CA_FILE": str(ca.cert_file), "GONGJI_INSECURE_DEV_PLAINTEXT": "false"}
+        tls_args = ["--tls-dir", str(TLS)]
     try:
         for code, name, address in STUBS:
             stub = spawn(f"stub-{code}", ["-m", "province_stub", "--province", code, "--name", name, "--listen",
-                                          address, "--gateway", GATEWAY, "--keys-dir", str(KEYS)])
-            wait_serving(address, stub, f"stub province {code}")
+                                          address, "--gateway", GATEWAY, "--keys-dir", str(KEYS), *tls_args])
+            wait_serving(address, stub, f"stub province {code}", province_dns(code))
         manifest = write_manifest()
         gateway = spawn("gateway", ["-m", "gateway"], {
             "GONGJI_LISTEN": GATEWAY, "GONGJI_OPS_LISTEN": OPERATORS,
             "GONGJI_DATABASE_URL": os.environ.get("GONGJI_DATABASE_URL", f"sqlite:///{VAR / 'gongji.db'}"),
             "GONGJI_MANIFEST": str(manifest), "GONGJI_GATEWAY_KEY_FILE": str(KEYS / "gateway.key"),
-            "GONGJI_ID_HASH_KEY_FILE": str(KEYS / "id-hash.key")})
-        wait_serving(GATEWAY, gateway, "gateway")
+            "GONGJI_ID_HASH_KEY_FILE": str(KEYS / "id-hash.key"), "GONGJI_DATA_KEY_FILE": str(KEYS / "data.keys"),
+            **tls_env})
+        wait_serving(GATEWAY, gateway, "gateway", GATEWAY_DNS)
         print(f"""
-Gongji is running (logs in var/logs/, database var/gongji.db, keys var/keys/):
+Gongji is running (logs in var/logs/, database var/gongji.db, keys var/keys/, {"PLAINTEXT ports (development)"
+                   if PLAINTEXT else "mutual TLS from the development CA in var/tls/"}):
   gateway, provinces' port   {GATEWAY}   (Transfers, Relations, Settlements, health, reflection)
   gateway, operators' port   {OPERATORS}   (Operations; try `.venv/bin/gongji stats`)
   operators' dashboard       http://{os.environ.get("GONGJI_METRICS_LISTEN", "127.0.0.1:9464")}/   (/metrics beside it)

@@ -27,6 +27,7 @@ from gateway.domain.envelope import Envelope
 from gateway.provinces.outbox import OutboxSettings
 from gateway.security.keys import load_private_key, load_public_key
 from gateway.security.signing import EnvelopeSigner, verify_signature
+from gateway.security.tls import GATEWAY_DNS, DevCa, ensure_dev_pki, province_dns
 from gateway.usecases.outbox import Backoff
 from gateway.wire import envelope_to_proto
 from protos.gongji.v1 import (
@@ -150,6 +151,7 @@ class Stack:
     ops_channel: grpc.Channel
     signers: dict[str, EnvelopeSigner] = field(default_factory=dict)
     binding_id: str = ""  # the ACTIVE binding of GIVER and MOTHER made at start
+    tls: DevCa | None = None  # set when the stack runs with mutual TLS
 
     @property
     def transfers(self) -> transfers_pb2_grpc.TransfersStub:
@@ -160,7 +162,15 @@ class Stack:
         return operations_pb2_grpc.OperationsStub(self.ops_channel)
 
     def control(self, province: str) -> control_pb2_grpc.StubControlStub:
-        return control_pb2_grpc.StubControlStub(grpc.insecure_channel(self.stubs[province].address))
+        if self.tls is None:
+            return control_pb2_grpc.StubControlStub(grpc.insecure_channel(self.stubs[province].address))
+        return control_pb2_grpc.StubControlStub(secure_channel(self.stubs[province].address, self.tls,
+                                                               "operator-operator", province_dns(province)))
+
+    def channel_as(self, identity: str) -> grpc.Channel:
+        """A channel to the provinces' port presenting `identity`'s certificate (e.g. "province-620000")."""
+        assert self.tls is not None, "a stack with mutual TLS (start_stack(..., tls_dir=...))"
+        return secure_channel(f"127.0.0.1:{self.gateway.port}", self.tls, identity, GATEWAY_DNS)
 
     def configure(self, province: str, **behaviour: Any) -> None:
         self.control(province).Configure(control_pb2.Behaviour(**behaviour), timeout=5)
@@ -360,6 +370,15 @@ TEST_POLICY = operations_pb2.ProvincePolicy(blackout_start_minute=0, blackout_en
                                             daily_transfer_limit=100_000)
 
 
+def secure_channel(address: str, ca: DevCa, identity: str, server_name: str) -> grpc.Channel:
+    """A channel presenting `identity`'s certificate, expecting the server's certificate to name `server_name`."""
+    files = ca.files(identity)
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca.cert_file.read_bytes(),
+                                               private_key=files.key.read_bytes(),
+                                               certificate_chain=files.cert.read_bytes())
+    return grpc.secure_channel(address, credentials, options=[("grpc.ssl_target_name_override", server_name)])
+
+
 def register(ops: operations_pb2_grpc.OperationsStub, code: str, name: str, endpoint: str, key_id: str,
              public_key: bytes, policy: operations_pb2.ProvincePolicy | None = None) -> operations_pb2.Province:
     answer = ops.RegisterProvince(operations_pb2.RegisterProvinceRequest(province=operations_pb2.Province(
@@ -369,8 +388,14 @@ def register(ops: operations_pb2_grpc.OperationsStub, code: str, name: str, endp
 
 
 def start_stack(loop_thread: LoopThread, tmp_path: Path, db_url: str,
-                behaviours: dict[str, Behaviour] | None = None, with_stubs: bool = True, **settings: Any) -> Stack:
-    """Gateway first (its port is needed by the stubs), then the stubs, then their registration."""
+                behaviours: dict[str, Behaviour] | None = None, with_stubs: bool = True,
+                tls_dir: Path | None = None, **settings: Any) -> Stack:
+    """Gateway first (its port is needed by the stubs), then the stubs, then their registration.
+
+    With `tls_dir`, everything runs with mutual TLS from a development CA made there: the stack's channel
+    presents Xinjiang's certificate, the operators' channel an operator's.
+    """
+    ca = ensure_dev_pki(tls_dir, [XINJIANG, GANSU, "610000"]) if tls_dir is not None else None
     keys_dir = tmp_path / "keys"
     clock = OffsetClock()
     config = Settings(
@@ -378,6 +403,11 @@ def start_stack(loop_thread: LoopThread, tmp_path: Path, db_url: str,
         # /metrics only where a test asks: stopping its HTTP server costs up to half a second.
         metrics_listen=settings.pop("metrics_listen", ""),
         gateway_key_file=keys_dir / "gateway.key", id_hash_key_file=keys_dir / "id-hash.key",
+        data_key_file=keys_dir / "data.keys",
+        # Plaintext unless a test asks for mutual TLS (tests/api/test_mtls.py).
+        insecure_dev_plaintext=ca is None,
+        tls_cert_file=ca.files("gateway").cert if ca else None, tls_key_file=ca.files("gateway").key if ca else None,
+        tls_ca_file=ca.cert_file if ca else None,
         province_call_timeout_seconds=settings.pop("province_call_timeout_seconds", 2.0),
         # As `python -m gateway` chooses: inline for SQLite, a thread pool for PostgreSQL.
         db_threads=settings.pop("db_threads", 0 if db_url.startswith("sqlite") else 4),
@@ -390,10 +420,14 @@ def start_stack(loop_thread: LoopThread, tmp_path: Path, db_url: str,
     for code, name in ((XINJIANG, "新疆"), (GANSU, "甘肃")) if with_stubs else ():
         stubs[code] = loop_thread.run(start_stub(StubConfig(
             province=code, name=name, gateway=f"127.0.0.1:{gateway.port}", keys_dir=keys_dir,
-            behaviour=behaviours.get(code, Behaviour()))))
-    stack = Stack(loop_thread, gateway, clock, stubs, keys_dir,
-                  grpc.insecure_channel(f"127.0.0.1:{gateway.port}"),
-                  grpc.insecure_channel(f"127.0.0.1:{gateway.ops_port}"))
+            behaviour=behaviours.get(code, Behaviour()), tls_dir=tls_dir)))
+    if ca is None:
+        channel = grpc.insecure_channel(f"127.0.0.1:{gateway.port}")
+        ops_channel = grpc.insecure_channel(f"127.0.0.1:{gateway.ops_port}")
+    else:
+        channel = secure_channel(f"127.0.0.1:{gateway.port}", ca, f"province-{XINJIANG}", GATEWAY_DNS)
+        ops_channel = secure_channel(f"127.0.0.1:{gateway.ops_port}", ca, "operator-operator", GATEWAY_DNS)
+    stack = Stack(loop_thread, gateway, clock, stubs, keys_dir, channel, ops_channel, tls=ca)
     for code, stub in stubs.items():
         register(stack.operations, code, stub.config.name, stub.address, stub.key_id,
                  load_public_key(keys_dir / f"{stub.key_id}.pub"), TEST_POLICY)

@@ -200,5 +200,19 @@ def test_grpc_and_protos_stay_at_the_edges() -> None:
 
 
 def test_the_cli_is_only_a_client() -> None:
+    # It mounts gateway.admin's database commands (below), and imports nothing else of ours.
     cli = [m for m in in_package("gateway") if m.name == "gateway.cli"]
-    assert cli and violations(cli, lambda name: within(name, ["gateway"]) and not within(name, ["gateway.cli"])) == []
+    mine = ["gateway.cli", "gateway.admin"]
+    assert cli and violations(cli, lambda name: within(name, ["gateway"]) and not within(name, mine)) == []
+
+
+def test_only_the_admin_commands_open_the_database() -> None:
+    # `gongji db ...` works on the database itself, through the schema module and the settings only;
+    # `gongji audit verify` reads the chain through a unit of work and checks it with the use case.
+    admin = [m for m in in_package("gateway") if m.name == "gateway.admin"]
+    allowed = ["gateway.admin", "gateway.store.schema", "gateway.config", "gateway.store.sql",
+               "gateway.usecases.audit", "gateway.security.signing", "gateway.domain.audit"]
+    assert admin and violations(admin, lambda name: within(name, ["gateway"]) and not within(name, allowed)) == []
+    # Of the operators' command line, only it uses the schema module; the gateway checks it at start-up.
+    users = {m.path for m in MODULES if any(within(name, ["gateway.store.schema"]) for name in m.imports)}
+    assert users <= {"gateway/admin.py", "gateway/app.py", "gateway/__main__.py"}

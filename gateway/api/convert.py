@@ -38,7 +38,7 @@ from gateway.domain.transfers import (
     TransferState,
 )
 from gateway.wire import from_timestamp, timestamp
-from protos.gongji.v1 import common_pb2, operations_pb2, relations_pb2, settlements_pb2, transfers_pb2
+from protos.gongji.v1 import common_pb2, keys_pb2, operations_pb2, relations_pb2, settlements_pb2, transfers_pb2
 
 P = TypeVar("P", bound=pb_message.Message)
 
@@ -223,14 +223,13 @@ def binding_to_proto(binding: Binding) -> relations_pb2.BindingView:
 def transfer_filter_from_proto(request: operations_pb2.ListTransfersRequest) -> TransferFilter:
     states = []
     for value in request.states:
-        name = transfers_pb2.TransferState.Name(value).removeprefix("TRANSFER_STATE_")
-        if value == transfers_pb2.TRANSFER_STATE_UNSPECIFIED:
+        # Enums are open in proto3: any int32 arrives, not only the values the contract names.
+        if value == transfers_pb2.TRANSFER_STATE_UNSPECIFIED or value not in transfers_pb2.TransferState.values():
             raise InvalidArgument("states must name transfer states", reason="INVALID_STATE", field="states")
-        states.append(TransferState(name))
+        states.append(TransferState(transfers_pb2.TransferState.Name(value).removeprefix("TRANSFER_STATE_")))
     return TransferFilter(
         states=tuple(states), giver_province=request.giver_province, receiver_province=request.receiver_province,
-        created_from=from_timestamp(request.created_from) if request.HasField("created_from") else None,
-        created_to=from_timestamp(request.created_to) if request.HasField("created_to") else None)
+        created_from=_optional_time(request, "created_from"), created_to=_optional_time(request, "created_to"))
 
 
 def transfer_change_to_proto(change: TransferChange) -> operations_pb2.TransferChange:
@@ -283,8 +282,14 @@ _STATUS_TO_PROTO = {
 _STATUS_FROM_PROTO = {v: k for k, v in _STATUS_TO_PROTO.items()}
 
 
-def province_status_from_proto(value: int) -> ProvinceStatus | None:
-    return _STATUS_FROM_PROTO.get(value)  # type: ignore[call-overload, no-any-return]
+def province_status_from_proto(value: int, field: str = "status") -> ProvinceStatus | None:
+    """The status named, or None for UNSPECIFIED; any other number (proto3 enums are open) is refused."""
+    if value == operations_pb2.PROVINCE_STATUS_UNSPECIFIED:
+        return None
+    status = _STATUS_FROM_PROTO.get(value)  # type: ignore[call-overload]
+    if status is None:
+        raise InvalidArgument("status must be ACTIVE or SUSPENDED", reason="INVALID_STATUS", field=field)
+    return status  # type: ignore[no-any-return]
 
 
 def policy_from_proto(policy: operations_pb2.ProvincePolicy) -> Policy:
@@ -302,8 +307,7 @@ def policy_to_proto(policy: Policy) -> operations_pb2.ProvincePolicy:
 def key_from_proto(key: operations_pb2.ProvinceKey) -> ProvinceKey:
     return ProvinceKey(
         key_id=key.key_id, public_key=key.public_key, alg=key.alg or "ed25519",
-        valid_from=from_timestamp(key.valid_from) if key.HasField("valid_from") else None,
-        valid_until=from_timestamp(key.valid_until) if key.HasField("valid_until") else None,
+        valid_from=_optional_time(key, "valid_from"), valid_until=_optional_time(key, "valid_until"),
     )
 
 
@@ -317,7 +321,7 @@ def key_to_proto(key: ProvinceKey) -> operations_pb2.ProvinceKey:
 
 
 def province_from_proto(message: operations_pb2.Province) -> Province:
-    status = province_status_from_proto(message.status) or ProvinceStatus.ACTIVE
+    status = province_status_from_proto(message.status, "province.status") or ProvinceStatus.ACTIVE
     return Province(code=message.code, name=message.name, endpoint=message.endpoint, status=status,
                     keys=tuple(key_from_proto(k) for k in message.keys), policy=policy_from_proto(message.policy))
 
@@ -374,4 +378,15 @@ def window_to_proto(window: SettlementWindow) -> operations_pb2.SettlementWindow
                                                date=p.paid_on.isoformat()) for p in window.payments])
     if window.closed_at is not None:
         answer.closed_at.CopyFrom(timestamp(window.closed_at))
+    return answer
+
+
+def gateway_key_to_proto(key: ProvinceKey) -> keys_pb2.GatewayKey:
+    """The current key is the one without an end (a newer key gives the others one)."""
+    answer = keys_pb2.GatewayKey(key_id=key.key_id, alg=key.alg, public_key=key.public_key,
+                                 current=key.valid_until is None)
+    if key.valid_from is not None:
+        answer.valid_from.CopyFrom(timestamp(key.valid_from))
+    if key.valid_until is not None:
+        answer.valid_until.CopyFrom(timestamp(key.valid_until))
     return answer

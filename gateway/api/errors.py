@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -28,6 +29,7 @@ STATUS_BY_ERROR: dict[type[errors.GongjiError], grpc.StatusCode] = {
     errors.RequestInFlight: grpc.StatusCode.ABORTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+    errors.RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
@@ -57,6 +59,18 @@ def status_for(error: Exception) -> grpc.Status:
     return rich_status(grpc.StatusCode.INTERNAL, "internal error", "INTERNAL", {})
 
 
+def _decode(deserialize: Callable[[bytes], Any] | None, raw: bytes) -> Any:
+    """The request message, parsed here rather than by gRPC: left to gRPC, bytes that do not parse end the
+    call as UNKNOWN with the parser's exception text; here they are an INVALID_ARGUMENT like any bad input."""
+    if deserialize is None:
+        return raw
+    try:
+        return deserialize(raw)
+    except DecodeError:  # corrupt wire format, wrong wire types, bad UTF-8 in a string field
+        raise errors.InvalidArgument("the request does not parse as this method's request message",
+                                     reason="MALFORMED_REQUEST") from None
+
+
 def _failure(error: Exception, method: str) -> grpc.Status:
     """The status a failed call ends with; an unexpected error's traceback goes to the log."""
     if not isinstance(error, errors.GongjiError):
@@ -67,10 +81,13 @@ def _failure(error: Exception, method: str) -> grpc.Status:
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Turns exceptions raised by servicers into statuses; nothing unexpected reaches the client as is."""
 
-    def __init__(self, observe: Callable[[str, str, float], None] | None = None) -> None:
+    def __init__(self, observe: Callable[[str, str, float], None] | None = None,
+                 authorize: Callable[[str, Any], None] | None = None) -> None:
         self._wrapped: dict[str, tuple[Any, Any]] = {}
         # Told (method, status code name, seconds) after every unary call: the RPC metrics.
         self._observe = observe
+        # Called with (method, context) before every call; raises PermissionDenied to refuse it.
+        self._authorize = authorize
 
     async def intercept_service(
         self,
@@ -85,20 +102,24 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]  # wrapping anew on every call was a measurable share of each RPC's cost
-        wrapped = self._wrap(handler, method, self._observe)
+        wrapped = self._wrap(handler, method, self._observe, self._authorize)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
     @staticmethod
-    def _wrap(handler: Any, method: str, observe: Callable[[str, str, float], None] | None) -> Any:
+    def _wrap(handler: Any, method: str, observe: Callable[[str, str, float], None] | None,
+              authorize: Callable[[str, Any], None] | None) -> Any:
+        deserialize = handler.request_deserializer
         if handler.unary_unary is not None:
             inner = handler.unary_unary
 
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            async def unary_unary(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 started = time.perf_counter()
                 code = "OK"
                 try:
-                    return await inner(request, context)
+                    if authorize is not None:
+                        authorize(method, context)
+                    return await inner(_decode(deserialize, raw), context)
                 except Exception as error:
                     if isinstance(error, grpc.aio.AbortError):
                         code = "ABORTED_BY_HANDLER"
@@ -111,14 +132,15 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
                         observe(method, code, time.perf_counter() - started)
 
             return grpc.unary_unary_rpc_method_handler(
-                unary_unary, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+                unary_unary, request_deserializer=None, response_serializer=handler.response_serializer)
         if handler.unary_stream is not None:
             inner_stream = handler.unary_stream
 
-            async def unary_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            async def unary_stream(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
                 try:
-                    responses = inner_stream(request, context)
+                    if authorize is not None:
+                        authorize(method, context)
+                    responses = inner_stream(_decode(deserialize, raw), context)
                     if hasattr(responses, "__aiter__"):
                         async for item in responses:
                             yield item
@@ -131,6 +153,5 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
                     await context.abort(status.code, status.details, status.trailing_metadata)
 
             return grpc.unary_stream_rpc_method_handler(
-                unary_stream, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+                unary_stream, request_deserializer=None, response_serializer=handler.response_serializer)
         return handler

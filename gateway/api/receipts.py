@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+from gateway.domain.audit import CHECKPOINT_TYPE
 from gateway.domain.envelope import GATEWAY, Envelope
 from gateway.domain.settlement import Figures
 from gateway.security.signing import EnvelopeSigner
@@ -43,3 +44,6 @@ class SignedReceiptIssuer:
             positions=[settlements_pb2.ProvincePosition(province=p.province, net_fen=p.net_fen)
                        for p in figures.positions if p.province == receiver])
         return self._signer.sign(FIGURES_TYPE, message.SerializeToString())
+
+    def sign_checkpoint(self, payload: bytes) -> Envelope:
+        return self._signer.sign(CHECKPOINT_TYPE, payload)

@@ -8,7 +8,9 @@ from typing import Any, TypeVar
 import grpc
 
 from gateway.api import convert
+from gateway.api.transport import province_caller
 from gateway.usecases import bindings as binding_cases
+from gateway.usecases import keys as key_cases
 from gateway.usecases import monitoring as monitoring_cases
 from gateway.usecases import provinces as province_cases
 from gateway.usecases import relations as relation_cases
@@ -19,6 +21,8 @@ from gateway.usecases.relations import MemberDirectory
 from gateway.wire import envelope_from_proto, envelope_to_proto
 from protos.gongji.v1 import (
     common_pb2,
+    keys_pb2,
+    keys_pb2_grpc,
     operations_pb2,
     operations_pb2_grpc,
     relations_pb2,
@@ -65,8 +69,8 @@ class UseCaseRunner:
 
 
 def peer_identity(context: Context) -> str | None:
-    """The province the transport authenticated, or None on a connection without client certificates."""
-    return None
+    """The province the transport authenticated, or None on a plaintext development port."""
+    return province_caller(context)
 
 
 class TransfersServicer(transfers_pb2_grpc.TransfersServicer):
@@ -260,3 +264,15 @@ class SettlementsServicer(settlements_pb2_grpc.SettlementsServicer):
         return settlements_pb2.AcknowledgeSettlementResponse(
             receipt=envelope, replay=answer.replay,
             state=settlements_pb2.SettlementWindowState.Value(f"SETTLEMENT_WINDOW_STATE_{state}"))
+
+
+class GatewayKeysServicer(keys_pb2_grpc.GatewayKeysServicer):
+    """The gateway's public keys, current and retiring, for provinces verifying what it signs."""
+
+    def __init__(self, run: UseCaseRunner) -> None:
+        self._run = run
+
+    async def ListGatewayKeys(self, request: keys_pb2.ListGatewayKeysRequest,
+                              context: Context) -> keys_pb2.ListGatewayKeysResponse:
+        keys = await self._run.query(key_cases.gateway_keys)
+        return keys_pb2.ListGatewayKeysResponse(keys=[convert.gateway_key_to_proto(k) for k in keys])

@@ -69,3 +69,9 @@ class Unimplemented(GongjiError):
     """Declared in the contract, implemented by a later release."""
 
     default_reason = "NOT_IMPLEMENTED"
+
+
+class RateLimited(GongjiError):
+    """The calling province has spent its request budget for now: retry later, with the same message_id."""
+
+    default_reason = "RATE_LIMITED"

@@ -12,6 +12,8 @@ from gateway.domain.errors import InvalidArgument
 
 PROVINCE_CODE = re.compile(r"[0-9]{2}0000")  # ASCII digits only, as in ID numbers
 KEY_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
+# A DNS name is at most 253 characters; with ":port" (or an IPv6 literal in brackets) 261 is enough.
+MAX_ENDPOINT_LENGTH = 261
 
 
 class ProvinceStatus(enum.Enum):
@@ -89,8 +91,11 @@ def validate_province_code(code: str, field_name: str = "code") -> None:
 
 def validate_endpoint(endpoint: str, field_name: str = "endpoint") -> None:
     host, sep, port = endpoint.rpartition(":")
-    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
-        raise InvalidArgument("an endpoint is host:port", reason="INVALID_ENDPOINT", field=field_name)
+    # The length first: int() of a port thousands of digits long raises ValueError, not a clear error.
+    if (len(endpoint) > MAX_ENDPOINT_LENGTH or not endpoint.isprintable() or not sep or not host
+            or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536):
+        raise InvalidArgument(f"an endpoint is host:port, at most {MAX_ENDPOINT_LENGTH} printable characters",
+                              reason="INVALID_ENDPOINT", field=field_name)
 
 
 def validate_key(key: ProvinceKey, field_name: str = "keys") -> None:

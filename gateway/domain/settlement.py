@@ -6,7 +6,7 @@ import enum
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 from gateway.domain.clock import BEIJING
 from gateway.domain.envelope import Header
@@ -76,9 +76,14 @@ def span_of(window_id: str) -> WindowSpan:
     validate_window_id(window_id)
     try:
         if len(window_id) == 10:
-            return _span(date.fromisoformat(window_id), SettlementPeriod.DAILY)
-        return _span(date.fromisoformat(window_id + "-01"), SettlementPeriod.MONTHLY)
-    except ValueError:
+            span = _span(date.fromisoformat(window_id), SettlementPeriod.DAILY)
+        else:
+            span = _span(date.fromisoformat(window_id + "-01"), SettlementPeriod.MONTHLY)
+        # At the ends of the calendar (0001-01-01, 9999-12-31) the span's bounds cannot be expressed in UTC.
+        for bound in (span.opens_at, span.closes_at):
+            bound.astimezone(UTC)
+        return span
+    except (ValueError, OverflowError):
         raise InvalidArgument("window_id is not a real day or month", reason="INVALID_WINDOW_ID",
                               field="window_id") from None
 

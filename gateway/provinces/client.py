@@ -8,6 +8,7 @@ grpc.RpcError never leaves this module: every outcome becomes a SendResult.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
 import grpc
@@ -19,6 +20,7 @@ from gateway.domain.provinces import Province
 from gateway.domain.records import OutboxKind
 from gateway.domain.transfers import REASON_PATTERN, PersonRef
 from gateway.security.signing import EnvelopeSigner
+from gateway.security.tls import TlsFiles, province_dns
 from gateway.usecases.bindings import state_of_outcome_message
 from gateway.usecases.outbox import OutboxWork, SendResult
 from gateway.usecases.transfers import state_of_outcome_message_for_transfer
@@ -30,26 +32,57 @@ log = logging.getLogger(__name__)
 MAX_CACHED_CHANNELS = 64
 
 
+def channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
+    key, cert, ca = files.read()
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+
 class ProvinceClient:
-    def __init__(self, signer: EnvelopeSigner, clock: Clock, call_timeout_seconds: float) -> None:
+    def __init__(self, signer: EnvelopeSigner, clock: Clock, call_timeout_seconds: float,
+                 tls: TlsFiles | None = None) -> None:
         self._signer = signer
         self._clock = clock
         self._timeout = call_timeout_seconds
-        self._stubs: dict[str, province_pb2_grpc.ProvinceInboxStub] = {}
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._tls = tls
+        self._credentials = channel_credentials(tls) if tls is not None else None
+        self._tls_stamp = tls.stamp() if tls is not None else ()
+        self._tls_checked = time.monotonic()
+        self._stubs: dict[tuple[str, str], province_pb2_grpc.ProvinceInboxStub] = {}
+        self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
 
-    def _stub(self, endpoint: str) -> province_pb2_grpc.ProvinceInboxStub:
+    def _follow_certificate_files(self) -> None:
+        """Replaced certificate files are used from the next connection on (checked once a second)."""
+        if self._tls is None or time.monotonic() - self._tls_checked < 1.0:
+            return
+        self._tls_checked = time.monotonic()
+        try:
+            stamp = self._tls.stamp()
+            if stamp != self._tls_stamp:
+                self._credentials, self._tls_stamp = channel_credentials(self._tls), stamp
+                self._stubs.clear()
+                self._channels.clear()  # closed by garbage collection; in-flight calls finish
+        except (OSError, ValueError):
+            pass  # being replaced: keep the current ones
+
+    def _stub(self, endpoint: str, province: str) -> province_pb2_grpc.ProvinceInboxStub:
         # Keyed by endpoint, read fresh from the routing table for every message: an endpoint change
         # takes effect on the next call.
-        stub = self._stubs.get(endpoint)
+        self._follow_certificate_files()
+        key = (endpoint, province)
+        stub = self._stubs.get(key)
         if stub is None:
             if len(self._channels) >= MAX_CACHED_CHANNELS:
                 oldest = next(iter(self._channels))
                 self._stubs.pop(oldest, None)
                 self._channels.pop(oldest)  # closed by garbage collection; in-flight calls finish
-            channel = grpc.aio.insecure_channel(endpoint)
-            self._channels[endpoint] = channel
-            stub = self._stubs[endpoint] = province_pb2_grpc.ProvinceInboxStub(channel)
+            if self._credentials is None:
+                channel = grpc.aio.insecure_channel(endpoint)
+            else:
+                # The province's certificate must name it: a wrong endpoint cannot receive its messages.
+                channel = grpc.aio.secure_channel(endpoint, self._credentials,
+                                                  options=[("grpc.ssl_target_name_override", province_dns(province))])
+            self._channels[key] = channel
+            stub = self._stubs[key] = province_pb2_grpc.ProvinceInboxStub(channel)
         return stub
 
     def _header(self, message_id: str, receiver: str) -> common_pb2.Header:
@@ -88,7 +121,8 @@ class ProvinceClient:
         request = province_pb2.DeliverTransferRequest(
             instruction=envelope_to_proto(work.instruction),
             delivery=self._sign("gongji.v1.TransferDelivery", delivery.SerializeToString()))
-        answer = await self._stub(work.endpoint).DeliverTransfer(request, timeout=self._timeout)  # type: ignore[misc]
+        stub = self._stub(work.endpoint, work.message.destination)
+        answer = await stub.DeliverTransfer(request, timeout=self._timeout)  # type: ignore[misc]
         if answer.decision == province_pb2.DELIVERY_DECISION_ACCEPTED:
             return SendResult(acknowledged=True)
         if answer.decision == province_pb2.DELIVERY_DECISION_REJECTED:
@@ -114,7 +148,7 @@ class ProvinceClient:
     async def _send_outcome(self, work: OutboxWork, outcome: province_pb2.Outcome) -> SendResult:
         request = province_pb2.NotifyOutcomeRequest(
             outcome=self._sign("gongji.v1.Outcome", outcome.SerializeToString()))
-        await self._stub(work.endpoint).NotifyOutcome(request, timeout=self._timeout)  # type: ignore[misc]
+        await self._stub(work.endpoint, work.message.destination).NotifyOutcome(request, timeout=self._timeout)  # type: ignore[misc]
         return SendResult(acknowledged=True)
 
     async def _request_consent(self, work: OutboxWork) -> SendResult:
@@ -126,7 +160,7 @@ class ProvinceClient:
         request = province_pb2.RequestConsentRequest(
             proposal=envelope_to_proto(work.instruction),
             consent_request=self._sign("gongji.v1.ConsentRequest", consent.SerializeToString()))
-        await self._stub(work.endpoint).RequestConsent(request, timeout=self._timeout)  # type: ignore[misc]
+        await self._stub(work.endpoint, work.message.destination).RequestConsent(request, timeout=self._timeout)  # type: ignore[misc]
         return SendResult(acknowledged=True)
 
     async def _notify_binding(self, work: OutboxWork) -> SendResult:
@@ -144,7 +178,7 @@ class ProvinceClient:
         assert work.figures is not None
         # The figures go exactly as signed at closing: the province acknowledges the digest of these bytes.
         request = province_pb2.NotifySettlementRequest(figures=envelope_to_proto(work.figures))
-        await self._stub(work.endpoint).NotifySettlement(request, timeout=self._timeout)  # type: ignore[misc]
+        await self._stub(work.endpoint, work.message.destination).NotifySettlement(request, timeout=self._timeout)  # type: ignore[misc]
         return SendResult(acknowledged=True)
 
     async def check_member(self, province: Province, person: PersonRef) -> MemberStatus | None:
@@ -154,7 +188,7 @@ class ProvinceClient:
             person=common_pb2.PersonRef(id_number=person.id_number, pooling_area=person.pooling_area))
         request = province_pb2.CheckMemberRequest(query=self._sign("gongji.v1.MemberQuery", query.SerializeToString()))
         try:
-            answer = await self._stub(province.endpoint).CheckMember(  # type: ignore[misc]
+            answer = await self._stub(province.endpoint, province.code).CheckMember(  # type: ignore[misc]
                 request, timeout=self._timeout)
         except grpc.aio.AioRpcError as error:
             log.warning("CheckMember at province %s failed: %s", province.code, error.code().name)

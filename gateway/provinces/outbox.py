@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from gateway.provinces.client import ProvinceClient
+from gateway.usecases.audit import checkpoint_audit
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.outbox import Backoff, claim_outbox_work, record_outbox_results, sweep_deadlines
 from gateway.usecases.settlements import close_due_windows
@@ -28,6 +29,8 @@ class OutboxSettings:
     poll_interval_seconds: float = 0.25
     sweep_interval_seconds: float = 0.5
     lease_seconds: float = 30.0
+    # How often the audit chain's head is signed (a checkpoint), when it has grown.
+    checkpoint_interval_seconds: float = 60.0
     backoff: Backoff = field(default_factory=Backoff)
 
 
@@ -62,8 +65,15 @@ class OutboxWorker:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         next_sweep = 0.0
+        next_checkpoint = loop.time() + self._settings.checkpoint_interval_seconds
         idle_wait = 0.0
         while not self._stopping:
+            if loop.time() >= next_checkpoint:
+                try:
+                    await self._run_in_db(checkpoint_audit, self._ctx)
+                except Exception:
+                    log.exception("audit checkpoint failed; retrying")
+                next_checkpoint = loop.time() + self._settings.checkpoint_interval_seconds
             if loop.time() >= next_sweep:
                 try:
                     await self._run_in_db(sweep_deadlines, self._ctx)

@@ -12,12 +12,13 @@ import threading
 import weakref
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, Table, and_, bindparam, case, create_engine, event, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import ClauseElement
 
+from gateway.domain.audit import GENESIS, AuditEntry, AuditEvent, Checkpoint, chain
 from gateway.domain.bindings import Attestation, Binding, BindingState
 from gateway.domain.eligibility import AttestationMethod
 from gateway.domain.envelope import Envelope
@@ -36,8 +37,12 @@ from gateway.domain.settlement import (
 from gateway.domain.transfers import Transfer, TransferEvent, TransferState
 from gateway.store.prepared import Cursor, Prepared
 from gateway.store.tables import (
+    AuditCheckpointRow,
+    AuditEntryRow,
+    AuditHeadRow,
     Base,
     BindingRow,
+    GatewayKeyRow,
     GiverDayRow,
     MemberSuspensionRow,
     OutboxRow,
@@ -62,6 +67,10 @@ outbox_t: Table = OutboxRow.__table__  # type: ignore[assignment]
 bindings_t: Table = BindingRow.__table__  # type: ignore[assignment]
 suspensions_t: Table = MemberSuspensionRow.__table__  # type: ignore[assignment]
 giver_days_t: Table = GiverDayRow.__table__  # type: ignore[assignment]
+audit_t: Table = AuditEntryRow.__table__  # type: ignore[assignment]
+gateway_keys_t: Table = GatewayKeyRow.__table__  # type: ignore[assignment]
+audit_head_t: Table = AuditHeadRow.__table__  # type: ignore[assignment]
+checkpoints_t: Table = AuditCheckpointRow.__table__  # type: ignore[assignment]
 windows_t: Table = SettlementWindowRow.__table__  # type: ignore[assignment]
 pairs_t: Table = SettlementPairRow.__table__  # type: ignore[assignment]
 statements_t: Table = SettlementStatementRow.__table__  # type: ignore[assignment]
@@ -104,6 +113,8 @@ def create_schema(engine: Engine) -> None:
     with engine.begin() as conn:
         if conn.execute(select(routing_version_t.c.version)).first() is None:
             conn.execute(routing_version_t.insert().values(id=1, version=0))
+        if conn.execute(select(audit_head_t.c.size)).first() is None:
+            conn.execute(audit_head_t.insert().values(id=1, size=0, head_hash=GENESIS))
 
 
 def drop_schema(engine: Engine) -> None:
@@ -240,6 +251,22 @@ class Statements:
         self.assign_window = p(update(transfers_t).where(t.transfer_id == _b("w_id"))
                                .values(settlement_window_id=_b("window_id")))
 
+        a, h = audit_t.c, audit_head_t.c
+        self.ensure_audit_head = p(insert(audit_head_t).on_conflict_do_nothing().values(
+            id=1, size=0, head_hash=GENESIS))
+        # Locked for the last moments of each appending transaction: entries are chained in commit order.
+        self.audit_head_for_append = p(select(h.size, h.head_hash).where(h.id == 1).with_for_update())
+        self.audit_head = p(select(h.size, h.head_hash).where(h.id == 1))
+        self.move_audit_head = p(update(audit_head_t).where(h.id == 1).values(size=_b("size"),
+                                                                               head_hash=_b("head_hash")))
+        self.insert_audit = p(audit_t.insert())
+        c = checkpoints_t.c
+        self.insert_checkpoint = p(insert(checkpoints_t).on_conflict_do_nothing())
+        self.checkpoints = p(select(c.size, c.head_hash, c.at, c.payload, c.key_id, c.signature).order_by(c.size))
+        self.last_checkpoint = p(select(func.max(c.size)))
+        self.audit_entries = p(select(a.seq, a.kind, a.subject_id, a.action, a.at, a.detail, a.prev_hash, a.entry_hash)
+                               .where(a.seq > _b("after")).order_by(a.seq).limit(_b("limit")))
+
         self.enqueue = p(insert(outbox_t).on_conflict_do_nothing().values(
             destination=_b("destination"), kind=_b("kind"), message_id=_b("message_id"), subject_id=_b("subject_id"),
             status="PENDING", attempts=0, next_attempt_at=_b("at"), last_error="", created_at=_b("at")))
@@ -297,14 +324,30 @@ class RoutingCache:
         return provinces, owners
 
 
+class Sealer(Protocol):
+    """Encrypts stored values that hold personal data; `place` binds a value to its table, column and row."""
+
+    def seal(self, plaintext: bytes, place: bytes) -> bytes: ...
+    def open(self, sealed: bytes, place: bytes) -> bytes: ...
+
+
+class _NoSealer:
+    def seal(self, plaintext: bytes, place: bytes) -> bytes:
+        raise RuntimeError("no sealer configured for this database: personal data is never stored in clear")
+
+    def open(self, sealed: bytes, place: bytes) -> bytes:
+        return self.seal(sealed, place)
+
+
 class SqlStore:
-    """What every unit of work on one engine shares: compiled statements and the routing cache."""
+    """What every unit of work on one engine shares: compiled statements, the routing cache, the sealer."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.statements = Statements(engine)
         self.routing = RoutingCache()
         self.is_sqlite = engine.dialect.name == "sqlite"
+        self.sealer: Sealer = _NoSealer()
 
 
 _STORES: weakref.WeakKeyDictionary[Engine, SqlStore] = weakref.WeakKeyDictionary()
@@ -319,9 +362,28 @@ def store_for(engine: Engine) -> SqlStore:
         return store
 
 
+def use_sealer(engine: Engine, sealer: Sealer) -> None:
+    """How this database's personal data is encrypted at rest (the instruction and proposal payloads)."""
+    store_for(engine).sealer = sealer
+
+
+def _instruction_place(transfer_id: str) -> bytes:
+    return b"transfers.instruction_payload:" + transfer_id.encode()
+
+
+def _proposal_place(binding_id: str) -> bytes:
+    return b"bindings.proposal_payload:" + binding_id.encode()
+
+
+def _when(province: Province) -> datetime:
+    if province.updated_at is None:
+        raise ValueError("a province is stored with the time of its change")
+    return province.updated_at
+
+
 class SqlProvinceRepository:
-    def __init__(self, cursor: Cursor, store: SqlStore) -> None:
-        self._cursor, self._s, self._store = cursor, store.statements, store
+    def __init__(self, cursor: Cursor, store: SqlStore, audit: SqlAuditLog) -> None:
+        self._cursor, self._s, self._store, self._audit = cursor, store.statements, store, audit
         self._snapshot: tuple[dict[str, Province], dict[str, tuple[str, ProvinceKey]]] | None = None
 
     def _routing(self) -> tuple[dict[str, Province], dict[str, tuple[str, ProvinceKey]]]:
@@ -347,12 +409,21 @@ class SqlProvinceRepository:
         self._cursor.run(self._s.insert_province, code=province.code, **self._values(province))
         self._write_keys(province, existing=set())
         self._changed()
+        self._audit.record("province", province.code, "REGISTERED", _when(province), self._describe(province))
+
+    @staticmethod
+    def _describe(province: Province) -> str:
+        keys = ",".join(f"{k.key_id}:{k.public_key.hex()}:{k.valid_from.isoformat() if k.valid_from else ''}:"
+                        f"{k.valid_until.isoformat() if k.valid_until else ''}" for k in province.keys)
+        return f"status={province.status.value} endpoint={province.endpoint} keys={keys} " \
+               f"policy={_policy_to_json(province.policy)}"
 
     def update(self, province: Province) -> None:
         self._cursor.run(self._s.update_province, w_code=province.code, **self._values(province))
         current = self._routing()[0].get(province.code)
         self._write_keys(province, existing={k.key_id for k in current.keys} if current else set())
         self._changed()
+        self._audit.record("province", province.code, "UPDATED", _when(province), self._describe(province))
 
     def _write_keys(self, province: Province, existing: set[str]) -> None:
         for key in province.keys:
@@ -404,8 +475,9 @@ class SqlRequestRepository:
 
 
 class SqlTransferRepository:
-    def __init__(self, cursor: Cursor, store: SqlStore) -> None:
-        self._cursor, self._s, self._dialect = cursor, store.statements, store.engine.dialect
+    def __init__(self, cursor: Cursor, store: SqlStore, audit: SqlAuditLog) -> None:
+        self._cursor, self._s, self._dialect, self._audit = cursor, store.statements, store.engine.dialect, audit
+        self._sealer = store.sealer
 
     def page(self, where: TransferFilter, after: tuple[datetime, str] | None, limit: int) -> list[Transfer]:
         """Transfers in (created_at, transfer_id) order after `after`: new ones only ever come later."""
@@ -465,10 +537,14 @@ class SqlTransferRepository:
             currency=transfer.currency, binding_id=transfer.binding_id, created_at=transfer.created_at,
             updated_at=transfer.updated_at, return_deadline=transfer.return_deadline,
             delivery_deadline=transfer.delivery_deadline, instruction_sha256=transfer.instruction_sha256,
-            instruction_payload=envelope.payload, instruction_signer=envelope.signer,
+            instruction_payload=self._sealer.seal(envelope.payload, _instruction_place(transfer.transfer_id)),
+            instruction_signer=envelope.signer,
             instruction_key_id=envelope.key_id, instruction_alg=envelope.alg,
             instruction_signature=envelope.signature, settlement_window_id=transfer.settlement_window_id)
         self.add_event(transfer.transfer_id, transfer.state, transfer.reason, transfer.created_at)
+        self._audit.record("transfer", transfer.transfer_id, transfer.state.value, transfer.created_at,
+                           f"{transfer.giver_province}->{transfer.receiver_province} amount_fen={transfer.amount_fen} "
+                           f"binding={transfer.binding_id} instruction_sha256={transfer.instruction_sha256.hex()}")
         if transfer.binding_id:
             self._cursor.run(self._s.add_used, w_id=transfer.binding_id, amount=transfer.amount_fen)
 
@@ -493,11 +569,6 @@ class SqlTransferRepository:
                             for state, at, reason in self._cursor.all(self._s.history, w_id=transfer_id))
         return self._transfer(dict(zip(self._s.get_transfer.columns, raw, strict=True)), history)
 
-    @staticmethod
-    def _envelope(v: dict[str, Any]) -> Envelope:
-        return Envelope(bytes(v["instruction_payload"]), "gongji.v1.TransferInstruction", v["instruction_signer"],
-                        v["instruction_key_id"], v["instruction_alg"], bytes(v["instruction_signature"]))
-
     def exists(self, transfer_id: str) -> bool:
         return self._cursor.first(self._s.transfer_exists, w_id=transfer_id) is not None
 
@@ -505,7 +576,10 @@ class SqlTransferRepository:
         raw = self._cursor.first(self._s.instruction, w_id=transfer_id)
         if raw is None:
             return None
-        return self._envelope(dict(zip(self._s.instruction.columns, raw, strict=True)))
+        v = dict(zip(self._s.instruction.columns, raw, strict=True))
+        payload = self._sealer.open(bytes(v["instruction_payload"]), _instruction_place(transfer_id))
+        return Envelope(payload, "gongji.v1.TransferInstruction", v["instruction_signer"], v["instruction_key_id"],
+                        v["instruction_alg"], bytes(v["instruction_signature"]))
 
     def change_state(self, transfer_id: str, from_states: Sequence[TransferState], to: TransferState,
                      reason: str, at: datetime) -> bool:
@@ -515,6 +589,7 @@ class SqlTransferRepository:
             if self._cursor.run(self._s.change_state, w_id=transfer_id, w_from=state.value, state=to.value,
                                 reason=reason, updated_at=at) == 1:
                 self.add_event(transfer_id, to, reason, at)
+                self._audit.record("transfer", transfer_id, to.value, at, reason)
                 if to in _FAILED and not state.is_final:
                     # A failed transfer no longer counts against its binding's authorised amount (D10),
                     # nor against its giver's transfers of the day (D12).
@@ -551,8 +626,9 @@ class SqlTransferRepository:
 
 
 class SqlBindingRepository:
-    def __init__(self, cursor: Cursor, store: SqlStore) -> None:
-        self._cursor, self._s = cursor, store.statements
+    def __init__(self, cursor: Cursor, store: SqlStore, audit: SqlAuditLog) -> None:
+        self._cursor, self._s, self._audit = cursor, store.statements, audit
+        self._sealer = store.sealer
 
     def add(self, binding: Binding, envelope: Envelope) -> None:
         self._cursor.run(
@@ -565,8 +641,13 @@ class SqlBindingRepository:
             receiver_birth_date=binding.receiver_birth_date,
             consent_by=binding.consent_by, created_at=binding.created_at, updated_at=binding.updated_at,
             attestation_method="", evidence_ref="", attested_at=None, proposal_sha256=binding.proposal_sha256,
-            proposal_payload=envelope.payload, proposal_signer=envelope.signer, proposal_key_id=envelope.key_id,
+            proposal_payload=self._sealer.seal(envelope.payload, _proposal_place(binding.binding_id)),
+            proposal_signer=envelope.signer, proposal_key_id=envelope.key_id,
             proposal_alg=envelope.alg, proposal_signature=envelope.signature)
+        self._audit.record("binding", binding.binding_id, binding.state.value, binding.created_at,
+                           f"{binding.giver_province}->{binding.receiver_province} relation={binding.relation_code} "
+                           f"authorised_fen={binding.authorised_amount_fen} "
+                           f"proposal_sha256={binding.proposal_sha256.hex()}")
 
     def _binding(self, raw: Sequence[Any]) -> Binding:
         v = dict(zip(self._s.get_binding.columns, raw, strict=True))
@@ -593,20 +674,24 @@ class SqlBindingRepository:
         raw = self._cursor.first(self._s.proposal, w_id=binding_id)
         if raw is None:
             return None
-        payload, signer, key_id, alg, signature = raw
-        return Envelope(bytes(payload), "gongji.v1.BindingProposal", signer, key_id, alg, bytes(signature))
+        sealed, signer, key_id, alg, signature = raw
+        payload = self._sealer.open(bytes(sealed), _proposal_place(binding_id))
+        return Envelope(payload, "gongji.v1.BindingProposal", signer, key_id, alg, bytes(signature))
 
     def change_state(self, binding_id: str, from_states: Sequence[BindingState], to: BindingState, reason: str,
                      at: datetime) -> bool:
         for state in from_states:
             if self._cursor.run(self._s.change_binding_state, w_id=binding_id, w_from=state.value, state=to.value,
                                 reason=reason[:REASON_MAX], updated_at=at) == 1:
+                self._audit.record("binding", binding_id, to.value, at, reason[:REASON_MAX])
                 return True
         return False
 
     def record_attestation(self, binding_id: str, attestation: Attestation) -> None:
         self._cursor.run(self._s.attest_binding, w_id=binding_id, attestation_method=attestation.method.value,
                          evidence_ref=attestation.evidence_ref[:128], attested_at=attestation.attested_at)
+        self._audit.record("binding", binding_id, "ATTESTED", attestation.attested_at,
+                           f"method={attestation.method.value} evidence_ref={attestation.evidence_ref[:128]}")
 
     def of_person(self, person_ref: bytes) -> list[Binding]:
         return [self._binding(raw) for raw in self._cursor.all(self._s.bindings_of_person, ref=person_ref)]
@@ -664,8 +749,8 @@ class SqlOutboxRepository:
 class SqlSettlementRepository:
     """Settlement windows, their frozen figures, the provinces' statements and acknowledgements."""
 
-    def __init__(self, cursor: Cursor, store: SqlStore) -> None:
-        self._cursor, self._s, self._dialect = cursor, store.statements, store.engine.dialect
+    def __init__(self, cursor: Cursor, store: SqlStore, audit: SqlAuditLog) -> None:
+        self._cursor, self._s, self._dialect, self._audit = cursor, store.statements, store.engine.dialect, audit
 
     def _prepared(self, statement: ClauseElement) -> Prepared:
         # Settlement statements run a few times a day: compiled per call, run like every other statement.
@@ -716,18 +801,24 @@ class SqlSettlementRepository:
              "figures_key_id": envelope.key_id, "figures_alg": envelope.alg, "figures_signature": envelope.signature,
              "figures_sha256": digest, "acknowledged_at": None, "ack_message_id": "", "ack_payload": None,
              "ack_key_id": "", "ack_signature": None} for province, envelope, digest in statements])
-        changed = self.change_state(window_id, WindowState.OPEN, WindowState.CLOSED, at, closed=True)
+        figures = [f"{p.from_province}->{p.to_province}:{p.gross_fen}:{p.transfer_count}" for p in pairs]
+        sent = [f"{province}:{digest.hex()}" for province, _, digest in statements]
+        changed = self.change_state(window_id, WindowState.OPEN, WindowState.CLOSED, at, closed=True,
+                                    detail=" ".join(figures + sent))
         assert changed, "the window was locked OPEN by this transaction"
 
     def change_state(self, window_id: str, from_state: WindowState, to: WindowState, at: datetime,
-                     closed: bool = False) -> bool:
+                     closed: bool = False, detail: str = "") -> bool:
         w = windows_t.c
         values: dict[str, Any] = {"state": to.value, "updated_at": at}
         if closed:
             values["closed_at"] = at
         statement = self._prepared(update(windows_t).where(and_(w.window_id == window_id,
                                                                 w.state == from_state.value)).values(**values))
-        return self._cursor.run(statement) == 1
+        if self._cursor.run(statement) != 1:
+            return False
+        self._audit.record("settlement", window_id, to.value, at, detail)
+        return True
 
     def get(self, window_id: str) -> SettlementWindow | None:
         w, pr, st = windows_t.c, pairs_t.c, statements_t.c
@@ -791,7 +882,11 @@ class SqlSettlementRepository:
             st.window_id == window_id, st.province == province, st.acknowledged_at.is_(None))).values(
             acknowledged_at=at, ack_message_id=message_id, ack_payload=envelope.payload, ack_key_id=envelope.key_id,
             ack_signature=envelope.signature))
-        return self._cursor.run(statement) == 1
+        if self._cursor.run(statement) != 1:
+            return False
+        self._audit.record("settlement", window_id, "AGREED", at,
+                           f"{province} message_id={message_id} signature={envelope.signature.hex()}")
+        return True
 
     def unacknowledged(self, window_id: str) -> int:
         st = statements_t.c
@@ -805,11 +900,93 @@ class SqlSettlementRepository:
             pr.window_id == window_id, pr.from_province == payment.from_province,
             pr.to_province == payment.to_province, pr.paid_on.is_(None))).values(
             bank=payment.bank, serial_number=payment.serial_number, paid_on=payment.paid_on, paid_recorded_at=at)))
+        self._audit.record("settlement", window_id, "PAID", at,
+                           f"{payment.from_province}->{payment.to_province} bank={payment.bank} "
+                           f"serial={payment.serial_number} date={payment.paid_on.isoformat()}")
 
     def counts_by_state(self) -> dict[WindowState, int]:
         w = windows_t.c
         rows = self._cursor.all(self._prepared(select(w.state, func.count()).group_by(w.state)))
         return {WindowState(state): int(count) for state, count in rows}
+
+
+class SqlAuditLog:
+    """The tamper-evident record: events gathered during the unit of work, chained and written at commit."""
+
+    def __init__(self, cursor: Cursor, store: SqlStore) -> None:
+        self._cursor, self._s = cursor, store.statements
+        self._pending: list[AuditEvent] = []
+
+    def record(self, kind: str, subject_id: str, action: str, at: datetime, detail: str = "") -> None:
+        self._pending.append(AuditEvent(kind, subject_id, action, at, detail))
+
+    def flush(self) -> None:
+        """Chain what this transaction did onto the head (locked until commit) and write it."""
+        if not self._pending:
+            return
+        row = self._cursor.first(self._s.audit_head_for_append)
+        if row is None:
+            self._cursor.run(self._s.ensure_audit_head)
+            row = self._cursor.first(self._s.audit_head_for_append)
+        assert row is not None
+        size, head = int(row[0]), bytes(row[1])
+        rows = []
+        for pending in self._pending:
+            size += 1
+            entry = chain(head, size, pending)
+            head = entry.entry_hash
+            rows.append({"seq": entry.seq, "at": entry.at, "kind": entry.kind, "subject_id": entry.subject_id,
+                         "action": entry.action, "detail": entry.detail, "prev_hash": entry.prev_hash,
+                         "entry_hash": entry.entry_hash})
+        self._cursor.run_many(self._s.insert_audit, rows)
+        self._cursor.run(self._s.move_audit_head, size=size, head_hash=head)
+        self._pending.clear()
+
+    def head(self) -> tuple[int, bytes]:
+        row = self._cursor.first(self._s.audit_head)
+        return (0, GENESIS) if row is None else (int(row[0]), bytes(row[1]))
+
+    def entries_after(self, seq: int, limit: int) -> list[AuditEntry]:
+        return [AuditEntry(int(n), kind, subject, action, at, detail, bytes(prev), bytes(entry))
+                for n, kind, subject, action, at, detail, prev, entry in
+                self._cursor.all(self._s.audit_entries, after=seq, limit=limit)]
+
+    def add_checkpoint(self, checkpoint: Checkpoint) -> None:
+        self._cursor.run(self._s.insert_checkpoint, size=checkpoint.size, head_hash=checkpoint.head, at=checkpoint.at,
+                         payload=checkpoint.payload, key_id=checkpoint.key_id, signature=checkpoint.signature)
+
+    def checkpoints(self) -> list[Checkpoint]:
+        return [Checkpoint(int(size), bytes(head), at, bytes(payload), key_id, bytes(signature))
+                for size, head, at, payload, key_id, signature in self._cursor.all(self._s.checkpoints)]
+
+    def last_checkpoint_size(self) -> int:
+        row = self._cursor.first(self._s.last_checkpoint)
+        return int(row[0]) if row and row[0] is not None else 0
+
+
+class SqlGatewayKeyRepository:
+    """The gateway's own public keys (rarely read or written: statements compiled per call)."""
+
+    def __init__(self, cursor: Cursor, store: SqlStore, audit: SqlAuditLog) -> None:
+        self._cursor, self._dialect, self._audit = cursor, store.engine.dialect, audit
+
+    def list(self) -> list[ProvinceKey]:
+        g = gateway_keys_t.c
+        statement = Prepared(select(g.key_id, g.public_key, g.valid_from, g.valid_until)
+                             .order_by(g.valid_from.desc(), g.key_id), self._dialect)
+        return [ProvinceKey(key_id, bytes(public_key), "ed25519", valid_from, valid_until)
+                for key_id, public_key, valid_from, valid_until in self._cursor.all(statement)]
+
+    def add(self, key: ProvinceKey, at: datetime) -> None:
+        self._cursor.run(Prepared(gateway_keys_t.insert(), self._dialect), key_id=key.key_id,
+                         public_key=key.public_key, valid_from=key.valid_from, valid_until=key.valid_until)
+        self._audit.record("gateway", key.key_id, "KEY_ADDED", at, f"public_key={key.public_key.hex()}")
+
+    def retire(self, key_id: str, until: datetime, at: datetime) -> None:
+        g = gateway_keys_t.c
+        self._cursor.run(Prepared(update(gateway_keys_t).where(g.key_id == key_id).values(valid_until=until),
+                                  self._dialect))
+        self._audit.record("gateway", key_id, "KEY_RETIRING", at, f"valid_until={until.isoformat()}")
 
 
 class SqlUnitOfWork:
@@ -824,13 +1001,15 @@ class SqlUnitOfWork:
         self._open = True
         if self._store.is_sqlite:
             self._cursor.raw("BEGIN IMMEDIATE")
-        self.provinces = SqlProvinceRepository(self._cursor, self._store)
+        self.audit = SqlAuditLog(self._cursor, self._store)
+        self.provinces = SqlProvinceRepository(self._cursor, self._store, self.audit)
         self.requests = SqlRequestRepository(self._cursor, self._store)
-        self.transfers = SqlTransferRepository(self._cursor, self._store)
+        self.transfers = SqlTransferRepository(self._cursor, self._store, self.audit)
         self.outbox = SqlOutboxRepository(self._cursor, self._store)
-        self.bindings = SqlBindingRepository(self._cursor, self._store)
+        self.bindings = SqlBindingRepository(self._cursor, self._store, self.audit)
         self.members = SqlMemberRepository(self._cursor, self._store)
-        self.settlements = SqlSettlementRepository(self._cursor, self._store)
+        self.settlements = SqlSettlementRepository(self._cursor, self._store, self.audit)
+        self.gateway_keys = SqlGatewayKeyRepository(self._cursor, self._store, self.audit)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -851,4 +1030,5 @@ class SqlUnitOfWork:
             self._connection.rollback()
 
     def commit(self) -> None:
+        self.audit.flush()
         self._end("COMMIT")

@@ -267,3 +267,53 @@ class GiverDayRow(Base):
     giver_ref: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     count: Mapped[int] = mapped_column(Integer)
+
+
+class AuditEntryRow(Base):
+    """One entry of the tamper-evident record (see gateway/domain/audit.py); written, never updated."""
+
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                     autoincrement=False)
+    at: Mapped[datetime] = mapped_column(UtcDateTime)
+    kind: Mapped[str] = mapped_column(String(16))
+    subject_id: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    prev_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    entry_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class AuditHeadRow(Base):
+    """The chain's end: locked by each appending transaction, so entries are chained one transaction at a time."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    head_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class AuditCheckpointRow(Base):
+    """The gateway's signature over the chain's size and head at one moment."""
+
+    __tablename__ = "audit_checkpoints"
+
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    head_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    at: Mapped[datetime] = mapped_column(UtcDateTime)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    key_id: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class GatewayKeyRow(Base):
+    """The gateway's own public signing keys, current and retiring (issue 5: rotation)."""
+
+    __tablename__ = "gateway_keys"
+
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)
+    valid_from: Mapped[datetime] = mapped_column(UtcDateTime)
+    valid_until: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)

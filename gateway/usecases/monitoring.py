@@ -7,13 +7,14 @@ import base64
 import binascii
 import dataclasses
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 
+from gateway.domain.envelope import MESSAGE_ID_PATTERN
 from gateway.domain.errors import InvalidArgument, NotFound
 from gateway.domain.monitoring import Stats, TransferChange, TransferFilter, TransferPage
 from gateway.domain.provinces import validate_province_code
 from gateway.domain.settlement import WindowState
-from gateway.domain.transfers import Transfer, validate_message_id
+from gateway.domain.transfers import INT64_MAX, Transfer, validate_message_id
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.relations import RunInDb
 
@@ -29,10 +30,12 @@ def _position(token: str) -> tuple[datetime, str]:
     try:
         created_at, _, transfer_id = base64.urlsafe_b64decode(token.encode()).decode().partition("|")
         position = datetime.fromisoformat(created_at)
-    except (binascii.Error, UnicodeDecodeError, ValueError) as error:
+        position.astimezone(UTC)  # a forged time at the calendar's ends (0001-01-01+14:00) has no UTC instant
+    except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError) as error:
         raise InvalidArgument("page_token is not one this gateway gave out", reason="INVALID_PAGE_TOKEN",
                               field="page_token") from error
-    if position.tzinfo is None or not transfer_id:
+    # The transfer id goes into a query: only ids the gateway could have given out (no NUL, no megabytes).
+    if position.tzinfo is None or not MESSAGE_ID_PATTERN.fullmatch(transfer_id):
         raise InvalidArgument("page_token is not one this gateway gave out", reason="INVALID_PAGE_TOKEN",
                               field="page_token")
     return position, transfer_id
@@ -87,7 +90,10 @@ async def watch_transfers(ctx: UseCaseContext, run_in_db: RunInDb, from_cursor: 
     gRPC's flow control holds its stream; nothing is queued for it in the gateway.
     """
     if from_cursor:
-        if not (from_cursor.isascii() and from_cursor.isdigit()):
+        # A cursor is a change's number, an int64: longer strings would not even convert (int() refuses
+        # more than 4300 digits) and larger numbers overflow the database's integers.
+        if not (from_cursor.isascii() and from_cursor.isdigit() and len(from_cursor) <= 19
+                and int(from_cursor) <= INT64_MAX):
             raise InvalidArgument("from_cursor is not one this gateway gave out", reason="INVALID_CURSOR",
                                   field="from_cursor")
         position = int(from_cursor)

@@ -26,6 +26,7 @@ from gateway.domain.settlement import (
     validate_window_id,
     window_containing,
 )
+from gateway.domain.transfers import validate_message_id
 from gateway.usecases.auth import authenticate
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.idempotency import payload_digest, run_once
@@ -193,6 +194,7 @@ def acknowledge_settlement(ctx: UseCaseContext, envelope: Envelope, peer: str | 
         if header.receiver != GATEWAY:
             raise InvalidArgument("an acknowledgement is addressed to the gateway", reason="WRONG_RECEIVER",
                                   field="header.receiver")
+        validate_message_id(header.message_id)  # the idempotency key: as bounded as every other message's
         validate_window_id(ack.window_id)
         if len(ack.figures_sha256) != 32:
             raise InvalidArgument("figures_sha256 must be 32 bytes", reason="INVALID_DIGEST", field="figures_sha256")

@@ -29,7 +29,9 @@ COMMITTED = transfers_pb2.TRANSFER_STATE_COMMITTED
 
 def invoke(stack: Stack, *args: str) -> Result:
     # A wide terminal, so that rich does not wrap the tables' cells.
-    return runner.invoke(app, [*args, "--ops", f"127.0.0.1:{stack.gateway.ops_port}"], env={"COLUMNS": "250"})
+    # The test stacks are plaintext: a var/tls/ left by `make run` in the checkout must not be used.
+    return runner.invoke(app, [*args, "--ops", f"127.0.0.1:{stack.gateway.ops_port}"],
+                         env={"COLUMNS": "250", "GONGJI_INSECURE_DEV_PLAINTEXT": "true"})
 
 
 def gongji(stack: Stack, *args: str) -> tuple[int, str]:

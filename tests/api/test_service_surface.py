@@ -12,7 +12,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from gateway.config import Settings
 from gateway.manifest import load_manifest
-from protos.gongji.v1 import operations_pb2, relations_pb2, settlements_pb2, transfers_pb2
+from protos.gongji.v1 import keys_pb2, operations_pb2, relations_pb2, settlements_pb2, transfers_pb2
 from tests.support import GANSU, XINJIANG, LoopThread, Stack, error_of, start_stack
 
 
@@ -44,7 +44,8 @@ def test_reflection_lets_generic_clients_discover_the_services(stack: Stack) -> 
 def test_every_declared_rpc_is_served(stack: Stack) -> None:
     """The whole contract is implemented: no RPC of any service answers UNIMPLEMENTED any more."""
     services = [(stack.channel, transfers_pb2, "Transfers"), (stack.channel, relations_pb2, "Relations"),
-                (stack.channel, settlements_pb2, "Settlements"), (stack.ops_channel, operations_pb2, "Operations")]
+                (stack.channel, settlements_pb2, "Settlements"), (stack.channel, keys_pb2, "GatewayKeys"),
+                (stack.ops_channel, operations_pb2, "Operations")]
     served = 0
     for channel, module, name in services:
         service = module.DESCRIPTOR.services_by_name[name]
@@ -130,7 +131,8 @@ public_key_hex = "01010101010101010101010101010101010101010101010101010101010101
             code="110000", status=operations_pb2.PROVINCE_STATUS_SUSPENDED), timeout=5)
     finally:
         stack.close()
-    restarted = start_stack(loop_thread, tmp_path / "again", db_url, with_stubs=False, manifest=manifest)
+    # The same gateway (same key files) restarted on the same database.
+    restarted = start_stack(loop_thread, tmp_path, db_url, with_stubs=False, manifest=manifest)
     try:
         beijing = next(p for p in restarted.operations.ListProvinces(operations_pb2.ListProvincesRequest(),
                                                                      timeout=5).provinces if p.code == "110000")

@@ -17,7 +17,8 @@ from gateway.domain.envelope import Envelope
 from gateway.domain.provinces import Policy, Province, ProvinceKey, ProvinceStatus
 from gateway.domain.records import OutboxKind, RequestOutcome
 from gateway.domain.transfers import INT64_MAX, Transfer, TransferEvent, TransferState
-from gateway.store.sql import SqlUnitOfWork, create_schema, make_engine, outbox_t, requests_t
+from gateway.security.encryption import FieldCipher
+from gateway.store.sql import SqlUnitOfWork, create_schema, make_engine, outbox_t, requests_t, use_sealer
 from tests.support import wait_until
 
 T0 = datetime(2026, 5, 1, 7, 0, 0, 123456, tzinfo=UTC)
@@ -30,6 +31,7 @@ DELIVER, NOTIFY = OutboxKind.DELIVER_TRANSFER, OutboxKind.NOTIFY_TRANSFER_OUTCOM
 def engine(db_url: str) -> Iterator[Engine]:
     engine = make_engine(db_url)
     create_schema(engine)
+    use_sealer(engine, FieldCipher.generate())
     yield engine
     engine.dispose()
 

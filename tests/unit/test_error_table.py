@@ -24,6 +24,7 @@ EXPECTED: dict[type[errors.GongjiError], grpc.StatusCode] = {
     errors.RequestInFlight: grpc.StatusCode.ABORTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+    errors.RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,  # a province over its rate limit (issue 5)
 }
 
 UPPER_SNAKE_CASE = re.compile(r"[A-Z][A-Z0-9]*(_[A-Z0-9]+)*")

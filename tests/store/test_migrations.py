@@ -1,0 +1,304 @@
+"""Alembic migrations on a SQLite file and PostgreSQL: head is the typed tables, unknown schemas are refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, inspect, text
+
+from gateway.store import schema
+from gateway.store.schema import (
+    SchemaError,
+    SchemaState,
+    current_revision,
+    ensure_known_schema,
+    head_revision,
+    schema_status,
+    upgrade,
+)
+from gateway.store.sql import create_schema, make_engine
+from gateway.store.tables import Base
+from tests.support import LoopThread, start_stack
+
+GONGJI = Path(sys.executable).with_name("gongji")
+UNKNOWN_REVISION = "ffffffffffff"
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    engine = make_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+def differences(engine: Engine) -> list[Any]:
+    """What alembic's autogenerate would change to make the database match the typed tables."""
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        return list(compare_metadata(context, Base.metadata))
+
+
+def run(sql: str, engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(text(sql))
+
+
+def table_names(engine: Engine) -> set[str]:
+    with engine.connect() as conn:
+        return set(inspect(conn).get_table_names())
+
+
+# -- the migrations themselves -------------------------------------------------------------------
+
+
+def test_the_migrations_have_one_head_and_a_chain_down_to_nothing() -> None:
+    scripts = schema._scripts()
+    assert scripts.get_heads() == [head_revision()]
+    chain = list(scripts.walk_revisions())
+    assert chain[0].revision == head_revision() and chain[-1].down_revision is None
+
+
+def test_upgrading_an_empty_database_creates_exactly_the_typed_tables(engine: Engine) -> None:
+    """The drift check: fails when gateway/store/tables.py changes without a migration (make migration)."""
+    assert schema_status(engine).state is SchemaState.EMPTY and current_revision(engine) is None
+    before = upgrade(engine)
+    assert before.state is SchemaState.EMPTY
+    assert current_revision(engine) == head_revision()
+    assert differences(engine) == []
+    assert table_names(engine) == set(Base.metadata.tables) | {schema.VERSION_TABLE}
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT id, version FROM routing_version")).all() == [(1, 0)]
+
+
+def test_upgrading_again_changes_nothing(engine: Engine) -> None:
+    upgrade(engine)
+    run("UPDATE routing_version SET version = 7", engine)
+    again = upgrade(engine)
+    assert again.state is SchemaState.CURRENT and again.revision == head_revision()
+    assert ensure_known_schema(engine, auto_upgrade=False).state is SchemaState.CURRENT
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT id, version FROM routing_version")).all() == [(1, 7)]
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [head_revision()]
+    assert differences(engine) == []
+
+
+def test_an_empty_database_is_refused_without_auto_upgrade(engine: Engine) -> None:
+    with pytest.raises(SchemaError, match="`gongji db upgrade`"):
+        ensure_known_schema(engine, auto_upgrade=False)
+    assert table_names(engine) == set()
+
+
+def test_a_revision_this_code_does_not_know_is_refused_even_with_auto_upgrade(engine: Engine) -> None:
+    upgrade(engine)
+    run(f"UPDATE alembic_version SET version_num = '{UNKNOWN_REVISION}'", engine)
+    status = schema_status(engine)
+    assert status.state is SchemaState.UNKNOWN and status.revision == UNKNOWN_REVISION
+    for auto_upgrade in (True, False):
+        with pytest.raises(SchemaError, match=f"revision {UNKNOWN_REVISION}, which this gateway does not know"):
+            ensure_known_schema(engine, auto_upgrade)
+    assert current_revision(engine) == UNKNOWN_REVISION
+
+
+def test_tables_without_a_revision_are_refused(engine: Engine) -> None:
+    create_schema(engine)  # the typed tables, made without the migrations
+    assert schema_status(engine).state is SchemaState.UNVERSIONED
+    with pytest.raises(SchemaError, match="no schema revision"):
+        upgrade(engine)
+    assert schema.VERSION_TABLE not in table_names(engine)
+
+
+# -- a later migration, as the next one will be ----------------------------------------------------
+
+LATER_REVISION = '''"""A probe revision written by tests/store/test_migrations.py."""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "9999"
+down_revision = "{head}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+{body}
+
+
+def downgrade() -> None:
+    pass
+'''
+# A column added and another widened, the way SQLite needs it (batch: the table is copied).
+WIDEN_AND_ADD = """\
+    with op.batch_alter_table("provinces") as batch:
+        batch.add_column(sa.Column("probe", sa.String(8), nullable=False, server_default="p"))
+        batch.alter_column("name", type_=sa.String(128), existing_type=sa.String(64), existing_nullable=False)"""
+# A migration that fails half-way, after some DDL of its own.
+FAIL_HALF_WAY = """\
+    op.create_table("probe", sa.Column("id", sa.Integer(), primary_key=True))
+    with op.batch_alter_table("provinces") as batch:
+        batch.add_column(sa.Column("probe", sa.String(8), nullable=False, server_default="p"))
+    raise RuntimeError("the probe migration fails")"""
+
+
+@pytest.fixture
+def later_revision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], str]]:
+    """Gives this code's migrations one more revision, 9999, after head; returns the old head."""
+
+    def add(body: str) -> str:
+        old_head = head_revision()
+        migrations = tmp_path / "migrations"
+        shutil.copytree(schema.MIGRATIONS, migrations, ignore=shutil.ignore_patterns("__pycache__"))
+        (migrations / "versions" / "9999_probe.py").write_text(
+            LATER_REVISION.format(head=old_head, body=body), encoding="utf-8")
+        monkeypatch.setattr(schema, "MIGRATIONS", migrations)
+        schema._scripts.cache_clear()
+        return old_head
+
+    yield add
+    schema._scripts.cache_clear()
+
+
+def at_older_revision(engine: Engine, revision: str) -> None:
+    """The database as the previous version of the code left it, with a province in it."""
+    with engine.begin() as conn:
+        command.upgrade(schema.alembic_config(conn), revision)
+        conn.execute(text("INSERT INTO provinces (code, name, endpoint, status, policy_json, updated_at) "
+                          "VALUES ('650000', '新疆', '127.0.0.1:1', 'ACTIVE', '{}', '2026-05-01 00:00:00')"))
+
+
+def test_an_older_known_revision_is_refused_or_upgraded(
+        engine: Engine, later_revision: Callable[[str], str]) -> None:
+    older = later_revision(WIDEN_AND_ADD)
+    at_older_revision(engine, older)
+    status = schema_status(engine)
+    assert status.state is SchemaState.BEHIND and (status.revision, status.head) == (older, "9999")
+    with pytest.raises(SchemaError, match=f"at revision {older}, this gateway needs 9999: run `gongji db upgrade`"):
+        ensure_known_schema(engine, auto_upgrade=False)
+    assert ensure_known_schema(engine, auto_upgrade=True).state is SchemaState.BEHIND
+    assert current_revision(engine) == "9999"
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT code, name, probe FROM provinces")).all() == [("650000", "新疆", "p")]
+        columns = {c["name"]: c for c in inspect(conn).get_columns("provinces")}
+    assert getattr(columns["name"]["type"], "length", None) == 128
+
+
+def test_a_failed_upgrade_leaves_the_database_as_it_was(
+        engine: Engine, later_revision: Callable[[str], str]) -> None:
+    older = later_revision(FAIL_HALF_WAY)
+    at_older_revision(engine, older)
+    tables_before = table_names(engine)
+    with pytest.raises(RuntimeError, match="the probe migration fails"):
+        upgrade(engine)
+    assert current_revision(engine) == older and table_names(engine) == tables_before
+    with engine.connect() as conn:
+        assert "probe" not in {c["name"] for c in inspect(conn).get_columns("provinces")}
+        assert conn.execute(text("SELECT code FROM provinces")).scalars().all() == ["650000"]
+
+
+# -- the gateway at start-up -----------------------------------------------------------------------
+
+
+def test_the_gateway_starts_on_an_upgraded_database_without_migrating(
+        loop_thread: LoopThread, tmp_path: Path, db_url: str, engine: Engine) -> None:
+    upgrade(engine)
+    # Both stub provinces registered and a binding made ACTIVE through them: the schema serves.
+    stack = start_stack(loop_thread, tmp_path, db_url, auto_migrate=False)
+    stack.close()
+    assert stack.binding_id and current_revision(engine) == head_revision()
+
+
+def test_the_gateway_refuses_a_database_it_may_not_run_on(
+        loop_thread: LoopThread, tmp_path: Path, db_url: str, engine: Engine) -> None:
+    with pytest.raises(SchemaError, match="no schema: create it with `gongji db upgrade`"):
+        start_stack(loop_thread, tmp_path, db_url, with_stubs=False, auto_migrate=False)
+    assert table_names(engine) == set()
+    upgrade(engine)
+    run(f"UPDATE alembic_version SET version_num = '{UNKNOWN_REVISION}'", engine)
+    with pytest.raises(SchemaError, match=UNKNOWN_REVISION):
+        start_stack(loop_thread, tmp_path, db_url, with_stubs=False)
+
+
+def test_the_gateway_refuses_tables_without_a_revision(
+        loop_thread: LoopThread, tmp_path: Path, db_url: str, engine: Engine) -> None:
+    create_schema(engine)
+    with pytest.raises(SchemaError, match="no schema revision"):
+        start_stack(loop_thread, tmp_path, db_url, with_stubs=False)
+
+
+def test_python_m_gateway_refuses_in_one_line(tmp_path: Path, db_url: str, engine: Engine) -> None:
+    env = {**os.environ, "GONGJI_DATABASE_URL": db_url, "GONGJI_AUTO_MIGRATE": "false",
+           # Refused before any port opens, so plaintext on 127.0.0.1:0 is as good as TLS here.
+           "GONGJI_INSECURE_DEV_PLAINTEXT": "true",
+           "GONGJI_LISTEN": "127.0.0.1:0", "GONGJI_OPS_LISTEN": "127.0.0.1:0", "GONGJI_METRICS_LISTEN": "",
+           "GONGJI_GATEWAY_KEY_FILE": str(tmp_path / "keys" / "gateway.key"),
+           "GONGJI_ID_HASH_KEY_FILE": str(tmp_path / "keys" / "id-hash.key"),
+           "GONGJI_DATA_KEY_FILE": str(tmp_path / "keys" / "data.keys")}
+    done = subprocess.run([sys.executable, "-m", "gateway"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == ("gateway: database schema: the database has no schema: create it with "
+                                   "`gongji db upgrade` (or start the gateway with GONGJI_AUTO_MIGRATE=true)")
+    assert table_names(engine) == set()
+
+
+# -- gongji db ---------------------------------------------------------------------------------------
+
+
+def gongji(*args: str, database: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if key != "GONGJI_DATABASE_URL"}
+    if database is not None:
+        env["GONGJI_DATABASE_URL"] = database
+    return subprocess.run([str(GONGJI), *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_gongji_db_upgrade_and_current(db_url: str, engine: Engine) -> None:
+    head = head_revision()
+    current = gongji("db", "current", "--database", db_url)
+    assert current.returncode == 0, current.stderr
+    assert current.stdout.startswith("no revision (empty): the database has no schema")
+
+    upgraded = gongji("db", "upgrade", "--database", db_url)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert upgraded.stdout.strip().endswith(f"upgraded from an empty database to revision {head} (head)")
+    assert differences(engine) == []
+
+    # The URL from the environment, as the gateway reads it.
+    again = gongji("db", "upgrade", database=db_url)
+    assert again.returncode == 0 and again.stdout.strip().endswith(f"already at revision {head} (head)")
+    assert gongji("db", "current", database=db_url).stdout.strip() == f"{head} (head)"
+    as_json = json.loads(gongji("db", "current", "--json", database=db_url).stdout)
+    assert as_json["state"] == "current" and as_json["revision"] == as_json["head"] == head
+
+
+def test_gongji_db_upgrade_refuses_an_unknown_revision_in_one_line(db_url: str, engine: Engine) -> None:
+    upgrade(engine)
+    run(f"UPDATE alembic_version SET version_num = '{UNKNOWN_REVISION}'", engine)
+    refused = gongji("db", "upgrade", "--database", db_url)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert len(refused.stderr.strip().splitlines()) == 1 and "does not know" in refused.stderr
+    current = gongji("db", "current", "--database", db_url)
+    assert current.returncode == 0 and current.stdout.startswith(f"{UNKNOWN_REVISION} (unknown)")
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://nobody:secret@127.0.0.1:1/gongji",  # nothing listens there
+    "mysql://root@127.0.0.1/gongji",  # not a database the gateway runs on
+    "postgresql://root@127.0.0.1:notaport/gongji",
+])
+def test_gongji_db_failures_are_one_line_and_exit_1(url: str) -> None:
+    for subcommand in ("upgrade", "current"):
+        failed = gongji("db", subcommand, "--database", url)
+        assert failed.returncode == 1, failed.stdout
+        lines = failed.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), failed.stderr
+        assert "Traceback" not in failed.stderr and "secret" not in failed.stderr
