@@ -148,6 +148,9 @@ async def start_stack(children: Children, workdir: Path) -> Stack:
             "GONGJI_DATA_KEY_FILE": str(keys_dir / "data.keys"),
             "GONGJI_MANIFEST": str(manifest),
             "GONGJI_LOG_LEVEL": "WARNING",
+            # The bench measures the exchange's own work on plaintext loopback, as it did before mutual TLS
+            # (a TLS run would add the handshakes and record encryption of five processes).
+            "GONGJI_INSECURE_DEV_PLAINTEXT": "true",
             # The bench measures the gateway's capacity: one giver's province sends everything, unthrottled.
             "GONGJI_RATE_LIMIT_PER_SECOND": "0",
         },
