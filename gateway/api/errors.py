@@ -27,6 +27,7 @@ STATUS_BY_ERROR: dict[type[errors.GongjiError], grpc.StatusCode] = {
     errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.RequestInFlight: grpc.StatusCode.ABORTED,
+    errors.Contention: grpc.StatusCode.ABORTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
     errors.RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,

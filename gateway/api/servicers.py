@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -9,6 +11,7 @@ import grpc
 
 from gateway.api import convert
 from gateway.api.transport import province_caller
+from gateway.domain.errors import Contention
 from gateway.usecases import bindings as binding_cases
 from gateway.usecases import keys as key_cases
 from gateway.usecases import monitoring as monitoring_cases
@@ -34,6 +37,7 @@ from protos.gongji.v1 import (
 )
 
 T = TypeVar("T")
+CONTENTION_ATTEMPTS = 3
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -46,9 +50,21 @@ class UseCaseRunner:
         self._run_in_db = run_in_db
         self._on_change = on_change
 
+    async def _with_retries(self, use_case: Callable[..., T], *args: Any) -> T:
+        """A transaction the database gave up on because of another (deadlock, serialization failure)
+        changed nothing: run it again, a bounded number of times, after a short random pause."""
+        for attempt in range(1, CONTENTION_ATTEMPTS + 1):
+            try:
+                result: T = await self._run_in_db(use_case, self.ctx, *args)
+                return result
+            except Contention:
+                if attempt == CONTENTION_ATTEMPTS:
+                    raise
+                await asyncio.sleep(random.uniform(0.005, 0.02) * attempt)
+        raise AssertionError("unreachable")
+
     async def query(self, use_case: Callable[..., T], *args: Any) -> T:
-        result: T = await self._run_in_db(use_case, self.ctx, *args)
-        return result
+        return await self._with_retries(use_case, *args)
 
     def stream(self, use_case: Callable[..., AsyncIterator[T]], *args: Any) -> AsyncIterator[T]:
         """An asynchronous use case that yields results as they come (a server stream)."""
@@ -63,7 +79,7 @@ class UseCaseRunner:
         self._on_change()
 
     async def change(self, use_case: Callable[..., T], *args: Any) -> T:
-        result: T = await self._run_in_db(use_case, self.ctx, *args)
+        result = await self._with_retries(use_case, *args)
         self._on_change()
         return result
 

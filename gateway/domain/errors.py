@@ -71,6 +71,13 @@ class Unimplemented(GongjiError):
     default_reason = "NOT_IMPLEMENTED"
 
 
+class Contention(GongjiError):
+    """The database gave up on a transaction because of another one (deadlock, serialization failure,
+    a lock held too long). Nothing was changed; the gateway retries a few times before saying so."""
+
+    default_reason = "CONTENTION"
+
+
 class RateLimited(GongjiError):
     """The calling province has spent its request budget for now: retry later, with the same message_id."""
 

@@ -9,11 +9,15 @@ types (so values read and written are exactly what SQLAlchemy would read and wri
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
+
+from gateway.domain.errors import Contention
 
 Processor = Callable[[Any], Any] | None
 
@@ -55,6 +59,25 @@ class Prepared:
         return tuple(p(v) if p is not None else v for p, v in zip(self._result_processors, raw, strict=True))
 
 
+def _transient(error: Exception) -> bool:
+    """A failure another transaction caused, after which the same work may well succeed."""
+    sqlstate = getattr(error, "sqlstate", None)  # psycopg: 40001 serialization failure, 40P01 deadlock
+    if sqlstate in ("40001", "40P01", "55P03"):
+        return True
+    return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
+
+
+@contextmanager
+def contention() -> Iterator[None]:
+    try:
+        yield
+    except Exception as error:
+        if _transient(error):
+            raise Contention("the database gave up on this transaction because of another one; "
+                             "nothing was changed") from error
+        raise
+
+
 class Cursor:
     """Runs prepared statements on one DBAPI connection (inside the unit of work's transaction)."""
 
@@ -63,24 +86,30 @@ class Cursor:
 
     def run(self, statement: Prepared, **values: Any) -> int:
         """Execute; returns the driver's row count."""
-        self._cursor.execute(statement.sql, statement.params(values))
+        with contention():
+            self._cursor.execute(statement.sql, statement.params(values))
         return int(self._cursor.rowcount)
 
     def run_many(self, statement: Prepared, rows: Sequence[Mapping[str, Any]]) -> None:
         if rows:
-            self._cursor.executemany(statement.sql, [statement.params(row) for row in rows])
+            with contention():
+                self._cursor.executemany(statement.sql, [statement.params(row) for row in rows])
 
     def first(self, statement: Prepared, **values: Any) -> tuple[Any, ...] | None:
-        self._cursor.execute(statement.sql, statement.params(values))
-        raw = self._cursor.fetchone()
+        with contention():
+            self._cursor.execute(statement.sql, statement.params(values))
+            raw = self._cursor.fetchone()
         return None if raw is None else statement.row(raw)
 
     def all(self, statement: Prepared, **values: Any) -> list[tuple[Any, ...]]:
-        self._cursor.execute(statement.sql, statement.params(values))
-        return [statement.row(raw) for raw in self._cursor.fetchall()]
+        with contention():
+            self._cursor.execute(statement.sql, statement.params(values))
+            rows = self._cursor.fetchall()
+        return [statement.row(raw) for raw in rows]
 
     def raw(self, sql: str) -> None:
-        self._cursor.execute(sql)
+        with contention():
+            self._cursor.execute(sql)
 
     def close(self) -> None:
         self._cursor.close()

@@ -35,7 +35,7 @@ from gateway.domain.settlement import (
     WindowState,
 )
 from gateway.domain.transfers import Transfer, TransferEvent, TransferState
-from gateway.store.prepared import Cursor, Prepared
+from gateway.store.prepared import Cursor, Prepared, contention
 from gateway.store.tables import (
     AuditCheckpointRow,
     AuditEntryRow,
@@ -1025,7 +1025,8 @@ class SqlUnitOfWork:
         if self._store.is_sqlite:
             self._cursor.raw(verb)
         elif verb == "COMMIT":
-            self._connection.commit()
+            with contention():
+                self._connection.commit()
         else:
             self._connection.rollback()
 

@@ -22,6 +22,7 @@ EXPECTED: dict[type[errors.GongjiError], grpc.StatusCode] = {
     errors.ModifiedRequest: grpc.StatusCode.ALREADY_EXISTS,
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.RequestInFlight: grpc.StatusCode.ABORTED,
+    errors.Contention: grpc.StatusCode.ABORTED,  # retried by the gateway first; then the client retries
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
     errors.RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,  # a province over its rate limit (issue 5)

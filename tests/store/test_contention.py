@@ -1,0 +1,88 @@
+"""A transaction the database gives up on (a deadlock) becomes Contention; the gateway retries it, boundedly."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+
+from gateway.api.servicers import CONTENTION_ATTEMPTS, UseCaseRunner
+from gateway.domain.errors import Contention
+from gateway.domain.settlement import SettlementPeriod, window_containing
+from gateway.security.encryption import FieldCipher
+from gateway.store.sql import SqlUnitOfWork, create_schema, make_engine, use_sealer
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    if db_url.startswith("sqlite"):
+        # SQLite takes its write lock at BEGIN IMMEDIATE, before any statement: two transactions wait in
+        # line (busy timeout) and never deadlock. Only PostgreSQL can be made to give up on one.
+        pytest.skip("deadlocks need PostgreSQL (this test runs there)")
+    engine = make_engine(db_url)
+    create_schema(engine)
+    use_sealer(engine, FieldCipher.generate())
+    yield engine
+    engine.dispose()
+
+
+def test_a_deadlock_becomes_contention_and_changes_nothing(engine: Engine) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC)
+    first = window_containing(now - timedelta(days=40), SettlementPeriod.DAILY)
+    second = window_containing(now - timedelta(days=39), SettlementPeriod.DAILY)
+    with SqlUnitOfWork(engine) as uow:  # both windows exist
+        uow.settlements.state_for_close(first, now)
+        uow.settlements.state_for_close(second, now)
+        uow.commit()
+    both_hold_one = threading.Barrier(2)
+    outcomes: dict[str, Any] = {}
+
+    def lock_in_order(name: str, order: tuple[str, str]) -> None:
+        try:
+            with SqlUnitOfWork(engine) as uow:
+                uow.settlements.lock(order[0])
+                both_hold_one.wait(10)
+                uow.settlements.lock(order[1])  # each waits for the other: PostgreSQL breaks the cycle
+                uow.commit()
+            outcomes[name] = "committed"
+        except Contention as error:
+            outcomes[name] = error
+
+    threads = [threading.Thread(target=lock_in_order, args=("a", (first.window_id, second.window_id))),
+               threading.Thread(target=lock_in_order, args=("b", (second.window_id, first.window_id)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(type(v).__name__ if isinstance(v, Exception) else v for v in outcomes.values()) == [
+        "Contention", "committed"]
+    refused = next(v for v in outcomes.values() if isinstance(v, Contention))
+    assert refused.reason == "CONTENTION" and getattr(refused.__cause__, "sqlstate", "") == "40P01"
+
+
+def test_the_runner_retries_contention_a_bounded_number_of_times() -> None:
+    attempts = {"n": 0}
+
+    def flaky(ctx: object, fail_times: int) -> str:
+        attempts["n"] += 1
+        if attempts["n"] <= fail_times:
+            raise Contention("deadlock")
+        return "done"
+
+    async def inline(use_case: Any, *args: Any) -> Any:
+        return use_case(*args)
+
+    changed: list[int] = []
+    runner = UseCaseRunner(object(), inline, lambda: changed.append(1))  # type: ignore[arg-type]
+    assert asyncio.run(runner.change(flaky, CONTENTION_ATTEMPTS - 1)) == "done"
+    assert attempts["n"] == CONTENTION_ATTEMPTS and changed == [1]
+    attempts["n"] = 0
+    with pytest.raises(Contention):
+        asyncio.run(runner.query(flaky, CONTENTION_ATTEMPTS))
+    assert attempts["n"] == CONTENTION_ATTEMPTS  # then the caller is told (ABORTED / CONTENTION)
