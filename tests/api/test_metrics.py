@@ -8,8 +8,8 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
-from protos.gongji.v1 import operations_pb2, transfers_pb2
-from tests.support import GANSU, XINJIANG, LoopThread, Stack, error_of, start_stack
+from protos.gongji.v1 import operations_pb2, settlements_pb2, transfers_pb2
+from tests.support import GANSU, XINJIANG, LoopThread, Stack, error_of, start_stack, wait_until
 
 
 def scrape(stack: Stack) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -54,9 +54,14 @@ def check_metrics(stack: Stack) -> None:
     # Settlement windows by state: one open window holds the commits; closing it moves it on.
     windows = {s["state"]: v for s, v in metrics["gongji_settlement_windows"]}
     assert windows == {"OPEN": 1, "CLOSED": 0, "ACKNOWLEDGED": 0, "SETTLED": 0}
-    stack.operations.CloseSettlementWindow(operations_pb2.CloseSettlementWindowRequest(), timeout=10)
+    window_id = stack.operations.CloseSettlementWindow(operations_pb2.CloseSettlementWindowRequest(),
+                                                       timeout=10).window.window_id
+    # The stubs acknowledge by themselves: once both have, nothing moves while scrape and query compare.
+    wait_until(lambda: stack.operations.GetSettlementWindow(operations_pb2.GetSettlementWindowRequest(
+        window_id=window_id), timeout=5).window.state == settlements_pb2.SETTLEMENT_WINDOW_STATE_ACKNOWLEDGED,
+        what="both provinces to acknowledge")
     windows = {s["state"]: v for s, v in scrape(stack)["gongji_settlement_windows"]}
     with stack.gateway.engine.connect() as conn:
         in_db = dict(conn.execute(text("SELECT state, count(*) FROM settlement_windows GROUP BY state")).all())
-    assert windows["OPEN"] == 0 and windows["CLOSED"] + windows["ACKNOWLEDGED"] == 1
+    assert windows == {"OPEN": 0, "CLOSED": 0, "ACKNOWLEDGED": 1, "SETTLED": 0}
     assert {state: count for state, count in windows.items() if count} == in_db
