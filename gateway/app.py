@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
-from gateway.api.errors import ErrorMappingInterceptor
+from gateway.api.errors import CallGate, ErrorMappingInterceptor
 from gateway.api.metrics import RpcMetrics, StateCollector
 from gateway.api.ratelimit import ProvinceRateLimits
 from gateway.api.receipts import SignedReceiptIssuer
@@ -109,6 +109,7 @@ class Gateway:
     _outbox: OutboxWorker
     _core: _Core
     _metrics: MetricsServer | None = None
+    _gates: tuple[CallGate, ...] = ()
 
     @property
     def engine(self) -> Engine:
@@ -122,7 +123,12 @@ class Gateway:
         """Graceful stop: health NOT_SERVING first, then in-flight calls finish within `grace`."""
         for servicer in self._healths:
             await servicer.enter_graceful_shutdown()
-        await asyncio.gather(self._server.stop(grace), self._ops_server.stop(grace))
+        # New calls are answered UNAVAILABLE by the gates while the calls inside finish; only then does
+        # the server stop (its own stop would cancel calls it had accepted but not started).
+        started = asyncio.get_running_loop().time()
+        await asyncio.gather(*(gate.drain(grace) for gate in self._gates))
+        left = max(0.1, grace - (asyncio.get_running_loop().time() - started))
+        await asyncio.gather(self._server.stop(left), self._ops_server.stop(left))
         await self._outbox.stop()
         # The last state changes get a signed checkpoint before the process goes.
         try:
@@ -138,9 +144,9 @@ class Gateway:
 
 
 def _new_server(settings: Settings, services: tuple[str, ...], observe: Callable[[str, str, float], None],
-                authorize: Callable[[str, Any], None] | None = None) -> tuple[grpc.aio.Server, Any]:
+                gate: CallGate, authorize: Callable[[str, Any], None] | None = None) -> tuple[grpc.aio.Server, Any]:
     server = grpc.aio.server(
-        interceptors=[ErrorMappingInterceptor(observe, authorize)],
+        interceptors=[ErrorMappingInterceptor(observe, authorize, gate)],
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -224,12 +230,14 @@ async def create_gateway(settings: Settings, clock: Clock | None = None, run_out
     registry = CollectorRegistry()
     rpc_metrics = RpcMetrics(registry)
     registry.register(StateCollector(functools.partial(get_stats, context)))
-    server, server_health = _new_server(settings, PROVINCE_SERVICES, rpc_metrics.observe)
+    gates = (CallGate(), CallGate())
+    server, server_health = _new_server(settings, PROVINCE_SERVICES, rpc_metrics.observe, gates[0])
     transfers_pb2_grpc.add_TransfersServicer_to_server(TransfersServicer(runner), server)
     relations_pb2_grpc.add_RelationsServicer_to_server(RelationsServicer(runner, core.client), server)
     settlements_pb2_grpc.add_SettlementsServicer_to_server(SettlementsServicer(runner), server)
     keys_pb2_grpc.add_GatewayKeysServicer_to_server(GatewayKeysServicer(runner), server)
-    ops_server, ops_health = _new_server(settings, OPERATOR_SERVICES, rpc_metrics.observe, authorize_operator)
+    ops_server, ops_health = _new_server(settings, OPERATOR_SERVICES, rpc_metrics.observe, gates[1],
+                                         authorize_operator)
     operations_pb2_grpc.add_OperationsServicer_to_server(OperationsServicer(runner), ops_server)
 
     port = _bind(server, settings.listen, settings)
@@ -243,7 +251,8 @@ async def create_gateway(settings: Settings, clock: Clock | None = None, run_out
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     read_snapshot = functools.partial(dashboard_snapshot, context, timedelta(seconds=settings.dashboard_stuck_seconds))
     metrics = MetricsServer(registry, settings.metrics_listen, read_snapshot) if settings.metrics_listen else None
-    return Gateway(port, ops_port, context, server, ops_server, (server_health, ops_health), outbox, core, metrics)
+    return Gateway(port, ops_port, context, server, ops_server, (server_health, ops_health), outbox, core, metrics,
+                   gates)
 
 
 @dataclass

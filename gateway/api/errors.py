@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -79,16 +80,53 @@ def _failure(error: Exception, method: str) -> grpc.Status:
     return status_for(error)
 
 
+class CallGate:
+    """Lets calls in until the gateway starts stopping; then answers new ones UNAVAILABLE itself.
+
+    grpc.aio's own stop cancels calls it accepted but had not started (the client sees CANCELLED, and
+    cannot tell whether anything happened). Closing this gate first, and stopping the server only once
+    the unary calls inside have finished and no new one has come for a moment, gives every caller a
+    clear answer: done, or UNAVAILABLE / SHUTTING_DOWN (nothing happened: retry elsewhere or later).
+    """
+
+    QUIET_SECONDS = 0.1
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.active = 0
+        self._last_refusal = 0.0
+
+    def enter(self, method: str) -> None:
+        if self.closed and not method.startswith("/grpc.health."):
+            self._last_refusal = time.monotonic()
+            raise errors.Unavailable("the gateway is stopping; nothing was done: retry later or on another "
+                                     "gateway", reason="SHUTTING_DOWN")
+        self.active += 1
+
+    def leave(self) -> None:
+        self.active -= 1
+
+    async def drain(self, timeout: float) -> None:
+        """Close, then wait until no unary call is inside and none has just been refused (≤ timeout)."""
+        self.closed = True
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.active == 0 and time.monotonic() - self._last_refusal >= self.QUIET_SECONDS:
+                return
+            await asyncio.sleep(0.01)
+
+
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Turns exceptions raised by servicers into statuses; nothing unexpected reaches the client as is."""
 
     def __init__(self, observe: Callable[[str, str, float], None] | None = None,
-                 authorize: Callable[[str, Any], None] | None = None) -> None:
+                 authorize: Callable[[str, Any], None] | None = None, gate: CallGate | None = None) -> None:
         self._wrapped: dict[str, tuple[Any, Any]] = {}
         # Told (method, status code name, seconds) after every unary call: the RPC metrics.
         self._observe = observe
         # Called with (method, context) before every call; raises PermissionDenied to refuse it.
         self._authorize = authorize
+        self.gate = gate or CallGate()
 
     async def intercept_service(
         self,
@@ -103,13 +141,13 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]  # wrapping anew on every call was a measurable share of each RPC's cost
-        wrapped = self._wrap(handler, method, self._observe, self._authorize)
+        wrapped = self._wrap(handler, method, self._observe, self._authorize, self.gate)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
     @staticmethod
     def _wrap(handler: Any, method: str, observe: Callable[[str, str, float], None] | None,
-              authorize: Callable[[str, Any], None] | None) -> Any:
+              authorize: Callable[[str, Any], None] | None, gate: CallGate) -> Any:
         deserialize = handler.request_deserializer
         if handler.unary_unary is not None:
             inner = handler.unary_unary
@@ -117,7 +155,10 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
             async def unary_unary(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 started = time.perf_counter()
                 code = "OK"
+                entered = False
                 try:
+                    gate.enter(method)
+                    entered = True
                     if authorize is not None:
                         authorize(method, context)
                     return await inner(_decode(deserialize, raw), context)
@@ -129,6 +170,8 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
                     code = status.code.name
                     await context.abort(status.code, status.details, status.trailing_metadata)
                 finally:
+                    if entered:
+                        gate.leave()
                     if observe is not None:
                         observe(method, code, time.perf_counter() - started)
 

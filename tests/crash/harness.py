@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,9 +198,8 @@ def wait_serving(address: str, proc: Proc | None = None, timeout_s: float = READ
             channel.close()
 
 
-def wait_until(condition: object, timeout_s: float, what: str, interval_s: float = 0.1) -> None:
+def wait_until(condition: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.1) -> None:
     """Poll `condition()` until truthy; fail after `timeout_s` (every wait in these tests is bounded)."""
-    assert callable(condition)
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
@@ -296,11 +296,13 @@ class Deployment:
             "GONGJI_SETTLEMENT_CLOSE_ON_SCHEDULE": "false",
             **env,
         }
-        proc = Proc(f"gateway-{'ab'[index] if len(self.gateway_addresses) > 1 else 'x'}", ["-m", "gateway"],
-                    settings, self.log_dir)
-        while len(self.gateways) <= index:
+        name = f"gateway-{'ab'[index]}" if len(self.gateway_addresses) > 1 else "gateway"
+        proc = Proc(name, ["-m", "gateway"], settings, self.log_dir)
+        if index < len(self.gateways):
+            self.gateways[index] = proc
+        else:
+            assert index == len(self.gateways), "gateways are added in order"
             self.gateways.append(proc)
-        self.gateways[index] = proc
         return proc
 
     def start_gateway(self, index: int = 0) -> float:
