@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import pytest
 from tests.support import (
     LoopThread,
     Stack,
-    postgres_admin_url,
+    fresh_postgres_database,
     start_stack,
 )
 
@@ -25,21 +23,7 @@ def loop_thread() -> Iterator[LoopThread]:
 
 
 def _postgres_database() -> Iterator[str]:
-    admin_url = postgres_admin_url()
-    if admin_url is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("PostgreSQL at 127.0.0.1:5432 is unreachable, and CI=true requires it")
-        pytest.skip("PostgreSQL at 127.0.0.1:5432 is unreachable; PostgreSQL tests skipped (they run when CI=true)")
-    import psycopg
-
-    name = f"gongji_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield admin_url.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    yield from fresh_postgres_database("gongji_test", "PostgreSQL tests skipped")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import threading
 import time
 import tomllib
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -78,6 +79,26 @@ def postgres_admin_url() -> str | None:
         except psycopg.OperationalError:
             continue
     return None
+
+
+def fresh_postgres_database(prefix: str, skipped: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database on 127.0.0.1:5432, dropped afterwards; required when CI=true."""
+    import psycopg
+    import pytest
+
+    admin_url = postgres_admin_url()
+    if admin_url is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("PostgreSQL at 127.0.0.1:5432 is unreachable, and CI=true requires it")
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is unreachable; {skipped} (they run when CI=true)")
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin_url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def wait_until(condition: Callable[[], T], timeout: float = 15.0, interval: float = 0.02, what: str = "") -> T:
