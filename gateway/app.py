@@ -128,6 +128,8 @@ class Gateway:
         started = asyncio.get_running_loop().time()
         await asyncio.gather(*(gate.drain(grace) for gate in self._gates))
         left = max(0.1, grace - (asyncio.get_running_loop().time() - started))
+        log.info("stopping: calls drained in %.3f s (still inside: %s); stopping the servers",
+                 asyncio.get_running_loop().time() - started, [gate.active for gate in self._gates])
         await asyncio.gather(self._server.stop(left), self._ops_server.stop(left))
         await self._outbox.stop()
         # The last state changes get a signed checkpoint before the process goes.
