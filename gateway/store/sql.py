@@ -117,10 +117,6 @@ def create_schema(engine: Engine) -> None:
             conn.execute(audit_head_t.insert().values(id=1, size=0, head_hash=GENESIS))
 
 
-def drop_schema(engine: Engine) -> None:
-    Base.metadata.drop_all(engine)
-
-
 def _aware(value: Any) -> datetime | None:
     """An aggregate (MIN) skips the column's type on some drivers: read SQLite's text as UTC too."""
     if value is None:
@@ -252,8 +248,6 @@ class Statements:
                                .values(settlement_window_id=_b("window_id")))
 
         a, h = audit_t.c, audit_head_t.c
-        self.ensure_audit_head = p(insert(audit_head_t).on_conflict_do_nothing().values(
-            id=1, size=0, head_hash=GENESIS))
         # Locked for the last moments of each appending transaction: entries are chained in commit order.
         self.audit_head_for_append = p(select(h.size, h.head_hash).where(h.id == 1).with_for_update())
         self.audit_head = p(select(h.size, h.head_hash).where(h.id == 1))
@@ -925,10 +919,7 @@ class SqlAuditLog:
         if not self._pending:
             return
         row = self._cursor.first(self._s.audit_head_for_append)
-        if row is None:
-            self._cursor.run(self._s.ensure_audit_head)
-            row = self._cursor.first(self._s.audit_head_for_append)
-        assert row is not None
+        assert row is not None, "the schema makes the head row (migration 0002)"
         size, head = int(row[0]), bytes(row[1])
         rows = []
         for pending in self._pending:

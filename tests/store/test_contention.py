@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,24 +12,20 @@ from sqlalchemy import Engine
 from gateway.api.servicers import CONTENTION_ATTEMPTS, UseCaseRunner
 from gateway.domain.errors import Contention
 from gateway.domain.settlement import SettlementPeriod, window_containing
-from gateway.security.encryption import FieldCipher
-from gateway.store.sql import SqlUnitOfWork, create_schema, make_engine, use_sealer
+from gateway.store.sql import SqlUnitOfWork
 
 
 @pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
+def pg_engine(engine: Engine, db_url: str) -> Engine:
     if db_url.startswith("sqlite"):
         # SQLite takes its write lock at BEGIN IMMEDIATE, before any statement: two transactions wait in
         # line (busy timeout) and never deadlock. Only PostgreSQL can be made to give up on one.
         pytest.skip("deadlocks need PostgreSQL (this test runs there)")
-    engine = make_engine(db_url)
-    create_schema(engine)
-    use_sealer(engine, FieldCipher.generate())
-    yield engine
-    engine.dispose()
+    return engine
 
 
-def test_a_deadlock_becomes_contention_and_changes_nothing(engine: Engine) -> None:
+def test_a_deadlock_becomes_contention_and_changes_nothing(pg_engine: Engine) -> None:
+    engine = pg_engine
     from datetime import UTC, datetime, timedelta
 
     now = datetime.now(UTC)

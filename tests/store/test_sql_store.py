@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,23 +17,13 @@ from gateway.domain.envelope import Envelope
 from gateway.domain.provinces import Policy, Province, ProvinceKey, ProvinceStatus
 from gateway.domain.records import OutboxKind, RequestOutcome
 from gateway.domain.transfers import INT64_MAX, Transfer, TransferEvent, TransferState
-from gateway.security.encryption import FieldCipher
-from gateway.store.sql import SqlUnitOfWork, create_schema, make_engine, outbox_t, requests_t, use_sealer
+from gateway.store.sql import SqlUnitOfWork, outbox_t, requests_t
 from tests.support import wait_until
 
 T0 = datetime(2026, 5, 1, 7, 0, 0, 123456, tzinfo=UTC)
 SHA_A, SHA_B = b"\xaa" * 32, b"\xbb" * 32
 INSTRUCTION = "gongji.v1.TransferInstruction"
 DELIVER, NOTIFY = OutboxKind.DELIVER_TRANSFER, OutboxKind.NOTIFY_TRANSFER_OUTCOME
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    engine = make_engine(db_url)
-    create_schema(engine)
-    use_sealer(engine, FieldCipher.generate())
-    yield engine
-    engine.dispose()
 
 
 def uid(prefix: str) -> str:
