@@ -24,6 +24,7 @@ import grpc
 from gateway.security.tls import GATEWAY_DNS, province_dns
 from protos.gongji.v1 import operations_pb2, operations_pb2_grpc, relations_pb2, settlements_pb2, transfers_pb2
 from protos.stub.v1 import control_pb2, control_pb2_grpc
+from scripts.devtls import channel_as
 
 XINJIANG = os.environ.get("GONGJI_STUB_650000", "127.0.0.1:50061")
 GANSU = os.environ.get("GONGJI_STUB_620000", "127.0.0.1:50062")
@@ -38,16 +39,8 @@ TIMEOUT_S = 20.0
 BEIJING = ZoneInfo("Asia/Shanghai")
 # `make run` serves mutual TLS from a development CA under var/tls/ (plaintext only when told).
 TLS = Path(os.environ.get("GONGJI_VAR", Path(__file__).resolve().parents[1] / "var")) / "tls"
-
-
-def channel(address: str, server_name: str) -> grpc.Channel:
-    """As the development operator (its certificate), or plaintext when `make run` runs without TLS."""
-    if not (TLS / "ca.crt").exists() or os.environ.get("GONGJI_INSECURE_DEV_PLAINTEXT", "").lower() == "true":
-        return grpc.insecure_channel(address)
-    credentials = grpc.ssl_channel_credentials(root_certificates=(TLS / "ca.crt").read_bytes(),
-                                               private_key=(TLS / "operator-operator.key").read_bytes(),
-                                               certificate_chain=(TLS / "operator-operator.crt").read_bytes())
-    return grpc.secure_channel(address, credentials, options=[("grpc.ssl_target_name_override", server_name)])
+TLS_DIR = None if (not (TLS / "ca.crt").exists()
+                   or os.environ.get("GONGJI_INSECURE_DEV_PLAINTEXT", "").lower() == "true") else TLS
 
 
 def mask(id_number: str) -> str:
@@ -92,7 +85,8 @@ class Demo:
 
 
 def main() -> int:
-    with channel(XINJIANG, province_dns("650000")) as xj_channel, channel(GANSU, province_dns("620000")) as gs_channel:
+    with channel_as(XINJIANG, province_dns("650000"), TLS_DIR) as xj_channel, \
+            channel_as(GANSU, province_dns("620000"), TLS_DIR) as gs_channel:
         xinjiang = control_pb2_grpc.StubControlStub(xj_channel)
         gansu = control_pb2_grpc.StubControlStub(gs_channel)
         try:
@@ -190,7 +184,7 @@ def window_state(state: settlements_pb2.SettlementWindowState.ValueType) -> str:
 def settle(transfer_id: str, xinjiang: control_pb2_grpc.StubControlStub,
            gansu: control_pb2_grpc.StubControlStub) -> bool:
     """Step 8: the operator closes the window the transfer committed into; the provinces agree; payment."""
-    with channel(OPS, GATEWAY_DNS) as ops_channel:
+    with channel_as(OPS, GATEWAY_DNS, TLS_DIR) as ops_channel:
         ops = operations_pb2_grpc.OperationsStub(ops_channel)
         window_id = xinjiang.QueryTransfer(control_pb2.QueryTransferRequest(transfer_id=transfer_id),
                                            timeout=5).transfer.settlement_window_id

@@ -17,7 +17,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.security.tls import GATEWAY_DNS, DevCa, ensure_dev_pki, province_dns
+from gateway.security.tls import GATEWAY_DNS, ensure_dev_pki, province_dns
+from scripts.devtls import channel_as
 
 ROOT = Path(__file__).resolve().parents[1]
 VAR = Path(os.environ.get("GONGJI_VAR", ROOT / "var")).resolve()
@@ -44,20 +45,9 @@ def port_free(address: str) -> bool:
     return True
 
 
-def channel(address: str, server_name: str) -> grpc.Channel:
-    """A channel as the development operator (its certificate), or plaintext."""
-    if PLAINTEXT:
-        return grpc.insecure_channel(address)
-    files = DevCa(TLS).files("operator-operator")
-    credentials = grpc.ssl_channel_credentials(root_certificates=files.ca.read_bytes(),
-                                               private_key=files.key.read_bytes(),
-                                               certificate_chain=files.cert.read_bytes())
-    return grpc.secure_channel(address, credentials, options=[("grpc.ssl_target_name_override", server_name)])
-
-
 def wait_serving(address: str, process: subprocess.Popen[bytes], what: str, server_name: str) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
-    with channel(address, server_name) as channel_:
+    with channel_as(address, server_name, None if PLAINTEXT else TLS) as channel_:
         health = health_pb2_grpc.HealthStub(channel_)
         while time.monotonic() < deadline:
             if process.poll() is not None:

@@ -43,6 +43,7 @@ from protos.gongji.v1 import (
 from protos.stub.v1 import control_pb2, control_pb2_grpc
 from province_stub.server import RunningStub, StubConfig, start_stub
 from province_stub.state import Behaviour, ConfirmMode
+from scripts.devtls import channel_as
 
 T = TypeVar("T")
 
@@ -393,11 +394,7 @@ TEST_POLICY = operations_pb2.ProvincePolicy(blackout_start_minute=0, blackout_en
 
 def secure_channel(address: str, ca: DevCa, identity: str, server_name: str) -> grpc.Channel:
     """A channel presenting `identity`'s certificate, expecting the server's certificate to name `server_name`."""
-    files = ca.files(identity)
-    credentials = grpc.ssl_channel_credentials(root_certificates=ca.cert_file.read_bytes(),
-                                               private_key=files.key.read_bytes(),
-                                               certificate_chain=files.cert.read_bytes())
-    return grpc.secure_channel(address, credentials, options=[("grpc.ssl_target_name_override", server_name)])
+    return channel_as(address, server_name, ca.folder, identity)
 
 
 def register(ops: operations_pb2_grpc.OperationsStub, code: str, name: str, endpoint: str, key_id: str,
