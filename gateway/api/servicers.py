@@ -250,10 +250,13 @@ def _envelope(receipt: bytes) -> common_pb2.SignedEnvelope:
     return common_pb2.SignedEnvelope.FromString(receipt)
 
 
-def _receipt_binding_state(receipt: bytes) -> relations_pb2.BindingState.ValueType:
+def _receipt_state(receipt: bytes) -> str:
     """The state the signed receipt records (a replayed answer says what the first one said)."""
-    state = common_pb2.Receipt.FromString(_envelope(receipt).payload).state
-    return relations_pb2.BindingState.Value(f"BINDING_STATE_{state}")
+    return common_pb2.Receipt.FromString(_envelope(receipt).payload).state
+
+
+def _receipt_binding_state(receipt: bytes) -> relations_pb2.BindingState.ValueType:
+    return relations_pb2.BindingState.Value(f"BINDING_STATE_{_receipt_state(receipt)}")
 
 
 class SettlementsServicer(settlements_pb2_grpc.SettlementsServicer):
@@ -275,10 +278,9 @@ class SettlementsServicer(settlements_pb2_grpc.SettlementsServicer):
         answer = await self._run.change(settlement_cases.acknowledge_settlement,
                                         envelope_from_proto(request.acknowledgement), peer_identity(context),
                                         convert.decode_settlement_acknowledgement)
-        envelope = _envelope(answer.receipt)
-        state = common_pb2.Receipt.FromString(envelope.payload).state  # what the (first) answer recorded
+        state = _receipt_state(answer.receipt)
         return settlements_pb2.AcknowledgeSettlementResponse(
-            receipt=envelope, replay=answer.replay,
+            receipt=_envelope(answer.receipt), replay=answer.replay,
             state=settlements_pb2.SettlementWindowState.Value(f"SETTLEMENT_WINDOW_STATE_{state}"))
 
 
