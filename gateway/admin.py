@@ -143,7 +143,8 @@ def audit_verify(url: DatabaseUrl = None, as_json: AsJson = False) -> None:
     with database(url) as (engine, shown):
         with SqlUnitOfWork(engine) as uow:
             keys = {key.key_id: key.public_key for key in uow.gateway_keys.list()}
-        report = verify_audit(lambda: SqlUnitOfWork(engine), keys, verify_signature)
+        # One snapshot, no write lock: the gateway goes on writing while the chain is checked.
+        report = verify_audit(lambda: SqlUnitOfWork(engine, read_only=True), keys, verify_signature)
     if as_json:
         print(json.dumps({"database": shown, "ok": report.ok, "entries": report.entries,
                           "head_sha256": report.head.hex(), "checkpoints": report.checkpoints,

@@ -983,15 +983,19 @@ class SqlGatewayKeyRepository:
 class SqlUnitOfWork:
     """One database transaction; leaving the block without commit() rolls it back."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, read_only: bool = False) -> None:
         self._store = store_for(engine)
+        # A long read (verifying the whole audit chain) takes one consistent snapshot and no write lock.
+        self._read_only = read_only
 
     def __enter__(self) -> SqlUnitOfWork:
         self._connection = self._store.engine.raw_connection()
         self._cursor = Cursor(self._connection.driver_connection)
         self._open = True
         if self._store.is_sqlite:
-            self._cursor.raw("BEGIN IMMEDIATE")
+            self._cursor.raw("BEGIN" if self._read_only else "BEGIN IMMEDIATE")
+        elif self._read_only:
+            self._cursor.raw("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         self.audit = SqlAuditLog(self._cursor, self._store)
         self.provinces = SqlProvinceRepository(self._cursor, self._store, self.audit)
         self.requests = SqlRequestRepository(self._cursor, self._store)

@@ -610,3 +610,25 @@ def test_a_concurrent_claim_wins_when_the_first_rolls_back(engine: Engine) -> No
     with SqlUnitOfWork(engine) as uow:
         stored = uow.requests.get("650000", message_id)
     assert stored is not None and stored.payload_sha256 == SHA_B
+
+
+def test_a_read_only_unit_of_work_does_not_hold_writers_back(engine: Engine) -> None:
+    """`gongji audit verify` reads the whole chain in one: the gateway must go on writing meanwhile."""
+    written = threading.Event()
+
+    def write() -> None:
+        with SqlUnitOfWork(engine) as uow:
+            uow.audit.record("test", uid("s"), "WRITTEN", datetime.now(UTC))
+            uow.commit()
+        written.set()
+
+    with SqlUnitOfWork(engine, read_only=True) as reader:
+        before = reader.audit.head()
+        writer = threading.Thread(target=write)
+        writer.start()
+        # The writer commits while the reader's transaction is still open (a write lock would hold it).
+        assert written.wait(10), "a writer waited for a read-only unit of work"
+        assert reader.audit.head() == before  # the reader keeps its one snapshot
+    writer.join(5)
+    with SqlUnitOfWork(engine, read_only=True) as later:
+        assert later.audit.head()[0] == before[0] + 1
