@@ -123,14 +123,18 @@ class Gateway:
         """Graceful stop: health NOT_SERVING first, then in-flight calls finish within `grace`."""
         for servicer in self._healths:
             await servicer.enter_graceful_shutdown()
-        # New calls are answered UNAVAILABLE by the gates while the calls inside finish; only then does
-        # the server stop (its own stop would cancel calls it had accepted but not started).
+        # The gates answer new calls UNAVAILABLE while the calls inside finish, then hold new ones while
+        # the servers stop (a bare stop cancels calls queued or arriving then: see CallGate).
         started = asyncio.get_running_loop().time()
         await asyncio.gather(*(gate.drain(grace) for gate in self._gates))
         left = max(0.1, grace - (asyncio.get_running_loop().time() - started))
         log.info("stopping: calls drained in %.3f s (still inside: %s); stopping the servers",
                  asyncio.get_running_loop().time() - started, [gate.active for gate in self._gates])
-        await asyncio.gather(self._server.stop(left), self._ops_server.stop(left))
+        stopping = asyncio.gather(self._server.stop(left), self._ops_server.stop(left))
+        await asyncio.sleep(0.05)  # the servers have begun to stop: clients are being told to go away
+        for gate in self._gates:
+            gate.release()
+        await stopping
         await self._outbox.stop()
         # The last state changes get a signed checkpoint before the process goes.
         try:

@@ -1,8 +1,10 @@
-"""Stopping: the gate answers new calls UNAVAILABLE / SHUTTING_DOWN and waits for the calls inside."""
+"""Stopping: the gate answers new calls UNAVAILABLE / SHUTTING_DOWN, waits for the calls inside and
+the ones queued at the close, then holds new ones until the server has begun to stop."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -21,7 +23,7 @@ def test_a_closed_gate_refuses_new_calls_but_not_health_checks() -> None:
     assert gate.active == 2
 
 
-def test_drain_waits_for_the_calls_inside_then_for_a_quiet_moment() -> None:
+def test_drain_waits_for_the_calls_inside() -> None:
     async def scenario() -> float:
         gate = CallGate()
         gate.enter("/gongji.v1.Transfers/SubmitTransfer")
@@ -40,5 +42,72 @@ def test_drain_gives_up_at_its_timeout() -> None:
         gate = CallGate()
         gate.enter("/gongji.v1.Transfers/SubmitTransfer")  # never leaves
         await asyncio.wait_for(gate.drain(timeout=0.1), timeout=2)
+
+    asyncio.run(scenario())
+
+
+def test_calls_queued_at_the_close_are_refused_before_drain_ends() -> None:
+    """Calls gRPC core queued before the close come through after it: drain waits for a quiet moment."""
+    async def scenario() -> tuple[list[float], float]:
+        gate = CallGate()
+        loop = asyncio.get_running_loop()
+        refused_at: list[float] = []
+
+        async def queued_call() -> None:
+            try:
+                await gate.refuse("/gongji.v1.Transfers/SubmitTransfer")
+            except Unavailable:
+                refused_at.append(loop.time())
+
+        started = loop.time()
+        for delay in (0.01, 0.05, 0.09):  # reach the handlers one after another after the close
+            loop.call_later(delay, lambda: loop.create_task(queued_call()))
+        await gate.drain(timeout=5)
+        return [t - started for t in refused_at], loop.time() - started
+
+    refused, drained = asyncio.run(scenario())
+    assert len(refused) == 3 and max(refused) < 0.15  # each answered at once, not held
+    assert drained >= max(refused) + CallGate.QUIET_SECONDS
+
+
+def test_a_caller_that_keeps_retrying_does_not_hold_the_stop_up() -> None:
+    async def scenario() -> float:
+        gate = CallGate()
+        loop = asyncio.get_running_loop()
+        stop = False
+
+        async def retrier() -> None:
+            while not stop:
+                with contextlib.suppress(Unavailable):
+                    await gate.refuse("/gongji.v1.Transfers/SubmitTransfer")
+                await asyncio.sleep(0.02)
+
+        gate.closed = True
+        task = loop.create_task(retrier())
+        started = loop.time()
+        await gate.drain(timeout=5)
+        took = loop.time() - started
+        stop = True
+        gate.release()
+        await task
+        return took
+
+    took = asyncio.run(scenario())
+    assert CallGate.REFUSE_AT_MOST_SECONDS <= took < CallGate.REFUSE_AT_MOST_SECONDS + CallGate.HOLD_SECONDS + 1
+
+
+def test_after_drain_new_calls_are_held_until_release_then_refused() -> None:
+    """So that no call is on its way when the server stops: held calls are answered after its GOAWAY."""
+    async def scenario() -> None:
+        gate = CallGate()
+        await gate.drain(timeout=1)
+        held = asyncio.get_running_loop().create_task(gate.refuse("/gongji.v1.Transfers/SubmitTransfer"))
+        await asyncio.sleep(0.1)
+        assert not held.done()
+        await gate.refuse("/grpc.health.v1.Health/Check")  # health checks are never held nor refused
+        gate.release()
+        with pytest.raises(Unavailable) as refused:
+            await asyncio.wait_for(held, 1)
+        assert refused.value.reason == "SHUTTING_DOWN"
 
     asyncio.run(scenario())
