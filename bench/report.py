@@ -89,6 +89,10 @@ def markdown(r: dict[str, Any]) -> str:
         (f"submit (tps) with {r['stalled_watchers']} unread WatchTransfers streams open, and its ratio to the "
          "mean of the phases before and after without them",
          f"{r['stalled_watchers_submit_tps']:.0f} ({r['stalled_watchers_submit_ratio']:.2f})"),
+        ("the same five RPCs through relays doing no work (bench.pipeline): lifecycle tps, its ratio to the "
+         "echo, and the real flow's share of it",
+         f"{r['pipeline_lifecycle_tps']:.0f} ({r['pipeline_lifecycle_ratio']:.3f}; "
+         f"{r['lifecycle_share_of_pipeline']:.2f})"),
         ("errors / lost / duplicated", f"{r['errors']} / {r['lost']} / {r['duplicated']}"),
     ]
     lines = [
@@ -128,6 +132,9 @@ def summary(r: dict[str, Any]) -> str:
         f"{r['stalled_watchers']} unread watch streams open (after: {r['submit_tps_after']:.0f}); "
         f"ratio to the phases around it "
         f"{r['stalled_watchers_submit_ratio']:.2f}",
+        f"{'pipeline':<18}{r['pipeline_lifecycle_tps']:>10.0f}   lifecycles/s through relays doing no work "
+        f"(submit {r['pipeline_submit_tps']:.0f}/s): ratio {r['pipeline_lifecycle_ratio']:.3f} to the echo; "
+        f"the real flow reaches {r['lifecycle_share_of_pipeline']:.2f} of it",
         f"{'submitted':<18}{r['submitted']:>10}   accepted {r['accepted']}",
         f"{'errors':<18}{r['errors']:>10}   {r['error_codes'] or ''}",
         f"{'lost':<18}{r['lost']:>10}   {_nonzero(r['lost_detail'])}",

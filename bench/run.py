@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import statistics
+import struct
 import sys
 import tempfile
 import time
@@ -24,6 +25,9 @@ from bench import report
 from bench.checks import Database, Outcomes, Stubs, account, completed, drain
 from bench.echo_server import ECHO_METHOD
 from bench.load import Phase, UnaryTarget, drive, percentile
+from bench.pipeline import COUNT as PIPELINE_COUNT
+from bench.pipeline import KEY_BYTES
+from bench.pipeline import SUBMIT as PIPELINE_SUBMIT
 from bench.procs import (
     PROJECT_ROOT,
     BenchError,
@@ -50,10 +54,12 @@ PROVINCE_NAMES = {XINJIANG: "新疆", GANSU: "甘肃"}
 GATEWAY_READY = re.compile(r"gateway ready: provinces (\S+), operators (\S+)")
 STUB_READY = re.compile(r"stub province \d+ serving on (\S+)")
 ECHO_READY = re.compile(r"echo ready on (\S+)")
+PIPELINE_READY = re.compile(r"pipeline \w+ ready on (\S+)")
 PHASES = (
     "Warm-up (1 s of echo; 4×concurrency verified submissions, drained). Then echo round 1, "
     "transfer phase, drain, a second transfer phase with STALLED_WATCHERS WatchTransfers streams open "
-    "from cursor 0 that are never read, drain, a third transfer phase without them, drain, echo round 2; "
+    "from cursor 0 that are never read, drain, a third transfer phase without them, drain, the "
+    "pipeline phase (the flow's five RPCs through relays that do no work, bench.pipeline), echo round 2; "
     "each echo round and transfer phase BENCH_SECONDS long; the stalled-stream phase is compared with "
     "the mean of the two around it. All "
     "in one run on one machine; echo_rps is the median of the echo rounds (with two, their mean), so "
@@ -92,6 +98,8 @@ class Stack:
     stubs: dict[str, str]
     echo: str
     operations: str
+    pipeline: str  # the relay gateway of bench.pipeline
+    pipeline_provinces: dict[str, str]
 
 
 # A load test sends thousands of transfers from one giver at any hour: the giver's province lifts the
@@ -119,7 +127,7 @@ async def start_stack(children: Children, workdir: Path) -> Stack:
     started its threads is unsafe.
     """
     keys_dir = workdir / "keys"
-    gw_port, ops_port, xj_port, gs_port, echo_port = free_ports(5)
+    gw_port, ops_port, xj_port, gs_port, echo_port, *relay_ports = free_ports(8)
     gateway = f"127.0.0.1:{gw_port}"
     stubs = {XINJIANG: f"127.0.0.1:{xj_port}", GANSU: f"127.0.0.1:{gs_port}"}
     stub_children: dict[str, Child] = {}
@@ -159,14 +167,27 @@ async def start_stack(children: Children, workdir: Path) -> Stack:
     echo_child = children.start(
         "echo", ["-m", "bench.echo_server", "--listen", echo, "--max-seconds", "3600"]
     )
+    # The flow's five RPCs between three relay processes that do no work (bench.pipeline).
+    relay_gateway, relay_xj, relay_gs = (f"127.0.0.1:{port}" for port in relay_ports)
+    relays = [
+        children.start("pipeline-gateway", ["-m", "bench.pipeline", "gateway", "--listen", relay_gateway,
+                                            "--peer", relay_xj, "--peer", relay_gs, "--max-seconds", "3600"]),
+        *(children.start(f"pipeline-{code}", ["-m", "bench.pipeline", "province", "--listen", address,
+                                              "--peer", relay_gateway, "--max-seconds", "3600"])
+          for code, address in ((XINJIANG, relay_xj), (GANSU, relay_gs))),
+    ]
     await wait_for_line(gateway_child, GATEWAY_READY, STARTUP_TIMEOUT_S)
     await wait_for_line(echo_child, ECHO_READY, STARTUP_TIMEOUT_S)
+    for child, address in zip(relays, (relay_gateway, relay_xj, relay_gs), strict=True):
+        await wait_for_line(child, PIPELINE_READY, STARTUP_TIMEOUT_S)
+        await wait_for_health(child, address, STARTUP_TIMEOUT_S)
     await wait_for_health(gateway_child, gateway, STARTUP_TIMEOUT_S)
     await wait_for_health(gateway_child, f"127.0.0.1:{ops_port}", STARTUP_TIMEOUT_S)
     for code, child in stub_children.items():
         await wait_for_health(child, stubs[code], STARTUP_TIMEOUT_S)
     await wait_for_health(echo_child, echo, STARTUP_TIMEOUT_S)
-    return Stack(children, keys_dir, db_path, gateway, stubs, echo, f"127.0.0.1:{ops_port}")
+    return Stack(children, keys_dir, db_path, gateway, stubs, echo, f"127.0.0.1:{ops_port}", relay_gateway,
+                 {XINJIANG: relay_xj, GANSU: relay_gs})
 
 
 class CpuMeter:
@@ -260,6 +281,51 @@ async def bind_giver_and_receiver(stack: Stack) -> str:
     raise BenchError("the bench's binding did not become ACTIVE")
 
 
+PIPELINE_SETTLE_S = 3.0  # after the window: notifications still on their way are counted by arrival time
+
+
+async def pipeline_phase(stack: Stack, options: Options, cpu: CpuMeter, request_bytes: int) -> dict[str, Any]:
+    """The flow's five RPCs through bench.pipeline's relays, driven like the transfers (same `drive`)."""
+    channel = grpc.aio.insecure_channel(stack.pipeline)
+    province_channels = {code: grpc.aio.insecure_channel(address)
+                         for code, address in stack.pipeline_provinces.items()}
+    identity: Any = bytes
+    try:
+        submit: UnaryTarget[bytes, bytes] = UnaryTarget(channel, PIPELINE_SUBMIT, identity, identity, DEADLINE_S)
+        counter = iter(range(1 << 62))
+
+        def next_request() -> tuple[str, bytes]:
+            key = next(counter).to_bytes(KEY_BYTES, "big")
+            return key.hex(), key + bytes(max(0, request_bytes - KEY_BYTES))
+
+        cpu.start()
+        phase = await drive("pipeline", submit, next_request, lambda answer: "OK",
+                            concurrency=options.concurrency, seconds=options.seconds)
+        cpu.stop("pipeline")
+        await asyncio.sleep(PIPELINE_SETTLE_S)
+        window = struct.pack("<dd", phase.started_at, phase.started_at + phase.window_s)
+        counts: dict[str, int] = {}
+        failures = 0
+        for code, province in [("gateway", channel), *province_channels.items()]:
+            count = province.unary_unary(PIPELINE_COUNT, request_serializer=identity, response_deserializer=identity)
+            inside, failed = struct.unpack("<qq", await count(window, timeout=DEADLINE_S))
+            failures += failed
+            if code != "gateway":
+                counts[code] = inside
+    finally:
+        await channel.close(None)
+        for province_channel in province_channels.values():
+            await province_channel.close(None)
+    return {
+        "submit_tps": round(phase.rate, 1),
+        "submit_p50_ms": round(phase.latency_ms(50), 2),
+        # Both provinces told within the window; the giver's and the receiver's counts, the smaller.
+        "lifecycle_tps": round(min(counts.values()) / phase.window_s, 1),
+        "notified_in_window": counts,
+        "errors": phase.errors + failures,
+    }
+
+
 async def measure(stack: Stack, options: Options, cpu: CpuMeter) -> dict[str, Any]:
     source = TransferSource(stack.keys_dir, await bind_giver_and_receiver(stack), keep_payloads=True)
     sample = source.sample_request()
@@ -348,6 +414,9 @@ async def measure(stack: Stack, options: Options, cpu: CpuMeter) -> dict[str, An
         after_accepted = [c.key for c in after.ok]
         accepted += after_accepted
         await drain(stubs, after_accepted, options.drain_timeout_s)
+        print(f"bench: the same five RPCs through relays that do no work ({options.seconds:g} s)",
+              file=sys.stderr, flush=True)
+        pipeline = await pipeline_phase(stack, options, cpu, sample.ByteSize())
         print(f"bench: echo round 2 ({options.seconds:g} s)", file=sys.stderr, flush=True)
         echo_rounds.append(await echo_round("echo-2"))
 
@@ -390,6 +459,13 @@ async def measure(stack: Stack, options: Options, cpu: CpuMeter) -> dict[str, An
         "submit_tps_after": round(after.rate, 1),
         # Submissions with unread watch streams open, over the mean of the phases without, before and after.
         "stalled_watchers_submit_ratio": round(with_stalled.rate / bracket_tps, 3) if bracket_tps else 0.0,
+        # The ceiling of the flow itself: its five RPCs between the same processes doing no work.
+        "pipeline_submit_tps": pipeline["submit_tps"],
+        "pipeline_lifecycle_tps": pipeline["lifecycle_tps"],
+        "pipeline_lifecycle_ratio": round(pipeline["lifecycle_tps"] / echo_rps, 4) if echo_rps else 0.0,
+        "lifecycle_share_of_pipeline": (round(lifecycle["lifecycle_tps"] / pipeline["lifecycle_tps"], 3)
+                                        if pipeline["lifecycle_tps"] else 0.0),
+        "pipeline": pipeline,
         "errors": sum(error_codes.values()),
         "error_codes": error_codes,
         "lost": accounting.lost,
@@ -443,6 +519,13 @@ METHOD = {
     "transfer, a credit held twice or for an unknown transfer, two distinct outcome messages for one "
     "transfer at one province. redelivered = the same message arriving again (times_received > 1, "
     "deliveries beyond credits): legitimate at-least-once delivery, de-duplicated by message_id.",
+    "pipeline": "The lifecycle's ceiling: bench.pipeline's relay gateway and two relay provinces (bare grpc.aio "
+    "processes on uvloop like the echo server) pass a request of the echo's size along the transfer's path — "
+    "Submit to the gateway, Deliver to Gansu, Confirm back, Notify to both — each hop answering at once and "
+    "making the next call in its own task; nothing signed, stored or checked. Driven by the same `drive`. "
+    "pipeline_lifecycle_tps = requests whose notification reached both provinces within the window / "
+    "BENCH_SECONDS (counts read 3 s after the window). lifecycle_share_of_pipeline = lifecycle_tps / "
+    "pipeline_lifecycle_tps.",
     "cpu": "CPU seconds per process from /proc/<pid>/stat over each phase, as % of one core; "
     "machine_busy_percent from /proc/stat over all cores.",
 }
@@ -484,7 +567,7 @@ def main() -> int:
     except ValueError as error:
         print(f"bench: {error}", file=sys.stderr)
         return 2
-    overall_s = 3 * options.seconds + 2 * options.drain_timeout_s + 4 * STARTUP_TIMEOUT_S
+    overall_s = 7 * options.seconds + 3 * options.drain_timeout_s + 4 * STARTUP_TIMEOUT_S
     try:
         figures = uvloop.run(asyncio.wait_for(run(options), overall_s))
     except BenchError as error:

@@ -1,0 +1,158 @@
+"""python -m bench.pipeline: the transfer flow's five RPCs between the same processes, doing no work.
+
+The lifecycle ceiling. A relay gateway and two relay provinces, each a bare grpc.aio process like
+the echo server, pass one request's bytes along the path a transfer takes through the real ones:
+
+    driver --Submit--> gateway --Deliver--> receiver --Confirm--> gateway --Notify--> both provinces
+
+Nothing is signed, stored, checked or retried; each hop answers at once and makes the next call in a
+task of its own, as the real outbox and confirmer do. Whatever rate this reaches is the most any
+implementation of the flow on grpc.aio could reach on this machine with these processes: the bench
+runs it side by side with the echo and the real flow, so the real one can be judged against both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import struct
+import time
+from typing import Any
+
+import grpc
+import grpc.aio
+import uvloop
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+SERVICE = "gongji.bench.v1.Relay"
+SUBMIT = f"/{SERVICE}/Submit"
+DELIVER = f"/{SERVICE}/Deliver"
+CONFIRM = f"/{SERVICE}/Confirm"
+NOTIFY = f"/{SERVICE}/Notify"
+COUNT = f"/{SERVICE}/Count"
+KEY_BYTES = 16
+DEADLINE_S = 10.0
+# Calls a hop could not make (deadline, refused): each is a lifecycle that cannot complete.
+_failures = [0]
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+def _method(channel: grpc.aio.Channel, name: str) -> Any:
+    return channel.unary_unary(name, request_serializer=_identity, response_deserializer=_identity)
+
+
+async def _forward(call: Any, request: bytes) -> None:
+    try:
+        await call(request, timeout=DEADLINE_S)
+    except grpc.aio.AioRpcError:
+        _failures[0] += 1
+
+
+class _Tasks:
+    """Fire-and-forget calls, kept referenced until done (asyncio holds tasks weakly)."""
+
+    def __init__(self) -> None:
+        self._running: set[asyncio.Task[None]] = set()
+
+    def spawn(self, call: Any, request: bytes) -> None:
+        task = asyncio.get_running_loop().create_task(_forward(call, request))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+
+async def _count_failures(request: bytes, context: Any) -> bytes:
+    return struct.pack("<qq", 0, _failures[0])
+
+
+def gateway_handlers(receiver: grpc.aio.Channel, provinces: list[grpc.aio.Channel]) -> dict[str, Any]:
+    tasks = _Tasks()
+    deliver = _method(receiver, DELIVER)
+    notifies = [_method(channel, NOTIFY) for channel in provinces]
+
+    async def submit(request: bytes, context: Any) -> bytes:
+        tasks.spawn(deliver, request)
+        return request
+
+    async def confirm(request: bytes, context: Any) -> bytes:
+        for notify in notifies:
+            tasks.spawn(notify, request)
+        return request
+
+    return {"Submit": submit, "Confirm": confirm, "Count": _count_failures}
+
+
+def province_handlers(gateway: grpc.aio.Channel) -> dict[str, Any]:
+    tasks = _Tasks()
+    confirm = _method(gateway, CONFIRM)
+    notified: list[float] = []  # when each notification arrived (wall clock, as the driver's)
+
+    async def deliver(request: bytes, context: Any) -> bytes:
+        tasks.spawn(confirm, request)
+        return request
+
+    async def notify(request: bytes, context: Any) -> bytes:
+        notified.append(time.time())
+        return request
+
+    async def count(request: bytes, context: Any) -> bytes:
+        """Notifications that arrived in [since, until] (two doubles in, two integers out)."""
+        since, until = struct.unpack("<dd", request)
+        inside = sum(1 for at in notified if since <= at <= until)
+        return struct.pack("<qq", inside, _failures[0])
+
+    return {"Deliver": deliver, "Notify": notify, "Count": count}
+
+
+def add_handlers(server: grpc.aio.Server, handlers: dict[str, Any]) -> None:
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
+        name: grpc.unary_unary_rpc_method_handler(handler, request_deserializer=_identity,
+                                                  response_serializer=_identity)
+        for name, handler in handlers.items()
+    }),))
+
+
+async def serve(role: str, listen: str, peers: list[str], max_seconds: float) -> None:
+    channels = [grpc.aio.insecure_channel(peer) for peer in peers]
+    # The gateway's last peer is the receiving province; a province's one peer is the gateway.
+    handlers = gateway_handlers(channels[-1], channels) if role == "gateway" else province_handlers(channels[0])
+    server = grpc.aio.server()
+    add_handlers(server, handlers)
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise SystemExit(f"pipeline {role}: cannot listen on {listen}")
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    print(f"pipeline {role} ready on {listen.rsplit(':', 1)[0]}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    # Bounded even if the bench that started it disappears without stopping it.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), max_seconds)
+    await server.stop(1.0)
+    for channel in channels:
+        await channel.close(None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("role", choices=("gateway", "province"))
+    parser.add_argument("--listen", required=True, help="host:port")
+    parser.add_argument("--peer", action="append", default=[], required=True,
+                        help="gateway: each province (the receiver last); province: the gateway")
+    parser.add_argument("--max-seconds", type=float, default=1800.0, help="stop by itself after this long")
+    args = parser.parse_args()
+    uvloop.run(serve(args.role, args.listen, args.peer, args.max_seconds))  # the loop the real ones use
+
+
+if __name__ == "__main__":
+    main()
