@@ -133,7 +133,8 @@ class Settings:
             outbox=OutboxSettings(
                 backoff=Backoff(base_seconds=number("OUTBOX_BACKOFF_BASE_SECONDS", 0.2),
                                 max_seconds=number("OUTBOX_BACKOFF_MAX_SECONDS", 30.0)),
-                checkpoint_interval_seconds=number("AUDIT_CHECKPOINT_SECONDS", 60.0)),
+                checkpoint_interval_seconds=number("AUDIT_CHECKPOINT_SECONDS", 60.0),
+                lease_seconds=number("OUTBOX_LEASE_SECONDS", OutboxSettings.lease_seconds)),
             outbox_dispatchers=int(number("OUTBOX_DISPATCHERS", 0)),
             dispatcher_poll_seconds=number("DISPATCHER_POLL_SECONDS", 0.05),
             log_level=get("LOG_LEVEL", "INFO").upper(),
@@ -177,3 +178,6 @@ class Settings:
             raise ConfigError("rate_limit_per_second must not be negative, and rate_limit_burst is at least 1")
         if self.db_threads < 0 or self.max_clock_skew_seconds <= 0 or self.province_call_timeout_seconds <= 0:
             raise ConfigError("db_threads, max_clock_skew_seconds and province_call_timeout_seconds must be positive")
+        # A lease shorter than a batch's calls could let another gateway send a message still in flight.
+        if self.outbox.lease_seconds < 2 * self.province_call_timeout_seconds:
+            raise ConfigError("outbox lease_seconds must be at least twice province_call_timeout_seconds")

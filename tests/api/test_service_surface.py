@@ -150,6 +150,12 @@ def test_bad_settings_are_refused_at_start(tmp_path: Path) -> None:
         Settings.from_env({"GONGJI_DATABASE_URL": "mysql://x"})
     with pytest.raises(ConfigError):
         Settings.from_env({"GONGJI_MANIFEST": str(tmp_path / "missing.toml")})
+    plaintext = {"GONGJI_INSECURE_DEV_PLAINTEXT": "true"}
+    # An outbox lease shorter than two province calls could let another gateway resend a message in flight.
+    with pytest.raises(ConfigError, match="lease"):
+        Settings.from_env({**plaintext, "GONGJI_OUTBOX_LEASE_SECONDS": "9"})
+    assert Settings.from_env({**plaintext, "GONGJI_OUTBOX_LEASE_SECONDS": "10"}).outbox.lease_seconds == 10
+    assert Settings.from_env(plaintext).outbox.lease_seconds == 30
 
 
 def test_graceful_stop_reports_not_serving_first(loop_thread: LoopThread, tmp_path: Path, sqlite_url: str) -> None:

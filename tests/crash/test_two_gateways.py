@@ -5,8 +5,8 @@ Xinjiang's stub calls gateway A, Gansu's stub calls gateway B. The driver (Xinji
 its submissions over both, and sends the same signed instruction to both at once a number of times.
 Gateway A is the one killed: Gansu's confirmations go to B, which stays up, so nothing waits on a
 platform's failover (the stubs have none). B's outbox must then deliver what A had leased, once the
-lease runs out: OutboxSettings.lease_seconds is 30 s and gateway/config.py reads no setting for it,
-so this test waits that long by design.
+lease runs out (GONGJI_OUTBOX_LEASE_SECONDS, 30 s by default, 10 s here: the shortest allowed with the
+default 5 s call timeout), so this test waits that long by design.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from tests.crash.driver import Answer, Driver
 from tests.crash.harness import GANSU, XINJIANG, Deployment, start_deployment
 
 SAME_TO_BOTH = 20
-LEASE_S = 30.0
+LEASE_S = 10.0
 
 
 @pytest.mark.postgres
@@ -34,7 +34,8 @@ def test_two_gateways_one_killed_mid_load(tmp_path: Path, closing: contextlib.Ex
     started = time.monotonic()
     deployment = Deployment.allocate(tmp_path, postgres_url, gateways=2)
     closing.callback(deployment.close)
-    binding_id = start_deployment(deployment, stub_gateway={XINJIANG: 0, GANSU: 1})
+    binding_id = start_deployment(deployment, stub_gateway={XINJIANG: 0, GANSU: 1},
+                                  gateway_env={"GONGJI_OUTBOX_LEASE_SECONDS": str(LEASE_S)})
     a, b = deployment.gateway_addresses
     # Every call to the receiver takes 0.3 s, so each gateway's outbox always has messages leased in flight.
     deployment.configure(GANSU, latency_ms=300)
@@ -60,7 +61,7 @@ def test_two_gateways_one_killed_mid_load(tmp_path: Path, closing: contextlib.Ex
     killed_at = datetime.now(UTC)
     driver.targets = [b]  # the platform fails over; unanswered submissions are resent to B
     after_kill = DbView.read(deployment.db_url)
-    # Leased just now: due again only when a lease of 30 s runs out (retries back off 0.5 s at most).
+    # Leased just now: due again only when the lease runs out (retries back off 0.5 s at most).
     leased = {row.id: row.next_attempt_at for row in after_kill.outbox
               if row.status == "PENDING" and _utc(row.next_attempt_at) > killed_at + timedelta(seconds=LEASE_S / 2)}
     time.sleep(2.0)  # B finishes its own leases (0.3 s calls) in this time; A's stay as A left them
