@@ -38,6 +38,53 @@ def machine() -> dict[str, Any]:
     }
 
 
+REAL = ("gateway", "stub-650000", "stub-620000", "driver")
+RELAYS = ("pipeline-gateway", "pipeline-650000", "pipeline-620000", "driver")
+# Of the contract's Ed25519 operations per lifecycle (bench.run), the gateway's own share.
+GATEWAY_SIGNATURES, GATEWAY_VERIFICATIONS = 5, 2
+
+
+def _cpu_ms(report: dict[str, Any], phase: str, names: tuple[str, ...], per_second: float) -> float:
+    """CPU milliseconds the named processes spent per item, during `phase`, at `per_second` items."""
+    shares = report["cpu"].get(phase, {}).get("process_percent_of_one_core", {})
+    return 10 * sum(shares.get(name, 0.0) for name in names) / per_second if per_second else 0.0
+
+
+def budget(r: dict[str, Any]) -> dict[str, float]:
+    """What a lifecycle may cost at the lifecycle target, against what its parts cost in this run.
+
+    Whole machine: at `target_lifecycle_tps` every process together has nproc × 1000 ms of CPU per
+    second. The flow's bare RPCs (the pipeline phase's CPU per lifecycle) and the contract's Ed25519
+    operations (measured in this run) come first; what is left is the budget for everything else —
+    storage, validation, idempotency, audit, encryption, in the gateway and both provinces — to be set
+    against what that costs now. The same for the gateway process alone, which has one core.
+    """
+    ed = r["ed25519"]
+    target_tps = TARGETS["lifecycle_ratio"] * r["echo_rps"]
+    crypto_ms = (ed["signatures_per_lifecycle"] * ed["sign_us"]
+                 + ed["verifications_per_lifecycle"] * ed["verify_us"]) / 1000
+    bare_ms = _cpu_ms(r, "pipeline", RELAYS, r["pipeline_lifecycle_tps"])
+    real_ms = _cpu_ms(r, "transfers", REAL, r["lifecycle_tps"])
+    machine_ms = 1000 * r["machine"]["nproc"] / target_tps if target_tps else 0.0
+    gw_crypto_ms = (GATEWAY_SIGNATURES * ed["sign_us"] + GATEWAY_VERIFICATIONS * ed["verify_us"]) / 1000
+    gw_bare_ms = _cpu_ms(r, "pipeline", ("pipeline-gateway",), r["pipeline_lifecycle_tps"])
+    gw_real_ms = _cpu_ms(r, "transfers", ("gateway",), r["lifecycle_tps"])
+    gw_ms = 1000 / target_tps if target_tps else 0.0
+    return {key: round(value, 2) for key, value in {
+        "target_lifecycle_tps": target_tps,
+        "machine_cpu_ms_per_lifecycle_at_target": machine_ms,
+        "bare_rpcs_ms": bare_ms,
+        "ed25519_ms": crypto_ms,
+        "other_work_budget_ms": machine_ms - bare_ms - crypto_ms,
+        "other_work_now_ms": real_ms - bare_ms - crypto_ms,
+        "gateway_cpu_ms_per_lifecycle_at_target": gw_ms,
+        "gateway_bare_rpcs_ms": gw_bare_ms,
+        "gateway_ed25519_ms": gw_crypto_ms,
+        "gateway_other_work_budget_ms": gw_ms - gw_bare_ms - gw_crypto_ms,
+        "gateway_other_work_now_ms": gw_real_ms - gw_bare_ms - gw_crypto_ms,
+    }.items()}
+
+
 def missed(report: dict[str, Any]) -> list[str]:
     """One line per target the run did not reach (a miss is a finding, not a failed run)."""
     lines = [
@@ -93,6 +140,11 @@ def markdown(r: dict[str, Any]) -> str:
          "echo, and the real flow's share of it",
          f"{r['pipeline_lifecycle_tps']:.0f} ({r['pipeline_lifecycle_ratio']:.3f}; "
          f"{r['lifecycle_share_of_pipeline']:.2f})"),
+        ("CPU per lifecycle for storage and logic (all processes): allowed at the lifecycle target, after the "
+         "bare RPCs and the contract's Ed25519 operations / spent now (ms)",
+         f"{r['budget']['other_work_budget_ms']:.2f} / {r['budget']['other_work_now_ms']:.2f}"),
+        ("the same for the gateway process alone (one core)",
+         f"{r['budget']['gateway_other_work_budget_ms']:.2f} / {r['budget']['gateway_other_work_now_ms']:.2f}"),
         ("errors / lost / duplicated", f"{r['errors']} / {r['lost']} / {r['duplicated']}"),
     ]
     lines = [
@@ -135,6 +187,13 @@ def summary(r: dict[str, Any]) -> str:
         f"{'pipeline':<18}{r['pipeline_lifecycle_tps']:>10.0f}   lifecycles/s through relays doing no work "
         f"(submit {r['pipeline_submit_tps']:.0f}/s): ratio {r['pipeline_lifecycle_ratio']:.3f} to the echo; "
         f"the real flow reaches {r['lifecycle_share_of_pipeline']:.2f} of it",
+        f"{'budget':<18}{r['budget']['target_lifecycle_tps']:>10.0f}   lifecycles/s at the target: "
+        f"{r['budget']['machine_cpu_ms_per_lifecycle_at_target']:.2f} ms of CPU each = bare RPCs "
+        f"{r['budget']['bare_rpcs_ms']:.2f} + Ed25519 {r['budget']['ed25519_ms']:.2f} + the rest "
+        f"{r['budget']['other_work_budget_ms']:.2f} (now {r['budget']['other_work_now_ms']:.2f}); gateway alone "
+        f"{r['budget']['gateway_cpu_ms_per_lifecycle_at_target']:.2f} = {r['budget']['gateway_bare_rpcs_ms']:.2f} + "
+        f"{r['budget']['gateway_ed25519_ms']:.2f} + {r['budget']['gateway_other_work_budget_ms']:.2f} "
+        f"(now {r['budget']['gateway_other_work_now_ms']:.2f})",
         f"{'submitted':<18}{r['submitted']:>10}   accepted {r['accepted']}",
         f"{'errors':<18}{r['errors']:>10}   {r['error_codes'] or ''}",
         f"{'lost':<18}{r['lost']:>10}   {_nonzero(r['lost_detail'])}",

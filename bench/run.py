@@ -281,6 +281,37 @@ async def bind_giver_and_receiver(stack: Stack) -> str:
     raise BenchError("the bench's binding did not become ACTIVE")
 
 
+# Ed25519 operations the contract requires per lifecycle (api.md): signatures — the instruction, its
+# receipt, the delivery, the confirmation, its receipt, two outcome notifications; verifications — the
+# instruction (gateway), the delivery and the instruction inside it (receiver), the confirmation
+# (gateway), its receipt (receiver), each outcome notification (both provinces). The bench's driver
+# checks receipts only while warming up, so the giver's check of its receipt is not counted.
+SIGNATURES_PER_LIFECYCLE = 7
+VERIFICATIONS_PER_LIFECYCLE = 7
+CRYPTO_ROUNDS = 2000
+
+
+def measure_ed25519(payload: bytes) -> dict[str, float]:
+    """Median µs of one Ed25519 signature and one verification (cryptography, this process, one core)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    public = key.public_key()
+    signature = key.sign(payload)
+    signs: list[float] = []
+    verifies: list[float] = []
+    for _ in range(CRYPTO_ROUNDS):
+        t0 = time.perf_counter()
+        key.sign(payload)
+        t1 = time.perf_counter()
+        public.verify(signature, payload)
+        t2 = time.perf_counter()
+        signs.append(t1 - t0)
+        verifies.append(t2 - t1)
+    return {"sign_us": round(1e6 * statistics.median(signs), 1),
+            "verify_us": round(1e6 * statistics.median(verifies), 1)}
+
+
 PIPELINE_SETTLE_S = 3.0  # after the window: notifications still on their way are counted by arrival time
 
 
@@ -420,6 +451,7 @@ async def measure(stack: Stack, options: Options, cpu: CpuMeter) -> dict[str, An
         print(f"bench: echo round 2 ({options.seconds:g} s)", file=sys.stderr, flush=True)
         echo_rounds.append(await echo_round("echo-2"))
 
+        ed25519 = measure_ed25519(sample.instruction.payload)
         # The end of the run: late redeliveries during echo round 2 are caught too.
         outcomes = await stubs.outcomes()
         # A process that died during the run makes every figure meaningless.
@@ -466,6 +498,8 @@ async def measure(stack: Stack, options: Options, cpu: CpuMeter) -> dict[str, An
         "lifecycle_share_of_pipeline": (round(lifecycle["lifecycle_tps"] / pipeline["lifecycle_tps"], 3)
                                         if pipeline["lifecycle_tps"] else 0.0),
         "pipeline": pipeline,
+        "ed25519": {**ed25519, "signatures_per_lifecycle": SIGNATURES_PER_LIFECYCLE,
+                    "verifications_per_lifecycle": VERIFICATIONS_PER_LIFECYCLE},
         "errors": sum(error_codes.values()),
         "error_codes": error_codes,
         "lost": accounting.lost,
@@ -526,6 +560,12 @@ METHOD = {
     "pipeline_lifecycle_tps = requests whose notification reached both provinces within the window / "
     "BENCH_SECONDS (counts read 3 s after the window). lifecycle_share_of_pipeline = lifecycle_tps / "
     "pipeline_lifecycle_tps.",
+    "ed25519": "Median µs of one Ed25519 signature and one verification (cryptography) over 2,000 rounds in the "
+    "bench's own process after the last phase; the contract's operations per lifecycle are counted in bench.run.",
+    "budget": "bench.report.budget: at lifecycle_ratio's target every process together has nproc × 1000 ms of "
+    "CPU per second; less the pipeline phase's CPU per lifecycle (bare RPCs) and the contract's Ed25519 "
+    "operations, the rest is what storage and logic may cost, set against the transfer phase's CPU per "
+    "lifecycle less the same two. The same for the gateway process alone on one core.",
     "cpu": "CPU seconds per process from /proc/<pid>/stat over each phase, as % of one core; "
     "machine_busy_percent from /proc/stat over all cores.",
 }
@@ -580,6 +620,7 @@ def main() -> int:
         print("bench: interrupted; every process it started was stopped", file=sys.stderr)
         return 130
     figures["noisy_phases"] = report.noise(figures)
+    figures["budget"] = report.budget(figures)
     path = report.write(figures, options.results_dir)
     print(report.summary(figures))
     misses = report.missed(figures)
