@@ -54,7 +54,12 @@ def parse_args(argv: list[str] | None = None) -> StubConfig:
     parser.add_argument("--name", default="", help="display name, e.g. 新疆")
     parser.add_argument("--listen", default="127.0.0.1:50061", help="host:port to serve on (port 0: any)")
     parser.add_argument("--gateway", default="127.0.0.1:50051", help="the gateway's province-facing address")
-    parser.add_argument("--keys-dir", type=Path, default=Path("var/keys"), help="own and others' key files")
+    parser.add_argument(
+        "--keys-dir",
+        type=Path,
+        default=Path("var/keys"),
+        help="own key, and other provinces' public keys (the gateway's are asked of the gateway)",
+    )
     parser.add_argument("--key-id", default="", help="own signing key id (default <province>-k1)")
     parser.add_argument("--seed", type=Path, default=None, help="seed file (default the packaged one)")
     parser.add_argument(

@@ -29,6 +29,7 @@ from protos.gongji.v1 import (
     transfers_pb2,
     transfers_pb2_grpc,
 )
+from province_stub.gateway_keys import GatewayKeyDirectory
 from province_stub.signing import GATEWAY_SIGNER, PublicKeyStore, sha256, sign_envelope, verify_with_store
 
 INSTRUCTION_TYPE = "gongji.v1.TransferInstruction"
@@ -268,9 +269,30 @@ class BindingQueryResult:
 def read_receipt(
     keys: PublicKeyStore, receipt: common_pb2.SignedEnvelope, request_payload: bytes
 ) -> common_pb2.Receipt | None:
-    """The receipt if the gateway signed it and it binds our request's SHA-256, else None."""
+    """The receipt if the gateway signed it (its key read from files) and it binds our request's SHA-256.
+
+    For drivers sharing the gateway's keys folder; the stub asks the gateway for its keys instead
+    (GatewayClient).
+    """
     if verify_with_store(keys, receipt, signer=GATEWAY_SIGNER, payload_type=RECEIPT_TYPE):
         return None
+    return _bound_receipt(receipt, request_payload)
+
+
+async def fetch_and_read_receipt(
+    gateway_keys: GatewayKeyDirectory, receipt: common_pb2.SignedEnvelope, request_payload: bytes
+) -> common_pb2.Receipt | None:
+    """The receipt if the gateway signed it with a key it lists and it binds our request's SHA-256.
+
+    The gateway just answered us and will not send this receipt again, so a key id we do not know
+    (it rotated its key since we asked) waits for the next question to it we allow ourselves.
+    """
+    if await gateway_keys.verify(receipt, payload_type=RECEIPT_TYPE, wait_for_refetch=True):
+        return None
+    return _bound_receipt(receipt, request_payload)
+
+
+def _bound_receipt(receipt: common_pb2.SignedEnvelope, request_payload: bytes) -> common_pb2.Receipt | None:
     parsed = common_pb2.Receipt()
     try:
         parsed.ParseFromString(receipt.payload)
@@ -301,14 +323,14 @@ class GatewayClient:
         province: str,
         key_id: str,
         private_key: Ed25519PrivateKey,
-        keys: PublicKeyStore,
+        gateway_keys: GatewayKeyDirectory,
         *,
         deadline_s: float = DEFAULT_DEADLINE_S,
     ) -> None:
         self.province = province
         self.key_id = key_id
         self._private_key = private_key
-        self._keys = keys
+        self._gateway_keys = gateway_keys
         self._deadline_s = deadline_s
         self._transfers = transfers_pb2_grpc.TransfersStub(channel)
         self._relations = relations_pb2_grpc.RelationsStub(channel)
@@ -361,7 +383,7 @@ class GatewayClient:
             response = await self._transfers.SubmitTransfer(request, timeout=self._deadline_s)
         except grpc.aio.AioRpcError as error:
             return SubmitResult(transfer_id=transfer_id, status=status_from_error(error))
-        receipt = read_receipt(self._keys, response.receipt, envelope.payload)
+        receipt = await fetch_and_read_receipt(self._gateway_keys, response.receipt, envelope.payload)
         return SubmitResult(
             transfer_id=response.transfer_id or transfer_id,
             status=OK,
@@ -378,7 +400,7 @@ class GatewayClient:
             response = await self._transfers.ConfirmTransfer(request, timeout=self._deadline_s)
         except grpc.aio.AioRpcError as error:
             return ConfirmResult(transfer_id=transfer_id, status=status_from_error(error))
-        receipt = read_receipt(self._keys, response.receipt, envelope.payload)
+        receipt = await fetch_and_read_receipt(self._gateway_keys, response.receipt, envelope.payload)
         return ConfirmResult(
             transfer_id=transfer_id,
             status=OK,
@@ -457,10 +479,10 @@ class GatewayClient:
         )
         return self.sign(MEMBER_CHANGE_TYPE, change.SerializeToString())
 
-    def _call_result(
+    async def _call_result(
         self, subject_id: str, receipt: common_pb2.SignedEnvelope, replay: bool, request_payload: bytes
     ) -> CallResult:
-        parsed = read_receipt(self._keys, receipt, request_payload)
+        parsed = await fetch_and_read_receipt(self._gateway_keys, receipt, request_payload)
         return CallResult(
             subject_id=subject_id,
             status=OK,
@@ -475,7 +497,7 @@ class GatewayClient:
             response = await self._relations.ProposeBinding(request, timeout=self._deadline_s)
         except grpc.aio.AioRpcError as error:
             return CallResult(subject_id=binding_id, status=status_from_error(error))
-        return self._call_result(binding_id, response.receipt, response.replay, envelope.payload)
+        return await self._call_result(binding_id, response.receipt, response.replay, envelope.payload)
 
     async def accept_binding(self, envelope: common_pb2.SignedEnvelope, binding_id: str) -> CallResult:
         """Send a signed acceptance as is (resending the same bytes is a replay at the gateway)."""
@@ -484,7 +506,7 @@ class GatewayClient:
             response = await self._relations.AcceptBinding(request, timeout=self._deadline_s)
         except grpc.aio.AioRpcError as error:
             return CallResult(subject_id=binding_id, status=status_from_error(error))
-        return self._call_result(binding_id, response.receipt, response.replay, envelope.payload)
+        return await self._call_result(binding_id, response.receipt, response.replay, envelope.payload)
 
     async def dissolve_binding(self, envelope: common_pb2.SignedEnvelope, binding_id: str) -> CallResult:
         request = relations_pb2.DissolveBindingRequest(dissolution=envelope)
@@ -492,7 +514,7 @@ class GatewayClient:
             response = await self._relations.DissolveBinding(request, timeout=self._deadline_s)
         except grpc.aio.AioRpcError as error:
             return CallResult(subject_id=binding_id, status=status_from_error(error))
-        return self._call_result(binding_id, response.receipt, response.replay, envelope.payload)
+        return await self._call_result(binding_id, response.receipt, response.replay, envelope.payload)
 
     async def report_member_change(self, envelope: common_pb2.SignedEnvelope, message_id: str) -> CallResult:
         request = relations_pb2.ReportMemberChangeRequest(change=envelope)
@@ -500,7 +522,7 @@ class GatewayClient:
             response = await self._relations.ReportMemberChange(request, timeout=self._deadline_s)
         except grpc.aio.AioRpcError as error:
             return CallResult(subject_id=message_id, status=status_from_error(error))
-        return self._call_result(message_id, response.receipt, response.replay, envelope.payload)
+        return await self._call_result(message_id, response.receipt, response.replay, envelope.payload)
 
     async def get_binding(self, binding_id: str) -> BindingQueryResult:
         query = relations_pb2.BindingQuery(
@@ -528,7 +550,7 @@ class GatewayClient:
             response = await self._settlements.AcknowledgeSettlement(request, timeout=self._deadline_s)
         except grpc.aio.AioRpcError as error:
             return CallResult(subject_id=window_id, status=status_from_error(error))
-        return self._call_result(window_id, response.receipt, response.replay, envelope.payload)
+        return await self._call_result(window_id, response.receipt, response.replay, envelope.payload)
 
     async def get_settlement(self, window_id: str) -> SettlementQueryResult:
         query = settlements_pb2.SettlementQuery(

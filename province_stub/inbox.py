@@ -21,8 +21,9 @@ from protos.gongji.v1 import (
     transfers_pb2,
 )
 from province_stub.client import INSTRUCTION_TYPE, PROPOSAL_TYPE
+from province_stub.gateway_keys import GatewayKeyDirectory
 from province_stub.people import Seed, mask_id
-from province_stub.signing import GATEWAY_SIGNER, PublicKeyStore, sha256, verify_envelope, verify_with_store
+from province_stub.signing import PublicKeyStore, sha256, verify_envelope
 from province_stub.state import (
     OUTCOME_TO_CREDIT_STATUS,
     Behaviour,
@@ -78,14 +79,16 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         self,
         state: StubState,
         seed: Seed,
-        keys: PublicKeyStore,
+        gateway_keys: GatewayKeyDirectory,
+        province_keys: PublicKeyStore,
         on_accepted: AcceptedHook,
         on_consent_requested: ConsentHook,
         on_settlement: SettlementHook,
     ) -> None:
         self._state = state
         self._seed = seed
-        self._keys = keys
+        self._gateway_keys = gateway_keys
+        self._province_keys = province_keys
         self._on_accepted = on_accepted
         self._on_consent_requested = on_consent_requested
         self._on_settlement = on_settlement
@@ -100,8 +103,8 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
     async def _verify_gateway(
         self, envelope: common_pb2.SignedEnvelope, payload_type: str, context: Context
     ) -> None:
-        """Abort UNAVAILABLE while the gateway's key is not readable, UNAUTHENTICATED if it is wrong."""
-        failure = verify_with_store(self._keys, envelope, signer=GATEWAY_SIGNER, payload_type=payload_type)
+        """Abort UNAVAILABLE while the gateway does not list the key, UNAUTHENTICATED if it is wrong."""
+        failure = await self._gateway_keys.verify(envelope, payload_type=payload_type)
         if failure == "UNKNOWN_KEY":
             await context.abort(grpc.StatusCode.UNAVAILABLE, "gateway public key not available yet")
         if failure:
@@ -112,11 +115,9 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
     ) -> province_pb2.DeliverTransferResponse:
         await self._apply_behaviour(context)
         self._state.deliveries_received += 1
-        failure = verify_with_store(
-            self._keys, request.delivery, signer=GATEWAY_SIGNER, payload_type=DELIVERY_TYPE
-        )
+        failure = await self._gateway_keys.verify(request.delivery, payload_type=DELIVERY_TYPE)
         if failure == "UNKNOWN_KEY":
-            # Not our answer to give yet: the gateway retries once its key is published.
+            # Not our answer to give yet: the gateway retries, by when it lists its key.
             await context.abort(grpc.StatusCode.UNAVAILABLE, "gateway public key not available yet")
         if failure:
             return _rejected("BAD_GATEWAY_SIGNATURE")
@@ -170,7 +171,7 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         envelope = request.instruction
         if envelope.payload_type != INSTRUCTION_TYPE or envelope.signer != instruction.header.sender:
             return "BAD_INSTRUCTION_SIGNATURE"
-        key = self._keys.get(envelope.signer, envelope.key_id)
+        key = self._province_keys.get(envelope.signer, envelope.key_id)
         # A giver province whose key we were not given is vouched for by the gateway's delivery.
         if key is not None and not verify_envelope(envelope, key):
             return "BAD_INSTRUCTION_SIGNATURE"
@@ -306,7 +307,7 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
     ) -> bool:
         if envelope.payload_type != PROPOSAL_TYPE or envelope.signer != proposal.header.sender:
             return False
-        key = self._keys.get(envelope.signer, envelope.key_id)
+        key = self._province_keys.get(envelope.signer, envelope.key_id)
         # A giver province whose key we were not given is vouched for by the gateway's request.
         return key is None or verify_envelope(envelope, key)
 

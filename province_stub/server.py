@@ -20,6 +20,7 @@ from province_stub.client import DEFAULT_DEADLINE_S, GatewayClient
 from province_stub.confirmer import Confirmer
 from province_stub.consent import Consenter, beijing_today
 from province_stub.control import StubControl
+from province_stub.gateway_keys import FETCH_DEADLINE_S, MAX_AGE_S, REFETCH_INTERVAL_S, GatewayKeyDirectory
 from province_stub.inbox import ProvinceInbox
 from province_stub.people import default_seed_path, load_seed
 from province_stub.settlement import Acknowledger
@@ -55,6 +56,10 @@ class StubConfig:
     tls_dir: Path | None = None
     behaviour: Behaviour = field(default_factory=Behaviour)
     gateway_deadline_s: float = DEFAULT_DEADLINE_S
+    # The gateway's keys come from its ListGatewayKeys: asked again for an unknown key id at most this
+    # often, and when the list is older than gateway_keys_max_age_s (see GatewayKeyDirectory).
+    gateway_keys_refetch_s: float = REFETCH_INTERVAL_S
+    gateway_keys_max_age_s: float = MAX_AGE_S
     # The date the consent age rule (D6) counts on; tests pin it, e.g. the day before a 16th birthday.
     today: Callable[[], datetime.date] = beijing_today
 
@@ -133,7 +138,8 @@ async def start_stub(config: StubConfig) -> RunningStub:
     if seed.province != config.province:
         raise ValueError(f"seed {config.seed_path} is for province {seed.province}, not {config.province}")
     private_key = ensure_key_pair(Path(config.keys_dir), config.signing_key_id)
-    keys = PublicKeyStore(Path(config.keys_dir))
+    # Other provinces' keys, where their files were given to us (checked on what the gateway passes on).
+    province_keys = PublicKeyStore(Path(config.keys_dir), gateway_current_file=False)
     state = StubState(province=config.province, behaviour=config.behaviour)
 
     if config.tls_dir is None:
@@ -146,12 +152,19 @@ async def start_stub(config: StubConfig) -> RunningStub:
             grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert),
             options=[("grpc.ssl_target_name_override", GATEWAY_TLS_NAME)],
         )
+    # The gateway's own keys are asked of the gateway, over the same channel.
+    gateway_keys = GatewayKeyDirectory(
+        channel,
+        deadline_s=min(config.gateway_deadline_s, FETCH_DEADLINE_S),
+        refetch_interval_s=config.gateway_keys_refetch_s,
+        max_age_s=config.gateway_keys_max_age_s,
+    )
     client = GatewayClient(
         channel,
         config.province,
         config.signing_key_id,
         private_key,
-        keys,
+        gateway_keys,
         deadline_s=config.gateway_deadline_s,
     )
     confirmer = Confirmer(client)
@@ -167,7 +180,10 @@ async def start_stub(config: StubConfig) -> RunningStub:
 
     server = grpc.aio.server()
     province_pb2_grpc.add_ProvinceInboxServicer_to_server(
-        ProvinceInbox(state, seed, keys, on_accepted, on_consent_requested, acknowledger.schedule), server
+        ProvinceInbox(
+            state, seed, gateway_keys, province_keys, on_accepted, on_consent_requested, acknowledger.schedule
+        ),
+        server,
     )
     control_pb2_grpc.add_StubControlServicer_to_server(
         StubControl(state, seed, client, confirmer, consenter, acknowledger), server

@@ -135,17 +135,22 @@ class PublicKeyStore:
 
     A missing file is not remembered, so a key published after we started (the gateway may start
     after the stub) is found on the next call; a changed file is re-read.
+
+    With `gateway_current_file` (the default, for the bench and crash-test drivers that share the
+    gateway's keys folder) a gateway key id with no file of its own is looked up in `gateway.pub`.
+    The stub turns it off: it asks the gateway for the gateway's keys (province_stub.gateway_keys).
     """
 
-    def __init__(self, keys_dir: Path) -> None:
+    def __init__(self, keys_dir: Path, *, gateway_current_file: bool = True) -> None:
         self._dir = keys_dir
+        self._gateway_current_file = gateway_current_file
         self._cache: dict[Path, _CachedKey] = {}
 
     def get(self, signer: str, key_id: str) -> Ed25519PublicKey | None:
         if not _KEY_ID.match(key_id):
             return None
         candidates = [self._dir / f"{key_id}.pub"]
-        if signer == GATEWAY_SIGNER:
+        if signer == GATEWAY_SIGNER and self._gateway_current_file:
             candidates.append(self._dir / GATEWAY_CURRENT_KEY_FILE)
         for path in candidates:
             key = self._read(path)

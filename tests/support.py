@@ -33,6 +33,8 @@ from gateway.usecases.outbox import Backoff
 from gateway.wire import envelope_to_proto
 from protos.gongji.v1 import (
     common_pb2,
+    keys_pb2,
+    keys_pb2_grpc,
     operations_pb2,
     operations_pb2_grpc,
     relations_pb2,
@@ -174,6 +176,12 @@ class Stack:
     signers: dict[str, EnvelopeSigner] = field(default_factory=dict)
     binding_id: str = ""  # the ACTIVE binding of GIVER and MOTHER made at start
     tls: DevCa | None = None  # set when the stack runs with mutual TLS
+    # The stubs' own keys folder, when not the gateway's (start_stack(..., stub_keys_dir=...)).
+    stub_keys: Path | None = None
+
+    @property
+    def stub_keys_dir(self) -> Path:
+        return self.stub_keys or self.keys_dir
 
     @property
     def transfers(self) -> transfers_pb2_grpc.TransfersStub:
@@ -354,13 +362,14 @@ class Stack:
 
     def add_province(self, code: str, name: str, behaviour: Behaviour | None = None) -> RunningStub:
         """Start one more stub province (its seed file under province_stub/seeds) and register it."""
+        keys_dir = self.stub_keys_dir
         stub = self.loop_thread.run(start_stub(StubConfig(
-            province=code, name=name, gateway=f"127.0.0.1:{self.gateway.port}", keys_dir=self.keys_dir,
+            province=code, name=name, gateway=f"127.0.0.1:{self.gateway.port}", keys_dir=keys_dir,
             behaviour=behaviour or Behaviour())))
         self.stubs[code] = stub
         register(self.operations, code, name, stub.address, stub.key_id,
-                 load_public_key(self.keys_dir / f"{stub.key_id}.pub"), TEST_POLICY)
-        self.signers[code] = EnvelopeSigner(code, stub.key_id, load_private_key(self.keys_dir / f"{stub.key_id}.key"))
+                 load_public_key(keys_dir / f"{stub.key_id}.pub"), TEST_POLICY)
+        self.signers[code] = EnvelopeSigner(code, stub.key_id, load_private_key(keys_dir / f"{stub.key_id}.key"))
         return stub
 
     def bind(self, giver: tuple[str, str], receiver: tuple[str, str], relation_code: str, sender: str,
@@ -407,14 +416,16 @@ def register(ops: operations_pb2_grpc.OperationsStub, code: str, name: str, endp
 
 def start_stack(loop_thread: LoopThread, tmp_path: Path, db_url: str,
                 behaviours: dict[str, Behaviour] | None = None, with_stubs: bool = True,
-                tls_dir: Path | None = None, **settings: Any) -> Stack:
+                tls_dir: Path | None = None, stub_keys_dir: Path | None = None, **settings: Any) -> Stack:
     """Gateway first (its port is needed by the stubs), then the stubs, then their registration.
 
     With `tls_dir`, everything runs with mutual TLS from a development CA made there: the stack's channel
-    presents Xinjiang's certificate, the operators' channel an operator's.
+    presents Xinjiang's certificate, the operators' channel an operator's. With `stub_keys_dir`, the stubs
+    keep their keys there rather than in the gateway's keys folder (so they see no gateway key file).
     """
     ca = ensure_dev_pki(tls_dir, [XINJIANG, GANSU, "610000"]) if tls_dir is not None else None
     keys_dir = tmp_path / "keys"
+    stub_keys = stub_keys_dir or keys_dir
     clock = OffsetClock()
     config = Settings(
         listen="127.0.0.1:0", ops_listen="127.0.0.1:0", database_url=db_url,
@@ -437,7 +448,7 @@ def start_stack(loop_thread: LoopThread, tmp_path: Path, db_url: str,
     stubs = {}
     for code, name in ((XINJIANG, "新疆"), (GANSU, "甘肃")) if with_stubs else ():
         stubs[code] = loop_thread.run(start_stub(StubConfig(
-            province=code, name=name, gateway=f"127.0.0.1:{gateway.port}", keys_dir=keys_dir,
+            province=code, name=name, gateway=f"127.0.0.1:{gateway.port}", keys_dir=stub_keys,
             behaviour=behaviours.get(code, Behaviour()), tls_dir=tls_dir)))
     if ca is None:
         channel = grpc.insecure_channel(f"127.0.0.1:{gateway.port}")
@@ -445,11 +456,11 @@ def start_stack(loop_thread: LoopThread, tmp_path: Path, db_url: str,
     else:
         channel = secure_channel(f"127.0.0.1:{gateway.port}", ca, f"province-{XINJIANG}", GATEWAY_DNS)
         ops_channel = secure_channel(f"127.0.0.1:{gateway.ops_port}", ca, "operator-operator", GATEWAY_DNS)
-    stack = Stack(loop_thread, gateway, clock, stubs, keys_dir, channel, ops_channel, tls=ca)
+    stack = Stack(loop_thread, gateway, clock, stubs, keys_dir, channel, ops_channel, tls=ca, stub_keys=stub_keys_dir)
     for code, stub in stubs.items():
         register(stack.operations, code, stub.config.name, stub.address, stub.key_id,
-                 load_public_key(keys_dir / f"{stub.key_id}.pub"), TEST_POLICY)
-        stack.signers[code] = EnvelopeSigner(code, stub.key_id, load_private_key(keys_dir / f"{stub.key_id}.key"))
+                 load_public_key(stub_keys / f"{stub.key_id}.pub"), TEST_POLICY)
+        stack.signers[code] = EnvelopeSigner(code, stub.key_id, load_private_key(stub_keys / f"{stub.key_id}.key"))
     if with_stubs:
         # The giver and his mother, bound as the seeds' story has it; Gansu's stub consents by itself.
         receipt = stack.propose(MOTHER, relation_code="52").receipt
@@ -460,3 +471,16 @@ def start_stack(loop_thread: LoopThread, tmp_path: Path, db_url: str,
 
 
 NEVER_CONFIRM = Behaviour(confirm_mode=ConfirmMode.NEVER)
+
+
+class ListedGatewayKeys(keys_pb2_grpc.GatewayKeysServicer):
+    """A tiny gongji.v1.GatewayKeys for a stub without a gateway: lists `keys`, counts the questions."""
+
+    def __init__(self) -> None:
+        self.keys: list[keys_pb2.GatewayKey] = []
+        self.calls = 0
+
+    async def ListGatewayKeys(self, request: keys_pb2.ListGatewayKeysRequest,
+                              context: Any) -> keys_pb2.ListGatewayKeysResponse:
+        self.calls += 1
+        return keys_pb2.ListGatewayKeysResponse(keys=self.keys)

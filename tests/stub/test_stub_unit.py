@@ -1,4 +1,8 @@
-"""The stub province on its own: a real grpc.aio channel, gateway messages signed by the test."""
+"""The stub province on its own: a real grpc.aio channel, gateway messages signed by the test.
+
+The test plays the gateway: it lists its key on a tiny gongji.v1.GatewayKeys service (the stub asks
+for the gateway's keys there, never in files) and signs what the gateway would send.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ from grpc_status import rpc_status
 
 from protos.gongji.v1 import (
     common_pb2,
+    keys_pb2,
+    keys_pb2_grpc,
     province_pb2,
     province_pb2_grpc,
     relations_pb2,
@@ -35,6 +41,7 @@ from protos.stub.v1 import control_pb2, control_pb2_grpc
 from province_stub import Behaviour, ConfirmMode, ConsentMode, StubConfig, start_stub
 from province_stub.__main__ import parse_args
 from province_stub.consent import age_on, attestation_for_age
+from tests.support import ListedGatewayKeys
 
 SEEDS = Path(__file__).resolve().parents[2] / "province_stub" / "seeds"
 GANSU = "620000"
@@ -88,17 +95,25 @@ def header(message_id: str, sender: str, receiver: str) -> Any:
 
 
 class World:
-    """Keys in a temporary directory: the gateway's and the Xinjiang giver province's."""
+    """The gateway's key, listed by its GatewayKeys service, and the Xinjiang giver province's, in a file."""
 
     def __init__(self, keys_dir: Path) -> None:
         self.keys_dir = keys_dir
         keys_dir.mkdir(parents=True, exist_ok=True)
         self.gateway_key = Ed25519PrivateKey.generate()
         self.giver_key = Ed25519PrivateKey.generate()
+        self.gateway_keys = ListedGatewayKeys()
         self.counter = 0
 
+    def serve_gateway_keys(self, server: grpc.aio.Server) -> None:
+        keys_pb2_grpc.add_GatewayKeysServicer_to_server(self.gateway_keys, server)
+
     def publish_gateway_key(self) -> None:
-        (self.keys_dir / "gateway.pub").write_text(_raw_public(self.gateway_key).hex() + "\n")
+        self.gateway_keys.keys.append(
+            keys_pb2.GatewayKey(
+                key_id="gateway-k1", alg="ed25519", public_key=_raw_public(self.gateway_key), current=True
+            )
+        )
 
     def publish_giver_key(self) -> None:
         (self.keys_dir / f"{XINJIANG}-k1.pub").write_text(_raw_public(self.giver_key).hex() + "\n")
@@ -210,9 +225,20 @@ Scenario = Callable[[Any, Any, World], Awaitable[None]]
 
 
 def run_stub(tmp_path: Path, scenario: Scenario, *, publish: bool = True, behaviour: Behaviour = NEVER) -> None:
-    """Start a Gansu stub in-process with no gateway behind it, run the scenario, stop it."""
+    """Start a Gansu stub in-process with only the gateway's key list behind it, run the scenario, stop it."""
     world = World(tmp_path / "keys")
-    asyncio.run(_with_stub(world, "127.0.0.1:1", scenario, publish=publish, behaviour=behaviour))
+
+    async def main() -> None:
+        gateway = grpc.aio.server()
+        world.serve_gateway_keys(gateway)
+        gateway_port = gateway.add_insecure_port("127.0.0.1:0")
+        await gateway.start()
+        try:
+            await _with_stub(world, f"127.0.0.1:{gateway_port}", scenario, publish=publish, behaviour=behaviour)
+        finally:
+            await gateway.stop(0)
+
+    asyncio.run(main())
 
 
 async def _with_stub(
@@ -226,8 +252,14 @@ async def _with_stub(
 ) -> None:
     if publish:
         world.publish_gateway_key()
+    # Asking for the gateway's keys again at every unknown key id: these tests list a key mid-scenario.
     config = StubConfig(
-        province=GANSU, keys_dir=world.keys_dir, gateway=gateway, behaviour=behaviour, gateway_deadline_s=2.0
+        province=GANSU,
+        keys_dir=world.keys_dir,
+        gateway=gateway,
+        behaviour=behaviour,
+        gateway_deadline_s=2.0,
+        gateway_keys_refetch_s=0.0,
     )
     if today is not None:
         config = dataclasses.replace(config, today=lambda: today)
@@ -333,8 +365,11 @@ def test_rejections(tmp_path: Path) -> None:
     run_stub(tmp_path, scenario)
 
 
-def test_gateway_key_is_read_when_it_appears(tmp_path: Path) -> None:
+def test_gateway_key_is_used_once_the_gateway_lists_it(tmp_path: Path) -> None:
     async def scenario(inbox: Any, control: Any, world: World) -> None:
+        # Key files are not where the stub looks for the gateway's keys, whatever their name.
+        for name in ("gateway.pub", "gateway-k1.pub"):
+            (world.keys_dir / name).write_text(_raw_public(world.gateway_key).hex() + "\n")
         request = world.deliver_request()
         with pytest.raises(grpc.aio.AioRpcError) as failed:
             await inbox.DeliverTransfer(request)
@@ -459,7 +494,7 @@ def test_consent_request_refusals(tmp_path: Path) -> None:
                 await inbox.RequestConsent(request)
             return failed.value.code()
 
-        # Until the gateway's key is readable the request is not ours to judge: retry later.
+        # Until the gateway lists its key the request is not ours to judge: retry later.
         assert await refused(world.consent_request()) == grpc.StatusCode.UNAVAILABLE
         world.publish_gateway_key()
         forged = world.consent_request(gateway_key=Ed25519PrivateKey.generate())
@@ -610,6 +645,7 @@ def test_client_side_against_a_fake_gateway(tmp_path: Path) -> None:
     async def main() -> None:
         gateway = grpc.aio.server()
         transfers_pb2_grpc.add_TransfersServicer_to_server(fake, gateway)
+        world.serve_gateway_keys(gateway)
         gateway_port = gateway.add_insecure_port("127.0.0.1:0")
         await gateway.start()
 
@@ -737,6 +773,7 @@ def run_with_fake_relations(
     async def main() -> None:
         gateway = grpc.aio.server()
         relations_pb2_grpc.add_RelationsServicer_to_server(fake, gateway)
+        fake.world.serve_gateway_keys(gateway)
         gateway_port = gateway.add_insecure_port("127.0.0.1:0")
         await gateway.start()
         try:
