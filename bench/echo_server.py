@@ -27,22 +27,18 @@ async def _echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes])
     return request
 
 
-async def serve(listen: str, max_seconds: float) -> None:
-    server = grpc.aio.server()
-    handler = grpc.unary_unary_rpc_method_handler(
-        _echo, request_deserializer=_identity, response_serializer=_identity
-    )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, {_METHOD: handler}),))
+async def serve_until_stopped(server: grpc.aio.Server, listen: str, name: str, max_seconds: float) -> None:
+    """Serve (health SERVING, "<name> ready on host:port" printed) until SIGTERM/SIGINT or max_seconds."""
     # grpc-stubs describe only the synchronous health servicer.
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port(listen)
     if port == 0:
-        raise SystemExit(f"echo server: cannot listen on {listen}")
+        raise SystemExit(f"{name}: cannot listen on {listen}")
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     host = listen.rsplit(":", 1)[0]
-    print(f"echo ready on {host}:{port}", flush=True)
+    print(f"{name} ready on {host}:{port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -51,6 +47,15 @@ async def serve(listen: str, max_seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), max_seconds)
     await server.stop(1.0)
+
+
+async def serve(listen: str, max_seconds: float) -> None:
+    server = grpc.aio.server()
+    handler = grpc.unary_unary_rpc_method_handler(
+        _echo, request_deserializer=_identity, response_serializer=_identity
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, {_METHOD: handler}),))
+    await serve_until_stopped(server, listen, "echo", max_seconds)
 
 
 def main() -> None:

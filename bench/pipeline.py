@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import signal
 import struct
 import time
 from typing import Any
@@ -24,7 +22,8 @@ from typing import Any
 import grpc
 import grpc.aio
 import uvloop
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from bench.echo_server import serve_until_stopped
 
 SERVICE = "gongji.bench.v1.Relay"
 SUBMIT = f"/{SERVICE}/Submit"
@@ -122,22 +121,7 @@ async def serve(role: str, listen: str, peers: list[str], max_seconds: float) ->
     handlers = gateway_handlers(channels[-1], channels) if role == "gateway" else province_handlers(channels[0])
     server = grpc.aio.server()
     add_handlers(server, handlers)
-    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(listen)
-    if port == 0:
-        raise SystemExit(f"pipeline {role}: cannot listen on {listen}")
-    await server.start()
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    print(f"pipeline {role} ready on {listen.rsplit(':', 1)[0]}:{port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    # Bounded even if the bench that started it disappears without stopping it.
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), max_seconds)
-    await server.stop(1.0)
+    await serve_until_stopped(server, listen, f"pipeline {role}", max_seconds)
     for channel in channels:
         await channel.close(None)
 
