@@ -46,7 +46,8 @@ FIGURES_TYPE = "gongji.v1.SettlementFigures"
 
 Context = grpc.aio.ServicerContext[Any, Any]
 # Called (on the event loop) with a transfer id once an ACCEPTED answer has been sent.
-AcceptedHook = Callable[[str], None]
+# (transfer_id, confirm_by as seconds since the epoch, or None when the delivery set none)
+AcceptedHook = Callable[[str, float | None], None]
 # Called (on the event loop) with the request, and the behaviour in force when it was answered,
 # once a RequestConsent has been answered.
 ConsentHook = Callable[[ConsentRequestRecord, Behaviour], None]
@@ -162,7 +163,8 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
 
         if not answer.accepted:
             return _rejected(answer.reject_reason)
-        self._confirm_after_answer(context, transfer_id)
+        confirm_by = delivery.confirm_by.ToNanoseconds() / 1e9 if delivery.HasField("confirm_by") else None
+        self._confirm_after_answer(context, transfer_id, confirm_by)
         return province_pb2.DeliverTransferResponse(decision=_ACCEPTED)
 
     def _check_giver_signature(
@@ -190,10 +192,10 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
             return DeliveryAnswer(instruction_sha256, accepted=False, reject_reason=reject_reason)
         return DeliveryAnswer(instruction_sha256, accepted=True)
 
-    def _confirm_after_answer(self, context: Context, transfer_id: str) -> None:
+    def _confirm_after_answer(self, context: Context, transfer_id: str, confirm_by: float | None) -> None:
         # Confirming before the gateway has our ACCEPTED could race its own DELIVERED bookkeeping,
         # so the confirmation starts only when this RPC has finished.
-        _after_rpc(context, lambda: self._on_accepted(transfer_id))
+        _after_rpc(context, lambda: self._on_accepted(transfer_id, confirm_by))
 
     async def NotifyOutcome(
         self, request: province_pb2.NotifyOutcomeRequest, context: Context

@@ -171,9 +171,9 @@ async def start_stub(config: StubConfig) -> RunningStub:
     consenter = Consenter(client, today=config.today)
     acknowledger = Acknowledger(client)
 
-    def on_accepted(transfer_id: str) -> None:
+    def on_accepted(transfer_id: str, confirm_by: float | None) -> None:
         # The behaviour in force when the answer went out decides how to confirm.
-        confirmer.schedule(transfer_id, state.behaviour)
+        confirmer.schedule(transfer_id, state.behaviour, confirm_by)
 
     def on_consent_requested(request: ConsentRequestRecord, behaviour: Behaviour) -> None:
         consenter.schedule(request, behaviour)

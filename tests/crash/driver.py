@@ -320,9 +320,10 @@ class Driver(Platform):
 
 class Confirmer(Platform):
     """Gansu's platform confirming (CREDITED) every credit its stub holds PENDING, as a platform that
-    retries until answered. Used where the stub's own confirmer falls short: it gives up after 5 attempts
-    in about 1.5 s (province_stub/confirmer.py), and its channel keeps gRPC's default reconnect backoff,
-    so across repeated gateway restarts most of its confirmations would be dropped. The stub is set to
+    retries until answered. Used where the stub's own confirmer falls short: it resends until the
+    delivery's confirm_by (province_stub/confirmer.py), but its channel keeps gRPC's default reconnect
+    backoff (a second, growing to two minutes), so across repeated gateway restarts its resends would
+    wait longer than these tests do. The stub is set to
     confirm_mode NEVER; this signs each confirmation once, with the stub's message id for it, and resends
     those bytes until answered."""
 

@@ -128,6 +128,7 @@ class World:
         amount_fen: int = 10000,
         *,
         gateway_key: Ed25519PrivateKey | None = None,
+        confirm_by: float | None = None,
     ) -> Any:
         transfer_id = self.fresh_id("t")
         instruction = transfers_pb2.TransferInstruction(
@@ -143,6 +144,8 @@ class World:
             transfer_id=transfer_id,
             instruction_sha256=hashlib.sha256(payload).digest(),
         )
+        if confirm_by is not None:
+            delivery.confirm_by.FromNanoseconds(int(confirm_by * 1e9))
         return province_pb2.DeliverTransferRequest(
             instruction=sign(
                 self.giver_key, XINJIANG, f"{XINJIANG}-k1", "gongji.v1.TransferInstruction", payload
@@ -249,6 +252,7 @@ async def _with_stub(
     publish: bool = True,
     behaviour: Behaviour = NEVER,
     today: datetime.date | None = None,
+    timeout_s: float = 8.0,
 ) -> None:
     if publish:
         world.publish_gateway_key()
@@ -268,7 +272,7 @@ async def _with_stub(
         async with grpc.aio.insecure_channel(f"127.0.0.1:{stub.port}") as channel:
             inbox = province_pb2_grpc.ProvinceInboxStub(channel)
             control = control_pb2_grpc.StubControlStub(channel)
-            await asyncio.wait_for(scenario(inbox, control, world), timeout=8)
+            await asyncio.wait_for(scenario(inbox, control, world), timeout=timeout_s)
     finally:
         await stub.stop(0)
 
@@ -605,12 +609,13 @@ def not_found(reason: str) -> tuple[tuple[str, bytes], ...]:
 
 
 class FakeGateway(transfers_pb2_grpc.TransfersServicer):
-    """Signs receipts like the gateway; fails the first confirmation to exercise the retry."""
+    """Signs receipts like the gateway; fails the first confirmations (UNAVAILABLE) to exercise the retry."""
 
-    def __init__(self, world: World) -> None:
+    def __init__(self, world: World, fail_first: int = 1) -> None:
         self.world = world
         self.confirmations: list[Any] = []
         self.submissions: list[Any] = []
+        self.failures_left = fail_first
 
     def _receipt(self, envelope: Any, state: str) -> Any:
         return gateway_receipt(self.world, envelope, state)
@@ -627,7 +632,8 @@ class FakeGateway(transfers_pb2_grpc.TransfersServicer):
 
     async def ConfirmTransfer(self, request: Any, context: Any) -> Any:
         self.confirmations.append(request.confirmation)
-        if len(self.confirmations) == 1:
+        if self.failures_left > 0:
+            self.failures_left -= 1
             await context.abort(grpc.StatusCode.UNAVAILABLE, "try again")
         return transfers_pb2.ConfirmTransferResponse(
             receipt=self._receipt(request.confirmation, "TRANSFER_STATE_COMMITTED"),
@@ -700,6 +706,49 @@ def test_client_side_against_a_fake_gateway(tmp_path: Path) -> None:
 
         try:
             await _with_stub(world, f"127.0.0.1:{gateway_port}", scenario)
+        finally:
+            await gateway.stop(0)
+
+    asyncio.run(main())
+
+
+def test_automatic_confirmation_is_resent_until_the_deliverys_confirm_by(tmp_path: Path) -> None:
+    """A gateway away for a while (a restart) still gets the confirmation; past confirm_by, no more tries."""
+    world = World(tmp_path / "keys")
+    fake = FakeGateway(world, fail_first=6)  # one more than the attempts given to a delivery with no deadline
+
+    def attempts_for(transfer_id: str) -> list[Any]:
+        return [c for c in fake.confirmations
+                if transfers_pb2.TransferConfirmation.FromString(c.payload).transfer_id == transfer_id]
+
+    async def main() -> None:
+        gateway = grpc.aio.server()
+        transfers_pb2_grpc.add_TransfersServicer_to_server(fake, gateway)
+        world.serve_gateway_keys(gateway)
+        gateway_port = gateway.add_insecure_port("127.0.0.1:0")
+        await gateway.start()
+
+        async def scenario(inbox: Any, control: Any, world_: World) -> None:
+            await control.Configure(control_pb2.Behaviour(confirm_mode=control_pb2.CONFIRM_MODE_IMMEDIATE))
+            patient = world_.deliver_request(confirm_by=time.time() + 60)
+            transfer_id = transfers_pb2.TransferInstruction.FromString(patient.instruction.payload).header.message_id
+            assert (await inbox.DeliverTransfer(patient)).decision == ACCEPTED
+            await eventually(lambda: len(attempts_for(transfer_id)) == 7, timeout_s=15)
+            await asyncio.sleep(0.5)
+            assert len(attempts_for(transfer_id)) == 7  # answered OK on the 7th: no more
+            assert len({c.SerializeToString() for c in attempts_for(transfer_id)}) == 1  # the same bytes
+
+            fake.failures_left = 1_000_000  # the gateway stays away
+            hurried = world_.deliver_request(confirm_by=time.time() + 1.0)
+            late_id = transfers_pb2.TransferInstruction.FromString(hurried.instruction.payload).header.message_id
+            assert (await inbox.DeliverTransfer(hurried)).decision == ACCEPTED
+            await asyncio.sleep(2.5)
+            tried = len(attempts_for(late_id))
+            await asyncio.sleep(2.0)
+            assert 2 <= tried == len(attempts_for(late_id)), "tries went on past confirm_by"
+
+        try:
+            await _with_stub(world, f"127.0.0.1:{gateway_port}", scenario, timeout_s=30)
         finally:
             await gateway.stop(0)
 
