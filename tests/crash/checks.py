@@ -125,24 +125,14 @@ class Settling:
     db: DbView
     snapshots: dict[str, control_pb2.SnapshotResponse]
     seconds: float
-    confirmations_resent: int
 
 
-def settle(deployment: Deployment, expected: Collection[str], timeout_s: float,
-           resend_confirmations_after_s: float | None = 4.0) -> Settling:
+def settle(deployment: Deployment, expected: Collection[str], timeout_s: float) -> Settling:
     """Until every expected transfer is final, both provinces were told, and the outbox owes nothing
-    (bounded by `timeout_s`).
-
-    The stub's own confirmer gives up after 5 attempts in about 1.5 s (province_stub/confirmer.py), so a
-    confirmation that met a dead gateway is never sent again and its transfer would wait, DELIVERED, for
-    the return deadline (06:00 Beijing time). A real platform retries until it has an answer: a transfer
-    still DELIVERED after `resend_confirmations_after_s` gets its confirmation resent (the stub signs it
-    once and sends the same bytes; the gateway replays if it had it). None: the test confirms by itself
-    (tests.crash.driver.Confirmer).
+    (bounded by `timeout_s`). Nothing is resent on anyone's behalf: the receiver's stub resends its own
+    confirmations until the delivery's confirm_by (province_stub/confirmer.py), across gateway restarts.
     """
     started = time.monotonic()
-    delivered_since: dict[str, float] = {}
-    resent = 0
     while True:
         db = DbView.read(deployment.db_url)
         snaps = snapshots(deployment)
@@ -152,23 +142,13 @@ def settle(deployment: Deployment, expected: Collection[str], timeout_s: float,
         # And nothing owed any more: a message the stub got but whose answer a killed process never
         # recorded goes out again once its lease runs out (a redelivery, de-duplicated by message_id).
         if not pending and not db.pending_outbox():
-            return Settling(db, snaps, waited, resent)
+            return Settling(db, snaps, waited)
         if waited > timeout_s:
             states = Counter(db.states.get(t, "ABSENT") for t in pending)
             raise AssertionError(
                 f"{len(pending)} of {len(expected)} transfers not final and told to both provinces after "
                 f"{timeout_s:.0f}s (database states of those: {dict(states)}; outbox pending "
                 f"{db.pending_outbox()})\n{deployment.tails()}")
-        now = time.monotonic()
-        for transfer_id in pending if resend_confirmations_after_s is not None else ():
-            if db.states.get(transfer_id) != "DELIVERED":
-                delivered_since.pop(transfer_id, None)
-                continue
-            since = delivered_since.setdefault(transfer_id, now)
-            if now - since >= (resend_confirmations_after_s or 0.0):
-                deployment.control(GANSU).Confirm(control_pb2.ConfirmRequest(transfer_id=transfer_id), timeout=10)
-                delivered_since[transfer_id] = now
-                resent += 1
         time.sleep(0.5)
 
 

@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from protos.gongji.v1 import common_pb2, relations_pb2, relations_pb2_grpc
 from province_stub.client import header, new_message_id
 from province_stub.signing import load_private_key, sign_envelope
-from tests.crash.checks import Accounting, DbView, account, settle, snapshots, verify_audit_chain
+from tests.crash.checks import Accounting, DbView, account, settle, verify_audit_chain
 from tests.crash.driver import Driver
 from tests.crash.harness import (
     GANSU,
@@ -38,8 +38,7 @@ def _finish(deployment: Deployment, driver: Driver, what: str, extra: str = "") 
     """Answers for everything, everything final and told, a graceful stop, then the accounting and the audit."""
     driver.resend_unanswered()
     acknowledged = [s.transfer_id for s in driver.acknowledged]
-    settling = settle(deployment, acknowledged, SETTLE_TIMEOUT_S)
-    snaps = snapshots(deployment)
+    snaps = settle(deployment, acknowledged, SETTLE_TIMEOUT_S).snapshots
     for gateway in deployment.gateways:
         if gateway.alive:
             assert gateway.terminate() == 0, gateway.tail()
@@ -49,7 +48,7 @@ def _finish(deployment: Deployment, driver: Driver, what: str, extra: str = "") 
     print(f"fault {what}: acknowledged={result.acknowledged} present={result.present} doubled={result.doubled} "
           f"lost={result.lost} redelivered={result.redelivered} final={result.final_states} {extra}"
           f"answers_lost_then_replayed={driver.stats.replays_on_resend} "
-          f"confirmations_resent={settling.confirmations_resent} call_codes={dict(driver.stats.codes)} "
+          f"call_codes={dict(driver.stats.codes)} "
           f"audit={'ok' if audit.ok else 'FAILED'} entries={audit.entries}", flush=True)
     assert not driver.stats.unexpected, driver.stats.unexpected[:10]
     assert result.present == result.acknowledged == len(driver.submissions), result.problems()

@@ -77,7 +77,7 @@ def test_kill_nine_under_load_loses_and_doubles_nothing(tmp_path: Path, closing:
     replays_checked = driver.check_replays(50)
     acknowledged = [s.transfer_id for s in driver.acknowledged]
     confirmer.resume()
-    settling = settle(deployment, acknowledged, DRAIN_TIMEOUT_S, resend_confirmations_after_s=None)
+    settling = settle(deployment, acknowledged, DRAIN_TIMEOUT_S)
     confirmer.pause()
     confirmer.resend_unanswered()
     snaps = snapshots(deployment)

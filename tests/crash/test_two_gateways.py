@@ -86,7 +86,7 @@ def test_two_gateways_one_killed_mid_load(tmp_path: Path, closing: contextlib.Ex
         f"same_to_both={len(twins)} calls_in_flight_at_kill={in_flight} resent_to_survivor={resent} "
         f"leased_by_killed={len(orphaned)} delivered_by_survivor_after_lease={len(taken_over)} "
         f"answers_lost_then_replayed={driver.stats.replays_on_resend} "
-        f"confirmations_resent={settling.confirmations_resent} final={result.final_states} "
+        f"final={result.final_states} "
         f"call_codes={dict(driver.stats.codes)} audit={'ok' if audit.ok else 'FAILED'} entries={audit.entries} "
         f"checkpoints={audit.checkpoints} drain_s={settling.seconds:.1f} total_s={time.monotonic() - started:.0f}")
     print(summary, flush=True)
