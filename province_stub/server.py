@@ -120,6 +120,10 @@ class RunningStub:
 
 
 GATEWAY_TLS_NAME = "gateway.gongji"
+# Back to a restarted gateway within seconds: gRPC's default reconnect backoff grows to two minutes,
+# during which every call (a confirmation being resent, say) would fail at once.
+GATEWAY_CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
+                           ("grpc.max_reconnect_backoff_ms", 5000)]
 
 
 def _tls_files(config: StubConfig) -> tuple[bytes, bytes, bytes]:
@@ -143,14 +147,14 @@ async def start_stub(config: StubConfig) -> RunningStub:
     state = StubState(province=config.province, behaviour=config.behaviour)
 
     if config.tls_dir is None:
-        channel = grpc.aio.insecure_channel(config.gateway)
+        channel = grpc.aio.insecure_channel(config.gateway, options=GATEWAY_CHANNEL_OPTIONS)
     else:
         key, cert, ca = _tls_files(config)
         # The gateway's certificate must name it (gateway.gongji): nobody else gets our instructions.
         channel = grpc.aio.secure_channel(
             config.gateway,
             grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert),
-            options=[("grpc.ssl_target_name_override", GATEWAY_TLS_NAME)],
+            options=[*GATEWAY_CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", GATEWAY_TLS_NAME)],
         )
     # The gateway's own keys are asked of the gateway, over the same channel.
     gateway_keys = GatewayKeyDirectory(
