@@ -47,6 +47,12 @@ SETTLEMENT_ACK_TYPE = "gongji.v1.SettlementAcknowledgement"
 LETTER_VERSION = "2024-01"
 DEFAULT_CONSENT_SECONDS = 86400
 DEFAULT_DEADLINE_S = 5.0
+# Codes after which the same signed bytes are sent again: the call may not have reached the gateway,
+# or its answer was lost (a connection cut mid-call can end it with any of these), and a resend is
+# safe (the idempotency key answers it once). Anything else is the gateway's final word.
+RESEND_CODES = frozenset(
+    {"UNAVAILABLE", "ABORTED", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", "INTERNAL", "RESOURCE_EXHAUSTED"}
+)
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _MAX_MESSAGE_ID = 64
 

@@ -8,14 +8,12 @@ import time
 from collections.abc import Callable
 
 from protos.gongji.v1 import common_pb2
-from province_stub.client import ConfirmResult, GatewayClient, confirmation_message_id
+from province_stub.client import RESEND_CODES, ConfirmResult, GatewayClient, confirmation_message_id
 from province_stub.state import Behaviour, ConfirmMode
 
 logger = logging.getLogger(__name__)
 
 DECLINE_REASON = "RECEIVER_DECLINED"
-# Codes after which the same bytes may succeed later; anything else is the gateway's final word.
-_RETRYABLE = frozenset({"UNAVAILABLE", "ABORTED", "DEADLINE_EXCEEDED"})
 
 
 class Confirmer:
@@ -78,7 +76,7 @@ class Confirmer:
         while True:
             attempt += 1
             result = await self.confirm(transfer_id, decline)
-            if result.status.code not in _RETRYABLE:
+            if result.status.code not in RESEND_CODES:
                 logger.debug(
                     "confirmation transfer=%s decline=%s answered %s %s",
                     transfer_id,

@@ -9,7 +9,7 @@ import secrets
 from collections.abc import Callable
 
 from protos.gongji.v1 import common_pb2, relations_pb2
-from province_stub.client import CallResult, GatewayClient, acceptance_message_id, now_timestamp
+from province_stub.client import RESEND_CODES, CallResult, GatewayClient, acceptance_message_id, now_timestamp
 from province_stub.people import mask_id
 from province_stub.state import Behaviour, ConsentMode, ConsentRequestRecord
 
@@ -18,8 +18,6 @@ logger = logging.getLogger(__name__)
 # China has kept UTC+8 without daylight saving since 1991, so no time-zone database is needed.
 BEIJING = datetime.timezone(datetime.timedelta(hours=8), "Asia/Shanghai")
 FACE_AGE = 16
-# Codes after which the same bytes may succeed later; anything else is the gateway's final word.
-_RETRYABLE = frozenset({"UNAVAILABLE", "ABORTED", "DEADLINE_EXCEEDED"})
 
 _FACE = relations_pb2.ATTESTATION_METHOD_FACE
 _GUARDIAN = relations_pb2.ATTESTATION_METHOD_GUARDIAN_DOCUMENT
@@ -142,7 +140,7 @@ class Consenter:
         result: CallResult | None = None
         for attempt in range(1, self._attempts + 1):
             result = await self._send(request.binding_id, answer)
-            if result.status.code not in _RETRYABLE:
+            if result.status.code not in RESEND_CODES:
                 logger.debug(
                     "consent %s binding=%s receiver=%s answered %s %s state=%s",
                     acceptance_message_id(request.binding_id),

@@ -62,12 +62,12 @@ def _rejected(reason: str) -> province_pb2.DeliverTransferResponse:
     return province_pb2.DeliverTransferResponse(decision=_REJECTED, reject_reason=reason)
 
 
-def _after_rpc(context: Context, action: Callable[[], None]) -> None:
+def _after_rpc(context: Context, action: Callable[[], None], *, even_if_cancelled: bool = False) -> None:
     """Run `action` on the event loop once this RPC has finished, unless it was cancelled."""
     loop = asyncio.get_running_loop()
 
     def done(ctx: Context) -> None:
-        if not ctx.cancelled():
+        if even_if_cancelled or not ctx.cancelled():
             loop.call_soon_threadsafe(action)
 
     context.add_done_callback(cast(Any, done))
@@ -193,9 +193,11 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         return DeliveryAnswer(instruction_sha256, accepted=True)
 
     def _confirm_after_answer(self, context: Context, transfer_id: str, confirm_by: float | None) -> None:
-        # Confirming before the gateway has our ACCEPTED could race its own DELIVERED bookkeeping,
-        # so the confirmation starts only when this RPC has finished.
-        _after_rpc(context, lambda: self._on_accepted(transfer_id, confirm_by))
+        # Confirmed once this RPC has finished, so the confirmation normally follows the gateway's record
+        # of the delivery. Also when the call ended cancelled (a connection cut after our answer went
+        # out): the credit is ours to confirm either way, and the gateway takes a confirmation that
+        # overtakes its record of the delivery.
+        _after_rpc(context, lambda: self._on_accepted(transfer_id, confirm_by), even_if_cancelled=True)
 
     async def NotifyOutcome(
         self, request: province_pb2.NotifyOutcomeRequest, context: Context

@@ -7,13 +7,11 @@ import hashlib
 import logging
 
 from protos.gongji.v1 import common_pb2
-from province_stub.client import CallResult, GatewayClient
+from province_stub.client import RESEND_CODES, CallResult, GatewayClient
 from province_stub.state import SettlementRecord
 
 logger = logging.getLogger(__name__)
 
-# Codes after which the same bytes may succeed later; anything else is the gateway's final word.
-_RETRYABLE = frozenset({"UNAVAILABLE", "ABORTED", "DEADLINE_EXCEEDED"})
 
 
 class Acknowledger:
@@ -49,7 +47,7 @@ class Acknowledger:
         backoff_s = self._first_backoff_s
         for attempt in range(1, self._attempts + 1):
             result = await self._send(envelope, record)
-            if result.status.code not in _RETRYABLE:
+            if result.status.code not in RESEND_CODES:
                 logger.debug("settlement window=%s acknowledged: %s %s %s", record.window_id, result.status.code,
                              result.status.reason, result.state)
                 return
