@@ -64,47 +64,55 @@ class _Tasks:
         task.add_done_callback(self._running.discard)
 
 
-async def _count_failures(request: bytes, context: Any) -> bytes:
-    return struct.pack("<qq", 0, _failures[0])
+def _count(notified: list[float], served: list[float]) -> Any:
+    async def count(request: bytes, context: Any) -> bytes:
+        """In [since, until] (two doubles in): notifications that arrived, calls this process served, and
+        calls it could not make (three integers out)."""
+        since, until = struct.unpack("<dd", request)
+        inside = sum(1 for at in notified if since <= at <= until)
+        calls = sum(1 for at in served if since <= at <= until)
+        return struct.pack("<qqq", inside, calls, _failures[0])
+
+    return count
 
 
 def gateway_handlers(receiver: grpc.aio.Channel, provinces: list[grpc.aio.Channel]) -> dict[str, Any]:
     tasks = _Tasks()
     deliver = _method(receiver, DELIVER)
     notifies = [_method(channel, NOTIFY) for channel in provinces]
+    served: list[float] = []  # when each Submit and Confirm arrived (wall clock, as the driver's)
 
     async def submit(request: bytes, context: Any) -> bytes:
+        served.append(time.time())
         tasks.spawn(deliver, request)
         return request
 
     async def confirm(request: bytes, context: Any) -> bytes:
+        served.append(time.time())
         for notify in notifies:
             tasks.spawn(notify, request)
         return request
 
-    return {"Submit": submit, "Confirm": confirm, "Count": _count_failures}
+    return {"Submit": submit, "Confirm": confirm, "Count": _count([], served)}
 
 
 def province_handlers(gateway: grpc.aio.Channel) -> dict[str, Any]:
     tasks = _Tasks()
     confirm = _method(gateway, CONFIRM)
     notified: list[float] = []  # when each notification arrived (wall clock, as the driver's)
+    served: list[float] = []
 
     async def deliver(request: bytes, context: Any) -> bytes:
+        served.append(time.time())
         tasks.spawn(confirm, request)
         return request
 
     async def notify(request: bytes, context: Any) -> bytes:
-        notified.append(time.time())
+        notified.append(now := time.time())
+        served.append(now)
         return request
 
-    async def count(request: bytes, context: Any) -> bytes:
-        """Notifications that arrived in [since, until] (two doubles in, two integers out)."""
-        since, until = struct.unpack("<dd", request)
-        inside = sum(1 for at in notified if since <= at <= until)
-        return struct.pack("<qq", inside, _failures[0])
-
-    return {"Deliver": deliver, "Notify": notify, "Count": count}
+    return {"Deliver": deliver, "Notify": notify, "Count": _count(notified, served)}
 
 
 def add_handlers(server: grpc.aio.Server, handlers: dict[str, Any]) -> None:

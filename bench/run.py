@@ -336,11 +336,12 @@ async def pipeline_phase(stack: Stack, options: Options, cpu: CpuMeter, request_
         await asyncio.sleep(PIPELINE_SETTLE_S)
         window = struct.pack("<dd", phase.started_at, phase.started_at + phase.window_s)
         counts: dict[str, int] = {}
-        failures = 0
-        for code, province in [("gateway", channel), *province_channels.items()]:
-            count = province.unary_unary(PIPELINE_COUNT, request_serializer=identity, response_deserializer=identity)
-            inside, failed = struct.unpack("<qq", await count(window, timeout=DEADLINE_S))
+        failures = calls = 0
+        for code, relay in [("gateway", channel), *province_channels.items()]:
+            count = relay.unary_unary(PIPELINE_COUNT, request_serializer=identity, response_deserializer=identity)
+            inside, served, failed = struct.unpack("<qqq", await count(window, timeout=DEADLINE_S))
             failures += failed
+            calls += served
             if code != "gateway":
                 counts[code] = inside
     finally:
@@ -353,6 +354,9 @@ async def pipeline_phase(stack: Stack, options: Options, cpu: CpuMeter, request_
         # Both provinces told within the window; the giver's and the receiver's counts, the smaller.
         "lifecycle_tps": round(min(counts.values()) / phase.window_s, 1),
         "notified_in_window": counts,
+        # Every call the relays served in the window: submissions run ahead of lifecycles here (nothing
+        # holds them back), so the bare cost of a lifecycle is taken per call (5 calls a lifecycle).
+        "calls_per_second": round(calls / phase.window_s, 1),
         "errors": phase.errors + failures,
     }
 
