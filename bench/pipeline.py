@@ -53,15 +53,24 @@ async def _forward(call: Any, request: bytes) -> None:
 
 
 class _Tasks:
-    """Fire-and-forget calls, kept referenced until done (asyncio holds tasks weakly)."""
+    """Fire-and-forget calls, kept referenced until done (asyncio holds tasks weakly), at most
+    IN_FLIGHT at once — as the gateway's outbox sends a bounded number (4 batches of 64) and leaves the
+    rest waiting: a call waiting its turn has no deadline running yet."""
+
+    IN_FLIGHT = 256
 
     def __init__(self) -> None:
         self._running: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(self.IN_FLIGHT)
 
     def spawn(self, call: Any, request: bytes) -> None:
-        task = asyncio.get_running_loop().create_task(_forward(call, request))
+        task = asyncio.get_running_loop().create_task(self._send(call, request))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
+
+    async def _send(self, call: Any, request: bytes) -> None:
+        async with self._slots:
+            await _forward(call, request)
 
 
 def _count(notified: list[float], served: list[float]) -> Any:
