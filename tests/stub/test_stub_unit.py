@@ -229,15 +229,23 @@ Scenario = Callable[[Any, Any, World], Awaitable[None]]
 
 def run_stub(tmp_path: Path, scenario: Scenario, *, publish: bool = True, behaviour: Behaviour = NEVER) -> None:
     """Start a Gansu stub in-process with only the gateway's key list behind it, run the scenario, stop it."""
-    world = World(tmp_path / "keys")
+    run_against_gateway(World(tmp_path / "keys"), scenario, publish=publish, behaviour=behaviour)
+
+
+def run_against_gateway(world: World, scenario: Scenario, *servicers: Callable[[grpc.aio.Server], None],
+                        **stub_options: Any) -> None:
+    """Serve the world's gateway key list and `servicers` (each adds a fake gateway service) on a port,
+    run the scenario against a Gansu stub calling it (`_with_stub` options), stop both."""
 
     async def main() -> None:
         gateway = grpc.aio.server()
+        for add_servicer in servicers:
+            add_servicer(gateway)
         world.serve_gateway_keys(gateway)
         gateway_port = gateway.add_insecure_port("127.0.0.1:0")
         await gateway.start()
         try:
-            await _with_stub(world, f"127.0.0.1:{gateway_port}", scenario, publish=publish, behaviour=behaviour)
+            await _with_stub(world, f"127.0.0.1:{gateway_port}", scenario, **stub_options)
         finally:
             await gateway.stop(0)
 
@@ -643,73 +651,64 @@ class FakeGateway(transfers_pb2_grpc.TransfersServicer):
     async def GetTransfer(self, request: Any, context: Any) -> Any:
         await context.abort(grpc.StatusCode.NOT_FOUND, "no such transfer", not_found("TRANSFER_NOT_FOUND"))
 
+    def serve(self, server: grpc.aio.Server) -> None:
+        transfers_pb2_grpc.add_TransfersServicer_to_server(self, server)
+
 
 def test_client_side_against_a_fake_gateway(tmp_path: Path) -> None:
     world = World(tmp_path / "keys")
     fake = FakeGateway(world)
 
-    async def main() -> None:
-        gateway = grpc.aio.server()
-        transfers_pb2_grpc.add_TransfersServicer_to_server(fake, gateway)
-        world.serve_gateway_keys(gateway)
-        gateway_port = gateway.add_insecure_port("127.0.0.1:0")
-        await gateway.start()
+    async def scenario(inbox: Any, control: Any, world_: World) -> None:
+        # Automatic confirmation after acceptance, retried past one UNAVAILABLE.
+        await control.Configure(control_pb2.Behaviour(confirm_mode=control_pb2.CONFIRM_MODE_IMMEDIATE))
+        request = world_.deliver_request()
+        assert (await inbox.DeliverTransfer(request)).decision == ACCEPTED
+        await eventually(lambda: len(fake.confirmations) >= 2)
+        first, second = fake.confirmations[:2]
+        assert first == second  # the retry resends the same bytes
+        assert verified(second, world_.keys_dir / f"{GANSU}-k1.pub")
+        confirmation = transfers_pb2.TransferConfirmation.FromString(second.payload)
+        assert confirmation.decision == transfers_pb2.CONFIRMATION_DECISION_CREDITED
+        assert confirmation.header.sender == GANSU
 
-        async def scenario(inbox: Any, control: Any, world_: World) -> None:
-            # Automatic confirmation after acceptance, retried past one UNAVAILABLE.
-            await control.Configure(control_pb2.Behaviour(confirm_mode=control_pb2.CONFIRM_MODE_IMMEDIATE))
-            request = world_.deliver_request()
-            assert (await inbox.DeliverTransfer(request)).decision == ACCEPTED
-            await eventually(lambda: len(fake.confirmations) >= 2)
-            first, second = fake.confirmations[:2]
-            assert first == second  # the retry resends the same bytes
-            assert verified(second, world_.keys_dir / f"{GANSU}-k1.pub")
-            confirmation = transfers_pb2.TransferConfirmation.FromString(second.payload)
-            assert confirmation.decision == transfers_pb2.CONFIRMATION_DECISION_CREDITED
-            assert confirmation.header.sender == GANSU
-
-            submitted = await control.SubmitTransfer(
-                control_pb2.StubSubmitRequest(
-                    giver_id_number="620103198203040034",
-                    receiver_id_number=GIVER,
-                    receiver_pooling_area="650500",
-                    receiver_province=XINJIANG,
-                    amount_fen=500,
-                )
+        submitted = await control.SubmitTransfer(
+            control_pb2.StubSubmitRequest(
+                giver_id_number="620103198203040034",
+                receiver_id_number=GIVER,
+                receiver_pooling_area="650500",
+                receiver_province=XINJIANG,
+                amount_fen=500,
             )
-            assert (submitted.code, submitted.state, submitted.receipt_verified) == (
-                "OK",
-                transfers_pb2.TRANSFER_STATE_RECEIVED,
-                True,
-            )
-            instruction = transfers_pb2.TransferInstruction.FromString(fake.submissions[0].payload)
-            assert instruction.header.message_id == submitted.transfer_id
-            assert (instruction.giver.pooling_area, instruction.currency) == ("620100", "CNY")
+        )
+        assert (submitted.code, submitted.state, submitted.receipt_verified) == (
+            "OK",
+            transfers_pb2.TRANSFER_STATE_RECEIVED,
+            True,
+        )
+        instruction = transfers_pb2.TransferInstruction.FromString(fake.submissions[0].payload)
+        assert instruction.header.message_id == submitted.transfer_id
+        assert (instruction.giver.pooling_area, instruction.currency) == ("620100", "CNY")
 
-            again = await control.Resubmit(control_pb2.ResubmitRequest(transfer_id=submitted.transfer_id))
-            assert fake.submissions[1] == fake.submissions[0]
-            assert (again.replay, again.receipt_sha256) == (True, submitted.receipt_sha256)
-            await control.Resubmit(
-                control_pb2.ResubmitRequest(transfer_id=submitted.transfer_id, modify=True)
-            )
-            modified = transfers_pb2.TransferInstruction.FromString(fake.submissions[2].payload)
-            assert modified.amount_fen == 501 and modified.header.message_id == submitted.transfer_id
+        again = await control.Resubmit(control_pb2.ResubmitRequest(transfer_id=submitted.transfer_id))
+        assert fake.submissions[1] == fake.submissions[0]
+        assert (again.replay, again.receipt_sha256) == (True, submitted.receipt_sha256)
+        await control.Resubmit(
+            control_pb2.ResubmitRequest(transfer_id=submitted.transfer_id, modify=True)
+        )
+        modified = transfers_pb2.TransferInstruction.FromString(fake.submissions[2].payload)
+        assert modified.amount_fen == 501 and modified.header.message_id == submitted.transfer_id
 
-            with pytest.raises(grpc.aio.AioRpcError) as failed:
-                await control.QueryTransfer(control_pb2.QueryTransferRequest(transfer_id="nope"))
-            assert failed.value.code() == grpc.StatusCode.NOT_FOUND
-            trailer = dict(failed.value.trailing_metadata() or ())
-            status = status_pb2.Status.FromString(trailer["grpc-status-details-bin"])
-            info = error_details_pb2.ErrorInfo()
-            status.details[0].Unpack(info)
-            assert info.reason == "TRANSFER_NOT_FOUND"
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await control.QueryTransfer(control_pb2.QueryTransferRequest(transfer_id="nope"))
+        assert failed.value.code() == grpc.StatusCode.NOT_FOUND
+        trailer = dict(failed.value.trailing_metadata() or ())
+        status = status_pb2.Status.FromString(trailer["grpc-status-details-bin"])
+        info = error_details_pb2.ErrorInfo()
+        status.details[0].Unpack(info)
+        assert info.reason == "TRANSFER_NOT_FOUND"
 
-        try:
-            await _with_stub(world, f"127.0.0.1:{gateway_port}", scenario)
-        finally:
-            await gateway.stop(0)
-
-    asyncio.run(main())
+    run_against_gateway(world, scenario, fake.serve)
 
 
 def test_automatic_confirmation_is_resent_until_the_deliverys_confirm_by(tmp_path: Path) -> None:
@@ -721,38 +720,26 @@ def test_automatic_confirmation_is_resent_until_the_deliverys_confirm_by(tmp_pat
         return [c for c in fake.confirmations
                 if transfers_pb2.TransferConfirmation.FromString(c.payload).transfer_id == transfer_id]
 
-    async def main() -> None:
-        gateway = grpc.aio.server()
-        transfers_pb2_grpc.add_TransfersServicer_to_server(fake, gateway)
-        world.serve_gateway_keys(gateway)
-        gateway_port = gateway.add_insecure_port("127.0.0.1:0")
-        await gateway.start()
+    async def scenario(inbox: Any, control: Any, world_: World) -> None:
+        await control.Configure(control_pb2.Behaviour(confirm_mode=control_pb2.CONFIRM_MODE_IMMEDIATE))
+        patient = world_.deliver_request(confirm_by=time.time() + 60)
+        transfer_id = transfers_pb2.TransferInstruction.FromString(patient.instruction.payload).header.message_id
+        assert (await inbox.DeliverTransfer(patient)).decision == ACCEPTED
+        await eventually(lambda: len(attempts_for(transfer_id)) == 7, timeout_s=15)
+        await asyncio.sleep(0.5)
+        assert len(attempts_for(transfer_id)) == 7  # answered OK on the 7th: no more
+        assert len({c.SerializeToString() for c in attempts_for(transfer_id)}) == 1  # the same bytes
 
-        async def scenario(inbox: Any, control: Any, world_: World) -> None:
-            await control.Configure(control_pb2.Behaviour(confirm_mode=control_pb2.CONFIRM_MODE_IMMEDIATE))
-            patient = world_.deliver_request(confirm_by=time.time() + 60)
-            transfer_id = transfers_pb2.TransferInstruction.FromString(patient.instruction.payload).header.message_id
-            assert (await inbox.DeliverTransfer(patient)).decision == ACCEPTED
-            await eventually(lambda: len(attempts_for(transfer_id)) == 7, timeout_s=15)
-            await asyncio.sleep(0.5)
-            assert len(attempts_for(transfer_id)) == 7  # answered OK on the 7th: no more
-            assert len({c.SerializeToString() for c in attempts_for(transfer_id)}) == 1  # the same bytes
+        fake.failures_left = 1_000_000  # the gateway stays away
+        hurried = world_.deliver_request(confirm_by=time.time() + 1.0)
+        late_id = transfers_pb2.TransferInstruction.FromString(hurried.instruction.payload).header.message_id
+        assert (await inbox.DeliverTransfer(hurried)).decision == ACCEPTED
+        await asyncio.sleep(2.5)
+        tried = len(attempts_for(late_id))
+        await asyncio.sleep(2.0)
+        assert 2 <= tried == len(attempts_for(late_id)), "tries went on past confirm_by"
 
-            fake.failures_left = 1_000_000  # the gateway stays away
-            hurried = world_.deliver_request(confirm_by=time.time() + 1.0)
-            late_id = transfers_pb2.TransferInstruction.FromString(hurried.instruction.payload).header.message_id
-            assert (await inbox.DeliverTransfer(hurried)).decision == ACCEPTED
-            await asyncio.sleep(2.5)
-            tried = len(attempts_for(late_id))
-            await asyncio.sleep(2.0)
-            assert 2 <= tried == len(attempts_for(late_id)), "tries went on past confirm_by"
-
-        try:
-            await _with_stub(world, f"127.0.0.1:{gateway_port}", scenario, timeout_s=30)
-        finally:
-            await gateway.stop(0)
-
-    asyncio.run(main())
+    run_against_gateway(world, scenario, fake.serve, timeout_s=30)
 
 
 class FakeRelations(relations_pb2_grpc.RelationsServicer):
@@ -766,6 +753,9 @@ class FakeRelations(relations_pb2_grpc.RelationsServicer):
         self.changes: list[Any] = []
         self.queries: list[Any] = []
         self.forge_receipts = False
+
+    def serve(self, server: grpc.aio.Server) -> None:
+        relations_pb2_grpc.add_RelationsServicer_to_server(self, server)
 
     def _receipt(self, envelope: Any, state: str) -> Any:
         return gateway_receipt(self.world, envelope, state, forged=self.forge_receipts)
@@ -818,19 +808,7 @@ def run_with_fake_relations(
     fake: FakeRelations, scenario: Scenario, *, behaviour: Behaviour = NEVER, today: datetime.date | None = None
 ) -> None:
     """Serve `fake` as the gateway's Relations, run the scenario against a Gansu stub using it."""
-
-    async def main() -> None:
-        gateway = grpc.aio.server()
-        relations_pb2_grpc.add_RelationsServicer_to_server(fake, gateway)
-        fake.world.serve_gateway_keys(gateway)
-        gateway_port = gateway.add_insecure_port("127.0.0.1:0")
-        await gateway.start()
-        try:
-            await _with_stub(fake.world, f"127.0.0.1:{gateway_port}", scenario, behaviour=behaviour, today=today)
-        finally:
-            await gateway.stop(0)
-
-    asyncio.run(main())
+    run_against_gateway(fake.world, scenario, fake.serve, behaviour=behaviour, today=today)
 
 
 def acceptance_of(envelope: Any, world: World) -> Any:
