@@ -12,11 +12,11 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc.aio
 import uvloop
@@ -50,6 +50,7 @@ ECHO_WARMUP_S = 1.0
 # Operators' watch streams left unread during the second transfer phase: a stalled consumer must not
 # slow submissions (issue 4); the two phases' rates are compared side by side.
 STALLED_WATCHERS = 4
+T = TypeVar("T")
 PROVINCE_NAMES = {XINJIANG: "新疆", GANSU: "甘肃"}
 GATEWAY_READY = re.compile(r"gateway ready: provinces (\S+), operators (\S+)")
 STUB_READY = re.compile(r"stub province \d+ serving on (\S+)")
@@ -203,6 +204,13 @@ class CpuMeter:
         sample["driver"] = process_cpu_seconds(os.getpid())
         return sample
 
+    async def phase(self, name: str, work: Awaitable[T]) -> T:
+        """Await `work`, its CPU counted as phase `name`."""
+        self.start()
+        result = await work
+        self.stop(name)
+        return result
+
     def start(self) -> None:
         self._mark = (time.monotonic(), self._sample(), machine_busy_ticks())
 
@@ -312,6 +320,13 @@ def measure_ed25519(payload: bytes) -> dict[str, float]:
             "verify_us": round(1e6 * statistics.median(verifies), 1)}
 
 
+async def measured_phase(cpu: CpuMeter, options: Options, name: str, target: UnaryTarget[Any, Any],
+                         next_request: Callable[[], tuple[str, Any]], check: Callable[[Any], str]) -> Phase:
+    """One measured phase: `drive` at BENCH_CONCURRENCY for BENCH_SECONDS, its CPU counted as `name`."""
+    return await cpu.phase(name, drive(name, target, next_request, check,
+                                       concurrency=options.concurrency, seconds=options.seconds))
+
+
 PIPELINE_SETTLE_S = 3.0  # after the window: notifications still on their way are counted by arrival time
 
 
@@ -329,10 +344,7 @@ async def pipeline_phase(stack: Stack, options: Options, cpu: CpuMeter, request_
             key = next(counter).to_bytes(KEY_BYTES, "big")
             return key.hex(), key + bytes(max(0, request_bytes - KEY_BYTES))
 
-        cpu.start()
-        phase = await drive("pipeline", submit, next_request, lambda answer: "OK",
-                            concurrency=options.concurrency, seconds=options.seconds)
-        cpu.stop("pipeline")
+        phase = await measured_phase(cpu, options, "pipeline", submit, next_request, lambda answer: "OK")
         await asyncio.sleep(PIPELINE_SETTLE_S)
         window = struct.pack("<dd", phase.started_at, phase.started_at + phase.window_s)
         counts: dict[str, int] = {}
@@ -388,11 +400,7 @@ async def measure(stack: Stack, options: Options, cpu: CpuMeter) -> dict[str, An
             return "OK" if answer.instruction.signature == sample.instruction.signature else "ECHO_MISMATCH"
 
         async def echo_round(name: str) -> Phase:
-            cpu.start()
-            phase = await drive(name, echo, echo_request, echo_check,
-                                concurrency=options.concurrency, seconds=options.seconds)
-            cpu.stop(name)
-            return phase
+            return await measured_phase(cpu, options, name, echo, echo_request, echo_check)
 
         print("bench: warming up", file=sys.stderr, flush=True)
         await drive("echo-warmup", echo, echo_request, echo_check,
@@ -406,16 +414,11 @@ async def measure(stack: Stack, options: Options, cpu: CpuMeter) -> dict[str, An
         echo_rounds = [await echo_round("echo-1")]
         print(f"bench: transfers ({options.seconds:g} s, {options.concurrency} in flight)",
               file=sys.stderr, flush=True)
-        cpu.start()
-        transfers = await drive("transfers", submit, source.next_request, source.check,
-                                concurrency=options.concurrency, seconds=options.seconds)
-        cpu.stop("transfers")
+        transfers = await measured_phase(cpu, options, "transfers", submit, source.next_request, source.check)
         accepted = [c.key for c in warmup.ok] + [c.key for c in transfers.ok]
         print(f"bench: draining {len(accepted)} accepted transfers (at most {options.drain_timeout_s:g} s)",
               file=sys.stderr, flush=True)
-        cpu.start()
-        _, drain_s = await drain(stubs, accepted, options.drain_timeout_s)
-        cpu.stop("drain")
+        _, drain_s = await cpu.phase("drain", drain(stubs, accepted, options.drain_timeout_s))
 
         print(f"bench: transfers with {STALLED_WATCHERS} stalled WatchTransfers streams ({options.seconds:g} s)",
               file=sys.stderr, flush=True)
@@ -427,10 +430,8 @@ async def measure(stack: Stack, options: Options, cpu: CpuMeter) -> dict[str, An
         stalled = [operations.WatchTransfers(operations_pb2.WatchTransfersRequest(from_cursor="0"))
                    for _ in range(STALLED_WATCHERS)]
         try:
-            cpu.start()
-            with_stalled = await drive("transfers-stalled-watchers", submit, source.next_request, source.check,
-                                       concurrency=options.concurrency, seconds=options.seconds)
-            cpu.stop("transfers-stalled-watchers")
+            with_stalled = await measured_phase(cpu, options, "transfers-stalled-watchers", submit,
+                                                source.next_request, source.check)
             stalled_accepted = [c.key for c in with_stalled.ok]
             accepted += stalled_accepted
             await drain(stubs, stalled_accepted, options.drain_timeout_s)
@@ -442,10 +443,7 @@ async def measure(stack: Stack, options: Options, cpu: CpuMeter) -> dict[str, An
         # count reads his rows of the day), so the phase with stalled streams is compared with the
         # mean of the phases before and after it.
         print(f"bench: transfers again, no watchers ({options.seconds:g} s)", file=sys.stderr, flush=True)
-        cpu.start()
-        after = await drive("transfers-after", submit, source.next_request, source.check,
-                            concurrency=options.concurrency, seconds=options.seconds)
-        cpu.stop("transfers-after")
+        after = await measured_phase(cpu, options, "transfers-after", submit, source.next_request, source.check)
         after_accepted = [c.key for c in after.ok]
         accepted += after_accepted
         await drain(stubs, after_accepted, options.drain_timeout_s)
