@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import grpc.aio
 import uvloop
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench import report
 from bench.checks import Database, Outcomes, Stubs, account, completed, drain
@@ -301,8 +302,6 @@ CRYPTO_ROUNDS = 2000
 
 def measure_ed25519(payload: bytes) -> dict[str, float]:
     """Median µs of one Ed25519 signature and one verification (cryptography, this process, one core)."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     key = Ed25519PrivateKey.generate()
     public = key.public_key()
     signature = key.sign(payload)

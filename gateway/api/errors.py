@@ -112,7 +112,8 @@ class CallGate:
         """Count a call in; raises Unavailable once closed (see refuse for held calls)."""
         if self.closed and not method.startswith("/grpc.health."):
             self._last_refusal = time.monotonic()
-            raise self._refusal()
+            raise errors.Unavailable("the gateway is stopping; nothing was done: retry later or on another "
+                                     "gateway", reason="SHUTTING_DOWN")
         self.active += 1
 
     async def refuse(self, method: str) -> None:
@@ -142,11 +143,6 @@ class CallGate:
         """Answer the held calls (call once the server has begun to stop)."""
         if self._held is not None:
             self._held.set()
-
-    @staticmethod
-    def _refusal() -> errors.GongjiError:
-        return errors.Unavailable("the gateway is stopping; nothing was done: retry later or on another gateway",
-                                  reason="SHUTTING_DOWN")
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
