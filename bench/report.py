@@ -101,13 +101,24 @@ def missed(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+ECHO_DRIFT_LIMIT = 0.15  # echo rounds further apart than this: the machine's speed moved during the run
+
+
 def noise(report: dict[str, Any], threshold: float = 20.0) -> list[str]:
-    """Phases during which processes outside the bench used more than `threshold`% of one core."""
-    return [
+    """Phases during which processes outside the bench used more than `threshold`% of one core, and
+    echo rounds that disagree by more than ECHO_DRIFT_LIMIT (the machine itself slowed or sped up: this
+    shows where no other process does, e.g. a neighbour on the same host)."""
+    lines = [
         f"{phase}: other processes used {figures['others_percent_of_one_core']:.0f}% of one core"
         for phase, figures in report["cpu"].items()
         if figures.get("others_percent_of_one_core", 0.0) > threshold
     ]
+    rates = [round_["rps"] for round_ in report.get("echo_rounds", [])]
+    if len(rates) >= 2 and min(rates) > 0 and max(rates) / min(rates) - 1 > ECHO_DRIFT_LIMIT:
+        lines.append(f"echo rounds {' / '.join(f'{rate:.0f}' for rate in rates)} rps differ by "
+                     f"{100 * (max(rates) / min(rates) - 1):.0f}% (> {100 * ECHO_DRIFT_LIMIT:.0f}%): "
+                     "the machine's speed moved during the run")
+    return lines
 
 
 def write(report: dict[str, Any], results_dir: Path) -> Path:
