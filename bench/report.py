@@ -118,11 +118,11 @@ def noise(report: dict[str, Any], threshold: float = 20.0) -> list[str]:
         for phase, figures in report["cpu"].items()
         if figures.get("others_percent_of_one_core", 0.0) > threshold
     ]
-    rates = [round_["rps"] for round_ in report.get("echo_rounds", [])]
-    if len(rates) >= 2 and min(rates) > 0 and max(rates) / min(rates) - 1 > ECHO_DRIFT_LIMIT:
+    rates = [echo_round["rps"] for echo_round in report.get("echo_rounds", [])]
+    spread = max(rates) / min(rates) - 1 if len(rates) >= 2 and min(rates) > 0 else 0.0
+    if spread > ECHO_DRIFT_LIMIT:
         lines.append(f"echo rounds {' / '.join(f'{rate:.0f}' for rate in rates)} rps differ by "
-                     f"{100 * (max(rates) / min(rates) - 1):.0f}% (> {100 * ECHO_DRIFT_LIMIT:.0f}%): "
-                     "the machine's speed moved during the run")
+                     f"{100 * spread:.0f}% (> {100 * ECHO_DRIFT_LIMIT:.0f}%): the machine's speed moved during the run")
     return lines
 
 
