@@ -285,6 +285,15 @@ async def _with_stub(
         await stub.stop(0)
 
 
+def reason_of(error: grpc.aio.AioRpcError) -> str:
+    """The stable reason in a refusal's google.rpc.ErrorInfo detail."""
+    trailer = dict(error.trailing_metadata() or ())
+    status = status_pb2.Status.FromString(trailer["grpc-status-details-bin"])
+    info = error_details_pb2.ErrorInfo()
+    status.details[0].Unpack(info)
+    return str(info.reason)
+
+
 async def eventually(predicate: Callable[[], bool], timeout_s: float = 3.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
@@ -702,11 +711,7 @@ def test_client_side_against_a_fake_gateway(tmp_path: Path) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as failed:
             await control.QueryTransfer(control_pb2.QueryTransferRequest(transfer_id="nope"))
         assert failed.value.code() == grpc.StatusCode.NOT_FOUND
-        trailer = dict(failed.value.trailing_metadata() or ())
-        status = status_pb2.Status.FromString(trailer["grpc-status-details-bin"])
-        info = error_details_pb2.ErrorInfo()
-        status.details[0].Unpack(info)
-        assert info.reason == "TRANSFER_NOT_FOUND"
+        assert reason_of(failed.value) == "TRANSFER_NOT_FOUND"
 
     run_against_gateway(world, scenario, fake.serve)
 
@@ -1006,11 +1011,7 @@ def test_binding_calls_against_a_fake_gateway(tmp_path: Path, caplog: pytest.Log
         with pytest.raises(grpc.aio.AioRpcError) as failed:
             await control.QueryBinding(control_pb2.QueryBindingRequest(binding_id="nope"))
         assert failed.value.code() == grpc.StatusCode.NOT_FOUND
-        trailer = dict(failed.value.trailing_metadata() or ())
-        status = status_pb2.Status.FromString(trailer["grpc-status-details-bin"])
-        info = error_details_pb2.ErrorInfo()
-        status.details[0].Unpack(info)
-        assert info.reason == "BINDING_NOT_FOUND"
+        assert reason_of(failed.value) == "BINDING_NOT_FOUND"
 
         # A receipt the gateway did not sign says nothing about the state.
         fake.forge_receipts = True
