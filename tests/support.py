@@ -476,8 +476,8 @@ NEVER_CONFIRM = Behaviour(confirm_mode=ConfirmMode.NEVER)
 class ListedGatewayKeys(keys_pb2_grpc.GatewayKeysServicer):
     """A tiny gongji.v1.GatewayKeys for a stub without a gateway: lists `keys`, counts the questions."""
 
-    def __init__(self) -> None:
-        self.keys: list[keys_pb2.GatewayKey] = []
+    def __init__(self, *keys: keys_pb2.GatewayKey) -> None:
+        self.keys: list[keys_pb2.GatewayKey] = list(keys)
         self.calls = 0
 
     async def ListGatewayKeys(self, request: keys_pb2.ListGatewayKeysRequest,

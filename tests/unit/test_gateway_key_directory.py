@@ -75,24 +75,31 @@ async def directory_for(address: str, clocks: Clocks, **options: Any) -> AsyncIt
         yield GatewayKeyDirectory(channel, now=clocks.now, monotonic=clocks.monotonic, **options)
 
 
+@asynccontextmanager
+async def directory_served_by(servicer: keys_pb2_grpc.GatewayKeysServicer, clocks: Clocks,
+                              **options: Any) -> AsyncIterator[GatewayKeyDirectory]:
+    """A directory asking `servicer`, served on 127.0.0.1:0 for the block."""
+    async with gateway_serving(servicer) as address, directory_for(address, clocks, **options) as directory:
+        yield directory
+
+
 def run(test: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(asyncio.wait_for(test(), timeout=20))
 
 
 def test_a_listed_current_or_retiring_ed25519_key_is_answered_and_nothing_else() -> None:
     keys = {name: Ed25519PrivateKey.generate() for name in ("k3", "k2", "k1", "odd")}
-    served = ListedGatewayKeys()
-    served.keys = [
+    served = ListedGatewayKeys(
         listed("k3", keys["k3"]),
         listed("k2", keys["k2"], until(3600)),  # retiring: good for an hour more
         listed("k1", keys["k1"], until(-1)),  # past its end
         listed("rsa", keys["odd"], alg="rsa"),
         keys_pb2.GatewayKey(key_id="short", alg="ed25519", public_key=bytes(31), current=False),
-    ]
+    )
 
     async def test() -> None:
         clocks = Clocks()
-        async with gateway_serving(served) as address, directory_for(address, clocks) as directory:
+        async with directory_served_by(served, clocks) as directory:
             assert raw(await directory.get("k3")) == public_bytes(keys["k3"])
             assert raw(await directory.get("k2")) == public_bytes(keys["k2"])
             for refused in ("k1", "rsa", "short", "never-listed"):
@@ -105,12 +112,11 @@ def test_a_listed_current_or_retiring_ed25519_key_is_answered_and_nothing_else()
 
 def test_a_cached_key_is_refused_once_its_valid_until_passes() -> None:
     key = Ed25519PrivateKey.generate()
-    served = ListedGatewayKeys()
-    served.keys = [listed("k1", key, until(10))]
+    served = ListedGatewayKeys(listed("k1", key, until(10)))
 
     async def test() -> None:
         clocks = Clocks()
-        async with gateway_serving(served) as address, directory_for(address, clocks) as directory:
+        async with directory_served_by(served, clocks) as directory:
             assert await directory.get("k1") is not None
             clocks.wall += 10
             assert await directory.get("k1") is None
@@ -123,13 +129,11 @@ def test_a_cached_key_is_refused_once_its_valid_until_passes() -> None:
 
 def test_unknown_key_ids_make_at_most_one_question_per_refetch_interval() -> None:
     key, later = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
-    served = ListedGatewayKeys()
-    served.keys = [listed("k1", key)]
+    served = ListedGatewayKeys(listed("k1", key))
 
     async def test() -> None:
         clocks = Clocks()
-        async with gateway_serving(served) as address, directory_for(address, clocks,
-                                                                     refetch_interval_s=1.0) as directory:
+        async with directory_served_by(served, clocks, refetch_interval_s=1.0) as directory:
             assert await directory.get("k1") is not None
             assert served.calls == 1
             clocks.mono += 1.0
@@ -157,8 +161,7 @@ def test_unknown_key_ids_make_at_most_one_question_per_refetch_interval() -> Non
 
 def test_waiting_for_the_next_question_finds_a_key_listed_since_the_last() -> None:
     old, new = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
-    served = ListedGatewayKeys()
-    served.keys = [listed("k1", old)]
+    served = ListedGatewayKeys(listed("k1", old))
 
     async def test() -> None:
         # Real clocks: the wait is a real one, of at most the refetch interval.
@@ -177,12 +180,11 @@ def test_waiting_for_the_next_question_finds_a_key_listed_since_the_last() -> No
 
 def test_the_list_is_asked_again_when_old_so_a_retirement_is_seen() -> None:
     old, new = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
-    served = ListedGatewayKeys()
-    served.keys = [listed("k1", old)]
+    served = ListedGatewayKeys(listed("k1", old))
 
     async def test() -> None:
         clocks = Clocks()
-        async with gateway_serving(served) as address, directory_for(address, clocks, max_age_s=60) as directory:
+        async with directory_served_by(served, clocks, max_age_s=60) as directory:
             assert await directory.get("k1") is not None
             # The gateway restarts with k2: k1 retires in 30 s.
             served.keys = [listed("k2", new), listed("k1", old, until(30))]
@@ -234,7 +236,7 @@ def test_a_gateway_that_never_answers_is_unknown_at_the_deadline_and_asked_once(
     silent = SilentGateway()
 
     async def test() -> None:
-        async with gateway_serving(silent) as address, directory_for(address, Clocks(), deadline_s=0.5) as directory:
+        async with directory_served_by(silent, Clocks(), deadline_s=0.5) as directory:
             started = time.monotonic()
             assert await asyncio.gather(*(directory.get(f"k{n}") for n in range(10))) == [None] * 10
             elapsed = time.monotonic() - started
@@ -246,8 +248,7 @@ def test_a_gateway_that_never_answers_is_unknown_at_the_deadline_and_asked_once(
 
 def test_the_keys_fetched_stay_usable_while_the_gateway_is_down() -> None:
     key = Ed25519PrivateKey.generate()
-    served = ListedGatewayKeys()
-    served.keys = [listed("k1", key)]
+    served = ListedGatewayKeys(listed("k1", key))
 
     async def test() -> None:
         clocks = Clocks()
@@ -268,15 +269,14 @@ def test_the_keys_fetched_stay_usable_while_the_gateway_is_down() -> None:
 
 def test_verify_answers_the_failures_the_stub_expects() -> None:
     key = Ed25519PrivateKey.generate()
-    served = ListedGatewayKeys()
-    served.keys = [listed("gateway-k1", key), listed("gateway-k0", key, until(-1))]
+    served = ListedGatewayKeys(listed("gateway-k1", key), listed("gateway-k0", key, until(-1)))
 
     def signed(key_id: str = "gateway-k1", signer: str = "gateway", payload_type: str = DELIVERY,
                with_key: Ed25519PrivateKey = key) -> common_pb2.SignedEnvelope:
         return envelope_to_proto(EnvelopeSigner(signer, key_id, with_key).sign(payload_type, b"payload"))
 
     async def test() -> None:
-        async with gateway_serving(served) as address, directory_for(address, Clocks()) as directory:
+        async with directory_served_by(served, Clocks()) as directory:
             assert await directory.verify(signed(), payload_type=DELIVERY) == ""
             assert await directory.verify(signed("gateway-k9"), payload_type=DELIVERY) == "UNKNOWN_KEY"
             assert await directory.verify(signed("gateway-k0"), payload_type=DELIVERY) == "UNKNOWN_KEY"
