@@ -32,8 +32,7 @@ MAX_AGE_S = 60.0
 
 @dataclass(frozen=True)
 class _Key:
-    alg: str
-    # None when the listed bytes are not an Ed25519 public key.
+    # None when the key is not Ed25519, or its listed bytes are not an Ed25519 public key.
     public_key: Ed25519PublicKey | None
     # Seconds since the epoch; None while the key is current.
     valid_until: float | None
@@ -47,10 +46,10 @@ class _Key:
             except ValueError:
                 public_key = None
         valid_until = key.valid_until.ToNanoseconds() / 1e9 if key.HasField("valid_until") else None
-        return cls(key.alg, public_key, valid_until)
+        return cls(public_key, valid_until)
 
     def usable_at(self, now: float) -> Ed25519PublicKey | None:
-        if self.alg != ALG_ED25519 or (self.valid_until is not None and self.valid_until <= now):
+        if self.valid_until is not None and self.valid_until <= now:
             return None
         return self.public_key
 
