@@ -440,8 +440,8 @@ def start_stack(loop_thread: LoopThread, tmp_path: Path, db_url: str,
         province_call_timeout_seconds=settings.pop("province_call_timeout_seconds", 2.0),
         # As `python -m gateway` chooses: inline for SQLite, a thread pool for PostgreSQL.
         db_threads=settings.pop("db_threads", 0 if db_url.startswith("sqlite") else 4),
-        outbox=OutboxSettings(poll_interval_seconds=0.05, sweep_interval_seconds=0.05,
-                              backoff=Backoff(base_seconds=0.05, max_seconds=0.5)),
+        outbox=settings.pop("outbox", OutboxSettings(poll_interval_seconds=0.05, sweep_interval_seconds=0.05,
+                                                     backoff=Backoff(base_seconds=0.05, max_seconds=0.5))),
         **settings)
     gateway = loop_thread.run(create_gateway(config, clock))
     behaviours = behaviours or {}

@@ -13,11 +13,10 @@ from gateway.domain.transfers import Transfer, TransferState
 from gateway.usecases.bindings import expire_proposals
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.ports import UnitOfWork
-from gateway.usecases.transfers import enqueue_outcome
+from gateway.usecases.transfers import enqueue_outcome, return_unconfirmed
 
 DESTINATION_UNREACHABLE = "DESTINATION_UNREACHABLE"
 _BINDING_KINDS = frozenset({OutboxKind.REQUEST_CONSENT, OutboxKind.NOTIFY_BINDING_OUTCOME})
-CONFIRMATION_DEADLINE_PASSED = "CONFIRMATION_DEADLINE_PASSED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,9 +139,7 @@ def sweep_deadlines(ctx: UseCaseContext, limit: int = 200) -> int:
                 changed += 1
         for transfer_id in uow.transfers.due_for_return(now, limit):
             transfer = uow.transfers.get(transfer_id)
-            if transfer is not None and uow.transfers.change_state(
-                    transfer_id, [TransferState.DELIVERED], TransferState.RETURNED, CONFIRMATION_DEADLINE_PASSED, now):
-                enqueue_outcome(uow, transfer, TransferState.RETURNED, now)
+            if transfer is not None and return_unconfirmed(uow, transfer, now):
                 changed += 1
         changed += expire_proposals(uow, now, limit)
         uow.commit()

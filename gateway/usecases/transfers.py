@@ -37,6 +37,7 @@ from gateway.usecases.settlements import assign_to_open_window
 INSTRUCTION_TYPE = "gongji.v1.TransferInstruction"
 CONFIRMATION_TYPE = "gongji.v1.TransferConfirmation"
 QUERY_TYPE = "gongji.v1.TransferQuery"
+CONFIRMATION_DEADLINE_PASSED = "CONFIRMATION_DEADLINE_PASSED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,15 @@ def enqueue_outcome(uow: UnitOfWork, transfer: Transfer, state: TransferState, n
     for province in (transfer.giver_province, transfer.receiver_province):
         uow.outbox.enqueue(province, OutboxKind.NOTIFY_TRANSFER_OUTCOME,
                            outcome_message_id(transfer.transfer_id, state), transfer.transfer_id, now_at)
+
+
+def return_unconfirmed(uow: UnitOfWork, transfer: Transfer, now: datetime) -> bool:
+    """D13: a DELIVERED transfer past its deadline is RETURNED, both provinces told; False if it already moved."""
+    if not uow.transfers.change_state(transfer.transfer_id, [TransferState.DELIVERED], TransferState.RETURNED,
+                                      CONFIRMATION_DEADLINE_PASSED, now):
+        return False
+    enqueue_outcome(uow, transfer, TransferState.RETURNED, now)
+    return True
 
 
 def _require_binding(uow: UnitOfWork, instruction: TransferInstruction, giver_ref: bytes,
@@ -171,6 +181,12 @@ def confirm_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                 # The receiver's answer can overtake the gateway's record of the delivery: it implies it.
                 uow.transfers.change_state(transfer.transfer_id, [TransferState.RECEIVED], TransferState.DELIVERED,
                                            "", now)
+            # The deadline is the rule, not the sweeper's timing: an answer that comes after it returns
+            # the transfer (once) and is refused, however far behind the sweep is.
+            if now >= transfer.return_deadline and return_unconfirmed(uow, transfer, now):
+                raise FailedPrecondition("the confirmation came after the transfer's deadline; the transfer has "
+                                         "been returned to the giver (D13)", reason=CONFIRMATION_DEADLINE_PASSED,
+                                         field="transfer_id")
             if not uow.transfers.change_state(transfer.transfer_id, [TransferState.DELIVERED], final, reason, now):
                 raise FailedPrecondition(f"the transfer is already {transfer.state.value} and cannot change",
                                          reason="TRANSFER_ALREADY_FINAL", field="transfer_id")

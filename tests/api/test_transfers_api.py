@@ -12,8 +12,10 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from gateway.provinces.outbox import OutboxSettings
 from gateway.security.keys import public_bytes
 from gateway.security.signing import EnvelopeSigner
+from gateway.usecases.outbox import Backoff
 from gateway.wire import envelope_to_proto
 from protos.gongji.v1 import common_pb2, operations_pb2, transfers_pb2
 from protos.stub.v1 import control_pb2
@@ -339,6 +341,39 @@ def test_unconfirmed_transfer_is_returned_exactly_once_and_both_told(loop_thread
         assert [e.state for e in stack.get(transfer_id).history].count(S.TRANSFER_STATE_RETURNED) == 1
         seen = error_of(lambda: stack.confirm(transfer_id))
         assert (seen.code, seen.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "TRANSFER_ALREADY_FINAL")
+    finally:
+        stack.close()
+
+
+def test_a_confirmation_after_the_deadline_returns_the_transfer_however_late_the_sweep(
+        loop_thread: LoopThread, tmp_path: Path, db_url: str) -> None:
+    # The sweep runs once at start and then not for an hour: only the confirmation can see the deadline.
+    outbox = OutboxSettings(poll_interval_seconds=0.05, sweep_interval_seconds=3600,
+                            backoff=Backoff(base_seconds=0.05, max_seconds=0.5))
+    stack = start_stack(loop_thread, tmp_path, db_url, behaviours={GANSU: NEVER_CONFIRM}, outbox=outbox)
+    try:
+        transfer_id = stack.submit(stack.instruction()).transfer_id
+        view = stack.wait_for_state(transfer_id, S.TRANSFER_STATE_DELIVERED)
+        remaining = view.return_deadline.ToDatetime().timestamp() - stack.clock.now().timestamp()
+        stack.clock.advance(remaining + 1)
+        confirmation = S.TransferConfirmation(
+            header=common_pb2.Header(message_id=unique_id("cf"), sender=GANSU, receiver="gateway",
+                                     created_at=ts(stack.clock.now())),
+            transfer_id=transfer_id, decision=S.CONFIRMATION_DECISION_CREDITED)
+        request = S.ConfirmTransferRequest(confirmation=stack.sign(confirmation, GANSU))
+        seen = error_of(lambda: stack.transfers.ConfirmTransfer(request, timeout=10))
+        assert (seen.code, seen.reason, seen.metadata.get("field")) == (
+            grpc.StatusCode.FAILED_PRECONDITION, "CONFIRMATION_DEADLINE_PASSED", "transfer_id")
+        again = error_of(lambda: stack.transfers.ConfirmTransfer(request, timeout=10))  # stored, replayed
+        assert (again.code, again.reason, again.metadata.get("replay")) == (
+            grpc.StatusCode.FAILED_PRECONDITION, "CONFIRMATION_DEADLINE_PASSED", "true")
+        view = stack.get(transfer_id)
+        assert (view.state, view.reason) == (S.TRANSFER_STATE_RETURNED, "CONFIRMATION_DEADLINE_PASSED")
+        assert [e.state for e in view.history].count(S.TRANSFER_STATE_RETURNED) == 1
+        assert view.settlement_window_id == ""
+        for province in (XINJIANG, GANSU):
+            wait_until(lambda p=province: told(stack, p, transfer_id), what=f"{province} told")
+            assert [n.state for n in told(stack, province, transfer_id)] == [S.TRANSFER_STATE_RETURNED]
     finally:
         stack.close()
 

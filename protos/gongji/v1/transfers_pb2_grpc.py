@@ -68,6 +68,8 @@ class TransfersServicer:
 
     def ConfirmTransfer(self, request, context):
         """Receiver's province only: CREDITED commits the transfer, DECLINED ends it. Idempotent as above.
+        An answer at or after the transfer's return deadline returns it instead (D13): FAILED_PRECONDITION,
+        reason CONFIRMATION_DEADLINE_PASSED, both provinces told RETURNED once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -42,7 +42,10 @@ class TransfersStub:
     resend is refused with ALREADY_EXISTS / MODIFIED_REQUEST.
     """
     ConfirmTransfer: _grpc.UnaryUnaryMultiCallable[_transfers_pb2.ConfirmTransferRequest, _transfers_pb2.ConfirmTransferResponse]
-    """Receiver's province only: CREDITED commits the transfer, DECLINED ends it. Idempotent as above."""
+    """Receiver's province only: CREDITED commits the transfer, DECLINED ends it. Idempotent as above.
+    An answer at or after the transfer's return deadline returns it instead (D13): FAILED_PRECONDITION,
+    reason CONFIRMATION_DEADLINE_PASSED, both provinces told RETURNED once.
+    """
     GetTransfer: _grpc.UnaryUnaryMultiCallable[_transfers_pb2.GetTransferRequest, _transfers_pb2.GetTransferResponse]
     """Either province of the transfer only. A signed query, so the caller is authenticated."""
 
@@ -58,7 +61,10 @@ class TransfersAsyncStub(TransfersStub):
     resend is refused with ALREADY_EXISTS / MODIFIED_REQUEST.
     """
     ConfirmTransfer: _aio.UnaryUnaryMultiCallable[_transfers_pb2.ConfirmTransferRequest, _transfers_pb2.ConfirmTransferResponse]  # type: ignore[assignment]
-    """Receiver's province only: CREDITED commits the transfer, DECLINED ends it. Idempotent as above."""
+    """Receiver's province only: CREDITED commits the transfer, DECLINED ends it. Idempotent as above.
+    An answer at or after the transfer's return deadline returns it instead (D13): FAILED_PRECONDITION,
+    reason CONFIRMATION_DEADLINE_PASSED, both provinces told RETURNED once.
+    """
     GetTransfer: _aio.UnaryUnaryMultiCallable[_transfers_pb2.GetTransferRequest, _transfers_pb2.GetTransferResponse]  # type: ignore[assignment]
     """Either province of the transfer only. A signed query, so the caller is authenticated."""
 
@@ -83,7 +89,10 @@ class TransfersServicer(metaclass=_abc_1.ABCMeta):
         request: _transfers_pb2.ConfirmTransferRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_transfers_pb2.ConfirmTransferResponse, _abc.Awaitable[_transfers_pb2.ConfirmTransferResponse]]:
-        """Receiver's province only: CREDITED commits the transfer, DECLINED ends it. Idempotent as above."""
+        """Receiver's province only: CREDITED commits the transfer, DECLINED ends it. Idempotent as above.
+        An answer at or after the transfer's return deadline returns it instead (D13): FAILED_PRECONDITION,
+        reason CONFIRMATION_DEADLINE_PASSED, both provinces told RETURNED once.
+        """
 
     @_abc_1.abstractmethod
     def GetTransfer(
