@@ -196,6 +196,7 @@ class Statements:
         self.transfer_counted_in = p(select(t.binding_id, t.amount_fen, t.giver_ref, t.created_at)
                                      .where(t.transfer_id == _b("w_id")))
         self.transfer_exists = p(select(t.transfer_id).where(t.transfer_id == _b("w_id")))
+        self.transfer_parties = p(select(t.giver_ref, t.receiver_ref).where(t.transfer_id == _b("w_id")))
         self.history = p(select(events_t.c.state, events_t.c.at, events_t.c.reason)
                          .where(events_t.c.transfer_id == _b("w_id")).order_by(events_t.c.id))
         self.instruction = p(select(*_INSTRUCTION).where(t.transfer_id == _b("w_id")))
@@ -233,8 +234,9 @@ class Statements:
         self.release_daily_slot = p(update(giver_days_t).where(and_(d.giver_ref == _b("ref"), d.day == _b("day")))
                                     .values(count=d.count - 1))
         self.suspend_member = p(insert(suspensions_t).on_conflict_do_nothing())
-        self.resume_member = p(suspensions_t.delete().where(suspensions_t.c.person_ref == _b("ref")))
-        self.member_suspended = p(select(suspensions_t.c.person_ref).where(suspensions_t.c.person_ref == _b("ref")))
+        suspended_there = and_(suspensions_t.c.person_ref == _b("ref"), suspensions_t.c.province == _b("province"))
+        self.resume_member = p(suspensions_t.delete().where(suspended_there))
+        self.member_suspended = p(select(suspensions_t.c.person_ref).where(suspended_there))
 
         w = windows_t.c
         self.ensure_window = p(insert(windows_t).on_conflict_do_nothing().values(
@@ -553,6 +555,10 @@ class SqlTransferRepository:
             reason=v["reason"], binding_id=v["binding_id"], settlement_window_id=v["settlement_window_id"],
             history=history)
 
+    def parties(self, transfer_id: str) -> tuple[bytes, bytes] | None:
+        row = self._cursor.first(self._s.transfer_parties, w_id=transfer_id)
+        return None if row is None else (bytes(row[0]), bytes(row[1]))
+
     def get(self, transfer_id: str, with_history: bool = False) -> Transfer | None:
         raw = self._cursor.first(self._s.get_transfer, w_id=transfer_id)
         if raw is None:
@@ -706,11 +712,11 @@ class SqlMemberRepository:
     def suspend(self, person_ref: bytes, province: str, at: datetime) -> None:
         self._cursor.run(self._s.suspend_member, person_ref=person_ref, province=province, since=at)
 
-    def resume(self, person_ref: bytes) -> None:
-        self._cursor.run(self._s.resume_member, ref=person_ref)
+    def resume(self, person_ref: bytes, province: str) -> None:
+        self._cursor.run(self._s.resume_member, ref=person_ref, province=province)
 
-    def is_suspended(self, person_ref: bytes) -> bool:
-        return self._cursor.first(self._s.member_suspended, ref=person_ref) is not None
+    def is_suspended(self, person_ref: bytes, province: str) -> bool:
+        return self._cursor.first(self._s.member_suspended, ref=person_ref, province=province) is not None
 
 
 class SqlOutboxRepository:

@@ -197,12 +197,16 @@ class BindingRow(Base):
 
 
 class MemberSuspensionRow(Base):
-    """People whose networked settlement a province reported suspended (D3), by keyed hash."""
+    """People whose networked settlement a province reported suspended (D3), by keyed hash.
+
+    Keyed by the reporting province too: a province speaks only for its own members (D20), so its
+    report binds the person as that province's member, and only it can lift it.
+    """
 
     __tablename__ = "member_suspensions"
 
     person_ref: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
-    province: Mapped[str] = mapped_column(String(6))
+    province: Mapped[str] = mapped_column(String(6), primary_key=True)
     since: Mapped[datetime] = mapped_column(UtcDateTime)
 
 

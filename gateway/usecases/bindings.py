@@ -298,13 +298,15 @@ def report_member_change(ctx: UseCaseContext, envelope: Envelope, peer: str | No
                 elif change.kind is MemberChangeKind.SETTLEMENT_SUSPENDED:
                     move(binding, [BindingState.ACTIVE], BindingState.SUSPENDED, "SETTLEMENT_SUSPENDED")
                 else:
-                    other = binding.receiver_ref if binding.giver_ref == ref else binding.giver_ref
-                    if not uow.members.is_suspended(other):
+                    other, other_province = ((binding.receiver_ref, binding.receiver_province)
+                                             if binding.giver_ref == ref and binding.giver_province == header.sender
+                                             else (binding.giver_ref, binding.giver_province))
+                    if not uow.members.is_suspended(other, other_province):
                         move(binding, [BindingState.SUSPENDED], BindingState.ACTIVE, "")
             if change.kind is MemberChangeKind.SETTLEMENT_SUSPENDED:
                 uow.members.suspend(ref, header.sender, now)
             elif change.kind is MemberChangeKind.SETTLEMENT_RESUMED:
-                uow.members.resume(ref)
+                uow.members.resume(ref, header.sender)
             return ctx.receipts.issue(request_sender=header.sender, request_message_id=header.message_id,
                                       request_sha256=digest, request_payload_type=MEMBER_CHANGE_TYPE,
                                       subject_id=header.message_id, state=change.kind.value, at=now,

@@ -78,6 +78,20 @@ def return_unconfirmed(uow: UnitOfWork, transfer: Transfer, now: datetime) -> bo
     return True
 
 
+def _suspended_party(uow: UnitOfWork, giver_ref: bytes, giver_province: str, receiver_ref: bytes,
+                     receiver_province: str) -> str | None:
+    """D3: "giver" or "receiver" if suspended by the province they are a member of here (D20), else None."""
+    for ref, province, role in ((giver_ref, giver_province, "giver"), (receiver_ref, receiver_province, "receiver")):
+        if uow.members.is_suspended(ref, province):
+            return role
+    return None
+
+
+def _settlement_suspended(role: str, field: str) -> FailedPrecondition:
+    return FailedPrecondition(f"the {role}'s networked settlement is suspended (D3)", reason="SETTLEMENT_SUSPENDED",
+                              field=field)
+
+
 def _require_binding(uow: UnitOfWork, instruction: TransferInstruction, giver_ref: bytes,
                      receiver_ref: bytes) -> Binding:
     """D10: an ACTIVE binding between exactly this giver and receiver; D3: neither of them suspended."""
@@ -89,10 +103,8 @@ def _require_binding(uow: UnitOfWork, instruction: TransferInstruction, giver_re
             giver_ref, receiver_ref, header.sender, header.receiver):
         raise FailedPrecondition("the binding is not between this giver and this receiver", reason="BINDING_MISMATCH",
                                  field="binding_id")
-    for ref, role in ((giver_ref, "giver"), (receiver_ref, "receiver")):
-        if uow.members.is_suspended(ref):
-            raise FailedPrecondition(f"the {role}'s networked settlement is suspended (D3)",
-                                     reason="SETTLEMENT_SUSPENDED", field=f"{role}.id_number")
+    if suspended := _suspended_party(uow, giver_ref, header.sender, receiver_ref, header.receiver):
+        raise _settlement_suspended(suspended, f"{suspended}.id_number")
     if binding.state is not BindingState.ACTIVE:
         raise FailedPrecondition(f"the binding is {binding.state.value}, not ACTIVE", reason="BINDING_NOT_ACTIVE",
                                  field="binding_id")
@@ -187,6 +199,13 @@ def confirm_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                 raise FailedPrecondition("the confirmation came after the transfer's deadline; the transfer has "
                                          "been returned to the giver (D13)", reason=CONFIRMATION_DEADLINE_PASSED,
                                          field="transfer_id")
+            if final is TransferState.COMMITTED and not transfer.state.is_final:
+                # Money moves at the credit: a party suspended since the submission can no longer give or
+                # receive (D3). The province may decline instead, or the transfer returns at its deadline.
+                giver_ref, receiver_ref = uow.transfers.parties(transfer.transfer_id) or (b"", b"")
+                if suspended := _suspended_party(uow, giver_ref, transfer.giver_province, receiver_ref,
+                                                 transfer.receiver_province):
+                    raise _settlement_suspended(suspended, "transfer_id")
             if not uow.transfers.change_state(transfer.transfer_id, [TransferState.DELIVERED], final, reason, now):
                 raise FailedPrecondition(f"the transfer is already {transfer.state.value} and cannot change",
                                          reason="TRANSFER_ALREADY_FINAL", field="transfer_id")

@@ -11,7 +11,7 @@ import pytest
 from gateway.domain.clock import BEIJING
 from protos.gongji.v1 import common_pb2, operations_pb2, relations_pb2, transfers_pb2
 from protos.stub.v1 import control_pb2
-from tests.support import GANSU, MOTHER, XINJIANG, Stack, error_of
+from tests.support import GANSU, GIVER, MOTHER, XINJIANG, Stack, error_of
 
 CHILD = ("620102201508160027", "620100")  # the giver's daughter, born 2015
 
@@ -72,6 +72,33 @@ def test_a_suspended_member_can_neither_give_nor_receive(stack: Stack) -> None:
     assert submit_error(stack) == (grpc.StatusCode.FAILED_PRECONDITION, "SETTLEMENT_SUSPENDED")
     stack.member_change(MOTHER, relations_pb2.MEMBER_CHANGE_KIND_SETTLEMENT_RESUMED)
     assert accepted(stack)
+
+
+def test_a_province_suspends_and_resumes_only_its_own_members(stack: Stack) -> None:
+    """D20: Xinjiang's report on the mother binds her as a Xinjiang member, never her Gansu membership."""
+    as_if_in_xinjiang = (MOTHER[0], "650500")
+    stack.member_change(as_if_in_xinjiang, relations_pb2.MEMBER_CHANGE_KIND_SETTLEMENT_SUSPENDED, signer=XINJIANG)
+    assert accepted(stack)  # she still receives in Gansu
+    stack.member_change(MOTHER, relations_pb2.MEMBER_CHANGE_KIND_SETTLEMENT_SUSPENDED)  # Gansu's own report
+    stack.member_change(as_if_in_xinjiang, relations_pb2.MEMBER_CHANGE_KIND_SETTLEMENT_RESUMED, signer=XINJIANG)
+    assert submit_error(stack) == (grpc.StatusCode.FAILED_PRECONDITION, "SETTLEMENT_SUSPENDED")  # not lifted
+    stack.member_change(MOTHER, relations_pb2.MEMBER_CHANGE_KIND_SETTLEMENT_RESUMED)
+    assert accepted(stack)
+
+
+@pytest.mark.parametrize("suspended", ["receiver", "giver"])
+def test_a_party_suspended_after_the_submission_is_not_credited(stack: Stack, suspended: str) -> None:
+    """D3: money moves at the credit, so a suspension reported in between stops it; a decline still ends it."""
+    stack.configure(GANSU, confirm_mode=control_pb2.CONFIRM_MODE_NEVER)
+    transfer_id = stack.submit(stack.instruction()).transfer_id
+    stack.wait_for_state(transfer_id, transfers_pb2.TRANSFER_STATE_DELIVERED)
+    person, province = (MOTHER, GANSU) if suspended == "receiver" else (GIVER, XINJIANG)
+    stack.member_change(person, relations_pb2.MEMBER_CHANGE_KIND_SETTLEMENT_SUSPENDED, signer=province)
+    seen = error_of(lambda: stack.confirm(transfer_id))
+    assert (seen.code, seen.reason, seen.metadata["field"]) == (grpc.StatusCode.FAILED_PRECONDITION,
+                                                                "SETTLEMENT_SUSPENDED", "transfer_id")
+    assert stack.get(transfer_id).state == transfers_pb2.TRANSFER_STATE_DELIVERED
+    assert stack.confirm(transfer_id, decline=True).state == transfers_pb2.TRANSFER_STATE_DECLINED
 
 
 @pytest.mark.parametrize(("at", "allowed"), [

@@ -93,6 +93,41 @@ def test_upgrading_again_changes_nothing(engine: Engine) -> None:
     assert differences(engine) == []
 
 
+def test_0004_keys_suspensions_by_person_and_province_keeping_the_rows_both_ways(engine: Engine) -> None:
+    """Primary keys cannot be altered in SQLite: the table is rebuilt, its rows copied up and back down."""
+    person, other = "01" * 32, "02" * 32
+    row = "INSERT INTO member_suspensions (person_ref, province, since) VALUES ({ref}, '{province}', '{since}')"
+    hex_literal = "decode('{}', 'hex')" if engine.dialect.name == "postgresql" else "x'{}'"
+
+    def insert(ref: str, province: str, since: str) -> None:
+        run(row.format(ref=hex_literal.format(ref), province=province, since=since), engine)
+
+    def rows() -> list[tuple[bytes, str]]:
+        with engine.connect() as conn:
+            return [(bytes(r[0]), r[1]) for r in conn.execute(text(
+                "SELECT person_ref, province FROM member_suspensions ORDER BY person_ref, province"))]
+
+    def primary_key() -> list[str]:
+        with engine.connect() as conn:
+            return list(inspect(conn).get_pk_constraint("member_suspensions")["constrained_columns"])
+
+    with engine.begin() as conn:
+        command.upgrade(schema.alembic_config(conn), "0003")
+    insert(person, "620000", "2026-05-01 00:00:00")
+    insert(other, "650000", "2026-05-02 00:00:00")
+    assert primary_key() == ["person_ref"]
+    with engine.begin() as conn:
+        command.upgrade(schema.alembic_config(conn), "0004")
+    assert primary_key() == ["person_ref", "province"]
+    insert(person, "650000", "2026-05-03 00:00:00")  # the same person, suspended by a second province
+    assert rows() == [(bytes.fromhex(person), "620000"), (bytes.fromhex(person), "650000"),
+                      (bytes.fromhex(other), "650000")]
+    with engine.begin() as conn:
+        command.downgrade(schema.alembic_config(conn), "0003")
+    assert primary_key() == ["person_ref"]
+    assert rows() == [(bytes.fromhex(person), "620000"), (bytes.fromhex(other), "650000")]  # one row a person
+
+
 def test_an_empty_database_is_refused_without_auto_upgrade(engine: Engine) -> None:
     with pytest.raises(SchemaError, match="`gongji db upgrade`"):
         ensure_known_schema(engine, auto_upgrade=False)
