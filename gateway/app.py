@@ -194,9 +194,9 @@ def _core(settings: Settings, clock: Clock) -> _Core:
         clock=clock,
         receipts=SignedReceiptIssuer(signer),
         hasher=HmacPersonHasher(load_or_create_secret(settings.id_hash_key_file)),
-        # Each province's calls are counted once its signature verifies (see ProvinceRateLimits).
-        verify=ProvinceRateLimits(settings.rate_limit_per_second, settings.rate_limit_burst, clock).verifier(
-            verify_signature),
+        verify=verify_signature,
+        # Each province's calls are counted once they are proven its own (see ProvinceRateLimits).
+        admit=ProvinceRateLimits(settings.rate_limit_per_second, settings.rate_limit_burst, clock).admit,
         max_clock_skew=timedelta(seconds=settings.max_clock_skew_seconds),
         settlement=settings.settlement,
     )

@@ -1,4 +1,4 @@
-"""Per-province rate limits: a token bucket per calling province, spent once its signature verifies."""
+"""Per-province rate limits: a token bucket per calling province, spent once the call is proven its own."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from gateway.domain.clock import Clock
-from gateway.domain.envelope import Envelope
 from gateway.domain.errors import RateLimited
-from gateway.usecases.ports import SignatureVerifier
 
 
 @dataclass
@@ -35,14 +33,15 @@ class TokenBucket:
 class ProvinceRateLimits:
     """One bucket per province, created full on its first call; `rate` 0 turns the limits off.
 
-    Why the budget is spent in signature verification rather than in a gRPC interceptor: until mutual
-    TLS, the only proof of who calls is the envelope's signature. An interceptor sees the method and
-    metadata only, and the envelope's `signer` is a claim anyone can write: charging it before
-    verification would let a flood of forged calls in a province's name spend that province's
-    budget. Charged right after the signature verifies (api.md's order: algorithm, key, signature),
-    a bucket is only ever spent by its own province's key, and a refused call stops there: before
-    its payload is decoded, before idempotency, before anything is written. Buckets exist only for
-    verified signers, so their number is bounded by the routing table.
+    Why the budget is spent in authentication (`UseCaseContext.admit`) rather than in a gRPC interceptor:
+    an interceptor sees the method and metadata only, and the envelope's `signer` is a claim anyone can
+    write; charging it there would let a flood of forged calls in a province's name spend that province's
+    budget. Charged once the call is proven to be the province's own (api.md's order: algorithm, key,
+    signature, then signer = the TLS caller), a bucket is only ever spent by its own province: forgeries,
+    and genuine envelopes another province replays (DeliverTransfer passes instructions on), cost it
+    nothing. A refused call stops there: before its payload is decoded, before idempotency, before
+    anything is written. Buckets exist only for verified signers, so their number is bounded by the
+    routing table.
     """
 
     def __init__(self, rate_per_second: float, burst: float, clock: Clock) -> None:
@@ -69,16 +68,3 @@ class ProvinceRateLimits:
                 return
         raise RateLimited(f"province {province} is over its rate limit ({self.rate:g} calls a second, bursts of "
                           f"{self.burst:g}); nothing was done: retry later with the same message_id")
-
-    def verifier(self, verify: SignatureVerifier) -> SignatureVerifier:
-        """`verify`, followed, when the signature is good, by spending one of the signer's tokens."""
-        if not self.enabled:
-            return verify
-
-        def verify_and_admit(envelope: Envelope, public_key: bytes) -> bool:
-            if not verify(envelope, public_key):
-                return False
-            self.admit(envelope.signer)
-            return True
-
-        return verify_and_admit

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Protocol, TypeVar
 
 from gateway.domain.envelope import ALLOWED_ALGS, Envelope, Header
 from gateway.domain.errors import InvalidArgument, PermissionDenied, Unauthenticated
-from gateway.usecases.ports import SignatureVerifier, UnitOfWork
+from gateway.usecases.context import UseCaseContext
+from gateway.usecases.ports import UnitOfWork
 
 
 class HasHeader(Protocol):
@@ -26,10 +27,13 @@ def authenticate(
     decode: Callable[[bytes], M],
     peer: str | None,
     now: datetime,
-    max_skew: timedelta,
-    verify: SignatureVerifier,
+    ctx: UseCaseContext,
 ) -> M:
-    """Verify `envelope` and return its decoded message; raise before anything is stored."""
+    """Verify `envelope` and return its decoded message; raise before anything is stored.
+
+    The province's rate budget is spent once the call is proven to be its own (signature, then TLS
+    caller): forgeries, and genuine envelopes replayed by another province, cost it nothing.
+    """
     if envelope.payload_type != expected_type:
         raise InvalidArgument(f"payload_type must be {expected_type}", reason="WRONG_PAYLOAD_TYPE",
                               field="payload_type")
@@ -45,17 +49,18 @@ def authenticate(
     if not key.is_valid_at(now):
         raise Unauthenticated("key is not valid now (retired, expired or not yet valid)", reason="KEY_NOT_ACTIVE",
                               field="key_id")
-    if not verify(envelope, key.public_key):
+    if not ctx.verify(envelope, key.public_key):
         raise Unauthenticated("signature does not verify", reason="BAD_SIGNATURE", field="signature")
     if peer is not None and peer != envelope.signer:
         raise PermissionDenied("the signer is not the authenticated caller (D20)", reason="SIGNER_NOT_CALLER",
                                field="signer")
+    ctx.admit(envelope.signer)
     message = decode(envelope.payload)  # raises InvalidArgument: malformed payload or unknown fields
     header = message.header
     if header.sender != envelope.signer:
         raise PermissionDenied("header.sender is not the signer (D20)", reason="SENDER_NOT_SIGNER",
                                field="header.sender")
-    if abs(header.created_at - now) > max_skew:
+    if abs(header.created_at - now) > ctx.max_clock_skew:
         raise InvalidArgument("header.created_at is outside the accepted window around the gateway's clock",
                               reason="STALE_MESSAGE", field="header.created_at")
     return message

@@ -101,7 +101,7 @@ def _accept_proposal(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                      decode: Callable[[bytes], BindingProposal]) -> _Proposal:
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        proposal = authenticate(uow, envelope, PROPOSAL_TYPE, decode, peer, now, ctx.max_clock_skew, ctx.verify)
+        proposal = authenticate(uow, envelope, PROPOSAL_TYPE, decode, peer, now, ctx)
         validate_proposal(proposal, now)
         header = proposal.header
         stored = replay_if_seen(uow, header.sender, header.message_id, payload_digest(envelope.payload))
@@ -180,7 +180,7 @@ def accept_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                    decode: Callable[[bytes], BindingAcceptance]) -> BindingAnswer:
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        acceptance = authenticate(uow, envelope, ACCEPTANCE_TYPE, decode, peer, now, ctx.max_clock_skew, ctx.verify)
+        acceptance = authenticate(uow, envelope, ACCEPTANCE_TYPE, decode, peer, now, ctx)
         header = acceptance.header
         validate_message_id(header.message_id)
         if acceptance.decision is ConsentDecision.ACCEPT and acceptance.attestation is None:
@@ -223,7 +223,7 @@ def dissolve_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                      decode: Callable[[bytes], BindingDissolution]) -> BindingAnswer:
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        dissolution = authenticate(uow, envelope, DISSOLUTION_TYPE, decode, peer, now, ctx.max_clock_skew, ctx.verify)
+        dissolution = authenticate(uow, envelope, DISSOLUTION_TYPE, decode, peer, now, ctx)
         header = dissolution.header
         validate_message_id(header.message_id)
         validate_reason(dissolution.reason)
@@ -249,7 +249,7 @@ def get_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                 decode: Callable[[bytes], BindingQuery]) -> Binding:
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        query = authenticate(uow, envelope, BINDING_QUERY_TYPE, decode, peer, now, ctx.max_clock_skew, ctx.verify)
+        query = authenticate(uow, envelope, BINDING_QUERY_TYPE, decode, peer, now, ctx)
         return _party_binding(uow, query.binding_id, query.header.sender)
 
 
@@ -264,7 +264,7 @@ def report_member_change(ctx: UseCaseContext, envelope: Envelope, peer: str | No
     """Dissolve (D9) or suspend/resume (D3) the person's bindings at once; both provinces are told."""
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        change = authenticate(uow, envelope, MEMBER_CHANGE_TYPE, decode, peer, now, ctx.max_clock_skew, ctx.verify)
+        change = authenticate(uow, envelope, MEMBER_CHANGE_TYPE, decode, peer, now, ctx)
         header = change.header
         validate_message_id(header.message_id)
         if header.receiver != GATEWAY:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -35,6 +35,10 @@ class InFlightRequests:
                 self._keys.discard(key)
 
 
+def no_limit(province: str) -> None:
+    """Admits every call (no rate limit)."""
+
+
 @dataclass(frozen=True)
 class UseCaseContext:
     uow: UnitOfWorkFactory
@@ -43,5 +47,8 @@ class UseCaseContext:
     hasher: PersonHasher
     verify: SignatureVerifier
     max_clock_skew: timedelta = timedelta(seconds=120)
+    # Spends one call of the province's budget, or raises RateLimited; called once a call is proven to
+    # come from that province (signature verified, signer = the TLS caller). By default: no limit.
+    admit: Callable[[str], None] = no_limit
     in_flight: InFlightRequests = field(default_factory=InFlightRequests)
     settlement: SettlementPolicy = field(default_factory=SettlementPolicy)

@@ -58,7 +58,7 @@ def accept_relation_query(ctx: UseCaseContext, envelope: Envelope, peer: str | N
     """Authenticate the query and find both provinces; the rules themselves are judged afterwards."""
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        query = authenticate(uow, envelope, RELATION_QUERY_TYPE, decode, peer, now, ctx.max_clock_skew, ctx.verify)
+        query = authenticate(uow, envelope, RELATION_QUERY_TYPE, decode, peer, now, ctx)
         validate_message_id(query.header.message_id)
         if not PROVINCE_CODE.fullmatch(query.header.receiver):
             raise InvalidArgument("header.receiver must be the receiver's province code",

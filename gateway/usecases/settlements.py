@@ -156,7 +156,7 @@ def get_settlement(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                    decode: Callable[[bytes], SettlementQuery]) -> SettlementView:
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        query = authenticate(uow, envelope, QUERY_TYPE, decode, peer, now, ctx.max_clock_skew, ctx.verify)
+        query = authenticate(uow, envelope, QUERY_TYPE, decode, peer, now, ctx)
         province = query.header.sender
         window_id = query.window_id
         if window_id:
@@ -189,7 +189,7 @@ def acknowledge_settlement(ctx: UseCaseContext, envelope: Envelope, peer: str | 
     """A province signs its agreement with its figures (digest must match); the last one makes it ACKNOWLEDGED."""
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        ack = authenticate(uow, envelope, ACKNOWLEDGEMENT_TYPE, decode, peer, now, ctx.max_clock_skew, ctx.verify)
+        ack = authenticate(uow, envelope, ACKNOWLEDGEMENT_TYPE, decode, peer, now, ctx)
         header = ack.header
         if header.receiver != GATEWAY:
             raise InvalidArgument("an acknowledgement is addressed to the gateway", reason="WRONG_RECEIVER",

@@ -115,7 +115,7 @@ def submit_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                     decode: Callable[[bytes], TransferInstruction]) -> ReceiptAnswer:
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        instruction = authenticate(uow, envelope, INSTRUCTION_TYPE, decode, peer, now, ctx.max_clock_skew, ctx.verify)
+        instruction = authenticate(uow, envelope, INSTRUCTION_TYPE, decode, peer, now, ctx)
         validate_instruction(instruction, today=now.astimezone(BEIJING).date())
         header = instruction.header
         transfer_id = header.message_id
@@ -171,7 +171,7 @@ def confirm_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                      decode: Callable[[bytes], TransferConfirmation]) -> ReceiptAnswer:
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        confirmation = authenticate(uow, envelope, CONFIRMATION_TYPE, decode, peer, now, ctx.max_clock_skew, ctx.verify)
+        confirmation = authenticate(uow, envelope, CONFIRMATION_TYPE, decode, peer, now, ctx)
         validate_confirmation(confirmation)
         header = confirmation.header
         if header.receiver != GATEWAY:
@@ -225,7 +225,7 @@ def get_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                  decode: Callable[[bytes], TransferQuery]) -> Transfer:
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        query = authenticate(uow, envelope, QUERY_TYPE, decode, peer, now, ctx.max_clock_skew, ctx.verify)
+        query = authenticate(uow, envelope, QUERY_TYPE, decode, peer, now, ctx)
         validate_message_id(query.transfer_id, field="transfer_id")
         transfer = uow.transfers.get(query.transfer_id, with_history=True)
         if transfer is None:

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from gateway.domain.settlement import SettlementPolicy
-from protos.gongji.v1 import transfers_pb2
+from protos.gongji.v1 import transfers_pb2, transfers_pb2_grpc
 from tests.support import GANSU, XINJIANG, ErrorSeen, LoopThread, Stack, error_of, start_stack
 
 # One token every 1000 s: the seconds this test really takes refill nothing that matters, and moving the
@@ -80,3 +80,21 @@ def test_forged_calls_in_a_provinces_name_do_not_spend_its_budget(limited: Stack
         seen = error_of(lambda envelope=forged: stack.submit(envelope))  # type: ignore[misc]
         assert (seen.code, seen.reason) == (grpc.StatusCode.UNAUTHENTICATED, "BAD_SIGNATURE"), seen
     assert stack.get(transfer_id).transfer_id == transfer_id
+
+
+def test_another_province_replaying_a_provinces_envelopes_does_not_spend_its_budget(
+        loop_thread: LoopThread, tmp_path: Path, sqlite_url: str) -> None:
+    # Gansu receives Xinjiang's signed instructions (DeliverTransfer passes them through) and could send
+    # them back over its own certificate: each is refused as not Gansu's, and costs Xinjiang nothing.
+    stack = start_stack(loop_thread, tmp_path, sqlite_url, tls_dir=tmp_path / "tls", rate_limit_per_second=RATE,
+                        rate_limit_burst=BURST, settlement=SettlementPolicy(close_on_schedule=False))
+    try:
+        envelope = stack.sign(stack.instruction(), XINJIANG)
+        as_gansu = transfers_pb2_grpc.TransfersStub(stack.channel_as(f"province-{GANSU}"))
+        for _ in range(BURST * 2):
+            seen = error_of(lambda: as_gansu.SubmitTransfer(
+                transfers_pb2.SubmitTransferRequest(instruction=envelope), timeout=5))
+            assert (seen.code, seen.reason) == (grpc.StatusCode.PERMISSION_DENIED, "SIGNER_NOT_CALLER"), seen
+        assert stack.submit(envelope).state == transfers_pb2.TRANSFER_STATE_RECEIVED  # Xinjiang is served
+    finally:
+        stack.close()
