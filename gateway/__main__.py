@@ -31,14 +31,29 @@ log = logging.getLogger("gateway")
 RESTART_DELAY_SECONDS = 1.0
 
 
+def _masked(text: str) -> str:
+    return ID_NUMBER_IN_TEXT.sub(lambda m: mask_id_number(m.group(0)), text)
+
+
 class MaskIdNumbers(logging.Filter):
-    """A last line of defence for D19: any ID number that reached a log line leaves it masked."""
+    """A last line of defence for D19: any ID number that reached a log line leaves it masked.
+
+    The message, and the traceback and stack too: an exception's text can carry what a peer sent.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        masked = ID_NUMBER_IN_TEXT.sub(lambda m: mask_id_number(m.group(0)), message)
+        masked = _masked(message)
         if masked != message:
             record.msg, record.args = masked, None
+        if record.exc_info:
+            # Formatted once here, masked, and kept as the text every formatter prints instead.
+            record.exc_text = _masked(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = _masked(record.exc_text)
+        if record.stack_info:
+            record.stack_info = _masked(record.stack_info)
         return True
 
 
@@ -48,8 +63,11 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
                  "message": record.getMessage()}
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+        exception = record.exc_text or (self.formatException(record.exc_info) if record.exc_info else "")
+        if exception:
+            entry["exception"] = exception
+        if record.stack_info:
+            entry["stack"] = record.stack_info
         return json.dumps(entry, ensure_ascii=False)
 
 

@@ -9,7 +9,8 @@ import logging
 from gateway.__main__ import JsonFormatter, MaskIdNumbers
 
 
-def _emit(formatter: logging.Formatter, message: str, *args: object) -> str:
+def _logger(formatter: logging.Formatter) -> tuple[logging.Logger, io.StringIO]:
+    """A logger of its own writing through the gateway's filter and `formatter` into a string."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.addFilter(MaskIdNumbers())
@@ -17,6 +18,11 @@ def _emit(formatter: logging.Formatter, message: str, *args: object) -> str:
     logger = logging.getLogger(f"test-logging-{id(stream)}")
     logger.propagate = False
     logger.addHandler(handler)
+    return logger, stream
+
+
+def _emit(formatter: logging.Formatter, message: str, *args: object) -> str:
+    logger, stream = _logger(formatter)
     logger.warning(message, *args)
     return stream.getvalue()
 
@@ -36,3 +42,16 @@ def test_an_id_number_that_reaches_a_log_line_leaves_it_masked() -> None:
     # Other long numbers (amounts, ids with letters around) are left alone.
     assert "1234567890123456789" in _emit(JsonFormatter(), "amount 1234567890123456789")
     assert "tr-650502199001011230x" in _emit(JsonFormatter(), "id tr-650502199001011230x")
+
+
+def test_an_id_number_in_an_exception_or_stack_leaves_masked_too() -> None:
+    for formatter in (JsonFormatter(), logging.Formatter("%(message)s")):
+        logger, stream = _logger(formatter)
+        try:
+            raise ValueError("a province answered: no person 650502199001011230")
+        except ValueError:
+            logger.exception("delivery failed")
+        logger.warning("stack", stack_info=True)  # the stack's own text, masked alike
+        text = stream.getvalue()
+        assert "650502199001011230" not in text and "650502********1230" in text
+        assert "ValueError" in text and "Traceback" in text
