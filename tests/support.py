@@ -144,23 +144,28 @@ class ErrorSeen:
     message: str
 
 
+def error_seen(error: grpc.RpcError) -> ErrorSeen:
+    """A failed call's status code and ErrorInfo (its message checked for clear personal data)."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    reason, metadata = "", {}
+    if status is not None:
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                assert info.domain == "gongji.v1"
+                reason, metadata = info.reason, dict(info.metadata)
+    message = error.details() or ""  # type: ignore[attr-defined]
+    for clear in CLEAR_PERSONAL_DATA:
+        assert clear not in message, "an error message shows personal data in clear (D19)"
+    return ErrorSeen(error.code(), reason, metadata, message)  # type: ignore[attr-defined]
+
+
 def error_of(call: Callable[[], Any]) -> ErrorSeen:
     """Run a call that must fail; return its status code and ErrorInfo."""
     try:
         call()
     except grpc.RpcError as error:
-        status = rpc_status.from_call(error)  # type: ignore[arg-type]
-        reason, metadata = "", {}
-        if status is not None:
-            for detail in status.details:
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info):
-                    assert info.domain == "gongji.v1"
-                    reason, metadata = info.reason, dict(info.metadata)
-        message = error.details() or ""  # type: ignore[attr-defined]
-        for clear in CLEAR_PERSONAL_DATA:
-            assert clear not in message, "an error message shows personal data in clear (D19)"
-        return ErrorSeen(error.code(), reason, metadata, message)  # type: ignore[attr-defined]
+        return error_seen(error)
     raise AssertionError("the call succeeded but was expected to fail")
 
 

@@ -14,7 +14,22 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Engine, Table, and_, bindparam, case, create_engine, event, func, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Engine,
+    Table,
+    and_,
+    bindparam,
+    case,
+    cast,
+    create_engine,
+    event,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import ClauseElement
 
@@ -233,6 +248,9 @@ class Statements:
                                     .returning(d.count))
         self.release_daily_slot = p(update(giver_days_t).where(and_(d.giver_ref == _b("ref"), d.day == _b("day")))
                                     .values(count=d.count - 1))
+        # A person's relations are decided one transaction at a time (D8) on PostgreSQL; SQLite has one writer.
+        self.lock_person = (p(select(func.pg_advisory_xact_lock(cast(_b("key"), BigInteger))))
+                            if dialect.name == "postgresql" else None)
         self.suspend_member = p(insert(suspensions_t).on_conflict_do_nothing())
         suspended_there = and_(suspensions_t.c.person_ref == _b("ref"), suspensions_t.c.province == _b("province"))
         self.resume_member = p(suspensions_t.delete().where(suspended_there))
@@ -629,6 +647,12 @@ class SqlBindingRepository:
     def __init__(self, cursor: Cursor, store: SqlStore, audit: SqlAuditLog) -> None:
         self._cursor, self._s, self._audit = cursor, store.statements, audit
         self._sealer = store.sealer
+
+    def lock_people(self, *person_refs: bytes) -> None:
+        # In one order, so two transactions locking the same two people never wait on each other.
+        if self._s.lock_person is not None:
+            for ref in sorted(set(person_refs)):
+                self._cursor.first(self._s.lock_person, key=int.from_bytes(ref[:8], "big", signed=True))
 
     def add(self, binding: Binding, envelope: Envelope) -> None:
         self._cursor.run(

@@ -130,6 +130,8 @@ def _store_proposal(ctx: UseCaseContext, envelope: Envelope, proposal: BindingPr
                                          reason=violations[0].reason, field=violations[0].field)
             giver_ref = ctx.hasher.ref(proposal.giver.id_number)
             receiver_ref = ctx.hasher.ref(proposal.receiver.id_number)
+            # Two proposals for one person at once must not both find them free (single_relation_only).
+            uow.bindings.lock_people(giver_ref, receiver_ref)
             for code, ref, role in ((header.sender, giver_ref, "giver"), (header.receiver, receiver_ref, "receiver")):
                 province = uow.provinces.get(code)
                 policy = effective_policy(province.policy) if province else None

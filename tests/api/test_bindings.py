@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -10,7 +12,7 @@ from gateway.security.keys import public_bytes
 from gateway.security.signing import EnvelopeSigner
 from protos.gongji.v1 import operations_pb2, relations_pb2
 from protos.stub.v1 import control_pb2
-from tests.support import GANSU, GIVER, MOTHER, XINJIANG, Stack, error_of, register, wait_until
+from tests.support import GANSU, GIVER, MOTHER, XINJIANG, Stack, error_of, error_seen, register, wait_until
 
 R = relations_pb2
 CHILD = ("620102201508160027", "620100")  # born 2015-08-16, female: the giver's daughter (code 30), under 16
@@ -161,3 +163,27 @@ def test_bad_proposals_are_refused_before_anything_is_stored(stack: Stack) -> No
         seen = error_of(lambda k=kwargs: stack.propose(**k))
         assert (seen.code, seen.reason) == (grpc.StatusCode.INVALID_ARGUMENT, reason), kwargs
     assert stack.counts() == before
+
+
+def test_concurrent_proposals_for_one_person_leave_one_relation_under_single_relation_only(stack: Stack) -> None:
+    """Eight proposals for the daughter at once: exactly one is stored (D8), on PostgreSQL's concurrent writers too."""
+    stack.operations.UpdateProvince(operations_pb2.UpdateProvinceRequest(
+        code=GANSU, policy=operations_pb2.ProvincePolicy(single_relation_only=True)), timeout=5)
+    barrier = threading.Barrier(8)
+    answers: list[str] = []
+
+    def one(giver: tuple[str, str]) -> None:
+        barrier.wait()
+        try:
+            stack.propose(CHILD, relation_code="30", giver=giver)
+            answers.append("OK")
+        except grpc.RpcError as error:
+            seen = error_seen(error)
+            answers.append(f"{seen.code.name} {seen.reason}")
+
+    threads = [threading.Thread(target=one, args=(GIVER if n % 2 else OTHER_GIVER,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(answers) == ["FAILED_PRECONDITION SINGLE_RELATION_ONLY"] * 7 + ["OK"]

@@ -11,7 +11,7 @@ import pytest
 from gateway.domain.clock import BEIJING
 from protos.gongji.v1 import common_pb2, operations_pb2, relations_pb2, transfers_pb2
 from protos.stub.v1 import control_pb2
-from tests.support import GANSU, GIVER, MOTHER, XINJIANG, Stack, error_of
+from tests.support import GANSU, GIVER, MOTHER, XINJIANG, Stack, error_of, error_seen
 
 CHILD = ("620102201508160027", "620100")  # the giver's daughter, born 2015
 
@@ -166,10 +166,6 @@ def test_a_declined_transfer_gives_its_place_in_the_day_back(stack: Stack) -> No
     assert submit_error(stack) == (grpc.StatusCode.FAILED_PRECONDITION, "DAILY_LIMIT_REACHED")
 
 
-def _raise(error: Exception) -> None:
-    raise error
-
-
 def test_concurrent_submissions_of_one_giver_never_pass_the_daily_limit(stack: Stack) -> None:
     """Twelve different transfers of one giver at once: exactly three get through (D12), on either database."""
     national_policy(stack)
@@ -184,7 +180,7 @@ def test_concurrent_submissions_of_one_giver_never_pass_the_daily_limit(stack: S
             stack.submit(message)
             answers.append("OK")
         except grpc.RpcError as error:
-            answers.append(error_of(lambda e=error: _raise(e)).reason)  # type: ignore[misc]
+            answers.append(error_seen(error).reason)
 
     threads = [threading.Thread(target=one) for _ in range(12)]
     for thread in threads:
