@@ -6,7 +6,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Protocol, TypeVar
 
-from gateway.domain.envelope import ALLOWED_ALGS, Envelope, Header
+from gateway.domain.envelope import ALLOWED_ALGS, GATEWAY, Envelope, Header
 from gateway.domain.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.ports import UnitOfWork
@@ -64,3 +64,9 @@ def authenticate(
         raise InvalidArgument("header.created_at is outside the accepted window around the gateway's clock",
                               reason="STALE_MESSAGE", field="header.created_at")
     return message
+
+
+def require_addressed_to_gateway(header: Header, what: str) -> None:
+    """A message the gateway itself answers names it as receiver: one meant for someone else is refused."""
+    if header.receiver != GATEWAY:
+        raise InvalidArgument(f"{what} is addressed to the gateway", reason="WRONG_RECEIVER", field="header.receiver")

@@ -22,7 +22,7 @@ from gateway.domain.bindings import (
 )
 from gateway.domain.clock import BEIJING
 from gateway.domain.eligibility import MemberStatus, check_attestation, check_eligibility, parse_valid_id
-from gateway.domain.envelope import GATEWAY, Envelope
+from gateway.domain.envelope import Envelope
 from gateway.domain.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -34,7 +34,7 @@ from gateway.domain.identity import mask_id_number
 from gateway.domain.provinces import Province, effective_policy
 from gateway.domain.records import OutboxKind
 from gateway.domain.transfers import validate_message_id, validate_pooling_area
-from gateway.usecases.auth import authenticate
+from gateway.usecases.auth import authenticate, require_addressed_to_gateway
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.idempotency import payload_digest, replay_if_seen, run_once
 from gateway.usecases.ports import UnitOfWork
@@ -269,9 +269,7 @@ def report_member_change(ctx: UseCaseContext, envelope: Envelope, peer: str | No
         change = authenticate(uow, envelope, MEMBER_CHANGE_TYPE, decode, peer, now, ctx)
         header = change.header
         validate_message_id(header.message_id)
-        if header.receiver != GATEWAY:
-            raise InvalidArgument("a member change is addressed to the gateway", reason="WRONG_RECEIVER",
-                                  field="header.receiver")
+        require_addressed_to_gateway(header, "a member change")
         if parse_valid_id(change.person.id_number, now.astimezone(BEIJING).date()) is None:
             raise InvalidArgument("person.id_number is not a valid resident ID number", reason="INVALID_ID_NUMBER",
                                   field="person.id_number")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from gateway.domain.clock import BEIJING
-from gateway.domain.envelope import GATEWAY, Envelope
+from gateway.domain.envelope import Envelope
 from gateway.domain.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from gateway.domain.records import OutboxKind
 from gateway.domain.settlement import (
@@ -27,7 +27,7 @@ from gateway.domain.settlement import (
     window_containing,
 )
 from gateway.domain.transfers import validate_message_id
-from gateway.usecases.auth import authenticate
+from gateway.usecases.auth import authenticate, require_addressed_to_gateway
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.idempotency import payload_digest, run_once
 from gateway.usecases.ports import UnitOfWork
@@ -191,9 +191,7 @@ def acknowledge_settlement(ctx: UseCaseContext, envelope: Envelope, peer: str | 
     with ctx.uow() as uow:
         ack = authenticate(uow, envelope, ACKNOWLEDGEMENT_TYPE, decode, peer, now, ctx)
         header = ack.header
-        if header.receiver != GATEWAY:
-            raise InvalidArgument("an acknowledgement is addressed to the gateway", reason="WRONG_RECEIVER",
-                                  field="header.receiver")
+        require_addressed_to_gateway(header, "an acknowledgement")
         validate_message_id(header.message_id)  # the idempotency key: as bounded as every other message's
         validate_window_id(ack.window_id)
         if len(ack.figures_sha256) != 32:

@@ -8,8 +8,8 @@ from datetime import datetime
 
 from gateway.domain.bindings import Binding, BindingState
 from gateway.domain.clock import BEIJING
-from gateway.domain.envelope import GATEWAY, Envelope
-from gateway.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from gateway.domain.envelope import Envelope
+from gateway.domain.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied
 from gateway.domain.identity import mask_id_number
 from gateway.domain.policy import beijing_day, check_transfer_limits
 from gateway.domain.provinces import effective_policy
@@ -27,7 +27,7 @@ from gateway.domain.transfers import (
     validate_instruction,
     validate_message_id,
 )
-from gateway.usecases.auth import authenticate
+from gateway.usecases.auth import authenticate, require_addressed_to_gateway
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.idempotency import payload_digest, run_once
 from gateway.usecases.ports import UnitOfWork
@@ -174,9 +174,7 @@ def confirm_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
         confirmation = authenticate(uow, envelope, CONFIRMATION_TYPE, decode, peer, now, ctx)
         validate_confirmation(confirmation)
         header = confirmation.header
-        if header.receiver != GATEWAY:
-            raise InvalidArgument("a confirmation is addressed to the gateway", reason="WRONG_RECEIVER",
-                                  field="header.receiver")
+        require_addressed_to_gateway(header, "a confirmation")
         transfer = uow.transfers.get(confirmation.transfer_id)
         if transfer is None:
             raise NotFound("no such transfer", reason="TRANSFER_NOT_FOUND", field="transfer_id")
@@ -226,6 +224,7 @@ def get_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
     now = ctx.clock.now()
     with ctx.uow() as uow:
         query = authenticate(uow, envelope, QUERY_TYPE, decode, peer, now, ctx)
+        require_addressed_to_gateway(query.header, "a transfer query")
         validate_message_id(query.transfer_id, field="transfer_id")
         transfer = uow.transfers.get(query.transfer_id, with_history=True)
         if transfer is None:

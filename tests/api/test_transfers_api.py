@@ -277,6 +277,15 @@ def test_only_the_two_provinces_may_read_a_transfer(stack: Stack) -> None:
     assert (seen.code, seen.reason) == (grpc.StatusCode.NOT_FOUND, "TRANSFER_NOT_FOUND")
 
 
+def test_a_query_meant_for_another_receiver_is_refused(stack: Stack) -> None:
+    transfer_id = stack.submit(stack.instruction()).transfer_id
+    query = S.TransferQuery(header=common_pb2.Header(message_id=unique_id("q"), sender=XINJIANG, receiver=GANSU,
+                                                     created_at=ts(stack.clock.now())), transfer_id=transfer_id)
+    seen = error_of(lambda: stack.transfers.GetTransfer(S.GetTransferRequest(query=stack.sign(query)), timeout=5))
+    assert (seen.code, seen.reason, seen.metadata.get("field")) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "WRONG_RECEIVER", "header.receiver")
+
+
 def test_a_suspended_province_can_neither_submit_nor_receive(stack: Stack) -> None:
     def set_status(code: str, status: int) -> None:
         stack.operations.UpdateProvince(operations_pb2.UpdateProvinceRequest(code=code, status=status), timeout=5)
