@@ -34,6 +34,11 @@ TLS = VAR / "tls"
 PLAINTEXT = os.environ.get("GONGJI_INSECURE_DEV_PLAINTEXT", "false").lower() in ("1", "true", "yes")
 
 
+def _shown(path: Path) -> str:
+    """A path as the user would type it: relative to the project when it is inside it."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def port_free(address: str) -> bool:
     host, _, port = address.rpartition(":")
     with socket.socket() as sock:
@@ -116,9 +121,13 @@ def main() -> int:
             "GONGJI_ID_HASH_KEY_FILE": str(KEYS / "id-hash.key"), "GONGJI_DATA_KEY_FILE": str(KEYS / "data.keys"),
             **tls_env})
         wait_serving(GATEWAY, gateway, "gateway", GATEWAY_DNS)
+        tls = _shown(TLS)
+        grpcurl = ("grpcurl -plaintext" if PLAINTEXT else
+                   f"grpcurl -cacert {tls}/ca.crt -cert {tls}/operator-operator.crt -key {tls}/operator-operator.key "
+                   f"-servername {GATEWAY_DNS}")
         print(f"""
-Gongji is running (logs in var/logs/, database var/gongji.db, keys var/keys/, {"PLAINTEXT ports (development)"
-                   if PLAINTEXT else "mutual TLS from the development CA in var/tls/"}):
+Gongji is running (logs in {_shown(LOGS)}/, database {_shown(VAR / "gongji.db")}, keys {_shown(KEYS)}/, \
+{"PLAINTEXT ports (development)" if PLAINTEXT else f"mutual TLS from the development CA in {_shown(TLS)}/"}):
   gateway, provinces' port   {GATEWAY}   (Transfers, Relations, Settlements, health, reflection)
   gateway, operators' port   {OPERATORS}   (Operations; try `.venv/bin/gongji stats`)
   operators' dashboard       http://{os.environ.get("GONGJI_METRICS_LISTEN", "127.0.0.1:9464")}/   (/metrics beside it)
@@ -128,7 +137,7 @@ Gongji is running (logs in var/logs/, database var/gongji.db, keys var/keys/, {"
 Try it, in another terminal:
   make demo        # a giver in Hami sends 500.00 yuan to his mother in Lanzhou, resends it, and the
                    # operator settles the window (positions, acknowledgements, payment)
-  grpcurl -plaintext {OPERATORS} gongji.v1.Operations/ListProvinces   # if you have grpcurl
+  {grpcurl} {OPERATORS} gongji.v1.Operations/ListProvinces   # if you have grpcurl
 
 Ctrl-C stops everything.""", flush=True)
         stopping = False
