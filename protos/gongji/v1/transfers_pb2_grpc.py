@@ -69,7 +69,8 @@ class TransfersServicer:
     def ConfirmTransfer(self, request, context):
         """Receiver's province only: CREDITED commits the transfer, DECLINED ends it. Idempotent as above.
         An answer at or after the transfer's return deadline returns it instead (D13): FAILED_PRECONDITION,
-        reason CONFIRMATION_DEADLINE_PASSED, both provinces told RETURNED once.
+        reason CONFIRMATION_DEADLINE_PASSED, both provinces told RETURNED once. CREDITED for a giver or
+        receiver suspended since the submission (D3) is refused SETTLEMENT_SUSPENDED; DECLINED still ends it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -44,7 +44,8 @@ class TransfersStub:
     ConfirmTransfer: _grpc.UnaryUnaryMultiCallable[_transfers_pb2.ConfirmTransferRequest, _transfers_pb2.ConfirmTransferResponse]
     """Receiver's province only: CREDITED commits the transfer, DECLINED ends it. Idempotent as above.
     An answer at or after the transfer's return deadline returns it instead (D13): FAILED_PRECONDITION,
-    reason CONFIRMATION_DEADLINE_PASSED, both provinces told RETURNED once.
+    reason CONFIRMATION_DEADLINE_PASSED, both provinces told RETURNED once. CREDITED for a giver or
+    receiver suspended since the submission (D3) is refused SETTLEMENT_SUSPENDED; DECLINED still ends it.
     """
     GetTransfer: _grpc.UnaryUnaryMultiCallable[_transfers_pb2.GetTransferRequest, _transfers_pb2.GetTransferResponse]
     """Either province of the transfer only. A signed query, so the caller is authenticated."""
@@ -63,7 +64,8 @@ class TransfersAsyncStub(TransfersStub):
     ConfirmTransfer: _aio.UnaryUnaryMultiCallable[_transfers_pb2.ConfirmTransferRequest, _transfers_pb2.ConfirmTransferResponse]  # type: ignore[assignment]
     """Receiver's province only: CREDITED commits the transfer, DECLINED ends it. Idempotent as above.
     An answer at or after the transfer's return deadline returns it instead (D13): FAILED_PRECONDITION,
-    reason CONFIRMATION_DEADLINE_PASSED, both provinces told RETURNED once.
+    reason CONFIRMATION_DEADLINE_PASSED, both provinces told RETURNED once. CREDITED for a giver or
+    receiver suspended since the submission (D3) is refused SETTLEMENT_SUSPENDED; DECLINED still ends it.
     """
     GetTransfer: _aio.UnaryUnaryMultiCallable[_transfers_pb2.GetTransferRequest, _transfers_pb2.GetTransferResponse]  # type: ignore[assignment]
     """Either province of the transfer only. A signed query, so the caller is authenticated."""
@@ -91,7 +93,8 @@ class TransfersServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_transfers_pb2.ConfirmTransferResponse, _abc.Awaitable[_transfers_pb2.ConfirmTransferResponse]]:
         """Receiver's province only: CREDITED commits the transfer, DECLINED ends it. Idempotent as above.
         An answer at or after the transfer's return deadline returns it instead (D13): FAILED_PRECONDITION,
-        reason CONFIRMATION_DEADLINE_PASSED, both provinces told RETURNED once.
+        reason CONFIRMATION_DEADLINE_PASSED, both provinces told RETURNED once. CREDITED for a giver or
+        receiver suspended since the submission (D3) is refused SETTLEMENT_SUSPENDED; DECLINED still ends it.
         """
 
     @_abc_1.abstractmethod
