@@ -211,7 +211,13 @@ class Statements:
         self.transfer_counted_in = p(select(t.binding_id, t.amount_fen, t.giver_ref, t.created_at)
                                      .where(t.transfer_id == _b("w_id")))
         self.transfer_exists = p(select(t.transfer_id).where(t.transfer_id == _b("w_id")))
-        self.transfer_parties = p(select(t.giver_ref, t.receiver_ref).where(t.transfer_id == _b("w_id")))
+        def suspended_by_own_province(ref: Any, province: Any) -> Any:
+            sus = suspensions_t.c
+            return select(sus.person_ref).where(and_(sus.person_ref == ref, sus.province == province)).exists()
+
+        self.transfer_suspended_parties = p(select(suspended_by_own_province(t.giver_ref, t.giver_province),
+                                                   suspended_by_own_province(t.receiver_ref, t.receiver_province))
+                                            .where(t.transfer_id == _b("w_id")))
         self.history = p(select(events_t.c.state, events_t.c.at, events_t.c.reason)
                          .where(events_t.c.transfer_id == _b("w_id")).order_by(events_t.c.id))
         self.instruction = p(select(*_INSTRUCTION).where(t.transfer_id == _b("w_id")))
@@ -573,9 +579,11 @@ class SqlTransferRepository:
             reason=v["reason"], binding_id=v["binding_id"], settlement_window_id=v["settlement_window_id"],
             history=history)
 
-    def parties(self, transfer_id: str) -> tuple[bytes, bytes] | None:
-        row = self._cursor.first(self._s.transfer_parties, w_id=transfer_id)
-        return None if row is None else (bytes(row[0]), bytes(row[1]))
+    def suspended_party(self, transfer_id: str) -> str | None:
+        row = self._cursor.first(self._s.transfer_suspended_parties, w_id=transfer_id)
+        if row is None:
+            return None
+        return "giver" if row[0] else "receiver" if row[1] else None
 
     def get(self, transfer_id: str, with_history: bool = False) -> Transfer | None:
         raw = self._cursor.first(self._s.get_transfer, w_id=transfer_id)

@@ -197,13 +197,11 @@ def confirm_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                 raise FailedPrecondition("the confirmation came after the transfer's deadline; the transfer has "
                                          "been returned to the giver (D13)", reason=CONFIRMATION_DEADLINE_PASSED,
                                          field="transfer_id")
-            if final is TransferState.COMMITTED and not transfer.state.is_final:
-                # Money moves at the credit: a party suspended since the submission can no longer give or
-                # receive (D3). The province may decline instead, or the transfer returns at its deadline.
-                giver_ref, receiver_ref = uow.transfers.parties(transfer.transfer_id) or (b"", b"")
-                if suspended := _suspended_party(uow, giver_ref, transfer.giver_province, receiver_ref,
-                                                 transfer.receiver_province):
-                    raise _settlement_suspended(suspended, "transfer_id")
+            # Money moves at the credit: a party suspended since the submission can no longer give or receive
+            # (D3). The province may decline instead, or the transfer returns at its deadline.
+            if (final is TransferState.COMMITTED and not transfer.state.is_final
+                    and (suspended := uow.transfers.suspended_party(transfer.transfer_id))):
+                raise _settlement_suspended(suspended, "transfer_id")
             if not uow.transfers.change_state(transfer.transfer_id, [TransferState.DELIVERED], final, reason, now):
                 raise FailedPrecondition(f"the transfer is already {transfer.state.value} and cannot change",
                                          reason="TRANSFER_ALREADY_FINAL", field="transfer_id")
