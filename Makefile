@@ -21,10 +21,11 @@ run: setup
 demo: setup
 	$(PY) -m scripts.demo
 
-## The test suite (real servers on port 0, real SQLite, and PostgreSQL when reachable; required when CI=true).
+## The test suite (real servers on port 0, real SQLite, and PostgreSQL when reachable; required when CI=true),
+## spread over every core by pytest-xdist.
 ## tests/browser is left to `make test-browser`.
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 ## The operators' dashboard in real headless Chromium (installs Debian's chromium and chromium-driver when missing).
 test-browser: setup

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from typer.testing import CliRunner, Result
 
-from gateway.cli import app, load_public_key, plain_yuan, yuan
+from gateway.cli import app, console, err_console, load_public_key, plain_yuan, yuan
 from gateway.domain.clock import BEIJING
 from protos.gongji.v1 import transfers_pb2
 from protos.stub.v1 import control_pb2
@@ -24,14 +24,24 @@ from tests.support import GANSU, XINJIANG, Stack, wait_until
 
 runner = CliRunner()
 SHAANXI = "610000"
+
+
+@pytest.fixture(autouse=True)
+def wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wide terminal, so that rich wraps no table cell or path, whatever runs the tests (the consoles are
+    made at import, so a COLUMNS given to one command would come too late; a pytest-xdist worker has no
+    terminal at all)."""
+    for each in (console, err_console):
+        monkeypatch.setattr(each, "width", 250)
+
+
 COMMITTED = transfers_pb2.TRANSFER_STATE_COMMITTED
 
 
 def invoke(stack: Stack, *args: str) -> Result:
-    # A wide terminal, so that rich does not wrap the tables' cells.
     # The test stacks are plaintext: a var/tls/ left by `make run` in the checkout must not be used.
     return runner.invoke(app, [*args, "--ops", f"127.0.0.1:{stack.gateway.ops_port}"],
-                         env={"COLUMNS": "250", "GONGJI_INSECURE_DEV_PLAINTEXT": "true"})
+                         env={"GONGJI_INSECURE_DEV_PLAINTEXT": "true"})
 
 
 def gongji(stack: Stack, *args: str) -> tuple[int, str]:
