@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -28,6 +29,7 @@ from tests.support import (
     LoopThread,
     Stack,
     error_of,
+    error_seen,
     register,
     start_stack,
     ts,
@@ -73,6 +75,10 @@ BAD_FIELDS = [
     ("receiver is the sender", _header(receiver=XINJIANG), "NOT_CROSS_PROVINCE", "header.receiver"),
     ("no header", _clear("header"), "MISSING_FIELD", "header"),
     ("no created_at", lambda m: m.header.ClearField("created_at"), "MISSING_FIELD", "header.created_at"),
+    ("created_at beyond year 9999", lambda m: setattr(m.header.created_at, "seconds", 10**12), "INVALID_TIMESTAMP",
+     "header.created_at"),
+    ("expires_at beyond year 9999", lambda m: setattr(m.expires_at, "seconds", 10**12), "INVALID_TIMESTAMP",
+     "expires_at"),
     ("giver id check char", _set("giver.id_number", "650502199001011231"), "INVALID_ID_NUMBER", "giver.id_number"),
     ("giver id short", _set("giver.id_number", "65050219900101123"), "INVALID_ID_NUMBER", "giver.id_number"),
     ("giver id future birth", _set("giver.id_number", "650502209901011230"), "INVALID_ID_NUMBER",
@@ -212,7 +218,8 @@ def test_fifty_concurrent_identical_submissions_make_one_transfer_and_one_delive
         try:
             result: Any = stack.submit(envelope)
         except grpc.RpcError as error:
-            result = error.code()  # type: ignore[attr-defined]
+            seen = error_seen(error)
+            result = (seen.code, seen.reason)
         with lock:
             outcomes.append(result)
 
@@ -224,7 +231,7 @@ def test_fifty_concurrent_identical_submissions_make_one_transfer_and_one_delive
     answers = [o for o in outcomes if isinstance(o, S.SubmitTransferResponse)]
     others = [o for o in outcomes if not isinstance(o, S.SubmitTransferResponse)]
     assert len(outcomes) == 50
-    assert set(others) <= {grpc.StatusCode.ABORTED}, others  # in flight: retry with the same id
+    assert set(others) <= {(grpc.StatusCode.ABORTED, "REQUEST_IN_FLIGHT")}, others  # retry with the same id
     assert sum(not a.replay for a in answers) == 1
     assert len({a.receipt.SerializeToString() for a in answers}) == 1
     transfer_id = envelope_id(envelope)
@@ -312,6 +319,37 @@ def test_destination_down_for_its_first_calls_is_delivered_after_retries(stack: 
     stack.wait_for_state(transfer_id, S.TRANSFER_STATE_COMMITTED)
     snapshot = stack.snapshot(GANSU)
     assert snapshot.calls_failed == 3 and snapshot.deliveries_received == 1
+
+
+def test_a_receiver_confirming_after_a_delay_commits_when_it_confirms(stack: Stack) -> None:
+    # The stub holds the credit pending for its delay, then confirms on its own.
+    stack.configure(GANSU, confirm_mode=control_pb2.CONFIRM_MODE_DELAY, confirm_delay_ms=1500)
+    transfer_id = stack.submit(stack.instruction()).transfer_id
+    stack.wait_for_state(transfer_id, S.TRANSFER_STATE_DELIVERED)
+    delivered = time.monotonic()
+    stack.wait_for_state(transfer_id, S.TRANSFER_STATE_COMMITTED)
+    assert time.monotonic() - delivered > 1.0, "committed before the stub's delay was over"
+
+
+def test_destination_answering_slower_than_every_call_deadline_is_rejected_at_the_deadline(
+        loop_thread: LoopThread, tmp_path: Path, db_url: str) -> None:
+    # Gansu accepts each call and answers after 1 s; the gateway gives each call 0.3 s, so it never hears back.
+    stack = start_stack(loop_thread, tmp_path, db_url, province_call_timeout_seconds=0.3)
+    try:
+        stack.configure(GANSU, confirm_mode=control_pb2.CONFIRM_MODE_NEVER, latency_ms=1000)  # after the binding
+        transfer_id = stack.submit(stack.instruction()).transfer_id
+        wait_until(lambda: stack.gateway_outbox_attempts(transfer_id) >= 2, what="delivery attempts timed out")
+        assert stack.get(transfer_id).state == S.TRANSFER_STATE_RECEIVED
+        stack.clock.advance(601)  # past the delivery deadline (policy default 600 s)
+        view = stack.wait_for_state(transfer_id, S.TRANSFER_STATE_REJECTED)
+        assert view.reason == "DESTINATION_UNREACHABLE"
+        stack.configure(GANSU, confirm_mode=control_pb2.CONFIRM_MODE_NEVER)  # answering in time again
+        for province in (XINJIANG, GANSU):
+            wait_until(lambda p=province: told(stack, p, transfer_id), what=f"{province} told")
+            stack.wait_for_outbox_idle(province)
+            assert [n.state for n in told(stack, province, transfer_id)] == [S.TRANSFER_STATE_REJECTED]
+    finally:
+        stack.close()
 
 
 def test_destination_never_answering_is_rejected_at_the_deadline_and_the_giver_told_once(stack: Stack) -> None:
