@@ -71,7 +71,13 @@ def test_devstack_serves_and_the_demo_tells_the_story(tmp_path: Path, dispatcher
         assert "ACTIVE, consent by GUARDIAN_DOCUMENT" in out
         assert out.count("OK DISSOLVED") == 2
         assert "path: RECEIVED -> DELIVERED -> COMMITTED" in out
-        assert "credit: 500.00 yuan CREDITED" in out and "COMMITTED (told 1x)" in out
+        # Both provinces' view: each was told COMMITTED once, and the receiver's side holds the credit.
+        views = {line.split(":", 1)[0].strip(): line for line in out.splitlines()
+                 if line.strip().startswith(("Xinjiang 650000 (", "Gansu 620000 ("))}
+        assert set(views) == {"Xinjiang 650000 (giver's side)", "Gansu 620000 (receiver's side)"}, views
+        for line in views.values():
+            assert "gateway says COMMITTED" in line and "outcome told: COMMITTED (told 1x)" in line, line
+        assert "credit: 500.00 yuan CREDITED" in views["Gansu 620000 (receiver's side)"]
         # Settlement: the window closes with Xinjiang owing Gansu, both agree, the payment settles it.
         assert "owed 650000 -> 620000: 500.00 yuan in 1 transfer(s)" in out
         assert "position of 620000: receives 500.00 yuan" in out and "position of 650000: pays 500.00 yuan" in out
