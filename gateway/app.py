@@ -180,7 +180,7 @@ def _bind(server: grpc.aio.Server, address: str, settings: Settings) -> int:
 
 
 def _core(settings: Settings, clock: Clock) -> _Core:
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, settings.sqlite_synchronous)
     use_sealer(engine, load_or_create_keys(settings.data_key_file))
     try:
         ensure_known_schema(engine, auto_upgrade=settings.auto_migrate)

@@ -11,6 +11,7 @@ from pathlib import Path
 from gateway.domain.settlement import SettlementPeriod, SettlementPolicy
 from gateway.provinces.outbox import OutboxSettings
 from gateway.security.tls import TlsFiles
+from gateway.store.sql import SQLITE_SYNCHRONOUS
 from gateway.usecases.outbox import Backoff
 
 
@@ -43,6 +44,9 @@ class Settings:
     # An empty database, or one at an older revision, is migrated to head at start-up; when false the
     # gateway refuses it until `gongji db upgrade` has run. A schema it does not know is always refused.
     auto_migrate: bool = True
+    # SQLite only: FULL syncs the write-ahead log at every commit, so an answered (receipted) request survives
+    # a power loss or an OS crash; NORMAL survives a killed process but may lose the last commits then.
+    sqlite_synchronous: str = "FULL"
     manifest: Path | None = None
     # Secrets are file paths, never values (created on first start when missing, for development).
     gateway_key_file: Path = Path("var/keys/gateway.key")
@@ -112,6 +116,7 @@ class Settings:
             dashboard_stuck_seconds=number("DASHBOARD_STUCK_SECONDS", cls.dashboard_stuck_seconds),
             database_url=database_url,
             auto_migrate=get("AUTO_MIGRATE", "true").lower() in ("1", "true", "yes"),
+            sqlite_synchronous=get("SQLITE_SYNCHRONOUS", cls.sqlite_synchronous).upper(),
             manifest=Path(manifest) if manifest else None,
             gateway_key_file=Path(get("GATEWAY_KEY_FILE", str(cls.gateway_key_file))),
             gateway_key_id=get("GATEWAY_KEY_ID", cls.gateway_key_id),
@@ -168,6 +173,8 @@ class Settings:
         check_database_url(self.database_url)
         if self.manifest is not None and not self.manifest.is_file():
             raise ConfigError(f"manifest {self.manifest} does not exist")
+        if self.sqlite_synchronous not in SQLITE_SYNCHRONOUS:
+            raise ConfigError(f"GONGJI_SQLITE_SYNCHRONOUS must be FULL or NORMAL, got {self.sqlite_synchronous!r}")
         if not 0 <= self.outbox_dispatchers <= 16 or self.dispatcher_poll_seconds <= 0:
             raise ConfigError("outbox_dispatchers must be within 0..16 and dispatcher_poll_seconds positive")
         if self.settlement.close_delay < timedelta(0):

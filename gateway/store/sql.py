@@ -95,8 +95,14 @@ REASON_MAX = 64  # transfers.reason and transfer_events.reason
 _FAILED = frozenset({TransferState.DECLINED, TransferState.RETURNED, TransferState.REJECTED})
 
 
-def make_engine(url: str) -> Engine:
+# How SQLite syncs its write-ahead log: at every commit (FULL), or at checkpoints only (NORMAL).
+SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
+
+
+def make_engine(url: str, sqlite_synchronous: str = "FULL") -> Engine:
     """An engine for `url`; SQLite files get WAL, a busy timeout, and transactions we begin ourselves."""
+    if sqlite_synchronous not in SQLITE_SYNCHRONOUS:
+        raise ValueError(f"sqlite_synchronous must be one of {SQLITE_SYNCHRONOUS}, got {sqlite_synchronous!r}")
     if url.startswith("sqlite"):
         # No reset-on-return: every unit of work ends its own transaction with COMMIT or ROLLBACK.
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
@@ -109,7 +115,7 @@ def make_engine(url: str) -> Engine:
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA synchronous={sqlite_synchronous}")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 

@@ -156,6 +156,11 @@ def test_bad_settings_are_refused_at_start(tmp_path: Path) -> None:
         Settings.from_env({**plaintext, "GONGJI_OUTBOX_LEASE_SECONDS": "9"})
     assert Settings.from_env({**plaintext, "GONGJI_OUTBOX_LEASE_SECONDS": "10"}).outbox.lease_seconds == 10
     assert Settings.from_env(plaintext).outbox.lease_seconds == 30
+    # SQLite syncs every commit unless the operator trades that for speed (README "Configuration").
+    assert Settings.from_env(plaintext).sqlite_synchronous == "FULL"
+    assert Settings.from_env({**plaintext, "GONGJI_SQLITE_SYNCHRONOUS": "normal"}).sqlite_synchronous == "NORMAL"
+    with pytest.raises(ConfigError, match="GONGJI_SQLITE_SYNCHRONOUS"):
+        Settings.from_env({**plaintext, "GONGJI_SQLITE_SYNCHRONOUS": "OFF"})
 
 
 def test_graceful_stop_reports_not_serving_first(loop_thread: LoopThread, tmp_path: Path, sqlite_url: str) -> None:

@@ -7,6 +7,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from gateway.domain.envelope import Envelope
 from gateway.domain.provinces import Policy, Province, ProvinceKey, ProvinceStatus
 from gateway.domain.records import OutboxKind, RequestOutcome
 from gateway.domain.transfers import INT64_MAX, Transfer, TransferEvent, TransferState
-from gateway.store.sql import SqlUnitOfWork, outbox_t, requests_t
+from gateway.store.sql import SqlUnitOfWork, make_engine, outbox_t, requests_t
 from tests.support import wait_until
 
 T0 = datetime(2026, 5, 1, 7, 0, 0, 123456, tzinfo=UTC)
@@ -110,6 +111,18 @@ def gansu() -> Province:
         policy=Policy(),
         updated_at=T0,
     )
+
+
+def test_sqlite_syncs_its_log_at_every_commit_unless_told_otherwise(tmp_path: Path) -> None:
+    """FULL by default: an answered request is on disk before its answer leaves (WAL, synchronous=2)."""
+    for given, journal, synchronous in (((), "wal", 2), (("NORMAL",), "wal", 1)):
+        engine = make_engine(f"sqlite:///{tmp_path / f'sync-{synchronous}.db'}", *given)
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == journal
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == synchronous
+        engine.dispose()
+    with pytest.raises(ValueError, match="sqlite_synchronous"):
+        make_engine(f"sqlite:///{tmp_path / 'off.db'}", "OFF")
 
 
 def test_provinces_and_keys_round_trip_through_add_get_list_and_update(engine: Engine) -> None:
