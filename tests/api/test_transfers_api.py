@@ -331,18 +331,24 @@ def test_a_receiver_confirming_after_a_delay_commits_when_it_confirms(stack: Sta
     assert time.monotonic() - delivered > 1.0, "committed before the stub's delay was over"
 
 
+def _submitted_and_rejected_at_the_delivery_deadline(stack: Stack) -> str:
+    """A transfer whose deliveries keep failing: retried while RECEIVED, then REJECTED at the deadline."""
+    transfer_id = stack.submit(stack.instruction()).transfer_id
+    wait_until(lambda: stack.gateway_outbox_attempts(transfer_id) >= 2, what="delivery retries")
+    assert stack.get(transfer_id).state == S.TRANSFER_STATE_RECEIVED
+    stack.clock.advance(601)  # past the delivery deadline (policy default 600 s)
+    view = stack.wait_for_state(transfer_id, S.TRANSFER_STATE_REJECTED)
+    assert view.reason == "DESTINATION_UNREACHABLE"
+    return transfer_id
+
+
 def test_destination_answering_slower_than_every_call_deadline_is_rejected_at_the_deadline(
         loop_thread: LoopThread, tmp_path: Path, db_url: str) -> None:
     # Gansu accepts each call and answers after 1 s; the gateway gives each call 0.3 s, so it never hears back.
     stack = start_stack(loop_thread, tmp_path, db_url, province_call_timeout_seconds=0.3)
     try:
         stack.configure(GANSU, confirm_mode=control_pb2.CONFIRM_MODE_NEVER, latency_ms=1000)  # after the binding
-        transfer_id = stack.submit(stack.instruction()).transfer_id
-        wait_until(lambda: stack.gateway_outbox_attempts(transfer_id) >= 2, what="delivery attempts timed out")
-        assert stack.get(transfer_id).state == S.TRANSFER_STATE_RECEIVED
-        stack.clock.advance(601)  # past the delivery deadline (policy default 600 s)
-        view = stack.wait_for_state(transfer_id, S.TRANSFER_STATE_REJECTED)
-        assert view.reason == "DESTINATION_UNREACHABLE"
+        transfer_id = _submitted_and_rejected_at_the_delivery_deadline(stack)
         stack.configure(GANSU, confirm_mode=control_pb2.CONFIRM_MODE_NEVER)  # answering in time again
         for province in (XINJIANG, GANSU):
             wait_until(lambda p=province: told(stack, p, transfer_id), what=f"{province} told")
@@ -355,12 +361,7 @@ def test_destination_answering_slower_than_every_call_deadline_is_rejected_at_th
 def test_destination_never_answering_is_rejected_at_the_deadline_and_the_giver_told_once(stack: Stack) -> None:
     stack.operations.UpdateProvince(operations_pb2.UpdateProvinceRequest(code=GANSU, endpoint="127.0.0.1:9"),
                                     timeout=5)
-    transfer_id = stack.submit(stack.instruction()).transfer_id
-    wait_until(lambda: stack.gateway_outbox_attempts(transfer_id) >= 2, what="delivery retries")
-    assert stack.get(transfer_id).state == S.TRANSFER_STATE_RECEIVED
-    stack.clock.advance(601)  # past the delivery deadline (policy default 600 s)
-    view = stack.wait_for_state(transfer_id, S.TRANSFER_STATE_REJECTED)
-    assert view.reason == "DESTINATION_UNREACHABLE"
+    transfer_id = _submitted_and_rejected_at_the_delivery_deadline(stack)
     notes = wait_until(lambda: told(stack, XINJIANG, transfer_id), what="giver's province told")
     stack.clock.advance(60)
     stack.wait_for_outbox_idle(XINJIANG)
