@@ -75,18 +75,25 @@ class Options:
     concurrency: int
     drain_timeout_s: float
     results_dir: Path
+    # The gateway's GONGJI_SQLITE_SYNCHRONOUS: NORMAL (the log synced at checkpoints), as in every published
+    # run; FULL, the gateway's default, adds an fsync per transaction with the event loop waiting on it.
+    sqlite_synchronous: str = "NORMAL"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Options:
-        """BENCH_SECONDS (20), BENCH_CONCURRENCY (32), BENCH_DRAIN_SECONDS (60); ValueError if bad."""
+        """BENCH_SECONDS (20), BENCH_CONCURRENCY (32), BENCH_DRAIN_SECONDS (60), BENCH_SQLITE_SYNCHRONOUS
+        (NORMAL); ValueError if bad."""
         seconds = float(env.get("BENCH_SECONDS", "20"))
         concurrency = int(env.get("BENCH_CONCURRENCY", "32"))
         drain_timeout_s = float(env.get("BENCH_DRAIN_SECONDS", "60"))
+        sqlite_synchronous = env.get("BENCH_SQLITE_SYNCHRONOUS", cls.sqlite_synchronous).upper()
         if not (0 < seconds <= 600 and 0 < concurrency <= 1024 and 0 < drain_timeout_s <= 600):
             raise ValueError(
                 "BENCH_SECONDS and BENCH_DRAIN_SECONDS must be in (0, 600], BENCH_CONCURRENCY in (0, 1024]"
             )
-        return cls(seconds, concurrency, drain_timeout_s, PROJECT_ROOT / "bench" / "results")
+        if sqlite_synchronous not in ("FULL", "NORMAL"):
+            raise ValueError("BENCH_SQLITE_SYNCHRONOUS must be FULL or NORMAL")
+        return cls(seconds, concurrency, drain_timeout_s, PROJECT_ROOT / "bench" / "results", sqlite_synchronous)
 
 
 @dataclass
@@ -122,7 +129,7 @@ def _write_manifest(path: Path, stubs: Mapping[str, str]) -> None:
     path.write_text("\n".join(blocks), encoding="utf-8")
 
 
-async def start_stack(children: Children, workdir: Path) -> Stack:
+async def start_stack(children: Children, workdir: Path, sqlite_synchronous: str = "NORMAL") -> Stack:
     """Stubs first (they create their keys), then the manifest naming them, then the gateway and echo.
 
     Every process is started before the bench opens its first gRPC channel: fork after gRPC has
@@ -163,9 +170,7 @@ async def start_stack(children: Children, workdir: Path) -> Stack:
             "GONGJI_INSECURE_DEV_PLAINTEXT": "true",
             # The bench measures the gateway's capacity: one giver's province sends everything, unthrottled.
             "GONGJI_RATE_LIMIT_PER_SECOND": "0",
-            # SQLite's log synced at checkpoints, not at every commit, as in every published run (the default,
-            # FULL, adds an fsync per transaction: ≈ 0.3 ms of waiting here, the event loop blocked meanwhile).
-            "GONGJI_SQLITE_SYNCHRONOUS": "NORMAL",
+            "GONGJI_SQLITE_SYNCHRONOUS": sqlite_synchronous,  # see Options.sqlite_synchronous
         },
     )
     echo = f"127.0.0.1:{echo_port}"
@@ -587,7 +592,7 @@ async def run(options: Options) -> dict[str, Any]:
         loop.add_signal_handler(15, task.cancel)
     try:
         print(f"bench: starting gateway, stubs and echo server in {workdir}", file=sys.stderr, flush=True)
-        stack = await start_stack(children, workdir)
+        stack = await start_stack(children, workdir, options.sqlite_synchronous)
         figures = await measure(stack, options, CpuMeter(children))
     finally:
         with contextlib.suppress(Exception):
@@ -599,6 +604,7 @@ async def run(options: Options) -> dict[str, Any]:
         "machine": machine,
         "bench_seconds": options.seconds,
         "concurrency": options.concurrency,
+        "sqlite_synchronous": options.sqlite_synchronous,
         "started_at": started_at,
         "method": METHOD,
         "targets": report.TARGETS,
