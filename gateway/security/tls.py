@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -81,7 +82,9 @@ class DevCa:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.cert_file, self.key_file = folder / "ca.crt", folder / "ca.key"
-        if not self.cert_file.exists():
+        # A CA near its end is replaced (a checkout left for a year still starts); `ensure` then reissues
+        # every certificate, since none verifies against the new CA.
+        if not self.cert_file.exists() or _expiring(x509.load_pem_x509_certificate(self.cert_file.read_bytes())):
             self._create()
         self._key = serialization.load_pem_private_key(self.key_file.read_bytes(), password=None)
         self._cert = x509.load_pem_x509_certificate(self.cert_file.read_bytes())
@@ -128,8 +131,24 @@ class DevCa:
         return TlsFiles(self.folder / f"{name}.crt", self.folder / f"{name}.key", self.cert_file)
 
     def ensure(self, name: str, uri: str, dns: Sequence[str] = ()) -> TlsFiles:
+        """`name`'s certificate, issued anew when missing, near its end, or not from this CA."""
         files = self.files(name)
-        return files if files.cert.exists() and files.key.exists() else self.issue(name, uri, dns)
+        if files.cert.exists() and files.key.exists() and self._current(files.cert):
+            return files
+        return self.issue(name, uri, dns)
+
+    def _current(self, cert_file: Path) -> bool:
+        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+        try:
+            cert.verify_directly_issued_by(self._cert)
+        except (ValueError, TypeError, InvalidSignature):
+            return False
+        return not _expiring(cert)
+
+
+def _expiring(cert: x509.Certificate) -> bool:
+    """Expired, or expiring within a day: a development stack started now would soon stop handshaking."""
+    return cert.not_valid_after_utc - datetime.now(UTC) < timedelta(days=1)
 
 
 def ensure_dev_pki(folder: Path, provinces: Iterable[str], operators: Iterable[str] = ("operator",)) -> DevCa:

@@ -1,13 +1,17 @@
-"""`python -m scripts.devtls <code>`: a certificate for another stub province from make run's development CA."""
+"""The development CA: `python -m scripts.devtls <code>` for another stub province, and renewal of what ran out."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
-from gateway.security.tls import ensure_dev_pki
+from gateway.security.tls import DevCa, ensure_dev_pki
 from scripts.devtls import main
 
 
@@ -32,3 +36,45 @@ def test_without_a_development_ca_nothing_is_made(tmp_path: Path) -> None:
     ensure_dev_pki(tmp_path, ["650000"])
     with pytest.raises(SystemExit, match="not a 6-digit province code"):
         main(["61000x", "--tls-dir", str(tmp_path)])
+
+
+def _not_after(path: Path) -> datetime:
+    return x509.load_pem_x509_certificate(path.read_bytes()).not_valid_after_utc
+
+
+def test_a_development_certificate_is_kept_while_good_and_reissued_when_expiring_or_from_another_ca(
+        tmp_path: Path) -> None:
+    """A checkout left for longer than a certificate's 30 days still starts: `make run` reissues what ran out."""
+    uri, dns = "gongji:province:610000", ["610000.province.gongji"]
+    ca = DevCa(tmp_path / "tls")
+    files = ca.ensure("province-610000", uri, dns)
+    first = files.cert.read_bytes()
+    assert ca.ensure("province-610000", uri, dns).cert.read_bytes() == first  # good: kept as it is
+    ca.issue("province-610000", uri, dns, days=0)  # ends now
+    assert _not_after(ca.ensure("province-610000", uri, dns).cert) > datetime.now(UTC) + timedelta(days=29)
+    stranger = DevCa(tmp_path / "other").issue("province-610000", uri, dns)
+    files.cert.write_bytes(stranger.cert.read_bytes())
+    files.key.write_bytes(stranger.key.read_bytes())
+    cert = x509.load_pem_x509_certificate(ca.ensure("province-610000", uri, dns).cert.read_bytes())
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca.cert_file.read_bytes()))
+
+
+def test_an_expiring_development_ca_is_replaced_and_its_certificates_with_it(tmp_path: Path) -> None:
+    folder = tmp_path / "tls"
+    ca = ensure_dev_pki(folder, ["650000"])
+    key = ec.generate_private_key(ec.SECP256R1())  # the old CA, made to end within the hour
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Gongji development CA")])
+    now = datetime.now(UTC)
+    ending = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+              .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=364))
+              .not_valid_after(now + timedelta(hours=1))
+              .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+              .sign(key, hashes.SHA256()))
+    ca.cert_file.write_bytes(ending.public_bytes(serialization.Encoding.PEM))
+    ca.key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()))
+    renewed = ensure_dev_pki(folder, ["650000"])
+    new_ca = x509.load_pem_x509_certificate(renewed.cert_file.read_bytes())
+    assert new_ca.not_valid_after_utc > now + timedelta(days=300)
+    for name_of in ("gateway", "province-650000", "operator-operator"):
+        x509.load_pem_x509_certificate(renewed.files(name_of).cert.read_bytes()).verify_directly_issued_by(new_ca)
