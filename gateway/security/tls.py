@@ -76,6 +76,18 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
+def dev_ca_certificate(key: ec.EllipticCurvePrivateKey, not_before: datetime, not_after: datetime) -> x509.Certificate:
+    """The development CA's self-signed certificate, valid from `not_before` to `not_after`."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Gongji development CA")])
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(not_before).not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+            .sign(key, hashes.SHA256()))
+
+
 class DevCa:
     """A CA for development and tests only: it lives in a folder and issues short-lived certificates."""
 
@@ -91,17 +103,8 @@ class DevCa:
 
     def _create(self) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Gongji development CA")])
         now = datetime.now(UTC)
-        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-                .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=5))
-                .not_valid_after(now + timedelta(days=365))
-                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
-                                             key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                             key_cert_sign=True, crl_sign=True, encipher_only=False,
-                                             decipher_only=False), critical=True)
-                .sign(key, hashes.SHA256()))
+        cert = dev_ca_certificate(key, now - timedelta(minutes=5), now + timedelta(days=365))
         _write(self.key_file, _pem_key(key), private=True)
         _write(self.cert_file, cert.public_bytes(serialization.Encoding.PEM))
 

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-from gateway.security.tls import DevCa, ensure_dev_pki
+from gateway.security.tls import DevCa, dev_ca_certificate, ensure_dev_pki
 from scripts.devtls import main
 
 
@@ -63,13 +62,8 @@ def test_an_expiring_development_ca_is_replaced_and_its_certificates_with_it(tmp
     folder = tmp_path / "tls"
     ca = ensure_dev_pki(folder, ["650000"])
     key = ec.generate_private_key(ec.SECP256R1())  # the old CA, made to end within the hour
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Gongji development CA")])
     now = datetime.now(UTC)
-    ending = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-              .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=364))
-              .not_valid_after(now + timedelta(hours=1))
-              .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-              .sign(key, hashes.SHA256()))
+    ending = dev_ca_certificate(key, now - timedelta(days=364), now + timedelta(hours=1))
     ca.cert_file.write_bytes(ending.public_bytes(serialization.Encoding.PEM))
     ca.key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                               serialization.NoEncryption()))
