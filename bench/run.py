@@ -129,7 +129,7 @@ def _write_manifest(path: Path, stubs: Mapping[str, str]) -> None:
     path.write_text("\n".join(blocks), encoding="utf-8")
 
 
-async def start_stack(children: Children, workdir: Path, sqlite_synchronous: str = "NORMAL") -> Stack:
+async def start_stack(children: Children, workdir: Path, sqlite_synchronous: str) -> Stack:
     """Stubs first (they create their keys), then the manifest naming them, then the gateway and echo.
 
     Every process is started before the bench opens its first gRPC channel: fork after gRPC has

@@ -95,6 +95,11 @@ REASON_MAX = 64  # transfers.reason and transfer_events.reason
 _FAILED = frozenset({TransferState.DECLINED, TransferState.RETURNED, TransferState.REJECTED})
 
 
+def _suspended_in(person_ref: Any, province: Any) -> Any:
+    """The suspension a province reported for a person (D3), which binds them only as its member (D20)."""
+    return and_(suspensions_t.c.person_ref == person_ref, suspensions_t.c.province == province)
+
+
 # How SQLite syncs its write-ahead log: at every commit (FULL), or at checkpoints only (NORMAL).
 SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
 
@@ -217,13 +222,10 @@ class Statements:
         self.transfer_counted_in = p(select(t.binding_id, t.amount_fen, t.giver_ref, t.created_at)
                                      .where(t.transfer_id == _b("w_id")))
         self.transfer_exists = p(select(t.transfer_id).where(t.transfer_id == _b("w_id")))
-        def suspended_by_own_province(ref: Any, province: Any) -> Any:
-            sus = suspensions_t.c
-            return select(sus.person_ref).where(and_(sus.person_ref == ref, sus.province == province)).exists()
-
-        self.transfer_suspended_parties = p(select(suspended_by_own_province(t.giver_ref, t.giver_province),
-                                                   suspended_by_own_province(t.receiver_ref, t.receiver_province))
-                                            .where(t.transfer_id == _b("w_id")))
+        self.transfer_suspended_parties = p(
+            select(*(select(suspensions_t.c.person_ref).where(_suspended_in(ref, province)).exists()
+                     for ref, province in ((t.giver_ref, t.giver_province), (t.receiver_ref, t.receiver_province))))
+            .where(t.transfer_id == _b("w_id")))
         self.history = p(select(events_t.c.state, events_t.c.at, events_t.c.reason)
                          .where(events_t.c.transfer_id == _b("w_id")).order_by(events_t.c.id))
         self.instruction = p(select(*_INSTRUCTION).where(t.transfer_id == _b("w_id")))
@@ -264,9 +266,8 @@ class Statements:
         self.lock_person = (p(select(func.pg_advisory_xact_lock(cast(_b("key"), BigInteger))))
                             if dialect.name == "postgresql" else None)
         self.suspend_member = p(insert(suspensions_t).on_conflict_do_nothing())
-        suspended_there = and_(suspensions_t.c.person_ref == _b("ref"), suspensions_t.c.province == _b("province"))
-        self.resume_member = p(suspensions_t.delete().where(suspended_there))
-        self.member_suspended = p(select(suspensions_t.c.person_ref).where(suspended_there))
+        self.resume_member = p(suspensions_t.delete().where(_suspended_in(_b("ref"), _b("province"))))
+        self.member_suspended = p(select(suspensions_t.c.person_ref).where(_suspended_in(_b("ref"), _b("province"))))
 
         w = windows_t.c
         self.ensure_window = p(insert(windows_t).on_conflict_do_nothing().values(
