@@ -127,7 +127,7 @@ def main() -> int:
                    f"-servername {GATEWAY_DNS}")
         print(f"""
 Gongji is running (logs in {_shown(LOGS)}/, database {_shown(VAR / "gongji.db")}, keys {_shown(KEYS)}/, \
-{"PLAINTEXT ports (development)" if PLAINTEXT else f"mutual TLS from the development CA in {_shown(TLS)}/"}):
+{"PLAINTEXT ports (development)" if PLAINTEXT else f"mutual TLS from the development CA in {tls}/"}):
   gateway, provinces' port   {GATEWAY}   (Transfers, Relations, Settlements, health, reflection)
   gateway, operators' port   {OPERATORS}   (Operations; try `.venv/bin/gongji stats`)
   operators' dashboard       http://{os.environ.get("GONGJI_METRICS_LISTEN", "127.0.0.1:9464")}/   (/metrics beside it)
