@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.domain.envelope import Envelope
@@ -28,6 +31,10 @@ PUBLIC = _hex_after("its public key (hex)")
 PAYLOAD = _hex_after("payload (113 bytes, hex)")
 SIGNATURE = _hex_after("signature (hex):")
 SHA256 = _hex_after("SHA-256 of the payload")
+# The page gives the signature input as its fixed prefix "+ the payload bytes above".
+_INPUT = re.search(r"signature input \(hex\):\s*```\s*\n([0-9a-f\s]+?)\s*\+ the payload bytes above", DOC)
+assert _INPUT is not None
+SIGNATURE_INPUT_PREFIX = bytes.fromhex(re.sub(r"\s", "", _INPUT.group(1)))
 
 
 def test_vector_from_the_doc_reproduces() -> None:
@@ -61,3 +68,43 @@ def test_any_changed_byte_or_bound_field_fails_verification() -> None:
     values = {f: getattr(good, f) for f in Envelope.__slots__}
     values["signature"] = bytes(bad_signature)
     assert not verify_signature(Envelope(**values), PUBLIC)
+
+
+def test_vector_payload_is_the_instruction_the_doc_describes() -> None:
+    from protos.gongji.v1 import transfers_pb2
+
+    instruction = transfers_pb2.TransferInstruction.FromString(PAYLOAD)
+    assert len(PAYLOAD) == 113
+    assert (instruction.header.message_id, instruction.header.sender, instruction.header.receiver) == (
+        "650000-demo-0001", "650000", "620000")
+    assert instruction.header.created_at.seconds == 1795000000
+    assert (instruction.giver.id_number, instruction.giver.pooling_area) == ("650502199001011230", "650500")
+    assert (instruction.receiver.id_number, instruction.receiver.pooling_area) == ("620102196505120026", "620100")
+    assert (instruction.amount_fen, instruction.currency) == (50000, "CNY")
+    assert instruction.SerializeToString() == PAYLOAD
+
+
+def test_vector_signature_input_in_the_doc_is_what_is_signed() -> None:
+    signed = signature_input("gongji.v1.TransferInstruction", "650000", "650000-k1", PAYLOAD)
+    assert signed == SIGNATURE_INPUT_PREFIX + PAYLOAD
+
+
+NODE = shutil.which("node")
+
+
+@pytest.mark.skipif(NODE is None, reason="Node.js is not installed: the cross-language check needs it")
+def test_vector_reproduces_in_another_language_from_the_page_alone() -> None:
+    """Node's own Ed25519 (OpenSSL under V8, none of our code), given only the hex on the page."""
+    script = """
+const crypto = require('crypto');
+const [seed, pub, prefix, payload] = process.argv.slice(1).map((h) => Buffer.from(h, 'hex'));
+const b64 = (b) => b.toString('base64url');
+const key = crypto.createPrivateKey({key: {kty: 'OKP', crv: 'Ed25519', d: b64(seed), x: b64(pub)}, format: 'jwk'});
+const derived = crypto.createPublicKey(key).export({format: 'jwk'}).x;
+if (derived !== b64(pub)) { throw new Error('public key does not match the seed'); }
+process.stdout.write(crypto.sign(null, Buffer.concat([prefix, payload]), key).toString('hex'));
+"""
+    assert NODE is not None
+    out = subprocess.run([NODE, "-e", script, SEED.hex(), PUBLIC.hex(), SIGNATURE_INPUT_PREFIX.hex(), PAYLOAD.hex()],
+                         capture_output=True, text=True, timeout=30, check=True)
+    assert bytes.fromhex(out.stdout) == SIGNATURE
