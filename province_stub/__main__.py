@@ -6,10 +6,12 @@ import argparse
 import asyncio
 import logging
 import signal
+import tomllib
 from pathlib import Path
 
 import uvloop
 
+from province_stub.people import SEEDS_DIR, load_seed
 from province_stub.server import StubConfig, start_stub
 from province_stub.state import Behaviour, ConfirmMode, ConsentMode
 
@@ -89,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> StubConfig:
                         help="mutual TLS: a folder with ca.crt and province-<code>.crt/.key (default: plaintext)")
     args = parser.parse_args(argv)
     mode, delay_ms = args.confirm
-    return StubConfig(
+    config = StubConfig(
         province=args.province,
         name=args.name,
         listen=args.listen,
@@ -107,6 +109,28 @@ def parse_args(argv: list[str] | None = None) -> StubConfig:
             consent_mode=args.consent,
         ),
     )
+    problem = _seed_problem(config)
+    if problem:
+        parser.error(problem)
+    return config
+
+
+def _seed_problem(config: StubConfig) -> str:
+    """Why the seed file cannot serve this province, in words an integration engineer can act on."""
+    path = config.seed_path
+    if config.seed is None and not path.exists():
+        packaged = ", ".join(sorted(p.stem for p in SEEDS_DIR.glob("*.toml")))
+        return (f"no packaged seed for province {config.province} (packaged: {packaged}); "
+                f"give --seed FILE, laid out like {SEEDS_DIR / '610000.toml'}")
+    try:
+        seed = load_seed(path)
+    except OSError as error:
+        return f"cannot read seed {path}: {error.strerror}"
+    except (tomllib.TOMLDecodeError, KeyError, ValueError) as error:
+        return f"seed {path} is not a valid seed file: {error!s}"
+    if seed.province != config.province:
+        return f"seed {path} is for province {seed.province}, not {config.province}"
+    return ""
 
 
 async def _serve(config: StubConfig) -> None:

@@ -1050,3 +1050,23 @@ def test_command_line() -> None:
         assert Behaviour.from_proto(Behaviour(consent_mode=mode).to_proto()).consent_mode is mode
     with pytest.raises(SystemExit):
         parse_args(["--province", "620000", "--consent", "maybe"])
+
+
+def test_command_line_names_what_is_wrong_with_the_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text('province = "530000"\n[[people]]\nid_number = "530102199001011234"\n')
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text('province = "650000"\n')
+    for argv, says in (
+        (["--province", "530000"], "no packaged seed for province 530000 (packaged: 610000, 620000, 650000)"),
+        (["--province", "530000", "--seed", str(tmp_path / "missing.toml")], "cannot read seed"),
+        (["--province", "530000", "--seed", str(broken)], "is not a valid seed file"),
+        (["--province", "530000", "--seed", str(wrong)], "is for province 650000, not 530000"),
+    ):
+        with pytest.raises(SystemExit) as stopped:
+            parse_args(argv)
+        assert stopped.value.code == 2
+        assert says in capsys.readouterr().err
+    empty = tmp_path / "yunnan.toml"
+    empty.write_text('province = "530000"\n')
+    assert parse_args(["--province", "530000", "--seed", str(empty)]).seed_path == empty
