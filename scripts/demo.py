@@ -181,6 +181,15 @@ def window_state(state: settlements_pb2.SettlementWindowState.ValueType) -> str:
     return settlements_pb2.SettlementWindowState.Name(state).removeprefix("SETTLEMENT_WINDOW_STATE_")
 
 
+def acknowledgement_answer(window_state_after: str) -> str:
+    """What the gateway's answer to one province's acknowledgement means for the window."""
+    if not window_state_after:
+        return "no answer from the gateway yet"
+    if window_state_after == "CLOSED":
+        return "window still CLOSED (the first acknowledgement: the other province's to come)"
+    return f"window now {window_state_after}"
+
+
 def settle(transfer_id: str, xinjiang: control_pb2_grpc.StubControlStub,
            gansu: control_pb2_grpc.StubControlStub) -> bool:
     """Step 8: the operator closes the window the transfer committed into; the provinces agree; payment."""
@@ -209,7 +218,7 @@ def settle(transfer_id: str, xinjiang: control_pb2_grpc.StubControlStub,
                         if r.window_id == window_id]
             for r in received:
                 print(f"   {name} acknowledged figures sha256 {r.figures_sha256.hex()[:16]}..., "
-                      f"its position {yuan(r.net_fen)}; gateway recorded {r.acknowledged_state or 'nothing yet'}")
+                      f"its position {yuan(r.net_fen)}; {acknowledgement_answer(r.acknowledged_state)}")
         print(f"   window {window_state(window.state)}; acknowledged by {', '.join(window.acknowledged_by)}")
         if window.state != settlements_pb2.SETTLEMENT_WINDOW_STATE_ACKNOWLEDGED:
             print("   not every province acknowledged in time", file=sys.stderr)
