@@ -95,6 +95,23 @@ def budget(r: dict[str, Any]) -> dict[str, float]:
     }.items()}
 
 
+def budget_verdict(b: dict[str, float]) -> str:
+    """The budget in one sentence: is the lifecycle target within reach of any work in these processes?"""
+    floor_ms = b["bare_rpcs_ms"] + b["ed25519_ms"]
+    allowed_ms = b["machine_cpu_ms_per_lifecycle_at_target"]
+    if b["other_work_budget_ms"] <= 0:
+        return (f"out of reach on this machine-day: the bare RPCs and the contract's Ed25519 alone cost "
+                f"{floor_ms:.2f} ms a lifecycle, more than the {allowed_ms:.2f} ms the target allows, "
+                "before any storage or logic")
+    if b["gateway_other_work_left_by_harness_ms"] <= 0:
+        return (f"out of reach with this harness: the provinces' and driver's own work "
+                f"({b['harness_other_work_now_ms']:.2f} ms) takes all of the {b['other_work_budget_ms']:.2f} ms "
+                "left after the bare RPCs and Ed25519, leaving the gateway nothing")
+    return (f"storage and logic must fall from {b['other_work_now_ms']:.2f} to {b['other_work_budget_ms']:.2f} ms "
+            f"a lifecycle (× {b['other_work_budget_ms'] / b['other_work_now_ms']:.2f})"
+            if b["other_work_now_ms"] > b["other_work_budget_ms"] else "within the budget")
+
+
 def missed(report: dict[str, Any]) -> list[str]:
     """One line per target the run did not reach (a miss is a finding, not a failed run)."""
     lines = [
@@ -170,6 +187,7 @@ def markdown(r: dict[str, Any]) -> str:
          "leaves of the machine's budget for the gateway's storage and logic (ms)",
          f"{r['budget']['harness_other_work_now_ms']:.2f} / "
          f"{r['budget']['gateway_other_work_left_by_harness_ms']:.2f}"),
+        ("the lifecycle target on this machine-day", budget_verdict(r["budget"])),
         ("errors / lost / duplicated", f"{r['errors']} / {r['lost']} / {r['duplicated']}"),
     ]
     lines = [
@@ -221,6 +239,7 @@ def summary(r: dict[str, Any]) -> str:
         f"(now {r['budget']['gateway_other_work_now_ms']:.2f}); the provinces and driver take "
         f"{r['budget']['harness_other_work_now_ms']:.2f} of the rest, leaving the gateway "
         f"{r['budget']['gateway_other_work_left_by_harness_ms']:.2f}",
+        f"{'':<18}{'':>10}   {budget_verdict(r['budget'])}",
         f"{'submitted':<18}{r['submitted']:>10}   accepted {r['accepted']}",
         f"{'errors':<18}{r['errors']:>10}   {r['error_codes'] or ''}",
         f"{'lost':<18}{r['lost']:>10}   {_nonzero(r['lost_detail'])}",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.report import budget, noise
+from bench.report import budget, budget_verdict, noise
 
 
 def run(echo_rounds: list[float], others: float = 2.0) -> dict[str, Any]:
@@ -61,3 +61,17 @@ def test_the_budget_splits_the_machine_as_documented() -> None:
         "harness_other_work_now_ms": 10.4,  # (32 − 20) − (2 − 1) − (1.05 − 0.45)
         "gateway_other_work_left_by_harness_ms": 6.55,  # 20 − 2 − 1.05 − 10.4
     }
+
+
+def test_the_verdict_says_when_no_work_could_reach_the_target() -> None:
+    allowed = {"machine_cpu_ms_per_lifecycle_at_target": 1.29, "bare_rpcs_ms": 0.94, "ed25519_ms": 0.53,
+               "other_work_budget_ms": -0.18, "other_work_now_ms": 0.37, "harness_other_work_now_ms": 0.51,
+               "gateway_other_work_left_by_harness_ms": -0.69}
+    assert budget_verdict(allowed).startswith("out of reach on this machine-day")
+    assert "1.47 ms a lifecycle, more than the 1.29 ms" in budget_verdict(allowed)
+    harness_takes_it = allowed | {"other_work_budget_ms": 0.5, "gateway_other_work_left_by_harness_ms": -0.01}
+    assert budget_verdict(harness_takes_it).startswith("out of reach with this harness")
+    reachable = allowed | {"other_work_budget_ms": 1.19, "other_work_now_ms": 4.76,
+                           "gateway_other_work_left_by_harness_ms": 0.13}
+    assert budget_verdict(reachable) == "storage and logic must fall from 4.76 to 1.19 ms a lifecycle (× 0.25)"
+    assert budget_verdict(reachable | {"other_work_now_ms": 1.0}) == "within the budget"
