@@ -268,7 +268,18 @@ class Stack:
     # -- bindings, signed as the provinces' platforms would ---------------------------------------
     def propose(self, receiver: tuple[str, str] = MOTHER, relation_code: str = "52", binding_id: str | None = None,
                 giver: tuple[str, str] = GIVER, sender: str = XINJIANG, receiver_province: str = GANSU,
-                authorised_amount_fen: int = 0, consent_seconds: int = 3600) -> relations_pb2.ProposeBindingResponse:
+                authorised_amount_fen: int = 0, consent_seconds: int = 3600,
+                envelope: common_pb2.SignedEnvelope | None = None) -> relations_pb2.ProposeBindingResponse:
+        """Propose a binding (signed as `sender`), or send `envelope`, a proposal signed before."""
+        if envelope is None:
+            envelope = self.signed_proposal(receiver, relation_code, binding_id, giver, sender, receiver_province,
+                                            authorised_amount_fen, consent_seconds)
+        return self.relations.ProposeBinding(relations_pb2.ProposeBindingRequest(proposal=envelope), timeout=10)
+
+    def signed_proposal(self, receiver: tuple[str, str] = MOTHER, relation_code: str = "52",
+                        binding_id: str | None = None, giver: tuple[str, str] = GIVER, sender: str = XINJIANG,
+                        receiver_province: str = GANSU, authorised_amount_fen: int = 0,
+                        consent_seconds: int = 3600) -> common_pb2.SignedEnvelope:
         now = self.clock.now()
         proposal = relations_pb2.BindingProposal(
             header=common_pb2.Header(message_id=binding_id or unique_id("b"), sender=sender,
@@ -278,8 +289,7 @@ class Stack:
             relation_code=relation_code,
             commitment=relations_pb2.Commitment(letter_version="2024-01", accepted_at=ts(now)),
             authorised_amount_fen=authorised_amount_fen, consent_by=ts(now + timedelta(seconds=consent_seconds)))
-        return self.relations.ProposeBinding(relations_pb2.ProposeBindingRequest(proposal=self.sign(proposal, sender)),
-                                             timeout=10)
+        return self.sign(proposal, sender)
 
     def answer_consent(self, binding_id: str, signer: str = GANSU, accept: bool = True,
                        method: int = relations_pb2.ATTESTATION_METHOD_FACE) -> relations_pb2.AcceptBindingResponse:

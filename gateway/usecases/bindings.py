@@ -94,21 +94,23 @@ class _Proposal:
     proposal: BindingProposal
     giver_province: Province
     receiver_province: Province
-    replayed: BindingAnswer | None
 
 
 def _accept_proposal(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
-                     decode: Callable[[bytes], BindingProposal]) -> _Proposal:
+                     decode: Callable[[bytes], BindingProposal]) -> _Proposal | BindingAnswer:
+    """The proposal to check with both provinces, or, for a resend, the stored answer (D15)."""
     now = ctx.clock.now()
     with ctx.uow() as uow:
         proposal = authenticate(uow, envelope, PROPOSAL_TYPE, decode, peer, now, ctx)
-        validate_proposal(proposal, now)
         header = proposal.header
+        # Before the time-dependent checks: a resend after its consent_by still gets its original answer.
         stored = replay_if_seen(uow, header.sender, header.message_id, payload_digest(envelope.payload))
-        replayed = BindingAnswer(stored, True, None) if stored is not None else None
+        if stored is not None:
+            return BindingAnswer(stored, True, None)
+        validate_proposal(proposal, now)
         giver_province = require_active(uow.provinces.get(header.sender), header.sender, "header.sender")
         receiver_province = require_active(uow.provinces.get(header.receiver), header.receiver, "header.receiver")
-        return _Proposal(proposal, giver_province, receiver_province, replayed)
+        return _Proposal(proposal, giver_province, receiver_province)
 
 
 def _store_proposal(ctx: UseCaseContext, envelope: Envelope, proposal: BindingProposal,
@@ -165,9 +167,9 @@ def _store_proposal(ctx: UseCaseContext, envelope: Envelope, proposal: BindingPr
 async def propose_binding(ctx: UseCaseContext, run_in_db: RunInDb, members: MemberDirectory, envelope: Envelope,
                           peer: str | None, decode: Callable[[bytes], BindingProposal]) -> BindingAnswer:
     """Check eligibility with both provinces, store PROPOSED and ask the receiver's province for consent."""
-    accepted: _Proposal = await run_in_db(_accept_proposal, ctx, envelope, peer, decode)
-    if accepted.replayed is not None:
-        return accepted.replayed  # a resend: the provinces are not asked again
+    accepted: _Proposal | BindingAnswer = await run_in_db(_accept_proposal, ctx, envelope, peer, decode)
+    if isinstance(accepted, BindingAnswer):
+        return accepted  # a resend: the provinces are not asked again
     proposal = accepted.proposal
     today = ctx.clock.now().astimezone(BEIJING).date()
     giver_status, receiver_status = await ask_both(members, (accepted.giver_province, proposal.giver),

@@ -53,6 +53,21 @@ def stack_binding_id(answer: R.ProposeBindingResponse) -> str:
     return common_pb2.Receipt.FromString(answer.receipt.payload).subject_id
 
 
+def test_a_proposal_resent_after_its_consent_deadline_gets_its_original_answer(stack: Stack) -> None:
+    """D15: a resend of the same bytes days later (past the freshness window, past its consent_by) is
+    answered from the record; the provinces are not asked again."""
+    envelope = stack.signed_proposal(MOTHER, consent_seconds=600)
+    first = stack.propose(envelope=envelope)
+    binding_id = stack_binding_id(first)
+    wait_until(lambda: binding_id in stack.snapshot(GANSU).consent_requests, what="consent asked of Gansu")
+    stack.clock.advance(2 * 86_400)
+    requests, consent_requests = stack.counts()["requests"], stack.snapshot(GANSU).consent_requests_received
+    again = stack.propose(envelope=envelope)
+    assert (again.replay, again.receipt) == (True, first.receipt)
+    assert stack.counts()["requests"] == requests
+    assert stack.snapshot(GANSU).consent_requests_received == consent_requests
+
+
 def test_an_in_law_is_refused_with_its_reason_and_the_refusal_is_replayed(stack: Stack) -> None:
     binding_id = "b-inlaw-" + stack_binding_id(stack.propose(MOTHER, relation_code="52"))[-8:]
     seen = error_of(lambda: stack.propose(MOTHER, relation_code="28", binding_id=binding_id))

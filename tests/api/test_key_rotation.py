@@ -83,13 +83,17 @@ def test_a_message_replayed_after_its_window_is_refused_even_if_never_seen(stack
     signed_long_ago = stack.instruction(created_at=stack.clock.now() - timedelta(minutes=10))
     seen = error_of(lambda: stack.submit(signed_long_ago))
     assert (seen.code, seen.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "STALE_MESSAGE")
-    # And one accepted in its window, replayed after it, is refused too (not answered from the record).
+    # One accepted in its window and resent after it executes nothing: it gets its stored answer (D15),
+    # while the same instruction under a new id, never seen, is refused.
     fresh = stack.instruction()
     envelope = stack.sign(fresh)
-    assert stack.submit(envelope).state == transfers_pb2.TRANSFER_STATE_RECEIVED
-    assert stack.submit(envelope).replay
+    first = stack.submit(envelope)
+    assert first.state == transfers_pb2.TRANSFER_STATE_RECEIVED
     stack.clock.advance(600)
-    seen = error_of(lambda: stack.submit(envelope))
+    again = stack.submit(envelope)
+    assert (again.replay, again.receipt) == (True, first.receipt)
+    fresh.header.message_id += "-new"
+    seen = error_of(lambda: stack.submit(fresh))
     assert (seen.code, seen.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "STALE_MESSAGE")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +205,47 @@ def test_modified_resend_is_refused_and_changes_nothing(stack: Stack) -> None:
     after = stack.counts()  # the first transfer's own delivery goes on meanwhile: compare what the resend could add
     assert (after["requests"], after["transfers"]) == (before["requests"], before["transfers"])
     assert stack.get(instruction.header.message_id).amount_fen == 50_000
+
+
+def test_a_late_identical_resend_still_gets_the_stored_answer(stack: Stack) -> None:
+    """D15 across the freshness window: a platform whose answer was lost may resend minutes later. A resend
+    of the very bytes already answered executes nothing, so it gets that answer (acceptance, stored refusal,
+    confirmation); anything the gateway has not answered before is still refused STALE_MESSAGE."""
+    stack.configure(GANSU, confirm_mode=control_pb2.CONFIRM_MODE_NEVER)
+    accepted = stack.sign(stack.instruction())
+    first = stack.submit(accepted)
+    refused = stack.sign(stack.instruction(binding_id="no-such-binding"))
+    assert error_of(lambda: stack.submit(refused)).reason == "BINDING_NOT_FOUND"
+    transfer_id = first.transfer_id
+    stack.wait_for_state(transfer_id, S.TRANSFER_STATE_DELIVERED)
+    confirmation = stack.sign(transfers_pb2.TransferConfirmation(
+        header=common_pb2.Header(message_id=unique_id("cf"), sender=GANSU, receiver="gateway",
+                                 created_at=ts(stack.clock.now())),
+        transfer_id=transfer_id, decision=transfers_pb2.CONFIRMATION_DECISION_CREDITED), GANSU)
+
+    def confirm() -> transfers_pb2.ConfirmTransferResponse:
+        return stack.transfers.ConfirmTransfer(transfers_pb2.ConfirmTransferRequest(confirmation=confirmation),
+                                               timeout=10)
+
+    confirmed = confirm()
+    modified = stack.instruction(transfer_id=transfer_id)
+    modified.header.created_at.CopyFrom(first_created_at := transfers_pb2.TransferInstruction.FromString(
+        accepted.payload).header.created_at)
+    modified.amount_fen += 1
+    unseen = stack.instruction(created_at=first_created_at.ToDatetime(tzinfo=UTC))
+    stack.clock.advance(600)  # five times the ±120 s window
+    before = stack.counts()
+
+    again = stack.submit(accepted)
+    assert again.replay and again.receipt == first.receipt and again.state == first.state
+    seen = error_of(lambda: stack.submit(refused))
+    assert (seen.code, seen.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "BINDING_NOT_FOUND")
+    confirmed_again = confirm()
+    assert confirmed_again.replay and confirmed_again.receipt == confirmed.receipt
+    for never_answered in (modified, unseen):
+        seen = error_of(lambda m=never_answered: stack.submit(m))
+        assert (seen.code, seen.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "STALE_MESSAGE")
+    assert stack.counts() == before
 
 
 def test_fifty_concurrent_identical_submissions_make_one_transfer_and_one_delivery(stack: Stack) -> None:
