@@ -103,7 +103,7 @@ def validate_key(key: ProvinceKey, field_name: str = "keys") -> None:
         raise InvalidArgument("key_id is 1-64 characters [A-Za-z0-9._:-]", reason="INVALID_KEY_ID",
                               field=f"{field_name}.key_id")
     if key.alg not in ALLOWED_ALGS:
-        raise InvalidArgument("only ed25519 keys are accepted", reason="ALGORITHM_NOT_ALLOWED",
+        raise InvalidArgument("only ed25519 keys are accepted", reason="UNSUPPORTED_KEY_ALGORITHM",
                               field=f"{field_name}.alg")
     if len(key.public_key) != 32:
         raise InvalidArgument("an Ed25519 public key is 32 bytes", reason="INVALID_PUBLIC_KEY",

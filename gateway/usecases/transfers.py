@@ -97,7 +97,8 @@ def _require_binding(uow: UnitOfWork, instruction: TransferInstruction, giver_re
     """D10: an ACTIVE binding between exactly this giver and receiver; D3: neither of them suspended."""
     binding = uow.bindings.get(instruction.binding_id)
     if binding is None:
-        raise FailedPrecondition("no such binding", reason="BINDING_NOT_FOUND", field="binding_id")
+        # NOT_FOUND, as for every unknown reference: not a stored refusal, like an unknown transfer on confirm.
+        raise NotFound("no such binding", reason="BINDING_NOT_FOUND", field="binding_id")
     header = instruction.header
     if (binding.giver_ref, binding.receiver_ref, binding.giver_province, binding.receiver_province) != (
             giver_ref, receiver_ref, header.sender, header.receiver):

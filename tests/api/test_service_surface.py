@@ -86,7 +86,7 @@ def test_register_province_validates_and_refuses_duplicates(stack: Stack) -> Non
         ({"keys": [operations_pb2.ProvinceKey(key_id="110000-k1", alg="ed25519", public_key=b"\x01" * 31)]},
          grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PUBLIC_KEY"),
         ({"keys": [operations_pb2.ProvinceKey(key_id="110000-k1", alg="rsa", public_key=b"\x01" * 32)]},
-         grpc.StatusCode.INVALID_ARGUMENT, "ALGORITHM_NOT_ALLOWED"),
+         grpc.StatusCode.INVALID_ARGUMENT, "UNSUPPORTED_KEY_ALGORITHM"),
         ({"keys": [operations_pb2.ProvinceKey(key_id="650000-k1", alg="ed25519", public_key=b"\x01" * 32)]},
          grpc.StatusCode.ALREADY_EXISTS, "KEY_ID_TAKEN"),
         ({"code": XINJIANG}, grpc.StatusCode.ALREADY_EXISTS, "PROVINCE_EXISTS"),

@@ -61,8 +61,10 @@ def test_a_transfer_needs_the_binding_of_exactly_that_giver_and_receiver(stack: 
     seen = error_of(lambda: stack.submit(stack.instruction(binding_id="")))
     assert (seen.code, seen.reason, seen.metadata["field"]) == (grpc.StatusCode.INVALID_ARGUMENT, "MISSING_FIELD",
                                                                 "binding_id")
-    assert submit_error(stack, binding_id="no-such-binding") == (grpc.StatusCode.FAILED_PRECONDITION,
-                                                                 "BINDING_NOT_FOUND")
+    before = stack.counts()
+    assert submit_error(stack, binding_id="no-such-binding") == (grpc.StatusCode.NOT_FOUND, "BINDING_NOT_FOUND")
+    after = stack.counts()  # an unknown reference stores nothing, like any NOT_FOUND
+    assert (after["requests"], after["transfers"]) == (before["requests"], before["transfers"])
     # The mother's binding used for a transfer to the daughter.
     assert submit_error(stack, person=CHILD) == (grpc.StatusCode.FAILED_PRECONDITION, "BINDING_MISMATCH")
 

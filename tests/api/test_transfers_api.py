@@ -214,8 +214,8 @@ def test_a_late_identical_resend_still_gets_the_stored_answer(stack: Stack) -> N
     stack.configure(GANSU, confirm_mode=control_pb2.CONFIRM_MODE_NEVER)
     accepted = stack.sign(stack.instruction())
     first = stack.submit(accepted)
-    refused = stack.sign(stack.instruction(binding_id="no-such-binding"))
-    assert error_of(lambda: stack.submit(refused)).reason == "BINDING_NOT_FOUND"
+    refused = stack.sign(stack.instruction(amount_fen=200_001))  # over the per-transfer limit: a stored refusal
+    assert error_of(lambda: stack.submit(refused)).reason == "AMOUNT_OVER_LIMIT"
     transfer_id = first.transfer_id
     stack.wait_for_state(transfer_id, S.TRANSFER_STATE_DELIVERED)
     confirmation = stack.sign(transfers_pb2.TransferConfirmation(
@@ -239,7 +239,7 @@ def test_a_late_identical_resend_still_gets_the_stored_answer(stack: Stack) -> N
     again = stack.submit(accepted)
     assert again.replay and again.receipt == first.receipt and again.state == first.state
     seen = error_of(lambda: stack.submit(refused))
-    assert (seen.code, seen.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "BINDING_NOT_FOUND")
+    assert (seen.code, seen.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "AMOUNT_OVER_LIMIT")
     confirmed_again = confirm()
     assert confirmed_again.replay and confirmed_again.receipt == confirmed.receipt
     for never_answered in (modified, unseen):

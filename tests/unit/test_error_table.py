@@ -142,3 +142,17 @@ def test_an_unexpected_exception_becomes_a_generic_internal(error: Exception) ->
         assert text not in shown
         assert "650502199001011230" not in shown
         assert "secret" not in shown
+
+
+def test_each_reason_has_one_status() -> None:
+    """A stable reason means one thing: the gateway never raises the same reason as two kinds of error
+    (which the table would send with two status codes)."""
+    from pathlib import Path
+
+    raised = re.compile(r"raise (\w+)\((?:[^()]|\([^()]*\))*?reason=\"([A-Z_]+)\"", re.DOTALL)
+    kinds: dict[str, set[str]] = {}
+    for source in (Path(__file__).parents[2] / "gateway").rglob("*.py"):
+        for kind, reason in raised.findall(source.read_text(encoding="utf-8")):
+            kinds.setdefault(reason, set()).add(kind)
+    assert len(kinds) > 40, "the scan should see the gateway's refusals"
+    assert {reason: sorted(k) for reason, k in kinds.items() if len(k) > 1} == {}
