@@ -47,6 +47,10 @@ def verify_signature(envelope: Envelope, public_key: bytes) -> bool:
     """True when `envelope.signature` is a valid Ed25519 signature over the envelope's exact bytes."""
     if envelope.alg != ALG_ED25519 or len(public_key) != 32 or len(envelope.signature) != 64:
         return False
+    # The signed strings are ASCII without NUL (docs/signing.md); anything else was never signed by anyone.
+    if not all(text.isascii() and "\x00" not in text
+               for text in (envelope.payload_type, envelope.signer, envelope.key_id)):
+        return False
     message = signature_input(envelope.payload_type, envelope.signer, envelope.key_id, envelope.payload)
     try:
         _public_key(public_key).verify(envelope.signature, message)

@@ -38,9 +38,6 @@ def authenticate(
     The province's rate budget is spent once the call is proven to be its own (signature, then TLS
     caller): forgeries, and genuine envelopes replayed by another province, cost it nothing.
     """
-    if envelope.payload_type != expected_type:
-        raise InvalidArgument(f"payload_type must be {expected_type}", reason="WRONG_PAYLOAD_TYPE",
-                              field="payload_type")
     if envelope.alg not in ALLOWED_ALGS:
         raise Unauthenticated("signature algorithm not allowed", reason="ALGORITHM_NOT_ALLOWED", field="alg")
     owned = uow.provinces.key_owner(envelope.key_id)
@@ -59,6 +56,11 @@ def authenticate(
         raise PermissionDenied("the signer is not the authenticated caller (D20)", reason="SIGNER_NOT_CALLER",
                                field="signer")
     ctx.admit(envelope.signer)
+    # The signature covers payload_type, so a genuine envelope of another kind is refused here, before
+    # its bytes are read as this RPC's message.
+    if envelope.payload_type != expected_type:
+        raise InvalidArgument(f"payload_type must be {expected_type}", reason="WRONG_PAYLOAD_TYPE",
+                              field="payload_type")
     message = decode(envelope.payload)  # raises InvalidArgument: malformed payload or unknown fields
     header = message.header
     if header.sender != envelope.signer:

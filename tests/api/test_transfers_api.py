@@ -157,7 +157,11 @@ def test_tampered_or_misattributed_envelopes_are_refused_before_any_state_change
         ("unknown field", stack.sign(None, payload_type=payload_type,
                                      payload=instruction.SerializeToString() + b"\xf8\x06\x01"),
          grpc.StatusCode.INVALID_ARGUMENT, "UNKNOWN_FIELDS"),
-        ("empty envelope", common_pb2.SignedEnvelope(), grpc.StatusCode.INVALID_ARGUMENT, "WRONG_PAYLOAD_TYPE"),
+        # api.md's order: the algorithm, the key and the signature come before the payload's type.
+        ("another payload_type, unknown key", common_pb2.SignedEnvelope(**{**_fields(query_signature),
+                                                                           "key_id": "650000-k9"}),
+         grpc.StatusCode.UNAUTHENTICATED, "UNKNOWN_KEY"),
+        ("empty envelope", common_pb2.SignedEnvelope(), grpc.StatusCode.UNAUTHENTICATED, "ALGORITHM_NOT_ALLOWED"),
     ]
     for case, envelope, code, reason in cases:
         seen = error_of(lambda e=envelope: stack.submit(e))

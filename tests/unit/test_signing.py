@@ -108,3 +108,14 @@ process.stdout.write(crypto.sign(null, Buffer.concat([prefix, payload]), key).to
     out = subprocess.run([NODE, "-e", script, SEED.hex(), PUBLIC.hex(), SIGNATURE_INPUT_PREFIX.hex(), PAYLOAD.hex()],
                          capture_output=True, text=True, timeout=30, check=True)
     assert bytes.fromhex(out.stdout) == SIGNATURE
+
+
+def test_strings_that_cannot_be_signed_fail_verification_without_raising() -> None:
+    """Fields come from the wire: a non-ASCII payload_type, or one with a NUL (which would make the
+    signature input ambiguous), is a failed verification, not an exception."""
+    good = Envelope(PAYLOAD, "gongji.v1.TransferInstruction", "650000", "650000-k1", "ed25519", SIGNATURE)
+    for field, value in (("payload_type", "\x80"), ("payload_type", "gongji.v1.TransferInstruction\x00"),
+                         ("payload_type", "转账"), ("key_id", "650000-k1\x00"), ("signer", "６５００００")):
+        values = {f: getattr(good, f) for f in Envelope.__slots__}
+        values[field] = value
+        assert verify_signature(Envelope(**values), PUBLIC) is False, (field, value)
