@@ -9,7 +9,6 @@ Sealed value: b"g1" | key-id length (1 byte) | key id (ASCII) | 12-byte nonce | 
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 from datetime import UTC, datetime
@@ -17,6 +16,8 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from gateway.security.files import create_once
 
 MAGIC = b"g1"
 NONCE_BYTES = 12
@@ -74,11 +75,7 @@ def load_or_create_keys(path: Path) -> FieldCipher:
     Created with one random key (mode 0600) if missing. To rotate, put a new line first: values sealed
     before stay readable with the old key, new ones are sealed with the new one.
     """
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(f"dk-{datetime.now(UTC):%Y%m%d} {secrets.token_hex(32)}\n")
+    create_once(path, f"dk-{datetime.now(UTC):%Y%m%d} {secrets.token_hex(32)}\n")
     keys: dict[str, bytes] = {}
     current = ""
     for number, line in enumerate(path.read_text().splitlines(), 1):

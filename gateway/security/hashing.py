@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 from pathlib import Path
 
 from gateway.domain.identity import normalise_id_number
+from gateway.security.files import create_once
 
 
 class HmacPersonHasher:
@@ -23,9 +23,5 @@ class HmacPersonHasher:
 
 def load_or_create_secret(path: Path) -> bytes:
     """Read a hex secret; create a random one (mode 0600) if the file does not exist yet."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32) + "\n")
+    create_once(path, secrets.token_hex(32) + "\n")
     return bytes.fromhex(path.read_text().strip())

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway.security.files import create_once, replace_whole
 
 
 def public_bytes(private_key: Ed25519PrivateKey) -> bytes:
@@ -27,15 +28,10 @@ def load_public_key(path: Path) -> bytes:
 def ensure_key_pair(private_path: Path, public_path: Path) -> Ed25519PrivateKey:
     """Load the key pair, creating it first if the private key file does not exist."""
     if not private_path.exists():
-        private_path.parent.mkdir(parents=True, exist_ok=True)
-        key = Ed25519PrivateKey.generate()
-        raw = key.private_bytes(
+        raw = Ed25519PrivateKey.generate().private_bytes(
             serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
         )
-        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(raw.hex() + "\n")
+        create_once(private_path, raw.hex() + "\n")
     key = load_private_key(private_path)
-    public_path.parent.mkdir(parents=True, exist_ok=True)
-    public_path.write_text(public_bytes(key).hex() + "\n")
+    replace_whole(public_path, public_bytes(key).hex() + "\n")
     return key
