@@ -116,6 +116,11 @@ class Gateway:
         return self._core.engine
 
     @property
+    def sweeps_done(self) -> int:
+        """Deadline sweeps the outbox loop has completed (D13 returns, rejections, scheduled closes)."""
+        return self._outbox.sweeps_done
+
+    @property
     def metrics_port(self) -> int | None:
         return self._metrics.port if self._metrics else None
 

@@ -360,7 +360,8 @@ class Stack:
         """Rows per table: proof that a refused call stored nothing."""
         with self.gateway.engine.connect() as conn:
             return {table: conn.execute(select(func.count()).select_from(text(table))).scalar_one()
-                    for table in ("requests", "transfers", "transfer_events", "outbox")}
+                    for table in ("requests", "transfers", "transfer_events", "outbox", "bindings", "giver_days",
+                                  "member_suspensions", "audit_log")}
 
     def gateway_outbox_attempts(self, subject_id: str) -> int:
         with self.gateway.engine.connect() as conn:
@@ -374,6 +375,12 @@ class Stack:
                 return conn.execute(text("SELECT count(*) FROM outbox WHERE destination = :d AND status = 'PENDING'"),
                                     {"d": destination}).scalar_one() == 0
         wait_until(idle, what=f"outbox to {destination} drained")
+
+    def wait_for_sweeps(self, count: int = 2) -> None:
+        """Until `count` more deadline sweeps have run: after moving the clock, proof that the sweeps saw it
+        (two, as one may have read the clock before it moved)."""
+        start = self.gateway.sweeps_done
+        wait_until(lambda: self.gateway.sweeps_done >= start + count, what=f"{count} deadline sweeps")
 
     def add_province(self, code: str, name: str, behaviour: Behaviour | None = None) -> RunningStub:
         """Start one more stub province (its seed file under province_stub/seeds) and register it."""

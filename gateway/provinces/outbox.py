@@ -46,6 +46,8 @@ class OutboxWorker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._main: asyncio.Task[None] | None = None
+        # Deadline sweeps completed: lets a test wait for sweeps after moving the clock, not guess a delay.
+        self.sweeps_done = 0
 
     def wake(self) -> None:
         """Called after a use case enqueued something, so it goes out now rather than at the next poll."""
@@ -79,6 +81,7 @@ class OutboxWorker:
                     await self._run_in_db(sweep_deadlines, self._ctx)
                     # Windows due on schedule: the figures they queue are claimed just below.
                     await self._run_in_db(close_due_windows, self._ctx)
+                    self.sweeps_done += 1
                 except Exception:
                     log.exception("deadline sweep failed; retrying")
                 next_sweep = loop.time() + self._settings.sweep_interval_seconds

@@ -42,7 +42,9 @@ def test_reflection_lets_generic_clients_discover_the_services(stack: Stack) -> 
 
 
 def test_every_declared_rpc_is_served(stack: Stack) -> None:
-    """The whole contract is implemented: no RPC of any service answers UNIMPLEMENTED any more."""
+    """The whole contract is implemented: no RPC of any service answers UNIMPLEMENTED any more. Nor INTERNAL:
+    a method a servicer does not override raises NotImplementedError, which the error table would turn into
+    INTERNAL, and an empty request deserves a clear refusal anyway."""
     services = [(stack.channel, transfers_pb2, "Transfers"), (stack.channel, relations_pb2, "Relations"),
                 (stack.channel, settlements_pb2, "Settlements"), (stack.channel, keys_pb2, "GatewayKeys"),
                 (stack.ops_channel, operations_pb2, "Operations")]
@@ -65,7 +67,7 @@ def test_every_declared_rpc_is_served(stack: Stack) -> None:
                     code = grpc.StatusCode.OK
                 except grpc.RpcError as error:
                     code = error.code()
-            assert code is not grpc.StatusCode.UNIMPLEMENTED, path
+            assert code not in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INTERNAL), (path, code)
             served += 1
     assert served >= 20
 

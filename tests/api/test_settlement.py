@@ -346,6 +346,7 @@ def test_a_window_closes_on_schedule_after_its_close_delay(stack: Stack) -> None
     ends = window(stack, window_id).closes_at.ToDatetime(tzinfo=BEIJING)
     # Just past the window's end, but within the close delay (10 minutes by default): still open.
     stack.clock.advance((ends - stack.clock.now()).total_seconds() + 60)
+    stack.wait_for_sweeps()  # the scheduled close runs in the sweep: it has seen this time, and left it open
     assert window(stack, window_id).state == S.SETTLEMENT_WINDOW_STATE_OPEN
     stack.clock.advance(10 * 60)
     closed = wait_window_state(stack, window_id, S.SETTLEMENT_WINDOW_STATE_CLOSED)

@@ -288,6 +288,7 @@ class SignedRpc:
     signer: str  # the province that would legitimately sign it
     base: Callable[[Hostile], pb_message.Message]  # well formed, correctly signed, refused for a business reason
     why_refused: str
+    reason: str  # the base's refusal: a business reason, so every mutation is judged by the checks before it
 
     @property
     def path(self) -> str:
@@ -300,54 +301,54 @@ class SignedRpc:
 SIGNED_RPCS = [
     SignedRpc("Transfers", "SubmitTransfer", transfers_pb2.SubmitTransferRequest, "instruction", XINJIANG,
               lambda h: h.stack.instruction(amount_fen=MAX_TRANSFER_FEN + 1),
-              "over the policy's largest transfer (a stored refusal)"),
+              "over the policy's largest transfer (a stored refusal)", "AMOUNT_OVER_LIMIT"),
     SignedRpc("Transfers", "ConfirmTransfer", transfers_pb2.ConfirmTransferRequest, "confirmation", GANSU,
               lambda h: transfers_pb2.TransferConfirmation(
                   header=_header(h, GANSU), transfer_id=h.transfer_id,
                   decision=transfers_pb2.CONFIRMATION_DECISION_CREDITED),
-              "the transfer is already COMMITTED (a stored refusal)"),
+              "the transfer is already COMMITTED (a stored refusal)", "TRANSFER_ALREADY_FINAL"),
     SignedRpc("Transfers", "GetTransfer", transfers_pb2.GetTransferRequest, "query", XINJIANG,
               lambda h: transfers_pb2.TransferQuery(header=_header(h, XINJIANG), transfer_id=unique_id("absent")),
-              "no such transfer"),
+              "no such transfer", "TRANSFER_NOT_FOUND"),
     SignedRpc("Relations", "VerifyRelation", relations_pb2.VerifyRelationRequest, "query", XINJIANG,
               lambda h: relations_pb2.RelationQuery(
                   header=_header(h, XINJIANG, UNKNOWN_PROVINCE), giver=_person(GIVER),
                   receiver=_person(MOTHER, "610100"), relation_code="52"),
-              "the receiver's province is not in the routing table"),
+              "the receiver's province is not in the routing table", "UNKNOWN_PROVINCE"),
     SignedRpc("Relations", "ProposeBinding", relations_pb2.ProposeBindingRequest, "proposal", XINJIANG,
               lambda h: relations_pb2.BindingProposal(
                   header=_header(h, XINJIANG, UNKNOWN_PROVINCE), giver=_person(GIVER),
                   receiver=_person(MOTHER, "610100"), relation_code="52",
                   commitment=relations_pb2.Commitment(letter_version="2024-01", accepted_at=ts(h.stack.clock.now())),
                   consent_by=ts(h.stack.clock.now() + timedelta(hours=1))),
-              "the receiver's province is not in the routing table"),
+              "the receiver's province is not in the routing table", "UNKNOWN_PROVINCE"),
     SignedRpc("Relations", "AcceptBinding", relations_pb2.AcceptBindingRequest, "acceptance", GANSU,
               lambda h: relations_pb2.BindingAcceptance(
                   header=_header(h, GANSU), binding_id=h.stack.binding_id,
                   decision=relations_pb2.CONSENT_DECISION_ACCEPT,
                   attestation=relations_pb2.Attestation(method=relations_pb2.ATTESTATION_METHOD_FACE,
                                                         evidence_ref="ev-1", attested_at=ts(h.stack.clock.now()))),
-              "the binding is ACTIVE, not PROPOSED (a stored refusal)"),
+              "the binding is ACTIVE, not PROPOSED (a stored refusal)", "BINDING_NOT_PROPOSED"),
     SignedRpc("Relations", "DissolveBinding", relations_pb2.DissolveBindingRequest, "dissolution", XINJIANG,
               lambda h: relations_pb2.BindingDissolution(header=_header(h, XINJIANG),
                                                          binding_id=unique_id("absent"), reason="not upper case"),
-              "a malformed reason, and no such binding"),
+              "a malformed reason, and no such binding", "INVALID_REASON"),
     SignedRpc("Relations", "GetBinding", relations_pb2.GetBindingRequest, "query", XINJIANG,
               lambda h: relations_pb2.BindingQuery(header=_header(h, XINJIANG), binding_id=unique_id("absent")),
-              "no such binding"),
+              "no such binding", "BINDING_NOT_FOUND"),
     SignedRpc("Relations", "ReportMemberChange", relations_pb2.ReportMemberChangeRequest, "change", GANSU,
               lambda h: relations_pb2.MemberChange(
                   header=_header(h, GANSU, GANSU), person=_person(MOTHER, "650500"),
                   kind=relations_pb2.MEMBER_CHANGE_KIND_SETTLEMENT_SUSPENDED, effective_at=ts(h.stack.clock.now())),
-              "addressed to a province, not the gateway, and a person insured elsewhere"),
+              "addressed to a province, not the gateway, and a person insured elsewhere", "WRONG_RECEIVER"),
     SignedRpc("Settlements", "GetSettlement", settlements_pb2.GetSettlementRequest, "query", XINJIANG,
               lambda h: settlements_pb2.SettlementQuery(header=_header(h, XINJIANG), window_id=ABSENT_WINDOW),
-              "no such window"),
+              "no such window", "SETTLEMENT_WINDOW_NOT_FOUND"),
     SignedRpc("Settlements", "AcknowledgeSettlement", settlements_pb2.AcknowledgeSettlementRequest,
               "acknowledgement", XINJIANG,
               lambda h: settlements_pb2.SettlementAcknowledgement(header=_header(h, XINJIANG),
                                                                   window_id=ABSENT_WINDOW, figures_sha256=bytes(32)),
-              "no such window"),
+              "no such window", "SETTLEMENT_WINDOW_NOT_FOUND"),
 ]
 
 PAYLOAD_TYPES = sorted(
@@ -522,6 +523,7 @@ def test_every_base_message_is_refused_for_its_business_reason(hostile: Hostile,
                                                                          base.SerializeToString()))))
     assert seen.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION,
                          grpc.StatusCode.INVALID_ARGUMENT), seen
+    assert seen.reason == rpc.reason, (rpc.method, seen)
     hostile.check_unchanged(before, seen)
 
 
