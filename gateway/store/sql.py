@@ -28,6 +28,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -265,6 +266,14 @@ class Statements:
         # A person's relations are decided one transaction at a time (D8) on PostgreSQL; SQLite has one writer.
         self.lock_person = (p(select(func.pg_advisory_xact_lock(cast(_b("key"), BigInteger))))
                             if dialect.name == "postgresql" else None)
+        # The routing table and the gateway's keys are read, then written, by whoever changes them (gateways
+        # starting together apply one manifest and register one key): one such transaction at a time.
+        # The mode lets readers through and conflicts with itself and with every writer.
+        postgres = dialect.name == "postgresql"
+        self.lock_routing: Prepared | None = (
+            p(text("LOCK TABLE provinces, province_keys IN SHARE ROW EXCLUSIVE MODE")) if postgres else None)
+        self.lock_gateway_keys: Prepared | None = (
+            p(text("LOCK TABLE gateway_keys IN SHARE ROW EXCLUSIVE MODE")) if postgres else None)
         self.suspend_member = p(insert(suspensions_t).on_conflict_do_nothing())
         self.resume_member = p(suspensions_t.delete().where(_suspended_in(_b("ref"), _b("province"))))
         self.member_suspended = p(select(suspensions_t.c.person_ref).where(_suspended_in(_b("ref"), _b("province"))))
@@ -418,6 +427,13 @@ class SqlProvinceRepository:
         if self._snapshot is None:
             self._snapshot = self._store.routing.snapshot(self._cursor, self._s)
         return self._snapshot
+
+    def lock(self) -> None:
+        """Until the transaction ends, no other transaction changes the routing table (taken before reading
+        it, so what is read is what is changed). SQLite needs no lock: its writers take it at BEGIN."""
+        assert self._snapshot is None, "lock before the first read"
+        if self._s.lock_routing is not None:
+            self._cursor.run(self._s.lock_routing)
 
     def get(self, code: str) -> Province | None:
         return self._routing()[0].get(code)
@@ -1004,7 +1020,13 @@ class SqlGatewayKeyRepository:
     """The gateway's own public keys (rarely read or written: statements compiled per call)."""
 
     def __init__(self, cursor: Cursor, store: SqlStore, audit: SqlAuditLog) -> None:
-        self._cursor, self._dialect, self._audit = cursor, store.engine.dialect, audit
+        self._cursor, self._dialect, self._audit, self._s = cursor, store.engine.dialect, audit, store.statements
+
+    def lock(self) -> None:
+        """Until the transaction ends, no other transaction changes the gateway's keys. SQLite needs no lock:
+        its transactions take the write lock when they begin."""
+        if self._s.lock_gateway_keys is not None:
+            self._cursor.run(self._s.lock_gateway_keys)
 
     def list(self) -> list[ProvinceKey]:
         g = gateway_keys_t.c

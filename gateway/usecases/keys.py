@@ -16,6 +16,7 @@ def register_gateway_key(ctx: UseCaseContext, key_id: str, public_key: bytes, ov
     """
     now = ctx.clock.now()
     with ctx.uow() as uow:
+        uow.gateway_keys.lock()  # gateways starting together on one database: one registers, the others find it
         keys = {key.key_id: key for key in uow.gateway_keys.list()}
         known = keys.get(key_id)
         if known is not None and known.public_key != public_key:

@@ -74,6 +74,7 @@ def require_active(province: Province | None, code: str, field: str) -> Province
 def register_province(ctx: UseCaseContext, province: Province) -> Province:
     _validate(province)
     with ctx.uow() as uow:
+        uow.provinces.lock()  # two operators registering one province: one succeeds, the other is told
         if uow.provinces.get(province.code) is not None:
             raise AlreadyExists("the province is already registered", reason="PROVINCE_EXISTS", field="province.code")
         _check_key_ids_free(uow, province.code, province.keys)
@@ -86,6 +87,7 @@ def register_province(ctx: UseCaseContext, province: Province) -> Province:
 def update_province(ctx: UseCaseContext, code: str, changes: ProvinceChanges) -> Province:
     now = ctx.clock.now()
     with ctx.uow() as uow:
+        uow.provinces.lock()
         current = uow.provinces.get(code)
         if current is None:
             raise NotFound("no such province", reason="PROVINCE_NOT_FOUND", field="code")
@@ -131,6 +133,7 @@ def apply_manifest(ctx: UseCaseContext, declared: Sequence[Province]) -> Manifes
     for province in declared:
         _validate(province)
     with ctx.uow() as uow:
+        uow.provinces.lock()  # gateways starting together apply the same manifest: one adds, the others find
         for province in declared:
             _check_key_ids_free(uow, province.code, province.keys)
             current = uow.provinces.get(province.code)

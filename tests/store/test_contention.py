@@ -81,3 +81,46 @@ def test_the_runner_retries_contention_a_bounded_number_of_times() -> None:
     with pytest.raises(Contention):
         asyncio.run(runner.query(flaky, CONTENTION_ATTEMPTS))
     assert attempts["n"] == CONTENTION_ATTEMPTS  # then the caller is told (ABORTED / CONTENTION)
+
+
+def test_gateways_starting_together_register_their_key_and_the_manifest_once(engine: Engine) -> None:
+    """Several gateways on one database start at the same moment with the same key and manifest (make
+    test-crash's two gateways do): one registers each, the others find it; none fails on a unique key."""
+    from datetime import timedelta
+
+    from gateway.domain.clock import SystemClock
+    from gateway.domain.provinces import Policy, Province, ProvinceKey, ProvinceStatus
+    from gateway.usecases.context import UseCaseContext
+    from gateway.usecases.keys import gateway_keys, register_gateway_key
+    from gateway.usecases.provinces import apply_manifest, list_provinces
+
+    def unused(*_: Any) -> Any:
+        raise AssertionError("not used at start-up")
+
+    ctx = UseCaseContext(uow=lambda: SqlUnitOfWork(engine), clock=SystemClock(), receipts=unused,  # type: ignore[arg-type]
+                         hasher=unused, verify=unused)  # type: ignore[arg-type]
+    public_key = bytes(range(32))
+    code = "110000"  # the database is new for each test
+    manifest = [Province(code, "北京", "127.0.0.1:1", ProvinceStatus.ACTIVE,
+                         keys=(ProvinceKey(f"{code}-k1", public_key, "ed25519", None, None),), policy=Policy())]
+    starters = 6
+    barrier = threading.Barrier(starters, timeout=10)
+    failures: list[BaseException] = []
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            register_gateway_key(ctx, "gateway-race", public_key, timedelta(days=7))
+            apply_manifest(ctx, manifest)
+        except BaseException as error:  # collected for the assertion below
+            failures.append(error)
+
+    threads = [threading.Thread(target=start) for _ in range(starters)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert failures == []
+    [key] = [k for k in gateway_keys(ctx) if k.key_id == "gateway-race"]
+    assert (key.public_key, key.valid_until) == (public_key, None)
+    assert [p.code for p in list_provinces(ctx) if p.code == code] == [code]
