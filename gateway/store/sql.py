@@ -210,7 +210,8 @@ class Statements:
                                           error_reason=_b("error_reason"), error_field=_b("error_field"),
                                           error_message=_b("error_message")))
 
-        self.insert_transfer = p(transfers_t.insert())
+        # A taken id is an answer (TRANSFER_ID_TAKEN), not an error: two provinces may race for one id.
+        self.insert_transfer = p(insert(transfers_t).on_conflict_do_nothing().returning(t.transfer_id))
         self.insert_event = p(events_t.insert().values(transfer_id=_b("transfer_id"), state=_b("state"),
                                                        reason=_b("reason"), at=_b("at")))
         self.get_transfer = p(select(*_TRANSFER_VIEW).where(t.transfer_id == _b("w_id")))
@@ -240,7 +241,7 @@ class Statements:
                              .order_by(t.delivery_deadline).limit(_b("limit")))
 
         b = bindings_t.c
-        self.insert_binding = p(bindings_t.insert())
+        self.insert_binding = p(insert(bindings_t).on_conflict_do_nothing().returning(bindings_t.c.binding_id))
         self.get_binding = p(select(*_BINDING_VIEW).where(b.binding_id == _b("w_id")))
         self.binding_exists = p(select(b.binding_id).where(b.binding_id == _b("w_id")))
         self.proposal = p(select(*_PROPOSAL).where(b.binding_id == _b("w_id")))
@@ -570,8 +571,9 @@ class SqlTransferRepository:
             oldest_undelivered=_aware(pending[1]) if pending else None,
             failed_attempts_by_province={d: int(n or 0) for d, n in self._cursor.all(failures)})
 
-    def add(self, transfer: Transfer, giver_ref: bytes, receiver_ref: bytes, envelope: Envelope) -> None:
-        self._cursor.run(
+    def add(self, transfer: Transfer, giver_ref: bytes, receiver_ref: bytes, envelope: Envelope) -> bool:
+        """Store a new transfer; False (and nothing stored) if its id is taken, e.g. by another province's."""
+        inserted = self._cursor.first(
             self._s.insert_transfer,
             transfer_id=transfer.transfer_id, state=transfer.state.value, reason=transfer.reason[:REASON_MAX],
             giver_province=transfer.giver_province, receiver_province=transfer.receiver_province,
@@ -584,12 +586,15 @@ class SqlTransferRepository:
             instruction_signer=envelope.signer,
             instruction_key_id=envelope.key_id, instruction_alg=envelope.alg,
             instruction_signature=envelope.signature, settlement_window_id=transfer.settlement_window_id)
+        if inserted is None:
+            return False
         self.add_event(transfer.transfer_id, transfer.state, transfer.reason, transfer.created_at)
         self._audit.record("transfer", transfer.transfer_id, transfer.state.value, transfer.created_at,
                            f"{transfer.giver_province}->{transfer.receiver_province} amount_fen={transfer.amount_fen} "
                            f"binding={transfer.binding_id} instruction_sha256={transfer.instruction_sha256.hex()}")
         if transfer.binding_id:
             self._cursor.run(self._s.add_used, w_id=transfer.binding_id, amount=transfer.amount_fen)
+        return True
 
     @staticmethod
     def _transfer(v: dict[str, Any], history: tuple[TransferEvent, ...] = ()) -> Transfer:
@@ -685,8 +690,9 @@ class SqlBindingRepository:
             for ref in sorted(set(person_refs)):
                 self._cursor.first(self._s.lock_person, key=int.from_bytes(ref[:8], "big", signed=True))
 
-    def add(self, binding: Binding, envelope: Envelope) -> None:
-        self._cursor.run(
+    def add(self, binding: Binding, envelope: Envelope) -> bool:
+        """Store a new binding; False (and nothing stored) if its id is taken, e.g. by another province's."""
+        inserted = self._cursor.first(
             self._s.insert_binding, binding_id=binding.binding_id, state=binding.state.value,
             reason=binding.reason[:REASON_MAX], giver_province=binding.giver_province,
             receiver_province=binding.receiver_province, giver_ref=binding.giver_ref,
@@ -699,10 +705,13 @@ class SqlBindingRepository:
             proposal_payload=self._sealer.seal(envelope.payload, _proposal_place(binding.binding_id)),
             proposal_signer=envelope.signer, proposal_key_id=envelope.key_id,
             proposal_alg=envelope.alg, proposal_signature=envelope.signature)
+        if inserted is None:
+            return False
         self._audit.record("binding", binding.binding_id, binding.state.value, binding.created_at,
                            f"{binding.giver_province}->{binding.receiver_province} relation={binding.relation_code} "
                            f"authorised_fen={binding.authorised_amount_fen} "
                            f"proposal_sha256={binding.proposal_sha256.hex()}")
+        return True
 
     def _binding(self, raw: Sequence[Any]) -> Binding:
         v = dict(zip(self._s.get_binding.columns, raw, strict=True))

@@ -113,6 +113,10 @@ def _accept_proposal(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
         return _Proposal(proposal, giver_province, receiver_province)
 
 
+def _binding_id_taken() -> AlreadyExists:
+    return AlreadyExists("this binding_id is taken; use a new id", reason="BINDING_ID_TAKEN", field="header.message_id")
+
+
 def _store_proposal(ctx: UseCaseContext, envelope: Envelope, proposal: BindingProposal,
                     giver_status: MemberStatus, receiver_status: MemberStatus) -> BindingAnswer:
     now = ctx.clock.now()
@@ -142,17 +146,18 @@ def _store_proposal(ctx: UseCaseContext, envelope: Envelope, proposal: BindingPr
                     raise FailedPrecondition(f"the {role}'s province allows one family relation at a time (D8)",
                                              reason="SINGLE_RELATION_ONLY", field=f"{role}.id_number")
             if uow.bindings.exists(binding_id):
-                raise AlreadyExists("this binding_id is taken; use a new id", reason="BINDING_ID_TAKEN",
-                                    field="header.message_id")
+                raise _binding_id_taken()
             receiver = parse_valid_id(proposal.receiver.id_number, today)
             assert receiver is not None and proposal.consent_by is not None  # eligibility checked D1
-            uow.bindings.add(Binding(
+            added = uow.bindings.add(Binding(
                 binding_id=binding_id, state=BindingState.PROPOSED, giver_province=header.sender,
                 receiver_province=header.receiver, giver_id_masked=mask_id_number(proposal.giver.id_number),
                 receiver_id_masked=mask_id_number(proposal.receiver.id_number), relation_code=proposal.relation_code,
                 authorised_amount_fen=proposal.authorised_amount_fen, receiver_birth_date=receiver.birth_date,
                 consent_by=proposal.consent_by, created_at=now, updated_at=now, proposal_sha256=digest,
                 giver_ref=giver_ref, receiver_ref=receiver_ref), envelope)
+            if not added:  # another province's proposal of the same id got there first
+                raise _binding_id_taken()
             uow.outbox.enqueue(header.receiver, OutboxKind.REQUEST_CONSENT, consent_message_id(binding_id),
                                binding_id, now)
             return ctx.receipts.issue(request_sender=header.sender, request_message_id=binding_id,
@@ -211,8 +216,14 @@ def accept_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                 if violations:
                     raise FailedPrecondition("the receiver is 16 or over: their own face verification is required (D6)",
                                              reason=violations[0].reason, field=violations[0].field)
+            # The state read above may be stale by now (a refusal, an expiry or a member change at the same
+            # moment): the conditional change decides, and only the answer that made it is told and attested.
+            if not uow.bindings.change_state(binding.binding_id, [BindingState.PROPOSED], new_state, "", now):
+                current = uow.bindings.get(binding.binding_id)
+                raise FailedPrecondition(f"the binding is {current.state.value if current else 'gone'}, not PROPOSED",
+                                         reason="BINDING_NOT_PROPOSED", field="binding_id")
+            if acceptance.attestation is not None and new_state is BindingState.ACTIVE:
                 uow.bindings.record_attestation(binding.binding_id, acceptance.attestation)
-            uow.bindings.change_state(binding.binding_id, [BindingState.PROPOSED], new_state, "", now)
             tell_both(uow, binding, new_state, now)
             return ctx.receipts.issue(request_sender=header.sender, request_message_id=header.message_id,
                                       request_sha256=digest, request_payload_type=ACCEPTANCE_TYPE,
@@ -281,6 +292,10 @@ def report_member_change(ctx: UseCaseContext, envelope: Envelope, peer: str | No
         ref = ctx.hasher.ref(change.person.id_number)
 
         def apply() -> bytes:
+            # A binding moves by both its people's suspensions: changes for either are decided one at a time
+            # (two resumes at once would each still see the other's suspension and leave it SUSPENDED).
+            uow.bindings.lock_people(ref, *(b.giver_ref if b.receiver_ref == ref else b.receiver_ref
+                                            for b in uow.bindings.of_person(ref)))
             # Only the person's own province speaks for them (D20): bindings where they sit on its side.
             mine = [b for b in uow.bindings.of_person(ref)
                     if (b.giver_ref == ref and b.giver_province == header.sender)

@@ -112,6 +112,11 @@ def _require_binding(uow: UnitOfWork, instruction: TransferInstruction, giver_re
     return binding
 
 
+def _transfer_id_taken() -> AlreadyExists:
+    return AlreadyExists("this transfer_id is taken by another province's transfer; use a new id",
+                         reason="TRANSFER_ID_TAKEN", field="header.message_id")
+
+
 def submit_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                     decode: Callable[[bytes], TransferInstruction]) -> ReceiptAnswer:
     now = ctx.clock.now()
@@ -128,8 +133,7 @@ def submit_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
             giver_province = require_active(uow.provinces.get(header.sender), header.sender, "header.sender")
             require_active(uow.provinces.get(header.receiver), header.receiver, "header.receiver")
             if uow.transfers.exists(transfer_id):
-                raise AlreadyExists("this transfer_id is taken by another province's transfer; use a new id",
-                                    reason="TRANSFER_ID_TAKEN", field="header.message_id")
+                raise _transfer_id_taken()
             # Taken first: it locks the giver's row of the day, so one giver's submissions are decided one
             # at a time (PostgreSQL) and the binding and the day's count below are read as they stand.
             day = beijing_day(now)
@@ -156,7 +160,10 @@ def submit_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                 delivery_deadline=delivery_deadline(now, policy.delivery_deadline_seconds, returns_at),
                 instruction_sha256=digest, binding_id=instruction.binding_id,
             )
-            uow.transfers.add(transfer, giver_ref, receiver_ref, envelope)
+            if not uow.transfers.add(transfer, giver_ref, receiver_ref, envelope):
+                # Another province's submission of the same id got there first (ids are unique per sender).
+                uow.transfers.release_daily_slot(giver_ref, day)
+                raise _transfer_id_taken()
             uow.outbox.enqueue(header.receiver, OutboxKind.DELIVER_TRANSFER, delivery_message_id(transfer_id),
                                transfer_id, now)
             return ctx.receipts.issue(request_sender=header.sender, request_message_id=transfer_id,

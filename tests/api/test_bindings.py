@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 import pytest
@@ -205,3 +208,66 @@ def test_concurrent_proposals_for_one_person_leave_one_relation_under_single_rel
     for thread in threads:
         thread.join(30)
     assert sorted(answers) == ["FAILED_PRECONDITION SINGLE_RELATION_ONLY"] * 7 + ["OK"]
+
+
+# -- races (PostgreSQL reads committed data: these decide by conditional writes and locks) ----------------
+
+def _at_once(calls: list[Callable[[], Any]]) -> list[Any]:
+    """Run the calls in threads released together; each outcome is its answer or its (code, reason)."""
+    barrier = threading.Barrier(len(calls))
+    outcomes: list[Any] = [None] * len(calls)
+
+    def run(index: int) -> None:
+        barrier.wait(10)
+        try:
+            outcomes[index] = calls[index]()
+        except grpc.RpcError as error:
+            seen = error_seen(error)
+            outcomes[index] = (seen.code, seen.reason)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return outcomes
+
+
+def test_acceptances_and_refusals_at_once_decide_the_binding_once(stack: Stack) -> None:
+    """Only the answer that moved the binding is acknowledged and told; the others are refused, whatever
+    they read before it moved."""
+    for _ in range(3):
+        binding_id = stack_binding_id(stack.propose(CHILD, relation_code="30"))
+        accept = functools.partial(stack.answer_consent, binding_id, method=R.ATTESTATION_METHOD_GUARDIAN_DOCUMENT)
+        refuse = functools.partial(stack.answer_consent, binding_id, accept=False)
+        outcomes = _at_once([accept] * 4 + [refuse] * 4)
+        answers = [o for o in outcomes if isinstance(o, R.AcceptBindingResponse)]
+        assert len(answers) == 1, outcomes
+        assert set(o for o in outcomes if not isinstance(o, R.AcceptBindingResponse)) == {
+            (grpc.StatusCode.FAILED_PRECONDITION, "BINDING_NOT_PROPOSED")}
+        decided = answers[0].state
+        assert stack.binding(binding_id).state == decided
+        for province in (XINJIANG, GANSU):
+            stack.wait_for_outbox_idle(province)
+            assert told(stack, province, binding_id) == [(decided, 1)], province
+        if decided == R.BINDING_STATE_ACTIVE:
+            stack.dissolve(binding_id)
+
+
+def test_two_members_resumed_at_once_leave_their_binding_active(stack: Stack) -> None:
+    """Each resumption sees the other member's suspension unless they are decided one at a time: then the
+    binding would stay SUSPENDED with nobody suspended."""
+    binding_id = stack_binding_id(stack.propose(CHILD, relation_code="30"))
+    stack.answer_consent(binding_id, method=R.ATTESTATION_METHOD_GUARDIAN_DOCUMENT)
+    try:
+        for _ in range(4):
+            stack.member_change(GIVER, R.MEMBER_CHANGE_KIND_SETTLEMENT_SUSPENDED, signer=XINJIANG)
+            stack.member_change(CHILD, R.MEMBER_CHANGE_KIND_SETTLEMENT_SUSPENDED, signer=GANSU)
+            assert stack.binding(binding_id).state == R.BINDING_STATE_SUSPENDED
+            outcomes = _at_once([
+                lambda: stack.member_change(GIVER, R.MEMBER_CHANGE_KIND_SETTLEMENT_RESUMED, signer=XINJIANG),
+                lambda: stack.member_change(CHILD, R.MEMBER_CHANGE_KIND_SETTLEMENT_RESUMED, signer=GANSU)])
+            assert all(isinstance(o, R.ReportMemberChangeResponse) for o in outcomes), outcomes
+            assert stack.binding(binding_id).state == R.BINDING_STATE_ACTIVE
+    finally:
+        stack.dissolve(binding_id)

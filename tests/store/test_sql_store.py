@@ -18,7 +18,7 @@ from gateway.domain.envelope import Envelope
 from gateway.domain.provinces import Policy, Province, ProvinceKey, ProvinceStatus
 from gateway.domain.records import OutboxKind, RequestOutcome
 from gateway.domain.transfers import INT64_MAX, Transfer, TransferEvent, TransferState
-from gateway.store.sql import SqlUnitOfWork, make_engine, outbox_t, requests_t
+from gateway.store.sql import SqlUnitOfWork, events_t, make_engine, outbox_t, requests_t, transfers_t
 from tests.support import wait_until
 
 T0 = datetime(2026, 5, 1, 7, 0, 0, 123456, tzinfo=UTC)
@@ -645,3 +645,40 @@ def test_a_read_only_unit_of_work_does_not_hold_writers_back(engine: Engine) -> 
     writer.join(5)
     with SqlUnitOfWork(engine, read_only=True) as later:
         assert later.audit.head()[0] == before[0] + 1
+
+
+def test_a_taken_transfer_id_is_reported_not_raised(engine: Engine) -> None:
+    """Ids are unique per sender only, so another province may already hold one: add says so and stores
+    nothing (the use case answers TRANSFER_ID_TAKEN), rather than failing on the primary key."""
+    first = transfer()
+    add_transfers(engine, first)
+    before = (count(engine, transfers_t), count(engine, events_t))
+    with SqlUnitOfWork(engine) as uow:
+        assert uow.transfers.add(transfer(first.transfer_id, amount_fen=1), b"\x03" * 32, b"\x04" * 32,
+                                 envelope()) is False
+        uow.commit()
+    assert (count(engine, transfers_t), count(engine, events_t)) == before
+    with SqlUnitOfWork(engine) as uow:
+        stored = uow.transfers.get(first.transfer_id)
+    assert stored is not None and stored.amount_fen == first.amount_fen
+
+
+@POSTGRES_ONLY
+def test_two_provinces_racing_for_one_transfer_id_get_one_transfer_and_one_answer(engine: Engine) -> None:
+    transfer_id = uid("tr")
+
+    def second_add() -> bool:
+        with SqlUnitOfWork(engine) as uow:
+            added = uow.transfers.add(transfer(transfer_id, amount_fen=2), b"\x03" * 32, b"\x04" * 32, envelope())
+            uow.commit()
+        return added
+
+    with SqlUnitOfWork(engine) as first:
+        assert first.transfers.add(transfer(transfer_id), b"\x01" * 32, b"\x02" * 32, envelope()) is True
+        thread, outcome = in_thread(second_add)
+        wait_until(lambda: waiting_on_a_lock(engine), timeout=10, what="the second insert to wait on the first")
+        first.commit()
+    assert result_of(thread, outcome) is False  # it waited, then found the id taken: no unique-key error
+    with SqlUnitOfWork(engine) as uow:
+        stored = uow.transfers.get(transfer_id)
+    assert stored is not None and stored.amount_fen == 50_000
