@@ -243,6 +243,8 @@ class Statements:
         b = bindings_t.c
         self.insert_binding = p(insert(bindings_t).on_conflict_do_nothing().returning(bindings_t.c.binding_id))
         self.get_binding = p(select(*_BINDING_VIEW).where(b.binding_id == _b("w_id")))
+        # SQLite renders no FOR UPDATE (its writers are one at a time anyway).
+        self.lock_binding = p(select(*_BINDING_VIEW).where(b.binding_id == _b("w_id")).with_for_update())
         self.binding_exists = p(select(b.binding_id).where(b.binding_id == _b("w_id")))
         self.proposal = p(select(*_PROPOSAL).where(b.binding_id == _b("w_id")))
         self.change_binding_state = p(update(bindings_t).where(and_(b.binding_id == _b("w_id"),
@@ -727,8 +729,9 @@ class SqlBindingRepository:
             giver_ref=bytes(v["giver_ref"]),
             receiver_ref=bytes(v["receiver_ref"]))
 
-    def get(self, binding_id: str) -> Binding | None:
-        raw = self._cursor.first(self._s.get_binding, w_id=binding_id)
+    def get(self, binding_id: str, lock: bool = False) -> Binding | None:
+        """The binding; with `lock`, no other transaction changes it until this one ends."""
+        raw = self._cursor.first(self._s.lock_binding if lock else self._s.get_binding, w_id=binding_id)
         return None if raw is None else self._binding(raw)
 
     def exists(self, binding_id: str) -> bool:

@@ -95,7 +95,9 @@ def _settlement_suspended(role: str, field: str) -> FailedPrecondition:
 def _require_binding(uow: UnitOfWork, instruction: TransferInstruction, giver_ref: bytes,
                      receiver_ref: bytes) -> Binding:
     """D10: an ACTIVE binding between exactly this giver and receiver; D3: neither of them suspended."""
-    binding = uow.bindings.get(instruction.binding_id)
+    # Locked: its used amount (D10) is read, checked and added to by one submission at a time. The giver's
+    # daily row orders most of them already, but not two on either side of Beijing midnight.
+    binding = uow.bindings.get(instruction.binding_id, lock=True)
     if binding is None:
         # NOT_FOUND, as for every unknown reference: not a stored refusal, like an unknown transfer on confirm.
         raise NotFound("no such binding", reason="BINDING_NOT_FOUND", field="binding_id")
@@ -211,7 +213,10 @@ def confirm_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                     and (suspended := uow.transfers.suspended_party(transfer.transfer_id))):
                 raise _settlement_suspended(suspended, "transfer_id")
             if not uow.transfers.change_state(transfer.transfer_id, [TransferState.DELIVERED], final, reason, now):
-                raise FailedPrecondition(f"the transfer is already {transfer.state.value} and cannot change",
+                # The state as it is now (a concurrent answer or the sweep may have moved it since it was read).
+                current = uow.transfers.get(transfer.transfer_id)
+                state = (current or transfer).state.value
+                raise FailedPrecondition(f"the transfer is already {state} and cannot change",
                                          reason="TRANSFER_ALREADY_FINAL", field="transfer_id")
             if final is TransferState.COMMITTED:
                 assign_to_open_window(uow, ctx.settlement, transfer.transfer_id, now)

@@ -6,13 +6,14 @@ import dataclasses
 import threading
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, Table, func, select, text
 
+from gateway.domain.bindings import Binding, BindingState
 from gateway.domain.clock import BEIJING
 from gateway.domain.envelope import Envelope
 from gateway.domain.provinces import Policy, Province, ProvinceKey, ProvinceStatus
@@ -682,3 +683,47 @@ def test_two_provinces_racing_for_one_transfer_id_get_one_transfer_and_one_answe
     with SqlUnitOfWork(engine) as uow:
         stored = uow.transfers.get(transfer_id)
     assert stored is not None and stored.amount_fen == 50_000
+
+
+def binding(binding_id: str, authorised_amount_fen: int = 0) -> Binding:
+    return Binding(binding_id=binding_id, state=BindingState.ACTIVE, giver_province="650000",
+                   receiver_province="620000", giver_id_masked="650502********1230",
+                   receiver_id_masked="620102********0026", relation_code="52",
+                   authorised_amount_fen=authorised_amount_fen, receiver_birth_date=date(1965, 5, 12),
+                   consent_by=T0 + timedelta(days=1), created_at=T0, updated_at=T0, proposal_sha256=SHA_A,
+                   giver_ref=b"\x01" * 32, receiver_ref=b"\x02" * 32)
+
+
+def test_a_taken_binding_id_is_reported_not_raised(engine: Engine) -> None:
+    binding_id = uid("b")
+    with SqlUnitOfWork(engine) as uow:
+        assert uow.bindings.add(binding(binding_id, 100), envelope()) is True
+        assert uow.bindings.add(binding(binding_id, 999), envelope()) is False
+        uow.commit()
+    with SqlUnitOfWork(engine) as uow:
+        stored = uow.bindings.get(binding_id)
+    assert stored is not None and stored.authorised_amount_fen == 100
+
+
+@POSTGRES_ONLY
+def test_a_locked_binding_is_read_by_one_submission_at_a_time(engine: Engine) -> None:
+    """D10's used amount is read, checked and added to under the binding's row lock."""
+    binding_id = uid("b")
+    with SqlUnitOfWork(engine) as uow:
+        uow.bindings.add(binding(binding_id, 100_000), envelope())
+        uow.commit()
+
+    def second_submission() -> int:
+        with SqlUnitOfWork(engine) as uow:
+            locked = uow.bindings.get(binding_id, lock=True)
+            assert locked is not None
+            return locked.used_amount_fen
+
+    with SqlUnitOfWork(engine) as first:
+        assert first.bindings.get(binding_id, lock=True) is not None
+        thread, outcome = in_thread(second_submission)
+        wait_until(lambda: waiting_on_a_lock(engine), timeout=10, what="the second reader to wait on the lock")
+        first.transfers.add(transfer(binding_id=binding_id, amount_fen=60_000), b"\x01" * 32, b"\x02" * 32,
+                            envelope())
+        first.commit()
+    assert result_of(thread, outcome) == 60_000  # it read the amount the first one added, not the one before
