@@ -554,6 +554,23 @@ class SqlTransferRepository:
         row = self._cursor.first(self._s.last_change)
         return int(row[0]) if row and row[0] is not None else 0
 
+    def writers_horizon(self) -> int:
+        """A mark that every transaction running now is below (0 on SQLite, whose one writer at a time
+        commits its changes in their numbers' order, so a gap there is always a rollback)."""
+        if self._dialect.name != "postgresql":
+            return 0
+        row = self._cursor.first(Prepared(text("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"),
+                                          self._dialect))
+        return int(row[0]) if row else 0
+
+    def writers_ended(self, horizon: int) -> bool:
+        """True once every transaction that was running when `horizon` was taken has ended."""
+        if self._dialect.name != "postgresql" or horizon == 0:
+            return True
+        row = self._cursor.first(Prepared(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"),
+                                          self._dialect))
+        return row is not None and int(row[0]) >= horizon
+
     def stats(self) -> Stats:
         t, o = transfers_t.c, outbox_t.c
         by_pair = Prepared(select(t.giver_province, t.receiver_province, t.state, func.count(),

@@ -70,7 +70,6 @@ def list_transfers(ctx: UseCaseContext, where: TransferFilter, page_token: str, 
 
 WATCH_BATCH = 500
 WATCH_POLL_SECONDS = 0.1
-WATCH_GAP_GRACE_SECONDS = 5.0
 
 
 def _changes_after(ctx: UseCaseContext, position: int, limit: int) -> list[TransferChange]:
@@ -81,6 +80,16 @@ def _changes_after(ctx: UseCaseContext, position: int, limit: int) -> list[Trans
 def _last_change(ctx: UseCaseContext) -> int:
     with ctx.uow() as uow:
         return uow.transfers.last_change()
+
+
+def _writers_horizon(ctx: UseCaseContext) -> int:
+    with ctx.uow() as uow:
+        return uow.transfers.writers_horizon()
+
+
+def _writers_ended(ctx: UseCaseContext, horizon: int) -> bool:
+    with ctx.uow() as uow:
+        return uow.transfers.writers_ended(horizon)
 
 
 async def watch_transfers(ctx: UseCaseContext, run_in_db: RunInDb, from_cursor: str) -> AsyncIterator[TransferChange]:
@@ -99,21 +108,22 @@ async def watch_transfers(ctx: UseCaseContext, run_in_db: RunInDb, from_cursor: 
         position = int(from_cursor)
     else:
         position = await run_in_db(_last_change, ctx)
-    loop = asyncio.get_running_loop()
-    gap_seen_at: float | None = None
+    # PostgreSQL numbers a change when it is written, not when it commits: a missing number may belong to a
+    # transaction still running (waiting on a lock, say), or to one rolled back. The gap is passed only
+    # once every transaction running when it was seen has ended, and the changes are read again after that.
+    gap_horizon: int | None = None
     while True:
+        writers_ended = gap_horizon is not None and await run_in_db(_writers_ended, ctx, gap_horizon)
         batch: list[TransferChange] = await run_in_db(_changes_after, ctx, position, WATCH_BATCH)
         for change in batch:
-            if change.position != position + 1:
-                # PostgreSQL numbers a change when it is written, not when it commits: a missing number
-                # may still be committing. Wait for it a while; after that it was rolled back.
-                gap_seen_at = gap_seen_at if gap_seen_at is not None else loop.time()
-                if loop.time() - gap_seen_at < WATCH_GAP_GRACE_SECONDS:
-                    break
-            gap_seen_at = None
+            if change.position != position + 1 and not writers_ended:
+                if gap_horizon is None:
+                    gap_horizon = await run_in_db(_writers_horizon, ctx)
+                break
+            gap_horizon, writers_ended = None, False
             yield change
             position = change.position
-        if len(batch) < WATCH_BATCH or gap_seen_at is not None:
+        if len(batch) < WATCH_BATCH or gap_horizon is not None:
             await asyncio.sleep(WATCH_POLL_SECONDS)
 
 

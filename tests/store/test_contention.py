@@ -19,8 +19,9 @@ from gateway.store.sql import SqlUnitOfWork
 def pg_engine(engine: Engine, db_url: str) -> Engine:
     if db_url.startswith("sqlite"):
         # SQLite takes its write lock at BEGIN IMMEDIATE, before any statement: two transactions wait in
-        # line (busy timeout) and never deadlock. Only PostgreSQL can be made to give up on one.
-        pytest.skip("deadlocks need PostgreSQL (this test runs there)")
+        # line (busy timeout), never deadlock, and commit in the order they began. Only PostgreSQL
+        # interleaves writers (a deadlock, a change committed after a later-numbered one).
+        pytest.skip("interleaved writers need PostgreSQL (this test runs there)")
     return engine
 
 
@@ -124,3 +125,70 @@ def test_gateways_starting_together_register_their_key_and_the_manifest_once(eng
     [key] = [k for k in gateway_keys(ctx) if k.key_id == "gateway-race"]
     assert (key.public_key, key.valid_until) == (public_key, None)
     assert [p.code for p in list_provinces(ctx) if p.code == code] == [code]
+
+
+def test_a_change_that_commits_late_is_still_watched_in_its_place(pg_engine: Engine) -> None:
+    """PostgreSQL numbers a change when it is written: a transaction that waits (here 6 s, on anything)
+    before committing leaves a gap that later changes pass. The watcher waits until every transaction
+    running when it saw the gap has ended, then reads again: nothing is skipped, nothing out of order."""
+    import time
+    import uuid
+    from collections.abc import Callable
+    from datetime import UTC, datetime, timedelta
+
+    from gateway.domain.clock import SystemClock
+    from gateway.domain.envelope import Envelope
+    from gateway.domain.transfers import Transfer, TransferState
+    from gateway.usecases.context import UseCaseContext
+    from gateway.usecases.monitoring import watch_transfers
+
+    engine = pg_engine
+
+    def unused(*_: Any) -> Any:
+        raise AssertionError("not used by watching")
+
+    ctx = UseCaseContext(uow=lambda: SqlUnitOfWork(engine), clock=SystemClock(), receipts=unused,  # type: ignore[arg-type]
+                         hasher=unused, verify=unused)  # type: ignore[arg-type]
+    now = datetime.now(UTC)
+    ids = [f"tr-{uuid.uuid4().hex[:12]}" for _ in range(2)]
+    with SqlUnitOfWork(engine) as uow:
+        for transfer_id in ids:
+            uow.transfers.add(Transfer(transfer_id=transfer_id, state=TransferState.RECEIVED, giver_province="650000",
+                                       receiver_province="620000", giver_id_masked="650502********1230",
+                                       receiver_id_masked="620102********0026", amount_fen=100, currency="CNY",
+                                       created_at=now, updated_at=now, return_deadline=now + timedelta(hours=1),
+                                       delivery_deadline=now + timedelta(minutes=1), instruction_sha256=b"\x00" * 32),
+                              b"\x01" * 32, b"\x02" * 32,
+                              Envelope(b"p", "gongji.v1.TransferInstruction", "650000", "k", "ed25519", b"\x00" * 64))
+        start = uow.transfers.last_change()
+        uow.commit()
+    seen: list[tuple[int, str]] = []
+
+    async def run_in_db(function: Callable[..., Any], *args: Any) -> Any:
+        return function(*args)
+
+    async def watch() -> None:
+        async for change in watch_transfers(ctx, run_in_db, str(start)):
+            seen.append((change.position, change.transfer_id))
+            if len(seen) == 2:
+                return
+
+    watcher = threading.Thread(target=lambda: asyncio.run(asyncio.wait_for(watch(), 60)))
+    watcher.start()
+    with SqlUnitOfWork(engine) as slow:
+        slow.transfers.add_event(ids[0], TransferState.DELIVERED, "", now)  # numbered first, committed last
+
+        def quick() -> None:
+            with SqlUnitOfWork(engine) as uow:
+                uow.transfers.add_event(ids[1], TransferState.DELIVERED, "", now)
+                uow.commit()
+
+        other = threading.Thread(target=quick)
+        other.start()
+        other.join(10)
+        time.sleep(6)  # longer than any fixed grace a watcher might give a gap
+        assert seen == []  # the committed later change waits behind the gap
+        slow.commit()
+    watcher.join(30)
+    assert [transfer_id for _, transfer_id in seen] == ids
+    assert [position for position, _ in seen] == [start + 1, start + 2]
