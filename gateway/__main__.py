@@ -16,8 +16,10 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 
 import uvloop
+from sqlalchemy.exc import OperationalError
 
 from gateway.app import create_dispatcher, create_gateway
 from gateway.config import ConfigError, Settings
@@ -111,13 +113,34 @@ async def _supervise(count: int, stop: asyncio.Event) -> None:
                 child.kill()
 
 
+class DatabaseUnreachable(Exception):
+    """The database could not be opened at start-up: one line for the operator, not a traceback."""
+
+
+def _where(database_url: str) -> str:
+    """The database URL without its credentials (user and password stay out of messages and logs)."""
+    scheme, _, rest = database_url.partition("://")
+    return f"{scheme}://{rest.split('@')[-1]}"
+
+
+@contextlib.asynccontextmanager
+async def _opening_database(settings: Settings) -> AsyncIterator[None]:
+    try:
+        yield
+    except OperationalError as error:
+        lines = str(error.orig or error).strip().splitlines()
+        reason = lines[0] if lines else "unknown"
+        raise DatabaseUnreachable(f"cannot open the database {_where(settings.database_url)}: {reason}") from None
+
+
 async def serve(settings: Settings) -> None:
     stop = _stop_event()
-    gateway = await create_gateway(settings, run_outbox=settings.outbox_dispatchers == 0)
+    async with _opening_database(settings):
+        gateway = await create_gateway(settings, run_outbox=settings.outbox_dispatchers == 0)
     supervisor = asyncio.create_task(_supervise(settings.outbox_dispatchers, stop))
     log.info("gateway serving provinces on %s (port %d), operators on %s (port %d), database %s, "
              "outbox %s", settings.listen, gateway.port, settings.ops_listen, gateway.ops_port,
-             settings.database_url.split("@")[-1],
+             _where(settings.database_url),
              f"in {settings.outbox_dispatchers} dispatcher process(es)" if settings.outbox_dispatchers
              else "in process")
     print(f"gateway ready: provinces 127.0.0.1:{gateway.port}, operators 127.0.0.1:{gateway.ops_port}", flush=True)
@@ -129,7 +152,8 @@ async def serve(settings: Settings) -> None:
 
 async def dispatch(settings: Settings) -> None:
     stop = _stop_event()
-    dispatcher = await create_dispatcher(settings)
+    async with _opening_database(settings):
+        dispatcher = await create_dispatcher(settings)
     log.info("outbox dispatcher running (pid %d)", os.getpid())
     await stop.wait()
     await dispatcher.stop()
@@ -152,6 +176,9 @@ def main(argv: list[str]) -> int:
     except SchemaError as error:
         print(f"gateway: database schema: {error}", file=sys.stderr)
         return 2
+    except DatabaseUnreachable as error:
+        print(f"gateway: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

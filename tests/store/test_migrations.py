@@ -286,6 +286,21 @@ def test_python_m_gateway_refuses_in_one_line(tmp_path: Path, db_url: str, engin
     assert table_names(engine) == set()
 
 
+def test_python_m_gateway_names_an_unreachable_database_in_one_line(tmp_path: Path) -> None:
+    """No traceback for an operator whose database is down or mistyped, and no password in the message."""
+    env = {**os.environ, "GONGJI_DATABASE_URL": "postgresql://gongji:s3cret@127.0.0.1:1/gongji",
+           "GONGJI_INSECURE_DEV_PLAINTEXT": "true",
+           "GONGJI_LISTEN": "127.0.0.1:0", "GONGJI_OPS_LISTEN": "127.0.0.1:0", "GONGJI_METRICS_LISTEN": "",
+           "GONGJI_GATEWAY_KEY_FILE": str(tmp_path / "keys" / "gateway.key"),
+           "GONGJI_ID_HASH_KEY_FILE": str(tmp_path / "keys" / "id-hash.key"),
+           "GONGJI_DATA_KEY_FILE": str(tmp_path / "keys" / "data.keys")}
+    done = subprocess.run([sys.executable, "-m", "gateway"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("gateway: cannot open the database postgresql://127.0.0.1:1/gongji: "), line
+    assert "refused" in line.lower() and "s3cret" not in line
+
+
 # -- gongji db ---------------------------------------------------------------------------------------
 
 
