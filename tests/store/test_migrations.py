@@ -271,15 +271,19 @@ def test_the_gateway_refuses_tables_without_a_revision(
         start_stack(loop_thread, tmp_path, db_url, with_stubs=False)
 
 
-def test_python_m_gateway_refuses_in_one_line(tmp_path: Path, db_url: str, engine: Engine) -> None:
-    env = {**os.environ, "GONGJI_DATABASE_URL": db_url, "GONGJI_AUTO_MIGRATE": "false",
-           # Refused before any port opens, so plaintext on 127.0.0.1:0 is as good as TLS here.
-           "GONGJI_INSECURE_DEV_PLAINTEXT": "true",
+def python_m_gateway(tmp_path: Path, database_url: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    """`python -m gateway` on `database_url`, expected to refuse before any port opens (so plaintext on
+    127.0.0.1:0 is as good as TLS here)."""
+    env = {**os.environ, "GONGJI_DATABASE_URL": database_url, "GONGJI_INSECURE_DEV_PLAINTEXT": "true",
            "GONGJI_LISTEN": "127.0.0.1:0", "GONGJI_OPS_LISTEN": "127.0.0.1:0", "GONGJI_METRICS_LISTEN": "",
            "GONGJI_GATEWAY_KEY_FILE": str(tmp_path / "keys" / "gateway.key"),
            "GONGJI_ID_HASH_KEY_FILE": str(tmp_path / "keys" / "id-hash.key"),
-           "GONGJI_DATA_KEY_FILE": str(tmp_path / "keys" / "data.keys")}
-    done = subprocess.run([sys.executable, "-m", "gateway"], env=env, capture_output=True, text=True, timeout=60)
+           "GONGJI_DATA_KEY_FILE": str(tmp_path / "keys" / "data.keys"), **settings}
+    return subprocess.run([sys.executable, "-m", "gateway"], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_python_m_gateway_refuses_in_one_line(tmp_path: Path, db_url: str, engine: Engine) -> None:
+    done = python_m_gateway(tmp_path, db_url, GONGJI_AUTO_MIGRATE="false")
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == ("gateway: database schema: the database has no schema: create it with "
                                    "`gongji db upgrade` (or start the gateway with GONGJI_AUTO_MIGRATE=true)")
@@ -288,13 +292,7 @@ def test_python_m_gateway_refuses_in_one_line(tmp_path: Path, db_url: str, engin
 
 def test_python_m_gateway_names_an_unreachable_database_in_one_line(tmp_path: Path) -> None:
     """No traceback for an operator whose database is down or mistyped, and no password in the message."""
-    env = {**os.environ, "GONGJI_DATABASE_URL": "postgresql://gongji:s3cret@127.0.0.1:1/gongji",
-           "GONGJI_INSECURE_DEV_PLAINTEXT": "true",
-           "GONGJI_LISTEN": "127.0.0.1:0", "GONGJI_OPS_LISTEN": "127.0.0.1:0", "GONGJI_METRICS_LISTEN": "",
-           "GONGJI_GATEWAY_KEY_FILE": str(tmp_path / "keys" / "gateway.key"),
-           "GONGJI_ID_HASH_KEY_FILE": str(tmp_path / "keys" / "id-hash.key"),
-           "GONGJI_DATA_KEY_FILE": str(tmp_path / "keys" / "data.keys")}
-    done = subprocess.run([sys.executable, "-m", "gateway"], env=env, capture_output=True, text=True, timeout=60)
+    done = python_m_gateway(tmp_path, "postgresql://gongji:s3cret@127.0.0.1:1/gongji")
     assert done.returncode == 1, done.stderr
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("gateway: cannot open the database postgresql://127.0.0.1:1/gongji: "), line
