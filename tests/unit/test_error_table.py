@@ -149,10 +149,13 @@ def test_each_reason_has_one_status() -> None:
     (which the table would send with two status codes)."""
     from pathlib import Path
 
-    raised = re.compile(r"raise (\w+)\((?:[^()]|\([^()]*\))*?reason=\"([A-Z_]+)\"", re.DOTALL)
+    raised = re.compile(r"raise (\w+)\((?:[^()]|\([^()]*\))*?reason=(\"[A-Z_]+\"|[A-Z_]+\b)", re.DOTALL)
+    constant = re.compile(r"^([A-Z_]+) = \"([A-Z_]+)\"$", re.MULTILINE)
     kinds: dict[str, set[str]] = {}
     for source in (Path(__file__).parents[2] / "gateway").rglob("*.py"):
-        for kind, reason in raised.findall(source.read_text(encoding="utf-8")):
-            kinds.setdefault(reason, set()).add(kind)
+        text = source.read_text(encoding="utf-8")
+        named = dict(constant.findall(text))  # reason=SOME_NAME, a module constant holding the reason
+        for kind, reason in raised.findall(text):
+            kinds.setdefault(reason.strip('"') if reason.startswith('"') else named[reason], set()).add(kind)
     assert len(kinds) > 40, "the scan should see the gateway's refusals"
     assert {reason: sorted(k) for reason, k in kinds.items() if len(k) > 1} == {}
