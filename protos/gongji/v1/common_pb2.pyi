@@ -42,8 +42,8 @@ class Header(_message.Message):
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the sender made the message. The gateway refuses messages outside a window around its
-        clock (policy, default +-120 s), except a resend of bytes it has already answered, which gets
-        the stored answer (D15).
+        clock (GONGJI_MAX_CLOCK_SKEW_SECONDS, default +-120 s), except a resend of bytes it has already
+        answered, which gets the stored answer (D15) while the key that signed it is valid.
         """
 
     def __init__(

@@ -107,7 +107,7 @@ class TransferInstruction(_message.Message):
     currency: _builtins.str
     """ISO 4217 code; only "CNY"."""
     binding_id: _builtins.str
-    """The ACTIVE binding between giver and receiver (D10); required once bindings are enforced."""
+    """Required: the ACTIVE binding between giver and receiver (D10)."""
     @_builtins.property
     def header(self) -> _common_pb2.Header:
         """header.message_id is the transfer_id; sender is the giver's province; receiver is the

@@ -59,8 +59,9 @@ class TransfersServicer:
     def SubmitTransfer(self, request, context):
         """Giver's province only. Validates and stores the instruction, answers a signed receipt with
         state RECEIVED, and delivers it to the receiver's province through the outbox. Idempotent on
-        (sender, message_id): a resend gets the original receipt with replay = true; a modified
-        resend is refused with ALREADY_EXISTS / MODIFIED_REQUEST.
+        (sender, message_id): a resend gets the original receipt with replay = true (however late, while
+        its key is valid); a modified resend is refused with ALREADY_EXISTS / MODIFIED_REQUEST within the
+        freshness window, INVALID_ARGUMENT / STALE_MESSAGE after it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

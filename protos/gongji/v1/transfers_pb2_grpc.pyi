@@ -38,8 +38,9 @@ class TransfersStub:
     SubmitTransfer: _grpc.UnaryUnaryMultiCallable[_transfers_pb2.SubmitTransferRequest, _transfers_pb2.SubmitTransferResponse]
     """Giver's province only. Validates and stores the instruction, answers a signed receipt with
     state RECEIVED, and delivers it to the receiver's province through the outbox. Idempotent on
-    (sender, message_id): a resend gets the original receipt with replay = true; a modified
-    resend is refused with ALREADY_EXISTS / MODIFIED_REQUEST.
+    (sender, message_id): a resend gets the original receipt with replay = true (however late, while
+    its key is valid); a modified resend is refused with ALREADY_EXISTS / MODIFIED_REQUEST within the
+    freshness window, INVALID_ARGUMENT / STALE_MESSAGE after it.
     """
     ConfirmTransfer: _grpc.UnaryUnaryMultiCallable[_transfers_pb2.ConfirmTransferRequest, _transfers_pb2.ConfirmTransferResponse]
     """Receiver's province only: CREDITED commits the transfer, DECLINED ends it. Idempotent as above.
@@ -58,8 +59,9 @@ class TransfersAsyncStub(TransfersStub):
     SubmitTransfer: _aio.UnaryUnaryMultiCallable[_transfers_pb2.SubmitTransferRequest, _transfers_pb2.SubmitTransferResponse]  # type: ignore[assignment]
     """Giver's province only. Validates and stores the instruction, answers a signed receipt with
     state RECEIVED, and delivers it to the receiver's province through the outbox. Idempotent on
-    (sender, message_id): a resend gets the original receipt with replay = true; a modified
-    resend is refused with ALREADY_EXISTS / MODIFIED_REQUEST.
+    (sender, message_id): a resend gets the original receipt with replay = true (however late, while
+    its key is valid); a modified resend is refused with ALREADY_EXISTS / MODIFIED_REQUEST within the
+    freshness window, INVALID_ARGUMENT / STALE_MESSAGE after it.
     """
     ConfirmTransfer: _aio.UnaryUnaryMultiCallable[_transfers_pb2.ConfirmTransferRequest, _transfers_pb2.ConfirmTransferResponse]  # type: ignore[assignment]
     """Receiver's province only: CREDITED commits the transfer, DECLINED ends it. Idempotent as above.
@@ -81,8 +83,9 @@ class TransfersServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_transfers_pb2.SubmitTransferResponse, _abc.Awaitable[_transfers_pb2.SubmitTransferResponse]]:
         """Giver's province only. Validates and stores the instruction, answers a signed receipt with
         state RECEIVED, and delivers it to the receiver's province through the outbox. Idempotent on
-        (sender, message_id): a resend gets the original receipt with replay = true; a modified
-        resend is refused with ALREADY_EXISTS / MODIFIED_REQUEST.
+        (sender, message_id): a resend gets the original receipt with replay = true (however late, while
+        its key is valid); a modified resend is refused with ALREADY_EXISTS / MODIFIED_REQUEST within the
+        freshness window, INVALID_ARGUMENT / STALE_MESSAGE after it.
         """
 
     @_abc_1.abstractmethod
