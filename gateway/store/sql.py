@@ -221,6 +221,14 @@ class Statements:
                                .join_from(events_t, transfers_t, e.transfer_id == t.transfer_id)
                                .where(e.id > _b("after")).order_by(e.id).limit(_b("limit")))
         self.last_change = p(select(func.max(e.id)))
+        # PostgreSQL numbers a change before it commits; a watcher passes a missing number once every
+        # transaction running when it saw the gap (below that snapshot's xmax) has ended (xmin past it).
+        # SQLite needs neither: its one writer at a time commits changes in their numbers' order.
+        postgres = dialect.name == "postgresql"
+        self.writers_horizon: Prepared | None = (
+            p(text("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")) if postgres else None)
+        self.oldest_running_writer: Prepared | None = (
+            p(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")) if postgres else None)
         self.transfer_counted_in = p(select(t.binding_id, t.amount_fen, t.giver_ref, t.created_at)
                                      .where(t.transfer_id == _b("w_id")))
         self.transfer_exists = p(select(t.transfer_id).where(t.transfer_id == _b("w_id")))
@@ -268,11 +276,10 @@ class Statements:
                                     .values(count=d.count - 1))
         # A person's relations are decided one transaction at a time (D8) on PostgreSQL; SQLite has one writer.
         self.lock_person = (p(select(func.pg_advisory_xact_lock(cast(_b("key"), BigInteger))))
-                            if dialect.name == "postgresql" else None)
+                            if postgres else None)
         # The routing table and the gateway's keys are read, then written, by whoever changes them (gateways
         # starting together apply one manifest and register one key): one such transaction at a time.
         # The mode lets readers through and conflicts with itself and with every writer.
-        postgres = dialect.name == "postgresql"
         self.lock_routing: Prepared | None = (
             p(text("LOCK TABLE provinces, province_keys IN SHARE ROW EXCLUSIVE MODE")) if postgres else None)
         self.lock_gateway_keys: Prepared | None = (
@@ -555,20 +562,15 @@ class SqlTransferRepository:
         return int(row[0]) if row and row[0] is not None else 0
 
     def writers_horizon(self) -> int:
-        """A mark that every transaction running now is below (0 on SQLite, whose one writer at a time
-        commits its changes in their numbers' order, so a gap there is always a rollback)."""
-        if self._dialect.name != "postgresql":
-            return 0
-        row = self._cursor.first(Prepared(text("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"),
-                                          self._dialect))
+        """A mark that every transaction running now is below (0 on SQLite, where a gap is a rollback)."""
+        row = self._cursor.first(self._s.writers_horizon) if self._s.writers_horizon is not None else None
         return int(row[0]) if row else 0
 
     def writers_ended(self, horizon: int) -> bool:
         """True once every transaction that was running when `horizon` was taken has ended."""
-        if self._dialect.name != "postgresql" or horizon == 0:
+        if self._s.oldest_running_writer is None or horizon == 0:
             return True
-        row = self._cursor.first(Prepared(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"),
-                                          self._dialect))
+        row = self._cursor.first(self._s.oldest_running_writer)
         return row is not None and int(row[0]) >= horizon
 
     def stats(self) -> Stats:
