@@ -9,7 +9,7 @@ from typing import Protocol, TypeVar
 from gateway.domain.envelope import ALLOWED_ALGS, GATEWAY, Envelope, Header
 from gateway.domain.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from gateway.usecases.context import UseCaseContext
-from gateway.usecases.idempotency import payload_digest
+from gateway.usecases.idempotency import answered_before, payload_digest
 from gateway.usecases.ports import UnitOfWork
 
 
@@ -33,7 +33,7 @@ def authenticate(
     """Verify `envelope` and return its decoded message; raise before anything is stored.
 
     A message outside the freshness window is refused unless it is an identical resend of one already
-    answered (`_answered_before`), which the caller's idempotency step then replays.
+    answered (`answered_before`), which the caller's idempotency step then replays.
 
     The province's rate budget is spent once the call is proven to be its own (signature, then TLS
     caller): forgeries, and genuine envelopes replayed by another province, cost it nothing.
@@ -66,19 +66,13 @@ def authenticate(
     if header.sender != envelope.signer:
         raise PermissionDenied("header.sender is not the signer (D20)", reason="SENDER_NOT_SIGNER",
                                field="header.sender")
-    if abs(header.created_at - now) > ctx.max_clock_skew and not _answered_before(uow, envelope, header):
+    # The window keeps an old message from being executed; a resend of bytes already answered executes
+    # nothing, so it passes, and the caller's idempotency step replays it (D15).
+    if abs(header.created_at - now) > ctx.max_clock_skew and not answered_before(
+            uow, header.sender, header.message_id, envelope.payload_type, payload_digest(envelope.payload)):
         raise InvalidArgument("header.created_at is outside the accepted window around the gateway's clock",
                               reason="STALE_MESSAGE", field="header.created_at")
     return message
-
-
-def _answered_before(uow: UnitOfWork, envelope: Envelope, header: Header) -> bool:
-    """D15 over the freshness window: a resend of the very bytes the gateway already answered gets that
-    answer, however late (a platform whose answer was lost retries when it can). The window exists so that
-    an old message is never executed; such a resend executes nothing, and the idempotency step replays it."""
-    stored = uow.requests.get(header.sender, header.message_id)
-    return (stored is not None and stored.payload_type == envelope.payload_type
-            and stored.payload_sha256 == payload_digest(envelope.payload))
 
 
 def require_addressed_to_gateway(header: Header, what: str) -> None:

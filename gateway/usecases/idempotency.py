@@ -33,6 +33,13 @@ def _replay(stored: StoredRequest, payload_sha256: bytes) -> bytes:
     return stored.response
 
 
+def answered_before(uow: UnitOfWork, sender: str, message_id: str, payload_type: str, payload_sha256: bytes) -> bool:
+    """Whether these very bytes (same key, type and SHA-256) were answered already: a resend, which
+    executes nothing, so its stored answer may be given however late it comes (D15)."""
+    stored = uow.requests.get(sender, message_id)
+    return stored is not None and (stored.payload_type, stored.payload_sha256) == (payload_type, payload_sha256)
+
+
 def replay_if_seen(uow: UnitOfWork, sender: str, message_id: str, payload_sha256: bytes) -> bytes | None:
     """The stored answer to a resend (raising a stored refusal or MODIFIED_REQUEST), or None if unseen."""
     stored = uow.requests.get(sender, message_id)
