@@ -1,4 +1,6 @@
-"""A transaction the database gives up on (a deadlock) becomes Contention; the gateway retries it, boundedly."""
+"""Transactions that interleave: a deadlock becomes Contention, which the gateway retries, boundedly;
+gateways starting together register one key and one routing table; a change that commits late is still
+watched in its place."""
 
 from __future__ import annotations
 
@@ -10,9 +12,21 @@ import pytest
 from sqlalchemy import Engine
 
 from gateway.api.servicers import CONTENTION_ATTEMPTS, UseCaseRunner
+from gateway.domain.clock import SystemClock
 from gateway.domain.errors import Contention
 from gateway.domain.settlement import SettlementPeriod, window_containing
 from gateway.store.sql import SqlUnitOfWork
+from gateway.usecases.context import UseCaseContext
+
+
+def store_context(engine: Engine) -> UseCaseContext:
+    """The use cases' context on `engine` for use cases that only read and write the store (start-up,
+    watching): receipts, hashing and signatures are not theirs, and fail the test if called."""
+    def unused(*_: Any) -> Any:
+        raise AssertionError("a store-only use case signed, hashed or verified")
+
+    return UseCaseContext(uow=lambda: SqlUnitOfWork(engine), clock=SystemClock(), receipts=unused,  # type: ignore[arg-type]
+                          hasher=unused, verify=unused)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -89,17 +103,11 @@ def test_gateways_starting_together_register_their_key_and_the_manifest_once(eng
     test-crash's two gateways do): one registers each, the others find it; none fails on a unique key."""
     from datetime import timedelta
 
-    from gateway.domain.clock import SystemClock
     from gateway.domain.provinces import Policy, Province, ProvinceKey, ProvinceStatus
-    from gateway.usecases.context import UseCaseContext
     from gateway.usecases.keys import gateway_keys, register_gateway_key
     from gateway.usecases.provinces import apply_manifest, list_provinces
 
-    def unused(*_: Any) -> Any:
-        raise AssertionError("not used at start-up")
-
-    ctx = UseCaseContext(uow=lambda: SqlUnitOfWork(engine), clock=SystemClock(), receipts=unused,  # type: ignore[arg-type]
-                         hasher=unused, verify=unused)  # type: ignore[arg-type]
+    ctx = store_context(engine)
     public_key = bytes(range(32))
     code = "110000"  # the database is new for each test
     manifest = [Province(code, "北京", "127.0.0.1:1", ProvinceStatus.ACTIVE,
@@ -136,19 +144,13 @@ def test_a_change_that_commits_late_is_still_watched_in_its_place(pg_engine: Eng
     from collections.abc import Callable
     from datetime import UTC, datetime, timedelta
 
-    from gateway.domain.clock import SystemClock
     from gateway.domain.envelope import Envelope
     from gateway.domain.transfers import Transfer, TransferState
-    from gateway.usecases.context import UseCaseContext
     from gateway.usecases.monitoring import watch_transfers
 
     engine = pg_engine
 
-    def unused(*_: Any) -> Any:
-        raise AssertionError("not used by watching")
-
-    ctx = UseCaseContext(uow=lambda: SqlUnitOfWork(engine), clock=SystemClock(), receipts=unused,  # type: ignore[arg-type]
-                         hasher=unused, verify=unused)  # type: ignore[arg-type]
+    ctx = store_context(engine)
     now = datetime.now(UTC)
     ids = [f"tr-{uuid.uuid4().hex[:12]}" for _ in range(2)]
     with SqlUnitOfWork(engine) as uow:

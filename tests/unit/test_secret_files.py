@@ -27,15 +27,16 @@ def _id_secret(folder: str) -> str:
 
 
 def _signing_key(folder: str) -> str:
-    return public_bytes(ensure_key_pair(Path(folder) / "gateway.key", Path(folder) / "gateway.pub")).hex()
+    """The key a starter loaded, and the public key file as it read it just after."""
+    loaded = public_bytes(ensure_key_pair(Path(folder) / "gateway.key", Path(folder) / "gateway.pub")).hex()
+    return loaded + "|" + (Path(folder) / "gateway.pub").read_text().strip()
 
 
 def _start(barrier: multiprocessing.synchronize.Barrier, load: Callable[[str], str], folder: str,
            results: multiprocessing.queues.Queue[str]) -> None:
     barrier.wait()
     try:
-        results.put(load(folder) + "|" + Path(folder).joinpath("gateway.pub").read_text().strip()
-                    if load is _signing_key else load(folder))
+        results.put(load(folder))
     except Exception as error:  # reported to the test, which names it
         results.put(f"ERROR {type(error).__name__}: {error}")
 
