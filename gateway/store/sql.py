@@ -221,14 +221,14 @@ class Statements:
                                .join_from(events_t, transfers_t, e.transfer_id == t.transfer_id)
                                .where(e.id > _b("after")).order_by(e.id).limit(_b("limit")))
         self.last_change = p(select(func.max(e.id)))
-        # PostgreSQL numbers a change before it commits; a watcher passes a missing number once every
-        # transaction running when it saw the gap (below that snapshot's xmax) has ended (xmin past it).
-        # SQLite needs neither: its one writer at a time commits changes in their numbers' order.
+        # PostgreSQL numbers a change before it commits; a watcher passes a missing number once every writing
+        # transaction of this database that had begun when it saw the gap has ended (other databases on the
+        # cluster do not hold it up). SQLite needs neither: its one writer at a time commits in number order.
         postgres = dialect.name == "postgresql"
-        self.writers_horizon: Prepared | None = (
-            p(text("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")) if postgres else None)
-        self.oldest_running_writer: Prepared | None = (
-            p(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")) if postgres else None)
+        self.database_now: Prepared | None = p(text("SELECT clock_timestamp()")) if postgres else None
+        self.writers_begun_by: Prepared | None = (
+            p(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                   "AND backend_xid IS NOT NULL AND xact_start <= :since")) if postgres else None)
         self.transfer_counted_in = p(select(t.binding_id, t.amount_fen, t.giver_ref, t.created_at)
                                      .where(t.transfer_id == _b("w_id")))
         self.transfer_exists = p(select(t.transfer_id).where(t.transfer_id == _b("w_id")))
@@ -561,17 +561,18 @@ class SqlTransferRepository:
         row = self._cursor.first(self._s.last_change)
         return int(row[0]) if row and row[0] is not None else 0
 
-    def writers_horizon(self) -> int:
-        """A mark that every transaction running now is below (0 on SQLite, where a gap is a rollback)."""
-        row = self._cursor.first(self._s.writers_horizon) if self._s.writers_horizon is not None else None
-        return int(row[0]) if row else 0
+    def writers_horizon(self) -> datetime | None:
+        """A mark of now: writing transactions begun by then can be waited for (None on SQLite, where a
+        gap is always a rollback)."""
+        row = self._cursor.first(self._s.database_now) if self._s.database_now is not None else None
+        return row[0] if row else None
 
-    def writers_ended(self, horizon: int) -> bool:
-        """True once every transaction that was running when `horizon` was taken has ended."""
-        if self._s.oldest_running_writer is None or horizon == 0:
+    def writers_ended(self, horizon: datetime | None) -> bool:
+        """True once every writing transaction of this database begun by `horizon` has ended."""
+        if self._s.writers_begun_by is None or horizon is None:
             return True
-        row = self._cursor.first(self._s.oldest_running_writer)
-        return row is not None and int(row[0]) >= horizon
+        row = self._cursor.first(self._s.writers_begun_by, since=horizon)
+        return row is not None and int(row[0]) == 0
 
     def stats(self) -> Stats:
         t, o = transfers_t.c, outbox_t.c

@@ -82,12 +82,12 @@ def _last_change(ctx: UseCaseContext) -> int:
         return uow.transfers.last_change()
 
 
-def _writers_horizon(ctx: UseCaseContext) -> int:
+def _writers_horizon(ctx: UseCaseContext) -> datetime | None:
     with ctx.uow() as uow:
         return uow.transfers.writers_horizon()
 
 
-def _writers_ended(ctx: UseCaseContext, horizon: int) -> bool:
+def _writers_ended(ctx: UseCaseContext, horizon: datetime | None) -> bool:
     with ctx.uow() as uow:
         return uow.transfers.writers_ended(horizon)
 
@@ -110,20 +110,21 @@ async def watch_transfers(ctx: UseCaseContext, run_in_db: RunInDb, from_cursor: 
         position = await run_in_db(_last_change, ctx)
     # PostgreSQL numbers a change when it is written, not when it commits: a missing number may belong to a
     # transaction still running (waiting on a lock, say), or to one rolled back. The gap is passed only
-    # once every transaction running when it was seen has ended, and the changes are read again after that.
-    gap_horizon: int | None = None
+    # once every writing transaction of the database begun when it was seen has ended, and the changes are
+    # read again after that.
+    gap_seen, gap_horizon = False, None
     while True:
-        writers_ended = gap_horizon is not None and await run_in_db(_writers_ended, ctx, gap_horizon)
+        writers_ended = gap_seen and await run_in_db(_writers_ended, ctx, gap_horizon)
         batch: list[TransferChange] = await run_in_db(_changes_after, ctx, position, WATCH_BATCH)
         for change in batch:
             if change.position != position + 1 and not writers_ended:
-                if gap_horizon is None:
-                    gap_horizon = await run_in_db(_writers_horizon, ctx)
+                if not gap_seen:
+                    gap_seen, gap_horizon = True, await run_in_db(_writers_horizon, ctx)
                 break
-            gap_horizon, writers_ended = None, False
+            gap_seen, gap_horizon, writers_ended = False, None, False
             yield change
             position = change.position
-        if len(batch) < WATCH_BATCH or gap_horizon is not None:
+        if len(batch) < WATCH_BATCH or gap_seen:
             await asyncio.sleep(WATCH_POLL_SECONDS)
 
 
