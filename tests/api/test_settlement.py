@@ -299,11 +299,18 @@ def committed(stack: Stack) -> int:
 
 
 def test_commits_racing_a_close_land_in_exactly_one_window(stack: Stack) -> None:
-    """Confirmations commit while the window is closed: each transfer is in exactly one window's figures."""
+    """Confirmations commit while the window is closed: each transfer is in exactly one window's figures.
+
+    Ten commit before the close and ten after it, so both windows hold some on every run; the twenty
+    between race the close and may land in either.
+    """
     stack.configure(GANSU, confirm_mode=control_pb2.CONFIRM_MODE_NEVER)
     ids = [stack.submit(stack.instruction(amount_fen=100 + i)).transfer_id for i in range(40)]
     for transfer_id in ids:
         stack.wait_for_state(transfer_id, transfers_pb2.TRANSFER_STATE_DELIVERED)
+    before, racing, after = ids[:10], ids[10:30], ids[30:]
+    for transfer_id in before:
+        stack.confirm(transfer_id)
     start = threading.Barrier(3)
     closed: list[operations_pb2.SettlementWindow] = []
 
@@ -314,28 +321,32 @@ def test_commits_racing_a_close_land_in_exactly_one_window(stack: Stack) -> None
 
     def close_midway() -> None:
         start.wait()
-        wait_until(lambda: committed(stack) >= 10, interval=0.001, what="some commits")
+        wait_until(lambda: committed(stack) >= len(before) + 2, interval=0.001, what="some racing commits")
         closed.append(close(stack))
 
-    threads = [threading.Thread(target=confirm, args=(ids[0::2],)), threading.Thread(target=confirm, args=(ids[1::2],)),
-               threading.Thread(target=close_midway)]
+    threads = [threading.Thread(target=confirm, args=(racing[0::2],)),
+               threading.Thread(target=confirm, args=(racing[1::2],)), threading.Thread(target=close_midway)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(60)
+    for transfer_id in after:
+        stack.confirm(transfer_id)
     frozen = window(stack, closed[0].window_id)
     with stack.gateway.engine.connect() as conn:
-        rows = conn.execute(text("SELECT settlement_window_id, count(*), sum(amount_fen) FROM transfers "
-                                 "WHERE state = 'COMMITTED' GROUP BY settlement_window_id")).all()
-    by_window = {w: (int(c), int(a)) for w, c, a in rows}
-    assert "" not in by_window and sum(c for c, _ in by_window.values()) == len(ids)
-    in_closed = by_window.get(frozen.window_id, (0, 0))
-    assert [(p.transfer_count, p.gross_fen) for p in frozen.pairs] == [in_closed]
-    print("commits in the closed window:", in_closed[0], "of", len(ids))
-    assert 10 <= in_closed[0] <= len(ids)
+        placed = dict(conn.execute(text("SELECT transfer_id, settlement_window_id FROM transfers "
+                                        "WHERE state = 'COMMITTED'")).all())
+    assert sorted(placed) == sorted(ids) and "" not in placed.values()
+    assert {placed[t] for t in before} == {frozen.window_id}
+    assert frozen.window_id not in {placed[t] for t in after}
+    in_closed = [t for t in ids if placed[t] == frozen.window_id]
+    print("racing commits in the closed window:", len(set(in_closed) & set(racing)), "of", len(racing))
+    amounts = {t: 100 + i for i, t in enumerate(ids)}
+    expected = [(len(in_closed), sum(amounts[t] for t in in_closed))]
+    assert [(p.transfer_count, p.gross_fen) for p in frozen.pairs] == expected
     assert frozen.pairs == closed[0].pairs  # as frozen at closing, still
     # The rest went to the next window, which is still open.
-    for window_id in set(by_window) - {frozen.window_id}:
+    for window_id in set(placed.values()) - {frozen.window_id}:
         assert window(stack, window_id).state == S.SETTLEMENT_WINDOW_STATE_OPEN
 
 
