@@ -121,6 +121,11 @@ class Gateway:
         return self._outbox.sweeps_done
 
     @property
+    def outbox_sent(self) -> tuple[int, int]:
+        """Messages the outbox loop has sent (attempts): (handed over at their commit, found by a claim)."""
+        return self._outbox.sent_handed, self._outbox.sent_claimed
+
+    @property
     def metrics_port(self) -> int | None:
         return self._metrics.port if self._metrics else None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from typing import Any, Protocol
 
@@ -316,6 +316,13 @@ class Statements:
         self.enqueue = p(insert(outbox_t).on_conflict_do_nothing().values(
             destination=_b("destination"), kind=_b("kind"), message_id=_b("message_id"), subject_id=_b("subject_id"),
             status="PENDING", attempts=0, next_attempt_at=_b("at"), last_error="", created_at=_b("at")))
+        # Written as a claim would leave it: its first attempt counted, due again when the lease ends.
+        self.enqueue_leased = p(insert(outbox_t).on_conflict_do_nothing().values(
+            destination=_b("destination"), kind=_b("kind"), message_id=_b("message_id"), subject_id=_b("subject_id"),
+            status="PENDING", attempts=1, next_attempt_at=_b("lease_until"), last_error="", created_at=_b("at"))
+            .returning(o.id))
+        self.release_lease = p(update(outbox_t).where(and_(o.id == _b("w_id"), o.status == "PENDING"))
+                               .values(next_attempt_at=_b("now"), attempts=o.attempts - 1))
         due = (select(o.id, o.destination, o.kind, o.message_id, o.subject_id, o.attempts, o.created_at)
                .where(and_(o.status == "PENDING", o.next_attempt_at <= _b("now")))
                .order_by(o.next_attempt_at, o.id).limit(_b("limit")))
@@ -810,11 +817,19 @@ class SqlOutboxRepository:
     def __init__(self, cursor: Cursor, store: SqlStore) -> None:
         self._cursor, self._s = cursor, store.statements
 
-    def enqueue(self, destination: str, kind: OutboxKind, message_id: str, subject_id: str,
-                at: datetime) -> None:
+    def enqueue(self, destination: str, kind: OutboxKind, message_id: str, subject_id: str, at: datetime,
+                lease_until: datetime | None = None) -> OutboxMessage | None:
         # The unique (destination, message_id) key makes a second enqueue of the same message a no-op.
-        self._cursor.run(self._s.enqueue, destination=destination, kind=kind.value, message_id=message_id,
-                         subject_id=subject_id, at=at)
+        if lease_until is None:
+            self._cursor.run(self._s.enqueue, destination=destination, kind=kind.value, message_id=message_id,
+                             subject_id=subject_id, at=at)
+            return None
+        row = self._cursor.first(self._s.enqueue_leased, destination=destination, kind=kind.value,
+                                 message_id=message_id, subject_id=subject_id, at=at, lease_until=lease_until)
+        return None if row is None else OutboxMessage(row[0], destination, kind, message_id, subject_id, 1, at)
+
+    def release(self, message_ids: Sequence[int], now: datetime) -> None:
+        self._cursor.run_many(self._s.release_lease, [{"w_id": id, "now": now} for id in message_ids])
 
     def claim_due(self, now: datetime, limit: int, lease_until: datetime) -> list[OutboxMessage]:
         """Take due messages and lease them, so a crash mid-send only delays their retry."""
@@ -1104,6 +1119,7 @@ class SqlUnitOfWork:
         self.members = SqlMemberRepository(self._cursor, self._store)
         self.settlements = SqlSettlementRepository(self._cursor, self._store, self.audit)
         self.gateway_keys = SqlGatewayKeyRepository(self._cursor, self._store, self.audit)
+        self._after_commit: list[Callable[[], None]] = []
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -1127,3 +1143,9 @@ class SqlUnitOfWork:
     def commit(self) -> None:
         self.audit.flush()
         self._end("COMMIT")
+        actions, self._after_commit = self._after_commit, []
+        for action in actions:
+            action()
+
+    def after_commit(self, action: Callable[[], None]) -> None:
+        self._after_commit.append(action)

@@ -11,6 +11,7 @@ from datetime import timedelta
 from gateway.domain.clock import Clock
 from gateway.domain.errors import RequestInFlight
 from gateway.domain.settlement import SettlementPolicy
+from gateway.usecases.handoff import OutboxHandOff
 from gateway.usecases.ports import PersonHasher, ReceiptIssuer, SignatureVerifier, UnitOfWorkFactory
 
 
@@ -52,3 +53,5 @@ class UseCaseContext:
     admit: Callable[[str], None] = no_limit
     in_flight: InFlightRequests = field(default_factory=InFlightRequests)
     settlement: SettlementPolicy = field(default_factory=SettlementPolicy)
+    # New transfer messages go straight to this process's outbox loop once it attaches (usecases/handoff.py).
+    handoff: OutboxHandOff = field(default_factory=OutboxHandOff)

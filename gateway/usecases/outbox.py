@@ -6,30 +6,16 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from gateway.domain.bindings import Binding
-from gateway.domain.envelope import Envelope
-from gateway.domain.records import OutboxKind, OutboxMessage
+from gateway.domain.records import OutboxKind
 from gateway.domain.transfers import Transfer, TransferState
 from gateway.usecases.bindings import expire_proposals
 from gateway.usecases.context import UseCaseContext
+from gateway.usecases.handoff import OutboxWork
 from gateway.usecases.ports import UnitOfWork
 from gateway.usecases.transfers import enqueue_outcome, return_unconfirmed
 
 DESTINATION_UNREACHABLE = "DESTINATION_UNREACHABLE"
 _BINDING_KINDS = frozenset({OutboxKind.REQUEST_CONSENT, OutboxKind.NOTIFY_BINDING_OUTCOME})
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxWork:
-    """A due message with what is needed to send it."""
-
-    message: OutboxMessage
-    endpoint: str
-    destination_active: bool
-    transfer: Transfer | None  # for transfer messages
-    instruction: Envelope | None  # the giver province's original envelope: instruction or binding proposal
-    binding: Binding | None = None  # for binding messages
-    figures: Envelope | None = None  # for settlement messages: the gateway-signed figures for this province
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,11 +76,18 @@ def claim_outbox_work(ctx: UseCaseContext, limit: int, lease: timedelta) -> list
     return work
 
 
-def _reject_undeliverable(uow: UnitOfWork, transfer: Transfer, now: datetime) -> None:
+def release_unsent(ctx: UseCaseContext, message_ids: list[int]) -> None:
+    """Messages handed to a loop that stops before sending them: due at once, for any gateway's claim."""
+    with ctx.uow() as uow:
+        uow.outbox.release(message_ids, ctx.clock.now())
+        uow.commit()
+
+
+def _reject_undeliverable(ctx: UseCaseContext, uow: UnitOfWork, transfer: Transfer, now: datetime) -> None:
     uow.outbox.expire_pending(OutboxKind.DELIVER_TRANSFER, transfer.transfer_id, now, DESTINATION_UNREACHABLE)
     if uow.transfers.change_state(transfer.transfer_id, [TransferState.RECEIVED], TransferState.REJECTED,
                                   DESTINATION_UNREACHABLE, now):
-        enqueue_outcome(uow, transfer, TransferState.REJECTED, now)
+        enqueue_outcome(ctx, uow, transfer, TransferState.REJECTED, DESTINATION_UNREACHABLE, now)
 
 
 def record_outbox_results(ctx: UseCaseContext, results: list[tuple[OutboxWork, SendResult]],
@@ -115,13 +108,13 @@ def record_outbox_results(ctx: UseCaseContext, results: list[tuple[OutboxWork, S
                     if result.rejected:
                         if uow.transfers.change_state(transfer.transfer_id, [TransferState.RECEIVED],
                                                       TransferState.REJECTED, result.reason, now):
-                            enqueue_outcome(uow, transfer, TransferState.REJECTED, now)
+                            enqueue_outcome(ctx, uow, transfer, TransferState.REJECTED, result.reason, now)
                     else:
                         # A no-op when the confirmation already overtook this answer.
                         uow.transfers.change_state(transfer.transfer_id, [TransferState.RECEIVED],
                                                    TransferState.DELIVERED, "", now)
             elif message.kind is OutboxKind.DELIVER_TRANSFER and now >= transfer.delivery_deadline:
-                _reject_undeliverable(uow, transfer, now)
+                _reject_undeliverable(ctx, uow, transfer, now)
             else:
                 uow.outbox.mark_retry(message.id, now + backoff.delay(message.attempts), result.reason)
         uow.commit()
@@ -135,11 +128,11 @@ def sweep_deadlines(ctx: UseCaseContext, limit: int = 200) -> int:
         for transfer_id in uow.transfers.undelivered_past_deadline(now, limit):
             transfer = uow.transfers.get(transfer_id)
             if transfer is not None:
-                _reject_undeliverable(uow, transfer, now)
+                _reject_undeliverable(ctx, uow, transfer, now)
                 changed += 1
         for transfer_id in uow.transfers.due_for_return(now, limit):
             transfer = uow.transfers.get(transfer_id)
-            if transfer is not None and return_unconfirmed(uow, transfer, now):
+            if transfer is not None and return_unconfirmed(ctx, uow, transfer, now):
                 changed += 1
         changed += expire_proposals(uow, now, limit)
         uow.commit()

@@ -58,8 +58,12 @@ class TransferRepository(Protocol):
 
 
 class OutboxRepository(Protocol):
-    def enqueue(self, destination: str, kind: OutboxKind, message_id: str, subject_id: str,
-                at: datetime) -> None: ...
+    def enqueue(self, destination: str, kind: OutboxKind, message_id: str, subject_id: str, at: datetime,
+                lease_until: datetime | None = None) -> OutboxMessage | None:
+        """Queue a message; a no-op if it is queued already. With `lease_until` it is written leased (to the
+        caller, who sends it) and returned; None when it was there already or not leased."""
+    def release(self, message_ids: Sequence[int], now: datetime) -> None:
+        """Give back leased messages not sent after all: due now, their attempt not counted."""
     def claim_due(self, now: datetime, limit: int, lease_until: datetime) -> list[OutboxMessage]: ...
     def mark_done(self, message_id: int, at: datetime) -> None: ...
     def mark_retry(self, message_id: int, next_attempt_at: datetime, error: str) -> None: ...
@@ -150,6 +154,8 @@ class UnitOfWork(Protocol):
     def __enter__(self) -> UnitOfWork: ...
     def __exit__(self, *exc: object) -> None: ...
     def commit(self) -> None: ...
+    def after_commit(self, action: Callable[[], None]) -> None:
+        """Run `action` once this transaction has committed (never if it rolls back)."""
 
 
 UnitOfWorkFactory = Callable[[], UnitOfWork]

@@ -29,6 +29,7 @@ from gateway.domain.transfers import (
 )
 from gateway.usecases.auth import authenticate, require_addressed_to_gateway
 from gateway.usecases.context import UseCaseContext
+from gateway.usecases.handoff import as_decided, enqueue_transfer_message
 from gateway.usecases.idempotency import payload_digest, run_once
 from gateway.usecases.ports import UnitOfWork
 from gateway.usecases.provinces import require_active
@@ -62,19 +63,21 @@ def state_of_outcome_message_for_transfer(message_id: str) -> TransferState:
     return TransferState(message_id.rsplit(":", 1)[1])
 
 
-def enqueue_outcome(uow: UnitOfWork, transfer: Transfer, state: TransferState, now_at: datetime) -> None:
+def enqueue_outcome(ctx: UseCaseContext, uow: UnitOfWork, transfer: Transfer, state: TransferState, reason: str,
+                    now_at: datetime) -> None:
     """Both provinces are told every final state, once each (de-duplicated by message_id)."""
+    decided = as_decided(transfer, state, reason, now_at)
     for province in (transfer.giver_province, transfer.receiver_province):
-        uow.outbox.enqueue(province, OutboxKind.NOTIFY_TRANSFER_OUTCOME,
-                           outcome_message_id(transfer.transfer_id, state), transfer.transfer_id, now_at)
+        enqueue_transfer_message(ctx.handoff, uow, OutboxKind.NOTIFY_TRANSFER_OUTCOME, province,
+                                 outcome_message_id(transfer.transfer_id, state), decided, now_at)
 
 
-def return_unconfirmed(uow: UnitOfWork, transfer: Transfer, now: datetime) -> bool:
+def return_unconfirmed(ctx: UseCaseContext, uow: UnitOfWork, transfer: Transfer, now: datetime) -> bool:
     """D13: a DELIVERED transfer past its deadline is RETURNED, both provinces told; False if it already moved."""
     if not uow.transfers.change_state(transfer.transfer_id, [TransferState.DELIVERED], TransferState.RETURNED,
                                       CONFIRMATION_DEADLINE_PASSED, now):
         return False
-    enqueue_outcome(uow, transfer, TransferState.RETURNED, now)
+    enqueue_outcome(ctx, uow, transfer, TransferState.RETURNED, CONFIRMATION_DEADLINE_PASSED, now)
     return True
 
 
@@ -166,8 +169,8 @@ def submit_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                 # Another province's submission of the same id got there first (ids are unique per sender).
                 uow.transfers.release_daily_slot(giver_ref, day)
                 raise _transfer_id_taken()
-            uow.outbox.enqueue(header.receiver, OutboxKind.DELIVER_TRANSFER, delivery_message_id(transfer_id),
-                               transfer_id, now)
+            enqueue_transfer_message(ctx.handoff, uow, OutboxKind.DELIVER_TRANSFER, header.receiver,
+                                     delivery_message_id(transfer_id), transfer, now, envelope)
             return ctx.receipts.issue(request_sender=header.sender, request_message_id=transfer_id,
                                       request_sha256=digest, request_payload_type=INSTRUCTION_TYPE,
                                       subject_id=transfer_id, state=TransferState.RECEIVED.value, at=now)
@@ -203,7 +206,7 @@ def confirm_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                                            "", now)
             # The deadline is the rule, not the sweeper's timing: an answer that comes after it returns
             # the transfer (once) and is refused, however far behind the sweep is.
-            if now >= transfer.return_deadline and return_unconfirmed(uow, transfer, now):
+            if now >= transfer.return_deadline and return_unconfirmed(ctx, uow, transfer, now):
                 raise FailedPrecondition("the confirmation came after the transfer's deadline; the transfer has "
                                          "been returned to the giver (D13)", reason=CONFIRMATION_DEADLINE_PASSED,
                                          field="transfer_id")
@@ -220,7 +223,7 @@ def confirm_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                                          reason="TRANSFER_ALREADY_FINAL", field="transfer_id")
             if final is TransferState.COMMITTED:
                 assign_to_open_window(uow, ctx.settlement, transfer.transfer_id, now)
-            enqueue_outcome(uow, transfer, final, now)
+            enqueue_outcome(ctx, uow, transfer, final, reason, now)
             return ctx.receipts.issue(request_sender=header.sender, request_message_id=header.message_id,
                                       request_sha256=digest, request_payload_type=CONFIRMATION_TYPE,
                                       subject_id=transfer.transfer_id, state=final.value, at=now)

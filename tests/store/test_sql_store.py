@@ -457,6 +457,37 @@ def test_enqueue_is_idempotent_and_claim_due_leases_due_pending_messages(engine:
     assert count(engine, outbox_t) == 4
 
 
+def test_a_leased_enqueue_is_claimed_by_nobody_until_its_lease_ends_and_a_release_gives_it_back(
+        engine: Engine) -> None:
+    subject = uid("tr")
+    lease_until = T0 + timedelta(seconds=30)
+    committed: list[str] = []
+    with SqlUnitOfWork(engine) as uow:
+        message = uow.outbox.enqueue("620000", DELIVER, f"dlv-{subject}", subject, T0, lease_until)
+        # Already queued (by this or another transaction): nothing to hand over.
+        assert uow.outbox.enqueue("620000", DELIVER, f"dlv-{subject}", subject, T0, lease_until) is None
+        uow.after_commit(lambda: committed.append("handed"))
+        assert committed == []
+        uow.commit()
+    assert committed == ["handed"]
+    assert message is not None and (message.message_id, message.subject_id, message.attempts) == (
+        f"dlv-{subject}", subject, 1)
+    row = outbox_row(engine, message.id)
+    assert (row.status, row.attempts, row.next_attempt_at, row.created_at) == ("PENDING", 1, lease_until, T0)
+    with SqlUnitOfWork(engine) as uow:
+        assert [m.id for m in uow.outbox.claim_due(lease_until - timedelta(microseconds=1), 10, lease_until)
+                if m.subject_id == subject] == []
+        uow.outbox.release([message.id], T0 + timedelta(seconds=1))
+        uow.commit()
+    row = outbox_row(engine, message.id)
+    assert (row.status, row.attempts, row.next_attempt_at) == ("PENDING", 0, T0 + timedelta(seconds=1))
+    with SqlUnitOfWork(engine) as uow:
+        due = uow.outbox.claim_due(T0 + timedelta(seconds=1), 10, lease_until)
+        [again] = [m for m in due if m.subject_id == subject]
+        uow.after_commit(lambda: committed.append("rolled back"))
+    assert again.attempts == 1 and committed == ["handed"]  # left without commit(): never run
+
+
 def test_mark_done_and_mark_retry(engine: Engine) -> None:
     subject = uid("tr")
     with SqlUnitOfWork(engine) as uow:

@@ -1,0 +1,106 @@
+"""Hand-off (usecases/handoff.py): a transfer's messages reach the outbox loop at their commit, leased, unclaimed."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, text
+
+from gateway.provinces.outbox import OutboxSettings
+from gateway.store.sql import outbox_t
+from gateway.usecases.handoff import OutboxWork
+from gateway.usecases.outbox import Backoff
+from protos.gongji.v1 import transfers_pb2
+from protos.stub.v1 import control_pb2
+from province_stub.state import Behaviour
+from tests.support import GANSU, XINJIANG, LoopThread, Stack, start_stack, wait_until
+
+COMMITTED, DECLINED = transfers_pb2.TRANSFER_STATE_COMMITTED, transfers_pb2.TRANSFER_STATE_DECLINED
+
+
+def outbox_rows(stack: Stack, transfer_id: str) -> list[tuple[str, str, int]]:
+    with stack.gateway.engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(text(  # type: ignore[misc]
+            "SELECT kind, status, attempts FROM outbox WHERE subject_id = :s ORDER BY id"), {"s": transfer_id})]
+
+
+def told(stack: Stack, transfer_id: str, province: str) -> list[int]:
+    return [n.state for n in stack.snapshot(province).notifications if n.transfer_id == transfer_id]
+
+
+def test_a_transfer_is_delivered_and_its_outcome_told_without_a_claim(stack: Stack,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    handed: list[OutboxWork] = []
+    handoff = stack.gateway.context.handoff
+    give = handoff.give
+    monkeypatch.setattr(handoff, "give", lambda work: (handed.append(work), give(work))[1])  # tapped: what it is given
+    stack.configure(GANSU, confirm_mode=control_pb2.CONFIRM_MODE_NEVER)  # this test confirms: one credit, one decline
+    _, claimed_before = stack.gateway.outbox_sent
+
+    credited = stack.submit(stack.instruction(amount_fen=700)).transfer_id
+    declined = stack.submit(stack.instruction(amount_fen=800)).transfer_id
+    for transfer_id in (credited, declined):
+        stack.wait_for_state(transfer_id, transfers_pb2.TRANSFER_STATE_DELIVERED)
+    stack.confirm(credited)
+    stack.confirm(declined, decline=True)
+    for transfer_id, state in ((credited, COMMITTED), (declined, DECLINED)):
+        wait_until(lambda t=transfer_id, s=state: told(stack, t, XINJIANG) == [s] == told(stack, t, GANSU),  # type: ignore[misc]
+                   what=f"both provinces told {transfer_id}")
+        # Each of the three messages sent once, on its first attempt, and acknowledged.
+        wait_until(lambda t=transfer_id: {s for _, s, _ in outbox_rows(stack, t)} == {"DONE"},  # type: ignore[misc]
+                   what="the answers recorded")
+        assert outbox_rows(stack, transfer_id) == [("DELIVER_TRANSFER", "DONE", 1),
+                                                   ("NOTIFY_TRANSFER_OUTCOME", "DONE", 1),
+                                                   ("NOTIFY_TRANSFER_OUTCOME", "DONE", 1)]
+    assert stack.gateway.outbox_sent[1] == claimed_before, "a transfer message went out through a claim"
+
+    # What was handed over is what a claim would have read back from the database.
+    assert len(handed) == 6
+    with stack.gateway.context.uow() as uow:
+        endpoints = {p.code: p.endpoint for p in uow.provinces.list()}
+        for work in handed:
+            assert work.transfer is not None and work.destination_active
+            assert work.endpoint == endpoints[work.message.destination]
+            stored = uow.transfers.get(work.transfer.transfer_id)
+            assert stored is not None
+            if work.message.kind.value == "DELIVER_TRANSFER":
+                assert work.message.destination == GANSU
+                assert work.instruction == uow.transfers.instruction_envelope(stored.transfer_id)
+                assert work.transfer.state.value == "RECEIVED"
+            else:
+                assert work.instruction is None
+                # As the outcome tells it: state, reason and decision time as stored.
+                assert (work.transfer.state, work.transfer.reason, work.transfer.updated_at) == (
+                    stored.state, stored.reason, stored.updated_at)
+    assert {w.transfer.reason for w in handed if w.transfer and w.transfer.transfer_id == declined
+            and w.message.kind.value != "DELIVER_TRANSFER"} == {"RECEIVER_DECLINED"}
+
+
+def test_messages_handed_over_but_unsent_at_a_stop_are_due_at_once(loop_thread: LoopThread, tmp_path: Path,
+                                                                   db_url: str) -> None:
+    # One message in flight at a time, each taking a second: the rest wait in the loop's queue.
+    slow = OutboxSettings(batch_size=1, batches_in_flight=1, poll_interval_seconds=0.05, sweep_interval_seconds=0.05,
+                          backoff=Backoff(base_seconds=0.05, max_seconds=0.5))
+    stack = start_stack(loop_thread, tmp_path, db_url, behaviours={GANSU: Behaviour(latency_ms=1_000)}, outbox=slow,
+                        province_call_timeout_seconds=3.0)
+    try:
+        ids = [stack.submit(stack.instruction(amount_fen=1_000 + i)).transfer_id for i in range(3)]
+        wait_until(lambda: stack.gateway.outbox_sent[0] >= 1, what="the first delivery in flight")
+        stopped_at = stack.clock.now()
+    finally:
+        # The gateway first: its delivery in flight must find the province still there.
+        loop_thread.run(stack.gateway.stop(5.0))
+        stack.channel.close()
+        stack.ops_channel.close()
+        for stub in stack.stubs.values():
+            loop_thread.run(stub.stop(0.5))
+    o = outbox_t.c
+    with stack.gateway.engine.connect() as conn:
+        rows = {subject: (status, attempts, due) for subject, status, attempts, due in conn.execute(
+            select(o.subject_id, o.status, o.attempts, o.next_attempt_at).where(o.kind == "DELIVER_TRANSFER"))}
+    assert rows[ids[0]][:2] == ("DONE", 1)  # in flight at the stop: it finished and was recorded
+    # Given back: their attempt not counted, due at once (not when the 30 s lease would have run out).
+    assert [rows[t][:2] for t in ids[1:]] == [("PENDING", 0), ("PENDING", 0)]
+    assert all(rows[t][2] < stopped_at + timedelta(seconds=10) for t in ids[1:])
