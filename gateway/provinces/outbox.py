@@ -86,7 +86,8 @@ class OutboxWorker:
         if threading.get_ident() == self._loop_thread:
             self._wake.set()
         else:
-            self._loop.call_soon_threadsafe(self._wake.set)
+            with contextlib.suppress(RuntimeError):  # the loop closed: the next poll or process sends it
+                self._loop.call_soon_threadsafe(self._wake.set)
 
     def _take_handed(self, now: float) -> list[OutboxWork]:
         work: list[OutboxWork] = []

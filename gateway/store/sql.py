@@ -8,6 +8,7 @@ so a change by any gateway process is seen on the next call without reading ever
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -94,6 +95,8 @@ statements_t: Table = SettlementStatementRow.__table__  # type: ignore[assignmen
 FIGURES_TYPE = "gongji.v1.SettlementFigures"
 REASON_MAX = 64  # transfers.reason and transfer_events.reason
 _FAILED = frozenset({TransferState.DECLINED, TransferState.RETURNED, TransferState.REJECTED})
+
+log = logging.getLogger(__name__)
 
 
 def _suspended_in(person_ref: Any, province: Any) -> Any:
@@ -1145,7 +1148,10 @@ class SqlUnitOfWork:
         self._end("COMMIT")
         actions, self._after_commit = self._after_commit, []
         for action in actions:
-            action()
+            try:
+                action()
+            except Exception:  # committed all the same: the caller must hear so, not an error
+                log.exception("an action after a commit failed")
 
     def after_commit(self, action: Callable[[], None]) -> None:
         self._after_commit.append(action)

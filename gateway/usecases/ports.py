@@ -155,7 +155,8 @@ class UnitOfWork(Protocol):
     def __exit__(self, *exc: object) -> None: ...
     def commit(self) -> None: ...
     def after_commit(self, action: Callable[[], None]) -> None:
-        """Run `action` once this transaction has committed (never if it rolls back)."""
+        """Run `action` once this transaction has committed (never if it rolls back); an action that
+        raises is logged, as the commit stands."""
 
 
 UnitOfWorkFactory = Callable[[], UnitOfWork]

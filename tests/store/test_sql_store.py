@@ -466,9 +466,10 @@ def test_a_leased_enqueue_is_claimed_by_nobody_until_its_lease_ends_and_a_releas
         message = uow.outbox.enqueue("620000", DELIVER, f"dlv-{subject}", subject, T0, lease_until)
         # Already queued (by this or another transaction): nothing to hand over.
         assert uow.outbox.enqueue("620000", DELIVER, f"dlv-{subject}", subject, T0, lease_until) is None
+        uow.after_commit(lambda: 1 / 0)  # type: ignore[func-returns-value]
         uow.after_commit(lambda: committed.append("handed"))
         assert committed == []
-        uow.commit()
+        uow.commit()  # committed: a failing action after it is logged, not raised, and the next still runs
     assert committed == ["handed"]
     assert message is not None and (message.message_id, message.subject_id, message.attempts) == (
         f"dlv-{subject}", subject, 1)
