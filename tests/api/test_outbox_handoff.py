@@ -14,7 +14,6 @@ from gateway.usecases.handoff import OutboxWork
 from gateway.usecases.outbox import Backoff
 from protos.gongji.v1 import transfers_pb2
 from protos.stub.v1 import control_pb2
-from province_stub.state import Behaviour
 from tests.support import GANSU, XINJIANG, LoopThread, Stack, start_stack, wait_until
 
 COMMITTED, DECLINED = transfers_pb2.TRANSFER_STATE_COMMITTED, transfers_pb2.TRANSFER_STATE_DECLINED
@@ -37,6 +36,8 @@ def test_a_transfer_is_delivered_and_its_outcome_told_without_a_claim(stack: Sta
     give = handoff.give
     monkeypatch.setattr(handoff, "give", lambda work: (handed.append(work), give(work))[1])  # tapped: what it is given
     stack.configure(GANSU, confirm_mode=control_pb2.CONFIRM_MODE_NEVER)  # this test confirms: one credit, one decline
+    for province in (XINJIANG, GANSU):  # the binding's messages (claimed: bindings are not handed off) all out
+        stack.wait_for_outbox_idle(province)
     _, claimed_before = stack.gateway.outbox_sent
 
     credited = stack.submit(stack.instruction(amount_fen=700)).transfer_id
@@ -80,12 +81,12 @@ def test_a_transfer_is_delivered_and_its_outcome_told_without_a_claim(stack: Sta
 
 def test_messages_handed_over_but_unsent_at_a_stop_are_due_at_once(loop_thread: LoopThread, tmp_path: Path,
                                                                    db_url: str) -> None:
-    # One message in flight at a time, each taking a second: the rest wait in the loop's queue.
+    # One message in flight at a time, each taking two seconds: the rest wait in the loop's queue.
     slow = OutboxSettings(batch_size=1, batches_in_flight=1, poll_interval_seconds=0.05, sweep_interval_seconds=0.05,
                           backoff=Backoff(base_seconds=0.05, max_seconds=0.5))
-    stack = start_stack(loop_thread, tmp_path, db_url, behaviours={GANSU: Behaviour(latency_ms=1_000)}, outbox=slow,
-                        province_call_timeout_seconds=3.0)
+    stack = start_stack(loop_thread, tmp_path, db_url, outbox=slow, province_call_timeout_seconds=4.0)
     try:
+        stack.configure(GANSU, latency_ms=2_000)  # once the stack's binding is made
         ids = [stack.submit(stack.instruction(amount_fen=1_000 + i)).transfer_id for i in range(3)]
         wait_until(lambda: stack.gateway.outbox_sent[0] >= 1, what="the first delivery in flight")
         stopped_at = stack.clock.now()
