@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
 from gateway.api.errors import CallGate, ErrorMappingInterceptor
-from gateway.api.metrics import RpcMetrics, StateCollector
+from gateway.api.metrics import OutboxSendCollector, RpcMetrics, StateCollector
 from gateway.api.ratelimit import ProvinceRateLimits
 from gateway.api.receipts import SignedReceiptIssuer
 from gateway.api.servicers import (
@@ -246,6 +246,7 @@ async def create_gateway(settings: Settings, clock: Clock | None = None, run_out
     registry = CollectorRegistry()
     rpc_metrics = RpcMetrics(registry)
     registry.register(StateCollector(functools.partial(get_stats, context)))
+    registry.register(OutboxSendCollector(lambda: (outbox.sent_handed, outbox.sent_claimed)))
     gates = (CallGate(), CallGate())
     server, server_health = _new_server(settings, PROVINCE_SERVICES, rpc_metrics.observe, gates[0])
     transfers_pb2_grpc.add_TransfersServicer_to_server(TransfersServicer(runner), server)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.domain.monitoring import Stats
@@ -60,3 +60,19 @@ class StateCollector(Collector):
             windows.add_metric([state], count)
         yield windows
 
+
+
+class OutboxSendCollector(Collector):
+    """This process's outbox sends by how its loop got each message: handed over at the commit that wrote
+    it, or found by a claim (retries, binding and settlement messages, what another process left)."""
+
+    def __init__(self, read_counts: Callable[[], tuple[int, int]]) -> None:
+        self._read_counts = read_counts
+
+    def collect(self) -> Iterator[Any]:
+        handed, claimed = self._read_counts()
+        sends = CounterMetricFamily("gongji_outbox_sends", "Outbox send attempts by this process, by how the "
+                                    "outbox loop got the message", labels=["path"])
+        sends.add_metric(["handed_off"], handed)
+        sends.add_metric(["claimed"], claimed)
+        yield sends

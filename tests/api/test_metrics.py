@@ -44,6 +44,11 @@ def check_metrics(stack: Stack) -> None:
     assert (pair, committed[0]) in metrics["gongji_transfers"]
     assert (pair, committed[1]) in metrics["gongji_transfers_amount_fen"]
     assert metrics["gongji_outbox_backlog"] == [({}, pending)]
+    # Each transfer's delivery and two outcomes were handed to the outbox loop at their commits; the
+    # binding's messages were claimed. The figures are the loop's own counts.
+    sends = {labels["path"]: value for labels, value in metrics["gongji_outbox_sends"]}
+    handed, claimed = stack.gateway.outbox_sent
+    assert sends == {"handed_off": handed, "claimed": claimed} and handed >= 3 * len(ids) and claimed >= 1
 
     calls = {(s["method"], s["code"]): v for s, v in metrics["gongji_rpc"] if "method" in s}
     submit = "/gongji.v1.Transfers/SubmitTransfer"
