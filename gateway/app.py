@@ -123,7 +123,7 @@ class Gateway:
     @property
     def outbox_sent(self) -> tuple[int, int]:
         """Messages the outbox loop has sent (attempts): (handed over at their commit, found by a claim)."""
-        return self._outbox.sent_handed, self._outbox.sent_claimed
+        return self._outbox.sent
 
     @property
     def metrics_port(self) -> int | None:
@@ -246,7 +246,7 @@ async def create_gateway(settings: Settings, clock: Clock | None = None, run_out
     registry = CollectorRegistry()
     rpc_metrics = RpcMetrics(registry)
     registry.register(StateCollector(functools.partial(get_stats, context)))
-    registry.register(OutboxSendCollector(lambda: (outbox.sent_handed, outbox.sent_claimed)))
+    registry.register(OutboxSendCollector(lambda: outbox.sent))
     gates = (CallGate(), CallGate())
     server, server_health = _new_server(settings, PROVINCE_SERVICES, rpc_metrics.observe, gates[0])
     transfers_pb2_grpc.add_TransfersServicer_to_server(TransfersServicer(runner), server)

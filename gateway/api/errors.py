@@ -183,7 +183,8 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
 
             async def unary_unary(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 started = time.perf_counter()
-                code: str | None = "OK"
+                code = "OK"
+                counted = False
                 entered = False
                 try:
                     if gate.closed:
@@ -199,16 +200,17 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
                         code = "ABORTED_BY_HANDLER"
                         raise
                     status = _failure(error, method)
+                    code = status.code.name
                     # Counted before the status goes out (abort sends it at once): a client holding its
                     # answer finds the call in the metrics, as it does a successful one.
                     if observe is not None:
-                        observe(method, status.code.name, time.perf_counter() - started)
-                    code = None
+                        observe(method, code, time.perf_counter() - started)
+                        counted = True
                     await context.abort(status.code, status.details, status.trailing_metadata)
                 finally:
                     if entered:
                         gate.leave()
-                    if observe is not None and code is not None:
+                    if observe is not None and not counted:
                         observe(method, code, time.perf_counter() - started)
 
             return grpc.unary_unary_rpc_method_handler(

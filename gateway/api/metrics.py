@@ -61,7 +61,6 @@ class StateCollector(Collector):
         yield windows
 
 
-
 class OutboxSendCollector(Collector):
     """This process's outbox sends by how its loop got each message: handed over at the commit that wrote
     it, or found by a claim (retries, binding and settlement messages, what another process left)."""

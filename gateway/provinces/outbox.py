@@ -65,6 +65,11 @@ class OutboxWorker:
         # Messages sent as handed over at their commit, and as found by a claim (retries, other kinds).
         self.sent_handed = self.sent_claimed = 0
 
+    @property
+    def sent(self) -> tuple[int, int]:
+        """Messages sent (attempts): (handed over at their commit, found by a claim)."""
+        return self.sent_handed, self.sent_claimed
+
     def wake(self) -> None:
         """Called after a use case enqueued something, so it goes out now rather than at the next poll."""
         self._wake.set()

@@ -14,13 +14,8 @@ def create_once(path: Path, content: str) -> None:
     loses the race keeps the winner's file, which is the one every process then reads."""
     if path.exists():
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
+    temporary = _written_beside(path, content)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
         with contextlib.suppress(FileExistsError):
             os.link(temporary, path)  # unlike a rename, never replaces a file another process made
     finally:
@@ -29,14 +24,26 @@ def create_once(path: Path, content: str) -> None:
 
 def replace_whole(path: Path, content: str) -> None:
     """Write `path` under a temporary name, then rename it into place: readers see the old or the new."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    temporary = _written_beside(path, content)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(content)
         os.chmod(temporary, 0o644)  # a public key
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+def _written_beside(path: Path, content: str) -> str:
+    """A new file (mode 0600) in `path`'s folder holding `content`, synced; its name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        os.unlink(temporary)
+        raise
+    return temporary

@@ -316,14 +316,15 @@ class Statements:
         self.audit_entries = p(select(a.seq, a.kind, a.subject_id, a.action, a.at, a.detail, a.prev_hash, a.entry_hash)
                                .where(a.seq > _b("after")).order_by(a.seq).limit(_b("limit")))
 
-        self.enqueue = p(insert(outbox_t).on_conflict_do_nothing().values(
-            destination=_b("destination"), kind=_b("kind"), message_id=_b("message_id"), subject_id=_b("subject_id"),
-            status="PENDING", attempts=0, next_attempt_at=_b("at"), last_error="", created_at=_b("at")))
+        def queued(attempts: int, due: Any) -> Any:
+            return insert(outbox_t).on_conflict_do_nothing().values(
+                destination=_b("destination"), kind=_b("kind"), message_id=_b("message_id"),
+                subject_id=_b("subject_id"), status="PENDING", attempts=attempts, next_attempt_at=due,
+                last_error="", created_at=_b("at"))
+
+        self.enqueue = p(queued(0, _b("at")))
         # Written as a claim would leave it: its first attempt counted, due again when the lease ends.
-        self.enqueue_leased = p(insert(outbox_t).on_conflict_do_nothing().values(
-            destination=_b("destination"), kind=_b("kind"), message_id=_b("message_id"), subject_id=_b("subject_id"),
-            status="PENDING", attempts=1, next_attempt_at=_b("lease_until"), last_error="", created_at=_b("at"))
-            .returning(o.id))
+        self.enqueue_leased = p(queued(1, _b("lease_until")).returning(o.id))
         self.release_lease = p(update(outbox_t).where(and_(o.id == _b("w_id"), o.status == "PENDING"))
                                .values(next_attempt_at=_b("now"), attempts=o.attempts - 1))
         due = (select(o.id, o.destination, o.kind, o.message_id, o.subject_id, o.attempts, o.created_at)

@@ -296,7 +296,8 @@ def report_member_change(ctx: UseCaseContext, envelope: Envelope, peer: str | No
             # (two resumes at once would each still see the other's suspension and leave it SUSPENDED).
             uow.bindings.lock_people(ref, *(b.giver_ref if b.receiver_ref == ref else b.receiver_ref
                                             for b in uow.bindings.of_person(ref)))
-            # Only the person's own province speaks for them (D20): bindings where they sit on its side.
+            # Read again under the lock (a binding may have moved before it was taken). Only the person's
+            # own province speaks for them (D20): bindings where they sit on its side.
             mine = [b for b in uow.bindings.of_person(ref)
                     if (b.giver_ref == ref and b.giver_province == header.sender)
                     or (b.receiver_ref == ref and b.receiver_province == header.sender)]
