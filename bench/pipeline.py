@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import struct
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import grpc
@@ -41,7 +42,7 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
-def _method(channel: grpc.aio.Channel, name: str) -> Any:
+def relay_method(channel: grpc.aio.Channel, name: str) -> Any:
     return channel.unary_unary(name, request_serializer=_identity, response_deserializer=_identity)
 
 
@@ -52,7 +53,7 @@ async def _forward(call: Any, request: bytes) -> None:
         _failures[0] += 1
 
 
-class _Tasks:
+class Tasks:
     """Fire-and-forget calls, kept referenced until done (asyncio holds tasks weakly), at most
     IN_FLIGHT at once — as the gateway's outbox sends a bounded number (4 batches of 64) and leaves the
     rest waiting: a call waiting its turn has no deadline running yet."""
@@ -64,16 +65,19 @@ class _Tasks:
         self._slots = asyncio.Semaphore(self.IN_FLIGHT)
 
     def spawn(self, call: Any, request: bytes) -> None:
-        task = asyncio.get_running_loop().create_task(self._send(call, request))
+        self.spawn_coroutine(_forward(call, request))
+
+    def spawn_coroutine(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(self._bounded(work))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    async def _send(self, call: Any, request: bytes) -> None:
+    async def _bounded(self, work: Coroutine[Any, Any, None]) -> None:
         async with self._slots:
-            await _forward(call, request)
+            await work
 
 
-def _count(notified: list[float], served: list[float]) -> Any:
+def count_handler(notified: list[float], served: list[float]) -> Any:
     async def count(request: bytes, context: Any) -> bytes:
         """In [since, until] (two doubles in): notifications that arrived, calls this process served, and
         calls it could not make (three integers out)."""
@@ -86,9 +90,9 @@ def _count(notified: list[float], served: list[float]) -> Any:
 
 
 def gateway_handlers(receiver: grpc.aio.Channel, provinces: list[grpc.aio.Channel]) -> dict[str, Any]:
-    tasks = _Tasks()
-    deliver = _method(receiver, DELIVER)
-    notifies = [_method(channel, NOTIFY) for channel in provinces]
+    tasks = Tasks()
+    deliver = relay_method(receiver, DELIVER)
+    notifies = [relay_method(channel, NOTIFY) for channel in provinces]
     served: list[float] = []  # when each Submit and Confirm arrived (wall clock, as the driver's)
 
     async def submit(request: bytes, context: Any) -> bytes:
@@ -102,12 +106,12 @@ def gateway_handlers(receiver: grpc.aio.Channel, provinces: list[grpc.aio.Channe
             tasks.spawn(notify, request)
         return request
 
-    return {"Submit": submit, "Confirm": confirm, "Count": _count([], served)}
+    return {"Submit": submit, "Confirm": confirm, "Count": count_handler([], served)}
 
 
 def province_handlers(gateway: grpc.aio.Channel) -> dict[str, Any]:
-    tasks = _Tasks()
-    confirm = _method(gateway, CONFIRM)
+    tasks = Tasks()
+    confirm = relay_method(gateway, CONFIRM)
     notified: list[float] = []  # when each notification arrived (wall clock, as the driver's)
     served: list[float] = []
 
@@ -121,7 +125,7 @@ def province_handlers(gateway: grpc.aio.Channel) -> dict[str, Any]:
         served.append(now)
         return request
 
-    return {"Deliver": deliver, "Notify": notify, "Count": _count(notified, served)}
+    return {"Deliver": deliver, "Notify": notify, "Count": count_handler(notified, served)}
 
 
 def add_handlers(server: grpc.aio.Server, handlers: dict[str, Any]) -> None:
@@ -132,26 +136,37 @@ def add_handlers(server: grpc.aio.Server, handlers: dict[str, Any]) -> None:
     }),))
 
 
-async def serve(role: str, listen: str, peers: list[str], max_seconds: float) -> None:
-    channels = [grpc.aio.insecure_channel(peer) for peer in peers]
-    # The gateway's last peer is the receiving province; a province's one peer is the gateway.
-    handlers = gateway_handlers(channels[-1], channels) if role == "gateway" else province_handlers(channels[0])
+async def serve_relay(name: str, listen: str, handlers: dict[str, Any], channels: list[grpc.aio.Channel],
+                      max_seconds: float) -> None:
+    """Serve a relay's handlers until stopped, then close its channels to the other relays."""
     server = grpc.aio.server()
     add_handlers(server, handlers)
-    await serve_until_stopped(server, listen, f"pipeline {role}", max_seconds)
+    await serve_until_stopped(server, listen, name, max_seconds)
     for channel in channels:
         await channel.close(None)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__,
+def relay_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
+    """The arguments every relay process takes (bench.pipeline, bench.floor)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("role", choices=("gateway", "province"))
     parser.add_argument("--listen", required=True, help="host:port")
     parser.add_argument("--peer", action="append", default=[], required=True,
                         help="gateway: each province (the receiver last); province: the gateway")
     parser.add_argument("--max-seconds", type=float, default=1800.0, help="stop by itself after this long")
-    args = parser.parse_args()
+    return parser
+
+
+async def serve(role: str, listen: str, peers: list[str], max_seconds: float) -> None:
+    channels = [grpc.aio.insecure_channel(peer) for peer in peers]
+    # The gateway's last peer is the receiving province; a province's one peer is the gateway.
+    handlers = gateway_handlers(channels[-1], channels) if role == "gateway" else province_handlers(channels[0])
+    await serve_relay(f"pipeline {role}", listen, handlers, channels, max_seconds)
+
+
+def main() -> None:
+    args = relay_parser("python -m bench.pipeline", __doc__).parse_args()
     uvloop.run(serve(args.role, args.listen, args.peer, args.max_seconds))  # the loop the real ones use
 
 
