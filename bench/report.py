@@ -112,6 +112,86 @@ def budget_verdict(b: dict[str, float]) -> str:
             if b["other_work_now_ms"] > b["other_work_budget_ms"] else "within the budget")
 
 
+FLOOR_PHASES = {
+    "signatures": "nothing but the contract's Ed25519 operations",
+    "records": "the contract's Ed25519 operations and the gateway's durable records",
+}
+FLOOR_RECORDS = ("floor-records-gateway", "floor-records-650000", "floor-records-620000", "driver")
+FLOOR_SUBMISSIONS = ("floor-submit-gateway", "driver")
+
+
+# The stub provinces' own checks a lifecycle (bench.run's count): the delivery's envelope and the
+# instruction inside it, the confirmation's receipt, and each outcome notification.
+PROVINCE_VERIFICATIONS = 5
+
+
+def floor_bound(r: dict[str, Any]) -> dict[str, float]:
+    """The cores both targets at once would take if an implementation did only the records floor's work.
+
+    The floor's relays run submissions and lifecycles at one rate; an implementation could put
+    submissions first and let lifecycles lag. So the bound is taken per piece of work, not per phase:
+    a submission's CPU (its own phase: the floor's gateway and the driver) at the submit target, plus the
+    rest of a lifecycle's CPU (phase 'records', all four processes, per submission, less a submission's)
+    at the lifecycle target, against every core of the machine fully busy. A submission measured alone
+    runs at a higher rate than it would beside the lifecycles, and a call costs less at higher rates: the
+    bound leans towards the targets. Then the same with the stub provinces' signature checks (this run's
+    Ed25519 figure), and the CPU a lifecycle that leaves for everything else the issues require.
+    """
+    floors = r["floor"]
+    echo = r["echo_rps"]
+    cores = float(r["machine"]["nproc"])
+    submission_ms = _cpu_ms(r, "floor-submit", FLOOR_SUBMISSIONS, floors["submissions"]["submit_tps"])
+    lifecycle_ms = _cpu_ms(r, "floor-records", FLOOR_RECORDS, floors["records"]["submit_tps"])
+    checks_ms = PROVINCE_VERIFICATIONS * r["ed25519"]["verify_us"] / 1000
+    submit_tps, lifecycle_tps = TARGETS["submit_ratio"] * echo, TARGETS["lifecycle_ratio"] * echo
+    needed = (submit_tps * submission_ms + lifecycle_tps * (lifecycle_ms - submission_ms)) / 1000
+    with_checks = needed + lifecycle_tps * checks_ms / 1000
+    return {key: round(value, 3) for key, value in {
+        "submission_cpu_ms": submission_ms,
+        "lifecycle_cpu_ms": lifecycle_ms,
+        "cores_needed_at_both_targets": needed,
+        "province_checks_cpu_ms": checks_ms,
+        "cores_needed_with_province_checks": with_checks,
+        "cores": cores,
+        # What every core fully busy leaves, a lifecycle at the lifecycle target, for all the rest.
+        "left_for_the_rest_ms": 1000 * (cores - with_checks) / lifecycle_tps if lifecycle_tps else 0.0,
+        # What the real flow spends a lifecycle beyond the floor and the provinces' checks (this run).
+        "real_beyond_floor_ms": _cpu_ms(r, "transfers", REAL, r["lifecycle_tps"]) - lifecycle_ms - checks_ms,
+    }.items()}
+
+
+def floor_verdict(r: dict[str, Any]) -> str:
+    """The floor in one sentence: could any implementation of the contract reach the targets here?
+
+    bench.floor's relays do less than any implementation must (the provinces verify nothing, nothing is
+    validated, audited or encrypted): what they cannot reach, no implementation can.
+    """
+    echo = r["echo_rps"]
+    no_work = {"submit_ratio": r["pipeline_submit_tps"] / echo if echo else 0.0,
+               "lifecycle_ratio": r["pipeline_lifecycle_ratio"]}
+    clauses = []
+    for what, ratios in [
+        ("no work at all (bench.pipeline)", no_work),
+        *((what, {key: r[f"floor_{phase}_{key}"] for key in TARGETS}) for phase, what in FLOOR_PHASES.items()),
+    ]:
+        short = [f"{key} {ratios[key]:.4f} < {target:.2f}" for key, target in TARGETS.items() if ratios[key] < target]
+        if short:
+            clauses.append(f"as they schedule themselves, relays doing {what} reach only {', '.join(short)}")
+            break
+    b = r["floor_bound"]
+    clauses.append(f"scheduled perfectly (submissions first), the records floor's work takes "
+                   f"{b['cores_needed_at_both_targets']:.2f} of the machine's {b['cores']:.0f} cores at both targets "
+                   f"at once, {b['cores_needed_with_province_checks']:.2f} with the stub provinces' signature checks")
+    if b["cores_needed_at_both_targets"] > b["cores"]:
+        return "out of reach for any implementation of the contract on this machine: " + "; ".join(clauses)
+    if b["cores_needed_with_province_checks"] > b["cores"]:
+        return ("out of reach for any implementation whose provinces check the signatures they receive: "
+                + "; ".join(clauses))
+    return (f"within reach only of an implementation doing little more than the floor: {'; '.join(clauses)}, "
+            f"leaving {b['left_for_the_rest_ms']:.2f} ms of CPU a lifecycle for everything else the issues require "
+            f"(the real flow spends {b['real_beyond_floor_ms']:.2f} ms)")
+
+
 def missed(report: dict[str, Any]) -> list[str]:
     """One line per target the run did not reach (a miss is a finding, not a failed run)."""
     lines = [
@@ -158,7 +238,9 @@ def write(report: dict[str, Any], results_dir: Path) -> Path:
 
 def _cpu_line(cpu: dict[str, Any], phase: str) -> str:
     shares = cpu.get(phase, {}).get("process_percent_of_one_core", {})
-    return ", ".join(f"{name} {value:.0f}%" for name, value in sorted(shares.items(), key=lambda kv: -kv[1]))
+    # The processes of other phases sit idle: only those that worked are worth a mention.
+    return ", ".join(f"{name} {value:.0f}%" for name, value in sorted(shares.items(), key=lambda kv: -kv[1])
+                     if value >= 1.0)
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -178,6 +260,20 @@ def markdown(r: dict[str, Any]) -> str:
          "echo, and the real flow's share of it",
          f"{r['pipeline_lifecycle_tps']:.0f} ({r['pipeline_lifecycle_ratio']:.3f}; "
          f"{r['lifecycle_share_of_pipeline']:.2f})"),
+        ("the floor (bench.floor): the same relays doing nothing but the contract's Ed25519 operations — "
+         "submit and lifecycle ratios to the echo",
+         f"{r['floor_signatures_submit_ratio']:.3f} / {r['floor_signatures_lifecycle_ratio']:.3f}"),
+        ("the floor with the gateway's durable records too (idempotency key and transfer committed before each "
+         "answer, acknowledgements in batches) — submit and lifecycle ratios",
+         f"{r['floor_records_submit_ratio']:.3f} / {r['floor_records_lifecycle_ratio']:.3f}"),
+        ("the records floor's CPU a submission / a lifecycle (ms); the cores both targets at once would take with "
+         "submissions first, then with the stub provinces' signature checks, of the machine's; the CPU a lifecycle "
+         "that leaves for everything else / what the real flow spends on it (ms)",
+         f"{r['floor_bound']['submission_cpu_ms']:.2f} / {r['floor_bound']['lifecycle_cpu_ms']:.2f}; "
+         f"{r['floor_bound']['cores_needed_at_both_targets']:.2f}, "
+         f"{r['floor_bound']['cores_needed_with_province_checks']:.2f} of {r['floor_bound']['cores']:.0f}; "
+         f"{r['floor_bound']['left_for_the_rest_ms']:.2f} / {r['floor_bound']['real_beyond_floor_ms']:.2f}"),
+        ("the targets against the floor", floor_verdict(r)),
         ("CPU per lifecycle for storage and logic (all processes): allowed at the lifecycle target, after the "
          "bare RPCs and the contract's Ed25519 operations / spent now (ms)",
          f"{r['budget']['other_work_budget_ms']:.2f} / {r['budget']['other_work_now_ms']:.2f}"),
@@ -215,6 +311,7 @@ def markdown(r: dict[str, Any]) -> str:
 
 def summary(r: dict[str, Any]) -> str:
     rounds = ", ".join(f"{e['rps']:.0f}" for e in r["echo_rounds"])
+    bound = r["floor_bound"]
     lines = [
         f"{'echo_rps':<18}{r['echo_rps']:>10.0f}   rounds: {rounds}",
         f"{'submit_tps':<18}{r['submit_tps']:>10.0f}   p50 {r['submit_p50_ms']:.1f} ms, "
@@ -230,6 +327,19 @@ def summary(r: dict[str, Any]) -> str:
         f"{'pipeline':<18}{r['pipeline_lifecycle_tps']:>10.0f}   lifecycles/s through relays doing no work "
         f"(submit {r['pipeline_submit_tps']:.0f}/s): ratio {r['pipeline_lifecycle_ratio']:.3f} to the echo; "
         f"the real flow reaches {r['lifecycle_share_of_pipeline']:.2f} of it",
+        f"{'floor':<18}{r['floor']['records']['lifecycle_tps']:>10.0f}   lifecycles/s through relays doing only "
+        f"the contract's Ed25519 and the gateway's durable records "
+        f"(submit {r['floor']['records']['submit_tps']:.0f}/s): "
+        f"ratios {r['floor_records_submit_ratio']:.3f} / {r['floor_records_lifecycle_ratio']:.3f}; Ed25519 alone, "
+        f"nothing stored: {r['floor_signatures_submit_ratio']:.3f} / {r['floor_signatures_lifecycle_ratio']:.3f}",
+        f"{'floor bound':<18}{bound['cores_needed_at_both_targets']:>10.2f}   cores both targets at once would "
+        f"take doing only the records floor's work, submissions first (a submission "
+        f"{bound['submission_cpu_ms']:.2f} ms of CPU, a lifecycle {bound['lifecycle_cpu_ms']:.2f} ms; "
+        f"submissions alone {r['floor']['submissions']['submit_tps']:.0f}/s); "
+        f"{bound['cores_needed_with_province_checks']:.2f} with the stubs' signature checks; the machine has "
+        f"{bound['cores']:.0f}, leaving {bound['left_for_the_rest_ms']:.2f} ms a lifecycle for the rest "
+        f"(the real flow spends {bound['real_beyond_floor_ms']:.2f})",
+        f"{'':<18}{'':>10}   {floor_verdict(r)}",
         f"{'budget':<18}{r['budget']['target_lifecycle_tps']:>10.0f}   lifecycles/s at the target: "
         f"{r['budget']['machine_cpu_ms_per_lifecycle_at_target']:.2f} ms of CPU each = bare RPCs "
         f"{r['budget']['bare_rpcs_ms']:.2f} + Ed25519 {r['budget']['ed25519_ms']:.2f} + the rest "

@@ -22,7 +22,7 @@ import grpc.aio
 import uvloop
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bench import report
+from bench import floor, report
 from bench.checks import Database, Outcomes, Stubs, account, completed, drain
 from bench.echo_server import ECHO_METHOD
 from bench.load import Phase, UnaryTarget, drive, percentile
@@ -57,12 +57,15 @@ GATEWAY_READY = re.compile(r"gateway ready: provinces (\S+), operators (\S+)")
 STUB_READY = re.compile(r"stub province \d+ serving on (\S+)")
 ECHO_READY = re.compile(r"echo ready on (\S+)")
 PIPELINE_READY = re.compile(r"pipeline \w+ ready on (\S+)")
+FLOOR_READY = re.compile(r"floor \w+ ready on (\S+)")
 PHASES = (
     "Warm-up (1 s of echo; 4×concurrency verified submissions, drained). Then echo round 1, "
     "transfer phase, drain, a second transfer phase with STALLED_WATCHERS WatchTransfers streams open "
     "from cursor 0 that are never read, drain, a third transfer phase without them, drain, the "
-    "pipeline phase (the flow's five RPCs through relays that do no work, bench.pipeline), echo round 2; "
-    "each echo round and transfer phase BENCH_SECONDS long; the stalled-stream phase is compared with "
+    "pipeline phase (the flow's five RPCs through relays that do no work, bench.pipeline), the two floor phases "
+    "(the same relays doing only the contract's Ed25519 operations, then also the gateway's durable records, "
+    "bench.floor), the floor's submissions alone, echo round 2; "
+    "each echo round, transfer and relay phase BENCH_SECONDS long; the stalled-stream phase is compared with "
     "the mean of the two around it. All "
     "in one run on one machine; echo_rps is the median of the echo rounds (with two, their mean), so "
     "drift during the run lands on both sides of the transfer phase."
@@ -107,8 +110,22 @@ class Stack:
     stubs: dict[str, str]
     echo: str
     operations: str
-    pipeline: str  # the relay gateway of bench.pipeline
-    pipeline_provinces: dict[str, str]
+    pipeline: Relays  # bench.pipeline: the five RPCs doing no work
+    floors: dict[str, Relays]  # bench.floor, by FLOORS name: the five RPCs doing the contract's least
+    floor_submissions: str  # a bench.floor gateway that answers submissions and delivers nothing
+
+
+@dataclass(frozen=True)
+class Relays:
+    """A relay gateway and its two relay provinces (bench.pipeline or bench.floor)."""
+
+    gateway: str
+    provinces: dict[str, str]
+
+
+# bench.floor's two phases, by name: whether the relay gateway keeps its durable records. Both do the
+# contract's Ed25519 operations; the provinces verify nothing in either: the least any implementation does.
+FLOORS = {"signatures": False, "records": True}
 
 
 # A load test sends thousands of transfers from one giver at any hour: the giver's province lifts the
@@ -136,7 +153,7 @@ async def start_stack(children: Children, workdir: Path, sqlite_synchronous: str
     started its threads is unsafe.
     """
     keys_dir = workdir / "keys"
-    gw_port, ops_port, xj_port, gs_port, echo_port, *relay_ports = free_ports(8)
+    gw_port, ops_port, xj_port, gs_port, echo_port, *relay_ports = free_ports(6 + 3 * (1 + len(FLOORS)))
     gateway = f"127.0.0.1:{gw_port}"
     stubs = {XINJIANG: f"127.0.0.1:{xj_port}", GANSU: f"127.0.0.1:{gs_port}"}
     stub_children: dict[str, Child] = {}
@@ -177,27 +194,48 @@ async def start_stack(children: Children, workdir: Path, sqlite_synchronous: str
     echo_child = children.start(
         "echo", ["-m", "bench.echo_server", "--listen", echo, "--max-seconds", "3600"]
     )
-    # The flow's five RPCs between three relay processes that do no work (bench.pipeline).
-    relay_gateway, relay_xj, relay_gs = (f"127.0.0.1:{port}" for port in relay_ports)
-    relays = [
-        children.start("pipeline-gateway", ["-m", "bench.pipeline", "gateway", "--listen", relay_gateway,
-                                            "--peer", relay_xj, "--peer", relay_gs, "--max-seconds", "3600"]),
-        *(children.start(f"pipeline-{code}", ["-m", "bench.pipeline", "province", "--listen", address,
-                                              "--peer", relay_gateway, "--max-seconds", "3600"])
-          for code, address in ((XINJIANG, relay_xj), (GANSU, relay_gs))),
-    ]
+    # The flow's five RPCs between three relay processes that do no work (bench.pipeline), and the same
+    # doing only what the contract requires (bench.floor), each set on ports of its own.
+    relay_sets: dict[str, tuple[str, list[str]]] = {"pipeline": ("bench.pipeline", [])}
+    for floor_name, stores_records in FLOORS.items():
+        relay_sets[f"floor-{floor_name}"] = (
+            "bench.floor", [f"--db={workdir / f'floor-{floor_name}.db'}"] if stores_records else [])
+    addresses: dict[str, Relays] = {}
+    relays: list[tuple[Child, str, re.Pattern[str]]] = []
+    ports = iter(f"127.0.0.1:{port}" for port in relay_ports)
+    for name, (module, gateway_args) in relay_sets.items():
+        ready = PIPELINE_READY if module == "bench.pipeline" else FLOOR_READY
+        relay_gateway = next(ports)
+        provinces = {XINJIANG: next(ports), GANSU: next(ports)}
+        addresses[name] = Relays(relay_gateway, provinces)
+        relays.append((children.start(f"{name}-gateway", [
+            "-m", module, "gateway", "--listen", relay_gateway, "--peer", provinces[XINJIANG],
+            "--peer", provinces[GANSU], "--max-seconds", "3600", *gateway_args]), relay_gateway, ready))
+        for code, address in provinces.items():
+            # A floor province signs with its own key; a pipeline province signs nothing.
+            code_args = ["--code", code] if module == "bench.floor" else []
+            relays.append((children.start(f"{name}-{code}", [
+                "-m", module, "province", "--listen", address, "--peer", relay_gateway, "--max-seconds", "3600",
+                *code_args]), address, ready))
+    # Submissions alone, with the records floor's work: what a submission costs by itself (report.floor_bound).
+    floor_submissions = next(ports)
+    records = addresses["floor-records"].provinces
+    relays.append((children.start("floor-submit-gateway", [
+        "-m", "bench.floor", "gateway", "--listen", floor_submissions, "--submit-only",
+        f"--db={workdir / 'floor-submit.db'}", "--peer", records[XINJIANG], "--peer", records[GANSU],
+        "--max-seconds", "3600"]), floor_submissions, FLOOR_READY))
     await wait_for_line(gateway_child, GATEWAY_READY, STARTUP_TIMEOUT_S)
     await wait_for_line(echo_child, ECHO_READY, STARTUP_TIMEOUT_S)
-    for child, address in zip(relays, (relay_gateway, relay_xj, relay_gs), strict=True):
-        await wait_for_line(child, PIPELINE_READY, STARTUP_TIMEOUT_S)
+    for child, address, ready in relays:
+        await wait_for_line(child, ready, STARTUP_TIMEOUT_S)
         await wait_for_health(child, address, STARTUP_TIMEOUT_S)
     await wait_for_health(gateway_child, gateway, STARTUP_TIMEOUT_S)
     await wait_for_health(gateway_child, f"127.0.0.1:{ops_port}", STARTUP_TIMEOUT_S)
     for code, child in stub_children.items():
         await wait_for_health(child, stubs[code], STARTUP_TIMEOUT_S)
     await wait_for_health(echo_child, echo, STARTUP_TIMEOUT_S)
-    return Stack(children, keys_dir, db_path, gateway, stubs, echo, f"127.0.0.1:{ops_port}", relay_gateway,
-                 {XINJIANG: relay_xj, GANSU: relay_gs})
+    return Stack(children, keys_dir, db_path, gateway, stubs, echo, f"127.0.0.1:{ops_port}", addresses["pipeline"],
+                 {name: addresses[f"floor-{name}"] for name in FLOORS}, floor_submissions)
 
 
 class CpuMeter:
@@ -337,21 +375,31 @@ async def measured_phase(cpu: CpuMeter, options: Options, name: str, target: Una
 PIPELINE_SETTLE_S = 3.0  # after the window: notifications still on their way are counted by arrival time
 
 
-async def pipeline_phase(stack: Stack, options: Options, cpu: CpuMeter, request_bytes: int) -> dict[str, Any]:
-    """The flow's five RPCs through bench.pipeline's relays, driven like the transfers (same `drive`)."""
-    channel = grpc.aio.insecure_channel(stack.pipeline)
-    province_channels = {code: grpc.aio.insecure_channel(address)
-                         for code, address in stack.pipeline_provinces.items()}
+def relay_requests(request_bytes: int, signed: bool) -> Callable[[], tuple[str, bytes]]:
+    """Requests of the echo's size, each with a key of its own: plain bytes for bench.pipeline, an
+    instruction signed by the giver's province (in the driver, as the transfer phases sign theirs) for
+    bench.floor."""
+    counter = iter(range(1 << 62))
+
+    def next_request() -> tuple[str, bytes]:
+        key = next(counter).to_bytes(KEY_BYTES, "big")
+        if signed:
+            return key.hex(), floor.instruction(key, request_bytes)
+        return key.hex(), key + bytes(max(0, request_bytes - KEY_BYTES))
+
+    return next_request
+
+
+async def relay_phase(name: str, relays: Relays, options: Options, cpu: CpuMeter,
+                      next_request: Callable[[], tuple[str, bytes]]) -> dict[str, Any]:
+    """The flow's five RPCs through a set of relays (bench.pipeline or bench.floor), driven like the
+    transfers (same `drive`), counted by what reached both provinces within the window."""
+    channel = grpc.aio.insecure_channel(relays.gateway)
+    province_channels = {code: grpc.aio.insecure_channel(address) for code, address in relays.provinces.items()}
     identity: Any = bytes
     try:
         submit: UnaryTarget[bytes, bytes] = UnaryTarget(channel, PIPELINE_SUBMIT, identity, identity, DEADLINE_S)
-        counter = iter(range(1 << 62))
-
-        def next_request() -> tuple[str, bytes]:
-            key = next(counter).to_bytes(KEY_BYTES, "big")
-            return key.hex(), key + bytes(max(0, request_bytes - KEY_BYTES))
-
-        phase = await measured_phase(cpu, options, "pipeline", submit, next_request, lambda answer: "OK")
+        phase = await measured_phase(cpu, options, name, submit, next_request, lambda answer: "OK")
         await asyncio.sleep(PIPELINE_SETTLE_S)
         window = struct.pack("<dd", phase.started_at, phase.started_at + phase.window_s)
         counts: dict[str, int] = {}
@@ -378,6 +426,20 @@ async def pipeline_phase(stack: Stack, options: Options, cpu: CpuMeter, request_
         "calls_per_second": round(calls / phase.window_s, 1),
         "errors": phase.errors + failures,
     }
+
+
+async def floor_submissions_phase(address: str, options: Options, cpu: CpuMeter,
+                                  next_request: Callable[[], tuple[str, bytes]]) -> dict[str, Any]:
+    """Signed submissions to a bench.floor gateway that verifies, commits and receipts them, nothing more."""
+    channel = grpc.aio.insecure_channel(address)
+    identity: Any = bytes
+    try:
+        submit: UnaryTarget[bytes, bytes] = UnaryTarget(channel, PIPELINE_SUBMIT, identity, identity, DEADLINE_S)
+        phase = await measured_phase(cpu, options, "floor-submit", submit, next_request, lambda answer: "OK")
+    finally:
+        await channel.close(None)
+    return {"submit_tps": round(phase.rate, 1), "submit_p50_ms": round(phase.latency_ms(50), 2),
+            "errors": phase.errors}
 
 
 async def measure(stack: Stack, options: Options, cpu: CpuMeter) -> dict[str, Any]:
@@ -456,7 +518,18 @@ async def measure(stack: Stack, options: Options, cpu: CpuMeter) -> dict[str, An
         await drain(stubs, after_accepted, options.drain_timeout_s)
         print(f"bench: the same five RPCs through relays that do no work ({options.seconds:g} s)",
               file=sys.stderr, flush=True)
-        pipeline = await pipeline_phase(stack, options, cpu, sample.ByteSize())
+        pipeline = await relay_phase("pipeline", stack.pipeline, options, cpu,
+                                     relay_requests(sample.ByteSize(), signed=False))
+        floors: dict[str, dict[str, Any]] = {}
+        for floor_name, relays in stack.floors.items():
+            print(f"bench: the floor, relays doing only the contract's "
+                  f"{'Ed25519' if floor_name == 'signatures' else 'Ed25519 and durable records'} "
+                  f"({options.seconds:g} s)", file=sys.stderr, flush=True)
+            floors[floor_name] = await relay_phase(f"floor-{floor_name}", relays, options, cpu,
+                                                   relay_requests(sample.ByteSize(), signed=True))
+        print(f"bench: the floor's submissions alone ({options.seconds:g} s)", file=sys.stderr, flush=True)
+        floors["submissions"] = await floor_submissions_phase(stack.floor_submissions, options, cpu,
+                                                              relay_requests(sample.ByteSize(), signed=True))
         print(f"bench: echo round 2 ({options.seconds:g} s)", file=sys.stderr, flush=True)
         echo_rounds.append(await echo_round("echo-2"))
 
@@ -507,6 +580,10 @@ async def measure(stack: Stack, options: Options, cpu: CpuMeter) -> dict[str, An
         "lifecycle_share_of_pipeline": (round(lifecycle["lifecycle_tps"] / pipeline["lifecycle_tps"], 3)
                                         if pipeline["lifecycle_tps"] else 0.0),
         "pipeline": pipeline,
+        # The least any implementation of the contract does, through the same five RPCs (bench.floor).
+        **{f"floor_{floor_name}_{key}_ratio": round(figures[f"{key}_tps"] / echo_rps, 4) if echo_rps else 0.0
+           for floor_name, figures in floors.items() if floor_name in FLOORS for key in ("submit", "lifecycle")},
+        "floor": floors,
         "ed25519": {**ed25519, "signatures_per_lifecycle": SIGNATURES_PER_LIFECYCLE,
                     "verifications_per_lifecycle": VERIFICATIONS_PER_LIFECYCLE},
         "errors": sum(error_codes.values()),
@@ -569,6 +646,18 @@ METHOD = {
     "pipeline_lifecycle_tps = requests whose notification reached both provinces within the window / "
     "BENCH_SECONDS (counts read 3 s after the window). lifecycle_share_of_pipeline = lifecycle_tps / "
     "pipeline_lifecycle_tps.",
+    "floor": "The least any implementation of the contract costs: bench.floor's relays (bare grpc.aio processes "
+    "on uvloop, as the pipeline's) on the same path, now doing only the contract's irreducible work — the driver "
+    "signs each instruction (Ed25519, cryptography); the gateway verifies it, signs a receipt, signs its "
+    "envelope on the delivery, verifies the receiver's signed confirmation, signs a receipt and signs one "
+    "notification per province; the provinces verify nothing. Phase 'signatures' stores nothing; phase "
+    "'records' also commits the gateway's idempotency key and transfer before each answer (sqlite3, WAL, "
+    "synchronous=NORMAL) and the acknowledgements in batches. No validation, bindings, limits, audit, encryption, "
+    "outbox or logs. Counted as the pipeline; floor_<phase>_<submit|lifecycle>_ratio = its rate / echo_rps. "
+    "Phase 'submissions': the records floor's gateway answering submissions and delivering nothing, for "
+    "floor_bound: CPU per submission there (gateway + driver) and per lifecycle in phase 'records' (all four "
+    "processes, per submission) give the cores that both targets at once would need if an implementation did "
+    "only the floor's work and scheduled it perfectly (submissions first, the rest of each lifecycle after).",
     "ed25519": "Median µs of one Ed25519 signature and one verification (cryptography) over 2,000 rounds in the "
     "bench's own process after the last phase; the contract's operations per lifecycle are counted in bench.run.",
     "budget": "bench.report.budget: at lifecycle_ratio's target every process together has nproc × 1000 ms of "
@@ -617,7 +706,9 @@ def main() -> int:
     except ValueError as error:
         print(f"bench: {error}", file=sys.stderr)
         return 2
-    overall_s = 7 * options.seconds + 3 * options.drain_timeout_s + 4 * STARTUP_TIMEOUT_S
+    relay_phases = 2 + len(FLOORS)
+    overall_s = ((6 + relay_phases) * options.seconds + relay_phases * PIPELINE_SETTLE_S
+                 + 3 * options.drain_timeout_s + 4 * STARTUP_TIMEOUT_S)
     try:
         figures = uvloop.run(asyncio.wait_for(run(options), overall_s))
     except BenchError as error:
@@ -631,6 +722,7 @@ def main() -> int:
         return 130
     figures["noisy_phases"] = report.noise(figures)
     figures["budget"] = report.budget(figures)
+    figures["floor_bound"] = report.floor_bound(figures)
     path = report.write(figures, options.results_dir)
     print(report.summary(figures))
     misses = report.missed(figures)
@@ -638,6 +730,7 @@ def main() -> int:
         print(f"MISSED: {line}")
     if not misses:
         print("all targets met")
+    print(f"FLOOR: {report.floor_verdict(figures)}")
     for line in report.noise(figures):
         print(f"NOISY: {line}")
     print(f"written {path.relative_to(PROJECT_ROOT)}")
