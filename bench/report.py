@@ -207,14 +207,19 @@ ECHO_DRIFT_LIMIT = 0.15  # echo rounds further apart than this: the machine's sp
 
 
 def noise(report: dict[str, Any], threshold: float = 20.0) -> list[str]:
-    """Phases during which processes outside the bench used more than `threshold`% of one core, and
-    echo rounds that disagree by more than ECHO_DRIFT_LIMIT (the machine itself slowed or sped up: this
-    shows where no other process does, e.g. a neighbour on the same host)."""
+    """Phases during which processes outside the bench used more than `threshold`% of one core, relay
+    phases with failed calls, and echo rounds that disagree by more than ECHO_DRIFT_LIMIT (the machine
+    itself slowed or sped up: this shows where no other process does, e.g. a neighbour on the same host)."""
     lines = [
         f"{phase}: other processes used {figures['others_percent_of_one_core']:.0f}% of one core"
         for phase, figures in report["cpu"].items()
         if figures.get("others_percent_of_one_core", 0.0) > threshold
     ]
+    # A relay phase whose calls failed counts fewer lifecycles than its relays could carry.
+    relay_phases = {"pipeline": report.get("pipeline", {}),
+                    **{f"floor-{name}": figures for name, figures in report.get("floor", {}).items()}}
+    lines.extend(f"{phase}: {figures['errors']} calls failed" for phase, figures in relay_phases.items()
+                 if figures.get("errors"))
     rates = [echo_round["rps"] for echo_round in report.get("echo_rounds", [])]
     spread = max(rates) / min(rates) - 1 if len(rates) >= 2 and min(rates) > 0 else 0.0
     if spread > ECHO_DRIFT_LIMIT:

@@ -522,9 +522,8 @@ async def measure(stack: Stack, options: Options, cpu: CpuMeter) -> dict[str, An
                                      relay_requests(sample.ByteSize(), signed=False))
         floors: dict[str, dict[str, Any]] = {}
         for floor_name, relays in stack.floors.items():
-            print(f"bench: the floor, relays doing only the contract's "
-                  f"{'Ed25519' if floor_name == 'signatures' else 'Ed25519 and durable records'} "
-                  f"({options.seconds:g} s)", file=sys.stderr, flush=True)
+            print(f"bench: the floor, relays doing {report.FLOOR_PHASES[floor_name]} ({options.seconds:g} s)",
+                  file=sys.stderr, flush=True)
             floors[floor_name] = await relay_phase(f"floor-{floor_name}", relays, options, cpu,
                                                    relay_requests(sample.ByteSize(), signed=True))
         print(f"bench: the floor's submissions alone ({options.seconds:g} s)", file=sys.stderr, flush=True)

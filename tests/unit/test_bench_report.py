@@ -31,6 +31,12 @@ def test_busy_other_processes_are_flagged() -> None:
     assert line.startswith("transfers: other processes used 35%")
 
 
+def test_relay_phases_with_failed_calls_are_flagged() -> None:
+    report = run([3200.0, 3210.0]) | {"pipeline": {"errors": 0},
+                                      "floor": {"signatures": {"errors": 3}, "records": {"errors": 0}}}
+    assert noise(report) == ["floor-signatures: 3 calls failed"]
+
+
 def test_the_budget_splits_the_machine_as_documented() -> None:
     """At 0.10 × 1000 rps = 100 lifecycles/s, 2 cores give 20 ms a lifecycle; the pipeline's 500
     lifecycles/s at 100 % of a core cost 2 ms bare; Ed25519 7 × 50 µs + 7 × 100 µs = 1.05 ms."""
