@@ -218,6 +218,7 @@ async def start_stack(children: Children, workdir: Path, sqlite_synchronous: str
                 "-m", module, "province", "--listen", address, "--peer", relay_gateway, "--max-seconds", "3600",
                 *code_args]), address, ready))
     # Submissions alone, with the records floor's work: what a submission costs by itself (report.floor_bound).
+    # It delivers nothing; the peers are only what every relay's command line asks for.
     floor_submissions = next(ports)
     records = addresses["floor-records"].provinces
     relays.append((children.start("floor-submit-gateway", [

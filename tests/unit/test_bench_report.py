@@ -103,7 +103,8 @@ def test_the_floor_bound_takes_a_submission_and_the_rest_of_a_lifecycle_at_their
     1.5 ms + 100 lifecycles/s × 8.5 ms = 1075 ms of CPU a second; the provinces' 5 checks at 100 µs add
     0.5 ms a lifecycle, 50 ms a second. The real flow: 50 lifecycles/s at 80 % = 16 ms each."""
     report = {
-        "echo_rps": 1000.0, "machine": {"nproc": 2}, "lifecycle_tps": 50.0, "ed25519": {"verify_us": 100.0},
+        "echo_rps": 1000.0, "machine": {"nproc": 2}, "lifecycle_tps": 50.0,
+        "ed25519": {"verify_us": 100.0, "verifications_per_lifecycle": 7},  # the gateway's 2, the provinces' 5
         "floor": {"submissions": {"submit_tps": 500.0}, "records": {"submit_tps": 100.0}},
         "cpu": {
             "floor-submit": {"process_percent_of_one_core": {"floor-submit-gateway": 50.0, "driver": 25.0,
