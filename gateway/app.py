@@ -189,6 +189,15 @@ def _bind(server: grpc.aio.Server, address: str, settings: Settings) -> int:
     return port
 
 
+def _warn_of_keys_beside_database(settings: Settings) -> None:
+    """Production keeps its keys away from the data and its backups (README "Where the keys live")."""
+    beside = settings.keys_beside_database()
+    if beside and not settings.development:
+        log.warning("key files %s are inside the database's folder: whoever has a copy of that folder or its "
+                    "backups has the data and its keys; keep them elsewhere in production",
+                    ", ".join(str(path) for path in beside))
+
+
 def _core(settings: Settings, clock: Clock) -> _Core:
     engine = make_engine(settings.database_url, settings.sqlite_synchronous)
     use_sealer(engine, load_or_create_keys(settings.data_key_file))
@@ -233,6 +242,7 @@ async def create_gateway(settings: Settings, clock: Clock | None = None, run_out
     With run_outbox=False the outbox is left to separate dispatcher processes (create_dispatcher).
     """
     core = _core(settings, clock or SystemClock())
+    _warn_of_keys_beside_database(settings)  # once the database opened: a refusal to start stays one line
     context, run_in_db = core.context, core.run_in_db
     # The key this process signs with is the current one; older ones retire after the overlap.
     register_gateway_key(context, settings.gateway_key_id, core.public_key,

@@ -79,6 +79,8 @@ class Settings:
     log_level: str = "INFO"
     log_json: bool = False
     settlement: SettlementPolicy = field(default_factory=SettlementPolicy)
+    # A development stack (make run, the tests): its key files may sit beside its database.
+    development: bool = False
 
     @property
     def tls_files(self) -> TlsFiles | None:
@@ -89,6 +91,19 @@ class Settings:
     @property
     def gateway_public_key_file(self) -> Path:
         return self.gateway_key_file.with_suffix(".pub")
+
+    @property
+    def key_files(self) -> tuple[Path, ...]:
+        return (self.gateway_key_file, self.id_hash_key_file, self.data_key_file)
+
+    def keys_beside_database(self) -> list[Path]:
+        """Key files inside the SQLite database's folder: whoever copies that folder, or backs it up, has both
+        the data and the keys (with the ID-hash key, a keyed hash gives an ID number back by enumerating birth
+        dates and sequence numbers). Empty for PostgreSQL, whose files the gateway does not know."""
+        if not self.database_url.startswith("sqlite:///"):
+            return []
+        folder = Path(self.database_url.removeprefix("sqlite:///")).resolve().parent
+        return [key for key in self.key_files if key.resolve().is_relative_to(folder)]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -144,6 +159,7 @@ class Settings:
             dispatcher_poll_seconds=number("DISPATCHER_POLL_SECONDS", 0.05),
             log_level=get("LOG_LEVEL", "INFO").upper(),
             log_json=get("LOG_JSON", "false").lower() in ("1", "true", "yes"),
+            development=get("DEVELOPMENT", "false").lower() in ("1", "true", "yes"),
             settlement=SettlementPolicy(
                 period=_period(get("SETTLEMENT_PERIOD", SettlementPeriod.DAILY.value)),
                 close_delay=timedelta(seconds=number("SETTLEMENT_CLOSE_DELAY_SECONDS", 600)),

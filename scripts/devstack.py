@@ -119,7 +119,7 @@ def main() -> int:
             "GONGJI_DATABASE_URL": os.environ.get("GONGJI_DATABASE_URL", f"sqlite:///{VAR / 'gongji.db'}"),
             "GONGJI_MANIFEST": str(manifest), "GONGJI_GATEWAY_KEY_FILE": str(KEYS / "gateway.key"),
             "GONGJI_ID_HASH_KEY_FILE": str(KEYS / "id-hash.key"), "GONGJI_DATA_KEY_FILE": str(KEYS / "data.keys"),
-            **tls_env})
+            "GONGJI_DEVELOPMENT": "true", **tls_env})
         wait_serving(GATEWAY, gateway, "gateway", GATEWAY_DNS)
         tls = _shown(TLS)
         grpcurl = ("grpcurl -plaintext" if PLAINTEXT else
@@ -138,6 +138,10 @@ Try it, in another terminal:
   make demo        # a giver in Hami sends 500.00 yuan to his mother in Lanzhou, resends it, and the
                    # operator settles the window (positions, acknowledgements, payment)
   {grpcurl} {OPERATORS} gongji.v1.Operations/ListProvinces   # if you have grpcurl
+
+This is a development stack: its keys sit in {_shown(KEYS)}/ beside the database. In production keep the key
+files (GONGJI_*_KEY_FILE) outside the database's folder and out of its backups: with the data and the ID-hash
+key together, a person's ID number is found again by trying birth dates and sequence numbers.
 
 Ctrl-C stops everything.""", flush=True)
         stopping = False

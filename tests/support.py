@@ -453,8 +453,11 @@ def start_stack(loop_thread: LoopThread, tmp_path: Path, db_url: str,
         listen="127.0.0.1:0", ops_listen="127.0.0.1:0", database_url=db_url,
         # /metrics only where a test asks: stopping its HTTP server costs up to half a second.
         metrics_listen=settings.pop("metrics_listen", ""),
-        gateway_key_file=keys_dir / "gateway.key", id_hash_key_file=keys_dir / "id-hash.key",
-        data_key_file=keys_dir / "data.keys",
+        gateway_key_file=settings.pop("gateway_key_file", keys_dir / "gateway.key"),
+        id_hash_key_file=settings.pop("id_hash_key_file", keys_dir / "id-hash.key"),
+        data_key_file=settings.pop("data_key_file", keys_dir / "data.keys"),
+        # A test stack keeps its keys beside its database, as `make run` does.
+        development=settings.pop("development", True),
         # Plaintext unless a test asks for mutual TLS (tests/api/test_mtls.py).
         insecure_dev_plaintext=ca is None,
         tls_cert_file=ca.files("gateway").cert if ca else None, tls_key_file=ca.files("gateway").key if ca else None,

@@ -218,7 +218,8 @@ class RelationsServicer(relations_pb2_grpc.RelationsServicer):
     async def AcceptBinding(self, request: relations_pb2.AcceptBindingRequest,
                             context: Context) -> relations_pb2.AcceptBindingResponse:
         answer = await self._run.change(binding_cases.accept_binding, envelope_from_proto(request.acceptance),
-                                        peer_identity(context), convert.decode_binding_acceptance)
+                                        peer_identity(context), convert.decode_binding_acceptance,
+                                        convert.decode_binding_proposal)
         return relations_pb2.AcceptBindingResponse(receipt=_envelope(answer.receipt), replay=answer.replay,
                                                    state=_receipt_binding_state(answer.receipt))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 
 from gateway.domain.eligibility import AttestationMethod
 from gateway.domain.envelope import Header
@@ -104,7 +104,6 @@ class Binding:
     receiver_id_masked: str
     relation_code: str
     authorised_amount_fen: int  # 0: none
-    receiver_birth_date: date
     consent_by: datetime
     created_at: datetime
     updated_at: datetime

@@ -177,8 +177,6 @@ class BindingRow(Base):
     # Sum of the binding's transfers that have not failed (D10), kept with every transfer change so a
     # submission reads one row instead of summing the binding's history.
     used_amount_fen: Mapped[int] = mapped_column(BigInteger, default=0)
-    # Needed for the age rule at acceptance (D6); the ID number itself is not kept in a column.
-    receiver_birth_date: Mapped[date] = mapped_column(Date)
     consent_by: Mapped[datetime] = mapped_column(UtcDateTime)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)

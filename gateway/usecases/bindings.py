@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 
 from gateway.domain.bindings import (
     LIVE_STATES,
@@ -30,7 +30,7 @@ from gateway.domain.errors import (
     NotFound,
     PermissionDenied,
 )
-from gateway.domain.identity import mask_id_number
+from gateway.domain.identity import IdNumber, mask_id_number
 from gateway.domain.provinces import Province, effective_policy
 from gateway.domain.records import OutboxKind
 from gateway.domain.transfers import validate_message_id, validate_pooling_area
@@ -147,13 +147,12 @@ def _store_proposal(ctx: UseCaseContext, envelope: Envelope, proposal: BindingPr
                                              reason="SINGLE_RELATION_ONLY", field=f"{role}.id_number")
             if uow.bindings.exists(binding_id):
                 raise _binding_id_taken()
-            receiver = parse_valid_id(proposal.receiver.id_number, today)
-            assert receiver is not None and proposal.consent_by is not None  # eligibility checked D1
+            assert proposal.consent_by is not None  # validate_proposal requires it
             added = uow.bindings.add(Binding(
                 binding_id=binding_id, state=BindingState.PROPOSED, giver_province=header.sender,
                 receiver_province=header.receiver, giver_id_masked=mask_id_number(proposal.giver.id_number),
                 receiver_id_masked=mask_id_number(proposal.receiver.id_number), relation_code=proposal.relation_code,
-                authorised_amount_fen=proposal.authorised_amount_fen, receiver_birth_date=receiver.birth_date,
+                authorised_amount_fen=proposal.authorised_amount_fen,
                 consent_by=proposal.consent_by, created_at=now, updated_at=now, proposal_sha256=digest,
                 giver_ref=giver_ref, receiver_ref=receiver_ref), envelope)
             if not added:  # another province's proposal of the same id got there first
@@ -185,8 +184,18 @@ async def propose_binding(ctx: UseCaseContext, run_in_db: RunInDb, members: Memb
 
 # -- AcceptBinding, DissolveBinding, GetBinding ------------------------------------------------------
 
+def _receiver_birth(uow: UnitOfWork, binding_id: str, decode_proposal: Callable[[bytes], BindingProposal]) -> date:
+    """The receiver's birth date, read from the sealed proposal when it is needed (D6): no column holds it,
+    since with the masked ID number (first 6 + last 4) it would be the 8 hidden digits (D19)."""
+    envelope = uow.bindings.proposal_envelope(binding_id)
+    assert envelope is not None, "a stored binding keeps its proposal"
+    receiver = IdNumber(decode_proposal(envelope.payload).receiver.id_number)  # valid: eligibility checked D1
+    return receiver.birth_date
+
+
 def accept_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
-                   decode: Callable[[bytes], BindingAcceptance]) -> BindingAnswer:
+                   decode: Callable[[bytes], BindingAcceptance],
+                   decode_proposal: Callable[[bytes], BindingProposal]) -> BindingAnswer:
     now = ctx.clock.now()
     with ctx.uow() as uow:
         acceptance = authenticate(uow, envelope, ACCEPTANCE_TYPE, decode, peer, now, ctx)
@@ -212,7 +221,8 @@ def accept_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
             if acceptance.attestation is not None and new_state is BindingState.ACTIVE:
                 # Age on the gateway's date, not the attestation's own: a backdated attestation gains nothing.
                 today = now.astimezone(BEIJING).date()
-                violations = check_attestation(acceptance.attestation.method, binding.receiver_birth_date, today)
+                birth = _receiver_birth(uow, binding.binding_id, decode_proposal)
+                violations = check_attestation(acceptance.attestation.method, birth, today)
                 if violations:
                     raise FailedPrecondition("the receiver is 16 or over: their own face verification is required (D6)",
                                              reason=violations[0].reason, field=violations[0].field)

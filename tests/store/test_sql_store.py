@@ -6,7 +6,7 @@ import dataclasses
 import threading
 import uuid
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -721,7 +721,7 @@ def binding(binding_id: str, authorised_amount_fen: int = 0) -> Binding:
     return Binding(binding_id=binding_id, state=BindingState.ACTIVE, giver_province="650000",
                    receiver_province="620000", giver_id_masked="650502********1230",
                    receiver_id_masked="620102********0026", relation_code="52",
-                   authorised_amount_fen=authorised_amount_fen, receiver_birth_date=date(1965, 5, 12),
+                   authorised_amount_fen=authorised_amount_fen,
                    consent_by=T0 + timedelta(days=1), created_at=T0, updated_at=T0, proposal_sha256=SHA_A,
                    giver_ref=b"\x01" * 32, receiver_ref=b"\x02" * 32)
 
