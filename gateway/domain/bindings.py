@@ -9,9 +9,9 @@ from datetime import datetime, timedelta
 from gateway.domain.eligibility import AttestationMethod
 from gateway.domain.envelope import Header
 from gateway.domain.errors import InvalidArgument
+from gateway.domain.money import validate_amount
 from gateway.domain.provinces import PROVINCE_CODE
 from gateway.domain.transfers import (
-    INT64_MAX,
     REASON_PATTERN,
     PersonRef,
     validate_message_id,
@@ -139,9 +139,7 @@ def validate_proposal(proposal: BindingProposal, now: datetime) -> None:
     if proposal.accepted_at is None or proposal.accepted_at > now + timedelta(minutes=5):
         raise InvalidArgument("commitment.accepted_at is required and not in the future", reason="INVALID_TIMESTAMP",
                               field="commitment.accepted_at")
-    if not 0 <= proposal.authorised_amount_fen <= INT64_MAX:
-        raise InvalidArgument("authorised_amount_fen is whole fen, 0 for none", reason="INVALID_AMOUNT",
-                              field="authorised_amount_fen")
+    validate_amount(proposal.authorised_amount_fen, "authorised_amount_fen", zero_allowed=True)  # 0: none
     if proposal.consent_by is None or not now < proposal.consent_by <= now + MAX_CONSENT_WINDOW:
         raise InvalidArgument("consent_by must be in the future, within 30 days", reason="INVALID_CONSENT_DEADLINE",
                               field="consent_by")

@@ -9,6 +9,7 @@ from datetime import datetime
 
 from gateway.domain.envelope import ALLOWED_ALGS
 from gateway.domain.errors import InvalidArgument
+from gateway.domain.money import MAX_AMOUNT_FEN
 
 PROVINCE_CODE = re.compile(r"[0-9]{2}0000")  # ASCII digits only, as in ID numbers
 KEY_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
@@ -116,7 +117,7 @@ def validate_key(key: ProvinceKey, field_name: str = "keys") -> None:
 def validate_policy(policy: Policy) -> None:
     checks: list[tuple[str, int | None, int, int]] = [
         ("daily_transfer_limit", policy.daily_transfer_limit, 1, 1_000_000),
-        ("max_transfer_fen", policy.max_transfer_fen, 1, 2**63 - 1),
+        ("max_transfer_fen", policy.max_transfer_fen, 1, MAX_AMOUNT_FEN),
         ("blackout_start_minute", policy.blackout_start_minute, 0, 1439),
         ("blackout_end_minute", policy.blackout_end_minute, 0, 1439),
         ("return_hour", policy.return_hour, 0, 23),

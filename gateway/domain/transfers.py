@@ -11,6 +11,7 @@ from gateway.domain.clock import BEIJING
 from gateway.domain.envelope import MESSAGE_ID_PATTERN, Header
 from gateway.domain.errors import InvalidArgument
 from gateway.domain.identity import check_id_number, normalise_id_number
+from gateway.domain.money import validate_amount
 from gateway.domain.provinces import PROVINCE_CODE
 
 CURRENCY = "CNY"
@@ -136,9 +137,7 @@ def validate_instruction(instruction: TransferInstruction, today: date) -> None:
     if normalise_id_number(instruction.giver.id_number) == normalise_id_number(instruction.receiver.id_number):
         raise InvalidArgument("the receiver must be a different person from the giver (D2)",
                               reason="SAME_PERSON", field="receiver.id_number")
-    if not 0 < instruction.amount_fen <= INT64_MAX:
-        raise InvalidArgument("amount_fen must be a strictly positive whole number of fen (D11)",
-                              reason="INVALID_AMOUNT", field="amount_fen")
+    validate_amount(instruction.amount_fen, "amount_fen")
     if instruction.currency != CURRENCY:
         raise InvalidArgument("currency must be CNY (D11)", reason="UNSUPPORTED_CURRENCY", field="currency")
     if instruction.expires_at is not None and instruction.expires_at <= header.created_at:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from gateway.domain.clock import BEIJING
 from gateway.domain.envelope import Header
 from gateway.domain.errors import InvalidArgument
+from gateway.domain.money import MAX_AMOUNT_FEN
 from gateway.domain.provinces import (
     NATIONAL_DEFAULTS,
     Policy,
@@ -166,6 +167,7 @@ BAD_INSTRUCTIONS = {
     "amount zero": (field(amount_fen=0), "INVALID_AMOUNT", "amount_fen"),
     "amount negative": (field(amount_fen=-100), "INVALID_AMOUNT", "amount_fen"),
     "amount beyond int64": (field(amount_fen=INT64_MAX + 1), "INVALID_AMOUNT", "amount_fen"),
+    "amount beyond the bound": (field(amount_fen=MAX_AMOUNT_FEN + 1), "INVALID_AMOUNT", "amount_fen"),
     "currency USD": (field(currency="USD"), "UNSUPPORTED_CURRENCY", "currency"),
     "currency empty": (field(currency=""), "UNSUPPORTED_CURRENCY", "currency"),
     "currency lowercase": (field(currency="cny"), "UNSUPPORTED_CURRENCY", "currency"),
@@ -233,7 +235,7 @@ def test_refusals_never_echo_the_id_numbers() -> None:
         pytest.param(header(message_id="A" * 64), id="message_id of 64 characters"),
         pytest.param(header(message_id="a.b_c:d-9"), id="message_id with every allowed punctuation"),
         pytest.param(field(amount_fen=1), id="amount of one fen"),
-        pytest.param(field(amount_fen=INT64_MAX), id="amount at int64 max"),
+        pytest.param(field(amount_fen=MAX_AMOUNT_FEN), id="amount at the bound that keeps sums in int64"),
         pytest.param(field(expires_at=CREATED_AT + timedelta(microseconds=1)), id="expiry just after creation"),
         pytest.param(giver(id_number="652201198506152316", pooling_area="650500"), id="Hami person born before 2016"),
         pytest.param(receiver(id_number="11010519491231002x"), id="lowercase x check character"),
@@ -361,7 +363,7 @@ def test_an_override_equal_to_a_falsy_value_is_kept() -> None:
 
 POLICY_RANGES = {
     "daily_transfer_limit": (1, 1_000_000),
-    "max_transfer_fen": (1, INT64_MAX),
+    "max_transfer_fen": (1, MAX_AMOUNT_FEN),
     "blackout_start_minute": (0, 1439),
     "blackout_end_minute": (0, 1439),
     "return_hour": (0, 23),
