@@ -8,6 +8,7 @@ them, and the gateway carries `gateway.gongji`.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -36,10 +37,24 @@ class Identity:
 
 
 def identity_of(auth_context: Mapping[str, Iterable[bytes]]) -> Identity | None:
-    """The one Gongji identity a verified client certificate names, or None."""
+    """The one Gongji identity a verified client certificate names in a URI subjectAltName, or None.
+
+    Read from the certificate itself: gRPC's `x509_subject_alternative_name` mixes every kind of name, and a
+    DNS or e-mail name spelled `gongji:operator:x` is no identity.
+    """
+    pem = next(iter(auth_context.get("x509_pem_cert", ())), None)
+    return None if pem is None else _identity_in(bytes(pem))
+
+
+@functools.lru_cache(maxsize=1024)  # one parse per certificate, not per call
+def _identity_in(pem: bytes) -> Identity | None:
+    try:
+        names = x509.load_pem_x509_certificate(pem).extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value.get_values_for_type(x509.UniformResourceIdentifier)
+    except (ValueError, x509.ExtensionNotFound):
+        return None
     found = []
-    for raw in auth_context.get("x509_subject_alternative_name", ()):
-        value = raw.decode("utf-8", "replace")
+    for value in names:
         if value.startswith(URI_PREFIX):
             kind, _, name = value.removeprefix(URI_PREFIX).partition(":")
             found.append(Identity(kind, name or kind))
@@ -110,11 +125,14 @@ class DevCa:
 
     def issue(self, name: str, uri: str, dns: Sequence[str] = (), days: int = 30) -> TlsFiles:
         """A certificate for both ends of a connection (server and client), written as <name>.crt/.key."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.now(UTC)
         alt: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri), x509.DNSName("localhost"),
                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-        alt += [x509.DNSName(d) for d in dns]
+        return self.issue_names(name, alt + [x509.DNSName(d) for d in dns], days)
+
+    def issue_names(self, name: str, alt: Sequence[x509.GeneralName], days: int = 30) -> TlsFiles:
+        """A certificate naming exactly `alt` in its subjectAltName, written as <name>.crt/.key."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.now(UTC)
         cert = (x509.CertificateBuilder()
                 .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
                 .issuer_name(self._cert.subject).public_key(key.public_key())

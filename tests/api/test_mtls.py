@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from cryptography import x509
 
 from gateway.security.tls import GATEWAY_DNS, DevCa
 from protos.gongji.v1 import operations_pb2, operations_pb2_grpc, transfers_pb2, transfers_pb2_grpc
@@ -108,3 +109,24 @@ def test_the_gateway_certificate_is_replaced_without_a_restart(tls_stack: Stack)
     fresh = transfers_as(stack, f"province-{XINJIANG}")
     assert fresh.SubmitTransfer(S.SubmitTransferRequest(instruction=stack.sign(stack.instruction())),
                                 timeout=5).state == S.TRANSFER_STATE_RECEIVED
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(lambda value: x509.DNSName(value), id="a DNS name"),
+    pytest.param(lambda value: x509.RFC822Name(value), id="an e-mail name"),
+])
+def test_an_identity_is_read_from_uri_names_only(tls_stack: Stack, name: Callable[[str], x509.GeneralName]) -> None:
+    """`gongji:operator:mallory` spelled as another kind of subjectAltName names no one."""
+    stack = tls_stack
+    assert stack.tls is not None
+    stack.tls.issue_names("operator-mallory", [name("gongji:operator:mallory")])
+    as_mallory = operations_pb2_grpc.OperationsStub(secure_channel(
+        f"127.0.0.1:{stack.gateway.ops_port}", stack.tls, "operator-mallory", GATEWAY_DNS))
+    seen = error_of(lambda: as_mallory.ListProvinces(operations_pb2.ListProvincesRequest(), timeout=5))
+    assert (seen.code, seen.reason) == (grpc.StatusCode.PERMISSION_DENIED, "NO_IDENTITY")
+    stack.tls.issue_names("province-fake", [name(f"gongji:province:{XINJIANG}")])
+    as_fake = transfers_pb2_grpc.TransfersStub(secure_channel(
+        f"127.0.0.1:{stack.gateway.port}", stack.tls, "province-fake", GATEWAY_DNS))
+    seen = error_of(lambda: as_fake.SubmitTransfer(S.SubmitTransferRequest(
+        instruction=stack.sign(stack.instruction())), timeout=5))
+    assert (seen.code, seen.reason) == (grpc.StatusCode.PERMISSION_DENIED, "NO_IDENTITY")
