@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import grpc
 
 from gateway.api import convert
-from gateway.api.transport import province_caller
+from gateway.api.transport import operator_actor, province_caller
 from gateway.domain.errors import Contention
 from gateway.usecases import bindings as binding_cases
 from gateway.usecases import keys as key_cases
@@ -123,7 +123,7 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
     async def RegisterProvince(self, request: operations_pb2.RegisterProvinceRequest,
                                context: Context) -> operations_pb2.RegisterProvinceResponse:
         province = await self._run.change(province_cases.register_province,
-                                          convert.province_from_proto(request.province))
+                                          convert.province_from_proto(request.province), operator_actor(context))
         return operations_pb2.RegisterProvinceResponse(province=convert.province_to_proto(province))
 
     async def UpdateProvince(self, request: operations_pb2.UpdateProvinceRequest,
@@ -136,7 +136,8 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
             retire_key_ids=list(request.retire_key_ids),
             policy=convert.policy_from_proto(request.policy) if request.HasField("policy") else None,
         )
-        province = await self._run.change(province_cases.update_province, request.code, changes)
+        province = await self._run.change(province_cases.update_province, request.code, changes,
+                                          operator_actor(context))
         return operations_pb2.UpdateProvinceResponse(province=convert.province_to_proto(province))
 
     async def ListProvinces(self, request: operations_pb2.ListProvincesRequest,
@@ -167,14 +168,15 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
 
     async def CloseSettlementWindow(self, request: operations_pb2.CloseSettlementWindowRequest,
                                     context: Context) -> operations_pb2.CloseSettlementWindowResponse:
-        window = await self._run.change(settlement_cases.close_window, request.window_id)
+        window = await self._run.change(settlement_cases.close_window, request.window_id, operator_actor(context))
         return operations_pb2.CloseSettlementWindowResponse(window=convert.window_to_proto(window))
 
     async def RecordSettlementPayment(self, request: operations_pb2.RecordSettlementPaymentRequest,
                                       context: Context) -> operations_pb2.RecordSettlementPaymentResponse:
         payments = [settlement_cases.PaymentInput(p.from_province, p.to_province, p.bank, p.serial_number, p.date)
                     for p in request.payments]
-        window = await self._run.change(settlement_cases.record_payment, request.window_id, payments)
+        window = await self._run.change(settlement_cases.record_payment, request.window_id, payments,
+                                        operator_actor(context))
         return operations_pb2.RecordSettlementPaymentResponse(window=convert.window_to_proto(window))
 
     async def GetSettlementWindow(self, request: operations_pb2.GetSettlementWindowRequest,

@@ -57,6 +57,16 @@ def province_caller(context: Any) -> str | None:
     return identity.name
 
 
+# An operators' port in plaintext development mode authenticates no one.
+UNAUTHENTICATED_OPERATOR = "operator:unauthenticated"
+
+
+def operator_actor(context: Any) -> str:
+    """Who is acting on the operators' port, as the audit chain names them: `operator:<name>`."""
+    identity = caller(context)
+    return UNAUTHENTICATED_OPERATOR if identity is None else f"{identity.kind}:{identity.name}"
+
+
 def authorize_operator(method: str, context: Any) -> None:
     """The operators' port: only operator certificates (health and reflection stay open to any client)."""
     if method.startswith("/grpc."):

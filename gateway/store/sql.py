@@ -479,8 +479,8 @@ class SqlProvinceRepository:
     def _describe(province: Province) -> str:
         keys = ",".join(f"{k.key_id}:{k.public_key.hex()}:{k.valid_from.isoformat() if k.valid_from else ''}:"
                         f"{k.valid_until.isoformat() if k.valid_until else ''}" for k in province.keys)
-        return f"status={province.status.value} endpoint={province.endpoint} keys={keys} " \
-               f"policy={_policy_to_json(province.policy)}"
+        return f"name={json.dumps(province.name, ensure_ascii=False)} status={province.status.value} " \
+               f"endpoint={province.endpoint} keys={keys} policy={_policy_to_json(province.policy)}"
 
     def update(self, province: Province) -> None:
         self._cursor.run(self._s.update_province, w_code=province.code, **self._values(province))
@@ -1021,8 +1021,14 @@ class SqlAuditLog:
     def __init__(self, cursor: Cursor, store: SqlStore) -> None:
         self._cursor, self._s = cursor, store.statements
         self._pending: list[AuditEvent] = []
+        self._actor = ""
+
+    def act_as(self, actor: str) -> None:
+        self._actor = actor
 
     def record(self, kind: str, subject_id: str, action: str, at: datetime, detail: str = "") -> None:
+        if self._actor:
+            detail = f"{detail} by={self._actor}" if detail else f"by={self._actor}"
         self._pending.append(AuditEvent(kind, subject_id, action, at, detail))
 
     def flush(self) -> None:

@@ -20,6 +20,9 @@ from gateway.domain.provinces import (
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.ports import UnitOfWork
 
+# Who changes the routing table when no operator does: the start-up manifest.
+MANIFEST_ACTOR = "gateway:manifest"
+
 
 @dataclass(frozen=True)
 class ProvinceChanges:
@@ -71,9 +74,11 @@ def require_active(province: Province | None, code: str, field: str) -> Province
     return province
 
 
-def register_province(ctx: UseCaseContext, province: Province) -> Province:
+def register_province(ctx: UseCaseContext, province: Province, actor: str) -> Province:
+    """`actor`: who asks (an operator's identity), named in the audit entry."""
     _validate(province)
     with ctx.uow() as uow:
+        uow.audit.act_as(actor)
         uow.provinces.lock()  # two operators registering one province: one succeeds, the other is told
         if uow.provinces.get(province.code) is not None:
             raise AlreadyExists("the province is already registered", reason="PROVINCE_EXISTS", field="province.code")
@@ -84,9 +89,10 @@ def register_province(ctx: UseCaseContext, province: Province) -> Province:
     return stored
 
 
-def update_province(ctx: UseCaseContext, code: str, changes: ProvinceChanges) -> Province:
+def update_province(ctx: UseCaseContext, code: str, changes: ProvinceChanges, actor: str) -> Province:
     now = ctx.clock.now()
     with ctx.uow() as uow:
+        uow.audit.act_as(actor)
         uow.provinces.lock()
         current = uow.provinces.get(code)
         if current is None:
@@ -133,6 +139,7 @@ def apply_manifest(ctx: UseCaseContext, declared: Sequence[Province]) -> Manifes
     for province in declared:
         _validate(province)
     with ctx.uow() as uow:
+        uow.audit.act_as(MANIFEST_ACTOR)
         uow.provinces.lock()  # gateways starting together apply the same manifest: one adds, the others find
         for province in declared:
             _check_key_ids_free(uow, province.code, province.keys)

@@ -37,6 +37,8 @@ ACKNOWLEDGEMENT_TYPE = "gongji.v1.SettlementAcknowledgement"
 # Each closed window pushes commits one window on; no real history comes near this many in a row.
 MAX_WINDOW_HOPS = 1000
 MAX_PAGE_SIZE = 200
+# Who closes a window when no operator does.
+SCHEDULE_ACTOR = "gateway:schedule"
 
 
 def settlement_message_id(window_id: str, province: str) -> str:
@@ -79,10 +81,14 @@ def _span_to_close(uow: UnitOfWork, policy: SettlementPolicy, window_id: str, no
     return span
 
 
-def close_window(ctx: UseCaseContext, window_id: str) -> SettlementWindow:
-    """Freeze the figures (D17), sign each province's part and queue it for them; closing twice is a no-op."""
+def close_window(ctx: UseCaseContext, window_id: str, actor: str) -> SettlementWindow:
+    """Freeze the figures (D17), sign each province's part and queue it for them; closing twice is a no-op.
+
+    `actor`: who closes it (an operator's identity, or SCHEDULE_ACTOR), named in the audit entries.
+    """
     now = ctx.clock.now()
     with ctx.uow() as uow:
+        uow.audit.act_as(actor)
         span = _span_to_close(uow, ctx.settlement, window_id, now)
         if uow.settlements.state_for_close(span, now) is WindowState.OPEN:
             pairs = uow.settlements.committed_pairs(span.window_id)
@@ -108,7 +114,7 @@ def close_due_windows(ctx: UseCaseContext, limit: int = 10) -> list[str]:
         return []
     with ctx.uow() as uow:
         due = uow.settlements.due_for_close(ctx.clock.now() - ctx.settlement.close_delay, limit)
-    return [close_window(ctx, window_id).window_id for window_id in due]
+    return [close_window(ctx, window_id, SCHEDULE_ACTOR).window_id for window_id in due]
 
 
 def get_window(ctx: UseCaseContext, window_id: str) -> SettlementWindow:
@@ -235,7 +241,8 @@ class PaymentInput:
     date: str
 
 
-def record_payment(ctx: UseCaseContext, window_id: str, inputs: Sequence[PaymentInput]) -> SettlementWindow:
+def record_payment(ctx: UseCaseContext, window_id: str, inputs: Sequence[PaymentInput],
+                   actor: str) -> SettlementWindow:
     """D18: payment references per pair of an ACKNOWLEDGED window; SETTLED once every pair is paid.
 
     Recording the same reference again changes nothing; a different one for a paid pair is refused.
@@ -251,6 +258,7 @@ def record_payment(ctx: UseCaseContext, window_id: str, inputs: Sequence[Payment
             raise InvalidArgument("one payment per pair", reason="DUPLICATE_PAYMENT", field=f"payments[{index}]")
         payments.append(payment)
     with ctx.uow() as uow:
+        uow.audit.act_as(actor)
         state = uow.settlements.lock(window_id)
         window = uow.settlements.get(window_id)
         if state is None or window is None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography import x509
+from sqlalchemy import text
 
 from gateway.security.tls import GATEWAY_DNS, DevCa
 from protos.gongji.v1 import operations_pb2, operations_pb2_grpc, transfers_pb2, transfers_pb2_grpc
@@ -130,3 +131,24 @@ def test_an_identity_is_read_from_uri_names_only(tls_stack: Stack, name: Callabl
     seen = error_of(lambda: as_fake.SubmitTransfer(S.SubmitTransferRequest(
         instruction=stack.sign(stack.instruction())), timeout=5))
     assert (seen.code, seen.reason) == (grpc.StatusCode.PERMISSION_DENIED, "NO_IDENTITY")
+
+
+def test_every_operator_action_in_the_audit_chain_names_the_operator(tls_stack: Stack) -> None:
+    stack = tls_stack
+    ops = operations_pb2_grpc.OperationsStub(secure_channel(
+        f"127.0.0.1:{stack.gateway.ops_port}", stack.tls, "operator-operator", GATEWAY_DNS))  # type: ignore[arg-type]
+    stack.wait_for_state(stack.submit(stack.instruction(amount_fen=2_000)).transfer_id,
+                         S.TRANSFER_STATE_COMMITTED)
+    ops.UpdateProvince(operations_pb2.UpdateProvinceRequest(code=GANSU, name="甘肃省"), timeout=5)
+    window = ops.CloseSettlementWindow(operations_pb2.CloseSettlementWindowRequest(), timeout=10).window
+    with stack.gateway.engine.connect() as conn:
+        rows = conn.execute(text("SELECT kind, subject_id, action, detail FROM audit_log ORDER BY seq")).all()
+    by_operator = [(kind, subject, action) for kind, subject, action, detail in rows
+                   if detail.endswith(" by=operator:operator")]
+    assert ("province", GANSU, "UPDATED") in by_operator
+    assert ("settlement", window.window_id, "CLOSED") in by_operator
+    renamed = [detail for kind, subject, action, detail in rows if (kind, subject, action) == (
+        "province", GANSU, "UPDATED")]
+    assert renamed and 'name="甘肃省"' in renamed[-1]
+    # The provinces' own signed actions name their signer in the envelope; only operators' are marked so.
+    assert not [r for r in rows if r[0] == "transfer" and "by=" in r[3]]
