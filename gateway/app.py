@@ -76,6 +76,11 @@ PROVINCE_SERVICES = (
 )
 OPERATOR_SERVICES = (operations_pb2.DESCRIPTOR.services_by_name["Operations"].full_name,)
 
+# A connection to a gRPC port must finish TLS and send its HTTP/2 settings within this time.
+HANDSHAKE_TIMEOUT_MS = 10_000
+# Calls in flight on one connection (HTTP/2's recommended minimum); a client queues any beyond.
+MAX_STREAMS_PER_CONNECTION = 100
+
 
 @dataclass
 class _Core:
@@ -166,6 +171,11 @@ def _new_server(settings: Settings, services: tuple[str, ...], observe: Callable
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
+            # gRPC core's defaults would give a connection 120 s to finish TLS and send its HTTP/2
+            # settings, and leave connections and streams per connection unlimited.
+            ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
+            ("grpc.max_allowed_incoming_connections", settings.grpc_max_connections),
+            ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
         ],
     )
     health_servicer = HealthServicer()

@@ -67,6 +67,8 @@ class Settings:
     db_threads: int = 0
     # The largest request or answer gRPC carries on either port; larger ones end RESOURCE_EXHAUSTED.
     max_message_bytes: int = 256 * 1024
+    # Connections each gRPC port holds at once (one being set up counts); more are closed on arrival.
+    grpc_max_connections: int = 256
     # Calls a second each province may make on the provinces' port, and the burst it may save up; 0: no limit.
     rate_limit_per_second: float = 200.0
     rate_limit_burst: float = 400.0
@@ -133,6 +135,7 @@ class Settings:
             # threads, since its round trips would otherwise stall every call in flight.
             db_threads=int(number("DB_THREADS", 0 if sqlite else 8)),
             max_message_bytes=int(number("MAX_MESSAGE_BYTES", cls.max_message_bytes)),
+            grpc_max_connections=int(number("GRPC_MAX_CONNECTIONS", cls.grpc_max_connections)),
             rate_limit_per_second=number("RATE_LIMIT_PER_SECOND", cls.rate_limit_per_second),
             rate_limit_burst=number("RATE_LIMIT_BURST", cls.rate_limit_burst),
             outbox=OutboxSettings(
@@ -181,6 +184,8 @@ class Settings:
             raise ConfigError("settlement close delay must not be negative")
         if not 16 * 1024 <= self.max_message_bytes <= 64 * 1024 * 1024:
             raise ConfigError("max_message_bytes must be within 16 KiB..64 MiB")
+        if not 1 <= self.grpc_max_connections <= 65536:
+            raise ConfigError("grpc_max_connections must be within 1..65536")
         if self.rate_limit_per_second < 0 or (self.rate_limit_per_second > 0 and self.rate_limit_burst < 1):
             raise ConfigError("rate_limit_per_second must not be negative, and rate_limit_burst is at least 1")
         if self.db_threads < 0 or self.max_clock_skew_seconds <= 0 or self.province_call_timeout_seconds <= 0:

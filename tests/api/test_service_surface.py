@@ -163,6 +163,11 @@ def test_bad_settings_are_refused_at_start(tmp_path: Path) -> None:
     assert Settings.from_env({**plaintext, "GONGJI_SQLITE_SYNCHRONOUS": "normal"}).sqlite_synchronous == "NORMAL"
     with pytest.raises(ConfigError, match="GONGJI_SQLITE_SYNCHRONOUS"):
         Settings.from_env({**plaintext, "GONGJI_SQLITE_SYNCHRONOUS": "OFF"})
+    # The ports' limits (README "Hostile input and limits").
+    assert Settings.from_env({**plaintext, "GONGJI_GRPC_MAX_CONNECTIONS": "32"}).grpc_max_connections == 32
+    for name, value in (("GRPC_MAX_CONNECTIONS", "0"),):
+        with pytest.raises(ConfigError, match=name.lower()):
+            Settings.from_env({**plaintext, f"GONGJI_{name}": value})
 
 
 def test_graceful_stop_reports_not_serving_first(loop_thread: LoopThread, tmp_path: Path, sqlite_url: str) -> None:
