@@ -31,7 +31,7 @@ from gateway.api.servicers import (
     UseCaseRunner,
 )
 from gateway.api.transport import authorize_operator, server_credentials
-from gateway.api.web import MetricsServer
+from gateway.api.web import HttpLimits, MetricsServer
 from gateway.config import Settings
 from gateway.domain.clock import Clock, SystemClock
 from gateway.domain.envelope import GATEWAY
@@ -277,7 +277,9 @@ async def create_gateway(settings: Settings, clock: Clock | None = None, run_out
         for name in ("", *services):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     read_snapshot = functools.partial(dashboard_snapshot, context, timedelta(seconds=settings.dashboard_stuck_seconds))
-    metrics = MetricsServer(registry, settings.metrics_listen, read_snapshot) if settings.metrics_listen else None
+    limits = HttpLimits(settings.http_workers, settings.http_max_connections, settings.http_timeout_seconds)
+    metrics = MetricsServer(registry, settings.metrics_listen, read_snapshot, limits) if settings.metrics_listen \
+        else None
     return Gateway(port, ops_port, context, server, ops_server, (server_health, ops_health), outbox, core, metrics,
                    gates)
 

@@ -40,6 +40,11 @@ class Settings:
     metrics_listen: str = "127.0.0.1:9464"
     # The dashboard lists transfers not final this long after they arrived as stuck.
     dashboard_stuck_seconds: float = 300.0
+    # The HTTP port answers on this many threads, holds at most this many connections, and closes one
+    # that has not sent its request within the timeout (see README "Hostile input and limits").
+    http_workers: int = 4
+    http_max_connections: int = 64
+    http_timeout_seconds: float = 5.0
     database_url: str = "sqlite:///var/gongji.db"
     # An empty database, or one at an older revision, is migrated to head at start-up; when false the
     # gateway refuses it until `gongji db upgrade` has run. A schema it does not know is always refused.
@@ -116,6 +121,9 @@ class Settings:
             ops_listen=get("OPS_LISTEN", cls.ops_listen),
             metrics_listen=get("METRICS_LISTEN", cls.metrics_listen),
             dashboard_stuck_seconds=number("DASHBOARD_STUCK_SECONDS", cls.dashboard_stuck_seconds),
+            http_workers=int(number("HTTP_WORKERS", cls.http_workers)),
+            http_max_connections=int(number("HTTP_MAX_CONNECTIONS", cls.http_max_connections)),
+            http_timeout_seconds=number("HTTP_TIMEOUT_SECONDS", cls.http_timeout_seconds),
             database_url=database_url,
             auto_migrate=get("AUTO_MIGRATE", "true").lower() in ("1", "true", "yes"),
             sqlite_synchronous=get("SQLITE_SYNCHRONOUS", cls.sqlite_synchronous).upper(),
@@ -164,6 +172,10 @@ class Settings:
                 raise ConfigError(f"{name} must be host:port, got {getattr(self, name)!r}")
         if self.dashboard_stuck_seconds < 0:
             raise ConfigError("dashboard_stuck_seconds must not be negative")
+        if not 1 <= self.http_workers <= 64 or not 1 <= self.http_max_connections <= 4096 \
+                or not 0 < self.http_timeout_seconds <= 300:
+            raise ConfigError("http_workers must be within 1..64, http_max_connections within 1..4096 and "
+                              "http_timeout_seconds within 0..300 (above 0)")
         tls = (self.tls_cert_file, self.tls_key_file, self.tls_ca_file)
         if self.insecure_dev_plaintext and any(tls):
             raise ConfigError("GONGJI_INSECURE_DEV_PLAINTEXT and GONGJI_TLS_* exclude each other")

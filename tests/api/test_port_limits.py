@@ -1,18 +1,41 @@
-"""The gateway's gRPC ports under silent and surplus connections: dropped in time, capped, calls answer."""
+"""The gateway's ports under idle and silent connections: threads and descriptors stay bounded, calls answer."""
 
 from __future__ import annotations
 
+import http.client
+import json
+import os
 import socket
 import ssl
 import struct
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.config import Settings
 from gateway.security.tls import GATEWAY_DNS
 from tests.support import XINJIANG, LoopThread, error_of, start_stack, wait_until
+
+DEFAULTS = Settings()  # the production defaults: the tests below run with them
+IDLE_CONNECTIONS = 300
+
+
+def http_get(port: int, path: str) -> tuple[int, bytes, str]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", path)
+        answer = connection.getresponse()
+        return answer.status, answer.read(), answer.getheader("Content-Type", "")
+    finally:
+        connection.close()
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
 
 
 def read_until_closed(sockets: list[socket.socket], within: float) -> list[bytes]:
@@ -34,6 +57,50 @@ def read_until_closed(sockets: list[socket.socket], within: float) -> list[bytes
             data += chunk
         received.append(data)
     return received
+
+
+def test_idle_connections_to_the_http_port_hold_no_thread_and_leave_the_provinces_calls_alone(
+        loop_thread: LoopThread, tmp_path: Path, sqlite_url: str) -> None:
+    # Before: a thread per connection, no read timeout, no cap — 300 idle sockets held 300 threads
+    # (and 300 descriptors, which with a lowered file limit made the provinces' calls fail).
+    stack = start_stack(loop_thread, tmp_path, sqlite_url, metrics_listen="127.0.0.1:0")
+    port = stack.gateway.metrics_port
+    assert port is not None
+    idle: list[socket.socket] = []
+    try:
+        transfer_id = stack.submit(stack.instruction()).transfer_id
+        assert stack.get(transfer_id, timeout=2).transfer_id == transfer_id
+        threads, descriptors = threading.active_count(), open_descriptors()
+
+        # A few idle connections take no worker: the port answers while they are open.
+        idle += [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(10)]
+        assert http_get(port, "/metrics")[0] == 200
+        idle += [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(IDLE_CONNECTIONS - 10)]
+        # Connections are taken in order: once this one is answered or refused, all before it were.
+        assert http_get(port, "/metrics")[0] in (200, 503)
+
+        assert threading.active_count() <= threads + 2, "the HTTP port started a thread per connection"
+        # The test's own ends of the sockets, and what the port holds (never more than its cap).
+        assert open_descriptors() - descriptors <= len(idle) + DEFAULTS.http_max_connections + 16
+        assert stack.get(transfer_id, timeout=2).transfer_id == transfer_id
+
+        # Beyond the cap a connection is refused at once; the others are closed when their time is up.
+        answers = Counter(data.split(b"\r\n", 1)[0] for data in
+                          read_until_closed(idle, DEFAULTS.http_timeout_seconds + 5))
+        assert set(answers) <= {b"HTTP/1.0 503 Service Unavailable", b"HTTP/1.0 408 Request Timeout"}, answers
+        assert answers[b"HTTP/1.0 503 Service Unavailable"] >= IDLE_CONNECTIONS - DEFAULTS.http_max_connections
+
+        wait_until(lambda: http_get(port, "/metrics")[0] == 200, what="/metrics to answer again")
+        status, page, content_type = http_get(port, "/")
+        assert (status, content_type) == (200, "text/html; charset=utf-8") and b"<html" in page.lower()
+        status, body, content_type = http_get(port, "/api/snapshot")
+        assert (status, content_type) == (200, "application/json")
+        assert {p["code"] for p in json.loads(body)["provinces"]} >= {XINJIANG}
+        assert threading.active_count() <= threads + 2
+    finally:
+        for sock in idle:
+            sock.close()
+        stack.close()
 
 
 def test_a_connection_that_never_starts_tls_is_dropped_within_ten_seconds(
