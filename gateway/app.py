@@ -31,7 +31,7 @@ from gateway.api.servicers import (
     UseCaseRunner,
 )
 from gateway.api.transport import authorize_operator, server_credentials
-from gateway.api.web import MetricsServer
+from gateway.api.web import HttpLimits, MetricsServer
 from gateway.config import Settings
 from gateway.domain.clock import Clock, SystemClock
 from gateway.domain.envelope import GATEWAY
@@ -75,6 +75,11 @@ PROVINCE_SERVICES = (
     keys_pb2.DESCRIPTOR.services_by_name["GatewayKeys"].full_name,
 )
 OPERATOR_SERVICES = (operations_pb2.DESCRIPTOR.services_by_name["Operations"].full_name,)
+
+# A connection to a gRPC port must finish TLS and send its HTTP/2 settings within this time.
+HANDSHAKE_TIMEOUT_MS = 10_000
+# Calls in flight on one connection (HTTP/2's recommended minimum); a client queues any beyond.
+MAX_STREAMS_PER_CONNECTION = 100
 
 
 @dataclass
@@ -166,6 +171,11 @@ def _new_server(settings: Settings, services: tuple[str, ...], observe: Callable
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
+            # gRPC core's defaults would give a connection 120 s to finish TLS and send its HTTP/2
+            # settings, and leave connections and streams per connection unlimited.
+            ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
+            ("grpc.max_allowed_incoming_connections", settings.grpc_max_connections),
+            ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
         ],
     )
     health_servicer = HealthServicer()
@@ -277,7 +287,9 @@ async def create_gateway(settings: Settings, clock: Clock | None = None, run_out
         for name in ("", *services):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     read_snapshot = functools.partial(dashboard_snapshot, context, timedelta(seconds=settings.dashboard_stuck_seconds))
-    metrics = MetricsServer(registry, settings.metrics_listen, read_snapshot) if settings.metrics_listen else None
+    limits = HttpLimits(settings.http_workers, settings.http_max_connections, settings.http_timeout_seconds)
+    metrics = MetricsServer(registry, settings.metrics_listen, read_snapshot, limits) if settings.metrics_listen \
+        else None
     return Gateway(port, ops_port, context, server, ops_server, (server_health, ops_health), outbox, core, metrics,
                    gates)
 

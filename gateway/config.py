@@ -40,6 +40,11 @@ class Settings:
     metrics_listen: str = "127.0.0.1:9464"
     # The dashboard lists transfers not final this long after they arrived as stuck.
     dashboard_stuck_seconds: float = 300.0
+    # The HTTP port answers on this many threads, holds at most this many connections, and closes one
+    # that has not sent its request within the timeout (see README "Hostile input and limits").
+    http_workers: int = 4
+    http_max_connections: int = 64
+    http_timeout_seconds: float = 5.0
     database_url: str = "sqlite:///var/gongji.db"
     # An empty database, or one at an older revision, is migrated to head at start-up; when false the
     # gateway refuses it until `gongji db upgrade` has run. A schema it does not know is always refused.
@@ -67,6 +72,8 @@ class Settings:
     db_threads: int = 0
     # The largest request or answer gRPC carries on either port; larger ones end RESOURCE_EXHAUSTED.
     max_message_bytes: int = 256 * 1024
+    # Connections each gRPC port holds at once (one being set up counts); more are closed on arrival.
+    grpc_max_connections: int = 256
     # Calls a second each province may make on the provinces' port, and the burst it may save up; 0: no limit.
     rate_limit_per_second: float = 200.0
     rate_limit_burst: float = 400.0
@@ -129,6 +136,9 @@ class Settings:
             ops_listen=get("OPS_LISTEN", cls.ops_listen),
             metrics_listen=get("METRICS_LISTEN", cls.metrics_listen),
             dashboard_stuck_seconds=number("DASHBOARD_STUCK_SECONDS", cls.dashboard_stuck_seconds),
+            http_workers=int(number("HTTP_WORKERS", cls.http_workers)),
+            http_max_connections=int(number("HTTP_MAX_CONNECTIONS", cls.http_max_connections)),
+            http_timeout_seconds=number("HTTP_TIMEOUT_SECONDS", cls.http_timeout_seconds),
             database_url=database_url,
             auto_migrate=get("AUTO_MIGRATE", "true").lower() in ("1", "true", "yes"),
             sqlite_synchronous=get("SQLITE_SYNCHRONOUS", cls.sqlite_synchronous).upper(),
@@ -148,6 +158,7 @@ class Settings:
             # threads, since its round trips would otherwise stall every call in flight.
             db_threads=int(number("DB_THREADS", 0 if sqlite else 8)),
             max_message_bytes=int(number("MAX_MESSAGE_BYTES", cls.max_message_bytes)),
+            grpc_max_connections=int(number("GRPC_MAX_CONNECTIONS", cls.grpc_max_connections)),
             rate_limit_per_second=number("RATE_LIMIT_PER_SECOND", cls.rate_limit_per_second),
             rate_limit_burst=number("RATE_LIMIT_BURST", cls.rate_limit_burst),
             outbox=OutboxSettings(
@@ -177,6 +188,10 @@ class Settings:
                 raise ConfigError(f"{name} must be host:port, got {getattr(self, name)!r}")
         if self.dashboard_stuck_seconds < 0:
             raise ConfigError("dashboard_stuck_seconds must not be negative")
+        if not 1 <= self.http_workers <= 64 or not 1 <= self.http_max_connections <= 4096 \
+                or not 0 < self.http_timeout_seconds <= 300:
+            raise ConfigError("http_workers must be within 1..64, http_max_connections within 1..4096 and "
+                              "http_timeout_seconds within 0..300 (above 0)")
         tls = (self.tls_cert_file, self.tls_key_file, self.tls_ca_file)
         if self.insecure_dev_plaintext and any(tls):
             raise ConfigError("GONGJI_INSECURE_DEV_PLAINTEXT and GONGJI_TLS_* exclude each other")
@@ -197,6 +212,8 @@ class Settings:
             raise ConfigError("settlement close delay must not be negative")
         if not 16 * 1024 <= self.max_message_bytes <= 64 * 1024 * 1024:
             raise ConfigError("max_message_bytes must be within 16 KiB..64 MiB")
+        if not 1 <= self.grpc_max_connections <= 65536:
+            raise ConfigError("grpc_max_connections must be within 1..65536")
         if self.rate_limit_per_second < 0 or (self.rate_limit_per_second > 0 and self.rate_limit_burst < 1):
             raise ConfigError("rate_limit_per_second must not be negative, and rate_limit_burst is at least 1")
         if self.db_threads < 0 or self.max_clock_skew_seconds <= 0 or self.province_call_timeout_seconds <= 0:

@@ -334,13 +334,13 @@ class Stack:
     def relations(self) -> relations_pb2_grpc.RelationsStub:
         return relations_pb2_grpc.RelationsStub(self.channel)
 
-    def get(self, transfer_id: str, signer: str = XINJIANG) -> transfers_pb2.TransferView:
+    def get(self, transfer_id: str, signer: str = XINJIANG, timeout: float = 10) -> transfers_pb2.TransferView:
         query = transfers_pb2.TransferQuery(
             header=common_pb2.Header(message_id=unique_id("q"), sender=signer, receiver="gateway",
                                      created_at=ts(self.clock.now())),
             transfer_id=transfer_id)
         answer = self.transfers.GetTransfer(transfers_pb2.GetTransferRequest(query=self.sign(query, signer)),
-                                            timeout=10)
+                                            timeout=timeout)
         return answer.transfer
 
     def wait_for_state(self, transfer_id: str, state: int, timeout: float = 15) -> transfers_pb2.TransferView:
@@ -451,7 +451,7 @@ def start_stack(loop_thread: LoopThread, tmp_path: Path, db_url: str,
     clock = OffsetClock()
     config = Settings(
         listen="127.0.0.1:0", ops_listen="127.0.0.1:0", database_url=db_url,
-        # /metrics only where a test asks: stopping its HTTP server costs up to half a second.
+        # /metrics only where a test asks: it costs a port and five threads.
         metrics_listen=settings.pop("metrics_listen", ""),
         gateway_key_file=settings.pop("gateway_key_file", keys_dir / "gateway.key"),
         id_hash_key_file=settings.pop("id_hash_key_file", keys_dir / "id-hash.key"),

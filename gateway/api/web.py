@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import io
 import json
 import logging
+import queue
+import selectors
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from socketserver import ThreadingMixIn
-from typing import Any
+from typing import Any, cast
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
@@ -147,42 +151,213 @@ def web_app(registry: CollectorRegistry, read_snapshot: ReadSnapshot) -> WSGIApp
     return app
 
 
-# -- the server --------------------------------------------------------------------------------------
+# -- the server: one thread reads requests as they arrive, a fixed pool answers them ------------------
 
 
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    """One daemon thread per request, as prometheus-client's own server does."""
+@dataclass(frozen=True)
+class HttpLimits:
+    """What the HTTP port may hold: a stalled or flooding client costs a file descriptor, never a thread."""
 
-    daemon_threads = True
+    workers: int  # threads answering requests; as many requests again may wait their turn
+    max_connections: int  # connections held at once (arriving, waiting or being answered)
+    timeout_seconds: float  # to send a request's head from the connection, and to take each answer
 
 
-class _QuietHandler(WSGIRequestHandler):
+# A browser's request head is well under 2 KiB; the stdlib would take 100 headers of 64 KiB each.
+_MAX_HEAD_BYTES = 16 * 1024
+
+
+def _status_only(status: str) -> bytes:
+    return (f"HTTP/1.0 {status}\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n"
+            "Connection: close\r\n\r\n").encode()
+
+
+_BUSY = _status_only("503 Service Unavailable")
+_TOO_SLOW = _status_only("408 Request Timeout")
+_TOO_LARGE = _status_only("431 Request Header Fields Too Large")
+
+
+def _refuse(conn: socket.socket, answer: bytes) -> None:
+    """A one-line answer if the socket takes it at once, then close: never waits on the client."""
+    try:
+        conn.setblocking(False)
+        conn.send(answer)
+    except OSError:
+        pass
+    conn.close()
+
+
+class _Handler(WSGIRequestHandler):
+    """Answers a request whose head the server has already read, so a worker never waits for a client."""
+
+    def setup(self) -> None:
+        conn, head = cast(tuple[socket.socket, bytes], self.request)
+        self.request = conn
+        super().setup()  # the socket's timeout (the class's `timeout`) now bounds sending the answer
+        self.rfile.close()
+        # A GET has no body, and the app reads none: the head is everything the request holds.
+        self.rfile = io.BytesIO(head)
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http: " + format, *args)
 
 
-def _server_class(host: str) -> type[_ThreadingWSGIServer]:
+class _Server(WSGIServer):
+    request_queue_size = 128  # the kernel's accept backlog: the server thread empties it at once
+
+
+def _server_class(host: str) -> type[_Server]:
     family = socket.getaddrinfo(host, None)[0][0]
 
-    class Server(_ThreadingWSGIServer):
+    class Server(_Server):
         address_family = family
 
     return Server
 
 
-class MetricsServer:
-    """The gateway's HTTP port on its own threads: /metrics, the dashboard and its snapshot."""
+@dataclass
+class _Arriving:
+    address: Any
+    deadline: float
+    head: bytearray = dataclasses.field(default_factory=bytearray)
 
-    def __init__(self, registry: CollectorRegistry, address: str, read_snapshot: ReadSnapshot) -> None:
+
+class MetricsServer:
+    """The gateway's HTTP port on its own threads: /metrics, the dashboard and its snapshot.
+
+    One thread accepts connections and reads their request heads without blocking; a complete request
+    goes to one of `limits.workers` threads. A connection over `limits.max_connections`, or a request
+    finding the workers busy and as many waiting, is answered 503 at once; a head not sent within
+    `limits.timeout_seconds` is answered 408 and closed.
+    """
+
+    def __init__(self, registry: CollectorRegistry, address: str, read_snapshot: ReadSnapshot,
+                 limits: HttpLimits) -> None:
         host, _, port = address.rpartition(":")
         host = host.strip("[]")
+        handler = type("Handler", (_Handler,), {"timeout": limits.timeout_seconds})
         self._server: WSGIServer = make_server(host, int(port), web_app(registry, read_snapshot),
-                                               _server_class(host), _QuietHandler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
-        self._thread.start()
+                                               _server_class(host), handler)
+        self._server.socket.setblocking(False)
         self.port = int(self._server.server_port)
+        self._limits = limits
+        self._arriving: dict[socket.socket, _Arriving] = {}  # in order of arrival, so of deadline
+        self._requests: queue.SimpleQueue[tuple[socket.socket, bytes, Any] | None] = queue.SimpleQueue()
+        self._answering = 0  # requests handed to the workers and not yet answered
+        self._answering_lock = threading.Lock()
+        self._wake, self._waker = socket.socketpair()
+        self._stopping = threading.Event()
+        self._threads = [threading.Thread(target=self._serve, name="http", daemon=True)]
+        self._threads += [threading.Thread(target=self._work, name=f"http-{n}", daemon=True)
+                          for n in range(1, limits.workers + 1)]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
+        self._stopping.set()
+        self._waker.send(b"x")
+        self._threads[0].join(5)
+        for _ in self._threads[1:]:
+            self._requests.put(None)
+        for thread in self._threads[1:]:
+            thread.join(self._limits.timeout_seconds + 1)
         self._server.server_close()
-        self._thread.join(5)
+        self._wake.close()
+        self._waker.close()
+
+    # -- the server thread ---------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        listener = self._server.socket
+        with selectors.DefaultSelector() as selector:
+            selector.register(listener, selectors.EVENT_READ)
+            selector.register(self._wake, selectors.EVENT_READ)
+            while not self._stopping.is_set():
+                first = next(iter(self._arriving.values()), None)
+                timeout = None if first is None else max(0.0, first.deadline - time.monotonic())
+                try:
+                    for key, _ in selector.select(timeout):
+                        if key.fileobj is listener:
+                            self._accept(selector)
+                        elif key.fileobj is not self._wake:
+                            self._read(selector, cast(socket.socket, key.fileobj))
+                    self._expire(selector)
+                except Exception:  # one connection's trouble must not stop the port
+                    log.exception("http: serving a connection failed")
+            for conn in self._arriving:
+                conn.close()
+            self._arriving.clear()
+
+    def _accept(self, selector: selectors.BaseSelector) -> None:
+        while True:
+            try:
+                conn, address = self._server.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:  # e.g. out of file descriptors: let the process breathe
+                log.warning("http: cannot accept a connection: %s", error)
+                self._stopping.wait(0.1)
+                return
+            with self._answering_lock:
+                held = len(self._arriving) + self._answering
+            if held >= self._limits.max_connections:
+                _refuse(conn, _BUSY)
+                continue
+            conn.setblocking(False)
+            self._arriving[conn] = _Arriving(address, time.monotonic() + self._limits.timeout_seconds)
+            selector.register(conn, selectors.EVENT_READ)
+
+    def _read(self, selector: selectors.BaseSelector, conn: socket.socket) -> None:
+        arriving = self._arriving[conn]
+        try:
+            chunk = conn.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        arriving.head += chunk
+        complete = b"\n\r\n" in arriving.head or b"\n\n" in arriving.head
+        if chunk and not complete and len(arriving.head) <= _MAX_HEAD_BYTES:
+            return
+        selector.unregister(conn)
+        del self._arriving[conn]
+        if not chunk:  # the client went away before finishing its request
+            conn.close()
+        elif not complete:
+            _refuse(conn, _TOO_LARGE)
+        else:
+            with self._answering_lock:
+                busy = self._answering >= 2 * self._limits.workers
+                if not busy:
+                    self._answering += 1
+            if busy:
+                _refuse(conn, _BUSY)
+            else:
+                conn.setblocking(True)
+                self._requests.put((conn, bytes(arriving.head), arriving.address))
+
+    def _expire(self, selector: selectors.BaseSelector) -> None:
+        now = time.monotonic()
+        while self._arriving:
+            conn, arriving = next(iter(self._arriving.items()))
+            if arriving.deadline > now:
+                return
+            selector.unregister(conn)
+            del self._arriving[conn]
+            _refuse(conn, _TOO_SLOW)
+
+    # -- the workers ---------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while (request := self._requests.get()) is not None:
+            conn, head, address = request
+            try:
+                self._server.RequestHandlerClass((conn, head), address, self._server)
+            except OSError as error:  # the client stopped reading, or went away
+                log.debug("http: answer not sent: %s", error)
+            except Exception:
+                log.exception("http: request failed")
+            finally:
+                self._server.shutdown_request(conn)
+                with self._answering_lock:
+                    self._answering -= 1

@@ -163,6 +163,15 @@ def test_bad_settings_are_refused_at_start(tmp_path: Path) -> None:
     assert Settings.from_env({**plaintext, "GONGJI_SQLITE_SYNCHRONOUS": "normal"}).sqlite_synchronous == "NORMAL"
     with pytest.raises(ConfigError, match="GONGJI_SQLITE_SYNCHRONOUS"):
         Settings.from_env({**plaintext, "GONGJI_SQLITE_SYNCHRONOUS": "OFF"})
+    # The ports' limits (README "Hostile input and limits").
+    limits = Settings.from_env({**plaintext, "GONGJI_HTTP_WORKERS": "2", "GONGJI_HTTP_MAX_CONNECTIONS": "16",
+                                "GONGJI_HTTP_TIMEOUT_SECONDS": "2.5", "GONGJI_GRPC_MAX_CONNECTIONS": "32"})
+    assert (limits.http_workers, limits.http_max_connections, limits.http_timeout_seconds,
+            limits.grpc_max_connections) == (2, 16, 2.5, 32)
+    for name, value in (("HTTP_WORKERS", "0"), ("HTTP_MAX_CONNECTIONS", "0"), ("HTTP_TIMEOUT_SECONDS", "0"),
+                        ("GRPC_MAX_CONNECTIONS", "0")):
+        with pytest.raises(ConfigError, match=name.lower()):
+            Settings.from_env({**plaintext, f"GONGJI_{name}": value})
 
 
 def test_graceful_stop_reports_not_serving_first(loop_thread: LoopThread, tmp_path: Path, sqlite_url: str) -> None:
