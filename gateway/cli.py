@@ -581,7 +581,7 @@ def settlement_record_payment(
     window_id: str,
     from_province: Annotated[str, typer.Option("--from", help="The paying province, e.g. 650000.")],
     to_province: Annotated[str, typer.Option("--to", help="The paid province, e.g. 620000.")],
-    bank: Annotated[str, typer.Option(help="The bank's name.")],
+    bank: Annotated[str, typer.Option(help="The bank's code, e.g. ICBC or its 12-digit CNAPS number.")],
     serial: Annotated[str, typer.Option(help="The bank's serial number of the payment.")],
     date: Annotated[str, typer.Option(help="The payment's date, YYYY-MM-DD.")],
     ops: OpsAddress = "127.0.0.1:50052", as_json: AsJson = False,

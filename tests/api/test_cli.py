@@ -221,11 +221,11 @@ def test_settlement_close_show_acknowledge_pay_and_export(stack: Stack, tmp_path
 
     today = stack.clock.now().astimezone(BEIJING).date().isoformat()
     code, out = gongji(stack, "settlement", "record-payment", window_id, "--from", XINJIANG, "--to", GANSU,
-                       "--bank", "中国工商银行", "--serial", "ICBC-0001", "--date", today)
+                       "--bank", "ICBC", "--serial", "ICBC-0001", "--date", today)
     assert code == 0 and "1/1 pairs paid" in out and "SETTLED" in out
     window = gongji_json(stack, "settlement", "show", window_id)
     assert window["state"] == "SETTLEMENT_WINDOW_STATE_SETTLED"
-    assert window["payments"] == [{"from_province": XINJIANG, "to_province": GANSU, "bank": "中国工商银行",
+    assert window["payments"] == [{"from_province": XINJIANG, "to_province": GANSU, "bank": "ICBC",
                                    "serial_number": "ICBC-0001", "date": today}]
 
     # CSV: one row per pair, the figures those of the window.
@@ -235,7 +235,7 @@ def test_settlement_close_show_acknowledge_pay_and_export(stack: Stack, tmp_path
     assert [(r["window_id"], r["state"], r["from_province"], r["to_province"], int(r["gross_fen"]), r["gross_yuan"],
              int(r["transfer_count"]), r["paid_bank"], r["paid_serial_number"], r["paid_date"]) for r in rows] == \
         [(window_id, "SETTLED", p["from_province"], p["to_province"], int(p["gross_fen"]), "1123.45",
-          int(p["transfer_count"]), "中国工商银行", "ICBC-0001", today) for p in window["pairs"]]
+          int(p["transfer_count"]), "ICBC", "ICBC-0001", today) for p in window["pairs"]]
     to_file = tmp_path / "window.csv"
     assert invoke(stack, "settlement", "export", window_id, "--output", str(to_file)).exit_code == 0
     assert list(csv.DictReader(io.StringIO(to_file.read_text(encoding="utf-8"), newline=""))) == rows
@@ -268,7 +268,7 @@ def test_settlement_failures_are_one_line_without_a_traceback(stack: Stack, tmp_
 
     today = stack.clock.now().astimezone(BEIJING).date().isoformat()
     code, out = gongji(stack, "settlement", "record-payment", window_id, "--from", XINJIANG, "--to", GANSU,
-                       "--bank", "中国工商银行", "--serial", "ICBC-0002", "--date", today)
+                       "--bank", "ICBC", "--serial", "ICBC-0002", "--date", today)
     assert code == 1 and "FAILED_PRECONDITION WINDOW_NOT_ACKNOWLEDGED" in out and "Traceback" not in out
     assert len(out.strip().splitlines()) == 1
 
