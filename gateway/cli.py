@@ -10,6 +10,7 @@ import json
 import os
 import re
 import sys
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
@@ -24,9 +25,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
+from rich.text import Text
 
 from gateway.admin import add_admin_commands
 from protos.gongji.v1 import operations_pb2, operations_pb2_grpc, settlements_pb2, transfers_pb2
@@ -41,9 +44,10 @@ app.add_typer(transfers_app, name="transfers")
 app.add_typer(settlement_app, name="settlement")
 # `db`: the only commands that open the database rather than call the gateway (gateway/admin.py).
 add_admin_commands(app)
-console = Console()
+# No emoji codes: a value such as ":warning:" from the gateway is printed as written.
+console = Console(emoji=False)
 # Errors and progress go to stderr, so that stdout holds only the answer (JSON or CSV for scripts).
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, emoji=False)
 
 OpsAddress = Annotated[str, typer.Option("--ops", envvar="GONGJI_OPS", help="The gateway's operators' port.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -74,6 +78,66 @@ def _channel(address: str) -> grpc.Channel:
     return grpc.secure_channel(address, credentials, options=[("grpc.ssl_target_name_override", GATEWAY_TLS_NAME)])
 
 
+# Characters that steer a terminal or reorder what it shows: C0 and C1 controls and DEL (ESC starts the
+# terminal's control sequences), format characters (bidi overrides and isolates, zero-width ones), line
+# and paragraph separators; and lone surrogates, which no terminal encoding can write. Values from the
+# gateway show them as escapes instead.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_NOT_PLAIN_ASCII = re.compile(r"[^\x20-\x7e]")
+_NOT_ASCII = re.compile(r"[^\x00-\x7e]")
+
+
+def _is_unsafe(char: str) -> bool:
+    return unicodedata.category(char) in _UNSAFE_CATEGORIES
+
+
+def _visible_escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if not _is_unsafe(char):
+        return char
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def visible(value: object) -> str:
+    """A value from the gateway with its control and format characters written as escapes (ESC as \\x1b)."""
+    return _NOT_PLAIN_ASCII.sub(_visible_escape, str(value))
+
+
+def shown(value: object) -> str:
+    """A value from the gateway to put in a line of rich markup: `visible`, and its markup escaped, so that
+    `[bold]` prints as written."""
+    return escape(visible(value))
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if not _is_unsafe(char):
+        return char
+    code = ord(char)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    high, low = divmod(code - 0x10000, 0x400)  # a UTF-16 surrogate pair, as JSON writes such characters
+    return f"\\u{0xD800 + high:04x}\\u{0xDC00 + low:04x}"
+
+
+def json_text(value: Any, indent: int | None = 2) -> str:
+    """JSON for stdout: readable Chinese, but no character that steers a terminal. json.dumps escapes the
+    C0 controls inside strings; DEL, C1 controls, format characters and separators are escaped here too
+    (they occur only inside strings, so the JSON stays valid and means the same)."""
+    return _NOT_ASCII.sub(_json_escape, json.dumps(value, ensure_ascii=False, indent=indent))
+
+
+# OWASP CSV injection: a spreadsheet runs a cell that starts with one of these as a formula.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(value: str) -> str:
+    """A text cell of a CSV export, a leading quote added where a spreadsheet would see a formula. Only
+    text cells: the numbers the export writes stay numbers."""
+    return "'" + value if value.startswith(_FORMULA_STARTS) else value
+
+
 @contextmanager
 def operations(address: str) -> Iterator[operations_pb2_grpc.OperationsStub]:
     """A client for one command; expected failures become a one-line message and exit code 1."""
@@ -87,14 +151,14 @@ def operations(address: str) -> Iterator[operations_pb2_grpc.OperationsStub]:
                 info = error_details_pb2.ErrorInfo()
                 if detail.Unpack(info):
                     reason = f" {info.reason}"
-            err_console.print(f"[red]error:[/red] {error.code().name}{reason}: {error.details()}",
+            err_console.print(f"[red]error:[/red] {error.code().name}{shown(reason)}: {shown(error.details())}",
                               highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """A failure found by the CLI itself, printed like the gateway's: one line, no traceback."""
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[red]error:[/red] {shown(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -102,12 +166,8 @@ def _dict(message: Message) -> dict[str, Any]:
     return MessageToDict(message, preserving_proto_field_name=True)
 
 
-def _dump(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, indent=2)
-
-
 def _json(message: Message) -> None:
-    print(_dump(_dict(message)))
+    print(json_text(_dict(message)))
 
 
 def yuan(fen: int) -> str:
@@ -143,12 +203,19 @@ def _window_state(value: settlements_pb2.SettlementWindowState.ValueType) -> str
 
 
 def _fields(rows: list[tuple[str, str]]) -> Table:
+    """Named values, one a line; each value printed as it is (see `visible`), never read as markup."""
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
     for name, value in rows:
-        grid.add_row(name, value)
+        grid.add_row(name, Text(visible(value)))
     return grid
+
+
+def _row(table: Table, *cells: str | Text) -> None:
+    """A table row: str cells printed as they are (see `visible`), never read as markup; Text cells carry the
+    CLI's own styles."""
+    table.add_row(*(Text(visible(cell)) if isinstance(cell, str) else cell for cell in cells))
 
 
 # -- provinces ------------------------------------------------------------------------------------
@@ -164,7 +231,7 @@ def provinces_list(ops: OpsAddress = "127.0.0.1:50052", as_json: AsJson = False)
         return
     table = Table("code", "name", "endpoint", "status", "keys")
     for p in answer.provinces:
-        table.add_row(p.code, p.name, p.endpoint, _status(p.status), ", ".join(k.key_id for k in p.keys))
+        _row(table, p.code, p.name, p.endpoint, _status(p.status), ", ".join(k.key_id for k in p.keys))
     console.print(table)
 
 
@@ -203,17 +270,17 @@ def _key_validity(key: operations_pb2.ProvinceKey, now: datetime) -> str:
 def _print_province(p: operations_pb2.Province) -> None:
     console.print(Panel(_fields([("code", p.code), ("name", p.name), ("endpoint", p.endpoint),
                                  ("status", _status(p.status)), ("updated (Beijing)", _when(p, "updated_at"))]),
-                        title=f"province {p.code}", expand=False))
+                        title=f"province {shown(p.code)}", expand=False))
     policy = Table("policy", "value", "meaning", title="policy")
     for field, meaning in POLICY_FIELDS:
-        policy.add_row(field, _policy_value(p.policy, field), meaning)
+        _row(policy, field, _policy_value(p.policy, field), meaning)
     console.print(policy)
     now = datetime.now(UTC)
     keys = Table("key id", "alg", Column("public key (hex)", overflow="fold"), "valid from (Beijing)",
                  "valid until (Beijing)", "now", title="signing keys")
     for k in p.keys:
-        keys.add_row(k.key_id, k.alg, k.public_key.hex(), _when(k, "valid_from"), _when(k, "valid_until"),
-                     _key_validity(k, now))
+        _row(keys, k.key_id, k.alg, k.public_key.hex(), _when(k, "valid_from"), _when(k, "valid_until"),
+             _key_validity(k, now))
     console.print(keys)
 
 
@@ -303,7 +370,7 @@ def provinces_register(
     if as_json:
         _json(answer.province)
         return
-    console.print(f"registered province {answer.province.code} ({answer.province.name}), "
+    console.print(f"registered province {shown(answer.province.code)} ({shown(answer.province.name)}), "
                   f"{_status(answer.province.status)}")
     _print_province(answer.province)
 
@@ -312,7 +379,7 @@ def _set_status(ops: str, code: str, status: operations_pb2.ProvinceStatus.Value
     with operations(ops) as stub:
         answer = stub.UpdateProvince(operations_pb2.UpdateProvinceRequest(code=code, status=status),
                                      timeout=TIMEOUT_S)
-    console.print(f"province {answer.province.code} is now {_status(answer.province.status)}")
+    console.print(f"province {shown(answer.province.code)} is now {_status(answer.province.status)}")
 
 
 @provinces_app.command("suspend")
@@ -369,14 +436,14 @@ def transfers_list(
             if not token:
                 break
     if as_json:
-        print(json.dumps([_dict(t) for t in rows], ensure_ascii=False))
+        print(json_text([_dict(t) for t in rows], indent=None))
         return
     # Ids are copied from here: folded, never cut short.
     table = Table(Column("transfer", overflow="fold"), "state", "from", "to", Column("giver", overflow="fold"),
                   Column("receiver", overflow="fold"), "amount", "created (Beijing)")
     for t in rows:
-        table.add_row(t.transfer_id, _state(t.state), t.giver_province, t.receiver_province, t.giver_id_masked,
-                      t.receiver_id_masked, yuan(t.amount_fen), _when(t, "created_at"))
+        _row(table, t.transfer_id, _state(t.state), t.giver_province, t.receiver_province, t.giver_id_masked,
+             t.receiver_id_masked, yuan(t.amount_fen), _when(t, "created_at"))
     console.print(table)
     if every:
         err_console.print(f"{len(rows)} transfers in {pages} pages")
@@ -400,10 +467,10 @@ def transfers_show(transfer_id: str, ops: OpsAddress = "127.0.0.1:50052", as_jso
         ("returned if unconfirmed at", _when(t, "return_deadline")),
         ("settlement window", t.settlement_window_id or NONE),
         ("instruction sha256", t.instruction_sha256.hex()),
-    ]), title=f"transfer {t.transfer_id}", expand=False))
+    ]), title=f"transfer {shown(t.transfer_id)}", expand=False))
     history = Table("#", "state", "at (Beijing)", "reason", title="history")
     for number, event in enumerate(t.history, 1):
-        history.add_row(str(number), _state(event.state), _when(event, "at"), event.reason or NONE)
+        _row(history, str(number), _state(event.state), _when(event, "at"), event.reason or NONE)
     console.print(history)
 
 
@@ -418,11 +485,12 @@ def transfers_watch(ops: OpsAddress = "127.0.0.1:50052", as_json: AsJson = False
         try:
             for change in stream:
                 if as_json:
-                    print(json.dumps(_dict(change)), flush=True)
+                    print(json_text(_dict(change), indent=None), flush=True)
                 else:
-                    console.print(f"{change.cursor:>8}  {change.transfer_id}  {_state(change.state):<10} "
-                                  f"{change.giver_province}->{change.receiver_province}  "
-                                  f"{yuan(change.amount_fen)} {change.reason}")
+                    console.print(f"{shown(change.cursor):>8}  {shown(change.transfer_id)}  "
+                                  f"{_state(change.state):<10} "
+                                  f"{shown(change.giver_province)}->{shown(change.receiver_province)}  "
+                                  f"{yuan(change.amount_fen)} {shown(change.reason)}")
                 seen += 1
                 if count and seen >= count:
                     break
@@ -442,10 +510,11 @@ def stats(ops: OpsAddress = "127.0.0.1:50052", as_json: AsJson = False) -> None:
         return
     table = Table("from", "to", "state", "count", "amount")
     for s in answer.transfers:
-        table.add_row(s.giver_province, s.receiver_province, _state(s.state), str(s.count), yuan(s.amount_fen))
+        _row(table, s.giver_province, s.receiver_province, _state(s.state), str(s.count), yuan(s.amount_fen))
     console.print(table)
     console.print(f"outbox backlog: {answer.outbox_backlog}; failed delivery attempts: "
-                  + (", ".join(f"{f.province} {f.failed_attempts}" for f in answer.delivery_failures) or "none"))
+                  + (", ".join(f"{shown(f.province)} {f.failed_attempts}" for f in answer.delivery_failures)
+                     or "none"))
 
 
 # -- settlement -----------------------------------------------------------------------------------
@@ -471,7 +540,7 @@ def _print_window(w: Window) -> None:
         ("closed (Beijing)", _when(w, "closed_at")),
         ("acknowledged", f"{_acknowledged(w)} provinces" if closed else NONE),
         ("paid", f"{len(w.payments)}/{len(w.pairs)} pairs" if closed else NONE),
-    ]), title=f"settlement window {w.window_id}", expand=False))
+    ]), title=f"settlement window {shown(w.window_id)}", expand=False))
     if not closed:
         console.print("open: the figures are frozen when the window is closed")
         return
@@ -481,14 +550,14 @@ def _print_window(w: Window) -> None:
     pairs = Table("from (pays)", "to (is paid)", "gross", "transfers", "paid", title="gross figures by pair")
     for pair in w.pairs:
         paid = _payment_of(w, pair.from_province, pair.to_province)
-        pairs.add_row(pair.from_province, pair.to_province, yuan(pair.gross_fen), str(pair.transfer_count),
-                      f"{paid.bank} {paid.serial_number} {paid.date}" if paid else "no")
+        _row(pairs, pair.from_province, pair.to_province, yuan(pair.gross_fen), str(pair.transfer_count),
+             f"{paid.bank} {paid.serial_number} {paid.date}" if paid else "no")
     console.print(pairs)
     positions = Table("province", "net", "", "acknowledged", title="net positions")
     for position in w.positions:
         side = "receives" if position.net_fen > 0 else "pays" if position.net_fen < 0 else "even"
-        positions.add_row(position.province, yuan(position.net_fen), side,
-                          "yes" if position.province in w.acknowledged_by else "no")
+        _row(positions, position.province, yuan(position.net_fen), side,
+             "yes" if position.province in w.acknowledged_by else "no")
     console.print(positions)
 
 
@@ -546,11 +615,11 @@ def settlement_show(
                   title="settlement windows, newest first")
     for w in answer.windows:
         closed = w.state != settlements_pb2.SETTLEMENT_WINDOW_STATE_OPEN
-        table.add_row(w.window_id, _window_state(w.state), ", ".join(w.provinces) or NONE,
-                      yuan(sum(p.gross_fen for p in w.pairs)) if closed else NONE,
-                      str(sum(p.transfer_count for p in w.pairs)) if closed else NONE,
-                      _acknowledged(w) if closed else NONE,
-                      f"{len(w.payments)}/{len(w.pairs)}" if closed else NONE)
+        _row(table, w.window_id, _window_state(w.state), ", ".join(w.provinces) or NONE,
+             yuan(sum(p.gross_fen for p in w.pairs)) if closed else NONE,
+             str(sum(p.transfer_count for p in w.pairs)) if closed else NONE,
+             _acknowledged(w) if closed else NONE,
+             f"{len(w.payments)}/{len(w.pairs)}" if closed else NONE)
     console.print(table)
 
 
@@ -561,16 +630,16 @@ def settlement_ack_status(window_id: str, ops: OpsAddress = "127.0.0.1:50052", a
         window = _get_window(stub, window_id)
     status = [(code, code in window.acknowledged_by) for code in window.provinces]
     if as_json:
-        print(_dump({"window_id": window.window_id,
-                     "state": settlements_pb2.SettlementWindowState.Name(window.state),
-                     "provinces": [{"province": code, "acknowledged": done} for code, done in status]}))
+        print(json_text({"window_id": window.window_id,
+                         "state": settlements_pb2.SettlementWindowState.Name(window.state),
+                         "provinces": [{"province": code, "acknowledged": done} for code, done in status]}))
         return
     if window.state == settlements_pb2.SETTLEMENT_WINDOW_STATE_OPEN:
-        console.print(f"window {window.window_id} is OPEN: there is nothing to acknowledge until it is closed")
+        console.print(f"window {shown(window.window_id)} is OPEN: there is nothing to acknowledge until it is closed")
         return
-    table = Table("province", "acknowledged", title=f"window {window.window_id}")
+    table = Table("province", "acknowledged", title=f"window {shown(window.window_id)}")
     for code, done in status:
-        table.add_row(code, "[green]yes[/green]" if done else "[red]no[/red]")
+        _row(table, code, Text("yes", style="green") if done else Text("no", style="red"))
     console.print(table)
     console.print(f"{sum(done for _, done in status)} of {len(status)} provinces acknowledged; "
                   f"the window is {_window_state(window.state)}")
@@ -581,7 +650,7 @@ def settlement_record_payment(
     window_id: str,
     from_province: Annotated[str, typer.Option("--from", help="The paying province, e.g. 650000.")],
     to_province: Annotated[str, typer.Option("--to", help="The paid province, e.g. 620000.")],
-    bank: Annotated[str, typer.Option(help="The bank's name.")],
+    bank: Annotated[str, typer.Option(help="The bank's code, e.g. ICBC or its 12-digit CNAPS number.")],
     serial: Annotated[str, typer.Option(help="The bank's serial number of the payment.")],
     date: Annotated[str, typer.Option(help="The payment's date, YYYY-MM-DD.")],
     ops: OpsAddress = "127.0.0.1:50052", as_json: AsJson = False,
@@ -595,8 +664,9 @@ def settlement_record_payment(
     if as_json:
         _json(window)
         return
-    console.print(f"window {window.window_id}: payment {from_province} → {to_province} recorded "
-                  f"({bank} {serial} {date}); {len(window.payments)}/{len(window.pairs)} pairs paid; "
+    console.print(f"window {shown(window.window_id)}: payment {shown(from_province)} → {shown(to_province)} "
+                  f"recorded ({shown(bank)} {shown(serial)} {shown(date)}); {len(window.payments)}/{len(window.pairs)} "
+                  "pairs paid; "
                   f"the window is {_window_state(window.state)}")
 
 
@@ -614,9 +684,11 @@ def write_csv(window: Window, out: IO[str]) -> None:
     writer.writerow(CSV_COLUMNS)
     for pair in window.pairs:
         paid = _payment_of(window, pair.from_province, pair.to_province)
-        writer.writerow([window.window_id, _window_state(window.state), pair.from_province, pair.to_province,
-                         pair.gross_fen, plain_yuan(pair.gross_fen), pair.transfer_count,
-                         paid.bank if paid else "", paid.serial_number if paid else "", paid.date if paid else ""])
+        text = [csv_text(value) for value in (window.window_id, _window_state(window.state), pair.from_province,
+                                              pair.to_province)]
+        payment = [csv_text(value) for value in (paid.bank, paid.serial_number, paid.date)] if paid else ["", "", ""]
+        # The numbers (gross amounts are positive) are written as they are, to stay numbers.
+        writer.writerow([*text, pair.gross_fen, plain_yuan(pair.gross_fen), pair.transfer_count, *payment])
 
 
 EXPORT_HELP = (
@@ -644,12 +716,12 @@ def settlement_export(
             if output_format is ExportFormat.csv:
                 write_csv(window, out)
             else:
-                out.write(_dump(_dict(window)) + "\n")
+                out.write(json_text(_dict(window)) + "\n")
     except OSError as error:
         fail(f"cannot write {output}: {error.strerror or error}")
     if output:
-        err_console.print(f"wrote window {window.window_id} ({len(window.pairs)} pairs, "
-                          f"{_window_state(window.state)}) to {output}", highlight=False)
+        err_console.print(f"wrote window {shown(window.window_id)} ({len(window.pairs)} pairs, "
+                          f"{_window_state(window.state)}) to {shown(output)}", highlight=False)
 
 
 @contextmanager

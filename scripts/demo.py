@@ -225,7 +225,7 @@ def settle(transfer_id: str, xinjiang: control_pb2_grpc.StubControlStub,
             return False
         today = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 8 * 3600))  # Beijing date
         payments = [operations_pb2.PaymentRecord(from_province=p.from_province, to_province=p.to_province,
-                                                 bank="中国人民银行 (demo)", serial_number=f"DEMO-{window_id}-{i + 1}",
+                                                 bank="PBOC", serial_number=f"DEMO-{window_id}-{i + 1}",
                                                  date=today) for i, p in enumerate(window.pairs)]
         window = ops.RecordSettlementPayment(operations_pb2.RecordSettlementPaymentRequest(
             window_id=window_id, payments=payments), timeout=10).window

@@ -269,17 +269,18 @@ class Stack:
     def propose(self, receiver: tuple[str, str] = MOTHER, relation_code: str = "52", binding_id: str | None = None,
                 giver: tuple[str, str] = GIVER, sender: str = XINJIANG, receiver_province: str = GANSU,
                 authorised_amount_fen: int = 0, consent_seconds: int = 3600,
-                envelope: common_pb2.SignedEnvelope | None = None) -> relations_pb2.ProposeBindingResponse:
+                envelope: common_pb2.SignedEnvelope | None = None,
+                letter_version: str = "2024-01") -> relations_pb2.ProposeBindingResponse:
         """Propose a binding (signed as `sender`), or send `envelope`, a proposal signed before."""
         if envelope is None:
             envelope = self.signed_proposal(receiver, relation_code, binding_id, giver, sender, receiver_province,
-                                            authorised_amount_fen, consent_seconds)
+                                            authorised_amount_fen, consent_seconds, letter_version)
         return self.relations.ProposeBinding(relations_pb2.ProposeBindingRequest(proposal=envelope), timeout=10)
 
     def signed_proposal(self, receiver: tuple[str, str] = MOTHER, relation_code: str = "52",
                         binding_id: str | None = None, giver: tuple[str, str] = GIVER, sender: str = XINJIANG,
                         receiver_province: str = GANSU, authorised_amount_fen: int = 0,
-                        consent_seconds: int = 3600) -> common_pb2.SignedEnvelope:
+                        consent_seconds: int = 3600, letter_version: str = "2024-01") -> common_pb2.SignedEnvelope:
         now = self.clock.now()
         proposal = relations_pb2.BindingProposal(
             header=common_pb2.Header(message_id=binding_id or unique_id("b"), sender=sender,
@@ -287,12 +288,13 @@ class Stack:
             giver=common_pb2.PersonRef(id_number=giver[0], pooling_area=giver[1]),
             receiver=common_pb2.PersonRef(id_number=receiver[0], pooling_area=receiver[1]),
             relation_code=relation_code,
-            commitment=relations_pb2.Commitment(letter_version="2024-01", accepted_at=ts(now)),
+            commitment=relations_pb2.Commitment(letter_version=letter_version, accepted_at=ts(now)),
             authorised_amount_fen=authorised_amount_fen, consent_by=ts(now + timedelta(seconds=consent_seconds)))
         return self.sign(proposal, sender)
 
     def answer_consent(self, binding_id: str, signer: str = GANSU, accept: bool = True,
-                       method: int = relations_pb2.ATTESTATION_METHOD_FACE) -> relations_pb2.AcceptBindingResponse:
+                       method: int = relations_pb2.ATTESTATION_METHOD_FACE,
+                       evidence_ref: str | None = None) -> relations_pb2.AcceptBindingResponse:
         acceptance = relations_pb2.BindingAcceptance(
             header=common_pb2.Header(message_id=unique_id("acc"), sender=signer, receiver="gateway",
                                      created_at=ts(self.clock.now())),
@@ -300,7 +302,7 @@ class Stack:
             decision=relations_pb2.CONSENT_DECISION_ACCEPT if accept else relations_pb2.CONSENT_DECISION_REFUSE)
         if accept:
             acceptance.attestation.CopyFrom(relations_pb2.Attestation(
-                method=method, evidence_ref=unique_id("ev"), attested_at=ts(self.clock.now())))
+                method=method, evidence_ref=evidence_ref or unique_id("ev"), attested_at=ts(self.clock.now())))
         return self.relations.AcceptBinding(
             relations_pb2.AcceptBindingRequest(acceptance=self.sign(acceptance, signer)), timeout=10)
 

@@ -171,7 +171,7 @@ def decode_binding_acceptance(payload: bytes) -> BindingAcceptance:
         if method is None:
             raise InvalidArgument("attestation.method must be FACE or GUARDIAN_DOCUMENT", reason="INVALID_ATTESTATION",
                                   field="attestation.method")
-        if attested_at is None or not message.attestation.evidence_ref or len(message.attestation.evidence_ref) > 128:
+        if attested_at is None or not message.attestation.evidence_ref:
             raise InvalidArgument("an attestation needs its time and the province's evidence reference (D7)",
                                   reason="INVALID_ATTESTATION", field="attestation")
         attestation = Attestation(method, message.attestation.evidence_ref, attested_at)

@@ -11,6 +11,7 @@ from gateway.domain.envelope import Header
 from gateway.domain.errors import InvalidArgument
 from gateway.domain.money import validate_amount
 from gateway.domain.provinces import PROVINCE_CODE
+from gateway.domain.references import validate_reference
 from gateway.domain.transfers import (
     REASON_PATTERN,
     PersonRef,
@@ -19,6 +20,8 @@ from gateway.domain.transfers import (
 )
 
 MAX_CONSENT_WINDOW = timedelta(days=30)
+LETTER_VERSION_MAX = 32
+EVIDENCE_REF_MAX = 128
 
 
 class BindingState(enum.Enum):
@@ -133,9 +136,10 @@ def validate_proposal(proposal: BindingProposal, now: datetime) -> None:
                               "cross-province relations only", reason="NOT_CROSS_PROVINCE", field="header.receiver")
     validate_pooling_area(proposal.giver.pooling_area, header.sender, "giver.pooling_area")
     validate_pooling_area(proposal.receiver.pooling_area, header.receiver, "receiver.pooling_area")
-    if not proposal.letter_version or len(proposal.letter_version) > 32:
+    if not proposal.letter_version:
         raise InvalidArgument("the giver's accepted commitment letter is required", reason="MISSING_COMMITMENT",
                               field="commitment.letter_version")
+    validate_reference(proposal.letter_version, "commitment.letter_version", max_length=LETTER_VERSION_MAX)
     if proposal.accepted_at is None or proposal.accepted_at > now + timedelta(minutes=5):
         raise InvalidArgument("commitment.accepted_at is required and not in the future", reason="INVALID_TIMESTAMP",
                               field="commitment.accepted_at")
@@ -143,6 +147,12 @@ def validate_proposal(proposal: BindingProposal, now: datetime) -> None:
     if proposal.consent_by is None or not now < proposal.consent_by <= now + MAX_CONSENT_WINDOW:
         raise InvalidArgument("consent_by must be in the future, within 30 days", reason="INVALID_CONSENT_DEADLINE",
                               field="consent_by")
+
+
+def validate_attestation(attestation: Attestation) -> None:
+    """The province's evidence reference names its own record of the attestation (D7): an identifier,
+    never the person's name or ID number, which would stay in the permanent record."""
+    validate_reference(attestation.evidence_ref, "attestation.evidence_ref", max_length=EVIDENCE_REF_MAX)
 
 
 def validate_reason(reason: str, field: str = "reason") -> None:

@@ -15,6 +15,7 @@ PROVINCE_CODE = re.compile(r"[0-9]{2}0000")  # ASCII digits only, as in ID numbe
 KEY_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
 # A DNS name is at most 253 characters; with ":port" (or an IPv6 literal in brackets) 261 is enough.
 MAX_ENDPOINT_LENGTH = 261
+NAME_MAX = 64
 
 
 class ProvinceStatus(enum.Enum):
@@ -90,13 +91,22 @@ def validate_province_code(code: str, field_name: str = "code") -> None:
                               field=field_name)
 
 
+def validate_name(name: str, field_name: str = "name") -> None:
+    """A display name set by an operator (e.g. 陕西): printable text, so that no control character or
+    terminal escape reaches an operator's screen or the record."""
+    if not name.strip() or len(name) > NAME_MAX or not name.isprintable():
+        raise InvalidArgument(f"name is required: at most {NAME_MAX} printable characters",
+                              reason="INVALID_NAME", field=field_name)
+
+
 def validate_endpoint(endpoint: str, field_name: str = "endpoint") -> None:
     host, sep, port = endpoint.rpartition(":")
     # The length first: int() of a port thousands of digits long raises ValueError, not a clear error.
-    if (len(endpoint) > MAX_ENDPOINT_LENGTH or not endpoint.isprintable() or not sep or not host
-            or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536):
-        raise InvalidArgument(f"an endpoint is host:port, at most {MAX_ENDPOINT_LENGTH} printable characters",
-                              reason="INVALID_ENDPOINT", field=field_name)
+    # ASCII without spaces: a host name is written so (an internationalised one as its xn-- form).
+    if (len(endpoint) > MAX_ENDPOINT_LENGTH or not endpoint.isascii() or not endpoint.isprintable()
+            or " " in endpoint or not sep or not host or not port.isdigit() or not 0 < int(port) < 65536):
+        raise InvalidArgument(f"an endpoint is host:port, at most {MAX_ENDPOINT_LENGTH} ASCII characters without "
+                              "spaces", reason="INVALID_ENDPOINT", field=field_name)
 
 
 def validate_key(key: ProvinceKey, field_name: str = "keys") -> None:

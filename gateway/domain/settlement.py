@@ -12,10 +12,11 @@ from gateway.domain.clock import BEIJING
 from gateway.domain.envelope import Header
 from gateway.domain.errors import InvalidArgument
 from gateway.domain.provinces import validate_province_code
+from gateway.domain.references import validate_reference
 
 WINDOW_ID_PATTERN = re.compile(r"\d{4}-\d{2}(-\d{2})?")
 BANK_MAX = 64
-SERIAL_PATTERN = re.compile(r"[A-Za-z0-9\-_/.]{1,64}")
+SERIAL_NUMBER_MAX = 64
 
 
 class SettlementPeriod(enum.Enum):
@@ -158,12 +159,10 @@ def validate_payment(from_province: str, to_province: str, bank: str, serial_num
     prefix = f"payments[{index}]"
     validate_province_code(from_province, f"{prefix}.from_province")
     validate_province_code(to_province, f"{prefix}.to_province")
-    if not bank.strip() or len(bank) > BANK_MAX or not bank.isprintable():
-        raise InvalidArgument(f"bank must be 1-{BANK_MAX} printable characters", reason="INVALID_BANK",
-                              field=f"{prefix}.bank")
-    if not SERIAL_PATTERN.fullmatch(serial_number):
-        raise InvalidArgument("serial_number must be 1-64 characters from [A-Za-z0-9-_/.]",
-                              reason="INVALID_SERIAL_NUMBER", field=f"{prefix}.serial_number")
+    # The bank is named by its code (e.g. ICBC, or its 12-digit CNAPS number), not by a free-text name.
+    validate_reference(bank, f"{prefix}.bank", max_length=BANK_MAX, reason="INVALID_BANK")
+    validate_reference(serial_number, f"{prefix}.serial_number", max_length=SERIAL_NUMBER_MAX,
+                       reason="INVALID_SERIAL_NUMBER")
     try:
         day = date.fromisoformat(paid_on) if re.fullmatch(r"\d{4}-\d{2}-\d{2}", paid_on) else None
     except ValueError:
@@ -174,7 +173,7 @@ def validate_payment(from_province: str, to_province: str, bank: str, serial_num
     if day > today:
         raise InvalidArgument("a payment cannot be dated in the future", reason="INVALID_PAYMENT_DATE",
                               field=f"{prefix}.date")
-    return Payment(from_province, to_province, bank.strip(), serial_number, day)
+    return Payment(from_province, to_province, bank, serial_number, day)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from gateway.domain.bindings import (
     ConsentDecision,
     MemberChange,
     MemberChangeKind,
+    validate_attestation,
     validate_proposal,
     validate_reason,
 )
@@ -204,6 +205,8 @@ def accept_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
         if acceptance.decision is ConsentDecision.ACCEPT and acceptance.attestation is None:
             raise InvalidArgument("an acceptance needs the receiver's attestation (D6)", reason="MISSING_FIELD",
                                   field="attestation")
+        if acceptance.attestation is not None:
+            validate_attestation(acceptance.attestation)
         binding = _party_binding(uow, acceptance.binding_id, header.sender)
         if header.sender != binding.receiver_province:
             raise PermissionDenied("only the receiver's province answers a proposal", reason="NOT_RECEIVER_PROVINCE",

@@ -14,6 +14,7 @@ from gateway.domain.provinces import (
     ProvinceStatus,
     validate_endpoint,
     validate_key,
+    validate_name,
     validate_policy,
     validate_province_code,
 )
@@ -44,8 +45,7 @@ class ManifestResult:
 
 def _validate(province: Province) -> None:
     validate_province_code(province.code, "province.code")
-    if not province.name or len(province.name) > 64:
-        raise InvalidArgument("name is required (at most 64 characters)", reason="INVALID_NAME", field="province.name")
+    validate_name(province.name, "province.name")
     validate_endpoint(province.endpoint, "province.endpoint")
     if not province.keys:
         raise InvalidArgument("a province needs at least one signing key", reason="MISSING_FIELD",

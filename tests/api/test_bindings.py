@@ -186,6 +186,46 @@ def test_bad_proposals_are_refused_before_anything_is_stored(stack: Stack) -> No
     assert stack.counts() == before
 
 
+# The child's ID number written into references, as a province's platform might (D19): whole, split by
+# separators, inside other text, as a first-generation 15-digit number; and names.
+CHILD_FIRST_GENERATION = CHILD[0][:6] + CHILD[0][8:14] + "002"  # 620102 150816 002
+REFERENCES_WITH_PERSONAL_DATA = [
+    (CHILD[0], "REFERENCE_LOOKS_LIKE_ID_NUMBER"),
+    (f"HUKOU-{CHILD[0]}-1", "REFERENCE_LOOKS_LIKE_ID_NUMBER"),
+    (f"HUKOU-{CHILD[0][:6]}-{CHILD[0][6:14]}.{CHILD[0][14:]}", "REFERENCE_LOOKS_LIKE_ID_NUMBER"),
+    (f"OLD-{CHILD_FIRST_GENERATION}", "REFERENCE_LOOKS_LIKE_ID_NUMBER"),
+    ("王小红", "INVALID_REFERENCE"),
+    (f"王小红{CHILD[0]}", "INVALID_REFERENCE"),
+    ("Wang Xiaohong", "INVALID_REFERENCE"),
+]
+
+
+def test_an_attestation_reference_holding_personal_data_is_refused_and_nothing_is_stored(stack: Stack) -> None:
+    binding_id = stack_binding_id(stack.propose(CHILD, relation_code="30"))
+    for evidence_ref, reason in REFERENCES_WITH_PERSONAL_DATA:
+        before = stack.counts()
+        seen = error_of(lambda ref=evidence_ref: stack.answer_consent(  # type: ignore[misc]
+            binding_id, method=R.ATTESTATION_METHOD_GUARDIAN_DOCUMENT, evidence_ref=ref))
+        assert (seen.code, seen.reason, seen.metadata.get("field")) == (
+            grpc.StatusCode.INVALID_ARGUMENT, reason, "attestation.evidence_ref"), evidence_ref
+        assert stack.counts() == before  # no binding change, no stored answer, no audit entry
+        assert stack.binding(binding_id).state == R.BINDING_STATE_PROPOSED
+    # An opaque reference is taken.
+    assert stack.answer_consent(binding_id, method=R.ATTESTATION_METHOD_GUARDIAN_DOCUMENT,
+                                evidence_ref="HUKOU-2026:0001/A.7").state == R.BINDING_STATE_ACTIVE
+
+
+def test_a_letter_version_holding_personal_data_is_refused_and_nothing_is_stored(stack: Stack) -> None:
+    before = stack.counts()
+    for letter_version, reason in [*REFERENCES_WITH_PERSONAL_DATA, ("2024 01", "INVALID_REFERENCE"),
+                                   ("v" * 33, "INVALID_REFERENCE")]:
+        seen = error_of(lambda v=letter_version: stack.propose(CHILD, relation_code="30",  # type: ignore[misc]
+                                                               letter_version=v))
+        assert (seen.code, seen.reason, seen.metadata.get("field")) == (
+            grpc.StatusCode.INVALID_ARGUMENT, reason, "commitment.letter_version"), letter_version
+    assert stack.counts() == before
+
+
 def test_concurrent_proposals_for_one_person_leave_one_relation_under_single_relation_only(stack: Stack) -> None:
     """Eight proposals for the daughter at once: exactly one is stored (D8), on PostgreSQL's concurrent writers too."""
     stack.operations.UpdateProvince(operations_pb2.UpdateProvinceRequest(

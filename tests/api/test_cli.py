@@ -14,13 +14,28 @@ import typer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from rich.console import Console
+from rich.table import Table
 from typer.testing import CliRunner, Result
 
-from gateway.cli import app, console, err_console, load_public_key, plain_yuan, yuan
+from gateway.cli import (
+    _fields,
+    _row,
+    app,
+    console,
+    csv_text,
+    err_console,
+    json_text,
+    load_public_key,
+    plain_yuan,
+    shown,
+    write_csv,
+    yuan,
+)
 from gateway.domain.clock import BEIJING
-from protos.gongji.v1 import transfers_pb2
+from protos.gongji.v1 import operations_pb2, settlements_pb2, transfers_pb2
 from protos.stub.v1 import control_pb2
-from tests.support import GANSU, XINJIANG, Stack, wait_until
+from tests.support import GANSU, XINJIANG, Stack, register, wait_until
 
 runner = CliRunner()
 SHAANXI = "610000"
@@ -221,11 +236,11 @@ def test_settlement_close_show_acknowledge_pay_and_export(stack: Stack, tmp_path
 
     today = stack.clock.now().astimezone(BEIJING).date().isoformat()
     code, out = gongji(stack, "settlement", "record-payment", window_id, "--from", XINJIANG, "--to", GANSU,
-                       "--bank", "中国工商银行", "--serial", "ICBC-0001", "--date", today)
+                       "--bank", "ICBC", "--serial", "ICBC-0001", "--date", today)
     assert code == 0 and "1/1 pairs paid" in out and "SETTLED" in out
     window = gongji_json(stack, "settlement", "show", window_id)
     assert window["state"] == "SETTLEMENT_WINDOW_STATE_SETTLED"
-    assert window["payments"] == [{"from_province": XINJIANG, "to_province": GANSU, "bank": "中国工商银行",
+    assert window["payments"] == [{"from_province": XINJIANG, "to_province": GANSU, "bank": "ICBC",
                                    "serial_number": "ICBC-0001", "date": today}]
 
     # CSV: one row per pair, the figures those of the window.
@@ -235,7 +250,7 @@ def test_settlement_close_show_acknowledge_pay_and_export(stack: Stack, tmp_path
     assert [(r["window_id"], r["state"], r["from_province"], r["to_province"], int(r["gross_fen"]), r["gross_yuan"],
              int(r["transfer_count"]), r["paid_bank"], r["paid_serial_number"], r["paid_date"]) for r in rows] == \
         [(window_id, "SETTLED", p["from_province"], p["to_province"], int(p["gross_fen"]), "1123.45",
-          int(p["transfer_count"]), "中国工商银行", "ICBC-0001", today) for p in window["pairs"]]
+          int(p["transfer_count"]), "ICBC", "ICBC-0001", today) for p in window["pairs"]]
     to_file = tmp_path / "window.csv"
     assert invoke(stack, "settlement", "export", window_id, "--output", str(to_file)).exit_code == 0
     assert list(csv.DictReader(io.StringIO(to_file.read_text(encoding="utf-8"), newline=""))) == rows
@@ -268,7 +283,7 @@ def test_settlement_failures_are_one_line_without_a_traceback(stack: Stack, tmp_
 
     today = stack.clock.now().astimezone(BEIJING).date().isoformat()
     code, out = gongji(stack, "settlement", "record-payment", window_id, "--from", XINJIANG, "--to", GANSU,
-                       "--bank", "中国工商银行", "--serial", "ICBC-0002", "--date", today)
+                       "--bank", "ICBC", "--serial", "ICBC-0002", "--date", today)
     assert code == 1 and "FAILED_PRECONDITION WINDOW_NOT_ACKNOWLEDGED" in out and "Traceback" not in out
     assert len(out.strip().splitlines()) == 1
 
@@ -283,3 +298,76 @@ def test_settlement_failures_are_one_line_without_a_traceback(stack: Stack, tmp_
 def test_an_unreachable_gateway_is_one_line(command: list[str]) -> None:
     result = runner.invoke(app, [*command, "--ops", "127.0.0.1:1"])
     assert result.exit_code == 1 and "UNAVAILABLE" in result.output and "Traceback" not in result.output
+
+
+# -- what the gateway sends is printed, never obeyed ---------------------------------------------
+
+# Markup, emoji codes and brackets are printable, so a province may still be named so; the CLI prints them.
+MARKUP_NAME = "陕西[red]x[/red] [bold]y :warning: \\[i]"
+# These no longer pass the gateway's checks, but a value from an older record or another gateway may hold them.
+# Each with what the CLI prints instead: ESC and the other C0 controls, DEL, C1's CSI, bidi override and
+# isolate, a zero-width space.
+STEERING = {"\x1b[31m": "\\x1b[31m", "\x1b]0;title\x07": "\\x1b]0;title\\x07", "\x9b2J": "\\x9b2J",
+            "\u202e": "\\u202e", "\u2066": "\\u2066", "\u200b": "\\u200b", "\x7f": "\\x7f", "\r": "\\x0d",
+            "\x00": "\\x00"}
+
+
+def test_a_province_name_with_markup_is_printed_as_written(stack: Stack) -> None:
+    register(stack.operations, SHAANXI, MARKUP_NAME, "127.0.0.1:50063", "610000-k1", b"\x02" * 32)
+    for command in (["provinces", "list"], ["provinces", "show", SHAANXI]):
+        code, out = gongji(stack, *command)
+        assert code == 0 and MARKUP_NAME in out, out
+    assert {p["code"]: p["name"] for p in gongji_json(stack, "provinces", "list")["provinces"]}[SHAANXI] == \
+        MARKUP_NAME
+
+
+def rendered(*values: str) -> str:
+    """What a colour terminal receives when the CLI prints `values` in a line, a table and a field grid."""
+    terminal = Console(file=io.StringIO(), force_terminal=True, color_system="truecolor", width=250, emoji=False)
+    terminal.print(" ".join(shown(value) for value in values), highlight=False)  # colours would split the text
+    table = Table("value")
+    for value in values:
+        _row(table, value)
+    terminal.print(table)
+    terminal.print(_fields([("value", value) for value in values]))
+    output = terminal.file.getvalue()  # type: ignore[attr-defined]
+    assert isinstance(output, str)
+    return output
+
+
+@pytest.mark.parametrize(("value", "printed"), list(STEERING.items()))
+def test_control_sequences_from_the_gateway_never_reach_the_terminal(value: str, printed: str) -> None:
+    output = rendered(f"a{value}b")
+    assert value not in output and output.count(f"a{printed}b") == 3, repr(output)
+
+
+def test_markup_from_the_gateway_is_printed_as_written() -> None:
+    output = rendered(MARKUP_NAME, "[link=file:///etc/passwd]click[/link]")
+    assert output.count(MARKUP_NAME) == 3 and output.count("[link=file:///etc/passwd]click[/link]") == 3
+
+
+def test_json_output_escapes_what_steers_a_terminal_and_stays_valid() -> None:
+    value = {"name": "新疆" + "".join(STEERING) + "\U000e0001\u2028", "n": -1}
+    text = json_text(value)
+    assert json.loads(text) == value and json.loads(json_text(value, indent=None)) == value
+    assert "新疆" in text  # readable Chinese, not \\u escapes
+    assert not any(char in text for char in [*STEERING, "\U000e0001", "\u2028"])
+
+
+def test_csv_export_neutralises_formulas_in_text_cells_only() -> None:
+    assert [csv_text(v) for v in ("=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "ICBC", "", "1=1")] == \
+        ["'=1+1", "'+1", "'-1", "'@SUM(A1)", "'\tx", "'\rx", "ICBC", "", "1=1"]
+    # A record from before references were restricted may hold anything: an export opens safely in a spreadsheet.
+    window = operations_pb2.SettlementWindow(
+        window_id="2026-05-04", state=settlements_pb2.SETTLEMENT_WINDOW_STATE_SETTLED,
+        pairs=[settlements_pb2.PairFigure(from_province=XINJIANG, to_province=GANSU, gross_fen=12_345,
+                                          transfer_count=2)],
+        payments=[operations_pb2.PaymentRecord(from_province=XINJIANG, to_province=GANSU,
+                                               bank='=HYPERLINK("http://x","ICBC")', serial_number="-2+3",
+                                               date="@2026-05-05")])
+    out = io.StringIO()
+    write_csv(window, out)
+    [row] = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert (row["paid_bank"], row["paid_serial_number"], row["paid_date"]) == (
+        '\'=HYPERLINK("http://x","ICBC")', "'-2+3", "'@2026-05-05")
+    assert (row["gross_fen"], row["gross_yuan"], row["transfer_count"]) == ("12345", "123.45", "2")

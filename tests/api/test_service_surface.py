@@ -110,6 +110,32 @@ def test_register_province_validates_and_refuses_duplicates(stack: Stack) -> Non
     assert (seen.code, seen.reason) == (grpc.StatusCode.NOT_FOUND, "PROVINCE_NOT_FOUND")
 
 
+def test_a_province_name_or_endpoint_that_is_not_plain_text_is_refused_and_nothing_changes(stack: Stack) -> None:
+    """Names reach operators' terminals and the dashboard: printable text only, no control characters,
+    terminal escapes or bidi overrides; endpoints are ASCII host:port."""
+    def provinces() -> list[operations_pb2.Province]:
+        return list(stack.operations.ListProvinces(operations_pb2.ListProvincesRequest(), timeout=5).provinces)
+
+    before, counts = provinces(), stack.counts()
+    key = operations_pb2.ProvinceKey(key_id="110000-k1", alg="ed25519", public_key=b"\x01" * 32)
+    for field, value, reason in [
+        ("name", "北\x1b[31m京", "INVALID_NAME"), ("name", "\u202e京北", "INVALID_NAME"),
+        ("name", "北京\n", "INVALID_NAME"), ("name", "北\x00京", "INVALID_NAME"), ("name", "北\x9b京", "INVALID_NAME"),
+        ("name", "北\u200b京", "INVALID_NAME"), ("name", " ", "INVALID_NAME"), ("name", "京" * 65, "INVALID_NAME"),
+        ("endpoint", "北京.example.cn:443", "INVALID_ENDPOINT"), ("endpoint", "bad host:443", "INVALID_ENDPOINT"),
+    ]:
+        fields = {"name": "北京", "endpoint": "127.0.0.1:50070", field: value}
+        seen = error_of(lambda f=fields: stack.operations.RegisterProvince(  # type: ignore[misc]
+            operations_pb2.RegisterProvinceRequest(province=operations_pb2.Province(code="110000", keys=[key], **f)),
+            timeout=5))
+        assert (seen.code, seen.reason, seen.metadata.get("field")) == (
+            grpc.StatusCode.INVALID_ARGUMENT, reason, f"province.{field}"), value
+        seen = error_of(lambda f=field, v=value: stack.operations.UpdateProvince(  # type: ignore[misc]
+            operations_pb2.UpdateProvinceRequest(code=XINJIANG, **{f: v}), timeout=5))
+        assert (seen.code, seen.reason) == (grpc.StatusCode.INVALID_ARGUMENT, reason), value
+    assert provinces() == before and stack.counts() == counts
+
+
 def test_manifest_is_applied_at_start_and_keeps_operator_status(loop_thread: LoopThread, tmp_path: Path,
                                                                 db_url: str) -> None:
     manifest = tmp_path / "manifest.toml"

@@ -53,7 +53,7 @@ def wait_window_state(stack: Stack, window_id: str, state: int) -> operations_pb
 
 
 def pay(stack: Stack, window_id: str, *pairs: tuple[str, str, str]) -> operations_pb2.SettlementWindow:
-    payments = [W.PaymentRecord(from_province=f, to_province=t, bank="中国工商银行", serial_number=serial,
+    payments = [W.PaymentRecord(from_province=f, to_province=t, bank="ICBC", serial_number=serial,
                                 date=stack.clock.now().astimezone(BEIJING).date().isoformat())
                 for f, t, serial in pairs]
     return stack.operations.RecordSettlementPayment(
@@ -272,13 +272,26 @@ def test_bad_settlement_requests_get_clear_errors_and_change_nothing(stack: Stac
          "PAIR_NOT_IN_WINDOW"),
         (W.PaymentRecord(from_province="999999", to_province=GANSU, bank="B", serial_number="S", date=str(today)),
          "INVALID_PROVINCE_CODE"),
+        # References are identifiers: a bank's name, a person's name or ID number never reaches the record.
+        (W.PaymentRecord(from_province=XINJIANG, to_province=GANSU, bank="中国工商银行", serial_number="S",
+                         date=str(today)), "INVALID_BANK"),
+        (W.PaymentRecord(from_province=XINJIANG, to_province=GANSU, bank="ICBC-620102201508160027",
+                         serial_number="S", date=str(today)), "REFERENCE_LOOKS_LIKE_ID_NUMBER"),
+        (W.PaymentRecord(from_province=XINJIANG, to_province=GANSU, bank="ICBC", serial_number="王小红",
+                         date=str(today)), "INVALID_SERIAL_NUMBER"),
+        (W.PaymentRecord(from_province=XINJIANG, to_province=GANSU, bank="ICBC", serial_number="620102201508160027",
+                         date=str(today)), "REFERENCE_LOOKS_LIKE_ID_NUMBER"),
     ]
+    with stack.gateway.engine.connect() as conn:
+        audit_entries = conn.execute(text("SELECT count(*) FROM audit_log")).scalar_one()
     for payment, reason in bad_payments:
         seen = error_of(lambda p=payment: stack.operations.RecordSettlementPayment(  # type: ignore[misc]
             W.RecordSettlementPaymentRequest(window_id=closed.window_id, payments=[p]), timeout=5))
         assert (seen.code, seen.reason) == (grpc.StatusCode.INVALID_ARGUMENT, reason), reason
     assert window(stack, closed.window_id).state == S.SETTLEMENT_WINDOW_STATE_ACKNOWLEDGED
     assert list(window(stack, closed.window_id).payments) == []
+    with stack.gateway.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM audit_log")).scalar_one() == audit_entries
 
     # An outsider province (registered, but not in this window) sees no figures and cannot agree to them.
     stack.add_province(SHAANXI, "陕西")

@@ -82,12 +82,21 @@ def test_a_province_is_shown_only_its_own_pairs() -> None:
 
 def test_payment_references_are_validated() -> None:
     today = date(2026, 11, 22)
-    payment = validate_payment("650000", "620000", " 中国工商银行 ", "ICBC-2026/11.22_1", "2026-11-22", 0, today)
-    assert payment.bank == "中国工商银行" and payment.paid_on == today
+    payment = validate_payment("650000", "620000", "ICBC", "ICBC-2026/11.22_1", "2026-11-22", 0, today)
+    assert payment.bank == "ICBC" and payment.paid_on == today
+    assert validate_payment("650000", "620000", "102100099996", "S", "2026-11-22", 0, today).bank == "102100099996"
     for args, reason in [
         (("650000", "620000", "", "S", "2026-11-22"), "INVALID_BANK"),
         (("650000", "620000", "B" * 65, "S", "2026-11-22"), "INVALID_BANK"),
+        # A bank is named by its code, not by free text (which could hold a name).
+        (("650000", "620000", "中国工商银行", "S", "2026-11-22"), "INVALID_BANK"),
+        (("650000", "620000", " ICBC ", "S", "2026-11-22"), "INVALID_BANK"),
+        (("650000", "620000", "ICBC\x1b[31m", "S", "2026-11-22"), "INVALID_BANK"),
+        (("650000", "620000", "ICBC-620102201508160027", "S", "2026-11-22"), "REFERENCE_LOOKS_LIKE_ID_NUMBER"),
         (("650000", "620000", "B", "", "2026-11-22"), "INVALID_SERIAL_NUMBER"),
+        (("650000", "620000", "B", "王小红", "2026-11-22"), "INVALID_SERIAL_NUMBER"),
+        (("650000", "620000", "B", "=1+1", "2026-11-22"), "INVALID_SERIAL_NUMBER"),
+        (("650000", "620000", "B", "S-620102201508160027", "2026-11-22"), "REFERENCE_LOOKS_LIKE_ID_NUMBER"),
         (("650000", "620000", "B", "S", "2026-11-23"), "INVALID_PAYMENT_DATE"),
         (("650000", "620000", "B", "S", "22/11/2026"), "INVALID_PAYMENT_DATE"),
         (("65000", "620000", "B", "S", "2026-11-22"), "INVALID_PROVINCE_CODE"),

@@ -181,9 +181,9 @@ class Province(_message.Message):
     code: _builtins.str
     """Six-digit code, e.g. "650000" (GB/T 2260; "660000" is the XPCC)."""
     name: _builtins.str
-    """Display name, e.g. "新疆"."""
+    """Display name, e.g. "新疆": 1-64 printable characters (no control characters)."""
     endpoint: _builtins.str
-    """host:port of the province's ProvinceInbox."""
+    """host:port of the province's ProvinceInbox: ASCII, no spaces, at most 261 characters."""
     status: Global___ProvinceStatus.ValueType
     """ACTIVE or SUSPENDED."""
     @_builtins.property
@@ -281,11 +281,11 @@ class UpdateProvinceRequest(_message.Message):
     code: _builtins.str
     """The province to change."""
     endpoint: _builtins.str
-    """New endpoint."""
+    """New endpoint (as Province.endpoint)."""
     status: Global___ProvinceStatus.ValueType
     """New status (UNSPECIFIED: unchanged)."""
     name: _builtins.str
-    """New display name."""
+    """New display name (as Province.name)."""
     @_builtins.property
     def add_keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProvinceKey]:
         """Keys to add."""
@@ -800,9 +800,13 @@ class PaymentRecord(_message.Message):
     to_province: _builtins.str
     """Paid province."""
     bank: _builtins.str
-    """Bank name."""
+    """The bank's code, e.g. "ICBC" or its 12-digit CNAPS number, not its name: 1-64 characters
+    [A-Za-z0-9_.:/-], starting with a letter or digit, holding no ID number.
+    """
     serial_number: _builtins.str
-    """Bank serial number."""
+    """Bank serial number: 1-64 characters [A-Za-z0-9_.:/-], starting with a letter or digit, holding
+    no ID number.
+    """
     date: _builtins.str
     """Payment date, YYYY-MM-DD."""
     def __init__(

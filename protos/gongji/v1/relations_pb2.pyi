@@ -300,7 +300,9 @@ class Commitment(_message.Message):
     LETTER_VERSION_FIELD_NUMBER: _builtins.int
     ACCEPTED_AT_FIELD_NUMBER: _builtins.int
     letter_version: _builtins.str
-    """Version of the letter the giver accepted."""
+    """Version of the letter the giver accepted, e.g. "2024-01": 1-32 characters [A-Za-z0-9_.:/-],
+    starting with a letter or digit, holding no ID number.
+    """
     @_builtins.property
     def accepted_at(self) -> _timestamp_pb2.Timestamp:
         """When the giver accepted it."""
@@ -443,7 +445,9 @@ class Attestation(_message.Message):
     method: Global___AttestationMethod.ValueType
     """FACE or GUARDIAN_DOCUMENT."""
     evidence_ref: _builtins.str
-    """The province's reference to its evidence record."""
+    """The province's reference to its evidence record, never the person's name or ID number:
+    1-128 characters [A-Za-z0-9_.:/-], starting with a letter or digit, holding no ID number.
+    """
     @_builtins.property
     def attested_at(self) -> _timestamp_pb2.Timestamp:
         """When the attestation was made."""
