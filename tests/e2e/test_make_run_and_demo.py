@@ -38,7 +38,9 @@ def test_devstack_serves_and_the_demo_tells_the_story(tmp_path: Path, dispatcher
            "GONGJI_METRICS_LISTEN": "127.0.0.1:0",
            # One variant logs JSON lines, as production would configure it.
            "GONGJI_LOG_JSON": "true" if dispatchers == "1" else "false",
-           "GONGJI_STUB_650000": f"127.0.0.1:{free_port()}", "GONGJI_STUB_620000": f"127.0.0.1:{free_port()}"}
+           "GONGJI_STUB_650000": f"127.0.0.1:{free_port()}", "GONGJI_STUB_620000": f"127.0.0.1:{free_port()}",
+           "GONGJI_STUB_650000_CONTROL": f"127.0.0.1:{free_port()}",
+           "GONGJI_STUB_620000_CONTROL": f"127.0.0.1:{free_port()}"}
     stack = subprocess.Popen([sys.executable, "-m", "scripts.devstack"], cwd=ROOT, env=env, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     lines: queue.Queue[str] = queue.Queue()

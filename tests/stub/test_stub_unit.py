@@ -277,9 +277,10 @@ async def _with_stub(
         config = dataclasses.replace(config, today=lambda: today)
     stub = await start_stub(config)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{stub.port}") as channel:
+        async with grpc.aio.insecure_channel(stub.address) as channel, \
+                grpc.aio.insecure_channel(stub.control_address) as control_channel:
             inbox = province_pb2_grpc.ProvinceInboxStub(channel)
-            control = control_pb2_grpc.StubControlStub(channel)
+            control = control_pb2_grpc.StubControlStub(control_channel)
             await asyncio.wait_for(scenario(inbox, control, world), timeout=timeout_s)
     finally:
         await stub.stop(0)
