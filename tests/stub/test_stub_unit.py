@@ -1053,6 +1053,23 @@ def test_command_line() -> None:
         parse_args(["--province", "620000", "--consent", "maybe"])
 
 
+def test_command_line_keeps_the_control_port_on_loopback(capsys: pytest.CaptureFixture[str]) -> None:
+    config = parse_args(["--province", "650000"])
+    assert (config.control_listen, config.max_clock_skew_s) == ("127.0.0.1:0", 120.0)
+    for address in ("127.0.0.1:50071", "localhost:50071", "[::1]:50071"):
+        assert parse_args(["--province", "650000", "--control-listen", address]).control_listen == address
+    for address in ("0.0.0.0:50071", "192.168.1.20:50071", "[::]:50071", "example.org:50071"):
+        with pytest.raises(SystemExit):
+            parse_args(["--province", "650000", "--control-listen", address])
+        assert "--control-listen must be a loopback address" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="loopback only"):
+        asyncio.run(start_stub(StubConfig(province=GANSU, control_listen="0.0.0.0:0")))
+    assert parse_args(["--province", "650000", "--max-clock-skew", "30"]).max_clock_skew_s == 30.0
+    for bad in ("0", "-5", "soon"):
+        with pytest.raises(SystemExit):
+            parse_args(["--province", "650000", "--max-clock-skew", bad])
+
+
 def test_command_line_names_what_is_wrong_with_the_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     broken = tmp_path / "broken.toml"
     broken.write_text('province = "530000"\n[[people]]\nid_number = "530102199001011234"\n')
