@@ -108,6 +108,7 @@ class Stack:
     db_path: Path
     gateway: str
     stubs: dict[str, str]
+    stub_controls: dict[str, str]  # each stub's StubControl, on a loopback port beside its inbox
     echo: str
     operations: str
     pipeline: Relays  # bench.pipeline: the five RPCs doing no work
@@ -153,15 +154,17 @@ async def start_stack(children: Children, workdir: Path, sqlite_synchronous: str
     started its threads is unsafe.
     """
     keys_dir = workdir / "keys"
-    gw_port, ops_port, xj_port, gs_port, echo_port, *relay_ports = free_ports(6 + 3 * (1 + len(FLOORS)))
+    gw_port, ops_port, xj_port, gs_port, xj_control, gs_control, echo_port, *relay_ports = free_ports(
+        8 + 3 * (1 + len(FLOORS)))
     gateway = f"127.0.0.1:{gw_port}"
     stubs = {XINJIANG: f"127.0.0.1:{xj_port}", GANSU: f"127.0.0.1:{gs_port}"}
+    stub_controls = {XINJIANG: f"127.0.0.1:{xj_control}", GANSU: f"127.0.0.1:{gs_control}"}
     stub_children: dict[str, Child] = {}
     for code, address in stubs.items():
         stub_children[code] = children.start(
             f"stub-{code}",
             ["-m", "province_stub", "--province", code, "--name", PROVINCE_NAMES[code], "--listen", address,
-             "--gateway", gateway, "--keys-dir", str(keys_dir)],
+             "--control-listen", stub_controls[code], "--gateway", gateway, "--keys-dir", str(keys_dir)],
         )
     for code, child in stub_children.items():
         await wait_for_line(child, STUB_READY, STARTUP_TIMEOUT_S)
@@ -235,8 +238,8 @@ async def start_stack(children: Children, workdir: Path, sqlite_synchronous: str
     for code, child in stub_children.items():
         await wait_for_health(child, stubs[code], STARTUP_TIMEOUT_S)
     await wait_for_health(echo_child, echo, STARTUP_TIMEOUT_S)
-    return Stack(children, keys_dir, db_path, gateway, stubs, echo, f"127.0.0.1:{ops_port}", addresses["pipeline"],
-                 {name: addresses[f"floor-{name}"] for name in FLOORS}, floor_submissions)
+    return Stack(children, keys_dir, db_path, gateway, stubs, stub_controls, echo, f"127.0.0.1:{ops_port}",
+                 addresses["pipeline"], {name: addresses[f"floor-{name}"] for name in FLOORS}, floor_submissions)
 
 
 class CpuMeter:
@@ -321,7 +324,7 @@ def _lifecycle(phase: Phase, outcomes: Mapping[str, Outcomes]) -> dict[str, Any]
 
 async def bind_giver_and_receiver(stack: Stack) -> str:
     """Transfers need an ACTIVE binding (D10): Xinjiang proposes, Gansu's stub consents by itself."""
-    async with grpc.aio.insecure_channel(stack.stubs[XINJIANG]) as channel:
+    async with grpc.aio.insecure_channel(stack.stub_controls[XINJIANG]) as channel:
         control = control_pb2_grpc.StubControlStub(channel)
         answer = await control.ProposeBinding(control_pb2.StubProposeRequest(
             giver_id_number=GIVER.id_number, receiver_id_number=RECEIVER.id_number,
@@ -449,7 +452,7 @@ async def measure(stack: Stack, options: Options, cpu: CpuMeter) -> dict[str, An
     # One channel per server, as a province platform would hold one to the gateway.
     gateway_channel = grpc.aio.insecure_channel(stack.gateway)
     echo_channel = grpc.aio.insecure_channel(stack.echo)
-    stubs = Stubs(stack.stubs)
+    stubs = Stubs(stack.stub_controls)
     try:
         submit: UnaryTarget[transfers_pb2.SubmitTransferRequest, transfers_pb2.SubmitTransferResponse] = (
             UnaryTarget(gateway_channel, SUBMIT_METHOD,

@@ -12,7 +12,8 @@ from pathlib import Path
 import uvloop
 
 from province_stub.people import SEEDS_DIR, load_seed
-from province_stub.server import StubConfig, start_stub
+from province_stub.refusals import DEFAULT_MAX_CLOCK_SKEW_S
+from province_stub.server import StubConfig, is_loopback, start_stub
 from province_stub.state import Behaviour, ConfirmMode, ConsentMode
 
 
@@ -48,13 +49,28 @@ def _non_negative(value: str) -> int:
     return number
 
 
+def _positive(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return number
+
+
 def parse_args(argv: list[str] | None = None) -> StubConfig:
     parser = argparse.ArgumentParser(
         prog="python -m province_stub", description="A stub provincial platform for the Gongji gateway."
     )
     parser.add_argument("--province", required=True, help="province code, e.g. 650000")
     parser.add_argument("--name", default="", help="display name, e.g. 新疆")
-    parser.add_argument("--listen", default="127.0.0.1:50061", help="host:port to serve on (port 0: any)")
+    parser.add_argument("--listen", default="127.0.0.1:50061",
+                        help="host:port of the inbox the gateway calls (ProvinceInbox, health; port 0: any)")
+    parser.add_argument(
+        "--control-listen",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="loopback host:port of the test-control service StubControl (tests, make demo, the bench); "
+        "with --tls-dir it also requires an operator's certificate (default 127.0.0.1:0, printed at start)",
+    )
     parser.add_argument("--gateway", default="127.0.0.1:50051", help="the gateway's province-facing address")
     parser.add_argument(
         "--keys-dir",
@@ -87,19 +103,37 @@ def parse_args(argv: list[str] | None = None) -> StubConfig:
     parser.add_argument(
         "--reject-reason", default="", metavar="REASON", help="reject every delivery with this"
     )
-    parser.add_argument("--tls-dir", type=Path, default=None,
-                        help="mutual TLS: a folder with ca.crt and province-<code>.crt/.key (default: plaintext)")
+    parser.add_argument(
+        "--tls-dir",
+        type=Path,
+        default=None,
+        help="mutual TLS: a folder with ca.crt and province-<code>.crt/.key; the inbox then obeys only a "
+        "certificate whose URI subjectAltName is gongji:gateway (default: plaintext, no caller checked)",
+    )
+    parser.add_argument(
+        "--max-clock-skew",
+        type=_positive,
+        default=DEFAULT_MAX_CLOCK_SKEW_S,
+        metavar="SECONDS",
+        help="refuse a gateway message whose created_at is further than this from our clock "
+        f"(STALE_MESSAGE; default {DEFAULT_MAX_CLOCK_SKEW_S:.0f})",
+    )
     args = parser.parse_args(argv)
+    if not is_loopback(args.control_listen):
+        parser.error(f"--control-listen must be a loopback address (127.0.0.1, ::1, localhost), "
+                     f"not {args.control_listen}: the stub's control service is for this machine only")
     mode, delay_ms = args.confirm
     config = StubConfig(
         province=args.province,
         name=args.name,
         listen=args.listen,
+        control_listen=args.control_listen,
         gateway=args.gateway,
         keys_dir=args.keys_dir,
         key_id=args.key_id,
         seed=args.seed,
         tls_dir=args.tls_dir,
+        max_clock_skew_s=args.max_clock_skew,
         behaviour=Behaviour(
             confirm_mode=mode,
             confirm_delay_ms=delay_ms,
@@ -140,7 +174,8 @@ async def _serve(config: StubConfig) -> None:
         loop.add_signal_handler(signum, stop.set)
     stub = await start_stub(config)
     # Launchers wait for this line, so it is flushed at once.
-    print(f"stub province {config.province} serving on {stub.address} (key {stub.key_id})", flush=True)
+    print(f"stub province {config.province} serving on {stub.address} (key {stub.key_id}), "
+          f"control on {stub.control_address}", flush=True)
     try:
         await stop.wait()
     finally:

@@ -23,6 +23,7 @@ from protos.gongji.v1 import (
 from province_stub.client import INSTRUCTION_TYPE, PROPOSAL_TYPE
 from province_stub.gateway_keys import GatewayKeyDirectory
 from province_stub.people import Seed, mask_id
+from province_stub.refusals import HeaderCheck, refuse
 from province_stub.signing import PublicKeyStore, sha256, verify_envelope
 from province_stub.state import (
     OUTCOME_TO_CREDIT_STATUS,
@@ -82,6 +83,7 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         seed: Seed,
         gateway_keys: GatewayKeyDirectory,
         province_keys: PublicKeyStore,
+        header_check: HeaderCheck,
         on_accepted: AcceptedHook,
         on_consent_requested: ConsentHook,
         on_settlement: SettlementHook,
@@ -90,6 +92,7 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         self._seed = seed
         self._gateway_keys = gateway_keys
         self._province_keys = province_keys
+        self._header_check = header_check
         self._on_accepted = on_accepted
         self._on_consent_requested = on_consent_requested
         self._on_settlement = on_settlement
@@ -99,7 +102,7 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         if behaviour.latency_ms > 0:
             await asyncio.sleep(behaviour.latency_ms / 1000)
         if self._state.take_failure():
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "failure injected by the stub")
+            await refuse(context, grpc.StatusCode.UNAVAILABLE, "FAILURE_INJECTED", "failure injected by the stub")
 
     async def _verify_gateway(
         self, envelope: common_pb2.SignedEnvelope, payload_type: str, context: Context
@@ -107,9 +110,11 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         """Abort UNAVAILABLE while the gateway does not list the key, UNAUTHENTICATED if it is wrong."""
         failure = await self._gateway_keys.verify(envelope, payload_type=payload_type)
         if failure == "UNKNOWN_KEY":
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "gateway public key not available yet")
+            await refuse(context, grpc.StatusCode.UNAVAILABLE, "GATEWAY_KEY_UNKNOWN",
+                         "gateway public key not available yet", "key_id")
         if failure:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad gateway signature")
+            await refuse(context, grpc.StatusCode.UNAUTHENTICATED, "BAD_GATEWAY_SIGNATURE", "bad gateway signature",
+                         "signature")
 
     async def DeliverTransfer(
         self, request: province_pb2.DeliverTransferRequest, context: Context
@@ -119,7 +124,8 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         failure = await self._gateway_keys.verify(request.delivery, payload_type=DELIVERY_TYPE)
         if failure == "UNKNOWN_KEY":
             # Not our answer to give yet: the gateway retries, by when it lists its key.
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "gateway public key not available yet")
+            await refuse(context, grpc.StatusCode.UNAVAILABLE, "GATEWAY_KEY_UNKNOWN",
+                         "gateway public key not available yet", "key_id")
         if failure:
             return _rejected("BAD_GATEWAY_SIGNATURE")
 
@@ -130,6 +136,9 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
             instruction.ParseFromString(request.instruction.payload)
         except protobuf_message.DecodeError:
             return _rejected("MALFORMED_MESSAGE")
+        # Misaddressed, or replayed late: no answer about this transfer (a rejection would be final at the
+        # gateway), a refusal; the gateway signs each attempt anew, so its own resends pass.
+        await self._header_check.check(delivery.header, context)
         instruction_sha256 = sha256(request.instruction.payload)
         transfer_id = instruction.header.message_id
         if delivery.instruction_sha256 != instruction_sha256 or delivery.transfer_id != transfer_id:
@@ -208,7 +217,9 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         try:
             outcome.ParseFromString(request.outcome.payload)
         except protobuf_message.DecodeError:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "outcome payload does not parse")
+            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_MESSAGE",
+                         "outcome payload does not parse", "payload")
+        await self._header_check.check(outcome.header, context)
         message_id = outcome.header.message_id
         known = self._state.notifications.get(message_id)
         if known is not None:
@@ -244,7 +255,10 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         try:
             query.ParseFromString(request.query.payload)
         except protobuf_message.DecodeError:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "member query payload does not parse")
+            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_MESSAGE",
+                         "member query payload does not parse", "payload")
+        # A query meant for another province, or recorded and replayed, learns nothing of our members.
+        await self._header_check.check(query.header, context)
         person = self._seed.find(query.person.id_number)
         if person is None:
             return province_pb2.CheckMemberResponse(status=province_pb2.MEMBER_STATUS_NOT_FOUND)
@@ -271,14 +285,18 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
             consent_request.ParseFromString(request.consent_request.payload)
             proposal.ParseFromString(request.proposal.payload)
         except protobuf_message.DecodeError:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "consent request or proposal does not parse")
+            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_MESSAGE",
+                         "consent request or proposal does not parse", "payload")
+        await self._header_check.check(consent_request.header, context)
         proposal_sha256 = sha256(request.proposal.payload)
         binding_id = consent_request.binding_id
         # The gateway vouches for this exact proposal under this binding id (its message_id).
         if consent_request.proposal_sha256 != proposal_sha256 or proposal.header.message_id != binding_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "consent request does not match the proposal")
+            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "CONSENT_REQUEST_MISMATCH",
+                         "consent request does not match the proposal", "proposal_sha256")
         if not self._giver_signature_ok(request.proposal, proposal):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad proposal signature")
+            await refuse(context, grpc.StatusCode.UNAUTHENTICATED, "BAD_PROPOSAL_SIGNATURE", "bad proposal signature",
+                         "proposal")
 
         self._state.consent_requests_received += 1
         record = self._state.consent_requests.get(binding_id)
@@ -324,9 +342,11 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         try:
             figures.ParseFromString(request.figures.payload)
         except protobuf_message.DecodeError:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "settlement figures do not parse")
-        if figures.header.receiver != self._state.province:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "settlement figures addressed to another province")
+            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_MESSAGE",
+                         "settlement figures do not parse", "payload")
+        # Not judged by age: the gateway signs a window's figures once, at closing, and resends those very bytes
+        # until they are acknowledged, however long that takes (the acknowledgement names their digest).
+        await self._header_check.check(figures.header, context, fresh=False)
         known = self._state.settlements.get(figures.window_id)
         if known is not None:
             known.times_received += 1

@@ -26,8 +26,9 @@ from protos.gongji.v1 import operations_pb2, operations_pb2_grpc, relations_pb2,
 from protos.stub.v1 import control_pb2, control_pb2_grpc
 from scripts.devtls import channel_as
 
-XINJIANG = os.environ.get("GONGJI_STUB_650000", "127.0.0.1:50061")
-GANSU = os.environ.get("GONGJI_STUB_620000", "127.0.0.1:50062")
+# The stubs' control services (make run puts them on loopback ports of their own, beside their inboxes).
+XINJIANG = os.environ.get("GONGJI_STUB_650000_CONTROL", "127.0.0.1:50071")
+GANSU = os.environ.get("GONGJI_STUB_620000_CONTROL", "127.0.0.1:50072")
 # The operators' port: as the CLI names it, else as the gateway was told to listen.
 OPS = os.environ.get("GONGJI_OPS") or os.environ.get("GONGJI_OPS_LISTEN", "127.0.0.1:50052")
 GIVER_ID = "650502199001011230"  # Hami 650500, employee insurance (310), born 1990

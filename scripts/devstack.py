@@ -28,6 +28,9 @@ GATEWAY = os.environ.get("GONGJI_LISTEN", "127.0.0.1:50051")
 OPERATORS = os.environ.get("GONGJI_OPS_LISTEN", "127.0.0.1:50052")
 STUBS = (("650000", "新疆", os.environ.get("GONGJI_STUB_650000", "127.0.0.1:50061")),
          ("620000", "甘肃", os.environ.get("GONGJI_STUB_620000", "127.0.0.1:50062")))
+# Each stub's control service (what `make demo` drives), on a loopback port of its own.
+STUB_CONTROLS = {"650000": os.environ.get("GONGJI_STUB_650000_CONTROL", "127.0.0.1:50071"),
+                 "620000": os.environ.get("GONGJI_STUB_620000_CONTROL", "127.0.0.1:50072")}
 READY_TIMEOUT_S = 30.0
 TLS = VAR / "tls"
 # Mutual TLS from a development CA under var/tls/ unless asked for plaintext (development only).
@@ -85,7 +88,7 @@ def write_manifest() -> Path:
 
 
 def main() -> int:
-    for address in (GATEWAY, OPERATORS, *(a for _, _, a in STUBS)):
+    for address in (GATEWAY, OPERATORS, *(a for _, _, a in STUBS), *STUB_CONTROLS.values()):
         if not port_free(address):
             print(f"make run: {address} is already in use (is another `make run` running?)", file=sys.stderr)
             return 1
@@ -111,7 +114,8 @@ def main() -> int:
     try:
         for code, name, address in STUBS:
             stub = spawn(f"stub-{code}", ["-m", "province_stub", "--province", code, "--name", name, "--listen",
-                                          address, "--gateway", GATEWAY, "--keys-dir", str(KEYS), *tls_args])
+                                          address, "--control-listen", STUB_CONTROLS[code], "--gateway", GATEWAY,
+                                          "--keys-dir", str(KEYS), *tls_args])
             wait_serving(address, stub, f"stub province {code}", province_dns(code))
         manifest = write_manifest()
         gateway = spawn("gateway", ["-m", "gateway"], {
@@ -131,8 +135,8 @@ Gongji is running (logs in {_shown(LOGS)}/, database {_shown(VAR / "gongji.db")}
   gateway, provinces' port   {GATEWAY}   (Transfers, Relations, Settlements, health, reflection)
   gateway, operators' port   {OPERATORS}   (Operations; try `.venv/bin/gongji stats`)
   operators' dashboard       http://{os.environ.get("GONGJI_METRICS_LISTEN", "127.0.0.1:9464")}/   (/metrics beside it)
-  stub province 650000 新疆  {STUBS[0][2]}
-  stub province 620000 甘肃  {STUBS[1][2]}
+  stub province 650000 新疆  {STUBS[0][2]}   (ProvinceInbox, for the gateway; control {STUB_CONTROLS["650000"]})
+  stub province 620000 甘肃  {STUBS[1][2]}   (ProvinceInbox, for the gateway; control {STUB_CONTROLS["620000"]})
 
 Try it, in another terminal:
   make demo        # a giver in Hami sends 500.00 yuan to his mother in Lanzhou, resends it, and the

@@ -197,10 +197,12 @@ class Stack:
         return operations_pb2_grpc.OperationsStub(self.ops_channel)
 
     def control(self, province: str) -> control_pb2_grpc.StubControlStub:
+        """The stub's control service, on its own loopback port (with TLS, as an operator)."""
+        address = self.stubs[province].control_address
         if self.tls is None:
-            return control_pb2_grpc.StubControlStub(grpc.insecure_channel(self.stubs[province].address))
-        return control_pb2_grpc.StubControlStub(secure_channel(self.stubs[province].address, self.tls,
-                                                               "operator-operator", province_dns(province)))
+            return control_pb2_grpc.StubControlStub(grpc.insecure_channel(address))
+        return control_pb2_grpc.StubControlStub(secure_channel(address, self.tls, "operator-operator",
+                                                               province_dns(province)))
 
     def channel_as(self, identity: str) -> grpc.Channel:
         """A channel to the provinces' port presenting `identity`'s certificate (e.g. "province-620000")."""
@@ -389,7 +391,7 @@ class Stack:
         keys_dir = self.stub_keys_dir
         stub = self.loop_thread.run(start_stub(StubConfig(
             province=code, name=name, gateway=f"127.0.0.1:{self.gateway.port}", keys_dir=keys_dir,
-            behaviour=behaviour or Behaviour())))
+            behaviour=behaviour or Behaviour(), now=clock_reader(self.clock))))
         self.stubs[code] = stub
         register(self.operations, code, name, stub.address, stub.key_id,
                  load_public_key(keys_dir / f"{stub.key_id}.pub"), TEST_POLICY)
@@ -423,6 +425,11 @@ class Stack:
 # national values explicitly.
 TEST_POLICY = operations_pb2.ProvincePolicy(blackout_start_minute=0, blackout_end_minute=0,
                                             daily_transfer_limit=100_000)
+
+
+def clock_reader(clock: OffsetClock) -> Callable[[], float]:
+    """The gateway's clock as a stub reads it: its provinces' clocks agree with it, moved or not."""
+    return lambda: clock.now().timestamp()
 
 
 def secure_channel(address: str, ca: DevCa, identity: str, server_name: str) -> grpc.Channel:
@@ -476,7 +483,7 @@ def start_stack(loop_thread: LoopThread, tmp_path: Path, db_url: str,
     for code, name in ((XINJIANG, "新疆"), (GANSU, "甘肃")) if with_stubs else ():
         stubs[code] = loop_thread.run(start_stub(StubConfig(
             province=code, name=name, gateway=f"127.0.0.1:{gateway.port}", keys_dir=stub_keys,
-            behaviour=behaviours.get(code, Behaviour()), tls_dir=tls_dir)))
+            behaviour=behaviours.get(code, Behaviour()), tls_dir=tls_dir, now=clock_reader(clock))))
     if ca is None:
         channel = grpc.insecure_channel(f"127.0.0.1:{gateway.port}")
         ops_channel = grpc.insecure_channel(f"127.0.0.1:{gateway.ops_port}")

@@ -216,6 +216,8 @@ class Deployment:
     gateway_addresses: list[str]
     ops_addresses: list[str]
     stub_addresses: dict[str, str]
+    # Each stub's control service, on a loopback port of its own (the same again after a restart).
+    stub_controls: dict[str, str]
     keys_dir: Path = field(init=False)
     log_dir: Path = field(init=False)
     manifest: Path = field(init=False)
@@ -230,11 +232,12 @@ class Deployment:
 
     @classmethod
     def allocate(cls, workdir: Path, db_url: str, gateways: int = 1) -> Deployment:
-        ports = free_ports(2 * gateways + 2)
+        ports = free_ports(2 * gateways + 4)
         return cls(workdir, db_url,
                    gateway_addresses=[f"127.0.0.1:{p}" for p in ports[0:2 * gateways:2]],
                    ops_addresses=[f"127.0.0.1:{p}" for p in ports[1:2 * gateways:2]],
-                   stub_addresses={XINJIANG: f"127.0.0.1:{ports[-2]}", GANSU: f"127.0.0.1:{ports[-1]}"})
+                   stub_addresses={XINJIANG: f"127.0.0.1:{ports[-4]}", GANSU: f"127.0.0.1:{ports[-3]}"},
+                   stub_controls={XINJIANG: f"127.0.0.1:{ports[-2]}", GANSU: f"127.0.0.1:{ports[-1]}"})
 
     @property
     def gateway(self) -> Proc:
@@ -243,7 +246,8 @@ class Deployment:
     # -- stubs -------------------------------------------------------------------------------------
     def add_stub(self, code: str, gateway_address: str, *extra: str) -> Proc:
         proc = Proc(f"stub-{code}", ["-m", "province_stub", "--province", code, "--name", PROVINCE_NAMES[code],
-                                     "--listen", self.stub_addresses[code], "--gateway", gateway_address,
+                                     "--listen", self.stub_addresses[code],
+                                     "--control-listen", self.stub_controls[code], "--gateway", gateway_address,
                                      "--keys-dir", str(self.keys_dir), *extra], {}, self.log_dir)
         self.stubs[code] = proc
         return proc
@@ -325,7 +329,7 @@ class Deployment:
         return channel
 
     def control(self, code: str) -> control_pb2_grpc.StubControlStub:
-        return control_pb2_grpc.StubControlStub(self.channel(self.stub_addresses[code]))
+        return control_pb2_grpc.StubControlStub(self.channel(self.stub_controls[code]))
 
     def snapshot(self, code: str) -> control_pb2.SnapshotResponse:
         return self.control(code).Snapshot(control_pb2.SnapshotRequest(), timeout=30)

@@ -19,10 +19,41 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.security.tls import province_dns
+from protos.gongji.v1 import province_pb2, province_pb2_grpc
+from protos.stub.v1 import control_pb2, control_pb2_grpc
+from scripts.devtls import channel_as
+
 ROOT = Path(__file__).resolve().parents[2]
 GRPC_CORE_LINE = re.compile(r"[DIWE]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+\.cc:\d+\]")
 CLEAR_PERSONAL_DATA = ("650502199001011230", "620102196505120026", "620103198203040034", "620102201508160027",
                        "张伟", "李秀英", "陈志刚", "王小雨")
+
+
+def refused_code(call: object) -> grpc.StatusCode:
+    try:
+        call()  # type: ignore[operator]
+    except grpc.RpcError as error:
+        return error.code()  # type: ignore[attr-defined, no-any-return]
+    raise AssertionError("the call was answered")
+
+
+def gansu_cannot_drive_xinjiangs_stub(env: dict[str, str], tls: Path) -> None:
+    """Gansu's certificate reaches neither Xinjiang's stub inbox nor its control service, which is not on
+    the inbox port at all."""
+    inbox, control = env["GONGJI_STUB_650000"], env["GONGJI_STUB_650000_CONTROL"]
+    server = province_dns("650000")
+    with channel_as(inbox, server, tls, "province-620000") as as_gansu, \
+            channel_as(control, server, tls, "province-620000") as gansu_to_control, \
+            channel_as(inbox, server, tls) as operator_to_inbox:
+        query = province_pb2.CheckMemberRequest()
+        assert refused_code(lambda: province_pb2_grpc.ProvinceInboxStub(as_gansu).CheckMember(query, timeout=5)) == \
+            grpc.StatusCode.PERMISSION_DENIED
+        configure = control_pb2.Behaviour(reject_reason="STEERED")
+        assert refused_code(lambda: control_pb2_grpc.StubControlStub(gansu_to_control).Configure(
+            configure, timeout=5)) == grpc.StatusCode.PERMISSION_DENIED
+        assert refused_code(lambda: control_pb2_grpc.StubControlStub(operator_to_inbox).Configure(
+            configure, timeout=5)) == grpc.StatusCode.UNIMPLEMENTED
 
 
 def free_port() -> int:
@@ -38,7 +69,9 @@ def test_devstack_serves_and_the_demo_tells_the_story(tmp_path: Path, dispatcher
            "GONGJI_METRICS_LISTEN": "127.0.0.1:0",
            # One variant logs JSON lines, as production would configure it.
            "GONGJI_LOG_JSON": "true" if dispatchers == "1" else "false",
-           "GONGJI_STUB_650000": f"127.0.0.1:{free_port()}", "GONGJI_STUB_620000": f"127.0.0.1:{free_port()}"}
+           "GONGJI_STUB_650000": f"127.0.0.1:{free_port()}", "GONGJI_STUB_620000": f"127.0.0.1:{free_port()}",
+           "GONGJI_STUB_650000_CONTROL": f"127.0.0.1:{free_port()}",
+           "GONGJI_STUB_620000_CONTROL": f"127.0.0.1:{free_port()}"}
     stack = subprocess.Popen([sys.executable, "-m", "scripts.devstack"], cwd=ROOT, env=env, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     lines: queue.Queue[str] = queue.Queue()
@@ -61,6 +94,7 @@ def test_devstack_serves_and_the_demo_tells_the_story(tmp_path: Path, dispatcher
             with grpc.insecure_channel(port) as plain, pytest.raises(grpc.RpcError) as refused:
                 health_pb2_grpc.HealthStub(plain).Check(health_pb2.HealthCheckRequest(), timeout=3)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+        gansu_cannot_drive_xinjiangs_stub(env, tmp_path / "var" / "tls")
 
         demo = subprocess.run([sys.executable, "-m", "scripts.demo"], cwd=ROOT, env=env, text=True,
                               capture_output=True, timeout=60)

@@ -277,9 +277,10 @@ async def _with_stub(
         config = dataclasses.replace(config, today=lambda: today)
     stub = await start_stub(config)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{stub.port}") as channel:
+        async with grpc.aio.insecure_channel(stub.address) as channel, \
+                grpc.aio.insecure_channel(stub.control_address) as control_channel:
             inbox = province_pb2_grpc.ProvinceInboxStub(channel)
-            control = control_pb2_grpc.StubControlStub(channel)
+            control = control_pb2_grpc.StubControlStub(control_channel)
             await asyncio.wait_for(scenario(inbox, control, world), timeout=timeout_s)
     finally:
         await stub.stop(0)
@@ -1050,6 +1051,23 @@ def test_command_line() -> None:
         assert Behaviour.from_proto(Behaviour(consent_mode=mode).to_proto()).consent_mode is mode
     with pytest.raises(SystemExit):
         parse_args(["--province", "620000", "--consent", "maybe"])
+
+
+def test_command_line_keeps_the_control_port_on_loopback(capsys: pytest.CaptureFixture[str]) -> None:
+    config = parse_args(["--province", "650000"])
+    assert (config.control_listen, config.max_clock_skew_s) == ("127.0.0.1:0", 120.0)
+    for address in ("127.0.0.1:50071", "localhost:50071", "[::1]:50071"):
+        assert parse_args(["--province", "650000", "--control-listen", address]).control_listen == address
+    for address in ("0.0.0.0:50071", "192.168.1.20:50071", "[::]:50071", "example.org:50071"):
+        with pytest.raises(SystemExit):
+            parse_args(["--province", "650000", "--control-listen", address])
+        assert "--control-listen must be a loopback address" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="loopback only"):
+        asyncio.run(start_stub(StubConfig(province=GANSU, control_listen="0.0.0.0:0")))
+    assert parse_args(["--province", "650000", "--max-clock-skew", "30"]).max_clock_skew_s == 30.0
+    for bad in ("0", "-5", "soon"):
+        with pytest.raises(SystemExit):
+            parse_args(["--province", "650000", "--max-clock-skew", bad])
 
 
 def test_command_line_names_what_is_wrong_with_the_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -29,7 +29,8 @@ if _version_not_supported:
 
 
 class StubControlStub:
-    """Served by each stub province on its inbox port.
+    """Served by each stub province on a loopback port of its own (--control-listen), never beside its
+    inbox; with mutual TLS to operator certificates only.
     """
 
     def __init__(self, channel):
@@ -106,7 +107,8 @@ class StubControlStub:
 
 
 class StubControlServicer:
-    """Served by each stub province on its inbox port.
+    """Served by each stub province on a loopback port of its own (--control-listen), never beside its
+    inbox; with mutual TLS to operator certificates only.
     """
 
     def Configure(self, request, context):
@@ -277,7 +279,8 @@ def add_StubControlServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class StubControl:
-    """Served by each stub province on its inbox port.
+    """Served by each stub province on a loopback port of its own (--control-listen), never beside its
+    inbox; with mutual TLS to operator certificates only.
     """
 
     @staticmethod

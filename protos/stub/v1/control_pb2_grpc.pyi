@@ -33,7 +33,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class StubControlStub:
-    """Served by each stub province on its inbox port."""
+    """Served by each stub province on a loopback port of its own (--control-listen), never beside its
+    inbox; with mutual TLS to operator certificates only.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -68,7 +70,9 @@ class StubControlStub:
 
 @_typing.type_check_only
 class StubControlAsyncStub(StubControlStub):
-    """Served by each stub province on its inbox port."""
+    """Served by each stub province on a loopback port of its own (--control-listen), never beside its
+    inbox; with mutual TLS to operator certificates only.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Configure: _aio.UnaryUnaryMultiCallable[_control_pb2.Behaviour, _control_pb2.Behaviour]  # type: ignore[assignment]
@@ -99,7 +103,9 @@ class StubControlAsyncStub(StubControlStub):
     """Ask the gateway (signed GetSettlement) for a window's figures."""
 
 class StubControlServicer(metaclass=_abc_1.ABCMeta):
-    """Served by each stub province on its inbox port."""
+    """Served by each stub province on a loopback port of its own (--control-listen), never beside its
+    inbox; with mutual TLS to operator certificates only.
+    """
 
     @_abc_1.abstractmethod
     def Configure(
