@@ -295,8 +295,8 @@ class Stack:
         return self.sign(proposal, sender)
 
     def answer_consent(self, binding_id: str, signer: str = GANSU, accept: bool = True,
-                       method: int = relations_pb2.ATTESTATION_METHOD_FACE,
-                       evidence_ref: str | None = None) -> relations_pb2.AcceptBindingResponse:
+                       method: int = relations_pb2.ATTESTATION_METHOD_FACE, evidence_ref: str | None = None,
+                       attested_at: datetime | None = None) -> relations_pb2.AcceptBindingResponse:
         acceptance = relations_pb2.BindingAcceptance(
             header=common_pb2.Header(message_id=unique_id("acc"), sender=signer, receiver="gateway",
                                      created_at=ts(self.clock.now())),
@@ -304,7 +304,8 @@ class Stack:
             decision=relations_pb2.CONSENT_DECISION_ACCEPT if accept else relations_pb2.CONSENT_DECISION_REFUSE)
         if accept:
             acceptance.attestation.CopyFrom(relations_pb2.Attestation(
-                method=method, evidence_ref=evidence_ref or unique_id("ev"), attested_at=ts(self.clock.now())))
+                method=method, evidence_ref=evidence_ref or unique_id("ev"),
+                attested_at=ts(attested_at or self.clock.now())))
         return self.relations.AcceptBinding(
             relations_pb2.AcceptBindingRequest(acceptance=self.sign(acceptance, signer)), timeout=10)
 

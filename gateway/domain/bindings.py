@@ -19,7 +19,9 @@ from gateway.domain.transfers import (
     validate_pooling_area,
 )
 
-MAX_CONSENT_WINDOW = timedelta(days=30)
+# How long a proposal may wait for the receiver's consent; it holds both people for that long where a
+# province allows one relation at a time (D8), so it is short.
+MAX_CONSENT_WINDOW = timedelta(hours=72)
 LETTER_VERSION_MAX = 32
 EVIDENCE_REF_MAX = 128
 
@@ -33,7 +35,8 @@ class BindingState(enum.Enum):
     SUSPENDED = "SUSPENDED"
 
 
-# A person is "in a relation" (D8, single_relation_only) while a binding is one of these.
+# A person is "in a relation" (D8, single_relation_only) while a binding is one of these (a proposal only
+# until its consent deadline: see holds_people).
 LIVE_STATES = (BindingState.PROPOSED, BindingState.ACTIVE, BindingState.SUSPENDED)
 
 
@@ -123,6 +126,10 @@ class Binding:
     def has_party(self, province: str) -> bool:
         return province in (self.giver_province, self.receiver_province)
 
+    def holds_people(self, now: datetime) -> bool:
+        """Whether its two people are in this relation now (D8): live, and a proposal only until consent_by."""
+        return self.state in LIVE_STATES and not (self.state is BindingState.PROPOSED and self.consent_by <= now)
+
 
 def validate_proposal(proposal: BindingProposal, now: datetime) -> None:
     """The proposal's own fields; eligibility (D1-D5) is judged separately and reported as a refusal."""
@@ -145,7 +152,7 @@ def validate_proposal(proposal: BindingProposal, now: datetime) -> None:
                               field="commitment.accepted_at")
     validate_amount(proposal.authorised_amount_fen, "authorised_amount_fen", zero_allowed=True)  # 0: none
     if proposal.consent_by is None or not now < proposal.consent_by <= now + MAX_CONSENT_WINDOW:
-        raise InvalidArgument("consent_by must be in the future, within 30 days", reason="INVALID_CONSENT_DEADLINE",
+        raise InvalidArgument("consent_by must be in the future, within 72 hours", reason="INVALID_CONSENT_DEADLINE",
                               field="consent_by")
 
 

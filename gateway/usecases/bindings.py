@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 from gateway.domain.bindings import (
-    LIVE_STATES,
     Binding,
     BindingAcceptance,
     BindingDissolution,
@@ -53,9 +52,8 @@ MEMBER_CHANGE_TYPE = "gongji.v1.MemberChange"
 class BindingAnswer:
     """A state-changing call's answer: the signed receipt (serialised envelope) and what it says."""
 
-    receipt: bytes
+    receipt: bytes  # it says the state the call left the binding in
     replay: bool
-    state: BindingState | None
 
 
 def consent_message_id(binding_id: str) -> str:
@@ -107,7 +105,7 @@ def _accept_proposal(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
         # Before the time-dependent checks: a resend after its consent_by still gets its original answer.
         stored = replay_if_seen(uow, header.sender, header.message_id, payload_digest(envelope.payload))
         if stored is not None:
-            return BindingAnswer(stored, True, None)
+            return BindingAnswer(stored, True)
         validate_proposal(proposal, now)
         giver_province = require_active(uow.provinces.get(header.sender), header.sender, "header.sender")
         receiver_province = require_active(uow.provinces.get(header.receiver), header.receiver, "header.receiver")
@@ -143,7 +141,7 @@ def _store_proposal(ctx: UseCaseContext, envelope: Envelope, proposal: BindingPr
                 province = uow.provinces.get(code)
                 policy = effective_policy(province.policy) if province else None
                 if policy and policy.single_relation_only and any(
-                        b.state in LIVE_STATES for b in uow.bindings.of_person(ref)):
+                        b.holds_people(now) for b in uow.bindings.of_person(ref)):
                     raise FailedPrecondition(f"the {role}'s province allows one family relation at a time (D8)",
                                              reason="SINGLE_RELATION_ONLY", field=f"{role}.id_number")
             if uow.bindings.exists(binding_id):
@@ -166,7 +164,7 @@ def _store_proposal(ctx: UseCaseContext, envelope: Envelope, proposal: BindingPr
 
         with ctx.in_flight.hold(header.sender, binding_id):
             receipt, replay = run_once(uow, header.sender, binding_id, PROPOSAL_TYPE, digest, now, propose)
-    return BindingAnswer(receipt, replay, BindingState.PROPOSED)
+    return BindingAnswer(receipt, replay)
 
 
 async def propose_binding(ctx: UseCaseContext, run_in_db: RunInDb, members: MemberDirectory, envelope: Envelope,
@@ -194,6 +192,20 @@ def _receiver_birth(uow: UnitOfWork, binding_id: str, decode_proposal: Callable[
     return receiver.birth_date
 
 
+def _check_attested_at(attested_at: datetime, binding: Binding, now: datetime, skew: timedelta) -> None:
+    """An attestation is made between the proposal and its answer (each allowing for the clocks' skew): not in
+    the future, and never older than the proposal, so at most the consent window (72 hours) old."""
+    if not binding.created_at - skew <= attested_at <= now + skew:
+        raise InvalidArgument("attestation.attested_at must lie between the proposal and now",
+                              reason="INVALID_ATTESTATION_TIME", field="attestation.attested_at")
+
+
+def _either_suspended(uow: UnitOfWork, binding: Binding) -> bool:
+    """D3: either person suspended by the province they are a member of here (D20)."""
+    return (uow.members.is_suspended(binding.giver_ref, binding.giver_province)
+            or uow.members.is_suspended(binding.receiver_ref, binding.receiver_province))
+
+
 def accept_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                    decode: Callable[[bytes], BindingAcceptance],
                    decode_proposal: Callable[[bytes], BindingProposal]) -> BindingAnswer:
@@ -211,6 +223,8 @@ def accept_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
         if header.sender != binding.receiver_province:
             raise PermissionDenied("only the receiver's province answers a proposal", reason="NOT_RECEIVER_PROVINCE",
                                    field="header.sender")
+        if acceptance.attestation is not None:
+            _check_attested_at(acceptance.attestation.attested_at, binding, now, ctx.max_clock_skew)
         digest = payload_digest(envelope.payload)
         new_state = BindingState.ACTIVE if acceptance.decision is ConsentDecision.ACCEPT else BindingState.REFUSED
 
@@ -229,22 +243,27 @@ def accept_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                 if violations:
                     raise FailedPrecondition("the receiver is 16 or over: their own face verification is required (D6)",
                                              reason=violations[0].reason, field=violations[0].field)
+            # A member the gateway already holds suspended (D3, ReportMemberChange) can neither give nor receive:
+            # the relation starts SUSPENDED, and becomes ACTIVE when the suspension is lifted.
+            state, reason = new_state, ""
+            if new_state is BindingState.ACTIVE and _either_suspended(uow, binding):
+                state, reason = BindingState.SUSPENDED, "SETTLEMENT_SUSPENDED"
             # The state read above may be stale by now (a refusal, an expiry or a member change at the same
             # moment): the conditional change decides, and only the answer that made it is told and attested.
-            if not uow.bindings.change_state(binding.binding_id, [BindingState.PROPOSED], new_state, "", now):
+            if not uow.bindings.change_state(binding.binding_id, [BindingState.PROPOSED], state, reason, now):
                 current = uow.bindings.get(binding.binding_id)
                 raise FailedPrecondition(f"the binding is {current.state.value if current else 'gone'}, not PROPOSED",
                                          reason="BINDING_NOT_PROPOSED", field="binding_id")
             if acceptance.attestation is not None and new_state is BindingState.ACTIVE:
                 uow.bindings.record_attestation(binding.binding_id, acceptance.attestation)
-            tell_both(uow, binding, new_state, now)
+            tell_both(uow, binding, state, now)
             return ctx.receipts.issue(request_sender=header.sender, request_message_id=header.message_id,
                                       request_sha256=digest, request_payload_type=ACCEPTANCE_TYPE,
-                                      subject_id=binding.binding_id, state=new_state.value, at=now)
+                                      subject_id=binding.binding_id, state=state.value, at=now)
 
         with ctx.in_flight.hold(header.sender, header.message_id):
             receipt, replay = run_once(uow, header.sender, header.message_id, ACCEPTANCE_TYPE, digest, now, answer)
-    return BindingAnswer(receipt, replay, new_state)
+    return BindingAnswer(receipt, replay)
 
 
 def dissolve_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
@@ -270,7 +289,7 @@ def dissolve_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
 
         with ctx.in_flight.hold(header.sender, header.message_id):
             receipt, replay = run_once(uow, header.sender, header.message_id, DISSOLUTION_TYPE, digest, now, dissolve)
-    return BindingAnswer(receipt, replay, BindingState.DISSOLVED)
+    return BindingAnswer(receipt, replay)
 
 
 def get_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -311,3 +312,47 @@ def test_two_members_resumed_at_once_leave_their_binding_active(stack: Stack) ->
             assert stack.binding(binding_id).state == R.BINDING_STATE_ACTIVE
     finally:
         stack.dissolve(binding_id)
+
+
+def test_a_proposal_holds_its_people_for_its_consent_window_only_at_most_72_hours(stack: Stack) -> None:
+    """Under single_relation_only a proposal left unanswered would lock a Gansu member out of any other relation:
+    it may wait 72 hours at most, and holds no one once its consent deadline has passed."""
+    stack.operations.UpdateProvince(operations_pb2.UpdateProvinceRequest(
+        code=GANSU, policy=operations_pb2.ProvincePolicy(single_relation_only=True)), timeout=5)
+    for days in (30, 4):
+        seen = error_of(lambda days=days: stack.propose(CHILD, relation_code="30", consent_seconds=days * 86400))
+        assert (seen.code, seen.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CONSENT_DEADLINE")
+    stack.propose(CHILD, relation_code="30", consent_seconds=72 * 3600)
+    seen = error_of(lambda: stack.propose(CHILD, relation_code="30", giver=OTHER_GIVER))
+    assert (seen.code, seen.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "SINGLE_RELATION_ONLY")
+    stack.clock.advance(72 * 3600 + 1)  # past its deadline: free again, whether or not the sweep expired it yet
+    assert stack.propose(CHILD, relation_code="30", giver=OTHER_GIVER).state == R.BINDING_STATE_PROPOSED
+
+
+def test_a_binding_of_a_member_the_gateway_holds_suspended_starts_suspended(stack: Stack) -> None:
+    """D3: the giver's province reported his settlement suspended; his new relation cannot start ACTIVE."""
+    stack.member_change(GIVER, R.MEMBER_CHANGE_KIND_SETTLEMENT_SUSPENDED, signer=XINJIANG)
+    binding_id = stack_binding_id(stack.propose(CHILD, relation_code="30"))
+    accepted = stack.answer_consent(binding_id, method=R.ATTESTATION_METHOD_GUARDIAN_DOCUMENT)
+    assert accepted.state == R.BINDING_STATE_SUSPENDED
+    view = stack.binding(binding_id)
+    assert (view.state, view.reason) == (R.BINDING_STATE_SUSPENDED, "SETTLEMENT_SUSPENDED")
+    for province in (XINJIANG, GANSU):
+        assert wait_until(lambda p=province: told(stack, p, binding_id), what=f"{province} told") == [
+            (R.BINDING_STATE_SUSPENDED, 1)]
+    stack.member_change(GIVER, R.MEMBER_CHANGE_KIND_SETTLEMENT_RESUMED, signer=XINJIANG)
+    assert stack.binding(binding_id).state == R.BINDING_STATE_ACTIVE
+
+
+@pytest.mark.parametrize("offset", [
+    pytest.param(timedelta(minutes=10), id="in the future"),
+    pytest.param(-timedelta(hours=1), id="before the proposal"),
+])
+def test_an_attestation_dated_outside_the_consent_window_is_refused(stack: Stack, offset: timedelta) -> None:
+    binding_id = stack_binding_id(stack.propose(MOTHER, relation_code="52", giver=OTHER_GIVER))
+    before = stack.counts()
+    seen = error_of(lambda: stack.answer_consent(binding_id, attested_at=stack.clock.now() + offset))
+    assert (seen.code, seen.reason, seen.metadata["field"]) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ATTESTATION_TIME", "attestation.attested_at")
+    assert stack.counts() == before and stack.binding(binding_id).state == R.BINDING_STATE_PROPOSED
+    assert stack.answer_consent(binding_id).state == R.BINDING_STATE_ACTIVE  # dated now: taken
