@@ -21,7 +21,13 @@ from gateway.domain.bindings import (
     validate_reason,
 )
 from gateway.domain.clock import BEIJING
-from gateway.domain.eligibility import MemberStatus, check_attestation, check_eligibility, parse_valid_id
+from gateway.domain.eligibility import (
+    MemberStatus,
+    as_told_to_giver_province,
+    check_attestation,
+    check_eligibility,
+    parse_valid_id,
+)
 from gateway.domain.envelope import Envelope
 from gateway.domain.errors import (
     AlreadyExists,
@@ -127,10 +133,11 @@ def _store_proposal(ctx: UseCaseContext, envelope: Envelope, proposal: BindingPr
     with ctx.uow() as uow:
 
         def propose() -> bytes:
-            violations = check_eligibility(
+            # The giver's province hears what VerifyRelation would tell it, no more (D19).
+            violations = as_told_to_giver_province(check_eligibility(
                 giver_id_number=proposal.giver.id_number, receiver_id_number=proposal.receiver.id_number,
                 relation_code=proposal.relation_code, giver_status=giver_status, receiver_status=receiver_status,
-                on=today)
+                on=today))
             if violations:
                 raise FailedPrecondition("not eligible: " + ", ".join(v.reason for v in violations),
                                          reason=violations[0].reason, field=violations[0].field)

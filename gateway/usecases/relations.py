@@ -9,7 +9,13 @@ from datetime import date
 from typing import Any, Protocol
 
 from gateway.domain.clock import BEIJING
-from gateway.domain.eligibility import MemberStatus, Violation, check_eligibility, parse_valid_id
+from gateway.domain.eligibility import (
+    MemberStatus,
+    Violation,
+    as_told_to_giver_province,
+    check_eligibility,
+    parse_valid_id,
+)
 from gateway.domain.envelope import Envelope
 from gateway.domain.errors import InvalidArgument, Unavailable
 from gateway.domain.provinces import PROVINCE_CODE, Province
@@ -71,12 +77,13 @@ def accept_relation_query(ctx: UseCaseContext, envelope: Envelope, peer: str | N
 
 async def verify_relation(ctx: UseCaseContext, run_in_db: RunInDb, members: MemberDirectory, envelope: Envelope,
                           peer: str | None, decode: Callable[[bytes], RelationQuery]) -> list[Violation]:
-    """Every failed rule of D1-D6 for this pair (empty: eligible). Changes nothing."""
+    """Every failed rule of D1-D6 for this pair (empty: eligible), as the asking province may hear them.
+    Changes nothing."""
     check: RelationCheck = await run_in_db(accept_relation_query, ctx, envelope, peer, decode)
     query = check.query
     today = ctx.clock.now().astimezone(BEIJING).date()
     giver_status, receiver_status = await ask_both(members, (check.giver_province, query.giver),
                                                    (check.receiver_province, query.receiver), today)
-    return check_eligibility(giver_id_number=query.giver.id_number, receiver_id_number=query.receiver.id_number,
-                             relation_code=query.relation_code, giver_status=giver_status,
-                             receiver_status=receiver_status, on=today)
+    return as_told_to_giver_province(check_eligibility(
+        giver_id_number=query.giver.id_number, receiver_id_number=query.receiver.id_number,
+        relation_code=query.relation_code, giver_status=giver_status, receiver_status=receiver_status, on=today))

@@ -1,4 +1,5 @@
-"""VerifyRelation over real channels: the gateway asks both stub provinces and reports every failed rule."""
+"""VerifyRelation over real channels: the gateway asks both stub provinces and reports every failed rule the asker
+may hear."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ import grpc
 import pytest
 
 from protos.gongji.v1 import operations_pb2, relations_pb2
-from tests.support import GANSU, MOTHER, Stack, error_of
+from tests.support import GANSU, GIVER, MOTHER, XINJIANG, Stack, error_of
 
 ELIGIBLE, NOT_ELIGIBLE = relations_pb2.ELIGIBILITY_ELIGIBLE, relations_pb2.ELIGIBILITY_NOT_ELIGIBLE
 GIRL_2010 = ("620102201003010023", "620100")  # Gansu, resident insurance, born 2010-03-01, female
 SUSPENDED = ("620102199207070511", "620100")  # Gansu, employee insurance, settlement suspended
 INACTIVE = ("620402197001010043", "620400")  # Gansu, insurance ended
+NOT_IN_GANSU = ("620102199001010011", "620100")  # a valid number no one in Gansu's seed has
+CHEN = ("620103198203040034", "620100")  # Gansu, employee insurance, male, born 1982: insured and not suspended
+# What only Gansu knows of its member reaches the asking province as this one reason (D19).
+RECEIVER_NOT_ELIGIBLE = ("RECEIVER_NOT_ELIGIBLE", "D2-D3", "receiver")
 
 
 def reasons(answer: relations_pb2.VerifyRelationResponse) -> set[tuple[str, str, str]]:
@@ -32,9 +37,9 @@ def test_the_giver_and_his_mother_are_eligible(stack: Stack) -> None:
     (MOTHER, "51", {("RELATION_INCONSISTENT", "D5", "relation_code")}),  # "father", but a woman
     (MOTHER, "21", {("RELATION_INCONSISTENT", "D5", "relation_code")}),  # "son": older than the giver and a woman
     (GIRL_2010, "58", {("RELATION_INCONSISTENT", "D5", "relation_code")}),  # "mother", but younger than the giver
-    (SUSPENDED, "71", {("SETTLEMENT_SUSPENDED", "D3", "receiver")}),
-    (INACTIVE, "50", {("RECEIVER_NOT_INSURED", "D2", "receiver")}),
-    (("620102199001010011", "620100"), "70", {("RECEIVER_NOT_INSURED", "D2", "receiver")}),  # not in Gansu's seed
+    (SUSPENDED, "71", {RECEIVER_NOT_ELIGIBLE}),
+    (INACTIVE, "50", {RECEIVER_NOT_ELIGIBLE}),
+    (NOT_IN_GANSU, "70", {RECEIVER_NOT_ELIGIBLE}),
 ], ids=["in-law", "great-grandparent", "malformed code", "father a woman", "son older", "mother younger",
         "settlement suspended", "insurance ended", "not insured there"])
 def test_each_failed_rule_is_reported_with_its_reason(stack: Stack, receiver: tuple[str, str], code: str,
@@ -67,3 +72,31 @@ def test_a_suspended_receiver_province_is_refused(stack: Stack) -> None:
         code=GANSU, status=operations_pb2.PROVINCE_STATUS_SUSPENDED), timeout=5)
     seen = error_of(lambda: stack.verify_relation(MOTHER))
     assert (seen.code, seen.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "PROVINCE_SUSPENDED")
+
+
+# -- what the asking province may learn of another province's member -----------------------------------
+
+def test_the_receivers_provinces_facts_reach_the_asking_province_as_one_reason(stack: Stack) -> None:
+    """Insured or not, suspended or not: Xinjiang hears one RECEIVER_NOT_ELIGIBLE, in answers identical byte for
+    byte, so it cannot sort Gansu's people by insurance or by the fraud flag of a suspension."""
+    assert stack.verify_relation(CHEN, relation_code="70").eligibility == ELIGIBLE  # 70: sibling; the question is fine
+    answers = {name: stack.verify_relation(person, relation_code="70")
+               for name, person in (("suspended", SUSPENDED), ("insurance ended", INACTIVE),
+                                    ("not insured there", NOT_IN_GANSU))}
+    for name, answer in answers.items():
+        assert (answer.eligibility, [(v.reason, v.rule, v.field) for v in answer.violations]) == (
+            NOT_ELIGIBLE, [RECEIVER_NOT_ELIGIBLE]), name
+    assert len({answer.SerializeToString(deterministic=True) for answer in answers.values()}) == 1
+
+
+def test_rules_the_asking_province_can_check_itself_stay_specific(stack: Stack) -> None:
+    # 51 (father) for a man born 1992, younger than the giver: D5 by name, before the receiver's province's say.
+    answer = stack.verify_relation(SUSPENDED, relation_code="51")
+    assert [(v.reason, v.rule, v.field) for v in answer.violations] == [
+        ("RELATION_INCONSISTENT", "D5", "relation_code"), RECEIVER_NOT_ELIGIBLE]
+    # Gansu asking about its own member as the giver hears its own facts by name.
+    for giver, expected in ((SUSPENDED, ("SETTLEMENT_SUSPENDED", "D3", "giver")),
+                            (MOTHER, ("GIVER_NOT_EMPLOYEE", "D2", "giver"))):
+        answer = stack.verify_relation(GIVER, relation_code="70", giver=giver, sender=GANSU,
+                                       receiver_province=XINJIANG)
+        assert [(v.reason, v.rule, v.field) for v in answer.violations] == [expected]
