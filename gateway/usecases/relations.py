@@ -1,11 +1,11 @@
-"""Relation use cases: VerifyRelation (D1-D6), asking both provinces about their member."""
+"""Relation use cases: VerifyRelation (D1-D6), asking both provinces about their member, each query recorded."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import Any, Protocol
 
 from gateway.domain.clock import BEIJING
@@ -19,7 +19,7 @@ from gateway.domain.eligibility import (
 from gateway.domain.envelope import Envelope
 from gateway.domain.errors import InvalidArgument, Unavailable
 from gateway.domain.provinces import PROVINCE_CODE, Province
-from gateway.domain.relations import RelationQuery
+from gateway.domain.relations import RelationAnswer, RelationQuery, record_of
 from gateway.domain.transfers import PersonRef, validate_message_id
 from gateway.usecases.auth import authenticate
 from gateway.usecases.context import UseCaseContext
@@ -57,6 +57,7 @@ class RelationCheck:
     query: RelationQuery
     giver_province: Province
     receiver_province: Province
+    asked_at: datetime
 
 
 def accept_relation_query(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
@@ -72,18 +73,29 @@ def accept_relation_query(ctx: UseCaseContext, envelope: Envelope, peer: str | N
         return RelationCheck(query, require_active(uow.provinces.get(query.header.sender), query.header.sender,
                                             "header.sender"),
                              require_active(uow.provinces.get(query.header.receiver), query.header.receiver,
-                                     "header.receiver"))
+                                     "header.receiver"), now)
+
+
+def record_relation_query(ctx: UseCaseContext, check: RelationCheck, answer: RelationAnswer) -> None:
+    with ctx.uow() as uow:
+        uow.relation_queries.record(record_of(check.query, answer, check.asked_at))
+        uow.commit()
 
 
 async def verify_relation(ctx: UseCaseContext, run_in_db: RunInDb, members: MemberDirectory, envelope: Envelope,
                           peer: str | None, decode: Callable[[bytes], RelationQuery]) -> list[Violation]:
     """Every failed rule of D1-D6 for this pair (empty: eligible), as the asking province may hear them.
-    Changes nothing."""
+
+    Recorded (masked) before it is answered; changes nothing else.
+    """
     check: RelationCheck = await run_in_db(accept_relation_query, ctx, envelope, peer, decode)
     query = check.query
     today = ctx.clock.now().astimezone(BEIJING).date()
     giver_status, receiver_status = await ask_both(members, (check.giver_province, query.giver),
                                                    (check.receiver_province, query.receiver), today)
-    return as_told_to_giver_province(check_eligibility(
+    violations = as_told_to_giver_province(check_eligibility(
         giver_id_number=query.giver.id_number, receiver_id_number=query.receiver.id_number,
         relation_code=query.relation_code, giver_status=giver_status, receiver_status=receiver_status, on=today))
+    answer = RelationAnswer.NOT_ELIGIBLE if violations else RelationAnswer.ELIGIBLE
+    await run_in_db(record_relation_query, ctx, check, answer)
+    return violations

@@ -1,15 +1,17 @@
-"""VerifyRelation over real channels: the gateway asks both stub provinces and reports every failed rule the asker
-may hear."""
+"""VerifyRelation over real channels: both stub provinces asked, every failed rule the asker may hear, recorded."""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import grpc
 import pytest
+from sqlalchemy import select
 
+from gateway.store.sql import relation_queries_t
 from protos.gongji.v1 import operations_pb2, relations_pb2
-from tests.support import GANSU, GIVER, MOTHER, XINJIANG, Stack, error_of
+from tests.support import CLEAR_PERSONAL_DATA, GANSU, GIVER, MOTHER, XINJIANG, Stack, error_of
 
 ELIGIBLE, NOT_ELIGIBLE = relations_pb2.ELIGIBILITY_ELIGIBLE, relations_pb2.ELIGIBILITY_NOT_ELIGIBLE
 GIRL_2010 = ("620102201003010023", "620100")  # Gansu, resident insurance, born 2010-03-01, female
@@ -100,3 +102,40 @@ def test_rules_the_asking_province_can_check_itself_stay_specific(stack: Stack) 
         answer = stack.verify_relation(GIVER, relation_code="70", giver=giver, sender=GANSU,
                                        receiver_province=XINJIANG)
         assert [(v.reason, v.rule, v.field) for v in answer.violations] == [expected]
+
+
+# -- the record of queries -----------------------------------------------------------------------------
+
+def relation_queries(stack: Stack) -> list[tuple[Any, ...]]:
+    q = relation_queries_t.c
+    with stack.gateway.engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(select(
+            q.asking_province, q.receiver_province, q.message_id, q.giver_id_masked, q.receiver_id_masked,
+            q.relation_code, q.answer, q.asked_at).order_by(q.id))]
+
+
+def test_each_query_leaves_one_record_with_masked_id_numbers_only(stack: Stack) -> None:
+    before = stack.clock.now()
+    name_in_id_field = ("李秀英" + "620102196505", "620100")  # 18 characters, a name among them
+    asked = [(MOTHER, "52", "620102********0026", "52", "ELIGIBLE"),
+             (SUSPENDED, "70", "620102********0511", "70", "NOT_ELIGIBLE"),
+             (("62010219650512002x", "620100"), "28", "620102********002X", "28", "NOT_ELIGIBLE"),  # bad check
+             (name_in_id_field, "2x", "", "", "NOT_ELIGIBLE")]  # neither kept: not an ID number, not a code
+    message_ids = []
+    for person, code, *_ in asked:
+        stack.verify_relation(person, relation_code=code)
+        message_ids.append(relation_queries(stack)[-1][2])
+    # A query refused before it is answered tells nothing and is not recorded.
+    seen = error_of(lambda: stack.verify_relation(MOTHER, receiver_province="610000"))
+    assert seen.reason == "UNKNOWN_PROVINCE"
+
+    rows = relation_queries(stack)
+    assert [row[:7] for row in rows] == [
+        (XINJIANG, GANSU, message_id, "650502********1230", masked, kept_code, answer)
+        for message_id, (_, _, masked, kept_code, answer) in zip(message_ids, asked, strict=True)]
+    assert len(set(message_ids)) == len(asked) and all(m.startswith("vr-") for m in message_ids)
+    assert all(before <= asked_at <= stack.clock.now() for *_, asked_at in rows)
+    # Nothing that gives an ID number back: no clear number or name, no birth date, no hidden digits.
+    stored = repr(rows)
+    for clear in (*CLEAR_PERSONAL_DATA, "李秀英", "19650512", "1965-05-12", "19920707", "1992-07-07"):
+        assert clear not in stored
