@@ -66,6 +66,8 @@ def accept_relation_query(ctx: UseCaseContext, envelope: Envelope, peer: str | N
     now = ctx.clock.now()
     with ctx.uow() as uow:
         query = authenticate(uow, envelope, RELATION_QUERY_TYPE, decode, peer, now, ctx)
+        # Proven the asking province's own by now (signature, TLS caller): only its own queries spend its budget.
+        ctx.admit_relation_query(query.header.sender)
         validate_message_id(query.header.message_id)
         if not PROVINCE_CODE.fullmatch(query.header.receiver):
             raise InvalidArgument("header.receiver must be the receiver's province code",

@@ -1,17 +1,32 @@
-"""VerifyRelation over real channels: both stub provinces asked, every failed rule the asker may hear, recorded."""
+"""VerifyRelation over real channels: both provinces asked, every failed rule the asker may hear, recorded, limited."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from sqlalchemy import select
 
+from gateway.domain.settlement import SettlementPolicy
 from gateway.store.sql import relation_queries_t
-from protos.gongji.v1 import operations_pb2, relations_pb2
-from tests.support import CLEAR_PERSONAL_DATA, GANSU, GIVER, MOTHER, XINJIANG, Stack, error_of
+from protos.gongji.v1 import common_pb2, operations_pb2, relations_pb2
+from tests.support import (
+    CLEAR_PERSONAL_DATA,
+    GANSU,
+    GIVER,
+    MOTHER,
+    XINJIANG,
+    LoopThread,
+    Stack,
+    error_of,
+    start_stack,
+    ts,
+    unique_id,
+)
 
 ELIGIBLE, NOT_ELIGIBLE = relations_pb2.ELIGIBILITY_ELIGIBLE, relations_pb2.ELIGIBILITY_NOT_ELIGIBLE
 GIRL_2010 = ("620102201003010023", "620100")  # Gansu, resident insurance, born 2010-03-01, female
@@ -139,3 +154,54 @@ def test_each_query_leaves_one_record_with_masked_id_numbers_only(stack: Stack) 
     stored = repr(rows)
     for clear in (*CLEAR_PERSONAL_DATA, "李秀英", "19650512", "1965-05-12", "19920707", "1992-07-07"):
         assert clear not in stored
+
+
+# -- VerifyRelation's own budget -------------------------------------------------------------------------
+
+QUERY_RATE = 0.001  # one query every 1000 s: only moving the stack's clock refills the bucket
+QUERY_BURST = 3
+
+
+@pytest.fixture
+def query_limited(loop_thread: LoopThread, tmp_path: Path, db_url: str) -> Iterator[Stack]:
+    running = start_stack(loop_thread, tmp_path, db_url, relation_query_rate_per_second=QUERY_RATE,
+                          relation_query_burst=QUERY_BURST, settlement=SettlementPolicy(close_on_schedule=False))
+    yield running
+    running.close()
+
+
+def test_relation_queries_are_limited_per_asking_province(query_limited: Stack) -> None:
+    stack = query_limited
+    # Forgeries in Xinjiang's name are refused as such and spend none of its queries.
+    for _ in range(2 * QUERY_BURST):
+        forged = error_of(lambda: stack.relations.VerifyRelation(relations_pb2.VerifyRelationRequest(
+            query=forge(stack.sign(relation_query(stack), XINJIANG))), timeout=10))
+        assert (forged.code, forged.reason) == (grpc.StatusCode.UNAUTHENTICATED, "BAD_SIGNATURE")
+    for _ in range(QUERY_BURST):
+        stack.verify_relation(MOTHER)
+    seen = error_of(lambda: stack.verify_relation(MOTHER))
+    assert (seen.code, seen.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED"), seen
+    assert XINJIANG in seen.message and "relation queries" in seen.message
+    assert len(relation_queries(stack)) == QUERY_BURST  # the refused one was not answered, nor recorded
+
+    # A budget of its own: Xinjiang's other calls are served, and so are Gansu's queries.
+    assert stack.binding(stack.binding_id).state == relations_pb2.BINDING_STATE_ACTIVE
+    answer = stack.verify_relation(GIVER, relation_code="70", giver=CHEN, sender=GANSU, receiver_province=XINJIANG)
+    assert answer.eligibility == ELIGIBLE
+
+    stack.clock.advance(1 / QUERY_RATE)  # one more query's worth
+    assert stack.verify_relation(MOTHER).eligibility == ELIGIBLE
+    assert error_of(lambda: stack.verify_relation(MOTHER)).reason == "RATE_LIMITED"
+
+
+def relation_query(stack: Stack) -> relations_pb2.RelationQuery:
+    return relations_pb2.RelationQuery(
+        header=common_pb2.Header(message_id=unique_id("vr"), sender=XINJIANG, receiver=GANSU,
+                                 created_at=ts(stack.clock.now())),
+        giver=common_pb2.PersonRef(id_number=GIVER[0], pooling_area=GIVER[1]),
+        receiver=common_pb2.PersonRef(id_number=MOTHER[0], pooling_area=MOTHER[1]), relation_code="52")
+
+
+def forge(envelope: common_pb2.SignedEnvelope) -> common_pb2.SignedEnvelope:
+    envelope.signature = bytes(64)
+    return envelope
