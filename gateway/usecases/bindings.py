@@ -82,14 +82,16 @@ def tell_both(uow: UnitOfWork, binding: Binding, state: BindingState, at: dateti
         uow.outbox.enqueue(province, OutboxKind.NOTIFY_BINDING_OUTCOME, message_id, binding.binding_id, at)
 
 
+def binding_not_found() -> NotFound:
+    """For an unknown binding and for other provinces' alike: a province learns nothing of bindings not its own."""
+    return NotFound("no such binding", reason="BINDING_NOT_FOUND", field="binding_id")
+
+
 def _party_binding(uow: UnitOfWork, binding_id: str, sender: str) -> Binding:
     validate_message_id(binding_id, field="binding_id")
     binding = uow.bindings.get(binding_id)
-    if binding is None:
-        raise NotFound("no such binding", reason="BINDING_NOT_FOUND", field="binding_id")
-    if not binding.has_party(sender):
-        raise PermissionDenied("only the two provinces of a binding may act on it", reason="NOT_A_PARTY",
-                               field="header.sender")
+    if binding is None or not binding.has_party(sender):
+        raise binding_not_found()
     return binding
 
 

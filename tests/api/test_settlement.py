@@ -280,12 +280,13 @@ def test_bad_settlement_requests_get_clear_errors_and_change_nothing(stack: Stac
     assert window(stack, closed.window_id).state == S.SETTLEMENT_WINDOW_STATE_ACKNOWLEDGED
     assert list(window(stack, closed.window_id).payments) == []
 
-    # An outsider province (registered, but not in this window) sees no figures and cannot agree to them.
+    # An outsider province (registered, but not in this window) sees no figures and cannot agree to them: to it,
+    # the window is one that does not exist.
     stack.add_province(SHAANXI, "陕西")
     seen = error_of(lambda: get_settlement(stack, SHAANXI, closed.window_id))
-    assert (seen.code, seen.reason) == (grpc.StatusCode.PERMISSION_DENIED, "NOT_IN_WINDOW")
+    assert (seen.code, seen.reason) == (grpc.StatusCode.NOT_FOUND, "SETTLEMENT_WINDOW_NOT_FOUND")
     seen = error_of(lambda: acknowledge(stack, acknowledgement(stack, SHAANXI, closed.window_id, b"\x01" * 32)))
-    assert (seen.code, seen.reason) == (grpc.StatusCode.PERMISSION_DENIED, "NOT_IN_WINDOW")
+    assert (seen.code, seen.reason) == (grpc.StatusCode.NOT_FOUND, "SETTLEMENT_WINDOW_NOT_FOUND")
     # A province's acknowledgement signed by another province's key is refused before anything is read.
     forged = acknowledgement(stack, GANSU, closed.window_id, b"\x01" * 32)
     forged.signer = XINJIANG
