@@ -226,6 +226,8 @@ def _core(settings: Settings, clock: Clock) -> _Core:
         verify=verify_signature,
         # Each province's calls are counted once they are proven its own (see ProvinceRateLimits).
         admit=ProvinceRateLimits(settings.rate_limit_per_second, settings.rate_limit_burst, clock).admit,
+        admit_relation_query=ProvinceRateLimits(settings.relation_query_rate_per_second, settings.relation_query_burst,
+                                                clock, counted="relation queries").admit,
         max_clock_skew=timedelta(seconds=settings.max_clock_skew_seconds),
         settlement=settings.settlement,
     )

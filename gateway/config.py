@@ -77,6 +77,10 @@ class Settings:
     # Calls a second each province may make on the provinces' port, and the burst it may save up; 0: no limit.
     rate_limit_per_second: float = 200.0
     rate_limit_burst: float = 400.0
+    # VerifyRelation's own budget on top (queries a second, and the burst): it tells a province about people
+    # insured elsewhere, so it is kept well below the general one; 0: no limit.
+    relation_query_rate_per_second: float = 5.0
+    relation_query_burst: float = 20.0
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     # `python -m gateway` runs the outbox in this many separate dispatcher processes, or in the server
     # process when 0 (the default: in `make bench` on 2 cores both give the same throughput, and in
@@ -161,6 +165,9 @@ class Settings:
             grpc_max_connections=int(number("GRPC_MAX_CONNECTIONS", cls.grpc_max_connections)),
             rate_limit_per_second=number("RATE_LIMIT_PER_SECOND", cls.rate_limit_per_second),
             rate_limit_burst=number("RATE_LIMIT_BURST", cls.rate_limit_burst),
+            relation_query_rate_per_second=number("RELATION_QUERY_RATE_PER_SECOND",
+                                                  cls.relation_query_rate_per_second),
+            relation_query_burst=number("RELATION_QUERY_BURST", cls.relation_query_burst),
             outbox=OutboxSettings(
                 backoff=Backoff(base_seconds=number("OUTBOX_BACKOFF_BASE_SECONDS", 0.2),
                                 max_seconds=number("OUTBOX_BACKOFF_MAX_SECONDS", 30.0)),
@@ -216,6 +223,10 @@ class Settings:
             raise ConfigError("grpc_max_connections must be within 1..65536")
         if self.rate_limit_per_second < 0 or (self.rate_limit_per_second > 0 and self.rate_limit_burst < 1):
             raise ConfigError("rate_limit_per_second must not be negative, and rate_limit_burst is at least 1")
+        if self.relation_query_rate_per_second < 0 or (
+                self.relation_query_rate_per_second > 0 and self.relation_query_burst < 1):
+            raise ConfigError("relation_query_rate_per_second must not be negative, and relation_query_burst is at "
+                              "least 1")
         if self.db_threads < 0 or self.max_clock_skew_seconds <= 0 or self.province_call_timeout_seconds <= 0:
             raise ConfigError("db_threads, max_clock_skew_seconds and province_call_timeout_seconds must be positive")
         # A lease shorter than a batch's calls could let another gateway send a message still in flight.

@@ -44,9 +44,10 @@ class ProvinceRateLimits:
     routing table.
     """
 
-    def __init__(self, rate_per_second: float, burst: float, clock: Clock) -> None:
+    def __init__(self, rate_per_second: float, burst: float, clock: Clock, counted: str = "calls") -> None:
         self.rate = rate_per_second
         self.burst = burst
+        self._counted = counted  # what the budget counts, as its refusal names it
         self._clock = clock
         self._buckets: dict[str, TokenBucket] = {}
         self._lock = threading.Lock()  # use cases run on a thread pool with PostgreSQL
@@ -66,5 +67,5 @@ class ProvinceRateLimits:
                 bucket = self._buckets[province] = TokenBucket(self.rate, self.burst, self.burst, now)
             if bucket.take(now):
                 return
-        raise RateLimited(f"province {province} is over its rate limit ({self.rate:g} calls a second, bursts of "
-                          f"{self.burst:g}); nothing was done: retry later with the same message_id")
+        raise RateLimited(f"province {province} is over its rate limit ({self.rate:g} {self._counted} a second, "
+                          f"bursts of {self.burst:g}); nothing was done: retry later with the same message_id")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 
@@ -240,6 +241,27 @@ def check_attestation(method: AttestationMethod, receiver_birth: date, accepted_
     if method is AttestationMethod.GUARDIAN_DOCUMENT and requirement is AttestationRequirement.FACE_REQUIRED:
         return [Violation("FACE_REQUIRED", "D6", ATTESTATION_METHOD_FIELD)]
     return []
+
+
+# D2's insurance and D3's suspension of the receiver are what only the receiver's province knows (CheckMember).
+_RECEIVER_PROVINCE_FACTS = frozenset({("RECEIVER_NOT_INSURED", RECEIVER_FIELD),
+                                      ("SETTLEMENT_SUSPENDED", RECEIVER_FIELD)})
+RECEIVER_NOT_ELIGIBLE = Violation("RECEIVER_NOT_ELIGIBLE", "D2-D3", RECEIVER_FIELD)
+
+
+def as_told_to_giver_province(violations: Sequence[Violation]) -> list[Violation]:
+    """The violations the giver's province may hear (D19): its own checks as they are, the receiver's province's
+    facts about the receiver (not insured there, not in a receiver's insurance, suspended) as one
+    RECEIVER_NOT_ELIGIBLE.
+
+    Told apart, they would let any province learn, for any ID number, whether that person is insured in
+    another province and whether their settlement is suspended (a fraud flag). The collapsed reason comes
+    last, whichever facts it stands for, so its place in the list says nothing either.
+    """
+    told = [v for v in violations if (v.reason, v.field) not in _RECEIVER_PROVINCE_FACTS]
+    if len(told) < len(violations):
+        told.append(RECEIVER_NOT_ELIGIBLE)
+    return told
 
 
 def check_eligibility(

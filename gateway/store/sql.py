@@ -43,6 +43,7 @@ from gateway.domain.monitoring import PairStateFigure, Stats, TransferChange, Tr
 from gateway.domain.policy import beijing_day
 from gateway.domain.provinces import Policy, Province, ProvinceKey, ProvinceStatus
 from gateway.domain.records import OutboxKind, OutboxMessage, RequestOutcome, StoredRequest
+from gateway.domain.relations import RelationQueryRecord
 from gateway.domain.settlement import (
     Acknowledgement,
     PairFigure,
@@ -65,6 +66,7 @@ from gateway.store.tables import (
     OutboxRow,
     ProvinceKeyRow,
     ProvinceRow,
+    RelationQueryRow,
     RequestRow,
     RoutingVersionRow,
     SettlementPairRow,
@@ -91,6 +93,7 @@ checkpoints_t: Table = AuditCheckpointRow.__table__  # type: ignore[assignment]
 windows_t: Table = SettlementWindowRow.__table__  # type: ignore[assignment]
 pairs_t: Table = SettlementPairRow.__table__  # type: ignore[assignment]
 statements_t: Table = SettlementStatementRow.__table__  # type: ignore[assignment]
+relation_queries_t: Table = RelationQueryRow.__table__  # type: ignore[assignment]
 
 FIGURES_TYPE = "gongji.v1.SettlementFigures"
 REASON_MAX = 64  # transfers.reason and transfer_events.reason
@@ -322,6 +325,10 @@ class Statements:
                 subject_id=_b("subject_id"), status="PENDING", attempts=attempts, next_attempt_at=due,
                 last_error="", created_at=_b("at"))
 
+        self.insert_relation_query = p(insert(relation_queries_t).values(
+            asked_at=_b("asked_at"), asking_province=_b("asking_province"), receiver_province=_b("receiver_province"),
+            message_id=_b("message_id"), giver_id_masked=_b("giver_id_masked"),
+            receiver_id_masked=_b("receiver_id_masked"), relation_code=_b("relation_code"), answer=_b("answer")))
         self.enqueue = p(queued(0, _b("at")))
         # Written as a claim would leave it: its first attempt counted, due again when the lease ends.
         self.enqueue_leased = p(queued(1, _b("lease_until")).returning(o.id))
@@ -816,6 +823,19 @@ class SqlMemberRepository:
         return self._cursor.first(self._s.member_suspended, ref=person_ref, province=province) is not None
 
 
+class SqlRelationQueryLog:
+    """The record of VerifyRelation queries: one insert each, nothing read back on a call's path."""
+
+    def __init__(self, cursor: Cursor, store: SqlStore) -> None:
+        self._cursor, self._s = cursor, store.statements
+
+    def record(self, entry: RelationQueryRecord) -> None:
+        self._cursor.run(self._s.insert_relation_query, asked_at=entry.asked_at, asking_province=entry.asking_province,
+                         receiver_province=entry.receiver_province, message_id=entry.message_id,
+                         giver_id_masked=entry.giver_id_masked, receiver_id_masked=entry.receiver_id_masked,
+                         relation_code=entry.relation_code, answer=entry.answer.value)
+
+
 class SqlOutboxRepository:
     def __init__(self, cursor: Cursor, store: SqlStore) -> None:
         self._cursor, self._s = cursor, store.statements
@@ -1128,6 +1148,7 @@ class SqlUnitOfWork:
         self.members = SqlMemberRepository(self._cursor, self._store)
         self.settlements = SqlSettlementRepository(self._cursor, self._store, self.audit)
         self.gateway_keys = SqlGatewayKeyRepository(self._cursor, self._store, self.audit)
+        self.relation_queries = SqlRelationQueryLog(self._cursor, self._store)
         self._after_commit: list[Callable[[], None]] = []
         return self
 

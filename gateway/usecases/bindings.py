@@ -21,7 +21,13 @@ from gateway.domain.bindings import (
     validate_reason,
 )
 from gateway.domain.clock import BEIJING
-from gateway.domain.eligibility import MemberStatus, check_attestation, check_eligibility, parse_valid_id
+from gateway.domain.eligibility import (
+    MemberStatus,
+    as_told_to_giver_province,
+    check_attestation,
+    check_eligibility,
+    parse_valid_id,
+)
 from gateway.domain.envelope import Envelope
 from gateway.domain.errors import (
     AlreadyExists,
@@ -75,14 +81,16 @@ def tell_both(uow: UnitOfWork, binding: Binding, state: BindingState, at: dateti
         uow.outbox.enqueue(province, OutboxKind.NOTIFY_BINDING_OUTCOME, message_id, binding.binding_id, at)
 
 
+def binding_not_found() -> NotFound:
+    """For an unknown binding and for other provinces' alike: a province learns nothing of bindings not its own."""
+    return NotFound("no such binding", reason="BINDING_NOT_FOUND", field="binding_id")
+
+
 def _party_binding(uow: UnitOfWork, binding_id: str, sender: str) -> Binding:
     validate_message_id(binding_id, field="binding_id")
     binding = uow.bindings.get(binding_id)
-    if binding is None:
-        raise NotFound("no such binding", reason="BINDING_NOT_FOUND", field="binding_id")
-    if not binding.has_party(sender):
-        raise PermissionDenied("only the two provinces of a binding may act on it", reason="NOT_A_PARTY",
-                               field="header.sender")
+    if binding is None or not binding.has_party(sender):
+        raise binding_not_found()
     return binding
 
 
@@ -126,10 +134,11 @@ def _store_proposal(ctx: UseCaseContext, envelope: Envelope, proposal: BindingPr
     with ctx.uow() as uow:
 
         def propose() -> bytes:
-            violations = check_eligibility(
+            # The giver's province hears what VerifyRelation would tell it, no more (D19).
+            violations = as_told_to_giver_province(check_eligibility(
                 giver_id_number=proposal.giver.id_number, receiver_id_number=proposal.receiver.id_number,
                 relation_code=proposal.relation_code, giver_status=giver_status, receiver_status=receiver_status,
-                on=today)
+                on=today))
             if violations:
                 raise FailedPrecondition("not eligible: " + ", ".join(v.reason for v in violations),
                                          reason=violations[0].reason, field=violations[0].field)

@@ -51,6 +51,9 @@ class UseCaseContext:
     # Spends one call of the province's budget, or raises RateLimited; called once a call is proven to
     # come from that province (signature verified, signer = the TLS caller). By default: no limit.
     admit: Callable[[str], None] = no_limit
+    # The same for VerifyRelation's own, smaller budget: spent on top of `admit`, once the query is proven the
+    # asking province's own, so that no province can sweep another's population with it.
+    admit_relation_query: Callable[[str], None] = no_limit
     in_flight: InFlightRequests = field(default_factory=InFlightRequests)
     settlement: SettlementPolicy = field(default_factory=SettlementPolicy)
     # New transfer messages go straight to this process's outbox loop once it attaches (usecases/handoff.py).

@@ -12,6 +12,7 @@ from gateway.domain.envelope import Envelope
 from gateway.domain.monitoring import Stats, TransferChange, TransferFilter
 from gateway.domain.provinces import Province, ProvinceKey
 from gateway.domain.records import OutboxKind, OutboxMessage, StoredRequest
+from gateway.domain.relations import RelationQueryRecord
 from gateway.domain.settlement import Figures, PairFigure, Payment, SettlementWindow, WindowSpan, WindowState
 from gateway.domain.transfers import Transfer, TransferState
 
@@ -113,6 +114,12 @@ class SettlementRepository(Protocol):
     def counts_by_state(self) -> dict[WindowState, int]: ...
 
 
+class RelationQueryLog(Protocol):
+    """Every VerifyRelation answered: appended only, never read on a call's path."""
+
+    def record(self, entry: RelationQueryRecord) -> None: ...
+
+
 class AuditLog(Protocol):
     def record(self, kind: str, subject_id: str, action: str, at: datetime, detail: str = "") -> None: ...
     def act_as(self, actor: str) -> None:
@@ -152,6 +159,8 @@ class UnitOfWork(Protocol):
     def audit(self) -> AuditLog: ...
     @property
     def gateway_keys(self) -> GatewayKeyRepository: ...
+    @property
+    def relation_queries(self) -> RelationQueryLog: ...
 
     def __enter__(self) -> UnitOfWork: ...
     def __exit__(self, *exc: object) -> None: ...

@@ -1,19 +1,25 @@
-"""Relation use cases: VerifyRelation (D1-D6), asking both provinces about their member."""
+"""Relation use cases: VerifyRelation (D1-D6), asking both provinces about their member, each query recorded."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import Any, Protocol
 
 from gateway.domain.clock import BEIJING
-from gateway.domain.eligibility import MemberStatus, Violation, check_eligibility, parse_valid_id
+from gateway.domain.eligibility import (
+    MemberStatus,
+    Violation,
+    as_told_to_giver_province,
+    check_eligibility,
+    parse_valid_id,
+)
 from gateway.domain.envelope import Envelope
 from gateway.domain.errors import InvalidArgument, Unavailable
 from gateway.domain.provinces import PROVINCE_CODE, Province
-from gateway.domain.relations import RelationQuery
+from gateway.domain.relations import RelationAnswer, RelationQuery, record_of
 from gateway.domain.transfers import PersonRef, validate_message_id
 from gateway.usecases.auth import authenticate
 from gateway.usecases.context import UseCaseContext
@@ -51,6 +57,7 @@ class RelationCheck:
     query: RelationQuery
     giver_province: Province
     receiver_province: Province
+    asked_at: datetime
 
 
 def accept_relation_query(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
@@ -59,6 +66,8 @@ def accept_relation_query(ctx: UseCaseContext, envelope: Envelope, peer: str | N
     now = ctx.clock.now()
     with ctx.uow() as uow:
         query = authenticate(uow, envelope, RELATION_QUERY_TYPE, decode, peer, now, ctx)
+        # Proven the asking province's own by now (signature, TLS caller): only its own queries spend its budget.
+        ctx.admit_relation_query(query.header.sender)
         validate_message_id(query.header.message_id)
         if not PROVINCE_CODE.fullmatch(query.header.receiver):
             raise InvalidArgument("header.receiver must be the receiver's province code",
@@ -66,17 +75,29 @@ def accept_relation_query(ctx: UseCaseContext, envelope: Envelope, peer: str | N
         return RelationCheck(query, require_active(uow.provinces.get(query.header.sender), query.header.sender,
                                             "header.sender"),
                              require_active(uow.provinces.get(query.header.receiver), query.header.receiver,
-                                     "header.receiver"))
+                                     "header.receiver"), now)
+
+
+def record_relation_query(ctx: UseCaseContext, check: RelationCheck, answer: RelationAnswer) -> None:
+    with ctx.uow() as uow:
+        uow.relation_queries.record(record_of(check.query, answer, check.asked_at))
+        uow.commit()
 
 
 async def verify_relation(ctx: UseCaseContext, run_in_db: RunInDb, members: MemberDirectory, envelope: Envelope,
                           peer: str | None, decode: Callable[[bytes], RelationQuery]) -> list[Violation]:
-    """Every failed rule of D1-D6 for this pair (empty: eligible). Changes nothing."""
+    """Every failed rule of D1-D6 for this pair (empty: eligible), as the asking province may hear them.
+
+    Recorded (masked) before it is answered; changes nothing else.
+    """
     check: RelationCheck = await run_in_db(accept_relation_query, ctx, envelope, peer, decode)
     query = check.query
     today = ctx.clock.now().astimezone(BEIJING).date()
     giver_status, receiver_status = await ask_both(members, (check.giver_province, query.giver),
                                                    (check.receiver_province, query.receiver), today)
-    return check_eligibility(giver_id_number=query.giver.id_number, receiver_id_number=query.receiver.id_number,
-                             relation_code=query.relation_code, giver_status=giver_status,
-                             receiver_status=receiver_status, on=today)
+    violations = as_told_to_giver_province(check_eligibility(
+        giver_id_number=query.giver.id_number, receiver_id_number=query.receiver.id_number,
+        relation_code=query.relation_code, giver_status=giver_status, receiver_status=receiver_status, on=today))
+    answer = RelationAnswer.NOT_ELIGIBLE if violations else RelationAnswer.ELIGIBLE
+    await run_in_db(record_relation_query, ctx, check, answer)
+    return violations

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from gateway.domain.clock import BEIJING
 from gateway.domain.envelope import Envelope
-from gateway.domain.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from gateway.domain.errors import FailedPrecondition, InvalidArgument, NotFound
 from gateway.domain.records import OutboxKind
 from gateway.domain.settlement import (
     Figures,
@@ -117,12 +117,18 @@ def close_due_windows(ctx: UseCaseContext, limit: int = 10) -> list[str]:
     return [close_window(ctx, window_id, SCHEDULE_ACTOR).window_id for window_id in due]
 
 
+def window_not_found() -> NotFound:
+    """For an unknown window and, to a province, for a closed one it has no figures in: it learns nothing of
+    other provinces' settlements."""
+    return NotFound("no such settlement window", reason="SETTLEMENT_WINDOW_NOT_FOUND", field="window_id")
+
+
 def get_window(ctx: UseCaseContext, window_id: str) -> SettlementWindow:
     validate_window_id(window_id)
     with ctx.uow() as uow:
         window = uow.settlements.get(window_id)
     if window is None:
-        raise NotFound("no such settlement window", reason="SETTLEMENT_WINDOW_NOT_FOUND", field="window_id")
+        raise window_not_found()
     return window
 
 
@@ -174,13 +180,12 @@ def get_settlement(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                                field="window_id")
         window = uow.settlements.get(window_id)
         if window is None:
-            raise NotFound("no such settlement window", reason="SETTLEMENT_WINDOW_NOT_FOUND", field="window_id")
+            raise window_not_found()
         if window.state is WindowState.OPEN:
             return SettlementView(window_id, window.state, None, [])
         statement = uow.settlements.statement(window_id, province)
         if statement is None:
-            raise PermissionDenied("this province has no figures in the window", reason="NOT_IN_WINDOW",
-                                   field="header.sender")
+            raise window_not_found()
         return SettlementView(window_id, window.state, statement[0], window.acknowledged_by)
 
 
@@ -207,14 +212,12 @@ def acknowledge_settlement(ctx: UseCaseContext, envelope: Envelope, peer: str | 
         def record() -> bytes:
             state = uow.settlements.lock(ack.window_id)  # acknowledgements of one window one at a time
             if state is None:
-                raise NotFound("no such settlement window", reason="SETTLEMENT_WINDOW_NOT_FOUND",
-                               field="window_id")
+                raise window_not_found()
             if state is WindowState.OPEN:
                 raise FailedPrecondition("the window is still open", reason="WINDOW_NOT_CLOSED", field="window_id")
             statement = uow.settlements.statement(ack.window_id, header.sender)
             if statement is None:
-                raise PermissionDenied("this province has no figures in the window", reason="NOT_IN_WINDOW",
-                                       field="header.sender")
+                raise window_not_found()
             if statement[1] != ack.figures_sha256:
                 raise FailedPrecondition("figures_sha256 does not match the figures the gateway sent",
                                          reason="FIGURES_DIGEST_MISMATCH", field="figures_sha256")
@@ -262,7 +265,7 @@ def record_payment(ctx: UseCaseContext, window_id: str, inputs: Sequence[Payment
         state = uow.settlements.lock(window_id)
         window = uow.settlements.get(window_id)
         if state is None or window is None:
-            raise NotFound("no such settlement window", reason="SETTLEMENT_WINDOW_NOT_FOUND", field="window_id")
+            raise window_not_found()
         if state in (WindowState.OPEN, WindowState.CLOSED):
             raise FailedPrecondition(f"the window is {state.value}: every province must acknowledge it first (D18)",
                                      reason="WINDOW_NOT_ACKNOWLEDGED", field="window_id")

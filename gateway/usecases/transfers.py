@@ -28,6 +28,7 @@ from gateway.domain.transfers import (
     validate_message_id,
 )
 from gateway.usecases.auth import authenticate, require_addressed_to_gateway
+from gateway.usecases.bindings import binding_not_found
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.handoff import as_decided, enqueue_transfer_message
 from gateway.usecases.idempotency import payload_digest, run_once
@@ -101,10 +102,11 @@ def _require_binding(uow: UnitOfWork, instruction: TransferInstruction, giver_re
     # Locked: its used amount (D10) is read, checked and added to by one submission at a time. The giver's
     # daily row orders most of them already, but not two on either side of Beijing midnight.
     binding = uow.bindings.get(instruction.binding_id, lock=True)
-    if binding is None:
-        # NOT_FOUND, as for every unknown reference: not a stored refusal, like an unknown transfer on confirm.
-        raise NotFound("no such binding", reason="BINDING_NOT_FOUND", field="binding_id")
     header = instruction.header
+    if binding is None or not binding.has_party(header.sender):
+        # NOT_FOUND, as for every unknown reference: not a stored refusal, like an unknown transfer on confirm.
+        # Other provinces' bindings too: a mismatch would tell the sender that the id exists.
+        raise binding_not_found()
     if (binding.giver_ref, binding.receiver_ref, binding.giver_province, binding.receiver_province) != (
             giver_ref, receiver_ref, header.sender, header.receiver):
         raise FailedPrecondition("the binding is not between this giver and this receiver", reason="BINDING_MISMATCH",
@@ -115,6 +117,11 @@ def _require_binding(uow: UnitOfWork, instruction: TransferInstruction, giver_re
         raise FailedPrecondition(f"the binding is {binding.state.value}, not ACTIVE", reason="BINDING_NOT_ACTIVE",
                                  field="binding_id")
     return binding
+
+
+def transfer_not_found() -> NotFound:
+    """For an unknown transfer and for other provinces' alike: a province learns nothing of transfers not its own."""
+    return NotFound("no such transfer", reason="TRANSFER_NOT_FOUND", field="transfer_id")
 
 
 def _transfer_id_taken() -> AlreadyExists:
@@ -189,8 +196,8 @@ def confirm_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
         header = confirmation.header
         require_addressed_to_gateway(header, "a confirmation")
         transfer = uow.transfers.get(confirmation.transfer_id)
-        if transfer is None:
-            raise NotFound("no such transfer", reason="TRANSFER_NOT_FOUND", field="transfer_id")
+        if transfer is None or header.sender not in (transfer.giver_province, transfer.receiver_province):
+            raise transfer_not_found()
         if header.sender != transfer.receiver_province:
             raise PermissionDenied("only the receiver's province may confirm a transfer (D14)",
                                    reason="NOT_RECEIVER_PROVINCE", field="header.sender")
@@ -241,9 +248,6 @@ def get_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
         require_addressed_to_gateway(query.header, "a transfer query")
         validate_message_id(query.transfer_id, field="transfer_id")
         transfer = uow.transfers.get(query.transfer_id, with_history=True)
-        if transfer is None:
-            raise NotFound("no such transfer", reason="TRANSFER_NOT_FOUND", field="transfer_id")
-        if query.header.sender not in (transfer.giver_province, transfer.receiver_province):
-            raise PermissionDenied("only the two provinces of a transfer may read it (D14)",
-                                   reason="NOT_A_PARTY", field="header.sender")
+        if transfer is None or query.header.sender not in (transfer.giver_province, transfer.receiver_province):
+            raise transfer_not_found()  # only the two provinces of a transfer may read it (D14)
         return transfer

@@ -21,6 +21,9 @@ from tests.support import GANSU, GIVER, MOTHER, XINJIANG, Stack, error_of, error
 R = relations_pb2
 CHILD = ("620102201508160027", "620100")  # born 2015-08-16, female: the giver's daughter (code 30), under 16
 OTHER_GIVER = ("652201198506152316", "650500")  # Hami, born 1985, male
+SUSPENDED = ("620102199207070511", "620100")  # Gansu, employee, male, born 1992, settlement suspended
+INACTIVE = ("620402197001010043", "620400")  # Gansu, insurance ended
+NOT_IN_GANSU = ("620102199001010011", "620100")  # a valid number no one in Gansu's seed has
 
 
 @pytest.fixture(autouse=True)
@@ -84,6 +87,21 @@ def test_an_in_law_is_refused_with_its_reason_and_the_refusal_is_replayed(stack:
     assert seen.reason == "BINDING_NOT_FOUND"
 
 
+def test_a_receiver_ineligible_by_her_provinces_facts_is_refused_with_one_reason(stack: Stack) -> None:
+    """What only Gansu knows (insurance ended, not insured there, settlement suspended) is one reason to Xinjiang,
+    with the same status, field and message; a rule Xinjiang can check itself still comes first, by name."""
+    seen = {name: error_of(lambda p=person: stack.propose(p, relation_code="70"))  # type: ignore[misc]
+            for name, person in (("suspended", SUSPENDED), ("insurance ended", INACTIVE),
+                                 ("not insured there", NOT_IN_GANSU))}
+    for name, refusal in seen.items():
+        assert (refusal.code, refusal.reason, refusal.metadata.get("field")) == (
+            grpc.StatusCode.FAILED_PRECONDITION, "RECEIVER_NOT_ELIGIBLE", "receiver"), name
+    assert len({(r.message, tuple(sorted(r.metadata.items()))) for r in seen.values()}) == 1
+    refusal = error_of(lambda: stack.propose(SUSPENDED, relation_code="51"))  # "father", younger than the giver
+    assert (refusal.reason, refusal.message) == ("RELATION_INCONSISTENT",
+                                                 "not eligible: RELATION_INCONSISTENT, RECEIVER_NOT_ELIGIBLE")
+
+
 def test_a_child_under_16_is_bound_with_a_guardians_attestation(stack: Stack) -> None:
     binding_id = stack_binding_id(stack.propose(CHILD, relation_code="30"))
     assert stack.answer_consent(binding_id, method=R.ATTESTATION_METHOD_GUARDIAN_DOCUMENT).state == \
@@ -118,7 +136,7 @@ def test_only_the_receivers_province_answers_and_only_the_parties_read(stack: St
     register(stack.operations, "110000", "北京", "127.0.0.1:1", "110000-k1", public_bytes(beijing_key))
     stack.signers["110000"] = EnvelopeSigner("110000", "110000-k1", beijing_key)
     seen = error_of(lambda: stack.binding(binding_id, signer="110000"))
-    assert (seen.code, seen.reason) == (grpc.StatusCode.PERMISSION_DENIED, "NOT_A_PARTY")
+    assert (seen.code, seen.reason) == (grpc.StatusCode.NOT_FOUND, "BINDING_NOT_FOUND")  # as if there were none
 
 
 def test_dissolving_ends_the_binding_once_and_both_hear(stack: Stack) -> None:

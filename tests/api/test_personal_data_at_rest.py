@@ -21,6 +21,9 @@ CHILD = ("620102201508160027", "620100")  # a girl of Lanzhou, under 16: a guard
 
 def test_the_database_holds_no_clear_personal_data(stack: Stack, db_url: str) -> None:
     stack.bind(GIVER, CHILD, "30", XINJIANG, GANSU)  # 30: daughter
+    # Relation queries are recorded too: an eligible relative and a suspended stranger of Gansu's.
+    for person, code in ((MOTHER, "52"), (("620102199207070511", "620100"), "70")):
+        stack.verify_relation(person, relation_code=code)
     for _ in range(3):
         stack.wait_for_state(stack.submit(stack.instruction(amount_fen=1_000)).transfer_id,
                              transfers_pb2.TRANSFER_STATE_COMMITTED)

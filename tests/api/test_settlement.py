@@ -293,12 +293,13 @@ def test_bad_settlement_requests_get_clear_errors_and_change_nothing(stack: Stac
     with stack.gateway.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM audit_log")).scalar_one() == audit_entries
 
-    # An outsider province (registered, but not in this window) sees no figures and cannot agree to them.
+    # An outsider province (registered, but not in this window) sees no figures and cannot agree to them: to it,
+    # the window is one that does not exist.
     stack.add_province(SHAANXI, "陕西")
     seen = error_of(lambda: get_settlement(stack, SHAANXI, closed.window_id))
-    assert (seen.code, seen.reason) == (grpc.StatusCode.PERMISSION_DENIED, "NOT_IN_WINDOW")
+    assert (seen.code, seen.reason) == (grpc.StatusCode.NOT_FOUND, "SETTLEMENT_WINDOW_NOT_FOUND")
     seen = error_of(lambda: acknowledge(stack, acknowledgement(stack, SHAANXI, closed.window_id, b"\x01" * 32)))
-    assert (seen.code, seen.reason) == (grpc.StatusCode.PERMISSION_DENIED, "NOT_IN_WINDOW")
+    assert (seen.code, seen.reason) == (grpc.StatusCode.NOT_FOUND, "SETTLEMENT_WINDOW_NOT_FOUND")
     # A province's acknowledgement signed by another province's key is refused before anything is read.
     forged = acknowledgement(stack, GANSU, closed.window_id, b"\x01" * 32)
     forged.signer = XINJIANG

@@ -154,7 +154,7 @@ def hostile(request: pytest.FixtureRequest, loop_thread: LoopThread,
     url = next(urls)
     # Rate limits have their own tests (tests/api/test_rate_limits.py): here every call must reach the
     # gateway's checks. No scheduled settlement close: nothing may change the database but the calls.
-    stack = start_stack(loop_thread, tmp_path, url, rate_limit_per_second=0,
+    stack = start_stack(loop_thread, tmp_path, url, rate_limit_per_second=0, relation_query_rate_per_second=0,
                         settlement=SettlementPolicy(close_on_schedule=False))
     try:
         transfer_id = stack.submit(stack.instruction()).transfer_id

@@ -14,6 +14,7 @@ from gateway.domain.eligibility import (
     MemberStatus,
     RelationKind,
     Violation,
+    as_told_to_giver_province,
     attestation_requirement,
     check_attestation,
     check_different_persons,
@@ -598,3 +599,71 @@ def test_check_eligibility_is_every_rule_together(
         and not check_relation_consistency(code, giver_parsed, receiver_parsed)
         and (attestation is None or not check_attestation(attestation, receiver_parsed.birth_date, ON))
     )
+
+
+# -- what the giver's province is told ---------------------------------------------------------------
+
+RECEIVER_NOT_ELIGIBLE = v("RECEIVER_NOT_ELIGIBLE", "D2-D3", "receiver")
+RECEIVER_PROVINCE_SAYS = [  # every way the receiver's province can make the receiver ineligible
+    MemberStatus.not_found(),
+    MemberStatus("320", status_normal=True, settlement_suspended=False),
+    MemberStatus("390", status_normal=False, settlement_suspended=False),
+    MemberStatus("310", status_normal=True, settlement_suspended=True),
+    MemberStatus("390", status_normal=False, settlement_suspended=True),
+]
+
+
+def _told(receiver: MemberStatus, giver: MemberStatus = EMPLOYEE, code: str = "52",
+          receiver_id: str = MOTHER_1965) -> list[Violation]:
+    return as_told_to_giver_province(check_eligibility(
+        giver_id_number=GIVER_MAN_1990, receiver_id_number=receiver_id, relation_code=code, giver_status=giver,
+        receiver_status=receiver, on=ON))
+
+
+@pytest.mark.parametrize("receiver", RECEIVER_PROVINCE_SAYS,
+                         ids=["not found", "other insutype", "not normal", "suspended", "not normal and suspended"])
+def test_the_receivers_provinces_facts_are_one_reason_to_the_giver_province(receiver: MemberStatus) -> None:
+    assert _told(receiver) == [RECEIVER_NOT_ELIGIBLE]
+    # Beside rules the giver's province can check itself, which stay as they are, in front of it.
+    assert _told(receiver, code="51") == [v("RELATION_INCONSISTENT", "D5", "relation_code"), RECEIVER_NOT_ELIGIBLE]
+
+
+def test_the_collapsed_reason_has_one_place_whatever_it_stands_for() -> None:
+    # The giver's own suspension sits between D2 and D3 in rule order: the receiver's reason does not move.
+    suspended_giver = MemberStatus("310", status_normal=True, settlement_suspended=True)
+    told = {_told(r, suspended_giver, code="28") == [v("SETTLEMENT_SUSPENDED", "D3", "giver"),
+                                                     v("INELIGIBLE_RELATION", "D4", "relation_code"),
+                                                     RECEIVER_NOT_ELIGIBLE]
+            for r in RECEIVER_PROVINCE_SAYS}
+    assert told == {True}
+
+
+def test_the_giver_provinces_own_checks_stay_specific() -> None:
+    giver = MemberStatus("390", status_normal=False, settlement_suspended=True)
+    assert _told(RESIDENT, giver, code="28", receiver_id=corrupt(MOTHER_1965)) == [
+        v("INVALID_ID_NUMBER", "D1", "receiver.id_number"),
+        v("GIVER_NOT_EMPLOYEE", "D2", "giver"),
+        v("GIVER_NOT_INSURED", "D2", "giver"),
+        v("SETTLEMENT_SUSPENDED", "D3", "giver"),
+        v("INELIGIBLE_RELATION", "D4", "relation_code"),
+    ]
+    assert _told(RESIDENT) == []
+
+
+@settings(max_examples=300)
+@given(giver_id=ID_NUMBERS, receiver_id=ID_NUMBERS, code=st.integers(0, 99).map(lambda n: f"{n:02d}"),
+       giver=STATUSES, receiver=STATUSES)
+def test_what_the_giver_province_hears_does_not_depend_on_which_receiver_fact_failed(
+        giver_id: str, receiver_id: str, code: str, giver: MemberStatus, receiver: MemberStatus) -> None:
+    def told(status: MemberStatus) -> list[Violation]:
+        return as_told_to_giver_province(check_eligibility(
+            giver_id_number=giver_id, receiver_id_number=receiver_id, relation_code=code, giver_status=giver,
+            receiver_status=status, on=ON))
+
+    heard = told(receiver)
+    fine = told(RESIDENT)
+    assert RECEIVER_NOT_ELIGIBLE not in fine
+    # Everything else is exactly what a fine receiver would give; the receiver's facts add one reason at most.
+    assert heard in (fine, [*fine, RECEIVER_NOT_ELIGIBLE])
+    assert {x.reason for x in heard} & {"RECEIVER_NOT_INSURED"} == set()
+    assert v("SETTLEMENT_SUSPENDED", "D3", "receiver") not in heard

@@ -82,3 +82,22 @@ def test_the_limits_are_read_from_the_environment_and_checked() -> None:
                 _env(MAX_MESSAGE_BYTES="100")):
         with pytest.raises(ConfigError, match=r"rate_limit|RATE_LIMIT|max_message_bytes"):
             Settings.from_env(bad)
+
+
+def test_relation_queries_have_their_own_limits_from_the_environment() -> None:
+    defaults = Settings()
+    assert (defaults.relation_query_rate_per_second, defaults.relation_query_burst) == (5.0, 20.0)
+    settings = Settings.from_env(_env(RELATION_QUERY_RATE_PER_SECOND="1", RELATION_QUERY_BURST="3"))
+    assert (settings.relation_query_rate_per_second, settings.relation_query_burst) == (1.0, 3.0)
+    assert Settings.from_env(_env(RELATION_QUERY_RATE_PER_SECOND="0")).relation_query_rate_per_second == 0
+    for bad in (_env(RELATION_QUERY_RATE_PER_SECOND="-1"), _env(RELATION_QUERY_BURST="0.5")):
+        with pytest.raises(ConfigError, match="relation_query"):
+            Settings.from_env(bad)
+
+
+def test_a_refusal_names_what_its_budget_counts() -> None:
+    limits = ProvinceRateLimits(rate_per_second=1.0, burst=1.0, clock=FixedClock(), counted="relation queries")
+    limits.admit("650000")
+    with pytest.raises(RateLimited, match="1 relation queries a second") as refused:
+        limits.admit("650000")
+    assert refused.value.reason == "RATE_LIMITED"

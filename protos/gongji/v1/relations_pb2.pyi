@@ -243,7 +243,9 @@ class RuleViolation(_message.Message):
     RULE_FIELD_NUMBER: _builtins.int
     FIELD_FIELD_NUMBER: _builtins.int
     reason: _builtins.str
-    """Stable reason, e.g. "INVALID_ID_NUMBER", "INELIGIBLE_RELATION", "RELATION_INCONSISTENT"."""
+    """Stable reason, e.g. "INVALID_ID_NUMBER", "INELIGIBLE_RELATION", "RELATION_INCONSISTENT",
+    "RECEIVER_NOT_ELIGIBLE" (rule "D2-D3", field "receiver").
+    """
     rule: _builtins.str
     """The domain rule, e.g. "D4"."""
     field: _builtins.str

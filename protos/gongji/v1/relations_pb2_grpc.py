@@ -73,7 +73,11 @@ class RelationsServicer:
 
     def VerifyRelation(self, request, context):
         """Is the receiver an eligible relative of the giver, insured and active? Checks the ID numbers,
-        D2-D6, and asks the receiver's province (CheckMember). Reports every failed rule.
+        D2-D6, and asks the receiver's province (CheckMember). Reports every failed rule, except that what
+        only the receiver's province knows (the receiver not insured there, not in 310/390, not NORMAL, or
+        settlement suspended) is one RECEIVER_NOT_ELIGIBLE, listed last. Every answered query is recorded
+        (asking province, masked ID numbers, relation code, time, answer), and each asking province has a
+        budget of queries of its own: over it, RESOURCE_EXHAUSTED / RATE_LIMITED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -81,14 +85,16 @@ class RelationsServicer:
 
     def ProposeBinding(self, request, context):
         """Giver's province: propose a binding; the gateway checks eligibility, stores PROPOSED and asks
-        the receiver's province for consent (RequestConsent).
+        the receiver's province for consent (RequestConsent). Refused with the first reason VerifyRelation
+        would report (RECEIVER_NOT_ELIGIBLE for the receiver's province's facts).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def AcceptBinding(self, request, context):
-        """Receiver's province: accept (with an attestation, D6/D7) or refuse a proposed binding.
+        """Receiver's province: accept (with an attestation, D6/D7) or refuse a proposed binding. A binding the
+        caller is not a party to is NOT_FOUND / BINDING_NOT_FOUND, as an unknown one (here and below).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

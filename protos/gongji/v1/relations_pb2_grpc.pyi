@@ -37,14 +37,21 @@ class RelationsStub:
     def __new__(cls, channel: _aio.Channel) -> RelationsAsyncStub: ...
     VerifyRelation: _grpc.UnaryUnaryMultiCallable[_relations_pb2.VerifyRelationRequest, _relations_pb2.VerifyRelationResponse]
     """Is the receiver an eligible relative of the giver, insured and active? Checks the ID numbers,
-    D2-D6, and asks the receiver's province (CheckMember). Reports every failed rule.
+    D2-D6, and asks the receiver's province (CheckMember). Reports every failed rule, except that what
+    only the receiver's province knows (the receiver not insured there, not in 310/390, not NORMAL, or
+    settlement suspended) is one RECEIVER_NOT_ELIGIBLE, listed last. Every answered query is recorded
+    (asking province, masked ID numbers, relation code, time, answer), and each asking province has a
+    budget of queries of its own: over it, RESOURCE_EXHAUSTED / RATE_LIMITED.
     """
     ProposeBinding: _grpc.UnaryUnaryMultiCallable[_relations_pb2.ProposeBindingRequest, _relations_pb2.ProposeBindingResponse]
     """Giver's province: propose a binding; the gateway checks eligibility, stores PROPOSED and asks
-    the receiver's province for consent (RequestConsent).
+    the receiver's province for consent (RequestConsent). Refused with the first reason VerifyRelation
+    would report (RECEIVER_NOT_ELIGIBLE for the receiver's province's facts).
     """
     AcceptBinding: _grpc.UnaryUnaryMultiCallable[_relations_pb2.AcceptBindingRequest, _relations_pb2.AcceptBindingResponse]
-    """Receiver's province: accept (with an attestation, D6/D7) or refuse a proposed binding."""
+    """Receiver's province: accept (with an attestation, D6/D7) or refuse a proposed binding. A binding the
+    caller is not a party to is NOT_FOUND / BINDING_NOT_FOUND, as an unknown one (here and below).
+    """
     DissolveBinding: _grpc.UnaryUnaryMultiCallable[_relations_pb2.DissolveBindingRequest, _relations_pb2.DissolveBindingResponse]
     """Either side's province: dissolve an ACTIVE binding (D9)."""
     GetBinding: _grpc.UnaryUnaryMultiCallable[_relations_pb2.GetBindingRequest, _relations_pb2.GetBindingResponse]
@@ -61,14 +68,21 @@ class RelationsAsyncStub(RelationsStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     VerifyRelation: _aio.UnaryUnaryMultiCallable[_relations_pb2.VerifyRelationRequest, _relations_pb2.VerifyRelationResponse]  # type: ignore[assignment]
     """Is the receiver an eligible relative of the giver, insured and active? Checks the ID numbers,
-    D2-D6, and asks the receiver's province (CheckMember). Reports every failed rule.
+    D2-D6, and asks the receiver's province (CheckMember). Reports every failed rule, except that what
+    only the receiver's province knows (the receiver not insured there, not in 310/390, not NORMAL, or
+    settlement suspended) is one RECEIVER_NOT_ELIGIBLE, listed last. Every answered query is recorded
+    (asking province, masked ID numbers, relation code, time, answer), and each asking province has a
+    budget of queries of its own: over it, RESOURCE_EXHAUSTED / RATE_LIMITED.
     """
     ProposeBinding: _aio.UnaryUnaryMultiCallable[_relations_pb2.ProposeBindingRequest, _relations_pb2.ProposeBindingResponse]  # type: ignore[assignment]
     """Giver's province: propose a binding; the gateway checks eligibility, stores PROPOSED and asks
-    the receiver's province for consent (RequestConsent).
+    the receiver's province for consent (RequestConsent). Refused with the first reason VerifyRelation
+    would report (RECEIVER_NOT_ELIGIBLE for the receiver's province's facts).
     """
     AcceptBinding: _aio.UnaryUnaryMultiCallable[_relations_pb2.AcceptBindingRequest, _relations_pb2.AcceptBindingResponse]  # type: ignore[assignment]
-    """Receiver's province: accept (with an attestation, D6/D7) or refuse a proposed binding."""
+    """Receiver's province: accept (with an attestation, D6/D7) or refuse a proposed binding. A binding the
+    caller is not a party to is NOT_FOUND / BINDING_NOT_FOUND, as an unknown one (here and below).
+    """
     DissolveBinding: _aio.UnaryUnaryMultiCallable[_relations_pb2.DissolveBindingRequest, _relations_pb2.DissolveBindingResponse]  # type: ignore[assignment]
     """Either side's province: dissolve an ACTIVE binding (D9)."""
     GetBinding: _aio.UnaryUnaryMultiCallable[_relations_pb2.GetBindingRequest, _relations_pb2.GetBindingResponse]  # type: ignore[assignment]
@@ -88,7 +102,11 @@ class RelationsServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_relations_pb2.VerifyRelationResponse, _abc.Awaitable[_relations_pb2.VerifyRelationResponse]]:
         """Is the receiver an eligible relative of the giver, insured and active? Checks the ID numbers,
-        D2-D6, and asks the receiver's province (CheckMember). Reports every failed rule.
+        D2-D6, and asks the receiver's province (CheckMember). Reports every failed rule, except that what
+        only the receiver's province knows (the receiver not insured there, not in 310/390, not NORMAL, or
+        settlement suspended) is one RECEIVER_NOT_ELIGIBLE, listed last. Every answered query is recorded
+        (asking province, masked ID numbers, relation code, time, answer), and each asking province has a
+        budget of queries of its own: over it, RESOURCE_EXHAUSTED / RATE_LIMITED.
         """
 
     @_abc_1.abstractmethod
@@ -98,7 +116,8 @@ class RelationsServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_relations_pb2.ProposeBindingResponse, _abc.Awaitable[_relations_pb2.ProposeBindingResponse]]:
         """Giver's province: propose a binding; the gateway checks eligibility, stores PROPOSED and asks
-        the receiver's province for consent (RequestConsent).
+        the receiver's province for consent (RequestConsent). Refused with the first reason VerifyRelation
+        would report (RECEIVER_NOT_ELIGIBLE for the receiver's province's facts).
         """
 
     @_abc_1.abstractmethod
@@ -107,7 +126,9 @@ class RelationsServicer(metaclass=_abc_1.ABCMeta):
         request: _relations_pb2.AcceptBindingRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_relations_pb2.AcceptBindingResponse, _abc.Awaitable[_relations_pb2.AcceptBindingResponse]]:
-        """Receiver's province: accept (with an attestation, D6/D7) or refuse a proposed binding."""
+        """Receiver's province: accept (with an attestation, D6/D7) or refuse a proposed binding. A binding the
+        caller is not a party to is NOT_FOUND / BINDING_NOT_FOUND, as an unknown one (here and below).
+        """
 
     @_abc_1.abstractmethod
     def DissolveBinding(

@@ -52,7 +52,8 @@ class SettlementsServicer:
     """
 
     def GetSettlement(self, request, context):
-        """A window's figures as they concern the caller (signed query).
+        """A window's figures as they concern the caller (signed query). A closed window the caller has no
+        figures in is NOT_FOUND / SETTLEMENT_WINDOW_NOT_FOUND, as an unknown one (here and below).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

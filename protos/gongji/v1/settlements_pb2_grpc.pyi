@@ -34,7 +34,9 @@ class SettlementsStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> SettlementsAsyncStub: ...
     GetSettlement: _grpc.UnaryUnaryMultiCallable[_settlements_pb2.GetSettlementRequest, _settlements_pb2.GetSettlementResponse]
-    """A window's figures as they concern the caller (signed query)."""
+    """A window's figures as they concern the caller (signed query). A closed window the caller has no
+    figures in is NOT_FOUND / SETTLEMENT_WINDOW_NOT_FOUND, as an unknown one (here and below).
+    """
     AcknowledgeSettlement: _grpc.UnaryUnaryMultiCallable[_settlements_pb2.AcknowledgeSettlementRequest, _settlements_pb2.AcknowledgeSettlementResponse]
     """The caller signs its agreement with a closed window's figures (digest must match)."""
 
@@ -44,7 +46,9 @@ class SettlementsAsyncStub(SettlementsStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetSettlement: _aio.UnaryUnaryMultiCallable[_settlements_pb2.GetSettlementRequest, _settlements_pb2.GetSettlementResponse]  # type: ignore[assignment]
-    """A window's figures as they concern the caller (signed query)."""
+    """A window's figures as they concern the caller (signed query). A closed window the caller has no
+    figures in is NOT_FOUND / SETTLEMENT_WINDOW_NOT_FOUND, as an unknown one (here and below).
+    """
     AcknowledgeSettlement: _aio.UnaryUnaryMultiCallable[_settlements_pb2.AcknowledgeSettlementRequest, _settlements_pb2.AcknowledgeSettlementResponse]  # type: ignore[assignment]
     """The caller signs its agreement with a closed window's figures (digest must match)."""
 
@@ -57,7 +61,9 @@ class SettlementsServicer(metaclass=_abc_1.ABCMeta):
         request: _settlements_pb2.GetSettlementRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_settlements_pb2.GetSettlementResponse, _abc.Awaitable[_settlements_pb2.GetSettlementResponse]]:
-        """A window's figures as they concern the caller (signed query)."""
+        """A window's figures as they concern the caller (signed query). A closed window the caller has no
+        figures in is NOT_FOUND / SETTLEMENT_WINDOW_NOT_FOUND, as an unknown one (here and below).
+        """
 
     @_abc_1.abstractmethod
     def AcknowledgeSettlement(

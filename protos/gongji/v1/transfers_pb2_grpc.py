@@ -62,6 +62,8 @@ class TransfersServicer:
         (sender, message_id): a resend gets the original receipt with replay = true (however late, while
         its key is valid); a modified resend is refused with ALREADY_EXISTS / MODIFIED_REQUEST within the
         freshness window, INVALID_ARGUMENT / STALE_MESSAGE after it.
+        A binding_id of a binding the sender is not a party to is NOT_FOUND / BINDING_NOT_FOUND, as an
+        unknown one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -72,13 +74,16 @@ class TransfersServicer:
         An answer at or after the transfer's return deadline returns it instead (D13): FAILED_PRECONDITION,
         reason CONFIRMATION_DEADLINE_PASSED, both provinces told RETURNED once. CREDITED for a giver or
         receiver suspended since the submission (D3) is refused SETTLEMENT_SUSPENDED; DECLINED still ends it.
+        From the giver's province: PERMISSION_DENIED / NOT_RECEIVER_PROVINCE; from any other province:
+        NOT_FOUND / TRANSFER_NOT_FOUND, as for an unknown transfer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetTransfer(self, request, context):
-        """Either province of the transfer only. A signed query, so the caller is authenticated.
+        """Either province of the transfer only (any other gets NOT_FOUND / TRANSFER_NOT_FOUND, as for an
+        unknown transfer). A signed query, so the caller is authenticated.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

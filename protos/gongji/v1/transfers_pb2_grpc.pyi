@@ -41,15 +41,21 @@ class TransfersStub:
     (sender, message_id): a resend gets the original receipt with replay = true (however late, while
     its key is valid); a modified resend is refused with ALREADY_EXISTS / MODIFIED_REQUEST within the
     freshness window, INVALID_ARGUMENT / STALE_MESSAGE after it.
+    A binding_id of a binding the sender is not a party to is NOT_FOUND / BINDING_NOT_FOUND, as an
+    unknown one.
     """
     ConfirmTransfer: _grpc.UnaryUnaryMultiCallable[_transfers_pb2.ConfirmTransferRequest, _transfers_pb2.ConfirmTransferResponse]
     """Receiver's province only: CREDITED commits the transfer, DECLINED ends it. Idempotent as above.
     An answer at or after the transfer's return deadline returns it instead (D13): FAILED_PRECONDITION,
     reason CONFIRMATION_DEADLINE_PASSED, both provinces told RETURNED once. CREDITED for a giver or
     receiver suspended since the submission (D3) is refused SETTLEMENT_SUSPENDED; DECLINED still ends it.
+    From the giver's province: PERMISSION_DENIED / NOT_RECEIVER_PROVINCE; from any other province:
+    NOT_FOUND / TRANSFER_NOT_FOUND, as for an unknown transfer.
     """
     GetTransfer: _grpc.UnaryUnaryMultiCallable[_transfers_pb2.GetTransferRequest, _transfers_pb2.GetTransferResponse]
-    """Either province of the transfer only. A signed query, so the caller is authenticated."""
+    """Either province of the transfer only (any other gets NOT_FOUND / TRANSFER_NOT_FOUND, as for an
+    unknown transfer). A signed query, so the caller is authenticated.
+    """
 
 @_typing.type_check_only
 class TransfersAsyncStub(TransfersStub):
@@ -62,15 +68,21 @@ class TransfersAsyncStub(TransfersStub):
     (sender, message_id): a resend gets the original receipt with replay = true (however late, while
     its key is valid); a modified resend is refused with ALREADY_EXISTS / MODIFIED_REQUEST within the
     freshness window, INVALID_ARGUMENT / STALE_MESSAGE after it.
+    A binding_id of a binding the sender is not a party to is NOT_FOUND / BINDING_NOT_FOUND, as an
+    unknown one.
     """
     ConfirmTransfer: _aio.UnaryUnaryMultiCallable[_transfers_pb2.ConfirmTransferRequest, _transfers_pb2.ConfirmTransferResponse]  # type: ignore[assignment]
     """Receiver's province only: CREDITED commits the transfer, DECLINED ends it. Idempotent as above.
     An answer at or after the transfer's return deadline returns it instead (D13): FAILED_PRECONDITION,
     reason CONFIRMATION_DEADLINE_PASSED, both provinces told RETURNED once. CREDITED for a giver or
     receiver suspended since the submission (D3) is refused SETTLEMENT_SUSPENDED; DECLINED still ends it.
+    From the giver's province: PERMISSION_DENIED / NOT_RECEIVER_PROVINCE; from any other province:
+    NOT_FOUND / TRANSFER_NOT_FOUND, as for an unknown transfer.
     """
     GetTransfer: _aio.UnaryUnaryMultiCallable[_transfers_pb2.GetTransferRequest, _transfers_pb2.GetTransferResponse]  # type: ignore[assignment]
-    """Either province of the transfer only. A signed query, so the caller is authenticated."""
+    """Either province of the transfer only (any other gets NOT_FOUND / TRANSFER_NOT_FOUND, as for an
+    unknown transfer). A signed query, so the caller is authenticated.
+    """
 
 class TransfersServicer(metaclass=_abc_1.ABCMeta):
     """Called by provincial platforms."""
@@ -86,6 +98,8 @@ class TransfersServicer(metaclass=_abc_1.ABCMeta):
         (sender, message_id): a resend gets the original receipt with replay = true (however late, while
         its key is valid); a modified resend is refused with ALREADY_EXISTS / MODIFIED_REQUEST within the
         freshness window, INVALID_ARGUMENT / STALE_MESSAGE after it.
+        A binding_id of a binding the sender is not a party to is NOT_FOUND / BINDING_NOT_FOUND, as an
+        unknown one.
         """
 
     @_abc_1.abstractmethod
@@ -98,6 +112,8 @@ class TransfersServicer(metaclass=_abc_1.ABCMeta):
         An answer at or after the transfer's return deadline returns it instead (D13): FAILED_PRECONDITION,
         reason CONFIRMATION_DEADLINE_PASSED, both provinces told RETURNED once. CREDITED for a giver or
         receiver suspended since the submission (D3) is refused SETTLEMENT_SUSPENDED; DECLINED still ends it.
+        From the giver's province: PERMISSION_DENIED / NOT_RECEIVER_PROVINCE; from any other province:
+        NOT_FOUND / TRANSFER_NOT_FOUND, as for an unknown transfer.
         """
 
     @_abc_1.abstractmethod
@@ -106,6 +122,8 @@ class TransfersServicer(metaclass=_abc_1.ABCMeta):
         request: _transfers_pb2.GetTransferRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_transfers_pb2.GetTransferResponse, _abc.Awaitable[_transfers_pb2.GetTransferResponse]]:
-        """Either province of the transfer only. A signed query, so the caller is authenticated."""
+        """Either province of the transfer only (any other gets NOT_FOUND / TRANSFER_NOT_FOUND, as for an
+        unknown transfer). A signed query, so the caller is authenticated.
+        """
 
 def add_TransfersServicer_to_server(servicer: TransfersServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
