@@ -11,7 +11,7 @@ from pathlib import Path
 from gateway.domain.settlement import SettlementPeriod, SettlementPolicy
 from gateway.provinces.outbox import OutboxSettings
 from gateway.security.tls import TlsFiles
-from gateway.store.sql import SQLITE_SYNCHRONOUS
+from gateway.store.engine import SQLITE_SYNCHRONOUS
 from gateway.usecases.outbox import Backoff
 
 

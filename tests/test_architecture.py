@@ -20,8 +20,8 @@ CRYPTOGRAPHY = ("cryptography",)
 
 @dataclass(frozen=True)
 class Module:
-    name: str  # dotted, e.g. gateway.store.sql
-    path: str  # relative to the project root, e.g. gateway/store/sql.py
+    name: str  # dotted, e.g. gateway.store.unit_of_work
+    path: str  # relative to the project root, e.g. gateway/store/unit_of_work.py
     imports: frozenset[str]
 
 
@@ -94,7 +94,7 @@ import os.path, json as j
 from typing import TYPE_CHECKING
 from . import sibling
 from .. import errors
-from ..store.sql import make_engine
+from ..store.engine import make_engine
 if TYPE_CHECKING:
     import sqlalchemy
 def later() -> None:
@@ -107,7 +107,7 @@ def later() -> None:
         "typing",
         "gateway.usecases.sibling",
         "gateway.errors",
-        "gateway.store.sql",
+        "gateway.store.engine",
         "sqlalchemy",
         "grpc",
     } <= found
@@ -120,14 +120,15 @@ def test_the_scanner_finds_the_layers() -> None:
         "gateway.domain.transfers",
         "gateway.usecases.transfers",
         "gateway.api.servicers",
-        "gateway.store.sql",
+        "gateway.store.unit_of_work",
+        "gateway.store.repositories.transfers",
         "gateway.provinces.client",
         "gateway.app",
         "gateway.__main__",
         "province_stub.server",
     ):
         assert expected in names
-    assert "gateway.store.sql" in next(m for m in MODULES if m.name == "gateway.app").imports
+    assert "gateway.store.unit_of_work" in next(m for m in MODULES if m.name == "gateway.app").imports
 
 
 def test_the_standard_library_check() -> None:
@@ -165,6 +166,14 @@ def test_api_never_touches_the_database() -> None:
 def test_store_imports_no_grpc_protos_or_api() -> None:
     forbidden = (*GRPC, *PROTOS, "gateway.api", "gateway.provinces")
     found = violations(in_package("gateway.store"), lambda name: within(name, forbidden))
+    assert found == []
+
+
+def test_the_store_names_no_wire_types() -> None:
+    # It stores and returns what it is given: the caller names the type of an envelope it reads back.
+    store = [m for m in in_package("gateway.store") if "/migrations/" not in m.path]
+    assert store
+    found = [m.path for m in store if "gongji.v1." in (ROOT / m.path).read_text(encoding="utf-8")]
     assert found == []
 
 
@@ -210,7 +219,8 @@ def test_only_the_admin_commands_open_the_database() -> None:
     # `gongji db ...` works on the database itself, through the schema module and the settings only;
     # `gongji audit verify` reads the chain through a unit of work and checks it with the use case.
     admin = [m for m in in_package("gateway") if m.name == "gateway.admin"]
-    allowed = ["gateway.admin", "gateway.store.schema", "gateway.config", "gateway.store.sql",
+    allowed = ["gateway.admin", "gateway.store.schema", "gateway.config", "gateway.store.unit_of_work",
+               "gateway.store.sealing",
                "gateway.usecases.audit", "gateway.security.signing", "gateway.domain.audit"]
     assert admin and violations(admin, lambda name: within(name, ["gateway"]) and not within(name, allowed)) == []
     # Of the operators' command line, only it uses the schema module; the gateway checks it at start-up.

@@ -195,7 +195,7 @@ async def propose_binding(ctx: UseCaseContext, run_in_db: RunInDb, members: Memb
 def _receiver_birth(uow: UnitOfWork, binding_id: str, decode_proposal: Callable[[bytes], BindingProposal]) -> date:
     """The receiver's birth date, read from the sealed proposal when it is needed (D6): no column holds it,
     since with the masked ID number (first 6 + last 4) it would be the 8 hidden digits (D19)."""
-    envelope = uow.bindings.proposal_envelope(binding_id)
+    envelope = uow.bindings.proposal_envelope(binding_id, PROPOSAL_TYPE)
     assert envelope is not None, "a stored binding keeps its proposal"
     receiver = IdNumber(decode_proposal(envelope.payload).receiver.id_number)  # valid: eligibility checked D1
     return receiver.birth_date

@@ -8,11 +8,12 @@ from datetime import datetime, timedelta
 
 from gateway.domain.records import OutboxKind
 from gateway.domain.transfers import Transfer, TransferState
-from gateway.usecases.bindings import expire_proposals
+from gateway.usecases.bindings import PROPOSAL_TYPE, expire_proposals
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.handoff import OutboxWork
 from gateway.usecases.ports import UnitOfWork
-from gateway.usecases.transfers import enqueue_outcome, return_unconfirmed
+from gateway.usecases.settlements import FIGURES_TYPE
+from gateway.usecases.transfers import INSTRUCTION_TYPE, enqueue_outcome, return_unconfirmed
 
 DESTINATION_UNREACHABLE = "DESTINATION_UNREACHABLE"
 _BINDING_KINDS = frozenset({OutboxKind.REQUEST_CONSENT, OutboxKind.NOTIFY_BINDING_OUTCOME})
@@ -53,18 +54,18 @@ def claim_outbox_work(ctx: UseCaseContext, limit: int, lease: timedelta) -> list
             province = provinces.get(message.destination)
             item: OutboxWork | None = None
             if province is not None and message.kind is OutboxKind.NOTIFY_SETTLEMENT:
-                statement = uow.settlements.statement(message.subject_id, message.destination)
+                statement = uow.settlements.statement(message.subject_id, message.destination, FIGURES_TYPE)
                 if statement is not None:
                     item = OutboxWork(message, province.endpoint, province.is_active, None, None, figures=statement[0])
             elif province is not None and message.kind in _BINDING_KINDS:
                 binding = uow.bindings.get(message.subject_id)
-                proposal = (uow.bindings.proposal_envelope(message.subject_id)
+                proposal = (uow.bindings.proposal_envelope(message.subject_id, PROPOSAL_TYPE)
                             if message.kind is OutboxKind.REQUEST_CONSENT else None)
                 if binding is not None:
                     item = OutboxWork(message, province.endpoint, province.is_active, None, proposal, binding)
             elif province is not None:
                 transfer = uow.transfers.get(message.subject_id)
-                instruction = (uow.transfers.instruction_envelope(message.subject_id)
+                instruction = (uow.transfers.instruction_envelope(message.subject_id, INSTRUCTION_TYPE)
                                if message.kind is OutboxKind.DELIVER_TRANSFER else None)
                 if transfer is not None:
                     item = OutboxWork(message, province.endpoint, province.is_active, transfer, instruction)

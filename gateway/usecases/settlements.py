@@ -34,6 +34,7 @@ from gateway.usecases.ports import UnitOfWork
 
 QUERY_TYPE = "gongji.v1.SettlementQuery"
 ACKNOWLEDGEMENT_TYPE = "gongji.v1.SettlementAcknowledgement"
+FIGURES_TYPE = "gongji.v1.SettlementFigures"
 # Each closed window pushes commits one window on; no real history comes near this many in a row.
 MAX_WINDOW_HOPS = 1000
 MAX_PAGE_SIZE = 200
@@ -183,7 +184,7 @@ def get_settlement(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
             raise window_not_found()
         if window.state is WindowState.OPEN:
             return SettlementView(window_id, window.state, None, [])
-        statement = uow.settlements.statement(window_id, province)
+        statement = uow.settlements.statement(window_id, province, FIGURES_TYPE)
         if statement is None:
             raise window_not_found()
         return SettlementView(window_id, window.state, statement[0], window.acknowledged_by)
@@ -215,7 +216,7 @@ def acknowledge_settlement(ctx: UseCaseContext, envelope: Envelope, peer: str | 
                 raise window_not_found()
             if state is WindowState.OPEN:
                 raise FailedPrecondition("the window is still open", reason="WINDOW_NOT_CLOSED", field="window_id")
-            statement = uow.settlements.statement(ack.window_id, header.sender)
+            statement = uow.settlements.statement(ack.window_id, header.sender, FIGURES_TYPE)
             if statement is None:
                 raise window_not_found()
             if statement[1] != ack.figures_sha256:

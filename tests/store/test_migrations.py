@@ -20,6 +20,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect, text
 
 from gateway.store import schema
+from gateway.store.engine import create_schema, make_engine
 from gateway.store.schema import (
     SchemaError,
     SchemaState,
@@ -29,7 +30,6 @@ from gateway.store.schema import (
     schema_status,
     upgrade,
 )
-from gateway.store.sql import create_schema, make_engine
 from gateway.store.tables import Base
 from tests.support import LoopThread, start_stack
 
