@@ -103,8 +103,7 @@ class Statements:
         self.writers_begun_by: Prepared | None = (
             p(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                    "AND backend_xid IS NOT NULL AND xact_start <= :since")) if postgres else None)
-        self.transfer_counted_in = p(select(t.binding_id, t.amount_fen, t.giver_ref, t.created_at)
-                                     .where(t.transfer_id == _b("w_id")))
+        self.transfer_giver_ref = p(select(t.giver_ref).where(t.transfer_id == _b("w_id")))
         self.transfer_exists = p(select(t.transfer_id).where(t.transfer_id == _b("w_id")))
         self.transfer_suspended_parties = p(
             select(*(select(suspensions_t.c.person_ref).where(_suspended_in(ref, province)).exists()

@@ -13,7 +13,7 @@ from gateway.usecases.context import UseCaseContext
 from gateway.usecases.handoff import OutboxWork
 from gateway.usecases.ports import UnitOfWork
 from gateway.usecases.settlements import FIGURES_TYPE
-from gateway.usecases.transfers import INSTRUCTION_TYPE, enqueue_outcome, return_unconfirmed
+from gateway.usecases.transfers import INSTRUCTION_TYPE, change_transfer_state, enqueue_outcome, return_unconfirmed
 
 DESTINATION_UNREACHABLE = "DESTINATION_UNREACHABLE"
 _BINDING_KINDS = frozenset({OutboxKind.REQUEST_CONSENT, OutboxKind.NOTIFY_BINDING_OUTCOME})
@@ -86,8 +86,8 @@ def release_unsent(ctx: UseCaseContext, message_ids: list[int]) -> None:
 
 def _reject_undeliverable(ctx: UseCaseContext, uow: UnitOfWork, transfer: Transfer, now: datetime) -> None:
     uow.outbox.expire_pending(OutboxKind.DELIVER_TRANSFER, transfer.transfer_id, now, DESTINATION_UNREACHABLE)
-    if uow.transfers.change_state(transfer.transfer_id, [TransferState.RECEIVED], TransferState.REJECTED,
-                                  DESTINATION_UNREACHABLE, now):
+    if change_transfer_state(uow, transfer, TransferState.RECEIVED, TransferState.REJECTED, DESTINATION_UNREACHABLE,
+                             now):
         enqueue_outcome(ctx, uow, transfer, TransferState.REJECTED, DESTINATION_UNREACHABLE, now)
 
 
@@ -107,13 +107,12 @@ def record_outbox_results(ctx: UseCaseContext, results: list[tuple[OutboxWork, S
                 uow.outbox.mark_done(message.id, now)
                 if message.kind is OutboxKind.DELIVER_TRANSFER:
                     if result.rejected:
-                        if uow.transfers.change_state(transfer.transfer_id, [TransferState.RECEIVED],
-                                                      TransferState.REJECTED, result.reason, now):
+                        if change_transfer_state(uow, transfer, TransferState.RECEIVED, TransferState.REJECTED,
+                                                 result.reason, now):
                             enqueue_outcome(ctx, uow, transfer, TransferState.REJECTED, result.reason, now)
                     else:
                         # A no-op when the confirmation already overtook this answer.
-                        uow.transfers.change_state(transfer.transfer_id, [TransferState.RECEIVED],
-                                                   TransferState.DELIVERED, "", now)
+                        change_transfer_state(uow, transfer, TransferState.RECEIVED, TransferState.DELIVERED, "", now)
             elif message.kind is OutboxKind.DELIVER_TRANSFER and now >= transfer.delivery_deadline:
                 _reject_undeliverable(ctx, uow, transfer, now)
             else:

@@ -778,5 +778,36 @@ def test_a_locked_binding_is_read_by_one_submission_at_a_time(engine: Engine, st
         wait_until(lambda: waiting_on_a_lock(engine), timeout=10, what="the second reader to wait on the lock")
         first.transfers.add(transfer(binding_id=binding_id, amount_fen=60_000), b"\x01" * 32, b"\x02" * 32,
                             envelope())
+        first.bindings.add_used(binding_id, 60_000)
         first.commit()
     assert result_of(thread, outcome) == 60_000  # it read the amount the first one added, not the one before
+
+
+def test_the_repositories_count_only_what_they_are_told(store: SqlStore) -> None:
+    """What a transfer counts against (D10, D12) is the use cases' rule: storing a transfer and failing it
+    add to no binding and no day, and take from none; add_used and the daily slots do exactly that."""
+    binding_id, giver_ref = uid("b"), b"\x07" * 32
+    item = transfer(binding_id=binding_id, amount_fen=60_000)
+    day = item.created_at.astimezone(BEIJING).date()
+
+    def used() -> int:
+        stored = uow.bindings.get(binding_id)
+        assert stored is not None
+        return stored.used_amount_fen
+
+    with SqlUnitOfWork(store) as uow:
+        uow.bindings.add(binding(binding_id, 100_000), envelope())
+        assert uow.transfers.add(item, giver_ref, b"\x02" * 32, envelope())
+        assert used() == 0
+        assert uow.transfers.change_state(item.transfer_id, [TransferState.RECEIVED], TransferState.REJECTED,
+                                          "DESTINATION_UNREACHABLE", T0)
+        assert used() == 0
+        assert uow.transfers.reserve_daily_slot(giver_ref, day) == 0  # no slot was taken, none given back
+        uow.bindings.add_used(binding_id, 60_000)
+        uow.bindings.add_used(binding_id, -20_000)
+        assert used() == 40_000
+        assert uow.transfers.reserve_daily_slot(giver_ref, day) == 1
+        uow.transfers.release_daily_slot(giver_ref, day)
+        assert uow.transfers.reserve_daily_slot(giver_ref, day) == 1
+        assert uow.transfers.giver_ref(item.transfer_id) == giver_ref
+        assert uow.transfers.giver_ref(uid("tr")) is None

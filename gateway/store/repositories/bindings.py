@@ -92,6 +92,10 @@ class SqlBindingRepository:
                 return True
         return False
 
+    def add_used(self, binding_id: str, amount_fen: int) -> None:
+        """Add `amount_fen` (negative: take it off) to what the binding has used of its authorised amount."""
+        self._cursor.run(self._s.add_used, w_id=binding_id, amount=amount_fen)
+
     def record_attestation(self, binding_id: str, attestation: Attestation) -> None:
         self._cursor.run(self._s.attest_binding, w_id=binding_id, attestation_method=attestation.method.value,
                          evidence_ref=attestation.evidence_ref[:128], attested_at=attestation.attested_at)

@@ -11,15 +11,12 @@ from sqlalchemy.engine import Dialect
 
 from gateway.domain.envelope import Envelope
 from gateway.domain.monitoring import PairStateFigure, Stats, TransferChange, TransferFilter
-from gateway.domain.policy import beijing_day
 from gateway.domain.transfers import Transfer, TransferEvent, TransferState
 from gateway.store.prepared import Cursor, Prepared
 from gateway.store.repositories.audit import SqlAuditLog
 from gateway.store.sealing import Sealer
 from gateway.store.statements import TRANSFER_VIEW, Statements
 from gateway.store.tables import REASON_MAX, outbox_t, transfers_t
-
-_FAILED = frozenset({TransferState.DECLINED, TransferState.RETURNED, TransferState.REJECTED})
 
 
 def _aware(value: Any) -> datetime | None:
@@ -121,8 +118,6 @@ class SqlTransferRepository:
         self._audit.record("transfer", transfer.transfer_id, transfer.state.value, transfer.created_at,
                            f"{transfer.giver_province}->{transfer.receiver_province} amount_fen={transfer.amount_fen} "
                            f"binding={transfer.binding_id} instruction_sha256={transfer.instruction_sha256.hex()}")
-        if transfer.binding_id:
-            self._cursor.run(self._s.add_used, w_id=transfer.binding_id, amount=transfer.amount_fen)
         return True
 
     @staticmethod
@@ -152,6 +147,10 @@ class SqlTransferRepository:
                             for state, at, reason in self._cursor.all(self._s.history, w_id=transfer_id))
         return self._transfer(dict(zip(self._s.get_transfer.columns, raw, strict=True)), history)
 
+    def giver_ref(self, transfer_id: str) -> bytes | None:
+        row = self._cursor.first(self._s.transfer_giver_ref, w_id=transfer_id)
+        return None if row is None else bytes(row[0])
+
     def exists(self, transfer_id: str) -> bool:
         return self._cursor.first(self._s.transfer_exists, w_id=transfer_id) is not None
 
@@ -174,15 +173,6 @@ class SqlTransferRepository:
                                 reason=reason, updated_at=at) == 1:
                 self.add_event(transfer_id, to, reason, at)
                 self._audit.record("transfer", transfer_id, to.value, at, reason)
-                if to in _FAILED and not state.is_final:
-                    # A failed transfer no longer counts against its binding's authorised amount (D10),
-                    # nor against its giver's transfers of the day (D12).
-                    row = self._cursor.first(self._s.transfer_counted_in, w_id=transfer_id)
-                    if row is not None:
-                        binding_id, amount, giver_ref, created_at = row
-                        if binding_id:
-                            self._cursor.run(self._s.add_used, w_id=binding_id, amount=-int(amount))
-                        self.release_daily_slot(bytes(giver_ref), beijing_day(created_at))
                 return True
         return False
 
@@ -197,12 +187,13 @@ class SqlTransferRepository:
         self._cursor.run(self._s.assign_window, w_id=transfer_id, window_id=window_id)
 
     def reserve_daily_slot(self, giver_ref: bytes, day: date) -> int:
-        """Count one more transfer of the giver on `day`; returns how many there were before it (D12)."""
+        """Count one more transfer of the giver on `day`; returns how many there were before it."""
         row = self._cursor.first(self._s.reserve_daily_slot, ref=giver_ref, day=day)
         assert row is not None
         return int(row[0]) - 1
 
     def release_daily_slot(self, giver_ref: bytes, day: date) -> None:
+        """Count one transfer fewer of the giver on `day`."""
         self._cursor.run(self._s.release_daily_slot, ref=giver_ref, day=day)
 
     def undelivered_past_deadline(self, now: datetime, limit: int) -> list[str]:
