@@ -36,8 +36,8 @@ from gateway.config import Settings
 from gateway.domain.clock import Clock, SystemClock
 from gateway.domain.envelope import GATEWAY
 from gateway.manifest import load_manifest
+from gateway.outbox_loop import OutboxWorker
 from gateway.provinces.client import ProvinceClient
-from gateway.provinces.outbox import OutboxWorker
 from gateway.security.encryption import load_or_create_keys
 from gateway.security.hashing import HmacPersonHasher, load_or_create_secret
 from gateway.security.keys import ensure_key_pair, public_bytes

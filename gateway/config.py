@@ -9,10 +9,10 @@ from datetime import timedelta
 from pathlib import Path
 
 from gateway.domain.settlement import SettlementPeriod, SettlementPolicy
-from gateway.provinces.outbox import OutboxSettings
+from gateway.outbox_loop import OutboxSettings
 from gateway.security.tls import TlsFiles
 from gateway.store.engine import SQLITE_SYNCHRONOUS
-from gateway.usecases.outbox import Backoff
+from gateway.usecases.outbox_ports import Backoff
 
 
 class ConfigError(ValueError):

@@ -183,6 +183,20 @@ def test_province_stub_never_imports_the_gateway() -> None:
     assert found == []
 
 
+def test_provinces_keep_the_outbound_client_only() -> None:
+    # The outbox loop is a driver beside app.py (gateway/outbox_loop.py); the client sends what it is handed.
+    assert {m.name for m in in_package("gateway.provinces")} == {"gateway.provinces", "gateway.provinces.client"}
+    loop = ["gateway.outbox_loop", "gateway.usecases.outbox", "gateway.app"]
+    assert violations(in_package("gateway.provinces"), lambda name: within(name, loop)) == []
+
+
+def test_the_outbox_loop_drives_use_cases_through_their_ports() -> None:
+    # It runs the outbox's use cases and is given a sender (provinces/client.py) by app.py: no transport, no SQL.
+    loop = [m for m in MODULES if m.name == "gateway.outbox_loop"]
+    forbidden = (*GRPC, *PROTOS, *SQLALCHEMY, "gateway.api", "gateway.store", "gateway.provinces", "gateway.security")
+    assert loop and violations(loop, lambda name: within(name, forbidden)) == []
+
+
 def test_only_the_composition_root_wires_store_and_api_together() -> None:
     allowed = {"gateway/app.py", "gateway/__main__.py"}
     both = [

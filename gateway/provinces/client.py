@@ -22,8 +22,7 @@ from gateway.domain.transfers import REASON_PATTERN, PersonRef
 from gateway.security.signing import EnvelopeSigner
 from gateway.security.tls import TlsFiles, province_dns
 from gateway.usecases.bindings import state_of_outcome_message
-from gateway.usecases.handoff import OutboxWork
-from gateway.usecases.outbox import SendResult
+from gateway.usecases.outbox_ports import OutboxWork, SendResult
 from gateway.usecases.transfers import state_of_outcome_message_for_transfer
 from gateway.wire import envelope_to_proto, timestamp
 from protos.gongji.v1 import common_pb2, province_pb2, province_pb2_grpc, relations_pb2, transfers_pb2

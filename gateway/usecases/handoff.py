@@ -13,27 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from gateway.domain.bindings import Binding
 from gateway.domain.envelope import Envelope
-from gateway.domain.records import OutboxKind, OutboxMessage
+from gateway.domain.records import OutboxKind
 from gateway.domain.transfers import Transfer, TransferState
+from gateway.usecases.outbox_ports import OutboxWork
 from gateway.usecases.ports import UnitOfWork
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxWork:
-    """A due message with what is needed to send it."""
-
-    message: OutboxMessage
-    endpoint: str
-    destination_active: bool
-    transfer: Transfer | None  # for transfer messages
-    instruction: Envelope | None  # the giver province's original envelope: instruction or binding proposal
-    binding: Binding | None = None  # for binding messages
-    figures: Envelope | None = None  # for settlement messages: the gateway-signed figures for this province
 
 
 class OutboxHandOff:

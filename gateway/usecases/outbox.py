@@ -2,46 +2,19 @@
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from gateway.domain.records import OutboxKind
 from gateway.domain.transfers import Transfer, TransferState
 from gateway.usecases.bindings import PROPOSAL_TYPE, expire_proposals
 from gateway.usecases.context import UseCaseContext
-from gateway.usecases.handoff import OutboxWork
+from gateway.usecases.outbox_ports import Backoff, OutboxWork, SendResult
 from gateway.usecases.ports import UnitOfWork
 from gateway.usecases.settlements import FIGURES_TYPE
 from gateway.usecases.transfers import INSTRUCTION_TYPE, change_transfer_state, enqueue_outcome, return_unconfirmed
 
 DESTINATION_UNREACHABLE = "DESTINATION_UNREACHABLE"
 _BINDING_KINDS = frozenset({OutboxKind.REQUEST_CONSENT, OutboxKind.NOTIFY_BINDING_OUTCOME})
-
-
-@dataclass(frozen=True, slots=True)
-class SendResult:
-    """What came of one attempt: acknowledged (with the receiver's decision for deliveries) or failed."""
-
-    acknowledged: bool
-    rejected: bool = False
-    reason: str = ""
-
-    @classmethod
-    def failed(cls, error: str) -> SendResult:
-        return cls(acknowledged=False, reason=error)
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    base_seconds: float = 0.2
-    max_seconds: float = 30.0
-
-    def delay(self, attempts: int) -> timedelta:
-        # The exponent is capped: notifications retry without end, and 2**1024 overflows a float.
-        ceiling = min(self.max_seconds, self.base_seconds * 2 ** min(max(0, attempts - 1), 60))
-        # Jitter spreads the retries of many messages to one recovering province.
-        return timedelta(seconds=ceiling * random.uniform(0.5, 1.0))
 
 
 def claim_outbox_work(ctx: UseCaseContext, limit: int, lease: timedelta) -> list[OutboxWork]:

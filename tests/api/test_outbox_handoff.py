@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
-from gateway.provinces.outbox import OutboxSettings
+from gateway.outbox_loop import OutboxSettings
 from gateway.store.tables import outbox_t
-from gateway.usecases.handoff import OutboxWork
-from gateway.usecases.outbox import Backoff
+from gateway.usecases.outbox_ports import Backoff, OutboxWork
 from gateway.usecases.transfers import INSTRUCTION_TYPE
 from protos.gongji.v1 import transfers_pb2
 from protos.stub.v1 import control_pb2
