@@ -189,8 +189,8 @@ class Statements:
         def queued(attempts: int, due: Any) -> Any:
             return insert(outbox_t).on_conflict_do_nothing().values(
                 destination=_b("destination"), kind=_b("kind"), message_id=_b("message_id"),
-                subject_id=_b("subject_id"), status="PENDING", attempts=attempts, next_attempt_at=due,
-                last_error="", created_at=_b("at"))
+                subject_id=_b("subject_id"), state=_b("state"), reason=_b("reason"), status="PENDING",
+                attempts=attempts, next_attempt_at=due, last_error="", created_at=_b("at"))
 
         self.insert_relation_query = p(insert(relation_queries_t).values(
             asked_at=_b("asked_at"), asking_province=_b("asking_province"), receiver_province=_b("receiver_province"),
@@ -201,7 +201,8 @@ class Statements:
         self.enqueue_leased = p(queued(1, _b("lease_until")).returning(o.id))
         self.release_lease = p(update(outbox_t).where(and_(o.id == _b("w_id"), o.status == "PENDING"))
                                .values(next_attempt_at=_b("now"), attempts=o.attempts - 1))
-        due = (select(o.id, o.destination, o.kind, o.message_id, o.subject_id, o.attempts, o.created_at)
+        due = (select(o.id, o.destination, o.kind, o.state, o.reason, o.message_id, o.subject_id, o.attempts,
+                      o.created_at)
                .where(and_(o.status == "PENDING", o.next_attempt_at <= _b("now")))
                .order_by(o.next_attempt_at, o.id).limit(_b("limit")))
         if dialect.name == "postgresql":

@@ -135,6 +135,9 @@ class OutboxRow(Base):
     kind: Mapped[str] = mapped_column(String(32))
     message_id: Mapped[str] = mapped_column(String(128))
     subject_id: Mapped[str] = mapped_column(String(64))
+    # What an outcome notification tells (domain/outbox.py): the state and its reason; "" for other kinds.
+    state: Mapped[str] = mapped_column(String(16), default="", server_default="")
+    reason: Mapped[str] = mapped_column(String(64), default="", server_default="")
     # PENDING until acknowledged (DONE) or abandoned past its deadline (EXPIRED).
     status: Mapped[str] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(Integer, default=0)

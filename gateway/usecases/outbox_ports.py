@@ -9,7 +9,7 @@ from typing import Protocol
 
 from gateway.domain.bindings import Binding
 from gateway.domain.envelope import Envelope
-from gateway.domain.records import OutboxMessage
+from gateway.domain.outbox import OutboxMessage
 from gateway.domain.transfers import Transfer
 
 

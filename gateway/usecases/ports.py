@@ -10,8 +10,9 @@ from gateway.domain.audit import AuditEntry, Checkpoint
 from gateway.domain.bindings import Attestation, Binding, BindingState
 from gateway.domain.envelope import Envelope
 from gateway.domain.monitoring import Stats, TransferChange, TransferFilter
+from gateway.domain.outbox import OutboxContent, OutboxKind, OutboxMessage
 from gateway.domain.provinces import Province, ProvinceKey
-from gateway.domain.records import OutboxKind, OutboxMessage, StoredRequest
+from gateway.domain.records import StoredRequest
 from gateway.domain.relations import RelationQueryRecord
 from gateway.domain.settlement import Figures, PairFigure, Payment, SettlementWindow, WindowSpan, WindowState
 from gateway.domain.transfers import Transfer, TransferState
@@ -65,10 +66,11 @@ class TransferRepository(Protocol):
 
 
 class OutboxRepository(Protocol):
-    def enqueue(self, destination: str, kind: OutboxKind, message_id: str, subject_id: str, at: datetime,
+    def enqueue(self, destination: str, content: OutboxContent, message_id: str, subject_id: str, at: datetime,
                 lease_until: datetime | None = None) -> OutboxMessage | None:
-        """Queue a message; a no-op if it is queued already. With `lease_until` it is written leased (to the
-        caller, who sends it) and returned; None when it was there already or not leased."""
+        """Queue a message (what it tells is stored with it); a no-op if it is queued already. With
+        `lease_until` it is written leased (to the caller, who sends it) and returned; None when it was there
+        already or not leased."""
     def release(self, message_ids: Sequence[int], now: datetime) -> None:
         """Give back leased messages not sent after all: due now, their attempt not counted."""
     def claim_due(self, now: datetime, limit: int, lease_until: datetime) -> list[OutboxMessage]: ...

@@ -9,7 +9,7 @@ from datetime import datetime
 from gateway.domain.clock import BEIJING
 from gateway.domain.envelope import Envelope
 from gateway.domain.errors import FailedPrecondition, InvalidArgument, NotFound
-from gateway.domain.records import OutboxKind
+from gateway.domain.outbox import NotifySettlement, settlement_message_id
 from gateway.domain.settlement import (
     Figures,
     Payment,
@@ -40,10 +40,6 @@ MAX_WINDOW_HOPS = 1000
 MAX_PAGE_SIZE = 200
 # Who closes a window when no operator does.
 SCHEDULE_ACTOR = "gateway:schedule"
-
-
-def settlement_message_id(window_id: str, province: str) -> str:
-    return f"stl:{window_id}:{province}"
 
 
 def assign_to_open_window(uow: UnitOfWork, policy: SettlementPolicy, transfer_id: str, now: datetime) -> str:
@@ -98,8 +94,8 @@ def close_window(ctx: UseCaseContext, window_id: str, actor: str) -> SettlementW
             for province in provinces_in(pairs):
                 envelope = ctx.receipts.sign_figures(figures.concerning(province), province, now)
                 statements.append((province, envelope, payload_digest(envelope.payload)))
-                uow.outbox.enqueue(province, OutboxKind.NOTIFY_SETTLEMENT,
-                                   settlement_message_id(span.window_id, province), span.window_id, now)
+                uow.outbox.enqueue(province, NotifySettlement(), settlement_message_id(span.window_id, province),
+                                   span.window_id, now)
             uow.settlements.freeze(span.window_id, pairs, statements, now)
             if not statements:  # nothing moved: there is no one whose agreement is needed
                 uow.settlements.change_state(span.window_id, WindowState.CLOSED, WindowState.ACKNOWLEDGED, now)

@@ -11,9 +11,14 @@ from gateway.domain.clock import BEIJING
 from gateway.domain.envelope import Envelope
 from gateway.domain.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied
 from gateway.domain.identity import mask_id_number
+from gateway.domain.outbox import (
+    DeliverTransfer,
+    NotifyTransferOutcome,
+    delivery_message_id,
+    transfer_outcome_message_id,
+)
 from gateway.domain.policy import beijing_day, check_transfer_limits, gives_its_place_back
 from gateway.domain.provinces import effective_policy
-from gateway.domain.records import OutboxKind
 from gateway.domain.transfers import (
     Decision,
     Transfer,
@@ -52,25 +57,13 @@ class ReceiptAnswer:
     state: TransferState
 
 
-def delivery_message_id(transfer_id: str) -> str:
-    return f"dlv:{transfer_id}"
-
-
-def outcome_message_id(transfer_id: str, state: TransferState) -> str:
-    return f"out:{transfer_id}:{state.value}"
-
-
-def state_of_outcome_message_for_transfer(message_id: str) -> TransferState:
-    return TransferState(message_id.rsplit(":", 1)[1])
-
-
 def enqueue_outcome(ctx: UseCaseContext, uow: UnitOfWork, transfer: Transfer, state: TransferState, reason: str,
                     now_at: datetime) -> None:
     """Both provinces are told every final state, once each (de-duplicated by message_id)."""
     decided = as_decided(transfer, state, reason, now_at)
     for province in (transfer.giver_province, transfer.receiver_province):
-        enqueue_transfer_message(ctx.handoff, uow, OutboxKind.NOTIFY_TRANSFER_OUTCOME, province,
-                                 outcome_message_id(transfer.transfer_id, state), decided, now_at)
+        enqueue_transfer_message(ctx.handoff, uow, NotifyTransferOutcome(state, reason), province,
+                                 transfer_outcome_message_id(transfer.transfer_id, state), decided, now_at)
 
 
 def change_transfer_state(uow: UnitOfWork, transfer: Transfer, from_state: TransferState, to: TransferState,
@@ -198,7 +191,7 @@ def submit_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                 raise _transfer_id_taken()
             if transfer.binding_id:
                 uow.bindings.add_used(transfer.binding_id, transfer.amount_fen)
-            enqueue_transfer_message(ctx.handoff, uow, OutboxKind.DELIVER_TRANSFER, header.receiver,
+            enqueue_transfer_message(ctx.handoff, uow, DeliverTransfer(), header.receiver,
                                      delivery_message_id(transfer_id), transfer, now, envelope)
             return ctx.receipts.issue(request_sender=header.sender, request_message_id=transfer_id,
                                       request_sha256=digest, request_payload_type=INSTRUCTION_TYPE,

@@ -16,8 +16,15 @@ from sqlalchemy import Engine, Table, func, select, text
 from gateway.domain.bindings import Binding, BindingState
 from gateway.domain.clock import BEIJING
 from gateway.domain.envelope import Envelope
+from gateway.domain.outbox import (
+    DeliverTransfer,
+    NotifyBindingOutcome,
+    NotifySettlement,
+    NotifyTransferOutcome,
+    RequestConsent,
+)
 from gateway.domain.provinces import Policy, Province, ProvinceKey, ProvinceStatus
-from gateway.domain.records import OutboxKind, RequestOutcome
+from gateway.domain.records import RequestOutcome
 from gateway.domain.transfers import INT64_MAX, Transfer, TransferEvent, TransferState
 from gateway.security.encryption import FieldCipher, SealedValueError
 from gateway.store.engine import make_engine
@@ -29,7 +36,7 @@ from tests.support import wait_until
 T0 = datetime(2026, 5, 1, 7, 0, 0, 123456, tzinfo=UTC)
 SHA_A, SHA_B = b"\xaa" * 32, b"\xbb" * 32
 INSTRUCTION = "gongji.v1.TransferInstruction"
-DELIVER, NOTIFY = OutboxKind.DELIVER_TRANSFER, OutboxKind.NOTIFY_TRANSFER_OUTCOME
+DELIVER, NOTIFY = DeliverTransfer(), NotifyTransferOutcome(TransferState.COMMITTED)
 
 
 def uid(prefix: str) -> str:
@@ -448,7 +455,7 @@ def test_enqueue_is_idempotent_and_claim_due_leases_due_pending_messages(engine:
     with SqlUnitOfWork(store) as uow:
         first = uow.outbox.claim_due(now, 10, lease_until)
         uow.commit()
-    assert [(m.message_id, m.destination, m.kind, m.subject_id, m.attempts) for m in first] == [
+    assert [(m.message_id, m.destination, m.content, m.subject_id, m.attempts) for m in first] == [
         (f"due-{subject}", "620000", DELIVER, subject, 1)
     ]
     assert first[0].created_at == T0
@@ -544,6 +551,33 @@ def test_mark_done_and_mark_retry(engine: Engine, store: SqlStore) -> None:
     assert (retry.id, retry.attempts) == (b.id, 2)
 
 
+def test_each_message_keeps_what_it_tells_in_its_own_columns(engine: Engine, store: SqlStore) -> None:
+    """The state and reason of an outcome are stored with the message, not read back out of its id."""
+    subject = uid("s")
+    told = [DeliverTransfer(), NotifyTransferOutcome(TransferState.DECLINED, "RECEIVER_DECLINED"), RequestConsent(),
+            NotifyBindingOutcome(BindingState.SUSPENDED, "SETTLEMENT_SUSPENDED"), NotifySettlement()]
+    with SqlUnitOfWork(store) as uow:
+        for n, content in enumerate(told):
+            uow.outbox.enqueue("620000", content, f"m{n}-{subject}", subject, T0)
+        leased = uow.outbox.enqueue("650000", NotifyTransferOutcome(TransferState.RETURNED, "X" * 70),
+                                    f"leased-{subject}", subject, T0, T0 + timedelta(seconds=30))
+        uow.commit()
+    with SqlUnitOfWork(store) as uow:
+        claimed = sorted(uow.outbox.claim_due(T0, 10, T0 + timedelta(seconds=30)), key=lambda m: m.message_id)
+        uow.commit()
+    assert [m.content for m in claimed] == told
+    assert [m.kind.value for m in claimed] == ["DELIVER_TRANSFER", "NOTIFY_TRANSFER_OUTCOME", "REQUEST_CONSENT",
+                                               "NOTIFY_BINDING_OUTCOME", "NOTIFY_SETTLEMENT"]
+    assert leased is not None and leased.content == NotifyTransferOutcome(TransferState.RETURNED, "X" * 64)
+    with engine.connect() as conn:
+        rows = conn.execute(select(outbox_t.c.message_id, outbox_t.c.state, outbox_t.c.reason)
+                            .where(outbox_t.c.subject_id == subject).order_by(outbox_t.c.message_id)).all()
+    assert [tuple(row) for row in rows] == [
+        (f"leased-{subject}", "RETURNED", "X" * 64), (f"m0-{subject}", "", ""),
+        (f"m1-{subject}", "DECLINED", "RECEIVER_DECLINED"), (f"m2-{subject}", "", ""),
+        (f"m3-{subject}", "SUSPENDED", "SETTLEMENT_SUSPENDED"), (f"m4-{subject}", "", "")]
+
+
 def test_expire_pending_ends_only_the_matching_pending_messages(engine: Engine, store: SqlStore) -> None:
     subject, other = uid("tr"), uid("tr")
     with SqlUnitOfWork(store) as uow:
@@ -559,7 +593,7 @@ def test_expire_pending_ends_only_the_matching_pending_messages(engine: Engine, 
 
     expired_at = T0 + timedelta(minutes=10)
     with SqlUnitOfWork(store) as uow:
-        uow.outbox.expire_pending(DELIVER, subject, expired_at, "DESTINATION_UNREACHABLE")
+        uow.outbox.expire_pending(DELIVER.kind, subject, expired_at, "DESTINATION_UNREACHABLE")
         uow.commit()
 
     expired = outbox_row(engine, by_id[f"deliver-{subject}"])
