@@ -201,6 +201,13 @@ def test_the_outbox_loop_drives_use_cases_through_their_ports() -> None:
     assert loop and violations(loop, lambda name: within(name, forbidden)) == []
 
 
+def test_a_transfer_changes_state_in_one_place() -> None:
+    # What a transfer counts against (D10, D12) is given back there when it fails: no other way round it.
+    callers = [m.path for m in in_package("gateway")
+               if ".transfers.change_state(" in (ROOT / m.path).read_text(encoding="utf-8")]
+    assert callers == ["gateway/usecases/transfers.py"]
+
+
 def test_only_the_composition_root_wires_store_and_api_together() -> None:
     allowed = {"gateway/app.py", "gateway/__main__.py"}
     both = [

@@ -44,6 +44,7 @@ def make_engine(url: str, sqlite_synchronous: str = "FULL") -> Engine:
 
 
 def create_schema(engine: Engine) -> None:
+    """The typed tables made directly, without the migrations: a schema the gateway refuses (tests show it)."""
     Base.metadata.create_all(engine)
     with engine.begin() as conn:
         if conn.execute(select(routing_version_t.c.version)).first() is None:

@@ -37,6 +37,7 @@ class SqlStore:
         self.is_sqlite = engine.dialect.name == "sqlite"
 
     def unit_of_work(self, read_only: bool = False) -> SqlUnitOfWork:
+        """A new unit of work on this store (the use cases' UnitOfWorkFactory)."""
         return SqlUnitOfWork(self, read_only)
 
 
@@ -56,8 +57,9 @@ class SqlUnitOfWork:
             self._cursor.raw("BEGIN" if self._read_only else "BEGIN IMMEDIATE")
         elif self._read_only:
             self._cursor.raw("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        cursor, statements, dialect, sealer = self._cursor, self._store.statements, self._store.engine.dialect, \
-            self._store.sealer
+        # Each repository is given what it uses of the store, and nothing is found by engine.
+        cursor, statements, sealer = self._cursor, self._store.statements, self._store.sealer
+        dialect = self._store.engine.dialect
         self.audit = SqlAuditLog(cursor, statements)
         self.provinces = SqlProvinceRepository(cursor, statements, self._store.routing, self.audit)
         self.requests = SqlRequestRepository(cursor, statements)
