@@ -216,3 +216,9 @@ def test_only_the_admin_commands_open_the_database() -> None:
     # Of the operators' command line, only it uses the schema module; the gateway checks it at start-up.
     users = {m.path for m in MODULES if any(within(name, ["gateway.store.schema"]) for name in m.imports)}
     assert users <= {"gateway/admin.py", "gateway/app.py", "gateway/__main__.py"}
+
+
+def test_logging_setup_reads_only_the_settings_and_the_masker() -> None:
+    logs = [m for m in in_package("gateway") if m.name == "gateway.logs"]
+    allowed = ["gateway.config", "gateway.domain.identity"]
+    assert logs and violations(logs, lambda name: not is_standard_library(name) and not within(name, allowed)) == []
