@@ -17,8 +17,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.security.tls import GATEWAY_DNS, ensure_dev_pki, province_dns
-from scripts.devtls import channel_as
+from gateway.security.tls import GATEWAY_DNS, province_dns
+from scripts.devtls import channel_as, ensure_dev_pki
 
 ROOT = Path(__file__).resolve().parents[1]
 VAR = Path(os.environ.get("GONGJI_VAR", ROOT / "var")).resolve()

@@ -168,6 +168,13 @@ def test_store_imports_no_grpc_protos_or_api() -> None:
     assert found == []
 
 
+def test_what_ships_imports_nothing_of_the_development_tools() -> None:
+    # The gateway and the stub run without the development tools: the development CA and the launcher live in
+    # scripts/, which is not installed (pyproject.toml), as tests/ is not; bench/ is a program of its own.
+    found = violations(MODULES, lambda name: within(name, ["scripts", "bench", "tests"]))
+    assert found == []
+
+
 def test_province_stub_never_imports_the_gateway() -> None:
     assert in_package("province_stub")
     found = violations(in_package("province_stub"), lambda name: within(name, ["gateway"]))
