@@ -207,22 +207,32 @@ def test_grpc_and_protos_stay_at_the_edges() -> None:
 
 
 def test_the_cli_is_only_a_client() -> None:
-    # It mounts gateway.admin's database commands (below), and imports nothing else of ours.
-    cli = [m for m in in_package("gateway") if m.name == "gateway.cli"]
-    mine = ["gateway.cli", "gateway.admin"]
+    # Its gRPC commands import one another and the default addresses, nothing else of ours; the package mounts
+    # gateway.cli.admin's database commands (below).
+    cli = [m for m in in_package("gateway.cli") if m.name != "gateway.cli.admin"]
+    mine = ["gateway.cli", "gateway.addresses"]
     assert cli and violations(cli, lambda name: within(name, ["gateway"]) and not within(name, mine)) == []
+    # Only the package itself mounts the database commands: a command group does not lean on them.
+    mounting = {m.path for m in cli if any(within(name, ["gateway.cli.admin"]) for name in m.imports)}
+    assert mounting == {"gateway/cli/__init__.py"}
+
+
+def test_the_default_addresses_import_nothing() -> None:
+    # The settings, the CLI and the development stack all read them; the CLI must not load the core to do so.
+    addresses = [m for m in MODULES if m.name == "gateway.addresses"]
+    assert addresses and violations(addresses, lambda name: True) == []
 
 
 def test_only_the_admin_commands_open_the_database() -> None:
     # `gongji db ...` works on the database itself, through the schema module and the settings only;
     # `gongji audit verify` reads the chain through a unit of work and checks it with the use case.
-    admin = [m for m in in_package("gateway") if m.name == "gateway.admin"]
-    allowed = ["gateway.admin", "gateway.store.schema", "gateway.config", "gateway.store.sql",
+    admin = [m for m in in_package("gateway") if m.name == "gateway.cli.admin"]
+    allowed = ["gateway.cli.admin", "gateway.store.schema", "gateway.config", "gateway.store.sql",
                "gateway.usecases.audit", "gateway.security.signing", "gateway.domain.audit"]
     assert admin and violations(admin, lambda name: within(name, ["gateway"]) and not within(name, allowed)) == []
     # Of the operators' command line, only it uses the schema module; the gateway checks it at start-up.
     users = {m.path for m in MODULES if any(within(name, ["gateway.store.schema"]) for name in m.imports)}
-    assert users <= {"gateway/admin.py", "gateway/app.py", "gateway/__main__.py"}
+    assert users <= {"gateway/cli/admin.py", "gateway/app.py", "gateway/__main__.py"}
 
 
 def test_logging_setup_reads_only_the_settings_and_the_masker() -> None:
