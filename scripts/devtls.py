@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 from cryptography import x509
@@ -131,16 +132,17 @@ def ensure_dev_pki(folder: Path, provinces: Iterable[str], operators: Iterable[s
 # -- channels and the command line -----------------------------------------------------------------
 
 
-def channel_as(address: str, server_name: str, tls_dir: Path | None,
-               identity: str = "operator-operator") -> grpc.Channel:
+def channel_as(address: str, server_name: str, tls_dir: Path | None, identity: str = "operator-operator",
+               options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
     """A channel presenting `identity`'s certificate from `tls_dir` (as DevCa writes it), expecting the server's
-    certificate to name `server_name`; plaintext when `tls_dir` is None."""
+    certificate to name `server_name`; plaintext when `tls_dir` is None. `options`: gRPC channel arguments."""
     if tls_dir is None:
-        return grpc.insecure_channel(address)
+        return grpc.insecure_channel(address, options=options)
     credentials = grpc.ssl_channel_credentials(root_certificates=(tls_dir / "ca.crt").read_bytes(),
                                                private_key=(tls_dir / f"{identity}.key").read_bytes(),
                                                certificate_chain=(tls_dir / f"{identity}.crt").read_bytes())
-    return grpc.secure_channel(address, credentials, options=[("grpc.ssl_target_name_override", server_name)])
+    return grpc.secure_channel(address, credentials,
+                               options=[*options, ("grpc.ssl_target_name_override", server_name)])
 
 
 def issue_province_certificate(tls_dir: Path, code: str) -> Path:

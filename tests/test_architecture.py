@@ -54,9 +54,9 @@ def imports_of(source: str, name: str, is_package: bool) -> frozenset[str]:
     return frozenset(found)
 
 
-def load_modules() -> list[Module]:
+def load_modules(packages: Iterable[str] = PACKAGES) -> list[Module]:
     modules = []
-    for package in PACKAGES:
+    for package in packages:
         for path in sorted((ROOT / package).rglob("*.py")):
             name = module_name(path)
             source = path.read_text(encoding="utf-8")
@@ -173,6 +173,14 @@ def test_what_ships_imports_nothing_of_the_development_tools() -> None:
     # scripts/, which is not installed (pyproject.toml), as tests/ is not; bench/ is a program of its own.
     found = violations(MODULES, lambda name: within(name, ["scripts", "bench", "tests"]))
     assert found == []
+
+
+def test_the_development_tools_lean_on_neither_the_tests_nor_the_bench() -> None:
+    # tests/ and bench/ start the stack with scripts/launcher.py and use the development CA: the other way round
+    # would be a cycle.
+    tools = load_modules(["scripts"])
+    assert {"scripts.launcher", "scripts.devtls"} <= {m.name for m in tools}
+    assert violations(tools, lambda name: within(name, ["tests", "bench"])) == []
 
 
 def test_province_stub_never_imports_the_gateway() -> None:
