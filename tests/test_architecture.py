@@ -216,3 +216,17 @@ def test_only_the_admin_commands_open_the_database() -> None:
     # Of the operators' command line, only it uses the schema module; the gateway checks it at start-up.
     users = {m.path for m in MODULES if any(within(name, ["gateway.store.schema"]) for name in m.imports)}
     assert users <= {"gateway/admin.py", "gateway/app.py", "gateway/__main__.py"}
+
+
+def test_the_onboarding_scripts_are_a_provinces_code() -> None:
+    # docs/onboarding.md's first signed call is what a platform's engineer reads and copies: it signs from the
+    # published scheme, as province_stub does, and imports nothing of the gateway; the ID generator uses the
+    # domain's check character only.
+    allowed = {"scripts.signed_request": [], "scripts.idgen": ["gateway.domain.identity"]}
+    for name, ours in allowed.items():
+        path = ROOT / (name.replace(".", "/") + ".py")
+        module = Module(name, path.relative_to(ROOT).as_posix(),
+                        imports_of(path.read_text(encoding="utf-8"), name, is_package=False))
+        outside = [imported for imported in module.imports
+                   if within(imported, ["gateway"]) and not within(imported, ours)]
+        assert outside == [], name
