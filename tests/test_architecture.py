@@ -247,3 +247,17 @@ def test_logging_setup_reads_only_the_settings_and_the_masker() -> None:
     logs = [m for m in in_package("gateway") if m.name == "gateway.logs"]
     allowed = ["gateway.config", "gateway.domain.identity"]
     assert logs and violations(logs, lambda name: not is_standard_library(name) and not within(name, allowed)) == []
+
+
+def test_the_onboarding_scripts_are_a_provinces_code() -> None:
+    # docs/onboarding.md's first signed call is what a platform's engineer reads and copies: it signs from the
+    # published scheme, as province_stub does, and imports nothing of the gateway; the ID generator uses the
+    # domain's check character only.
+    allowed = {"scripts.signed_request": [], "scripts.idgen": ["gateway.domain.identity"]}
+    for name, ours in allowed.items():
+        path = ROOT / (name.replace(".", "/") + ".py")
+        module = Module(name, path.relative_to(ROOT).as_posix(),
+                        imports_of(path.read_text(encoding="utf-8"), name, is_package=False))
+        outside = [imported for imported in module.imports
+                   if within(imported, ["gateway"]) and not within(imported, ours)]
+        assert outside == [], name
