@@ -37,7 +37,7 @@ test-browser: setup
 test-crash: setup
 	$(PY) -m pytest -q -s tests/crash
 
-## Throughput and latency against a bare gRPC echo measured side by side; writes bench/results/latest.json.
+## The real flow against the echo, relays doing no work and the contract's floor, in one run; writes bench/results/latest.json.
 bench: setup
 	$(PY) -m bench
 

@@ -23,9 +23,7 @@ but each hop also does the contract's irreducible work, and nothing else:
 
 Every call is answered at once and the next call made in a task of its own, at most 256 in flight per
 relay, as in `bench.pipeline`. Whatever rate this reaches, an implementation that also does what the
-issues ask beyond it can only be slower: the bench reports it as the floor's ceiling. With
-`--submit-only` the gateway answers submissions and goes no further: what a submission alone costs,
-from which the bench bounds what any scheduling of submissions against lifecycles could reach.
+issues ask beyond it can only be slower: the bench measures the real flow as a share of it.
 """
 
 from __future__ import annotations
@@ -153,8 +151,7 @@ class Records:
 
 
 def gateway_handlers(receiver: grpc.aio.Channel, provinces: dict[str, grpc.aio.Channel],
-                     records: Records | None, delivers: bool = True) -> dict[str, Any]:
-    """The relay gateway; with `delivers` false it only answers submissions (the submission's own cost)."""
+                     records: Records | None) -> dict[str, Any]:
     tasks = Tasks()
     deliver = relay_method(receiver, DELIVER)
     notifies = {code: relay_method(channel, NOTIFY) for code, channel in provinces.items()}
@@ -181,9 +178,8 @@ def gateway_handlers(receiver: grpc.aio.Channel, provinces: dict[str, grpc.aio.C
         answer = receipt(digest, b"RECEIVED")
         if records is not None:
             records.submitted(transfer_id, digest, answer, payload)
-        if delivers:
-            # The instruction goes on with the giver's signature, inside the gateway's own envelope.
-            tasks.spawn_coroutine(send(deliver, signed(own, request), "deliver", transfer_id))
+        # The instruction goes on with the giver's signature, inside the gateway's own envelope.
+        tasks.spawn_coroutine(send(deliver, signed(own, request), "deliver", transfer_id))
         return answer
 
     async def confirm(request: bytes, context: Any) -> bytes:
@@ -239,13 +235,12 @@ def province_handlers(gateway: grpc.aio.Channel, code: str, checks: bool) -> dic
 
 
 async def serve(role: str, listen: str, peers: list[str], db: str | None, checks: bool, code: str,
-                submit_only: bool, max_seconds: float) -> None:
+                max_seconds: float) -> None:
     channels = [grpc.aio.insecure_channel(peer) for peer in peers]
     records = Records(db) if role == "gateway" and db else None
     if role == "gateway":
         # The last peer is the receiving province, the first the giver's.
-        handlers = gateway_handlers(channels[-1], {GIVER: channels[0], RECEIVER: channels[-1]}, records,
-                                    delivers=not submit_only)
+        handlers = gateway_handlers(channels[-1], {GIVER: channels[0], RECEIVER: channels[-1]}, records)
     else:
         handlers = province_handlers(channels[0], code, checks)
     await serve_relay(f"floor {role}", listen, handlers, channels, max_seconds)
@@ -258,10 +253,9 @@ def main() -> None:
     parser.add_argument("--code", default=RECEIVER, help="a province's code (its signing key)")
     parser.add_argument("--db", help="gateway: keep the durable records in this SQLite file")
     parser.add_argument("--province-checks", action="store_true", help="provinces verify what they receive")
-    parser.add_argument("--submit-only", action="store_true", help="gateway: answer submissions, deliver nothing")
     args = parser.parse_args()
     uvloop.run(serve(args.role, args.listen, args.peer, args.db, args.province_checks, args.code,
-                     args.submit_only, args.max_seconds))
+                     args.max_seconds))
 
 
 if __name__ == "__main__":

@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,33 +13,14 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from scripts.launcher import LaunchError, Proc, stop_all
+from scripts.launcher import free_ports as free_ports  # bench.run picks its ports with it
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-_PR_SET_PDEATHSIG = 1
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
-
-class BenchError(RuntimeError):
-    """The run itself failed (a process did not start, died, or a check could not be made)."""
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free ports on 127.0.0.1 (all held open together, so none is picked twice)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def _die_with_parent() -> None:
-    # If the bench is killed outright (no finally runs), the kernel still ends its children.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+# The run itself failed: a process did not start or died (the launcher raises it), or a check could not be made.
+BenchError = LaunchError
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -82,37 +57,8 @@ def machine_busy_ticks() -> tuple[int, int]:
     return sum(values) - idle, sum(values)
 
 
-@dataclass
-class Child:
-    """One started process; its stdout and stderr go to files so a chatty child never blocks."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    stdout_path: Path
-    stderr_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def stdout(self) -> str:
-        try:
-            return self.stdout_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-
-    def tail(self, lines: int = 15) -> str:
-        """The end of its stderr then stdout, to explain a failure."""
-        text = []
-        for path in (self.stderr_path, self.stdout_path):
-            with contextlib.suppress(OSError):
-                text.extend(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
-        return "\n".join(f"    {self.name}| {line}" for line in text)
-
-    def check_alive(self) -> None:
-        code = self.popen.poll()
-        if code is not None:
-            raise BenchError(f"{self.name} exited with code {code}:\n{self.tail()}")
+class Child(Proc):
+    """One started process (scripts/launcher.py: output to a log file, ended with the bench), and its CPU time."""
 
     def cpu_seconds(self) -> float:
         """This process and the processes it started (the gateway's outbox dispatchers)."""
@@ -127,48 +73,21 @@ class Children:
     started: list[Child] = field(default_factory=list)
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        stdout_path = self.log_dir / f"{name}.out"
-        stderr_path = self.log_dir / f"{name}.err"
-        child_env = {k: v for k, v in os.environ.items() if not k.startswith("GONGJI_")}
-        child_env.update(env or {})
-        child_env["PYTHONUNBUFFERED"] = "1"
-        with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
-            popen = subprocess.Popen(
-                [sys.executable, *argv],
-                cwd=PROJECT_ROOT,
-                env=child_env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                # Only a prctl call, and every child starts before the bench opens a channel (threads).
-                preexec_fn=_die_with_parent,
-            )
-        child = Child(name, popen, stdout_path, stderr_path)
+        child = Child(name, argv, env or {}, self.log_dir)
+        child.start()
         self.started.append(child)
         return child
 
     def stop_all(self, grace_s: float = 8.0) -> None:
         """SIGTERM (graceful stop) to all, then SIGKILL to whatever is still running after `grace_s`."""
-        for child in self.started:
-            if child.popen.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    child.popen.terminate()
-        deadline = time.monotonic() + grace_s
-        for child in self.started:
-            try:
-                child.popen.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    child.popen.kill()
-                child.popen.wait(5)
+        stop_all(self.started, grace_s)
 
 
 async def wait_for_line(child: Child, pattern: re.Pattern[str], timeout_s: float) -> re.Match[str]:
     """Wait until the child prints a line matching `pattern`; fail early if it exits."""
     deadline = time.monotonic() + timeout_s
     while True:
-        match = pattern.search(child.stdout())
+        match = pattern.search(child.output())
         if match:
             return match
         child.check_alive()

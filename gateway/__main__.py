@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -23,62 +21,11 @@ from sqlalchemy.exc import OperationalError
 
 from gateway.app import create_dispatcher, create_gateway
 from gateway.config import ConfigError, Settings
-from gateway.domain.identity import mask_id_number
+from gateway.logs import configure_logging
 from gateway.store.schema import SchemaError
-
-# 18-character resident ID numbers (17 digits and a check character) standing alone in text.
-ID_NUMBER_IN_TEXT = re.compile(r"(?<![0-9A-Za-z])[0-9]{17}[0-9Xx](?![0-9A-Za-z])")
 
 log = logging.getLogger("gateway")
 RESTART_DELAY_SECONDS = 1.0
-
-
-def _masked(text: str) -> str:
-    return ID_NUMBER_IN_TEXT.sub(lambda m: mask_id_number(m.group(0)), text)
-
-
-class MaskIdNumbers(logging.Filter):
-    """A last line of defence for D19: any ID number that reached a log line leaves it masked.
-
-    The message, and the traceback and stack too: an exception's text can carry what a peer sent.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        masked = _masked(message)
-        if masked != message:
-            record.msg, record.args = masked, None
-        if record.exc_info:
-            # Formatted once here, masked, and kept as the text every formatter prints instead.
-            record.exc_text = _masked(logging.Formatter().formatException(record.exc_info))
-            record.exc_info = None
-        elif record.exc_text:
-            record.exc_text = _masked(record.exc_text)
-        if record.stack_info:
-            record.stack_info = _masked(record.stack_info)
-        return True
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (and the exception, if any)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
-                 "message": record.getMessage()}
-        exception = record.exc_text or (self.formatException(record.exc_info) if record.exc_info else "")
-        if exception:
-            entry["exception"] = exception
-        if record.stack_info:
-            entry["stack"] = record.stack_info
-        return json.dumps(entry, ensure_ascii=False)
-
-
-def configure_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(MaskIdNumbers())
-    handler.setFormatter(JsonFormatter() if settings.log_json
-                         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=settings.log_level, handlers=[handler])
 
 
 def _stop_event() -> asyncio.Event:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+from gateway.addresses import DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN, DEFAULT_OPS_LISTEN
 from gateway.domain.settlement import SettlementPeriod, SettlementPolicy
 from gateway.outbox_loop import OutboxSettings
 from gateway.security.tls import TlsFiles
@@ -34,10 +35,10 @@ def check_database_url(url: str) -> None:
 
 @dataclass(frozen=True)
 class Settings:
-    listen: str = "127.0.0.1:50051"
-    ops_listen: str = "127.0.0.1:50052"
+    listen: str = DEFAULT_LISTEN
+    ops_listen: str = DEFAULT_OPS_LISTEN
     # The HTTP port: Prometheus /metrics and the operators' dashboard (/); empty: none.
-    metrics_listen: str = "127.0.0.1:9464"
+    metrics_listen: str = DEFAULT_METRICS_LISTEN
     # The dashboard lists transfers not final this long after they arrived as stuck.
     dashboard_stuck_seconds: float = 300.0
     # The HTTP port answers on this many threads, holds at most this many connections, and closes one

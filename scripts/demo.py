@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 
 import grpc
 
+from gateway.addresses import DEFAULT_OPS_LISTEN
 from gateway.security.tls import GATEWAY_DNS, province_dns
 from protos.gongji.v1 import operations_pb2, operations_pb2_grpc, relations_pb2, settlements_pb2, transfers_pb2
 from protos.stub.v1 import control_pb2, control_pb2_grpc
@@ -30,7 +31,7 @@ from scripts.devtls import channel_as
 XINJIANG = os.environ.get("GONGJI_STUB_650000_CONTROL", "127.0.0.1:50071")
 GANSU = os.environ.get("GONGJI_STUB_620000_CONTROL", "127.0.0.1:50072")
 # The operators' port: as the CLI names it, else as the gateway was told to listen.
-OPS = os.environ.get("GONGJI_OPS") or os.environ.get("GONGJI_OPS_LISTEN", "127.0.0.1:50052")
+OPS = os.environ.get("GONGJI_OPS") or os.environ.get("GONGJI_OPS_LISTEN", DEFAULT_OPS_LISTEN)
 GIVER_ID = "650502199001011230"  # Hami 650500, employee insurance (310), born 1990
 MOTHER_ID, LANZHOU = "620102196505120026", "620100"  # resident insurance (390), born 1965
 IN_LAW_ID = "620103198203040034"  # a Gansu employee, born 1982: a son-in-law is not eligible (D4)

@@ -28,7 +28,7 @@ from gateway.domain.envelope import Envelope
 from gateway.outbox_loop import OutboxSettings
 from gateway.security.keys import load_private_key, load_public_key
 from gateway.security.signing import EnvelopeSigner, verify_signature
-from gateway.security.tls import GATEWAY_DNS, DevCa, ensure_dev_pki, province_dns
+from gateway.security.tls import GATEWAY_DNS, province_dns
 from gateway.usecases.outbox_ports import Backoff
 from gateway.wire import envelope_to_proto
 from protos.gongji.v1 import (
@@ -45,7 +45,7 @@ from protos.gongji.v1 import (
 from protos.stub.v1 import control_pb2, control_pb2_grpc
 from province_stub.server import RunningStub, StubConfig, start_stub
 from province_stub.state import Behaviour, ConfirmMode
-from scripts.devtls import channel_as
+from scripts.devtls import DevCa, channel_as, ensure_dev_pki
 
 T = TypeVar("T")
 

@@ -54,9 +54,9 @@ def imports_of(source: str, name: str, is_package: bool) -> frozenset[str]:
     return frozenset(found)
 
 
-def load_modules() -> list[Module]:
+def load_modules(packages: Iterable[str] = PACKAGES) -> list[Module]:
     modules = []
-    for package in PACKAGES:
+    for package in packages:
         for path in sorted((ROOT / package).rglob("*.py")):
             name = module_name(path)
             source = path.read_text(encoding="utf-8")
@@ -177,6 +177,21 @@ def test_the_store_names_no_wire_types() -> None:
     assert found == []
 
 
+def test_what_ships_imports_nothing_of_the_development_tools() -> None:
+    # The gateway and the stub run without the development tools: the development CA and the launcher live in
+    # scripts/, which is not installed (pyproject.toml), as tests/ is not; bench/ is a program of its own.
+    found = violations(MODULES, lambda name: within(name, ["scripts", "bench", "tests"]))
+    assert found == []
+
+
+def test_the_development_tools_lean_on_neither_the_tests_nor_the_bench() -> None:
+    # tests/ and bench/ start the stack with scripts/launcher.py and use the development CA: the other way round
+    # would be a cycle.
+    tools = load_modules(["scripts"])
+    assert {"scripts.launcher", "scripts.devtls"} <= {m.name for m in tools}
+    assert violations(tools, lambda name: within(name, ["tests", "bench"])) == []
+
+
 def test_province_stub_never_imports_the_gateway() -> None:
     assert in_package("province_stub")
     found = violations(in_package("province_stub"), lambda name: within(name, ["gateway"]))
@@ -234,20 +249,50 @@ def test_grpc_and_protos_stay_at_the_edges() -> None:
 
 
 def test_the_cli_is_only_a_client() -> None:
-    # It mounts gateway.admin's database commands (below), and imports nothing else of ours.
-    cli = [m for m in in_package("gateway") if m.name == "gateway.cli"]
-    mine = ["gateway.cli", "gateway.admin"]
+    # Its gRPC commands import one another and the default addresses, nothing else of ours; the package mounts
+    # gateway.cli.admin's database commands (below).
+    cli = [m for m in in_package("gateway.cli") if m.name != "gateway.cli.admin"]
+    mine = ["gateway.cli", "gateway.addresses"]
     assert cli and violations(cli, lambda name: within(name, ["gateway"]) and not within(name, mine)) == []
+    # Only the package itself mounts the database commands: a command group does not lean on them.
+    mounting = {m.path for m in cli if any(within(name, ["gateway.cli.admin"]) for name in m.imports)}
+    assert mounting == {"gateway/cli/__init__.py"}
+
+
+def test_the_default_addresses_import_nothing() -> None:
+    # The settings, the CLI and the development stack all read them; the CLI must not load the core to do so.
+    addresses = [m for m in MODULES if m.name == "gateway.addresses"]
+    assert addresses and violations(addresses, lambda name: True) == []
 
 
 def test_only_the_admin_commands_open_the_database() -> None:
     # `gongji db ...` works on the database itself, through the schema module and the settings only;
     # `gongji audit verify` reads the chain through a unit of work and checks it with the use case.
-    admin = [m for m in in_package("gateway") if m.name == "gateway.admin"]
-    allowed = ["gateway.admin", "gateway.store.schema", "gateway.config", "gateway.store.unit_of_work",
+    admin = [m for m in in_package("gateway") if m.name == "gateway.cli.admin"]
+    allowed = ["gateway.cli.admin", "gateway.store.schema", "gateway.config", "gateway.store.unit_of_work",
                "gateway.store.sealing",
                "gateway.usecases.audit", "gateway.security.signing", "gateway.domain.audit"]
     assert admin and violations(admin, lambda name: within(name, ["gateway"]) and not within(name, allowed)) == []
     # Of the operators' command line, only it uses the schema module; the gateway checks it at start-up.
     users = {m.path for m in MODULES if any(within(name, ["gateway.store.schema"]) for name in m.imports)}
-    assert users <= {"gateway/admin.py", "gateway/app.py", "gateway/__main__.py"}
+    assert users <= {"gateway/cli/admin.py", "gateway/app.py", "gateway/__main__.py"}
+
+
+def test_logging_setup_reads_only_the_settings_and_the_masker() -> None:
+    logs = [m for m in in_package("gateway") if m.name == "gateway.logs"]
+    allowed = ["gateway.config", "gateway.domain.identity"]
+    assert logs and violations(logs, lambda name: not is_standard_library(name) and not within(name, allowed)) == []
+
+
+def test_the_onboarding_scripts_are_a_provinces_code() -> None:
+    # docs/onboarding.md's first signed call is what a platform's engineer reads and copies: it signs from the
+    # published scheme, as province_stub does, and imports nothing of the gateway; the ID generator uses the
+    # domain's check character only.
+    allowed = {"scripts.signed_request": [], "scripts.idgen": ["gateway.domain.identity"]}
+    for name, ours in allowed.items():
+        path = ROOT / (name.replace(".", "/") + ".py")
+        module = Module(name, path.relative_to(ROOT).as_posix(),
+                        imports_of(path.read_text(encoding="utf-8"), name, is_package=False))
+        outside = [imported for imported in module.imports
+                   if within(imported, ["gateway"]) and not within(imported, ours)]
+        assert outside == [], name

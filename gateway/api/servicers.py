@@ -12,6 +12,7 @@ import grpc
 from gateway.api import convert
 from gateway.api.transport import operator_actor, province_caller
 from gateway.domain.errors import Contention
+from gateway.domain.monitoring import FeedStart
 from gateway.usecases import bindings as binding_cases
 from gateway.usecases import keys as key_cases
 from gateway.usecases import monitoring as monitoring_cases
@@ -37,6 +38,8 @@ from protos.gongji.v1 import (
 )
 
 T = TypeVar("T")
+# WatchTransfers' initial metadata: the position its feed starts after (operations.proto).
+START_CURSOR_KEY = "gongji-start-cursor"
 CONTENTION_ATTEMPTS = 3
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -159,8 +162,11 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
 
     async def WatchTransfers(self, request: operations_pb2.WatchTransfersRequest,
                              context: Context) -> AsyncIterator[operations_pb2.TransferChange]:
-        async for change in self._run.stream(monitoring_cases.watch_transfers, request.from_cursor):
-            yield convert.transfer_change_to_proto(change)
+        async for item in self._run.stream(monitoring_cases.watch_transfers, request.from_cursor):
+            if isinstance(item, FeedStart):
+                await context.send_initial_metadata(((START_CURSOR_KEY, str(item.position)),))
+            else:
+                yield convert.transfer_change_to_proto(item)
 
     async def GetStats(self, request: operations_pb2.GetStatsRequest,
                        context: Context) -> operations_pb2.GetStatsResponse:

@@ -42,6 +42,13 @@ class TransferChange:
 
 
 @dataclass(frozen=True, slots=True)
+class FeedStart:
+    """Where a change feed begins: every change after `position` follows, in order."""
+
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
 class PairStateFigure:
     giver_province: str
     receiver_province: str

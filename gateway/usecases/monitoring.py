@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from gateway.domain.envelope import MESSAGE_ID_PATTERN
 from gateway.domain.errors import InvalidArgument, NotFound
-from gateway.domain.monitoring import Stats, TransferChange, TransferFilter, TransferPage
+from gateway.domain.monitoring import FeedStart, Stats, TransferChange, TransferFilter, TransferPage
 from gateway.domain.provinces import validate_province_code
 from gateway.domain.settlement import WindowState
 from gateway.domain.transfers import INT64_MAX, Transfer, validate_message_id
@@ -92,8 +92,12 @@ def _writers_ended(ctx: UseCaseContext, horizon: datetime | None) -> bool:
         return uow.transfers.writers_ended(horizon)
 
 
-async def watch_transfers(ctx: UseCaseContext, run_in_db: RunInDb, from_cursor: str) -> AsyncIterator[TransferChange]:
-    """Every state change after the cursor (or from now), in the order they were recorded, for ever.
+async def watch_transfers(ctx: UseCaseContext, run_in_db: RunInDb,
+                          from_cursor: str) -> AsyncIterator[FeedStart | TransferChange]:
+    """Where the feed starts (first), then every state change after it, in the order recorded, for ever.
+
+    The start is the cursor given, or the last change recorded when the watch began ("from now"): a watcher
+    that waits for it knows that whatever it does afterwards shows in the feed.
 
     Each watcher reads the database at its own pace: one that stops reading only stops itself, as
     gRPC's flow control holds its stream; nothing is queued for it in the gateway.
@@ -108,6 +112,7 @@ async def watch_transfers(ctx: UseCaseContext, run_in_db: RunInDb, from_cursor: 
         position = int(from_cursor)
     else:
         position = await run_in_db(_last_change, ctx)
+    yield FeedStart(position)
     # PostgreSQL numbers a change when it is written, not when it commits: a missing number may belong to a
     # transaction still running (waiting on a lock, say), or to one rolled back. The gap is passed only
     # once every writing transaction of the database begun when it was seen has ended, and the changes are

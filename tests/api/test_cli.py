@@ -18,20 +18,10 @@ from rich.console import Console
 from rich.table import Table
 from typer.testing import CliRunner, Result
 
-from gateway.cli import (
-    _fields,
-    _row,
-    app,
-    console,
-    csv_text,
-    err_console,
-    json_text,
-    load_public_key,
-    plain_yuan,
-    shown,
-    write_csv,
-    yuan,
-)
+from gateway.cli import app
+from gateway.cli.output import add_row, console, csv_text, err_console, field_grid, json_text, plain_yuan, shown, yuan
+from gateway.cli.provinces import load_public_key
+from gateway.cli.settlement import write_csv
 from gateway.domain.clock import BEIJING
 from protos.gongji.v1 import operations_pb2, settlements_pb2, transfers_pb2
 from protos.stub.v1 import control_pb2
@@ -327,9 +317,9 @@ def rendered(*values: str) -> str:
     terminal.print(" ".join(shown(value) for value in values), highlight=False)  # colours would split the text
     table = Table("value")
     for value in values:
-        _row(table, value)
+        add_row(table, value)
     terminal.print(table)
-    terminal.print(_fields([("value", value) for value in values]))
+    terminal.print(field_grid([("value", value) for value in values]))
     output = terminal.file.getvalue()  # type: ignore[attr-defined]
     assert isinstance(output, str)
     return output

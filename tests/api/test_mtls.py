@@ -13,8 +13,9 @@ import pytest
 from cryptography import x509
 from sqlalchemy import text
 
-from gateway.security.tls import GATEWAY_DNS, DevCa
+from gateway.security.tls import GATEWAY_DNS
 from protos.gongji.v1 import operations_pb2, operations_pb2_grpc, transfers_pb2, transfers_pb2_grpc
+from scripts.devtls import DevCa
 from tests.support import GANSU, XINJIANG, LoopThread, Stack, error_of, secure_channel, start_stack
 
 S = transfers_pb2

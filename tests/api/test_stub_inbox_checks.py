@@ -19,7 +19,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.security.keys import load_private_key
 from gateway.security.signing import EnvelopeSigner
-from gateway.security.tls import DevCa, province_dns
+from gateway.security.tls import province_dns
 from gateway.wire import envelope_to_proto
 from protos.gongji.v1 import (
     common_pb2,
@@ -30,6 +30,7 @@ from protos.gongji.v1 import (
     transfers_pb2,
 )
 from protos.stub.v1 import control_pb2, control_pb2_grpc
+from scripts.devtls import DevCa
 from tests.support import (
     GANSU,
     MOTHER,

@@ -26,7 +26,8 @@ from gateway.store.unit_of_work import SqlStore
 from gateway.usecases.audit import verify_audit
 from protos.gongji.v1 import transfers_pb2
 from protos.stub.v1 import control_pb2
-from tests.crash.harness import GANSU, ROOT, XINJIANG, Deployment
+from scripts.launcher import GANSU, ROOT, XINJIANG
+from tests.crash.harness import Deployment
 
 FINAL = frozenset({"COMMITTED", "DECLINED", "RETURNED", "REJECTED"})
 CREDIT_AFTER = {"COMMITTED": "CREDITED", "DECLINED": "DECLINED", "RETURNED": "RETURNED", "REJECTED": "REJECTED"}

@@ -24,7 +24,8 @@ from province_stub.client import (
     read_receipt,
 )
 from province_stub.signing import PublicKeyStore, load_private_key, sign_envelope
-from tests.crash.harness import CHANNEL_OPTIONS, GANSU, GIVER, MOTHER, XINJIANG
+from scripts.launcher import CHANNEL_OPTIONS, GANSU, XINJIANG
+from tests.crash.harness import GIVER, MOTHER
 
 SUBMIT_METHOD = "/gongji.v1.Transfers/SubmitTransfer"
 CONFIRM_METHOD = "/gongji.v1.Transfers/ConfirmTransfer"

@@ -10,8 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.security.tls import DevCa, dev_ca_certificate, ensure_dev_pki
-from scripts.devtls import main
+from scripts.devtls import DevCa, dev_ca_certificate, ensure_dev_pki, main
 
 
 def test_a_third_province_gets_a_certificate_the_gateway_trusts(tmp_path: Path,

@@ -6,7 +6,7 @@ import io
 import json
 import logging
 
-from gateway.__main__ import JsonFormatter, MaskIdNumbers
+from gateway.logs import JsonFormatter, MaskIdNumbers
 
 
 def _logger(formatter: logging.Formatter) -> tuple[logging.Logger, io.StringIO]:

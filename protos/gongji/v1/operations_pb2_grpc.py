@@ -125,7 +125,10 @@ class OperationsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchTransfers(self, request, context):
-        """A stream of transfer state changes, from now or from a cursor (issue 4).
+        """A stream of transfer state changes, from now or from a cursor. Before any change, the stream's
+        initial metadata carries `gongji-start-cursor`: the position the feed starts after (the cursor given,
+        or the last change recorded when the watch began). Every change after it comes, in order; a watcher
+        that acts on the feed (e.g. sends transfers it then expects to see) waits for that metadata first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -44,7 +44,11 @@ class OperationsStub:
     ListTransfers: _grpc.UnaryUnaryMultiCallable[_operations_pb2.ListTransfersRequest, _operations_pb2.ListTransfersResponse]
     """Transfers by state, province and time, paginated (issue 4)."""
     WatchTransfers: _grpc.UnaryStreamMultiCallable[_operations_pb2.WatchTransfersRequest, _operations_pb2.TransferChange]
-    """A stream of transfer state changes, from now or from a cursor (issue 4)."""
+    """A stream of transfer state changes, from now or from a cursor. Before any change, the stream's
+    initial metadata carries `gongji-start-cursor`: the position the feed starts after (the cursor given,
+    or the last change recorded when the watch began). Every change after it comes, in order; a watcher
+    that acts on the feed (e.g. sends transfers it then expects to see) waits for that metadata first.
+    """
     GetStats: _grpc.UnaryUnaryMultiCallable[_operations_pb2.GetStatsRequest, _operations_pb2.GetStatsResponse]
     """Counts, amounts, outbox backlog and delivery failures (issue 4)."""
     CloseSettlementWindow: _grpc.UnaryUnaryMultiCallable[_operations_pb2.CloseSettlementWindowRequest, _operations_pb2.CloseSettlementWindowResponse]
@@ -72,7 +76,11 @@ class OperationsAsyncStub(OperationsStub):
     ListTransfers: _aio.UnaryUnaryMultiCallable[_operations_pb2.ListTransfersRequest, _operations_pb2.ListTransfersResponse]  # type: ignore[assignment]
     """Transfers by state, province and time, paginated (issue 4)."""
     WatchTransfers: _aio.UnaryStreamMultiCallable[_operations_pb2.WatchTransfersRequest, _operations_pb2.TransferChange]  # type: ignore[assignment]
-    """A stream of transfer state changes, from now or from a cursor (issue 4)."""
+    """A stream of transfer state changes, from now or from a cursor. Before any change, the stream's
+    initial metadata carries `gongji-start-cursor`: the position the feed starts after (the cursor given,
+    or the last change recorded when the watch began). Every change after it comes, in order; a watcher
+    that acts on the feed (e.g. sends transfers it then expects to see) waits for that metadata first.
+    """
     GetStats: _aio.UnaryUnaryMultiCallable[_operations_pb2.GetStatsRequest, _operations_pb2.GetStatsResponse]  # type: ignore[assignment]
     """Counts, amounts, outbox backlog and delivery failures (issue 4)."""
     CloseSettlementWindow: _aio.UnaryUnaryMultiCallable[_operations_pb2.CloseSettlementWindowRequest, _operations_pb2.CloseSettlementWindowResponse]  # type: ignore[assignment]
@@ -127,7 +135,11 @@ class OperationsServicer(metaclass=_abc_1.ABCMeta):
         request: _operations_pb2.WatchTransfersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_operations_pb2.TransferChange], _abc.AsyncIterator[_operations_pb2.TransferChange]]:
-        """A stream of transfer state changes, from now or from a cursor (issue 4)."""
+        """A stream of transfer state changes, from now or from a cursor. Before any change, the stream's
+        initial metadata carries `gongji-start-cursor`: the position the feed starts after (the cursor given,
+        or the last change recorded when the watch began). Every change after it comes, in order; a watcher
+        that acts on the feed (e.g. sends transfers it then expects to see) waits for that metadata first.
+        """
 
     @_abc_1.abstractmethod
     def GetStats(

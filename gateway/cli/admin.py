@@ -42,7 +42,7 @@ def add_admin_commands(app: typer.Typer) -> None:
 
 
 def fail(message: str) -> NoReturn:
-    """One line on stderr, no traceback, exit code 1 (as gateway.cli reports failures)."""
+    """One line on stderr, no traceback, exit code 1 (as gateway.cli.output reports failures)."""
     err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 

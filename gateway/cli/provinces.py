@@ -1,0 +1,200 @@
+"""`gongji provinces ...`: the routing table: list, show, register, suspend, resume."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from google.protobuf.message import Message
+from rich.panel import Panel
+from rich.table import Column, Table
+
+from gateway.addresses import DEFAULT_OPS_LISTEN
+from gateway.cli.connection import TIMEOUT_S, AsJson, OpsAddress, operations
+from gateway.cli.output import add_row, beijing_time, console, fail, field_grid, print_json, shown, yuan
+from protos.gongji.v1 import operations_pb2
+
+provinces_app = typer.Typer(help="The routing table.", no_args_is_help=True)
+
+
+def _status(value: operations_pb2.ProvinceStatus.ValueType) -> str:
+    return operations_pb2.ProvinceStatus.Name(value).removeprefix("PROVINCE_STATUS_")
+
+
+@provinces_app.command("list")
+def provinces_list(ops: OpsAddress = DEFAULT_OPS_LISTEN, as_json: AsJson = False) -> None:
+    """Every province in the routing table."""
+    with operations(ops) as stub:
+        answer = stub.ListProvinces(operations_pb2.ListProvincesRequest(), timeout=TIMEOUT_S)
+    if as_json:
+        print_json(answer)
+        return
+    table = Table("code", "name", "endpoint", "status", "keys")
+    for p in answer.provinces:
+        add_row(table, p.code, p.name, p.endpoint, _status(p.status), ", ".join(k.key_id for k in p.keys))
+    console.print(table)
+
+
+POLICY_FIELDS = (  # (field of ProvincePolicy, what it means)
+    ("single_relation_only", "D8: one relation at a time"),
+    ("daily_transfer_limit", "D12: transfers per giver per Beijing day"),
+    ("max_transfer_fen", "D12: largest single transfer"),
+    ("blackout_start_minute", "D12: no submissions from (Beijing)"),
+    ("blackout_end_minute", "D12: ... until (Beijing)"),
+    ("return_hour", "D13: unconfirmed transfers return at (Beijing, next day)"),
+    ("delivery_deadline_seconds", "delivery attempts stop after (seconds)"),
+)
+
+
+def _policy_value(policy: Message, field: str) -> str:
+    if not policy.HasField(field):
+        return "national default"
+    value = getattr(policy, field)
+    if field == "max_transfer_fen":
+        return f"{yuan(value)} ({value} fen)"
+    if field.endswith("_minute"):
+        return f"{value // 60:02d}:{value % 60:02d} ({value})"
+    if field == "return_hour":
+        return f"{value:02d}:00"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _key_validity(key: operations_pb2.ProvinceKey, now: datetime) -> str:
+    if key.HasField("valid_until") and key.valid_until.ToDatetime(tzinfo=UTC) <= now:
+        return "retired"
+    if key.HasField("valid_from") and key.valid_from.ToDatetime(tzinfo=UTC) > now:
+        return "not yet valid"
+    return "valid"
+
+
+def _print_province(p: operations_pb2.Province) -> None:
+    console.print(Panel(field_grid([("code", p.code), ("name", p.name), ("endpoint", p.endpoint),
+                                    ("status", _status(p.status)),
+                                    ("updated (Beijing)", beijing_time(p, "updated_at"))]),
+                        title=f"province {shown(p.code)}", expand=False))
+    policy = Table("policy", "value", "meaning", title="policy")
+    for field, meaning in POLICY_FIELDS:
+        add_row(policy, field, _policy_value(p.policy, field), meaning)
+    console.print(policy)
+    now = datetime.now(UTC)
+    keys = Table("key id", "alg", Column("public key (hex)", overflow="fold"), "valid from (Beijing)",
+                 "valid until (Beijing)", "now", title="signing keys")
+    for k in p.keys:
+        add_row(keys, k.key_id, k.alg, k.public_key.hex(), beijing_time(k, "valid_from"),
+                beijing_time(k, "valid_until"), _key_validity(k, now))
+    console.print(keys)
+
+
+@provinces_app.command("show")
+def provinces_show(code: str, ops: OpsAddress = DEFAULT_OPS_LISTEN, as_json: AsJson = False) -> None:
+    """One province: its endpoint, status, policy and signing keys with their validity."""
+    with operations(ops) as stub:
+        answer = stub.ListProvinces(operations_pb2.ListProvincesRequest(), timeout=TIMEOUT_S)
+    province = next((p for p in answer.provinces if p.code == code), None)
+    if province is None:
+        fail(f"NOT_FOUND PROVINCE_NOT_FOUND: no province {code} in the routing table")
+    if as_json:
+        print_json(province)
+        return
+    _print_province(province)
+
+
+# RFC 8410: an Ed25519 SubjectPublicKeyInfo in DER is this fixed prefix and the raw 32-byte key. Parsed here
+# with the standard library because only gateway.security may use `cryptography` (tests/test_architecture.py).
+ED25519_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
+PEM_PUBLIC_KEY = re.compile(rb"-----BEGIN PUBLIC KEY-----(.*?)-----END PUBLIC KEY-----", re.DOTALL)
+
+
+def load_public_key(path: Path) -> bytes:
+    """The raw 32-byte Ed25519 public key of a file: raw bytes, hex text (the `.pub` files the gateway
+    and the stub provinces write), or a PEM / DER SubjectPublicKeyInfo."""
+    if path.suffix == ".key":
+        fail(f"{path} looks like a private key file: give the public key (the .pub file beside it)", 2)
+    data = path.read_bytes()
+    pem = PEM_PUBLIC_KEY.search(data)
+    if pem is None and len(data) == 32:
+        return data
+    if pem is None:
+        try:
+            raw = bytes.fromhex(data.decode("ascii").strip())
+        except (UnicodeDecodeError, ValueError):
+            raw = b""
+        if len(raw) == 32:
+            return raw
+    try:
+        der = base64.b64decode(b"".join(pem.group(1).split()), validate=True) if pem else data
+    except binascii.Error:
+        der = b""
+    if len(der) == len(ED25519_SPKI_PREFIX) + 32 and der.startswith(ED25519_SPKI_PREFIX):
+        return der[len(ED25519_SPKI_PREFIX):]
+    fail(f"{path}: not an Ed25519 public key (raw 32 bytes, hex, or a PEM/DER SubjectPublicKeyInfo)", 2)
+
+
+PolicyInt = Annotated[int | None, typer.Option(min=0, help="Unset: the national default.")]
+
+
+@provinces_app.command("register")
+def provinces_register(
+    code: Annotated[str, typer.Option(help="Six-digit province code, e.g. 610000.")],
+    name: Annotated[str, typer.Option(help="Display name, e.g. 陕西.")],
+    endpoint: Annotated[str, typer.Option(help="host:port of the province's ProvinceInbox.")],
+    key_id: Annotated[str, typer.Option(help="Its signing key's id, e.g. 610000-k1.")],
+    public_key: Annotated[Path, typer.Option(
+        exists=True, dir_okay=False, readable=True,
+        help="Ed25519 public key file: raw 32 bytes, hex text (like var/keys/*.pub), or PEM/DER.")],
+    policy_single_relation_only: Annotated[bool | None, typer.Option(
+        "--policy-single-relation-only/--policy-multiple-relations", help="D8. Unset: the national default.")] = None,
+    policy_daily_transfer_limit: PolicyInt = None,
+    policy_max_transfer_fen: PolicyInt = None,
+    policy_blackout_start_minute: PolicyInt = None,
+    policy_blackout_end_minute: PolicyInt = None,
+    policy_return_hour: PolicyInt = None,
+    policy_delivery_deadline_seconds: PolicyInt = None,
+    ops: OpsAddress = DEFAULT_OPS_LISTEN,
+    as_json: AsJson = False,
+) -> None:
+    """Add a province to the routing table (ACTIVE, its key valid from now)."""
+    given = {"single_relation_only": policy_single_relation_only,
+             "daily_transfer_limit": policy_daily_transfer_limit, "max_transfer_fen": policy_max_transfer_fen,
+             "blackout_start_minute": policy_blackout_start_minute,
+             "blackout_end_minute": policy_blackout_end_minute, "return_hour": policy_return_hour,
+             "delivery_deadline_seconds": policy_delivery_deadline_seconds}
+    policy = operations_pb2.ProvincePolicy()
+    for field, value in given.items():
+        if value is not None:
+            setattr(policy, field, value)
+    key = operations_pb2.ProvinceKey(key_id=key_id, alg="ed25519", public_key=load_public_key(public_key))
+    request = operations_pb2.RegisterProvinceRequest(province=operations_pb2.Province(
+        code=code, name=name, endpoint=endpoint, keys=[key], policy=policy))
+    with operations(ops) as stub:
+        answer = stub.RegisterProvince(request, timeout=TIMEOUT_S)
+    if as_json:
+        print_json(answer.province)
+        return
+    console.print(f"registered province {shown(answer.province.code)} ({shown(answer.province.name)}), "
+                  f"{_status(answer.province.status)}")
+    _print_province(answer.province)
+
+
+def _set_status(ops: str, code: str, status: operations_pb2.ProvinceStatus.ValueType) -> None:
+    with operations(ops) as stub:
+        answer = stub.UpdateProvince(operations_pb2.UpdateProvinceRequest(code=code, status=status),
+                                     timeout=TIMEOUT_S)
+    console.print(f"province {shown(answer.province.code)} is now {_status(answer.province.status)}")
+
+
+@provinces_app.command("suspend")
+def provinces_suspend(code: str, ops: OpsAddress = DEFAULT_OPS_LISTEN) -> None:
+    """Suspend a province: it can neither submit nor receive until resumed."""
+    _set_status(ops, code, operations_pb2.PROVINCE_STATUS_SUSPENDED)
+
+
+@provinces_app.command("resume")
+def provinces_resume(code: str, ops: OpsAddress = DEFAULT_OPS_LISTEN) -> None:
+    """Make a suspended province active again."""
+    _set_status(ops, code, operations_pb2.PROVINCE_STATUS_ACTIVE)
