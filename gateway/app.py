@@ -36,14 +36,15 @@ from gateway.config import Settings
 from gateway.domain.clock import Clock, SystemClock
 from gateway.domain.envelope import GATEWAY
 from gateway.manifest import load_manifest
+from gateway.outbox_loop import OutboxWorker
 from gateway.provinces.client import ProvinceClient
-from gateway.provinces.outbox import OutboxWorker
 from gateway.security.encryption import load_or_create_keys
 from gateway.security.hashing import HmacPersonHasher, load_or_create_secret
 from gateway.security.keys import ensure_key_pair, public_bytes
 from gateway.security.signing import EnvelopeSigner, verify_signature
+from gateway.store.engine import make_engine
 from gateway.store.schema import ensure_known_schema
-from gateway.store.sql import SqlUnitOfWork, make_engine, use_sealer
+from gateway.store.unit_of_work import SqlStore
 from gateway.usecases.audit import checkpoint_audit
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.dashboard import dashboard_snapshot
@@ -210,7 +211,7 @@ def _warn_of_keys_beside_database(settings: Settings) -> None:
 
 def _core(settings: Settings, clock: Clock) -> _Core:
     engine = make_engine(settings.database_url, settings.sqlite_synchronous)
-    use_sealer(engine, load_or_create_keys(settings.data_key_file))
+    store = SqlStore(engine, load_or_create_keys(settings.data_key_file))
     try:
         ensure_known_schema(engine, auto_upgrade=settings.auto_migrate)
     except Exception:
@@ -219,7 +220,7 @@ def _core(settings: Settings, clock: Clock) -> _Core:
     private_key = ensure_key_pair(settings.gateway_key_file, settings.gateway_public_key_file)
     signer = EnvelopeSigner(GATEWAY, settings.gateway_key_id, private_key)
     context = UseCaseContext(
-        uow=lambda: SqlUnitOfWork(engine),
+        uow=store.unit_of_work,
         clock=clock,
         receipts=SignedReceiptIssuer(signer),
         hasher=HmacPersonHasher(load_or_create_secret(settings.id_hash_key_file)),

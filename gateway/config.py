@@ -10,10 +10,10 @@ from pathlib import Path
 
 from gateway.addresses import DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN, DEFAULT_OPS_LISTEN
 from gateway.domain.settlement import SettlementPeriod, SettlementPolicy
-from gateway.provinces.outbox import OutboxSettings
+from gateway.outbox_loop import OutboxSettings
 from gateway.security.tls import TlsFiles
-from gateway.store.sql import SQLITE_SYNCHRONOUS
-from gateway.usecases.outbox import Backoff
+from gateway.store.engine import SQLITE_SYNCHRONOUS
+from gateway.usecases.outbox_ports import Backoff
 
 
 class ConfigError(ValueError):

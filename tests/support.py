@@ -25,11 +25,11 @@ from gateway.app import Gateway, create_gateway
 from gateway.config import Settings
 from gateway.domain.clock import OffsetClock
 from gateway.domain.envelope import Envelope
-from gateway.provinces.outbox import OutboxSettings
+from gateway.outbox_loop import OutboxSettings
 from gateway.security.keys import load_private_key, load_public_key
 from gateway.security.signing import EnvelopeSigner, verify_signature
 from gateway.security.tls import GATEWAY_DNS, province_dns
-from gateway.usecases.outbox import Backoff
+from gateway.usecases.outbox_ports import Backoff
 from gateway.wire import envelope_to_proto
 from protos.gongji.v1 import (
     common_pb2,

@@ -20,8 +20,8 @@ CRYPTOGRAPHY = ("cryptography",)
 
 @dataclass(frozen=True)
 class Module:
-    name: str  # dotted, e.g. gateway.store.sql
-    path: str  # relative to the project root, e.g. gateway/store/sql.py
+    name: str  # dotted, e.g. gateway.store.unit_of_work
+    path: str  # relative to the project root, e.g. gateway/store/unit_of_work.py
     imports: frozenset[str]
 
 
@@ -94,7 +94,7 @@ import os.path, json as j
 from typing import TYPE_CHECKING
 from . import sibling
 from .. import errors
-from ..store.sql import make_engine
+from ..store.engine import make_engine
 if TYPE_CHECKING:
     import sqlalchemy
 def later() -> None:
@@ -107,7 +107,7 @@ def later() -> None:
         "typing",
         "gateway.usecases.sibling",
         "gateway.errors",
-        "gateway.store.sql",
+        "gateway.store.engine",
         "sqlalchemy",
         "grpc",
     } <= found
@@ -120,14 +120,15 @@ def test_the_scanner_finds_the_layers() -> None:
         "gateway.domain.transfers",
         "gateway.usecases.transfers",
         "gateway.api.servicers",
-        "gateway.store.sql",
+        "gateway.store.unit_of_work",
+        "gateway.store.repositories.transfers",
         "gateway.provinces.client",
         "gateway.app",
         "gateway.__main__",
         "province_stub.server",
     ):
         assert expected in names
-    assert "gateway.store.sql" in next(m for m in MODULES if m.name == "gateway.app").imports
+    assert "gateway.store.unit_of_work" in next(m for m in MODULES if m.name == "gateway.app").imports
 
 
 def test_the_standard_library_check() -> None:
@@ -168,6 +169,14 @@ def test_store_imports_no_grpc_protos_or_api() -> None:
     assert found == []
 
 
+def test_the_store_names_no_wire_types() -> None:
+    # It stores and returns what it is given: the caller names the type of an envelope it reads back.
+    store = [m for m in in_package("gateway.store") if "/migrations/" not in m.path]
+    assert store
+    found = [m.path for m in store if "gongji.v1." in (ROOT / m.path).read_text(encoding="utf-8")]
+    assert found == []
+
+
 def test_what_ships_imports_nothing_of_the_development_tools() -> None:
     # The gateway and the stub run without the development tools: the development CA and the launcher live in
     # scripts/, which is not installed (pyproject.toml), as tests/ is not; bench/ is a program of its own.
@@ -187,6 +196,31 @@ def test_province_stub_never_imports_the_gateway() -> None:
     assert in_package("province_stub")
     found = violations(in_package("province_stub"), lambda name: within(name, ["gateway"]))
     assert found == []
+
+
+def test_provinces_keep_the_outbound_client_only() -> None:
+    # The outbox loop is a driver beside app.py (gateway/outbox_loop.py); the client sends what it is handed.
+    assert {m.name for m in in_package("gateway.provinces")} == {"gateway.provinces", "gateway.provinces.client"}
+    loop = ["gateway.outbox_loop", "gateway.app"]
+    assert violations(in_package("gateway.provinces"), lambda name: within(name, loop)) == []
+    # Of the use cases, it knows their ports only: what it sends is typed (domain/outbox.py), never parsed.
+    found = violations(in_package("gateway.provinces"), lambda name: within(name, ["gateway.usecases"])
+                       and not within(name, ["gateway.usecases.outbox_ports", "gateway.usecases.ports"]))
+    assert found == []
+
+
+def test_the_outbox_loop_drives_use_cases_through_their_ports() -> None:
+    # It runs the outbox's use cases and is given a sender (provinces/client.py) by app.py: no transport, no SQL.
+    loop = [m for m in MODULES if m.name == "gateway.outbox_loop"]
+    forbidden = (*GRPC, *PROTOS, *SQLALCHEMY, "gateway.api", "gateway.store", "gateway.provinces", "gateway.security")
+    assert loop and violations(loop, lambda name: within(name, forbidden)) == []
+
+
+def test_a_transfer_changes_state_in_one_place() -> None:
+    # What a transfer counts against (D10, D12) is given back there when it fails: no other way round it.
+    callers = [m.path for m in in_package("gateway")
+               if ".transfers.change_state(" in (ROOT / m.path).read_text(encoding="utf-8")]
+    assert callers == ["gateway/usecases/transfers.py"]
 
 
 def test_only_the_composition_root_wires_store_and_api_together() -> None:
@@ -235,7 +269,8 @@ def test_only_the_admin_commands_open_the_database() -> None:
     # `gongji db ...` works on the database itself, through the schema module and the settings only;
     # `gongji audit verify` reads the chain through a unit of work and checks it with the use case.
     admin = [m for m in in_package("gateway") if m.name == "gateway.cli.admin"]
-    allowed = ["gateway.cli.admin", "gateway.store.schema", "gateway.config", "gateway.store.sql",
+    allowed = ["gateway.cli.admin", "gateway.store.schema", "gateway.config", "gateway.store.unit_of_work",
+               "gateway.store.sealing",
                "gateway.usecases.audit", "gateway.security.signing", "gateway.domain.audit"]
     assert admin and violations(admin, lambda name: within(name, ["gateway"]) and not within(name, allowed)) == []
     # Of the operators' command line, only it uses the schema module; the gateway checks it at start-up.

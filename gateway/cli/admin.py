@@ -137,14 +137,16 @@ def audit_verify(url: DatabaseUrl = None, as_json: AsJson = False) -> None:
     where the gateway registers each key it signs with. Exit code 1 when anything does not verify.
     """
     from gateway.security.signing import verify_signature
-    from gateway.store.sql import SqlUnitOfWork
+    from gateway.store.sealing import NoSealer
+    from gateway.store.unit_of_work import SqlStore
     from gateway.usecases.audit import verify_audit
 
     with database(url) as (engine, shown):
-        with SqlUnitOfWork(engine) as uow:
+        store = SqlStore(engine, NoSealer())  # the chain holds no personal data: no data keys needed
+        with store.unit_of_work() as uow:
             keys = {key.key_id: key.public_key for key in uow.gateway_keys.list()}
         # One snapshot, no write lock: the gateway goes on writing while the chain is checked.
-        report = verify_audit(lambda: SqlUnitOfWork(engine, read_only=True), keys, verify_signature)
+        report = verify_audit(lambda: store.unit_of_work(read_only=True), keys, verify_signature)
     if as_json:
         print(json.dumps({"database": shown, "ok": report.ok, "entries": report.entries,
                           "head_sha256": report.head.hex(), "checkpoints": report.checkpoints,

@@ -1,4 +1,4 @@
-"""Transfer policy rules (D10, D12): the Beijing blackout window, the Beijing day, and the limits."""
+"""Transfer policy rules (D10, D12): the Beijing blackout window, the Beijing day, the limits and what counts."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from datetime import date, datetime, time, timedelta
 from gateway.domain.clock import BEIJING
 from gateway.domain.eligibility import Violation
 from gateway.domain.provinces import Policy, effective_policy
+from gateway.domain.transfers import TransferState
 
 AMOUNT_FIELD = "amount_fen"
 MINUTES_PER_DAY = 24 * 60
+FAILED_STATES = frozenset({TransferState.DECLINED, TransferState.RETURNED, TransferState.REJECTED})
 
 
 def _require_aware(at: datetime) -> None:
@@ -93,3 +95,10 @@ def check_transfer_limits(
     if authorised_amount_fen is not None and used_amount_fen + amount_fen > authorised_amount_fen:
         violations.append(Violation("AUTHORISED_AMOUNT_EXCEEDED", "D10", AMOUNT_FIELD))
     return violations
+
+
+def gives_its_place_back(from_state: TransferState, to: TransferState) -> bool:
+    """D10, D12: a transfer counts against its binding's authorised amount and its giver's transfers of the
+    (Beijing) day from its submission on, unless it fails: the change that makes it fail, from a state not yet
+    final to DECLINED, RETURNED or REJECTED, gives its place back. A final state never changes, so that is once."""
+    return to in FAILED_STATES and not from_state.is_final

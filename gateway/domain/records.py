@@ -1,10 +1,9 @@
-"""Records the gateway keeps about messages: idempotency records and outbox messages."""
+"""Idempotency records: what the gateway answered each (sender, message_id) (D15)."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import datetime
 
 
 class RequestOutcome(enum.Enum):
@@ -27,22 +26,3 @@ class StoredRequest:
     error_reason: str | None = None
     error_field: str | None = None
     error_message: str | None = None
-
-
-class OutboxKind(enum.Enum):
-    DELIVER_TRANSFER = "DELIVER_TRANSFER"
-    NOTIFY_TRANSFER_OUTCOME = "NOTIFY_TRANSFER_OUTCOME"
-    REQUEST_CONSENT = "REQUEST_CONSENT"
-    NOTIFY_BINDING_OUTCOME = "NOTIFY_BINDING_OUTCOME"
-    NOTIFY_SETTLEMENT = "NOTIFY_SETTLEMENT"
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxMessage:
-    id: int
-    destination: str
-    kind: OutboxKind
-    message_id: str
-    subject_id: str
-    attempts: int
-    created_at: datetime

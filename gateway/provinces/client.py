@@ -16,15 +16,18 @@ import grpc
 from gateway.domain.clock import Clock
 from gateway.domain.eligibility import MemberStatus
 from gateway.domain.envelope import GATEWAY
+from gateway.domain.outbox import (
+    DeliverTransfer,
+    NotifyBindingOutcome,
+    NotifySettlement,
+    NotifyTransferOutcome,
+    RequestConsent,
+)
 from gateway.domain.provinces import Province
-from gateway.domain.records import OutboxKind
 from gateway.domain.transfers import REASON_PATTERN, PersonRef
 from gateway.security.signing import EnvelopeSigner
 from gateway.security.tls import TlsFiles, province_dns
-from gateway.usecases.bindings import state_of_outcome_message
-from gateway.usecases.handoff import OutboxWork
-from gateway.usecases.outbox import SendResult
-from gateway.usecases.transfers import state_of_outcome_message_for_transfer
+from gateway.usecases.outbox_ports import OutboxWork, SendResult
 from gateway.wire import envelope_to_proto, timestamp
 from protos.gongji.v1 import common_pb2, province_pb2, province_pb2_grpc, relations_pb2, transfers_pb2
 
@@ -97,33 +100,42 @@ class ProvinceClient:
         if not work.destination_active:
             return SendResult.failed("PROVINCE_SUSPENDED")
         try:
-            kind = work.message.kind
-            if kind is OutboxKind.DELIVER_TRANSFER:
-                return await self._deliver(work)
-            if kind is OutboxKind.NOTIFY_TRANSFER_OUTCOME:
-                return await self._notify(work)
-            if kind is OutboxKind.REQUEST_CONSENT:
-                return await self._request_consent(work)
-            if kind is OutboxKind.NOTIFY_SETTLEMENT:
-                return await self._notify_settlement(work)
-            return await self._notify_binding(work)
+            return await self._call(work)
         except grpc.aio.AioRpcError as error:
             return SendResult.failed(error.code().name)
         except Exception:  # a bug must not kill the outbox loop; the message is retried
             log.exception("sending outbox message %s failed unexpectedly", work.message.id)
             return SendResult.failed("INTERNAL")
 
-    async def _deliver(self, work: OutboxWork) -> SendResult:
+    async def _call(self, work: OutboxWork) -> SendResult:
+        """The one place where each kind of outbox message meets the ProvinceInbox RPC that carries it."""
+        stub, timeout = self._stub(work.endpoint, work.message.destination), self._timeout
+        match work.message.content:
+            case DeliverTransfer():
+                answer = await stub.DeliverTransfer(self._delivery(work), timeout=timeout)  # type: ignore[misc]
+                return self._delivery_result(answer)
+            case NotifyTransferOutcome() as told:
+                await stub.NotifyOutcome(self._transfer_outcome(work, told), timeout=timeout)  # type: ignore[misc]
+            case RequestConsent():
+                await stub.RequestConsent(self._consent_request(work), timeout=timeout)  # type: ignore[misc]
+            case NotifyBindingOutcome() as told:
+                await stub.NotifyOutcome(self._binding_outcome(work, told), timeout=timeout)  # type: ignore[misc]
+            case NotifySettlement():
+                await stub.NotifySettlement(self._settlement(work), timeout=timeout)  # type: ignore[misc]
+        return SendResult(acknowledged=True)
+
+    def _delivery(self, work: OutboxWork) -> province_pb2.DeliverTransferRequest:
         transfer, message = work.transfer, work.message
         assert work.instruction is not None and transfer is not None
         delivery = province_pb2.TransferDelivery(
             header=self._header(message.message_id, message.destination), transfer_id=transfer.transfer_id,
             instruction_sha256=transfer.instruction_sha256, confirm_by=timestamp(transfer.return_deadline))
-        request = province_pb2.DeliverTransferRequest(
+        return province_pb2.DeliverTransferRequest(
             instruction=envelope_to_proto(work.instruction),
             delivery=self._sign("gongji.v1.TransferDelivery", delivery.SerializeToString()))
-        stub = self._stub(work.endpoint, work.message.destination)
-        answer = await stub.DeliverTransfer(request, timeout=self._timeout)  # type: ignore[misc]
+
+    @staticmethod
+    def _delivery_result(answer: province_pb2.DeliverTransferResponse) -> SendResult:
         if answer.decision == province_pb2.DELIVERY_DECISION_ACCEPTED:
             return SendResult(acknowledged=True)
         if answer.decision == province_pb2.DELIVERY_DECISION_REJECTED:
@@ -132,55 +144,44 @@ class ProvinceClient:
             return SendResult(acknowledged=True, rejected=True, reason=reason or "REJECTED_BY_RECEIVER")
         return SendResult.failed("NO_DECISION")
 
-    async def _notify(self, work: OutboxWork) -> SendResult:
+    def _transfer_outcome(self, work: OutboxWork, told: NotifyTransferOutcome) -> province_pb2.NotifyOutcomeRequest:
         transfer, message = work.transfer, work.message
         assert transfer is not None
-        state = state_of_outcome_message_for_transfer(message.message_id)
-        outcome = province_pb2.Outcome(
+        return self._outcome(province_pb2.Outcome(
             header=self._header(message.message_id, message.destination),
             transfer=province_pb2.TransferOutcome(
                 transfer_id=transfer.transfer_id,
-                state=transfers_pb2.TransferState.Value(f"TRANSFER_STATE_{state.value}"),
-                reason=transfer.reason if transfer.state is state else "", amount_fen=transfer.amount_fen,
-                giver_province=transfer.giver_province, receiver_province=transfer.receiver_province,
-                decided_at=timestamp(transfer.updated_at)))
-        return await self._send_outcome(work, outcome)
+                state=transfers_pb2.TransferState.Value(f"TRANSFER_STATE_{told.state.value}"),
+                reason=told.reason, amount_fen=transfer.amount_fen, giver_province=transfer.giver_province,
+                receiver_province=transfer.receiver_province, decided_at=timestamp(transfer.updated_at))))
 
-    async def _send_outcome(self, work: OutboxWork, outcome: province_pb2.Outcome) -> SendResult:
-        request = province_pb2.NotifyOutcomeRequest(
-            outcome=self._sign("gongji.v1.Outcome", outcome.SerializeToString()))
-        await self._stub(work.endpoint, work.message.destination).NotifyOutcome(request, timeout=self._timeout)  # type: ignore[misc]
-        return SendResult(acknowledged=True)
+    def _binding_outcome(self, work: OutboxWork, told: NotifyBindingOutcome) -> province_pb2.NotifyOutcomeRequest:
+        binding, message = work.binding, work.message
+        assert binding is not None
+        return self._outcome(province_pb2.Outcome(
+            header=self._header(message.message_id, message.destination),
+            binding=province_pb2.BindingOutcome(
+                binding_id=binding.binding_id,
+                state=relations_pb2.BindingState.Value(f"BINDING_STATE_{told.state.value}"), reason=told.reason)))
 
-    async def _request_consent(self, work: OutboxWork) -> SendResult:
+    def _outcome(self, outcome: province_pb2.Outcome) -> province_pb2.NotifyOutcomeRequest:
+        return province_pb2.NotifyOutcomeRequest(outcome=self._sign("gongji.v1.Outcome", outcome.SerializeToString()))
+
+    def _consent_request(self, work: OutboxWork) -> province_pb2.RequestConsentRequest:
         binding, message = work.binding, work.message
         assert binding is not None and work.instruction is not None
         consent = province_pb2.ConsentRequest(
             header=self._header(message.message_id, message.destination), binding_id=binding.binding_id,
             proposal_sha256=binding.proposal_sha256, consent_by=timestamp(binding.consent_by))
-        request = province_pb2.RequestConsentRequest(
+        return province_pb2.RequestConsentRequest(
             proposal=envelope_to_proto(work.instruction),
             consent_request=self._sign("gongji.v1.ConsentRequest", consent.SerializeToString()))
-        await self._stub(work.endpoint, work.message.destination).RequestConsent(request, timeout=self._timeout)  # type: ignore[misc]
-        return SendResult(acknowledged=True)
 
-    async def _notify_binding(self, work: OutboxWork) -> SendResult:
-        binding, message = work.binding, work.message
-        assert binding is not None
-        state = state_of_outcome_message(message.message_id)
-        outcome = province_pb2.Outcome(
-            header=self._header(message.message_id, message.destination),
-            binding=province_pb2.BindingOutcome(
-                binding_id=binding.binding_id, state=relations_pb2.BindingState.Value(f"BINDING_STATE_{state.value}"),
-                reason=binding.reason if binding.state is state else ""))
-        return await self._send_outcome(work, outcome)
-
-    async def _notify_settlement(self, work: OutboxWork) -> SendResult:
+    @staticmethod
+    def _settlement(work: OutboxWork) -> province_pb2.NotifySettlementRequest:
         assert work.figures is not None
         # The figures go exactly as signed at closing: the province acknowledges the digest of these bytes.
-        request = province_pb2.NotifySettlementRequest(figures=envelope_to_proto(work.figures))
-        await self._stub(work.endpoint, work.message.destination).NotifySettlement(request, timeout=self._timeout)  # type: ignore[misc]
-        return SendResult(acknowledged=True)
+        return province_pb2.NotifySettlementRequest(figures=envelope_to_proto(work.figures))
 
     async def check_member(self, province: Province, person: PersonRef) -> MemberStatus | None:
         """CheckMember (signed MemberQuery) with a deadline; None when the province cannot answer."""

@@ -15,7 +15,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect, text
 
 # Re-exported for the operators' `gongji db` commands: the engine the gateway itself would open.
-from gateway.store.sql import make_engine as make_engine
+from gateway.store.engine import make_engine as make_engine
 
 log = logging.getLogger(__name__)
 

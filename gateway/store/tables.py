@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
-from sqlalchemy import BigInteger, Date, DateTime, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Date, DateTime, Index, Integer, LargeBinary, String, Table, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -135,6 +135,9 @@ class OutboxRow(Base):
     kind: Mapped[str] = mapped_column(String(32))
     message_id: Mapped[str] = mapped_column(String(128))
     subject_id: Mapped[str] = mapped_column(String(64))
+    # What an outcome notification tells (domain/outbox.py): the state and its reason; "" for other kinds.
+    state: Mapped[str] = mapped_column(String(16), default="", server_default="")
+    reason: Mapped[str] = mapped_column(String(64), default="", server_default="")
     # PENDING until acknowledged (DONE) or abandoned past its deadline (EXPIRED).
     status: Mapped[str] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -342,3 +345,26 @@ class RelationQueryRow(Base):
     relation_code: Mapped[str] = mapped_column(String(2))
     # ELIGIBLE or NOT_ELIGIBLE.
     answer: Mapped[str] = mapped_column(String(16))
+
+
+# The tables as SQLAlchemy Core sees them, for building statements.
+provinces_t: Table = ProvinceRow.__table__  # type: ignore[assignment]
+keys_t: Table = ProvinceKeyRow.__table__  # type: ignore[assignment]
+routing_version_t: Table = RoutingVersionRow.__table__  # type: ignore[assignment]
+requests_t: Table = RequestRow.__table__  # type: ignore[assignment]
+transfers_t: Table = TransferRow.__table__  # type: ignore[assignment]
+events_t: Table = TransferEventRow.__table__  # type: ignore[assignment]
+outbox_t: Table = OutboxRow.__table__  # type: ignore[assignment]
+bindings_t: Table = BindingRow.__table__  # type: ignore[assignment]
+suspensions_t: Table = MemberSuspensionRow.__table__  # type: ignore[assignment]
+giver_days_t: Table = GiverDayRow.__table__  # type: ignore[assignment]
+audit_t: Table = AuditEntryRow.__table__  # type: ignore[assignment]
+gateway_keys_t: Table = GatewayKeyRow.__table__  # type: ignore[assignment]
+audit_head_t: Table = AuditHeadRow.__table__  # type: ignore[assignment]
+checkpoints_t: Table = AuditCheckpointRow.__table__  # type: ignore[assignment]
+windows_t: Table = SettlementWindowRow.__table__  # type: ignore[assignment]
+pairs_t: Table = SettlementPairRow.__table__  # type: ignore[assignment]
+statements_t: Table = SettlementStatementRow.__table__  # type: ignore[assignment]
+relation_queries_t: Table = RelationQueryRow.__table__  # type: ignore[assignment]
+
+REASON_MAX = 64  # the width of every stored reason (transfers, their events, bindings, rejections)

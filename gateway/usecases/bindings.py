@@ -37,8 +37,14 @@ from gateway.domain.errors import (
     PermissionDenied,
 )
 from gateway.domain.identity import IdNumber, mask_id_number
+from gateway.domain.outbox import (
+    NotifyBindingOutcome,
+    OutboxKind,
+    RequestConsent,
+    binding_outcome_message_id,
+    consent_message_id,
+)
 from gateway.domain.provinces import Province, effective_policy
-from gateway.domain.records import OutboxKind
 from gateway.domain.transfers import validate_message_id, validate_pooling_area
 from gateway.usecases.auth import authenticate, require_addressed_to_gateway
 from gateway.usecases.context import UseCaseContext
@@ -62,23 +68,11 @@ class BindingAnswer:
     replay: bool
 
 
-def consent_message_id(binding_id: str) -> str:
-    return f"csn:{binding_id}"
-
-
-def binding_outcome_message_id(binding_id: str, state: BindingState, at: datetime) -> str:
-    # The time makes each change its own message: a binding may go ACTIVE -> SUSPENDED -> ACTIVE.
-    return f"bout:{binding_id}:{state.value}:{at.timestamp():.6f}"
-
-
-def state_of_outcome_message(message_id: str) -> BindingState:
-    return BindingState(message_id.split(":")[-2])
-
-
-def tell_both(uow: UnitOfWork, binding: Binding, state: BindingState, at: datetime) -> None:
+def tell_both(uow: UnitOfWork, binding: Binding, state: BindingState, reason: str, at: datetime) -> None:
+    """Both provinces are told the binding's change (its new state and the reason for it)."""
     message_id = binding_outcome_message_id(binding.binding_id, state, at)
     for province in (binding.giver_province, binding.receiver_province):
-        uow.outbox.enqueue(province, OutboxKind.NOTIFY_BINDING_OUTCOME, message_id, binding.binding_id, at)
+        uow.outbox.enqueue(province, NotifyBindingOutcome(state, reason), message_id, binding.binding_id, at)
 
 
 def binding_not_found() -> NotFound:
@@ -165,8 +159,7 @@ def _store_proposal(ctx: UseCaseContext, envelope: Envelope, proposal: BindingPr
                 giver_ref=giver_ref, receiver_ref=receiver_ref), envelope)
             if not added:  # another province's proposal of the same id got there first
                 raise _binding_id_taken()
-            uow.outbox.enqueue(header.receiver, OutboxKind.REQUEST_CONSENT, consent_message_id(binding_id),
-                               binding_id, now)
+            uow.outbox.enqueue(header.receiver, RequestConsent(), consent_message_id(binding_id), binding_id, now)
             return ctx.receipts.issue(request_sender=header.sender, request_message_id=binding_id,
                                       request_sha256=digest, request_payload_type=PROPOSAL_TYPE, subject_id=binding_id,
                                       state=BindingState.PROPOSED.value, at=now)
@@ -195,7 +188,7 @@ async def propose_binding(ctx: UseCaseContext, run_in_db: RunInDb, members: Memb
 def _receiver_birth(uow: UnitOfWork, binding_id: str, decode_proposal: Callable[[bytes], BindingProposal]) -> date:
     """The receiver's birth date, read from the sealed proposal when it is needed (D6): no column holds it,
     since with the masked ID number (first 6 + last 4) it would be the 8 hidden digits (D19)."""
-    envelope = uow.bindings.proposal_envelope(binding_id)
+    envelope = uow.bindings.proposal_envelope(binding_id, PROPOSAL_TYPE)
     assert envelope is not None, "a stored binding keeps its proposal"
     receiver = IdNumber(decode_proposal(envelope.payload).receiver.id_number)  # valid: eligibility checked D1
     return receiver.birth_date
@@ -265,7 +258,7 @@ def accept_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                                          reason="BINDING_NOT_PROPOSED", field="binding_id")
             if acceptance.attestation is not None and new_state is BindingState.ACTIVE:
                 uow.bindings.record_attestation(binding.binding_id, acceptance.attestation)
-            tell_both(uow, binding, state, now)
+            tell_both(uow, binding, state, reason, now)
             return ctx.receipts.issue(request_sender=header.sender, request_message_id=header.message_id,
                                       request_sha256=digest, request_payload_type=ACCEPTANCE_TYPE,
                                       subject_id=binding.binding_id, state=state.value, at=now)
@@ -287,11 +280,12 @@ def dissolve_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
         digest = payload_digest(envelope.payload)
 
         def dissolve() -> bytes:
+            reason = dissolution.reason or "DISSOLVED_BY_MEMBER"
             if not uow.bindings.change_state(binding.binding_id, [BindingState.ACTIVE, BindingState.SUSPENDED],
-                                             BindingState.DISSOLVED, dissolution.reason or "DISSOLVED_BY_MEMBER", now):
+                                             BindingState.DISSOLVED, reason, now):
                 raise FailedPrecondition(f"the binding is {binding.state.value} and cannot be dissolved",
                                          reason="BINDING_NOT_ACTIVE", field="binding_id")
-            tell_both(uow, binding, BindingState.DISSOLVED, now)
+            tell_both(uow, binding, BindingState.DISSOLVED, reason, now)
             return ctx.receipts.issue(request_sender=header.sender, request_message_id=header.message_id,
                                       request_sha256=digest, request_payload_type=DISSOLUTION_TYPE,
                                       subject_id=binding.binding_id, state=BindingState.DISSOLVED.value, at=now)
@@ -346,7 +340,7 @@ def report_member_change(ctx: UseCaseContext, envelope: Envelope, peer: str | No
 
             def move(binding: Binding, from_states: list[BindingState], to: BindingState, reason: str) -> None:
                 if uow.bindings.change_state(binding.binding_id, from_states, to, reason, now):
-                    tell_both(uow, binding, to, now)
+                    tell_both(uow, binding, to, reason, now)
                     affected.append(binding.binding_id)
 
             for binding in mine:
@@ -377,12 +371,12 @@ def report_member_change(ctx: UseCaseContext, envelope: Envelope, peer: str | No
 
 def expire_proposals(uow: UnitOfWork, now: datetime, limit: int) -> int:
     """Proposals unanswered by their consent deadline become EXPIRED, both provinces told."""
-    expired = 0
+    expired, reason = 0, "CONSENT_NOT_GIVEN"
     for binding_id in uow.bindings.expired_proposals(now, limit):
         binding = uow.bindings.get(binding_id)
         if binding is not None and uow.bindings.change_state(binding_id, [BindingState.PROPOSED],
-                                                             BindingState.EXPIRED, "CONSENT_NOT_GIVEN", now):
-            uow.outbox.expire_pending(OutboxKind.REQUEST_CONSENT, binding_id, now, "CONSENT_NOT_GIVEN")
-            tell_both(uow, binding, BindingState.EXPIRED, now)
+                                                             BindingState.EXPIRED, reason, now):
+            uow.outbox.expire_pending(OutboxKind.REQUEST_CONSENT, binding_id, now, reason)
+            tell_both(uow, binding, BindingState.EXPIRED, reason, now)
             expired += 1
     return expired

@@ -13,27 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from gateway.domain.bindings import Binding
 from gateway.domain.envelope import Envelope
-from gateway.domain.records import OutboxKind, OutboxMessage
+from gateway.domain.outbox import OutboxContent
 from gateway.domain.transfers import Transfer, TransferState
+from gateway.usecases.outbox_ports import OutboxWork
 from gateway.usecases.ports import UnitOfWork
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxWork:
-    """A due message with what is needed to send it."""
-
-    message: OutboxMessage
-    endpoint: str
-    destination_active: bool
-    transfer: Transfer | None  # for transfer messages
-    instruction: Envelope | None  # the giver province's original envelope: instruction or binding proposal
-    binding: Binding | None = None  # for binding messages
-    figures: Envelope | None = None  # for settlement messages: the gateway-signed figures for this province
 
 
 class OutboxHandOff:
@@ -64,7 +50,7 @@ class OutboxHandOff:
             take(work)
 
 
-def enqueue_transfer_message(handoff: OutboxHandOff, uow: UnitOfWork, kind: OutboxKind, destination: str,
+def enqueue_transfer_message(handoff: OutboxHandOff, uow: UnitOfWork, content: OutboxContent, destination: str,
                              message_id: str, transfer: Transfer, now: datetime,
                              instruction: Envelope | None = None) -> None:
     """Queue a delivery or an outcome; with a loop attached, leased to it and handed over at the commit.
@@ -73,7 +59,7 @@ def enqueue_transfer_message(handoff: OutboxHandOff, uow: UnitOfWork, kind: Outb
     """
     province = uow.provinces.get(destination)
     lease_until = None if province is None else handoff.lease_until(now)
-    message = uow.outbox.enqueue(destination, kind, message_id, transfer.transfer_id, now, lease_until)
+    message = uow.outbox.enqueue(destination, content, message_id, transfer.transfer_id, now, lease_until)
     if message is not None and province is not None:
         work = OutboxWork(message, province.endpoint, province.is_active, transfer, instruction)
         uow.after_commit(lambda: handoff.give(work))

@@ -2,45 +2,47 @@
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from gateway.domain.records import OutboxKind
+from gateway.domain.outbox import (
+    DeliverTransfer,
+    NotifyBindingOutcome,
+    NotifySettlement,
+    NotifyTransferOutcome,
+    OutboxKind,
+    OutboxMessage,
+    RequestConsent,
+)
+from gateway.domain.provinces import Province
 from gateway.domain.transfers import Transfer, TransferState
-from gateway.usecases.bindings import expire_proposals
+from gateway.usecases.bindings import PROPOSAL_TYPE, expire_proposals
 from gateway.usecases.context import UseCaseContext
-from gateway.usecases.handoff import OutboxWork
+from gateway.usecases.outbox_ports import Backoff, OutboxWork, SendResult
 from gateway.usecases.ports import UnitOfWork
-from gateway.usecases.transfers import enqueue_outcome, return_unconfirmed
+from gateway.usecases.settlements import FIGURES_TYPE
+from gateway.usecases.transfers import INSTRUCTION_TYPE, change_transfer_state, enqueue_outcome, return_unconfirmed
 
 DESTINATION_UNREACHABLE = "DESTINATION_UNREACHABLE"
-_BINDING_KINDS = frozenset({OutboxKind.REQUEST_CONSENT, OutboxKind.NOTIFY_BINDING_OUTCOME})
 
 
-@dataclass(frozen=True, slots=True)
-class SendResult:
-    """What came of one attempt: acknowledged (with the receiver's decision for deliveries) or failed."""
-
-    acknowledged: bool
-    rejected: bool = False
-    reason: str = ""
-
-    @classmethod
-    def failed(cls, error: str) -> SendResult:
-        return cls(acknowledged=False, reason=error)
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    base_seconds: float = 0.2
-    max_seconds: float = 30.0
-
-    def delay(self, attempts: int) -> timedelta:
-        # The exponent is capped: notifications retry without end, and 2**1024 overflows a float.
-        ceiling = min(self.max_seconds, self.base_seconds * 2 ** min(max(0, attempts - 1), 60))
-        # Jitter spreads the retries of many messages to one recovering province.
-        return timedelta(seconds=ceiling * random.uniform(0.5, 1.0))
+def _work_for(uow: UnitOfWork, message: OutboxMessage, province: Province) -> OutboxWork | None:
+    """What it takes to send `message`, as stored now: the transfer, binding or figures it is about."""
+    endpoint, active, subject_id = province.endpoint, province.is_active, message.subject_id
+    match message.content:
+        case NotifySettlement():
+            statement = uow.settlements.statement(subject_id, message.destination, FIGURES_TYPE)
+            return None if statement is None else OutboxWork(message, endpoint, active, None, None,
+                                                             figures=statement[0])
+        case RequestConsent() | NotifyBindingOutcome():
+            binding = uow.bindings.get(subject_id)
+            proposal = (uow.bindings.proposal_envelope(subject_id, PROPOSAL_TYPE)
+                        if isinstance(message.content, RequestConsent) else None)
+            return None if binding is None else OutboxWork(message, endpoint, active, None, proposal, binding)
+        case DeliverTransfer() | NotifyTransferOutcome():
+            transfer = uow.transfers.get(subject_id)
+            instruction = (uow.transfers.instruction_envelope(subject_id, INSTRUCTION_TYPE)
+                           if isinstance(message.content, DeliverTransfer) else None)
+            return None if transfer is None else OutboxWork(message, endpoint, active, transfer, instruction)
 
 
 def claim_outbox_work(ctx: UseCaseContext, limit: int, lease: timedelta) -> list[OutboxWork]:
@@ -51,23 +53,7 @@ def claim_outbox_work(ctx: UseCaseContext, limit: int, lease: timedelta) -> list
         work = []
         for message in messages:
             province = provinces.get(message.destination)
-            item: OutboxWork | None = None
-            if province is not None and message.kind is OutboxKind.NOTIFY_SETTLEMENT:
-                statement = uow.settlements.statement(message.subject_id, message.destination)
-                if statement is not None:
-                    item = OutboxWork(message, province.endpoint, province.is_active, None, None, figures=statement[0])
-            elif province is not None and message.kind in _BINDING_KINDS:
-                binding = uow.bindings.get(message.subject_id)
-                proposal = (uow.bindings.proposal_envelope(message.subject_id)
-                            if message.kind is OutboxKind.REQUEST_CONSENT else None)
-                if binding is not None:
-                    item = OutboxWork(message, province.endpoint, province.is_active, None, proposal, binding)
-            elif province is not None:
-                transfer = uow.transfers.get(message.subject_id)
-                instruction = (uow.transfers.instruction_envelope(message.subject_id)
-                               if message.kind is OutboxKind.DELIVER_TRANSFER else None)
-                if transfer is not None:
-                    item = OutboxWork(message, province.endpoint, province.is_active, transfer, instruction)
+            item = None if province is None else _work_for(uow, message, province)
             if item is None:
                 uow.outbox.mark_retry(message.id, now + lease, "UNKNOWN_SUBJECT_OR_DESTINATION")
                 continue
@@ -85,8 +71,8 @@ def release_unsent(ctx: UseCaseContext, message_ids: list[int]) -> None:
 
 def _reject_undeliverable(ctx: UseCaseContext, uow: UnitOfWork, transfer: Transfer, now: datetime) -> None:
     uow.outbox.expire_pending(OutboxKind.DELIVER_TRANSFER, transfer.transfer_id, now, DESTINATION_UNREACHABLE)
-    if uow.transfers.change_state(transfer.transfer_id, [TransferState.RECEIVED], TransferState.REJECTED,
-                                  DESTINATION_UNREACHABLE, now):
+    if change_transfer_state(uow, transfer, TransferState.RECEIVED, TransferState.REJECTED, DESTINATION_UNREACHABLE,
+                             now):
         enqueue_outcome(ctx, uow, transfer, TransferState.REJECTED, DESTINATION_UNREACHABLE, now)
 
 
@@ -104,16 +90,15 @@ def record_outbox_results(ctx: UseCaseContext, results: list[tuple[OutboxWork, S
                 continue
             if result.acknowledged:
                 uow.outbox.mark_done(message.id, now)
-                if message.kind is OutboxKind.DELIVER_TRANSFER:
+                if isinstance(message.content, DeliverTransfer):
                     if result.rejected:
-                        if uow.transfers.change_state(transfer.transfer_id, [TransferState.RECEIVED],
-                                                      TransferState.REJECTED, result.reason, now):
+                        if change_transfer_state(uow, transfer, TransferState.RECEIVED, TransferState.REJECTED,
+                                                 result.reason, now):
                             enqueue_outcome(ctx, uow, transfer, TransferState.REJECTED, result.reason, now)
                     else:
                         # A no-op when the confirmation already overtook this answer.
-                        uow.transfers.change_state(transfer.transfer_id, [TransferState.RECEIVED],
-                                                   TransferState.DELIVERED, "", now)
-            elif message.kind is OutboxKind.DELIVER_TRANSFER and now >= transfer.delivery_deadline:
+                        change_transfer_state(uow, transfer, TransferState.RECEIVED, TransferState.DELIVERED, "", now)
+            elif isinstance(message.content, DeliverTransfer) and now >= transfer.delivery_deadline:
                 _reject_undeliverable(ctx, uow, transfer, now)
             else:
                 uow.outbox.mark_retry(message.id, now + backoff.delay(message.attempts), result.reason)

@@ -9,7 +9,7 @@ from datetime import datetime
 from gateway.domain.clock import BEIJING
 from gateway.domain.envelope import Envelope
 from gateway.domain.errors import FailedPrecondition, InvalidArgument, NotFound
-from gateway.domain.records import OutboxKind
+from gateway.domain.outbox import NotifySettlement, settlement_message_id
 from gateway.domain.settlement import (
     Figures,
     Payment,
@@ -34,15 +34,12 @@ from gateway.usecases.ports import UnitOfWork
 
 QUERY_TYPE = "gongji.v1.SettlementQuery"
 ACKNOWLEDGEMENT_TYPE = "gongji.v1.SettlementAcknowledgement"
+FIGURES_TYPE = "gongji.v1.SettlementFigures"
 # Each closed window pushes commits one window on; no real history comes near this many in a row.
 MAX_WINDOW_HOPS = 1000
 MAX_PAGE_SIZE = 200
 # Who closes a window when no operator does.
 SCHEDULE_ACTOR = "gateway:schedule"
-
-
-def settlement_message_id(window_id: str, province: str) -> str:
-    return f"stl:{window_id}:{province}"
 
 
 def assign_to_open_window(uow: UnitOfWork, policy: SettlementPolicy, transfer_id: str, now: datetime) -> str:
@@ -97,8 +94,8 @@ def close_window(ctx: UseCaseContext, window_id: str, actor: str) -> SettlementW
             for province in provinces_in(pairs):
                 envelope = ctx.receipts.sign_figures(figures.concerning(province), province, now)
                 statements.append((province, envelope, payload_digest(envelope.payload)))
-                uow.outbox.enqueue(province, OutboxKind.NOTIFY_SETTLEMENT,
-                                   settlement_message_id(span.window_id, province), span.window_id, now)
+                uow.outbox.enqueue(province, NotifySettlement(), settlement_message_id(span.window_id, province),
+                                   span.window_id, now)
             uow.settlements.freeze(span.window_id, pairs, statements, now)
             if not statements:  # nothing moved: there is no one whose agreement is needed
                 uow.settlements.change_state(span.window_id, WindowState.CLOSED, WindowState.ACKNOWLEDGED, now)
@@ -183,7 +180,7 @@ def get_settlement(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
             raise window_not_found()
         if window.state is WindowState.OPEN:
             return SettlementView(window_id, window.state, None, [])
-        statement = uow.settlements.statement(window_id, province)
+        statement = uow.settlements.statement(window_id, province, FIGURES_TYPE)
         if statement is None:
             raise window_not_found()
         return SettlementView(window_id, window.state, statement[0], window.acknowledged_by)
@@ -215,7 +212,7 @@ def acknowledge_settlement(ctx: UseCaseContext, envelope: Envelope, peer: str | 
                 raise window_not_found()
             if state is WindowState.OPEN:
                 raise FailedPrecondition("the window is still open", reason="WINDOW_NOT_CLOSED", field="window_id")
-            statement = uow.settlements.statement(ack.window_id, header.sender)
+            statement = uow.settlements.statement(ack.window_id, header.sender, FIGURES_TYPE)
             if statement is None:
                 raise window_not_found()
             if statement[1] != ack.figures_sha256:

@@ -11,9 +11,14 @@ from gateway.domain.clock import BEIJING
 from gateway.domain.envelope import Envelope
 from gateway.domain.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied
 from gateway.domain.identity import mask_id_number
-from gateway.domain.policy import beijing_day, check_transfer_limits
+from gateway.domain.outbox import (
+    DeliverTransfer,
+    NotifyTransferOutcome,
+    delivery_message_id,
+    transfer_outcome_message_id,
+)
+from gateway.domain.policy import beijing_day, check_transfer_limits, gives_its_place_back
 from gateway.domain.provinces import effective_policy
-from gateway.domain.records import OutboxKind
 from gateway.domain.transfers import (
     Decision,
     Transfer,
@@ -52,31 +57,37 @@ class ReceiptAnswer:
     state: TransferState
 
 
-def delivery_message_id(transfer_id: str) -> str:
-    return f"dlv:{transfer_id}"
-
-
-def outcome_message_id(transfer_id: str, state: TransferState) -> str:
-    return f"out:{transfer_id}:{state.value}"
-
-
-def state_of_outcome_message_for_transfer(message_id: str) -> TransferState:
-    return TransferState(message_id.rsplit(":", 1)[1])
-
-
 def enqueue_outcome(ctx: UseCaseContext, uow: UnitOfWork, transfer: Transfer, state: TransferState, reason: str,
                     now_at: datetime) -> None:
     """Both provinces are told every final state, once each (de-duplicated by message_id)."""
     decided = as_decided(transfer, state, reason, now_at)
     for province in (transfer.giver_province, transfer.receiver_province):
-        enqueue_transfer_message(ctx.handoff, uow, OutboxKind.NOTIFY_TRANSFER_OUTCOME, province,
-                                 outcome_message_id(transfer.transfer_id, state), decided, now_at)
+        enqueue_transfer_message(ctx.handoff, uow, NotifyTransferOutcome(state, reason), province,
+                                 transfer_outcome_message_id(transfer.transfer_id, state), decided, now_at)
+
+
+def change_transfer_state(uow: UnitOfWork, transfer: Transfer, from_state: TransferState, to: TransferState,
+                          reason: str, now: datetime) -> bool:
+    """Move the transfer from `from_state` to `to` (False, and nothing changed, if it is no longer there).
+
+    Every change of a transfer's state goes through here: a change that makes it fail gives its place back
+    (D10, D12: policy.gives_its_place_back), and this is the one place that does so.
+    """
+    if not uow.transfers.change_state(transfer.transfer_id, [from_state], to, reason, now):
+        return False
+    if gives_its_place_back(from_state, to):
+        if transfer.binding_id:
+            uow.bindings.add_used(transfer.binding_id, -transfer.amount_fen)
+        giver_ref = uow.transfers.giver_ref(transfer.transfer_id)
+        assert giver_ref is not None, "the transfer was just changed"
+        uow.transfers.release_daily_slot(giver_ref, beijing_day(transfer.created_at))
+    return True
 
 
 def return_unconfirmed(ctx: UseCaseContext, uow: UnitOfWork, transfer: Transfer, now: datetime) -> bool:
     """D13: a DELIVERED transfer past its deadline is RETURNED, both provinces told; False if it already moved."""
-    if not uow.transfers.change_state(transfer.transfer_id, [TransferState.DELIVERED], TransferState.RETURNED,
-                                      CONFIRMATION_DEADLINE_PASSED, now):
+    if not change_transfer_state(uow, transfer, TransferState.DELIVERED, TransferState.RETURNED,
+                                 CONFIRMATION_DEADLINE_PASSED, now):
         return False
     enqueue_outcome(ctx, uow, transfer, TransferState.RETURNED, CONFIRMATION_DEADLINE_PASSED, now)
     return True
@@ -148,6 +159,8 @@ def submit_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                 raise _transfer_id_taken()
             # Taken first: it locks the giver's row of the day, so one giver's submissions are decided one
             # at a time (PostgreSQL) and the binding and the day's count below are read as they stand.
+            # The transfer counts against the day (D12) and, once stored, its binding (D10) until it fails
+            # (change_transfer_state gives the place back); a refusal counts nothing.
             day = beijing_day(now)
             earlier_today = uow.transfers.reserve_daily_slot(giver_ref, day)
             try:
@@ -176,7 +189,9 @@ def submit_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                 # Another province's submission of the same id got there first (ids are unique per sender).
                 uow.transfers.release_daily_slot(giver_ref, day)
                 raise _transfer_id_taken()
-            enqueue_transfer_message(ctx.handoff, uow, OutboxKind.DELIVER_TRANSFER, header.receiver,
+            if transfer.binding_id:
+                uow.bindings.add_used(transfer.binding_id, transfer.amount_fen)
+            enqueue_transfer_message(ctx.handoff, uow, DeliverTransfer(), header.receiver,
                                      delivery_message_id(transfer_id), transfer, now, envelope)
             return ctx.receipts.issue(request_sender=header.sender, request_message_id=transfer_id,
                                       request_sha256=digest, request_payload_type=INSTRUCTION_TYPE,
@@ -209,8 +224,7 @@ def confirm_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
             require_active(uow.provinces.get(header.sender), header.sender, "header.sender")
             if transfer.state is TransferState.RECEIVED:
                 # The receiver's answer can overtake the gateway's record of the delivery: it implies it.
-                uow.transfers.change_state(transfer.transfer_id, [TransferState.RECEIVED], TransferState.DELIVERED,
-                                           "", now)
+                change_transfer_state(uow, transfer, TransferState.RECEIVED, TransferState.DELIVERED, "", now)
             # The deadline is the rule, not the sweeper's timing: an answer that comes after it returns
             # the transfer (once) and is refused, however far behind the sweep is.
             if now >= transfer.return_deadline and return_unconfirmed(ctx, uow, transfer, now):
@@ -222,7 +236,7 @@ def confirm_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
             if (final is TransferState.COMMITTED and not transfer.state.is_final
                     and (suspended := uow.transfers.suspended_party(transfer.transfer_id))):
                 raise _settlement_suspended(suspended, "transfer_id")
-            if not uow.transfers.change_state(transfer.transfer_id, [TransferState.DELIVERED], final, reason, now):
+            if not change_transfer_state(uow, transfer, TransferState.DELIVERED, final, reason, now):
                 # The state as it is now (a concurrent answer or the sweep may have moved it since it was read).
                 current = uow.transfers.get(transfer.transfer_id)
                 state = (current or transfer).state.value

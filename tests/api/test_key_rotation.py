@@ -11,12 +11,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.app import create_gateway
 from gateway.config import Settings
-from gateway.provinces.outbox import OutboxSettings
+from gateway.outbox_loop import OutboxSettings
 from gateway.security.keys import load_public_key, public_bytes
 from gateway.security.signing import EnvelopeSigner, verify_signature
 from gateway.usecases.audit import checkpoint_audit, verify_audit
 from gateway.usecases.keys import gateway_keys, register_gateway_key
-from gateway.usecases.outbox import Backoff
+from gateway.usecases.outbox_ports import Backoff
 from protos.gongji.v1 import keys_pb2, keys_pb2_grpc, operations_pb2, transfers_pb2
 from tests.support import XINJIANG, Stack, error_of, ts, wait_until
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
-from gateway.provinces.outbox import OutboxSettings
-from gateway.store.sql import outbox_t
-from gateway.usecases.handoff import OutboxWork
-from gateway.usecases.outbox import Backoff
+from gateway.outbox_loop import OutboxSettings
+from gateway.store.tables import outbox_t
+from gateway.usecases.outbox_ports import Backoff, OutboxWork
+from gateway.usecases.transfers import INSTRUCTION_TYPE
 from protos.gongji.v1 import transfers_pb2
 from protos.stub.v1 import control_pb2
 from tests.support import GANSU, XINJIANG, LoopThread, Stack, start_stack, wait_until
@@ -68,7 +68,7 @@ def test_a_transfer_is_delivered_and_its_outcome_told_without_a_claim(stack: Sta
             assert stored is not None
             if work.message.kind.value == "DELIVER_TRANSFER":
                 assert work.message.destination == GANSU
-                assert work.instruction == uow.transfers.instruction_envelope(stored.transfer_id)
+                assert work.instruction == uow.transfers.instruction_envelope(stored.transfer_id, INSTRUCTION_TYPE)
                 assert work.transfer.state.value == "RECEIVED"
             else:
                 assert work.instruction is None

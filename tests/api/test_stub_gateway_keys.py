@@ -17,10 +17,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_gateway
 from gateway.config import Settings
-from gateway.provinces.outbox import OutboxSettings
+from gateway.outbox_loop import OutboxSettings
 from gateway.security.keys import load_private_key
 from gateway.security.signing import EnvelopeSigner
-from gateway.usecases.outbox import Backoff
+from gateway.usecases.outbox_ports import Backoff
 from gateway.wire import envelope_to_proto
 from protos.gongji.v1 import common_pb2, province_pb2, province_pb2_grpc, transfers_pb2
 from protos.stub.v1 import control_pb2

@@ -4,14 +4,29 @@ from __future__ import annotations
 
 import threading
 from datetime import datetime, time, timedelta
+from pathlib import Path
 
 import grpc
 import pytest
+from sqlalchemy import text
 
 from gateway.domain.clock import BEIJING
+from gateway.outbox_loop import OutboxSettings
+from gateway.usecases.outbox_ports import Backoff
 from protos.gongji.v1 import common_pb2, operations_pb2, relations_pb2, transfers_pb2
 from protos.stub.v1 import control_pb2
-from tests.support import GANSU, GIVER, MOTHER, XINJIANG, Stack, error_of, error_seen
+from tests.support import (
+    GANSU,
+    GIVER,
+    MOTHER,
+    XINJIANG,
+    LoopThread,
+    Stack,
+    error_of,
+    error_seen,
+    start_stack,
+    wait_until,
+)
 
 CHILD = ("620102201508160027", "620100")  # the giver's daughter, born 2015
 
@@ -168,6 +183,69 @@ def test_a_declined_transfer_gives_its_place_in_the_day_back(stack: Stack) -> No
     for _ in range(3):
         assert accepted(stack)
     assert submit_error(stack) == (grpc.StatusCode.FAILED_PRECONDITION, "DAILY_LIMIT_REACHED")
+
+
+def places_taken_in_days(stack: Stack) -> int:
+    """The givers' transfers counted against their days (D12), all days together."""
+    with stack.gateway.engine.connect() as conn:
+        return int(conn.execute(text("SELECT coalesce(sum(count), 0) FROM giver_days")).scalar_one())
+
+
+def fail_by(stack: Stack, how: str, transfer_id: str) -> None:
+    """Drive the transfer to failing `how`: answered by the receiver, or at one of its deadlines (D13)."""
+    if how == "undeliverable":
+        wait_until(lambda: stack.gateway_outbox_attempts(transfer_id) >= 2, what="delivery retries")
+        stack.clock.advance(601)  # past the delivery deadline (policy default 600 s)
+    elif how == "returned":
+        view = stack.wait_for_state(transfer_id, transfers_pb2.TRANSFER_STATE_DELIVERED)
+        stack.clock.advance(view.return_deadline.ToDatetime().timestamp() - stack.clock.now().timestamp() + 1)
+    elif how == "late_confirmation":
+        view = stack.wait_for_state(transfer_id, transfers_pb2.TRANSFER_STATE_DELIVERED)
+        stack.clock.advance(view.return_deadline.ToDatetime().timestamp() - stack.clock.now().timestamp() + 1)
+        assert error_of(lambda: stack.confirm(transfer_id)).reason == "CONFIRMATION_DEADLINE_PASSED"
+
+
+FAILURES = {  # how a transfer fails: what the receiver's stub does, the state it ends in
+    "declined": ({"confirm_mode": control_pb2.CONFIRM_MODE_DECLINE}, transfers_pb2.TRANSFER_STATE_DECLINED),
+    "rejected": ({"reject_reason": "RECEIVER_NOT_INSURED"}, transfers_pb2.TRANSFER_STATE_REJECTED),
+    "undeliverable": ({"fail_next_calls": 100_000}, transfers_pb2.TRANSFER_STATE_REJECTED),
+    "returned": ({"confirm_mode": control_pb2.CONFIRM_MODE_NEVER}, transfers_pb2.TRANSFER_STATE_RETURNED),
+    "late_confirmation": ({"confirm_mode": control_pb2.CONFIRM_MODE_NEVER}, transfers_pb2.TRANSFER_STATE_RETURNED),
+}
+
+
+@pytest.mark.parametrize("how", FAILURES)
+def test_a_transfer_gives_its_place_back_whichever_way_it_fails(loop_thread: LoopThread, tmp_path: Path,
+                                                                 db_url: str, how: str) -> None:
+    """D10, D12: declined at the confirmation, rejected by the receiver or at the delivery deadline by the
+    outbox, returned at the confirmation deadline by the sweep or by a late confirmation: each time the amount
+    goes back to the binding and the transfer leaves its giver's day."""
+    # A late confirmation must find the deadline before the sweep does: the sweep then runs at start only.
+    outbox = OutboxSettings(poll_interval_seconds=0.05, sweep_interval_seconds=3600 if how == "late_confirmation"
+                            else 0.05, backoff=Backoff(base_seconds=0.05, max_seconds=0.5))
+    stack = start_stack(loop_thread, tmp_path, db_url, outbox=outbox)
+    try:
+        _fail_and_count(stack, how)
+    finally:
+        stack.close()
+
+
+def _fail_and_count(stack: Stack, how: str) -> None:
+    stack.configure(GANSU, consent_mode=control_pb2.CONSENT_MODE_NEVER)
+    binding_id = binding_of(stack.propose(CHILD, relation_code="30", authorised_amount_fen=100_000))
+    stack.answer_consent(binding_id, method=relations_pb2.ATTESTATION_METHOD_GUARDIAN_DOCUMENT)
+    days_before = places_taken_in_days(stack)
+    behaviour, final = FAILURES[how]
+    stack.configure(GANSU, **behaviour)
+    transfer_id = stack.submit(stack.instruction(person=CHILD, binding_id=binding_id, amount_fen=100_000)).transfer_id
+    fail_by(stack, how, transfer_id)
+    stack.wait_for_state(transfer_id, final)
+    assert stack.binding(binding_id).used_amount_fen == 0
+    assert places_taken_in_days(stack) == days_before
+    stack.configure(GANSU, confirm_mode=control_pb2.CONFIRM_MODE_NEVER)
+    assert accepted(stack, person=CHILD, binding_id=binding_id, amount_fen=100_000)
+    assert stack.binding(binding_id).used_amount_fen == 100_000
+    assert places_taken_in_days(stack) == days_before + 1
 
 
 def test_concurrent_submissions_of_one_giver_never_pass_the_daily_limit(stack: Stack) -> None:

@@ -13,10 +13,10 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.provinces.outbox import OutboxSettings
+from gateway.outbox_loop import OutboxSettings
 from gateway.security.keys import public_bytes
 from gateway.security.signing import EnvelopeSigner
-from gateway.usecases.outbox import Backoff
+from gateway.usecases.outbox_ports import Backoff
 from gateway.wire import envelope_to_proto
 from protos.gongji.v1 import common_pb2, operations_pb2, transfers_pb2
 from protos.stub.v1 import control_pb2

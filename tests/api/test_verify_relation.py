@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from gateway.domain.settlement import SettlementPolicy
-from gateway.store.sql import relation_queries_t
+from gateway.store.tables import relation_queries_t
 from protos.gongji.v1 import common_pb2, operations_pb2, relations_pb2
 from tests.support import (
     CLEAR_PERSONAL_DATA,

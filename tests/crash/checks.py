@@ -21,7 +21,8 @@ from gateway.domain.audit import VerifyReport
 from gateway.security.encryption import load_or_create_keys
 from gateway.security.keys import load_public_key
 from gateway.security.signing import verify_signature
-from gateway.store.sql import SqlUnitOfWork, make_engine, use_sealer
+from gateway.store.engine import make_engine
+from gateway.store.unit_of_work import SqlStore
 from gateway.usecases.audit import verify_audit
 from protos.gongji.v1 import transfers_pb2
 from protos.stub.v1 import control_pb2
@@ -238,9 +239,9 @@ class AuditResult:
 def verify_audit_chain(deployment: Deployment, db: DbView) -> AuditResult:
     """The whole chain recomputed and every checkpoint's signature checked (gateway stopped first)."""
     engine = make_engine(deployment.db_url)
-    use_sealer(engine, load_or_create_keys(deployment.keys_dir / "data.keys"))
+    store = SqlStore(engine, load_or_create_keys(deployment.keys_dir / "data.keys"))
     try:
-        report: VerifyReport = verify_audit(lambda: SqlUnitOfWork(engine),
+        report: VerifyReport = verify_audit(store.unit_of_work,
                                             {"gateway-k1": load_public_key(deployment.keys_dir / "gateway.pub")},
                                             verify_signature)
     finally:

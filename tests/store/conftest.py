@@ -8,15 +8,21 @@ import pytest
 from sqlalchemy import Engine
 
 from gateway.security.encryption import FieldCipher
+from gateway.store.engine import make_engine
 from gateway.store.schema import upgrade
-from gateway.store.sql import make_engine, use_sealer
+from gateway.store.unit_of_work import SqlStore
 
 
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
-    """The schema as the gateway gets it (`gongji db upgrade`), with a throwaway key for sealed values."""
+    """The schema as the gateway gets it (`gongji db upgrade`)."""
     engine = make_engine(db_url)
     upgrade(engine)
-    use_sealer(engine, FieldCipher.generate())
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def store(engine: Engine) -> SqlStore:
+    """The store on that database, with a throwaway key for sealed values."""
+    return SqlStore(engine, FieldCipher.generate())

@@ -9,44 +9,43 @@ import threading
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
 
 from gateway.api.servicers import CONTENTION_ATTEMPTS, UseCaseRunner
 from gateway.domain.clock import SystemClock
 from gateway.domain.errors import Contention
 from gateway.domain.settlement import SettlementPeriod, window_containing
-from gateway.store.sql import SqlUnitOfWork
+from gateway.store.unit_of_work import SqlStore, SqlUnitOfWork
 from gateway.usecases.context import UseCaseContext
 
 
-def store_context(engine: Engine) -> UseCaseContext:
-    """The use cases' context on `engine` for use cases that only read and write the store (start-up,
+def store_context(store: SqlStore) -> UseCaseContext:
+    """The use cases' context on `store` for use cases that only read and write the store (start-up,
     watching): receipts, hashing and signatures are not theirs, and fail the test if called."""
     def unused(*_: Any) -> Any:
         raise AssertionError("a store-only use case signed, hashed or verified")
 
-    return UseCaseContext(uow=lambda: SqlUnitOfWork(engine), clock=SystemClock(), receipts=unused,  # type: ignore[arg-type]
+    return UseCaseContext(uow=lambda: SqlUnitOfWork(store), clock=SystemClock(), receipts=unused,  # type: ignore[arg-type]
                           hasher=unused, verify=unused)  # type: ignore[arg-type]
 
 
 @pytest.fixture
-def pg_engine(engine: Engine, db_url: str) -> Engine:
+def pg_store(store: SqlStore, db_url: str) -> SqlStore:
     if db_url.startswith("sqlite"):
         # SQLite takes its write lock at BEGIN IMMEDIATE, before any statement: two transactions wait in
         # line (busy timeout), never deadlock, and commit in the order they began. Only PostgreSQL
         # interleaves writers (a deadlock, a change committed after a later-numbered one).
         pytest.skip("interleaved writers need PostgreSQL (this test runs there)")
-    return engine
+    return store
 
 
-def test_a_deadlock_becomes_contention_and_changes_nothing(pg_engine: Engine) -> None:
-    engine = pg_engine
+def test_a_deadlock_becomes_contention_and_changes_nothing(pg_store: SqlStore) -> None:
+    store = pg_store
     from datetime import UTC, datetime, timedelta
 
     now = datetime.now(UTC)
     first = window_containing(now - timedelta(days=40), SettlementPeriod.DAILY)
     second = window_containing(now - timedelta(days=39), SettlementPeriod.DAILY)
-    with SqlUnitOfWork(engine) as uow:  # both windows exist
+    with SqlUnitOfWork(store) as uow:  # both windows exist
         uow.settlements.state_for_close(first, now)
         uow.settlements.state_for_close(second, now)
         uow.commit()
@@ -55,7 +54,7 @@ def test_a_deadlock_becomes_contention_and_changes_nothing(pg_engine: Engine) ->
 
     def lock_in_order(name: str, order: tuple[str, str]) -> None:
         try:
-            with SqlUnitOfWork(engine) as uow:
+            with SqlUnitOfWork(store) as uow:
                 uow.settlements.lock(order[0])
                 both_hold_one.wait(10)
                 uow.settlements.lock(order[1])  # each waits for the other: PostgreSQL breaks the cycle
@@ -98,7 +97,7 @@ def test_the_runner_retries_contention_a_bounded_number_of_times() -> None:
     assert attempts["n"] == CONTENTION_ATTEMPTS  # then the caller is told (ABORTED / CONTENTION)
 
 
-def test_gateways_starting_together_register_their_key_and_the_manifest_once(engine: Engine) -> None:
+def test_gateways_starting_together_register_their_key_and_the_manifest_once(store: SqlStore) -> None:
     """Several gateways on one database start at the same moment with the same key and manifest (make
     test-crash's two gateways do): one registers each, the others find it; none fails on a unique key."""
     from datetime import timedelta
@@ -107,7 +106,7 @@ def test_gateways_starting_together_register_their_key_and_the_manifest_once(eng
     from gateway.usecases.keys import gateway_keys, register_gateway_key
     from gateway.usecases.provinces import apply_manifest, list_provinces
 
-    ctx = store_context(engine)
+    ctx = store_context(store)
     public_key = bytes(range(32))
     code = "110000"  # the database is new for each test
     manifest = [Province(code, "北京", "127.0.0.1:1", ProvinceStatus.ACTIVE,
@@ -135,7 +134,7 @@ def test_gateways_starting_together_register_their_key_and_the_manifest_once(eng
     assert [p.code for p in list_provinces(ctx) if p.code == code] == [code]
 
 
-def test_a_change_that_commits_late_is_still_watched_in_its_place(pg_engine: Engine) -> None:
+def test_a_change_that_commits_late_is_still_watched_in_its_place(pg_store: SqlStore) -> None:
     """PostgreSQL numbers a change when it is written: a transaction that waits (here 6 s, on anything)
     before committing leaves a gap that later changes pass. The watcher waits until every transaction
     running when it saw the gap has ended, then reads again: nothing is skipped, nothing out of order."""
@@ -149,12 +148,12 @@ def test_a_change_that_commits_late_is_still_watched_in_its_place(pg_engine: Eng
     from gateway.domain.transfers import Transfer, TransferState
     from gateway.usecases.monitoring import watch_transfers
 
-    engine = pg_engine
+    store = pg_store
 
-    ctx = store_context(engine)
+    ctx = store_context(store)
     now = datetime.now(UTC)
     ids = [f"tr-{uuid.uuid4().hex[:12]}" for _ in range(2)]
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         for transfer_id in ids:
             uow.transfers.add(Transfer(transfer_id=transfer_id, state=TransferState.RECEIVED, giver_province="650000",
                                        receiver_province="620000", giver_id_masked="650502********1230",
@@ -181,11 +180,11 @@ def test_a_change_that_commits_late_is_still_watched_in_its_place(pg_engine: Eng
 
     watcher = threading.Thread(target=lambda: asyncio.run(asyncio.wait_for(watch(), 60)))
     watcher.start()
-    with SqlUnitOfWork(engine) as slow:
+    with SqlUnitOfWork(store) as slow:
         slow.transfers.add_event(ids[0], TransferState.DELIVERED, "", now)  # numbered first, committed last
 
         def quick() -> None:
-            with SqlUnitOfWork(engine) as uow:
+            with SqlUnitOfWork(store) as uow:
                 uow.transfers.add_event(ids[1], TransferState.DELIVERED, "", now)
                 uow.commit()
 

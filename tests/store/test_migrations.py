@@ -20,6 +20,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect, text
 
 from gateway.store import schema
+from gateway.store.engine import create_schema, make_engine
 from gateway.store.schema import (
     SchemaError,
     SchemaState,
@@ -29,7 +30,6 @@ from gateway.store.schema import (
     schema_status,
     upgrade,
 )
-from gateway.store.sql import create_schema, make_engine
 from gateway.store.tables import Base
 from tests.support import LoopThread, start_stack
 
@@ -159,6 +159,64 @@ def test_0005_drops_the_receivers_birth_date_keeping_the_bindings(engine: Engine
         stored = b"".join(p.read_bytes() for p in (path, Path(f"{path}-wal")) if p.exists())
         # (Debian's SQLite zeroes freed pages by default; the migration asks for it on every build.)
         assert b"1965-05-12" not in stored, "the dropped column's old pages are left in the file"
+
+
+def test_0007_stores_what_each_outcome_tells_filled_from_the_message_ids(engine: Engine) -> None:
+    """The state comes from the id (the formats stay: provinces de-duplicate on them); the reason from the
+    transfer or binding while it is still in that state, as the gateway sent it until then."""
+    blob = "decode('{}', 'hex')" if engine.dialect.name == "postgresql" else "x'{}'"
+    at = "'2026-05-01 00:00:00'"
+    with engine.begin() as conn:
+        command.upgrade(schema.alembic_config(conn), "0006")
+    for transfer_id, state, reason in (("t-1", "DECLINED", "RECEIVER_DECLINED"), ("tr:a:1", "COMMITTED", "")):
+        run("INSERT INTO transfers (transfer_id, state, reason, giver_province, receiver_province, giver_ref, "
+            "receiver_ref, giver_id_masked, receiver_id_masked, amount_fen, currency, binding_id, created_at, "
+            "updated_at, return_deadline, delivery_deadline, instruction_sha256, instruction_payload, "
+            "instruction_signer, instruction_key_id, instruction_alg, instruction_signature, settlement_window_id) "
+            f"VALUES ('{transfer_id}', '{state}', '{reason}', '650000', '620000', {blob.format('01' * 32)}, "
+            f"{blob.format('02' * 32)}, '650502********1230', '620102********0026', 100, 'CNY', 'b-1', {at}, {at}, "
+            f"{at}, {at}, {blob.format('03' * 32)}, {blob.format('04' * 8)}, '650000', 'k1', 'ed25519', "
+            f"{blob.format('05' * 64)}, '')", engine)
+    for binding_id, state, reason in (("b-1", "SUSPENDED", "SETTLEMENT_SUSPENDED"), ("b-2", "ACTIVE", "")):
+        run("INSERT INTO bindings (binding_id, state, reason, giver_province, receiver_province, giver_ref, "
+            "receiver_ref, giver_id_masked, receiver_id_masked, relation_code, authorised_amount_fen, used_amount_fen, "
+            "consent_by, created_at, updated_at, attestation_method, evidence_ref, attested_at, proposal_sha256, "
+            "proposal_payload, proposal_signer, proposal_key_id, proposal_alg, proposal_signature) "
+            f"VALUES ('{binding_id}', '{state}', '{reason}', '650000', '620000', {blob.format('01' * 32)}, "
+            f"{blob.format('02' * 32)}, '650502********1230', '620102********0026', '52', 0, 0, {at}, {at}, {at}, "
+            f"'FACE', 'ev-1', {at}, {blob.format('03' * 32)}, {blob.format('04' * 8)}, '650000', 'k1', 'ed25519', "
+            f"{blob.format('05' * 64)})", engine)
+    messages = [  # kind, message id, subject, and what the row tells after the upgrade
+        ("DELIVER_TRANSFER", "dlv:t-1", "t-1", "", ""),
+        ("NOTIFY_TRANSFER_OUTCOME", "out:t-1:DECLINED", "t-1", "DECLINED", "RECEIVER_DECLINED"),
+        ("NOTIFY_TRANSFER_OUTCOME", "out:tr:a:1:COMMITTED", "tr:a:1", "COMMITTED", ""),
+        ("NOTIFY_TRANSFER_OUTCOME", "out:t-gone:REJECTED", "t-gone", "REJECTED", ""),
+        ("REQUEST_CONSENT", "csn:b-1", "b-1", "", ""),
+        ("NOTIFY_BINDING_OUTCOME", "bout:b-1:SUSPENDED:1777593600.000000", "b-1", "SUSPENDED", "SETTLEMENT_SUSPENDED"),
+        ("NOTIFY_BINDING_OUTCOME", "bout:b-2:SUSPENDED:1777593600.000000", "b-2", "SUSPENDED", ""),  # ACTIVE again
+        ("NOTIFY_BINDING_OUTCOME", "bout:b-2:ACTIVE:1777597200.000000", "b-2", "ACTIVE", ""),
+        ("NOTIFY_SETTLEMENT", "stl:2026-05-01:650000", "2026-05-01", "", ""),
+    ]
+    for kind, message_id, subject_id, _, _ in messages:
+        run("INSERT INTO outbox (destination, kind, message_id, subject_id, status, attempts, next_attempt_at, "
+            f"last_error, created_at, done_at) VALUES ('620000', '{kind}', '{message_id}', '{subject_id}', 'PENDING', "
+            f"0, {at}, '', {at}, NULL)", engine)
+
+    def outbox() -> list[tuple[Any, ...]]:
+        with engine.connect() as conn:
+            columns = {c["name"] for c in inspect(conn).get_columns("outbox")}
+            told = ", state, reason" if "state" in columns else ""
+            return [tuple(row) for row in conn.execute(text(f"SELECT kind, message_id, subject_id{told} FROM outbox "
+                                                            "ORDER BY id"))]
+
+    with engine.begin() as conn:
+        command.upgrade(schema.alembic_config(conn), "0007")
+    assert outbox() == messages
+    with engine.begin() as conn:
+        command.downgrade(schema.alembic_config(conn), "0006")
+    assert outbox() == [m[:3] for m in messages]
+    upgrade(engine)
+    assert differences(engine) == []  # rebuilt both ways on SQLite, the table keeps its unique key and index
 
 
 def test_an_empty_database_is_refused_without_auto_upgrade(engine: Engine) -> None:

@@ -16,16 +16,27 @@ from sqlalchemy import Engine, Table, func, select, text
 from gateway.domain.bindings import Binding, BindingState
 from gateway.domain.clock import BEIJING
 from gateway.domain.envelope import Envelope
+from gateway.domain.outbox import (
+    DeliverTransfer,
+    NotifyBindingOutcome,
+    NotifySettlement,
+    NotifyTransferOutcome,
+    RequestConsent,
+)
 from gateway.domain.provinces import Policy, Province, ProvinceKey, ProvinceStatus
-from gateway.domain.records import OutboxKind, RequestOutcome
+from gateway.domain.records import RequestOutcome
 from gateway.domain.transfers import INT64_MAX, Transfer, TransferEvent, TransferState
-from gateway.store.sql import SqlUnitOfWork, events_t, make_engine, outbox_t, requests_t, transfers_t
+from gateway.security.encryption import FieldCipher, SealedValueError
+from gateway.store.engine import make_engine
+from gateway.store.sealing import NoSealer
+from gateway.store.tables import events_t, outbox_t, requests_t, transfers_t
+from gateway.store.unit_of_work import SqlStore, SqlUnitOfWork
 from tests.support import wait_until
 
 T0 = datetime(2026, 5, 1, 7, 0, 0, 123456, tzinfo=UTC)
 SHA_A, SHA_B = b"\xaa" * 32, b"\xbb" * 32
 INSTRUCTION = "gongji.v1.TransferInstruction"
-DELIVER, NOTIFY = OutboxKind.DELIVER_TRANSFER, OutboxKind.NOTIFY_TRANSFER_OUTCOME
+DELIVER, NOTIFY = DeliverTransfer(), NotifyTransferOutcome(TransferState.COMMITTED)
 
 
 def uid(prefix: str) -> str:
@@ -76,8 +87,8 @@ def transfer(
     )
 
 
-def add_transfers(engine: Engine, *transfers: Transfer) -> None:
-    with SqlUnitOfWork(engine) as uow:
+def add_transfers(store: SqlStore, *transfers: Transfer) -> None:
+    with SqlUnitOfWork(store) as uow:
         for item in transfers:
             uow.transfers.add(item, b"\x01" * 32, b"\x02" * 32, envelope())
         uow.commit()
@@ -126,13 +137,13 @@ def test_sqlite_syncs_its_log_at_every_commit_unless_told_otherwise(tmp_path: Pa
         make_engine(f"sqlite:///{tmp_path / 'off.db'}", "OFF")
 
 
-def test_provinces_and_keys_round_trip_through_add_get_list_and_update(engine: Engine) -> None:
-    with SqlUnitOfWork(engine) as uow:
+def test_provinces_and_keys_round_trip_through_add_get_list_and_update(store: SqlStore) -> None:
+    with SqlUnitOfWork(store) as uow:
         uow.provinces.add(xinjiang())
         uow.provinces.add(gansu())
         uow.commit()
 
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         stored = uow.provinces.get("650000")
         assert stored == xinjiang()
         assert stored is not None and stored.policy.return_hour == 0 and stored.policy.single_relation_only is True
@@ -158,11 +169,11 @@ def test_provinces_and_keys_round_trip_through_add_get_list_and_update(engine: E
         policy=Policy(max_transfer_fen=100_000, delivery_deadline_seconds=60),
         updated_at=later,
     )
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         uow.provinces.update(changed)
         uow.commit()
 
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         assert uow.provinces.get("650000") == changed
         assert uow.provinces.get("620000") == gansu()
         assert [p.code for p in uow.provinces.list()] == ["620000", "650000"]
@@ -171,15 +182,15 @@ def test_provinces_and_keys_round_trip_through_add_get_list_and_update(engine: E
 # -- idempotency records ----------------------------------------------------------------------------
 
 
-def test_a_key_is_claimed_once(engine: Engine) -> None:
+def test_a_key_is_claimed_once(engine: Engine, store: SqlStore) -> None:
     message_id = uid("tr")
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         assert uow.requests.claim("650000", message_id, INSTRUCTION, SHA_A, T0) is True
         pending = uow.requests.get("650000", message_id)
         assert pending is not None and pending.outcome is RequestOutcome.PENDING
         uow.commit()
 
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         # A later transaction, even with other bytes: the key is taken and the first record stays.
         assert uow.requests.claim("650000", message_id, INSTRUCTION, SHA_B, T0 + timedelta(seconds=5)) is False
         stored = uow.requests.get("650000", message_id)
@@ -189,13 +200,13 @@ def test_a_key_is_claimed_once(engine: Engine) -> None:
         uow.commit()
     assert count(engine, requests_t) == 2
 
-    with SqlUnitOfWork(engine) as uow, pytest.raises(ValueError, match="naive"):
+    with SqlUnitOfWork(store) as uow, pytest.raises(ValueError, match="naive"):
         uow.requests.claim("650000", uid("tr"), INSTRUCTION, SHA_A, datetime(2026, 5, 1, 7, 0))
 
 
-def test_recorded_responses_and_rejections_are_returned(engine: Engine) -> None:
+def test_recorded_responses_and_rejections_are_returned(store: SqlStore) -> None:
     ok, refused, refused_no_field = uid("ok"), uid("no"), uid("no")
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         for message_id in (ok, refused, refused_no_field):
             assert uow.requests.claim("650000", message_id, INSTRUCTION, SHA_A, T0)
         uow.requests.record_response("650000", ok, b"\x00signed receipt\xff")
@@ -209,7 +220,7 @@ def test_recorded_responses_and_rejections_are_returned(engine: Engine) -> None:
         )
         uow.requests.record_rejection("650000", refused_no_field, "AlreadyExists", "BINDING_EXISTS", None, "exists")
         uow.commit()
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         answered = uow.requests.get("650000", ok)
         rejected = uow.requests.get("650000", refused)
         rejected_no_field = uow.requests.get("650000", refused_no_field)
@@ -240,16 +251,16 @@ def test_recorded_responses_and_rejections_are_returned(engine: Engine) -> None:
 # -- the unit of work --------------------------------------------------------------------------------
 
 
-def test_leaving_without_commit_rolls_everything_back(engine: Engine) -> None:
+def test_leaving_without_commit_rolls_everything_back(engine: Engine, store: SqlStore) -> None:
     message_id = uid("tr")
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         assert uow.requests.claim("650000", message_id, INSTRUCTION, SHA_A, T0)
         uow.transfers.add(transfer(message_id), b"\x01" * 32, b"\x02" * 32, envelope())
         uow.outbox.enqueue("620000", DELIVER, f"deliver-{message_id}", message_id, T0)
         uow.provinces.add(gansu())
         assert uow.transfers.exists(message_id)  # visible inside its own transaction
 
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         assert uow.requests.get("650000", message_id) is None
         assert uow.transfers.get(message_id) is None
         assert not uow.transfers.exists(message_id)
@@ -260,11 +271,11 @@ def test_leaving_without_commit_rolls_everything_back(engine: Engine) -> None:
             assert conn.execute(select(func.count()).select_from(text(table))).scalar_one() == 0, table
 
     # The key is free again: nothing of the abandoned attempt remains. An exception rolls back too.
-    with pytest.raises(RuntimeError, match="boom"), SqlUnitOfWork(engine) as uow:
+    with pytest.raises(RuntimeError, match="boom"), SqlUnitOfWork(store) as uow:
         assert uow.requests.claim("650000", message_id, INSTRUCTION, SHA_B, T0) is True
         uow.transfers.add(transfer(message_id), b"\x01" * 32, b"\x02" * 32, envelope())
         raise RuntimeError("boom")
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         assert uow.requests.get("650000", message_id) is None
         assert uow.transfers.get(message_id) is None
 
@@ -272,7 +283,7 @@ def test_leaving_without_commit_rolls_everything_back(engine: Engine) -> None:
 # -- transfers ---------------------------------------------------------------------------------------
 
 
-def test_a_transfer_round_trips_with_utc_datetimes_and_history(engine: Engine) -> None:
+def test_a_transfer_round_trips_with_utc_datetimes_and_history(store: SqlStore) -> None:
     created = datetime(2026, 5, 1, 15, 0, 1, 654321, tzinfo=BEIJING)
     original = transfer(
         created_at=created,
@@ -282,15 +293,15 @@ def test_a_transfer_round_trips_with_utc_datetimes_and_history(engine: Engine) -
         settlement_window_id="2026-05-01",
         amount_fen=INT64_MAX,
     )
-    add_transfers(engine, original)
+    add_transfers(store, original)
 
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         plain = uow.transfers.get(original.transfer_id)
         full = uow.transfers.get(original.transfer_id, with_history=True)
-        stored_envelope = uow.transfers.instruction_envelope(original.transfer_id)
+        stored_envelope = uow.transfers.instruction_envelope(original.transfer_id, INSTRUCTION)
         assert uow.transfers.exists(original.transfer_id)
         assert uow.transfers.get(uid("tr")) is None
-        assert uow.transfers.instruction_envelope(uid("tr")) is None
+        assert uow.transfers.instruction_envelope(uid("tr"), INSTRUCTION) is None
 
     assert plain == original  # aware datetimes compare as instants
     assert full == dataclasses.replace(original, history=(TransferEvent(TransferState.RECEIVED, created, ""),))
@@ -303,28 +314,44 @@ def test_a_transfer_round_trips_with_utc_datetimes_and_history(engine: Engine) -
     assert stored_envelope == envelope()
 
 
-def test_change_state_happens_once(engine: Engine) -> None:
+def test_each_store_seals_with_the_sealer_it_was_given(store: SqlStore) -> None:
+    """No sealer is looked up by engine: a second store on the same database keeps to its own."""
     item = transfer()
-    add_transfers(engine, item)
+    add_transfers(store, item)
+    with SqlUnitOfWork(store) as uow:
+        assert uow.transfers.instruction_envelope(item.transfer_id, INSTRUCTION) == envelope()
+    other_keys = SqlStore(store.engine, FieldCipher.generate("other"))
+    with SqlUnitOfWork(other_keys) as uow, pytest.raises(SealedValueError, match="'test'"):
+        uow.transfers.instruction_envelope(item.transfer_id, INSTRUCTION)
+    without_keys = SqlStore(store.engine, NoSealer())
+    with SqlUnitOfWork(without_keys) as uow:
+        assert uow.transfers.get(item.transfer_id) is not None  # what is not personal data reads as ever
+        with pytest.raises(RuntimeError, match="no sealer configured"):
+            uow.transfers.add(transfer(), b"\x01" * 32, b"\x02" * 32, envelope())
+
+
+def test_change_state_happens_once(store: SqlStore) -> None:
+    item = transfer()
+    add_transfers(store, item)
     t1, t2, t3 = (T0 + timedelta(minutes=n) for n in (1, 2, 3))
 
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         assert uow.transfers.change_state(item.transfer_id, [TransferState.RECEIVED], TransferState.DELIVERED, "", t1)
         uow.commit()
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         assert not uow.transfers.change_state(
             item.transfer_id, [TransferState.RECEIVED], TransferState.DELIVERED, "", t2
         )
         uow.commit()
 
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         stored = uow.transfers.get(item.transfer_id, with_history=True)
     assert stored is not None
     assert stored.state is TransferState.DELIVERED
     assert stored.updated_at == t1
     assert [(e.state, e.at) for e in stored.history] == [(TransferState.RECEIVED, T0), (TransferState.DELIVERED, t1)]
 
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         assert uow.transfers.change_state(
             item.transfer_id,
             [TransferState.RECEIVED, TransferState.DELIVERED],
@@ -338,7 +365,7 @@ def test_change_state_happens_once(engine: Engine) -> None:
         )
         assert not uow.transfers.change_state(uid("tr"), [TransferState.RECEIVED], TransferState.DELIVERED, "", t3)
         uow.commit()
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         stored = uow.transfers.get(item.transfer_id, with_history=True)
     assert stored is not None
     assert (stored.state, stored.reason, stored.updated_at) == (
@@ -354,24 +381,24 @@ def test_change_state_happens_once(engine: Engine) -> None:
     assert stored.history[-1].reason == "CONFIRMATION_DEADLINE_PASSED"
 
 
-def test_a_long_reason_from_a_province_does_not_break_the_state_change(engine: Engine) -> None:
+def test_a_long_reason_from_a_province_does_not_break_the_state_change(store: SqlStore) -> None:
     # A receiving province's DeliverTransfer answer carries a free-text reject_reason, which the province
     # client passes to change_state(..., result.reason); transfers.reason is VARCHAR(64), so the store cuts it.
     item = transfer()
-    add_transfers(engine, item)
+    add_transfers(store, item)
     reason = "RECEIVER_NOT_INSURED_IN_THIS_POOLING_AREA_SINCE_THE_LAST_MEMBER_CHANGE_REPORT_" + "X" * 40
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         assert uow.transfers.change_state(
             item.transfer_id, [TransferState.RECEIVED], TransferState.REJECTED, reason, T0
         )
         uow.commit()
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         stored = uow.transfers.get(item.transfer_id, with_history=True)
     assert stored is not None and stored.state is TransferState.REJECTED
     assert stored.reason and reason.startswith(stored.reason)
 
 
-def test_deadline_queries_select_exactly_the_right_transfers(engine: Engine) -> None:
+def test_deadline_queries_select_exactly_the_right_transfers(store: SqlStore) -> None:
     now = T0.astimezone(BEIJING)  # the store compares instants, whatever the zone
     past, future = now - timedelta(seconds=1), now + timedelta(microseconds=1)
     far = now + timedelta(days=1)
@@ -389,14 +416,14 @@ def test_deadline_queries_select_exactly_the_right_transfers(engine: Engine) -> 
     }
     suffix = uuid.uuid4().hex[:8]
     add_transfers(
-        engine,
+        store,
         *(
             transfer(f"{name}-{suffix}", state, now - timedelta(hours=1), return_at, deliver_at)
             for name, (state, return_at, deliver_at) in rows.items()
         ),
     )
 
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         due = uow.transfers.due_for_return(now, 100)
         undelivered = uow.transfers.undelivered_past_deadline(now, 100)
         one = uow.transfers.due_for_return(now, 1)
@@ -408,10 +435,10 @@ def test_deadline_queries_select_exactly_the_right_transfers(engine: Engine) -> 
 # -- outbox ------------------------------------------------------------------------------------------
 
 
-def test_enqueue_is_idempotent_and_claim_due_leases_due_pending_messages(engine: Engine) -> None:
+def test_enqueue_is_idempotent_and_claim_due_leases_due_pending_messages(engine: Engine, store: SqlStore) -> None:
     subject = uid("tr")
     now, lease_until = T0 + timedelta(seconds=5), T0 + timedelta(seconds=35)
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         uow.outbox.enqueue("620000", NOTIFY, f"done-{subject}", subject, T0 - timedelta(hours=1))
         [done] = uow.outbox.claim_due(T0 - timedelta(hours=1), 10, T0 - timedelta(hours=1))
         uow.outbox.mark_done(done.id, T0 - timedelta(hours=1))
@@ -419,38 +446,38 @@ def test_enqueue_is_idempotent_and_claim_due_leases_due_pending_messages(engine:
         uow.outbox.enqueue("620000", DELIVER, f"due-{subject}", subject, T0 + timedelta(seconds=1))
         uow.outbox.enqueue("650000", NOTIFY, f"later-{subject}", subject, T0 + timedelta(seconds=10))
         uow.commit()
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         # The same (destination, message_id) again, in a later transaction: still one row, the first.
         uow.outbox.enqueue("620000", NOTIFY, f"due-{subject}", uid("tr"), T0 - timedelta(days=1))
         uow.commit()
     assert count(engine, outbox_t) == 3
 
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         first = uow.outbox.claim_due(now, 10, lease_until)
         uow.commit()
-    assert [(m.message_id, m.destination, m.kind, m.subject_id, m.attempts) for m in first] == [
+    assert [(m.message_id, m.destination, m.content, m.subject_id, m.attempts) for m in first] == [
         (f"due-{subject}", "620000", DELIVER, subject, 1)
     ]
     assert first[0].created_at == T0
     row = outbox_row(engine, first[0].id)
     assert (row.status, row.attempts, row.next_attempt_at) == ("PENDING", 1, lease_until)
 
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         assert uow.outbox.claim_due(now, 10, lease_until) == []  # leased: nobody else takes it meanwhile
         uow.commit()
 
     after_lease = lease_until
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         again = uow.outbox.claim_due(after_lease, 10, after_lease + timedelta(seconds=30))
         uow.commit()
     # Oldest due first: the later message (due at +10 s) before the re-leased one (due at +35 s).
     assert [(m.message_id, m.attempts) for m in again] == [(f"later-{subject}", 1), (f"due-{subject}", 2)]
 
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         limited = uow.outbox.claim_due(after_lease + timedelta(minutes=5), 1, after_lease + timedelta(minutes=6))
     assert len(limited) == 1
 
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         # The key is (destination, message_id): the same id to another province is another message.
         uow.outbox.enqueue("650000", NOTIFY, f"due-{subject}", subject, T0)
         uow.commit()
@@ -458,11 +485,11 @@ def test_enqueue_is_idempotent_and_claim_due_leases_due_pending_messages(engine:
 
 
 def test_a_leased_enqueue_is_claimed_by_nobody_until_its_lease_ends_and_a_release_gives_it_back(
-        engine: Engine) -> None:
+        engine: Engine, store: SqlStore) -> None:
     subject = uid("tr")
     lease_until = T0 + timedelta(seconds=30)
     committed: list[str] = []
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         message = uow.outbox.enqueue("620000", DELIVER, f"dlv-{subject}", subject, T0, lease_until)
         # Already queued (by this or another transaction): nothing to hand over.
         assert uow.outbox.enqueue("620000", DELIVER, f"dlv-{subject}", subject, T0, lease_until) is None
@@ -475,27 +502,27 @@ def test_a_leased_enqueue_is_claimed_by_nobody_until_its_lease_ends_and_a_releas
         f"dlv-{subject}", subject, 1)
     row = outbox_row(engine, message.id)
     assert (row.status, row.attempts, row.next_attempt_at, row.created_at) == ("PENDING", 1, lease_until, T0)
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         assert [m.id for m in uow.outbox.claim_due(lease_until - timedelta(microseconds=1), 10, lease_until)
                 if m.subject_id == subject] == []
         uow.outbox.release([message.id], T0 + timedelta(seconds=1))
         uow.commit()
     row = outbox_row(engine, message.id)
     assert (row.status, row.attempts, row.next_attempt_at) == ("PENDING", 0, T0 + timedelta(seconds=1))
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         due = uow.outbox.claim_due(T0 + timedelta(seconds=1), 10, lease_until)
         [again] = [m for m in due if m.subject_id == subject]
         uow.after_commit(lambda: committed.append("rolled back"))
     assert again.attempts == 1 and committed == ["handed"]  # left without commit(): never run
 
 
-def test_mark_done_and_mark_retry(engine: Engine) -> None:
+def test_mark_done_and_mark_retry(engine: Engine, store: SqlStore) -> None:
     subject = uid("tr")
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         uow.outbox.enqueue("620000", DELIVER, f"a-{subject}", subject, T0)
         uow.outbox.enqueue("650000", NOTIFY, f"b-{subject}", subject, T0)
         uow.commit()
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         a, b = sorted(uow.outbox.claim_due(T0, 10, T0 + timedelta(seconds=30)), key=lambda m: m.message_id)
         uow.outbox.mark_done(a.id, T0 + timedelta(seconds=1))
         uow.outbox.mark_retry(b.id, T0 + timedelta(minutes=5), "UNAVAILABLE: " + "x" * 300)
@@ -507,7 +534,7 @@ def test_mark_done_and_mark_retry(engine: Engine) -> None:
     assert (retried.status, retried.next_attempt_at, retried.done_at) == ("PENDING", T0 + timedelta(minutes=5), None)
     assert retried.last_error.startswith("UNAVAILABLE: ") and len(retried.last_error) == 128
 
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         assert (
             uow.outbox.claim_due(T0 + timedelta(minutes=5) - timedelta(microseconds=1), 10, T0 + timedelta(hours=1))
             == []
@@ -519,27 +546,54 @@ def test_mark_done_and_mark_retry(engine: Engine) -> None:
     assert outbox_row(engine, a.id).done_at == T0 + timedelta(seconds=1)
     assert outbox_row(engine, a.id).status == "DONE"
 
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         [retry] = uow.outbox.claim_due(T0 + timedelta(minutes=5), 10, T0 + timedelta(hours=1))
     assert (retry.id, retry.attempts) == (b.id, 2)
 
 
-def test_expire_pending_ends_only_the_matching_pending_messages(engine: Engine) -> None:
+def test_each_message_keeps_what_it_tells_in_its_own_columns(engine: Engine, store: SqlStore) -> None:
+    """The state and reason of an outcome are stored with the message, not read back out of its id."""
+    subject = uid("s")
+    told = [DeliverTransfer(), NotifyTransferOutcome(TransferState.DECLINED, "RECEIVER_DECLINED"), RequestConsent(),
+            NotifyBindingOutcome(BindingState.SUSPENDED, "SETTLEMENT_SUSPENDED"), NotifySettlement()]
+    with SqlUnitOfWork(store) as uow:
+        for n, content in enumerate(told):
+            uow.outbox.enqueue("620000", content, f"m{n}-{subject}", subject, T0)
+        leased = uow.outbox.enqueue("650000", NotifyTransferOutcome(TransferState.RETURNED, "X" * 70),
+                                    f"leased-{subject}", subject, T0, T0 + timedelta(seconds=30))
+        uow.commit()
+    with SqlUnitOfWork(store) as uow:
+        claimed = sorted(uow.outbox.claim_due(T0, 10, T0 + timedelta(seconds=30)), key=lambda m: m.message_id)
+        uow.commit()
+    assert [m.content for m in claimed] == told
+    assert [m.kind.value for m in claimed] == ["DELIVER_TRANSFER", "NOTIFY_TRANSFER_OUTCOME", "REQUEST_CONSENT",
+                                               "NOTIFY_BINDING_OUTCOME", "NOTIFY_SETTLEMENT"]
+    assert leased is not None and leased.content == NotifyTransferOutcome(TransferState.RETURNED, "X" * 64)
+    with engine.connect() as conn:
+        rows = conn.execute(select(outbox_t.c.message_id, outbox_t.c.state, outbox_t.c.reason)
+                            .where(outbox_t.c.subject_id == subject).order_by(outbox_t.c.message_id)).all()
+    assert [tuple(row) for row in rows] == [
+        (f"leased-{subject}", "RETURNED", "X" * 64), (f"m0-{subject}", "", ""),
+        (f"m1-{subject}", "DECLINED", "RECEIVER_DECLINED"), (f"m2-{subject}", "", ""),
+        (f"m3-{subject}", "SUSPENDED", "SETTLEMENT_SUSPENDED"), (f"m4-{subject}", "", "")]
+
+
+def test_expire_pending_ends_only_the_matching_pending_messages(engine: Engine, store: SqlStore) -> None:
     subject, other = uid("tr"), uid("tr")
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         uow.outbox.enqueue("620000", DELIVER, f"deliver-{subject}", subject, T0)
         uow.outbox.enqueue("620000", DELIVER, f"deliver-again-{subject}", subject, T0)
         uow.outbox.enqueue("650000", NOTIFY, f"notify-{subject}", subject, T0)
         uow.outbox.enqueue("620000", DELIVER, f"deliver-{other}", other, T0)
         uow.commit()
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         by_id = {m.message_id: m.id for m in uow.outbox.claim_due(T0, 10, T0)}
         uow.outbox.mark_done(by_id[f"deliver-again-{subject}"], T0)
         uow.commit()
 
     expired_at = T0 + timedelta(minutes=10)
-    with SqlUnitOfWork(engine) as uow:
-        uow.outbox.expire_pending(DELIVER, subject, expired_at, "DESTINATION_UNREACHABLE")
+    with SqlUnitOfWork(store) as uow:
+        uow.outbox.expire_pending(DELIVER.kind, subject, expired_at, "DESTINATION_UNREACHABLE")
         uow.commit()
 
     expired = outbox_row(engine, by_id[f"deliver-{subject}"])
@@ -548,7 +602,7 @@ def test_expire_pending_ends_only_the_matching_pending_messages(engine: Engine) 
     assert outbox_row(engine, by_id[f"deliver-again-{subject}"]).done_at == T0
     assert outbox_row(engine, by_id[f"notify-{subject}"]).status == "PENDING"
     assert outbox_row(engine, by_id[f"deliver-{other}"]).status == "PENDING"
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         due = {m.message_id for m in uow.outbox.claim_due(expired_at, 10, expired_at)}
     assert due == {f"notify-{subject}", f"deliver-{other}"}
 
@@ -579,13 +633,13 @@ def result_of(thread: threading.Thread, outcome: dict[str, Any]) -> Any:
     return outcome["result"]
 
 
-def test_racing_claims_of_one_key_give_exactly_one_winner(engine: Engine) -> None:
+def test_racing_claims_of_one_key_give_exactly_one_winner(engine: Engine, store: SqlStore) -> None:
     message_id = uid("tr")
     barrier = threading.Barrier(2, timeout=10)
 
     def claim() -> bool:
         barrier.wait()
-        with SqlUnitOfWork(engine) as uow:
+        with SqlUnitOfWork(store) as uow:
             won = uow.requests.claim("650000", message_id, INSTRUCTION, SHA_A, T0)
             uow.commit()
         return won
@@ -611,17 +665,17 @@ POSTGRES_ONLY = pytest.mark.parametrize(
 
 
 @POSTGRES_ONLY
-def test_a_concurrent_claim_waits_for_the_first_commit_then_loses(engine: Engine) -> None:
+def test_a_concurrent_claim_waits_for_the_first_commit_then_loses(engine: Engine, store: SqlStore) -> None:
     message_id = uid("tr")
 
     def second_claim() -> tuple[bool, Any]:
-        with SqlUnitOfWork(engine) as uow:
+        with SqlUnitOfWork(store) as uow:
             won = uow.requests.claim("650000", message_id, INSTRUCTION, SHA_A, T0)
             stored = uow.requests.get("650000", message_id)
             uow.commit()
         return won, stored
 
-    with SqlUnitOfWork(engine) as first:
+    with SqlUnitOfWork(store) as first:
         assert first.requests.claim("650000", message_id, INSTRUCTION, SHA_A, T0) is True
         thread, outcome = in_thread(second_claim)
         # The unique key makes the second insert wait on the first transaction, not fail or succeed.
@@ -637,38 +691,38 @@ def test_a_concurrent_claim_waits_for_the_first_commit_then_loses(engine: Engine
 
 
 @POSTGRES_ONLY
-def test_a_concurrent_claim_wins_when_the_first_rolls_back(engine: Engine) -> None:
+def test_a_concurrent_claim_wins_when_the_first_rolls_back(engine: Engine, store: SqlStore) -> None:
     message_id = uid("tr")
 
     def second_claim() -> bool:
-        with SqlUnitOfWork(engine) as uow:
+        with SqlUnitOfWork(store) as uow:
             won = uow.requests.claim("650000", message_id, INSTRUCTION, SHA_B, T0)
             uow.commit()
         return won
 
-    with SqlUnitOfWork(engine) as first:
+    with SqlUnitOfWork(store) as first:
         assert first.requests.claim("650000", message_id, INSTRUCTION, SHA_A, T0) is True
         thread, outcome = in_thread(second_claim)
         wait_until(lambda: waiting_on_a_lock(engine), timeout=10, what="the second claim to wait on a lock")
         # Leaving without commit: the first attempt vanishes and the key is free.
 
     assert result_of(thread, outcome) is True
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         stored = uow.requests.get("650000", message_id)
     assert stored is not None and stored.payload_sha256 == SHA_B
 
 
-def test_a_read_only_unit_of_work_does_not_hold_writers_back(engine: Engine) -> None:
+def test_a_read_only_unit_of_work_does_not_hold_writers_back(store: SqlStore) -> None:
     """`gongji audit verify` reads the whole chain in one: the gateway must go on writing meanwhile."""
     written = threading.Event()
 
     def write() -> None:
-        with SqlUnitOfWork(engine) as uow:
+        with SqlUnitOfWork(store) as uow:
             uow.audit.record("test", uid("s"), "WRITTEN", datetime.now(UTC))
             uow.commit()
         written.set()
 
-    with SqlUnitOfWork(engine, read_only=True) as reader:
+    with SqlUnitOfWork(store, read_only=True) as reader:
         before = reader.audit.head()
         writer = threading.Thread(target=write)
         writer.start()
@@ -676,43 +730,44 @@ def test_a_read_only_unit_of_work_does_not_hold_writers_back(engine: Engine) -> 
         assert written.wait(10), "a writer waited for a read-only unit of work"
         assert reader.audit.head() == before  # the reader keeps its one snapshot
     writer.join(5)
-    with SqlUnitOfWork(engine, read_only=True) as later:
+    with SqlUnitOfWork(store, read_only=True) as later:
         assert later.audit.head()[0] == before[0] + 1
 
 
-def test_a_taken_transfer_id_is_reported_not_raised(engine: Engine) -> None:
+def test_a_taken_transfer_id_is_reported_not_raised(engine: Engine, store: SqlStore) -> None:
     """Ids are unique per sender only, so another province may already hold one: add says so and stores
     nothing (the use case answers TRANSFER_ID_TAKEN), rather than failing on the primary key."""
     first = transfer()
-    add_transfers(engine, first)
+    add_transfers(store, first)
     before = (count(engine, transfers_t), count(engine, events_t))
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         assert uow.transfers.add(transfer(first.transfer_id, amount_fen=1), b"\x03" * 32, b"\x04" * 32,
                                  envelope()) is False
         uow.commit()
     assert (count(engine, transfers_t), count(engine, events_t)) == before
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         stored = uow.transfers.get(first.transfer_id)
     assert stored is not None and stored.amount_fen == first.amount_fen
 
 
 @POSTGRES_ONLY
-def test_two_provinces_racing_for_one_transfer_id_get_one_transfer_and_one_answer(engine: Engine) -> None:
+def test_two_provinces_racing_for_one_transfer_id_get_one_transfer_and_one_answer(engine: Engine,
+                                                                                 store: SqlStore) -> None:
     transfer_id = uid("tr")
 
     def second_add() -> bool:
-        with SqlUnitOfWork(engine) as uow:
+        with SqlUnitOfWork(store) as uow:
             added = uow.transfers.add(transfer(transfer_id, amount_fen=2), b"\x03" * 32, b"\x04" * 32, envelope())
             uow.commit()
         return added
 
-    with SqlUnitOfWork(engine) as first:
+    with SqlUnitOfWork(store) as first:
         assert first.transfers.add(transfer(transfer_id), b"\x01" * 32, b"\x02" * 32, envelope()) is True
         thread, outcome = in_thread(second_add)
         wait_until(lambda: waiting_on_a_lock(engine), timeout=10, what="the second insert to wait on the first")
         first.commit()
     assert result_of(thread, outcome) is False  # it waited, then found the id taken: no unique-key error
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         stored = uow.transfers.get(transfer_id)
     assert stored is not None and stored.amount_fen == 50_000
 
@@ -726,36 +781,67 @@ def binding(binding_id: str, authorised_amount_fen: int = 0) -> Binding:
                    giver_ref=b"\x01" * 32, receiver_ref=b"\x02" * 32)
 
 
-def test_a_taken_binding_id_is_reported_not_raised(engine: Engine) -> None:
+def test_a_taken_binding_id_is_reported_not_raised(store: SqlStore) -> None:
     binding_id = uid("b")
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         assert uow.bindings.add(binding(binding_id, 100), envelope()) is True
         assert uow.bindings.add(binding(binding_id, 999), envelope()) is False
         uow.commit()
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         stored = uow.bindings.get(binding_id)
     assert stored is not None and stored.authorised_amount_fen == 100
 
 
 @POSTGRES_ONLY
-def test_a_locked_binding_is_read_by_one_submission_at_a_time(engine: Engine) -> None:
+def test_a_locked_binding_is_read_by_one_submission_at_a_time(engine: Engine, store: SqlStore) -> None:
     """D10's used amount is read, checked and added to under the binding's row lock."""
     binding_id = uid("b")
-    with SqlUnitOfWork(engine) as uow:
+    with SqlUnitOfWork(store) as uow:
         uow.bindings.add(binding(binding_id, 100_000), envelope())
         uow.commit()
 
     def second_submission() -> int:
-        with SqlUnitOfWork(engine) as uow:
+        with SqlUnitOfWork(store) as uow:
             locked = uow.bindings.get(binding_id, lock=True)
             assert locked is not None
             return locked.used_amount_fen
 
-    with SqlUnitOfWork(engine) as first:
+    with SqlUnitOfWork(store) as first:
         assert first.bindings.get(binding_id, lock=True) is not None
         thread, outcome = in_thread(second_submission)
         wait_until(lambda: waiting_on_a_lock(engine), timeout=10, what="the second reader to wait on the lock")
         first.transfers.add(transfer(binding_id=binding_id, amount_fen=60_000), b"\x01" * 32, b"\x02" * 32,
                             envelope())
+        first.bindings.add_used(binding_id, 60_000)
         first.commit()
     assert result_of(thread, outcome) == 60_000  # it read the amount the first one added, not the one before
+
+
+def test_the_repositories_count_only_what_they_are_told(store: SqlStore) -> None:
+    """What a transfer counts against (D10, D12) is the use cases' rule: storing a transfer and failing it
+    add to no binding and no day, and take from none; add_used and the daily slots do exactly that."""
+    binding_id, giver_ref = uid("b"), b"\x07" * 32
+    item = transfer(binding_id=binding_id, amount_fen=60_000)
+    day = item.created_at.astimezone(BEIJING).date()
+
+    def used() -> int:
+        stored = uow.bindings.get(binding_id)
+        assert stored is not None
+        return stored.used_amount_fen
+
+    with SqlUnitOfWork(store) as uow:
+        uow.bindings.add(binding(binding_id, 100_000), envelope())
+        assert uow.transfers.add(item, giver_ref, b"\x02" * 32, envelope())
+        assert used() == 0
+        assert uow.transfers.change_state(item.transfer_id, [TransferState.RECEIVED], TransferState.REJECTED,
+                                          "DESTINATION_UNREACHABLE", T0)
+        assert used() == 0
+        assert uow.transfers.reserve_daily_slot(giver_ref, day) == 0  # no slot was taken, none given back
+        uow.bindings.add_used(binding_id, 60_000)
+        uow.bindings.add_used(binding_id, -20_000)
+        assert used() == 40_000
+        assert uow.transfers.reserve_daily_slot(giver_ref, day) == 1
+        uow.transfers.release_daily_slot(giver_ref, day)
+        assert uow.transfers.reserve_daily_slot(giver_ref, day) == 1
+        assert uow.transfers.giver_ref(item.transfer_id) == giver_ref
+        assert uow.transfers.giver_ref(uid("tr")) is None

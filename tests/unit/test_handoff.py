@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from gateway.domain.records import OutboxKind, OutboxMessage
-from gateway.usecases.handoff import OutboxHandOff, OutboxWork
+from gateway.domain.outbox import DeliverTransfer, OutboxMessage
+from gateway.usecases.handoff import OutboxHandOff
+from gateway.usecases.outbox_ports import OutboxWork
 
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
-WORK = OutboxWork(OutboxMessage(1, "620000", OutboxKind.DELIVER_TRANSFER, "dlv:t", "t", 1, NOW), "127.0.0.1:1",
+WORK = OutboxWork(OutboxMessage(1, "620000", DeliverTransfer(), "dlv:t", "t", 1, NOW), "127.0.0.1:1",
                   True, None, None)
 
 

@@ -19,9 +19,11 @@ from gateway.domain.policy import (
     beijing_day_window,
     check_transfer_limits,
     count_on_beijing_day,
+    gives_its_place_back,
     in_blackout,
 )
 from gateway.domain.provinces import NATIONAL_DEFAULTS, Policy
+from gateway.domain.transfers import TransferState
 
 DEFAULTS = Policy()  # nothing overridden: the national values of D12
 NO_BLACKOUT = Policy(blackout_start_minute=0, blackout_end_minute=0)
@@ -292,3 +294,10 @@ def test_each_limit_fires_exactly_at_its_boundary(
     assert ("DAILY_LIMIT_REACHED" in reasons) is (today + 1 > limit)
     assert ("AMOUNT_OVER_LIMIT" in reasons) is (amount > max_fen)
     assert ("AUTHORISED_AMOUNT_EXCEEDED" in reasons) is (authorised is not None and used + amount > authorised)
+
+
+def test_only_a_change_that_makes_a_transfer_fail_gives_its_place_back() -> None:
+    """D10, D12: from a state not yet final to DECLINED, RETURNED or REJECTED; never from a final state."""
+    S = TransferState
+    giving_back = {(a, b) for a in S for b in S if gives_its_place_back(a, b)}
+    assert giving_back == {(a, b) for a in (S.RECEIVED, S.DELIVERED) for b in (S.DECLINED, S.RETURNED, S.REJECTED)}

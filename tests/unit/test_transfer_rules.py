@@ -31,7 +31,7 @@ from gateway.domain.transfers import (
     return_deadline,
     validate_instruction,
 )
-from gateway.usecases.outbox import Backoff
+from gateway.usecases.outbox_ports import Backoff
 
 # A fixed "today" keeps the tests independent of the calendar they run on.
 TODAY = date(2026, 5, 1)

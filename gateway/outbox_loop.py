@@ -1,4 +1,4 @@
-"""The outbox loop: sends due messages to provinces concurrently and records the answers durably."""
+"""The outbox loop, a driver beside app.py: sends due messages to provinces concurrently, records the answers."""
 
 from __future__ import annotations
 
@@ -12,17 +12,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from gateway.provinces.client import ProvinceClient
 from gateway.usecases.audit import checkpoint_audit
 from gateway.usecases.context import UseCaseContext
-from gateway.usecases.handoff import OutboxWork
-from gateway.usecases.outbox import (
-    Backoff,
-    claim_outbox_work,
-    record_outbox_results,
-    release_unsent,
-    sweep_deadlines,
-)
+from gateway.usecases.outbox import claim_outbox_work, record_outbox_results, release_unsent, sweep_deadlines
+from gateway.usecases.outbox_ports import Backoff, OutboxSender, OutboxWork
 from gateway.usecases.settlements import close_due_windows
 
 log = logging.getLogger(__name__)
@@ -44,10 +37,10 @@ class OutboxSettings:
 
 
 class OutboxWorker:
-    def __init__(self, ctx: UseCaseContext, client: ProvinceClient, run_in_db: RunInDb,
+    def __init__(self, ctx: UseCaseContext, sender: OutboxSender, run_in_db: RunInDb,
                  settings: OutboxSettings) -> None:
         self._ctx = ctx
-        self._client = client
+        self._sender = sender
         self._run_in_db = run_in_db
         self._settings = settings
         self._wake = asyncio.Event()
@@ -175,7 +168,7 @@ class OutboxWorker:
 
     async def _send_batch(self, work: list[Any]) -> None:
         try:
-            results = await asyncio.gather(*(self._client.send(item) for item in work))
+            results = await asyncio.gather(*(self._sender.send(item) for item in work))
             await self._run_in_db(record_outbox_results, self._ctx, list(zip(work, results, strict=True)),
                                   self._settings.backoff)
         except Exception:

@@ -1,0 +1,54 @@
+"""The engine: SQLite's pragmas and transactions, PostgreSQL's pool, and the schema made without migrations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, select
+
+from gateway.domain.audit import GENESIS
+from gateway.store.tables import Base, audit_head_t, routing_version_t
+
+# How SQLite syncs its write-ahead log: at every commit (FULL), or at checkpoints only (NORMAL).
+SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
+
+
+def make_engine(url: str, sqlite_synchronous: str = "FULL") -> Engine:
+    """An engine for `url`; SQLite files get WAL, a busy timeout, and transactions we begin ourselves."""
+    if sqlite_synchronous not in SQLITE_SYNCHRONOUS:
+        raise ValueError(f"sqlite_synchronous must be one of {SQLITE_SYNCHRONOUS}, got {sqlite_synchronous!r}")
+    if url.startswith("sqlite"):
+        # No reset-on-return: every unit of work ends its own transaction with COMMIT or ROLLBACK.
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               pool_reset_on_return=None)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # Autocommit at the driver: the unit of work issues BEGIN IMMEDIATE itself, which takes the
+            # write lock up front (no deadlock-prone read-to-write upgrade between processes).
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA synchronous={sqlite_synchronous}")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, pool_reset_on_return=None)
+
+
+def create_schema(engine: Engine) -> None:
+    """The typed tables made directly, without the migrations: a schema the gateway refuses (tests show it)."""
+    Base.metadata.create_all(engine)
+    with engine.begin() as conn:
+        if conn.execute(select(routing_version_t.c.version)).first() is None:
+            conn.execute(routing_version_t.insert().values(id=1, version=0))
+        if conn.execute(select(audit_head_t.c.size)).first() is None:
+            conn.execute(audit_head_t.insert().values(id=1, size=0, head_hash=GENESIS))
+

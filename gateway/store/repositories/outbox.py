@@ -1,0 +1,84 @@
+"""The outbox: messages owed to provinces, leased to whoever sends them, until acknowledged or expired."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from gateway.domain.bindings import BindingState
+from gateway.domain.outbox import (
+    DeliverTransfer,
+    NotifyBindingOutcome,
+    NotifySettlement,
+    NotifyTransferOutcome,
+    OutboxContent,
+    OutboxKind,
+    OutboxMessage,
+    RequestConsent,
+)
+from gateway.domain.transfers import TransferState
+from gateway.store.prepared import Cursor
+from gateway.store.statements import Statements
+from gateway.store.tables import REASON_MAX
+
+
+def _columns(content: OutboxContent) -> dict[str, str]:
+    """The outbox row's kind, state and reason for a message."""
+    match content:
+        case NotifyTransferOutcome(state=state, reason=reason) | NotifyBindingOutcome(state=state, reason=reason):
+            return {"kind": content.kind.value, "state": state.value, "reason": reason[:REASON_MAX]}
+        case _:
+            return {"kind": content.kind.value, "state": "", "reason": ""}
+
+
+def _content(kind: str, state: str, reason: str) -> OutboxContent:
+    """The message an outbox row's kind, state and reason hold."""
+    match OutboxKind(kind):
+        case OutboxKind.DELIVER_TRANSFER:
+            return DeliverTransfer()
+        case OutboxKind.NOTIFY_TRANSFER_OUTCOME:
+            return NotifyTransferOutcome(TransferState(state), reason)
+        case OutboxKind.REQUEST_CONSENT:
+            return RequestConsent()
+        case OutboxKind.NOTIFY_BINDING_OUTCOME:
+            return NotifyBindingOutcome(BindingState(state), reason)
+        case OutboxKind.NOTIFY_SETTLEMENT:
+            return NotifySettlement()
+
+
+class SqlOutboxRepository:
+    def __init__(self, cursor: Cursor, statements: Statements) -> None:
+        self._cursor, self._s = cursor, statements
+
+    def enqueue(self, destination: str, content: OutboxContent, message_id: str, subject_id: str, at: datetime,
+                lease_until: datetime | None = None) -> OutboxMessage | None:
+        # The unique (destination, message_id) key makes a second enqueue of the same message a no-op.
+        columns = _columns(content)
+        if lease_until is None:
+            self._cursor.run(self._s.enqueue, destination=destination, message_id=message_id, subject_id=subject_id,
+                             at=at, **columns)
+            return None
+        row = self._cursor.first(self._s.enqueue_leased, destination=destination, message_id=message_id,
+                                 subject_id=subject_id, at=at, lease_until=lease_until, **columns)
+        return None if row is None else OutboxMessage(row[0], destination, _content(**columns), message_id, subject_id,
+                                                      1, at)
+
+    def release(self, message_ids: Sequence[int], now: datetime) -> None:
+        self._cursor.run_many(self._s.release_lease, [{"w_id": id, "now": now} for id in message_ids])
+
+    def claim_due(self, now: datetime, limit: int, lease_until: datetime) -> list[OutboxMessage]:
+        """Take due messages and lease them, so a crash mid-send only delays their retry."""
+        rows = self._cursor.all(self._s.claim_due, now=now, limit=limit)
+        self._cursor.run_many(self._s.lease, [{"w_id": row[0], "lease_until": lease_until} for row in rows])
+        return [OutboxMessage(id, destination, _content(kind, state, reason), message_id, subject_id, attempts + 1,
+                              created_at)
+                for id, destination, kind, state, reason, message_id, subject_id, attempts, created_at in rows]
+
+    def mark_done(self, message_id: int, at: datetime) -> None:
+        self._cursor.run(self._s.mark_done, w_id=message_id, at=at)
+
+    def mark_retry(self, message_id: int, next_attempt_at: datetime, error: str) -> None:
+        self._cursor.run(self._s.mark_retry, w_id=message_id, next_attempt_at=next_attempt_at, error=error[:128])
+
+    def expire_pending(self, kind: OutboxKind, subject_id: str, at: datetime, error: str) -> None:
+        self._cursor.run(self._s.expire_pending, w_kind=kind.value, w_subject=subject_id, at=at, error=error[:128])

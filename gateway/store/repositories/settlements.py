@@ -1,0 +1,190 @@
+"""Settlement windows (D16-D18): their frozen figures, the provinces' statements, acknowledgements, payments."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql import ClauseElement
+
+from gateway.domain.envelope import GATEWAY, Envelope
+from gateway.domain.settlement import (
+    Acknowledgement,
+    PairFigure,
+    Payment,
+    SettlementWindow,
+    WindowSpan,
+    WindowState,
+)
+from gateway.domain.transfers import TransferState
+from gateway.store.prepared import Cursor, Prepared
+from gateway.store.repositories.audit import SqlAuditLog
+from gateway.store.statements import Statements
+from gateway.store.tables import pairs_t, statements_t, transfers_t, windows_t
+
+
+class SqlSettlementRepository:
+    """Settlement windows, their frozen figures, the provinces' statements and acknowledgements."""
+
+    def __init__(self, cursor: Cursor, statements: Statements, dialect: Dialect, audit: SqlAuditLog) -> None:
+        self._cursor, self._s, self._dialect, self._audit = cursor, statements, dialect, audit
+
+    def _prepared(self, statement: ClauseElement) -> Prepared:
+        # Settlement statements run a few times a day: compiled per call, run like every other statement.
+        return Prepared(statement, self._dialect)
+
+    def _ensure(self, span: WindowSpan, at: datetime) -> None:
+        self._cursor.run(self._s.ensure_window, window_id=span.window_id, opens_at=span.opens_at,
+                         closes_at=span.closes_at, at=at)
+
+    def state_for_commit(self, span: WindowSpan, at: datetime) -> WindowState:
+        """The window's state, creating it OPEN if new, locked against closing until this transaction ends."""
+        row = self._cursor.first(self._s.window_state_for_commit, w_id=span.window_id)
+        if row is None:
+            self._ensure(span, at)
+            row = self._cursor.first(self._s.window_state_for_commit, w_id=span.window_id)
+        assert row is not None
+        return WindowState(row[0])
+
+    def state_for_close(self, span: WindowSpan, at: datetime) -> WindowState:
+        """The window's state, creating it OPEN if new, locked until this transaction ends."""
+        self._ensure(span, at)
+        state = self.lock(span.window_id)
+        assert state is not None
+        return state
+
+    def lock(self, window_id: str) -> WindowState | None:
+        """The window's state, locked against every other change until this transaction ends."""
+        row = self._cursor.first(self._s.window_state_for_close, w_id=window_id)
+        return None if row is None else WindowState(row[0])
+
+    def committed_pairs(self, window_id: str) -> list[PairFigure]:
+        t = transfers_t.c
+        statement = self._prepared(
+            select(t.giver_province, t.receiver_province, func.sum(t.amount_fen), func.count())
+            .where(and_(t.settlement_window_id == window_id, t.state == TransferState.COMMITTED.value))
+            .group_by(t.giver_province, t.receiver_province).order_by(t.giver_province, t.receiver_province))
+        return [PairFigure(g, r, int(total), int(count)) for g, r, total, count in self._cursor.all(statement)]
+
+    def freeze(self, window_id: str, pairs: Sequence[PairFigure],
+               statements: Sequence[tuple[str, Envelope, bytes]], at: datetime) -> None:
+        """Store the figures and each province's signed statement, and mark the window CLOSED."""
+        self._cursor.run_many(self._prepared(pairs_t.insert()), [
+            {"window_id": window_id, "from_province": p.from_province, "to_province": p.to_province,
+             "gross_fen": p.gross_fen, "transfer_count": p.transfer_count, "bank": "", "serial_number": "",
+             "paid_on": None, "paid_recorded_at": None} for p in pairs])
+        self._cursor.run_many(self._prepared(statements_t.insert()), [
+            {"window_id": window_id, "province": province, "figures_payload": envelope.payload,
+             "figures_key_id": envelope.key_id, "figures_alg": envelope.alg, "figures_signature": envelope.signature,
+             "figures_sha256": digest, "acknowledged_at": None, "ack_message_id": "", "ack_payload": None,
+             "ack_key_id": "", "ack_signature": None} for province, envelope, digest in statements])
+        figures = [f"{p.from_province}->{p.to_province}:{p.gross_fen}:{p.transfer_count}" for p in pairs]
+        sent = [f"{province}:{digest.hex()}" for province, _, digest in statements]
+        changed = self.change_state(window_id, WindowState.OPEN, WindowState.CLOSED, at, closed=True,
+                                    detail=" ".join(figures + sent))
+        assert changed, "the window was locked OPEN by this transaction"
+
+    def change_state(self, window_id: str, from_state: WindowState, to: WindowState, at: datetime,
+                     closed: bool = False, detail: str = "") -> bool:
+        w = windows_t.c
+        values: dict[str, Any] = {"state": to.value, "updated_at": at}
+        if closed:
+            values["closed_at"] = at
+        statement = self._prepared(update(windows_t).where(and_(w.window_id == window_id,
+                                                                w.state == from_state.value)).values(**values))
+        if self._cursor.run(statement) != 1:
+            return False
+        self._audit.record("settlement", window_id, to.value, at, detail)
+        return True
+
+    def get(self, window_id: str) -> SettlementWindow | None:
+        w, pr, st = windows_t.c, pairs_t.c, statements_t.c
+        row = self._cursor.first(self._prepared(
+            select(w.window_id, w.state, w.opens_at, w.closes_at, w.closed_at).where(w.window_id == window_id)))
+        if row is None:
+            return None
+        pairs, payments = [], []
+        for fr, to, gross, count, bank, serial, paid_on in self._cursor.all(self._prepared(
+                select(pr.from_province, pr.to_province, pr.gross_fen, pr.transfer_count, pr.bank, pr.serial_number,
+                       pr.paid_on).where(pr.window_id == window_id).order_by(pr.from_province, pr.to_province))):
+            pairs.append(PairFigure(fr, to, int(gross), int(count)))
+            if paid_on is not None:
+                payments.append(Payment(fr, to, bank, serial, paid_on))
+        acks = tuple(Acknowledgement(province, at) for province, at in self._cursor.all(self._prepared(
+            select(st.province, st.acknowledged_at).where(and_(st.window_id == window_id,
+                                                                st.acknowledged_at.is_not(None)))
+            .order_by(st.province))))
+        return SettlementWindow(row[0], WindowState(row[1]), row[2], row[3], row[4], tuple(pairs), acks,
+                                tuple(payments))
+
+    def newest_first(self, states: Sequence[WindowState], before: str | None, limit: int) -> list[SettlementWindow]:
+        """Windows newest first (by window id), `before` excluded."""
+        w = windows_t.c
+        query = select(w.window_id)
+        if states:
+            query = query.where(or_(*(w.state == state.value for state in states)))
+        if before is not None:
+            query = query.where(w.window_id < before)
+        ids = [r[0] for r in self._cursor.all(self._prepared(query.order_by(w.window_id.desc()).limit(limit)))]
+        return [window for window_id in ids if (window := self.get(window_id)) is not None]
+
+    def due_for_close(self, closes_before: datetime, limit: int) -> list[str]:
+        w = windows_t.c
+        statement = self._prepared(select(w.window_id).where(and_(w.state == WindowState.OPEN.value,
+                                                                  w.closes_at <= closes_before))
+                                   .order_by(w.closes_at).limit(limit))
+        return [row[0] for row in self._cursor.all(statement)]
+
+    def statement(self, window_id: str, province: str, payload_type: str) -> tuple[Envelope, bytes] | None:
+        """The gateway-signed figures sent to `province` (of the type the caller stored them as), with their digest."""
+        st = statements_t.c
+        row = self._cursor.first(self._prepared(
+            select(st.figures_payload, st.figures_key_id, st.figures_alg, st.figures_signature, st.figures_sha256)
+            .where(and_(st.window_id == window_id, st.province == province))))
+        if row is None:
+            return None
+        payload, key_id, alg, signature, digest = row
+        return Envelope(bytes(payload), payload_type, GATEWAY, key_id, alg, bytes(signature)), bytes(digest)
+
+    def latest_statement_window(self, province: str) -> str | None:
+        st = statements_t.c
+        row = self._cursor.first(self._prepared(select(st.window_id).where(st.province == province)
+                                                .order_by(st.window_id.desc()).limit(1)))
+        return None if row is None else str(row[0])
+
+    def acknowledge(self, window_id: str, province: str, at: datetime, message_id: str, envelope: Envelope) -> bool:
+        """Record the province's signed agreement once; False if it had already agreed."""
+        st = statements_t.c
+        statement = self._prepared(update(statements_t).where(and_(
+            st.window_id == window_id, st.province == province, st.acknowledged_at.is_(None))).values(
+            acknowledged_at=at, ack_message_id=message_id, ack_payload=envelope.payload, ack_key_id=envelope.key_id,
+            ack_signature=envelope.signature))
+        if self._cursor.run(statement) != 1:
+            return False
+        self._audit.record("settlement", window_id, "AGREED", at,
+                           f"{province} message_id={message_id} signature={envelope.signature.hex()}")
+        return True
+
+    def unacknowledged(self, window_id: str) -> int:
+        st = statements_t.c
+        row = self._cursor.first(self._prepared(select(func.count()).select_from(statements_t).where(
+            and_(st.window_id == window_id, st.acknowledged_at.is_(None)))))
+        return int(row[0]) if row else 0
+
+    def record_payment(self, window_id: str, payment: Payment, at: datetime) -> None:
+        pr = pairs_t.c
+        self._cursor.run(self._prepared(update(pairs_t).where(and_(
+            pr.window_id == window_id, pr.from_province == payment.from_province,
+            pr.to_province == payment.to_province, pr.paid_on.is_(None))).values(
+            bank=payment.bank, serial_number=payment.serial_number, paid_on=payment.paid_on, paid_recorded_at=at)))
+        self._audit.record("settlement", window_id, "PAID", at,
+                           f"{payment.from_province}->{payment.to_province} bank={payment.bank} "
+                           f"serial={payment.serial_number} date={payment.paid_on.isoformat()}")
+
+    def counts_by_state(self) -> dict[WindowState, int]:
+        w = windows_t.c
+        rows = self._cursor.all(self._prepared(select(w.state, func.count()).group_by(w.state)))
+        return {WindowState(state): int(count) for state, count in rows}

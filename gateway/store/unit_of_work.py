@@ -1,0 +1,105 @@
+"""The unit of work (one database transaction, every repository on its connection) and the SqlStore it shares."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from sqlalchemy import Engine
+
+from gateway.store.prepared import Cursor, contention
+from gateway.store.repositories.audit import SqlAuditLog
+from gateway.store.repositories.bindings import SqlBindingRepository
+from gateway.store.repositories.gateway_keys import SqlGatewayKeyRepository
+from gateway.store.repositories.members import SqlMemberRepository
+from gateway.store.repositories.outbox import SqlOutboxRepository
+from gateway.store.repositories.relation_queries import SqlRelationQueryLog
+from gateway.store.repositories.requests import SqlRequestRepository
+from gateway.store.repositories.routing import RoutingCache, SqlProvinceRepository
+from gateway.store.repositories.settlements import SqlSettlementRepository
+from gateway.store.repositories.transfers import SqlTransferRepository
+from gateway.store.sealing import Sealer
+from gateway.store.statements import Statements
+
+log = logging.getLogger(__name__)
+
+
+class SqlStore:
+    """What the units of work of one database share: its engine, the statements compiled for it, its routing
+    cache, and how its personal data is sealed. Built once by whoever opens the database (app.py), and given
+    to each unit of work: nothing is looked up by engine."""
+
+    def __init__(self, engine: Engine, sealer: Sealer) -> None:
+        self.engine = engine
+        self.sealer = sealer
+        self.statements = Statements(engine)
+        self.routing = RoutingCache()
+        self.is_sqlite = engine.dialect.name == "sqlite"
+
+    def unit_of_work(self, read_only: bool = False) -> SqlUnitOfWork:
+        """A new unit of work on this store (the use cases' UnitOfWorkFactory)."""
+        return SqlUnitOfWork(self, read_only)
+
+
+class SqlUnitOfWork:
+    """One database transaction; leaving the block without commit() rolls it back."""
+
+    def __init__(self, store: SqlStore, read_only: bool = False) -> None:
+        self._store = store
+        # A long read (verifying the whole audit chain) takes one consistent snapshot and no write lock.
+        self._read_only = read_only
+
+    def __enter__(self) -> SqlUnitOfWork:
+        self._connection = self._store.engine.raw_connection()
+        self._cursor = Cursor(self._connection.driver_connection)
+        self._open = True
+        if self._store.is_sqlite:
+            self._cursor.raw("BEGIN" if self._read_only else "BEGIN IMMEDIATE")
+        elif self._read_only:
+            self._cursor.raw("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        # Each repository is given what it uses of the store, and nothing is found by engine.
+        cursor, statements, sealer = self._cursor, self._store.statements, self._store.sealer
+        dialect = self._store.engine.dialect
+        self.audit = SqlAuditLog(cursor, statements)
+        self.provinces = SqlProvinceRepository(cursor, statements, self._store.routing, self.audit)
+        self.requests = SqlRequestRepository(cursor, statements)
+        self.transfers = SqlTransferRepository(cursor, statements, dialect, sealer, self.audit)
+        self.outbox = SqlOutboxRepository(cursor, statements)
+        self.bindings = SqlBindingRepository(cursor, statements, sealer, self.audit)
+        self.members = SqlMemberRepository(cursor, statements)
+        self.settlements = SqlSettlementRepository(cursor, statements, dialect, self.audit)
+        self.gateway_keys = SqlGatewayKeyRepository(cursor, statements, dialect, self.audit)
+        self.relation_queries = SqlRelationQueryLog(cursor, statements)
+        self._after_commit: list[Callable[[], None]] = []
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._open:
+                self._end("ROLLBACK")
+        finally:
+            self._cursor.close()
+            self._connection.close()  # back to the pool
+
+    def _end(self, verb: str) -> None:
+        self._open = False
+        if self._store.is_sqlite:
+            self._cursor.raw(verb)
+        elif verb == "COMMIT":
+            with contention():
+                self._connection.commit()
+        else:
+            self._connection.rollback()
+
+    def commit(self) -> None:
+        self.audit.flush()
+        self._end("COMMIT")
+        actions, self._after_commit = self._after_commit, []
+        for action in actions:
+            try:
+                action()
+            except Exception:  # committed all the same: the caller must hear so, not an error
+                log.exception("an action after a commit failed")
+
+    def after_commit(self, action: Callable[[], None]) -> None:
+        self._after_commit.append(action)
