@@ -224,11 +224,15 @@ def message_ids_the_gateway_makes() -> list[tuple[str, dict[str, str], str]]:
 
     from gateway.api.receipts import SignedReceiptIssuer
     from gateway.domain.bindings import BindingState
+    from gateway.domain.outbox import (
+        binding_outcome_message_id,
+        consent_message_id,
+        delivery_message_id,
+        settlement_message_id,
+        transfer_outcome_message_id,
+    )
     from gateway.domain.transfers import TransferState
     from gateway.security.signing import EnvelopeSigner
-    from gateway.usecases.bindings import binding_outcome_message_id, consent_message_id
-    from gateway.usecases.settlements import settlement_message_id
-    from gateway.usecases.transfers import delivery_message_id, outcome_message_id
 
     at = datetime(2026, 5, 4, 1, 2, 3, 456789, tzinfo=UTC)
     receipt = SignedReceiptIssuer(EnvelopeSigner("gateway", "k", Ed25519PrivateKey.generate())).issue(
@@ -238,7 +242,7 @@ def message_ids_the_gateway_makes() -> list[tuple[str, dict[str, str], str]]:
     return [
         ("dlv:<transfer_id>", {"transfer_id": "t-1"}, delivery_message_id("t-1")),
         ("out:<transfer_id>:<STATE>", {"transfer_id": "t-1", "STATE": "COMMITTED"},
-         outcome_message_id("t-1", TransferState.COMMITTED)),
+         transfer_outcome_message_id("t-1", TransferState.COMMITTED)),
         ("bout:<binding_id>:<STATE>:<unix time, 6 decimals>",
          {"binding_id": "b-1", "STATE": "ACTIVE", "unix time, 6 decimals": f"{at.timestamp():.6f}"},
          binding_outcome_message_id("b-1", BindingState.ACTIVE, at)),
