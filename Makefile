@@ -51,7 +51,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-## A new schema migration from what gateway/store/tables.py adds to head: make migration m="what it changes".
+## A new schema migration from what gateway/store/tables/ adds to head: make migration m="what it changes".
 migration: setup
 	$(PY) -m scripts.new_migration "$(m)"
 

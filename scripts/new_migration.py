@@ -1,4 +1,4 @@
-"""`make migration m="..."`: a new revision holding what gateway/store/tables.py adds to head (autogenerate)."""
+"""`make migration m="..."`: a new revision holding what gateway/store/tables/ adds to head (autogenerate)."""
 
 from __future__ import annotations
 

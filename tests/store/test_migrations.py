@@ -72,7 +72,7 @@ def test_the_migrations_have_one_head_and_a_chain_down_to_nothing() -> None:
 
 
 def test_upgrading_an_empty_database_creates_exactly_the_typed_tables(engine: Engine) -> None:
-    """The drift check: fails when gateway/store/tables.py changes without a migration (make migration)."""
+    """The drift check: fails when gateway/store/tables/ changes without a migration (make migration)."""
     assert schema_status(engine).state is SchemaState.EMPTY and current_revision(engine) is None
     before = upgrade(engine)
     assert before.state is SchemaState.EMPTY

@@ -1,0 +1,79 @@
+"""The database schema as SQLAlchemy 2.0 typed mappings (SQLite and PostgreSQL alike), one module per aggregate."""
+
+from __future__ import annotations
+
+from sqlalchemy import Table
+
+from gateway.store.tables.audit import AuditCheckpointRow, AuditEntryRow, AuditHeadRow
+from gateway.store.tables.base import Base, UtcDateTime
+from gateway.store.tables.bindings import BindingRow, MemberSuspensionRow
+from gateway.store.tables.outbox import OutboxRow
+from gateway.store.tables.relations import RelationQueryRow
+from gateway.store.tables.requests import RequestRow
+from gateway.store.tables.routing import GatewayKeyRow, ProvinceKeyRow, ProvinceRow, RoutingVersionRow
+from gateway.store.tables.settlements import SettlementPairRow, SettlementStatementRow, SettlementWindowRow
+from gateway.store.tables.transfers import GiverDayRow, TransferEventRow, TransferRow
+
+# The tables as SQLAlchemy Core sees them, for building statements.
+provinces_t: Table = ProvinceRow.__table__  # type: ignore[assignment]
+keys_t: Table = ProvinceKeyRow.__table__  # type: ignore[assignment]
+routing_version_t: Table = RoutingVersionRow.__table__  # type: ignore[assignment]
+requests_t: Table = RequestRow.__table__  # type: ignore[assignment]
+transfers_t: Table = TransferRow.__table__  # type: ignore[assignment]
+events_t: Table = TransferEventRow.__table__  # type: ignore[assignment]
+outbox_t: Table = OutboxRow.__table__  # type: ignore[assignment]
+bindings_t: Table = BindingRow.__table__  # type: ignore[assignment]
+suspensions_t: Table = MemberSuspensionRow.__table__  # type: ignore[assignment]
+giver_days_t: Table = GiverDayRow.__table__  # type: ignore[assignment]
+audit_t: Table = AuditEntryRow.__table__  # type: ignore[assignment]
+gateway_keys_t: Table = GatewayKeyRow.__table__  # type: ignore[assignment]
+audit_head_t: Table = AuditHeadRow.__table__  # type: ignore[assignment]
+checkpoints_t: Table = AuditCheckpointRow.__table__  # type: ignore[assignment]
+windows_t: Table = SettlementWindowRow.__table__  # type: ignore[assignment]
+pairs_t: Table = SettlementPairRow.__table__  # type: ignore[assignment]
+statements_t: Table = SettlementStatementRow.__table__  # type: ignore[assignment]
+relation_queries_t: Table = RelationQueryRow.__table__  # type: ignore[assignment]
+
+REASON_MAX = 64  # the width of every stored reason (transfers, their events, bindings, rejections)
+
+__all__ = [
+    "REASON_MAX",
+    "AuditCheckpointRow",
+    "AuditEntryRow",
+    "AuditHeadRow",
+    "Base",
+    "BindingRow",
+    "GatewayKeyRow",
+    "GiverDayRow",
+    "MemberSuspensionRow",
+    "OutboxRow",
+    "ProvinceKeyRow",
+    "ProvinceRow",
+    "RelationQueryRow",
+    "RequestRow",
+    "RoutingVersionRow",
+    "SettlementPairRow",
+    "SettlementStatementRow",
+    "SettlementWindowRow",
+    "TransferEventRow",
+    "TransferRow",
+    "UtcDateTime",
+    "audit_head_t",
+    "audit_t",
+    "bindings_t",
+    "checkpoints_t",
+    "events_t",
+    "gateway_keys_t",
+    "giver_days_t",
+    "keys_t",
+    "outbox_t",
+    "pairs_t",
+    "provinces_t",
+    "relation_queries_t",
+    "requests_t",
+    "routing_version_t",
+    "statements_t",
+    "suspensions_t",
+    "transfers_t",
+    "windows_t",
+]
