@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -127,6 +128,28 @@ def db_current(url: DatabaseUrl = None, as_json: AsJson = False) -> None:
         print(f"{status.revision} (head)")
     else:
         print(f"{status.revision or 'no revision'} ({status.state.value}): {status.problem()}")
+
+
+@db_app.command("recount")
+def db_recount(url: DatabaseUrl = None, as_json: AsJson = False) -> None:
+    """Recompute the monitoring totals (transfers by pair and state, each province's outbox) from the rows and
+    say whether they agree with the totals the gateway keeps; exit code 1 when they do not."""
+    from gateway.store.sealing import NoSealer
+    from gateway.store.unit_of_work import SqlStore
+    from gateway.usecases.monitoring import recount_totals
+
+    with database(url) as (engine, shown):
+        store = SqlStore(engine, NoSealer())  # totals and counts hold no personal data
+        differences = recount_totals(lambda: store.unit_of_work(read_only=True))
+    if as_json:
+        print(json.dumps({"database": shown, "agree": not differences, "differences": differences}))
+    elif not differences:
+        print(f"{shown}: the monitoring totals agree with the rows")
+    else:
+        for difference in differences:
+            err_console.print(f"[red]recount:[/red] {escape(difference)}", highlight=False, soft_wrap=True)
+    if differences:
+        raise typer.Exit(1)
 
 
 @audit_app.command("verify")

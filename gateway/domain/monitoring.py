@@ -58,6 +58,28 @@ class PairStateFigure:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxFigures:
+    """One destination's outbox: messages waiting, send attempts, acknowledged messages."""
+
+    pending: int
+    attempts: int
+    done: int
+
+    @property
+    def failed_attempts(self) -> int:
+        """Every attempt but the one that succeeded failed (a message leased and in flight counts too)."""
+        return self.attempts - self.done
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """The running totals behind the operators' reads (or the same, recounted from the rows)."""
+
+    transfers: list[PairStateFigure]
+    outbox: dict[str, OutboxFigures]
+
+
+@dataclass(frozen=True, slots=True)
 class Stats:
     transfers: list[PairStateFigure] = field(default_factory=list)
     outbox_backlog: int = 0

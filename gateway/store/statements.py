@@ -11,6 +11,7 @@ from sqlalchemy.sql import ClauseElement
 from gateway.domain.settlement import WindowState
 from gateway.domain.transfers import TransferState
 from gateway.store.prepared import Prepared
+from gateway.store.repositories.totals import TotalStatements
 from gateway.store.tables import (
     audit_head_t,
     audit_t,
@@ -61,6 +62,7 @@ class Statements:
             return Prepared(statement, dialect)
 
         t, o, r = transfers_t.c, outbox_t.c, requests_t.c
+        self.totals = TotalStatements(dialect, insert)
         self.routing_version = p(select(routing_version_t.c.version).where(routing_version_t.c.id == 1))
         self.bump_routing_version = p(update(routing_version_t).where(routing_version_t.c.id == 1)
                                       .values(version=routing_version_t.c.version + 1))
@@ -112,8 +114,10 @@ class Statements:
         self.history = p(select(events_t.c.state, events_t.c.at, events_t.c.reason)
                          .where(events_t.c.transfer_id == _b("w_id")).order_by(events_t.c.id))
         self.instruction = p(select(*INSTRUCTION).where(t.transfer_id == _b("w_id")))
+        # What moved is returned for the running totals (repositories/totals.py).
         self.change_state = p(update(transfers_t).where(and_(t.transfer_id == _b("w_id"), t.state == _b("w_from")))
-                              .values(state=_b("state"), reason=_b("reason"), updated_at=_b("updated_at")))
+                              .values(state=_b("state"), reason=_b("reason"), updated_at=_b("updated_at"))
+                              .returning(t.giver_province, t.receiver_province, t.amount_fen))
         self.due_for_return = p(select(t.transfer_id).where(and_(t.state == TransferState.DELIVERED.value,
                                                                  t.return_deadline <= _b("now")))
                                 .order_by(t.return_deadline).limit(_b("limit")))
@@ -196,11 +200,12 @@ class Statements:
             asked_at=_b("asked_at"), asking_province=_b("asking_province"), receiver_province=_b("receiver_province"),
             message_id=_b("message_id"), giver_id_masked=_b("giver_id_masked"),
             receiver_id_masked=_b("receiver_id_masked"), relation_code=_b("relation_code"), answer=_b("answer")))
-        self.enqueue = p(queued(0, _b("at")))
+        self.enqueue = p(queued(0, _b("at")).returning(o.id))
         # Written as a claim would leave it: its first attempt counted, due again when the lease ends.
         self.enqueue_leased = p(queued(1, _b("lease_until")).returning(o.id))
         self.release_lease = p(update(outbox_t).where(and_(o.id == _b("w_id"), o.status == "PENDING"))
-                               .values(next_attempt_at=_b("now"), attempts=o.attempts - 1))
+                               .values(next_attempt_at=_b("now"), attempts=o.attempts - 1)
+                               .returning(o.destination, o.message_id))
         due = (select(o.id, o.destination, o.kind, o.state, o.reason, o.message_id, o.subject_id, o.attempts,
                       o.created_at)
                .where(and_(o.status == "PENDING", o.next_attempt_at <= _b("now")))
@@ -211,9 +216,11 @@ class Statements:
         self.lease = p(update(outbox_t).where(o.id == _b("w_id"))
                        .values(next_attempt_at=_b("lease_until"), attempts=o.attempts + 1))
         self.mark_done = p(update(outbox_t).where(and_(o.id == _b("w_id"), o.status == "PENDING"))
-                           .values(status="DONE", done_at=_b("at"), last_error=""))
+                           .values(status="DONE", done_at=_b("at"), last_error="")
+                           .returning(o.destination, o.message_id))
         self.mark_retry = p(update(outbox_t).where(and_(o.id == _b("w_id"), o.status == "PENDING"))
                             .values(next_attempt_at=_b("next_attempt_at"), last_error=_b("error")))
         self.expire_pending = p(update(outbox_t).where(and_(o.kind == _b("w_kind"), o.subject_id == _b("w_subject"),
                                                             o.status == "PENDING"))
-                                .values(status="EXPIRED", done_at=_b("at"), last_error=_b("error")))
+                                .values(status="EXPIRED", done_at=_b("at"), last_error=_b("error"))
+                                .returning(o.destination, o.message_id))

@@ -17,6 +17,7 @@ from gateway.store.repositories.relation_queries import SqlRelationQueryLog
 from gateway.store.repositories.requests import SqlRequestRepository
 from gateway.store.repositories.routing import RoutingCache, SqlProvinceRepository
 from gateway.store.repositories.settlements import SqlSettlementRepository
+from gateway.store.repositories.totals import SqlTotals
 from gateway.store.repositories.transfers import SqlTransferRepository
 from gateway.store.sealing import Sealer
 from gateway.store.statements import Statements
@@ -63,8 +64,9 @@ class SqlUnitOfWork:
         self.audit = SqlAuditLog(cursor, statements)
         self.provinces = SqlProvinceRepository(cursor, statements, self._store.routing, self.audit)
         self.requests = SqlRequestRepository(cursor, statements)
-        self.transfers = SqlTransferRepository(cursor, statements, dialect, sealer, self.audit)
-        self.outbox = SqlOutboxRepository(cursor, statements)
+        self.totals = SqlTotals(cursor, statements.totals)
+        self.transfers = SqlTransferRepository(cursor, statements, dialect, sealer, self.audit, self.totals)
+        self.outbox = SqlOutboxRepository(cursor, statements, self.totals)
         self.bindings = SqlBindingRepository(cursor, statements, sealer, self.audit)
         self.members = SqlMemberRepository(cursor, statements)
         self.settlements = SqlSettlementRepository(cursor, statements, dialect, self.audit)

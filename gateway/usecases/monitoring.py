@@ -16,6 +16,7 @@ from gateway.domain.provinces import validate_province_code
 from gateway.domain.settlement import WindowState
 from gateway.domain.transfers import INT64_MAX, Transfer, validate_message_id
 from gateway.usecases.context import UseCaseContext
+from gateway.usecases.ports import UnitOfWorkFactory
 from gateway.usecases.relations import RunInDb
 
 DEFAULT_PAGE_SIZE = 100
@@ -138,3 +139,22 @@ def get_stats(ctx: UseCaseContext) -> Stats:
         stats = uow.transfers.stats()
         windows = uow.settlements.counts_by_state()
     return dataclasses.replace(stats, settlement_windows={state.value: windows.get(state, 0) for state in WindowState})
+
+
+def recount_totals(uow_factory: UnitOfWorkFactory) -> list[str]:
+    """Recompute the operators' running totals from every row, in one snapshot: what differs, [] if they agree."""
+    with uow_factory() as uow:
+        kept, counted = uow.totals.read(), uow.totals.recount()
+    differences = []
+    kept_pairs = {(f.giver_province, f.receiver_province, f.state): (f.count, f.amount_fen) for f in kept.transfers}
+    counted_pairs = {(f.giver_province, f.receiver_province, f.state): (f.count, f.amount_fen)
+                     for f in counted.transfers}
+    for key in sorted(kept_pairs.keys() | counted_pairs.keys(), key=lambda k: (k[0], k[1], k[2].value)):
+        if kept_pairs.get(key, (0, 0)) != counted_pairs.get(key, (0, 0)):
+            differences.append(f"transfers {key[0]}->{key[1]} {key[2].value}: kept {kept_pairs.get(key, (0, 0))} "
+                               f"(count, fen), counted {counted_pairs.get(key, (0, 0))}")
+    for destination in sorted(kept.outbox.keys() | counted.outbox.keys()):
+        mine, theirs = kept.outbox.get(destination), counted.outbox.get(destination)
+        if mine != theirs:
+            differences.append(f"outbox {destination}: kept {mine}, counted {theirs}")
+    return differences

@@ -9,7 +9,7 @@ from typing import Protocol
 from gateway.domain.audit import AuditEntry, Checkpoint
 from gateway.domain.bindings import Attestation, Binding, BindingState
 from gateway.domain.envelope import Envelope
-from gateway.domain.monitoring import Stats, TransferChange, TransferFilter
+from gateway.domain.monitoring import Stats, Totals, TransferChange, TransferFilter
 from gateway.domain.outbox import OutboxContent, OutboxKind, OutboxMessage
 from gateway.domain.provinces import Province, ProvinceKey
 from gateway.domain.records import StoredRequest
@@ -63,6 +63,14 @@ class TransferRepository(Protocol):
     def writers_horizon(self) -> datetime | None: ...
     def writers_ended(self, horizon: datetime | None) -> bool: ...
     def undelivered_past_deadline(self, now: datetime, limit: int) -> list[str]: ...
+
+
+class TotalsRepository(Protocol):
+    """The running totals the operators' reads use, kept with every change they count."""
+
+    def read(self) -> Totals: ...
+    def recount(self) -> Totals:
+        """The same, computed from every row: what the totals must equal."""
 
 
 class OutboxRepository(Protocol):
@@ -160,6 +168,8 @@ class UnitOfWork(Protocol):
     def transfers(self) -> TransferRepository: ...
     @property
     def outbox(self) -> OutboxRepository: ...
+    @property
+    def totals(self) -> TotalsRepository: ...
     @property
     def bindings(self) -> BindingRepository: ...
     @property

@@ -24,6 +24,7 @@ from gateway.security.signing import verify_signature
 from gateway.store.engine import make_engine
 from gateway.store.unit_of_work import SqlStore
 from gateway.usecases.audit import verify_audit
+from gateway.usecases.monitoring import recount_totals
 from protos.gongji.v1 import transfers_pb2
 from protos.stub.v1 import control_pb2
 from scripts.launcher import GANSU, ROOT, XINJIANG
@@ -234,6 +235,9 @@ class AuditResult:
     findings: list[str]
     transfer_entries_match_events: bool
     cli: str  # what `gongji audit verify` said, or why it was not run
+    # Where the operators' running totals differ from what the rows say ([]: they agree), and `gongji db recount`.
+    totals_differences: list[str]
+    recount_cli: str
 
 
 def verify_audit_chain(deployment: Deployment, db: DbView) -> AuditResult:
@@ -244,11 +248,23 @@ def verify_audit_chain(deployment: Deployment, db: DbView) -> AuditResult:
         report: VerifyReport = verify_audit(store.unit_of_work,
                                             {"gateway-k1": load_public_key(deployment.keys_dir / "gateway.pub")},
                                             verify_signature)
+        differences = recount_totals(store.unit_of_work)
     finally:
         engine.dispose()
     events = sum(len(states) for states in db.events.values())
     return AuditResult(report.ok, report.entries, report.checkpoints, [str(f) for f in report.findings],
-                       db.audit_transfer_entries == events, _cli_verify(deployment, report.entries))
+                       db.audit_transfer_entries == events, _cli_verify(deployment, report.entries), differences,
+                       _cli_recount(deployment))
+
+
+def _cli_recount(deployment: Deployment) -> str:
+    """`gongji db recount` as an operator would run it: the same verdict as recount_totals."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GONGJI_")}
+    gongji = str(Path(sys.executable).parent / "gongji")
+    done = subprocess.run([gongji, "db", "recount", "--database", deployment.db_url, "--json"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    report = json.loads(done.stdout) if done.stdout.strip() else {"agree": False, "error": done.stderr[-500:]}
+    return "agree" if done.returncode == 0 and report["agree"] else f"DIFFER {report}"
 
 
 def _cli_verify(deployment: Deployment, entries: int) -> str:

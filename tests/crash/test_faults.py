@@ -55,6 +55,8 @@ def _finish(deployment: Deployment, driver: Driver, what: str, extra: str = "") 
     assert result.lost == 0 and result.doubled == 0, result.problems()
     assert db.pending_outbox() == 0
     assert audit.ok and audit.transfer_entries_match_events, audit.findings[:5]
+    assert audit.totals_differences == [] and audit.recount_cli == "agree", (audit.totals_differences,
+                                                                             audit.recount_cli)
     return result, db
 
 

@@ -92,6 +92,7 @@ def test_kill_nine_under_load_loses_and_doubles_nothing(tmp_path: Path, closing:
         f"crash test: cycles={CYCLES} kills_with_calls_in_flight={kills_with_calls_in_flight} "
         f"acknowledged={result.acknowledged} present={result.present} doubled={result.doubled} "
         f"lost={result.lost} redelivered={result.redelivered} audit={'ok' if audit.ok else 'FAILED'} "
+        f"totals={'agree' if not audit.totals_differences else 'DIFFER'} "
         f"entries={audit.entries} | seed={seed} submitted={len(driver.submissions)} "
         f"calls_in_flight_at_kills={calls_in_flight_at_kills} "
         f"submits_lost_then_replayed={submits.replays_on_resend} "
@@ -118,5 +119,7 @@ def test_kill_nine_under_load_loses_and_doubles_nothing(tmp_path: Path, closing:
     assert result.final_states == {"COMMITTED": result.acknowledged}, result.final_states
     assert db.pending_outbox() == 0
     assert audit.ok, audit.findings[:5]
+    assert audit.totals_differences == [] and audit.recount_cli == "agree", (audit.totals_differences,
+                                                                             audit.recount_cli)
     assert audit.transfer_entries_match_events, "each transfer state change is one audit entry"
     assert audit.checkpoints >= 1

@@ -88,6 +88,7 @@ def test_two_gateways_one_killed_mid_load(tmp_path: Path, closing: contextlib.Ex
         f"answers_lost_then_replayed={driver.stats.replays_on_resend} "
         f"final={result.final_states} "
         f"call_codes={dict(driver.stats.codes)} audit={'ok' if audit.ok else 'FAILED'} entries={audit.entries} "
+        f"totals={'agree' if not audit.totals_differences else 'DIFFER'} "
         f"checkpoints={audit.checkpoints} drain_s={settling.seconds:.1f} total_s={time.monotonic() - started:.0f}")
     print(summary, flush=True)
 
@@ -107,6 +108,8 @@ def test_two_gateways_one_killed_mid_load(tmp_path: Path, closing: contextlib.Ex
     assert all(_utc(final_rows[i].done_at) >= _utc(leased[i]) for i in orphaned), (
         "a message leased by the killed gateway went out before its lease ran out")
     assert audit.ok and audit.transfer_entries_match_events, audit.findings[:5]
+    assert audit.totals_differences == [] and audit.recount_cli == "agree", (audit.totals_differences,
+                                                                             audit.recount_cli)
 
 
 def _utc(at: datetime | None) -> datetime:

@@ -18,6 +18,7 @@ from gateway.domain.outbox import (
 )
 from gateway.domain.transfers import TransferState
 from gateway.store.prepared import Cursor
+from gateway.store.repositories.totals import SqlTotals
 from gateway.store.statements import Statements
 from gateway.store.tables import REASON_MAX
 
@@ -47,38 +48,48 @@ def _content(kind: str, state: str, reason: str) -> OutboxContent:
 
 
 class SqlOutboxRepository:
-    def __init__(self, cursor: Cursor, statements: Statements) -> None:
-        self._cursor, self._s = cursor, statements
+    def __init__(self, cursor: Cursor, statements: Statements, totals: SqlTotals) -> None:
+        self._cursor, self._s, self._totals = cursor, statements, totals
 
     def enqueue(self, destination: str, content: OutboxContent, message_id: str, subject_id: str, at: datetime,
                 lease_until: datetime | None = None) -> OutboxMessage | None:
         # The unique (destination, message_id) key makes a second enqueue of the same message a no-op.
         columns = _columns(content)
         if lease_until is None:
-            self._cursor.run(self._s.enqueue, destination=destination, message_id=message_id, subject_id=subject_id,
-                             at=at, **columns)
+            if self._cursor.first(self._s.enqueue, destination=destination, message_id=message_id,
+                                  subject_id=subject_id, at=at, **columns) is not None:
+                self._totals.outbox_moved(destination, message_id, pending=1)
             return None
         row = self._cursor.first(self._s.enqueue_leased, destination=destination, message_id=message_id,
                                  subject_id=subject_id, at=at, lease_until=lease_until, **columns)
-        return None if row is None else OutboxMessage(row[0], destination, _content(**columns), message_id, subject_id,
-                                                      1, at)
+        if row is None:
+            return None
+        self._totals.outbox_moved(destination, message_id, pending=1, attempts=1)  # written as a claim leaves it
+        return OutboxMessage(row[0], destination, _content(**columns), message_id, subject_id, 1, at)
 
     def release(self, message_ids: Sequence[int], now: datetime) -> None:
-        self._cursor.run_many(self._s.release_lease, [{"w_id": id, "now": now} for id in message_ids])
+        for id in message_ids:
+            if (row := self._cursor.first(self._s.release_lease, w_id=id, now=now)) is not None:
+                self._totals.outbox_moved(row[0], row[1], attempts=-1)  # the attempt was never made
 
     def claim_due(self, now: datetime, limit: int, lease_until: datetime) -> list[OutboxMessage]:
         """Take due messages and lease them, so a crash mid-send only delays their retry."""
         rows = self._cursor.all(self._s.claim_due, now=now, limit=limit)
         self._cursor.run_many(self._s.lease, [{"w_id": row[0], "lease_until": lease_until} for row in rows])
+        for row in rows:
+            self._totals.outbox_moved(row[1], row[5], attempts=1)
         return [OutboxMessage(id, destination, _content(kind, state, reason), message_id, subject_id, attempts + 1,
                               created_at)
                 for id, destination, kind, state, reason, message_id, subject_id, attempts, created_at in rows]
 
     def mark_done(self, message_id: int, at: datetime) -> None:
-        self._cursor.run(self._s.mark_done, w_id=message_id, at=at)
+        if (row := self._cursor.first(self._s.mark_done, w_id=message_id, at=at)) is not None:
+            self._totals.outbox_moved(row[0], row[1], pending=-1, done=1)
 
     def mark_retry(self, message_id: int, next_attempt_at: datetime, error: str) -> None:
         self._cursor.run(self._s.mark_retry, w_id=message_id, next_attempt_at=next_attempt_at, error=error[:128])
 
     def expire_pending(self, kind: OutboxKind, subject_id: str, at: datetime, error: str) -> None:
-        self._cursor.run(self._s.expire_pending, w_kind=kind.value, w_subject=subject_id, at=at, error=error[:128])
+        for destination, message_id in self._cursor.all(self._s.expire_pending, w_kind=kind.value,
+                                                        w_subject=subject_id, at=at, error=error[:128]):
+            self._totals.outbox_moved(destination, message_id, pending=-1)

@@ -3,28 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.engine import Dialect
 
 from gateway.domain.envelope import Envelope
-from gateway.domain.monitoring import PairStateFigure, Stats, TransferChange, TransferFilter
+from gateway.domain.monitoring import Stats, TransferChange, TransferFilter
 from gateway.domain.transfers import Transfer, TransferEvent, TransferState
 from gateway.store.prepared import Cursor, Prepared
 from gateway.store.repositories.audit import SqlAuditLog
+from gateway.store.repositories.totals import SqlTotals
 from gateway.store.sealing import Sealer
 from gateway.store.statements import TRANSFER_VIEW, Statements
-from gateway.store.tables import REASON_MAX, outbox_t, transfers_t
-
-
-def _aware(value: Any) -> datetime | None:
-    """An aggregate (MIN) skips the column's type on some drivers: read SQLite's text as UTC too."""
-    if value is None:
-        return None
-    at: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
+from gateway.store.tables import REASON_MAX, transfers_t
 
 
 def _instruction_place(transfer_id: str) -> bytes:
@@ -33,8 +26,9 @@ def _instruction_place(transfer_id: str) -> bytes:
 
 class SqlTransferRepository:
     def __init__(self, cursor: Cursor, statements: Statements, dialect: Dialect, sealer: Sealer,
-                 audit: SqlAuditLog) -> None:
+                 audit: SqlAuditLog, totals: SqlTotals) -> None:
         self._cursor, self._s, self._dialect, self._sealer, self._audit = cursor, statements, dialect, sealer, audit
+        self._totals = totals
 
     def page(self, where: TransferFilter, after: tuple[datetime, str] | None, limit: int) -> list[Transfer]:
         """Transfers in (created_at, transfer_id) order after `after`: new ones only ever come later."""
@@ -79,23 +73,13 @@ class SqlTransferRepository:
         return row is not None and int(row[0]) == 0
 
     def stats(self) -> Stats:
-        t, o = transfers_t.c, outbox_t.c
-        by_pair = Prepared(select(t.giver_province, t.receiver_province, t.state, func.count(),
-                                  func.coalesce(func.sum(t.amount_fen), 0))
-                           .group_by(t.giver_province, t.receiver_province, t.state)
-                           .order_by(t.giver_province, t.receiver_province, t.state), self._dialect)
-        backlog = Prepared(select(func.count(), func.min(o.created_at)).where(o.status == "PENDING"), self._dialect)
-        # Every attempt of a message but the one that succeeded failed (a leased one in flight counts too).
-        succeeded = func.sum(case((o.status == "DONE", 1), else_=0))
-        failures = Prepared(select(o.destination, func.sum(o.attempts) - succeeded)
-                            .group_by(o.destination).order_by(o.destination), self._dialect)
-        pending = self._cursor.first(backlog)
+        """From the running totals and one index seek: the same at a million transfers as at ten."""
+        totals = self._totals.read()
         return Stats(
-            transfers=[PairStateFigure(g, r, TransferState(s), int(c), int(a)) for g, r, s, c, a in
-                       self._cursor.all(by_pair)],
-            outbox_backlog=int(pending[0]) if pending else 0,
-            oldest_undelivered=_aware(pending[1]) if pending else None,
-            failed_attempts_by_province={d: int(n or 0) for d, n in self._cursor.all(failures)})
+            transfers=totals.transfers,
+            outbox_backlog=sum(figures.pending for figures in totals.outbox.values()),
+            oldest_undelivered=self._totals.oldest_undelivered(),
+            failed_attempts_by_province={d: figures.failed_attempts for d, figures in totals.outbox.items()})
 
     def add(self, transfer: Transfer, giver_ref: bytes, receiver_ref: bytes, envelope: Envelope) -> bool:
         """Store a new transfer; False (and nothing stored) if its id is taken, e.g. by another province's."""
@@ -114,6 +98,8 @@ class SqlTransferRepository:
             instruction_signature=envelope.signature, settlement_window_id=transfer.settlement_window_id)
         if inserted is None:
             return False
+        self._totals.transfer_moved(transfer.transfer_id, transfer.giver_province, transfer.receiver_province,
+                                    transfer.amount_fen, None, transfer.state)
         self.add_event(transfer.transfer_id, transfer.state, transfer.reason, transfer.created_at)
         self._audit.record("transfer", transfer.transfer_id, transfer.state.value, transfer.created_at,
                            f"{transfer.giver_province}->{transfer.receiver_province} amount_fen={transfer.amount_fen} "
@@ -169,8 +155,11 @@ class SqlTransferRepository:
         """Move the transfer only from one of `from_states`: the guard makes each change happen once."""
         reason = reason[:REASON_MAX]
         for state in from_states:
-            if self._cursor.run(self._s.change_state, w_id=transfer_id, w_from=state.value, state=to.value,
-                                reason=reason, updated_at=at) == 1:
+            moved = self._cursor.first(self._s.change_state, w_id=transfer_id, w_from=state.value, state=to.value,
+                                       reason=reason, updated_at=at)
+            if moved is not None:
+                giver, receiver, amount = moved
+                self._totals.transfer_moved(transfer_id, giver, receiver, int(amount), state, to)
                 self.add_event(transfer_id, to, reason, at)
                 self._audit.record("transfer", transfer_id, to.value, at, reason)
                 return True

@@ -12,6 +12,7 @@ from gateway.store.tables.relations import RelationQueryRow
 from gateway.store.tables.requests import RequestRow
 from gateway.store.tables.routing import GatewayKeyRow, ProvinceKeyRow, ProvinceRow, RoutingVersionRow
 from gateway.store.tables.settlements import SettlementPairRow, SettlementStatementRow, SettlementWindowRow
+from gateway.store.tables.totals import TOTAL_SHARDS, OutboxTotalRow, TransferTotalRow
 from gateway.store.tables.transfers import GiverDayRow, TransferEventRow, TransferRow
 
 # The tables as SQLAlchemy Core sees them, for building statements.
@@ -33,11 +34,14 @@ windows_t: Table = SettlementWindowRow.__table__  # type: ignore[assignment]
 pairs_t: Table = SettlementPairRow.__table__  # type: ignore[assignment]
 statements_t: Table = SettlementStatementRow.__table__  # type: ignore[assignment]
 relation_queries_t: Table = RelationQueryRow.__table__  # type: ignore[assignment]
+transfer_totals_t: Table = TransferTotalRow.__table__  # type: ignore[assignment]
+outbox_totals_t: Table = OutboxTotalRow.__table__  # type: ignore[assignment]
 
 REASON_MAX = 64  # the width of every stored reason (transfers, their events, bindings, rejections)
 
 __all__ = [
     "REASON_MAX",
+    "TOTAL_SHARDS",
     "AuditCheckpointRow",
     "AuditEntryRow",
     "AuditHeadRow",
@@ -47,6 +51,7 @@ __all__ = [
     "GiverDayRow",
     "MemberSuspensionRow",
     "OutboxRow",
+    "OutboxTotalRow",
     "ProvinceKeyRow",
     "ProvinceRow",
     "RelationQueryRow",
@@ -57,6 +62,7 @@ __all__ = [
     "SettlementWindowRow",
     "TransferEventRow",
     "TransferRow",
+    "TransferTotalRow",
     "UtcDateTime",
     "audit_head_t",
     "audit_t",
@@ -67,6 +73,7 @@ __all__ = [
     "giver_days_t",
     "keys_t",
     "outbox_t",
+    "outbox_totals_t",
     "pairs_t",
     "provinces_t",
     "relation_queries_t",
@@ -74,6 +81,7 @@ __all__ = [
     "routing_version_t",
     "statements_t",
     "suspensions_t",
+    "transfer_totals_t",
     "transfers_t",
     "windows_t",
 ]

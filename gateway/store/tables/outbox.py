@@ -35,4 +35,6 @@ class OutboxRow(Base):
     __table_args__ = (
         UniqueConstraint("destination", "message_id", name="uq_outbox_destination_message"),
         Index("ix_outbox_status_next_attempt", "status", "next_attempt_at"),
+        # The oldest message not yet delivered, read by operators without scanning the backlog.
+        Index("ix_outbox_status_created_at", "status", "created_at"),
     )

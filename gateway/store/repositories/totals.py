@@ -1,0 +1,107 @@
+"""The running totals behind the operators' reads: moved with every change they count, recounted on demand."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import case, func, select
+from sqlalchemy.engine import Dialect
+
+from gateway.domain.monitoring import OutboxFigures, PairStateFigure, Totals
+from gateway.domain.transfers import TransferState
+from gateway.store.prepared import Cursor, Prepared
+from gateway.store.tables import TOTAL_SHARDS, outbox_t, outbox_totals_t, transfer_totals_t, transfers_t
+
+
+def shard_of(key: str) -> int:
+    """Which shard a subject's totals go to: the same subject always to the same one."""
+    return zlib.crc32(key.encode()) % TOTAL_SHARDS
+
+
+def aware(value: Any) -> datetime | None:
+    """An aggregate (MIN) skips the column's type on some drivers: read SQLite's text as UTC too."""
+    if value is None:
+        return None
+    at: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+class TotalStatements:
+    """The totals' statements, compiled once per engine."""
+
+    def __init__(self, dialect: Dialect, insert: Callable[..., Any]) -> None:
+        def p(statement: Any) -> Prepared:
+            return Prepared(statement, dialect)
+
+        tt, ot, o, t = transfer_totals_t.c, outbox_totals_t.c, outbox_t.c, transfers_t.c
+        add = insert(transfer_totals_t)
+        self.add_transfer = p(add.on_conflict_do_update(
+            index_elements=[tt.giver_province, tt.receiver_province, tt.state, tt.shard],
+            set_={"count": tt.count + add.excluded.count, "amount_fen": tt.amount_fen + add.excluded.amount_fen}))
+        add_outbox = insert(outbox_totals_t)
+        self.add_outbox = p(add_outbox.on_conflict_do_update(
+            index_elements=[ot.destination, ot.shard],
+            set_={"pending": ot.pending + add_outbox.excluded.pending,
+                  "attempts": ot.attempts + add_outbox.excluded.attempts, "done": ot.done + add_outbox.excluded.done}))
+        # Zero counts are left out, as a GROUP BY over the rows would leave them.
+        self.transfers = p(select(tt.giver_province, tt.receiver_province, tt.state, func.sum(tt.count),
+                                  func.sum(tt.amount_fen))
+                           .group_by(tt.giver_province, tt.receiver_province, tt.state)
+                           .having(func.sum(tt.count) != 0)
+                           .order_by(tt.giver_province, tt.receiver_province, tt.state))
+        self.outbox = p(select(ot.destination, func.sum(ot.pending), func.sum(ot.attempts), func.sum(ot.done))
+                        .group_by(ot.destination).order_by(ot.destination))
+        # An index seek (ix_outbox_status_created_at), however long the outbox's history.
+        self.oldest_undelivered = p(select(func.min(o.created_at)).where(o.status == "PENDING"))
+        # The recount: what the totals must equal, read from every row (operators' check, not a hot path).
+        self.recount_transfers = p(select(t.giver_province, t.receiver_province, t.state, func.count(),
+                                          func.sum(t.amount_fen))
+                                   .group_by(t.giver_province, t.receiver_province, t.state)
+                                   .order_by(t.giver_province, t.receiver_province, t.state))
+        self.recount_outbox = p(select(o.destination, func.sum(case((o.status == "PENDING", 1), else_=0)),
+                                       func.sum(o.attempts), func.sum(case((o.status == "DONE", 1), else_=0)))
+                                .group_by(o.destination).order_by(o.destination))
+
+
+class SqlTotals:
+    """Moves the totals inside the caller's transaction; reads them, or recounts them from the rows."""
+
+    def __init__(self, cursor: Cursor, statements: TotalStatements) -> None:
+        self._cursor, self._s = cursor, statements
+
+    def transfer_moved(self, transfer_id: str, giver: str, receiver: str, amount_fen: int,
+                       left: TransferState | None, entered: TransferState) -> None:
+        """A transfer entered a state (from `left`, or new): one fewer in the old state, one more in the new."""
+        shard = shard_of(transfer_id)
+        rows = [{"giver_province": giver, "receiver_province": receiver, "state": entered.value, "shard": shard,
+                 "count": 1, "amount_fen": amount_fen}]
+        if left is not None:
+            rows.append({**rows[0], "state": left.value, "count": -1, "amount_fen": -amount_fen})
+        self._cursor.run_many(self._s.add_transfer, rows)
+
+    def outbox_moved(self, destination: str, message_id: str, pending: int = 0, attempts: int = 0,
+                     done: int = 0) -> None:
+        self._cursor.run(self._s.add_outbox, destination=destination, shard=shard_of(message_id), pending=pending,
+                         attempts=attempts, done=done)
+
+    def read(self) -> Totals:
+        return Totals(self._pairs(self._cursor.all(self._s.transfers)), self._outbox(self._cursor.all(self._s.outbox)))
+
+    def recount(self) -> Totals:
+        return Totals(self._pairs(self._cursor.all(self._s.recount_transfers)),
+                      self._outbox(self._cursor.all(self._s.recount_outbox)))
+
+    def oldest_undelivered(self) -> datetime | None:
+        row = self._cursor.first(self._s.oldest_undelivered)
+        return aware(row[0]) if row else None
+
+    @staticmethod
+    def _pairs(rows: list[tuple[Any, ...]]) -> list[PairStateFigure]:
+        return [PairStateFigure(g, r, TransferState(s), int(c), int(a or 0)) for g, r, s, c, a in rows]
+
+    @staticmethod
+    def _outbox(rows: list[tuple[Any, ...]]) -> dict[str, OutboxFigures]:
+        return {d: OutboxFigures(int(p or 0), int(a or 0), int(n or 0)) for d, p, a, n in rows}

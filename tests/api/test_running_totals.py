@@ -1,0 +1,52 @@
+"""The operators' totals are kept with every change and equal what the rows say, on each database."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+from typer.testing import CliRunner
+
+from gateway.cli import app
+from gateway.usecases.monitoring import recount_totals
+from protos.gongji.v1 import operations_pb2, transfers_pb2
+from protos.stub.v1 import control_pb2
+from tests.support import GANSU, XINJIANG, Stack
+
+T = transfers_pb2
+
+
+def mixed_run(stack: Stack) -> None:
+    """Transfers ending every way, and deliveries that fail before they succeed."""
+    for _ in range(3):
+        stack.wait_for_state(stack.submit(stack.instruction(amount_fen=1_000)).transfer_id, T.TRANSFER_STATE_COMMITTED)
+    stack.configure(GANSU, confirm_mode=control_pb2.CONFIRM_MODE_DECLINE)
+    stack.wait_for_state(stack.submit(stack.instruction(amount_fen=2_000)).transfer_id, T.TRANSFER_STATE_DECLINED)
+    stack.configure(GANSU, confirm_mode=control_pb2.CONFIRM_MODE_NEVER, fail_next_calls=3)
+    pending = stack.submit(stack.instruction(amount_fen=3_000)).transfer_id
+    stack.wait_for_state(pending, T.TRANSFER_STATE_DELIVERED)  # delivered at the fourth attempt
+    stack.clock.advance(2 * 86400)  # past its return deadline: RETURNED by the sweep
+    stack.wait_for_state(pending, T.TRANSFER_STATE_RETURNED)
+    stack.wait_for_outbox_idle(XINJIANG)
+    stack.wait_for_outbox_idle(GANSU)
+
+
+def test_the_totals_agree_with_the_rows_after_a_mixed_run(stack: Stack) -> None:
+    mixed_run(stack)
+    assert recount_totals(stack.gateway.context.uow) == []
+    stats = stack.operations.GetStats(operations_pb2.GetStatsRequest(), timeout=5)
+    figures = {(T.TransferState.Name(s.state), s.count, s.amount_fen) for s in stats.transfers}
+    assert {("TRANSFER_STATE_COMMITTED", 3, 3_000), ("TRANSFER_STATE_DECLINED", 1, 2_000),
+            ("TRANSFER_STATE_RETURNED", 1, 3_000)} <= figures
+    failures = {f.province: f.failed_attempts for f in stats.delivery_failures}
+    assert failures.get(GANSU, 0) >= 3 and stats.outbox_backlog == 0
+
+
+def test_gongji_db_recount_says_whether_the_totals_agree(stack: Stack, db_url: str) -> None:
+    mixed_run(stack)
+    runner = CliRunner()
+    agree = runner.invoke(app, ["db", "recount", "--database", db_url])
+    assert agree.exit_code == 0 and "agree with the rows" in agree.output, agree.output
+    with stack.gateway.engine.begin() as conn:  # a row changed behind the gateway's back
+        conn.execute(text("UPDATE transfers SET state = 'COMMITTED' WHERE state = 'DECLINED'"))
+    differ = runner.invoke(app, ["db", "recount", "--database", db_url])
+    assert differ.exit_code == 1, differ.output
+    assert "COMMITTED" in differ.output and "DECLINED" in differ.output
