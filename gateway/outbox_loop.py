@@ -1,4 +1,10 @@
-"""The outbox loop, a driver beside app.py: sends due messages to provinces concurrently, records the answers."""
+"""The outbox loop, a driver beside app.py: sends due messages to provinces concurrently, records the answers.
+
+Each destination province has its own lane: at most `sends_per_destination` of its messages in flight, claimed
+only while its lane has room. A slow or unreachable province fills its own lane and delays only its own
+messages; every answer is recorded as it comes (a recorder gathers what is ready into one transaction), so no
+message waits for another province's slowest call.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -15,7 +21,7 @@ from typing import Any, TypeVar
 from gateway.usecases.audit import checkpoint_audit
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.outbox import claim_outbox_work, record_outbox_results, release_unsent, sweep_deadlines
-from gateway.usecases.outbox_ports import Backoff, OutboxSender, OutboxWork
+from gateway.usecases.outbox_ports import Backoff, OutboxSender, OutboxWork, SendResult
 from gateway.usecases.settlements import close_due_windows
 
 log = logging.getLogger(__name__)
@@ -26,8 +32,9 @@ IDLE_POLL_START_SECONDS = 0.002
 
 @dataclass(frozen=True)
 class OutboxSettings:
-    batch_size: int = 64
-    batches_in_flight: int = 4
+    batch_size: int = 64  # messages one claim takes, and answers one recording transaction holds
+    sends_per_destination: int = 32  # one province's messages in flight at once
+    max_in_flight: int = 256  # all provinces' together
     poll_interval_seconds: float = 0.25
     sweep_interval_seconds: float = 0.5
     lease_seconds: float = 30.0
@@ -44,10 +51,10 @@ class OutboxWorker:
         self._run_in_db = run_in_db
         self._settings = settings
         self._wake = asyncio.Event()
-        self._slots = asyncio.Semaphore(settings.batches_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._main: asyncio.Task[None] | None = None
+        self._recorder: asyncio.Task[None] | None = None
         # Deadline sweeps completed: lets a test wait for sweeps after moving the clock, not guess a delay.
         self.sweeps_done = 0
         # Messages the use cases handed over at their commit (usecases/handoff.py), with the loop time by
@@ -55,6 +62,14 @@ class OutboxWorker:
         self._handed: deque[tuple[float, OutboxWork]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
+        # Per destination: messages taken (handed over or claimed) and not yet answered; and its lane.
+        self._in_flight: Counter[str] = Counter()
+        self._lanes: dict[str, asyncio.Semaphore] = {}
+        # Messages taken but not sent when the loop stopped, to give back.
+        self._unsent: list[int] = []
+        # Answers waiting to be recorded, and what wakes the recorder.
+        self._answers: list[tuple[OutboxWork, SendResult]] = []
+        self._answered = asyncio.Event()
         # Messages sent as handed over at their commit, and as found by a claim (retries, other kinds).
         self.sent_handed = self.sent_claimed = 0
 
@@ -71,30 +86,28 @@ class OutboxWorker:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._main = self._loop.create_task(self._run(), name="outbox")
+        self._recorder = self._loop.create_task(self._record(), name="outbox-recorder")
         self._ctx.handoff.attach(self._take, self._has_room, timedelta(seconds=self._settings.lease_seconds))
 
-    def _has_room(self) -> bool:
-        # More would wait for slots past their lease; the claim finds them when they are due instead.
-        return len(self._handed) < self._settings.batch_size * self._settings.batches_in_flight * 4
+    def _has_room(self, destination: str) -> bool:
+        """Whether a new message for `destination` may be handed over (else the claim finds it when due): its
+        lane may hold as many again waiting, which start well within their lease."""
+        return self._in_flight[destination] < 2 * self._settings.sends_per_destination
 
     def _take(self, work: OutboxWork) -> None:
         """A message handed over at a commit, on the loop's thread (SQLite) or a database thread."""
         assert self._loop is not None
-        self._handed.append((self._loop.time() + self._settings.lease_seconds / 2, work))
         if threading.get_ident() == self._loop_thread:
-            self._wake.set()
+            self._accept_handed(work)
         else:
-            with contextlib.suppress(RuntimeError):  # the loop closed: the next poll or process sends it
-                self._loop.call_soon_threadsafe(self._wake.set)
+            with contextlib.suppress(RuntimeError):  # the loop closed: its lease runs out and a claim sends it
+                self._loop.call_soon_threadsafe(self._accept_handed, work)
 
-    def _take_handed(self, now: float) -> list[OutboxWork]:
-        work: list[OutboxWork] = []
-        while self._handed and len(work) < self._settings.batch_size:
-            send_by, item = self._handed.popleft()
-            if now < send_by:
-                work.append(item)
-            # else: too late to send it under its lease; the claim takes it once the lease ends
-        return work
+    def _accept_handed(self, work: OutboxWork) -> None:
+        assert self._loop is not None
+        self._in_flight[work.message.destination] += 1
+        self._handed.append((self._loop.time() + self._settings.lease_seconds / 2, work))
+        self._wake.set()
 
     async def stop(self) -> None:
         self._ctx.handoff.detach()
@@ -102,79 +115,124 @@ class OutboxWorker:
         self._wake.set()
         if self._main is not None:
             await self._main
-        if self._tasks:
+        if self._tasks:  # sends in flight finish (each has its call's deadline) and are recorded
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._handed:
-            unsent = [work.message.id for _, work in self._handed]
-            self._handed.clear()
+        self._answered.set()
+        if self._recorder is not None:
+            await self._recorder
+        unsent = self._unsent + [work.message.id for _, work in self._handed]
+        self._handed.clear()
+        if unsent:
             try:
                 await self._run_in_db(release_unsent, self._ctx, unsent)
             except Exception:  # their leases run out instead: sent later, not lost
                 log.exception("releasing %d handed-over messages failed", len(unsent))
 
+    def _full_lanes(self) -> list[str]:
+        return sorted(d for d, n in self._in_flight.items() if n >= self._settings.sends_per_destination)
+
+    async def _housekeeping(self, loop: asyncio.AbstractEventLoop, due: dict[str, float]) -> None:
+        """Signed audit checkpoints, deadline sweeps and scheduled closes, each when its time has come."""
+        if loop.time() >= due["checkpoint"]:
+            try:
+                await self._run_in_db(checkpoint_audit, self._ctx)
+            except Exception:
+                log.exception("audit checkpoint failed; retrying")
+            due["checkpoint"] = loop.time() + self._settings.checkpoint_interval_seconds
+        if loop.time() >= due["sweep"]:
+            try:
+                await self._run_in_db(sweep_deadlines, self._ctx)
+                # Windows due on schedule: the figures they queue are claimed just below.
+                await self._run_in_db(close_due_windows, self._ctx)
+                self.sweeps_done += 1
+            except Exception:
+                log.exception("deadline sweep failed; retrying")
+            due["sweep"] = loop.time() + self._settings.sweep_interval_seconds
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        next_sweep = next_claim = 0.0
-        next_checkpoint = loop.time() + self._settings.checkpoint_interval_seconds
+        due = {"sweep": 0.0, "claim": 0.0, "checkpoint": loop.time() + self._settings.checkpoint_interval_seconds}
         idle_wait = 0.0
         while not self._stopping:
-            if loop.time() >= next_checkpoint:
-                try:
-                    await self._run_in_db(checkpoint_audit, self._ctx)
-                except Exception:
-                    log.exception("audit checkpoint failed; retrying")
-                next_checkpoint = loop.time() + self._settings.checkpoint_interval_seconds
-            if loop.time() >= next_sweep:
-                try:
-                    await self._run_in_db(sweep_deadlines, self._ctx)
-                    # Windows due on schedule: the figures they queue are claimed just below.
-                    await self._run_in_db(close_due_windows, self._ctx)
-                    self.sweeps_done += 1
-                except Exception:
-                    log.exception("deadline sweep failed; retrying")
-                next_sweep = loop.time() + self._settings.sweep_interval_seconds
-            await self._slots.acquire()
-            if self._stopping:  # no new sends once stopping; what was handed over is given back in stop()
-                self._slots.release()
-                break
+            await self._housekeeping(loop, due)
             self._wake.clear()
             work = self._take_handed(loop.time())
             self.sent_handed += len(work)
             # The claim finds everything else: retries, messages of other kinds or other processes, leases
-            # run out. Under a steady flow of handed-over messages it still runs every poll interval.
-            if not work or loop.time() >= next_claim:
-                next_claim = loop.time() + self._settings.poll_interval_seconds
+            # run out. Under a steady flow of handed-over messages it still runs every poll interval; it takes
+            # nothing for a province whose lane is full.
+            room = self._settings.max_in_flight - sum(self._in_flight.values())
+            if room > 0 and (not work or loop.time() >= due["claim"]):
+                due["claim"] = loop.time() + self._settings.poll_interval_seconds
                 try:
-                    claimed = await self._run_in_db(claim_outbox_work, self._ctx, self._settings.batch_size,
-                                                    timedelta(seconds=self._settings.lease_seconds))
+                    claimed = await self._run_in_db(claim_outbox_work, self._ctx, min(room, self._settings.batch_size),
+                                                    timedelta(seconds=self._settings.lease_seconds),
+                                                    self._full_lanes())
                 except Exception:
                     log.exception("claiming outbox messages failed; retrying")
                     claimed = []
+                for item in claimed:
+                    self._in_flight[item.message.destination] += 1
                 self.sent_claimed += len(claimed)
                 work += claimed
-            if work:
-                idle_wait = 0.0
-                task = loop.create_task(self._send_batch(work))
+            for item in work:
+                task = loop.create_task(self._send(item))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+            if work:
+                idle_wait = 0.0
                 continue
-            self._slots.release()
             # Idle: wait for a wake-up (same process) or poll, backing off to poll_interval_seconds so a
             # dispatcher in its own process answers fast under load and costs little when idle.
             idle_wait = min(self._settings.poll_interval_seconds, max(idle_wait * 2, IDLE_POLL_START_SECONDS))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), idle_wait)
-            continue
 
-    async def _send_batch(self, work: list[Any]) -> None:
+    def _take_handed(self, now: float) -> list[OutboxWork]:
+        work: list[OutboxWork] = []
+        while self._handed and len(work) < self._settings.batch_size:
+            send_by, item = self._handed.popleft()
+            if now < send_by:
+                work.append(item)
+            else:  # too late to send it under its lease; the claim takes it once the lease ends
+                self._in_flight[item.message.destination] -= 1
+        return work
+
+    def _lane(self, destination: str) -> asyncio.Semaphore:
+        lane = self._lanes.get(destination)
+        if lane is None:
+            lane = self._lanes[destination] = asyncio.Semaphore(self._settings.sends_per_destination)
+        return lane
+
+    async def _send(self, work: OutboxWork) -> None:
+        destination = work.message.destination
         try:
-            results = await asyncio.gather(*(self._sender.send(item) for item in work))
-            await self._run_in_db(record_outbox_results, self._ctx, list(zip(work, results, strict=True)),
-                                  self._settings.backoff)
+            async with self._lane(destination):
+                if self._stopping:  # taken but not yet sent: given back at the stop, due at once for any gateway
+                    self._unsent.append(work.message.id)
+                    return
+                result = await self._sender.send(work)
+            self._answers.append((work, result))
+            self._answered.set()
         except Exception:
-            # The lease expires and the messages are retried; nothing is lost.
-            log.exception("recording an outbox batch failed")
+            # Not answered: its lease runs out and it is sent again; nothing is lost.
+            log.exception("sending an outbox message failed")
         finally:
-            self._slots.release()
-            if len(work) >= self._settings.batch_size or self._handed:
-                self._wake.set()  # more is probably waiting
+            self._in_flight[destination] -= 1
+            self._wake.set()  # its lane has room again
+
+    async def _record(self) -> None:
+        """Record the answers as they come, what is ready at once in one transaction."""
+        while True:
+            await self._answered.wait()
+            self._answered.clear()
+            while self._answers:
+                batch = self._answers[:self._settings.batch_size]
+                del self._answers[:len(batch)]
+                try:
+                    await self._run_in_db(record_outbox_results, self._ctx, batch, self._settings.backoff)
+                except Exception:
+                    # The leases expire and the messages are retried; nothing is lost.
+                    log.exception("recording %d outbox answers failed", len(batch))
+            if self._stopping and all(task.done() for task in self._tasks):
+                return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from sqlalchemy import BigInteger, Engine, and_, bindparam, cast, func, select, text, update
@@ -206,13 +207,8 @@ class Statements:
         self.release_lease = p(update(outbox_t).where(and_(o.id == _b("w_id"), o.status == "PENDING"))
                                .values(next_attempt_at=_b("now"), attempts=o.attempts - 1)
                                .returning(o.destination, o.message_id))
-        due = (select(o.id, o.destination, o.kind, o.state, o.reason, o.message_id, o.subject_id, o.attempts,
-                      o.created_at)
-               .where(and_(o.status == "PENDING", o.next_attempt_at <= _b("now")))
-               .order_by(o.next_attempt_at, o.id).limit(_b("limit")))
-        if dialect.name == "postgresql":
-            due = due.with_for_update(skip_locked=True)  # several gateways share the outbox
-        self.claim_due = p(due)
+        self._dialect = dialect
+        self.claim_due = self.claim_due_except(())
         self.lease = p(update(outbox_t).where(o.id == _b("w_id"))
                        .values(next_attempt_at=_b("lease_until"), attempts=o.attempts + 1))
         self.mark_done = p(update(outbox_t).where(and_(o.id == _b("w_id"), o.status == "PENDING"))
@@ -224,3 +220,16 @@ class Statements:
                                                             o.status == "PENDING"))
                                 .values(status="EXPIRED", done_at=_b("at"), last_error=_b("error"))
                                 .returning(o.destination, o.message_id))
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 -- one Statements per engine, kept for the engine's life
+    def claim_due_except(self, destinations: tuple[str, ...]) -> Prepared:
+        """Due messages, leased by no one, for any destination but these (provinces whose lanes are full)."""
+        o = outbox_t.c
+        due = (select(o.id, o.destination, o.kind, o.state, o.reason, o.message_id, o.subject_id, o.attempts,
+                      o.created_at)
+               .where(and_(o.status == "PENDING", o.next_attempt_at <= _b("now"),
+                           *(o.destination != destination for destination in destinations)))
+               .order_by(o.next_attempt_at, o.id).limit(_b("limit")))
+        if self._dialect.name == "postgresql":
+            due = due.with_for_update(skip_locked=True)  # several gateways share the outbox
+        return Prepared(due, self._dialect)

@@ -27,21 +27,22 @@ class OutboxHandOff:
 
     def __init__(self) -> None:
         self._take: Callable[[OutboxWork], None] | None = None
-        self._has_room: Callable[[], bool] = lambda: False
+        self._has_room: Callable[[str], bool] = lambda destination: False
         self._lease = timedelta(0)
 
-    def attach(self, take: Callable[[OutboxWork], None], has_room: Callable[[], bool], lease: timedelta) -> None:
-        """`take` queues a message for sending, from any thread; `has_room` says whether to hand off more."""
+    def attach(self, take: Callable[[OutboxWork], None], has_room: Callable[[str], bool], lease: timedelta) -> None:
+        """`take` queues a message for sending, from any thread; `has_room(destination)` says whether to hand off
+        more of that province's messages."""
         self._has_room, self._lease = has_room, lease
         self._take = take
 
     def detach(self) -> None:
         self._take = None
 
-    def lease_until(self, now: datetime) -> datetime | None:
+    def lease_until(self, now: datetime, destination: str) -> datetime | None:
         """The lease a new message is written with, or None to leave it to the claim (no loop, or a long
         queue: a message must not wait in it past its lease)."""
-        return now + self._lease if self._take is not None and self._has_room() else None
+        return now + self._lease if self._take is not None and self._has_room(destination) else None
 
     def give(self, work: OutboxWork) -> None:
         """After the commit. Detached meanwhile (stopping), the lease runs out and the claim sends it."""
@@ -58,7 +59,7 @@ def enqueue_transfer_message(handoff: OutboxHandOff, uow: UnitOfWork, content: O
     `transfer` is the transfer as the message is to describe it (its state after this transaction).
     """
     province = uow.provinces.get(destination)
-    lease_until = None if province is None else handoff.lease_until(now)
+    lease_until = None if province is None else handoff.lease_until(now, destination)
     message = uow.outbox.enqueue(destination, content, message_id, transfer.transfer_id, now, lease_until)
     if message is not None and province is not None:
         work = OutboxWork(message, province.endpoint, province.is_active, transfer, instruction)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from gateway.domain.outbox import (
@@ -45,10 +46,12 @@ def _work_for(uow: UnitOfWork, message: OutboxMessage, province: Province) -> Ou
             return None if transfer is None else OutboxWork(message, endpoint, active, transfer, instruction)
 
 
-def claim_outbox_work(ctx: UseCaseContext, limit: int, lease: timedelta) -> list[OutboxWork]:
+def claim_outbox_work(ctx: UseCaseContext, limit: int, lease: timedelta,
+                      skip_destinations: Sequence[str] = ()) -> list[OutboxWork]:
+    """Due messages leased to the caller, with what it takes to send them; none for `skip_destinations`."""
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        messages = uow.outbox.claim_due(now, limit, now + lease)
+        messages = uow.outbox.claim_due(now, limit, now + lease, skip_destinations)
         provinces = {p.code: p for p in uow.provinces.list()} if messages else {}
         work = []
         for message in messages:

@@ -72,9 +72,11 @@ class SqlOutboxRepository:
             if (row := self._cursor.first(self._s.release_lease, w_id=id, now=now)) is not None:
                 self._totals.outbox_moved(row[0], row[1], attempts=-1)  # the attempt was never made
 
-    def claim_due(self, now: datetime, limit: int, lease_until: datetime) -> list[OutboxMessage]:
-        """Take due messages and lease them, so a crash mid-send only delays their retry."""
-        rows = self._cursor.all(self._s.claim_due, now=now, limit=limit)
+    def claim_due(self, now: datetime, limit: int, lease_until: datetime,
+                  skip_destinations: Sequence[str] = ()) -> list[OutboxMessage]:
+        """Take due messages (none for `skip_destinations`) and lease them, so a crash mid-send only delays their
+        retry."""
+        rows = self._cursor.all(self._s.claim_due_except(tuple(sorted(skip_destinations))), now=now, limit=limit)
         self._cursor.run_many(self._s.lease, [{"w_id": row[0], "lease_until": lease_until} for row in rows])
         for row in rows:
             self._totals.outbox_moved(row[1], row[5], attempts=1)
