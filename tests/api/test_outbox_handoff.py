@@ -82,8 +82,8 @@ def test_a_transfer_is_delivered_and_its_outcome_told_without_a_claim(stack: Sta
 def test_messages_handed_over_but_unsent_at_a_stop_are_due_at_once(loop_thread: LoopThread, tmp_path: Path,
                                                                    db_url: str) -> None:
     # One message of a province in flight at a time, each taking two seconds: the next wait in the loop.
-    slow = OutboxSettings(batch_size=1, sends_per_destination=1, poll_interval_seconds=0.05, sweep_interval_seconds=0.05,
-                          backoff=Backoff(base_seconds=0.05, max_seconds=0.5))
+    slow = OutboxSettings(batch_size=1, sends_per_destination=1, poll_interval_seconds=0.05,
+                          sweep_interval_seconds=0.05, backoff=Backoff(base_seconds=0.05, max_seconds=0.5))
     stack = start_stack(loop_thread, tmp_path, db_url, outbox=slow, province_call_timeout_seconds=4.0)
     try:
         stack.configure(GANSU, latency_ms=2_000)  # once the stack's binding is made

@@ -21,7 +21,8 @@ def delivery_seconds(stack: Stack, binding_id: str, count: int) -> list[float]:
     took = []
     for _ in range(count):
         started = time.monotonic()
-        transfer_id = stack.submit(stack.instruction(receiver=SHAANXI, person=FATHER, binding_id=binding_id)).transfer_id
+        instruction = stack.instruction(receiver=SHAANXI, person=FATHER, binding_id=binding_id)
+        transfer_id = stack.submit(instruction).transfer_id
         wait_until(lambda t=transfer_id: stack.get(t).state != T.TRANSFER_STATE_RECEIVED, interval=0.005,
                    what="the delivery to Shaanxi")
         took.append(time.monotonic() - started)
