@@ -18,7 +18,8 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
-from gateway.api.errors import CallGate, ErrorMappingInterceptor
+from gateway.api.gate import CallGate
+from gateway.api.interceptor import ErrorMappingInterceptor
 from gateway.api.metrics import OutboxSendCollector, RpcMetrics, StateCollector
 from gateway.api.ratelimit import ProvinceRateLimits
 from gateway.api.receipts import SignedReceiptIssuer
@@ -28,7 +29,6 @@ from gateway.api.servicers import (
     RelationsServicer,
     SettlementsServicer,
     TransfersServicer,
-    UseCaseRunner,
 )
 from gateway.api.transport import authorize_operator, server_credentials
 from gateway.api.web import HttpLimits, MetricsServer
@@ -51,6 +51,7 @@ from gateway.usecases.dashboard import dashboard_snapshot
 from gateway.usecases.keys import register_gateway_key
 from gateway.usecases.monitoring import get_stats
 from gateway.usecases.provinces import apply_manifest
+from gateway.usecases.runner import UseCaseRunner
 from protos.gongji.v1 import (
     keys_pb2,
     keys_pb2_grpc,
@@ -219,12 +220,14 @@ def _core(settings: Settings, clock: Clock) -> _Core:
         raise
     private_key = ensure_key_pair(settings.gateway_key_file, settings.gateway_public_key_file)
     signer = EnvelopeSigner(GATEWAY, settings.gateway_key_id, private_key)
+    client = ProvinceClient(signer, clock, settings.province_call_timeout_seconds, settings.tls_files)
     context = UseCaseContext(
         uow=store.unit_of_work,
         clock=clock,
         receipts=SignedReceiptIssuer(signer),
         hasher=HmacPersonHasher(load_or_create_secret(settings.id_hash_key_file)),
         verify=verify_signature,
+        members=client,  # CheckMember, for VerifyRelation and ProposeBinding
         # Each province's calls are counted once they are proven its own (see ProvinceRateLimits).
         admit=ProvinceRateLimits(settings.rate_limit_per_second, settings.rate_limit_burst, clock).admit,
         admit_relation_query=ProvinceRateLimits(settings.relation_query_rate_per_second, settings.relation_query_burst,
@@ -245,7 +248,6 @@ def _core(settings: Settings, clock: Clock) -> _Core:
         def run_in_db(use_case: Any, *args: Any) -> asyncio.Future[Any]:  # type: ignore[misc]
             return loop.run_in_executor(executor, functools.partial(use_case, *args))
 
-    client = ProvinceClient(signer, clock, settings.province_call_timeout_seconds, settings.tls_files)
     return _Core(engine, signer, context, run_in_db, executor, client, public_bytes(private_key))
 
 
@@ -273,7 +275,7 @@ async def create_gateway(settings: Settings, clock: Clock | None = None, run_out
     gates = (CallGate(), CallGate())
     server, server_health = _new_server(settings, PROVINCE_SERVICES, rpc_metrics.observe, gates[0])
     transfers_pb2_grpc.add_TransfersServicer_to_server(TransfersServicer(runner), server)
-    relations_pb2_grpc.add_RelationsServicer_to_server(RelationsServicer(runner, core.client), server)
+    relations_pb2_grpc.add_RelationsServicer_to_server(RelationsServicer(runner), server)
     settlements_pb2_grpc.add_SettlementsServicer_to_server(SettlementsServicer(runner), server)
     keys_pb2_grpc.add_GatewayKeysServicer_to_server(GatewayKeysServicer(runner), server)
     ops_server, ops_health = _new_server(settings, OPERATOR_SERVICES, rpc_metrics.observe, gates[1],

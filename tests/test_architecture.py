@@ -120,6 +120,10 @@ def test_the_scanner_finds_the_layers() -> None:
         "gateway.domain.transfers",
         "gateway.usecases.transfers",
         "gateway.api.servicers",
+        "gateway.api.status",
+        "gateway.api.interceptor",
+        "gateway.api.gate",
+        "gateway.usecases.runner",
         "gateway.store.unit_of_work",
         "gateway.store.repositories.transfers",
         "gateway.provinces.client",
@@ -156,6 +160,42 @@ def test_usecases_import_no_transport_storage_or_adapters() -> None:
                  "gateway.app", "gateway.security")
     found = violations(in_package("gateway.usecases"), lambda name: within(name, forbidden))
     assert found == []
+
+
+def test_the_runner_is_a_use_case_layer_module_without_transport() -> None:
+    # How a call runs a use case (retries on contention, the outbox woken after a change) is the use cases'
+    # business: the servicers hand it their call and translate, and the runner knows nothing of gRPC.
+    runner = [m for m in MODULES if m.name == "gateway.usecases.runner"]
+    assert runner and violations(runner, lambda name: within(name, [*GRPC, *PROTOS, "gateway.api"])) == []
+    servicers = [m for m in MODULES if m.name == "gateway.api.servicers"]
+    source = (ROOT / "gateway/api/servicers.py").read_text(encoding="utf-8")
+    assert servicers and "gateway.usecases.runner" in servicers[0].imports
+    assert "Contention" not in source and "asyncio" not in source
+
+
+def test_the_status_table_knows_only_the_domain() -> None:
+    # Whatever reads the table (the errors document, a test) gets domain errors mapped to statuses, nothing else:
+    # no use case, no store, no other part of the edge.
+    status = [m for m in MODULES if m.name == "gateway.api.status"]
+    allowed = [*GRPC, *PROTOS, "gateway.domain"]
+    assert status and violations(status, lambda name: not is_standard_library(name) and not within(name, allowed)) == []
+
+
+def test_the_interceptor_and_the_gate_run_no_use_case() -> None:
+    # They decide how a call is let in and how it ends, whatever the call: no use case, no conversion, no servicer.
+    edge = [m for m in MODULES if m.name in ("gateway.api.interceptor", "gateway.api.gate")]
+    forbidden = ["gateway.usecases", "gateway.api.servicers", "gateway.api.convert", "protos"]
+    assert len(edge) == 2 and violations(edge, lambda name: within(name, forbidden)) == []
+    gate = [m for m in edge if m.name == "gateway.api.gate"]
+    assert violations(gate, lambda name: within(name, GRPC)) == []
+
+
+def test_the_member_directory_reaches_use_cases_through_their_context() -> None:
+    # The provinces' CheckMember is a port of the use cases (ports.py), set in UseCaseContext by app.py: no
+    # servicer is handed the outbound client to pass along.
+    assert violations(in_package("gateway.api"), lambda name: within(name, ["gateway.provinces"])) == []
+    servicers = (ROOT / "gateway/api/servicers.py").read_text(encoding="utf-8")
+    assert "MemberDirectory" not in servicers and "members" not in servicers
 
 
 def test_api_never_touches_the_database() -> None:
@@ -267,11 +307,12 @@ def test_the_default_addresses_import_nothing() -> None:
 
 def test_only_the_admin_commands_open_the_database() -> None:
     # `gongji db ...` works on the database itself, through the schema module and the settings only;
-    # `gongji audit verify` reads the chain through a unit of work and checks it with the use case.
+    # `gongji audit verify` and `gongji db recount` read through a unit of work and check with their use cases.
     admin = [m for m in in_package("gateway") if m.name == "gateway.cli.admin"]
     allowed = ["gateway.cli.admin", "gateway.store.schema", "gateway.config", "gateway.store.unit_of_work",
                "gateway.store.sealing",
-               "gateway.usecases.audit", "gateway.security.signing", "gateway.domain.audit"]
+               "gateway.usecases.audit", "gateway.usecases.monitoring", "gateway.security.signing",
+               "gateway.domain.audit"]
     assert admin and violations(admin, lambda name: within(name, ["gateway"]) and not within(name, allowed)) == []
     # Of the operators' command line, only it uses the schema module; the gateway checks it at start-up.
     users = {m.path for m in MODULES if any(within(name, ["gateway.store.schema"]) for name in m.imports)}

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import random
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
 from gateway.api import convert
 from gateway.api.transport import operator_actor, province_caller
-from gateway.domain.errors import Contention
 from gateway.domain.monitoring import FeedStart
 from gateway.usecases import bindings as binding_cases
 from gateway.usecases import keys as key_cases
@@ -20,8 +17,7 @@ from gateway.usecases import provinces as province_cases
 from gateway.usecases import relations as relation_cases
 from gateway.usecases import settlements as settlement_cases
 from gateway.usecases import transfers as transfer_cases
-from gateway.usecases.context import UseCaseContext
-from gateway.usecases.relations import MemberDirectory
+from gateway.usecases.runner import UseCaseRunner
 from gateway.wire import envelope_from_proto, envelope_to_proto
 from protos.gongji.v1 import (
     common_pb2,
@@ -37,54 +33,9 @@ from protos.gongji.v1 import (
     transfers_pb2_grpc,
 )
 
-T = TypeVar("T")
 # WatchTransfers' initial metadata: the position its feed starts after (operations.proto).
 START_CURSOR_KEY = "gongji-start-cursor"
-CONTENTION_ATTEMPTS = 3
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-class UseCaseRunner:
-    """Runs a synchronous use case off the event loop and wakes the outbox after state changes."""
-
-    def __init__(self, ctx: UseCaseContext, run_in_db: Callable[..., Awaitable[Any]],
-                 on_change: Callable[[], None]) -> None:
-        self.ctx = ctx
-        self._run_in_db = run_in_db
-        self._on_change = on_change
-
-    async def _with_retries(self, use_case: Callable[..., T], *args: Any) -> T:
-        """A transaction the database gave up on because of another (deadlock, serialization failure)
-        changed nothing: run it again, a bounded number of times, after a short random pause."""
-        for attempt in range(1, CONTENTION_ATTEMPTS + 1):
-            try:
-                result: T = await self._run_in_db(use_case, self.ctx, *args)
-                return result
-            except Contention:
-                if attempt == CONTENTION_ATTEMPTS:
-                    raise
-                await asyncio.sleep(random.uniform(0.005, 0.02) * attempt)
-        raise AssertionError("unreachable")
-
-    async def query(self, use_case: Callable[..., T], *args: Any) -> T:
-        return await self._with_retries(use_case, *args)
-
-    def stream(self, use_case: Callable[..., AsyncIterator[T]], *args: Any) -> AsyncIterator[T]:
-        """An asynchronous use case that yields results as they come (a server stream)."""
-        return use_case(self.ctx, self._run_in_db, *args)
-
-    async def orchestrate(self, use_case: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """An asynchronous use case that calls other systems between its database steps."""
-        return await use_case(self.ctx, self._run_in_db, *args)
-
-    def changed(self) -> None:
-        """After an orchestrated use case that changed state: the outbox may have work."""
-        self._on_change()
-
-    async def change(self, use_case: Callable[..., T], *args: Any) -> T:
-        result = await self._with_retries(use_case, *args)
-        self._on_change()
-        return result
 
 
 def peer_identity(context: Context) -> str | None:
@@ -201,25 +152,22 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
 class RelationsServicer(relations_pb2_grpc.RelationsServicer):
     """Family relations: eligibility and bindings (issue 3); transfers do not yet require a binding."""
 
-    def __init__(self, run: UseCaseRunner, members: MemberDirectory) -> None:
+    def __init__(self, run: UseCaseRunner) -> None:
         self._run = run
-        self._members = members
 
     async def VerifyRelation(self, request: relations_pb2.VerifyRelationRequest,
                              context: Context) -> relations_pb2.VerifyRelationResponse:
-        violations = await self._run.orchestrate(relation_cases.verify_relation, self._members,
-                                                 envelope_from_proto(request.query), peer_identity(context),
-                                                 convert.decode_relation_query)
+        violations = await self._run.orchestrate(relation_cases.verify_relation, envelope_from_proto(request.query),
+                                                 peer_identity(context), convert.decode_relation_query)
         return relations_pb2.VerifyRelationResponse(
             eligibility=relations_pb2.ELIGIBILITY_NOT_ELIGIBLE if violations else relations_pb2.ELIGIBILITY_ELIGIBLE,
             violations=[relations_pb2.RuleViolation(reason=v.reason, rule=v.rule, field=v.field) for v in violations])
 
     async def ProposeBinding(self, request: relations_pb2.ProposeBindingRequest,
                              context: Context) -> relations_pb2.ProposeBindingResponse:
-        answer = await self._run.orchestrate(binding_cases.propose_binding, self._members,
-                                             envelope_from_proto(request.proposal), peer_identity(context),
-                                             convert.decode_binding_proposal)
-        self._run.changed()
+        answer = await self._run.orchestrate_change(binding_cases.propose_binding,
+                                                    envelope_from_proto(request.proposal), peer_identity(context),
+                                                    convert.decode_binding_proposal)
         return relations_pb2.ProposeBindingResponse(receipt=_envelope(answer.receipt), replay=answer.replay,
                                                     state=_receipt_binding_state(answer.receipt))
 

@@ -49,9 +49,9 @@ from gateway.domain.transfers import validate_message_id, validate_pooling_area
 from gateway.usecases.auth import authenticate, require_addressed_to_gateway
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.idempotency import payload_digest, replay_if_seen, run_once
-from gateway.usecases.ports import UnitOfWork
+from gateway.usecases.ports import RunInDb, UnitOfWork
 from gateway.usecases.provinces import require_active
-from gateway.usecases.relations import MemberDirectory, RunInDb, ask_both
+from gateway.usecases.relations import ask_both
 
 PROPOSAL_TYPE = "gongji.v1.BindingProposal"
 ACCEPTANCE_TYPE = "gongji.v1.BindingAcceptance"
@@ -169,15 +169,15 @@ def _store_proposal(ctx: UseCaseContext, envelope: Envelope, proposal: BindingPr
     return BindingAnswer(receipt, replay)
 
 
-async def propose_binding(ctx: UseCaseContext, run_in_db: RunInDb, members: MemberDirectory, envelope: Envelope,
-                          peer: str | None, decode: Callable[[bytes], BindingProposal]) -> BindingAnswer:
+async def propose_binding(ctx: UseCaseContext, run_in_db: RunInDb, envelope: Envelope, peer: str | None,
+                          decode: Callable[[bytes], BindingProposal]) -> BindingAnswer:
     """Check eligibility with both provinces, store PROPOSED and ask the receiver's province for consent."""
     accepted: _Proposal | BindingAnswer = await run_in_db(_accept_proposal, ctx, envelope, peer, decode)
     if isinstance(accepted, BindingAnswer):
         return accepted  # a resend: the provinces are not asked again
     proposal = accepted.proposal
     today = ctx.clock.now().astimezone(BEIJING).date()
-    giver_status, receiver_status = await ask_both(members, (accepted.giver_province, proposal.giver),
+    giver_status, receiver_status = await ask_both(ctx.members, (accepted.giver_province, proposal.giver),
                                                    (accepted.receiver_province, proposal.receiver), today)
     answer: BindingAnswer = await run_in_db(_store_proposal, ctx, envelope, proposal, giver_status, receiver_status)
     return answer

@@ -12,7 +12,7 @@ from gateway.domain.clock import Clock
 from gateway.domain.errors import RequestInFlight
 from gateway.domain.settlement import SettlementPolicy
 from gateway.usecases.handoff import OutboxHandOff
-from gateway.usecases.ports import PersonHasher, ReceiptIssuer, SignatureVerifier, UnitOfWorkFactory
+from gateway.usecases.ports import MemberDirectory, PersonHasher, ReceiptIssuer, SignatureVerifier, UnitOfWorkFactory
 
 
 class InFlightRequests:
@@ -47,6 +47,8 @@ class UseCaseContext:
     receipts: ReceiptIssuer
     hasher: PersonHasher
     verify: SignatureVerifier
+    # The provinces' CheckMember, for the use cases that ask them about a person (VerifyRelation, ProposeBinding).
+    members: MemberDirectory
     max_clock_skew: timedelta = timedelta(seconds=120)
     # Spends one call of the province's budget, or raises RateLimited; called once a call is proven to
     # come from that province (signature verified, signer = the TLS caller). By default: no limit.

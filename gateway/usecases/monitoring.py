@@ -16,8 +16,7 @@ from gateway.domain.provinces import validate_province_code
 from gateway.domain.settlement import WindowState
 from gateway.domain.transfers import INT64_MAX, Transfer, validate_message_id
 from gateway.usecases.context import UseCaseContext
-from gateway.usecases.ports import UnitOfWorkFactory
-from gateway.usecases.relations import RunInDb
+from gateway.usecases.ports import RunInDb, UnitOfWorkFactory
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000

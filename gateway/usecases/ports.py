@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import date, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway.domain.audit import AuditEntry, Checkpoint
 from gateway.domain.bindings import Attestation, Binding, BindingState
+from gateway.domain.eligibility import MemberStatus
 from gateway.domain.envelope import Envelope
 from gateway.domain.monitoring import Stats, Totals, TransferChange, TransferFilter
 from gateway.domain.outbox import OutboxContent, OutboxKind, OutboxMessage
@@ -15,7 +16,7 @@ from gateway.domain.provinces import Province, ProvinceKey
 from gateway.domain.records import StoredRequest
 from gateway.domain.relations import RelationQueryRecord
 from gateway.domain.settlement import Figures, PairFigure, Payment, SettlementWindow, WindowSpan, WindowState
-from gateway.domain.transfers import Transfer, TransferState
+from gateway.domain.transfers import PersonRef, Transfer, TransferState
 
 
 class ProvinceRepository(Protocol):
@@ -221,3 +222,14 @@ class PersonHasher(Protocol):
     """Keyed hash of an ID number, the only form in which people are indexed (D19)."""
 
     def ref(self, id_number: str) -> bytes: ...
+
+
+class MemberDirectory(Protocol):
+    """Asks a province about one of its insured people (CheckMember); None when it cannot be reached."""
+
+    async def check_member(self, province: Province, person: PersonRef) -> MemberStatus | None: ...
+
+
+# Runs a synchronous use case with its arguments where the database is used (inline, or on a thread pool):
+# given to the use cases that call other systems between their transactions.
+RunInDb = Callable[..., Awaitable[Any]]

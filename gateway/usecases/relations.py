@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, Protocol
 
 from gateway.domain.clock import BEIJING
 from gateway.domain.eligibility import (
@@ -23,16 +22,10 @@ from gateway.domain.relations import RelationAnswer, RelationQuery, record_of
 from gateway.domain.transfers import PersonRef, validate_message_id
 from gateway.usecases.auth import authenticate
 from gateway.usecases.context import UseCaseContext
+from gateway.usecases.ports import MemberDirectory, RunInDb
 from gateway.usecases.provinces import require_active
 
 RELATION_QUERY_TYPE = "gongji.v1.RelationQuery"
-RunInDb = Callable[..., Awaitable[Any]]
-
-
-class MemberDirectory(Protocol):
-    """Asks a province about one of its insured people (CheckMember); None when it cannot be reached."""
-
-    async def check_member(self, province: Province, person: PersonRef) -> MemberStatus | None: ...
 
 
 async def ask_both(members: MemberDirectory, giver: tuple[Province, PersonRef], receiver: tuple[Province, PersonRef],
@@ -84,8 +77,8 @@ def record_relation_query(ctx: UseCaseContext, check: RelationCheck, answer: Rel
         uow.commit()
 
 
-async def verify_relation(ctx: UseCaseContext, run_in_db: RunInDb, members: MemberDirectory, envelope: Envelope,
-                          peer: str | None, decode: Callable[[bytes], RelationQuery]) -> list[Violation]:
+async def verify_relation(ctx: UseCaseContext, run_in_db: RunInDb, envelope: Envelope, peer: str | None,
+                          decode: Callable[[bytes], RelationQuery]) -> list[Violation]:
     """Every failed rule of D1-D6 for this pair (empty: eligible), as the asking province may hear them.
 
     Recorded (masked) before it is answered; changes nothing else.
@@ -93,7 +86,7 @@ async def verify_relation(ctx: UseCaseContext, run_in_db: RunInDb, members: Memb
     check: RelationCheck = await run_in_db(accept_relation_query, ctx, envelope, peer, decode)
     query = check.query
     today = ctx.clock.now().astimezone(BEIJING).date()
-    giver_status, receiver_status = await ask_both(members, (check.giver_province, query.giver),
+    giver_status, receiver_status = await ask_both(ctx.members, (check.giver_province, query.giver),
                                                    (check.receiver_province, query.receiver), today)
     violations = as_told_to_giver_province(check_eligibility(
         giver_id_number=query.giver.id_number, receiver_id_number=query.receiver.id_number,

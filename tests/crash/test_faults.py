@@ -285,7 +285,7 @@ def test_graceful_shutdown(tmp_path: Path, closing: contextlib.ExitStack, seed: 
     assert len(slow_done) == len(slow) and min(slow_done) > not_serving_at
     assert new_calls and set(codes_after) == {"UNAVAILABLE"}, new_calls
     # The driver's submissions around SIGTERM (4 callers retrying every 50 ms): answered OK, or
-    # refused UNAVAILABLE without being executed; none CANCELLED (see gateway.api.errors.CallGate).
+    # refused UNAVAILABLE without being executed; none CANCELLED (see gateway.api.gate.CallGate).
     assert set(driver.stats.codes) <= {"OK", "UNAVAILABLE"}, driver.stats.codes
 
     # Back up: whatever was acknowledged before the stop completes; unanswered ones are resent.
@@ -302,7 +302,7 @@ def test_calls_queued_at_sigterm_are_refused_unavailable_not_cancelled(tmp_path:
     """Submissions that reached the gateway just before SIGTERM but had not started (gRPC core queues
     them while the event loop is busy) are answered UNAVAILABLE / SHUTTING_DOWN, never CANCELLED: the
     gateway closes its call gate and stops the server only once the calls queued at the close have come
-    through it (gateway.api.errors.CallGate). Before that fix, 9 to 14 of 16 such calls were CANCELLED —
+    through it (gateway.api.gate.CallGate). Before that fix, 9 to 14 of 16 such calls were CANCELLED —
     gRPC's code for "the caller cancelled", which a platform cannot tell from "something happened".
     Nothing ran: resent, each is the first to commit.
     """

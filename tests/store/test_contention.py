@@ -10,22 +10,22 @@ from typing import Any
 
 import pytest
 
-from gateway.api.servicers import CONTENTION_ATTEMPTS, UseCaseRunner
 from gateway.domain.clock import SystemClock
 from gateway.domain.errors import Contention
 from gateway.domain.settlement import SettlementPeriod, window_containing
 from gateway.store.unit_of_work import SqlStore, SqlUnitOfWork
 from gateway.usecases.context import UseCaseContext
+from gateway.usecases.runner import CONTENTION_ATTEMPTS, UseCaseRunner
 
 
 def store_context(store: SqlStore) -> UseCaseContext:
     """The use cases' context on `store` for use cases that only read and write the store (start-up,
-    watching): receipts, hashing and signatures are not theirs, and fail the test if called."""
+    watching): receipts, hashing, signatures and the provinces are not theirs, and fail the test if called."""
     def unused(*_: Any) -> Any:
         raise AssertionError("a store-only use case signed, hashed or verified")
 
     return UseCaseContext(uow=lambda: SqlUnitOfWork(store), clock=SystemClock(), receipts=unused,  # type: ignore[arg-type]
-                          hasher=unused, verify=unused)  # type: ignore[arg-type]
+                          hasher=unused, verify=unused, members=unused)  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import contextlib
 
 import pytest
 
-from gateway.api.errors import CallGate
+from gateway.api.gate import CallGate
 from gateway.domain.errors import Unavailable
 
 

@@ -9,10 +9,10 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from gateway.api.errors import ERROR_DOMAIN, STATUS_BY_ERROR, status_code_for, status_for
+from gateway.api.status import ERROR_DOMAIN, STATUS_BY_ERROR, status_code_for, status_for
 from gateway.domain import errors
 
-# api.md's mapping, restated independently of gateway/api/errors.py.
+# api.md's mapping, restated independently of gateway/api/status.py.
 EXPECTED: dict[type[errors.GongjiError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,

@@ -1,0 +1,62 @@
+"""The use-case runner: how each kind of call runs a use case (contention retries, the outbox woken after changes)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+from gateway.domain.errors import Contention
+from gateway.usecases.context import UseCaseContext
+from gateway.usecases.ports import RunInDb
+
+T = TypeVar("T")
+CONTENTION_ATTEMPTS = 3
+
+
+class UseCaseRunner:
+    """Runs use cases off the event loop, as queries, changes, streams or orchestrations; wakes the outbox
+    after a change, since the change may have queued a message."""
+
+    def __init__(self, ctx: UseCaseContext, run_in_db: RunInDb, on_change: Callable[[], None]) -> None:
+        self.ctx = ctx
+        self._run_in_db = run_in_db
+        self._on_change = on_change
+
+    async def _with_retries(self, use_case: Callable[..., T], *args: Any) -> T:
+        """A transaction the database gave up on because of another (deadlock, serialization failure)
+        changed nothing: run it again, a bounded number of times, after a short random pause."""
+        for attempt in range(1, CONTENTION_ATTEMPTS + 1):
+            try:
+                result: T = await self._run_in_db(use_case, self.ctx, *args)
+                return result
+            except Contention:
+                if attempt == CONTENTION_ATTEMPTS:
+                    raise
+                await asyncio.sleep(random.uniform(0.005, 0.02) * attempt)
+        raise AssertionError("unreachable")
+
+    async def query(self, use_case: Callable[..., T], *args: Any) -> T:
+        """A synchronous use case that only reads."""
+        return await self._with_retries(use_case, *args)
+
+    async def change(self, use_case: Callable[..., T], *args: Any) -> T:
+        """A synchronous use case that may change state (one transaction)."""
+        result = await self._with_retries(use_case, *args)
+        self._on_change()
+        return result
+
+    def stream(self, use_case: Callable[..., AsyncIterator[T]], *args: Any) -> AsyncIterator[T]:
+        """An asynchronous use case that yields results as they come (a server stream)."""
+        return use_case(self.ctx, self._run_in_db, *args)
+
+    async def orchestrate(self, use_case: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """An asynchronous use case that calls other systems between its database steps."""
+        return await use_case(self.ctx, self._run_in_db, *args)
+
+    async def orchestrate_change(self, use_case: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """An orchestrated use case that may change state: the outbox is woken once it has."""
+        result = await self.orchestrate(use_case, *args)
+        self._on_change()
+        return result
