@@ -14,13 +14,13 @@ from google.protobuf import message as protobuf_message
 
 from protos.gongji.v1 import (
     common_pb2,
+    payload_types,
     province_pb2,
     province_pb2_grpc,
     relations_pb2,
     settlements_pb2,
     transfers_pb2,
 )
-from province_stub.client import INSTRUCTION_TYPE, PROPOSAL_TYPE
 from province_stub.gateway_keys import GatewayKeyDirectory
 from province_stub.people import Seed, mask_id
 from province_stub.refusals import HeaderCheck, refuse
@@ -39,11 +39,6 @@ from province_stub.state import (
 
 logger = logging.getLogger(__name__)
 
-DELIVERY_TYPE = "gongji.v1.TransferDelivery"
-OUTCOME_TYPE = "gongji.v1.Outcome"
-MEMBER_QUERY_TYPE = "gongji.v1.MemberQuery"
-CONSENT_REQUEST_TYPE = "gongji.v1.ConsentRequest"
-FIGURES_TYPE = "gongji.v1.SettlementFigures"
 
 Context = grpc.aio.ServicerContext[Any, Any]
 # Called (on the event loop) with a transfer id once an ACCEPTED answer has been sent.
@@ -121,7 +116,7 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
     ) -> province_pb2.DeliverTransferResponse:
         await self._apply_behaviour(context)
         self._state.deliveries_received += 1
-        failure = await self._gateway_keys.verify(request.delivery, payload_type=DELIVERY_TYPE)
+        failure = await self._gateway_keys.verify(request.delivery, payload_type=payload_types.TRANSFER_DELIVERY)
         if failure == "UNKNOWN_KEY":
             # Not our answer to give yet: the gateway retries, by when it lists its key.
             await refuse(context, grpc.StatusCode.UNAVAILABLE, "GATEWAY_KEY_UNKNOWN",
@@ -180,7 +175,7 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         self, request: province_pb2.DeliverTransferRequest, instruction: transfers_pb2.TransferInstruction
     ) -> str:
         envelope = request.instruction
-        if envelope.payload_type != INSTRUCTION_TYPE or envelope.signer != instruction.header.sender:
+        if envelope.payload_type != payload_types.TRANSFER_INSTRUCTION or envelope.signer != instruction.header.sender:
             return "BAD_INSTRUCTION_SIGNATURE"
         key = self._province_keys.get(envelope.signer, envelope.key_id)
         # A giver province whose key we were not given is vouched for by the gateway's delivery.
@@ -212,7 +207,7 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         self, request: province_pb2.NotifyOutcomeRequest, context: Context
     ) -> province_pb2.NotifyOutcomeResponse:
         await self._apply_behaviour(context)
-        await self._verify_gateway(request.outcome, OUTCOME_TYPE, context)
+        await self._verify_gateway(request.outcome, payload_types.OUTCOME, context)
         outcome = province_pb2.Outcome()
         try:
             outcome.ParseFromString(request.outcome.payload)
@@ -250,7 +245,7 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         self, request: province_pb2.CheckMemberRequest, context: Context
     ) -> province_pb2.CheckMemberResponse:
         await self._apply_behaviour(context)
-        await self._verify_gateway(request.query, MEMBER_QUERY_TYPE, context)
+        await self._verify_gateway(request.query, payload_types.MEMBER_QUERY, context)
         query = province_pb2.MemberQuery()
         try:
             query.ParseFromString(request.query.payload)
@@ -278,7 +273,7 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         self, request: province_pb2.RequestConsentRequest, context: Context
     ) -> province_pb2.RequestConsentResponse:
         await self._apply_behaviour(context)
-        await self._verify_gateway(request.consent_request, CONSENT_REQUEST_TYPE, context)
+        await self._verify_gateway(request.consent_request, payload_types.CONSENT_REQUEST, context)
         consent_request = province_pb2.ConsentRequest()
         proposal = relations_pb2.BindingProposal()
         try:
@@ -327,7 +322,7 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
     def _giver_signature_ok(
         self, envelope: common_pb2.SignedEnvelope, proposal: relations_pb2.BindingProposal
     ) -> bool:
-        if envelope.payload_type != PROPOSAL_TYPE or envelope.signer != proposal.header.sender:
+        if envelope.payload_type != payload_types.BINDING_PROPOSAL or envelope.signer != proposal.header.sender:
             return False
         key = self._province_keys.get(envelope.signer, envelope.key_id)
         # A giver province whose key we were not given is vouched for by the gateway's request.
@@ -337,7 +332,7 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         self, request: province_pb2.NotifySettlementRequest, context: Context
     ) -> province_pb2.NotifySettlementResponse:
         await self._apply_behaviour(context)
-        await self._verify_gateway(request.figures, FIGURES_TYPE, context)
+        await self._verify_gateway(request.figures, payload_types.SETTLEMENT_FIGURES, context)
         figures = settlements_pb2.SettlementFigures()
         try:
             figures.ParseFromString(request.figures.payload)

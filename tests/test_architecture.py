@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -175,6 +176,19 @@ def test_the_store_names_no_wire_types() -> None:
     assert store
     found = [m.path for m in store if "gongji.v1." in (ROOT / m.path).read_text(encoding="utf-8")]
     assert found == []
+
+
+def test_payload_types_are_named_in_one_table() -> None:
+    # protos/gongji/v1/payload_types.py reads them from the descriptors; gateway, stub and tools use it (or the
+    # message's DESCRIPTOR) rather than spelling a name that would drift from the contract unnoticed.
+    message_name = re.compile(r"gongji\.v1\.[A-Z][A-Za-z0-9]*")
+    spelled = []
+    for module in [*MODULES, *load_modules(["scripts", "bench"])]:
+        tree = ast.parse((ROOT / module.path).read_text(encoding="utf-8"))
+        spelled += [f"{module.path}:{node.lineno} {node.value}" for node in ast.walk(tree)
+                    if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                    and message_name.fullmatch(node.value)]
+    assert spelled == []
 
 
 def test_what_ships_imports_nothing_of_the_development_tools() -> None:

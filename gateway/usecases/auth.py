@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
 from typing import Protocol, TypeVar
 
@@ -19,13 +18,25 @@ class HasHeader(Protocol):
 
 
 M = TypeVar("M", bound=HasHeader)
+M_co = TypeVar("M_co", covariant=True)
+
+
+class PayloadDecoder(Protocol[M_co]):
+    """Reads a signed payload strictly; `type_name` is the payload_type its envelope must declare.
+
+    Given by the API layer, which knows the wire contract: a use case names a payload type only through it.
+    """
+
+    @property
+    def type_name(self) -> str: ...
+
+    def __call__(self, payload: bytes) -> M_co: ...
 
 
 def authenticate(
     uow: UnitOfWork,
     envelope: Envelope,
-    expected_type: str,
-    decode: Callable[[bytes], M],
+    decode: PayloadDecoder[M],
     peer: str | None,
     now: datetime,
     ctx: UseCaseContext,
@@ -58,8 +69,8 @@ def authenticate(
     ctx.admit(envelope.signer)
     # The signature covers payload_type, so a genuine envelope of another kind is refused here, before
     # its bytes are read as this RPC's message.
-    if envelope.payload_type != expected_type:
-        raise InvalidArgument(f"payload_type must be {expected_type}", reason="WRONG_PAYLOAD_TYPE",
+    if envelope.payload_type != decode.type_name:
+        raise InvalidArgument(f"payload_type must be {decode.type_name}", reason="WRONG_PAYLOAD_TYPE",
                               field="payload_type")
     message = decode(envelope.payload)  # raises InvalidArgument: malformed payload or unknown fields
     header = message.header

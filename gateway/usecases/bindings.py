@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
@@ -46,18 +45,12 @@ from gateway.domain.outbox import (
 )
 from gateway.domain.provinces import Province, effective_policy
 from gateway.domain.transfers import validate_message_id, validate_pooling_area
-from gateway.usecases.auth import authenticate, require_addressed_to_gateway
+from gateway.usecases.auth import PayloadDecoder, authenticate, require_addressed_to_gateway
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.idempotency import payload_digest, replay_if_seen, run_once
 from gateway.usecases.ports import UnitOfWork
 from gateway.usecases.provinces import require_active
 from gateway.usecases.relations import MemberDirectory, RunInDb, ask_both
-
-PROPOSAL_TYPE = "gongji.v1.BindingProposal"
-ACCEPTANCE_TYPE = "gongji.v1.BindingAcceptance"
-DISSOLUTION_TYPE = "gongji.v1.BindingDissolution"
-BINDING_QUERY_TYPE = "gongji.v1.BindingQuery"
-MEMBER_CHANGE_TYPE = "gongji.v1.MemberChange"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,11 +91,11 @@ class _Proposal:
 
 
 def _accept_proposal(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
-                     decode: Callable[[bytes], BindingProposal]) -> _Proposal | BindingAnswer:
+                     decode: PayloadDecoder[BindingProposal]) -> _Proposal | BindingAnswer:
     """The proposal to check with both provinces, or, for a resend, the stored answer (D15)."""
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        proposal = authenticate(uow, envelope, PROPOSAL_TYPE, decode, peer, now, ctx)
+        proposal = authenticate(uow, envelope, decode, peer, now, ctx)
         header = proposal.header
         # Before the time-dependent checks: a resend after its consent_by still gets its original answer.
         stored = replay_if_seen(uow, header.sender, header.message_id, payload_digest(envelope.payload))
@@ -118,7 +111,7 @@ def _binding_id_taken() -> AlreadyExists:
     return AlreadyExists("this binding_id is taken; use a new id", reason="BINDING_ID_TAKEN", field="header.message_id")
 
 
-def _store_proposal(ctx: UseCaseContext, envelope: Envelope, proposal: BindingProposal,
+def _store_proposal(ctx: UseCaseContext, envelope: Envelope, proposal: BindingProposal, payload_type: str,
                     giver_status: MemberStatus, receiver_status: MemberStatus) -> BindingAnswer:
     now = ctx.clock.now()
     today = now.astimezone(BEIJING).date()
@@ -161,16 +154,16 @@ def _store_proposal(ctx: UseCaseContext, envelope: Envelope, proposal: BindingPr
                 raise _binding_id_taken()
             uow.outbox.enqueue(header.receiver, RequestConsent(), consent_message_id(binding_id), binding_id, now)
             return ctx.receipts.issue(request_sender=header.sender, request_message_id=binding_id,
-                                      request_sha256=digest, request_payload_type=PROPOSAL_TYPE, subject_id=binding_id,
+                                      request_sha256=digest, request_payload_type=payload_type, subject_id=binding_id,
                                       state=BindingState.PROPOSED.value, at=now)
 
         with ctx.in_flight.hold(header.sender, binding_id):
-            receipt, replay = run_once(uow, header.sender, binding_id, PROPOSAL_TYPE, digest, now, propose)
+            receipt, replay = run_once(uow, header.sender, binding_id, payload_type, digest, now, propose)
     return BindingAnswer(receipt, replay)
 
 
 async def propose_binding(ctx: UseCaseContext, run_in_db: RunInDb, members: MemberDirectory, envelope: Envelope,
-                          peer: str | None, decode: Callable[[bytes], BindingProposal]) -> BindingAnswer:
+                          peer: str | None, decode: PayloadDecoder[BindingProposal]) -> BindingAnswer:
     """Check eligibility with both provinces, store PROPOSED and ask the receiver's province for consent."""
     accepted: _Proposal | BindingAnswer = await run_in_db(_accept_proposal, ctx, envelope, peer, decode)
     if isinstance(accepted, BindingAnswer):
@@ -179,16 +172,17 @@ async def propose_binding(ctx: UseCaseContext, run_in_db: RunInDb, members: Memb
     today = ctx.clock.now().astimezone(BEIJING).date()
     giver_status, receiver_status = await ask_both(members, (accepted.giver_province, proposal.giver),
                                                    (accepted.receiver_province, proposal.receiver), today)
-    answer: BindingAnswer = await run_in_db(_store_proposal, ctx, envelope, proposal, giver_status, receiver_status)
+    answer: BindingAnswer = await run_in_db(_store_proposal, ctx, envelope, proposal, decode.type_name,
+                                           giver_status, receiver_status)
     return answer
 
 
 # -- AcceptBinding, DissolveBinding, GetBinding ------------------------------------------------------
 
-def _receiver_birth(uow: UnitOfWork, binding_id: str, decode_proposal: Callable[[bytes], BindingProposal]) -> date:
+def _receiver_birth(uow: UnitOfWork, binding_id: str, decode_proposal: PayloadDecoder[BindingProposal]) -> date:
     """The receiver's birth date, read from the sealed proposal when it is needed (D6): no column holds it,
     since with the masked ID number (first 6 + last 4) it would be the 8 hidden digits (D19)."""
-    envelope = uow.bindings.proposal_envelope(binding_id, PROPOSAL_TYPE)
+    envelope = uow.bindings.proposal_envelope(binding_id, decode_proposal.type_name)
     assert envelope is not None, "a stored binding keeps its proposal"
     receiver = IdNumber(decode_proposal(envelope.payload).receiver.id_number)  # valid: eligibility checked D1
     return receiver.birth_date
@@ -209,11 +203,11 @@ def _either_suspended(uow: UnitOfWork, binding: Binding) -> bool:
 
 
 def accept_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
-                   decode: Callable[[bytes], BindingAcceptance],
-                   decode_proposal: Callable[[bytes], BindingProposal]) -> BindingAnswer:
+                   decode: PayloadDecoder[BindingAcceptance],
+                   decode_proposal: PayloadDecoder[BindingProposal]) -> BindingAnswer:
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        acceptance = authenticate(uow, envelope, ACCEPTANCE_TYPE, decode, peer, now, ctx)
+        acceptance = authenticate(uow, envelope, decode, peer, now, ctx)
         header = acceptance.header
         validate_message_id(header.message_id)
         if acceptance.decision is ConsentDecision.ACCEPT and acceptance.attestation is None:
@@ -260,19 +254,19 @@ def accept_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                 uow.bindings.record_attestation(binding.binding_id, acceptance.attestation)
             tell_both(uow, binding, state, reason, now)
             return ctx.receipts.issue(request_sender=header.sender, request_message_id=header.message_id,
-                                      request_sha256=digest, request_payload_type=ACCEPTANCE_TYPE,
+                                      request_sha256=digest, request_payload_type=decode.type_name,
                                       subject_id=binding.binding_id, state=state.value, at=now)
 
         with ctx.in_flight.hold(header.sender, header.message_id):
-            receipt, replay = run_once(uow, header.sender, header.message_id, ACCEPTANCE_TYPE, digest, now, answer)
+            receipt, replay = run_once(uow, header.sender, header.message_id, decode.type_name, digest, now, answer)
     return BindingAnswer(receipt, replay)
 
 
 def dissolve_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
-                     decode: Callable[[bytes], BindingDissolution]) -> BindingAnswer:
+                     decode: PayloadDecoder[BindingDissolution]) -> BindingAnswer:
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        dissolution = authenticate(uow, envelope, DISSOLUTION_TYPE, decode, peer, now, ctx)
+        dissolution = authenticate(uow, envelope, decode, peer, now, ctx)
         header = dissolution.header
         validate_message_id(header.message_id)
         validate_reason(dissolution.reason)
@@ -287,19 +281,19 @@ def dissolve_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                                          reason="BINDING_NOT_ACTIVE", field="binding_id")
             tell_both(uow, binding, BindingState.DISSOLVED, reason, now)
             return ctx.receipts.issue(request_sender=header.sender, request_message_id=header.message_id,
-                                      request_sha256=digest, request_payload_type=DISSOLUTION_TYPE,
+                                      request_sha256=digest, request_payload_type=decode.type_name,
                                       subject_id=binding.binding_id, state=BindingState.DISSOLVED.value, at=now)
 
         with ctx.in_flight.hold(header.sender, header.message_id):
-            receipt, replay = run_once(uow, header.sender, header.message_id, DISSOLUTION_TYPE, digest, now, dissolve)
+            receipt, replay = run_once(uow, header.sender, header.message_id, decode.type_name, digest, now, dissolve)
     return BindingAnswer(receipt, replay)
 
 
 def get_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
-                decode: Callable[[bytes], BindingQuery]) -> Binding:
+                decode: PayloadDecoder[BindingQuery]) -> Binding:
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        query = authenticate(uow, envelope, BINDING_QUERY_TYPE, decode, peer, now, ctx)
+        query = authenticate(uow, envelope, decode, peer, now, ctx)
         return _party_binding(uow, query.binding_id, query.header.sender)
 
 
@@ -310,11 +304,11 @@ _ENDING = {MemberChangeKind.INSURANCE_ENDED: "MEMBER_INSURANCE_ENDED",
 
 
 def report_member_change(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
-                         decode: Callable[[bytes], MemberChange]) -> tuple[bytes, bool]:
+                         decode: PayloadDecoder[MemberChange]) -> tuple[bytes, bool]:
     """Dissolve (D9) or suspend/resume (D3) the person's bindings at once; both provinces are told."""
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        change = authenticate(uow, envelope, MEMBER_CHANGE_TYPE, decode, peer, now, ctx)
+        change = authenticate(uow, envelope, decode, peer, now, ctx)
         header = change.header
         validate_message_id(header.message_id)
         require_addressed_to_gateway(header, "a member change")
@@ -361,12 +355,12 @@ def report_member_change(ctx: UseCaseContext, envelope: Envelope, peer: str | No
             elif change.kind is MemberChangeKind.SETTLEMENT_RESUMED:
                 uow.members.resume(ref, header.sender)
             return ctx.receipts.issue(request_sender=header.sender, request_message_id=header.message_id,
-                                      request_sha256=digest, request_payload_type=MEMBER_CHANGE_TYPE,
+                                      request_sha256=digest, request_payload_type=decode.type_name,
                                       subject_id=header.message_id, state=change.kind.value, at=now,
                                       affected_ids=affected)
 
         with ctx.in_flight.hold(header.sender, header.message_id):
-            return run_once(uow, header.sender, header.message_id, MEMBER_CHANGE_TYPE, digest, now, apply)
+            return run_once(uow, header.sender, header.message_id, decode.type_name, digest, now, apply)
 
 
 def expire_proposals(uow: UnitOfWork, now: datetime, limit: int) -> int:

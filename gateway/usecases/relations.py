@@ -21,11 +21,10 @@ from gateway.domain.errors import InvalidArgument, Unavailable
 from gateway.domain.provinces import PROVINCE_CODE, Province
 from gateway.domain.relations import RelationAnswer, RelationQuery, record_of
 from gateway.domain.transfers import PersonRef, validate_message_id
-from gateway.usecases.auth import authenticate
+from gateway.usecases.auth import PayloadDecoder, authenticate
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.provinces import require_active
 
-RELATION_QUERY_TYPE = "gongji.v1.RelationQuery"
 RunInDb = Callable[..., Awaitable[Any]]
 
 
@@ -61,11 +60,11 @@ class RelationCheck:
 
 
 def accept_relation_query(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
-                          decode: Callable[[bytes], RelationQuery]) -> RelationCheck:
+                          decode: PayloadDecoder[RelationQuery]) -> RelationCheck:
     """Authenticate the query and find both provinces; the rules themselves are judged afterwards."""
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        query = authenticate(uow, envelope, RELATION_QUERY_TYPE, decode, peer, now, ctx)
+        query = authenticate(uow, envelope, decode, peer, now, ctx)
         # Proven the asking province's own by now (signature, TLS caller): only its own queries spend its budget.
         ctx.admit_relation_query(query.header.sender)
         validate_message_id(query.header.message_id)
@@ -85,7 +84,7 @@ def record_relation_query(ctx: UseCaseContext, check: RelationCheck, answer: Rel
 
 
 async def verify_relation(ctx: UseCaseContext, run_in_db: RunInDb, members: MemberDirectory, envelope: Envelope,
-                          peer: str | None, decode: Callable[[bytes], RelationQuery]) -> list[Violation]:
+                          peer: str | None, decode: PayloadDecoder[RelationQuery]) -> list[Violation]:
     """Every failed rule of D1-D6 for this pair (empty: eligible), as the asking province may hear them.
 
     Recorded (masked) before it is answered; changes nothing else.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -27,14 +27,11 @@ from gateway.domain.settlement import (
     window_containing,
 )
 from gateway.domain.transfers import validate_message_id
-from gateway.usecases.auth import authenticate, require_addressed_to_gateway
+from gateway.usecases.auth import PayloadDecoder, authenticate, require_addressed_to_gateway
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.idempotency import payload_digest, run_once
 from gateway.usecases.ports import UnitOfWork
 
-QUERY_TYPE = "gongji.v1.SettlementQuery"
-ACKNOWLEDGEMENT_TYPE = "gongji.v1.SettlementAcknowledgement"
-FIGURES_TYPE = "gongji.v1.SettlementFigures"
 # Each closed window pushes commits one window on; no real history comes near this many in a row.
 MAX_WINDOW_HOPS = 1000
 MAX_PAGE_SIZE = 200
@@ -162,10 +159,10 @@ class SettlementView:
 
 
 def get_settlement(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
-                   decode: Callable[[bytes], SettlementQuery]) -> SettlementView:
+                   decode: PayloadDecoder[SettlementQuery]) -> SettlementView:
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        query = authenticate(uow, envelope, QUERY_TYPE, decode, peer, now, ctx)
+        query = authenticate(uow, envelope, decode, peer, now, ctx)
         province = query.header.sender
         window_id = query.window_id
         if window_id:
@@ -180,7 +177,7 @@ def get_settlement(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
             raise window_not_found()
         if window.state is WindowState.OPEN:
             return SettlementView(window_id, window.state, None, [])
-        statement = uow.settlements.statement(window_id, province, FIGURES_TYPE)
+        statement = uow.settlements.statement(window_id, province, ctx.stored_types.figures)
         if statement is None:
             raise window_not_found()
         return SettlementView(window_id, window.state, statement[0], window.acknowledged_by)
@@ -193,11 +190,11 @@ class AcknowledgementAnswer:
 
 
 def acknowledge_settlement(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
-                           decode: Callable[[bytes], SettlementAcknowledgement]) -> AcknowledgementAnswer:
+                           decode: PayloadDecoder[SettlementAcknowledgement]) -> AcknowledgementAnswer:
     """A province signs its agreement with its figures (digest must match); the last one makes it ACKNOWLEDGED."""
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        ack = authenticate(uow, envelope, ACKNOWLEDGEMENT_TYPE, decode, peer, now, ctx)
+        ack = authenticate(uow, envelope, decode, peer, now, ctx)
         header = ack.header
         require_addressed_to_gateway(header, "an acknowledgement")
         validate_message_id(header.message_id)  # the idempotency key: as bounded as every other message's
@@ -212,7 +209,7 @@ def acknowledge_settlement(ctx: UseCaseContext, envelope: Envelope, peer: str | 
                 raise window_not_found()
             if state is WindowState.OPEN:
                 raise FailedPrecondition("the window is still open", reason="WINDOW_NOT_CLOSED", field="window_id")
-            statement = uow.settlements.statement(ack.window_id, header.sender, FIGURES_TYPE)
+            statement = uow.settlements.statement(ack.window_id, header.sender, ctx.stored_types.figures)
             if statement is None:
                 raise window_not_found()
             if statement[1] != ack.figures_sha256:
@@ -223,11 +220,11 @@ def acknowledge_settlement(ctx: UseCaseContext, envelope: Envelope, peer: str | 
                 uow.settlements.change_state(ack.window_id, WindowState.CLOSED, WindowState.ACKNOWLEDGED, now)
                 state = WindowState.ACKNOWLEDGED
             return ctx.receipts.issue(request_sender=header.sender, request_message_id=header.message_id,
-                                      request_sha256=digest, request_payload_type=ACKNOWLEDGEMENT_TYPE,
+                                      request_sha256=digest, request_payload_type=decode.type_name,
                                       subject_id=ack.window_id, state=state.value, at=now)
 
         with ctx.in_flight.hold(header.sender, header.message_id):
-            receipt, replay = run_once(uow, header.sender, header.message_id, ACKNOWLEDGEMENT_TYPE, digest, now,
+            receipt, replay = run_once(uow, header.sender, header.message_id, decode.type_name, digest, now,
                                        record)
     return AcknowledgementAnswer(receipt, replay)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -32,7 +31,7 @@ from gateway.domain.transfers import (
     validate_instruction,
     validate_message_id,
 )
-from gateway.usecases.auth import authenticate, require_addressed_to_gateway
+from gateway.usecases.auth import PayloadDecoder, authenticate, require_addressed_to_gateway
 from gateway.usecases.bindings import binding_not_found
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.handoff import as_decided, enqueue_transfer_message
@@ -41,9 +40,6 @@ from gateway.usecases.ports import UnitOfWork
 from gateway.usecases.provinces import require_active
 from gateway.usecases.settlements import assign_to_open_window
 
-INSTRUCTION_TYPE = "gongji.v1.TransferInstruction"
-CONFIRMATION_TYPE = "gongji.v1.TransferConfirmation"
-QUERY_TYPE = "gongji.v1.TransferQuery"
 CONFIRMATION_DEADLINE_PASSED = "CONFIRMATION_DEADLINE_PASSED"
 
 
@@ -141,10 +137,10 @@ def _transfer_id_taken() -> AlreadyExists:
 
 
 def submit_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
-                    decode: Callable[[bytes], TransferInstruction]) -> ReceiptAnswer:
+                    decode: PayloadDecoder[TransferInstruction]) -> ReceiptAnswer:
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        instruction = authenticate(uow, envelope, INSTRUCTION_TYPE, decode, peer, now, ctx)
+        instruction = authenticate(uow, envelope, decode, peer, now, ctx)
         validate_instruction(instruction, today=now.astimezone(BEIJING).date())
         header = instruction.header
         transfer_id = header.message_id
@@ -194,19 +190,19 @@ def submit_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
             enqueue_transfer_message(ctx.handoff, uow, DeliverTransfer(), header.receiver,
                                      delivery_message_id(transfer_id), transfer, now, envelope)
             return ctx.receipts.issue(request_sender=header.sender, request_message_id=transfer_id,
-                                      request_sha256=digest, request_payload_type=INSTRUCTION_TYPE,
+                                      request_sha256=digest, request_payload_type=decode.type_name,
                                       subject_id=transfer_id, state=TransferState.RECEIVED.value, at=now)
 
         with ctx.in_flight.hold(header.sender, transfer_id):
-            receipt, replay = run_once(uow, header.sender, transfer_id, INSTRUCTION_TYPE, digest, now, accept)
+            receipt, replay = run_once(uow, header.sender, transfer_id, decode.type_name, digest, now, accept)
     return ReceiptAnswer(receipt, replay, transfer_id, TransferState.RECEIVED)
 
 
 def confirm_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
-                     decode: Callable[[bytes], TransferConfirmation]) -> ReceiptAnswer:
+                     decode: PayloadDecoder[TransferConfirmation]) -> ReceiptAnswer:
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        confirmation = authenticate(uow, envelope, CONFIRMATION_TYPE, decode, peer, now, ctx)
+        confirmation = authenticate(uow, envelope, decode, peer, now, ctx)
         validate_confirmation(confirmation)
         header = confirmation.header
         require_addressed_to_gateway(header, "a confirmation")
@@ -246,19 +242,19 @@ def confirm_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                 assign_to_open_window(uow, ctx.settlement, transfer.transfer_id, now)
             enqueue_outcome(ctx, uow, transfer, final, reason, now)
             return ctx.receipts.issue(request_sender=header.sender, request_message_id=header.message_id,
-                                      request_sha256=digest, request_payload_type=CONFIRMATION_TYPE,
+                                      request_sha256=digest, request_payload_type=decode.type_name,
                                       subject_id=transfer.transfer_id, state=final.value, at=now)
 
         with ctx.in_flight.hold(header.sender, header.message_id):
-            receipt, replay = run_once(uow, header.sender, header.message_id, CONFIRMATION_TYPE, digest, now, decide)
+            receipt, replay = run_once(uow, header.sender, header.message_id, decode.type_name, digest, now, decide)
     return ReceiptAnswer(receipt, replay, transfer.transfer_id, final)
 
 
 def get_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
-                 decode: Callable[[bytes], TransferQuery]) -> Transfer:
+                 decode: PayloadDecoder[TransferQuery]) -> Transfer:
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        query = authenticate(uow, envelope, QUERY_TYPE, decode, peer, now, ctx)
+        query = authenticate(uow, envelope, decode, peer, now, ctx)
         require_addressed_to_gateway(query.header, "a transfer query")
         validate_message_id(query.transfer_id, field="transfer_id")
         transfer = uow.transfers.get(query.transfer_id, with_history=True)
