@@ -97,7 +97,7 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         if behaviour.latency_ms > 0:
             await asyncio.sleep(behaviour.latency_ms / 1000)
         if self._state.take_failure():
-            await refuse(context, grpc.StatusCode.UNAVAILABLE, "FAILURE_INJECTED", "failure injected by the stub")
+            await refuse(context, "FAILURE_INJECTED", "failure injected by the stub")
 
     async def _verify_gateway(
         self, envelope: common_pb2.SignedEnvelope, payload_type: str, context: Context
@@ -105,10 +105,10 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         """Abort UNAVAILABLE while the gateway does not list the key, UNAUTHENTICATED if it is wrong."""
         failure = await self._gateway_keys.verify(envelope, payload_type=payload_type)
         if failure == "UNKNOWN_KEY":
-            await refuse(context, grpc.StatusCode.UNAVAILABLE, "GATEWAY_KEY_UNKNOWN",
+            await refuse(context, "GATEWAY_KEY_UNKNOWN",
                          "gateway public key not available yet", "key_id")
         if failure:
-            await refuse(context, grpc.StatusCode.UNAUTHENTICATED, "BAD_GATEWAY_SIGNATURE", "bad gateway signature",
+            await refuse(context, "BAD_GATEWAY_SIGNATURE", "bad gateway signature",
                          "signature")
 
     async def DeliverTransfer(
@@ -119,7 +119,7 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         failure = await self._gateway_keys.verify(request.delivery, payload_type=payload_types.TRANSFER_DELIVERY)
         if failure == "UNKNOWN_KEY":
             # Not our answer to give yet: the gateway retries, by when it lists its key.
-            await refuse(context, grpc.StatusCode.UNAVAILABLE, "GATEWAY_KEY_UNKNOWN",
+            await refuse(context, "GATEWAY_KEY_UNKNOWN",
                          "gateway public key not available yet", "key_id")
         if failure:
             return _rejected("BAD_GATEWAY_SIGNATURE")
@@ -212,7 +212,7 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         try:
             outcome.ParseFromString(request.outcome.payload)
         except protobuf_message.DecodeError:
-            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_MESSAGE",
+            await refuse(context, "MALFORMED_MESSAGE",
                          "outcome payload does not parse", "payload")
         await self._header_check.check(outcome.header, context)
         message_id = outcome.header.message_id
@@ -250,7 +250,7 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         try:
             query.ParseFromString(request.query.payload)
         except protobuf_message.DecodeError:
-            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_MESSAGE",
+            await refuse(context, "MALFORMED_MESSAGE",
                          "member query payload does not parse", "payload")
         # A query meant for another province, or recorded and replayed, learns nothing of our members.
         await self._header_check.check(query.header, context)
@@ -280,17 +280,17 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
             consent_request.ParseFromString(request.consent_request.payload)
             proposal.ParseFromString(request.proposal.payload)
         except protobuf_message.DecodeError:
-            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_MESSAGE",
+            await refuse(context, "MALFORMED_MESSAGE",
                          "consent request or proposal does not parse", "payload")
         await self._header_check.check(consent_request.header, context)
         proposal_sha256 = sha256(request.proposal.payload)
         binding_id = consent_request.binding_id
         # The gateway vouches for this exact proposal under this binding id (its message_id).
         if consent_request.proposal_sha256 != proposal_sha256 or proposal.header.message_id != binding_id:
-            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "CONSENT_REQUEST_MISMATCH",
+            await refuse(context, "CONSENT_REQUEST_MISMATCH",
                          "consent request does not match the proposal", "proposal_sha256")
         if not self._giver_signature_ok(request.proposal, proposal):
-            await refuse(context, grpc.StatusCode.UNAUTHENTICATED, "BAD_PROPOSAL_SIGNATURE", "bad proposal signature",
+            await refuse(context, "BAD_PROPOSAL_SIGNATURE", "bad proposal signature",
                          "proposal")
 
         self._state.consent_requests_received += 1
@@ -337,7 +337,7 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         try:
             figures.ParseFromString(request.figures.payload)
         except protobuf_message.DecodeError:
-            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_MESSAGE",
+            await refuse(context, "MALFORMED_MESSAGE",
                          "settlement figures do not parse", "payload")
         # Not judged by age: the gateway signs a window's figures once, at closing, and resends those very bytes
         # until they are acknowledged, however long that takes (the acknowledgement names their digest).

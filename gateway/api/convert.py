@@ -8,6 +8,7 @@ from datetime import datetime
 from google.protobuf import message as pb_message
 
 from gateway.api.strict import decoder
+from gateway.domain import reasons
 from gateway.domain.bindings import (
     Attestation,
     Binding,
@@ -42,13 +43,13 @@ from protos.gongji.v1 import common_pb2, keys_pb2, operations_pb2, relations_pb2
 
 def header_from_proto(header: common_pb2.Header, present: bool) -> Header:
     if not present:
-        raise InvalidArgument("header is required", reason="MISSING_FIELD", field="header")
+        raise InvalidArgument("header is required", reason=reasons.MISSING_FIELD, field="header")
     if not header.HasField("created_at"):
-        raise InvalidArgument("header.created_at is required", reason="MISSING_FIELD", field="header.created_at")
+        raise InvalidArgument("header.created_at is required", reason=reasons.MISSING_FIELD, field="header.created_at")
     try:
         created_at = from_timestamp(header.created_at)
     except (ValueError, OverflowError) as error:
-        raise InvalidArgument("header.created_at is not a valid time", reason="INVALID_TIMESTAMP",
+        raise InvalidArgument("header.created_at is not a valid time", reason=reasons.INVALID_TIMESTAMP,
                               field="header.created_at") from error
     return Header(header.message_id, header.sender, header.receiver, created_at)
 
@@ -60,7 +61,7 @@ def decode_instruction(message: transfers_pb2.TransferInstruction) -> TransferIn
         try:
             expires_at = from_timestamp(message.expires_at)
         except (ValueError, OverflowError) as error:
-            raise InvalidArgument("expires_at is not a valid time", reason="INVALID_TIMESTAMP",
+            raise InvalidArgument("expires_at is not a valid time", reason=reasons.INVALID_TIMESTAMP,
                                   field="expires_at") from error
     return TransferInstruction(
         header=header_from_proto(message.header, message.HasField("header")),
@@ -82,7 +83,8 @@ def decode_confirmation(message: transfers_pb2.TransferConfirmation) -> Transfer
     header = header_from_proto(message.header, message.HasField("header"))
     decision = _DECISIONS.get(message.decision)
     if decision is None:
-        raise InvalidArgument("decision must be CREDITED or DECLINED", reason="INVALID_DECISION", field="decision")
+        raise InvalidArgument("decision must be CREDITED or DECLINED",
+                              reason=reasons.INVALID_DECISION, field="decision")
     return TransferConfirmation(header, message.transfer_id, decision, message.decline_reason)
 
 
@@ -101,7 +103,7 @@ def _optional_time(message: pb_message.Message, field: str) -> datetime | None:
     try:
         return from_timestamp(getattr(message, field))
     except (ValueError, OverflowError) as error:
-        raise InvalidArgument(f"{field} is not a valid time", reason="INVALID_TIMESTAMP", field=field) from error
+        raise InvalidArgument(f"{field} is not a valid time", reason=reasons.INVALID_TIMESTAMP, field=field) from error
 
 
 def _person(message: common_pb2.PersonRef) -> PersonRef:
@@ -130,17 +132,18 @@ def decode_binding_acceptance(message: relations_pb2.BindingAcceptance) -> Bindi
     header = header_from_proto(message.header, message.HasField("header"))
     decision = _CONSENT.get(message.decision)
     if decision is None:
-        raise InvalidArgument("decision must be ACCEPT or REFUSE", reason="INVALID_DECISION", field="decision")
+        raise InvalidArgument("decision must be ACCEPT or REFUSE", reason=reasons.INVALID_DECISION, field="decision")
     attestation = None
     if message.HasField("attestation"):
         method = _ATTESTATION.get(message.attestation.method)
         attested_at = _optional_time(message.attestation, "attested_at")
         if method is None:
-            raise InvalidArgument("attestation.method must be FACE or GUARDIAN_DOCUMENT", reason="INVALID_ATTESTATION",
+            raise InvalidArgument("attestation.method must be FACE or GUARDIAN_DOCUMENT",
+                                  reason=reasons.INVALID_ATTESTATION,
                                   field="attestation.method")
         if attested_at is None or not message.attestation.evidence_ref:
             raise InvalidArgument("an attestation needs its time and the province's evidence reference (D7)",
-                                  reason="INVALID_ATTESTATION", field="attestation")
+                                  reason=reasons.INVALID_ATTESTATION, field="attestation")
         attestation = Attestation(method, message.attestation.evidence_ref, attested_at)
     return BindingAcceptance(header, message.binding_id, decision, attestation)
 
@@ -166,7 +169,8 @@ _CHANGES = {relations_pb2.MEMBER_CHANGE_KIND_INSURANCE_ENDED: MemberChangeKind.I
 def decode_member_change(message: relations_pb2.MemberChange) -> MemberChange:
     kind = _CHANGES.get(message.kind)
     if kind is None:
-        raise InvalidArgument("kind must be one of the MemberChangeKind values", reason="INVALID_KIND", field="kind")
+        raise InvalidArgument("kind must be one of the MemberChangeKind values",
+                              reason=reasons.INVALID_KIND, field="kind")
     return MemberChange(header_from_proto(message.header, message.HasField("header")), _person(message.person), kind,
                         _optional_time(message, "effective_at"))
 
@@ -192,7 +196,7 @@ def transfer_filter_from_proto(request: operations_pb2.ListTransfersRequest) -> 
     for value in request.states:
         # Enums are open in proto3: any int32 arrives, not only the values the contract names.
         if value == transfers_pb2.TRANSFER_STATE_UNSPECIFIED or value not in transfers_pb2.TransferState.values():
-            raise InvalidArgument("states must name transfer states", reason="INVALID_STATE", field="states")
+            raise InvalidArgument("states must name transfer states", reason=reasons.INVALID_STATE, field="states")
         states.append(TransferState(transfers_pb2.TransferState.Name(value).removeprefix("TRANSFER_STATE_")))
     return TransferFilter(
         states=tuple(states), giver_province=request.giver_province, receiver_province=request.receiver_province,
@@ -255,7 +259,7 @@ def province_status_from_proto(value: int, field: str = "status") -> ProvinceSta
         return None
     status = _STATUS_FROM_PROTO.get(value)  # type: ignore[call-overload]
     if status is None:
-        raise InvalidArgument("status must be ACTIVE or SUSPENDED", reason="INVALID_STATUS", field=field)
+        raise InvalidArgument("status must be ACTIVE or SUSPENDED", reason=reasons.INVALID_STATUS, field=field)
     return status  # type: ignore[no-any-return]
 
 
@@ -322,7 +326,8 @@ def window_states_from_proto(values: Iterable[int]) -> list[WindowState]:
     states = []
     for value in values:
         if value not in settlements_pb2.SettlementWindowState.values() or value == 0:
-            raise InvalidArgument("states must name settlement window states", reason="INVALID_STATE", field="states")
+            raise InvalidArgument("states must name settlement window states",
+                                  reason=reasons.INVALID_STATE, field="states")
         states.append(WindowState(settlements_pb2.SettlementWindowState.Name(
             value).removeprefix("SETTLEMENT_WINDOW_STATE_")))  # type: ignore[arg-type]
     return states

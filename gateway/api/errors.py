@@ -14,7 +14,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from gateway.domain import errors
+from gateway.domain import errors, reasons
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def _decode(deserialize: Callable[[bytes], Any] | None, raw: bytes) -> Any:
         return deserialize(raw)
     except DecodeError:  # corrupt wire format, wrong wire types, bad UTF-8 in a string field
         raise errors.InvalidArgument("the request does not parse as this method's request message",
-                                     reason="MALFORMED_REQUEST") from None
+                                     reason=reasons.MALFORMED_REQUEST) from None
 
 
 def _failure(error: Exception, method: str) -> grpc.Status:
@@ -113,7 +113,7 @@ class CallGate:
         if self.closed and not method.startswith("/grpc.health."):
             self._last_refusal = time.monotonic()
             raise errors.Unavailable("the gateway is stopping; nothing was done: retry later or on another "
-                                     "gateway", reason="SHUTTING_DOWN")
+                                     "gateway", reason=reasons.SHUTTING_DOWN)
         self.active += 1
 
     async def refuse(self, method: str) -> None:

@@ -8,6 +8,7 @@ from typing import Generic, TypeVar
 from google.protobuf import message as pb_message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
+from gateway.domain import reasons
 from gateway.domain.errors import InvalidArgument
 from protos.gongji.v1.payload_types import payload_type
 
@@ -38,9 +39,9 @@ def parse_strict(payload: bytes, message_class: type[P]) -> P:
         message.ParseFromString(payload)
     except pb_message.DecodeError as error:
         raise InvalidArgument("payload does not parse as " + message_class.DESCRIPTOR.full_name,
-                              reason="MALFORMED_PAYLOAD", field="payload") from error
+                              reason=reasons.MALFORMED_PAYLOAD, field="payload") from error
     if _has_unknown_fields(message):
-        raise InvalidArgument("payload has fields this contract does not define", reason="UNKNOWN_FIELDS",
+        raise InvalidArgument("payload has fields this contract does not define", reason=reasons.UNKNOWN_FIELDS,
                               field="payload")
     return message
 

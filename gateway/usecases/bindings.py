@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
+from gateway.domain import reasons
 from gateway.domain.bindings import (
     Binding,
     BindingAcceptance,
@@ -70,7 +71,7 @@ def tell_both(uow: UnitOfWork, binding: Binding, state: BindingState, reason: st
 
 def binding_not_found() -> NotFound:
     """For an unknown binding and for other provinces' alike: a province learns nothing of bindings not its own."""
-    return NotFound("no such binding", reason="BINDING_NOT_FOUND", field="binding_id")
+    return NotFound("no such binding", reason=reasons.BINDING_NOT_FOUND, field="binding_id")
 
 
 def _party_binding(uow: UnitOfWork, binding_id: str, sender: str) -> Binding:
@@ -108,7 +109,8 @@ def _accept_proposal(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
 
 
 def _binding_id_taken() -> AlreadyExists:
-    return AlreadyExists("this binding_id is taken; use a new id", reason="BINDING_ID_TAKEN", field="header.message_id")
+    return AlreadyExists("this binding_id is taken; use a new id",
+                         reason=reasons.BINDING_ID_TAKEN, field="header.message_id")
 
 
 def _store_proposal(ctx: UseCaseContext, envelope: Envelope, proposal: BindingProposal, payload_type: str,
@@ -139,7 +141,7 @@ def _store_proposal(ctx: UseCaseContext, envelope: Envelope, proposal: BindingPr
                 if policy and policy.single_relation_only and any(
                         b.holds_people(now) for b in uow.bindings.of_person(ref)):
                     raise FailedPrecondition(f"the {role}'s province allows one family relation at a time (D8)",
-                                             reason="SINGLE_RELATION_ONLY", field=f"{role}.id_number")
+                                             reason=reasons.SINGLE_RELATION_ONLY, field=f"{role}.id_number")
             if uow.bindings.exists(binding_id):
                 raise _binding_id_taken()
             assert proposal.consent_by is not None  # validate_proposal requires it
@@ -193,7 +195,7 @@ def _check_attested_at(attested_at: datetime, binding: Binding, now: datetime, s
     the future, and never older than the proposal, so at most the consent window (72 hours) old."""
     if not binding.created_at - skew <= attested_at <= now + skew:
         raise InvalidArgument("attestation.attested_at must lie between the proposal and now",
-                              reason="INVALID_ATTESTATION_TIME", field="attestation.attested_at")
+                              reason=reasons.INVALID_ATTESTATION_TIME, field="attestation.attested_at")
 
 
 def _either_suspended(uow: UnitOfWork, binding: Binding) -> bool:
@@ -211,13 +213,14 @@ def accept_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
         header = acceptance.header
         validate_message_id(header.message_id)
         if acceptance.decision is ConsentDecision.ACCEPT and acceptance.attestation is None:
-            raise InvalidArgument("an acceptance needs the receiver's attestation (D6)", reason="MISSING_FIELD",
+            raise InvalidArgument("an acceptance needs the receiver's attestation (D6)", reason=reasons.MISSING_FIELD,
                                   field="attestation")
         if acceptance.attestation is not None:
             validate_attestation(acceptance.attestation)
         binding = _party_binding(uow, acceptance.binding_id, header.sender)
         if header.sender != binding.receiver_province:
-            raise PermissionDenied("only the receiver's province answers a proposal", reason="NOT_RECEIVER_PROVINCE",
+            raise PermissionDenied("only the receiver's province answers a proposal",
+                                   reason=reasons.NOT_RECEIVER_PROVINCE,
                                    field="header.sender")
         if acceptance.attestation is not None:
             _check_attested_at(acceptance.attestation.attested_at, binding, now, ctx.max_clock_skew)
@@ -227,9 +230,9 @@ def accept_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
         def answer() -> bytes:
             if binding.state is not BindingState.PROPOSED:
                 raise FailedPrecondition(f"the binding is {binding.state.value}, not PROPOSED",
-                                         reason="BINDING_NOT_PROPOSED", field="binding_id")
+                                         reason=reasons.BINDING_NOT_PROPOSED, field="binding_id")
             if now >= binding.consent_by:
-                raise FailedPrecondition("the consent deadline has passed", reason="CONSENT_EXPIRED",
+                raise FailedPrecondition("the consent deadline has passed", reason=reasons.CONSENT_EXPIRED,
                                          field="binding_id")
             if acceptance.attestation is not None and new_state is BindingState.ACTIVE:
                 # Age on the gateway's date, not the attestation's own: a backdated attestation gains nothing.
@@ -243,13 +246,13 @@ def accept_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
             # the relation starts SUSPENDED, and becomes ACTIVE when the suspension is lifted.
             state, reason = new_state, ""
             if new_state is BindingState.ACTIVE and _either_suspended(uow, binding):
-                state, reason = BindingState.SUSPENDED, "SETTLEMENT_SUSPENDED"
+                state, reason = BindingState.SUSPENDED, reasons.SETTLEMENT_SUSPENDED
             # The state read above may be stale by now (a refusal, an expiry or a member change at the same
             # moment): the conditional change decides, and only the answer that made it is told and attested.
             if not uow.bindings.change_state(binding.binding_id, [BindingState.PROPOSED], state, reason, now):
                 current = uow.bindings.get(binding.binding_id)
                 raise FailedPrecondition(f"the binding is {current.state.value if current else 'gone'}, not PROPOSED",
-                                         reason="BINDING_NOT_PROPOSED", field="binding_id")
+                                         reason=reasons.BINDING_NOT_PROPOSED, field="binding_id")
             if acceptance.attestation is not None and new_state is BindingState.ACTIVE:
                 uow.bindings.record_attestation(binding.binding_id, acceptance.attestation)
             tell_both(uow, binding, state, reason, now)
@@ -278,7 +281,7 @@ def dissolve_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
             if not uow.bindings.change_state(binding.binding_id, [BindingState.ACTIVE, BindingState.SUSPENDED],
                                              BindingState.DISSOLVED, reason, now):
                 raise FailedPrecondition(f"the binding is {binding.state.value} and cannot be dissolved",
-                                         reason="BINDING_NOT_ACTIVE", field="binding_id")
+                                         reason=reasons.BINDING_NOT_ACTIVE, field="binding_id")
             tell_both(uow, binding, BindingState.DISSOLVED, reason, now)
             return ctx.receipts.issue(request_sender=header.sender, request_message_id=header.message_id,
                                       request_sha256=digest, request_payload_type=decode.type_name,
@@ -313,7 +316,8 @@ def report_member_change(ctx: UseCaseContext, envelope: Envelope, peer: str | No
         validate_message_id(header.message_id)
         require_addressed_to_gateway(header, "a member change")
         if parse_valid_id(change.person.id_number, now.astimezone(BEIJING).date()) is None:
-            raise InvalidArgument("person.id_number is not a valid resident ID number", reason="INVALID_ID_NUMBER",
+            raise InvalidArgument("person.id_number is not a valid resident ID number",
+                                  reason=reasons.INVALID_ID_NUMBER,
                                   field="person.id_number")
         # A province reports only on people insured with it (D20).
         validate_pooling_area(change.person.pooling_area, header.sender, "person.pooling_area")
@@ -343,7 +347,7 @@ def report_member_change(ctx: UseCaseContext, envelope: Envelope, peer: str | No
                          _ENDING[change.kind])
                     move(binding, [BindingState.PROPOSED], BindingState.EXPIRED, _ENDING[change.kind])
                 elif change.kind is MemberChangeKind.SETTLEMENT_SUSPENDED:
-                    move(binding, [BindingState.ACTIVE], BindingState.SUSPENDED, "SETTLEMENT_SUSPENDED")
+                    move(binding, [BindingState.ACTIVE], BindingState.SUSPENDED, reasons.SETTLEMENT_SUSPENDED)
                 else:
                     other, other_province = ((binding.receiver_ref, binding.receiver_province)
                                              if binding.giver_ref == ref and binding.giver_province == header.sender

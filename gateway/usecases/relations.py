@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Protocol
 
+from gateway.domain import reasons
 from gateway.domain.clock import BEIJING
 from gateway.domain.eligibility import (
     MemberStatus,
@@ -44,7 +45,7 @@ async def ask_both(members: MemberDirectory, giver: tuple[Province, PersonRef], 
         answer = await members.check_member(province, person)
         if answer is None:
             raise Unavailable(f"province {province.code} did not answer in time; retry with the same message_id",
-                              reason="PROVINCE_UNAVAILABLE")
+                              reason=reasons.PROVINCE_UNAVAILABLE)
         return answer
 
     giver_status, receiver_status = await asyncio.gather(status(*giver), status(*receiver))
@@ -70,7 +71,7 @@ def accept_relation_query(ctx: UseCaseContext, envelope: Envelope, peer: str | N
         validate_message_id(query.header.message_id)
         if not PROVINCE_CODE.fullmatch(query.header.receiver):
             raise InvalidArgument("header.receiver must be the receiver's province code",
-                                  reason="INVALID_PROVINCE_CODE", field="header.receiver")
+                                  reason=reasons.INVALID_PROVINCE_CODE, field="header.receiver")
         return RelationCheck(query, require_active(uow.provinces.get(query.header.sender), query.header.sender,
                                             "header.sender"),
                              require_active(uow.provinces.get(query.header.receiver), query.header.receiver,

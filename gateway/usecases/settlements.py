@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from gateway.domain import reasons
 from gateway.domain.clock import BEIJING
 from gateway.domain.envelope import Envelope
 from gateway.domain.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -68,9 +69,9 @@ def _span_to_close(uow: UnitOfWork, policy: SettlementPolicy, window_id: str, no
     if uow.settlements.get(window_id) is None:
         if span != window_containing(span.opens_at, policy.period):
             raise InvalidArgument(f"windows are {policy.period.value}: {window_id} is not one",
-                                  reason="WINDOW_NOT_OF_PERIOD", field="window_id")
+                                  reason=reasons.WINDOW_NOT_OF_PERIOD, field="window_id")
         if span.opens_at > now:
-            raise FailedPrecondition("the window has not started yet", reason="WINDOW_NOT_STARTED",
+            raise FailedPrecondition("the window has not started yet", reason=reasons.WINDOW_NOT_STARTED,
                                      field="window_id")
     return span
 
@@ -114,7 +115,7 @@ def close_due_windows(ctx: UseCaseContext, limit: int = 10) -> list[str]:
 def window_not_found() -> NotFound:
     """For an unknown window and, to a province, for a closed one it has no figures in: it learns nothing of
     other provinces' settlements."""
-    return NotFound("no such settlement window", reason="SETTLEMENT_WINDOW_NOT_FOUND", field="window_id")
+    return NotFound("no such settlement window", reason=reasons.SETTLEMENT_WINDOW_NOT_FOUND, field="window_id")
 
 
 def get_window(ctx: UseCaseContext, window_id: str) -> SettlementWindow:
@@ -136,7 +137,7 @@ def list_windows(ctx: UseCaseContext, states: Sequence[WindowState], page_token:
                  page_size: int) -> WindowPage:
     """Windows newest first; the token is the last window id shown (ids sort as their dates)."""
     if not 0 <= page_size <= MAX_PAGE_SIZE:
-        raise InvalidArgument(f"page_size must be within 0..{MAX_PAGE_SIZE}", reason="INVALID_PAGE_SIZE",
+        raise InvalidArgument(f"page_size must be within 0..{MAX_PAGE_SIZE}", reason=reasons.INVALID_PAGE_SIZE,
                               field="page_size")
     if page_token:
         validate_window_id(page_token, "page_token")
@@ -170,7 +171,7 @@ def get_settlement(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
         else:
             window_id = uow.settlements.latest_statement_window(province) or ""
             if not window_id:
-                raise NotFound("no closed window concerns this province yet", reason="NO_CLOSED_WINDOW",
+                raise NotFound("no closed window concerns this province yet", reason=reasons.NO_CLOSED_WINDOW,
                                field="window_id")
         window = uow.settlements.get(window_id)
         if window is None:
@@ -200,7 +201,8 @@ def acknowledge_settlement(ctx: UseCaseContext, envelope: Envelope, peer: str | 
         validate_message_id(header.message_id)  # the idempotency key: as bounded as every other message's
         validate_window_id(ack.window_id)
         if len(ack.figures_sha256) != 32:
-            raise InvalidArgument("figures_sha256 must be 32 bytes", reason="INVALID_DIGEST", field="figures_sha256")
+            raise InvalidArgument("figures_sha256 must be 32 bytes",
+                                  reason=reasons.INVALID_DIGEST, field="figures_sha256")
         digest = payload_digest(envelope.payload)
 
         def record() -> bytes:
@@ -208,13 +210,14 @@ def acknowledge_settlement(ctx: UseCaseContext, envelope: Envelope, peer: str | 
             if state is None:
                 raise window_not_found()
             if state is WindowState.OPEN:
-                raise FailedPrecondition("the window is still open", reason="WINDOW_NOT_CLOSED", field="window_id")
+                raise FailedPrecondition("the window is still open",
+                                         reason=reasons.WINDOW_NOT_CLOSED, field="window_id")
             statement = uow.settlements.statement(ack.window_id, header.sender, ctx.stored_types.figures)
             if statement is None:
                 raise window_not_found()
             if statement[1] != ack.figures_sha256:
                 raise FailedPrecondition("figures_sha256 does not match the figures the gateway sent",
-                                         reason="FIGURES_DIGEST_MISMATCH", field="figures_sha256")
+                                         reason=reasons.FIGURES_DIGEST_MISMATCH, field="figures_sha256")
             uow.settlements.acknowledge(ack.window_id, header.sender, now, header.message_id, envelope)
             if state is WindowState.CLOSED and uow.settlements.unacknowledged(ack.window_id) == 0:
                 uow.settlements.change_state(ack.window_id, WindowState.CLOSED, WindowState.ACKNOWLEDGED, now)
@@ -252,7 +255,7 @@ def record_payment(ctx: UseCaseContext, window_id: str, inputs: Sequence[Payment
         payment = validate_payment(given.from_province, given.to_province, given.bank, given.serial_number,
                                    given.date, index, today)
         if any((p.from_province, p.to_province) == (payment.from_province, payment.to_province) for p in payments):
-            raise InvalidArgument("one payment per pair", reason="DUPLICATE_PAYMENT", field=f"payments[{index}]")
+            raise InvalidArgument("one payment per pair", reason=reasons.DUPLICATE_PAYMENT, field=f"payments[{index}]")
         payments.append(payment)
     with ctx.uow() as uow:
         uow.audit.act_as(actor)
@@ -262,7 +265,7 @@ def record_payment(ctx: UseCaseContext, window_id: str, inputs: Sequence[Payment
             raise window_not_found()
         if state in (WindowState.OPEN, WindowState.CLOSED):
             raise FailedPrecondition(f"the window is {state.value}: every province must acknowledge it first (D18)",
-                                     reason="WINDOW_NOT_ACKNOWLEDGED", field="window_id")
+                                     reason=reasons.WINDOW_NOT_ACKNOWLEDGED, field="window_id")
         pairs = {(p.from_province, p.to_province) for p in window.pairs}
         paid = {(p.from_province, p.to_province): p for p in window.payments}
         assert window.closed_at is not None
@@ -271,14 +274,15 @@ def record_payment(ctx: UseCaseContext, window_id: str, inputs: Sequence[Payment
             key = (payment.from_province, payment.to_province)
             if key not in pairs:
                 raise InvalidArgument(f"the window has no figure from {key[0]} to {key[1]}",
-                                      reason="PAIR_NOT_IN_WINDOW", field=f"payments[{index}]")
+                                      reason=reasons.PAIR_NOT_IN_WINDOW, field=f"payments[{index}]")
             if payment.paid_on < closed_on:
-                raise InvalidArgument("a payment cannot predate the window's figures", reason="INVALID_PAYMENT_DATE",
+                raise InvalidArgument("a payment cannot predate the window's figures",
+                                      reason=reasons.INVALID_PAYMENT_DATE,
                                       field=f"payments[{index}].date")
             if key in paid:
                 if paid[key] != payment:
                     raise FailedPrecondition("this pair's payment is already recorded with another reference",
-                                             reason="PAYMENT_ALREADY_RECORDED", field=f"payments[{index}]")
+                                             reason=reasons.PAYMENT_ALREADY_RECORDED, field=f"payments[{index}]")
                 continue
             uow.settlements.record_payment(window_id, payment, now)
             paid[key] = payment
