@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run test test-browser test-crash demo bench protos protos-check lint migration clean
+.PHONY: setup run test test-browser test-crash demo bench protos protos-check errors-doc lint migration clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,9 +47,14 @@ protos: setup
 protos-check: setup
 	bash scripts/check_protos.sh
 
+## docs/errors.md from the reasons catalogue (gateway/domain/reasons.py); `make lint` fails when it is not current.
+errors-doc: setup
+	$(PY) -m scripts.errors_doc
+
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(PY) -m scripts.errors_doc --check
 
 ## A new schema migration from what gateway/store/tables/ adds to head: make migration m="what it changes".
 migration: setup

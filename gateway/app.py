@@ -46,7 +46,7 @@ from gateway.store.engine import make_engine
 from gateway.store.schema import ensure_known_schema
 from gateway.store.unit_of_work import SqlStore
 from gateway.usecases.audit import checkpoint_audit
-from gateway.usecases.context import UseCaseContext
+from gateway.usecases.context import StoredPayloadTypes, UseCaseContext
 from gateway.usecases.dashboard import dashboard_snapshot
 from gateway.usecases.keys import register_gateway_key
 from gateway.usecases.monitoring import get_stats
@@ -57,6 +57,7 @@ from protos.gongji.v1 import (
     keys_pb2_grpc,
     operations_pb2,
     operations_pb2_grpc,
+    payload_types,
     relations_pb2,
     relations_pb2_grpc,
     settlements_pb2,
@@ -66,6 +67,10 @@ from protos.gongji.v1 import (
 )
 
 log = logging.getLogger(__name__)
+
+STORED_PAYLOAD_TYPES = StoredPayloadTypes(instruction=payload_types.TRANSFER_INSTRUCTION,
+                                          proposal=payload_types.BINDING_PROPOSAL,
+                                          figures=payload_types.SETTLEMENT_FIGURES)
 
 # grpc-stubs describe only the synchronous health servicer; this is its asyncio twin.
 HealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
@@ -228,6 +233,7 @@ def _core(settings: Settings, clock: Clock) -> _Core:
         hasher=HmacPersonHasher(load_or_create_secret(settings.id_hash_key_file)),
         verify=verify_signature,
         members=client,  # CheckMember, for VerifyRelation and ProposeBinding
+        stored_types=STORED_PAYLOAD_TYPES,
         # Each province's calls are counted once they are proven its own (see ProvinceRateLimits).
         admit=ProvinceRateLimits(settings.rate_limit_per_second, settings.rate_limit_burst, clock).admit,
         admit_relation_query=ProvinceRateLimits(settings.relation_query_rate_per_second, settings.relation_query_burst,

@@ -4,18 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 
 from gateway.config import Settings
-from gateway.domain.identity import mask_id_number
-
-# 18-character resident ID numbers (17 digits and a check character) standing alone in text.
-ID_NUMBER_IN_TEXT = re.compile(r"(?<![0-9A-Za-z])[0-9]{17}[0-9Xx](?![0-9A-Za-z])")
-
-
-def _masked(text: str) -> str:
-    return ID_NUMBER_IN_TEXT.sub(lambda m: mask_id_number(m.group(0)), text)
+from gateway.domain.identity import mask_id_numbers_in
 
 
 class MaskIdNumbers(logging.Filter):
@@ -26,17 +18,17 @@ class MaskIdNumbers(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        masked = _masked(message)
+        masked = mask_id_numbers_in(message)
         if masked != message:
             record.msg, record.args = masked, None
         if record.exc_info:
             # Formatted once here, masked, and kept as the text every formatter prints instead.
-            record.exc_text = _masked(logging.Formatter().formatException(record.exc_info))
+            record.exc_text = mask_id_numbers_in(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None
         elif record.exc_text:
-            record.exc_text = _masked(record.exc_text)
+            record.exc_text = mask_id_numbers_in(record.exc_text)
         if record.stack_info:
-            record.stack_info = _masked(record.stack_info)
+            record.stack_info = mask_id_numbers_in(record.stack_info)
         return True
 
 

@@ -80,7 +80,7 @@ class CallerGate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
         async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             if not self._admitted(caller_identity(context)):
-                await refuse(context, grpc.StatusCode.PERMISSION_DENIED, self._reason, self._message)
+                await refuse(context, self._reason, self._message)
             return await behaviour(request, context)
 
         wrapped = grpc.unary_unary_rpc_method_handler(

@@ -22,6 +22,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from protos.gongji.v1 import (
     common_pb2,
+    payload_types,
     relations_pb2,
     relations_pb2_grpc,
     settlements_pb2,
@@ -32,17 +33,6 @@ from protos.gongji.v1 import (
 from province_stub.gateway_keys import GatewayKeyDirectory
 from province_stub.signing import GATEWAY_SIGNER, PublicKeyStore, sha256, sign_envelope, verify_with_store
 
-INSTRUCTION_TYPE = "gongji.v1.TransferInstruction"
-CONFIRMATION_TYPE = "gongji.v1.TransferConfirmation"
-QUERY_TYPE = "gongji.v1.TransferQuery"
-RECEIPT_TYPE = "gongji.v1.Receipt"
-PROPOSAL_TYPE = "gongji.v1.BindingProposal"
-ACCEPTANCE_TYPE = "gongji.v1.BindingAcceptance"
-DISSOLUTION_TYPE = "gongji.v1.BindingDissolution"
-MEMBER_CHANGE_TYPE = "gongji.v1.MemberChange"
-BINDING_QUERY_TYPE = "gongji.v1.BindingQuery"
-SETTLEMENT_QUERY_TYPE = "gongji.v1.SettlementQuery"
-SETTLEMENT_ACK_TYPE = "gongji.v1.SettlementAcknowledgement"
 # The version of the commitment letter (承诺书) the stub's givers accept.
 LETTER_VERSION = "2024-01"
 DEFAULT_CONSENT_SECONDS = 86400
@@ -140,7 +130,8 @@ def build_instruction_envelope(
         created_at=created_at,
         expires_at=expires_at,
     )
-    return sign_envelope(private_key, signer, key_id, INSTRUCTION_TYPE, instruction.SerializeToString())
+    return sign_envelope(private_key, signer, key_id, payload_types.TRANSFER_INSTRUCTION,
+                         instruction.SerializeToString())
 
 
 def confirmation_message_id(transfer_id: str, decline: bool) -> str:
@@ -280,7 +271,7 @@ def read_receipt(
     For drivers sharing the gateway's keys folder; the stub asks the gateway for its keys instead
     (GatewayClient).
     """
-    if verify_with_store(keys, receipt, signer=GATEWAY_SIGNER, payload_type=RECEIPT_TYPE):
+    if verify_with_store(keys, receipt, signer=GATEWAY_SIGNER, payload_type=payload_types.RECEIPT):
         return None
     return _bound_receipt(receipt, request_payload)
 
@@ -293,7 +284,7 @@ async def fetch_and_read_receipt(
     The gateway just answered us and will not send this receipt again, so a key id we do not know
     (it rotated its key since we asked) waits for the next question to it we allow ourselves.
     """
-    if await gateway_keys.verify(receipt, payload_type=RECEIPT_TYPE, wait_for_refetch=True):
+    if await gateway_keys.verify(receipt, payload_type=payload_types.RECEIPT, wait_for_refetch=True):
         return None
     return _bound_receipt(receipt, request_payload)
 
@@ -380,7 +371,7 @@ class GatewayClient:
             ),
             decline_reason=decline_reason if decline else "",
         )
-        return self.sign(CONFIRMATION_TYPE, confirmation.SerializeToString())
+        return self.sign(payload_types.TRANSFER_CONFIRMATION, confirmation.SerializeToString())
 
     async def submit(self, envelope: common_pb2.SignedEnvelope, transfer_id: str = "") -> SubmitResult:
         """Send a signed instruction as is; `transfer_id` is only echoed into the result."""
@@ -420,7 +411,8 @@ class GatewayClient:
             header=header(f"qry-{uuid.uuid4().hex}", self.province, GATEWAY_SIGNER),
             transfer_id=transfer_id,
         )
-        request = transfers_pb2.GetTransferRequest(query=self.sign(QUERY_TYPE, query.SerializeToString()))
+        request = transfers_pb2.GetTransferRequest(
+            query=self.sign(payload_types.TRANSFER_QUERY, query.SerializeToString()))
         try:
             response = await self._transfers.GetTransfer(request, timeout=self._deadline_s)
         except grpc.aio.AioRpcError as error:
@@ -451,7 +443,7 @@ class GatewayClient:
             authorised_amount_fen=authorised_amount_fen,
             consent_by=now_timestamp(consent_seconds),
         )
-        return self.sign(PROPOSAL_TYPE, proposal.SerializeToString())
+        return self.sign(payload_types.BINDING_PROPOSAL, proposal.SerializeToString())
 
     def acceptance_envelope(
         self,
@@ -466,13 +458,13 @@ class GatewayClient:
         )
         if attestation is not None:
             acceptance.attestation.CopyFrom(attestation)
-        return self.sign(ACCEPTANCE_TYPE, acceptance.SerializeToString())
+        return self.sign(payload_types.BINDING_ACCEPTANCE, acceptance.SerializeToString())
 
     def dissolution_envelope(self, message_id: str, binding_id: str, reason: str) -> common_pb2.SignedEnvelope:
         dissolution = relations_pb2.BindingDissolution(
             header=header(message_id, self.province, GATEWAY_SIGNER), binding_id=binding_id, reason=reason
         )
-        return self.sign(DISSOLUTION_TYPE, dissolution.SerializeToString())
+        return self.sign(payload_types.BINDING_DISSOLUTION, dissolution.SerializeToString())
 
     def member_change_envelope(
         self, message_id: str, person: common_pb2.PersonRef, kind: relations_pb2.MemberChangeKind.ValueType
@@ -483,7 +475,7 @@ class GatewayClient:
             kind=kind,
             effective_at=now_timestamp(),
         )
-        return self.sign(MEMBER_CHANGE_TYPE, change.SerializeToString())
+        return self.sign(payload_types.MEMBER_CHANGE, change.SerializeToString())
 
     async def _call_result(
         self, subject_id: str, receipt: common_pb2.SignedEnvelope, replay: bool, request_payload: bytes
@@ -534,7 +526,8 @@ class GatewayClient:
         query = relations_pb2.BindingQuery(
             header=header(new_message_id("qry"), self.province, GATEWAY_SIGNER), binding_id=binding_id
         )
-        request = relations_pb2.GetBindingRequest(query=self.sign(BINDING_QUERY_TYPE, query.SerializeToString()))
+        request = relations_pb2.GetBindingRequest(
+            query=self.sign(payload_types.BINDING_QUERY, query.SerializeToString()))
         try:
             response = await self._relations.GetBinding(request, timeout=self._deadline_s)
         except grpc.aio.AioRpcError as error:
@@ -548,7 +541,7 @@ class GatewayClient:
             header=header(message_id, self.province, GATEWAY_SIGNER), window_id=window_id,
             figures_sha256=figures_sha256,
         )
-        return self.sign(SETTLEMENT_ACK_TYPE, acknowledgement.SerializeToString())
+        return self.sign(payload_types.SETTLEMENT_ACKNOWLEDGEMENT, acknowledgement.SerializeToString())
 
     async def acknowledge_settlement(self, envelope: common_pb2.SignedEnvelope, window_id: str) -> CallResult:
         request = settlements_pb2.AcknowledgeSettlementRequest(acknowledgement=envelope)
@@ -563,7 +556,7 @@ class GatewayClient:
             header=header(new_message_id("sq"), self.province, GATEWAY_SIGNER), window_id=window_id
         )
         request = settlements_pb2.GetSettlementRequest(
-            query=self.sign(SETTLEMENT_QUERY_TYPE, query.SerializeToString())
+            query=self.sign(payload_types.SETTLEMENT_QUERY, query.SerializeToString())
         )
         try:
             response = await self._settlements.GetSettlement(request, timeout=self._deadline_s)

@@ -7,11 +7,10 @@ from typing import NoReturn
 
 import grpc
 
-from protos.gongji.v1 import common_pb2, relations_pb2, settlements_pb2, transfers_pb2
+from protos.gongji.v1 import common_pb2, payload_types, relations_pb2, settlements_pb2, transfers_pb2
 from protos.stub.v1 import control_pb2, control_pb2_grpc
 from province_stub.client import (
     DEFAULT_CONSENT_SECONDS,
-    INSTRUCTION_TYPE,
     STATUS_DETAILS_KEY,
     CallResult,
     ConfirmResult,
@@ -140,7 +139,7 @@ class StubControl(control_pb2_grpc.StubControlServicer):
             instruction = transfers_pb2.TransferInstruction()
             instruction.ParseFromString(envelope.payload)
             instruction.amount_fen += 1
-            envelope = self._client.sign(INSTRUCTION_TYPE, instruction.SerializeToString())
+            envelope = self._client.sign(payload_types.TRANSFER_INSTRUCTION, instruction.SerializeToString())
         result = await self._client.submit(envelope, request.transfer_id)
         return _submit_response(result)
 

@@ -14,13 +14,13 @@ from google.protobuf import message as protobuf_message
 
 from protos.gongji.v1 import (
     common_pb2,
+    payload_types,
     province_pb2,
     province_pb2_grpc,
     relations_pb2,
     settlements_pb2,
     transfers_pb2,
 )
-from province_stub.client import INSTRUCTION_TYPE, PROPOSAL_TYPE
 from province_stub.gateway_keys import GatewayKeyDirectory
 from province_stub.people import Seed, mask_id
 from province_stub.refusals import HeaderCheck, refuse
@@ -39,11 +39,6 @@ from province_stub.state import (
 
 logger = logging.getLogger(__name__)
 
-DELIVERY_TYPE = "gongji.v1.TransferDelivery"
-OUTCOME_TYPE = "gongji.v1.Outcome"
-MEMBER_QUERY_TYPE = "gongji.v1.MemberQuery"
-CONSENT_REQUEST_TYPE = "gongji.v1.ConsentRequest"
-FIGURES_TYPE = "gongji.v1.SettlementFigures"
 
 Context = grpc.aio.ServicerContext[Any, Any]
 # Called (on the event loop) with a transfer id once an ACCEPTED answer has been sent.
@@ -102,7 +97,7 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         if behaviour.latency_ms > 0:
             await asyncio.sleep(behaviour.latency_ms / 1000)
         if self._state.take_failure():
-            await refuse(context, grpc.StatusCode.UNAVAILABLE, "FAILURE_INJECTED", "failure injected by the stub")
+            await refuse(context, "FAILURE_INJECTED", "failure injected by the stub")
 
     async def _verify_gateway(
         self, envelope: common_pb2.SignedEnvelope, payload_type: str, context: Context
@@ -110,10 +105,10 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         """Abort UNAVAILABLE while the gateway does not list the key, UNAUTHENTICATED if it is wrong."""
         failure = await self._gateway_keys.verify(envelope, payload_type=payload_type)
         if failure == "UNKNOWN_KEY":
-            await refuse(context, grpc.StatusCode.UNAVAILABLE, "GATEWAY_KEY_UNKNOWN",
+            await refuse(context, "GATEWAY_KEY_UNKNOWN",
                          "gateway public key not available yet", "key_id")
         if failure:
-            await refuse(context, grpc.StatusCode.UNAUTHENTICATED, "BAD_GATEWAY_SIGNATURE", "bad gateway signature",
+            await refuse(context, "BAD_GATEWAY_SIGNATURE", "bad gateway signature",
                          "signature")
 
     async def DeliverTransfer(
@@ -121,10 +116,10 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
     ) -> province_pb2.DeliverTransferResponse:
         await self._apply_behaviour(context)
         self._state.deliveries_received += 1
-        failure = await self._gateway_keys.verify(request.delivery, payload_type=DELIVERY_TYPE)
+        failure = await self._gateway_keys.verify(request.delivery, payload_type=payload_types.TRANSFER_DELIVERY)
         if failure == "UNKNOWN_KEY":
             # Not our answer to give yet: the gateway retries, by when it lists its key.
-            await refuse(context, grpc.StatusCode.UNAVAILABLE, "GATEWAY_KEY_UNKNOWN",
+            await refuse(context, "GATEWAY_KEY_UNKNOWN",
                          "gateway public key not available yet", "key_id")
         if failure:
             return _rejected("BAD_GATEWAY_SIGNATURE")
@@ -180,7 +175,7 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         self, request: province_pb2.DeliverTransferRequest, instruction: transfers_pb2.TransferInstruction
     ) -> str:
         envelope = request.instruction
-        if envelope.payload_type != INSTRUCTION_TYPE or envelope.signer != instruction.header.sender:
+        if envelope.payload_type != payload_types.TRANSFER_INSTRUCTION or envelope.signer != instruction.header.sender:
             return "BAD_INSTRUCTION_SIGNATURE"
         key = self._province_keys.get(envelope.signer, envelope.key_id)
         # A giver province whose key we were not given is vouched for by the gateway's delivery.
@@ -212,12 +207,12 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         self, request: province_pb2.NotifyOutcomeRequest, context: Context
     ) -> province_pb2.NotifyOutcomeResponse:
         await self._apply_behaviour(context)
-        await self._verify_gateway(request.outcome, OUTCOME_TYPE, context)
+        await self._verify_gateway(request.outcome, payload_types.OUTCOME, context)
         outcome = province_pb2.Outcome()
         try:
             outcome.ParseFromString(request.outcome.payload)
         except protobuf_message.DecodeError:
-            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_MESSAGE",
+            await refuse(context, "MALFORMED_MESSAGE",
                          "outcome payload does not parse", "payload")
         await self._header_check.check(outcome.header, context)
         message_id = outcome.header.message_id
@@ -250,12 +245,12 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         self, request: province_pb2.CheckMemberRequest, context: Context
     ) -> province_pb2.CheckMemberResponse:
         await self._apply_behaviour(context)
-        await self._verify_gateway(request.query, MEMBER_QUERY_TYPE, context)
+        await self._verify_gateway(request.query, payload_types.MEMBER_QUERY, context)
         query = province_pb2.MemberQuery()
         try:
             query.ParseFromString(request.query.payload)
         except protobuf_message.DecodeError:
-            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_MESSAGE",
+            await refuse(context, "MALFORMED_MESSAGE",
                          "member query payload does not parse", "payload")
         # A query meant for another province, or recorded and replayed, learns nothing of our members.
         await self._header_check.check(query.header, context)
@@ -278,24 +273,24 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         self, request: province_pb2.RequestConsentRequest, context: Context
     ) -> province_pb2.RequestConsentResponse:
         await self._apply_behaviour(context)
-        await self._verify_gateway(request.consent_request, CONSENT_REQUEST_TYPE, context)
+        await self._verify_gateway(request.consent_request, payload_types.CONSENT_REQUEST, context)
         consent_request = province_pb2.ConsentRequest()
         proposal = relations_pb2.BindingProposal()
         try:
             consent_request.ParseFromString(request.consent_request.payload)
             proposal.ParseFromString(request.proposal.payload)
         except protobuf_message.DecodeError:
-            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_MESSAGE",
+            await refuse(context, "MALFORMED_MESSAGE",
                          "consent request or proposal does not parse", "payload")
         await self._header_check.check(consent_request.header, context)
         proposal_sha256 = sha256(request.proposal.payload)
         binding_id = consent_request.binding_id
         # The gateway vouches for this exact proposal under this binding id (its message_id).
         if consent_request.proposal_sha256 != proposal_sha256 or proposal.header.message_id != binding_id:
-            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "CONSENT_REQUEST_MISMATCH",
+            await refuse(context, "CONSENT_REQUEST_MISMATCH",
                          "consent request does not match the proposal", "proposal_sha256")
         if not self._giver_signature_ok(request.proposal, proposal):
-            await refuse(context, grpc.StatusCode.UNAUTHENTICATED, "BAD_PROPOSAL_SIGNATURE", "bad proposal signature",
+            await refuse(context, "BAD_PROPOSAL_SIGNATURE", "bad proposal signature",
                          "proposal")
 
         self._state.consent_requests_received += 1
@@ -327,7 +322,7 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
     def _giver_signature_ok(
         self, envelope: common_pb2.SignedEnvelope, proposal: relations_pb2.BindingProposal
     ) -> bool:
-        if envelope.payload_type != PROPOSAL_TYPE or envelope.signer != proposal.header.sender:
+        if envelope.payload_type != payload_types.BINDING_PROPOSAL or envelope.signer != proposal.header.sender:
             return False
         key = self._province_keys.get(envelope.signer, envelope.key_id)
         # A giver province whose key we were not given is vouched for by the gateway's request.
@@ -337,12 +332,12 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         self, request: province_pb2.NotifySettlementRequest, context: Context
     ) -> province_pb2.NotifySettlementResponse:
         await self._apply_behaviour(context)
-        await self._verify_gateway(request.figures, FIGURES_TYPE, context)
+        await self._verify_gateway(request.figures, payload_types.SETTLEMENT_FIGURES, context)
         figures = settlements_pb2.SettlementFigures()
         try:
             figures.ParseFromString(request.figures.payload)
         except protobuf_message.DecodeError:
-            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_MESSAGE",
+            await refuse(context, "MALFORMED_MESSAGE",
                          "settlement figures do not parse", "payload")
         # Not judged by age: the gateway signs a window's figures once, at closing, and resends those very bytes
         # until they are acknowledged, however long that takes (the acknowledgement names their digest).

@@ -19,9 +19,40 @@ ERROR_DOMAIN = "gongji.v1"
 DEFAULT_MAX_CLOCK_SKEW_S = 120.0
 
 
-async def refuse(context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, reason: str, message: str,
-                 field: str = "") -> NoReturn:
-    """End the call with `code` and a google.rpc.ErrorInfo naming `reason` (and the offending field)."""
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """The one status the stub refuses with for a reason, and when it does."""
+
+    code: grpc.StatusCode
+    when: str
+
+
+_INVALID, _DENIED = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED
+_UNAUTHENTICATED, _UNAVAILABLE = grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNAVAILABLE
+
+# Every reason the stub refuses a call with, its one status and when (docs/errors.md lists them).
+REFUSALS: dict[str, Refusal] = {
+    "NOT_THE_GATEWAY": Refusal(_DENIED, "a certificate other than the gateway's calls the inbox (mutual TLS)"),
+    "NOT_AN_OPERATOR": Refusal(_DENIED, "a certificate other than an operator's calls the control service"),
+    "GATEWAY_KEY_UNKNOWN": Refusal(_UNAVAILABLE, "the gateway does not list the key it signed with (yet): the gateway "
+                                                 "retries"),
+    "BAD_GATEWAY_SIGNATURE": Refusal(_UNAUTHENTICATED, "the gateway's signature does not verify"),
+    "MALFORMED_MESSAGE": Refusal(_INVALID, "a signed payload does not parse"),
+    "WRONG_RECEIVER": Refusal(_INVALID, "a message from the gateway is addressed to another province"),
+    "SENDER_NOT_SIGNER": Refusal(_DENIED, "a message's header.sender is not the gateway that signed it"),
+    "STALE_MESSAGE": Refusal(_INVALID, "a message the gateway signs at each attempt is outside the accepted window "
+                                       "around the province's clock"),
+    "CONSENT_REQUEST_MISMATCH": Refusal(_INVALID, "a consent request does not name the digest and id of the "
+                                                  "proposal it carries"),
+    "BAD_PROPOSAL_SIGNATURE": Refusal(_UNAUTHENTICATED, "the giver's province's signature on the proposal does not "
+                                                        "verify"),
+    "FAILURE_INJECTED": Refusal(_UNAVAILABLE, "the stub was told to fail its next calls (StubControl)"),
+}
+
+
+async def refuse(context: grpc.aio.ServicerContext[Any, Any], reason: str, message: str, field: str = "") -> NoReturn:
+    """End the call with the status of `reason` (REFUSALS) and a google.rpc.ErrorInfo naming it and the field."""
+    code = REFUSALS[reason].code
     info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata={"field": field} if field else {})
     detail = any_pb2.Any()
     detail.Pack(info)
@@ -46,12 +77,12 @@ class HeaderCheck:
     async def check(self, header: common_pb2.Header, context: grpc.aio.ServicerContext[Any, Any], *,
                     fresh: bool = True) -> None:
         if header.receiver != self.province:
-            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "WRONG_RECEIVER",
+            await refuse(context, "WRONG_RECEIVER",
                          "the message is addressed to another province", "header.receiver")
         if header.sender != GATEWAY_SIGNER:
-            await refuse(context, grpc.StatusCode.PERMISSION_DENIED, "SENDER_NOT_SIGNER",
+            await refuse(context, "SENDER_NOT_SIGNER",
                          "header.sender is not the gateway that signed the message", "header.sender")
         if fresh and abs(header.created_at.ToNanoseconds() / 1e9 - self.now()) > self.max_skew_s:
-            await refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "STALE_MESSAGE",
+            await refuse(context, "STALE_MESSAGE",
                          "header.created_at is outside the accepted window around the province's clock",
                          "header.created_at")

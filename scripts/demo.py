@@ -17,11 +17,12 @@ import sys
 import time
 from datetime import UTC
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import grpc
 
 from gateway.addresses import DEFAULT_OPS_LISTEN
+from gateway.domain.clock import BEIJING
+from gateway.domain.identity import mask_id_number
 from gateway.security.tls import GATEWAY_DNS, province_dns
 from protos.gongji.v1 import operations_pb2, operations_pb2_grpc, relations_pb2, settlements_pb2, transfers_pb2
 from protos.stub.v1 import control_pb2, control_pb2_grpc
@@ -38,15 +39,10 @@ IN_LAW_ID = "620103198203040034"  # a Gansu employee, born 1982: a son-in-law is
 DAUGHTER_ID = "620102201508160027"  # born 2015: under 16, so a guardian attests (D6)
 AMOUNT_FEN = 50_000
 TIMEOUT_S = 20.0
-BEIJING = ZoneInfo("Asia/Shanghai")
 # `make run` serves mutual TLS from a development CA under var/tls/ (plaintext only when told).
 TLS = Path(os.environ.get("GONGJI_VAR", Path(__file__).resolve().parents[1] / "var")) / "tls"
 TLS_DIR = None if (not (TLS / "ca.crt").exists()
                    or os.environ.get("GONGJI_INSECURE_DEV_PLAINTEXT", "").lower() == "true") else TLS
-
-
-def mask(id_number: str) -> str:
-    return id_number[:6] + "*" * 8 + id_number[-4:]
 
 
 def state_name(state: transfers_pb2.TransferState.ValueType) -> str:
@@ -98,11 +94,12 @@ def main() -> int:
             return 1
         demo = Demo(xinjiang, gansu)
 
-        print(f"1. Family relations: giver {mask(GIVER_ID)} (Hami, Xinjiang 650000) proposes, Gansu 620000 "
+        print(f"1. Family relations: giver {mask_id_number(GIVER_ID)} (Hami, Xinjiang 650000) proposes, Gansu 620000 "
               "asks the relative to consent:")
-        mother_binding = demo.bind(f"his mother {mask(MOTHER_ID)} (code 52)", MOTHER_ID, "52")
-        demo.bind(f"an in-law {mask(IN_LAW_ID)} (code 28, son-in-law)", IN_LAW_ID, "28")
-        daughter_binding = demo.bind(f"his daughter {mask(DAUGHTER_ID)}, under 16 (code 30)", DAUGHTER_ID, "30")
+        mother_binding = demo.bind(f"his mother {mask_id_number(MOTHER_ID)} (code 52)", MOTHER_ID, "52")
+        demo.bind(f"an in-law {mask_id_number(IN_LAW_ID)} (code 28, son-in-law)", IN_LAW_ID, "28")
+        daughter_binding = demo.bind(f"his daughter {mask_id_number(DAUGHTER_ID)}, under 16 (code 30)", DAUGHTER_ID,
+                                     "30")
         if mother_binding is None:
             print("   the binding with his mother is not ACTIVE; is an earlier demo's binding still there?",
                   file=sys.stderr)

@@ -23,6 +23,7 @@ from gateway.api.convert import (
     decode_instruction,
 )
 from gateway.api.receipts import SignedReceiptIssuer
+from gateway.app import STORED_PAYLOAD_TYPES
 from gateway.domain.clock import BEIJING
 from gateway.domain.eligibility import MemberStatus
 from gateway.domain.envelope import GATEWAY, Envelope
@@ -125,7 +126,7 @@ def fake_context(clock: FixedClock | None = None, members: Members | None = None
         uow=memory_store().unit_of_work, clock=clock or FixedClock(),
         receipts=SignedReceiptIssuer(EnvelopeSigner(GATEWAY, "gateway-k1", Ed25519PrivateKey.generate())),
         hasher=HmacPersonHasher(b"fakes-ring-id-hash-secret-32byte"), verify=verify_signature,
-        members=members or Members())
+        members=members or Members(), stored_types=STORED_PAYLOAD_TYPES)
 
 
 async def _inline(use_case: Callable[..., T], *args: Any) -> T:

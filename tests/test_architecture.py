@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -217,6 +218,46 @@ def test_the_store_names_no_wire_types() -> None:
     assert found == []
 
 
+def test_payload_types_are_named_in_one_table() -> None:
+    # protos/gongji/v1/payload_types.py reads them from the descriptors; gateway, stub and tools use it (or the
+    # message's DESCRIPTOR) rather than spelling a name that would drift from the contract unnoticed.
+    message_name = re.compile(r"gongji\.v1\.[A-Z][A-Za-z0-9]*")
+    spelled = []
+    for module in [*MODULES, *load_modules(["scripts", "bench"])]:
+        tree = ast.parse((ROOT / module.path).read_text(encoding="utf-8"))
+        spelled += [f"{module.path}:{node.lineno} {node.value}" for node in ast.walk(tree)
+                    if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                    and message_name.fullmatch(node.value)]
+    assert spelled == []
+
+
+def _defining(modules: Iterable[Module], defines: Callable[[ast.AST], bool]) -> set[str]:
+    return {m.path for m in modules
+            if any(defines(node) for node in ast.walk(ast.parse((ROOT / m.path).read_text(encoding="utf-8"))))}
+
+
+def test_one_beijing_time_zone() -> None:
+    # gateway/domain/clock.BEIJING for the gateway and the tools; the stub, which cannot import it, has one own.
+    def makes_a_zone(node: ast.AST) -> bool:
+        return (isinstance(node, ast.Call) and isinstance(node.func, ast.Name | ast.Attribute)
+                and (node.func.id if isinstance(node.func, ast.Name) else node.func.attr) in ("ZoneInfo", "timezone"))
+
+    assert _defining([*in_package("gateway"), *load_modules(["scripts", "bench"])], makes_a_zone) == {
+        "gateway/domain/clock.py"}
+    assert len(_defining(in_package("province_stub"), makes_a_zone)) <= 1
+
+
+def test_one_id_number_masker() -> None:
+    # First 6 + last 4 (D19): gateway/domain/identity.py for the gateway (its log filter too) and the tools; the
+    # stub's own in province_stub/people.py.
+    def masks(node: ast.AST) -> bool:
+        return isinstance(node, ast.FunctionDef) and (node.name == "mask" or node.name.startswith("mask_"))
+
+    assert _defining([*in_package("gateway"), *load_modules(["scripts", "bench"])], masks) == {
+        "gateway/domain/identity.py"}
+    assert _defining(in_package("province_stub"), masks) == {"province_stub/people.py"}
+
+
 def test_what_ships_imports_nothing_of_the_development_tools() -> None:
     # The gateway and the stub run without the development tools: the development CA and the launcher live in
     # scripts/, which is not installed (pyproject.toml), as tests/ is not; bench/ is a program of its own.
@@ -289,10 +330,11 @@ def test_grpc_and_protos_stay_at_the_edges() -> None:
 
 
 def test_the_cli_is_only_a_client() -> None:
-    # Its gRPC commands import one another and the default addresses, nothing else of ours; the package mounts
-    # gateway.cli.admin's database commands (below).
+    # Its gRPC commands import one another, the default addresses, the Beijing time zone and the key-file reader
+    # (one of each for the gateway), nothing else of ours; the package mounts gateway.cli.admin's database
+    # commands (below).
     cli = [m for m in in_package("gateway.cli") if m.name != "gateway.cli.admin"]
-    mine = ["gateway.cli", "gateway.addresses"]
+    mine = ["gateway.cli", "gateway.addresses", "gateway.domain.clock", "gateway.security.keys"]
     assert cli and violations(cli, lambda name: within(name, ["gateway"]) and not within(name, mine)) == []
     # Only the package itself mounts the database commands: a command group does not lean on them.
     mounting = {m.path for m in cli if any(within(name, ["gateway.cli.admin"]) for name in m.imports)}

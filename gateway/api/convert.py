@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import TypeVar
 
 from google.protobuf import message as pb_message
-from google.protobuf.unknown_fields import UnknownFieldSet
 
+from gateway.api.strict import decoder
+from gateway.domain import reasons
 from gateway.domain.bindings import (
     Attestation,
     Binding,
@@ -40,60 +40,28 @@ from gateway.domain.transfers import (
 from gateway.wire import from_timestamp, timestamp
 from protos.gongji.v1 import common_pb2, keys_pb2, operations_pb2, relations_pb2, settlements_pb2, transfers_pb2
 
-P = TypeVar("P", bound=pb_message.Message)
-
-
-def _has_unknown_fields(message: pb_message.Message) -> bool:
-    if len(UnknownFieldSet(message)):
-        return True
-    for field, value in message.ListFields():
-        if field.message_type is None:
-            continue
-        if field.is_repeated:
-            if field.message_type.GetOptions().map_entry:
-                continue
-            if any(_has_unknown_fields(item) for item in value):
-                return True
-        elif _has_unknown_fields(value):
-            return True
-    return False
-
-
-def parse_strict(payload: bytes, message_class: type[P]) -> P:
-    """Parse exactly: malformed bytes and fields this contract does not know are refused."""
-    message = message_class()
-    try:
-        message.ParseFromString(payload)
-    except pb_message.DecodeError as error:
-        raise InvalidArgument("payload does not parse as " + message_class.DESCRIPTOR.full_name,
-                              reason="MALFORMED_PAYLOAD", field="payload") from error
-    if _has_unknown_fields(message):
-        raise InvalidArgument("payload has fields this contract does not define", reason="UNKNOWN_FIELDS",
-                              field="payload")
-    return message
-
 
 def header_from_proto(header: common_pb2.Header, present: bool) -> Header:
     if not present:
-        raise InvalidArgument("header is required", reason="MISSING_FIELD", field="header")
+        raise InvalidArgument("header is required", reason=reasons.MISSING_FIELD, field="header")
     if not header.HasField("created_at"):
-        raise InvalidArgument("header.created_at is required", reason="MISSING_FIELD", field="header.created_at")
+        raise InvalidArgument("header.created_at is required", reason=reasons.MISSING_FIELD, field="header.created_at")
     try:
         created_at = from_timestamp(header.created_at)
     except (ValueError, OverflowError) as error:
-        raise InvalidArgument("header.created_at is not a valid time", reason="INVALID_TIMESTAMP",
+        raise InvalidArgument("header.created_at is not a valid time", reason=reasons.INVALID_TIMESTAMP,
                               field="header.created_at") from error
     return Header(header.message_id, header.sender, header.receiver, created_at)
 
 
-def decode_instruction(payload: bytes) -> TransferInstruction:
-    message = parse_strict(payload, transfers_pb2.TransferInstruction)
+@decoder(transfers_pb2.TransferInstruction)
+def decode_instruction(message: transfers_pb2.TransferInstruction) -> TransferInstruction:
     expires_at = None
     if message.HasField("expires_at"):
         try:
             expires_at = from_timestamp(message.expires_at)
         except (ValueError, OverflowError) as error:
-            raise InvalidArgument("expires_at is not a valid time", reason="INVALID_TIMESTAMP",
+            raise InvalidArgument("expires_at is not a valid time", reason=reasons.INVALID_TIMESTAMP,
                                   field="expires_at") from error
     return TransferInstruction(
         header=header_from_proto(message.header, message.HasField("header")),
@@ -110,17 +78,18 @@ _DECISIONS = {
 }
 
 
-def decode_confirmation(payload: bytes) -> TransferConfirmation:
-    message = parse_strict(payload, transfers_pb2.TransferConfirmation)
+@decoder(transfers_pb2.TransferConfirmation)
+def decode_confirmation(message: transfers_pb2.TransferConfirmation) -> TransferConfirmation:
     header = header_from_proto(message.header, message.HasField("header"))
     decision = _DECISIONS.get(message.decision)
     if decision is None:
-        raise InvalidArgument("decision must be CREDITED or DECLINED", reason="INVALID_DECISION", field="decision")
+        raise InvalidArgument("decision must be CREDITED or DECLINED",
+                              reason=reasons.INVALID_DECISION, field="decision")
     return TransferConfirmation(header, message.transfer_id, decision, message.decline_reason)
 
 
-def decode_relation_query(payload: bytes) -> RelationQuery:
-    message = parse_strict(payload, relations_pb2.RelationQuery)
+@decoder(relations_pb2.RelationQuery)
+def decode_relation_query(message: relations_pb2.RelationQuery) -> RelationQuery:
     return RelationQuery(
         header=header_from_proto(message.header, message.HasField("header")),
         giver=PersonRef(message.giver.id_number, message.giver.pooling_area),
@@ -134,15 +103,15 @@ def _optional_time(message: pb_message.Message, field: str) -> datetime | None:
     try:
         return from_timestamp(getattr(message, field))
     except (ValueError, OverflowError) as error:
-        raise InvalidArgument(f"{field} is not a valid time", reason="INVALID_TIMESTAMP", field=field) from error
+        raise InvalidArgument(f"{field} is not a valid time", reason=reasons.INVALID_TIMESTAMP, field=field) from error
 
 
 def _person(message: common_pb2.PersonRef) -> PersonRef:
     return PersonRef(message.id_number, message.pooling_area)
 
 
-def decode_binding_proposal(payload: bytes) -> BindingProposal:
-    message = parse_strict(payload, relations_pb2.BindingProposal)
+@decoder(relations_pb2.BindingProposal)
+def decode_binding_proposal(message: relations_pb2.BindingProposal) -> BindingProposal:
     return BindingProposal(
         header=header_from_proto(message.header, message.HasField("header")), giver=_person(message.giver),
         receiver=_person(message.receiver), relation_code=message.relation_code,
@@ -158,34 +127,35 @@ _ATTESTATION = {relations_pb2.ATTESTATION_METHOD_FACE: AttestationMethod.FACE,
 _ATTESTATION_TO_PROTO = {v: k for k, v in _ATTESTATION.items()}
 
 
-def decode_binding_acceptance(payload: bytes) -> BindingAcceptance:
-    message = parse_strict(payload, relations_pb2.BindingAcceptance)
+@decoder(relations_pb2.BindingAcceptance)
+def decode_binding_acceptance(message: relations_pb2.BindingAcceptance) -> BindingAcceptance:
     header = header_from_proto(message.header, message.HasField("header"))
     decision = _CONSENT.get(message.decision)
     if decision is None:
-        raise InvalidArgument("decision must be ACCEPT or REFUSE", reason="INVALID_DECISION", field="decision")
+        raise InvalidArgument("decision must be ACCEPT or REFUSE", reason=reasons.INVALID_DECISION, field="decision")
     attestation = None
     if message.HasField("attestation"):
         method = _ATTESTATION.get(message.attestation.method)
         attested_at = _optional_time(message.attestation, "attested_at")
         if method is None:
-            raise InvalidArgument("attestation.method must be FACE or GUARDIAN_DOCUMENT", reason="INVALID_ATTESTATION",
+            raise InvalidArgument("attestation.method must be FACE or GUARDIAN_DOCUMENT",
+                                  reason=reasons.INVALID_ATTESTATION,
                                   field="attestation.method")
         if attested_at is None or not message.attestation.evidence_ref:
             raise InvalidArgument("an attestation needs its time and the province's evidence reference (D7)",
-                                  reason="INVALID_ATTESTATION", field="attestation")
+                                  reason=reasons.INVALID_ATTESTATION, field="attestation")
         attestation = Attestation(method, message.attestation.evidence_ref, attested_at)
     return BindingAcceptance(header, message.binding_id, decision, attestation)
 
 
-def decode_binding_dissolution(payload: bytes) -> BindingDissolution:
-    message = parse_strict(payload, relations_pb2.BindingDissolution)
+@decoder(relations_pb2.BindingDissolution)
+def decode_binding_dissolution(message: relations_pb2.BindingDissolution) -> BindingDissolution:
     return BindingDissolution(header_from_proto(message.header, message.HasField("header")), message.binding_id,
                               message.reason)
 
 
-def decode_binding_query(payload: bytes) -> BindingQuery:
-    message = parse_strict(payload, relations_pb2.BindingQuery)
+@decoder(relations_pb2.BindingQuery)
+def decode_binding_query(message: relations_pb2.BindingQuery) -> BindingQuery:
     return BindingQuery(header_from_proto(message.header, message.HasField("header")), message.binding_id)
 
 
@@ -195,11 +165,12 @@ _CHANGES = {relations_pb2.MEMBER_CHANGE_KIND_INSURANCE_ENDED: MemberChangeKind.I
             relations_pb2.MEMBER_CHANGE_KIND_SETTLEMENT_RESUMED: MemberChangeKind.SETTLEMENT_RESUMED}
 
 
-def decode_member_change(payload: bytes) -> MemberChange:
-    message = parse_strict(payload, relations_pb2.MemberChange)
+@decoder(relations_pb2.MemberChange)
+def decode_member_change(message: relations_pb2.MemberChange) -> MemberChange:
     kind = _CHANGES.get(message.kind)
     if kind is None:
-        raise InvalidArgument("kind must be one of the MemberChangeKind values", reason="INVALID_KIND", field="kind")
+        raise InvalidArgument("kind must be one of the MemberChangeKind values",
+                              reason=reasons.INVALID_KIND, field="kind")
     return MemberChange(header_from_proto(message.header, message.HasField("header")), _person(message.person), kind,
                         _optional_time(message, "effective_at"))
 
@@ -225,7 +196,7 @@ def transfer_filter_from_proto(request: operations_pb2.ListTransfersRequest) -> 
     for value in request.states:
         # Enums are open in proto3: any int32 arrives, not only the values the contract names.
         if value == transfers_pb2.TRANSFER_STATE_UNSPECIFIED or value not in transfers_pb2.TransferState.values():
-            raise InvalidArgument("states must name transfer states", reason="INVALID_STATE", field="states")
+            raise InvalidArgument("states must name transfer states", reason=reasons.INVALID_STATE, field="states")
         states.append(TransferState(transfers_pb2.TransferState.Name(value).removeprefix("TRANSFER_STATE_")))
     return TransferFilter(
         states=tuple(states), giver_province=request.giver_province, receiver_province=request.receiver_province,
@@ -252,8 +223,8 @@ def stats_to_proto(stats: Stats) -> operations_pb2.GetStatsResponse:
     return answer
 
 
-def decode_query(payload: bytes) -> TransferQuery:
-    message = parse_strict(payload, transfers_pb2.TransferQuery)
+@decoder(transfers_pb2.TransferQuery)
+def decode_query(message: transfers_pb2.TransferQuery) -> TransferQuery:
     return TransferQuery(header_from_proto(message.header, message.HasField("header")), message.transfer_id)
 
 
@@ -288,7 +259,7 @@ def province_status_from_proto(value: int, field: str = "status") -> ProvinceSta
         return None
     status = _STATUS_FROM_PROTO.get(value)  # type: ignore[call-overload]
     if status is None:
-        raise InvalidArgument("status must be ACTIVE or SUSPENDED", reason="INVALID_STATUS", field=field)
+        raise InvalidArgument("status must be ACTIVE or SUSPENDED", reason=reasons.INVALID_STATUS, field=field)
     return status  # type: ignore[no-any-return]
 
 
@@ -336,15 +307,13 @@ def province_to_proto(province: Province) -> operations_pb2.Province:
     return message
 
 
-
-
-def decode_settlement_query(payload: bytes) -> SettlementQuery:
-    message = parse_strict(payload, settlements_pb2.SettlementQuery)
+@decoder(settlements_pb2.SettlementQuery)
+def decode_settlement_query(message: settlements_pb2.SettlementQuery) -> SettlementQuery:
     return SettlementQuery(header_from_proto(message.header, message.HasField("header")), message.window_id)
 
 
-def decode_settlement_acknowledgement(payload: bytes) -> SettlementAcknowledgement:
-    message = parse_strict(payload, settlements_pb2.SettlementAcknowledgement)
+@decoder(settlements_pb2.SettlementAcknowledgement)
+def decode_settlement_acknowledgement(message: settlements_pb2.SettlementAcknowledgement) -> SettlementAcknowledgement:
     return SettlementAcknowledgement(header_from_proto(message.header, message.HasField("header")),
                                      message.window_id, message.figures_sha256)
 
@@ -357,7 +326,8 @@ def window_states_from_proto(values: Iterable[int]) -> list[WindowState]:
     states = []
     for value in values:
         if value not in settlements_pb2.SettlementWindowState.values() or value == 0:
-            raise InvalidArgument("states must name settlement window states", reason="INVALID_STATE", field="states")
+            raise InvalidArgument("states must name settlement window states",
+                                  reason=reasons.INVALID_STATE, field="states")
         states.append(WindowState(settlements_pb2.SettlementWindowState.Name(
             value).removeprefix("SETTLEMENT_WINDOW_STATE_")))  # type: ignore[arg-type]
     return states

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from gateway.domain import errors
+from gateway.domain import errors, reasons
 
 
 class CallGate:
@@ -41,7 +41,7 @@ class CallGate:
         if self.closed and not method.startswith("/grpc.health."):
             self._last_refusal = time.monotonic()
             raise errors.Unavailable("the gateway is stopping; nothing was done: retry later or on another "
-                                     "gateway", reason="SHUTTING_DOWN")
+                                     "gateway", reason=reasons.SHUTTING_DOWN)
         self.active += 1
 
     async def refuse(self, method: str) -> None:

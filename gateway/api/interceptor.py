@@ -12,7 +12,7 @@ from google.protobuf.message import DecodeError
 
 from gateway.api.gate import CallGate
 from gateway.api.status import status_for
-from gateway.domain import errors
+from gateway.domain import errors, reasons
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def _decode(deserialize: Callable[[bytes], Any] | None, raw: bytes) -> Any:
         return deserialize(raw)
     except DecodeError:  # corrupt wire format, wrong wire types, bad UTF-8 in a string field
         raise errors.InvalidArgument("the request does not parse as this method's request message",
-                                     reason="MALFORMED_REQUEST") from None
+                                     reason=reasons.MALFORMED_REQUEST) from None
 
 
 def _failure(error: Exception, method: str) -> grpc.Status:

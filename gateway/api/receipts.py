@@ -10,10 +10,7 @@ from gateway.domain.envelope import GATEWAY, Envelope
 from gateway.domain.settlement import Figures
 from gateway.security.signing import EnvelopeSigner
 from gateway.wire import envelope_to_proto, timestamp
-from protos.gongji.v1 import common_pb2, settlements_pb2
-
-RECEIPT_TYPE = "gongji.v1.Receipt"
-FIGURES_TYPE = "gongji.v1.SettlementFigures"
+from protos.gongji.v1 import common_pb2, payload_types, settlements_pb2
 
 
 class SignedReceiptIssuer:
@@ -29,7 +26,7 @@ class SignedReceiptIssuer:
             request_sender=request_sender, request_message_id=request_message_id, request_sha256=request_sha256,
             request_payload_type=request_payload_type, subject_id=subject_id, state=state,
             gateway_time=timestamp(at), affected_ids=list(affected_ids))
-        envelope = self._signer.sign(RECEIPT_TYPE, receipt.SerializeToString())
+        envelope = self._signer.sign(payload_types.RECEIPT, receipt.SerializeToString())
         return envelope_to_proto(envelope).SerializeToString()
 
     def sign_figures(self, figures: Figures, receiver: str, at: datetime) -> Envelope:
@@ -43,7 +40,7 @@ class SignedReceiptIssuer:
                    for p in figures.pairs],
             positions=[settlements_pb2.ProvincePosition(province=p.province, net_fen=p.net_fen)
                        for p in figures.positions if p.province == receiver])
-        return self._signer.sign(FIGURES_TYPE, message.SerializeToString())
+        return self._signer.sign(payload_types.SETTLEMENT_FIGURES, message.SerializeToString())
 
     def sign_checkpoint(self, payload: bytes) -> Envelope:
         return self._signer.sign(CHECKPOINT_TYPE, payload)

@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 
+from gateway.domain import reasons
 from gateway.domain.errors import PermissionDenied
 from gateway.security.tls import Identity, TlsFiles, identity_of
 
@@ -43,7 +44,7 @@ def caller(context: Any) -> Identity | None:
     identity = identity_of(auth)
     if identity is None:
         raise PermissionDenied("the client certificate names no Gongji identity (a gongji: URI)",
-                               reason="NO_IDENTITY")
+                               reason=reasons.NO_IDENTITY)
     return identity
 
 
@@ -53,7 +54,7 @@ def province_caller(context: Any) -> str | None:
     if identity is None:
         return None
     if identity.kind != "province":
-        raise PermissionDenied("only provinces' platforms call this service", reason="NOT_A_PROVINCE")
+        raise PermissionDenied("only provinces' platforms call this service", reason=reasons.NOT_A_PROVINCE)
     return identity.name
 
 
@@ -73,4 +74,4 @@ def authorize_operator(method: str, context: Any) -> None:
         return
     identity = caller(context)
     if identity is not None and identity.kind != "operator":
-        raise PermissionDenied("only operators call the Operations service", reason="NOT_AN_OPERATOR")
+        raise PermissionDenied("only operators call the Operations service", reason=reasons.NOT_AN_OPERATOR)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from datetime import UTC, timedelta, timezone
+from datetime import UTC
 from typing import Any, NoReturn
 
 import typer
@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from gateway.domain.clock import BEIJING
 from protos.gongji.v1 import transfers_pb2
 
 # No emoji codes: a value such as ":warning:" from the gateway is printed as written.
@@ -24,8 +25,6 @@ console = Console(emoji=False)
 # Errors and progress go to stderr, so that stdout holds only the answer (JSON or CSV for scripts).
 err_console = Console(stderr=True, emoji=False)
 
-# Windows, daily limits and returns are in Beijing time (China has no daylight saving time).
-BEIJING = timezone(timedelta(hours=8), "Beijing")
 NONE = "—"
 
 
@@ -116,7 +115,7 @@ def plain_yuan(fen: int) -> str:
 
 
 def beijing_time(message: Message, field: str) -> str:
-    """A timestamp field in Beijing time, or a dash when unset."""
+    """A timestamp field in Beijing time (windows, daily limits and returns are), or a dash when unset."""
     if not message.HasField(field):
         return NONE
     stamp: Timestamp = getattr(message, field)

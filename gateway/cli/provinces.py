@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -17,6 +14,7 @@ from rich.table import Column, Table
 from gateway.addresses import DEFAULT_OPS_LISTEN
 from gateway.cli.connection import TIMEOUT_S, AsJson, OpsAddress, operations
 from gateway.cli.output import add_row, beijing_time, console, fail, field_grid, print_json, shown, yuan
+from gateway.security.keys import load_public_key as read_public_key
 from protos.gongji.v1 import operations_pb2
 
 provinces_app = typer.Typer(help="The routing table.", no_args_is_help=True)
@@ -104,35 +102,12 @@ def provinces_show(code: str, ops: OpsAddress = DEFAULT_OPS_LISTEN, as_json: AsJ
     _print_province(province)
 
 
-# RFC 8410: an Ed25519 SubjectPublicKeyInfo in DER is this fixed prefix and the raw 32-byte key. Parsed here
-# with the standard library because only gateway.security may use `cryptography` (tests/test_architecture.py).
-ED25519_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
-PEM_PUBLIC_KEY = re.compile(rb"-----BEGIN PUBLIC KEY-----(.*?)-----END PUBLIC KEY-----", re.DOTALL)
-
-
 def load_public_key(path: Path) -> bytes:
-    """The raw 32-byte Ed25519 public key of a file: raw bytes, hex text (the `.pub` files the gateway
-    and the stub provinces write), or a PEM / DER SubjectPublicKeyInfo."""
-    if path.suffix == ".key":
-        fail(f"{path} looks like a private key file: give the public key (the .pub file beside it)", 2)
-    data = path.read_bytes()
-    pem = PEM_PUBLIC_KEY.search(data)
-    if pem is None and len(data) == 32:
-        return data
-    if pem is None:
-        try:
-            raw = bytes.fromhex(data.decode("ascii").strip())
-        except (UnicodeDecodeError, ValueError):
-            raw = b""
-        if len(raw) == 32:
-            return raw
+    """The raw 32-byte Ed25519 public key of a file, in any format the manifest accepts too (security/keys.py)."""
     try:
-        der = base64.b64decode(b"".join(pem.group(1).split()), validate=True) if pem else data
-    except binascii.Error:
-        der = b""
-    if len(der) == len(ED25519_SPKI_PREFIX) + 32 and der.startswith(ED25519_SPKI_PREFIX):
-        return der[len(ED25519_SPKI_PREFIX):]
-    fail(f"{path}: not an Ed25519 public key (raw 32 bytes, hex, or a PEM/DER SubjectPublicKeyInfo)", 2)
+        return read_public_key(path)
+    except ValueError as error:
+        fail(str(error), 2)
 
 
 PolicyInt = Annotated[int | None, typer.Option(min=0, help="Unset: the national default.")]

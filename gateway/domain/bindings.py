@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from gateway.domain import reasons
 from gateway.domain.eligibility import AttestationMethod
 from gateway.domain.envelope import Header
 from gateway.domain.errors import InvalidArgument
@@ -136,23 +137,27 @@ def validate_proposal(proposal: BindingProposal, now: datetime) -> None:
     header = proposal.header
     validate_message_id(header.message_id)
     if not PROVINCE_CODE.fullmatch(header.receiver):
-        raise InvalidArgument("header.receiver must be the receiver's province code", reason="INVALID_PROVINCE_CODE",
+        raise InvalidArgument("header.receiver must be the receiver's province code",
+                              reason=reasons.INVALID_PROVINCE_CODE,
                               field="header.receiver")
     if header.receiver == header.sender:
         raise InvalidArgument("giver and receiver are insured in the same province; the gateway carries "
-                              "cross-province relations only", reason="NOT_CROSS_PROVINCE", field="header.receiver")
+                              "cross-province relations only",
+                              reason=reasons.NOT_CROSS_PROVINCE, field="header.receiver")
     validate_pooling_area(proposal.giver.pooling_area, header.sender, "giver.pooling_area")
     validate_pooling_area(proposal.receiver.pooling_area, header.receiver, "receiver.pooling_area")
     if not proposal.letter_version:
-        raise InvalidArgument("the giver's accepted commitment letter is required", reason="MISSING_COMMITMENT",
+        raise InvalidArgument("the giver's accepted commitment letter is required", reason=reasons.MISSING_COMMITMENT,
                               field="commitment.letter_version")
     validate_reference(proposal.letter_version, "commitment.letter_version", max_length=LETTER_VERSION_MAX)
     if proposal.accepted_at is None or proposal.accepted_at > now + timedelta(minutes=5):
-        raise InvalidArgument("commitment.accepted_at is required and not in the future", reason="INVALID_TIMESTAMP",
+        raise InvalidArgument("commitment.accepted_at is required and not in the future",
+                              reason=reasons.INVALID_TIMESTAMP,
                               field="commitment.accepted_at")
     validate_amount(proposal.authorised_amount_fen, "authorised_amount_fen", zero_allowed=True)  # 0: none
     if proposal.consent_by is None or not now < proposal.consent_by <= now + MAX_CONSENT_WINDOW:
-        raise InvalidArgument("consent_by must be in the future, within 72 hours", reason="INVALID_CONSENT_DEADLINE",
+        raise InvalidArgument("consent_by must be in the future, within 72 hours",
+                              reason=reasons.INVALID_CONSENT_DEADLINE,
                               field="consent_by")
 
 
@@ -164,4 +169,5 @@ def validate_attestation(attestation: Attestation) -> None:
 
 def validate_reason(reason: str, field: str = "reason") -> None:
     if not REASON_PATTERN.fullmatch(reason):
-        raise InvalidArgument("reason is UPPER_SNAKE_CASE, at most 64 characters", reason="INVALID_REASON", field=field)
+        raise InvalidArgument("reason is UPPER_SNAKE_CASE, at most 64 characters",
+                              reason=reasons.INVALID_REASON, field=field)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 
+from gateway.domain import reasons
 from gateway.domain.identity import IdNumber, Sex, age_on, check_id_number, normalise_id_number
 
 EMPLOYEE_INSUTYPE = "310"
@@ -154,19 +155,19 @@ def check_id_numbers(giver_id_number: str, receiver_id_number: str, on: date) ->
         # The specific IdNumberProblem stays out: callers only need the stable reason, and the
         # problem would hint at the content of a sensitive value (D19).
         if check_id_number(raw, on) is not None:
-            violations.append(Violation("INVALID_ID_NUMBER", "D1", field))
+            violations.append(Violation(reasons.INVALID_ID_NUMBER, "D1", field))
     return violations
 
 
 def check_giver_insurance(giver: MemberStatus) -> list[Violation]:
     """D2: the giver is insured in employee insurance (310) with normal status."""
     if not giver.found:
-        return [Violation("GIVER_NOT_INSURED", "D2", GIVER_FIELD)]
+        return [Violation(reasons.GIVER_NOT_INSURED, "D2", GIVER_FIELD)]
     violations = []
     if giver.insutype != EMPLOYEE_INSUTYPE:
-        violations.append(Violation("GIVER_NOT_EMPLOYEE", "D2", GIVER_FIELD))
+        violations.append(Violation(reasons.GIVER_NOT_EMPLOYEE, "D2", GIVER_FIELD))
     if not giver.status_normal:
-        violations.append(Violation("GIVER_NOT_INSURED", "D2", GIVER_FIELD))
+        violations.append(Violation(reasons.GIVER_NOT_INSURED, "D2", GIVER_FIELD))
     return violations
 
 
@@ -174,20 +175,20 @@ def check_receiver_insurance(receiver: MemberStatus) -> list[Violation]:
     """D2: the receiver is insured in employee (310) or resident (390) insurance with normal status."""
     if receiver.found and receiver.insutype in RECEIVER_INSUTYPES and receiver.status_normal:
         return []
-    return [Violation("RECEIVER_NOT_INSURED", "D2", RECEIVER_FIELD)]
+    return [Violation(reasons.RECEIVER_NOT_INSURED, "D2", RECEIVER_FIELD)]
 
 
 def check_different_persons(giver_id_number: str, receiver_id_number: str) -> list[Violation]:
     """D2: the receiver is not the giver (x and X are the same check character)."""
     if normalise_id_number(giver_id_number) == normalise_id_number(receiver_id_number):
-        return [Violation("SAME_PERSON", "D2", RECEIVER_ID_FIELD)]
+        return [Violation(reasons.SAME_PERSON, "D2", RECEIVER_ID_FIELD)]
     return []
 
 
 def check_settlement(giver: MemberStatus, receiver: MemberStatus) -> list[Violation]:
     """D3: neither side's networked settlement is suspended."""
     return [
-        Violation("SETTLEMENT_SUSPENDED", "D3", field)
+        Violation(reasons.SETTLEMENT_SUSPENDED, "D3", field)
         for status, field in ((giver, GIVER_FIELD), (receiver, RECEIVER_FIELD))
         if status.found and status.settlement_suspended
     ]
@@ -196,9 +197,9 @@ def check_settlement(giver: MemberStatus, receiver: MemberStatus) -> list[Violat
 def check_relation_code(code: str) -> list[Violation]:
     """D4: the code is a GB/T 4761 relation code of an eligible family."""
     if _TWO_ASCII_DIGITS.fullmatch(code) is None or code not in KNOWN_RELATION_CODES:
-        return [Violation("INVALID_RELATION_CODE", "D4", RELATION_CODE_FIELD)]
+        return [Violation(reasons.INVALID_RELATION_CODE, "D4", RELATION_CODE_FIELD)]
     if code not in ELIGIBLE_RELATIONS:
-        return [Violation("INELIGIBLE_RELATION", "D4", RELATION_CODE_FIELD)]
+        return [Violation(reasons.INELIGIBLE_RELATION, "D4", RELATION_CODE_FIELD)]
     return []
 
 
@@ -222,7 +223,7 @@ def check_relation_consistency(code: str, giver: IdNumber | None, receiver: IdNu
     if receiver is not None and expected_sex is not None and receiver.sex is not expected_sex:
         consistent = False
     # One reason per rule: the field is the same and the detail would describe the people (D19).
-    return [] if consistent else [Violation("RELATION_INCONSISTENT", "D5", RELATION_CODE_FIELD)]
+    return [] if consistent else [Violation(reasons.RELATION_INCONSISTENT, "D5", RELATION_CODE_FIELD)]
 
 
 def attestation_requirement(receiver_birth: date, accepted_on: date) -> AttestationRequirement:
@@ -239,14 +240,14 @@ def check_attestation(method: AttestationMethod, receiver_birth: date, accepted_
     """D6: a guardian's document is refused for a receiver aged 16 or over; FACE is always acceptable."""
     requirement = attestation_requirement(receiver_birth, accepted_on)
     if method is AttestationMethod.GUARDIAN_DOCUMENT and requirement is AttestationRequirement.FACE_REQUIRED:
-        return [Violation("FACE_REQUIRED", "D6", ATTESTATION_METHOD_FIELD)]
+        return [Violation(reasons.FACE_REQUIRED, "D6", ATTESTATION_METHOD_FIELD)]
     return []
 
 
 # D2's insurance and D3's suspension of the receiver are what only the receiver's province knows (CheckMember).
-_RECEIVER_PROVINCE_FACTS = frozenset({("RECEIVER_NOT_INSURED", RECEIVER_FIELD),
-                                      ("SETTLEMENT_SUSPENDED", RECEIVER_FIELD)})
-RECEIVER_NOT_ELIGIBLE = Violation("RECEIVER_NOT_ELIGIBLE", "D2-D3", RECEIVER_FIELD)
+_RECEIVER_PROVINCE_FACTS = frozenset({(reasons.RECEIVER_NOT_INSURED, RECEIVER_FIELD),
+                                      (reasons.SETTLEMENT_SUSPENDED, RECEIVER_FIELD)})
+RECEIVER_NOT_ELIGIBLE = Violation(reasons.RECEIVER_NOT_ELIGIBLE, "D2-D3", RECEIVER_FIELD)
 
 
 def as_told_to_giver_province(violations: Sequence[Violation]) -> list[Violation]:

@@ -36,10 +36,14 @@ class PermissionDenied(GongjiError):
 
 
 class NotFound(GongjiError):
+    """What is named does not exist, or is not the caller's to see: the two get the same answer."""
+
     default_reason = "NOT_FOUND"
 
 
 class AlreadyExists(GongjiError):
+    """An id is taken, or was used before with different content (D15)."""
+
     default_reason = "ALREADY_EXISTS"
 
 
@@ -62,6 +66,8 @@ class RequestInFlight(GongjiError):
 
 
 class Unavailable(GongjiError):
+    """Someone the answer needs cannot give it now (a province, the gateway stopping): nothing was done, retry."""
+
     default_reason = "UNAVAILABLE"
 
 

@@ -35,6 +35,8 @@ _WELL_FORMED = re.compile(r"[0-9]{17}[0-9X]")
 # ID number's length the visible parts would reveal most or all of the value.
 _MASK_KEEP_HEAD = 6
 _MASK_KEEP_TAIL = 4
+# 18-character resident ID numbers (17 digits and a check character) standing alone in text.
+_ID_NUMBER_IN_TEXT = re.compile(r"(?<![0-9A-Za-z])[0-9]{17}[0-9Xx](?![0-9A-Za-z])")
 
 
 class IdNumberProblem(Enum):
@@ -153,6 +155,11 @@ def mask_id_number(raw: str) -> str:
         return "*" * len(raw)
     hidden = len(raw) - _MASK_KEEP_HEAD - _MASK_KEEP_TAIL
     return raw[:_MASK_KEEP_HEAD] + "*" * hidden + raw[-_MASK_KEEP_TAIL:]
+
+
+def mask_id_numbers_in(text: str) -> str:
+    """`text` with every ID number standing alone in it masked as mask_id_number does (D19)."""
+    return _ID_NUMBER_IN_TEXT.sub(lambda m: mask_id_number(m.group(0)), text)
 
 
 def mask_name(name: str) -> str:

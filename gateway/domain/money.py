@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gateway.domain import reasons
 from gateway.domain.errors import InvalidArgument
 
 # Ten billion yuan: far above any personal account, and far below 2**63 - 1 (about 9.2e18 fen). A sum the
@@ -16,4 +17,4 @@ def validate_amount(amount_fen: int, field: str, *, zero_allowed: bool = False) 
     if not low <= amount_fen <= MAX_AMOUNT_FEN:
         what = "0 or more" if zero_allowed else "strictly positive"
         raise InvalidArgument(f"{field} must be whole fen, {what}, at most {MAX_AMOUNT_FEN} (D11)",
-                              reason="INVALID_AMOUNT", field=field)
+                              reason=reasons.INVALID_AMOUNT, field=field)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import date, datetime, time, timedelta
 
+from gateway.domain import reasons
 from gateway.domain.clock import BEIJING
 from gateway.domain.eligibility import Violation
 from gateway.domain.provinces import Policy, effective_policy
@@ -86,14 +87,14 @@ def check_transfer_limits(
     assert daily_limit is not None and max_fen is not None  # effective_policy fills every field
     violations = []
     if in_blackout(at, effective):
-        violations.append(Violation("TRANSFER_BLACKOUT", "D12", ""))
+        violations.append(Violation(reasons.TRANSFER_BLACKOUT, "D12", ""))
     # The limit counts earlier transfers: with a limit of 3 the 4th of the day is the first refused.
     if transfers_today_by_giver >= daily_limit:
-        violations.append(Violation("DAILY_LIMIT_REACHED", "D12", ""))
+        violations.append(Violation(reasons.DAILY_LIMIT_REACHED, "D12", ""))
     if amount_fen > max_fen:
-        violations.append(Violation("AMOUNT_OVER_LIMIT", "D12", AMOUNT_FIELD))
+        violations.append(Violation(reasons.AMOUNT_OVER_LIMIT, "D12", AMOUNT_FIELD))
     if authorised_amount_fen is not None and used_amount_fen + amount_fen > authorised_amount_fen:
-        violations.append(Violation("AUTHORISED_AMOUNT_EXCEEDED", "D10", AMOUNT_FIELD))
+        violations.append(Violation(reasons.AUTHORISED_AMOUNT_EXCEEDED, "D10", AMOUNT_FIELD))
     return violations
 
 

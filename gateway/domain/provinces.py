@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from gateway.domain import reasons
 from gateway.domain.envelope import ALLOWED_ALGS
 from gateway.domain.errors import InvalidArgument
 from gateway.domain.money import MAX_AMOUNT_FEN
@@ -87,7 +88,7 @@ class Province:
 
 def validate_province_code(code: str, field_name: str = "code") -> None:
     if not PROVINCE_CODE.fullmatch(code):
-        raise InvalidArgument("a province code is six digits ending in 0000", reason="INVALID_PROVINCE_CODE",
+        raise InvalidArgument("a province code is six digits ending in 0000", reason=reasons.INVALID_PROVINCE_CODE,
                               field=field_name)
 
 
@@ -96,7 +97,7 @@ def validate_name(name: str, field_name: str = "name") -> None:
     terminal escape reaches an operator's screen or the record."""
     if not name.strip() or len(name) > NAME_MAX or not name.isprintable():
         raise InvalidArgument(f"name is required: at most {NAME_MAX} printable characters",
-                              reason="INVALID_NAME", field=field_name)
+                              reason=reasons.INVALID_NAME, field=field_name)
 
 
 def validate_endpoint(endpoint: str, field_name: str = "endpoint") -> None:
@@ -106,21 +107,21 @@ def validate_endpoint(endpoint: str, field_name: str = "endpoint") -> None:
     if (len(endpoint) > MAX_ENDPOINT_LENGTH or not endpoint.isascii() or not endpoint.isprintable()
             or " " in endpoint or not sep or not host or not port.isdigit() or not 0 < int(port) < 65536):
         raise InvalidArgument(f"an endpoint is host:port, at most {MAX_ENDPOINT_LENGTH} ASCII characters without "
-                              "spaces", reason="INVALID_ENDPOINT", field=field_name)
+                              "spaces", reason=reasons.INVALID_ENDPOINT, field=field_name)
 
 
 def validate_key(key: ProvinceKey, field_name: str = "keys") -> None:
     if not KEY_ID.fullmatch(key.key_id):
-        raise InvalidArgument("key_id is 1-64 characters [A-Za-z0-9._:-]", reason="INVALID_KEY_ID",
+        raise InvalidArgument("key_id is 1-64 characters [A-Za-z0-9._:-]", reason=reasons.INVALID_KEY_ID,
                               field=f"{field_name}.key_id")
     if key.alg not in ALLOWED_ALGS:
-        raise InvalidArgument("only ed25519 keys are accepted", reason="UNSUPPORTED_KEY_ALGORITHM",
+        raise InvalidArgument("only ed25519 keys are accepted", reason=reasons.UNSUPPORTED_KEY_ALGORITHM,
                               field=f"{field_name}.alg")
     if len(key.public_key) != 32:
-        raise InvalidArgument("an Ed25519 public key is 32 bytes", reason="INVALID_PUBLIC_KEY",
+        raise InvalidArgument("an Ed25519 public key is 32 bytes", reason=reasons.INVALID_PUBLIC_KEY,
                               field=f"{field_name}.public_key")
     if key.valid_from and key.valid_until and key.valid_until <= key.valid_from:
-        raise InvalidArgument("valid_until must be after valid_from", reason="INVALID_KEY_VALIDITY",
+        raise InvalidArgument("valid_until must be after valid_from", reason=reasons.INVALID_KEY_VALIDITY,
                               field=f"{field_name}.valid_until")
 
 
@@ -135,5 +136,5 @@ def validate_policy(policy: Policy) -> None:
     ]
     for name, value, low, high in checks:
         if value is not None and not low <= value <= high:
-            raise InvalidArgument(f"policy.{name} must be within {low}..{high}", reason="INVALID_POLICY",
+            raise InvalidArgument(f"policy.{name} must be within {low}..{high}", reason=reasons.INVALID_POLICY,
                                   field=f"policy.{name}")

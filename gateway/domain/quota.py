@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from gateway.domain import reasons
 from gateway.domain.clock import BEIJING
 from gateway.domain.envelope import Header
 from gateway.domain.errors import FailedPrecondition
@@ -74,7 +75,7 @@ def set_quota(balance: QuotaBalance, quota_fen: int) -> tuple[QuotaBalance, Quot
         return replace(balance, granted_fen=balance.granted_fen + difference), QuotaChange.GRANTED, difference
     if -difference > balance.available_fen:
         raise FailedPrecondition("a quota can be lowered by its unused part only, never below what is consumed (Q2)",
-                                 reason="QUOTA_BELOW_CONSUMED", field="quota_fen")
+                                 reason=reasons.QUOTA_BELOW_CONSUMED, field="quota_fen")
     return replace(balance, released_fen=balance.released_fen - difference), QuotaChange.LOWERED, -difference
 
 
@@ -86,7 +87,8 @@ def draw(balance: QuotaBalance, requested_fen: int, allow_partial: bool) -> tupl
     elif allow_partial and available > 0:
         drawn = available
     else:
-        raise FailedPrecondition("the quota cannot cover this amount", reason="QUOTA_EXCEEDED", field="amount_fen")
+        raise FailedPrecondition("the quota cannot cover this amount",
+                                 reason=reasons.QUOTA_EXCEEDED, field="amount_fen")
     return replace(balance, consumed_fen=balance.consumed_fen + drawn), drawn
 
 
@@ -213,10 +215,10 @@ def check_point_of_care_rules(consumption: QuotaConsumption) -> None:
     """Q4: the four kinds only, and the receiver's own account first. Stored refusals, like every rule."""
     if consumption.kind is None:
         raise FailedPrecondition("a quota pays for medical care, pharmacy and resident or long-term-care premiums only",
-                                 reason="KIND_NOT_ALLOWED", field="kind")
+                                 reason=reasons.KIND_NOT_ALLOWED, field="kind")
     if consumption.own_account_balance_fen > 0:
         raise FailedPrecondition("the receiver's own personal account pays first: its balance must be used up (Q4)",
-                                 reason="OWN_ACCOUNT_NOT_FIRST", field="own_account_balance_fen")
+                                 reason=reasons.OWN_ACCOUNT_NOT_FIRST, field="own_account_balance_fen")
 
 
 def validate_reversal(reversal: ConsumptionReversal) -> None:
@@ -230,5 +232,5 @@ def check_reversal(consumption: Consumption, amount_fen: int) -> None:
     """Q7: never more than was drawn and not yet reversed."""
     if amount_fen > consumption.reversible_fen:
         raise FailedPrecondition("a reversal cannot exceed what was drawn and not yet reversed (Q7)",
-                                 reason="REVERSAL_EXCEEDS_DRAWN", field="amount_fen")
+                                 reason=reasons.REVERSAL_EXCEEDS_DRAWN, field="amount_fen")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import date
 
+from gateway.domain import reasons
 from gateway.domain.errors import InvalidArgument
 from gateway.domain.identity import ID_NUMBER_LENGTH, PROVINCE_PREFIXES, check_id_number
 
@@ -43,7 +44,7 @@ def looks_like_id_number(value: str) -> bool:
     return any(_is_first_generation_id(run) for run in _FIFTEEN_DIGITS.findall(compact))
 
 
-def validate_reference(value: str, field: str, *, max_length: int, reason: str = "INVALID_REFERENCE") -> None:
+def validate_reference(value: str, field: str, *, max_length: int, reason: str = reasons.INVALID_REFERENCE) -> None:
     """Refuse `value` unless it is an opaque identifier: 1 to `max_length` characters of
     [A-Za-z0-9._:/-] starting with a letter or digit, holding no ID number.
 
@@ -56,4 +57,4 @@ def validate_reference(value: str, field: str, *, max_length: int, reason: str =
                               f"[{REFERENCE_CHARACTERS}], starting with a letter or digit", reason=reason, field=field)
     if looks_like_id_number(value):
         raise InvalidArgument(f"{field} holds what looks like a resident ID number; a reference must not carry "
-                              "personal data (D19)", reason="REFERENCE_LOOKS_LIKE_ID_NUMBER", field=field)
+                              "personal data (D19)", reason=reasons.REFERENCE_LOOKS_LIKE_ID_NUMBER, field=field)

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 
+from gateway.domain import reasons
 from gateway.domain.clock import BEIJING
 from gateway.domain.envelope import Header
 from gateway.domain.errors import InvalidArgument
@@ -85,14 +86,14 @@ def span_of(window_id: str) -> WindowSpan:
             bound.astimezone(UTC)
         return span
     except (ValueError, OverflowError):
-        raise InvalidArgument("window_id is not a real day or month", reason="INVALID_WINDOW_ID",
+        raise InvalidArgument("window_id is not a real day or month", reason=reasons.INVALID_WINDOW_ID,
                               field="window_id") from None
 
 
 def validate_window_id(window_id: str, field_name: str = "window_id") -> None:
     if not WINDOW_ID_PATTERN.fullmatch(window_id):
         raise InvalidArgument("window_id must be YYYY-MM-DD (daily) or YYYY-MM (monthly)",
-                              reason="INVALID_WINDOW_ID", field=field_name)
+                              reason=reasons.INVALID_WINDOW_ID, field=field_name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,18 +161,18 @@ def validate_payment(from_province: str, to_province: str, bank: str, serial_num
     validate_province_code(from_province, f"{prefix}.from_province")
     validate_province_code(to_province, f"{prefix}.to_province")
     # The bank is named by its code (e.g. ICBC, or its 12-digit CNAPS number), not by a free-text name.
-    validate_reference(bank, f"{prefix}.bank", max_length=BANK_MAX, reason="INVALID_BANK")
+    validate_reference(bank, f"{prefix}.bank", max_length=BANK_MAX, reason=reasons.INVALID_BANK)
     validate_reference(serial_number, f"{prefix}.serial_number", max_length=SERIAL_NUMBER_MAX,
-                       reason="INVALID_SERIAL_NUMBER")
+                       reason=reasons.INVALID_SERIAL_NUMBER)
     try:
         day = date.fromisoformat(paid_on) if re.fullmatch(r"\d{4}-\d{2}-\d{2}", paid_on) else None
     except ValueError:
         day = None
     if day is None:
-        raise InvalidArgument("date must be a real YYYY-MM-DD day", reason="INVALID_PAYMENT_DATE",
+        raise InvalidArgument("date must be a real YYYY-MM-DD day", reason=reasons.INVALID_PAYMENT_DATE,
                               field=f"{prefix}.date")
     if day > today:
-        raise InvalidArgument("a payment cannot be dated in the future", reason="INVALID_PAYMENT_DATE",
+        raise InvalidArgument("a payment cannot be dated in the future", reason=reasons.INVALID_PAYMENT_DATE,
                               field=f"{prefix}.date")
     return Payment(from_province, to_province, bank, serial_number, day)
 

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
+from gateway.domain import reasons
 from gateway.domain.clock import BEIJING
 from gateway.domain.envelope import MESSAGE_ID_PATTERN, Header
 from gateway.domain.errors import InvalidArgument
@@ -104,21 +105,21 @@ class Transfer:
 def validate_message_id(message_id: str, field: str = "header.message_id") -> None:
     if not MESSAGE_ID_PATTERN.fullmatch(message_id):
         raise InvalidArgument("message_id must be 1-64 characters from [A-Za-z0-9._:-]",
-                              reason="INVALID_MESSAGE_ID", field=field)
+                              reason=reasons.INVALID_MESSAGE_ID, field=field)
 
 
 def validate_pooling_area(area: str, province: str, field: str) -> None:
     """A pooling area is six ASCII digits within the province that insures the person."""
     if len(area) != 6 or not (area.isascii() and area.isdigit()) or area[:2] != province[:2]:
         raise InvalidArgument(f"{field} must be a 6-digit pooling area within province {province}",
-                              reason="INVALID_POOLING_AREA", field=field)
+                              reason=reasons.INVALID_POOLING_AREA, field=field)
 
 
 def _validate_person(person: PersonRef, province: str, role: str, today: date) -> None:
     problem = check_id_number(person.id_number, today)
     if problem is not None:
         raise InvalidArgument(f"{role}.id_number is not a valid resident ID number ({problem.value})",
-                              reason="INVALID_ID_NUMBER", field=f"{role}.id_number")
+                              reason=reasons.INVALID_ID_NUMBER, field=f"{role}.id_number")
     validate_pooling_area(person.pooling_area, province, f"{role}.pooling_area")
 
 
@@ -128,24 +129,25 @@ def validate_instruction(instruction: TransferInstruction, today: date) -> None:
     validate_message_id(header.message_id)
     if not PROVINCE_CODE.fullmatch(header.receiver):
         raise InvalidArgument("header.receiver must be the receiver's province code",
-                              reason="INVALID_PROVINCE_CODE", field="header.receiver")
+                              reason=reasons.INVALID_PROVINCE_CODE, field="header.receiver")
     if header.receiver == header.sender:
         raise InvalidArgument("giver and receiver are insured in the same province; the gateway carries "
-                              "cross-province transfers only", reason="NOT_CROSS_PROVINCE", field="header.receiver")
+                              "cross-province transfers only",
+                              reason=reasons.NOT_CROSS_PROVINCE, field="header.receiver")
     _validate_person(instruction.giver, header.sender, "giver", today)
     _validate_person(instruction.receiver, header.receiver, "receiver", today)
     if normalise_id_number(instruction.giver.id_number) == normalise_id_number(instruction.receiver.id_number):
         raise InvalidArgument("the receiver must be a different person from the giver (D2)",
-                              reason="SAME_PERSON", field="receiver.id_number")
+                              reason=reasons.SAME_PERSON, field="receiver.id_number")
     validate_amount(instruction.amount_fen, "amount_fen")
     if instruction.currency != CURRENCY:
-        raise InvalidArgument("currency must be CNY (D11)", reason="UNSUPPORTED_CURRENCY", field="currency")
+        raise InvalidArgument("currency must be CNY (D11)", reason=reasons.UNSUPPORTED_CURRENCY, field="currency")
     if instruction.expires_at is not None and instruction.expires_at <= header.created_at:
-        raise InvalidArgument("expires_at must be after header.created_at", reason="INVALID_EXPIRY",
+        raise InvalidArgument("expires_at must be after header.created_at", reason=reasons.INVALID_EXPIRY,
                               field="expires_at")
     if not instruction.binding_id:
         raise InvalidArgument("binding_id is required: a transfer needs the giver's ACTIVE binding (D10)",
-                              reason="MISSING_FIELD", field="binding_id")
+                              reason=reasons.MISSING_FIELD, field="binding_id")
     validate_message_id(instruction.binding_id, field="binding_id")
 
 
@@ -154,7 +156,7 @@ def validate_confirmation(confirmation: TransferConfirmation) -> None:
     validate_message_id(confirmation.transfer_id, field="transfer_id")
     if not REASON_PATTERN.fullmatch(confirmation.decline_reason):
         raise InvalidArgument("decline_reason is UPPER_SNAKE_CASE, at most 64 characters",
-                              reason="INVALID_REASON", field="decline_reason")
+                              reason=reasons.INVALID_REASON, field="decline_reason")
 
 
 def return_deadline(received_at: datetime, expires_at: datetime | None, return_hour: int) -> datetime:

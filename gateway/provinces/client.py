@@ -29,7 +29,7 @@ from gateway.security.signing import EnvelopeSigner
 from gateway.security.tls import TlsFiles, province_dns
 from gateway.usecases.outbox_ports import OutboxWork, SendResult
 from gateway.wire import envelope_to_proto, timestamp
-from protos.gongji.v1 import common_pb2, province_pb2, province_pb2_grpc, relations_pb2, transfers_pb2
+from protos.gongji.v1 import common_pb2, payload_types, province_pb2, province_pb2_grpc, relations_pb2, transfers_pb2
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class ProvinceClient:
             instruction_sha256=transfer.instruction_sha256, confirm_by=timestamp(transfer.return_deadline))
         return province_pb2.DeliverTransferRequest(
             instruction=envelope_to_proto(work.instruction),
-            delivery=self._sign("gongji.v1.TransferDelivery", delivery.SerializeToString()))
+            delivery=self._sign(payload_types.TRANSFER_DELIVERY, delivery.SerializeToString()))
 
     @staticmethod
     def _delivery_result(answer: province_pb2.DeliverTransferResponse) -> SendResult:
@@ -171,7 +171,7 @@ class ProvinceClient:
                 state=relations_pb2.BindingState.Value(f"BINDING_STATE_{told.state.value}"), reason=told.reason)))
 
     def _outcome(self, outcome: province_pb2.Outcome) -> province_pb2.NotifyOutcomeRequest:
-        return province_pb2.NotifyOutcomeRequest(outcome=self._sign("gongji.v1.Outcome", outcome.SerializeToString()))
+        return province_pb2.NotifyOutcomeRequest(outcome=self._sign(payload_types.OUTCOME, outcome.SerializeToString()))
 
     def _consent_request(self, work: OutboxWork) -> province_pb2.RequestConsentRequest:
         binding, message = work.binding, work.message
@@ -181,7 +181,7 @@ class ProvinceClient:
             proposal_sha256=binding.proposal_sha256, consent_by=timestamp(binding.consent_by))
         return province_pb2.RequestConsentRequest(
             proposal=envelope_to_proto(work.instruction),
-            consent_request=self._sign("gongji.v1.ConsentRequest", consent.SerializeToString()))
+            consent_request=self._sign(payload_types.CONSENT_REQUEST, consent.SerializeToString()))
 
     @staticmethod
     def _settlement(work: OutboxWork) -> province_pb2.NotifySettlementRequest:
@@ -194,7 +194,8 @@ class ProvinceClient:
         query = province_pb2.MemberQuery(
             header=self._header(f"mq:{uuid.uuid4().hex}", province.code),
             person=common_pb2.PersonRef(id_number=person.id_number, pooling_area=person.pooling_area))
-        request = province_pb2.CheckMemberRequest(query=self._sign("gongji.v1.MemberQuery", query.SerializeToString()))
+        request = province_pb2.CheckMemberRequest(
+            query=self._sign(payload_types.MEMBER_QUERY, query.SerializeToString()))
         try:
             answer = await self._stub(province.endpoint, province.code).CheckMember(  # type: ignore[misc]
                 request, timeout=self._timeout)

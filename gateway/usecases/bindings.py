@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
+from gateway.domain import reasons
 from gateway.domain.bindings import (
     Binding,
     BindingAcceptance,
@@ -46,18 +46,12 @@ from gateway.domain.outbox import (
 )
 from gateway.domain.provinces import Province, effective_policy
 from gateway.domain.transfers import validate_message_id, validate_pooling_area
-from gateway.usecases.auth import authenticate, require_addressed_to_gateway
+from gateway.usecases.auth import PayloadDecoder, authenticate, require_addressed_to_gateway
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.idempotency import payload_digest, replay_if_seen, run_once
 from gateway.usecases.ports import RunInDb, UnitOfWork
 from gateway.usecases.provinces import require_active
 from gateway.usecases.relations import ask_both
-
-PROPOSAL_TYPE = "gongji.v1.BindingProposal"
-ACCEPTANCE_TYPE = "gongji.v1.BindingAcceptance"
-DISSOLUTION_TYPE = "gongji.v1.BindingDissolution"
-BINDING_QUERY_TYPE = "gongji.v1.BindingQuery"
-MEMBER_CHANGE_TYPE = "gongji.v1.MemberChange"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +71,7 @@ def tell_both(uow: UnitOfWork, binding: Binding, state: BindingState, reason: st
 
 def binding_not_found() -> NotFound:
     """For an unknown binding and for other provinces' alike: a province learns nothing of bindings not its own."""
-    return NotFound("no such binding", reason="BINDING_NOT_FOUND", field="binding_id")
+    return NotFound("no such binding", reason=reasons.BINDING_NOT_FOUND, field="binding_id")
 
 
 def _party_binding(uow: UnitOfWork, binding_id: str, sender: str) -> Binding:
@@ -98,11 +92,11 @@ class _Proposal:
 
 
 def _accept_proposal(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
-                     decode: Callable[[bytes], BindingProposal]) -> _Proposal | BindingAnswer:
+                     decode: PayloadDecoder[BindingProposal]) -> _Proposal | BindingAnswer:
     """The proposal to check with both provinces, or, for a resend, the stored answer (D15)."""
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        proposal = authenticate(uow, envelope, PROPOSAL_TYPE, decode, peer, now, ctx)
+        proposal = authenticate(uow, envelope, decode, peer, now, ctx)
         header = proposal.header
         # Before the time-dependent checks: a resend after its consent_by still gets its original answer.
         stored = replay_if_seen(uow, header.sender, header.message_id, payload_digest(envelope.payload))
@@ -115,10 +109,11 @@ def _accept_proposal(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
 
 
 def _binding_id_taken() -> AlreadyExists:
-    return AlreadyExists("this binding_id is taken; use a new id", reason="BINDING_ID_TAKEN", field="header.message_id")
+    return AlreadyExists("this binding_id is taken; use a new id",
+                         reason=reasons.BINDING_ID_TAKEN, field="header.message_id")
 
 
-def _store_proposal(ctx: UseCaseContext, envelope: Envelope, proposal: BindingProposal,
+def _store_proposal(ctx: UseCaseContext, envelope: Envelope, proposal: BindingProposal, payload_type: str,
                     giver_status: MemberStatus, receiver_status: MemberStatus) -> BindingAnswer:
     now = ctx.clock.now()
     today = now.astimezone(BEIJING).date()
@@ -146,7 +141,7 @@ def _store_proposal(ctx: UseCaseContext, envelope: Envelope, proposal: BindingPr
                 if policy and policy.single_relation_only and any(
                         b.holds_people(now) for b in uow.bindings.of_person(ref)):
                     raise FailedPrecondition(f"the {role}'s province allows one family relation at a time (D8)",
-                                             reason="SINGLE_RELATION_ONLY", field=f"{role}.id_number")
+                                             reason=reasons.SINGLE_RELATION_ONLY, field=f"{role}.id_number")
             if uow.bindings.exists(binding_id):
                 raise _binding_id_taken()
             assert proposal.consent_by is not None  # validate_proposal requires it
@@ -161,16 +156,16 @@ def _store_proposal(ctx: UseCaseContext, envelope: Envelope, proposal: BindingPr
                 raise _binding_id_taken()
             uow.outbox.enqueue(header.receiver, RequestConsent(), consent_message_id(binding_id), binding_id, now)
             return ctx.receipts.issue(request_sender=header.sender, request_message_id=binding_id,
-                                      request_sha256=digest, request_payload_type=PROPOSAL_TYPE, subject_id=binding_id,
+                                      request_sha256=digest, request_payload_type=payload_type, subject_id=binding_id,
                                       state=BindingState.PROPOSED.value, at=now)
 
         with ctx.in_flight.hold(header.sender, binding_id):
-            receipt, replay = run_once(uow, header.sender, binding_id, PROPOSAL_TYPE, digest, now, propose)
+            receipt, replay = run_once(uow, header.sender, binding_id, payload_type, digest, now, propose)
     return BindingAnswer(receipt, replay)
 
 
 async def propose_binding(ctx: UseCaseContext, run_in_db: RunInDb, envelope: Envelope, peer: str | None,
-                          decode: Callable[[bytes], BindingProposal]) -> BindingAnswer:
+                          decode: PayloadDecoder[BindingProposal]) -> BindingAnswer:
     """Check eligibility with both provinces, store PROPOSED and ask the receiver's province for consent."""
     accepted: _Proposal | BindingAnswer = await run_in_db(_accept_proposal, ctx, envelope, peer, decode)
     if isinstance(accepted, BindingAnswer):
@@ -179,16 +174,17 @@ async def propose_binding(ctx: UseCaseContext, run_in_db: RunInDb, envelope: Env
     today = ctx.clock.now().astimezone(BEIJING).date()
     giver_status, receiver_status = await ask_both(ctx.members, (accepted.giver_province, proposal.giver),
                                                    (accepted.receiver_province, proposal.receiver), today)
-    answer: BindingAnswer = await run_in_db(_store_proposal, ctx, envelope, proposal, giver_status, receiver_status)
+    answer: BindingAnswer = await run_in_db(_store_proposal, ctx, envelope, proposal, decode.type_name,
+                                           giver_status, receiver_status)
     return answer
 
 
 # -- AcceptBinding, DissolveBinding, GetBinding ------------------------------------------------------
 
-def _receiver_birth(uow: UnitOfWork, binding_id: str, decode_proposal: Callable[[bytes], BindingProposal]) -> date:
+def _receiver_birth(uow: UnitOfWork, binding_id: str, decode_proposal: PayloadDecoder[BindingProposal]) -> date:
     """The receiver's birth date, read from the sealed proposal when it is needed (D6): no column holds it,
     since with the masked ID number (first 6 + last 4) it would be the 8 hidden digits (D19)."""
-    envelope = uow.bindings.proposal_envelope(binding_id, PROPOSAL_TYPE)
+    envelope = uow.bindings.proposal_envelope(binding_id, decode_proposal.type_name)
     assert envelope is not None, "a stored binding keeps its proposal"
     receiver = IdNumber(decode_proposal(envelope.payload).receiver.id_number)  # valid: eligibility checked D1
     return receiver.birth_date
@@ -199,7 +195,7 @@ def _check_attested_at(attested_at: datetime, binding: Binding, now: datetime, s
     the future, and never older than the proposal, so at most the consent window (72 hours) old."""
     if not binding.created_at - skew <= attested_at <= now + skew:
         raise InvalidArgument("attestation.attested_at must lie between the proposal and now",
-                              reason="INVALID_ATTESTATION_TIME", field="attestation.attested_at")
+                              reason=reasons.INVALID_ATTESTATION_TIME, field="attestation.attested_at")
 
 
 def _either_suspended(uow: UnitOfWork, binding: Binding) -> bool:
@@ -209,21 +205,22 @@ def _either_suspended(uow: UnitOfWork, binding: Binding) -> bool:
 
 
 def accept_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
-                   decode: Callable[[bytes], BindingAcceptance],
-                   decode_proposal: Callable[[bytes], BindingProposal]) -> BindingAnswer:
+                   decode: PayloadDecoder[BindingAcceptance],
+                   decode_proposal: PayloadDecoder[BindingProposal]) -> BindingAnswer:
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        acceptance = authenticate(uow, envelope, ACCEPTANCE_TYPE, decode, peer, now, ctx)
+        acceptance = authenticate(uow, envelope, decode, peer, now, ctx)
         header = acceptance.header
         validate_message_id(header.message_id)
         if acceptance.decision is ConsentDecision.ACCEPT and acceptance.attestation is None:
-            raise InvalidArgument("an acceptance needs the receiver's attestation (D6)", reason="MISSING_FIELD",
+            raise InvalidArgument("an acceptance needs the receiver's attestation (D6)", reason=reasons.MISSING_FIELD,
                                   field="attestation")
         if acceptance.attestation is not None:
             validate_attestation(acceptance.attestation)
         binding = _party_binding(uow, acceptance.binding_id, header.sender)
         if header.sender != binding.receiver_province:
-            raise PermissionDenied("only the receiver's province answers a proposal", reason="NOT_RECEIVER_PROVINCE",
+            raise PermissionDenied("only the receiver's province answers a proposal",
+                                   reason=reasons.NOT_RECEIVER_PROVINCE,
                                    field="header.sender")
         if acceptance.attestation is not None:
             _check_attested_at(acceptance.attestation.attested_at, binding, now, ctx.max_clock_skew)
@@ -233,9 +230,9 @@ def accept_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
         def answer() -> bytes:
             if binding.state is not BindingState.PROPOSED:
                 raise FailedPrecondition(f"the binding is {binding.state.value}, not PROPOSED",
-                                         reason="BINDING_NOT_PROPOSED", field="binding_id")
+                                         reason=reasons.BINDING_NOT_PROPOSED, field="binding_id")
             if now >= binding.consent_by:
-                raise FailedPrecondition("the consent deadline has passed", reason="CONSENT_EXPIRED",
+                raise FailedPrecondition("the consent deadline has passed", reason=reasons.CONSENT_EXPIRED,
                                          field="binding_id")
             if acceptance.attestation is not None and new_state is BindingState.ACTIVE:
                 # Age on the gateway's date, not the attestation's own: a backdated attestation gains nothing.
@@ -249,30 +246,30 @@ def accept_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
             # the relation starts SUSPENDED, and becomes ACTIVE when the suspension is lifted.
             state, reason = new_state, ""
             if new_state is BindingState.ACTIVE and _either_suspended(uow, binding):
-                state, reason = BindingState.SUSPENDED, "SETTLEMENT_SUSPENDED"
+                state, reason = BindingState.SUSPENDED, reasons.SETTLEMENT_SUSPENDED
             # The state read above may be stale by now (a refusal, an expiry or a member change at the same
             # moment): the conditional change decides, and only the answer that made it is told and attested.
             if not uow.bindings.change_state(binding.binding_id, [BindingState.PROPOSED], state, reason, now):
                 current = uow.bindings.get(binding.binding_id)
                 raise FailedPrecondition(f"the binding is {current.state.value if current else 'gone'}, not PROPOSED",
-                                         reason="BINDING_NOT_PROPOSED", field="binding_id")
+                                         reason=reasons.BINDING_NOT_PROPOSED, field="binding_id")
             if acceptance.attestation is not None and new_state is BindingState.ACTIVE:
                 uow.bindings.record_attestation(binding.binding_id, acceptance.attestation)
             tell_both(uow, binding, state, reason, now)
             return ctx.receipts.issue(request_sender=header.sender, request_message_id=header.message_id,
-                                      request_sha256=digest, request_payload_type=ACCEPTANCE_TYPE,
+                                      request_sha256=digest, request_payload_type=decode.type_name,
                                       subject_id=binding.binding_id, state=state.value, at=now)
 
         with ctx.in_flight.hold(header.sender, header.message_id):
-            receipt, replay = run_once(uow, header.sender, header.message_id, ACCEPTANCE_TYPE, digest, now, answer)
+            receipt, replay = run_once(uow, header.sender, header.message_id, decode.type_name, digest, now, answer)
     return BindingAnswer(receipt, replay)
 
 
 def dissolve_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
-                     decode: Callable[[bytes], BindingDissolution]) -> BindingAnswer:
+                     decode: PayloadDecoder[BindingDissolution]) -> BindingAnswer:
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        dissolution = authenticate(uow, envelope, DISSOLUTION_TYPE, decode, peer, now, ctx)
+        dissolution = authenticate(uow, envelope, decode, peer, now, ctx)
         header = dissolution.header
         validate_message_id(header.message_id)
         validate_reason(dissolution.reason)
@@ -284,22 +281,22 @@ def dissolve_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
             if not uow.bindings.change_state(binding.binding_id, [BindingState.ACTIVE, BindingState.SUSPENDED],
                                              BindingState.DISSOLVED, reason, now):
                 raise FailedPrecondition(f"the binding is {binding.state.value} and cannot be dissolved",
-                                         reason="BINDING_NOT_ACTIVE", field="binding_id")
+                                         reason=reasons.BINDING_NOT_ACTIVE, field="binding_id")
             tell_both(uow, binding, BindingState.DISSOLVED, reason, now)
             return ctx.receipts.issue(request_sender=header.sender, request_message_id=header.message_id,
-                                      request_sha256=digest, request_payload_type=DISSOLUTION_TYPE,
+                                      request_sha256=digest, request_payload_type=decode.type_name,
                                       subject_id=binding.binding_id, state=BindingState.DISSOLVED.value, at=now)
 
         with ctx.in_flight.hold(header.sender, header.message_id):
-            receipt, replay = run_once(uow, header.sender, header.message_id, DISSOLUTION_TYPE, digest, now, dissolve)
+            receipt, replay = run_once(uow, header.sender, header.message_id, decode.type_name, digest, now, dissolve)
     return BindingAnswer(receipt, replay)
 
 
 def get_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
-                decode: Callable[[bytes], BindingQuery]) -> Binding:
+                decode: PayloadDecoder[BindingQuery]) -> Binding:
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        query = authenticate(uow, envelope, BINDING_QUERY_TYPE, decode, peer, now, ctx)
+        query = authenticate(uow, envelope, decode, peer, now, ctx)
         return _party_binding(uow, query.binding_id, query.header.sender)
 
 
@@ -310,16 +307,17 @@ _ENDING = {MemberChangeKind.INSURANCE_ENDED: "MEMBER_INSURANCE_ENDED",
 
 
 def report_member_change(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
-                         decode: Callable[[bytes], MemberChange]) -> tuple[bytes, bool]:
+                         decode: PayloadDecoder[MemberChange]) -> tuple[bytes, bool]:
     """Dissolve (D9) or suspend/resume (D3) the person's bindings at once; both provinces are told."""
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        change = authenticate(uow, envelope, MEMBER_CHANGE_TYPE, decode, peer, now, ctx)
+        change = authenticate(uow, envelope, decode, peer, now, ctx)
         header = change.header
         validate_message_id(header.message_id)
         require_addressed_to_gateway(header, "a member change")
         if parse_valid_id(change.person.id_number, now.astimezone(BEIJING).date()) is None:
-            raise InvalidArgument("person.id_number is not a valid resident ID number", reason="INVALID_ID_NUMBER",
+            raise InvalidArgument("person.id_number is not a valid resident ID number",
+                                  reason=reasons.INVALID_ID_NUMBER,
                                   field="person.id_number")
         # A province reports only on people insured with it (D20).
         validate_pooling_area(change.person.pooling_area, header.sender, "person.pooling_area")
@@ -349,7 +347,7 @@ def report_member_change(ctx: UseCaseContext, envelope: Envelope, peer: str | No
                          _ENDING[change.kind])
                     move(binding, [BindingState.PROPOSED], BindingState.EXPIRED, _ENDING[change.kind])
                 elif change.kind is MemberChangeKind.SETTLEMENT_SUSPENDED:
-                    move(binding, [BindingState.ACTIVE], BindingState.SUSPENDED, "SETTLEMENT_SUSPENDED")
+                    move(binding, [BindingState.ACTIVE], BindingState.SUSPENDED, reasons.SETTLEMENT_SUSPENDED)
                 else:
                     other, other_province = ((binding.receiver_ref, binding.receiver_province)
                                              if binding.giver_ref == ref and binding.giver_province == header.sender
@@ -361,12 +359,12 @@ def report_member_change(ctx: UseCaseContext, envelope: Envelope, peer: str | No
             elif change.kind is MemberChangeKind.SETTLEMENT_RESUMED:
                 uow.members.resume(ref, header.sender)
             return ctx.receipts.issue(request_sender=header.sender, request_message_id=header.message_id,
-                                      request_sha256=digest, request_payload_type=MEMBER_CHANGE_TYPE,
+                                      request_sha256=digest, request_payload_type=decode.type_name,
                                       subject_id=header.message_id, state=change.kind.value, at=now,
                                       affected_ids=affected)
 
         with ctx.in_flight.hold(header.sender, header.message_id):
-            return run_once(uow, header.sender, header.message_id, MEMBER_CHANGE_TYPE, digest, now, apply)
+            return run_once(uow, header.sender, header.message_id, decode.type_name, digest, now, apply)
 
 
 def expire_proposals(uow: UnitOfWork, now: datetime, limit: int) -> int:

@@ -40,6 +40,17 @@ def no_limit(province: str) -> None:
     """Admits every call (no rate limit)."""
 
 
+@dataclass(frozen=True, slots=True)
+class StoredPayloadTypes:
+    """The payload types of the signed messages the gateway keeps and reads back to send on: a province's
+    instruction and proposal, its own settlement figures. The wire contract names them (the composition root
+    reads them from it); the store keeps the bytes and signature only."""
+
+    instruction: str
+    proposal: str
+    figures: str
+
+
 @dataclass(frozen=True)
 class UseCaseContext:
     uow: UnitOfWorkFactory
@@ -49,6 +60,7 @@ class UseCaseContext:
     verify: SignatureVerifier
     # The provinces' CheckMember, for the use cases that ask them about a person (VerifyRelation, ProposeBinding).
     members: MemberDirectory
+    stored_types: StoredPayloadTypes
     max_clock_skew: timedelta = timedelta(seconds=120)
     # Spends one call of the province's budget, or raises RateLimited; called once a call is proven to
     # come from that province (signature verified, signer = the TLS caller). By default: no limit.

@@ -9,6 +9,7 @@ import dataclasses
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+from gateway.domain import reasons
 from gateway.domain.envelope import MESSAGE_ID_PATTERN
 from gateway.domain.errors import InvalidArgument, NotFound
 from gateway.domain.monitoring import FeedStart, Stats, TransferChange, TransferFilter, TransferPage
@@ -32,11 +33,11 @@ def _position(token: str) -> tuple[datetime, str]:
         position = datetime.fromisoformat(created_at)
         position.astimezone(UTC)  # a forged time at the calendar's ends (0001-01-01+14:00) has no UTC instant
     except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError) as error:
-        raise InvalidArgument("page_token is not one this gateway gave out", reason="INVALID_PAGE_TOKEN",
+        raise InvalidArgument("page_token is not one this gateway gave out", reason=reasons.INVALID_PAGE_TOKEN,
                               field="page_token") from error
     # The transfer id goes into a query: only ids the gateway could have given out (no NUL, no megabytes).
     if position.tzinfo is None or not MESSAGE_ID_PATTERN.fullmatch(transfer_id):
-        raise InvalidArgument("page_token is not one this gateway gave out", reason="INVALID_PAGE_TOKEN",
+        raise InvalidArgument("page_token is not one this gateway gave out", reason=reasons.INVALID_PAGE_TOKEN,
                               field="page_token")
     return position, transfer_id
 
@@ -47,14 +48,14 @@ def inspect_transfer(ctx: UseCaseContext, transfer_id: str) -> Transfer:
     with ctx.uow() as uow:
         transfer = uow.transfers.get(transfer_id, with_history=True)
     if transfer is None:
-        raise NotFound("no such transfer", reason="TRANSFER_NOT_FOUND", field="transfer_id")
+        raise NotFound("no such transfer", reason=reasons.TRANSFER_NOT_FOUND, field="transfer_id")
     return transfer
 
 
 def list_transfers(ctx: UseCaseContext, where: TransferFilter, page_token: str, page_size: int) -> TransferPage:
     """One page in (created_at, transfer_id) order; the token resumes after the last one shown."""
     if not 0 <= page_size <= MAX_PAGE_SIZE:
-        raise InvalidArgument(f"page_size must be within 0..{MAX_PAGE_SIZE}", reason="INVALID_PAGE_SIZE",
+        raise InvalidArgument(f"page_size must be within 0..{MAX_PAGE_SIZE}", reason=reasons.INVALID_PAGE_SIZE,
                               field="page_size")
     for code, name in ((where.giver_province, "giver_province"), (where.receiver_province, "receiver_province")):
         if code:
@@ -107,7 +108,7 @@ async def watch_transfers(ctx: UseCaseContext, run_in_db: RunInDb,
         # more than 4300 digits) and larger numbers overflow the database's integers.
         if not (from_cursor.isascii() and from_cursor.isdigit() and len(from_cursor) <= 19
                 and int(from_cursor) <= INT64_MAX):
-            raise InvalidArgument("from_cursor is not one this gateway gave out", reason="INVALID_CURSOR",
+            raise InvalidArgument("from_cursor is not one this gateway gave out", reason=reasons.INVALID_CURSOR,
                                   field="from_cursor")
         position = int(from_cursor)
     else:

@@ -16,32 +16,32 @@ from gateway.domain.outbox import (
 )
 from gateway.domain.provinces import Province
 from gateway.domain.transfers import Transfer, TransferState
-from gateway.usecases.bindings import PROPOSAL_TYPE, expire_proposals
-from gateway.usecases.context import UseCaseContext
+from gateway.usecases.bindings import expire_proposals
+from gateway.usecases.context import StoredPayloadTypes, UseCaseContext
 from gateway.usecases.outbox_ports import Backoff, OutboxWork, SendResult
 from gateway.usecases.ports import UnitOfWork
-from gateway.usecases.settlements import FIGURES_TYPE
-from gateway.usecases.transfers import INSTRUCTION_TYPE, change_transfer_state, enqueue_outcome, return_unconfirmed
+from gateway.usecases.transfers import change_transfer_state, enqueue_outcome, return_unconfirmed
 
 DESTINATION_UNREACHABLE = "DESTINATION_UNREACHABLE"
 
 
-def _work_for(uow: UnitOfWork, message: OutboxMessage, province: Province) -> OutboxWork | None:
+def _work_for(uow: UnitOfWork, types: StoredPayloadTypes, message: OutboxMessage,
+              province: Province) -> OutboxWork | None:
     """What it takes to send `message`, as stored now: the transfer, binding or figures it is about."""
     endpoint, active, subject_id = province.endpoint, province.is_active, message.subject_id
     match message.content:
         case NotifySettlement():
-            statement = uow.settlements.statement(subject_id, message.destination, FIGURES_TYPE)
+            statement = uow.settlements.statement(subject_id, message.destination, types.figures)
             return None if statement is None else OutboxWork(message, endpoint, active, None, None,
                                                              figures=statement[0])
         case RequestConsent() | NotifyBindingOutcome():
             binding = uow.bindings.get(subject_id)
-            proposal = (uow.bindings.proposal_envelope(subject_id, PROPOSAL_TYPE)
+            proposal = (uow.bindings.proposal_envelope(subject_id, types.proposal)
                         if isinstance(message.content, RequestConsent) else None)
             return None if binding is None else OutboxWork(message, endpoint, active, None, proposal, binding)
         case DeliverTransfer() | NotifyTransferOutcome():
             transfer = uow.transfers.get(subject_id)
-            instruction = (uow.transfers.instruction_envelope(subject_id, INSTRUCTION_TYPE)
+            instruction = (uow.transfers.instruction_envelope(subject_id, types.instruction)
                            if isinstance(message.content, DeliverTransfer) else None)
             return None if transfer is None else OutboxWork(message, endpoint, active, transfer, instruction)
 
@@ -56,7 +56,7 @@ def claim_outbox_work(ctx: UseCaseContext, limit: int, lease: timedelta,
         work = []
         for message in messages:
             province = provinces.get(message.destination)
-            item = None if province is None else _work_for(uow, message, province)
+            item = None if province is None else _work_for(uow, ctx.stored_types, message, province)
             if item is None:
                 uow.outbox.mark_retry(message.id, now + lease, "UNKNOWN_SUBJECT_OR_DESTINATION")
                 continue

@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from gateway.domain import reasons
 from gateway.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from gateway.domain.provinces import (
     Policy,
@@ -48,7 +49,7 @@ def _validate(province: Province) -> None:
     validate_name(province.name, "province.name")
     validate_endpoint(province.endpoint, "province.endpoint")
     if not province.keys:
-        raise InvalidArgument("a province needs at least one signing key", reason="MISSING_FIELD",
+        raise InvalidArgument("a province needs at least one signing key", reason=reasons.MISSING_FIELD,
                               field="province.keys")
     for key in province.keys:
         validate_key(key, "province.keys")
@@ -60,17 +61,18 @@ def _check_key_ids_free(uow: UnitOfWork, code: str, keys: Sequence[ProvinceKey])
     for key in keys:
         owner = uow.provinces.key_owner(key.key_id)
         if key.key_id in seen or (owner is not None and owner[0] != code):
-            raise AlreadyExists("key_id is already registered", reason="KEY_ID_TAKEN", field="province.keys.key_id")
+            raise AlreadyExists("key_id is already registered",
+                                reason=reasons.KEY_ID_TAKEN, field="province.keys.key_id")
         seen.add(key.key_id)
 
 
 def require_active(province: Province | None, code: str, field: str) -> Province:
     """A province that may take part now: in the routing table and not suspended (stored refusals)."""
     if province is None:
-        raise FailedPrecondition(f"province {code} is not in the routing table", reason="UNKNOWN_PROVINCE",
+        raise FailedPrecondition(f"province {code} is not in the routing table", reason=reasons.UNKNOWN_PROVINCE,
                                  field=field)
     if not province.is_active:
-        raise FailedPrecondition(f"province {code} is suspended", reason="PROVINCE_SUSPENDED", field=field)
+        raise FailedPrecondition(f"province {code} is suspended", reason=reasons.PROVINCE_SUSPENDED, field=field)
     return province
 
 
@@ -81,7 +83,8 @@ def register_province(ctx: UseCaseContext, province: Province, actor: str) -> Pr
         uow.audit.act_as(actor)
         uow.provinces.lock()  # two operators registering one province: one succeeds, the other is told
         if uow.provinces.get(province.code) is not None:
-            raise AlreadyExists("the province is already registered", reason="PROVINCE_EXISTS", field="province.code")
+            raise AlreadyExists("the province is already registered",
+                                reason=reasons.PROVINCE_EXISTS, field="province.code")
         _check_key_ids_free(uow, province.code, province.keys)
         stored = dataclasses.replace(province, updated_at=ctx.clock.now())
         uow.provinces.add(stored)
@@ -96,16 +99,17 @@ def update_province(ctx: UseCaseContext, code: str, changes: ProvinceChanges, ac
         uow.provinces.lock()
         current = uow.provinces.get(code)
         if current is None:
-            raise NotFound("no such province", reason="PROVINCE_NOT_FOUND", field="code")
+            raise NotFound("no such province", reason=reasons.PROVINCE_NOT_FOUND, field="code")
         keys = {k.key_id: k for k in current.keys}
         for key_id in changes.retire_key_ids:
             if key_id not in keys:
-                raise NotFound("no such key for this province", reason="KEY_NOT_FOUND", field="retire_key_ids")
+                raise NotFound("no such key for this province", reason=reasons.KEY_NOT_FOUND, field="retire_key_ids")
             keys[key_id] = dataclasses.replace(keys[key_id], valid_until=now)
         for key in changes.add_keys:
             validate_key(key, "add_keys")
             if key.key_id in keys:
-                raise AlreadyExists("key_id is already registered", reason="KEY_ID_TAKEN", field="add_keys.key_id")
+                raise AlreadyExists("key_id is already registered",
+                                    reason=reasons.KEY_ID_TAKEN, field="add_keys.key_id")
         _check_key_ids_free(uow, code, changes.add_keys)
         keys.update({k.key_id: k for k in changes.add_keys})
         updated = dataclasses.replace(

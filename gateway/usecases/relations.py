@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 
+from gateway.domain import reasons
 from gateway.domain.clock import BEIJING
 from gateway.domain.eligibility import (
     MemberStatus,
@@ -20,12 +20,10 @@ from gateway.domain.errors import InvalidArgument, Unavailable
 from gateway.domain.provinces import PROVINCE_CODE, Province
 from gateway.domain.relations import RelationAnswer, RelationQuery, record_of
 from gateway.domain.transfers import PersonRef, validate_message_id
-from gateway.usecases.auth import authenticate
+from gateway.usecases.auth import PayloadDecoder, authenticate
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.ports import MemberDirectory, RunInDb
 from gateway.usecases.provinces import require_active
-
-RELATION_QUERY_TYPE = "gongji.v1.RelationQuery"
 
 
 async def ask_both(members: MemberDirectory, giver: tuple[Province, PersonRef], receiver: tuple[Province, PersonRef],
@@ -38,7 +36,7 @@ async def ask_both(members: MemberDirectory, giver: tuple[Province, PersonRef], 
         answer = await members.check_member(province, person)
         if answer is None:
             raise Unavailable(f"province {province.code} did not answer in time; retry with the same message_id",
-                              reason="PROVINCE_UNAVAILABLE")
+                              reason=reasons.PROVINCE_UNAVAILABLE)
         return answer
 
     giver_status, receiver_status = await asyncio.gather(status(*giver), status(*receiver))
@@ -54,17 +52,17 @@ class RelationCheck:
 
 
 def accept_relation_query(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
-                          decode: Callable[[bytes], RelationQuery]) -> RelationCheck:
+                          decode: PayloadDecoder[RelationQuery]) -> RelationCheck:
     """Authenticate the query and find both provinces; the rules themselves are judged afterwards."""
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        query = authenticate(uow, envelope, RELATION_QUERY_TYPE, decode, peer, now, ctx)
+        query = authenticate(uow, envelope, decode, peer, now, ctx)
         # Proven the asking province's own by now (signature, TLS caller): only its own queries spend its budget.
         ctx.admit_relation_query(query.header.sender)
         validate_message_id(query.header.message_id)
         if not PROVINCE_CODE.fullmatch(query.header.receiver):
             raise InvalidArgument("header.receiver must be the receiver's province code",
-                                  reason="INVALID_PROVINCE_CODE", field="header.receiver")
+                                  reason=reasons.INVALID_PROVINCE_CODE, field="header.receiver")
         return RelationCheck(query, require_active(uow.provinces.get(query.header.sender), query.header.sender,
                                             "header.sender"),
                              require_active(uow.provinces.get(query.header.receiver), query.header.receiver,
@@ -78,7 +76,7 @@ def record_relation_query(ctx: UseCaseContext, check: RelationCheck, answer: Rel
 
 
 async def verify_relation(ctx: UseCaseContext, run_in_db: RunInDb, envelope: Envelope, peer: str | None,
-                          decode: Callable[[bytes], RelationQuery]) -> list[Violation]:
+                          decode: PayloadDecoder[RelationQuery]) -> list[Violation]:
     """Every failed rule of D1-D6 for this pair (empty: eligible), as the asking province may hear them.
 
     Recorded (masked) before it is answered; changes nothing else.

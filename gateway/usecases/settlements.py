@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from gateway.domain import reasons
 from gateway.domain.clock import BEIJING
 from gateway.domain.envelope import Envelope
 from gateway.domain.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -27,14 +28,11 @@ from gateway.domain.settlement import (
     window_containing,
 )
 from gateway.domain.transfers import validate_message_id
-from gateway.usecases.auth import authenticate, require_addressed_to_gateway
+from gateway.usecases.auth import PayloadDecoder, authenticate, require_addressed_to_gateway
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.idempotency import payload_digest, run_once
 from gateway.usecases.ports import UnitOfWork
 
-QUERY_TYPE = "gongji.v1.SettlementQuery"
-ACKNOWLEDGEMENT_TYPE = "gongji.v1.SettlementAcknowledgement"
-FIGURES_TYPE = "gongji.v1.SettlementFigures"
 # Each closed window pushes commits one window on; no real history comes near this many in a row.
 MAX_WINDOW_HOPS = 1000
 MAX_PAGE_SIZE = 200
@@ -71,9 +69,9 @@ def _span_to_close(uow: UnitOfWork, policy: SettlementPolicy, window_id: str, no
     if uow.settlements.get(window_id) is None:
         if span != window_containing(span.opens_at, policy.period):
             raise InvalidArgument(f"windows are {policy.period.value}: {window_id} is not one",
-                                  reason="WINDOW_NOT_OF_PERIOD", field="window_id")
+                                  reason=reasons.WINDOW_NOT_OF_PERIOD, field="window_id")
         if span.opens_at > now:
-            raise FailedPrecondition("the window has not started yet", reason="WINDOW_NOT_STARTED",
+            raise FailedPrecondition("the window has not started yet", reason=reasons.WINDOW_NOT_STARTED,
                                      field="window_id")
     return span
 
@@ -117,7 +115,7 @@ def close_due_windows(ctx: UseCaseContext, limit: int = 10) -> list[str]:
 def window_not_found() -> NotFound:
     """For an unknown window and, to a province, for a closed one it has no figures in: it learns nothing of
     other provinces' settlements."""
-    return NotFound("no such settlement window", reason="SETTLEMENT_WINDOW_NOT_FOUND", field="window_id")
+    return NotFound("no such settlement window", reason=reasons.SETTLEMENT_WINDOW_NOT_FOUND, field="window_id")
 
 
 def get_window(ctx: UseCaseContext, window_id: str) -> SettlementWindow:
@@ -139,7 +137,7 @@ def list_windows(ctx: UseCaseContext, states: Sequence[WindowState], page_token:
                  page_size: int) -> WindowPage:
     """Windows newest first; the token is the last window id shown (ids sort as their dates)."""
     if not 0 <= page_size <= MAX_PAGE_SIZE:
-        raise InvalidArgument(f"page_size must be within 0..{MAX_PAGE_SIZE}", reason="INVALID_PAGE_SIZE",
+        raise InvalidArgument(f"page_size must be within 0..{MAX_PAGE_SIZE}", reason=reasons.INVALID_PAGE_SIZE,
                               field="page_size")
     if page_token:
         validate_window_id(page_token, "page_token")
@@ -162,10 +160,10 @@ class SettlementView:
 
 
 def get_settlement(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
-                   decode: Callable[[bytes], SettlementQuery]) -> SettlementView:
+                   decode: PayloadDecoder[SettlementQuery]) -> SettlementView:
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        query = authenticate(uow, envelope, QUERY_TYPE, decode, peer, now, ctx)
+        query = authenticate(uow, envelope, decode, peer, now, ctx)
         province = query.header.sender
         window_id = query.window_id
         if window_id:
@@ -173,14 +171,14 @@ def get_settlement(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
         else:
             window_id = uow.settlements.latest_statement_window(province) or ""
             if not window_id:
-                raise NotFound("no closed window concerns this province yet", reason="NO_CLOSED_WINDOW",
+                raise NotFound("no closed window concerns this province yet", reason=reasons.NO_CLOSED_WINDOW,
                                field="window_id")
         window = uow.settlements.get(window_id)
         if window is None:
             raise window_not_found()
         if window.state is WindowState.OPEN:
             return SettlementView(window_id, window.state, None, [])
-        statement = uow.settlements.statement(window_id, province, FIGURES_TYPE)
+        statement = uow.settlements.statement(window_id, province, ctx.stored_types.figures)
         if statement is None:
             raise window_not_found()
         return SettlementView(window_id, window.state, statement[0], window.acknowledged_by)
@@ -193,17 +191,18 @@ class AcknowledgementAnswer:
 
 
 def acknowledge_settlement(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
-                           decode: Callable[[bytes], SettlementAcknowledgement]) -> AcknowledgementAnswer:
+                           decode: PayloadDecoder[SettlementAcknowledgement]) -> AcknowledgementAnswer:
     """A province signs its agreement with its figures (digest must match); the last one makes it ACKNOWLEDGED."""
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        ack = authenticate(uow, envelope, ACKNOWLEDGEMENT_TYPE, decode, peer, now, ctx)
+        ack = authenticate(uow, envelope, decode, peer, now, ctx)
         header = ack.header
         require_addressed_to_gateway(header, "an acknowledgement")
         validate_message_id(header.message_id)  # the idempotency key: as bounded as every other message's
         validate_window_id(ack.window_id)
         if len(ack.figures_sha256) != 32:
-            raise InvalidArgument("figures_sha256 must be 32 bytes", reason="INVALID_DIGEST", field="figures_sha256")
+            raise InvalidArgument("figures_sha256 must be 32 bytes",
+                                  reason=reasons.INVALID_DIGEST, field="figures_sha256")
         digest = payload_digest(envelope.payload)
 
         def record() -> bytes:
@@ -211,23 +210,24 @@ def acknowledge_settlement(ctx: UseCaseContext, envelope: Envelope, peer: str | 
             if state is None:
                 raise window_not_found()
             if state is WindowState.OPEN:
-                raise FailedPrecondition("the window is still open", reason="WINDOW_NOT_CLOSED", field="window_id")
-            statement = uow.settlements.statement(ack.window_id, header.sender, FIGURES_TYPE)
+                raise FailedPrecondition("the window is still open",
+                                         reason=reasons.WINDOW_NOT_CLOSED, field="window_id")
+            statement = uow.settlements.statement(ack.window_id, header.sender, ctx.stored_types.figures)
             if statement is None:
                 raise window_not_found()
             if statement[1] != ack.figures_sha256:
                 raise FailedPrecondition("figures_sha256 does not match the figures the gateway sent",
-                                         reason="FIGURES_DIGEST_MISMATCH", field="figures_sha256")
+                                         reason=reasons.FIGURES_DIGEST_MISMATCH, field="figures_sha256")
             uow.settlements.acknowledge(ack.window_id, header.sender, now, header.message_id, envelope)
             if state is WindowState.CLOSED and uow.settlements.unacknowledged(ack.window_id) == 0:
                 uow.settlements.change_state(ack.window_id, WindowState.CLOSED, WindowState.ACKNOWLEDGED, now)
                 state = WindowState.ACKNOWLEDGED
             return ctx.receipts.issue(request_sender=header.sender, request_message_id=header.message_id,
-                                      request_sha256=digest, request_payload_type=ACKNOWLEDGEMENT_TYPE,
+                                      request_sha256=digest, request_payload_type=decode.type_name,
                                       subject_id=ack.window_id, state=state.value, at=now)
 
         with ctx.in_flight.hold(header.sender, header.message_id):
-            receipt, replay = run_once(uow, header.sender, header.message_id, ACKNOWLEDGEMENT_TYPE, digest, now,
+            receipt, replay = run_once(uow, header.sender, header.message_id, decode.type_name, digest, now,
                                        record)
     return AcknowledgementAnswer(receipt, replay)
 
@@ -255,7 +255,7 @@ def record_payment(ctx: UseCaseContext, window_id: str, inputs: Sequence[Payment
         payment = validate_payment(given.from_province, given.to_province, given.bank, given.serial_number,
                                    given.date, index, today)
         if any((p.from_province, p.to_province) == (payment.from_province, payment.to_province) for p in payments):
-            raise InvalidArgument("one payment per pair", reason="DUPLICATE_PAYMENT", field=f"payments[{index}]")
+            raise InvalidArgument("one payment per pair", reason=reasons.DUPLICATE_PAYMENT, field=f"payments[{index}]")
         payments.append(payment)
     with ctx.uow() as uow:
         uow.audit.act_as(actor)
@@ -265,7 +265,7 @@ def record_payment(ctx: UseCaseContext, window_id: str, inputs: Sequence[Payment
             raise window_not_found()
         if state in (WindowState.OPEN, WindowState.CLOSED):
             raise FailedPrecondition(f"the window is {state.value}: every province must acknowledge it first (D18)",
-                                     reason="WINDOW_NOT_ACKNOWLEDGED", field="window_id")
+                                     reason=reasons.WINDOW_NOT_ACKNOWLEDGED, field="window_id")
         pairs = {(p.from_province, p.to_province) for p in window.pairs}
         paid = {(p.from_province, p.to_province): p for p in window.payments}
         assert window.closed_at is not None
@@ -274,14 +274,15 @@ def record_payment(ctx: UseCaseContext, window_id: str, inputs: Sequence[Payment
             key = (payment.from_province, payment.to_province)
             if key not in pairs:
                 raise InvalidArgument(f"the window has no figure from {key[0]} to {key[1]}",
-                                      reason="PAIR_NOT_IN_WINDOW", field=f"payments[{index}]")
+                                      reason=reasons.PAIR_NOT_IN_WINDOW, field=f"payments[{index}]")
             if payment.paid_on < closed_on:
-                raise InvalidArgument("a payment cannot predate the window's figures", reason="INVALID_PAYMENT_DATE",
+                raise InvalidArgument("a payment cannot predate the window's figures",
+                                      reason=reasons.INVALID_PAYMENT_DATE,
                                       field=f"payments[{index}].date")
             if key in paid:
                 if paid[key] != payment:
                     raise FailedPrecondition("this pair's payment is already recorded with another reference",
-                                             reason="PAYMENT_ALREADY_RECORDED", field=f"payments[{index}]")
+                                             reason=reasons.PAYMENT_ALREADY_RECORDED, field=f"payments[{index}]")
                 continue
             uow.settlements.record_payment(window_id, payment, now)
             paid[key] = payment

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from gateway.domain import reasons
 from gateway.domain.bindings import Binding, BindingState
 from gateway.domain.clock import BEIJING
 from gateway.domain.envelope import Envelope
@@ -32,7 +32,7 @@ from gateway.domain.transfers import (
     validate_instruction,
     validate_message_id,
 )
-from gateway.usecases.auth import authenticate, require_addressed_to_gateway
+from gateway.usecases.auth import PayloadDecoder, authenticate, require_addressed_to_gateway
 from gateway.usecases.bindings import binding_not_found
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.handoff import as_decided, enqueue_transfer_message
@@ -40,11 +40,6 @@ from gateway.usecases.idempotency import payload_digest, run_once
 from gateway.usecases.ports import UnitOfWork
 from gateway.usecases.provinces import require_active
 from gateway.usecases.settlements import assign_to_open_window
-
-INSTRUCTION_TYPE = "gongji.v1.TransferInstruction"
-CONFIRMATION_TYPE = "gongji.v1.TransferConfirmation"
-QUERY_TYPE = "gongji.v1.TransferQuery"
-CONFIRMATION_DEADLINE_PASSED = "CONFIRMATION_DEADLINE_PASSED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +82,9 @@ def change_transfer_state(uow: UnitOfWork, transfer: Transfer, from_state: Trans
 def return_unconfirmed(ctx: UseCaseContext, uow: UnitOfWork, transfer: Transfer, now: datetime) -> bool:
     """D13: a DELIVERED transfer past its deadline is RETURNED, both provinces told; False if it already moved."""
     if not change_transfer_state(uow, transfer, TransferState.DELIVERED, TransferState.RETURNED,
-                                 CONFIRMATION_DEADLINE_PASSED, now):
+                                 reasons.CONFIRMATION_DEADLINE_PASSED, now):
         return False
-    enqueue_outcome(ctx, uow, transfer, TransferState.RETURNED, CONFIRMATION_DEADLINE_PASSED, now)
+    enqueue_outcome(ctx, uow, transfer, TransferState.RETURNED, reasons.CONFIRMATION_DEADLINE_PASSED, now)
     return True
 
 
@@ -103,7 +98,8 @@ def _suspended_party(uow: UnitOfWork, giver_ref: bytes, giver_province: str, rec
 
 
 def _settlement_suspended(role: str, field: str) -> FailedPrecondition:
-    return FailedPrecondition(f"the {role}'s networked settlement is suspended (D3)", reason="SETTLEMENT_SUSPENDED",
+    return FailedPrecondition(f"the {role}'s networked settlement is suspended (D3)",
+                              reason=reasons.SETTLEMENT_SUSPENDED,
                               field=field)
 
 
@@ -120,31 +116,32 @@ def _require_binding(uow: UnitOfWork, instruction: TransferInstruction, giver_re
         raise binding_not_found()
     if (binding.giver_ref, binding.receiver_ref, binding.giver_province, binding.receiver_province) != (
             giver_ref, receiver_ref, header.sender, header.receiver):
-        raise FailedPrecondition("the binding is not between this giver and this receiver", reason="BINDING_MISMATCH",
+        raise FailedPrecondition("the binding is not between this giver and this receiver",
+                                 reason=reasons.BINDING_MISMATCH,
                                  field="binding_id")
     if suspended := _suspended_party(uow, giver_ref, header.sender, receiver_ref, header.receiver):
         raise _settlement_suspended(suspended, f"{suspended}.id_number")
     if binding.state is not BindingState.ACTIVE:
-        raise FailedPrecondition(f"the binding is {binding.state.value}, not ACTIVE", reason="BINDING_NOT_ACTIVE",
+        raise FailedPrecondition(f"the binding is {binding.state.value}, not ACTIVE", reason=reasons.BINDING_NOT_ACTIVE,
                                  field="binding_id")
     return binding
 
 
 def transfer_not_found() -> NotFound:
     """For an unknown transfer and for other provinces' alike: a province learns nothing of transfers not its own."""
-    return NotFound("no such transfer", reason="TRANSFER_NOT_FOUND", field="transfer_id")
+    return NotFound("no such transfer", reason=reasons.TRANSFER_NOT_FOUND, field="transfer_id")
 
 
 def _transfer_id_taken() -> AlreadyExists:
     return AlreadyExists("this transfer_id is taken by another province's transfer; use a new id",
-                         reason="TRANSFER_ID_TAKEN", field="header.message_id")
+                         reason=reasons.TRANSFER_ID_TAKEN, field="header.message_id")
 
 
 def submit_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
-                    decode: Callable[[bytes], TransferInstruction]) -> ReceiptAnswer:
+                    decode: PayloadDecoder[TransferInstruction]) -> ReceiptAnswer:
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        instruction = authenticate(uow, envelope, INSTRUCTION_TYPE, decode, peer, now, ctx)
+        instruction = authenticate(uow, envelope, decode, peer, now, ctx)
         validate_instruction(instruction, today=now.astimezone(BEIJING).date())
         header = instruction.header
         transfer_id = header.message_id
@@ -194,19 +191,19 @@ def submit_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
             enqueue_transfer_message(ctx.handoff, uow, DeliverTransfer(), header.receiver,
                                      delivery_message_id(transfer_id), transfer, now, envelope)
             return ctx.receipts.issue(request_sender=header.sender, request_message_id=transfer_id,
-                                      request_sha256=digest, request_payload_type=INSTRUCTION_TYPE,
+                                      request_sha256=digest, request_payload_type=decode.type_name,
                                       subject_id=transfer_id, state=TransferState.RECEIVED.value, at=now)
 
         with ctx.in_flight.hold(header.sender, transfer_id):
-            receipt, replay = run_once(uow, header.sender, transfer_id, INSTRUCTION_TYPE, digest, now, accept)
+            receipt, replay = run_once(uow, header.sender, transfer_id, decode.type_name, digest, now, accept)
     return ReceiptAnswer(receipt, replay, transfer_id, TransferState.RECEIVED)
 
 
 def confirm_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
-                     decode: Callable[[bytes], TransferConfirmation]) -> ReceiptAnswer:
+                     decode: PayloadDecoder[TransferConfirmation]) -> ReceiptAnswer:
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        confirmation = authenticate(uow, envelope, CONFIRMATION_TYPE, decode, peer, now, ctx)
+        confirmation = authenticate(uow, envelope, decode, peer, now, ctx)
         validate_confirmation(confirmation)
         header = confirmation.header
         require_addressed_to_gateway(header, "a confirmation")
@@ -215,7 +212,7 @@ def confirm_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
             raise transfer_not_found()
         if header.sender != transfer.receiver_province:
             raise PermissionDenied("only the receiver's province may confirm a transfer (D14)",
-                                   reason="NOT_RECEIVER_PROVINCE", field="header.sender")
+                                   reason=reasons.NOT_RECEIVER_PROVINCE, field="header.sender")
         digest = payload_digest(envelope.payload)
         final = TransferState.COMMITTED if confirmation.decision is Decision.CREDITED else TransferState.DECLINED
         reason = confirmation.decline_reason if final is TransferState.DECLINED else ""
@@ -229,8 +226,8 @@ def confirm_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
             # the transfer (once) and is refused, however far behind the sweep is.
             if now >= transfer.return_deadline and return_unconfirmed(ctx, uow, transfer, now):
                 raise FailedPrecondition("the confirmation came after the transfer's deadline; the transfer has "
-                                         "been returned to the giver (D13)", reason=CONFIRMATION_DEADLINE_PASSED,
-                                         field="transfer_id")
+                                         "been returned to the giver (D13)",
+                                         reason=reasons.CONFIRMATION_DEADLINE_PASSED, field="transfer_id")
             # Money moves at the credit: a party suspended since the submission can no longer give or receive
             # (D3). The province may decline instead, or the transfer returns at its deadline.
             if (final is TransferState.COMMITTED and not transfer.state.is_final
@@ -241,24 +238,24 @@ def confirm_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                 current = uow.transfers.get(transfer.transfer_id)
                 state = (current or transfer).state.value
                 raise FailedPrecondition(f"the transfer is already {state} and cannot change",
-                                         reason="TRANSFER_ALREADY_FINAL", field="transfer_id")
+                                         reason=reasons.TRANSFER_ALREADY_FINAL, field="transfer_id")
             if final is TransferState.COMMITTED:
                 assign_to_open_window(uow, ctx.settlement, transfer.transfer_id, now)
             enqueue_outcome(ctx, uow, transfer, final, reason, now)
             return ctx.receipts.issue(request_sender=header.sender, request_message_id=header.message_id,
-                                      request_sha256=digest, request_payload_type=CONFIRMATION_TYPE,
+                                      request_sha256=digest, request_payload_type=decode.type_name,
                                       subject_id=transfer.transfer_id, state=final.value, at=now)
 
         with ctx.in_flight.hold(header.sender, header.message_id):
-            receipt, replay = run_once(uow, header.sender, header.message_id, CONFIRMATION_TYPE, digest, now, decide)
+            receipt, replay = run_once(uow, header.sender, header.message_id, decode.type_name, digest, now, decide)
     return ReceiptAnswer(receipt, replay, transfer.transfer_id, final)
 
 
 def get_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
-                 decode: Callable[[bytes], TransferQuery]) -> Transfer:
+                 decode: PayloadDecoder[TransferQuery]) -> Transfer:
     now = ctx.clock.now()
     with ctx.uow() as uow:
-        query = authenticate(uow, envelope, QUERY_TYPE, decode, peer, now, ctx)
+        query = authenticate(uow, envelope, decode, peer, now, ctx)
         require_addressed_to_gateway(query.header, "a transfer query")
         validate_message_id(query.transfer_id, field="transfer_id")
         transfer = uow.transfers.get(query.transfer_id, with_history=True)

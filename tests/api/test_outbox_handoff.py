@@ -11,8 +11,7 @@ from sqlalchemy import select, text
 from gateway.outbox_loop import OutboxSettings
 from gateway.store.tables import outbox_t
 from gateway.usecases.outbox_ports import Backoff, OutboxWork
-from gateway.usecases.transfers import INSTRUCTION_TYPE
-from protos.gongji.v1 import transfers_pb2
+from protos.gongji.v1 import payload_types, transfers_pb2
 from protos.stub.v1 import control_pb2
 from tests.support import GANSU, XINJIANG, LoopThread, Stack, start_stack, wait_until
 
@@ -68,7 +67,8 @@ def test_a_transfer_is_delivered_and_its_outcome_told_without_a_claim(stack: Sta
             assert stored is not None
             if work.message.kind.value == "DELIVER_TRANSFER":
                 assert work.message.destination == GANSU
-                assert work.instruction == uow.transfers.instruction_envelope(stored.transfer_id, INSTRUCTION_TYPE)
+                assert work.instruction == uow.transfers.instruction_envelope(stored.transfer_id,
+                                                                              payload_types.TRANSFER_INSTRUCTION)
                 assert work.transfer.state.value == "RECEIVED"
             else:
                 assert work.instruction is None

@@ -13,10 +13,9 @@ from typing import Any
 
 import grpc
 
-from protos.gongji.v1 import common_pb2, transfers_pb2
+from protos.gongji.v1 import common_pb2, payload_types, transfers_pb2
 from protos.stub.v1 import control_pb2, control_pb2_grpc
 from province_stub.client import (
-    CONFIRMATION_TYPE,
     build_instruction_envelope,
     confirmation_message_id,
     header,
@@ -343,7 +342,8 @@ class Confirmer(Platform):
         confirmation = transfers_pb2.TransferConfirmation(
             header=header(confirmation_message_id(transfer_id, False), GANSU, "gateway"), transfer_id=transfer_id,
             decision=transfers_pb2.CONFIRMATION_DECISION_CREDITED)
-        envelope = sign_envelope(self._key, GANSU, f"{GANSU}-k1", CONFIRMATION_TYPE, confirmation.SerializeToString())
+        envelope = sign_envelope(self._key, GANSU, f"{GANSU}-k1", payload_types.TRANSFER_CONFIRMATION,
+                                 confirmation.SerializeToString())
         return Message(transfer_id, transfers_pb2.ConfirmTransferRequest(confirmation=envelope).SerializeToString(),
                        envelope.payload)
 

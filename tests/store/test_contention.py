@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from gateway.app import STORED_PAYLOAD_TYPES
 from gateway.domain.clock import SystemClock
 from gateway.domain.errors import Contention
 from gateway.domain.settlement import SettlementPeriod, window_containing
@@ -25,7 +26,8 @@ def store_context(store: SqlStore) -> UseCaseContext:
         raise AssertionError("a store-only use case signed, hashed or verified")
 
     return UseCaseContext(uow=lambda: SqlUnitOfWork(store), clock=SystemClock(), receipts=unused,  # type: ignore[arg-type]
-                          hasher=unused, verify=unused, members=unused)  # type: ignore[arg-type]
+                          hasher=unused, verify=unused, members=unused,
+                          stored_types=STORED_PAYLOAD_TYPES)  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -142,35 +142,3 @@ def test_an_unexpected_exception_becomes_a_generic_internal(error: Exception) ->
         assert text not in shown
         assert "650502199001011230" not in shown
         assert "secret" not in shown
-
-
-def _error_classes() -> set[type[errors.GongjiError]]:
-    found: set[type[errors.GongjiError]] = set()
-    pending: list[type[errors.GongjiError]] = [errors.GongjiError]
-    while pending:
-        for sub in pending.pop().__subclasses__():
-            found.add(sub)
-            pending.append(sub)
-    return found
-
-
-def test_each_reason_has_one_status() -> None:
-    """A stable reason means one thing: the gateway never raises the same reason as two kinds of error
-    (which the table would send with two status codes)."""
-    from pathlib import Path
-
-    # Every construction of a gateway error with a reason (raised, or built by a helper and returned), by
-    # its class name, plain or qualified (`errors.Unavailable`); the reason spelled out or a module constant.
-    classes = "|".join(sorted({cls.__name__ for cls in _error_classes()}, key=len, reverse=True))
-    built = re.compile(rf"\b(?:errors\.)?({classes})\((?:[^()]|\([^()]*\))*?reason=(\"[A-Z_]+\"|[A-Z_]+\b)",
-                       re.DOTALL)
-    constant = re.compile(r"^([A-Z_]+) = \"([A-Z_]+)\"$", re.MULTILINE)
-    kinds: dict[str, set[str]] = {}
-    for source in (Path(__file__).parents[2] / "gateway").rglob("*.py"):
-        text = source.read_text(encoding="utf-8")
-        named = dict(constant.findall(text))  # reason=SOME_NAME, a module constant holding the reason
-        for kind, reason in built.findall(text):
-            kinds.setdefault(reason.strip('"') if reason.startswith('"') else named[reason], set()).add(kind)
-    assert {"SHUTTING_DOWN", "TRANSFER_ID_TAKEN", "BINDING_ID_TAKEN", "CONFIRMATION_DEADLINE_PASSED"} <= set(kinds)
-    assert len(kinds) > 40, "the scan should see the gateway's refusals"
-    assert {reason: sorted(k) for reason, k in kinds.items() if len(k) > 1} == {}
