@@ -7,8 +7,8 @@ from typing import NoReturn
 
 import grpc
 
+from protos.gongji.stub.v1 import control_pb2, control_pb2_grpc
 from protos.gongji.v1 import common_pb2, relations_pb2, settlements_pb2, transfers_pb2
-from protos.stub.v1 import control_pb2, control_pb2_grpc
 from province_stub.client import (
     DEFAULT_CONSENT_SECONDS,
     INSTRUCTION_TYPE,

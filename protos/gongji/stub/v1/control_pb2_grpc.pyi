@@ -7,11 +7,11 @@ read what it received.
 """
 
 from collections import abc as _abc
-from grpc import aio as _aio
+from protos.gongji.stub.v1 import control_pb2 as _control_pb2
 from protos.gongji.v1 import relations_pb2 as _relations_pb2
 from protos.gongji.v1 import settlements_pb2 as _settlements_pb2
 from protos.gongji.v1 import transfers_pb2 as _transfers_pb2
-from protos.stub.v1 import control_pb2 as _control_pb2
+from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
 import sys
