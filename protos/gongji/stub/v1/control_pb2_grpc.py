@@ -4,9 +4,6 @@ import grpc
 import warnings
 
 from protos.gongji.stub.v1 import control_pb2 as gongji_dot_stub_dot_v1_dot_control__pb2
-from protos.gongji.v1 import relations_pb2 as gongji_dot_v1_dot_relations__pb2
-from protos.gongji.v1 import settlements_pb2 as gongji_dot_v1_dot_settlements__pb2
-from protos.gongji.v1 import transfers_pb2 as gongji_dot_v1_dot_transfers__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -62,7 +59,7 @@ class StubControlStub:
         self.QueryTransfer = channel.unary_unary(
                 '/gongji.stub.v1.StubControl/QueryTransfer',
                 request_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.QueryTransferRequest.SerializeToString,
-                response_deserializer=gongji_dot_v1_dot_transfers__pb2.GetTransferResponse.FromString,
+                response_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.QueryTransferResponse.FromString,
                 _registered_method=True)
         self.Snapshot = channel.unary_unary(
                 '/gongji.stub.v1.StubControl/Snapshot',
@@ -92,7 +89,7 @@ class StubControlStub:
         self.QueryBinding = channel.unary_unary(
                 '/gongji.stub.v1.StubControl/QueryBinding',
                 request_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.QueryBindingRequest.SerializeToString,
-                response_deserializer=gongji_dot_v1_dot_relations__pb2.GetBindingResponse.FromString,
+                response_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.QueryBindingResponse.FromString,
                 _registered_method=True)
         self.AcknowledgeSettlement = channel.unary_unary(
                 '/gongji.stub.v1.StubControl/AcknowledgeSettlement',
@@ -102,7 +99,7 @@ class StubControlStub:
         self.QuerySettlement = channel.unary_unary(
                 '/gongji.stub.v1.StubControl/QuerySettlement',
                 request_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.QuerySettlementRequest.SerializeToString,
-                response_deserializer=gongji_dot_v1_dot_settlements__pb2.GetSettlementResponse.FromString,
+                response_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.QuerySettlementResponse.FromString,
                 _registered_method=True)
 
 
@@ -228,7 +225,7 @@ def add_StubControlServicer_to_server(servicer, server):
             'QueryTransfer': grpc.unary_unary_rpc_method_handler(
                     servicer.QueryTransfer,
                     request_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.QueryTransferRequest.FromString,
-                    response_serializer=gongji_dot_v1_dot_transfers__pb2.GetTransferResponse.SerializeToString,
+                    response_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.QueryTransferResponse.SerializeToString,
             ),
             'Snapshot': grpc.unary_unary_rpc_method_handler(
                     servicer.Snapshot,
@@ -258,7 +255,7 @@ def add_StubControlServicer_to_server(servicer, server):
             'QueryBinding': grpc.unary_unary_rpc_method_handler(
                     servicer.QueryBinding,
                     request_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.QueryBindingRequest.FromString,
-                    response_serializer=gongji_dot_v1_dot_relations__pb2.GetBindingResponse.SerializeToString,
+                    response_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.QueryBindingResponse.SerializeToString,
             ),
             'AcknowledgeSettlement': grpc.unary_unary_rpc_method_handler(
                     servicer.AcknowledgeSettlement,
@@ -268,7 +265,7 @@ def add_StubControlServicer_to_server(servicer, server):
             'QuerySettlement': grpc.unary_unary_rpc_method_handler(
                     servicer.QuerySettlement,
                     request_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.QuerySettlementRequest.FromString,
-                    response_serializer=gongji_dot_v1_dot_settlements__pb2.GetSettlementResponse.SerializeToString,
+                    response_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.QuerySettlementResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -407,7 +404,7 @@ class StubControl:
             target,
             '/gongji.stub.v1.StubControl/QueryTransfer',
             gongji_dot_stub_dot_v1_dot_control__pb2.QueryTransferRequest.SerializeToString,
-            gongji_dot_v1_dot_transfers__pb2.GetTransferResponse.FromString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.QueryTransferResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -569,7 +566,7 @@ class StubControl:
             target,
             '/gongji.stub.v1.StubControl/QueryBinding',
             gongji_dot_stub_dot_v1_dot_control__pb2.QueryBindingRequest.SerializeToString,
-            gongji_dot_v1_dot_relations__pb2.GetBindingResponse.FromString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.QueryBindingResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -623,7 +620,7 @@ class StubControl:
             target,
             '/gongji.stub.v1.StubControl/QuerySettlement',
             gongji_dot_stub_dot_v1_dot_control__pb2.QuerySettlementRequest.SerializeToString,
-            gongji_dot_v1_dot_settlements__pb2.GetSettlementResponse.FromString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.QuerySettlementResponse.FromString,
             options,
             channel_credentials,
             insecure,
