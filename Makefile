@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 BUF := tools/node_modules/.bin/buf
 TOOLS_STAMP := tools/node_modules/.installed-stamp
 
-.PHONY: setup tools run test test-browser test-crash demo bench protos protos-check lint migration clean
+.PHONY: setup tools run test test-browser test-crash demo bench protos protos-check protos-breaking lint migration clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,10 @@ protos: setup
 
 protos-check: setup
 	bash scripts/check_protos.sh
+
+## buf breaking: the protos keep what the previous commit's protos promised (skipped where that commit has no buf.yaml).
+protos-breaking: tools
+	bash scripts/check_breaking.sh
 
 lint: setup tools
 	$(VENV)/bin/ruff check .
