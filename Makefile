@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+BUF := tools/node_modules/.bin/buf
+TOOLS_STAMP := tools/node_modules/.installed-stamp
 
-.PHONY: setup run test test-browser test-crash demo bench protos protos-check errors-doc lint migration clean
+.PHONY: setup tools run test test-browser test-crash demo bench protos protos-check protos-breaking errors-doc lint migration clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -12,6 +14,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# npm ci installs exactly what tools/package-lock.json pins; the package ships buf's binary, no install script needed.
+$(TOOLS_STAMP): tools/package.json tools/package-lock.json
+	cd tools && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $(TOOLS_STAMP)
+
+## The protos' command-line tools, pinned in tools/package-lock.json: buf (lint, breaking changes).
+tools: $(TOOLS_STAMP)
 
 ## Serve the gateway (127.0.0.1:50051, operators on :50052) and two stub provinces (650000 on :50061, 620000 on :50062).
 run: setup
@@ -51,9 +61,14 @@ protos-check: setup
 errors-doc: setup
 	$(PY) -m scripts.errors_doc
 
-lint: setup
+## buf breaking: the protos keep what the previous commit's protos promised (skipped where that commit has no buf.yaml).
+protos-breaking: tools
+	bash scripts/check_breaking.sh
+
+lint: setup tools
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(BUF) lint
 	$(PY) -m scripts.errors_doc --check
 
 ## A new schema migration from what gateway/store/tables/ adds to head: make migration m="what it changes".

@@ -13,8 +13,8 @@ from pathlib import Path
 import grpc.aio
 
 from bench.procs import BenchError
+from protos.gongji.stub.v1 import control_pb2, control_pb2_grpc
 from protos.gongji.v1 import transfers_pb2
-from protos.stub.v1 import control_pb2, control_pb2_grpc
 
 COMMITTED = transfers_pb2.TRANSFER_STATE_COMMITTED
 # A snapshot of tens of thousands of transfers exceeds gRPC's default 4 MiB message limit.

@@ -17,8 +17,8 @@ from bench.load import Call, Phase, UnaryTarget, drive, percentile
 from bench.procs import BenchError
 from bench.relays import RELAY_SETTLE_S, relay_phase
 from bench.transfers import GANSU, GIVER, RECEIVER, SUBMIT_METHOD, XINJIANG, TransferSource
+from protos.gongji.stub.v1 import control_pb2, control_pb2_grpc
 from protos.gongji.v1 import operations_pb2, operations_pb2_grpc, relations_pb2, transfers_pb2
-from protos.stub.v1 import control_pb2, control_pb2_grpc
 
 if TYPE_CHECKING:
     from bench.run import CpuMeter, Options, Stack

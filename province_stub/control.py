@@ -7,8 +7,8 @@ from typing import NoReturn
 
 import grpc
 
-from protos.gongji.v1 import common_pb2, payload_types, relations_pb2, settlements_pb2, transfers_pb2
-from protos.stub.v1 import control_pb2, control_pb2_grpc
+from protos.gongji.stub.v1 import control_pb2, control_pb2_grpc
+from protos.gongji.v1 import common_pb2, payload_types, relations_pb2, transfers_pb2
 from province_stub.client import (
     DEFAULT_CONSENT_SECONDS,
     STATUS_DETAILS_KEY,
@@ -152,10 +152,10 @@ class StubControl(control_pb2_grpc.StubControlServicer):
 
     async def QueryTransfer(
         self, request: control_pb2.QueryTransferRequest, context: Context
-    ) -> transfers_pb2.GetTransferResponse:
+    ) -> control_pb2.QueryTransferResponse:
         result = await self._client.get_transfer(request.transfer_id)
         if result.response is not None:
-            return result.response
+            return control_pb2.QueryTransferResponse(transfer=result.response.transfer)
         await _abort_as_gateway(context, result.status)
 
     async def Snapshot(
@@ -245,10 +245,10 @@ class StubControl(control_pb2_grpc.StubControlServicer):
 
     async def QueryBinding(
         self, request: control_pb2.QueryBindingRequest, context: Context
-    ) -> relations_pb2.GetBindingResponse:
+    ) -> control_pb2.QueryBindingResponse:
         result = await self._client.get_binding(request.binding_id)
         if result.response is not None:
-            return result.response
+            return control_pb2.QueryBindingResponse(binding=result.response.binding)
         await _abort_as_gateway(context, result.status)
 
     async def AcknowledgeSettlement(
@@ -263,8 +263,11 @@ class StubControl(control_pb2_grpc.StubControlServicer):
 
     async def QuerySettlement(
         self, request: control_pb2.QuerySettlementRequest, context: Context
-    ) -> settlements_pb2.GetSettlementResponse:
+    ) -> control_pb2.QuerySettlementResponse:
         result = await self._client.get_settlement(request.window_id)
         if result.response is not None:
-            return result.response
+            answer = result.response
+            return control_pb2.QuerySettlementResponse(
+                state=answer.state, figures=answer.figures, acknowledged_by=answer.acknowledged_by
+            )
         await _abort_as_gateway(context, result.status)

@@ -17,8 +17,8 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from protos.gongji.stub.v1 import control_pb2, control_pb2_grpc
 from protos.gongji.v1 import province_pb2, province_pb2_grpc
-from protos.stub.v1 import control_pb2, control_pb2_grpc
 from province_stub.callers import CallerGate, is_gateway, is_operator
 from province_stub.client import DEFAULT_DEADLINE_S, GatewayClient
 from province_stub.confirmer import Confirmer

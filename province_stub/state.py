@@ -6,8 +6,8 @@ import dataclasses
 import enum
 from dataclasses import dataclass, field
 
+from protos.gongji.stub.v1 import control_pb2
 from protos.gongji.v1 import common_pb2, relations_pb2, transfers_pb2
-from protos.stub.v1 import control_pb2
 
 
 class ConfirmMode(enum.Enum):

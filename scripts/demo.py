@@ -24,8 +24,8 @@ from gateway.addresses import DEFAULT_OPS_LISTEN
 from gateway.domain.clock import BEIJING
 from gateway.domain.identity import mask_id_number
 from gateway.security.tls import GATEWAY_DNS, province_dns
+from protos.gongji.stub.v1 import control_pb2, control_pb2_grpc
 from protos.gongji.v1 import operations_pb2, operations_pb2_grpc, relations_pb2, settlements_pb2, transfers_pb2
-from protos.stub.v1 import control_pb2, control_pb2_grpc
 from scripts.devtls import channel_as
 
 # The stubs' control services (make run puts them on loopback ports of their own, beside their inboxes).

@@ -9,8 +9,15 @@ OUT=${1:-.}
 if [ "$OUT" = "." ]; then
   find protos \( -name '*_pb2*.py' -o -name '*_pb2*.pyi' \) -delete
 fi
-mkdir -p "$OUT"
-"$PY" -m grpc_tools.protoc -I . \
-  --python_out="$OUT" --grpc_python_out="$OUT" \
-  --mypy_out=quiet:"$OUT" --mypy_grpc_out=quiet:"$OUT" \
-  $(find protos -name '*.proto' | sort)
+mkdir -p "$OUT/protos"
+# The module root is protos/ (imports read "gongji/v1/..."), as buf and other languages' compilers see it.
+mapfile -t files < <(cd protos && find . -name '*.proto' | sed 's|^\./||' | sort)
+"$PY" -m grpc_tools.protoc -I protos \
+  --python_out="$OUT/protos" --grpc_python_out="$OUT/protos" \
+  --mypy_out=quiet:"$OUT/protos" --mypy_grpc_out=quiet:"$OUT/protos" \
+  "${files[@]}"
+# protoc names our modules after the module root (gongji.v1.x_pb2); in Python they live in the protos package.
+# Prefix the imports of our own modules, and the module name the message classes report, with "protos.".
+find "$OUT/protos" \( -name '*_pb2*.py' -o -name '*_pb2*.pyi' \) -exec sed -i -E \
+  -e 's/^(from|import) gongji\./\1 protos.gongji./' \
+  -e "s/'(gongji\.[A-Za-z0-9_.]+_pb2)'/'protos.\1'/" {} +

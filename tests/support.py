@@ -31,6 +31,7 @@ from gateway.security.signing import EnvelopeSigner, verify_signature
 from gateway.security.tls import GATEWAY_DNS, province_dns
 from gateway.usecases.outbox_ports import Backoff
 from gateway.wire import envelope_to_proto
+from protos.gongji.stub.v1 import control_pb2, control_pb2_grpc
 from protos.gongji.v1 import (
     common_pb2,
     keys_pb2,
@@ -42,7 +43,6 @@ from protos.gongji.v1 import (
     transfers_pb2,
     transfers_pb2_grpc,
 )
-from protos.stub.v1 import control_pb2, control_pb2_grpc
 from province_stub.server import RunningStub, StubConfig, start_stub
 from province_stub.state import Behaviour, ConfirmMode
 from scripts.devtls import DevCa, channel_as, ensure_dev_pki

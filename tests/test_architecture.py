@@ -279,6 +279,12 @@ def test_province_stub_never_imports_the_gateway() -> None:
     assert found == []
 
 
+def test_the_gateway_never_imports_the_stubs_test_control() -> None:
+    # gongji.stub.v1 steers the stub provinces in tests: it sits beside the contract's protos but is no part of it.
+    found = violations(in_package("gateway"), lambda name: within(name, ["protos.gongji.stub"]))
+    assert found == []
+
+
 def test_provinces_keep_the_outbound_client_only() -> None:
     # The outbox loop is a driver beside app.py (gateway/outbox_loop.py); the client sends what it is handed.
     assert {m.name for m in in_package("gateway.provinces")} == {"gateway.provinces", "gateway.provinces.client"}

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.security.keys import public_bytes
 from gateway.security.signing import EnvelopeSigner
+from protos.gongji.stub.v1 import control_pb2
 from protos.gongji.v1 import operations_pb2, relations_pb2
-from protos.stub.v1 import control_pb2
 from tests.support import GANSU, GIVER, MOTHER, XINJIANG, Stack, error_of, error_seen, register, wait_until
 
 R = relations_pb2

@@ -23,8 +23,8 @@ from gateway.cli.output import add_row, console, csv_text, err_console, field_gr
 from gateway.cli.provinces import load_public_key
 from gateway.cli.settlement import write_csv
 from gateway.domain.clock import BEIJING
+from protos.gongji.stub.v1 import control_pb2
 from protos.gongji.v1 import operations_pb2, settlements_pb2, transfers_pb2
-from protos.stub.v1 import control_pb2
 from tests.support import GANSU, XINJIANG, Stack, register, wait_until
 
 runner = CliRunner()

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from protos.gongji.stub.v1 import control_pb2
 from protos.gongji.v1 import (
     common_pb2,
     relations_pb2,
@@ -14,7 +15,6 @@ from protos.gongji.v1 import (
     transfers_pb2,
 )
 from protos.gongji.v1 import operations_pb2 as W
-from protos.stub.v1 import control_pb2
 from tests.support import GANSU, MOTHER, XINJIANG, Stack, error_of, ts, unique_id, wait_until
 
 SHAANXI = "610000"  # registered, with keys and a stub of its own, party to none of what the test makes

@@ -11,8 +11,8 @@ from sqlalchemy import select, text
 from gateway.outbox_loop import OutboxSettings
 from gateway.store.tables import outbox_t
 from gateway.usecases.outbox_ports import Backoff, OutboxWork
+from protos.gongji.stub.v1 import control_pb2
 from protos.gongji.v1 import payload_types, transfers_pb2
-from protos.stub.v1 import control_pb2
 from tests.support import GANSU, XINJIANG, LoopThread, Stack, start_stack, wait_until
 
 COMMITTED, DECLINED = transfers_pb2.TRANSFER_STATE_COMMITTED, transfers_pb2.TRANSFER_STATE_DECLINED

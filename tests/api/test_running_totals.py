@@ -7,8 +7,8 @@ from typer.testing import CliRunner
 
 from gateway.cli import app
 from gateway.usecases.monitoring import recount_totals
+from protos.gongji.stub.v1 import control_pb2
 from protos.gongji.v1 import operations_pb2, transfers_pb2
-from protos.stub.v1 import control_pb2
 from tests.support import GANSU, XINJIANG, Stack
 
 T = transfers_pb2

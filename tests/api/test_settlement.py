@@ -12,8 +12,8 @@ from sqlalchemy import text
 from gateway.domain.clock import BEIJING
 from gateway.domain.envelope import Envelope
 from gateway.security.signing import verify_signature
+from protos.gongji.stub.v1 import control_pb2
 from protos.gongji.v1 import common_pb2, operations_pb2, settlements_pb2, settlements_pb2_grpc, transfers_pb2
-from protos.stub.v1 import control_pb2
 from tests.support import GANSU, GIVER, MOTHER, XINJIANG, Stack, error_of, ts, unique_id, wait_until
 
 SHAANXI = "610000"

@@ -22,8 +22,8 @@ from gateway.security.keys import load_private_key
 from gateway.security.signing import EnvelopeSigner
 from gateway.usecases.outbox_ports import Backoff
 from gateway.wire import envelope_to_proto
+from protos.gongji.stub.v1 import control_pb2
 from protos.gongji.v1 import common_pb2, province_pb2, province_pb2_grpc, transfers_pb2
-from protos.stub.v1 import control_pb2
 from tests.support import GANSU, GIVER, MOTHER, XINJIANG, LoopThread, Stack, start_stack, ts, unique_id, wait_until
 
 LIST_GATEWAY_KEYS = "/gongji.v1.GatewayKeys/ListGatewayKeys"

@@ -21,6 +21,7 @@ from gateway.security.keys import load_private_key
 from gateway.security.signing import EnvelopeSigner
 from gateway.security.tls import province_dns
 from gateway.wire import envelope_to_proto
+from protos.gongji.stub.v1 import control_pb2, control_pb2_grpc
 from protos.gongji.v1 import (
     common_pb2,
     province_pb2,
@@ -29,7 +30,6 @@ from protos.gongji.v1 import (
     settlements_pb2,
     transfers_pb2,
 )
-from protos.stub.v1 import control_pb2, control_pb2_grpc
 from scripts.devtls import DevCa
 from tests.support import (
     GANSU,

@@ -13,8 +13,8 @@ from sqlalchemy import text
 from gateway.domain.clock import BEIJING
 from gateway.outbox_loop import OutboxSettings
 from gateway.usecases.outbox_ports import Backoff
+from protos.gongji.stub.v1 import control_pb2
 from protos.gongji.v1 import common_pb2, operations_pb2, relations_pb2, transfers_pb2
-from protos.stub.v1 import control_pb2
 from tests.support import (
     GANSU,
     GIVER,

@@ -18,8 +18,8 @@ from gateway.security.keys import public_bytes
 from gateway.security.signing import EnvelopeSigner
 from gateway.usecases.outbox_ports import Backoff
 from gateway.wire import envelope_to_proto
+from protos.gongji.stub.v1 import control_pb2
 from protos.gongji.v1 import common_pb2, operations_pb2, transfers_pb2
-from protos.stub.v1 import control_pb2
 from province_stub.state import Behaviour, ConfirmMode
 from tests.support import (
     GANSU,

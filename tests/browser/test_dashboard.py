@@ -20,8 +20,8 @@ from sqlalchemy import text
 
 from gateway.domain.clock import BEIJING
 from gateway.security.keys import ensure_key_pair, public_bytes
+from protos.gongji.stub.v1 import control_pb2
 from protos.gongji.v1 import operations_pb2, transfers_pb2
-from protos.stub.v1 import control_pb2
 from tests.support import CLEAR_PERSONAL_DATA, GANSU, XINJIANG, LoopThread, Stack, register, start_stack
 
 T = TypeVar("T")

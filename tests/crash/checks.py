@@ -25,8 +25,8 @@ from gateway.store.engine import make_engine
 from gateway.store.unit_of_work import SqlStore
 from gateway.usecases.audit import verify_audit
 from gateway.usecases.monitoring import recount_totals
+from protos.gongji.stub.v1 import control_pb2
 from protos.gongji.v1 import transfers_pb2
-from protos.stub.v1 import control_pb2
 from scripts.launcher import GANSU, ROOT, XINJIANG
 from tests.crash.harness import Deployment
 

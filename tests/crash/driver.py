@@ -13,8 +13,8 @@ from typing import Any
 
 import grpc
 
+from protos.gongji.stub.v1 import control_pb2, control_pb2_grpc
 from protos.gongji.v1 import common_pb2, payload_types, transfers_pb2
-from protos.stub.v1 import control_pb2, control_pb2_grpc
 from province_stub.client import (
     build_instruction_envelope,
     confirmation_message_id,

@@ -8,8 +8,8 @@ import socket
 import struct
 import threading
 
+from protos.gongji.stub.v1 import control_pb2, control_pb2_grpc
 from protos.gongji.v1 import relations_pb2
-from protos.stub.v1 import control_pb2, control_pb2_grpc
 from scripts.launcher import GANSU, READY_TIMEOUT_S, XINJIANG, Proc, Stack, wait_until
 
 # The seeds' pair: a Hami employee giving to his mother insured in Lanzhou (as bench/transfers.py).

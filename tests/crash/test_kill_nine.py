@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from protos.stub.v1 import control_pb2
+from protos.gongji.stub.v1 import control_pb2
 from tests.crash.checks import DbView, account, settle, snapshots, verify_audit_chain
 from tests.crash.driver import Confirmer, Driver, Platform, in_flight, pause_all
 from tests.crash.harness import GANSU, Deployment, start_deployment

@@ -20,8 +20,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.security.tls import province_dns
+from protos.gongji.stub.v1 import control_pb2, control_pb2_grpc
 from protos.gongji.v1 import province_pb2, province_pb2_grpc
-from protos.stub.v1 import control_pb2, control_pb2_grpc
 from scripts.devtls import channel_as
 
 ROOT = Path(__file__).resolve().parents[2]

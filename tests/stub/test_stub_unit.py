@@ -26,6 +26,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from protos.gongji.stub.v1 import control_pb2, control_pb2_grpc
 from protos.gongji.v1 import (
     common_pb2,
     keys_pb2,
@@ -37,7 +38,6 @@ from protos.gongji.v1 import (
     transfers_pb2,
     transfers_pb2_grpc,
 )
-from protos.stub.v1 import control_pb2, control_pb2_grpc
 from province_stub import Behaviour, ConfirmMode, ConsentMode, StubConfig, start_stub
 from province_stub.__main__ import parse_args
 from province_stub.consent import age_on, attestation_for_age

@@ -11,8 +11,8 @@ from bench.load import Call, Phase
 from bench.phases import PHASES, lifecycle
 from bench.report import ratios
 from bench.run import Options
+from protos.gongji.stub.v1 import control_pb2
 from protos.gongji.v1 import transfers_pb2
-from protos.stub.v1 import control_pb2
 
 COMMITTED = transfers_pb2.TRANSFER_STATE_COMMITTED
 

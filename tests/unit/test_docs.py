@@ -319,13 +319,14 @@ def test_every_link_reaches_a_file_and_a_heading(document: Path) -> None:
 def test_the_compile_recipe_names_every_contract_proto_and_compiles(tmp_path: Path) -> None:
     recipe = re.search(r"```sh\n(protoc .*?)```", text(CONTRACT), re.DOTALL)
     assert recipe is not None
-    named = re.findall(r"protos/gongji/v1/\w+\.proto", recipe.group(1))
-    assert sorted(named) == sorted(str(p.relative_to(ROOT)) for p in (ROOT / "protos/gongji/v1").glob("*.proto"))
+    named = re.findall(r"gongji/v1/\w+\.proto", recipe.group(1))
+    protos = ROOT / "protos"
+    assert sorted(named) == sorted(str(p.relative_to(protos)) for p in (protos / "gongji/v1").glob("*.proto"))
     standard = importlib.resources.files("grpc_tools") / "_proto"
     googleapis = Path(status_proto_folder())
     out = tmp_path / "contract.pb"
-    argv = ["protoc", "-I", str(ROOT), "-I", str(standard), "-I", str(googleapis),
-            f"--descriptor_set_out={out}", *(str(ROOT / n) for n in named),
+    argv = ["protoc", "-I", str(protos), "-I", str(standard), "-I", str(googleapis),
+            f"--descriptor_set_out={out}", *(str(protos / n) for n in named),
             str(googleapis / "google/rpc/status.proto"), str(googleapis / "google/rpc/error_details.proto")]
     assert protoc.main(argv) == 0
     assert out.stat().st_size > 0

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protos.gongji.v1 import keys_pb2 as protos_dot_gongji_dot_v1_dot_keys__pb2
+from protos.gongji.v1 import keys_pb2 as gongji_dot_v1_dot_keys__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in protos/gongji/v1/keys_pb2_grpc.py depends on'
+        + ' but the generated code in gongji/v1/keys_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,8 +37,8 @@ class GatewayKeysStub:
         """
         self.ListGatewayKeys = channel.unary_unary(
                 '/gongji.v1.GatewayKeys/ListGatewayKeys',
-                request_serializer=protos_dot_gongji_dot_v1_dot_keys__pb2.ListGatewayKeysRequest.SerializeToString,
-                response_deserializer=protos_dot_gongji_dot_v1_dot_keys__pb2.ListGatewayKeysResponse.FromString,
+                request_serializer=gongji_dot_v1_dot_keys__pb2.ListGatewayKeysRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_keys__pb2.ListGatewayKeysResponse.FromString,
                 _registered_method=True)
 
 
@@ -58,8 +58,8 @@ def add_GatewayKeysServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ListGatewayKeys': grpc.unary_unary_rpc_method_handler(
                     servicer.ListGatewayKeys,
-                    request_deserializer=protos_dot_gongji_dot_v1_dot_keys__pb2.ListGatewayKeysRequest.FromString,
-                    response_serializer=protos_dot_gongji_dot_v1_dot_keys__pb2.ListGatewayKeysResponse.SerializeToString,
+                    request_deserializer=gongji_dot_v1_dot_keys__pb2.ListGatewayKeysRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_keys__pb2.ListGatewayKeysResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -88,8 +88,8 @@ class GatewayKeys:
             request,
             target,
             '/gongji.v1.GatewayKeys/ListGatewayKeys',
-            protos_dot_gongji_dot_v1_dot_keys__pb2.ListGatewayKeysRequest.SerializeToString,
-            protos_dot_gongji_dot_v1_dot_keys__pb2.ListGatewayKeysResponse.FromString,
+            gongji_dot_v1_dot_keys__pb2.ListGatewayKeysRequest.SerializeToString,
+            gongji_dot_v1_dot_keys__pb2.ListGatewayKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,8 +6,8 @@ The gateway's own signing keys, so provinces can verify what it signs across a k
 """
 
 from collections import abc as _abc
-from grpc import aio as _aio
 from protos.gongji.v1 import keys_pb2 as _keys_pb2
+from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
 import sys

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protos.gongji.v1 import operations_pb2 as protos_dot_gongji_dot_v1_dot_operations__pb2
+from protos.gongji.v1 import operations_pb2 as gongji_dot_v1_dot_operations__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in protos/gongji/v1/operations_pb2_grpc.py depends on'
+        + ' but the generated code in gongji/v1/operations_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,58 +37,58 @@ class OperationsStub:
         """
         self.RegisterProvince = channel.unary_unary(
                 '/gongji.v1.Operations/RegisterProvince',
-                request_serializer=protos_dot_gongji_dot_v1_dot_operations__pb2.RegisterProvinceRequest.SerializeToString,
-                response_deserializer=protos_dot_gongji_dot_v1_dot_operations__pb2.RegisterProvinceResponse.FromString,
+                request_serializer=gongji_dot_v1_dot_operations__pb2.RegisterProvinceRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_operations__pb2.RegisterProvinceResponse.FromString,
                 _registered_method=True)
         self.UpdateProvince = channel.unary_unary(
                 '/gongji.v1.Operations/UpdateProvince',
-                request_serializer=protos_dot_gongji_dot_v1_dot_operations__pb2.UpdateProvinceRequest.SerializeToString,
-                response_deserializer=protos_dot_gongji_dot_v1_dot_operations__pb2.UpdateProvinceResponse.FromString,
+                request_serializer=gongji_dot_v1_dot_operations__pb2.UpdateProvinceRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_operations__pb2.UpdateProvinceResponse.FromString,
                 _registered_method=True)
         self.ListProvinces = channel.unary_unary(
                 '/gongji.v1.Operations/ListProvinces',
-                request_serializer=protos_dot_gongji_dot_v1_dot_operations__pb2.ListProvincesRequest.SerializeToString,
-                response_deserializer=protos_dot_gongji_dot_v1_dot_operations__pb2.ListProvincesResponse.FromString,
+                request_serializer=gongji_dot_v1_dot_operations__pb2.ListProvincesRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_operations__pb2.ListProvincesResponse.FromString,
                 _registered_method=True)
         self.ListTransfers = channel.unary_unary(
                 '/gongji.v1.Operations/ListTransfers',
-                request_serializer=protos_dot_gongji_dot_v1_dot_operations__pb2.ListTransfersRequest.SerializeToString,
-                response_deserializer=protos_dot_gongji_dot_v1_dot_operations__pb2.ListTransfersResponse.FromString,
+                request_serializer=gongji_dot_v1_dot_operations__pb2.ListTransfersRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_operations__pb2.ListTransfersResponse.FromString,
                 _registered_method=True)
         self.WatchTransfers = channel.unary_stream(
                 '/gongji.v1.Operations/WatchTransfers',
-                request_serializer=protos_dot_gongji_dot_v1_dot_operations__pb2.WatchTransfersRequest.SerializeToString,
-                response_deserializer=protos_dot_gongji_dot_v1_dot_operations__pb2.TransferChange.FromString,
+                request_serializer=gongji_dot_v1_dot_operations__pb2.WatchTransfersRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_operations__pb2.TransferChange.FromString,
                 _registered_method=True)
         self.GetStats = channel.unary_unary(
                 '/gongji.v1.Operations/GetStats',
-                request_serializer=protos_dot_gongji_dot_v1_dot_operations__pb2.GetStatsRequest.SerializeToString,
-                response_deserializer=protos_dot_gongji_dot_v1_dot_operations__pb2.GetStatsResponse.FromString,
+                request_serializer=gongji_dot_v1_dot_operations__pb2.GetStatsRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_operations__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
         self.CloseSettlementWindow = channel.unary_unary(
                 '/gongji.v1.Operations/CloseSettlementWindow',
-                request_serializer=protos_dot_gongji_dot_v1_dot_operations__pb2.CloseSettlementWindowRequest.SerializeToString,
-                response_deserializer=protos_dot_gongji_dot_v1_dot_operations__pb2.CloseSettlementWindowResponse.FromString,
+                request_serializer=gongji_dot_v1_dot_operations__pb2.CloseSettlementWindowRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_operations__pb2.CloseSettlementWindowResponse.FromString,
                 _registered_method=True)
         self.RecordSettlementPayment = channel.unary_unary(
                 '/gongji.v1.Operations/RecordSettlementPayment',
-                request_serializer=protos_dot_gongji_dot_v1_dot_operations__pb2.RecordSettlementPaymentRequest.SerializeToString,
-                response_deserializer=protos_dot_gongji_dot_v1_dot_operations__pb2.RecordSettlementPaymentResponse.FromString,
+                request_serializer=gongji_dot_v1_dot_operations__pb2.RecordSettlementPaymentRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_operations__pb2.RecordSettlementPaymentResponse.FromString,
                 _registered_method=True)
         self.GetSettlementWindow = channel.unary_unary(
                 '/gongji.v1.Operations/GetSettlementWindow',
-                request_serializer=protos_dot_gongji_dot_v1_dot_operations__pb2.GetSettlementWindowRequest.SerializeToString,
-                response_deserializer=protos_dot_gongji_dot_v1_dot_operations__pb2.GetSettlementWindowResponse.FromString,
+                request_serializer=gongji_dot_v1_dot_operations__pb2.GetSettlementWindowRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_operations__pb2.GetSettlementWindowResponse.FromString,
                 _registered_method=True)
         self.ListSettlementWindows = channel.unary_unary(
                 '/gongji.v1.Operations/ListSettlementWindows',
-                request_serializer=protos_dot_gongji_dot_v1_dot_operations__pb2.ListSettlementWindowsRequest.SerializeToString,
-                response_deserializer=protos_dot_gongji_dot_v1_dot_operations__pb2.ListSettlementWindowsResponse.FromString,
+                request_serializer=gongji_dot_v1_dot_operations__pb2.ListSettlementWindowsRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_operations__pb2.ListSettlementWindowsResponse.FromString,
                 _registered_method=True)
         self.InspectTransfer = channel.unary_unary(
                 '/gongji.v1.Operations/InspectTransfer',
-                request_serializer=protos_dot_gongji_dot_v1_dot_operations__pb2.InspectTransferRequest.SerializeToString,
-                response_deserializer=protos_dot_gongji_dot_v1_dot_operations__pb2.InspectTransferResponse.FromString,
+                request_serializer=gongji_dot_v1_dot_operations__pb2.InspectTransferRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_operations__pb2.InspectTransferResponse.FromString,
                 _registered_method=True)
 
 
@@ -181,58 +181,58 @@ def add_OperationsServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'RegisterProvince': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterProvince,
-                    request_deserializer=protos_dot_gongji_dot_v1_dot_operations__pb2.RegisterProvinceRequest.FromString,
-                    response_serializer=protos_dot_gongji_dot_v1_dot_operations__pb2.RegisterProvinceResponse.SerializeToString,
+                    request_deserializer=gongji_dot_v1_dot_operations__pb2.RegisterProvinceRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_operations__pb2.RegisterProvinceResponse.SerializeToString,
             ),
             'UpdateProvince': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateProvince,
-                    request_deserializer=protos_dot_gongji_dot_v1_dot_operations__pb2.UpdateProvinceRequest.FromString,
-                    response_serializer=protos_dot_gongji_dot_v1_dot_operations__pb2.UpdateProvinceResponse.SerializeToString,
+                    request_deserializer=gongji_dot_v1_dot_operations__pb2.UpdateProvinceRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_operations__pb2.UpdateProvinceResponse.SerializeToString,
             ),
             'ListProvinces': grpc.unary_unary_rpc_method_handler(
                     servicer.ListProvinces,
-                    request_deserializer=protos_dot_gongji_dot_v1_dot_operations__pb2.ListProvincesRequest.FromString,
-                    response_serializer=protos_dot_gongji_dot_v1_dot_operations__pb2.ListProvincesResponse.SerializeToString,
+                    request_deserializer=gongji_dot_v1_dot_operations__pb2.ListProvincesRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_operations__pb2.ListProvincesResponse.SerializeToString,
             ),
             'ListTransfers': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTransfers,
-                    request_deserializer=protos_dot_gongji_dot_v1_dot_operations__pb2.ListTransfersRequest.FromString,
-                    response_serializer=protos_dot_gongji_dot_v1_dot_operations__pb2.ListTransfersResponse.SerializeToString,
+                    request_deserializer=gongji_dot_v1_dot_operations__pb2.ListTransfersRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_operations__pb2.ListTransfersResponse.SerializeToString,
             ),
             'WatchTransfers': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchTransfers,
-                    request_deserializer=protos_dot_gongji_dot_v1_dot_operations__pb2.WatchTransfersRequest.FromString,
-                    response_serializer=protos_dot_gongji_dot_v1_dot_operations__pb2.TransferChange.SerializeToString,
+                    request_deserializer=gongji_dot_v1_dot_operations__pb2.WatchTransfersRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_operations__pb2.TransferChange.SerializeToString,
             ),
             'GetStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStats,
-                    request_deserializer=protos_dot_gongji_dot_v1_dot_operations__pb2.GetStatsRequest.FromString,
-                    response_serializer=protos_dot_gongji_dot_v1_dot_operations__pb2.GetStatsResponse.SerializeToString,
+                    request_deserializer=gongji_dot_v1_dot_operations__pb2.GetStatsRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_operations__pb2.GetStatsResponse.SerializeToString,
             ),
             'CloseSettlementWindow': grpc.unary_unary_rpc_method_handler(
                     servicer.CloseSettlementWindow,
-                    request_deserializer=protos_dot_gongji_dot_v1_dot_operations__pb2.CloseSettlementWindowRequest.FromString,
-                    response_serializer=protos_dot_gongji_dot_v1_dot_operations__pb2.CloseSettlementWindowResponse.SerializeToString,
+                    request_deserializer=gongji_dot_v1_dot_operations__pb2.CloseSettlementWindowRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_operations__pb2.CloseSettlementWindowResponse.SerializeToString,
             ),
             'RecordSettlementPayment': grpc.unary_unary_rpc_method_handler(
                     servicer.RecordSettlementPayment,
-                    request_deserializer=protos_dot_gongji_dot_v1_dot_operations__pb2.RecordSettlementPaymentRequest.FromString,
-                    response_serializer=protos_dot_gongji_dot_v1_dot_operations__pb2.RecordSettlementPaymentResponse.SerializeToString,
+                    request_deserializer=gongji_dot_v1_dot_operations__pb2.RecordSettlementPaymentRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_operations__pb2.RecordSettlementPaymentResponse.SerializeToString,
             ),
             'GetSettlementWindow': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSettlementWindow,
-                    request_deserializer=protos_dot_gongji_dot_v1_dot_operations__pb2.GetSettlementWindowRequest.FromString,
-                    response_serializer=protos_dot_gongji_dot_v1_dot_operations__pb2.GetSettlementWindowResponse.SerializeToString,
+                    request_deserializer=gongji_dot_v1_dot_operations__pb2.GetSettlementWindowRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_operations__pb2.GetSettlementWindowResponse.SerializeToString,
             ),
             'ListSettlementWindows': grpc.unary_unary_rpc_method_handler(
                     servicer.ListSettlementWindows,
-                    request_deserializer=protos_dot_gongji_dot_v1_dot_operations__pb2.ListSettlementWindowsRequest.FromString,
-                    response_serializer=protos_dot_gongji_dot_v1_dot_operations__pb2.ListSettlementWindowsResponse.SerializeToString,
+                    request_deserializer=gongji_dot_v1_dot_operations__pb2.ListSettlementWindowsRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_operations__pb2.ListSettlementWindowsResponse.SerializeToString,
             ),
             'InspectTransfer': grpc.unary_unary_rpc_method_handler(
                     servicer.InspectTransfer,
-                    request_deserializer=protos_dot_gongji_dot_v1_dot_operations__pb2.InspectTransferRequest.FromString,
-                    response_serializer=protos_dot_gongji_dot_v1_dot_operations__pb2.InspectTransferResponse.SerializeToString,
+                    request_deserializer=gongji_dot_v1_dot_operations__pb2.InspectTransferRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_operations__pb2.InspectTransferResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -261,8 +261,8 @@ class Operations:
             request,
             target,
             '/gongji.v1.Operations/RegisterProvince',
-            protos_dot_gongji_dot_v1_dot_operations__pb2.RegisterProvinceRequest.SerializeToString,
-            protos_dot_gongji_dot_v1_dot_operations__pb2.RegisterProvinceResponse.FromString,
+            gongji_dot_v1_dot_operations__pb2.RegisterProvinceRequest.SerializeToString,
+            gongji_dot_v1_dot_operations__pb2.RegisterProvinceResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -288,8 +288,8 @@ class Operations:
             request,
             target,
             '/gongji.v1.Operations/UpdateProvince',
-            protos_dot_gongji_dot_v1_dot_operations__pb2.UpdateProvinceRequest.SerializeToString,
-            protos_dot_gongji_dot_v1_dot_operations__pb2.UpdateProvinceResponse.FromString,
+            gongji_dot_v1_dot_operations__pb2.UpdateProvinceRequest.SerializeToString,
+            gongji_dot_v1_dot_operations__pb2.UpdateProvinceResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -315,8 +315,8 @@ class Operations:
             request,
             target,
             '/gongji.v1.Operations/ListProvinces',
-            protos_dot_gongji_dot_v1_dot_operations__pb2.ListProvincesRequest.SerializeToString,
-            protos_dot_gongji_dot_v1_dot_operations__pb2.ListProvincesResponse.FromString,
+            gongji_dot_v1_dot_operations__pb2.ListProvincesRequest.SerializeToString,
+            gongji_dot_v1_dot_operations__pb2.ListProvincesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -342,8 +342,8 @@ class Operations:
             request,
             target,
             '/gongji.v1.Operations/ListTransfers',
-            protos_dot_gongji_dot_v1_dot_operations__pb2.ListTransfersRequest.SerializeToString,
-            protos_dot_gongji_dot_v1_dot_operations__pb2.ListTransfersResponse.FromString,
+            gongji_dot_v1_dot_operations__pb2.ListTransfersRequest.SerializeToString,
+            gongji_dot_v1_dot_operations__pb2.ListTransfersResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -369,8 +369,8 @@ class Operations:
             request,
             target,
             '/gongji.v1.Operations/WatchTransfers',
-            protos_dot_gongji_dot_v1_dot_operations__pb2.WatchTransfersRequest.SerializeToString,
-            protos_dot_gongji_dot_v1_dot_operations__pb2.TransferChange.FromString,
+            gongji_dot_v1_dot_operations__pb2.WatchTransfersRequest.SerializeToString,
+            gongji_dot_v1_dot_operations__pb2.TransferChange.FromString,
             options,
             channel_credentials,
             insecure,
@@ -396,8 +396,8 @@ class Operations:
             request,
             target,
             '/gongji.v1.Operations/GetStats',
-            protos_dot_gongji_dot_v1_dot_operations__pb2.GetStatsRequest.SerializeToString,
-            protos_dot_gongji_dot_v1_dot_operations__pb2.GetStatsResponse.FromString,
+            gongji_dot_v1_dot_operations__pb2.GetStatsRequest.SerializeToString,
+            gongji_dot_v1_dot_operations__pb2.GetStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -423,8 +423,8 @@ class Operations:
             request,
             target,
             '/gongji.v1.Operations/CloseSettlementWindow',
-            protos_dot_gongji_dot_v1_dot_operations__pb2.CloseSettlementWindowRequest.SerializeToString,
-            protos_dot_gongji_dot_v1_dot_operations__pb2.CloseSettlementWindowResponse.FromString,
+            gongji_dot_v1_dot_operations__pb2.CloseSettlementWindowRequest.SerializeToString,
+            gongji_dot_v1_dot_operations__pb2.CloseSettlementWindowResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -450,8 +450,8 @@ class Operations:
             request,
             target,
             '/gongji.v1.Operations/RecordSettlementPayment',
-            protos_dot_gongji_dot_v1_dot_operations__pb2.RecordSettlementPaymentRequest.SerializeToString,
-            protos_dot_gongji_dot_v1_dot_operations__pb2.RecordSettlementPaymentResponse.FromString,
+            gongji_dot_v1_dot_operations__pb2.RecordSettlementPaymentRequest.SerializeToString,
+            gongji_dot_v1_dot_operations__pb2.RecordSettlementPaymentResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -477,8 +477,8 @@ class Operations:
             request,
             target,
             '/gongji.v1.Operations/GetSettlementWindow',
-            protos_dot_gongji_dot_v1_dot_operations__pb2.GetSettlementWindowRequest.SerializeToString,
-            protos_dot_gongji_dot_v1_dot_operations__pb2.GetSettlementWindowResponse.FromString,
+            gongji_dot_v1_dot_operations__pb2.GetSettlementWindowRequest.SerializeToString,
+            gongji_dot_v1_dot_operations__pb2.GetSettlementWindowResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -504,8 +504,8 @@ class Operations:
             request,
             target,
             '/gongji.v1.Operations/ListSettlementWindows',
-            protos_dot_gongji_dot_v1_dot_operations__pb2.ListSettlementWindowsRequest.SerializeToString,
-            protos_dot_gongji_dot_v1_dot_operations__pb2.ListSettlementWindowsResponse.FromString,
+            gongji_dot_v1_dot_operations__pb2.ListSettlementWindowsRequest.SerializeToString,
+            gongji_dot_v1_dot_operations__pb2.ListSettlementWindowsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -531,8 +531,8 @@ class Operations:
             request,
             target,
             '/gongji.v1.Operations/InspectTransfer',
-            protos_dot_gongji_dot_v1_dot_operations__pb2.InspectTransferRequest.SerializeToString,
-            protos_dot_gongji_dot_v1_dot_operations__pb2.InspectTransferResponse.FromString,
+            gongji_dot_v1_dot_operations__pb2.InspectTransferRequest.SerializeToString,
+            gongji_dot_v1_dot_operations__pb2.InspectTransferResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,8 +6,8 @@ gateway's operator port (never the provinces' port).
 """
 
 from collections import abc as _abc
-from grpc import aio as _aio
 from protos.gongji.v1 import operations_pb2 as _operations_pb2
+from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
 import sys

@@ -5,13 +5,13 @@ The service every provincial platform serves; the gateway calls it, with a deadl
 call, idempotently on message_id, retried from a durable outbox until acknowledged.
 """
 
+from protos.gongji.v1 import common_pb2 as _common_pb2
+from protos.gongji.v1 import relations_pb2 as _relations_pb2
+from protos.gongji.v1 import transfers_pb2 as _transfers_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
-from protos.gongji.v1 import common_pb2 as _common_pb2
-from protos.gongji.v1 import relations_pb2 as _relations_pb2
-from protos.gongji.v1 import transfers_pb2 as _transfers_pb2
 import builtins as _builtins
 import sys
 import typing as _typing

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protos.gongji.v1 import province_pb2 as protos_dot_gongji_dot_v1_dot_province__pb2
+from protos.gongji.v1 import province_pb2 as gongji_dot_v1_dot_province__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in protos/gongji/v1/province_pb2_grpc.py depends on'
+        + ' but the generated code in gongji/v1/province_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,28 +37,28 @@ class ProvinceInboxStub:
         """
         self.CheckMember = channel.unary_unary(
                 '/gongji.v1.ProvinceInbox/CheckMember',
-                request_serializer=protos_dot_gongji_dot_v1_dot_province__pb2.CheckMemberRequest.SerializeToString,
-                response_deserializer=protos_dot_gongji_dot_v1_dot_province__pb2.CheckMemberResponse.FromString,
+                request_serializer=gongji_dot_v1_dot_province__pb2.CheckMemberRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_province__pb2.CheckMemberResponse.FromString,
                 _registered_method=True)
         self.RequestConsent = channel.unary_unary(
                 '/gongji.v1.ProvinceInbox/RequestConsent',
-                request_serializer=protos_dot_gongji_dot_v1_dot_province__pb2.RequestConsentRequest.SerializeToString,
-                response_deserializer=protos_dot_gongji_dot_v1_dot_province__pb2.RequestConsentResponse.FromString,
+                request_serializer=gongji_dot_v1_dot_province__pb2.RequestConsentRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_province__pb2.RequestConsentResponse.FromString,
                 _registered_method=True)
         self.DeliverTransfer = channel.unary_unary(
                 '/gongji.v1.ProvinceInbox/DeliverTransfer',
-                request_serializer=protos_dot_gongji_dot_v1_dot_province__pb2.DeliverTransferRequest.SerializeToString,
-                response_deserializer=protos_dot_gongji_dot_v1_dot_province__pb2.DeliverTransferResponse.FromString,
+                request_serializer=gongji_dot_v1_dot_province__pb2.DeliverTransferRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_province__pb2.DeliverTransferResponse.FromString,
                 _registered_method=True)
         self.NotifyOutcome = channel.unary_unary(
                 '/gongji.v1.ProvinceInbox/NotifyOutcome',
-                request_serializer=protos_dot_gongji_dot_v1_dot_province__pb2.NotifyOutcomeRequest.SerializeToString,
-                response_deserializer=protos_dot_gongji_dot_v1_dot_province__pb2.NotifyOutcomeResponse.FromString,
+                request_serializer=gongji_dot_v1_dot_province__pb2.NotifyOutcomeRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_province__pb2.NotifyOutcomeResponse.FromString,
                 _registered_method=True)
         self.NotifySettlement = channel.unary_unary(
                 '/gongji.v1.ProvinceInbox/NotifySettlement',
-                request_serializer=protos_dot_gongji_dot_v1_dot_province__pb2.NotifySettlementRequest.SerializeToString,
-                response_deserializer=protos_dot_gongji_dot_v1_dot_province__pb2.NotifySettlementResponse.FromString,
+                request_serializer=gongji_dot_v1_dot_province__pb2.NotifySettlementRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_province__pb2.NotifySettlementResponse.FromString,
                 _registered_method=True)
 
 
@@ -106,28 +106,28 @@ def add_ProvinceInboxServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'CheckMember': grpc.unary_unary_rpc_method_handler(
                     servicer.CheckMember,
-                    request_deserializer=protos_dot_gongji_dot_v1_dot_province__pb2.CheckMemberRequest.FromString,
-                    response_serializer=protos_dot_gongji_dot_v1_dot_province__pb2.CheckMemberResponse.SerializeToString,
+                    request_deserializer=gongji_dot_v1_dot_province__pb2.CheckMemberRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_province__pb2.CheckMemberResponse.SerializeToString,
             ),
             'RequestConsent': grpc.unary_unary_rpc_method_handler(
                     servicer.RequestConsent,
-                    request_deserializer=protos_dot_gongji_dot_v1_dot_province__pb2.RequestConsentRequest.FromString,
-                    response_serializer=protos_dot_gongji_dot_v1_dot_province__pb2.RequestConsentResponse.SerializeToString,
+                    request_deserializer=gongji_dot_v1_dot_province__pb2.RequestConsentRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_province__pb2.RequestConsentResponse.SerializeToString,
             ),
             'DeliverTransfer': grpc.unary_unary_rpc_method_handler(
                     servicer.DeliverTransfer,
-                    request_deserializer=protos_dot_gongji_dot_v1_dot_province__pb2.DeliverTransferRequest.FromString,
-                    response_serializer=protos_dot_gongji_dot_v1_dot_province__pb2.DeliverTransferResponse.SerializeToString,
+                    request_deserializer=gongji_dot_v1_dot_province__pb2.DeliverTransferRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_province__pb2.DeliverTransferResponse.SerializeToString,
             ),
             'NotifyOutcome': grpc.unary_unary_rpc_method_handler(
                     servicer.NotifyOutcome,
-                    request_deserializer=protos_dot_gongji_dot_v1_dot_province__pb2.NotifyOutcomeRequest.FromString,
-                    response_serializer=protos_dot_gongji_dot_v1_dot_province__pb2.NotifyOutcomeResponse.SerializeToString,
+                    request_deserializer=gongji_dot_v1_dot_province__pb2.NotifyOutcomeRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_province__pb2.NotifyOutcomeResponse.SerializeToString,
             ),
             'NotifySettlement': grpc.unary_unary_rpc_method_handler(
                     servicer.NotifySettlement,
-                    request_deserializer=protos_dot_gongji_dot_v1_dot_province__pb2.NotifySettlementRequest.FromString,
-                    response_serializer=protos_dot_gongji_dot_v1_dot_province__pb2.NotifySettlementResponse.SerializeToString,
+                    request_deserializer=gongji_dot_v1_dot_province__pb2.NotifySettlementRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_province__pb2.NotifySettlementResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -156,8 +156,8 @@ class ProvinceInbox:
             request,
             target,
             '/gongji.v1.ProvinceInbox/CheckMember',
-            protos_dot_gongji_dot_v1_dot_province__pb2.CheckMemberRequest.SerializeToString,
-            protos_dot_gongji_dot_v1_dot_province__pb2.CheckMemberResponse.FromString,
+            gongji_dot_v1_dot_province__pb2.CheckMemberRequest.SerializeToString,
+            gongji_dot_v1_dot_province__pb2.CheckMemberResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -183,8 +183,8 @@ class ProvinceInbox:
             request,
             target,
             '/gongji.v1.ProvinceInbox/RequestConsent',
-            protos_dot_gongji_dot_v1_dot_province__pb2.RequestConsentRequest.SerializeToString,
-            protos_dot_gongji_dot_v1_dot_province__pb2.RequestConsentResponse.FromString,
+            gongji_dot_v1_dot_province__pb2.RequestConsentRequest.SerializeToString,
+            gongji_dot_v1_dot_province__pb2.RequestConsentResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -210,8 +210,8 @@ class ProvinceInbox:
             request,
             target,
             '/gongji.v1.ProvinceInbox/DeliverTransfer',
-            protos_dot_gongji_dot_v1_dot_province__pb2.DeliverTransferRequest.SerializeToString,
-            protos_dot_gongji_dot_v1_dot_province__pb2.DeliverTransferResponse.FromString,
+            gongji_dot_v1_dot_province__pb2.DeliverTransferRequest.SerializeToString,
+            gongji_dot_v1_dot_province__pb2.DeliverTransferResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -237,8 +237,8 @@ class ProvinceInbox:
             request,
             target,
             '/gongji.v1.ProvinceInbox/NotifyOutcome',
-            protos_dot_gongji_dot_v1_dot_province__pb2.NotifyOutcomeRequest.SerializeToString,
-            protos_dot_gongji_dot_v1_dot_province__pb2.NotifyOutcomeResponse.FromString,
+            gongji_dot_v1_dot_province__pb2.NotifyOutcomeRequest.SerializeToString,
+            gongji_dot_v1_dot_province__pb2.NotifyOutcomeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -264,8 +264,8 @@ class ProvinceInbox:
             request,
             target,
             '/gongji.v1.ProvinceInbox/NotifySettlement',
-            protos_dot_gongji_dot_v1_dot_province__pb2.NotifySettlementRequest.SerializeToString,
-            protos_dot_gongji_dot_v1_dot_province__pb2.NotifySettlementResponse.FromString,
+            gongji_dot_v1_dot_province__pb2.NotifySettlementRequest.SerializeToString,
+            gongji_dot_v1_dot_province__pb2.NotifySettlementResponse.FromString,
             options,
             channel_credentials,
             insecure,

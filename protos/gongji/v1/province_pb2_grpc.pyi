@@ -6,8 +6,8 @@ call, idempotently on message_id, retried from a durable outbox until acknowledg
 """
 
 from collections import abc as _abc
-from grpc import aio as _aio
 from protos.gongji.v1 import province_pb2 as _province_pb2
+from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
 import sys

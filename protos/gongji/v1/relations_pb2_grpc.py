@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protos.gongji.v1 import relations_pb2 as protos_dot_gongji_dot_v1_dot_relations__pb2
+from protos.gongji.v1 import relations_pb2 as gongji_dot_v1_dot_relations__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in protos/gongji/v1/relations_pb2_grpc.py depends on'
+        + ' but the generated code in gongji/v1/relations_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,33 +37,33 @@ class RelationsStub:
         """
         self.VerifyRelation = channel.unary_unary(
                 '/gongji.v1.Relations/VerifyRelation',
-                request_serializer=protos_dot_gongji_dot_v1_dot_relations__pb2.VerifyRelationRequest.SerializeToString,
-                response_deserializer=protos_dot_gongji_dot_v1_dot_relations__pb2.VerifyRelationResponse.FromString,
+                request_serializer=gongji_dot_v1_dot_relations__pb2.VerifyRelationRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_relations__pb2.VerifyRelationResponse.FromString,
                 _registered_method=True)
         self.ProposeBinding = channel.unary_unary(
                 '/gongji.v1.Relations/ProposeBinding',
-                request_serializer=protos_dot_gongji_dot_v1_dot_relations__pb2.ProposeBindingRequest.SerializeToString,
-                response_deserializer=protos_dot_gongji_dot_v1_dot_relations__pb2.ProposeBindingResponse.FromString,
+                request_serializer=gongji_dot_v1_dot_relations__pb2.ProposeBindingRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_relations__pb2.ProposeBindingResponse.FromString,
                 _registered_method=True)
         self.AcceptBinding = channel.unary_unary(
                 '/gongji.v1.Relations/AcceptBinding',
-                request_serializer=protos_dot_gongji_dot_v1_dot_relations__pb2.AcceptBindingRequest.SerializeToString,
-                response_deserializer=protos_dot_gongji_dot_v1_dot_relations__pb2.AcceptBindingResponse.FromString,
+                request_serializer=gongji_dot_v1_dot_relations__pb2.AcceptBindingRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_relations__pb2.AcceptBindingResponse.FromString,
                 _registered_method=True)
         self.DissolveBinding = channel.unary_unary(
                 '/gongji.v1.Relations/DissolveBinding',
-                request_serializer=protos_dot_gongji_dot_v1_dot_relations__pb2.DissolveBindingRequest.SerializeToString,
-                response_deserializer=protos_dot_gongji_dot_v1_dot_relations__pb2.DissolveBindingResponse.FromString,
+                request_serializer=gongji_dot_v1_dot_relations__pb2.DissolveBindingRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_relations__pb2.DissolveBindingResponse.FromString,
                 _registered_method=True)
         self.GetBinding = channel.unary_unary(
                 '/gongji.v1.Relations/GetBinding',
-                request_serializer=protos_dot_gongji_dot_v1_dot_relations__pb2.GetBindingRequest.SerializeToString,
-                response_deserializer=protos_dot_gongji_dot_v1_dot_relations__pb2.GetBindingResponse.FromString,
+                request_serializer=gongji_dot_v1_dot_relations__pb2.GetBindingRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_relations__pb2.GetBindingResponse.FromString,
                 _registered_method=True)
         self.ReportMemberChange = channel.unary_unary(
                 '/gongji.v1.Relations/ReportMemberChange',
-                request_serializer=protos_dot_gongji_dot_v1_dot_relations__pb2.ReportMemberChangeRequest.SerializeToString,
-                response_deserializer=protos_dot_gongji_dot_v1_dot_relations__pb2.ReportMemberChangeResponse.FromString,
+                request_serializer=gongji_dot_v1_dot_relations__pb2.ReportMemberChangeRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_relations__pb2.ReportMemberChangeResponse.FromString,
                 _registered_method=True)
 
 
@@ -127,33 +127,33 @@ def add_RelationsServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'VerifyRelation': grpc.unary_unary_rpc_method_handler(
                     servicer.VerifyRelation,
-                    request_deserializer=protos_dot_gongji_dot_v1_dot_relations__pb2.VerifyRelationRequest.FromString,
-                    response_serializer=protos_dot_gongji_dot_v1_dot_relations__pb2.VerifyRelationResponse.SerializeToString,
+                    request_deserializer=gongji_dot_v1_dot_relations__pb2.VerifyRelationRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_relations__pb2.VerifyRelationResponse.SerializeToString,
             ),
             'ProposeBinding': grpc.unary_unary_rpc_method_handler(
                     servicer.ProposeBinding,
-                    request_deserializer=protos_dot_gongji_dot_v1_dot_relations__pb2.ProposeBindingRequest.FromString,
-                    response_serializer=protos_dot_gongji_dot_v1_dot_relations__pb2.ProposeBindingResponse.SerializeToString,
+                    request_deserializer=gongji_dot_v1_dot_relations__pb2.ProposeBindingRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_relations__pb2.ProposeBindingResponse.SerializeToString,
             ),
             'AcceptBinding': grpc.unary_unary_rpc_method_handler(
                     servicer.AcceptBinding,
-                    request_deserializer=protos_dot_gongji_dot_v1_dot_relations__pb2.AcceptBindingRequest.FromString,
-                    response_serializer=protos_dot_gongji_dot_v1_dot_relations__pb2.AcceptBindingResponse.SerializeToString,
+                    request_deserializer=gongji_dot_v1_dot_relations__pb2.AcceptBindingRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_relations__pb2.AcceptBindingResponse.SerializeToString,
             ),
             'DissolveBinding': grpc.unary_unary_rpc_method_handler(
                     servicer.DissolveBinding,
-                    request_deserializer=protos_dot_gongji_dot_v1_dot_relations__pb2.DissolveBindingRequest.FromString,
-                    response_serializer=protos_dot_gongji_dot_v1_dot_relations__pb2.DissolveBindingResponse.SerializeToString,
+                    request_deserializer=gongji_dot_v1_dot_relations__pb2.DissolveBindingRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_relations__pb2.DissolveBindingResponse.SerializeToString,
             ),
             'GetBinding': grpc.unary_unary_rpc_method_handler(
                     servicer.GetBinding,
-                    request_deserializer=protos_dot_gongji_dot_v1_dot_relations__pb2.GetBindingRequest.FromString,
-                    response_serializer=protos_dot_gongji_dot_v1_dot_relations__pb2.GetBindingResponse.SerializeToString,
+                    request_deserializer=gongji_dot_v1_dot_relations__pb2.GetBindingRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_relations__pb2.GetBindingResponse.SerializeToString,
             ),
             'ReportMemberChange': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportMemberChange,
-                    request_deserializer=protos_dot_gongji_dot_v1_dot_relations__pb2.ReportMemberChangeRequest.FromString,
-                    response_serializer=protos_dot_gongji_dot_v1_dot_relations__pb2.ReportMemberChangeResponse.SerializeToString,
+                    request_deserializer=gongji_dot_v1_dot_relations__pb2.ReportMemberChangeRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_relations__pb2.ReportMemberChangeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -182,8 +182,8 @@ class Relations:
             request,
             target,
             '/gongji.v1.Relations/VerifyRelation',
-            protos_dot_gongji_dot_v1_dot_relations__pb2.VerifyRelationRequest.SerializeToString,
-            protos_dot_gongji_dot_v1_dot_relations__pb2.VerifyRelationResponse.FromString,
+            gongji_dot_v1_dot_relations__pb2.VerifyRelationRequest.SerializeToString,
+            gongji_dot_v1_dot_relations__pb2.VerifyRelationResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -209,8 +209,8 @@ class Relations:
             request,
             target,
             '/gongji.v1.Relations/ProposeBinding',
-            protos_dot_gongji_dot_v1_dot_relations__pb2.ProposeBindingRequest.SerializeToString,
-            protos_dot_gongji_dot_v1_dot_relations__pb2.ProposeBindingResponse.FromString,
+            gongji_dot_v1_dot_relations__pb2.ProposeBindingRequest.SerializeToString,
+            gongji_dot_v1_dot_relations__pb2.ProposeBindingResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -236,8 +236,8 @@ class Relations:
             request,
             target,
             '/gongji.v1.Relations/AcceptBinding',
-            protos_dot_gongji_dot_v1_dot_relations__pb2.AcceptBindingRequest.SerializeToString,
-            protos_dot_gongji_dot_v1_dot_relations__pb2.AcceptBindingResponse.FromString,
+            gongji_dot_v1_dot_relations__pb2.AcceptBindingRequest.SerializeToString,
+            gongji_dot_v1_dot_relations__pb2.AcceptBindingResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -263,8 +263,8 @@ class Relations:
             request,
             target,
             '/gongji.v1.Relations/DissolveBinding',
-            protos_dot_gongji_dot_v1_dot_relations__pb2.DissolveBindingRequest.SerializeToString,
-            protos_dot_gongji_dot_v1_dot_relations__pb2.DissolveBindingResponse.FromString,
+            gongji_dot_v1_dot_relations__pb2.DissolveBindingRequest.SerializeToString,
+            gongji_dot_v1_dot_relations__pb2.DissolveBindingResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -290,8 +290,8 @@ class Relations:
             request,
             target,
             '/gongji.v1.Relations/GetBinding',
-            protos_dot_gongji_dot_v1_dot_relations__pb2.GetBindingRequest.SerializeToString,
-            protos_dot_gongji_dot_v1_dot_relations__pb2.GetBindingResponse.FromString,
+            gongji_dot_v1_dot_relations__pb2.GetBindingRequest.SerializeToString,
+            gongji_dot_v1_dot_relations__pb2.GetBindingResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -317,8 +317,8 @@ class Relations:
             request,
             target,
             '/gongji.v1.Relations/ReportMemberChange',
-            protos_dot_gongji_dot_v1_dot_relations__pb2.ReportMemberChangeRequest.SerializeToString,
-            protos_dot_gongji_dot_v1_dot_relations__pb2.ReportMemberChangeResponse.FromString,
+            gongji_dot_v1_dot_relations__pb2.ReportMemberChangeRequest.SerializeToString,
+            gongji_dot_v1_dot_relations__pb2.ReportMemberChangeResponse.FromString,
             options,
             channel_credentials,
             insecure,

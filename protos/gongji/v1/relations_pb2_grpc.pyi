@@ -6,8 +6,8 @@ Family relations: eligibility of a giver/receiver pair, and the bindings between
 """
 
 from collections import abc as _abc
-from grpc import aio as _aio
 from protos.gongji.v1 import relations_pb2 as _relations_pb2
+from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
 import sys

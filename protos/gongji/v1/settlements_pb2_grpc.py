@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protos.gongji.v1 import settlements_pb2 as protos_dot_gongji_dot_v1_dot_settlements__pb2
+from protos.gongji.v1 import settlements_pb2 as gongji_dot_v1_dot_settlements__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in protos/gongji/v1/settlements_pb2_grpc.py depends on'
+        + ' but the generated code in gongji/v1/settlements_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,13 +37,13 @@ class SettlementsStub:
         """
         self.GetSettlement = channel.unary_unary(
                 '/gongji.v1.Settlements/GetSettlement',
-                request_serializer=protos_dot_gongji_dot_v1_dot_settlements__pb2.GetSettlementRequest.SerializeToString,
-                response_deserializer=protos_dot_gongji_dot_v1_dot_settlements__pb2.GetSettlementResponse.FromString,
+                request_serializer=gongji_dot_v1_dot_settlements__pb2.GetSettlementRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_settlements__pb2.GetSettlementResponse.FromString,
                 _registered_method=True)
         self.AcknowledgeSettlement = channel.unary_unary(
                 '/gongji.v1.Settlements/AcknowledgeSettlement',
-                request_serializer=protos_dot_gongji_dot_v1_dot_settlements__pb2.AcknowledgeSettlementRequest.SerializeToString,
-                response_deserializer=protos_dot_gongji_dot_v1_dot_settlements__pb2.AcknowledgeSettlementResponse.FromString,
+                request_serializer=gongji_dot_v1_dot_settlements__pb2.AcknowledgeSettlementRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_settlements__pb2.AcknowledgeSettlementResponse.FromString,
                 _registered_method=True)
 
 
@@ -71,13 +71,13 @@ def add_SettlementsServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetSettlement': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSettlement,
-                    request_deserializer=protos_dot_gongji_dot_v1_dot_settlements__pb2.GetSettlementRequest.FromString,
-                    response_serializer=protos_dot_gongji_dot_v1_dot_settlements__pb2.GetSettlementResponse.SerializeToString,
+                    request_deserializer=gongji_dot_v1_dot_settlements__pb2.GetSettlementRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_settlements__pb2.GetSettlementResponse.SerializeToString,
             ),
             'AcknowledgeSettlement': grpc.unary_unary_rpc_method_handler(
                     servicer.AcknowledgeSettlement,
-                    request_deserializer=protos_dot_gongji_dot_v1_dot_settlements__pb2.AcknowledgeSettlementRequest.FromString,
-                    response_serializer=protos_dot_gongji_dot_v1_dot_settlements__pb2.AcknowledgeSettlementResponse.SerializeToString,
+                    request_deserializer=gongji_dot_v1_dot_settlements__pb2.AcknowledgeSettlementRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_settlements__pb2.AcknowledgeSettlementResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -106,8 +106,8 @@ class Settlements:
             request,
             target,
             '/gongji.v1.Settlements/GetSettlement',
-            protos_dot_gongji_dot_v1_dot_settlements__pb2.GetSettlementRequest.SerializeToString,
-            protos_dot_gongji_dot_v1_dot_settlements__pb2.GetSettlementResponse.FromString,
+            gongji_dot_v1_dot_settlements__pb2.GetSettlementRequest.SerializeToString,
+            gongji_dot_v1_dot_settlements__pb2.GetSettlementResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -133,8 +133,8 @@ class Settlements:
             request,
             target,
             '/gongji.v1.Settlements/AcknowledgeSettlement',
-            protos_dot_gongji_dot_v1_dot_settlements__pb2.AcknowledgeSettlementRequest.SerializeToString,
-            protos_dot_gongji_dot_v1_dot_settlements__pb2.AcknowledgeSettlementResponse.FromString,
+            gongji_dot_v1_dot_settlements__pb2.AcknowledgeSettlementRequest.SerializeToString,
+            gongji_dot_v1_dot_settlements__pb2.AcknowledgeSettlementResponse.FromString,
             options,
             channel_credentials,
             insecure,

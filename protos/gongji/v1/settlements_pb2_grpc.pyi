@@ -4,8 +4,8 @@ isort:skip_file
 Settlement between provincial funds in periodic windows (domain D16-D18)."""
 
 from collections import abc as _abc
-from grpc import aio as _aio
 from protos.gongji.v1 import settlements_pb2 as _settlements_pb2
+from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
 import sys

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protos.gongji.v1 import transfers_pb2 as protos_dot_gongji_dot_v1_dot_transfers__pb2
+from protos.gongji.v1 import transfers_pb2 as gongji_dot_v1_dot_transfers__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in protos/gongji/v1/transfers_pb2_grpc.py depends on'
+        + ' but the generated code in gongji/v1/transfers_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,18 +37,18 @@ class TransfersStub:
         """
         self.SubmitTransfer = channel.unary_unary(
                 '/gongji.v1.Transfers/SubmitTransfer',
-                request_serializer=protos_dot_gongji_dot_v1_dot_transfers__pb2.SubmitTransferRequest.SerializeToString,
-                response_deserializer=protos_dot_gongji_dot_v1_dot_transfers__pb2.SubmitTransferResponse.FromString,
+                request_serializer=gongji_dot_v1_dot_transfers__pb2.SubmitTransferRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_transfers__pb2.SubmitTransferResponse.FromString,
                 _registered_method=True)
         self.ConfirmTransfer = channel.unary_unary(
                 '/gongji.v1.Transfers/ConfirmTransfer',
-                request_serializer=protos_dot_gongji_dot_v1_dot_transfers__pb2.ConfirmTransferRequest.SerializeToString,
-                response_deserializer=protos_dot_gongji_dot_v1_dot_transfers__pb2.ConfirmTransferResponse.FromString,
+                request_serializer=gongji_dot_v1_dot_transfers__pb2.ConfirmTransferRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_transfers__pb2.ConfirmTransferResponse.FromString,
                 _registered_method=True)
         self.GetTransfer = channel.unary_unary(
                 '/gongji.v1.Transfers/GetTransfer',
-                request_serializer=protos_dot_gongji_dot_v1_dot_transfers__pb2.GetTransferRequest.SerializeToString,
-                response_deserializer=protos_dot_gongji_dot_v1_dot_transfers__pb2.GetTransferResponse.FromString,
+                request_serializer=gongji_dot_v1_dot_transfers__pb2.GetTransferRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_transfers__pb2.GetTransferResponse.FromString,
                 _registered_method=True)
 
 
@@ -94,18 +94,18 @@ def add_TransfersServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'SubmitTransfer': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitTransfer,
-                    request_deserializer=protos_dot_gongji_dot_v1_dot_transfers__pb2.SubmitTransferRequest.FromString,
-                    response_serializer=protos_dot_gongji_dot_v1_dot_transfers__pb2.SubmitTransferResponse.SerializeToString,
+                    request_deserializer=gongji_dot_v1_dot_transfers__pb2.SubmitTransferRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_transfers__pb2.SubmitTransferResponse.SerializeToString,
             ),
             'ConfirmTransfer': grpc.unary_unary_rpc_method_handler(
                     servicer.ConfirmTransfer,
-                    request_deserializer=protos_dot_gongji_dot_v1_dot_transfers__pb2.ConfirmTransferRequest.FromString,
-                    response_serializer=protos_dot_gongji_dot_v1_dot_transfers__pb2.ConfirmTransferResponse.SerializeToString,
+                    request_deserializer=gongji_dot_v1_dot_transfers__pb2.ConfirmTransferRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_transfers__pb2.ConfirmTransferResponse.SerializeToString,
             ),
             'GetTransfer': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTransfer,
-                    request_deserializer=protos_dot_gongji_dot_v1_dot_transfers__pb2.GetTransferRequest.FromString,
-                    response_serializer=protos_dot_gongji_dot_v1_dot_transfers__pb2.GetTransferResponse.SerializeToString,
+                    request_deserializer=gongji_dot_v1_dot_transfers__pb2.GetTransferRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_transfers__pb2.GetTransferResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,8 +134,8 @@ class Transfers:
             request,
             target,
             '/gongji.v1.Transfers/SubmitTransfer',
-            protos_dot_gongji_dot_v1_dot_transfers__pb2.SubmitTransferRequest.SerializeToString,
-            protos_dot_gongji_dot_v1_dot_transfers__pb2.SubmitTransferResponse.FromString,
+            gongji_dot_v1_dot_transfers__pb2.SubmitTransferRequest.SerializeToString,
+            gongji_dot_v1_dot_transfers__pb2.SubmitTransferResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -161,8 +161,8 @@ class Transfers:
             request,
             target,
             '/gongji.v1.Transfers/ConfirmTransfer',
-            protos_dot_gongji_dot_v1_dot_transfers__pb2.ConfirmTransferRequest.SerializeToString,
-            protos_dot_gongji_dot_v1_dot_transfers__pb2.ConfirmTransferResponse.FromString,
+            gongji_dot_v1_dot_transfers__pb2.ConfirmTransferRequest.SerializeToString,
+            gongji_dot_v1_dot_transfers__pb2.ConfirmTransferResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -188,8 +188,8 @@ class Transfers:
             request,
             target,
             '/gongji.v1.Transfers/GetTransfer',
-            protos_dot_gongji_dot_v1_dot_transfers__pb2.GetTransferRequest.SerializeToString,
-            protos_dot_gongji_dot_v1_dot_transfers__pb2.GetTransferResponse.FromString,
+            gongji_dot_v1_dot_transfers__pb2.GetTransferRequest.SerializeToString,
+            gongji_dot_v1_dot_transfers__pb2.GetTransferResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,8 +6,8 @@ receiver's province confirms or declines it (api.md "Transfer states").
 """
 
 from collections import abc as _abc
-from grpc import aio as _aio
 from protos.gongji.v1 import transfers_pb2 as _transfers_pb2
+from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
 import sys

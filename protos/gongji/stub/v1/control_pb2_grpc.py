@@ -3,10 +3,7 @@
 import grpc
 import warnings
 
-from protos.gongji.v1 import relations_pb2 as protos_dot_gongji_dot_v1_dot_relations__pb2
-from protos.gongji.v1 import settlements_pb2 as protos_dot_gongji_dot_v1_dot_settlements__pb2
-from protos.gongji.v1 import transfers_pb2 as protos_dot_gongji_dot_v1_dot_transfers__pb2
-from protos.stub.v1 import control_pb2 as protos_dot_stub_dot_v1_dot_control__pb2
+from protos.gongji.stub.v1 import control_pb2 as gongji_dot_stub_dot_v1_dot_control__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -21,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in protos/stub/v1/control_pb2_grpc.py depends on'
+        + ' but the generated code in gongji/stub/v1/control_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -41,68 +38,68 @@ class StubControlStub:
         """
         self.Configure = channel.unary_unary(
                 '/gongji.stub.v1.StubControl/Configure',
-                request_serializer=protos_dot_stub_dot_v1_dot_control__pb2.Behaviour.SerializeToString,
-                response_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.Behaviour.FromString,
+                request_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.Behaviour.SerializeToString,
+                response_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.Behaviour.FromString,
                 _registered_method=True)
         self.SubmitTransfer = channel.unary_unary(
                 '/gongji.stub.v1.StubControl/SubmitTransfer',
-                request_serializer=protos_dot_stub_dot_v1_dot_control__pb2.StubSubmitRequest.SerializeToString,
-                response_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.StubSubmitResponse.FromString,
+                request_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.StubSubmitRequest.SerializeToString,
+                response_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.StubSubmitResponse.FromString,
                 _registered_method=True)
         self.Resubmit = channel.unary_unary(
                 '/gongji.stub.v1.StubControl/Resubmit',
-                request_serializer=protos_dot_stub_dot_v1_dot_control__pb2.ResubmitRequest.SerializeToString,
-                response_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.StubSubmitResponse.FromString,
+                request_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.ResubmitRequest.SerializeToString,
+                response_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.StubSubmitResponse.FromString,
                 _registered_method=True)
         self.Confirm = channel.unary_unary(
                 '/gongji.stub.v1.StubControl/Confirm',
-                request_serializer=protos_dot_stub_dot_v1_dot_control__pb2.ConfirmRequest.SerializeToString,
-                response_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.ConfirmResponse.FromString,
+                request_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.ConfirmRequest.SerializeToString,
+                response_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.ConfirmResponse.FromString,
                 _registered_method=True)
         self.QueryTransfer = channel.unary_unary(
                 '/gongji.stub.v1.StubControl/QueryTransfer',
-                request_serializer=protos_dot_stub_dot_v1_dot_control__pb2.QueryTransferRequest.SerializeToString,
-                response_deserializer=protos_dot_gongji_dot_v1_dot_transfers__pb2.GetTransferResponse.FromString,
+                request_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.QueryTransferRequest.SerializeToString,
+                response_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.QueryTransferResponse.FromString,
                 _registered_method=True)
         self.Snapshot = channel.unary_unary(
                 '/gongji.stub.v1.StubControl/Snapshot',
-                request_serializer=protos_dot_stub_dot_v1_dot_control__pb2.SnapshotRequest.SerializeToString,
-                response_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.SnapshotResponse.FromString,
+                request_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.SnapshotRequest.SerializeToString,
+                response_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.SnapshotResponse.FromString,
                 _registered_method=True)
         self.ProposeBinding = channel.unary_unary(
                 '/gongji.stub.v1.StubControl/ProposeBinding',
-                request_serializer=protos_dot_stub_dot_v1_dot_control__pb2.StubProposeRequest.SerializeToString,
-                response_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.FromString,
+                request_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.StubProposeRequest.SerializeToString,
+                response_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.FromString,
                 _registered_method=True)
         self.AnswerConsent = channel.unary_unary(
                 '/gongji.stub.v1.StubControl/AnswerConsent',
-                request_serializer=protos_dot_stub_dot_v1_dot_control__pb2.AnswerConsentRequest.SerializeToString,
-                response_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.FromString,
+                request_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.AnswerConsentRequest.SerializeToString,
+                response_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.FromString,
                 _registered_method=True)
         self.DissolveBinding = channel.unary_unary(
                 '/gongji.stub.v1.StubControl/DissolveBinding',
-                request_serializer=protos_dot_stub_dot_v1_dot_control__pb2.StubDissolveRequest.SerializeToString,
-                response_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.FromString,
+                request_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.StubDissolveRequest.SerializeToString,
+                response_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.FromString,
                 _registered_method=True)
         self.ReportMemberChange = channel.unary_unary(
                 '/gongji.stub.v1.StubControl/ReportMemberChange',
-                request_serializer=protos_dot_stub_dot_v1_dot_control__pb2.StubMemberChangeRequest.SerializeToString,
-                response_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.FromString,
+                request_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.StubMemberChangeRequest.SerializeToString,
+                response_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.FromString,
                 _registered_method=True)
         self.QueryBinding = channel.unary_unary(
                 '/gongji.stub.v1.StubControl/QueryBinding',
-                request_serializer=protos_dot_stub_dot_v1_dot_control__pb2.QueryBindingRequest.SerializeToString,
-                response_deserializer=protos_dot_gongji_dot_v1_dot_relations__pb2.GetBindingResponse.FromString,
+                request_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.QueryBindingRequest.SerializeToString,
+                response_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.QueryBindingResponse.FromString,
                 _registered_method=True)
         self.AcknowledgeSettlement = channel.unary_unary(
                 '/gongji.stub.v1.StubControl/AcknowledgeSettlement',
-                request_serializer=protos_dot_stub_dot_v1_dot_control__pb2.StubAcknowledgeRequest.SerializeToString,
-                response_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.FromString,
+                request_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.StubAcknowledgeRequest.SerializeToString,
+                response_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.FromString,
                 _registered_method=True)
         self.QuerySettlement = channel.unary_unary(
                 '/gongji.stub.v1.StubControl/QuerySettlement',
-                request_serializer=protos_dot_stub_dot_v1_dot_control__pb2.QuerySettlementRequest.SerializeToString,
-                response_deserializer=protos_dot_gongji_dot_v1_dot_settlements__pb2.GetSettlementResponse.FromString,
+                request_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.QuerySettlementRequest.SerializeToString,
+                response_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.QuerySettlementResponse.FromString,
                 _registered_method=True)
 
 
@@ -207,68 +204,68 @@ def add_StubControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Configure': grpc.unary_unary_rpc_method_handler(
                     servicer.Configure,
-                    request_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.Behaviour.FromString,
-                    response_serializer=protos_dot_stub_dot_v1_dot_control__pb2.Behaviour.SerializeToString,
+                    request_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.Behaviour.FromString,
+                    response_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.Behaviour.SerializeToString,
             ),
             'SubmitTransfer': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitTransfer,
-                    request_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.StubSubmitRequest.FromString,
-                    response_serializer=protos_dot_stub_dot_v1_dot_control__pb2.StubSubmitResponse.SerializeToString,
+                    request_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.StubSubmitRequest.FromString,
+                    response_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.StubSubmitResponse.SerializeToString,
             ),
             'Resubmit': grpc.unary_unary_rpc_method_handler(
                     servicer.Resubmit,
-                    request_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.ResubmitRequest.FromString,
-                    response_serializer=protos_dot_stub_dot_v1_dot_control__pb2.StubSubmitResponse.SerializeToString,
+                    request_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.ResubmitRequest.FromString,
+                    response_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.StubSubmitResponse.SerializeToString,
             ),
             'Confirm': grpc.unary_unary_rpc_method_handler(
                     servicer.Confirm,
-                    request_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.ConfirmRequest.FromString,
-                    response_serializer=protos_dot_stub_dot_v1_dot_control__pb2.ConfirmResponse.SerializeToString,
+                    request_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.ConfirmRequest.FromString,
+                    response_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.ConfirmResponse.SerializeToString,
             ),
             'QueryTransfer': grpc.unary_unary_rpc_method_handler(
                     servicer.QueryTransfer,
-                    request_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.QueryTransferRequest.FromString,
-                    response_serializer=protos_dot_gongji_dot_v1_dot_transfers__pb2.GetTransferResponse.SerializeToString,
+                    request_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.QueryTransferRequest.FromString,
+                    response_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.QueryTransferResponse.SerializeToString,
             ),
             'Snapshot': grpc.unary_unary_rpc_method_handler(
                     servicer.Snapshot,
-                    request_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.SnapshotRequest.FromString,
-                    response_serializer=protos_dot_stub_dot_v1_dot_control__pb2.SnapshotResponse.SerializeToString,
+                    request_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.SnapshotRequest.FromString,
+                    response_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.SnapshotResponse.SerializeToString,
             ),
             'ProposeBinding': grpc.unary_unary_rpc_method_handler(
                     servicer.ProposeBinding,
-                    request_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.StubProposeRequest.FromString,
-                    response_serializer=protos_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.SerializeToString,
+                    request_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.StubProposeRequest.FromString,
+                    response_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.SerializeToString,
             ),
             'AnswerConsent': grpc.unary_unary_rpc_method_handler(
                     servicer.AnswerConsent,
-                    request_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.AnswerConsentRequest.FromString,
-                    response_serializer=protos_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.SerializeToString,
+                    request_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.AnswerConsentRequest.FromString,
+                    response_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.SerializeToString,
             ),
             'DissolveBinding': grpc.unary_unary_rpc_method_handler(
                     servicer.DissolveBinding,
-                    request_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.StubDissolveRequest.FromString,
-                    response_serializer=protos_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.SerializeToString,
+                    request_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.StubDissolveRequest.FromString,
+                    response_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.SerializeToString,
             ),
             'ReportMemberChange': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportMemberChange,
-                    request_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.StubMemberChangeRequest.FromString,
-                    response_serializer=protos_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.SerializeToString,
+                    request_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.StubMemberChangeRequest.FromString,
+                    response_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.SerializeToString,
             ),
             'QueryBinding': grpc.unary_unary_rpc_method_handler(
                     servicer.QueryBinding,
-                    request_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.QueryBindingRequest.FromString,
-                    response_serializer=protos_dot_gongji_dot_v1_dot_relations__pb2.GetBindingResponse.SerializeToString,
+                    request_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.QueryBindingRequest.FromString,
+                    response_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.QueryBindingResponse.SerializeToString,
             ),
             'AcknowledgeSettlement': grpc.unary_unary_rpc_method_handler(
                     servicer.AcknowledgeSettlement,
-                    request_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.StubAcknowledgeRequest.FromString,
-                    response_serializer=protos_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.SerializeToString,
+                    request_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.StubAcknowledgeRequest.FromString,
+                    response_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.SerializeToString,
             ),
             'QuerySettlement': grpc.unary_unary_rpc_method_handler(
                     servicer.QuerySettlement,
-                    request_deserializer=protos_dot_stub_dot_v1_dot_control__pb2.QuerySettlementRequest.FromString,
-                    response_serializer=protos_dot_gongji_dot_v1_dot_settlements__pb2.GetSettlementResponse.SerializeToString,
+                    request_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.QuerySettlementRequest.FromString,
+                    response_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.QuerySettlementResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -298,8 +295,8 @@ class StubControl:
             request,
             target,
             '/gongji.stub.v1.StubControl/Configure',
-            protos_dot_stub_dot_v1_dot_control__pb2.Behaviour.SerializeToString,
-            protos_dot_stub_dot_v1_dot_control__pb2.Behaviour.FromString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.Behaviour.SerializeToString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.Behaviour.FromString,
             options,
             channel_credentials,
             insecure,
@@ -325,8 +322,8 @@ class StubControl:
             request,
             target,
             '/gongji.stub.v1.StubControl/SubmitTransfer',
-            protos_dot_stub_dot_v1_dot_control__pb2.StubSubmitRequest.SerializeToString,
-            protos_dot_stub_dot_v1_dot_control__pb2.StubSubmitResponse.FromString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.StubSubmitRequest.SerializeToString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.StubSubmitResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -352,8 +349,8 @@ class StubControl:
             request,
             target,
             '/gongji.stub.v1.StubControl/Resubmit',
-            protos_dot_stub_dot_v1_dot_control__pb2.ResubmitRequest.SerializeToString,
-            protos_dot_stub_dot_v1_dot_control__pb2.StubSubmitResponse.FromString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.ResubmitRequest.SerializeToString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.StubSubmitResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -379,8 +376,8 @@ class StubControl:
             request,
             target,
             '/gongji.stub.v1.StubControl/Confirm',
-            protos_dot_stub_dot_v1_dot_control__pb2.ConfirmRequest.SerializeToString,
-            protos_dot_stub_dot_v1_dot_control__pb2.ConfirmResponse.FromString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.ConfirmRequest.SerializeToString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.ConfirmResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -406,8 +403,8 @@ class StubControl:
             request,
             target,
             '/gongji.stub.v1.StubControl/QueryTransfer',
-            protos_dot_stub_dot_v1_dot_control__pb2.QueryTransferRequest.SerializeToString,
-            protos_dot_gongji_dot_v1_dot_transfers__pb2.GetTransferResponse.FromString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.QueryTransferRequest.SerializeToString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.QueryTransferResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -433,8 +430,8 @@ class StubControl:
             request,
             target,
             '/gongji.stub.v1.StubControl/Snapshot',
-            protos_dot_stub_dot_v1_dot_control__pb2.SnapshotRequest.SerializeToString,
-            protos_dot_stub_dot_v1_dot_control__pb2.SnapshotResponse.FromString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.SnapshotRequest.SerializeToString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.SnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -460,8 +457,8 @@ class StubControl:
             request,
             target,
             '/gongji.stub.v1.StubControl/ProposeBinding',
-            protos_dot_stub_dot_v1_dot_control__pb2.StubProposeRequest.SerializeToString,
-            protos_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.FromString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.StubProposeRequest.SerializeToString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -487,8 +484,8 @@ class StubControl:
             request,
             target,
             '/gongji.stub.v1.StubControl/AnswerConsent',
-            protos_dot_stub_dot_v1_dot_control__pb2.AnswerConsentRequest.SerializeToString,
-            protos_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.FromString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.AnswerConsentRequest.SerializeToString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -514,8 +511,8 @@ class StubControl:
             request,
             target,
             '/gongji.stub.v1.StubControl/DissolveBinding',
-            protos_dot_stub_dot_v1_dot_control__pb2.StubDissolveRequest.SerializeToString,
-            protos_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.FromString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.StubDissolveRequest.SerializeToString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -541,8 +538,8 @@ class StubControl:
             request,
             target,
             '/gongji.stub.v1.StubControl/ReportMemberChange',
-            protos_dot_stub_dot_v1_dot_control__pb2.StubMemberChangeRequest.SerializeToString,
-            protos_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.FromString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.StubMemberChangeRequest.SerializeToString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -568,8 +565,8 @@ class StubControl:
             request,
             target,
             '/gongji.stub.v1.StubControl/QueryBinding',
-            protos_dot_stub_dot_v1_dot_control__pb2.QueryBindingRequest.SerializeToString,
-            protos_dot_gongji_dot_v1_dot_relations__pb2.GetBindingResponse.FromString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.QueryBindingRequest.SerializeToString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.QueryBindingResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -595,8 +592,8 @@ class StubControl:
             request,
             target,
             '/gongji.stub.v1.StubControl/AcknowledgeSettlement',
-            protos_dot_stub_dot_v1_dot_control__pb2.StubAcknowledgeRequest.SerializeToString,
-            protos_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.FromString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.StubAcknowledgeRequest.SerializeToString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.StubCallResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -622,8 +619,8 @@ class StubControl:
             request,
             target,
             '/gongji.stub.v1.StubControl/QuerySettlement',
-            protos_dot_stub_dot_v1_dot_control__pb2.QuerySettlementRequest.SerializeToString,
-            protos_dot_gongji_dot_v1_dot_settlements__pb2.GetSettlementResponse.FromString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.QuerySettlementRequest.SerializeToString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.QuerySettlementResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,11 +7,8 @@ read what it received.
 """
 
 from collections import abc as _abc
+from protos.gongji.stub.v1 import control_pb2 as _control_pb2
 from grpc import aio as _aio
-from protos.gongji.v1 import relations_pb2 as _relations_pb2
-from protos.gongji.v1 import settlements_pb2 as _settlements_pb2
-from protos.gongji.v1 import transfers_pb2 as _transfers_pb2
-from protos.stub.v1 import control_pb2 as _control_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -49,7 +46,7 @@ class StubControlStub:
     """Send an earlier instruction again: the same bytes, or (modify) changed bytes under the same id."""
     Confirm: _grpc.UnaryUnaryMultiCallable[_control_pb2.ConfirmRequest, _control_pb2.ConfirmResponse]
     """Confirm or decline a pending credit now, whatever the confirm mode."""
-    QueryTransfer: _grpc.UnaryUnaryMultiCallable[_control_pb2.QueryTransferRequest, _transfers_pb2.GetTransferResponse]
+    QueryTransfer: _grpc.UnaryUnaryMultiCallable[_control_pb2.QueryTransferRequest, _control_pb2.QueryTransferResponse]
     """Ask the gateway (signed GetTransfer) for a transfer's view."""
     Snapshot: _grpc.UnaryUnaryMultiCallable[_control_pb2.SnapshotRequest, _control_pb2.SnapshotResponse]
     """What this province holds: credits received and outcomes told."""
@@ -61,11 +58,11 @@ class StubControlStub:
     """Sign and send a DissolveBinding."""
     ReportMemberChange: _grpc.UnaryUnaryMultiCallable[_control_pb2.StubMemberChangeRequest, _control_pb2.StubCallResponse]
     """Sign and send a ReportMemberChange about a person insured here."""
-    QueryBinding: _grpc.UnaryUnaryMultiCallable[_control_pb2.QueryBindingRequest, _relations_pb2.GetBindingResponse]
+    QueryBinding: _grpc.UnaryUnaryMultiCallable[_control_pb2.QueryBindingRequest, _control_pb2.QueryBindingResponse]
     """Ask the gateway (signed GetBinding) for a binding's view."""
     AcknowledgeSettlement: _grpc.UnaryUnaryMultiCallable[_control_pb2.StubAcknowledgeRequest, _control_pb2.StubCallResponse]
     """Sign and send an AcknowledgeSettlement for figures received (now, whatever the ack mode)."""
-    QuerySettlement: _grpc.UnaryUnaryMultiCallable[_control_pb2.QuerySettlementRequest, _settlements_pb2.GetSettlementResponse]
+    QuerySettlement: _grpc.UnaryUnaryMultiCallable[_control_pb2.QuerySettlementRequest, _control_pb2.QuerySettlementResponse]
     """Ask the gateway (signed GetSettlement) for a window's figures."""
 
 @_typing.type_check_only
@@ -83,7 +80,7 @@ class StubControlAsyncStub(StubControlStub):
     """Send an earlier instruction again: the same bytes, or (modify) changed bytes under the same id."""
     Confirm: _aio.UnaryUnaryMultiCallable[_control_pb2.ConfirmRequest, _control_pb2.ConfirmResponse]  # type: ignore[assignment]
     """Confirm or decline a pending credit now, whatever the confirm mode."""
-    QueryTransfer: _aio.UnaryUnaryMultiCallable[_control_pb2.QueryTransferRequest, _transfers_pb2.GetTransferResponse]  # type: ignore[assignment]
+    QueryTransfer: _aio.UnaryUnaryMultiCallable[_control_pb2.QueryTransferRequest, _control_pb2.QueryTransferResponse]  # type: ignore[assignment]
     """Ask the gateway (signed GetTransfer) for a transfer's view."""
     Snapshot: _aio.UnaryUnaryMultiCallable[_control_pb2.SnapshotRequest, _control_pb2.SnapshotResponse]  # type: ignore[assignment]
     """What this province holds: credits received and outcomes told."""
@@ -95,11 +92,11 @@ class StubControlAsyncStub(StubControlStub):
     """Sign and send a DissolveBinding."""
     ReportMemberChange: _aio.UnaryUnaryMultiCallable[_control_pb2.StubMemberChangeRequest, _control_pb2.StubCallResponse]  # type: ignore[assignment]
     """Sign and send a ReportMemberChange about a person insured here."""
-    QueryBinding: _aio.UnaryUnaryMultiCallable[_control_pb2.QueryBindingRequest, _relations_pb2.GetBindingResponse]  # type: ignore[assignment]
+    QueryBinding: _aio.UnaryUnaryMultiCallable[_control_pb2.QueryBindingRequest, _control_pb2.QueryBindingResponse]  # type: ignore[assignment]
     """Ask the gateway (signed GetBinding) for a binding's view."""
     AcknowledgeSettlement: _aio.UnaryUnaryMultiCallable[_control_pb2.StubAcknowledgeRequest, _control_pb2.StubCallResponse]  # type: ignore[assignment]
     """Sign and send an AcknowledgeSettlement for figures received (now, whatever the ack mode)."""
-    QuerySettlement: _aio.UnaryUnaryMultiCallable[_control_pb2.QuerySettlementRequest, _settlements_pb2.GetSettlementResponse]  # type: ignore[assignment]
+    QuerySettlement: _aio.UnaryUnaryMultiCallable[_control_pb2.QuerySettlementRequest, _control_pb2.QuerySettlementResponse]  # type: ignore[assignment]
     """Ask the gateway (signed GetSettlement) for a window's figures."""
 
 class StubControlServicer(metaclass=_abc_1.ABCMeta):
@@ -144,7 +141,7 @@ class StubControlServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _control_pb2.QueryTransferRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_transfers_pb2.GetTransferResponse, _abc.Awaitable[_transfers_pb2.GetTransferResponse]]:
+    ) -> _typing.Union[_control_pb2.QueryTransferResponse, _abc.Awaitable[_control_pb2.QueryTransferResponse]]:
         """Ask the gateway (signed GetTransfer) for a transfer's view."""
 
     @_abc_1.abstractmethod
@@ -192,7 +189,7 @@ class StubControlServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _control_pb2.QueryBindingRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_relations_pb2.GetBindingResponse, _abc.Awaitable[_relations_pb2.GetBindingResponse]]:
+    ) -> _typing.Union[_control_pb2.QueryBindingResponse, _abc.Awaitable[_control_pb2.QueryBindingResponse]]:
         """Ask the gateway (signed GetBinding) for a binding's view."""
 
     @_abc_1.abstractmethod
@@ -208,7 +205,7 @@ class StubControlServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _control_pb2.QuerySettlementRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_settlements_pb2.GetSettlementResponse, _abc.Awaitable[_settlements_pb2.GetSettlementResponse]]:
+    ) -> _typing.Union[_control_pb2.QuerySettlementResponse, _abc.Awaitable[_control_pb2.QuerySettlementResponse]]:
         """Ask the gateway (signed GetSettlement) for a window's figures."""
 
 def add_StubControlServicer_to_server(servicer: StubControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

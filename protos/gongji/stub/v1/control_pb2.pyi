@@ -7,12 +7,14 @@ read what it received.
 """
 
 from collections import abc as _abc
+from protos.gongji.v1 import common_pb2 as _common_pb2
+from protos.gongji.v1 import relations_pb2 as _relations_pb2
+from protos.gongji.v1 import settlements_pb2 as _settlements_pb2
+from protos.gongji.v1 import transfers_pb2 as _transfers_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
-from protos.gongji.v1 import relations_pb2 as _relations_pb2
-from protos.gongji.v1 import transfers_pb2 as _transfers_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -163,6 +165,40 @@ class QuerySettlementRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___QuerySettlementRequest: _TypeAlias = QuerySettlementRequest  # noqa: Y015
+
+@_typing.final
+class QuerySettlementResponse(_message.Message):
+    """QuerySettlement's response: the gateway's GetSettlementResponse (the same fields and numbers)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    FIGURES_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGED_BY_FIELD_NUMBER: _builtins.int
+    state: _settlements_pb2.SettlementWindowState.ValueType
+    """The window's state."""
+    @_builtins.property
+    def figures(self) -> _common_pb2.SignedEnvelope:
+        """Gateway-signed envelope of the SettlementFigures (absent while OPEN)."""
+
+    @_builtins.property
+    def acknowledged_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Provinces that have acknowledged so far."""
+
+    def __init__(
+        self,
+        *,
+        state: _settlements_pb2.SettlementWindowState.ValueType = ...,
+        figures: _common_pb2.SignedEnvelope | None = ...,
+        acknowledged_by: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["figures", b"figures"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_by", b"acknowledged_by", "figures", b"figures", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuerySettlementResponse: _TypeAlias = QuerySettlementResponse  # noqa: Y015
 
 @_typing.final
 class SettlementReceived(_message.Message):
@@ -389,6 +425,30 @@ class QueryBindingRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___QueryBindingRequest: _TypeAlias = QueryBindingRequest  # noqa: Y015
+
+@_typing.final
+class QueryBindingResponse(_message.Message):
+    """QueryBinding's response: the gateway's GetBindingResponse (the same fields and numbers)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BINDING_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def binding(self) -> _relations_pb2.BindingView:
+        """The binding."""
+
+    def __init__(
+        self,
+        *,
+        binding: _relations_pb2.BindingView | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["binding", b"binding"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["binding", b"binding"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueryBindingResponse: _TypeAlias = QueryBindingResponse  # noqa: Y015
 
 @_typing.final
 class Behaviour(_message.Message):
@@ -631,6 +691,30 @@ class QueryTransferRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___QueryTransferRequest: _TypeAlias = QueryTransferRequest  # noqa: Y015
+
+@_typing.final
+class QueryTransferResponse(_message.Message):
+    """QueryTransfer's response: the gateway's GetTransferResponse (the same fields and numbers)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def transfer(self) -> _transfers_pb2.TransferView:
+        """The transfer."""
+
+    def __init__(
+        self,
+        *,
+        transfer: _transfers_pb2.TransferView | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["transfer", b"transfer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["transfer", b"transfer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueryTransferResponse: _TypeAlias = QueryTransferResponse  # noqa: Y015
 
 @_typing.final
 class SnapshotRequest(_message.Message):
