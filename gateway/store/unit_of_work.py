@@ -94,6 +94,8 @@ class SqlUnitOfWork:
             self._connection.rollback()
 
     def commit(self) -> None:
+        # The rows every writer shares, last and in one order: the totals, then the audit chain's head.
+        self.totals.flush()
         self.audit.flush()
         self._end("COMMIT")
         actions, self._after_commit = self._after_commit, []

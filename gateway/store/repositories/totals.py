@@ -67,25 +67,50 @@ class TotalStatements:
 
 
 class SqlTotals:
-    """Moves the totals inside the caller's transaction; reads them, or recounts them from the rows."""
+    """Moves the totals inside the caller's transaction; reads them, or recounts them from the rows.
+
+    The moves of a transaction are gathered and written just before its commit (`flush`), in one order of
+    rows for every transaction: concurrent transactions wait for each other's rows briefly but never deadlock
+    (two gateways on PostgreSQL), and a transfer added and moved in one transaction writes its rows once.
+    """
 
     def __init__(self, cursor: Cursor, statements: TotalStatements) -> None:
         self._cursor, self._s = cursor, statements
+        self._moved_transfers: dict[tuple[str, str, str, int], list[int]] = {}
+        self._moved_outbox: dict[tuple[str, int], list[int]] = {}
 
     def transfer_moved(self, transfer_id: str, giver: str, receiver: str, amount_fen: int,
                        left: TransferState | None, entered: TransferState) -> None:
         """A transfer entered a state (from `left`, or new): one fewer in the old state, one more in the new."""
         shard = shard_of(transfer_id)
-        rows = [{"giver_province": giver, "receiver_province": receiver, "state": entered.value, "shard": shard,
-                 "count": 1, "amount_fen": amount_fen}]
+        self._add_transfer((giver, receiver, entered.value, shard), 1, amount_fen)
         if left is not None:
-            rows.append({**rows[0], "state": left.value, "count": -1, "amount_fen": -amount_fen})
-        self._cursor.run_many(self._s.add_transfer, rows)
+            self._add_transfer((giver, receiver, left.value, shard), -1, -amount_fen)
+
+    def _add_transfer(self, key: tuple[str, str, str, int], count: int, amount_fen: int) -> None:
+        moved = self._moved_transfers.setdefault(key, [0, 0])
+        moved[0] += count
+        moved[1] += amount_fen
 
     def outbox_moved(self, destination: str, message_id: str, pending: int = 0, attempts: int = 0,
                      done: int = 0) -> None:
-        self._cursor.run(self._s.add_outbox, destination=destination, shard=shard_of(message_id), pending=pending,
-                         attempts=attempts, done=done)
+        moved = self._moved_outbox.setdefault((destination, shard_of(message_id)), [0, 0, 0])
+        moved[0] += pending
+        moved[1] += attempts
+        moved[2] += done
+
+    def flush(self) -> None:
+        """Write what this transaction moved, rows in key order (called just before the commit)."""
+        self._cursor.run_many(self._s.add_transfer, [
+            {"giver_province": g, "receiver_province": r, "state": state, "shard": shard, "count": count,
+             "amount_fen": amount}
+            for (g, r, state, shard), (count, amount) in sorted(self._moved_transfers.items()) if count or amount])
+        self._cursor.run_many(self._s.add_outbox, [
+            {"destination": d, "shard": shard, "pending": pending, "attempts": attempts, "done": done}
+            for (d, shard), (pending, attempts, done) in sorted(self._moved_outbox.items())
+            if pending or attempts or done])
+        self._moved_transfers.clear()
+        self._moved_outbox.clear()
 
     def read(self) -> Totals:
         return Totals(self._pairs(self._cursor.all(self._s.transfers)), self._outbox(self._cursor.all(self._s.outbox)))
