@@ -45,8 +45,9 @@ def _verdicts(reasons: list[Reason]) -> list[str]:
         if r.rule and r.kind is not None and r.kind is not FailedPrecondition:
             as_fields.setdefault(_status(r.kind), []).append(f"`{r.name}`")
     for status, names in sorted(as_fields.items()):
-        lines += ["", f"Checked as fields of a message too (a transfer instruction, a member change), these are "
-                      f"`{status}` there: {', '.join(names)}."]
+        lines += ["", f"Every message that carries ID numbers (a transfer instruction, a binding proposal, a member "
+                      f"change) checks these as its fields first, so a call is refused with them as `{status}`; "
+                      f"as verdicts they appear only in `VerifyRelation`'s answer: {', '.join(names)}."]
     return lines
 
 
@@ -91,7 +92,7 @@ def render() -> str:
         "",
         "The eligibility rules (D1-D6) and the transfer limits (D10, D12) are computed: `VerifyRelation` lists",
         "every failed rule in its answer (`violations`, with the rule and the field; the answer is not an error),",
-        "and `ProposeBinding` (D1-D5), `AcceptBinding` (D6) and `SubmitTransfer` (D10, D12) refuse with",
+        "and `ProposeBinding` (D2-D5), `AcceptBinding` (D6) and `SubmitTransfer` (D10, D12) refuse with",
         "`FAILED_PRECONDITION`, the first verdict's reason and its field.",
         "",
         *_verdicts(reasons),

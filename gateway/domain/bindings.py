@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from gateway.domain import reasons
+from gateway.domain.clock import BEIJING
 from gateway.domain.eligibility import AttestationMethod
 from gateway.domain.envelope import Header
 from gateway.domain.errors import InvalidArgument
@@ -16,8 +17,9 @@ from gateway.domain.references import validate_reference
 from gateway.domain.transfers import (
     REASON_PATTERN,
     PersonRef,
+    validate_different_persons,
     validate_message_id,
-    validate_pooling_area,
+    validate_person,
 )
 
 # How long a proposal may wait for the receiver's consent; it holds both people for that long where a
@@ -133,7 +135,8 @@ class Binding:
 
 
 def validate_proposal(proposal: BindingProposal, now: datetime) -> None:
-    """The proposal's own fields; eligibility (D1-D5) is judged separately and reported as a refusal."""
+    """The proposal's own fields, the ID numbers (D1) and two people (D2) included, as for a transfer; the rest of
+    eligibility (D2-D5, with what the provinces say) is judged separately and refused as a precondition."""
     header = proposal.header
     validate_message_id(header.message_id)
     if not PROVINCE_CODE.fullmatch(header.receiver):
@@ -144,8 +147,10 @@ def validate_proposal(proposal: BindingProposal, now: datetime) -> None:
         raise InvalidArgument("giver and receiver are insured in the same province; the gateway carries "
                               "cross-province relations only",
                               reason=reasons.NOT_CROSS_PROVINCE, field="header.receiver")
-    validate_pooling_area(proposal.giver.pooling_area, header.sender, "giver.pooling_area")
-    validate_pooling_area(proposal.receiver.pooling_area, header.receiver, "receiver.pooling_area")
+    today = now.astimezone(BEIJING).date()
+    validate_person(proposal.giver, header.sender, "giver", today)
+    validate_person(proposal.receiver, header.receiver, "receiver", today)
+    validate_different_persons(proposal.giver, proposal.receiver)
     if not proposal.letter_version:
         raise InvalidArgument("the giver's accepted commitment letter is required", reason=reasons.MISSING_COMMITMENT,
                               field="commitment.letter_version")

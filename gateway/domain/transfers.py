@@ -115,12 +115,18 @@ def validate_pooling_area(area: str, province: str, field: str) -> None:
                               reason=reasons.INVALID_POOLING_AREA, field=field)
 
 
-def _validate_person(person: PersonRef, province: str, role: str, today: date) -> None:
+def validate_person(person: PersonRef, province: str, role: str, today: date) -> None:
     problem = check_id_number(person.id_number, today)
     if problem is not None:
         raise InvalidArgument(f"{role}.id_number is not a valid resident ID number ({problem.value})",
                               reason=reasons.INVALID_ID_NUMBER, field=f"{role}.id_number")
     validate_pooling_area(person.pooling_area, province, f"{role}.pooling_area")
+
+
+def validate_different_persons(giver: PersonRef, receiver: PersonRef) -> None:
+    if normalise_id_number(giver.id_number) == normalise_id_number(receiver.id_number):
+        raise InvalidArgument("the receiver must be a different person from the giver (D2)",
+                              reason=reasons.SAME_PERSON, field="receiver.id_number")
 
 
 def validate_instruction(instruction: TransferInstruction, today: date) -> None:
@@ -134,11 +140,9 @@ def validate_instruction(instruction: TransferInstruction, today: date) -> None:
         raise InvalidArgument("giver and receiver are insured in the same province; the gateway carries "
                               "cross-province transfers only",
                               reason=reasons.NOT_CROSS_PROVINCE, field="header.receiver")
-    _validate_person(instruction.giver, header.sender, "giver", today)
-    _validate_person(instruction.receiver, header.receiver, "receiver", today)
-    if normalise_id_number(instruction.giver.id_number) == normalise_id_number(instruction.receiver.id_number):
-        raise InvalidArgument("the receiver must be a different person from the giver (D2)",
-                              reason=reasons.SAME_PERSON, field="receiver.id_number")
+    validate_person(instruction.giver, header.sender, "giver", today)
+    validate_person(instruction.receiver, header.receiver, "receiver", today)
+    validate_different_persons(instruction.giver, instruction.receiver)
     validate_amount(instruction.amount_fen, "amount_fen")
     if instruction.currency != CURRENCY:
         raise InvalidArgument("currency must be CNY (D11)", reason=reasons.UNSUPPORTED_CURRENCY, field="currency")

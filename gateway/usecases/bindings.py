@@ -87,8 +87,8 @@ def _party_binding(uow: UnitOfWork, binding_id: str, sender: str) -> Binding:
 @dataclass(frozen=True, slots=True)
 class _Proposal:
     proposal: BindingProposal
-    giver_province: Province
-    receiver_province: Province
+    giver_province: Province | None
+    receiver_province: Province | None
 
 
 def _accept_proposal(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
@@ -103,9 +103,8 @@ def _accept_proposal(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
         if stored is not None:
             return BindingAnswer(stored, True)
         validate_proposal(proposal, now)
-        giver_province = require_active(uow.provinces.get(header.sender), header.sender, "header.sender")
-        receiver_province = require_active(uow.provinces.get(header.receiver), header.receiver, "header.receiver")
-        return _Proposal(proposal, giver_province, receiver_province)
+        # An unknown or suspended province is a refusal stored like any other (_store_proposal decides it).
+        return _Proposal(proposal, uow.provinces.get(header.sender), uow.provinces.get(header.receiver))
 
 
 def _binding_id_taken() -> AlreadyExists:
@@ -123,6 +122,8 @@ def _store_proposal(ctx: UseCaseContext, envelope: Envelope, proposal: BindingPr
     with ctx.uow() as uow:
 
         def propose() -> bytes:
+            require_active(uow.provinces.get(header.sender), header.sender, "header.sender")
+            require_active(uow.provinces.get(header.receiver), header.receiver, "header.receiver")
             # The giver's province hears what VerifyRelation would tell it, no more (D19).
             violations = as_told_to_giver_province(check_eligibility(
                 giver_id_number=proposal.giver.id_number, receiver_id_number=proposal.receiver.id_number,
@@ -171,9 +172,13 @@ async def propose_binding(ctx: UseCaseContext, run_in_db: RunInDb, envelope: Env
     if isinstance(accepted, BindingAnswer):
         return accepted  # a resend: the provinces are not asked again
     proposal = accepted.proposal
-    today = ctx.clock.now().astimezone(BEIJING).date()
-    giver_status, receiver_status = await ask_both(ctx.members, (accepted.giver_province, proposal.giver),
-                                                   (accepted.receiver_province, proposal.receiver), today)
+    giver_province, receiver_province = accepted.giver_province, accepted.receiver_province
+    if giver_province and giver_province.is_active and receiver_province and receiver_province.is_active:
+        today = ctx.clock.now().astimezone(BEIJING).date()
+        giver_status, receiver_status = await ask_both(ctx.members, (giver_province, proposal.giver),
+                                                       (receiver_province, proposal.receiver), today)
+    else:  # not asked: the refusal is decided and stored without them
+        giver_status = receiver_status = MemberStatus.not_found()
     answer: BindingAnswer = await run_in_db(_store_proposal, ctx, envelope, proposal, decode.type_name,
                                            giver_status, receiver_status)
     return answer
@@ -212,6 +217,7 @@ def accept_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
         acceptance = authenticate(uow, envelope, decode, peer, now, ctx)
         header = acceptance.header
         validate_message_id(header.message_id)
+        require_addressed_to_gateway(header, "an acceptance")
         if acceptance.decision is ConsentDecision.ACCEPT and acceptance.attestation is None:
             raise InvalidArgument("an acceptance needs the receiver's attestation (D6)", reason=reasons.MISSING_FIELD,
                                   field="attestation")
@@ -228,6 +234,7 @@ def accept_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
         new_state = BindingState.ACTIVE if acceptance.decision is ConsentDecision.ACCEPT else BindingState.REFUSED
 
         def answer() -> bytes:
+            require_active(uow.provinces.get(header.sender), header.sender, "header.sender")  # a stored refusal
             if binding.state is not BindingState.PROPOSED:
                 raise FailedPrecondition(f"the binding is {binding.state.value}, not PROPOSED",
                                          reason=reasons.BINDING_NOT_PROPOSED, field="binding_id")
@@ -272,11 +279,13 @@ def dissolve_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
         dissolution = authenticate(uow, envelope, decode, peer, now, ctx)
         header = dissolution.header
         validate_message_id(header.message_id)
+        require_addressed_to_gateway(header, "a dissolution")
         validate_reason(dissolution.reason)
         binding = _party_binding(uow, dissolution.binding_id, header.sender)
         digest = payload_digest(envelope.payload)
 
         def dissolve() -> bytes:
+            require_active(uow.provinces.get(header.sender), header.sender, "header.sender")  # a stored refusal
             reason = dissolution.reason or "DISSOLVED_BY_MEMBER"
             if not uow.bindings.change_state(binding.binding_id, [BindingState.ACTIVE, BindingState.SUSPENDED],
                                              BindingState.DISSOLVED, reason, now):
@@ -297,6 +306,8 @@ def get_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
     now = ctx.clock.now()
     with ctx.uow() as uow:
         query = authenticate(uow, envelope, decode, peer, now, ctx)
+        validate_message_id(query.header.message_id)
+        require_addressed_to_gateway(query.header, "a binding query")
         return _party_binding(uow, query.binding_id, query.header.sender)
 
 
@@ -325,6 +336,7 @@ def report_member_change(ctx: UseCaseContext, envelope: Envelope, peer: str | No
         ref = ctx.hasher.ref(change.person.id_number)
 
         def apply() -> bytes:
+            require_active(uow.provinces.get(header.sender), header.sender, "header.sender")  # a stored refusal
             # A binding moves by both its people's suspensions: changes for either are decided one at a time
             # (two resumes at once would each still see the other's suspension and leave it SUSPENDED).
             uow.bindings.lock_people(ref, *(b.giver_ref if b.receiver_ref == ref else b.receiver_ref

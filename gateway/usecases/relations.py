@@ -19,7 +19,7 @@ from gateway.domain.envelope import Envelope
 from gateway.domain.errors import InvalidArgument, Unavailable
 from gateway.domain.provinces import PROVINCE_CODE, Province
 from gateway.domain.relations import RelationAnswer, RelationQuery, record_of
-from gateway.domain.transfers import PersonRef, validate_message_id
+from gateway.domain.transfers import PersonRef, validate_message_id, validate_pooling_area
 from gateway.usecases.auth import PayloadDecoder, authenticate
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.ports import MemberDirectory, RunInDb
@@ -63,6 +63,12 @@ def accept_relation_query(ctx: UseCaseContext, envelope: Envelope, peer: str | N
         if not PROVINCE_CODE.fullmatch(query.header.receiver):
             raise InvalidArgument("header.receiver must be the receiver's province code",
                                   reason=reasons.INVALID_PROVINCE_CODE, field="header.receiver")
+        if query.header.receiver == query.header.sender:
+            raise InvalidArgument("giver and receiver are insured in the same province; the gateway carries "
+                                  "cross-province relations only", reason=reasons.NOT_CROSS_PROVINCE,
+                                  field="header.receiver")
+        validate_pooling_area(query.giver.pooling_area, query.header.sender, "giver.pooling_area")
+        validate_pooling_area(query.receiver.pooling_area, query.header.receiver, "receiver.pooling_area")
         return RelationCheck(query, require_active(uow.provinces.get(query.header.sender), query.header.sender,
                                             "header.sender"),
                              require_active(uow.provinces.get(query.header.receiver), query.header.receiver,

@@ -25,11 +25,14 @@ class UseCaseRunner:
         self._on_change = on_change
 
     async def _with_retries(self, use_case: Callable[..., T], *args: Any) -> T:
+        return await self._retried(use_case, self.ctx, *args)
+
+    async def _retried(self, step: Callable[..., T], *args: Any) -> T:
         """A transaction the database gave up on because of another (deadlock, serialization failure)
         changed nothing: run it again, a bounded number of times, after a short random pause."""
         for attempt in range(1, CONTENTION_ATTEMPTS + 1):
             try:
-                result: T = await self._run_in_db(use_case, self.ctx, *args)
+                result: T = await self._run_in_db(step, *args)
                 return result
             except Contention:
                 if attempt == CONTENTION_ATTEMPTS:
@@ -52,8 +55,9 @@ class UseCaseRunner:
         return use_case(self.ctx, self._run_in_db, *args)
 
     async def orchestrate(self, use_case: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """An asynchronous use case that calls other systems between its database steps."""
-        return await use_case(self.ctx, self._run_in_db, *args)
+        """An asynchronous use case that calls other systems between its database steps (each retried as a
+        change is, on contention)."""
+        return await use_case(self.ctx, self._retried, *args)
 
     async def orchestrate_change(self, use_case: Callable[..., Awaitable[T]], *args: Any) -> T:
         """An orchestrated use case that may change state: the outbox is woken once it has."""

@@ -32,6 +32,7 @@ from gateway.usecases.auth import PayloadDecoder, authenticate, require_addresse
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.idempotency import payload_digest, run_once
 from gateway.usecases.ports import UnitOfWork
+from gateway.usecases.provinces import require_active
 
 # Each closed window pushes commits one window on; no real history comes near this many in a row.
 MAX_WINDOW_HOPS = 1000
@@ -164,6 +165,8 @@ def get_settlement(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
     now = ctx.clock.now()
     with ctx.uow() as uow:
         query = authenticate(uow, envelope, decode, peer, now, ctx)
+        validate_message_id(query.header.message_id)
+        require_addressed_to_gateway(query.header, "a settlement query")
         province = query.header.sender
         window_id = query.window_id
         if window_id:
@@ -206,6 +209,7 @@ def acknowledge_settlement(ctx: UseCaseContext, envelope: Envelope, peer: str | 
         digest = payload_digest(envelope.payload)
 
         def record() -> bytes:
+            require_active(uow.provinces.get(header.sender), header.sender, "header.sender")  # a stored refusal
             state = uow.settlements.lock(ack.window_id)  # acknowledgements of one window one at a time
             if state is None:
                 raise window_not_found()

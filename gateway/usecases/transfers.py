@@ -256,6 +256,7 @@ def get_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
     now = ctx.clock.now()
     with ctx.uow() as uow:
         query = authenticate(uow, envelope, decode, peer, now, ctx)
+        validate_message_id(query.header.message_id)
         require_addressed_to_gateway(query.header, "a transfer query")
         validate_message_id(query.transfer_id, field="transfer_id")
         transfer = uow.transfers.get(query.transfer_id, with_history=True)
