@@ -12,6 +12,7 @@ from gateway.domain.clock import Clock
 from gateway.domain.errors import RequestInFlight
 from gateway.domain.settlement import SettlementPolicy
 from gateway.usecases.handoff import OutboxHandOff
+from gateway.usecases.oplog import OperatorsLog
 from gateway.usecases.ports import MemberDirectory, PersonHasher, ReceiptIssuer, SignatureVerifier, UnitOfWorkFactory
 
 
@@ -72,3 +73,5 @@ class UseCaseContext:
     settlement: SettlementPolicy = field(default_factory=SettlementPolicy)
     # New transfer messages go straight to this process's outbox loop once it attaches (usecases/handoff.py).
     handoff: OutboxHandOff = field(default_factory=OutboxHandOff)
+    # Rate-limited warnings for operators: failing deliveries, transfers that ended REJECTED or RETURNED.
+    oplog: OperatorsLog = field(default_factory=OperatorsLog)

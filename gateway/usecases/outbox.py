@@ -20,7 +20,12 @@ from gateway.usecases.bindings import expire_proposals
 from gateway.usecases.context import StoredPayloadTypes, UseCaseContext
 from gateway.usecases.outbox_ports import Backoff, OutboxWork, SendResult
 from gateway.usecases.ports import UnitOfWork
-from gateway.usecases.transfers import change_transfer_state, enqueue_outcome, return_unconfirmed
+from gateway.usecases.transfers import (
+    change_transfer_state,
+    enqueue_outcome,
+    return_unconfirmed,
+    tell_operators_it_failed,
+)
 
 DESTINATION_UNREACHABLE = "DESTINATION_UNREACHABLE"
 
@@ -77,11 +82,21 @@ def _reject_undeliverable(ctx: UseCaseContext, uow: UnitOfWork, transfer: Transf
     if change_transfer_state(uow, transfer, TransferState.RECEIVED, TransferState.REJECTED, DESTINATION_UNREACHABLE,
                              now):
         enqueue_outcome(ctx, uow, transfer, TransferState.REJECTED, DESTINATION_UNREACHABLE, now)
+        tell_operators_it_failed(ctx, uow, transfer, TransferState.REJECTED, DESTINATION_UNREACHABLE)
 
 
 def record_outbox_results(ctx: UseCaseContext, results: list[tuple[OutboxWork, SendResult]],
                           backoff: Backoff) -> None:
+    """Record the provinces' answers in one transaction; failed attempts are reported to operators per province."""
     now = ctx.clock.now()
+    failed: dict[str, tuple[int, str, datetime]] = {}
+
+    def retry_later(message: OutboxMessage, error: str) -> None:
+        retry_at = now + backoff.delay(message.attempts)
+        uow.outbox.mark_retry(message.id, retry_at, error)
+        count, _, first_retry = failed.get(message.destination, (0, "", retry_at))
+        failed[message.destination] = (count + 1, error, min(first_retry, retry_at))
+
     with ctx.uow() as uow:
         for work, result in results:
             message, transfer = work.message, work.transfer
@@ -89,7 +104,7 @@ def record_outbox_results(ctx: UseCaseContext, results: list[tuple[OutboxWork, S
                 if result.acknowledged:
                     uow.outbox.mark_done(message.id, now)
                 else:
-                    uow.outbox.mark_retry(message.id, now + backoff.delay(message.attempts), result.reason)
+                    retry_later(message, result.reason)
                 continue
             if result.acknowledged:
                 uow.outbox.mark_done(message.id, now)
@@ -98,14 +113,17 @@ def record_outbox_results(ctx: UseCaseContext, results: list[tuple[OutboxWork, S
                         if change_transfer_state(uow, transfer, TransferState.RECEIVED, TransferState.REJECTED,
                                                  result.reason, now):
                             enqueue_outcome(ctx, uow, transfer, TransferState.REJECTED, result.reason, now)
+                            tell_operators_it_failed(ctx, uow, transfer, TransferState.REJECTED, result.reason)
                     else:
                         # A no-op when the confirmation already overtook this answer.
                         change_transfer_state(uow, transfer, TransferState.RECEIVED, TransferState.DELIVERED, "", now)
             elif isinstance(message.content, DeliverTransfer) and now >= transfer.delivery_deadline:
                 _reject_undeliverable(ctx, uow, transfer, now)
             else:
-                uow.outbox.mark_retry(message.id, now + backoff.delay(message.attempts), result.reason)
+                retry_later(message, result.reason)
         uow.commit()
+    for province, (count, error, retry_at) in sorted(failed.items()):
+        ctx.oplog.failed_deliveries(province, count, error, retry_at)
 
 
 def sweep_deadlines(ctx: UseCaseContext, limit: int = 200) -> int:

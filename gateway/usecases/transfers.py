@@ -85,7 +85,15 @@ def return_unconfirmed(ctx: UseCaseContext, uow: UnitOfWork, transfer: Transfer,
                                  reasons.CONFIRMATION_DEADLINE_PASSED, now):
         return False
     enqueue_outcome(ctx, uow, transfer, TransferState.RETURNED, reasons.CONFIRMATION_DEADLINE_PASSED, now)
+    tell_operators_it_failed(ctx, uow, transfer, TransferState.RETURNED, reasons.CONFIRMATION_DEADLINE_PASSED)
     return True
+
+
+def tell_operators_it_failed(ctx: UseCaseContext, uow: UnitOfWork, transfer: Transfer, state: TransferState,
+                             reason: str) -> None:
+    """A warning once the transfer's end is committed (ids, provinces and the reason only: D19)."""
+    uow.after_commit(lambda: ctx.oplog.transfer_failed(transfer.transfer_id, transfer.giver_province,
+                                                        transfer.receiver_province, state.value, reason))
 
 
 def _suspended_party(uow: UnitOfWork, giver_ref: bytes, giver_province: str, receiver_ref: bytes,
