@@ -278,6 +278,18 @@ def test_the_development_tools_lean_on_neither_the_tests_nor_the_bench() -> None
     assert violations(tools, lambda name: within(name, ["tests", "bench"])) == []
 
 
+def test_one_launcher_starts_the_stack_as_processes() -> None:
+    # `make run`, the benchmark and the crash tests start the stubs and the gateway through scripts/launcher.py's
+    # Stack: none of them writes the command lines, the manifest or the gateway's settings a second time.
+    modules = {m.name: m for m in load_modules(["scripts", "bench", "tests/crash"])}
+    for user in ("scripts.devstack", "bench.run", "tests.crash.harness"):
+        assert any(within(name, ["scripts.launcher"]) for name in modules[user].imports), user
+    starting = ('"-m", "gateway"', '"-m", "province_stub"', "GONGJI_MANIFEST")
+    starters = sorted(m.path for m in modules.values()
+                      if any(text in (ROOT / m.path).read_text(encoding="utf-8") for text in starting))
+    assert starters == ["scripts/launcher.py"]
+
+
 def test_province_stub_never_imports_the_gateway() -> None:
     assert in_package("province_stub")
     found = violations(in_package("province_stub"), lambda name: within(name, ["gateway"]))
