@@ -1,4 +1,4 @@
-"""Child processes of a bench run: free ports, launching with logs to files, readiness, stopping."""
+"""The processes of a bench run: free ports, launching with logs to files, readiness, CPU time, stopping."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from scripts.launcher import LaunchError, Proc, stop_all
+from scripts.launcher import LaunchError, Proc, Stack, stop_all
 from scripts.launcher import free_ports as free_ports  # bench.run picks its ports with it
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -57,33 +57,39 @@ def machine_busy_ticks() -> tuple[int, int]:
     return sum(values) - idle, sum(values)
 
 
-class Child(Proc):
-    """One started process (scripts/launcher.py: output to a log file, ended with the bench), and its CPU time."""
-
-    def cpu_seconds(self) -> float:
-        """This process and the processes it started (the gateway's outbox dispatchers)."""
-        return process_cpu_seconds(self.pid) + sum(process_cpu_seconds(pid) for pid in child_pids(self.pid))
+def cpu_seconds(proc: Proc) -> float:
+    """A started process and the processes it started (the gateway's outbox dispatchers)."""
+    return process_cpu_seconds(proc.pid) + sum(process_cpu_seconds(pid) for pid in child_pids(proc.pid))
 
 
 @dataclass
 class Children:
-    """Every process the bench started, stopped together at the end whatever happened."""
+    """Every process of a bench run, stopped together at the end whatever happened: the launcher's stack (the
+    stubs and the gateway, scripts/launcher.py) and the bench's own (echo, relays), each logging to a file."""
 
     log_dir: Path
-    started: list[Child] = field(default_factory=list)
+    own: list[Proc] = field(default_factory=list)
+    stack: Stack | None = None
 
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
-        child = Child(name, argv, env or {}, self.log_dir)
+    @property
+    def started(self) -> list[Proc]:
+        stack = [*self.stack.stubs.values(), *self.stack.gateways] if self.stack is not None else []
+        return [*stack, *self.own]
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+        child = Proc(name, argv, env or {}, self.log_dir)
         child.start()
-        self.started.append(child)
+        self.own.append(child)
         return child
 
     def stop_all(self, grace_s: float = 8.0) -> None:
         """SIGTERM (graceful stop) to all, then SIGKILL to whatever is still running after `grace_s`."""
+        if self.stack is not None:
+            self.stack.close_channels()
         stop_all(self.started, grace_s)
 
 
-async def wait_for_line(child: Child, pattern: re.Pattern[str], timeout_s: float) -> re.Match[str]:
+async def wait_for_line(child: Proc, pattern: re.Pattern[str], timeout_s: float) -> re.Match[str]:
     """Wait until the child prints a line matching `pattern`; fail early if it exits."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -96,16 +102,7 @@ async def wait_for_line(child: Child, pattern: re.Pattern[str], timeout_s: float
         await asyncio.sleep(0.05)
 
 
-async def wait_for_file(child: Child, path: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not path.exists():
-        child.check_alive()
-        if time.monotonic() > deadline:
-            raise BenchError(f"{child.name} did not write {path.name} within {timeout_s:.0f}s:\n{child.tail()}")
-        await asyncio.sleep(0.05)
-
-
-async def wait_for_health(child: Child, address: str, timeout_s: float) -> None:
+async def wait_for_health(child: Proc, address: str, timeout_s: float) -> None:
     """Wait until grpc.health.v1 on `address` answers SERVING for the whole server ("")."""
     deadline = time.monotonic() + timeout_s
     async with grpc.aio.insecure_channel(address) as channel:

@@ -23,22 +23,20 @@ from bench.phases import PHASES, measure
 from bench.procs import (
     PROJECT_ROOT,
     BenchError,
-    Child,
     Children,
+    cpu_seconds,
     free_ports,
     machine_busy_ticks,
     process_cpu_seconds,
-    wait_for_file,
     wait_for_health,
     wait_for_line,
 )
 from bench.transfers import GANSU, XINJIANG
+from scripts import launcher
+from scripts.launcher import Proc
 
 STARTUP_TIMEOUT_S = 30.0
 T = TypeVar("T")
-PROVINCE_NAMES = {XINJIANG: "新疆", GANSU: "甘肃"}
-GATEWAY_READY = re.compile(r"gateway ready: provinces (\S+), operators (\S+)")
-STUB_READY = re.compile(r"stub province \d+ serving on (\S+)")
 ECHO_READY = re.compile(r"echo ready on (\S+)")
 PIPELINE_READY = re.compile(r"pipeline \w+ ready on (\S+)")
 FLOOR_READY = re.compile(r"floor \w+ ready on (\S+)")
@@ -97,67 +95,33 @@ class Relays:
 
 # A load test sends thousands of transfers from one giver at any hour: the giver's province lifts the
 # daily limit and the blackout (D12 policy) for the run. Everything else is the national default.
-BENCH_POLICY = (
-    "[provinces.policy]\ndaily_transfer_limit = 1000000\nblackout_start_minute = 0\nblackout_end_minute = 0\n"
-)
+BENCH_POLICY = ["daily_transfer_limit = 1000000", "blackout_start_minute = 0", "blackout_end_minute = 0"]
 
 
-def _write_manifest(path: Path, stubs: Mapping[str, str]) -> None:
-    # Key files are relative to the manifest's folder (gateway/manifest.py).
-    blocks = [
-        f'[[provinces]]\ncode = "{code}"\nname = "{PROVINCE_NAMES[code]}"\nendpoint = "{address}"\n'
-        + (BENCH_POLICY if code == XINJIANG else "")
-        + f'[[provinces.keys]]\nkey_id = "{code}-k1"\npublic_key_file = "keys/{code}-k1.pub"\n'
-        for code, address in stubs.items()
-    ]
-    path.write_text("\n".join(blocks), encoding="utf-8")
+def gateway_env(sqlite_synchronous: str) -> dict[str, str]:
+    """What the bench's gateway is told besides its ports, database, manifest and keys (scripts/launcher.py)."""
+    return {
+        "GONGJI_METRICS_LISTEN": "127.0.0.1:0",
+        "GONGJI_LOG_LEVEL": "WARNING",
+        # The bench measures the gateway's capacity: one giver's province sends everything, unthrottled.
+        "GONGJI_RATE_LIMIT_PER_SECOND": "0",
+        "GONGJI_SQLITE_SYNCHRONOUS": sqlite_synchronous,  # see Options.sqlite_synchronous
+    }
 
 
 async def start_stack(children: Children, workdir: Path, sqlite_synchronous: str) -> Stack:
-    """Stubs first (they create their keys), then the manifest naming them, then the gateway and echo.
+    """The echo server and the relays, then the launcher's stack (stubs, the manifest naming them, the gateway),
+    then the wait for the echo and relays to serve.
 
-    Every process is started before the bench opens its first gRPC channel: fork after gRPC has
-    started its threads is unsafe.
+    The launcher's stack is plaintext on loopback: the bench measures the exchange's own work, as it did before
+    mutual TLS (a TLS run would add the handshakes and record encryption of five processes).
     """
-    keys_dir = workdir / "keys"
     gw_port, ops_port, xj_port, gs_port, xj_control, gs_control, echo_port, *relay_ports = free_ports(7 + 2 * 3)
-    gateway = f"127.0.0.1:{gw_port}"
-    stubs = {XINJIANG: f"127.0.0.1:{xj_port}", GANSU: f"127.0.0.1:{gs_port}"}
-    stub_controls = {XINJIANG: f"127.0.0.1:{xj_control}", GANSU: f"127.0.0.1:{gs_control}"}
-    stub_children: dict[str, Child] = {}
-    for code, address in stubs.items():
-        stub_children[code] = children.start(
-            f"stub-{code}",
-            ["-m", "province_stub", "--province", code, "--name", PROVINCE_NAMES[code], "--listen", address,
-             "--control-listen", stub_controls[code], "--gateway", gateway, "--keys-dir", str(keys_dir)],
-        )
-    for code, child in stub_children.items():
-        await wait_for_line(child, STUB_READY, STARTUP_TIMEOUT_S)
-        await wait_for_file(child, keys_dir / f"{code}-k1.pub", STARTUP_TIMEOUT_S)
-    manifest = workdir / "manifest.toml"
-    _write_manifest(manifest, stubs)
     db_path = workdir / "bench.db"
-    gateway_child = children.start(
-        "gateway",
-        ["-m", "gateway"],
-        env={
-            "GONGJI_LISTEN": gateway,
-            "GONGJI_OPS_LISTEN": f"127.0.0.1:{ops_port}",
-            "GONGJI_METRICS_LISTEN": "127.0.0.1:0",
-            "GONGJI_DATABASE_URL": f"sqlite:///{db_path}",
-            "GONGJI_GATEWAY_KEY_FILE": str(keys_dir / "gateway.key"),
-            "GONGJI_ID_HASH_KEY_FILE": str(keys_dir / "id-hash.key"),
-            "GONGJI_DATA_KEY_FILE": str(keys_dir / "data.keys"),
-            "GONGJI_MANIFEST": str(manifest),
-            "GONGJI_LOG_LEVEL": "WARNING",
-            # The bench measures the exchange's own work on plaintext loopback, as it did before mutual TLS
-            # (a TLS run would add the handshakes and record encryption of five processes).
-            "GONGJI_INSECURE_DEV_PLAINTEXT": "true",
-            # The bench measures the gateway's capacity: one giver's province sends everything, unthrottled.
-            "GONGJI_RATE_LIMIT_PER_SECOND": "0",
-            "GONGJI_SQLITE_SYNCHRONOUS": sqlite_synchronous,  # see Options.sqlite_synchronous
-        },
-    )
+    stack = children.stack = launcher.Stack(
+        workdir, f"sqlite:///{db_path}", [f"127.0.0.1:{gw_port}"], [f"127.0.0.1:{ops_port}"],
+        {XINJIANG: f"127.0.0.1:{xj_port}", GANSU: f"127.0.0.1:{gs_port}"},
+        {XINJIANG: f"127.0.0.1:{xj_control}", GANSU: f"127.0.0.1:{gs_control}"})
     echo = f"127.0.0.1:{echo_port}"
     echo_child = children.start(
         "echo", ["-m", "bench.echo_server", "--listen", echo, "--max-seconds", "3600"]
@@ -170,7 +134,7 @@ async def start_stack(children: Children, workdir: Path, sqlite_synchronous: str
         "floor-records": ("bench.floor", [f"--db={workdir / 'floor-records.db'}"]),
     }
     addresses: dict[str, Relays] = {}
-    relays: list[tuple[Child, str, re.Pattern[str]]] = []
+    relays: list[tuple[Proc, str, re.Pattern[str]]] = []
     ports = iter(f"127.0.0.1:{port}" for port in relay_ports)
     for name, (module, gateway_args) in relay_sets.items():
         ready = PIPELINE_READY if module == "bench.pipeline" else FLOOR_READY
@@ -186,18 +150,17 @@ async def start_stack(children: Children, workdir: Path, sqlite_synchronous: str
             relays.append((children.start(f"{name}-{code}", [
                 "-m", module, "province", "--listen", address, "--peer", relay_gateway, "--max-seconds", "3600",
                 *code_args]), address, ready))
-    await wait_for_line(gateway_child, GATEWAY_READY, STARTUP_TIMEOUT_S)
+    # Each awaited until it serves; the launcher's blocking channels closed before the bench's asyncio ones open.
+    stack.start(gateway_env=gateway_env(sqlite_synchronous), policies={XINJIANG: BENCH_POLICY})
+    stack.close_channels()
+    await wait_for_health(stack.gateway, stack.ops_addresses[0], STARTUP_TIMEOUT_S)
     await wait_for_line(echo_child, ECHO_READY, STARTUP_TIMEOUT_S)
     for child, address, ready in relays:
         await wait_for_line(child, ready, STARTUP_TIMEOUT_S)
         await wait_for_health(child, address, STARTUP_TIMEOUT_S)
-    await wait_for_health(gateway_child, gateway, STARTUP_TIMEOUT_S)
-    await wait_for_health(gateway_child, f"127.0.0.1:{ops_port}", STARTUP_TIMEOUT_S)
-    for code, child in stub_children.items():
-        await wait_for_health(child, stubs[code], STARTUP_TIMEOUT_S)
     await wait_for_health(echo_child, echo, STARTUP_TIMEOUT_S)
-    return Stack(children, keys_dir, db_path, gateway, stubs, stub_controls, echo, f"127.0.0.1:{ops_port}",
-                 addresses["pipeline"], addresses["floor-records"])
+    return Stack(children, stack.keys_dir, db_path, stack.gateway_addresses[0], stack.stub_addresses,
+                 stack.stub_controls, echo, stack.ops_addresses[0], addresses["pipeline"], addresses["floor-records"])
 
 
 class CpuMeter:
@@ -209,7 +172,7 @@ class CpuMeter:
         self._mark: tuple[float, dict[str, float], tuple[int, int]] | None = None
 
     def _sample(self) -> dict[str, float]:
-        sample = {child.name: child.cpu_seconds() for child in self._children.started}
+        sample = {child.name: cpu_seconds(child) for child in self._children.started}
         sample["driver"] = process_cpu_seconds(os.getpid())
         return sample
 

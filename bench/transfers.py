@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from protos.gongji.v1 import common_pb2, transfers_pb2
-from province_stub.client import build_instruction_envelope, new_transfer_id, read_receipt
+from province_stub.answers import read_receipt
+from province_stub.messages import build_instruction_envelope, new_transfer_id
 from province_stub.signing import PublicKeyStore, load_private_key
 
 SUBMIT_METHOD = "/gongji.v1.Transfers/SubmitTransfer"

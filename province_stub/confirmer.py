@@ -8,7 +8,9 @@ import time
 from collections.abc import Callable
 
 from protos.gongji.v1 import common_pb2
-from province_stub.client import RESEND_CODES, ConfirmResult, GatewayClient, confirmation_message_id
+from province_stub.answers import RESEND_CODES, ConfirmResult
+from province_stub.client import GatewayClient
+from province_stub.messages import confirmation_message_id
 from province_stub.state import Behaviour, ConfirmMode
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,9 @@ import secrets
 from collections.abc import Callable
 
 from protos.gongji.v1 import common_pb2, relations_pb2
-from province_stub.client import RESEND_CODES, CallResult, GatewayClient, acceptance_message_id, now_timestamp
+from province_stub.answers import RESEND_CODES, CallResult
+from province_stub.client import GatewayClient
+from province_stub.messages import acceptance_message_id, now_timestamp
 from province_stub.people import mask_id
 from province_stub.state import Behaviour, ConsentMode, ConsentRequestRecord
 

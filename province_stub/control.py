@@ -9,21 +9,12 @@ import grpc
 
 from protos.gongji.stub.v1 import control_pb2, control_pb2_grpc
 from protos.gongji.v1 import common_pb2, payload_types, relations_pb2, transfers_pb2
-from province_stub.client import (
-    DEFAULT_CONSENT_SECONDS,
-    STATUS_DETAILS_KEY,
-    CallResult,
-    ConfirmResult,
-    GatewayClient,
-    GatewayStatus,
-    SubmitResult,
-    new_binding_id,
-    new_message_id,
-    new_transfer_id,
-)
+from province_stub.answers import STATUS_DETAILS_KEY, CallResult, ConfirmResult, GatewayStatus, SubmitResult
+from province_stub.client import GatewayClient
 from province_stub.confirmer import Confirmer
 from province_stub.consent import Consenter
 from province_stub.inbox import Context
+from province_stub.messages import DEFAULT_CONSENT_SECONDS, new_binding_id, new_message_id, new_transfer_id
 from province_stub.people import Seed, mask_id
 from province_stub.settlement import Acknowledger
 from province_stub.state import Behaviour, ConsentMode, StubState, SubmittedInstruction, consent_mode_from_proto

@@ -12,7 +12,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from protos.gongji.v1 import common_pb2
-from province_stub.client import STATUS_DETAILS_KEY
+from province_stub.answers import STATUS_DETAILS_KEY
 from province_stub.signing import GATEWAY_SIGNER
 
 ERROR_DOMAIN = "gongji.v1"

@@ -7,7 +7,8 @@ import hashlib
 import logging
 
 from protos.gongji.v1 import common_pb2
-from province_stub.client import RESEND_CODES, CallResult, GatewayClient
+from province_stub.answers import RESEND_CODES, CallResult
+from province_stub.client import GatewayClient
 from province_stub.state import SettlementRecord
 
 logger = logging.getLogger(__name__)

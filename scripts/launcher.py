@@ -382,12 +382,16 @@ class Stack:
                                                            options=CHANNEL_OPTIONS)
         return channel
 
-    def close(self, grace_s: float = 10.0) -> list[str]:
-        """Every channel closed, every process stopped, whatever happened; the names of those that had to be
-        killed."""
+    def close_channels(self) -> None:
+        """The stack's channels closed, its processes left running (the bench goes on with asyncio channels)."""
         for channel in self._channels.values():
             channel.close()
         self._channels.clear()
+
+    def close(self, grace_s: float = 10.0) -> list[str]:
+        """Every channel closed, every process stopped, whatever happened; the names of those that had to be
+        killed."""
+        self.close_channels()
         return stop_all(self.processes, grace_s)
 
     def tails(self) -> str:

@@ -17,6 +17,8 @@ GRPC = ("grpc", "grpc_status", "grpc_health", "grpc_reflection")
 PROTOS = ("protos", "google.protobuf", "google.rpc")
 SQLALCHEMY = ("sqlalchemy", "psycopg", "psycopg2", "sqlite3")
 CRYPTOGRAPHY = ("cryptography",)
+# One job per file: a module longer than this does several. Generated code (protoc's) is exempt.
+MAX_MODULE_LINES = 400
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,9 @@ def test_the_scanner_finds_the_layers() -> None:
         "gateway.app",
         "gateway.__main__",
         "province_stub.server",
+        "province_stub.client",
+        "province_stub.messages",
+        "province_stub.answers",
     ):
         assert expected in names
     assert "gateway.store.unit_of_work" in next(m for m in MODULES if m.name == "gateway.app").imports
@@ -273,10 +278,31 @@ def test_the_development_tools_lean_on_neither_the_tests_nor_the_bench() -> None
     assert violations(tools, lambda name: within(name, ["tests", "bench"])) == []
 
 
+def test_one_launcher_starts_the_stack_as_processes() -> None:
+    # `make run`, the benchmark and the crash tests start the stubs and the gateway through scripts/launcher.py's
+    # Stack: none of them writes the command lines, the manifest or the gateway's settings a second time.
+    modules = {m.name: m for m in load_modules(["scripts", "bench", "tests/crash"])}
+    for user in ("scripts.devstack", "bench.run", "tests.crash.harness"):
+        assert any(within(name, ["scripts.launcher"]) for name in modules[user].imports), user
+    starting = ('"-m", "gateway"', '"-m", "province_stub"', "GONGJI_MANIFEST")
+    starters = sorted(m.path for m in modules.values()
+                      if any(text in (ROOT / m.path).read_text(encoding="utf-8") for text in starting))
+    assert starters == ["scripts/launcher.py"]
+
+
 def test_province_stub_never_imports_the_gateway() -> None:
     assert in_package("province_stub")
     found = violations(in_package("province_stub"), lambda name: within(name, ["gateway"]))
     assert found == []
+
+
+def test_the_stubs_messages_are_built_and_signed_without_transport() -> None:
+    # What a province signs is built and signed in messages.py, what the gateway answered is read in answers.py;
+    # only client.py sends, so the drivers (bench, crash tests) build and check with neither a channel nor a client.
+    messages = [m for m in MODULES if m.name == "province_stub.messages"]
+    assert messages and violations(messages, lambda name: within(name, GRPC)) == []
+    parts = [m for m in MODULES if m.name in ("province_stub.messages", "province_stub.answers")]
+    assert violations(parts, lambda name: within(name, ["province_stub.client"])) == []
 
 
 def test_the_gateway_never_imports_the_stubs_test_control() -> None:
@@ -385,3 +411,19 @@ def test_the_onboarding_scripts_are_a_provinces_code() -> None:
         outside = [imported for imported in module.imports
                    if within(imported, ["gateway"]) and not within(imported, ours)]
         assert outside == [], name
+
+
+def is_generated(source: str) -> bool:
+    return "DO NOT EDIT" in "\n".join(source.splitlines()[:5])
+
+
+def test_the_generated_code_check() -> None:
+    assert is_generated((ROOT / "protos/gongji/v1/common_pb2.py").read_text(encoding="utf-8"))
+    assert not is_generated((ROOT / "gateway/app.py").read_text(encoding="utf-8"))
+
+
+def test_no_module_is_over_the_line_limit() -> None:
+    sources = {m.path: (ROOT / m.path).read_text(encoding="utf-8") for m in MODULES}
+    lengths = {path: len(source.splitlines()) for path, source in sources.items() if not is_generated(source)}
+    assert len(lengths) > 100
+    assert {path: lines for path, lines in lengths.items() if lines > MAX_MODULE_LINES} == {}

@@ -15,13 +15,8 @@ import grpc
 
 from protos.gongji.stub.v1 import control_pb2, control_pb2_grpc
 from protos.gongji.v1 import common_pb2, payload_types, transfers_pb2
-from province_stub.client import (
-    build_instruction_envelope,
-    confirmation_message_id,
-    header,
-    new_transfer_id,
-    read_receipt,
-)
+from province_stub.answers import read_receipt
+from province_stub.messages import build_instruction_envelope, confirmation_message_id, header, new_transfer_id
 from province_stub.signing import PublicKeyStore, load_private_key, sign_envelope
 from scripts.launcher import CHANNEL_OPTIONS, GANSU, XINJIANG
 from tests.crash.harness import GIVER, MOTHER

@@ -14,7 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.gongji.v1 import common_pb2, relations_pb2, relations_pb2_grpc
-from province_stub.client import header, new_message_id
+from province_stub.messages import header, new_message_id
 from province_stub.signing import load_private_key, sign_envelope
 from tests.crash.checks import Accounting, DbView, account, settle, verify_audit_chain
 from tests.crash.driver import Driver
