@@ -1,4 +1,4 @@
-"""What a run found, as latest.json, a Markdown page for the README to quote, and a console table."""
+"""What a run found, as latest.json, a Markdown page for the documents to quote, and a console table."""
 
 from __future__ import annotations
 

@@ -207,7 +207,7 @@ def _bind(server: grpc.aio.Server, address: str, settings: Settings) -> int:
 
 
 def _warn_of_keys_beside_database(settings: Settings) -> None:
-    """Production keeps its keys away from the data and its backups (README "Where the keys live")."""
+    """Production keeps its keys away from the data and its backups (docs/security.md, "Where the keys live")."""
     beside = settings.keys_beside_database()
     if beside and not settings.development:
         log.warning("key files %s are inside the database's folder: whoever has a copy of that folder or its "

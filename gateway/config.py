@@ -42,7 +42,7 @@ class Settings:
     # The dashboard lists transfers not final this long after they arrived as stuck.
     dashboard_stuck_seconds: float = 300.0
     # The HTTP port answers on this many threads, holds at most this many connections, and closes one
-    # that has not sent its request within the timeout (see README "Hostile input and limits").
+    # that has not sent its request within the timeout (docs/security.md, "Hostile input and limits").
     http_workers: int = 4
     http_max_connections: int = 64
     http_timeout_seconds: float = 5.0
@@ -57,7 +57,7 @@ class Settings:
     # Secrets are file paths, never values (created on first start when missing, for development).
     gateway_key_file: Path = Path("var/keys/gateway.key")
     gateway_key_id: str = "gateway-k1"
-    # Mutual TLS on both ports and on calls to provinces (PEM files); see README "Mutual TLS".
+    # Mutual TLS on both ports and on calls to provinces (PEM files); see docs/security.md.
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_ca_file: Path | None = None

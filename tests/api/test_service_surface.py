@@ -184,12 +184,12 @@ def test_bad_settings_are_refused_at_start(tmp_path: Path) -> None:
         Settings.from_env({**plaintext, "GONGJI_OUTBOX_LEASE_SECONDS": "9"})
     assert Settings.from_env({**plaintext, "GONGJI_OUTBOX_LEASE_SECONDS": "10"}).outbox.lease_seconds == 10
     assert Settings.from_env(plaintext).outbox.lease_seconds == 30
-    # SQLite syncs every commit unless the operator trades that for speed (README "Configuration").
+    # SQLite syncs every commit unless the operator trades that for speed (docs/operations.md, "Configuration").
     assert Settings.from_env(plaintext).sqlite_synchronous == "FULL"
     assert Settings.from_env({**plaintext, "GONGJI_SQLITE_SYNCHRONOUS": "normal"}).sqlite_synchronous == "NORMAL"
     with pytest.raises(ConfigError, match="GONGJI_SQLITE_SYNCHRONOUS"):
         Settings.from_env({**plaintext, "GONGJI_SQLITE_SYNCHRONOUS": "OFF"})
-    # The ports' limits (README "Hostile input and limits").
+    # The ports' limits (docs/security.md, "Hostile input and limits").
     limits = Settings.from_env({**plaintext, "GONGJI_HTTP_WORKERS": "2", "GONGJI_HTTP_MAX_CONNECTIONS": "16",
                                 "GONGJI_HTTP_TIMEOUT_SECONDS": "2.5", "GONGJI_GRPC_MAX_CONNECTIONS": "32"})
     assert (limits.http_workers, limits.http_max_connections, limits.http_timeout_seconds,

@@ -1,4 +1,4 @@
-"""The published documents (docs/contract.md, docs/rules.md) checked against the code and the protos they describe."""
+"""The documents (README.md and docs/) checked against the code and the protos they describe."""
 
 from __future__ import annotations
 
@@ -38,9 +38,13 @@ from protos.gongji.v1 import (
 
 ROOT = Path(__file__).parents[2]
 DOCS = ROOT / "docs"
+README = ROOT / "README.md"
 CONTRACT = DOCS / "contract.md"
 RULES = DOCS / "rules.md"
+OPERATIONS = DOCS / "operations.md"
 PUBLISHED = (CONTRACT, RULES)
+EVERY_DOCUMENT = (README, *sorted(DOCS.glob("*.md")))
+README_MAX_LINES = 200
 CONTRACT_FILES: tuple[FileDescriptor, ...] = tuple(
     module.DESCRIPTOR for module in (common_pb2, keys_pb2, operations_pb2, province_pb2, relations_pb2,
                                      settlements_pb2, transfers_pb2))
@@ -53,6 +57,8 @@ CITATION = re.compile(r"((?:gateway|province_stub|scripts|tests|protos|bench)/[\
 RANGE = re.compile(r"(\d{2})(?:–(\d{2}))?")
 # rules.md's "- Where: `module:name`, `other_name`; `module2:name`" items, continued on indented lines.
 WHERE = re.compile(r"^- Where: .*(?:\n  .*)*", re.MULTILINE)
+FENCED = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
+VARIABLE = re.compile(r"\bGONGJI_[A-Z0-9]+(?:_[A-Z0-9]+)*")
 
 
 def text(path: Path) -> str:
@@ -303,17 +309,57 @@ def anchor(heading: str) -> str:
     return kept.replace(" ", "-")
 
 
-@pytest.mark.parametrize("document", PUBLISHED, ids=lambda path: path.name)
+def outside_code(path: Path) -> str:
+    """A document without its fenced blocks: a `# comment` in a shell block is no heading, a `[x](y)` no link."""
+    return FENCED.sub("", text(path))
+
+
+@pytest.mark.parametrize("document", EVERY_DOCUMENT, ids=lambda path: path.name)
 def test_every_link_reaches_a_file_and_a_heading(document: Path) -> None:
-    for target in re.findall(r"\]\(([^)]+)\)", text(document)):
+    for target in re.findall(r"\]\(([^)]+)\)", outside_code(document)):
         if target.startswith(("http://", "https://")):
             continue
         file, _, fragment = target.partition("#")
         linked = (document.parent / file).resolve() if file else document
         assert linked.is_file(), target
         if fragment:
-            headings = re.findall(r"^#+ (.+)$", text(linked), re.MULTILINE)
+            headings = re.findall(r"^#+ (.+)$", outside_code(linked), re.MULTILINE)
             assert fragment in {anchor(h) for h in headings}, target
+
+
+def test_the_readme_links_every_document() -> None:
+    linked = {target.partition("#")[0] for target in re.findall(r"\]\(([^)]+)\)", text(README))}
+    assert {f"docs/{path.name}" for path in DOCS.glob("*.md")} <= linked
+
+
+def test_the_readme_stays_short() -> None:
+    assert len(text(README).splitlines()) <= README_MAX_LINES
+
+
+def variables_the_settings_read() -> set[str]:
+    """GONGJI_<NAME> for each `get("NAME", ...)`, `number("NAME", ...)`, `path("NAME")` of Settings.from_env."""
+    calls = [node for node in ast.walk(ast.parse(text(ROOT / "gateway" / "config.py")))
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+             and node.func.id in ("get", "number", "path") and node.args]
+    return {f"GONGJI_{call.args[0].value}" for call in calls
+            if isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str)}
+
+
+def variables_named_in(paths: list[Path]) -> set[str]:
+    return {literal for path in paths for literal in string_literals(path) if VARIABLE.fullmatch(literal)}
+
+
+def test_the_operations_document_names_every_setting_the_gateway_reads() -> None:
+    read = variables_the_settings_read()
+    assert len(read) > 35, "the scan should see every setting"
+    assert sorted(read - set(VARIABLE.findall(text(OPERATIONS)))) == []
+
+
+def test_every_variable_the_operations_document_names_is_read() -> None:
+    """By the gateway's settings, or by `make run` (scripts/devstack.py) and the CLI for their own."""
+    readers = [ROOT / "scripts" / "devstack.py", *(ROOT / "gateway" / "cli").glob("*.py")]
+    read = variables_the_settings_read() | variables_named_in(readers)
+    assert sorted(set(VARIABLE.findall(text(OPERATIONS))) - read) == []
 
 
 def test_the_compile_recipe_names_every_contract_proto_and_compiles(tmp_path: Path) -> None:

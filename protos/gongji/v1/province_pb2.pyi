@@ -85,7 +85,7 @@ class MemberQuery(_message.Message):
     PERSON_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def header(self) -> _common_pb2.Header:
-        """sender "gateway", receiver the province asked."""
+        """message_id "mq:<32 hex digits>", new for each call; sender "gateway", receiver the province asked."""
 
     @_builtins.property
     def person(self) -> _common_pb2.PersonRef:
@@ -213,7 +213,7 @@ class ConsentRequest(_message.Message):
     """SHA-256 of the proposal payload."""
     @_builtins.property
     def header(self) -> _common_pb2.Header:
-        """sender "gateway"."""
+        """message_id "csn:<binding_id>", sender "gateway", receiver the receiver's province."""
 
     @_builtins.property
     def consent_by(self) -> _timestamp_pb2.Timestamp:
@@ -437,7 +437,10 @@ class Outcome(_message.Message):
     BINDING_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def header(self) -> _common_pb2.Header:
-        """message_id "out:<subject id>:<state>:<province>", sender "gateway"."""
+        """message_id "out:<transfer_id>:<STATE>" for a transfer, "bout:<binding_id>:<STATE>:<unix time, 6 decimals>"
+        for a binding (the time of the change: a binding may take the same state twice); the same id goes to both
+        provinces. sender "gateway", receiver the province told.
+        """
 
     @_builtins.property
     def transfer(self) -> Global___TransferOutcome:

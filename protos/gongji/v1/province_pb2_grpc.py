@@ -88,7 +88,8 @@ class ProvinceInboxServicer:
         raise NotImplementedError('Method not implemented!')
 
     def NotifyOutcome(self, request, context):
-        """The final state of a transfer or binding. Told exactly once per message_id (de-duplicate).
+        """A transfer's final state or a binding's change, told to both provinces. Told at least once per
+        message_id: de-duplicate on it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

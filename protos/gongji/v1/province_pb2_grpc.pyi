@@ -42,7 +42,9 @@ class ProvinceInboxStub:
     DeliverTransfer: _grpc.UnaryUnaryMultiCallable[_province_pb2.DeliverTransferRequest, _province_pb2.DeliverTransferResponse]
     """A transfer for a receiver insured here: ACCEPTED (credit held pending) or REJECTED."""
     NotifyOutcome: _grpc.UnaryUnaryMultiCallable[_province_pb2.NotifyOutcomeRequest, _province_pb2.NotifyOutcomeResponse]
-    """The final state of a transfer or binding. Told exactly once per message_id (de-duplicate)."""
+    """A transfer's final state or a binding's change, told to both provinces. Told at least once per
+    message_id: de-duplicate on it.
+    """
     NotifySettlement: _grpc.UnaryUnaryMultiCallable[_province_pb2.NotifySettlementRequest, _province_pb2.NotifySettlementResponse]
     """A closed settlement window's figures to acknowledge."""
 
@@ -58,7 +60,9 @@ class ProvinceInboxAsyncStub(ProvinceInboxStub):
     DeliverTransfer: _aio.UnaryUnaryMultiCallable[_province_pb2.DeliverTransferRequest, _province_pb2.DeliverTransferResponse]  # type: ignore[assignment]
     """A transfer for a receiver insured here: ACCEPTED (credit held pending) or REJECTED."""
     NotifyOutcome: _aio.UnaryUnaryMultiCallable[_province_pb2.NotifyOutcomeRequest, _province_pb2.NotifyOutcomeResponse]  # type: ignore[assignment]
-    """The final state of a transfer or binding. Told exactly once per message_id (de-duplicate)."""
+    """A transfer's final state or a binding's change, told to both provinces. Told at least once per
+    message_id: de-duplicate on it.
+    """
     NotifySettlement: _aio.UnaryUnaryMultiCallable[_province_pb2.NotifySettlementRequest, _province_pb2.NotifySettlementResponse]  # type: ignore[assignment]
     """A closed settlement window's figures to acknowledge."""
 
@@ -95,7 +99,9 @@ class ProvinceInboxServicer(metaclass=_abc_1.ABCMeta):
         request: _province_pb2.NotifyOutcomeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_province_pb2.NotifyOutcomeResponse, _abc.Awaitable[_province_pb2.NotifyOutcomeResponse]]:
-        """The final state of a transfer or binding. Told exactly once per message_id (de-duplicate)."""
+        """A transfer's final state or a binding's change, told to both provinces. Told at least once per
+        message_id: de-duplicate on it.
+        """
 
     @_abc_1.abstractmethod
     def NotifySettlement(
