@@ -125,7 +125,8 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
 
     async def CloseSettlementWindow(self, request: operations_pb2.CloseSettlementWindowRequest,
                                     context: Context) -> operations_pb2.CloseSettlementWindowResponse:
-        window = await self._run.change(settlement_cases.close_window, request.window_id, operator_actor(context))
+        window = await self._run.change(settlement_cases.close_window, request.window_id, operator_actor(context),
+                                        request.force)
         return operations_pb2.CloseSettlementWindowResponse(window=convert.window_to_proto(window))
 
     async def RecordSettlementPayment(self, request: operations_pb2.RecordSettlementPaymentRequest,

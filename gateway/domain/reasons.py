@@ -201,6 +201,9 @@ CONFIRMATION_DEADLINE_PASSED = _reason("CONFIRMATION_DEADLINE_PASSED", FailedPre
                                        "the confirmation came after the transfer's deadline: the transfer is "
                                        "returned to the giver (D13)")
 WINDOW_NOT_STARTED = _reason("WINDOW_NOT_STARTED", FailedPrecondition, "the window to close has not started yet")
+WINDOW_EMPTY = _reason("WINDOW_EMPTY", FailedPrecondition,
+                      "the window to close has nothing committed in it; CloseSettlementWindow with force closes it "
+                      "(SETTLED at once)")
 WINDOW_NOT_CLOSED = _reason("WINDOW_NOT_CLOSED", FailedPrecondition, "the window acknowledged is still open")
 FIGURES_DIGEST_MISMATCH = _reason("FIGURES_DIGEST_MISMATCH", FailedPrecondition,
                                   "the acknowledged figures_sha256 is not the digest of the figures the gateway sent")

@@ -779,7 +779,9 @@ def close_settlement_window(draw: st.DrawFn, h: Hostile) -> tuple[str, pb_messag
         st.sampled_from(["9999-12-31", "9999-12", "0000-01-01", "2024-02-30", "2024-13", "٢٠٢٤-٠١-٠١",
                          "2999-01-01", "2026-05"]),  # impossible, out of range, future, monthly while daily
     ))
-    return "window_id", operations_pb2.CloseSettlementWindowRequest(window_id=window_id), False
+    # Forced or not: force only lets an empty window close, never one that cannot be.
+    return "window_id", operations_pb2.CloseSettlementWindowRequest(window_id=window_id,
+                                                                    force=draw(st.booleans())), False
 
 
 @st.composite

@@ -740,21 +740,30 @@ Global___SettlementWindow: _TypeAlias = SettlementWindow  # noqa: Y015
 
 @_typing.final
 class CloseSettlementWindowRequest(_message.Message):
-    """CloseSettlementWindow's request."""
+    """CloseSettlementWindow's request. A window that has not started is refused (FAILED_PRECONDITION,
+    WINDOW_NOT_STARTED); one with nothing committed in it too (FAILED_PRECONDITION, WINDOW_EMPTY) unless
+    `force`. Closing a closed window again answers with it as it is.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     WINDOW_ID_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
     window_id: _builtins.str
-    """The window to close; empty: the open one."""
+    """The window to close, YYYY-MM-DD (daily windows) or YYYY-MM (monthly); empty: the calendar window
+    containing the gateway's time now (Beijing), whatever its state.
+    """
+    force: _builtins.bool
+    """Close it even if nothing is committed in it: it is then SETTLED at once (nothing to acknowledge or pay)."""
     def __init__(
         self,
         *,
         window_id: _builtins.str = ...,
+        force: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["window_id", b"window_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "window_id", b"window_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

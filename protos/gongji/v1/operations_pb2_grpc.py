@@ -142,7 +142,7 @@ class OperationsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CloseSettlementWindow(self, request, context):
-        """Freeze a window's figures and send them to the provinces (issue 4).
+        """Freeze a window's figures and send them to the provinces (D17).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

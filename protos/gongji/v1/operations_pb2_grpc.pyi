@@ -52,7 +52,7 @@ class OperationsStub:
     GetStats: _grpc.UnaryUnaryMultiCallable[_operations_pb2.GetStatsRequest, _operations_pb2.GetStatsResponse]
     """Counts, amounts, outbox backlog and delivery failures (issue 4)."""
     CloseSettlementWindow: _grpc.UnaryUnaryMultiCallable[_operations_pb2.CloseSettlementWindowRequest, _operations_pb2.CloseSettlementWindowResponse]
-    """Freeze a window's figures and send them to the provinces (issue 4)."""
+    """Freeze a window's figures and send them to the provinces (D17)."""
     RecordSettlementPayment: _grpc.UnaryUnaryMultiCallable[_operations_pb2.RecordSettlementPaymentRequest, _operations_pb2.RecordSettlementPaymentResponse]
     """Record the payment references of an acknowledged window (issue 4)."""
     GetSettlementWindow: _grpc.UnaryUnaryMultiCallable[_operations_pb2.GetSettlementWindowRequest, _operations_pb2.GetSettlementWindowResponse]
@@ -84,7 +84,7 @@ class OperationsAsyncStub(OperationsStub):
     GetStats: _aio.UnaryUnaryMultiCallable[_operations_pb2.GetStatsRequest, _operations_pb2.GetStatsResponse]  # type: ignore[assignment]
     """Counts, amounts, outbox backlog and delivery failures (issue 4)."""
     CloseSettlementWindow: _aio.UnaryUnaryMultiCallable[_operations_pb2.CloseSettlementWindowRequest, _operations_pb2.CloseSettlementWindowResponse]  # type: ignore[assignment]
-    """Freeze a window's figures and send them to the provinces (issue 4)."""
+    """Freeze a window's figures and send them to the provinces (D17)."""
     RecordSettlementPayment: _aio.UnaryUnaryMultiCallable[_operations_pb2.RecordSettlementPaymentRequest, _operations_pb2.RecordSettlementPaymentResponse]  # type: ignore[assignment]
     """Record the payment references of an acknowledged window (issue 4)."""
     GetSettlementWindow: _aio.UnaryUnaryMultiCallable[_operations_pb2.GetSettlementWindowRequest, _operations_pb2.GetSettlementWindowResponse]  # type: ignore[assignment]
@@ -155,7 +155,7 @@ class OperationsServicer(metaclass=_abc_1.ABCMeta):
         request: _operations_pb2.CloseSettlementWindowRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_operations_pb2.CloseSettlementWindowResponse, _abc.Awaitable[_operations_pb2.CloseSettlementWindowResponse]]:
-        """Freeze a window's figures and send them to the provinces (issue 4)."""
+        """Freeze a window's figures and send them to the provinces (D17)."""
 
     @_abc_1.abstractmethod
     def RecordSettlementPayment(
