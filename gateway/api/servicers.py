@@ -102,7 +102,8 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
     async def ListTransfers(self, request: operations_pb2.ListTransfersRequest,
                             context: Context) -> operations_pb2.ListTransfersResponse:
         page = await self._run.query(monitoring_cases.list_transfers, convert.transfer_filter_from_proto(request),
-                                     request.page_token, request.page_size)
+                                     request.page_token, request.page_size,
+                                     convert.newest_first_from_proto(request.order))
         return operations_pb2.ListTransfersResponse(
             transfers=[convert.transfer_to_proto(t) for t in page.transfers], next_page_token=page.next_page_token)
 

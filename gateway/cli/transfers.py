@@ -26,6 +26,7 @@ from gateway.cli.output import (
     transfer_state,
     yuan,
 )
+from gateway.cli.times import TIME_HELP, parse_time, timestamp_of
 from protos.gongji.v1 import operations_pb2, transfers_pb2
 
 transfers_app = typer.Typer(help="Transfers.", no_args_is_help=True)
@@ -44,12 +45,24 @@ def transfers_list(
     state: Annotated[list[str] | None, typer.Option(help="e.g. COMMITTED (repeatable)")] = None,
     giver_province: Annotated[str, typer.Option("--from", help="Only from this province.")] = "",
     receiver_province: Annotated[str, typer.Option("--to", help="Only to this province.")] = "",
+    since: Annotated[str | None, typer.Option(help=f"Only those created at or after: {TIME_HELP}.",
+                                              show_default=False)] = None,
+    until: Annotated[str | None, typer.Option(help="Only those created before (as --since).",
+                                              show_default=False)] = None,
+    oldest_first: Annotated[bool, typer.Option("--oldest-first", help="Oldest first instead.")] = False,
     limit: Annotated[int, typer.Option(min=1, help="At most this many (ignored with --all).")] = 100,
     every: Annotated[bool, typer.Option("--all", help="Every matching transfer, page after page.")] = False,
     page_size: Annotated[int, typer.Option(min=1, max=1000, help="Transfers per request.")] = 1000,
 ) -> None:
-    """Transfers, oldest first (personal data masked)."""
+    """Transfers, newest first (personal data masked); a line on stderr says when more match than are shown."""
     states = _transfer_states(state)
+    order = operations_pb2.TRANSFER_ORDER_OLDEST_FIRST if oldest_first else operations_pb2.TRANSFER_ORDER_NEWEST_FIRST
+    request = operations_pb2.ListTransfersRequest(states=states, giver_province=giver_province,
+                                                  receiver_province=receiver_province, order=order)
+    if since is not None:
+        request.created_from.CopyFrom(timestamp_of(parse_time(since, "--since")))
+    if until is not None:
+        request.created_to.CopyFrom(timestamp_of(parse_time(until, "--until")))
     rows: list[transfers_pb2.TransferView] = []
     token = ""
     pages = 0
@@ -59,28 +72,32 @@ def transfers_list(
             console=err_console, transient=True, disable=not (every and err_console.is_terminal)) as progress:
         task = progress.add_task("transfers", total=None, pages=0)
         while every or len(rows) < limit:
-            size = page_size if every else min(page_size, limit - len(rows))
-            page = stub.ListTransfers(operations_pb2.ListTransfersRequest(
-                states=states, giver_province=giver_province, receiver_province=receiver_province,
-                page_size=size, page_token=token), timeout=TIMEOUT_S)
+            request.page_size = page_size if every else min(page_size, limit - len(rows))
+            request.page_token = token
+            page = stub.ListTransfers(request, timeout=TIMEOUT_S)
             rows += page.transfers
             pages += 1
             progress.update(task, advance=len(page.transfers), pages=pages)
             token = page.next_page_token
             if not token:
                 break
+    first = "oldest" if oldest_first else "newest"
     if as_json:
         print(json_text([as_dict(t) for t in rows], indent=None))
-        return
-    # Ids are copied from here: folded, never cut short.
-    table = Table(Column("transfer", overflow="fold"), "state", "from", "to", Column("giver", overflow="fold"),
-                  Column("receiver", overflow="fold"), "amount", "created (Beijing)")
-    for t in rows:
-        add_row(table, t.transfer_id, transfer_state(t.state), t.giver_province, t.receiver_province,
-                t.giver_id_masked, t.receiver_id_masked, yuan(t.amount_fen), beijing_time(t, "created_at"))
-    console.print(table)
+    else:
+        # Ids are copied from here: folded, never cut short.
+        table = Table(Column("transfer", overflow="fold"), "state", "from", "to", Column("giver", overflow="fold"),
+                      Column("receiver", overflow="fold"), "amount", "created (Beijing)",
+                      title=f"transfers, {first} first")
+        for t in rows:
+            add_row(table, t.transfer_id, transfer_state(t.state), t.giver_province, t.receiver_province,
+                    t.giver_id_masked, t.receiver_id_masked, yuan(t.amount_fen), beijing_time(t, "created_at"))
+        console.print(table)
     if every:
         err_console.print(f"{len(rows)} transfers in {pages} pages")
+    elif token:  # on stderr, so that --json output stays one document
+        err_console.print(f"more available: these are the {first} {len(rows)}; --limit N shows more, --all every one",
+                          highlight=False)
 
 
 @transfers_app.command("show")

@@ -148,6 +148,7 @@ INVALID_STATE = _reason("INVALID_STATE", InvalidArgument,
 INVALID_PAGE_SIZE = _reason("INVALID_PAGE_SIZE", InvalidArgument,
                             "page_size is outside 0..1000 (ListTransfers) or 0..200 (ListSettlementWindows)")
 INVALID_PAGE_TOKEN = _reason("INVALID_PAGE_TOKEN", InvalidArgument, "page_token is not one the gateway gave out")
+INVALID_ORDER = _reason("INVALID_ORDER", InvalidArgument, "ListTransfers' order names no TransferOrder value")
 INVALID_CURSOR = _reason("INVALID_CURSOR", InvalidArgument,
                          "WatchTransfers' from_cursor is not one the gateway gave out")
 INVALID_BANK = _reason("INVALID_BANK", InvalidArgument, "a payment's bank is not an opaque identifier")

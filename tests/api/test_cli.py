@@ -145,8 +145,11 @@ def test_transfers_show_and_every_page(stack: Stack) -> None:
     assert code == 0 and ids[0] in out and "¥123.45" in out and "650502********1230" in out
     assert out.index("RECEIVED") < out.index("DELIVERED") < out.rindex("COMMITTED")
 
-    # --all follows the pages to the end (here 3 of 2, 2 and 1); without it, --limit stops early.
-    assert [t["transfer_id"] for t in gongji_json(stack, "transfers", "list", "--all", "--page-size", "2")] == ids
+    # --all follows the pages to the end (here 3 of 2, 2 and 1), newest first; without it, --limit stops early.
+    assert [t["transfer_id"] for t in gongji_json(stack, "transfers", "list", "--all", "--page-size", "2")] == \
+        ids[::-1]
+    assert [t["transfer_id"] for t in gongji_json(stack, "transfers", "list", "--all", "--page-size", "2",
+                                                  "--oldest-first")] == ids
     assert len(gongji_json(stack, "transfers", "list", "--page-size", "2", "--limit", "3")) == 3
     assert gongji_json(stack, "transfers", "list", "--all", "--page-size", "2", "--from", GANSU) == []
     assert len(gongji_json(stack, "transfers", "list", "--all", "--page-size", "2", "--to", GANSU,

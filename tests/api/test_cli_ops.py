@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import json
+from datetime import UTC, datetime, timedelta
 
 from gateway.domain.clock import BEIJING
-from tests.api.cli_support import committed, gongji, gongji_json, wide_terminal  # noqa: F401
+from tests.api.cli_support import committed, gongji, gongji_json, invoke, wide_terminal  # noqa: F401
 from tests.support import Stack
 
 
@@ -34,3 +35,34 @@ def test_settlement_close_needs_a_window_and_force_for_an_empty_one(stack: Stack
     closed = gongji_json(stack, "settlement", "close", "--current")
     assert closed["window_id"] == today.isoformat() and closed["pairs"][0]["gross_fen"] == "2500"
     assert gongji_json(stack, "settlement", "close", "--current")["window_id"] == today.isoformat()
+
+
+def test_transfers_list_newest_first_in_a_time_range_and_says_when_more_are_available(stack: Stack) -> None:
+    ids = committed(stack, 1_100, 2_200, 3_300, 4_400)
+    listed = gongji_json(stack, "transfers", "list")
+    assert [t["transfer_id"] for t in listed] == ids[::-1]
+    assert [t["transfer_id"] for t in gongji_json(stack, "transfers", "list", "--oldest-first")] == ids
+    code, out = gongji(stack, "transfers", "list")
+    assert code == 0 and "newest first" in out and "more available" not in out
+
+    # More match than are shown: a line says so (on stderr: --json's stdout stays one JSON document).
+    result = invoke(stack, "transfers", "list", "--limit", "3", "--json")
+    assert result.exit_code == 0 and [t["transfer_id"] for t in json.loads(result.stdout)] == ids[:0:-1]
+    assert "more available: these are the newest 3" in result.output
+    code, out = gongji(stack, "transfers", "list", "--limit", "2", "--oldest-first")
+    assert code == 0 and "more available: these are the oldest 2" in out and ids[0] in out and ids[2] not in out
+    code, out = gongji(stack, "transfers", "list", "--limit", "4")
+    assert code == 0 and "more available" not in out
+
+    # --since / --until: Beijing time unless an offset is given; --until is exclusive.
+    created = {t["transfer_id"]: datetime.fromisoformat(t["created_at"]) for t in listed}
+    since_beijing = created[ids[1]].astimezone(BEIJING).strftime("%Y-%m-%d %H:%M:%S.%f")
+    until_iso = created[ids[3]].astimezone(UTC).isoformat()
+    between = gongji_json(stack, "transfers", "list", "--since", since_beijing, "--until", until_iso)
+    assert [t["transfer_id"] for t in between] == [ids[2], ids[1]]
+    today = created[ids[0]].astimezone(BEIJING).date()
+    assert len(gongji_json(stack, "transfers", "list", "--since", today.isoformat())) == 4
+    assert gongji_json(stack, "transfers", "list", "--until", today.isoformat()) == []
+    for bad in ("yesterday", "2026-13-01", "2026-05-04 25:00"):
+        code, out = gongji(stack, "transfers", "list", "--since", bad)
+        assert code == 2 and "--since" in out and "is not a time" in out and "Traceback" not in out

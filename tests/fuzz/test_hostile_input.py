@@ -727,7 +727,7 @@ def list_transfers(draw: st.DrawFn, h: Hostile) -> tuple[str, pb_message.Message
     request = operations_pb2.ListTransfersRequest(states=[transfers_pb2.TRANSFER_STATE_COMMITTED],
                                                   giver_province=XINJIANG, page_size=10)
     how = draw(st.sampled_from(["states", "giver_province", "receiver_province", "created_from", "created_to",
-                                "page_size", "page_token"]))
+                                "page_size", "page_token", "order"]))
     if how == "states":
         request.states[:] = draw(st.lists(_extremes(*INT32), max_size=4))
     elif how in ("giver_province", "receiver_province"):
@@ -736,8 +736,11 @@ def list_transfers(draw: st.DrawFn, h: Hostile) -> tuple[str, pb_message.Message
         getattr(request, how).CopyFrom(draw(_timestamp_strategy()))
     elif how == "page_size":
         request.page_size = draw(_extremes(*INT32))
+    elif how == "order":
+        request.order = draw(_extremes(*INT32))  # type: ignore[assignment]
     else:
         request.page_token = draw(PAGE_TOKEN)
+        request.order = draw(st.sampled_from(list(operations_pb2.TransferOrder.values())))
     return how, request, True
 
 

@@ -48,6 +48,30 @@ PROVINCE_STATUS_SUSPENDED: ProvinceStatus.ValueType  # 2
 """Can neither submit nor receive (FAILED_PRECONDITION, PROVINCE_SUSPENDED)."""
 Global___ProvinceStatus: _TypeAlias = ProvinceStatus  # noqa: Y015
 
+class _TransferOrder:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TransferOrderEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TransferOrder.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TRANSFER_ORDER_UNSPECIFIED: _TransferOrder.ValueType  # 0
+    """Newest first, as NEWEST_FIRST."""
+    TRANSFER_ORDER_NEWEST_FIRST: _TransferOrder.ValueType  # 1
+    """Newest first: transfers arriving while the pages are read come before the first page, never in a later one."""
+    TRANSFER_ORDER_OLDEST_FIRST: _TransferOrder.ValueType  # 2
+    """Oldest first: transfers arriving while the pages are read come on the last pages."""
+
+class TransferOrder(_TransferOrder, metaclass=_TransferOrderEnumTypeWrapper):
+    """The order of ListTransfers' pages: by creation time, the transfer id breaking ties."""
+
+TRANSFER_ORDER_UNSPECIFIED: TransferOrder.ValueType  # 0
+"""Newest first, as NEWEST_FIRST."""
+TRANSFER_ORDER_NEWEST_FIRST: TransferOrder.ValueType  # 1
+"""Newest first: transfers arriving while the pages are read come before the first page, never in a later one."""
+TRANSFER_ORDER_OLDEST_FIRST: TransferOrder.ValueType  # 2
+"""Oldest first: transfers arriving while the pages are read come on the last pages."""
+Global___TransferOrder: _TypeAlias = TransferOrder  # noqa: Y015
+
 @_typing.final
 class ProvinceKey(_message.Message):
     """A province's public signing key."""
@@ -402,6 +426,7 @@ class ListTransfersRequest(_message.Message):
     CREATED_TO_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
     giver_province: _builtins.str
     """Only from this province."""
     receiver_province: _builtins.str
@@ -409,7 +434,9 @@ class ListTransfersRequest(_message.Message):
     page_size: _builtins.int
     """At most this many (default 100, max 1000)."""
     page_token: _builtins.str
-    """From a previous answer's next_page_token."""
+    """From a previous answer's next_page_token (asked in the same order)."""
+    order: Global___TransferOrder.ValueType
+    """The order of the pages (unset: newest first); any other value is INVALID_ARGUMENT / INVALID_ORDER."""
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[_transfers_pb2.TransferState.ValueType]:
         """Only these states (empty: all)."""
@@ -432,10 +459,11 @@ class ListTransfersRequest(_message.Message):
         created_to: _timestamp_pb2.Timestamp | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        order: Global___TransferOrder.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_from", b"created_from", "created_to", b"created_to"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_from", b"created_from", "created_to", b"created_to", "giver_province", b"giver_province", "page_size", b"page_size", "page_token", b"page_token", "receiver_province", b"receiver_province", "states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_from", b"created_from", "created_to", b"created_to", "giver_province", b"giver_province", "order", b"order", "page_size", b"page_size", "page_token", b"page_token", "receiver_province", b"receiver_province", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -453,7 +481,7 @@ class ListTransfersResponse(_message.Message):
     """Empty on the last page."""
     @_builtins.property
     def transfers(self) -> _containers.RepeatedCompositeFieldContainer[_transfers_pb2.TransferView]:
-        """A page of transfers."""
+        """A page of transfers, in the order asked."""
 
     def __init__(
         self,

@@ -118,7 +118,7 @@ class OperationsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListTransfers(self, request, context):
-        """Transfers by state, province and time, paginated (issue 4).
+        """Transfers by state, province and time, newest first unless asked otherwise, paginated.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -42,7 +42,7 @@ class OperationsStub:
     ListProvinces: _grpc.UnaryUnaryMultiCallable[_operations_pb2.ListProvincesRequest, _operations_pb2.ListProvincesResponse]
     """The routing table."""
     ListTransfers: _grpc.UnaryUnaryMultiCallable[_operations_pb2.ListTransfersRequest, _operations_pb2.ListTransfersResponse]
-    """Transfers by state, province and time, paginated (issue 4)."""
+    """Transfers by state, province and time, newest first unless asked otherwise, paginated."""
     WatchTransfers: _grpc.UnaryStreamMultiCallable[_operations_pb2.WatchTransfersRequest, _operations_pb2.TransferChange]
     """A stream of transfer state changes, from now or from a cursor. Before any change, the stream's
     initial metadata carries `gongji-start-cursor`: the position the feed starts after (the cursor given,
@@ -74,7 +74,7 @@ class OperationsAsyncStub(OperationsStub):
     ListProvinces: _aio.UnaryUnaryMultiCallable[_operations_pb2.ListProvincesRequest, _operations_pb2.ListProvincesResponse]  # type: ignore[assignment]
     """The routing table."""
     ListTransfers: _aio.UnaryUnaryMultiCallable[_operations_pb2.ListTransfersRequest, _operations_pb2.ListTransfersResponse]  # type: ignore[assignment]
-    """Transfers by state, province and time, paginated (issue 4)."""
+    """Transfers by state, province and time, newest first unless asked otherwise, paginated."""
     WatchTransfers: _aio.UnaryStreamMultiCallable[_operations_pb2.WatchTransfersRequest, _operations_pb2.TransferChange]  # type: ignore[assignment]
     """A stream of transfer state changes, from now or from a cursor. Before any change, the stream's
     initial metadata carries `gongji-start-cursor`: the position the feed starts after (the cursor given,
@@ -127,7 +127,7 @@ class OperationsServicer(metaclass=_abc_1.ABCMeta):
         request: _operations_pb2.ListTransfersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_operations_pb2.ListTransfersResponse, _abc.Awaitable[_operations_pb2.ListTransfersResponse]]:
-        """Transfers by state, province and time, paginated (issue 4)."""
+        """Transfers by state, province and time, newest first unless asked otherwise, paginated."""
 
     @_abc_1.abstractmethod
     def WatchTransfers(
