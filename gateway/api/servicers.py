@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-from gateway.api import convert
+from gateway.api import convert, operator_views
 from gateway.api.transport import operator_actor, province_caller
 from gateway.domain.monitoring import FeedStart
 from gateway.usecases import bindings as binding_cases
@@ -109,8 +109,8 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
 
     async def InspectTransfer(self, request: operations_pb2.InspectTransferRequest,
                               context: Context) -> operations_pb2.InspectTransferResponse:
-        transfer = await self._run.query(monitoring_cases.inspect_transfer, request.transfer_id)
-        return operations_pb2.InspectTransferResponse(transfer=convert.transfer_to_proto(transfer))
+        inspection = await self._run.query(monitoring_cases.inspect_transfer, request.transfer_id)
+        return operator_views.transfer_inspection_to_proto(inspection)
 
     async def WatchTransfers(self, request: operations_pb2.WatchTransfersRequest,
                              context: Context) -> AsyncIterator[operations_pb2.TransferChange]:

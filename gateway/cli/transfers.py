@@ -1,7 +1,8 @@
-"""`gongji transfers ...`: list (page after page), show with its history, watch as they change."""
+"""`gongji transfers ...`: list (page after page), show with its history and deliveries, watch as they change."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated
 
 import typer
@@ -21,7 +22,6 @@ from gateway.cli.output import (
     fail,
     field_grid,
     json_text,
-    print_json,
     shown,
     transfer_state,
     yuan,
@@ -100,14 +100,48 @@ def transfers_list(
                           highlight=False)
 
 
+_UNLESS = {transfers_pb2.TRANSFER_STATE_REJECTED: "delivered", transfers_pb2.TRANSFER_STATE_RETURNED: "confirmed"}
+
+
+def _deadline(answer: operations_pb2.InspectTransferResponse) -> str:
+    """When and how the transfer ends if nothing else happens first (the gateway's own deadline)."""
+    if not answer.HasField("deadline"):
+        return "final"
+    end = answer.deadline
+    return (f"{transfer_state(end.state)} at {beijing_time(end, 'at')} (Beijing) unless "
+            f"{_UNLESS.get(end.state, 'answered')} before, reason {end.reason}")
+
+
+def _message_kind(kind: operations_pb2.OutboxMessageKind.ValueType) -> str:
+    return operations_pb2.OutboxMessageKind.Name(kind).removeprefix("OUTBOX_MESSAGE_KIND_")
+
+
+def _message_status(status: operations_pb2.OutboxMessageStatus.ValueType) -> str:
+    return operations_pb2.OutboxMessageStatus.Name(status).removeprefix("OUTBOX_MESSAGE_STATUS_")
+
+
+def messages_table(messages: Sequence[operations_pb2.OutboxMessageView]) -> Table:
+    """The messages owed to provinces about one transfer or binding: attempts, last error, next try."""
+    table = Table("to", "message", "status", "attempts", "last error", "next attempt (Beijing)", "done (Beijing)",
+                  title="messages to the provinces")
+    for m in messages:
+        add_row(table, m.destination, _message_kind(m.kind) + (f" {m.outcome}" if m.outcome else ""),
+                _message_status(m.status), str(m.attempts), m.last_error or NONE, beijing_time(m, "next_attempt_at"),
+                beijing_time(m, "done_at"))
+    return table
+
+
 @transfers_app.command("show")
 def transfers_show(transfer_id: str, ops: OpsAddress = DEFAULT_OPS_LISTEN, as_json: AsJson = False) -> None:
-    """One transfer with its whole history (personal data masked)."""
+    """One transfer: its history, the messages owed to the provinces about it (attempts, last error, next attempt)
+    and when it ends if nothing else happens first (personal data masked)."""
     with operations(ops) as stub:
-        t = stub.InspectTransfer(operations_pb2.InspectTransferRequest(transfer_id=transfer_id),
-                                 timeout=TIMEOUT_S).transfer
-    if as_json:
-        print_json(t)
+        answer = stub.InspectTransfer(operations_pb2.InspectTransferRequest(transfer_id=transfer_id),
+                                      timeout=TIMEOUT_S)
+    t = answer.transfer
+    if as_json:  # the transfer's fields, then what the inspection adds
+        print(json_text({**as_dict(t), "messages": [as_dict(m) for m in answer.messages],
+                         **({"deadline": as_dict(answer.deadline)} if answer.HasField("deadline") else {})}))
         return
     console.print(Panel(field_grid([
         ("state", transfer_state(t.state) + (f" ({t.reason})" if t.reason else "")),
@@ -115,7 +149,7 @@ def transfers_show(transfer_id: str, ops: OpsAddress = DEFAULT_OPS_LISTEN, as_js
         ("giver", t.giver_id_masked), ("receiver", t.receiver_id_masked),
         ("amount", f"{yuan(t.amount_fen)} {t.currency} ({t.amount_fen} fen)"),
         ("created (Beijing)", beijing_time(t, "created_at")), ("updated (Beijing)", beijing_time(t, "updated_at")),
-        ("returned if unconfirmed at", beijing_time(t, "return_deadline")),
+        ("ends", _deadline(answer)),
         ("settlement window", t.settlement_window_id or NONE),
         ("instruction sha256", t.instruction_sha256.hex()),
     ]), title=f"transfer {shown(t.transfer_id)}", expand=False))
@@ -123,6 +157,7 @@ def transfers_show(transfer_id: str, ops: OpsAddress = DEFAULT_OPS_LISTEN, as_js
     for number, event in enumerate(t.history, 1):
         add_row(history, str(number), transfer_state(event.state), beijing_time(event, "at"), event.reason or NONE)
     console.print(history)
+    console.print(messages_table(answer.messages))
 
 
 @transfers_app.command("watch")

@@ -12,11 +12,21 @@ from datetime import UTC, datetime
 from gateway.domain import reasons
 from gateway.domain.envelope import MESSAGE_ID_PATTERN
 from gateway.domain.errors import InvalidArgument, NotFound
-from gateway.domain.monitoring import FeedStart, Stats, TransferChange, TransferFilter, TransferPage
+from gateway.domain.monitoring import (
+    FeedStart,
+    PendingEnd,
+    Stats,
+    TransferChange,
+    TransferFilter,
+    TransferInspection,
+    TransferPage,
+)
+from gateway.domain.outbox import OutboxKind
 from gateway.domain.provinces import validate_province_code
 from gateway.domain.settlement import WindowState
-from gateway.domain.transfers import INT64_MAX, Transfer, validate_message_id
+from gateway.domain.transfers import INT64_MAX, Transfer, TransferState, validate_message_id
 from gateway.usecases.context import UseCaseContext
+from gateway.usecases.outbox import DESTINATION_UNREACHABLE
 from gateway.usecases.ports import RunInDb, UnitOfWorkFactory
 
 DEFAULT_PAGE_SIZE = 100
@@ -44,14 +54,31 @@ def token_position(token: str) -> tuple[datetime, str]:
     return position, transfer_id
 
 
-def inspect_transfer(ctx: UseCaseContext, transfer_id: str) -> Transfer:
-    """One transfer with its history, for operators (the view holds masked ID numbers only)."""
+# The messages about a transfer; a binding's id may equal a transfer's, and its messages are not this one's.
+TRANSFER_MESSAGES = (OutboxKind.DELIVER_TRANSFER, OutboxKind.NOTIFY_TRANSFER_OUTCOME)
+
+
+def pending_end(transfer: Transfer) -> PendingEnd | None:
+    """What ends the transfer if nothing else does first: undelivered, it is REJECTED at its delivery deadline;
+    delivered and unconfirmed, RETURNED at its return deadline (D13); final, nothing."""
+    if transfer.state is TransferState.RECEIVED:
+        return PendingEnd(TransferState.REJECTED, transfer.delivery_deadline, DESTINATION_UNREACHABLE)
+    if transfer.state is TransferState.DELIVERED:
+        return PendingEnd(TransferState.RETURNED, transfer.return_deadline, reasons.CONFIRMATION_DEADLINE_PASSED)
+    return None
+
+
+def inspect_transfer(ctx: UseCaseContext, transfer_id: str) -> TransferInspection:
+    """One transfer with its history, the messages owed about it (attempts, last error, next retry) and when
+    it ends if nothing else happens, for operators (the view holds masked ID numbers only)."""
     validate_message_id(transfer_id, field="transfer_id")
     with ctx.uow() as uow:
         transfer = uow.transfers.get(transfer_id, with_history=True)
+        messages = uow.outbox.of_subject(transfer_id) if transfer is not None else []
     if transfer is None:
         raise NotFound("no such transfer", reason=reasons.TRANSFER_NOT_FOUND, field="transfer_id")
-    return transfer
+    return TransferInspection(transfer, tuple(m for m in messages if m.content.kind in TRANSFER_MESSAGES),
+                              pending_end(transfer))
 
 
 def list_transfers(ctx: UseCaseContext, where: TransferFilter, page_token: str, page_size: int,

@@ -11,7 +11,7 @@ from gateway.domain.bindings import Attestation, Binding, BindingState
 from gateway.domain.eligibility import MemberStatus
 from gateway.domain.envelope import Envelope
 from gateway.domain.monitoring import Stats, Totals, TransferChange, TransferFilter
-from gateway.domain.outbox import OutboxContent, OutboxKind, OutboxMessage
+from gateway.domain.outbox import OutboxContent, OutboxKind, OutboxMessage, OutboxRecord
 from gateway.domain.provinces import Province, ProvinceKey
 from gateway.domain.records import StoredRequest
 from gateway.domain.relations import RelationQueryRecord
@@ -89,6 +89,8 @@ class OutboxRepository(Protocol):
     def mark_done(self, message_id: int, at: datetime) -> None: ...
     def mark_retry(self, message_id: int, next_attempt_at: datetime, error: str) -> None: ...
     def expire_pending(self, kind: OutboxKind, subject_id: str, at: datetime, error: str) -> None: ...
+    def of_subject(self, subject_id: str) -> list[OutboxRecord]:
+        """Every message about one transfer, binding or window, oldest first, whatever its status."""
 
 
 class BindingRepository(Protocol):

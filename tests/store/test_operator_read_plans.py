@@ -68,3 +68,9 @@ def test_a_page_within_a_time_range_seeks_to_it(sqlite_store: SqlStore) -> None:
     found = plans(sqlite_store, lambda uow: uow.transfers.page(where, None, 11, newest_first=True))
     assert_index_ranges(found, "ix_transfers_state_created_at")
     assert all("created_at>? AND created_at<?" in plan for plan in found), found
+
+
+def test_the_messages_about_one_transfer_are_one_index_range(sqlite_store: SqlStore) -> None:
+    found = plans(sqlite_store, lambda uow: uow.outbox.of_subject("tr-0042"))
+    assert_index_ranges(found, "ix_outbox_subject_id")
+    assert all(plan.startswith("SEARCH outbox") for plan in found), found

@@ -72,6 +72,70 @@ TRANSFER_ORDER_OLDEST_FIRST: TransferOrder.ValueType  # 2
 """Oldest first: transfers arriving while the pages are read come on the last pages."""
 Global___TransferOrder: _TypeAlias = TransferOrder  # noqa: Y015
 
+class _OutboxMessageKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OutboxMessageKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OutboxMessageKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OUTBOX_MESSAGE_KIND_UNSPECIFIED: _OutboxMessageKind.ValueType  # 0
+    """Never used."""
+    OUTBOX_MESSAGE_KIND_DELIVER_TRANSFER: _OutboxMessageKind.ValueType  # 1
+    """DeliverTransfer: the instruction, to the receiver's province."""
+    OUTBOX_MESSAGE_KIND_NOTIFY_TRANSFER_OUTCOME: _OutboxMessageKind.ValueType  # 2
+    """NotifyOutcome of a transfer's final state, to each of its two provinces."""
+    OUTBOX_MESSAGE_KIND_REQUEST_CONSENT: _OutboxMessageKind.ValueType  # 3
+    """RequestConsent: a binding's proposal, to the receiver's province."""
+    OUTBOX_MESSAGE_KIND_NOTIFY_BINDING_OUTCOME: _OutboxMessageKind.ValueType  # 4
+    """NotifyOutcome of a binding's new state, to each of its two provinces."""
+    OUTBOX_MESSAGE_KIND_NOTIFY_SETTLEMENT: _OutboxMessageKind.ValueType  # 5
+    """NotifySettlement: a closed window's figures, to a province in it."""
+
+class OutboxMessageKind(_OutboxMessageKind, metaclass=_OutboxMessageKindEnumTypeWrapper):
+    """What an outbox message is (the ProvinceInbox call it is sent as)."""
+
+OUTBOX_MESSAGE_KIND_UNSPECIFIED: OutboxMessageKind.ValueType  # 0
+"""Never used."""
+OUTBOX_MESSAGE_KIND_DELIVER_TRANSFER: OutboxMessageKind.ValueType  # 1
+"""DeliverTransfer: the instruction, to the receiver's province."""
+OUTBOX_MESSAGE_KIND_NOTIFY_TRANSFER_OUTCOME: OutboxMessageKind.ValueType  # 2
+"""NotifyOutcome of a transfer's final state, to each of its two provinces."""
+OUTBOX_MESSAGE_KIND_REQUEST_CONSENT: OutboxMessageKind.ValueType  # 3
+"""RequestConsent: a binding's proposal, to the receiver's province."""
+OUTBOX_MESSAGE_KIND_NOTIFY_BINDING_OUTCOME: OutboxMessageKind.ValueType  # 4
+"""NotifyOutcome of a binding's new state, to each of its two provinces."""
+OUTBOX_MESSAGE_KIND_NOTIFY_SETTLEMENT: OutboxMessageKind.ValueType  # 5
+"""NotifySettlement: a closed window's figures, to a province in it."""
+Global___OutboxMessageKind: _TypeAlias = OutboxMessageKind  # noqa: Y015
+
+class _OutboxMessageStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OutboxMessageStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OutboxMessageStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OUTBOX_MESSAGE_STATUS_UNSPECIFIED: _OutboxMessageStatus.ValueType  # 0
+    """Never used."""
+    OUTBOX_MESSAGE_STATUS_PENDING: _OutboxMessageStatus.ValueType  # 1
+    """Sent, and sent again with backoff, until the province acknowledges it."""
+    OUTBOX_MESSAGE_STATUS_DONE: _OutboxMessageStatus.ValueType  # 2
+    """Acknowledged by the province."""
+    OUTBOX_MESSAGE_STATUS_EXPIRED: _OutboxMessageStatus.ValueType  # 3
+    """Abandoned: its transfer's delivery deadline passed (the transfer was REJECTED, DESTINATION_UNREACHABLE)."""
+
+class OutboxMessageStatus(_OutboxMessageStatus, metaclass=_OutboxMessageStatusEnumTypeWrapper):
+    """Where an outbox message stands."""
+
+OUTBOX_MESSAGE_STATUS_UNSPECIFIED: OutboxMessageStatus.ValueType  # 0
+"""Never used."""
+OUTBOX_MESSAGE_STATUS_PENDING: OutboxMessageStatus.ValueType  # 1
+"""Sent, and sent again with backoff, until the province acknowledges it."""
+OUTBOX_MESSAGE_STATUS_DONE: OutboxMessageStatus.ValueType  # 2
+"""Acknowledged by the province."""
+OUTBOX_MESSAGE_STATUS_EXPIRED: OutboxMessageStatus.ValueType  # 3
+"""Abandoned: its transfer's delivery deadline passed (the transfer was REJECTED, DESTINATION_UNREACHABLE)."""
+Global___OutboxMessageStatus: _TypeAlias = OutboxMessageStatus  # noqa: Y015
+
 @_typing.final
 class ProvinceKey(_message.Message):
     """A province's public signing key."""
@@ -1044,24 +1108,134 @@ class InspectTransferRequest(_message.Message):
 Global___InspectTransferRequest: _TypeAlias = InspectTransferRequest  # noqa: Y015
 
 @_typing.final
+class OutboxMessageView(_message.Message):
+    """A message the gateway owes (or owed) a province, from its outbox, as operators see it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DESTINATION_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    DONE_AT_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    destination: _builtins.str
+    """The province it goes to."""
+    kind: Global___OutboxMessageKind.ValueType
+    """What it is."""
+    message_id: _builtins.str
+    """Its message id, which the province de-duplicates on."""
+    status: Global___OutboxMessageStatus.ValueType
+    """PENDING, DONE or EXPIRED."""
+    attempts: _builtins.int
+    """Send attempts so far (one in flight counts)."""
+    last_error: _builtins.str
+    """The last attempt's failure, e.g. "UNAVAILABLE" or "DEADLINE_EXCEEDED"; empty when none failed or once DONE."""
+    outcome: _builtins.str
+    """For an outcome notice, the state it tells, e.g. "COMMITTED"; empty for other kinds."""
+    @_builtins.property
+    def next_attempt_at(self) -> _timestamp_pb2.Timestamp:
+        """While PENDING: when the next attempt is due (while one is in flight, when it may be retried)."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was queued."""
+
+    @_builtins.property
+    def done_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was acknowledged or abandoned (unset while PENDING)."""
+
+    def __init__(
+        self,
+        *,
+        destination: _builtins.str = ...,
+        kind: Global___OutboxMessageKind.ValueType = ...,
+        message_id: _builtins.str = ...,
+        status: Global___OutboxMessageStatus.ValueType = ...,
+        attempts: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        next_attempt_at: _timestamp_pb2.Timestamp | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        done_at: _timestamp_pb2.Timestamp | None = ...,
+        outcome: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "done_at", b"done_at", "next_attempt_at", b"next_attempt_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "created_at", b"created_at", "destination", b"destination", "done_at", b"done_at", "kind", b"kind", "last_error", b"last_error", "message_id", b"message_id", "next_attempt_at", b"next_attempt_at", "outcome", b"outcome", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OutboxMessageView: _TypeAlias = OutboxMessageView  # noqa: Y015
+
+@_typing.final
+class TransferDeadline(_message.Message):
+    """How a transfer not yet final ends if nothing else happens first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    state: _transfers_pb2.TransferState.ValueType
+    """REJECTED (not delivered by its delivery deadline: by default policy 600 s after arrival) or RETURNED
+    (delivered, not confirmed by its return deadline: 06:00 Beijing the next day, or the instruction's expiry, D13).
+    """
+    reason: _builtins.str
+    """The reason it will carry: DESTINATION_UNREACHABLE or CONFIRMATION_DEADLINE_PASSED."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        state: _transfers_pb2.TransferState.ValueType = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "reason", b"reason", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferDeadline: _TypeAlias = TransferDeadline  # noqa: Y015
+
+@_typing.final
 class InspectTransferResponse(_message.Message):
     """InspectTransfer's answer."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     TRANSFER_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def transfer(self) -> _transfers_pb2.TransferView:
         """The transfer with its history."""
+
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutboxMessageView]:
+        """The messages about it (its delivery, its outcome notices), oldest first, with their attempts."""
+
+    @_builtins.property
+    def deadline(self) -> Global___TransferDeadline:
+        """When and how it ends if nothing else happens first; unset once it is final."""
 
     def __init__(
         self,
         *,
         transfer: _transfers_pb2.TransferView | None = ...,
+        messages: _abc.Iterable[Global___OutboxMessageView] | None = ...,
+        deadline: Global___TransferDeadline | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["transfer", b"transfer"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "transfer", b"transfer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["transfer", b"transfer"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "messages", b"messages", "transfer", b"transfer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -170,7 +170,8 @@ class OperationsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def InspectTransfer(self, request, context):
-        """One transfer with its history, as operators see it (masked ID numbers only).
+        """One transfer with its history, the messages owed about it and its deadline, as operators see it (masked ID
+        numbers only).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -60,7 +60,9 @@ class OperationsStub:
     ListSettlementWindows: _grpc.UnaryUnaryMultiCallable[_operations_pb2.ListSettlementWindowsRequest, _operations_pb2.ListSettlementWindowsResponse]
     """Settlement windows, newest first (filter by state; paginated)."""
     InspectTransfer: _grpc.UnaryUnaryMultiCallable[_operations_pb2.InspectTransferRequest, _operations_pb2.InspectTransferResponse]
-    """One transfer with its history, as operators see it (masked ID numbers only)."""
+    """One transfer with its history, the messages owed about it and its deadline, as operators see it (masked ID
+    numbers only).
+    """
 
 @_typing.type_check_only
 class OperationsAsyncStub(OperationsStub):
@@ -92,7 +94,9 @@ class OperationsAsyncStub(OperationsStub):
     ListSettlementWindows: _aio.UnaryUnaryMultiCallable[_operations_pb2.ListSettlementWindowsRequest, _operations_pb2.ListSettlementWindowsResponse]  # type: ignore[assignment]
     """Settlement windows, newest first (filter by state; paginated)."""
     InspectTransfer: _aio.UnaryUnaryMultiCallable[_operations_pb2.InspectTransferRequest, _operations_pb2.InspectTransferResponse]  # type: ignore[assignment]
-    """One transfer with its history, as operators see it (masked ID numbers only)."""
+    """One transfer with its history, the messages owed about it and its deadline, as operators see it (masked ID
+    numbers only).
+    """
 
 class OperationsServicer(metaclass=_abc_1.ABCMeta):
     """Called by operators."""
@@ -187,6 +191,8 @@ class OperationsServicer(metaclass=_abc_1.ABCMeta):
         request: _operations_pb2.InspectTransferRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_operations_pb2.InspectTransferResponse, _abc.Awaitable[_operations_pb2.InspectTransferResponse]]:
-        """One transfer with its history, as operators see it (masked ID numbers only)."""
+        """One transfer with its history, the messages owed about it and its deadline, as operators see it (masked ID
+        numbers only).
+        """
 
 def add_OperationsServicer_to_server(servicer: OperationsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,37 @@
+"""Proto views of what operators inspect: the outbox messages about a transfer or binding, a transfer's deadline."""
+
+from __future__ import annotations
+
+from gateway.api.convert import transfer_state_to_proto, transfer_to_proto
+from gateway.domain.monitoring import TransferInspection
+from gateway.domain.outbox import NotifyBindingOutcome, NotifyTransferOutcome, OutboxRecord, OutboxStatus
+from gateway.wire import timestamp
+from protos.gongji.v1 import operations_pb2
+
+
+def outbox_record_to_proto(record: OutboxRecord) -> operations_pb2.OutboxMessageView:
+    content = record.content
+    outcome = content.state.value if isinstance(content, NotifyTransferOutcome | NotifyBindingOutcome) else ""
+    view = operations_pb2.OutboxMessageView(
+        destination=record.destination, kind=operations_pb2.OutboxMessageKind.Value(
+            f"OUTBOX_MESSAGE_KIND_{content.kind.value}"),
+        message_id=record.message_id,
+        status=operations_pb2.OutboxMessageStatus.Value(f"OUTBOX_MESSAGE_STATUS_{record.status.value}"),
+        attempts=record.attempts, last_error=record.last_error, created_at=timestamp(record.created_at),
+        outcome=outcome)
+    if record.status is OutboxStatus.PENDING:
+        view.next_attempt_at.CopyFrom(timestamp(record.next_attempt_at))
+    if record.done_at is not None:
+        view.done_at.CopyFrom(timestamp(record.done_at))
+    return view
+
+
+def transfer_inspection_to_proto(inspection: TransferInspection) -> operations_pb2.InspectTransferResponse:
+    answer = operations_pb2.InspectTransferResponse(
+        transfer=transfer_to_proto(inspection.transfer),
+        messages=[outbox_record_to_proto(m) for m in inspection.messages])
+    end = inspection.pending_end
+    if end is not None:
+        answer.deadline.CopyFrom(operations_pb2.TransferDeadline(state=transfer_state_to_proto(end.state),
+                                                                 at=timestamp(end.at), reason=end.reason))
+    return answer
