@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.domain.clock import BEIJING
+from protos.gongji.v1 import operations_pb2
 from tests.api.cli_support import committed, gongji, gongji_json, invoke, wide_terminal  # noqa: F401
-from tests.support import Stack
+from tests.support import Stack, register
+
+SHAANXI = "610000"
 
 
 def test_settlement_close_needs_a_window_and_force_for_an_empty_one(stack: Stack) -> None:
@@ -66,3 +74,49 @@ def test_transfers_list_newest_first_in_a_time_range_and_says_when_more_are_avai
     for bad in ("yesterday", "2026-13-01", "2026-05-04 25:00"):
         code, out = gongji(stack, "transfers", "list", "--since", bad)
         assert code == 2 and "--since" in out and "is not a time" in out and "Traceback" not in out
+
+
+def test_provinces_update_changes_what_is_given_and_keeps_the_rest(stack: Stack, tmp_path: Path) -> None:
+    register(stack.operations, SHAANXI, "陕西", "127.0.0.1:50063", "610000-k1", b"\x02" * 32,
+             operations_pb2.ProvincePolicy(daily_transfer_limit=5, single_relation_only=True))
+    code, out = gongji(stack, "provinces", "update", SHAANXI, "--name", "陕西省", "--endpoint", "127.0.0.1:50099",
+                       "--policy-max-transfer-fen", "100000")
+    assert code == 0 and "updated province 610000: name, endpoint, policy" in out, out
+    shaanxi = gongji_json(stack, "provinces", "show", SHAANXI)
+    assert (shaanxi["name"], shaanxi["endpoint"]) == ("陕西省", "127.0.0.1:50099")
+    # The policy fields not given stay as they were (UpdateProvince replaces the whole policy).
+    assert shaanxi["policy"] == {"daily_transfer_limit": 5, "single_relation_only": True, "max_transfer_fen": "100000"}
+    changed = gongji_json(stack, "provinces", "update", SHAANXI, "--policy-default", "daily-transfer-limit",
+                          "--policy-multiple-relations")
+    assert changed["policy"] == {"single_relation_only": False, "max_transfer_fen": "100000"}
+
+    # A second key, valid from a Beijing time; then the first one retired.
+    public = Ed25519PrivateKey.generate().public_key()
+    key_file = tmp_path / "610000-k2.pem"
+    key_file.write_bytes(public.public_bytes(serialization.Encoding.PEM,
+                                             serialization.PublicFormat.SubjectPublicKeyInfo))
+    added = gongji_json(stack, "provinces", "update", SHAANXI, "--add-key", "610000-k2", "--public-key", str(key_file),
+                        "--valid-from", "2026-01-01 08:00")
+    [k2] = [k for k in added["keys"] if k["key_id"] == "610000-k2"]
+    assert k2["valid_from"] == "2026-01-01T00:00:00Z" and "valid_until" not in k2
+    assert base64.b64decode(k2["public_key"]) == public.public_bytes(serialization.Encoding.Raw,
+                                                                     serialization.PublicFormat.Raw)
+    code, out = gongji(stack, "provinces", "update", SHAANXI, "--retire-key", "610000-k1", "--status", "suspended")
+    assert code == 0 and "status, keys" in out and "retired" in out and "SUSPENDED" in out
+    [k1] = [k for k in gongji_json(stack, "provinces", "show", SHAANXI)["keys"] if k["key_id"] == "610000-k1"]
+    assert "valid_until" in k1
+
+    # What cannot be meant is a usage error; what the gateway refuses is one line.
+    for args, says in (((), "nothing to change"),
+                       (("--public-key", str(key_file)), "--add-key KEY_ID"),
+                       (("--add-key", "610000-k3"), "--add-key needs the key's --public-key"),
+                       (("--policy-default", "colour"), "no policy field 'colour'"),
+                       (("--policy-default", "return_hour", "--policy-return-hour", "7"), "both given and set back"),
+                       (("--add-key", "610000-k3", "--public-key", str(key_file), "--valid-until", "soon"),
+                        "--valid-until: 'soon' is not a time")):
+        code, out = gongji(stack, "provinces", "update", SHAANXI, *args)
+        assert code == 2 and says in out and "Traceback" not in out, (args, out)
+    code, out = gongji(stack, "provinces", "update", "630000", "--name", "青海")
+    assert code == 1 and "NOT_FOUND PROVINCE_NOT_FOUND" in out and "Traceback" not in out
+    code, out = gongji(stack, "provinces", "update", SHAANXI, "--retire-key", "610000-nope")
+    assert code == 1 and "NOT_FOUND KEY_NOT_FOUND" in out
