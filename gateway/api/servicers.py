@@ -10,6 +10,7 @@ import grpc
 from gateway.api import convert, operator_views
 from gateway.api.transport import operator_actor, province_caller
 from gateway.domain.monitoring import FeedStart
+from gateway.usecases import binding_reads
 from gateway.usecases import bindings as binding_cases
 from gateway.usecases import keys as key_cases
 from gateway.usecases import monitoring as monitoring_cases
@@ -111,6 +112,18 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
                               context: Context) -> operations_pb2.InspectTransferResponse:
         inspection = await self._run.query(monitoring_cases.inspect_transfer, request.transfer_id)
         return operator_views.transfer_inspection_to_proto(inspection)
+
+    async def ListBindings(self, request: operations_pb2.ListBindingsRequest,
+                           context: Context) -> operations_pb2.ListBindingsResponse:
+        page = await self._run.query(binding_reads.list_bindings, request.province,
+                                     operator_views.binding_states_from_proto(request.states), request.page_token,
+                                     request.page_size)
+        return operator_views.binding_page_to_proto(page)
+
+    async def InspectBinding(self, request: operations_pb2.InspectBindingRequest,
+                             context: Context) -> operations_pb2.InspectBindingResponse:
+        inspection = await self._run.query(binding_reads.inspect_binding, request.binding_id)
+        return operator_views.binding_inspection_to_proto(inspection)
 
     async def WatchTransfers(self, request: operations_pb2.WatchTransfersRequest,
                              context: Context) -> AsyncIterator[operations_pb2.TransferChange]:

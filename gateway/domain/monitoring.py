@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from gateway.domain.bindings import Binding
 from gateway.domain.outbox import OutboxRecord
 from gateway.domain.provinces import Province
 from gateway.domain.settlement import SettlementWindow
@@ -44,6 +45,20 @@ class TransferInspection:
     transfer: Transfer
     messages: tuple[OutboxRecord, ...]
     pending_end: PendingEnd | None  # None once final
+
+
+@dataclass(frozen=True, slots=True)
+class BindingPage:
+    bindings: list[Binding]
+    next_page_token: str  # empty on the last page
+
+
+@dataclass(frozen=True, slots=True)
+class BindingInspection:
+    """A binding as operators inspect it (masked ID numbers only), with the messages owed about it."""
+
+    binding: Binding
+    messages: tuple[OutboxRecord, ...]
 
 
 @dataclass(frozen=True, slots=True)

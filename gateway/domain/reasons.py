@@ -144,9 +144,10 @@ INVALID_KEY_VALIDITY = _reason("INVALID_KEY_VALIDITY", InvalidArgument, "a key's
 INVALID_POLICY = _reason("INVALID_POLICY", InvalidArgument, "a policy value is outside its allowed range")
 INVALID_STATUS = _reason("INVALID_STATUS", InvalidArgument, "a province status is not ACTIVE or SUSPENDED")
 INVALID_STATE = _reason("INVALID_STATE", InvalidArgument,
-                        "a state filter names no transfer or settlement window state")
+                        "a state filter names no transfer, binding or settlement window state")
 INVALID_PAGE_SIZE = _reason("INVALID_PAGE_SIZE", InvalidArgument,
-                            "page_size is outside 0..1000 (ListTransfers) or 0..200 (ListSettlementWindows)")
+                            "page_size is outside 0..1000 (ListTransfers, ListBindings) or 0..200 "
+                            "(ListSettlementWindows)")
 INVALID_PAGE_TOKEN = _reason("INVALID_PAGE_TOKEN", InvalidArgument, "page_token is not one the gateway gave out")
 INVALID_ORDER = _reason("INVALID_ORDER", InvalidArgument, "ListTransfers' order names no TransferOrder value")
 INVALID_CURSOR = _reason("INVALID_CURSOR", InvalidArgument,

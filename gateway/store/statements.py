@@ -225,6 +225,19 @@ class Statements:
                                 .values(status="EXPIRED", done_at=_b("at"), last_error=_b("error"))
                                 .returning(o.destination, o.message_id))
 
+    @functools.lru_cache(maxsize=8)  # noqa: B019 -- one Statements per engine, kept for the engine's life
+    def binding_page(self, side: str, after: bool) -> Prepared:
+        """Bindings in one state, of one province on `side` ("giver", "receiver"; "": any), newest first, from
+        just before a position when `after`: one range of one of the bindings' (…, state, created_at, binding_id)
+        indexes, read in its order."""
+        b = bindings_t.c
+        query = select(*BINDING_VIEW).where(b.state == _b("state"))
+        if side:
+            query = query.where((b.giver_province if side == "giver" else b.receiver_province) == _b("province"))
+        if after:
+            query = query.where(b.created_at <= _b("at"), (b.created_at < _b("at")) | (b.binding_id < _b("w_id")))
+        return Prepared(query.order_by(b.created_at.desc(), b.binding_id.desc()).limit(_b("limit")), self._dialect)
+
     @functools.lru_cache(maxsize=64)  # noqa: B019 -- one Statements per engine, kept for the engine's life
     def claim_due_except(self, destinations: tuple[str, ...]) -> Prepared:
         """Due messages, leased by no one, for any destination but these (provinces whose lanes are full)."""

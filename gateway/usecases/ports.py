@@ -107,6 +107,10 @@ class BindingRepository(Protocol):
     def record_attestation(self, binding_id: str, attestation: Attestation) -> None: ...
     def of_person(self, person_ref: bytes) -> list[Binding]: ...
     def expired_proposals(self, now: datetime, limit: int) -> list[str]: ...
+    def page(self, province: str, states: Sequence[BindingState], before: tuple[datetime, str] | None,
+             limit: int) -> list[Binding]:
+        """Bindings newest first (created_at, then binding_id) from just before `before`, in `states` (any if
+        none) and with `province` on either side (any if empty)."""
 
 
 class MemberRepository(Protocol):

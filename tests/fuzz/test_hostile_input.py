@@ -537,7 +537,7 @@ def _methods(module: Any, service: str) -> list[tuple[str, Any]]:
 ALL_METHODS = (_methods(transfers_pb2, "Transfers") + _methods(relations_pb2, "Relations")
                + _methods(settlements_pb2, "Settlements") + _methods(operations_pb2, "Operations"))
 READ_ONLY_OPERATIONS = {"ListProvinces", "ListTransfers", "GetStats", "GetSettlementWindow", "ListSettlementWindows",
-                        "InspectTransfer"}
+                        "InspectTransfer", "ListBindings", "InspectBinding"}
 
 
 def _parses(raw: bytes, message_class: Any) -> pb_message.Message | None:
@@ -757,6 +757,28 @@ def inspect_transfer(draw: st.DrawFn, h: Hostile) -> tuple[str, pb_message.Messa
 
 
 @st.composite
+def list_bindings(draw: st.DrawFn, h: Hostile) -> tuple[str, pb_message.Message, bool]:
+    # One hostile filter at a time, the others valid, as for ListTransfers.
+    request = operations_pb2.ListBindingsRequest(states=[relations_pb2.BINDING_STATE_ACTIVE], province=XINJIANG,
+                                                 page_size=10)
+    how = draw(st.sampled_from(["states", "province", "page_size", "page_token"]))
+    if how == "states":
+        request.states[:] = draw(st.lists(_extremes(*INT32), max_size=4))
+    elif how == "province":
+        request.province = draw(ODD_TEXT)
+    elif how == "page_size":
+        request.page_size = draw(_extremes(*INT32))
+    else:
+        request.page_token = draw(PAGE_TOKEN)
+    return how, request, True
+
+
+@st.composite
+def inspect_binding(draw: st.DrawFn, h: Hostile) -> tuple[str, pb_message.Message, bool]:
+    return "binding_id", operations_pb2.InspectBindingRequest(binding_id=draw(ODD_TEXT)), True
+
+
+@st.composite
 def get_settlement_window(draw: st.DrawFn, h: Hostile) -> tuple[str, pb_message.Message, bool]:
     return "window_id", operations_pb2.GetSettlementWindowRequest(window_id=draw(WINDOW_TEXT)), True
 
@@ -827,6 +849,8 @@ OPERATIONS: dict[str, Callable[[Hostile], st.SearchStrategy[tuple[str, pb_messag
     "UpdateProvince": update_province,
     "ListTransfers": list_transfers,
     "InspectTransfer": inspect_transfer,
+    "ListBindings": list_bindings,
+    "InspectBinding": inspect_binding,
     "GetSettlementWindow": get_settlement_window,
     "ListSettlementWindows": list_settlement_windows,
     "CloseSettlementWindow": close_settlement_window,

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from gateway.domain.bindings import BindingState
 from gateway.domain.monitoring import TransferFilter
 from gateway.domain.transfers import TransferState
 from gateway.security.encryption import FieldCipher
@@ -74,3 +75,17 @@ def test_the_messages_about_one_transfer_are_one_index_range(sqlite_store: SqlSt
     found = plans(sqlite_store, lambda uow: uow.outbox.of_subject("tr-0042"))
     assert_index_ranges(found, "ix_outbox_subject_id")
     assert all(plan.startswith("SEARCH outbox") for plan in found), found
+
+
+@pytest.mark.parametrize("province", ["", "620000"])
+@pytest.mark.parametrize("after", [None, (AT, "b-0042")])
+def test_a_page_of_bindings_is_one_index_range_per_state_and_side(sqlite_store: SqlStore, province: str,
+                                                                  after: tuple[datetime, str] | None) -> None:
+    found = plans(sqlite_store, lambda uow: uow.bindings.page(province, (), after, 101))
+    # Every state, and with a province both its sides: each one range of the index for that filter.
+    assert len(found) == len(BindingState) * (2 if province else 1)
+    indexes = (["ix_bindings_giver_province_state_created_at", "ix_bindings_receiver_province_state_created_at"]
+               if province else ["ix_bindings_state_created_at"])
+    for plan in found:
+        assert plan.startswith("SEARCH bindings") and "TEMP B-TREE" not in plan, plan
+        assert any(f"USING INDEX {index} (" in plan for index in indexes), plan

@@ -6,6 +6,7 @@ gateway's operator port (never the provinces' port).
 """
 
 from collections import abc as _abc
+from protos.gongji.v1 import relations_pb2 as _relations_pb2
 from protos.gongji.v1 import settlements_pb2 as _settlements_pb2
 from protos.gongji.v1 import transfers_pb2 as _transfers_pb2
 from google.protobuf import descriptor as _descriptor
@@ -1240,3 +1241,133 @@ class InspectTransferResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InspectTransferResponse: _TypeAlias = InspectTransferResponse  # noqa: Y015
+
+@_typing.final
+class ListBindingsRequest(_message.Message):
+    """ListBindings' request; filters combine with AND."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVINCE_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    province: _builtins.str
+    """Only bindings with this province on either side, the giver's or the receiver's (empty: any province)."""
+    page_size: _builtins.int
+    """At most this many (default 100, max 1000)."""
+    page_token: _builtins.str
+    """From a previous answer's next_page_token."""
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[_relations_pb2.BindingState.ValueType]:
+        """Only these states (empty: all)."""
+
+    def __init__(
+        self,
+        *,
+        province: _builtins.str = ...,
+        states: _abc.Iterable[_relations_pb2.BindingState.ValueType] | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "province", b"province", "states", b"states"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBindingsRequest: _TypeAlias = ListBindingsRequest  # noqa: Y015
+
+@_typing.final
+class ListBindingsResponse(_message.Message):
+    """ListBindings' answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BINDINGS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def bindings(self) -> _containers.RepeatedCompositeFieldContainer[_relations_pb2.BindingView]:
+        """A page of bindings, newest first (by created_at, the binding id breaking ties); bindings proposed while
+        the pages are read come before the first page, never in a later one.
+        """
+
+    def __init__(
+        self,
+        *,
+        bindings: _abc.Iterable[_relations_pb2.BindingView] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bindings", b"bindings", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBindingsResponse: _TypeAlias = ListBindingsResponse  # noqa: Y015
+
+@_typing.final
+class InspectBindingRequest(_message.Message):
+    """InspectBinding's request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BINDING_ID_FIELD_NUMBER: _builtins.int
+    binding_id: _builtins.str
+    """The binding."""
+    def __init__(
+        self,
+        *,
+        binding_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["binding_id", b"binding_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InspectBindingRequest: _TypeAlias = InspectBindingRequest  # noqa: Y015
+
+@_typing.final
+class InspectBindingResponse(_message.Message):
+    """InspectBinding's answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BINDING_FIELD_NUMBER: _builtins.int
+    CONSENT_BY_FIELD_NUMBER: _builtins.int
+    ATTESTED_AT_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def binding(self) -> _relations_pb2.BindingView:
+        """The binding (masked ID numbers only)."""
+
+    @_builtins.property
+    def consent_by(self) -> _timestamp_pb2.Timestamp:
+        """The receiver's province must answer the proposal by then, or it EXPIREs."""
+
+    @_builtins.property
+    def attested_at(self) -> _timestamp_pb2.Timestamp:
+        """When the receiver's consent was attested (unset before an acceptance)."""
+
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutboxMessageView]:
+        """The messages about it (its consent request, its outcome notices), oldest first, with their attempts."""
+
+    def __init__(
+        self,
+        *,
+        binding: _relations_pb2.BindingView | None = ...,
+        consent_by: _timestamp_pb2.Timestamp | None = ...,
+        attested_at: _timestamp_pb2.Timestamp | None = ...,
+        messages: _abc.Iterable[Global___OutboxMessageView] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attested_at", b"attested_at", "binding", b"binding", "consent_by", b"consent_by"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attested_at", b"attested_at", "binding", b"binding", "consent_by", b"consent_by", "messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InspectBindingResponse: _TypeAlias = InspectBindingResponse  # noqa: Y015

@@ -63,6 +63,10 @@ class OperationsStub:
     """One transfer with its history, the messages owed about it and its deadline, as operators see it (masked ID
     numbers only).
     """
+    ListBindings: _grpc.UnaryUnaryMultiCallable[_operations_pb2.ListBindingsRequest, _operations_pb2.ListBindingsResponse]
+    """Bindings by province and state, newest first, paginated (masked ID numbers only)."""
+    InspectBinding: _grpc.UnaryUnaryMultiCallable[_operations_pb2.InspectBindingRequest, _operations_pb2.InspectBindingResponse]
+    """One binding with its consent deadline and the messages owed about it (masked ID numbers only)."""
 
 @_typing.type_check_only
 class OperationsAsyncStub(OperationsStub):
@@ -97,6 +101,10 @@ class OperationsAsyncStub(OperationsStub):
     """One transfer with its history, the messages owed about it and its deadline, as operators see it (masked ID
     numbers only).
     """
+    ListBindings: _aio.UnaryUnaryMultiCallable[_operations_pb2.ListBindingsRequest, _operations_pb2.ListBindingsResponse]  # type: ignore[assignment]
+    """Bindings by province and state, newest first, paginated (masked ID numbers only)."""
+    InspectBinding: _aio.UnaryUnaryMultiCallable[_operations_pb2.InspectBindingRequest, _operations_pb2.InspectBindingResponse]  # type: ignore[assignment]
+    """One binding with its consent deadline and the messages owed about it (masked ID numbers only)."""
 
 class OperationsServicer(metaclass=_abc_1.ABCMeta):
     """Called by operators."""
@@ -194,5 +202,21 @@ class OperationsServicer(metaclass=_abc_1.ABCMeta):
         """One transfer with its history, the messages owed about it and its deadline, as operators see it (masked ID
         numbers only).
         """
+
+    @_abc_1.abstractmethod
+    def ListBindings(
+        self,
+        request: _operations_pb2.ListBindingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.ListBindingsResponse, _abc.Awaitable[_operations_pb2.ListBindingsResponse]]:
+        """Bindings by province and state, newest first, paginated (masked ID numbers only)."""
+
+    @_abc_1.abstractmethod
+    def InspectBinding(
+        self,
+        request: _operations_pb2.InspectBindingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.InspectBindingResponse, _abc.Awaitable[_operations_pb2.InspectBindingResponse]]:
+        """One binding with its consent deadline and the messages owed about it (masked ID numbers only)."""
 
 def add_OperationsServicer_to_server(servicer: OperationsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
