@@ -249,7 +249,7 @@ def test_settlement_failures_are_one_line_without_a_traceback(stack: Stack, tmp_
 @pytest.mark.parametrize("command", [["provinces", "list"], ["transfers", "list"], ["stats"],
                                      ["settlement", "show"]])
 def test_an_unreachable_gateway_is_one_line(command: list[str]) -> None:
-    result = runner.invoke(app, [*command, "--ops", "127.0.0.1:1"])
+    result = runner.invoke(app, [*command, "--ops", "127.0.0.1:1"], env={"GONGJI_INSECURE_DEV_PLAINTEXT": "true"})
     assert result.exit_code == 1 and "UNAVAILABLE" in result.output and "Traceback" not in result.output
 
 

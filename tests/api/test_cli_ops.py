@@ -10,10 +10,11 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from gateway.cli import app
 from gateway.domain.clock import BEIJING
 from protos.gongji.v1 import operations_pb2
-from tests.api.cli_support import committed, gongji, gongji_json, invoke, wide_terminal  # noqa: F401
-from tests.support import Stack, register
+from tests.api.cli_support import committed, gongji, gongji_json, invoke, runner, wide_terminal  # noqa: F401
+from tests.support import GANSU, XINJIANG, LoopThread, Stack, register, start_stack
 
 SHAANXI = "610000"
 
@@ -120,3 +121,55 @@ def test_provinces_update_changes_what_is_given_and_keeps_the_rest(stack: Stack,
     assert code == 1 and "NOT_FOUND PROVINCE_NOT_FOUND" in out and "Traceback" not in out
     code, out = gongji(stack, "provinces", "update", SHAANXI, "--retire-key", "610000-nope")
     assert code == 1 and "NOT_FOUND KEY_NOT_FOUND" in out
+
+
+# -- how the CLI finds the gateway, and how it fails -----------------------------------------------------
+
+NO_GONGJI_ENV = {name: None for name in ("GONGJI_OPS", "GONGJI_OPS_LISTEN", "GONGJI_TLS_DIR", "GONGJI_VAR",
+                                         "GONGJI_INSECURE_DEV_PLAINTEXT", "GONGJI_OPERATOR")}
+
+
+def test_without_an_operator_certificate_the_cli_says_so_instead_of_speaking_plaintext(tmp_path: Path) -> None:
+    # Before, a missing var/tls/ meant plaintext, silently: against make run's mutual TLS a confusing UNAVAILABLE.
+    result = runner.invoke(app, ["stats", "--ops", "127.0.0.1:1"], env={**NO_GONGJI_ENV, "GONGJI_VAR": str(tmp_path)})
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines() == [
+        f"error: no operator certificate: {tmp_path / 'tls' / 'ca.crt'} not found (the folder is $GONGJI_TLS_DIR, "
+        "else $GONGJI_VAR/tls, else var/tls; GONGJI_INSECURE_DEV_PLAINTEXT=true if the gateway speaks plaintext)"]
+    # With the CA but no operator's own certificate, the same, naming that file.
+    (tmp_path / "tls").mkdir()
+    (tmp_path / "tls" / "ca.crt").write_text("not read")
+    result = runner.invoke(app, ["stats", "--ops", "127.0.0.1:1"], env={**NO_GONGJI_ENV, "GONGJI_VAR": str(tmp_path),
+                                                                        "GONGJI_OPERATOR": "alice"})
+    assert result.exit_code == 1 and f"{tmp_path / 'tls' / 'operator-alice.crt'} not found" in result.output
+
+
+def test_the_cli_reads_the_variables_make_run_sets(loop_thread: LoopThread, tmp_path: Path, sqlite_url: str) -> None:
+    """GONGJI_OPS_LISTEN for the operators' port, GONGJI_VAR for the TLS folder: `make run`'s environment is enough."""
+    stack = start_stack(loop_thread, tmp_path, sqlite_url, tls_dir=tmp_path / "var" / "tls")
+    try:
+        env = {**NO_GONGJI_ENV, "GONGJI_VAR": str(tmp_path / "var"),
+               "GONGJI_OPS_LISTEN": f"127.0.0.1:{stack.gateway.ops_port}"}
+        result = runner.invoke(app, ["provinces", "list", "--json"], env=env)
+        assert result.exit_code == 0, result.output
+        assert {p["code"] for p in json.loads(result.stdout)["provinces"]} == {XINJIANG, GANSU}
+        # Plaintext only when said: told so, the CLI speaks plaintext, which this mutual-TLS port refuses.
+        result = runner.invoke(app, ["provinces", "list"], env={**env, "GONGJI_INSECURE_DEV_PLAINTEXT": "true"})
+        assert result.exit_code == 1 and "UNAVAILABLE" in result.output and "Traceback" not in result.output
+    finally:
+        stack.close()
+
+
+def test_audit_verify_fails_in_one_line_like_db_current(tmp_path: Path) -> None:
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    for url, says in ((f"sqlite:///{tmp_path / 'no-such-dir' / 'gongji.db'}", "unable to open database file"),
+                      ("mysql://root@127.0.0.1/gongji", "must be a sqlite:/// or postgresql:// URL"),
+                      (empty, "the database has no schema")):
+        for command in (["audit", "verify"], ["db", "current"]):
+            result = runner.invoke(app, [*command, "--database", url])
+            if command == ["db", "current"] and url == empty:
+                assert result.exit_code == 0 and says in result.output  # it answers where the schema stands
+                continue
+            lines = result.output.strip().splitlines()
+            assert result.exit_code == 1 and len(lines) == 1 and says in lines[0], (command, result.output)
+            assert lines[0].startswith("error: ") and "Traceback" not in result.output
