@@ -203,6 +203,15 @@ def transfer_filter_from_proto(request: operations_pb2.ListTransfersRequest) -> 
         created_from=_optional_time(request, "created_from"), created_to=_optional_time(request, "created_to"))
 
 
+def newest_first_from_proto(order: int) -> bool:
+    """ListTransfers' order: newest first unless OLDEST_FIRST; any other number (proto3 enums are open) is refused."""
+    if order in (operations_pb2.TRANSFER_ORDER_UNSPECIFIED, operations_pb2.TRANSFER_ORDER_NEWEST_FIRST):
+        return True
+    if order == operations_pb2.TRANSFER_ORDER_OLDEST_FIRST:
+        return False
+    raise InvalidArgument("order must be NEWEST_FIRST or OLDEST_FIRST", reason=reasons.INVALID_ORDER, field="order")
+
+
 def transfer_change_to_proto(change: TransferChange) -> operations_pb2.TransferChange:
     return operations_pb2.TransferChange(
         cursor=str(change.position), transfer_id=change.transfer_id, state=transfer_state_to_proto(change.state),

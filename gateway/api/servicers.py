@@ -7,9 +7,10 @@ from typing import Any
 
 import grpc
 
-from gateway.api import convert
+from gateway.api import convert, operator_views
 from gateway.api.transport import operator_actor, province_caller
 from gateway.domain.monitoring import FeedStart
+from gateway.usecases import binding_reads
 from gateway.usecases import bindings as binding_cases
 from gateway.usecases import keys as key_cases
 from gateway.usecases import monitoring as monitoring_cases
@@ -102,14 +103,27 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
     async def ListTransfers(self, request: operations_pb2.ListTransfersRequest,
                             context: Context) -> operations_pb2.ListTransfersResponse:
         page = await self._run.query(monitoring_cases.list_transfers, convert.transfer_filter_from_proto(request),
-                                     request.page_token, request.page_size)
+                                     request.page_token, request.page_size,
+                                     convert.newest_first_from_proto(request.order))
         return operations_pb2.ListTransfersResponse(
             transfers=[convert.transfer_to_proto(t) for t in page.transfers], next_page_token=page.next_page_token)
 
     async def InspectTransfer(self, request: operations_pb2.InspectTransferRequest,
                               context: Context) -> operations_pb2.InspectTransferResponse:
-        transfer = await self._run.query(monitoring_cases.inspect_transfer, request.transfer_id)
-        return operations_pb2.InspectTransferResponse(transfer=convert.transfer_to_proto(transfer))
+        inspection = await self._run.query(monitoring_cases.inspect_transfer, request.transfer_id)
+        return operator_views.transfer_inspection_to_proto(inspection)
+
+    async def ListBindings(self, request: operations_pb2.ListBindingsRequest,
+                           context: Context) -> operations_pb2.ListBindingsResponse:
+        page = await self._run.query(binding_reads.list_bindings, request.province,
+                                     operator_views.binding_states_from_proto(request.states), request.page_token,
+                                     request.page_size)
+        return operator_views.binding_page_to_proto(page)
+
+    async def InspectBinding(self, request: operations_pb2.InspectBindingRequest,
+                             context: Context) -> operations_pb2.InspectBindingResponse:
+        inspection = await self._run.query(binding_reads.inspect_binding, request.binding_id)
+        return operator_views.binding_inspection_to_proto(inspection)
 
     async def WatchTransfers(self, request: operations_pb2.WatchTransfersRequest,
                              context: Context) -> AsyncIterator[operations_pb2.TransferChange]:
@@ -125,7 +139,8 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
 
     async def CloseSettlementWindow(self, request: operations_pb2.CloseSettlementWindowRequest,
                                     context: Context) -> operations_pb2.CloseSettlementWindowResponse:
-        window = await self._run.change(settlement_cases.close_window, request.window_id, operator_actor(context))
+        window = await self._run.change(settlement_cases.close_window, request.window_id, operator_actor(context),
+                                        request.force)
         return operations_pb2.CloseSettlementWindowResponse(window=convert.window_to_proto(window))
 
     async def RecordSettlementPayment(self, request: operations_pb2.RecordSettlementPaymentRequest,

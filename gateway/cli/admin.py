@@ -81,11 +81,13 @@ def database(url: str | None) -> Iterator[tuple[Engine, str]]:
         engine = make_engine(url)
     except (ConfigError, SQLAlchemyError, ValueError) as error:
         fail(f"cannot open the database {shown}: {_first_line(error)}")
+    # The store runs its statements on the driver's own cursor: its errors come unwrapped by SQLAlchemy.
+    driver_error: type[Exception] = getattr(engine.dialect.loaded_dbapi, "Error", SQLAlchemyError)
     try:
         yield engine, shown
     except SchemaError as error:
         fail(f"{shown}: {error}")
-    except SQLAlchemyError as error:
+    except (SQLAlchemyError, driver_error) as error:
         fail(f"cannot use the database {shown}: {_first_line(error)}")
     finally:
         engine.dispose()
@@ -160,11 +162,15 @@ def audit_verify(url: DatabaseUrl = None, as_json: AsJson = False) -> None:
     where the gateway registers each key it signs with. Exit code 1 when anything does not verify.
     """
     from gateway.security.signing import verify_signature
+    from gateway.store.schema import SchemaState, schema_status
     from gateway.store.sealing import NoSealer
     from gateway.store.unit_of_work import SqlStore
     from gateway.usecases.audit import verify_audit
 
     with database(url) as (engine, shown):
+        status = schema_status(engine)
+        if status.state in (SchemaState.EMPTY, SchemaState.UNVERSIONED):  # no chain to verify: say why, as db current
+            fail(f"{shown}: {status.problem()}")
         store = SqlStore(engine, NoSealer())  # the chain holds no personal data: no data keys needed
         with store.unit_of_work() as uow:
             keys = {key.key_id: key.public_key for key in uow.gateway_keys.list()}

@@ -16,7 +16,9 @@ from grpc_status import rpc_status
 from gateway.cli.output import err_console, fail, shown
 from protos.gongji.v1 import operations_pb2_grpc
 
-OpsAddress = Annotated[str, typer.Option("--ops", envvar="GONGJI_OPS", help="The gateway's operators' port.")]
+OpsAddress = Annotated[str, typer.Option(
+    "--ops", envvar=["GONGJI_OPS", "GONGJI_OPS_LISTEN"],
+    help="The gateway's operators' port (else $GONGJI_OPS, else $GONGJI_OPS_LISTEN, which `make run` reads too).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 TIMEOUT_S = 10.0
 
@@ -24,17 +26,35 @@ TIMEOUT_S = 10.0
 GATEWAY_TLS_NAME = "gateway.gongji"
 
 
+def tls_folder() -> Path:
+    """Where the operator's certificate is: GONGJI_TLS_DIR, else the tls folder of GONGJI_VAR (where `make run`
+    makes its development CA), else var/tls."""
+    named = os.environ.get("GONGJI_TLS_DIR")
+    return Path(named) if named else Path(os.environ.get("GONGJI_VAR") or "var") / "tls"
+
+
+def plaintext_intended() -> bool:
+    """GONGJI_INSECURE_DEV_PLAINTEXT as the gateway and `make run` read it: the gateway speaks plaintext."""
+    return os.environ.get("GONGJI_INSECURE_DEV_PLAINTEXT", "false").lower() in ("1", "true", "yes")
+
+
 def _channel(address: str) -> grpc.Channel:
-    """Mutual TLS as an operator when a certificate folder is there (GONGJI_TLS_DIR, default `make run`'s
-    var/tls with operator-<GONGJI_OPERATOR>.crt/.key and ca.crt); plaintext otherwise (development)."""
-    folder = Path(os.environ.get("GONGJI_TLS_DIR", "var/tls"))
-    name = f"operator-{os.environ.get('GONGJI_OPERATOR', 'operator')}"
-    if os.environ.get("GONGJI_INSECURE_DEV_PLAINTEXT", "").lower() == "true" or not (folder / "ca.crt").exists():
+    """Mutual TLS as an operator, with operator-<GONGJI_OPERATOR>.crt/.key (default operator-operator) and ca.crt
+    from `tls_folder()`; plaintext only when GONGJI_INSECURE_DEV_PLAINTEXT says the gateway speaks it. A missing
+    file is one line and exit code 1, never a silent fall back to plaintext."""
+    if plaintext_intended():
         return grpc.insecure_channel(address)
+    folder = tls_folder()
+    name = f"operator-{os.environ.get('GONGJI_OPERATOR', 'operator')}"
+    files = (folder / "ca.crt", folder / f"{name}.crt", folder / f"{name}.key")
+    missing = next((file for file in files if not file.is_file()), None)
+    if missing is not None:
+        fail(f"no operator certificate: {missing} not found (the folder is $GONGJI_TLS_DIR, else $GONGJI_VAR/tls, "
+             "else var/tls; GONGJI_INSECURE_DEV_PLAINTEXT=true if the gateway speaks plaintext)")
     try:
-        credentials = grpc.ssl_channel_credentials(root_certificates=(folder / "ca.crt").read_bytes(),
-                                                   private_key=(folder / f"{name}.key").read_bytes(),
-                                                   certificate_chain=(folder / f"{name}.crt").read_bytes())
+        credentials = grpc.ssl_channel_credentials(root_certificates=files[0].read_bytes(),
+                                                   private_key=files[2].read_bytes(),
+                                                   certificate_chain=files[1].read_bytes())
     except OSError as error:
         fail(f"cannot read the operator's certificate in {folder}: {error.strerror} ({error.filename})")
     return grpc.secure_channel(address, credentials, options=[("grpc.ssl_target_name_override", GATEWAY_TLS_NAME)])

@@ -67,7 +67,7 @@ def _print_window(w: Window) -> None:
         console.print("open: the figures are frozen when the window is closed")
         return
     if not w.pairs:
-        console.print("no committed transfers in this window: nothing to settle")
+        console.print("no committed transfers in this window: nothing to acknowledge or pay")
         return
     pairs = Table("from (pays)", "to (is paid)", "gross", "transfers", "paid", title="gross figures by pair")
     for pair in w.pairs:
@@ -90,12 +90,24 @@ def _get_window(stub: operations_pb2_grpc.OperationsStub, window_id: str) -> Win
 
 @settlement_app.command("close")
 def settlement_close(
-    window_id: Annotated[str, typer.Argument(help="YYYY-MM-DD or YYYY-MM; empty: the window commits go to now.")] = "",
+    window_id: Annotated[str, typer.Argument(help="YYYY-MM-DD (daily windows) or YYYY-MM (monthly).",
+                                             show_default=False)] = "",
+    current: Annotated[bool, typer.Option("--current", help="The window of now (Beijing calendar), instead of an "
+                                                            "id.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Close it even if nothing is committed in it (it is then "
+                                                        "SETTLED at once).")] = False,
     ops: OpsAddress = DEFAULT_OPS_LISTEN, as_json: AsJson = False,
 ) -> None:
-    """Freeze a window's figures and send each province its part to acknowledge (closing twice changes nothing)."""
+    """Freeze a window's figures and send each province its part to acknowledge (closing twice changes nothing).
+
+    A window that has not started is refused, and so is one with nothing committed unless --force. Windows
+    are also closed on schedule, a delay after they end (GONGJI_SETTLEMENT_CLOSE_DELAY_SECONDS).
+    """
+    if bool(window_id) == current:
+        fail("name the window to close: a window id (YYYY-MM-DD or YYYY-MM) or --current, not both", 2)
     with operations(ops) as stub, err_console.status("closing the settlement window…"):
-        window = stub.CloseSettlementWindow(operations_pb2.CloseSettlementWindowRequest(window_id=window_id),
+        window = stub.CloseSettlementWindow(operations_pb2.CloseSettlementWindowRequest(window_id=window_id,
+                                                                                        force=force),
                                             timeout=TIMEOUT_S).window
     if as_json:
         print_json(window)

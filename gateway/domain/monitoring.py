@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from gateway.domain.bindings import Binding
+from gateway.domain.outbox import OutboxRecord
 from gateway.domain.provinces import Province
 from gateway.domain.settlement import SettlementWindow
 from gateway.domain.transfers import Transfer, TransferState
@@ -25,6 +27,38 @@ class TransferFilter:
 class TransferPage:
     transfers: list[Transfer]
     next_page_token: str  # empty on the last page
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEnd:
+    """How a transfer not yet final ends if nothing else happens first: its state, when, and the reason given."""
+
+    state: TransferState
+    at: datetime
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TransferInspection:
+    """A transfer as operators inspect it: its history, the messages owed about it, and its pending end."""
+
+    transfer: Transfer
+    messages: tuple[OutboxRecord, ...]
+    pending_end: PendingEnd | None  # None once final
+
+
+@dataclass(frozen=True, slots=True)
+class BindingPage:
+    bindings: list[Binding]
+    next_page_token: str  # empty on the last page
+
+
+@dataclass(frozen=True, slots=True)
+class BindingInspection:
+    """A binding as operators inspect it (masked ID numbers only), with the messages owed about it."""
+
+    binding: Binding
+    messages: tuple[OutboxRecord, ...]
 
 
 @dataclass(frozen=True, slots=True)

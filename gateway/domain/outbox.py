@@ -79,6 +79,27 @@ class OutboxMessage:
         return self.content.kind
 
 
+class OutboxStatus(enum.Enum):
+    PENDING = "PENDING"  # to be sent (again) until acknowledged
+    DONE = "DONE"  # acknowledged by the province
+    EXPIRED = "EXPIRED"  # abandoned: its transfer's delivery deadline passed
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRecord:
+    """A message owed to a province as it stands, for operators: its attempts, last error and next try."""
+
+    destination: str
+    content: OutboxContent
+    message_id: str
+    status: OutboxStatus
+    attempts: int
+    last_error: str
+    next_attempt_at: datetime  # while PENDING: when it is due (a message in flight: when its lease ends)
+    created_at: datetime
+    done_at: datetime | None  # when acknowledged or abandoned
+
+
 # Message ids: what provinces de-duplicate on (api.md, "Transfer states"): the same message, the same id.
 
 def delivery_message_id(transfer_id: str) -> str:

@@ -144,10 +144,12 @@ INVALID_KEY_VALIDITY = _reason("INVALID_KEY_VALIDITY", InvalidArgument, "a key's
 INVALID_POLICY = _reason("INVALID_POLICY", InvalidArgument, "a policy value is outside its allowed range")
 INVALID_STATUS = _reason("INVALID_STATUS", InvalidArgument, "a province status is not ACTIVE or SUSPENDED")
 INVALID_STATE = _reason("INVALID_STATE", InvalidArgument,
-                        "a state filter names no transfer or settlement window state")
+                        "a state filter names no transfer, binding or settlement window state")
 INVALID_PAGE_SIZE = _reason("INVALID_PAGE_SIZE", InvalidArgument,
-                            "page_size is outside 0..1000 (ListTransfers) or 0..200 (ListSettlementWindows)")
+                            "page_size is outside 0..1000 (ListTransfers, ListBindings) or 0..200 "
+                            "(ListSettlementWindows)")
 INVALID_PAGE_TOKEN = _reason("INVALID_PAGE_TOKEN", InvalidArgument, "page_token is not one the gateway gave out")
+INVALID_ORDER = _reason("INVALID_ORDER", InvalidArgument, "ListTransfers' order names no TransferOrder value")
 INVALID_CURSOR = _reason("INVALID_CURSOR", InvalidArgument,
                          "WatchTransfers' from_cursor is not one the gateway gave out")
 INVALID_BANK = _reason("INVALID_BANK", InvalidArgument, "a payment's bank is not an opaque identifier")
@@ -201,6 +203,9 @@ CONFIRMATION_DEADLINE_PASSED = _reason("CONFIRMATION_DEADLINE_PASSED", FailedPre
                                        "the confirmation came after the transfer's deadline: the transfer is "
                                        "returned to the giver (D13)")
 WINDOW_NOT_STARTED = _reason("WINDOW_NOT_STARTED", FailedPrecondition, "the window to close has not started yet")
+WINDOW_EMPTY = _reason("WINDOW_EMPTY", FailedPrecondition,
+                      "the window to close has nothing committed in it; CloseSettlementWindow with force closes it "
+                      "(SETTLED at once)")
 WINDOW_NOT_CLOSED = _reason("WINDOW_NOT_CLOSED", FailedPrecondition, "the window acknowledged is still open")
 FIGURES_DIGEST_MISMATCH = _reason("FIGURES_DIGEST_MISMATCH", FailedPrecondition,
                                   "the acknowledged figures_sha256 is not the digest of the figures the gateway sent")

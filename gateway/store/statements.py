@@ -216,10 +216,27 @@ class Statements:
                            .returning(o.destination, o.message_id))
         self.mark_retry = p(update(outbox_t).where(and_(o.id == _b("w_id"), o.status == "PENDING"))
                             .values(next_attempt_at=_b("next_attempt_at"), last_error=_b("error")))
+        # Every message about one transfer or binding (ix_outbox_subject_id), for operators.
+        self.outbox_of_subject = p(select(o.destination, o.kind, o.state, o.reason, o.message_id, o.status,
+                                          o.attempts, o.last_error, o.next_attempt_at, o.created_at, o.done_at)
+                                   .where(o.subject_id == _b("subject")).order_by(o.id))
         self.expire_pending = p(update(outbox_t).where(and_(o.kind == _b("w_kind"), o.subject_id == _b("w_subject"),
                                                             o.status == "PENDING"))
                                 .values(status="EXPIRED", done_at=_b("at"), last_error=_b("error"))
                                 .returning(o.destination, o.message_id))
+
+    @functools.lru_cache(maxsize=8)  # noqa: B019 -- one Statements per engine, kept for the engine's life
+    def binding_page(self, side: str, after: bool) -> Prepared:
+        """Bindings in one state, of one province on `side` ("giver", "receiver"; "": any), newest first, from
+        just before a position when `after`: one range of one of the bindings' (…, state, created_at, binding_id)
+        indexes, read in its order."""
+        b = bindings_t.c
+        query = select(*BINDING_VIEW).where(b.state == _b("state"))
+        if side:
+            query = query.where((b.giver_province if side == "giver" else b.receiver_province) == _b("province"))
+        if after:
+            query = query.where(b.created_at <= _b("at"), (b.created_at < _b("at")) | (b.binding_id < _b("w_id")))
+        return Prepared(query.order_by(b.created_at.desc(), b.binding_id.desc()).limit(_b("limit")), self._dialect)
 
     @functools.lru_cache(maxsize=64)  # noqa: B019 -- one Statements per engine, kept for the engine's life
     def claim_due_except(self, destinations: tuple[str, ...]) -> Prepared:

@@ -12,22 +12,34 @@ from datetime import UTC, datetime
 from gateway.domain import reasons
 from gateway.domain.envelope import MESSAGE_ID_PATTERN
 from gateway.domain.errors import InvalidArgument, NotFound
-from gateway.domain.monitoring import FeedStart, Stats, TransferChange, TransferFilter, TransferPage
+from gateway.domain.monitoring import (
+    FeedStart,
+    PendingEnd,
+    Stats,
+    TransferChange,
+    TransferFilter,
+    TransferInspection,
+    TransferPage,
+)
+from gateway.domain.outbox import OutboxKind
 from gateway.domain.provinces import validate_province_code
 from gateway.domain.settlement import WindowState
-from gateway.domain.transfers import INT64_MAX, Transfer, validate_message_id
+from gateway.domain.transfers import INT64_MAX, Transfer, TransferState, validate_message_id
 from gateway.usecases.context import UseCaseContext
+from gateway.usecases.outbox import DESTINATION_UNREACHABLE
 from gateway.usecases.ports import RunInDb, UnitOfWorkFactory
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
 
-def _token(created_at: datetime, transfer_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{transfer_id}".encode()).decode()
+def position_token(created_at: datetime, row_id: str) -> str:
+    """A page token: the position (creation time, id) of the last row shown, opaque to the caller."""
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{row_id}".encode()).decode()
 
 
-def _position(token: str) -> tuple[datetime, str]:
+def token_position(token: str) -> tuple[datetime, str]:
+    """The position a page token holds; INVALID_PAGE_TOKEN for anything the gateway could not have given out."""
     try:
         created_at, _, transfer_id = base64.urlsafe_b64decode(token.encode()).decode().partition("|")
         position = datetime.fromisoformat(created_at)
@@ -35,25 +47,44 @@ def _position(token: str) -> tuple[datetime, str]:
     except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError) as error:
         raise InvalidArgument("page_token is not one this gateway gave out", reason=reasons.INVALID_PAGE_TOKEN,
                               field="page_token") from error
-    # The transfer id goes into a query: only ids the gateway could have given out (no NUL, no megabytes).
+    # The id goes into a query: only ids the gateway could have given out (no NUL, no megabytes).
     if position.tzinfo is None or not MESSAGE_ID_PATTERN.fullmatch(transfer_id):
         raise InvalidArgument("page_token is not one this gateway gave out", reason=reasons.INVALID_PAGE_TOKEN,
                               field="page_token")
     return position, transfer_id
 
 
-def inspect_transfer(ctx: UseCaseContext, transfer_id: str) -> Transfer:
-    """One transfer with its history, for operators (the view holds masked ID numbers only)."""
+# The messages about a transfer; a binding's id may equal a transfer's, and its messages are not this one's.
+TRANSFER_MESSAGES = (OutboxKind.DELIVER_TRANSFER, OutboxKind.NOTIFY_TRANSFER_OUTCOME)
+
+
+def pending_end(transfer: Transfer) -> PendingEnd | None:
+    """What ends the transfer if nothing else does first: undelivered, it is REJECTED at its delivery deadline;
+    delivered and unconfirmed, RETURNED at its return deadline (D13); final, nothing."""
+    if transfer.state is TransferState.RECEIVED:
+        return PendingEnd(TransferState.REJECTED, transfer.delivery_deadline, DESTINATION_UNREACHABLE)
+    if transfer.state is TransferState.DELIVERED:
+        return PendingEnd(TransferState.RETURNED, transfer.return_deadline, reasons.CONFIRMATION_DEADLINE_PASSED)
+    return None
+
+
+def inspect_transfer(ctx: UseCaseContext, transfer_id: str) -> TransferInspection:
+    """One transfer with its history, the messages owed about it (attempts, last error, next retry) and when
+    it ends if nothing else happens, for operators (the view holds masked ID numbers only)."""
     validate_message_id(transfer_id, field="transfer_id")
     with ctx.uow() as uow:
         transfer = uow.transfers.get(transfer_id, with_history=True)
+        messages = uow.outbox.of_subject(transfer_id) if transfer is not None else []
     if transfer is None:
         raise NotFound("no such transfer", reason=reasons.TRANSFER_NOT_FOUND, field="transfer_id")
-    return transfer
+    return TransferInspection(transfer, tuple(m for m in messages if m.content.kind in TRANSFER_MESSAGES),
+                              pending_end(transfer))
 
 
-def list_transfers(ctx: UseCaseContext, where: TransferFilter, page_token: str, page_size: int) -> TransferPage:
-    """One page in (created_at, transfer_id) order; the token resumes after the last one shown."""
+def list_transfers(ctx: UseCaseContext, where: TransferFilter, page_token: str, page_size: int,
+                   newest_first: bool = True) -> TransferPage:
+    """One page newest first (or oldest first) by (created_at, transfer_id); the token resumes after the last
+    one shown, in the same order, exactly, while new transfers arrive."""
     if not 0 <= page_size <= MAX_PAGE_SIZE:
         raise InvalidArgument(f"page_size must be within 0..{MAX_PAGE_SIZE}", reason=reasons.INVALID_PAGE_SIZE,
                               field="page_size")
@@ -61,12 +92,12 @@ def list_transfers(ctx: UseCaseContext, where: TransferFilter, page_token: str, 
         if code:
             validate_province_code(code, name)
     size = page_size or DEFAULT_PAGE_SIZE
-    after = _position(page_token) if page_token else None
+    after = token_position(page_token) if page_token else None
     with ctx.uow() as uow:
-        rows = uow.transfers.page(where, after, size + 1)
+        rows = uow.transfers.page(where, after, size + 1, newest_first=newest_first)
     more = len(rows) > size
     rows = rows[:size]
-    return TransferPage(rows, _token(rows[-1].created_at, rows[-1].transfer_id) if more else "")
+    return TransferPage(rows, position_token(rows[-1].created_at, rows[-1].transfer_id) if more else "")
 
 
 WATCH_BATCH = 500

@@ -11,7 +11,7 @@ from gateway.domain.bindings import Attestation, Binding, BindingState
 from gateway.domain.eligibility import MemberStatus
 from gateway.domain.envelope import Envelope
 from gateway.domain.monitoring import Stats, Totals, TransferChange, TransferFilter
-from gateway.domain.outbox import OutboxContent, OutboxKind, OutboxMessage
+from gateway.domain.outbox import OutboxContent, OutboxKind, OutboxMessage, OutboxRecord
 from gateway.domain.provinces import Province, ProvinceKey
 from gateway.domain.records import StoredRequest
 from gateway.domain.relations import RelationQueryRecord
@@ -57,7 +57,9 @@ class TransferRepository(Protocol):
         """Count one more transfer of the giver on `day` and return how many there were before it; the row
         stays locked until the transaction ends."""
     def release_daily_slot(self, giver_ref: bytes, day: date) -> None: ...
-    def page(self, where: TransferFilter, after: tuple[datetime, str] | None, limit: int) -> list[Transfer]: ...
+    def page(self, where: TransferFilter, after: tuple[datetime, str] | None, limit: int,
+             newest_first: bool = False) -> list[Transfer]:
+        """Transfers in (created_at, transfer_id) order, or newest first, from just past `after`."""
     def stats(self) -> Stats: ...
     def changes_after(self, position: int, limit: int) -> list[TransferChange]: ...
     def last_change(self) -> int: ...
@@ -87,6 +89,8 @@ class OutboxRepository(Protocol):
     def mark_done(self, message_id: int, at: datetime) -> None: ...
     def mark_retry(self, message_id: int, next_attempt_at: datetime, error: str) -> None: ...
     def expire_pending(self, kind: OutboxKind, subject_id: str, at: datetime, error: str) -> None: ...
+    def of_subject(self, subject_id: str) -> list[OutboxRecord]:
+        """Every message about one transfer, binding or window, oldest first, whatever its status."""
 
 
 class BindingRepository(Protocol):
@@ -103,6 +107,10 @@ class BindingRepository(Protocol):
     def record_attestation(self, binding_id: str, attestation: Attestation) -> None: ...
     def of_person(self, person_ref: bytes) -> list[Binding]: ...
     def expired_proposals(self, now: datetime, limit: int) -> list[str]: ...
+    def page(self, province: str, states: Sequence[BindingState], before: tuple[datetime, str] | None,
+             limit: int) -> list[Binding]:
+        """Bindings newest first (created_at, then binding_id) from just before `before`, in `states` (any if
+        none) and with `province` on either side (any if empty)."""
 
 
 class MemberRepository(Protocol):

@@ -52,35 +52,30 @@ def assign_to_open_window(uow: UnitOfWork, policy: SettlementPolicy, transfer_id
     raise RuntimeError(f"no open settlement window within {MAX_WINDOW_HOPS} windows of {now.isoformat()}")
 
 
-def _current_span(uow: UnitOfWork, policy: SettlementPolicy, now: datetime) -> WindowSpan:
-    """The window commits go to now (the one "CloseSettlementWindow" with no id closes)."""
-    span = window_containing(now, policy.period)
-    for _ in range(MAX_WINDOW_HOPS):
-        window = uow.settlements.get(span.window_id)
-        if window is None or window.state is WindowState.OPEN:
-            return span
-        span = next_window(span, policy.period)
-    raise RuntimeError(f"no open settlement window within {MAX_WINDOW_HOPS} windows of {now.isoformat()}")
-
-
 def _span_to_close(uow: UnitOfWork, policy: SettlementPolicy, window_id: str, now: datetime) -> WindowSpan:
+    """The window an operator names, or with no id the calendar window containing now (never a later one: a
+    second close of today's window answers with it again rather than closing tomorrow's)."""
     if not window_id:
-        return _current_span(uow, policy, now)
+        return window_containing(now, policy.period)
     span = span_of(window_id)
-    if uow.settlements.get(window_id) is None:
-        if span != window_containing(span.opens_at, policy.period):
-            raise InvalidArgument(f"windows are {policy.period.value}: {window_id} is not one",
-                                  reason=reasons.WINDOW_NOT_OF_PERIOD, field="window_id")
-        if span.opens_at > now:
-            raise FailedPrecondition("the window has not started yet", reason=reasons.WINDOW_NOT_STARTED,
-                                     field="window_id")
+    if uow.settlements.get(window_id) is None and span != window_containing(span.opens_at, policy.period):
+        raise InvalidArgument(f"windows are {policy.period.value}: {window_id} is not one",
+                              reason=reasons.WINDOW_NOT_OF_PERIOD, field="window_id")
+    # Commits that found today's window closed went on to the next one, which so exists already: it still
+    # cannot be closed before it starts.
+    if span.opens_at > now:
+        raise FailedPrecondition("the window has not started yet", reason=reasons.WINDOW_NOT_STARTED,
+                                 field="window_id")
     return span
 
 
-def close_window(ctx: UseCaseContext, window_id: str, actor: str) -> SettlementWindow:
+def close_window(ctx: UseCaseContext, window_id: str, actor: str, force: bool = False) -> SettlementWindow:
     """Freeze the figures (D17), sign each province's part and queue it for them; closing twice is a no-op.
 
-    `actor`: who closes it (an operator's identity, or SCHEDULE_ACTOR), named in the audit entries.
+    A window with nothing committed is refused unless `force`d (an operator who named the wrong day learns
+    it before that day's transfers are sent on to the next window); closed, it is SETTLED at once, as there
+    is nothing to acknowledge or pay. `actor`: who closes it (an operator's identity, or SCHEDULE_ACTOR),
+    named in the audit entries.
     """
     now = ctx.clock.now()
     with ctx.uow() as uow:
@@ -88,6 +83,9 @@ def close_window(ctx: UseCaseContext, window_id: str, actor: str) -> SettlementW
         span = _span_to_close(uow, ctx.settlement, window_id, now)
         if uow.settlements.state_for_close(span, now) is WindowState.OPEN:
             pairs = uow.settlements.committed_pairs(span.window_id)
+            if not pairs and not force:
+                raise FailedPrecondition(f"nothing is committed in window {span.window_id}: close it with force "
+                                         "to settle it empty", reason=reasons.WINDOW_EMPTY, field="window_id")
             figures = Figures(span.window_id, span.opens_at, span.closes_at, tuple(pairs))
             statements = []
             for province in provinces_in(pairs):
@@ -96,8 +94,8 @@ def close_window(ctx: UseCaseContext, window_id: str, actor: str) -> SettlementW
                 uow.outbox.enqueue(province, NotifySettlement(), settlement_message_id(span.window_id, province),
                                    span.window_id, now)
             uow.settlements.freeze(span.window_id, pairs, statements, now)
-            if not statements:  # nothing moved: there is no one whose agreement is needed
-                uow.settlements.change_state(span.window_id, WindowState.CLOSED, WindowState.ACKNOWLEDGED, now)
+            if not statements:  # nothing moved: no one's agreement is needed and nothing is to be paid
+                uow.settlements.change_state(span.window_id, WindowState.CLOSED, WindowState.SETTLED, now)
         window = uow.settlements.get(span.window_id)
         uow.commit()
     assert window is not None
@@ -110,7 +108,8 @@ def close_due_windows(ctx: UseCaseContext, limit: int = 10) -> list[str]:
         return []
     with ctx.uow() as uow:
         due = uow.settlements.due_for_close(ctx.clock.now() - ctx.settlement.close_delay, limit)
-    return [close_window(ctx, window_id, SCHEDULE_ACTOR).window_id for window_id in due]
+    # The schedule closes empty windows too (settled at once): else each would stay open, due for ever.
+    return [close_window(ctx, window_id, SCHEDULE_ACTOR, force=True).window_id for window_id in due]
 
 
 def window_not_found() -> NotFound:

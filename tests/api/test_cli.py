@@ -7,7 +7,6 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 import typer
@@ -16,57 +15,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from rich.console import Console
 from rich.table import Table
-from typer.testing import CliRunner, Result
 
 from gateway.cli import app
-from gateway.cli.output import add_row, console, csv_text, err_console, field_grid, json_text, plain_yuan, shown, yuan
+from gateway.cli.output import add_row, csv_text, field_grid, json_text, plain_yuan, shown, yuan
 from gateway.cli.provinces import load_public_key
 from gateway.cli.settlement import write_csv
 from gateway.domain.clock import BEIJING
 from protos.gongji.stub.v1 import control_pb2
 from protos.gongji.v1 import operations_pb2, settlements_pb2, transfers_pb2
+from tests.api.cli_support import committed, gongji, gongji_json, invoke, runner, wide_terminal  # noqa: F401
 from tests.support import GANSU, XINJIANG, Stack, register, wait_until
 
-runner = CliRunner()
 SHAANXI = "610000"
-
-
-@pytest.fixture(autouse=True)
-def wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A wide terminal, so that rich wraps no table cell or path, whatever runs the tests (the consoles are
-    made at import, so a COLUMNS given to one command would come too late; a pytest-xdist worker has no
-    terminal at all)."""
-    for each in (console, err_console):
-        monkeypatch.setattr(each, "width", 250)
-
-
-COMMITTED = transfers_pb2.TRANSFER_STATE_COMMITTED
-
-
-def invoke(stack: Stack, *args: str) -> Result:
-    # The test stacks are plaintext: a var/tls/ left by `make run` in the checkout must not be used.
-    return runner.invoke(app, [*args, "--ops", f"127.0.0.1:{stack.gateway.ops_port}"],
-                         env={"GONGJI_INSECURE_DEV_PLAINTEXT": "true"})
-
-
-def gongji(stack: Stack, *args: str) -> tuple[int, str]:
-    """Exit code and everything printed (stdout and stderr)."""
-    result = invoke(stack, *args)
-    return result.exit_code, result.output
-
-
-def gongji_json(stack: Stack, *args: str) -> Any:
-    """A command's --json answer; stdout must hold nothing else."""
-    result = invoke(stack, *args, "--json")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
-
-
-def committed(stack: Stack, *amounts_fen: int) -> list[str]:
-    ids = [stack.submit(stack.instruction(amount_fen=amount)).transfer_id for amount in amounts_fen]
-    for transfer_id in ids:
-        stack.wait_for_state(transfer_id, COMMITTED)
-    return ids
 
 
 def test_provinces_transfers_watch_and_stats(stack: Stack) -> None:
@@ -185,8 +145,11 @@ def test_transfers_show_and_every_page(stack: Stack) -> None:
     assert code == 0 and ids[0] in out and "¥123.45" in out and "650502********1230" in out
     assert out.index("RECEIVED") < out.index("DELIVERED") < out.rindex("COMMITTED")
 
-    # --all follows the pages to the end (here 3 of 2, 2 and 1); without it, --limit stops early.
-    assert [t["transfer_id"] for t in gongji_json(stack, "transfers", "list", "--all", "--page-size", "2")] == ids
+    # --all follows the pages to the end (here 3 of 2, 2 and 1), newest first; without it, --limit stops early.
+    assert [t["transfer_id"] for t in gongji_json(stack, "transfers", "list", "--all", "--page-size", "2")] == \
+        ids[::-1]
+    assert [t["transfer_id"] for t in gongji_json(stack, "transfers", "list", "--all", "--page-size", "2",
+                                                  "--oldest-first")] == ids
     assert len(gongji_json(stack, "transfers", "list", "--page-size", "2", "--limit", "3")) == 3
     assert gongji_json(stack, "transfers", "list", "--all", "--page-size", "2", "--from", GANSU) == []
     assert len(gongji_json(stack, "transfers", "list", "--all", "--page-size", "2", "--to", GANSU,
@@ -201,7 +164,7 @@ def test_transfers_show_and_every_page(stack: Stack) -> None:
 def test_settlement_close_show_acknowledge_pay_and_export(stack: Stack, tmp_path: Path) -> None:
     committed(stack, 12_345, 100_000)
 
-    closed = gongji_json(stack, "settlement", "close")
+    closed = gongji_json(stack, "settlement", "close", "--current")
     window_id = closed["window_id"]
     assert closed["state"] in ("SETTLEMENT_WINDOW_STATE_CLOSED", "SETTLEMENT_WINDOW_STATE_ACKNOWLEDGED")
     assert closed["pairs"] == [{"from_province": XINJIANG, "to_province": GANSU, "gross_fen": "112345",
@@ -262,7 +225,7 @@ def test_settlement_failures_are_one_line_without_a_traceback(stack: Stack, tmp_
     # Gansu does not acknowledge by itself: the window stays CLOSED.
     stack.configure(GANSU, settlement_ack_mode=control_pb2.SETTLEMENT_ACK_MODE_MANUAL)
     committed(stack, 7_000)
-    window_id = gongji_json(stack, "settlement", "close")["window_id"]
+    window_id = gongji_json(stack, "settlement", "close", "--current")["window_id"]
     wait_until(lambda: gongji_json(stack, "settlement", "ack-status", window_id)["provinces"]
                == [{"province": GANSU, "acknowledged": False}, {"province": XINJIANG, "acknowledged": True}],
                what="Xinjiang's acknowledgement")
@@ -286,7 +249,7 @@ def test_settlement_failures_are_one_line_without_a_traceback(stack: Stack, tmp_
 @pytest.mark.parametrize("command", [["provinces", "list"], ["transfers", "list"], ["stats"],
                                      ["settlement", "show"]])
 def test_an_unreachable_gateway_is_one_line(command: list[str]) -> None:
-    result = runner.invoke(app, [*command, "--ops", "127.0.0.1:1"])
+    result = runner.invoke(app, [*command, "--ops", "127.0.0.1:1"], env={"GONGJI_INSECURE_DEV_PLAINTEXT": "true"})
     assert result.exit_code == 1 and "UNAVAILABLE" in result.output and "Traceback" not in result.output
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 
 from protos.gongji.v1 import operations_pb2, transfers_pb2
@@ -40,6 +42,51 @@ def test_pagination_returns_every_transfer_exactly_once_while_new_ones_arrive(st
     assert set(first) <= set(seen), "a transfer that existed before the listing began was missed"
     assert set(seen) <= set(first) | set(later)
     assert sorted(list_all(stack, page_size=1000)) == sorted(first + later)
+
+
+def pages(stack: Stack, order: int, between_pages: Callable[[], None] = lambda: None,
+          **filters: object) -> list[str]:
+    """Every transfer, two a page, in `order`; `between_pages` runs after the first page."""
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = stack.operations.ListTransfers(operations_pb2.ListTransfersRequest(
+            page_size=2, page_token=token, order=order, **filters), timeout=10)  # type: ignore[arg-type]
+        seen += [t.transfer_id for t in page.transfers]
+        token = page.next_page_token
+        if not token:
+            return seen
+        if len(seen) == 2:
+            between_pages()
+
+
+def test_newest_first_by_default_oldest_first_on_request_exact_while_transfers_arrive(stack: Stack) -> None:
+    first = [stack.submit(stack.instruction()).transfer_id for _ in range(5)]
+    later: list[str] = []
+
+    def three_more() -> None:
+        later.extend(stack.submit(stack.instruction()).transfer_id for _ in range(3))
+
+    # Newest first (the default, and by name): what arrives meanwhile comes before the first page, so the pages
+    # hold exactly the transfers there were, newest first.
+    assert pages(stack, operations_pb2.TRANSFER_ORDER_UNSPECIFIED, three_more) == first[::-1]
+    there = first + later
+    assert pages(stack, operations_pb2.TRANSFER_ORDER_NEWEST_FIRST, three_more) == there[::-1]
+    # Oldest first: what arrives meanwhile comes at the end, in the same pages.
+    assert pages(stack, operations_pb2.TRANSFER_ORDER_OLDEST_FIRST, three_more) == first + later
+    assert len(later) == 9
+
+    # A time range, either way: created at or after the third, before the fifth.
+    views = {t.transfer_id: t for t in stack.operations.ListTransfers(
+        operations_pb2.ListTransfersRequest(page_size=100), timeout=10).transfers}
+    since, until = views[first[2]].created_at, views[first[4]].created_at
+    assert pages(stack, operations_pb2.TRANSFER_ORDER_NEWEST_FIRST, created_from=since, created_to=until) == \
+        [first[3], first[2]]
+    assert pages(stack, operations_pb2.TRANSFER_ORDER_OLDEST_FIRST, created_from=since, created_to=until) == \
+        [first[2], first[3]]
+    seen = error_of(lambda: stack.operations.ListTransfers(operations_pb2.ListTransfersRequest(order=3), timeout=5))
+    assert (seen.code, seen.reason, seen.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ORDER",
+                                                                    "order")
 
 
 def test_filters_and_bad_requests(stack: Stack) -> None:

@@ -537,7 +537,7 @@ def _methods(module: Any, service: str) -> list[tuple[str, Any]]:
 ALL_METHODS = (_methods(transfers_pb2, "Transfers") + _methods(relations_pb2, "Relations")
                + _methods(settlements_pb2, "Settlements") + _methods(operations_pb2, "Operations"))
 READ_ONLY_OPERATIONS = {"ListProvinces", "ListTransfers", "GetStats", "GetSettlementWindow", "ListSettlementWindows",
-                        "InspectTransfer"}
+                        "InspectTransfer", "ListBindings", "InspectBinding"}
 
 
 def _parses(raw: bytes, message_class: Any) -> pb_message.Message | None:
@@ -727,7 +727,7 @@ def list_transfers(draw: st.DrawFn, h: Hostile) -> tuple[str, pb_message.Message
     request = operations_pb2.ListTransfersRequest(states=[transfers_pb2.TRANSFER_STATE_COMMITTED],
                                                   giver_province=XINJIANG, page_size=10)
     how = draw(st.sampled_from(["states", "giver_province", "receiver_province", "created_from", "created_to",
-                                "page_size", "page_token"]))
+                                "page_size", "page_token", "order"]))
     if how == "states":
         request.states[:] = draw(st.lists(_extremes(*INT32), max_size=4))
     elif how in ("giver_province", "receiver_province"):
@@ -736,8 +736,11 @@ def list_transfers(draw: st.DrawFn, h: Hostile) -> tuple[str, pb_message.Message
         getattr(request, how).CopyFrom(draw(_timestamp_strategy()))
     elif how == "page_size":
         request.page_size = draw(_extremes(*INT32))
+    elif how == "order":
+        request.order = draw(_extremes(*INT32))  # type: ignore[assignment]
     else:
         request.page_token = draw(PAGE_TOKEN)
+        request.order = draw(st.sampled_from(list(operations_pb2.TransferOrder.values())))
     return how, request, True
 
 
@@ -751,6 +754,28 @@ WINDOW_TEXT = st.one_of(
 @st.composite
 def inspect_transfer(draw: st.DrawFn, h: Hostile) -> tuple[str, pb_message.Message, bool]:
     return "transfer_id", operations_pb2.InspectTransferRequest(transfer_id=draw(ODD_TEXT)), True
+
+
+@st.composite
+def list_bindings(draw: st.DrawFn, h: Hostile) -> tuple[str, pb_message.Message, bool]:
+    # One hostile filter at a time, the others valid, as for ListTransfers.
+    request = operations_pb2.ListBindingsRequest(states=[relations_pb2.BINDING_STATE_ACTIVE], province=XINJIANG,
+                                                 page_size=10)
+    how = draw(st.sampled_from(["states", "province", "page_size", "page_token"]))
+    if how == "states":
+        request.states[:] = draw(st.lists(_extremes(*INT32), max_size=4))
+    elif how == "province":
+        request.province = draw(ODD_TEXT)
+    elif how == "page_size":
+        request.page_size = draw(_extremes(*INT32))
+    else:
+        request.page_token = draw(PAGE_TOKEN)
+    return how, request, True
+
+
+@st.composite
+def inspect_binding(draw: st.DrawFn, h: Hostile) -> tuple[str, pb_message.Message, bool]:
+    return "binding_id", operations_pb2.InspectBindingRequest(binding_id=draw(ODD_TEXT)), True
 
 
 @st.composite
@@ -779,7 +804,9 @@ def close_settlement_window(draw: st.DrawFn, h: Hostile) -> tuple[str, pb_messag
         st.sampled_from(["9999-12-31", "9999-12", "0000-01-01", "2024-02-30", "2024-13", "٢٠٢٤-٠١-٠١",
                          "2999-01-01", "2026-05"]),  # impossible, out of range, future, monthly while daily
     ))
-    return "window_id", operations_pb2.CloseSettlementWindowRequest(window_id=window_id), False
+    # Forced or not: force only lets an empty window close, never one that cannot be.
+    return "window_id", operations_pb2.CloseSettlementWindowRequest(window_id=window_id,
+                                                                    force=draw(st.booleans())), False
 
 
 @st.composite
@@ -822,6 +849,8 @@ OPERATIONS: dict[str, Callable[[Hostile], st.SearchStrategy[tuple[str, pb_messag
     "UpdateProvince": update_province,
     "ListTransfers": list_transfers,
     "InspectTransfer": inspect_transfer,
+    "ListBindings": list_bindings,
+    "InspectBinding": inspect_binding,
     "GetSettlementWindow": get_settlement_window,
     "ListSettlementWindows": list_settlement_windows,
     "CloseSettlementWindow": close_settlement_window,

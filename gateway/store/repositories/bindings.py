@@ -107,3 +107,18 @@ class SqlBindingRepository:
 
     def expired_proposals(self, now: datetime, limit: int) -> list[str]:
         return [row[0] for row in self._cursor.all(self._s.expired_proposals, now=now, limit=limit)]
+
+    def page(self, province: str, states: Sequence[BindingState], before: tuple[datetime, str] | None,
+             limit: int) -> list[Binding]:
+        """Bindings newest first (created_at, then binding_id) from just before `before`, in `states` (any if
+        none) and with `province` on either side (any if empty): one index range per state and side, merged."""
+        sides = ("giver", "receiver") if province else ("",)
+        found: dict[str, Binding] = {}
+        for state in states or tuple(BindingState):
+            for side in sides:
+                position = {"at": before[0], "w_id": before[1]} if before is not None else {}
+                for raw in self._cursor.all(self._s.binding_page(side, before is not None), state=state.value,
+                                            limit=limit, **({"province": province} if side else {}), **position):
+                    binding = self._binding(raw)
+                    found[binding.binding_id] = binding
+        return sorted(found.values(), key=lambda b: (b.created_at, b.binding_id), reverse=True)[:limit]

@@ -14,6 +14,8 @@ from gateway.domain.outbox import (
     OutboxContent,
     OutboxKind,
     OutboxMessage,
+    OutboxRecord,
+    OutboxStatus,
     RequestConsent,
 )
 from gateway.domain.transfers import TransferState
@@ -95,3 +97,10 @@ class SqlOutboxRepository:
         for destination, message_id in self._cursor.all(self._s.expire_pending, w_kind=kind.value,
                                                         w_subject=subject_id, at=at, error=error[:128]):
             self._totals.outbox_moved(destination, message_id, pending=-1)
+
+    def of_subject(self, subject_id: str) -> list[OutboxRecord]:
+        """Every message about one transfer, binding or window, oldest first, whatever its status."""
+        return [OutboxRecord(destination, _content(kind, state, reason), message_id, OutboxStatus(status), attempts,
+                             last_error, next_attempt_at, created_at, done_at)
+                for destination, kind, state, reason, message_id, status, attempts, last_error, next_attempt_at,
+                created_at, done_at in self._cursor.all(self._s.outbox_of_subject, subject=subject_id)]

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.engine import Dialect
 
 from gateway.domain.envelope import Envelope
@@ -30,8 +30,13 @@ class SqlTransferRepository:
         self._cursor, self._s, self._dialect, self._sealer, self._audit = cursor, statements, dialect, sealer, audit
         self._totals = totals
 
-    def page(self, where: TransferFilter, after: tuple[datetime, str] | None, limit: int) -> list[Transfer]:
-        """Transfers in (created_at, transfer_id) order after `after`: new ones only ever come later."""
+    def page(self, where: TransferFilter, after: tuple[datetime, str] | None, limit: int,
+             newest_first: bool = False) -> list[Transfer]:
+        """Transfers in (created_at, transfer_id) order, or its reverse, from just past `after`.
+
+        Oldest first, new ones only ever come later; newest first, they come before the first page. Either
+        way a page is one range of ix_transfers_created_at_transfer_id, read in its order: no sort.
+        """
         t = transfers_t.c
         query = select(*TRANSFER_VIEW)
         if where.states:
@@ -45,9 +50,15 @@ class SqlTransferRepository:
         if where.created_to is not None:
             query = query.where(t.created_at < where.created_to)
         if after is not None:
-            query = query.where(or_(t.created_at > after[0], and_(t.created_at == after[0], t.transfer_id > after[1])))
+            # The range starts at the position's time (an index seek), the id breaking the tie within it.
+            at, transfer_id = after
+            if newest_first:
+                query = query.where(t.created_at <= at, or_(t.created_at < at, t.transfer_id < transfer_id))
+            else:
+                query = query.where(t.created_at >= at, or_(t.created_at > at, t.transfer_id > transfer_id))
+        order = (t.created_at.desc(), t.transfer_id.desc()) if newest_first else (t.created_at, t.transfer_id)
         # Operator queries vary in shape and are rare: compiled per call, run like every other statement.
-        statement = Prepared(query.order_by(t.created_at, t.transfer_id).limit(limit), self._dialect)
+        statement = Prepared(query.order_by(*order).limit(limit), self._dialect)
         return [self._transfer(dict(zip(statement.columns, raw, strict=True))) for raw in self._cursor.all(statement)]
 
     def changes_after(self, position: int, limit: int) -> list[TransferChange]:

@@ -43,7 +43,14 @@ class BindingRow(Base):
     proposal_alg: Mapped[str] = mapped_column(String(16))
     proposal_signature: Mapped[bytes] = mapped_column(LargeBinary)
 
-    __table_args__ = (Index("ix_bindings_state_consent_by", "state", "consent_by"),)
+    __table_args__ = (
+        Index("ix_bindings_state_consent_by", "state", "consent_by"),
+        # Operators' lists, newest first: by state, or by state and either side's province (one range each).
+        Index("ix_bindings_state_created_at", "state", "created_at", "binding_id"),
+        Index("ix_bindings_giver_province_state_created_at", "giver_province", "state", "created_at", "binding_id"),
+        Index("ix_bindings_receiver_province_state_created_at", "receiver_province", "state", "created_at",
+              "binding_id"),
+    )
 
 
 class MemberSuspensionRow(Base):

@@ -37,4 +37,6 @@ class OutboxRow(Base):
         Index("ix_outbox_status_next_attempt", "status", "next_attempt_at"),
         # The oldest message not yet delivered, read by operators without scanning the backlog.
         Index("ix_outbox_status_created_at", "status", "created_at"),
+        # The messages about one transfer or binding (operators' inspections, expiring a delivery).
+        Index("ix_outbox_subject_id", "subject_id"),
     )

@@ -41,9 +41,11 @@ class TransferRow(Base):
 
     __table_args__ = (
         Index("ix_transfers_state_return_deadline", "state", "return_deadline"),
-        Index("ix_transfers_created_at", "created_at"),
-        # Operators' transfers in a state, oldest first (the dashboard's stuck ones), without a scan.
-        Index("ix_transfers_state_created_at", "state", "created_at"),
+        # Operators' pages, newest or oldest first, the id breaking ties: one index range, no sort.
+        Index("ix_transfers_created_at_transfer_id", "created_at", "transfer_id"),
+        # Operators' transfers in a state, oldest or newest first (the dashboard's stuck ones, a list by state),
+        # the id breaking ties: one index range, no sort.
+        Index("ix_transfers_state_created_at", "state", "created_at", "transfer_id"),
         Index("ix_transfers_binding_id", "binding_id"),
         Index("ix_transfers_settlement_window_id", "settlement_window_id"),
         Index("ix_transfers_giver_ref_created_at", "giver_ref", "created_at"),

@@ -22,78 +22,97 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from protos.gongji.v1 import relations_pb2 as gongji_dot_v1_dot_relations__pb2
 from protos.gongji.v1 import settlements_pb2 as gongji_dot_v1_dot_settlements__pb2
 from protos.gongji.v1 import transfers_pb2 as gongji_dot_v1_dot_transfers__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agongji/v1/operations.proto\x12\tgongji.v1\x1a\x1bgongji/v1/settlements.proto\x1a\x19gongji/v1/transfers.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9f\x01\n\x0bProvinceKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0b\n\x03\x61lg\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\x12.\n\nvalid_from\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa4\x03\n\x0eProvincePolicy\x12!\n\x14single_relation_only\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12!\n\x14\x64\x61ily_transfer_limit\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x1d\n\x10max_transfer_fen\x18\x03 \x01(\x03H\x02\x88\x01\x01\x12\"\n\x15\x62lackout_start_minute\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12 \n\x13\x62lackout_end_minute\x18\x05 \x01(\x05H\x04\x88\x01\x01\x12\x18\n\x0breturn_hour\x18\x06 \x01(\x05H\x05\x88\x01\x01\x12&\n\x19\x64\x65livery_deadline_seconds\x18\x07 \x01(\x05H\x06\x88\x01\x01\x42\x17\n\x15_single_relation_onlyB\x17\n\x15_daily_transfer_limitB\x13\n\x11_max_transfer_fenB\x18\n\x16_blackout_start_minuteB\x16\n\x14_blackout_end_minuteB\x0e\n\x0c_return_hourB\x1c\n\x1a_delivery_deadline_seconds\"\xe4\x01\n\x08Province\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12)\n\x06status\x18\x04 \x01(\x0e\x32\x19.gongji.v1.ProvinceStatus\x12$\n\x04keys\x18\x05 \x03(\x0b\x32\x16.gongji.v1.ProvinceKey\x12)\n\x06policy\x18\x06 \x01(\x0b\x32\x19.gongji.v1.ProvincePolicy\x12.\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"@\n\x17RegisterProvinceRequest\x12%\n\x08province\x18\x01 \x01(\x0b\x32\x13.gongji.v1.Province\"A\n\x18RegisterProvinceResponse\x12%\n\x08province\x18\x01 \x01(\x0b\x32\x13.gongji.v1.Province\"\xfd\x01\n\x15UpdateProvinceRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x15\n\x08\x65ndpoint\x18\x02 \x01(\tH\x00\x88\x01\x01\x12)\n\x06status\x18\x03 \x01(\x0e\x32\x19.gongji.v1.ProvinceStatus\x12(\n\x08\x61\x64\x64_keys\x18\x04 \x03(\x0b\x32\x16.gongji.v1.ProvinceKey\x12\x16\n\x0eretire_key_ids\x18\x05 \x03(\t\x12)\n\x06policy\x18\x06 \x01(\x0b\x32\x19.gongji.v1.ProvincePolicy\x12\x11\n\x04name\x18\x07 \x01(\tH\x01\x88\x01\x01\x42\x0b\n\t_endpointB\x07\n\x05_name\"?\n\x16UpdateProvinceResponse\x12%\n\x08province\x18\x01 \x01(\x0b\x32\x13.gongji.v1.Province\"\x16\n\x14ListProvincesRequest\"?\n\x15ListProvincesResponse\x12&\n\tprovinces\x18\x01 \x03(\x0b\x32\x13.gongji.v1.Province\"\xfc\x01\n\x14ListTransfersRequest\x12(\n\x06states\x18\x01 \x03(\x0e\x32\x18.gongji.v1.TransferState\x12\x16\n\x0egiver_province\x18\x02 \x01(\t\x12\x19\n\x11receiver_province\x18\x03 \x01(\t\x12\x30\n\x0c\x63reated_from\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_to\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\"\\\n\x15ListTransfersResponse\x12*\n\ttransfers\x18\x01 \x03(\x0b\x32\x17.gongji.v1.TransferView\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\",\n\x15WatchTransfersRequest\x12\x13\n\x0b\x66rom_cursor\x18\x01 \x01(\t\"\xdd\x01\n\x0eTransferChange\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12\x13\n\x0btransfer_id\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.gongji.v1.TransferState\x12&\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x16\n\x0egiver_province\x18\x06 \x01(\t\x12\x19\n\x11receiver_province\x18\x07 \x01(\t\x12\x12\n\namount_fen\x18\x08 \x01(\x03\"\x11\n\x0fGetStatsRequest\"\x8d\x01\n\x0cTransferStat\x12\x16\n\x0egiver_province\x18\x01 \x01(\t\x12\x19\n\x11receiver_province\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.gongji.v1.TransferState\x12\r\n\x05\x63ount\x18\x04 \x01(\x03\x12\x12\n\namount_fen\x18\x05 \x01(\x03\"=\n\x10\x44\x65liveryFailures\x12\x10\n\x08province\x18\x01 \x01(\t\x12\x17\n\x0f\x66\x61iled_attempts\x18\x02 \x01(\x03\"\xc6\x01\n\x10GetStatsResponse\x12*\n\ttransfers\x18\x01 \x03(\x0b\x32\x17.gongji.v1.TransferStat\x12\x16\n\x0eoutbox_backlog\x18\x02 \x01(\x03\x12\x36\n\x12oldest_undelivered\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x11\x64\x65livery_failures\x18\x04 \x03(\x0b\x32\x1b.gongji.v1.DeliveryFailures\"\x90\x03\n\x10SettlementWindow\x12\x11\n\twindow_id\x18\x01 \x01(\t\x12/\n\x05state\x18\x02 \x01(\x0e\x32 .gongji.v1.SettlementWindowState\x12,\n\x08opens_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tcloses_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x05pairs\x18\x05 \x03(\x0b\x32\x15.gongji.v1.PairFigure\x12.\n\tpositions\x18\x06 \x03(\x0b\x32\x1b.gongji.v1.ProvincePosition\x12\x17\n\x0f\x61\x63knowledged_by\x18\x07 \x03(\t\x12-\n\tclosed_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprovinces\x18\t \x03(\t\x12*\n\x08payments\x18\n \x03(\x0b\x32\x18.gongji.v1.PaymentRecord\"1\n\x1c\x43loseSettlementWindowRequest\x12\x11\n\twindow_id\x18\x01 \x01(\t\"L\n\x1d\x43loseSettlementWindowResponse\x12+\n\x06window\x18\x01 \x01(\x0b\x32\x1b.gongji.v1.SettlementWindow\"n\n\rPaymentRecord\x12\x15\n\rfrom_province\x18\x01 \x01(\t\x12\x13\n\x0bto_province\x18\x02 \x01(\t\x12\x0c\n\x04\x62\x61nk\x18\x03 \x01(\t\x12\x15\n\rserial_number\x18\x04 \x01(\t\x12\x0c\n\x04\x64\x61te\x18\x05 \x01(\t\"_\n\x1eRecordSettlementPaymentRequest\x12\x11\n\twindow_id\x18\x01 \x01(\t\x12*\n\x08payments\x18\x02 \x03(\x0b\x32\x18.gongji.v1.PaymentRecord\"N\n\x1fRecordSettlementPaymentResponse\x12+\n\x06window\x18\x01 \x01(\x0b\x32\x1b.gongji.v1.SettlementWindow\"/\n\x1aGetSettlementWindowRequest\x12\x11\n\twindow_id\x18\x01 \x01(\t\"J\n\x1bGetSettlementWindowResponse\x12+\n\x06window\x18\x01 \x01(\x0b\x32\x1b.gongji.v1.SettlementWindow\"w\n\x1cListSettlementWindowsRequest\x12\x30\n\x06states\x18\x01 \x03(\x0e\x32 .gongji.v1.SettlementWindowState\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"f\n\x1dListSettlementWindowsResponse\x12,\n\x07windows\x18\x01 \x03(\x0b\x32\x1b.gongji.v1.SettlementWindow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"-\n\x16InspectTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\"D\n\x17InspectTransferResponse\x12)\n\x08transfer\x18\x01 \x01(\x0b\x32\x17.gongji.v1.TransferView*l\n\x0eProvinceStatus\x12\x1f\n\x1bPROVINCE_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16PROVINCE_STATUS_ACTIVE\x10\x01\x12\x1d\n\x19PROVINCE_STATUS_SUSPENDED\x10\x02\x32\x88\x08\n\nOperations\x12[\n\x10RegisterProvince\x12\".gongji.v1.RegisterProvinceRequest\x1a#.gongji.v1.RegisterProvinceResponse\x12U\n\x0eUpdateProvince\x12 .gongji.v1.UpdateProvinceRequest\x1a!.gongji.v1.UpdateProvinceResponse\x12R\n\rListProvinces\x12\x1f.gongji.v1.ListProvincesRequest\x1a .gongji.v1.ListProvincesResponse\x12R\n\rListTransfers\x12\x1f.gongji.v1.ListTransfersRequest\x1a .gongji.v1.ListTransfersResponse\x12O\n\x0eWatchTransfers\x12 .gongji.v1.WatchTransfersRequest\x1a\x19.gongji.v1.TransferChange0\x01\x12\x43\n\x08GetStats\x12\x1a.gongji.v1.GetStatsRequest\x1a\x1b.gongji.v1.GetStatsResponse\x12j\n\x15\x43loseSettlementWindow\x12\'.gongji.v1.CloseSettlementWindowRequest\x1a(.gongji.v1.CloseSettlementWindowResponse\x12p\n\x17RecordSettlementPayment\x12).gongji.v1.RecordSettlementPaymentRequest\x1a*.gongji.v1.RecordSettlementPaymentResponse\x12\x64\n\x13GetSettlementWindow\x12%.gongji.v1.GetSettlementWindowRequest\x1a&.gongji.v1.GetSettlementWindowResponse\x12j\n\x15ListSettlementWindows\x12\'.gongji.v1.ListSettlementWindowsRequest\x1a(.gongji.v1.ListSettlementWindowsResponse\x12X\n\x0fInspectTransfer\x12!.gongji.v1.InspectTransferRequest\x1a\".gongji.v1.InspectTransferResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agongji/v1/operations.proto\x12\tgongji.v1\x1a\x19gongji/v1/relations.proto\x1a\x1bgongji/v1/settlements.proto\x1a\x19gongji/v1/transfers.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9f\x01\n\x0bProvinceKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0b\n\x03\x61lg\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\x12.\n\nvalid_from\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa4\x03\n\x0eProvincePolicy\x12!\n\x14single_relation_only\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12!\n\x14\x64\x61ily_transfer_limit\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x1d\n\x10max_transfer_fen\x18\x03 \x01(\x03H\x02\x88\x01\x01\x12\"\n\x15\x62lackout_start_minute\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12 \n\x13\x62lackout_end_minute\x18\x05 \x01(\x05H\x04\x88\x01\x01\x12\x18\n\x0breturn_hour\x18\x06 \x01(\x05H\x05\x88\x01\x01\x12&\n\x19\x64\x65livery_deadline_seconds\x18\x07 \x01(\x05H\x06\x88\x01\x01\x42\x17\n\x15_single_relation_onlyB\x17\n\x15_daily_transfer_limitB\x13\n\x11_max_transfer_fenB\x18\n\x16_blackout_start_minuteB\x16\n\x14_blackout_end_minuteB\x0e\n\x0c_return_hourB\x1c\n\x1a_delivery_deadline_seconds\"\xe4\x01\n\x08Province\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12)\n\x06status\x18\x04 \x01(\x0e\x32\x19.gongji.v1.ProvinceStatus\x12$\n\x04keys\x18\x05 \x03(\x0b\x32\x16.gongji.v1.ProvinceKey\x12)\n\x06policy\x18\x06 \x01(\x0b\x32\x19.gongji.v1.ProvincePolicy\x12.\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"@\n\x17RegisterProvinceRequest\x12%\n\x08province\x18\x01 \x01(\x0b\x32\x13.gongji.v1.Province\"A\n\x18RegisterProvinceResponse\x12%\n\x08province\x18\x01 \x01(\x0b\x32\x13.gongji.v1.Province\"\xfd\x01\n\x15UpdateProvinceRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x15\n\x08\x65ndpoint\x18\x02 \x01(\tH\x00\x88\x01\x01\x12)\n\x06status\x18\x03 \x01(\x0e\x32\x19.gongji.v1.ProvinceStatus\x12(\n\x08\x61\x64\x64_keys\x18\x04 \x03(\x0b\x32\x16.gongji.v1.ProvinceKey\x12\x16\n\x0eretire_key_ids\x18\x05 \x03(\t\x12)\n\x06policy\x18\x06 \x01(\x0b\x32\x19.gongji.v1.ProvincePolicy\x12\x11\n\x04name\x18\x07 \x01(\tH\x01\x88\x01\x01\x42\x0b\n\t_endpointB\x07\n\x05_name\"?\n\x16UpdateProvinceResponse\x12%\n\x08province\x18\x01 \x01(\x0b\x32\x13.gongji.v1.Province\"\x16\n\x14ListProvincesRequest\"?\n\x15ListProvincesResponse\x12&\n\tprovinces\x18\x01 \x03(\x0b\x32\x13.gongji.v1.Province\"\xa5\x02\n\x14ListTransfersRequest\x12(\n\x06states\x18\x01 \x03(\x0e\x32\x18.gongji.v1.TransferState\x12\x16\n\x0egiver_province\x18\x02 \x01(\t\x12\x19\n\x11receiver_province\x18\x03 \x01(\t\x12\x30\n\x0c\x63reated_from\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_to\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\x12\'\n\x05order\x18\x08 \x01(\x0e\x32\x18.gongji.v1.TransferOrder\"\\\n\x15ListTransfersResponse\x12*\n\ttransfers\x18\x01 \x03(\x0b\x32\x17.gongji.v1.TransferView\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\",\n\x15WatchTransfersRequest\x12\x13\n\x0b\x66rom_cursor\x18\x01 \x01(\t\"\xdd\x01\n\x0eTransferChange\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12\x13\n\x0btransfer_id\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.gongji.v1.TransferState\x12&\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x16\n\x0egiver_province\x18\x06 \x01(\t\x12\x19\n\x11receiver_province\x18\x07 \x01(\t\x12\x12\n\namount_fen\x18\x08 \x01(\x03\"\x11\n\x0fGetStatsRequest\"\x8d\x01\n\x0cTransferStat\x12\x16\n\x0egiver_province\x18\x01 \x01(\t\x12\x19\n\x11receiver_province\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.gongji.v1.TransferState\x12\r\n\x05\x63ount\x18\x04 \x01(\x03\x12\x12\n\namount_fen\x18\x05 \x01(\x03\"=\n\x10\x44\x65liveryFailures\x12\x10\n\x08province\x18\x01 \x01(\t\x12\x17\n\x0f\x66\x61iled_attempts\x18\x02 \x01(\x03\"\xc6\x01\n\x10GetStatsResponse\x12*\n\ttransfers\x18\x01 \x03(\x0b\x32\x17.gongji.v1.TransferStat\x12\x16\n\x0eoutbox_backlog\x18\x02 \x01(\x03\x12\x36\n\x12oldest_undelivered\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x11\x64\x65livery_failures\x18\x04 \x03(\x0b\x32\x1b.gongji.v1.DeliveryFailures\"\x90\x03\n\x10SettlementWindow\x12\x11\n\twindow_id\x18\x01 \x01(\t\x12/\n\x05state\x18\x02 \x01(\x0e\x32 .gongji.v1.SettlementWindowState\x12,\n\x08opens_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tcloses_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x05pairs\x18\x05 \x03(\x0b\x32\x15.gongji.v1.PairFigure\x12.\n\tpositions\x18\x06 \x03(\x0b\x32\x1b.gongji.v1.ProvincePosition\x12\x17\n\x0f\x61\x63knowledged_by\x18\x07 \x03(\t\x12-\n\tclosed_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprovinces\x18\t \x03(\t\x12*\n\x08payments\x18\n \x03(\x0b\x32\x18.gongji.v1.PaymentRecord\"@\n\x1c\x43loseSettlementWindowRequest\x12\x11\n\twindow_id\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"L\n\x1d\x43loseSettlementWindowResponse\x12+\n\x06window\x18\x01 \x01(\x0b\x32\x1b.gongji.v1.SettlementWindow\"n\n\rPaymentRecord\x12\x15\n\rfrom_province\x18\x01 \x01(\t\x12\x13\n\x0bto_province\x18\x02 \x01(\t\x12\x0c\n\x04\x62\x61nk\x18\x03 \x01(\t\x12\x15\n\rserial_number\x18\x04 \x01(\t\x12\x0c\n\x04\x64\x61te\x18\x05 \x01(\t\"_\n\x1eRecordSettlementPaymentRequest\x12\x11\n\twindow_id\x18\x01 \x01(\t\x12*\n\x08payments\x18\x02 \x03(\x0b\x32\x18.gongji.v1.PaymentRecord\"N\n\x1fRecordSettlementPaymentResponse\x12+\n\x06window\x18\x01 \x01(\x0b\x32\x1b.gongji.v1.SettlementWindow\"/\n\x1aGetSettlementWindowRequest\x12\x11\n\twindow_id\x18\x01 \x01(\t\"J\n\x1bGetSettlementWindowResponse\x12+\n\x06window\x18\x01 \x01(\x0b\x32\x1b.gongji.v1.SettlementWindow\"w\n\x1cListSettlementWindowsRequest\x12\x30\n\x06states\x18\x01 \x03(\x0e\x32 .gongji.v1.SettlementWindowState\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"f\n\x1dListSettlementWindowsResponse\x12,\n\x07windows\x18\x01 \x03(\x0b\x32\x1b.gongji.v1.SettlementWindow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"-\n\x16InspectTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\"\xe1\x02\n\x11OutboxMessageView\x12\x13\n\x0b\x64\x65stination\x18\x01 \x01(\t\x12*\n\x04kind\x18\x02 \x01(\x0e\x32\x1c.gongji.v1.OutboxMessageKind\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12.\n\x06status\x18\x04 \x01(\x0e\x32\x1e.gongji.v1.OutboxMessageStatus\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\x05\x12\x12\n\nlast_error\x18\x06 \x01(\t\x12\x33\n\x0fnext_attempt_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x64one_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07outcome\x18\n \x01(\t\"s\n\x10TransferDeadline\x12\'\n\x05state\x18\x01 \x01(\x0e\x32\x18.gongji.v1.TransferState\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xa3\x01\n\x17InspectTransferResponse\x12)\n\x08transfer\x18\x01 \x01(\x0b\x32\x17.gongji.v1.TransferView\x12.\n\x08messages\x18\x02 \x03(\x0b\x32\x1c.gongji.v1.OutboxMessageView\x12-\n\x08\x64\x65\x61\x64line\x18\x03 \x01(\x0b\x32\x1b.gongji.v1.TransferDeadline\"w\n\x13ListBindingsRequest\x12\x10\n\x08province\x18\x01 \x01(\t\x12\'\n\x06states\x18\x02 \x03(\x0e\x32\x17.gongji.v1.BindingState\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"Y\n\x14ListBindingsResponse\x12(\n\x08\x62indings\x18\x01 \x03(\x0b\x32\x16.gongji.v1.BindingView\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x15InspectBindingRequest\x12\x12\n\nbinding_id\x18\x01 \x01(\t\"\xd2\x01\n\x16InspectBindingResponse\x12\'\n\x07\x62inding\x18\x01 \x01(\x0b\x32\x16.gongji.v1.BindingView\x12.\n\nconsent_by\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x61ttested_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x08messages\x18\x04 \x03(\x0b\x32\x1c.gongji.v1.OutboxMessageView*l\n\x0eProvinceStatus\x12\x1f\n\x1bPROVINCE_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16PROVINCE_STATUS_ACTIVE\x10\x01\x12\x1d\n\x19PROVINCE_STATUS_SUSPENDED\x10\x02*q\n\rTransferOrder\x12\x1e\n\x1aTRANSFER_ORDER_UNSPECIFIED\x10\x00\x12\x1f\n\x1bTRANSFER_ORDER_NEWEST_FIRST\x10\x01\x12\x1f\n\x1bTRANSFER_ORDER_OLDEST_FIRST\x10\x02*\x97\x02\n\x11OutboxMessageKind\x12#\n\x1fOUTBOX_MESSAGE_KIND_UNSPECIFIED\x10\x00\x12(\n$OUTBOX_MESSAGE_KIND_DELIVER_TRANSFER\x10\x01\x12/\n+OUTBOX_MESSAGE_KIND_NOTIFY_TRANSFER_OUTCOME\x10\x02\x12\'\n#OUTBOX_MESSAGE_KIND_REQUEST_CONSENT\x10\x03\x12.\n*OUTBOX_MESSAGE_KIND_NOTIFY_BINDING_OUTCOME\x10\x04\x12)\n%OUTBOX_MESSAGE_KIND_NOTIFY_SETTLEMENT\x10\x05*\xa2\x01\n\x13OutboxMessageStatus\x12%\n!OUTBOX_MESSAGE_STATUS_UNSPECIFIED\x10\x00\x12!\n\x1dOUTBOX_MESSAGE_STATUS_PENDING\x10\x01\x12\x1e\n\x1aOUTBOX_MESSAGE_STATUS_DONE\x10\x02\x12!\n\x1dOUTBOX_MESSAGE_STATUS_EXPIRED\x10\x03\x32\xb0\t\n\nOperations\x12[\n\x10RegisterProvince\x12\".gongji.v1.RegisterProvinceRequest\x1a#.gongji.v1.RegisterProvinceResponse\x12U\n\x0eUpdateProvince\x12 .gongji.v1.UpdateProvinceRequest\x1a!.gongji.v1.UpdateProvinceResponse\x12R\n\rListProvinces\x12\x1f.gongji.v1.ListProvincesRequest\x1a .gongji.v1.ListProvincesResponse\x12R\n\rListTransfers\x12\x1f.gongji.v1.ListTransfersRequest\x1a .gongji.v1.ListTransfersResponse\x12O\n\x0eWatchTransfers\x12 .gongji.v1.WatchTransfersRequest\x1a\x19.gongji.v1.TransferChange0\x01\x12\x43\n\x08GetStats\x12\x1a.gongji.v1.GetStatsRequest\x1a\x1b.gongji.v1.GetStatsResponse\x12j\n\x15\x43loseSettlementWindow\x12\'.gongji.v1.CloseSettlementWindowRequest\x1a(.gongji.v1.CloseSettlementWindowResponse\x12p\n\x17RecordSettlementPayment\x12).gongji.v1.RecordSettlementPaymentRequest\x1a*.gongji.v1.RecordSettlementPaymentResponse\x12\x64\n\x13GetSettlementWindow\x12%.gongji.v1.GetSettlementWindowRequest\x1a&.gongji.v1.GetSettlementWindowResponse\x12j\n\x15ListSettlementWindows\x12\'.gongji.v1.ListSettlementWindowsRequest\x1a(.gongji.v1.ListSettlementWindowsResponse\x12X\n\x0fInspectTransfer\x12!.gongji.v1.InspectTransferRequest\x1a\".gongji.v1.InspectTransferResponse\x12O\n\x0cListBindings\x12\x1e.gongji.v1.ListBindingsRequest\x1a\x1f.gongji.v1.ListBindingsResponse\x12U\n\x0eInspectBinding\x12 .gongji.v1.InspectBindingRequest\x1a!.gongji.v1.InspectBindingResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.gongji.v1.operations_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROVINCESTATUS']._serialized_start=3823
-  _globals['_PROVINCESTATUS']._serialized_end=3931
-  _globals['_PROVINCEKEY']._serialized_start=131
-  _globals['_PROVINCEKEY']._serialized_end=290
-  _globals['_PROVINCEPOLICY']._serialized_start=293
-  _globals['_PROVINCEPOLICY']._serialized_end=713
-  _globals['_PROVINCE']._serialized_start=716
-  _globals['_PROVINCE']._serialized_end=944
-  _globals['_REGISTERPROVINCEREQUEST']._serialized_start=946
-  _globals['_REGISTERPROVINCEREQUEST']._serialized_end=1010
-  _globals['_REGISTERPROVINCERESPONSE']._serialized_start=1012
-  _globals['_REGISTERPROVINCERESPONSE']._serialized_end=1077
-  _globals['_UPDATEPROVINCEREQUEST']._serialized_start=1080
-  _globals['_UPDATEPROVINCEREQUEST']._serialized_end=1333
-  _globals['_UPDATEPROVINCERESPONSE']._serialized_start=1335
-  _globals['_UPDATEPROVINCERESPONSE']._serialized_end=1398
-  _globals['_LISTPROVINCESREQUEST']._serialized_start=1400
-  _globals['_LISTPROVINCESREQUEST']._serialized_end=1422
-  _globals['_LISTPROVINCESRESPONSE']._serialized_start=1424
-  _globals['_LISTPROVINCESRESPONSE']._serialized_end=1487
-  _globals['_LISTTRANSFERSREQUEST']._serialized_start=1490
-  _globals['_LISTTRANSFERSREQUEST']._serialized_end=1742
-  _globals['_LISTTRANSFERSRESPONSE']._serialized_start=1744
-  _globals['_LISTTRANSFERSRESPONSE']._serialized_end=1836
-  _globals['_WATCHTRANSFERSREQUEST']._serialized_start=1838
-  _globals['_WATCHTRANSFERSREQUEST']._serialized_end=1882
-  _globals['_TRANSFERCHANGE']._serialized_start=1885
-  _globals['_TRANSFERCHANGE']._serialized_end=2106
-  _globals['_GETSTATSREQUEST']._serialized_start=2108
-  _globals['_GETSTATSREQUEST']._serialized_end=2125
-  _globals['_TRANSFERSTAT']._serialized_start=2128
-  _globals['_TRANSFERSTAT']._serialized_end=2269
-  _globals['_DELIVERYFAILURES']._serialized_start=2271
-  _globals['_DELIVERYFAILURES']._serialized_end=2332
-  _globals['_GETSTATSRESPONSE']._serialized_start=2335
-  _globals['_GETSTATSRESPONSE']._serialized_end=2533
-  _globals['_SETTLEMENTWINDOW']._serialized_start=2536
-  _globals['_SETTLEMENTWINDOW']._serialized_end=2936
-  _globals['_CLOSESETTLEMENTWINDOWREQUEST']._serialized_start=2938
-  _globals['_CLOSESETTLEMENTWINDOWREQUEST']._serialized_end=2987
-  _globals['_CLOSESETTLEMENTWINDOWRESPONSE']._serialized_start=2989
-  _globals['_CLOSESETTLEMENTWINDOWRESPONSE']._serialized_end=3065
-  _globals['_PAYMENTRECORD']._serialized_start=3067
-  _globals['_PAYMENTRECORD']._serialized_end=3177
-  _globals['_RECORDSETTLEMENTPAYMENTREQUEST']._serialized_start=3179
-  _globals['_RECORDSETTLEMENTPAYMENTREQUEST']._serialized_end=3274
-  _globals['_RECORDSETTLEMENTPAYMENTRESPONSE']._serialized_start=3276
-  _globals['_RECORDSETTLEMENTPAYMENTRESPONSE']._serialized_end=3354
-  _globals['_GETSETTLEMENTWINDOWREQUEST']._serialized_start=3356
-  _globals['_GETSETTLEMENTWINDOWREQUEST']._serialized_end=3403
-  _globals['_GETSETTLEMENTWINDOWRESPONSE']._serialized_start=3405
-  _globals['_GETSETTLEMENTWINDOWRESPONSE']._serialized_end=3479
-  _globals['_LISTSETTLEMENTWINDOWSREQUEST']._serialized_start=3481
-  _globals['_LISTSETTLEMENTWINDOWSREQUEST']._serialized_end=3600
-  _globals['_LISTSETTLEMENTWINDOWSRESPONSE']._serialized_start=3602
-  _globals['_LISTSETTLEMENTWINDOWSRESPONSE']._serialized_end=3704
-  _globals['_INSPECTTRANSFERREQUEST']._serialized_start=3706
-  _globals['_INSPECTTRANSFERREQUEST']._serialized_end=3751
-  _globals['_INSPECTTRANSFERRESPONSE']._serialized_start=3753
-  _globals['_INSPECTTRANSFERRESPONSE']._serialized_end=3821
-  _globals['_OPERATIONS']._serialized_start=3934
-  _globals['_OPERATIONS']._serialized_end=4966
+  _globals['_PROVINCESTATUS']._serialized_start=4945
+  _globals['_PROVINCESTATUS']._serialized_end=5053
+  _globals['_TRANSFERORDER']._serialized_start=5055
+  _globals['_TRANSFERORDER']._serialized_end=5168
+  _globals['_OUTBOXMESSAGEKIND']._serialized_start=5171
+  _globals['_OUTBOXMESSAGEKIND']._serialized_end=5450
+  _globals['_OUTBOXMESSAGESTATUS']._serialized_start=5453
+  _globals['_OUTBOXMESSAGESTATUS']._serialized_end=5615
+  _globals['_PROVINCEKEY']._serialized_start=158
+  _globals['_PROVINCEKEY']._serialized_end=317
+  _globals['_PROVINCEPOLICY']._serialized_start=320
+  _globals['_PROVINCEPOLICY']._serialized_end=740
+  _globals['_PROVINCE']._serialized_start=743
+  _globals['_PROVINCE']._serialized_end=971
+  _globals['_REGISTERPROVINCEREQUEST']._serialized_start=973
+  _globals['_REGISTERPROVINCEREQUEST']._serialized_end=1037
+  _globals['_REGISTERPROVINCERESPONSE']._serialized_start=1039
+  _globals['_REGISTERPROVINCERESPONSE']._serialized_end=1104
+  _globals['_UPDATEPROVINCEREQUEST']._serialized_start=1107
+  _globals['_UPDATEPROVINCEREQUEST']._serialized_end=1360
+  _globals['_UPDATEPROVINCERESPONSE']._serialized_start=1362
+  _globals['_UPDATEPROVINCERESPONSE']._serialized_end=1425
+  _globals['_LISTPROVINCESREQUEST']._serialized_start=1427
+  _globals['_LISTPROVINCESREQUEST']._serialized_end=1449
+  _globals['_LISTPROVINCESRESPONSE']._serialized_start=1451
+  _globals['_LISTPROVINCESRESPONSE']._serialized_end=1514
+  _globals['_LISTTRANSFERSREQUEST']._serialized_start=1517
+  _globals['_LISTTRANSFERSREQUEST']._serialized_end=1810
+  _globals['_LISTTRANSFERSRESPONSE']._serialized_start=1812
+  _globals['_LISTTRANSFERSRESPONSE']._serialized_end=1904
+  _globals['_WATCHTRANSFERSREQUEST']._serialized_start=1906
+  _globals['_WATCHTRANSFERSREQUEST']._serialized_end=1950
+  _globals['_TRANSFERCHANGE']._serialized_start=1953
+  _globals['_TRANSFERCHANGE']._serialized_end=2174
+  _globals['_GETSTATSREQUEST']._serialized_start=2176
+  _globals['_GETSTATSREQUEST']._serialized_end=2193
+  _globals['_TRANSFERSTAT']._serialized_start=2196
+  _globals['_TRANSFERSTAT']._serialized_end=2337
+  _globals['_DELIVERYFAILURES']._serialized_start=2339
+  _globals['_DELIVERYFAILURES']._serialized_end=2400
+  _globals['_GETSTATSRESPONSE']._serialized_start=2403
+  _globals['_GETSTATSRESPONSE']._serialized_end=2601
+  _globals['_SETTLEMENTWINDOW']._serialized_start=2604
+  _globals['_SETTLEMENTWINDOW']._serialized_end=3004
+  _globals['_CLOSESETTLEMENTWINDOWREQUEST']._serialized_start=3006
+  _globals['_CLOSESETTLEMENTWINDOWREQUEST']._serialized_end=3070
+  _globals['_CLOSESETTLEMENTWINDOWRESPONSE']._serialized_start=3072
+  _globals['_CLOSESETTLEMENTWINDOWRESPONSE']._serialized_end=3148
+  _globals['_PAYMENTRECORD']._serialized_start=3150
+  _globals['_PAYMENTRECORD']._serialized_end=3260
+  _globals['_RECORDSETTLEMENTPAYMENTREQUEST']._serialized_start=3262
+  _globals['_RECORDSETTLEMENTPAYMENTREQUEST']._serialized_end=3357
+  _globals['_RECORDSETTLEMENTPAYMENTRESPONSE']._serialized_start=3359
+  _globals['_RECORDSETTLEMENTPAYMENTRESPONSE']._serialized_end=3437
+  _globals['_GETSETTLEMENTWINDOWREQUEST']._serialized_start=3439
+  _globals['_GETSETTLEMENTWINDOWREQUEST']._serialized_end=3486
+  _globals['_GETSETTLEMENTWINDOWRESPONSE']._serialized_start=3488
+  _globals['_GETSETTLEMENTWINDOWRESPONSE']._serialized_end=3562
+  _globals['_LISTSETTLEMENTWINDOWSREQUEST']._serialized_start=3564
+  _globals['_LISTSETTLEMENTWINDOWSREQUEST']._serialized_end=3683
+  _globals['_LISTSETTLEMENTWINDOWSRESPONSE']._serialized_start=3685
+  _globals['_LISTSETTLEMENTWINDOWSRESPONSE']._serialized_end=3787
+  _globals['_INSPECTTRANSFERREQUEST']._serialized_start=3789
+  _globals['_INSPECTTRANSFERREQUEST']._serialized_end=3834
+  _globals['_OUTBOXMESSAGEVIEW']._serialized_start=3837
+  _globals['_OUTBOXMESSAGEVIEW']._serialized_end=4190
+  _globals['_TRANSFERDEADLINE']._serialized_start=4192
+  _globals['_TRANSFERDEADLINE']._serialized_end=4307
+  _globals['_INSPECTTRANSFERRESPONSE']._serialized_start=4310
+  _globals['_INSPECTTRANSFERRESPONSE']._serialized_end=4473
+  _globals['_LISTBINDINGSREQUEST']._serialized_start=4475
+  _globals['_LISTBINDINGSREQUEST']._serialized_end=4594
+  _globals['_LISTBINDINGSRESPONSE']._serialized_start=4596
+  _globals['_LISTBINDINGSRESPONSE']._serialized_end=4685
+  _globals['_INSPECTBINDINGREQUEST']._serialized_start=4687
+  _globals['_INSPECTBINDINGREQUEST']._serialized_end=4730
+  _globals['_INSPECTBINDINGRESPONSE']._serialized_start=4733
+  _globals['_INSPECTBINDINGRESPONSE']._serialized_end=4943
+  _globals['_OPERATIONS']._serialized_start=5618
+  _globals['_OPERATIONS']._serialized_end=6818
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ gateway's operator port (never the provinces' port).
 """
 
 from collections import abc as _abc
+from protos.gongji.v1 import relations_pb2 as _relations_pb2
 from protos.gongji.v1 import settlements_pb2 as _settlements_pb2
 from protos.gongji.v1 import transfers_pb2 as _transfers_pb2
 from google.protobuf import descriptor as _descriptor
@@ -47,6 +48,94 @@ PROVINCE_STATUS_ACTIVE: ProvinceStatus.ValueType  # 1
 PROVINCE_STATUS_SUSPENDED: ProvinceStatus.ValueType  # 2
 """Can neither submit nor receive (FAILED_PRECONDITION, PROVINCE_SUSPENDED)."""
 Global___ProvinceStatus: _TypeAlias = ProvinceStatus  # noqa: Y015
+
+class _TransferOrder:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TransferOrderEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TransferOrder.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TRANSFER_ORDER_UNSPECIFIED: _TransferOrder.ValueType  # 0
+    """Newest first, as NEWEST_FIRST."""
+    TRANSFER_ORDER_NEWEST_FIRST: _TransferOrder.ValueType  # 1
+    """Newest first: transfers arriving while the pages are read come before the first page, never in a later one."""
+    TRANSFER_ORDER_OLDEST_FIRST: _TransferOrder.ValueType  # 2
+    """Oldest first: transfers arriving while the pages are read come on the last pages."""
+
+class TransferOrder(_TransferOrder, metaclass=_TransferOrderEnumTypeWrapper):
+    """The order of ListTransfers' pages: by creation time, the transfer id breaking ties."""
+
+TRANSFER_ORDER_UNSPECIFIED: TransferOrder.ValueType  # 0
+"""Newest first, as NEWEST_FIRST."""
+TRANSFER_ORDER_NEWEST_FIRST: TransferOrder.ValueType  # 1
+"""Newest first: transfers arriving while the pages are read come before the first page, never in a later one."""
+TRANSFER_ORDER_OLDEST_FIRST: TransferOrder.ValueType  # 2
+"""Oldest first: transfers arriving while the pages are read come on the last pages."""
+Global___TransferOrder: _TypeAlias = TransferOrder  # noqa: Y015
+
+class _OutboxMessageKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OutboxMessageKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OutboxMessageKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OUTBOX_MESSAGE_KIND_UNSPECIFIED: _OutboxMessageKind.ValueType  # 0
+    """Never used."""
+    OUTBOX_MESSAGE_KIND_DELIVER_TRANSFER: _OutboxMessageKind.ValueType  # 1
+    """DeliverTransfer: the instruction, to the receiver's province."""
+    OUTBOX_MESSAGE_KIND_NOTIFY_TRANSFER_OUTCOME: _OutboxMessageKind.ValueType  # 2
+    """NotifyOutcome of a transfer's final state, to each of its two provinces."""
+    OUTBOX_MESSAGE_KIND_REQUEST_CONSENT: _OutboxMessageKind.ValueType  # 3
+    """RequestConsent: a binding's proposal, to the receiver's province."""
+    OUTBOX_MESSAGE_KIND_NOTIFY_BINDING_OUTCOME: _OutboxMessageKind.ValueType  # 4
+    """NotifyOutcome of a binding's new state, to each of its two provinces."""
+    OUTBOX_MESSAGE_KIND_NOTIFY_SETTLEMENT: _OutboxMessageKind.ValueType  # 5
+    """NotifySettlement: a closed window's figures, to a province in it."""
+
+class OutboxMessageKind(_OutboxMessageKind, metaclass=_OutboxMessageKindEnumTypeWrapper):
+    """What an outbox message is (the ProvinceInbox call it is sent as)."""
+
+OUTBOX_MESSAGE_KIND_UNSPECIFIED: OutboxMessageKind.ValueType  # 0
+"""Never used."""
+OUTBOX_MESSAGE_KIND_DELIVER_TRANSFER: OutboxMessageKind.ValueType  # 1
+"""DeliverTransfer: the instruction, to the receiver's province."""
+OUTBOX_MESSAGE_KIND_NOTIFY_TRANSFER_OUTCOME: OutboxMessageKind.ValueType  # 2
+"""NotifyOutcome of a transfer's final state, to each of its two provinces."""
+OUTBOX_MESSAGE_KIND_REQUEST_CONSENT: OutboxMessageKind.ValueType  # 3
+"""RequestConsent: a binding's proposal, to the receiver's province."""
+OUTBOX_MESSAGE_KIND_NOTIFY_BINDING_OUTCOME: OutboxMessageKind.ValueType  # 4
+"""NotifyOutcome of a binding's new state, to each of its two provinces."""
+OUTBOX_MESSAGE_KIND_NOTIFY_SETTLEMENT: OutboxMessageKind.ValueType  # 5
+"""NotifySettlement: a closed window's figures, to a province in it."""
+Global___OutboxMessageKind: _TypeAlias = OutboxMessageKind  # noqa: Y015
+
+class _OutboxMessageStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OutboxMessageStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OutboxMessageStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OUTBOX_MESSAGE_STATUS_UNSPECIFIED: _OutboxMessageStatus.ValueType  # 0
+    """Never used."""
+    OUTBOX_MESSAGE_STATUS_PENDING: _OutboxMessageStatus.ValueType  # 1
+    """Sent, and sent again with backoff, until the province acknowledges it."""
+    OUTBOX_MESSAGE_STATUS_DONE: _OutboxMessageStatus.ValueType  # 2
+    """Acknowledged by the province."""
+    OUTBOX_MESSAGE_STATUS_EXPIRED: _OutboxMessageStatus.ValueType  # 3
+    """Abandoned: its transfer's delivery deadline passed (the transfer was REJECTED, DESTINATION_UNREACHABLE)."""
+
+class OutboxMessageStatus(_OutboxMessageStatus, metaclass=_OutboxMessageStatusEnumTypeWrapper):
+    """Where an outbox message stands."""
+
+OUTBOX_MESSAGE_STATUS_UNSPECIFIED: OutboxMessageStatus.ValueType  # 0
+"""Never used."""
+OUTBOX_MESSAGE_STATUS_PENDING: OutboxMessageStatus.ValueType  # 1
+"""Sent, and sent again with backoff, until the province acknowledges it."""
+OUTBOX_MESSAGE_STATUS_DONE: OutboxMessageStatus.ValueType  # 2
+"""Acknowledged by the province."""
+OUTBOX_MESSAGE_STATUS_EXPIRED: OutboxMessageStatus.ValueType  # 3
+"""Abandoned: its transfer's delivery deadline passed (the transfer was REJECTED, DESTINATION_UNREACHABLE)."""
+Global___OutboxMessageStatus: _TypeAlias = OutboxMessageStatus  # noqa: Y015
 
 @_typing.final
 class ProvinceKey(_message.Message):
@@ -402,6 +491,7 @@ class ListTransfersRequest(_message.Message):
     CREATED_TO_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
     giver_province: _builtins.str
     """Only from this province."""
     receiver_province: _builtins.str
@@ -409,7 +499,9 @@ class ListTransfersRequest(_message.Message):
     page_size: _builtins.int
     """At most this many (default 100, max 1000)."""
     page_token: _builtins.str
-    """From a previous answer's next_page_token."""
+    """From a previous answer's next_page_token (asked in the same order)."""
+    order: Global___TransferOrder.ValueType
+    """The order of the pages (unset: newest first); any other value is INVALID_ARGUMENT / INVALID_ORDER."""
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[_transfers_pb2.TransferState.ValueType]:
         """Only these states (empty: all)."""
@@ -432,10 +524,11 @@ class ListTransfersRequest(_message.Message):
         created_to: _timestamp_pb2.Timestamp | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        order: Global___TransferOrder.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_from", b"created_from", "created_to", b"created_to"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_from", b"created_from", "created_to", b"created_to", "giver_province", b"giver_province", "page_size", b"page_size", "page_token", b"page_token", "receiver_province", b"receiver_province", "states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_from", b"created_from", "created_to", b"created_to", "giver_province", b"giver_province", "order", b"order", "page_size", b"page_size", "page_token", b"page_token", "receiver_province", b"receiver_province", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -453,7 +546,7 @@ class ListTransfersResponse(_message.Message):
     """Empty on the last page."""
     @_builtins.property
     def transfers(self) -> _containers.RepeatedCompositeFieldContainer[_transfers_pb2.TransferView]:
-        """A page of transfers."""
+        """A page of transfers, in the order asked."""
 
     def __init__(
         self,
@@ -740,21 +833,30 @@ Global___SettlementWindow: _TypeAlias = SettlementWindow  # noqa: Y015
 
 @_typing.final
 class CloseSettlementWindowRequest(_message.Message):
-    """CloseSettlementWindow's request."""
+    """CloseSettlementWindow's request. A window that has not started is refused (FAILED_PRECONDITION,
+    WINDOW_NOT_STARTED); one with nothing committed in it too (FAILED_PRECONDITION, WINDOW_EMPTY) unless
+    `force`. Closing a closed window again answers with it as it is.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     WINDOW_ID_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
     window_id: _builtins.str
-    """The window to close; empty: the open one."""
+    """The window to close, YYYY-MM-DD (daily windows) or YYYY-MM (monthly); empty: the calendar window
+    containing the gateway's time now (Beijing), whatever its state.
+    """
+    force: _builtins.bool
+    """Close it even if nothing is committed in it: it is then SETTLED at once (nothing to acknowledge or pay)."""
     def __init__(
         self,
         *,
         window_id: _builtins.str = ...,
+        force: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["window_id", b"window_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "window_id", b"window_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1007,25 +1109,265 @@ class InspectTransferRequest(_message.Message):
 Global___InspectTransferRequest: _TypeAlias = InspectTransferRequest  # noqa: Y015
 
 @_typing.final
+class OutboxMessageView(_message.Message):
+    """A message the gateway owes (or owed) a province, from its outbox, as operators see it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DESTINATION_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    DONE_AT_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    destination: _builtins.str
+    """The province it goes to."""
+    kind: Global___OutboxMessageKind.ValueType
+    """What it is."""
+    message_id: _builtins.str
+    """Its message id, which the province de-duplicates on."""
+    status: Global___OutboxMessageStatus.ValueType
+    """PENDING, DONE or EXPIRED."""
+    attempts: _builtins.int
+    """Send attempts so far (one in flight counts)."""
+    last_error: _builtins.str
+    """The last attempt's failure, e.g. "UNAVAILABLE" or "DEADLINE_EXCEEDED"; empty when none failed or once DONE."""
+    outcome: _builtins.str
+    """For an outcome notice, the state it tells, e.g. "COMMITTED"; empty for other kinds."""
+    @_builtins.property
+    def next_attempt_at(self) -> _timestamp_pb2.Timestamp:
+        """While PENDING: when the next attempt is due (while one is in flight, when it may be retried)."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was queued."""
+
+    @_builtins.property
+    def done_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was acknowledged or abandoned (unset while PENDING)."""
+
+    def __init__(
+        self,
+        *,
+        destination: _builtins.str = ...,
+        kind: Global___OutboxMessageKind.ValueType = ...,
+        message_id: _builtins.str = ...,
+        status: Global___OutboxMessageStatus.ValueType = ...,
+        attempts: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        next_attempt_at: _timestamp_pb2.Timestamp | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        done_at: _timestamp_pb2.Timestamp | None = ...,
+        outcome: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "done_at", b"done_at", "next_attempt_at", b"next_attempt_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "created_at", b"created_at", "destination", b"destination", "done_at", b"done_at", "kind", b"kind", "last_error", b"last_error", "message_id", b"message_id", "next_attempt_at", b"next_attempt_at", "outcome", b"outcome", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OutboxMessageView: _TypeAlias = OutboxMessageView  # noqa: Y015
+
+@_typing.final
+class TransferDeadline(_message.Message):
+    """How a transfer not yet final ends if nothing else happens first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    state: _transfers_pb2.TransferState.ValueType
+    """REJECTED (not delivered by its delivery deadline: by default policy 600 s after arrival) or RETURNED
+    (delivered, not confirmed by its return deadline: 06:00 Beijing the next day, or the instruction's expiry, D13).
+    """
+    reason: _builtins.str
+    """The reason it will carry: DESTINATION_UNREACHABLE or CONFIRMATION_DEADLINE_PASSED."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        state: _transfers_pb2.TransferState.ValueType = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "reason", b"reason", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferDeadline: _TypeAlias = TransferDeadline  # noqa: Y015
+
+@_typing.final
 class InspectTransferResponse(_message.Message):
     """InspectTransfer's answer."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     TRANSFER_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def transfer(self) -> _transfers_pb2.TransferView:
         """The transfer with its history."""
+
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutboxMessageView]:
+        """The messages about it (its delivery, its outcome notices), oldest first, with their attempts."""
+
+    @_builtins.property
+    def deadline(self) -> Global___TransferDeadline:
+        """When and how it ends if nothing else happens first; unset once it is final."""
 
     def __init__(
         self,
         *,
         transfer: _transfers_pb2.TransferView | None = ...,
+        messages: _abc.Iterable[Global___OutboxMessageView] | None = ...,
+        deadline: Global___TransferDeadline | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["transfer", b"transfer"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "transfer", b"transfer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["transfer", b"transfer"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "messages", b"messages", "transfer", b"transfer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InspectTransferResponse: _TypeAlias = InspectTransferResponse  # noqa: Y015
+
+@_typing.final
+class ListBindingsRequest(_message.Message):
+    """ListBindings' request; filters combine with AND."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVINCE_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    province: _builtins.str
+    """Only bindings with this province on either side, the giver's or the receiver's (empty: any province)."""
+    page_size: _builtins.int
+    """At most this many (default 100, max 1000)."""
+    page_token: _builtins.str
+    """From a previous answer's next_page_token."""
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[_relations_pb2.BindingState.ValueType]:
+        """Only these states (empty: all)."""
+
+    def __init__(
+        self,
+        *,
+        province: _builtins.str = ...,
+        states: _abc.Iterable[_relations_pb2.BindingState.ValueType] | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "province", b"province", "states", b"states"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBindingsRequest: _TypeAlias = ListBindingsRequest  # noqa: Y015
+
+@_typing.final
+class ListBindingsResponse(_message.Message):
+    """ListBindings' answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BINDINGS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def bindings(self) -> _containers.RepeatedCompositeFieldContainer[_relations_pb2.BindingView]:
+        """A page of bindings, newest first (by created_at, the binding id breaking ties); bindings proposed while
+        the pages are read come before the first page, never in a later one.
+        """
+
+    def __init__(
+        self,
+        *,
+        bindings: _abc.Iterable[_relations_pb2.BindingView] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bindings", b"bindings", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBindingsResponse: _TypeAlias = ListBindingsResponse  # noqa: Y015
+
+@_typing.final
+class InspectBindingRequest(_message.Message):
+    """InspectBinding's request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BINDING_ID_FIELD_NUMBER: _builtins.int
+    binding_id: _builtins.str
+    """The binding."""
+    def __init__(
+        self,
+        *,
+        binding_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["binding_id", b"binding_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InspectBindingRequest: _TypeAlias = InspectBindingRequest  # noqa: Y015
+
+@_typing.final
+class InspectBindingResponse(_message.Message):
+    """InspectBinding's answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BINDING_FIELD_NUMBER: _builtins.int
+    CONSENT_BY_FIELD_NUMBER: _builtins.int
+    ATTESTED_AT_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def binding(self) -> _relations_pb2.BindingView:
+        """The binding (masked ID numbers only)."""
+
+    @_builtins.property
+    def consent_by(self) -> _timestamp_pb2.Timestamp:
+        """The receiver's province must answer the proposal by then, or it EXPIREs."""
+
+    @_builtins.property
+    def attested_at(self) -> _timestamp_pb2.Timestamp:
+        """When the receiver's consent was attested (unset before an acceptance)."""
+
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutboxMessageView]:
+        """The messages about it (its consent request, its outcome notices), oldest first, with their attempts."""
+
+    def __init__(
+        self,
+        *,
+        binding: _relations_pb2.BindingView | None = ...,
+        consent_by: _timestamp_pb2.Timestamp | None = ...,
+        attested_at: _timestamp_pb2.Timestamp | None = ...,
+        messages: _abc.Iterable[Global___OutboxMessageView] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attested_at", b"attested_at", "binding", b"binding", "consent_by", b"consent_by"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attested_at", b"attested_at", "binding", b"binding", "consent_by", b"consent_by", "messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InspectBindingResponse: _TypeAlias = InspectBindingResponse  # noqa: Y015

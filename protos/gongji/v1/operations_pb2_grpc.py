@@ -90,6 +90,16 @@ class OperationsStub:
                 request_serializer=gongji_dot_v1_dot_operations__pb2.InspectTransferRequest.SerializeToString,
                 response_deserializer=gongji_dot_v1_dot_operations__pb2.InspectTransferResponse.FromString,
                 _registered_method=True)
+        self.ListBindings = channel.unary_unary(
+                '/gongji.v1.Operations/ListBindings',
+                request_serializer=gongji_dot_v1_dot_operations__pb2.ListBindingsRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_operations__pb2.ListBindingsResponse.FromString,
+                _registered_method=True)
+        self.InspectBinding = channel.unary_unary(
+                '/gongji.v1.Operations/InspectBinding',
+                request_serializer=gongji_dot_v1_dot_operations__pb2.InspectBindingRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_operations__pb2.InspectBindingResponse.FromString,
+                _registered_method=True)
 
 
 class OperationsServicer:
@@ -118,7 +128,7 @@ class OperationsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListTransfers(self, request, context):
-        """Transfers by state, province and time, paginated (issue 4).
+        """Transfers by state, province and time, newest first unless asked otherwise, paginated.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -142,7 +152,7 @@ class OperationsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CloseSettlementWindow(self, request, context):
-        """Freeze a window's figures and send them to the provinces (issue 4).
+        """Freeze a window's figures and send them to the provinces (D17).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -170,7 +180,22 @@ class OperationsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def InspectTransfer(self, request, context):
-        """One transfer with its history, as operators see it (masked ID numbers only).
+        """One transfer with its history, the messages owed about it and its deadline, as operators see it (masked ID
+        numbers only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBindings(self, request, context):
+        """Bindings by province and state, newest first, paginated (masked ID numbers only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InspectBinding(self, request, context):
+        """One binding with its consent deadline and the messages owed about it (masked ID numbers only).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -233,6 +258,16 @@ def add_OperationsServicer_to_server(servicer, server):
                     servicer.InspectTransfer,
                     request_deserializer=gongji_dot_v1_dot_operations__pb2.InspectTransferRequest.FromString,
                     response_serializer=gongji_dot_v1_dot_operations__pb2.InspectTransferResponse.SerializeToString,
+            ),
+            'ListBindings': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBindings,
+                    request_deserializer=gongji_dot_v1_dot_operations__pb2.ListBindingsRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_operations__pb2.ListBindingsResponse.SerializeToString,
+            ),
+            'InspectBinding': grpc.unary_unary_rpc_method_handler(
+                    servicer.InspectBinding,
+                    request_deserializer=gongji_dot_v1_dot_operations__pb2.InspectBindingRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_operations__pb2.InspectBindingResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -533,6 +568,60 @@ class Operations:
             '/gongji.v1.Operations/InspectTransfer',
             gongji_dot_v1_dot_operations__pb2.InspectTransferRequest.SerializeToString,
             gongji_dot_v1_dot_operations__pb2.InspectTransferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBindings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gongji.v1.Operations/ListBindings',
+            gongji_dot_v1_dot_operations__pb2.ListBindingsRequest.SerializeToString,
+            gongji_dot_v1_dot_operations__pb2.ListBindingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InspectBinding(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gongji.v1.Operations/InspectBinding',
+            gongji_dot_v1_dot_operations__pb2.InspectBindingRequest.SerializeToString,
+            gongji_dot_v1_dot_operations__pb2.InspectBindingResponse.FromString,
             options,
             channel_credentials,
             insecure,

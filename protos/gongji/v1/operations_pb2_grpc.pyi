@@ -42,7 +42,7 @@ class OperationsStub:
     ListProvinces: _grpc.UnaryUnaryMultiCallable[_operations_pb2.ListProvincesRequest, _operations_pb2.ListProvincesResponse]
     """The routing table."""
     ListTransfers: _grpc.UnaryUnaryMultiCallable[_operations_pb2.ListTransfersRequest, _operations_pb2.ListTransfersResponse]
-    """Transfers by state, province and time, paginated (issue 4)."""
+    """Transfers by state, province and time, newest first unless asked otherwise, paginated."""
     WatchTransfers: _grpc.UnaryStreamMultiCallable[_operations_pb2.WatchTransfersRequest, _operations_pb2.TransferChange]
     """A stream of transfer state changes, from now or from a cursor. Before any change, the stream's
     initial metadata carries `gongji-start-cursor`: the position the feed starts after (the cursor given,
@@ -52,7 +52,7 @@ class OperationsStub:
     GetStats: _grpc.UnaryUnaryMultiCallable[_operations_pb2.GetStatsRequest, _operations_pb2.GetStatsResponse]
     """Counts, amounts, outbox backlog and delivery failures (issue 4)."""
     CloseSettlementWindow: _grpc.UnaryUnaryMultiCallable[_operations_pb2.CloseSettlementWindowRequest, _operations_pb2.CloseSettlementWindowResponse]
-    """Freeze a window's figures and send them to the provinces (issue 4)."""
+    """Freeze a window's figures and send them to the provinces (D17)."""
     RecordSettlementPayment: _grpc.UnaryUnaryMultiCallable[_operations_pb2.RecordSettlementPaymentRequest, _operations_pb2.RecordSettlementPaymentResponse]
     """Record the payment references of an acknowledged window (issue 4)."""
     GetSettlementWindow: _grpc.UnaryUnaryMultiCallable[_operations_pb2.GetSettlementWindowRequest, _operations_pb2.GetSettlementWindowResponse]
@@ -60,7 +60,13 @@ class OperationsStub:
     ListSettlementWindows: _grpc.UnaryUnaryMultiCallable[_operations_pb2.ListSettlementWindowsRequest, _operations_pb2.ListSettlementWindowsResponse]
     """Settlement windows, newest first (filter by state; paginated)."""
     InspectTransfer: _grpc.UnaryUnaryMultiCallable[_operations_pb2.InspectTransferRequest, _operations_pb2.InspectTransferResponse]
-    """One transfer with its history, as operators see it (masked ID numbers only)."""
+    """One transfer with its history, the messages owed about it and its deadline, as operators see it (masked ID
+    numbers only).
+    """
+    ListBindings: _grpc.UnaryUnaryMultiCallable[_operations_pb2.ListBindingsRequest, _operations_pb2.ListBindingsResponse]
+    """Bindings by province and state, newest first, paginated (masked ID numbers only)."""
+    InspectBinding: _grpc.UnaryUnaryMultiCallable[_operations_pb2.InspectBindingRequest, _operations_pb2.InspectBindingResponse]
+    """One binding with its consent deadline and the messages owed about it (masked ID numbers only)."""
 
 @_typing.type_check_only
 class OperationsAsyncStub(OperationsStub):
@@ -74,7 +80,7 @@ class OperationsAsyncStub(OperationsStub):
     ListProvinces: _aio.UnaryUnaryMultiCallable[_operations_pb2.ListProvincesRequest, _operations_pb2.ListProvincesResponse]  # type: ignore[assignment]
     """The routing table."""
     ListTransfers: _aio.UnaryUnaryMultiCallable[_operations_pb2.ListTransfersRequest, _operations_pb2.ListTransfersResponse]  # type: ignore[assignment]
-    """Transfers by state, province and time, paginated (issue 4)."""
+    """Transfers by state, province and time, newest first unless asked otherwise, paginated."""
     WatchTransfers: _aio.UnaryStreamMultiCallable[_operations_pb2.WatchTransfersRequest, _operations_pb2.TransferChange]  # type: ignore[assignment]
     """A stream of transfer state changes, from now or from a cursor. Before any change, the stream's
     initial metadata carries `gongji-start-cursor`: the position the feed starts after (the cursor given,
@@ -84,7 +90,7 @@ class OperationsAsyncStub(OperationsStub):
     GetStats: _aio.UnaryUnaryMultiCallable[_operations_pb2.GetStatsRequest, _operations_pb2.GetStatsResponse]  # type: ignore[assignment]
     """Counts, amounts, outbox backlog and delivery failures (issue 4)."""
     CloseSettlementWindow: _aio.UnaryUnaryMultiCallable[_operations_pb2.CloseSettlementWindowRequest, _operations_pb2.CloseSettlementWindowResponse]  # type: ignore[assignment]
-    """Freeze a window's figures and send them to the provinces (issue 4)."""
+    """Freeze a window's figures and send them to the provinces (D17)."""
     RecordSettlementPayment: _aio.UnaryUnaryMultiCallable[_operations_pb2.RecordSettlementPaymentRequest, _operations_pb2.RecordSettlementPaymentResponse]  # type: ignore[assignment]
     """Record the payment references of an acknowledged window (issue 4)."""
     GetSettlementWindow: _aio.UnaryUnaryMultiCallable[_operations_pb2.GetSettlementWindowRequest, _operations_pb2.GetSettlementWindowResponse]  # type: ignore[assignment]
@@ -92,7 +98,13 @@ class OperationsAsyncStub(OperationsStub):
     ListSettlementWindows: _aio.UnaryUnaryMultiCallable[_operations_pb2.ListSettlementWindowsRequest, _operations_pb2.ListSettlementWindowsResponse]  # type: ignore[assignment]
     """Settlement windows, newest first (filter by state; paginated)."""
     InspectTransfer: _aio.UnaryUnaryMultiCallable[_operations_pb2.InspectTransferRequest, _operations_pb2.InspectTransferResponse]  # type: ignore[assignment]
-    """One transfer with its history, as operators see it (masked ID numbers only)."""
+    """One transfer with its history, the messages owed about it and its deadline, as operators see it (masked ID
+    numbers only).
+    """
+    ListBindings: _aio.UnaryUnaryMultiCallable[_operations_pb2.ListBindingsRequest, _operations_pb2.ListBindingsResponse]  # type: ignore[assignment]
+    """Bindings by province and state, newest first, paginated (masked ID numbers only)."""
+    InspectBinding: _aio.UnaryUnaryMultiCallable[_operations_pb2.InspectBindingRequest, _operations_pb2.InspectBindingResponse]  # type: ignore[assignment]
+    """One binding with its consent deadline and the messages owed about it (masked ID numbers only)."""
 
 class OperationsServicer(metaclass=_abc_1.ABCMeta):
     """Called by operators."""
@@ -127,7 +139,7 @@ class OperationsServicer(metaclass=_abc_1.ABCMeta):
         request: _operations_pb2.ListTransfersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_operations_pb2.ListTransfersResponse, _abc.Awaitable[_operations_pb2.ListTransfersResponse]]:
-        """Transfers by state, province and time, paginated (issue 4)."""
+        """Transfers by state, province and time, newest first unless asked otherwise, paginated."""
 
     @_abc_1.abstractmethod
     def WatchTransfers(
@@ -155,7 +167,7 @@ class OperationsServicer(metaclass=_abc_1.ABCMeta):
         request: _operations_pb2.CloseSettlementWindowRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_operations_pb2.CloseSettlementWindowResponse, _abc.Awaitable[_operations_pb2.CloseSettlementWindowResponse]]:
-        """Freeze a window's figures and send them to the provinces (issue 4)."""
+        """Freeze a window's figures and send them to the provinces (D17)."""
 
     @_abc_1.abstractmethod
     def RecordSettlementPayment(
@@ -187,6 +199,24 @@ class OperationsServicer(metaclass=_abc_1.ABCMeta):
         request: _operations_pb2.InspectTransferRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_operations_pb2.InspectTransferResponse, _abc.Awaitable[_operations_pb2.InspectTransferResponse]]:
-        """One transfer with its history, as operators see it (masked ID numbers only)."""
+        """One transfer with its history, the messages owed about it and its deadline, as operators see it (masked ID
+        numbers only).
+        """
+
+    @_abc_1.abstractmethod
+    def ListBindings(
+        self,
+        request: _operations_pb2.ListBindingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.ListBindingsResponse, _abc.Awaitable[_operations_pb2.ListBindingsResponse]]:
+        """Bindings by province and state, newest first, paginated (masked ID numbers only)."""
+
+    @_abc_1.abstractmethod
+    def InspectBinding(
+        self,
+        request: _operations_pb2.InspectBindingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.InspectBindingResponse, _abc.Awaitable[_operations_pb2.InspectBindingResponse]]:
+        """One binding with its consent deadline and the messages owed about it (masked ID numbers only)."""
 
 def add_OperationsServicer_to_server(servicer: OperationsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

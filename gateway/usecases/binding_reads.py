@@ -1,0 +1,48 @@
+"""Operators' reads of bindings: pages by province and state, newest first, and one binding with its messages."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gateway.domain import reasons
+from gateway.domain.bindings import BindingState
+from gateway.domain.errors import InvalidArgument
+from gateway.domain.monitoring import BindingInspection, BindingPage
+from gateway.domain.outbox import OutboxKind
+from gateway.domain.provinces import validate_province_code
+from gateway.domain.transfers import validate_message_id
+from gateway.usecases.bindings import binding_not_found
+from gateway.usecases.context import UseCaseContext
+from gateway.usecases.monitoring import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, position_token, token_position
+
+# The messages about a binding; a transfer's id may equal a binding's, and its messages are not this one's.
+BINDING_MESSAGES = (OutboxKind.REQUEST_CONSENT, OutboxKind.NOTIFY_BINDING_OUTCOME)
+
+
+def list_bindings(ctx: UseCaseContext, province: str, states: Sequence[BindingState], page_token: str,
+                  page_size: int) -> BindingPage:
+    """One page newest first by (created_at, binding_id); the token resumes after the last one shown, exactly,
+    while bindings are proposed (new ones come before the first page)."""
+    if not 0 <= page_size <= MAX_PAGE_SIZE:
+        raise InvalidArgument(f"page_size must be within 0..{MAX_PAGE_SIZE}", reason=reasons.INVALID_PAGE_SIZE,
+                              field="page_size")
+    if province:
+        validate_province_code(province, "province")
+    size = page_size or DEFAULT_PAGE_SIZE
+    before = token_position(page_token) if page_token else None
+    with ctx.uow() as uow:
+        rows = uow.bindings.page(province, tuple(dict.fromkeys(states)), before, size + 1)
+    more = len(rows) > size
+    rows = rows[:size]
+    return BindingPage(rows, position_token(rows[-1].created_at, rows[-1].binding_id) if more else "")
+
+
+def inspect_binding(ctx: UseCaseContext, binding_id: str) -> BindingInspection:
+    """One binding (masked ID numbers only) with the messages owed to the provinces about it."""
+    validate_message_id(binding_id, field="binding_id")
+    with ctx.uow() as uow:
+        binding = uow.bindings.get(binding_id)
+        messages = uow.outbox.of_subject(binding_id) if binding is not None else []
+    if binding is None:
+        raise binding_not_found()
+    return BindingInspection(binding, tuple(m for m in messages if m.content.kind in BINDING_MESSAGES))

@@ -1,0 +1,91 @@
+"""The operators' reads are index ranges read in order: SQLite's own query plans, for each read and each order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.domain.bindings import BindingState
+from gateway.domain.monitoring import TransferFilter
+from gateway.domain.transfers import TransferState
+from gateway.security.encryption import FieldCipher
+from gateway.store.engine import make_engine
+from gateway.store.schema import upgrade
+from gateway.store.unit_of_work import SqlStore, SqlUnitOfWork
+
+AT = datetime(2026, 5, 4, 8, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[SqlStore]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'plans.db'}")
+    upgrade(engine)
+    yield SqlStore(engine, FieldCipher.generate())
+    engine.dispose()
+
+
+def plans(store: SqlStore, read: Callable[[SqlUnitOfWork], Any]) -> list[str]:
+    """SQLite's plan of every statement `read` runs (as run: SQLite's trace gives them with their values)."""
+    with store.unit_of_work() as uow:
+        connection = uow._connection.driver_connection  # type: ignore[attr-defined]
+        statements: list[str] = []
+        connection.set_trace_callback(statements.append)
+        read(uow)
+        connection.set_trace_callback(None)
+        found = []
+        for sql in statements:
+            if sql.lstrip().upper().startswith("SELECT"):
+                rows = connection.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall()
+                found.append(" / ".join(str(row[-1]) for row in rows))
+    assert found, "the read ran no SELECT"
+    return found
+
+
+def assert_index_ranges(found: list[str], index: str) -> None:
+    for plan in found:
+        # "SCAN ... USING INDEX" reads the index in its order (stopping at the page's end), "SEARCH" a range of it;
+        # a full scan or a sort would name no index or a TEMP B-TREE.
+        assert f"USING INDEX {index}" in plan and "TEMP B-TREE" not in plan, plan
+
+
+@pytest.mark.parametrize("newest_first", [True, False])
+@pytest.mark.parametrize("after", [None, (AT, "tr-0042")])
+def test_a_page_of_transfers_is_one_index_range_in_either_order(sqlite_store: SqlStore, newest_first: bool,
+                                                                after: tuple[datetime, str] | None) -> None:
+    found = plans(sqlite_store, lambda uow: uow.transfers.page(TransferFilter(), after, 101,
+                                                               newest_first=newest_first))
+    assert_index_ranges(found, "ix_transfers_created_at_transfer_id")
+    if after is not None:  # a seek to the position, not a walk from the start of the index
+        assert all(p.startswith("SEARCH") for p in found), found
+
+
+def test_a_page_within_a_time_range_seeks_to_it(sqlite_store: SqlStore) -> None:
+    where = TransferFilter(created_from=AT, created_to=datetime(2026, 5, 5, tzinfo=UTC),
+                           states=(TransferState.COMMITTED,))
+    found = plans(sqlite_store, lambda uow: uow.transfers.page(where, None, 11, newest_first=True))
+    assert_index_ranges(found, "ix_transfers_state_created_at")
+    assert all("created_at>? AND created_at<?" in plan for plan in found), found
+
+
+def test_the_messages_about_one_transfer_are_one_index_range(sqlite_store: SqlStore) -> None:
+    found = plans(sqlite_store, lambda uow: uow.outbox.of_subject("tr-0042"))
+    assert_index_ranges(found, "ix_outbox_subject_id")
+    assert all(plan.startswith("SEARCH outbox") for plan in found), found
+
+
+@pytest.mark.parametrize("province", ["", "620000"])
+@pytest.mark.parametrize("after", [None, (AT, "b-0042")])
+def test_a_page_of_bindings_is_one_index_range_per_state_and_side(sqlite_store: SqlStore, province: str,
+                                                                  after: tuple[datetime, str] | None) -> None:
+    found = plans(sqlite_store, lambda uow: uow.bindings.page(province, (), after, 101))
+    # Every state, and with a province both its sides: each one range of the index for that filter.
+    assert len(found) == len(BindingState) * (2 if province else 1)
+    indexes = (["ix_bindings_giver_province_state_created_at", "ix_bindings_receiver_province_state_created_at"]
+               if province else ["ix_bindings_state_created_at"])
+    for plan in found:
+        assert plan.startswith("SEARCH bindings") and "TEMP B-TREE" not in plan, plan
+        assert any(f"USING INDEX {index} (" in plan for index in indexes), plan
