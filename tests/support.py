@@ -446,6 +446,11 @@ def register(ops: operations_pb2_grpc.OperationsStub, code: str, name: str, endp
     return answer.province
 
 
+# A test stack's outbox polls and retries quickly: tests wait on what it does, not on its pace.
+TEST_OUTBOX = OutboxSettings(poll_interval_seconds=0.05, sweep_interval_seconds=0.05,
+                             backoff=Backoff(base_seconds=0.05, max_seconds=0.5))
+
+
 def start_stack(loop_thread: LoopThread, tmp_path: Path, db_url: str,
                 behaviours: dict[str, Behaviour] | None = None, with_stubs: bool = True,
                 tls_dir: Path | None = None, stub_keys_dir: Path | None = None, **settings: Any) -> Stack:
@@ -475,8 +480,7 @@ def start_stack(loop_thread: LoopThread, tmp_path: Path, db_url: str,
         province_call_timeout_seconds=settings.pop("province_call_timeout_seconds", 2.0),
         # As `python -m gateway` chooses: inline for SQLite, a thread pool for PostgreSQL.
         db_threads=settings.pop("db_threads", 0 if db_url.startswith("sqlite") else 4),
-        outbox=settings.pop("outbox", OutboxSettings(poll_interval_seconds=0.05, sweep_interval_seconds=0.05,
-                                                     backoff=Backoff(base_seconds=0.05, max_seconds=0.5))),
+        outbox=settings.pop("outbox", TEST_OUTBOX),
         **settings)
     gateway = loop_thread.run(create_gateway(config, clock))
     behaviours = behaviours or {}

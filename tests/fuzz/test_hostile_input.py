@@ -15,6 +15,7 @@ add their one `requests` row, and nothing else.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import re
 from collections.abc import Callable, Iterator
@@ -49,6 +50,7 @@ from tests.support import (
     GANSU,
     GIVER,
     MOTHER,
+    TEST_OUTBOX,
     XINJIANG,
     ErrorSeen,
     LoopThread,
@@ -153,9 +155,11 @@ def hostile(request: pytest.FixtureRequest, loop_thread: LoopThread,
                            else _postgres_database())
     url = next(urls)
     # Rate limits have their own tests (tests/api/test_rate_limits.py): here every call must reach the
-    # gateway's checks. No scheduled settlement close: nothing may change the database but the calls.
+    # gateway's checks. Nothing may change the database but the calls: no scheduled settlement close, and
+    # no periodic audit checkpoint (signing the setup's entries a minute in would add a row mid-test).
     stack = start_stack(loop_thread, tmp_path, url, rate_limit_per_second=0, relation_query_rate_per_second=0,
-                        settlement=SettlementPolicy(close_on_schedule=False))
+                        settlement=SettlementPolicy(close_on_schedule=False),
+                        outbox=dataclasses.replace(TEST_OUTBOX, checkpoint_interval_seconds=24 * 3600))
     try:
         transfer_id = stack.submit(stack.instruction()).transfer_id
         view = stack.wait_for_state(transfer_id, transfers_pb2.TRANSFER_STATE_COMMITTED)
