@@ -21,6 +21,7 @@ from sqlalchemy.exc import OperationalError
 
 from gateway.app import create_dispatcher, create_gateway
 from gateway.config import ConfigError, Settings
+from gateway.domain.errors import DatabaseBusy
 from gateway.logs import configure_logging
 from gateway.store.schema import SchemaError
 
@@ -78,6 +79,9 @@ async def _opening_database(settings: Settings) -> AsyncIterator[None]:
         lines = str(error.orig or error).strip().splitlines()
         reason = lines[0] if lines else "unknown"
         raise DatabaseUnreachable(f"cannot open the database {_where(settings.database_url)}: {reason}") from None
+    except DatabaseBusy:
+        raise DatabaseUnreachable(f"the database {_where(settings.database_url)} stayed locked by another connection "
+                                  f"for over {settings.database_busy_seconds:g} s while starting") from None
 
 
 async def serve(settings: Settings) -> None:

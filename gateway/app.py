@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from gateway.api.servicers import (
 from gateway.api.transport import authorize_operator, server_credentials
 from gateway.api.web import HttpLimits, MetricsServer
 from gateway.config import Settings
+from gateway.database_watch import PROBE_WAIT_SECONDS, DatabaseWatch
 from gateway.domain.clock import Clock, SystemClock
 from gateway.domain.envelope import GATEWAY
 from gateway.manifest import load_manifest
@@ -43,6 +45,7 @@ from gateway.security.hashing import HmacPersonHasher, load_or_create_secret
 from gateway.security.keys import ensure_key_pair, public_bytes
 from gateway.security.signing import EnvelopeSigner, verify_signature
 from gateway.store.engine import make_engine
+from gateway.store.probe import WriteProbe
 from gateway.store.schema import ensure_known_schema
 from gateway.store.unit_of_work import SqlStore
 from gateway.usecases.audit import checkpoint_audit
@@ -51,7 +54,7 @@ from gateway.usecases.dashboard import dashboard_snapshot
 from gateway.usecases.keys import register_gateway_key
 from gateway.usecases.monitoring import get_stats
 from gateway.usecases.provinces import apply_manifest
-from gateway.usecases.runner import UseCaseRunner
+from gateway.usecases.runner import UseCaseRunner, waiting_out_locks
 from protos.gongji.v1 import (
     keys_pb2,
     keys_pb2_grpc,
@@ -94,14 +97,26 @@ class _Core:
     """What the gateway's server and its outbox dispatcher both need."""
 
     engine: Engine
+    store: SqlStore
     signer: EnvelopeSigner
     context: UseCaseContext
-    run_in_db: Callable[..., Awaitable[Any]]
+    run_in_db: Callable[..., Awaitable[Any]]  # for the gateway's own work (the outbox, the stop)
+    run_call: Callable[..., Awaitable[Any]]  # for the calls: its refusals are counted by the watch
     executor: ThreadPoolExecutor | None
     client: ProvinceClient
     public_key: bytes  # of the gateway's current signing key
+    watch: DatabaseWatch
+    probe: WriteProbe
+    inline: bool  # use cases run on the event loop's thread
+
+    def run_inline_from_here(self) -> None:
+        """Once started: use cases run on this (the event loop's) thread never wait inside SQLite for a lock."""
+        if self.inline:
+            self.store.loop_thread = threading.get_ident()
 
     async def close(self) -> None:
+        await self.watch.stop()
+        self.probe.close()
         await self.client.close()
         if self.executor is not None:
             self.executor.shutdown(wait=True)
@@ -216,8 +231,11 @@ def _warn_of_keys_beside_database(settings: Settings) -> None:
 
 
 def _core(settings: Settings, clock: Clock) -> _Core:
-    engine = make_engine(settings.database_url, settings.sqlite_synchronous)
-    store = SqlStore(engine, load_or_create_keys(settings.data_key_file))
+    sqlite = settings.database_url.startswith("sqlite")
+    # SQLite's wait is the unit of work's, set per thread (SqlStore.wait_for_locks); PostgreSQL's, per connection.
+    engine = make_engine(settings.database_url, settings.sqlite_synchronous,
+                         lock_wait_seconds=None if sqlite else settings.database_busy_seconds)
+    store = SqlStore(engine, load_or_create_keys(settings.data_key_file), settings.database_busy_seconds)
     try:
         ensure_known_schema(engine, auto_upgrade=settings.auto_migrate)
     except Exception:
@@ -246,15 +264,28 @@ def _core(settings: Settings, clock: Clock) -> _Core:
     if settings.db_threads == 0:
         # SQLite: one writer, local file, statements in microseconds. Running use cases on the event
         # loop itself avoids a thread hop and GIL hand-over per call, which cost more than the work.
-        async def run_in_db(use_case: Any, *args: Any) -> Any:
+        # A lock held by another connection fails an attempt at once instead (see waiting_out_locks).
+        async def run_once(use_case: Any, *args: Any) -> Any:
             return use_case(*args)
     else:
         executor = ThreadPoolExecutor(max_workers=settings.db_threads, thread_name_prefix="db")
 
-        def run_in_db(use_case: Any, *args: Any) -> asyncio.Future[Any]:  # type: ignore[misc]
+        def run_once(use_case: Any, *args: Any) -> asyncio.Future[Any]:  # type: ignore[misc]
             return loop.run_in_executor(executor, functools.partial(use_case, *args))
 
-    return _Core(engine, signer, context, run_in_db, executor, client, public_bytes(private_key))
+    watch = DatabaseWatch(probe := WriteProbe(settings.database_url, PROBE_WAIT_SECONDS),
+                          settings.database_busy_seconds)
+    run_in_db = waiting_out_locks(run_once, settings.database_busy_seconds)
+    run_call = waiting_out_locks(run_once, settings.database_busy_seconds, watch.count_refusal)
+    return _Core(engine, store, signer, context, run_in_db, run_call, executor, client, public_bytes(private_key),
+                 watch, probe, inline=settings.db_threads == 0)
+
+
+async def _tell_health(healths: tuple[tuple[Any, tuple[str, ...]], ...], writable: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if writable else health_pb2.HealthCheckResponse.NOT_SERVING
+    for health_servicer, services in healths:
+        for name in ("", *services):
+            await health_servicer.set(name, status)
 
 
 async def create_gateway(settings: Settings, clock: Clock | None = None, run_outbox: bool = True) -> Gateway:
@@ -271,8 +302,9 @@ async def create_gateway(settings: Settings, clock: Clock | None = None, run_out
     if settings.manifest is not None:
         result = apply_manifest(context, load_manifest(settings.manifest))
         log.info("manifest %s applied: created %s, updated %s", settings.manifest, result.created, result.updated)
+    core.run_inline_from_here()  # the start's own writes above could wait for a lock; calls do not
     outbox = OutboxWorker(context, core.client, run_in_db, settings.outbox)
-    runner = UseCaseRunner(context, run_in_db, outbox.wake)
+    runner = UseCaseRunner(context, core.run_call, outbox.wake)
 
     registry = CollectorRegistry()
     rpc_metrics = RpcMetrics(registry)
@@ -294,9 +326,10 @@ async def create_gateway(settings: Settings, clock: Clock | None = None, run_out
     await ops_server.start()
     if run_outbox:
         outbox.start()
-    for health_servicer, services in ((server_health, PROVINCE_SERVICES), (ops_health, OPERATOR_SERVICES)):
-        for name in ("", *services):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    healths = ((server_health, PROVINCE_SERVICES), (ops_health, OPERATOR_SERVICES))
+    await _tell_health(healths, writable=True)
+    # While the database cannot be written, every service says NOT_SERVING (a stopping server's health ignores it).
+    core.watch.start(functools.partial(_tell_health, healths))
     read_snapshot = functools.partial(dashboard_snapshot, context, timedelta(seconds=settings.dashboard_stuck_seconds))
     limits = HttpLimits(settings.http_workers, settings.http_max_connections, settings.http_timeout_seconds)
     metrics = MetricsServer(registry, settings.metrics_listen, read_snapshot, limits) if settings.metrics_listen \
@@ -320,8 +353,14 @@ class Dispatcher:
 async def create_dispatcher(settings: Settings, clock: Clock | None = None) -> Dispatcher:
     """The outbox alone, in its own process: claims are leased in the database, so several may run."""
     core = _core(settings, clock or SystemClock())
+    core.run_inline_from_here()
     # Nothing in this process can wake it when a message is enqueued: poll often, it costs one query.
     polling = dataclasses.replace(settings.outbox, poll_interval_seconds=settings.dispatcher_poll_seconds)
     outbox = OutboxWorker(core.context, core.client, core.run_in_db, polling)
     outbox.start()
+    core.watch.start(_no_health)  # no health service here: the watch only logs a busy database
     return Dispatcher(outbox, core)
+
+
+async def _no_health(_writable: bool) -> None:
+    pass

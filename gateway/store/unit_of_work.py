@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 
 from sqlalchemy import Engine
+from sqlalchemy.pool import PoolProxiedConnection
 
+from gateway.store.engine import SQLITE_BUSY_SECONDS
 from gateway.store.prepared import Cursor, contention
 from gateway.store.repositories.audit import SqlAuditLog
 from gateway.store.repositories.bindings import SqlBindingRepository
@@ -30,12 +33,26 @@ class SqlStore:
     cache, and how its personal data is sealed. Built once by whoever opens the database (app.py), and given
     to each unit of work: nothing is looked up by engine."""
 
-    def __init__(self, engine: Engine, sealer: Sealer) -> None:
+    def __init__(self, engine: Engine, sealer: Sealer, busy_timeout_seconds: float = SQLITE_BUSY_SECONDS) -> None:
         self.engine = engine
         self.sealer = sealer
         self.statements = Statements(engine)
         self.routing = RoutingCache()
         self.is_sqlite = engine.dialect.name == "sqlite"
+        self._busy_timeout_ms = round(1000 * busy_timeout_seconds)
+        # The thread of an event loop that runs use cases itself (see wait_for_locks).
+        self.loop_thread: int | None = None
+
+    def wait_for_locks(self, connection: PoolProxiedConnection) -> None:
+        """SQLite waits for another connection's write lock inside its own call, holding up the calling thread: on a
+        thread of its own it waits up to the busy timeout; on the event loop's thread not at all (SQLITE_BUSY at once,
+        and the loop's runner retries after a pause in which everything else runs)."""
+        wanted = 0 if threading.get_ident() == self.loop_thread else self._busy_timeout_ms
+        if connection.info.get("busy_timeout_ms") != wanted:
+            cursor = connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            cursor.execute(f"PRAGMA busy_timeout={wanted}")
+            cursor.close()
+            connection.info["busy_timeout_ms"] = wanted
 
     def unit_of_work(self, read_only: bool = False) -> SqlUnitOfWork:
         """A new unit of work on this store (the use cases' UnitOfWorkFactory)."""
@@ -54,10 +71,15 @@ class SqlUnitOfWork:
         self._connection = self._store.engine.raw_connection()
         self._cursor = Cursor(self._connection.driver_connection)
         self._open = True
-        if self._store.is_sqlite:
-            self._cursor.raw("BEGIN" if self._read_only else "BEGIN IMMEDIATE")
-        elif self._read_only:
-            self._cursor.raw("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        try:
+            if self._store.is_sqlite:
+                self._store.wait_for_locks(self._connection)
+                self._cursor.raw("BEGIN" if self._read_only else "BEGIN IMMEDIATE")
+            elif self._read_only:
+                self._cursor.raw("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        except BaseException:  # the transaction did not begin (the database is locked): the connection goes back
+            self.__exit__()
+            raise
         # Each repository is given what it uses of the store, and nothing is found by engine.
         cursor, statements, sealer = self._cursor, self._store.statements, self._store.sealer
         dialect = self._store.engine.dialect
@@ -86,7 +108,10 @@ class SqlUnitOfWork:
     def _end(self, verb: str) -> None:
         self._open = False
         if self._store.is_sqlite:
-            self._cursor.raw(verb)
+            # SQLite may have ended the transaction itself (after SQLITE_BUSY in a statement, say): a ROLLBACK
+            # then would fail and hide the error that ended it.
+            if verb == "COMMIT" or self._connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+                self._cursor.raw(verb)
         elif verb == "COMMIT":
             with contention():
                 self._connection.commit()
