@@ -97,8 +97,13 @@ async def serve(settings: Settings) -> None:
     print(f"gateway ready: provinces 127.0.0.1:{gateway.port}, operators 127.0.0.1:{gateway.ops_port}", flush=True)
     await stop.wait()
     log.info("stopping: health NOT_SERVING, draining in-flight calls")
-    await gateway.stop(grace=5.0)
-    await supervisor
+    await asyncio.gather(gateway.stop(grace=settings.stop_grace_seconds, exiting=True), supervisor)
+    # Not gRPC's own server stop, which cancels (CANCELLED) a call reaching the server in the instant it stops:
+    # new calls are held, and the connections close with the process, failing them UNAVAILABLE (none executed).
+    await gateway.hold_calls()
+    log.info("stopped")
+    logging.shutdown()
+    os._exit(0)
 
 
 async def dispatch(settings: Settings) -> None:

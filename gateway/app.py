@@ -90,6 +90,9 @@ OPERATOR_SERVICES = (operations_pb2.DESCRIPTOR.services_by_name["Operations"].fu
 HANDSHAKE_TIMEOUT_MS = 10_000
 # Calls in flight on one connection (HTTP/2's recommended minimum); a client queues any beyond.
 MAX_STREAMS_PER_CONNECTION = 100
+# Once the calls executing at a stop have finished, what is left (held calls, health watches) is answered at
+# once: the servers' stop waits this long for it before cancelling.
+STRAGGLERS_SECONDS = 1.0
 
 
 @dataclass
@@ -156,23 +159,37 @@ class Gateway:
     def metrics_port(self) -> int | None:
         return self._metrics.port if self._metrics else None
 
-    async def stop(self, grace: float = 5.0) -> None:
-        """Graceful stop: health NOT_SERVING first, then in-flight calls finish within `grace`."""
+    async def stop(self, grace: float = 20.0, *, exiting: bool = False) -> None:
+        """Graceful stop: health NOT_SERVING first; the calls executing finish with their answer (waited for up to
+        `grace`), calls not yet executing and new ones are answered UNAVAILABLE / SHUTTING_DOWN, open streams end
+        so (see CallGate); the outbox stops meanwhile; the audit gets its last checkpoint; the database is closed.
+
+        Then the servers stop, except when `exiting`: gRPC's own stop cancels (CANCELLED) any call that reaches the
+        server in the instant it stops, before its client has read the GOAWAY. A process that exits instead calls
+        hold_calls and exits at once (os._exit): the kernel closing the connections fails what was held or on its
+        way UNAVAILABLE, and none of it was executed.
+        """
         for servicer in self._healths:
             await servicer.enter_graceful_shutdown()
-        # The gates answer new calls UNAVAILABLE while the calls inside finish, then hold new ones while
-        # the servers stop (a bare stop cancels calls queued or arriving then: see CallGate).
-        started = asyncio.get_running_loop().time()
-        await asyncio.gather(*(gate.drain(grace) for gate in self._gates))
-        left = max(0.1, grace - (asyncio.get_running_loop().time() - started))
-        log.info("stopping: calls drained in %.3f s (still inside: %s); stopping the servers",
-                 asyncio.get_running_loop().time() - started, [gate.active for gate in self._gates])
-        stopping = asyncio.gather(self._server.stop(left), self._ops_server.stop(left))
-        await asyncio.sleep(0.05)  # the servers have begun to stop: clients are being told to go away
-        for gate in self._gates:
-            gate.release()
-        await stopping
-        await self._outbox.stop()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        # Its sends in flight finish (each within its call's deadline) while the calls drain; what the calls
+        # executing now enqueue stays in the outbox for the next start (or another gateway).
+        outbox_stopped = loop.create_task(self._outbox.stop())
+        await asyncio.gather(*(gate.drain(grace, hold=not exiting) for gate in self._gates))
+        log.info("stopping: calls drained in %.3f s (still inside: %s)",
+                 loop.time() - started, [gate.active for gate in self._gates])
+        if not exiting:
+            # Only the held calls and the health watches are left, answered at the release: the servers' own grace
+            # cuts (CANCELLED) nothing else but a call still executing past `grace` or a stream its client stopped
+            # reading.
+            stopping = asyncio.gather(self._server.stop(STRAGGLERS_SECONDS),
+                                      self._ops_server.stop(STRAGGLERS_SECONDS))
+            await asyncio.sleep(0.05)  # the servers have begun to stop: clients are being told to go away
+            for gate in self._gates:
+                gate.release()
+            await stopping
+        await outbox_stopped
         # The last state changes get a signed checkpoint before the process goes.
         try:
             await self._core.run_in_db(checkpoint_audit, self._core.context)
@@ -181,6 +198,10 @@ class Gateway:
         if self._metrics is not None:
             self._metrics.stop()
         await self._core.close()
+
+    async def hold_calls(self) -> None:
+        """Hold every new call (not answered, never executed) until the process exits: see stop(exiting=True)."""
+        await asyncio.gather(*(gate.hold_for_exit() for gate in self._gates))
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()
