@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import functools
 import logging
-import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -110,12 +109,12 @@ class _Core:
     public_key: bytes  # of the gateway's current signing key
     watch: DatabaseWatch
     probe: WriteProbe
-    inline: bool  # use cases run on the event loop's thread
+    loop_engine: Engine | None  # SQLite's connections for use cases run on the event loop: they never wait
 
     def run_inline_from_here(self) -> None:
         """Once started: use cases run on this (the event loop's) thread never wait inside SQLite for a lock."""
-        if self.inline:
-            self.store.loop_thread = threading.get_ident()
+        if self.loop_engine is not None:
+            self.store.loop_uses(self.loop_engine)
 
     async def close(self) -> None:
         await self.watch.stop()
@@ -124,6 +123,8 @@ class _Core:
         if self.executor is not None:
             self.executor.shutdown(wait=True)
         self.engine.dispose()
+        if self.loop_engine is not None:
+            self.loop_engine.dispose()
 
 
 @dataclass
@@ -253,10 +254,10 @@ def _warn_of_keys_beside_database(settings: Settings) -> None:
 
 def _core(settings: Settings, clock: Clock) -> _Core:
     sqlite = settings.database_url.startswith("sqlite")
-    # SQLite's wait is the unit of work's, set per thread (SqlStore.wait_for_locks); PostgreSQL's, per connection.
+    # A statement waits this long at most for a lock another connection holds (on the loop's thread, see below).
     engine = make_engine(settings.database_url, settings.sqlite_synchronous,
-                         lock_wait_seconds=None if sqlite else settings.database_busy_seconds)
-    store = SqlStore(engine, load_or_create_keys(settings.data_key_file), settings.database_busy_seconds)
+                         lock_wait_seconds=settings.database_busy_seconds)
+    store = SqlStore(engine, load_or_create_keys(settings.data_key_file))
     try:
         ensure_known_schema(engine, auto_upgrade=settings.auto_migrate)
     except Exception:
@@ -294,12 +295,15 @@ def _core(settings: Settings, clock: Clock) -> _Core:
         def run_once(use_case: Any, *args: Any) -> asyncio.Future[Any]:  # type: ignore[misc]
             return loop.run_in_executor(executor, functools.partial(use_case, *args))
 
-    watch = DatabaseWatch(probe := WriteProbe(settings.database_url, PROBE_WAIT_SECONDS),
-                          settings.database_busy_seconds)
+    probe = WriteProbe(settings.database_url, PROBE_WAIT_SECONDS,
+                       (lambda: store.writes_begun) if sqlite else None)
+    watch = DatabaseWatch(probe, settings.database_busy_seconds)
     run_in_db = waiting_out_locks(run_once, settings.database_busy_seconds)
     run_call = waiting_out_locks(run_once, settings.database_busy_seconds, watch.count_refusal)
+    loop_engine = make_engine(settings.database_url, settings.sqlite_synchronous, lock_wait_seconds=0) \
+        if sqlite and settings.db_threads == 0 else None
     return _Core(engine, store, signer, context, run_in_db, run_call, executor, client, public_bytes(private_key),
-                 watch, probe, inline=settings.db_threads == 0)
+                 watch, probe, loop_engine)
 
 
 async def _tell_health(healths: tuple[tuple[Any, tuple[str, ...]], ...], writable: bool) -> None:

@@ -7,9 +7,7 @@ import threading
 from collections.abc import Callable
 
 from sqlalchemy import Engine
-from sqlalchemy.pool import PoolProxiedConnection
 
-from gateway.store.engine import SQLITE_BUSY_SECONDS
 from gateway.store.prepared import Cursor, contention
 from gateway.store.repositories.audit import SqlAuditLog
 from gateway.store.repositories.bindings import SqlBindingRepository
@@ -33,26 +31,28 @@ class SqlStore:
     cache, and how its personal data is sealed. Built once by whoever opens the database (app.py), and given
     to each unit of work: nothing is looked up by engine."""
 
-    def __init__(self, engine: Engine, sealer: Sealer, busy_timeout_seconds: float = SQLITE_BUSY_SECONDS) -> None:
+    def __init__(self, engine: Engine, sealer: Sealer) -> None:
         self.engine = engine
         self.sealer = sealer
         self.statements = Statements(engine)
         self.routing = RoutingCache()
         self.is_sqlite = engine.dialect.name == "sqlite"
-        self._busy_timeout_ms = round(1000 * busy_timeout_seconds)
-        # The thread of an event loop that runs use cases itself (see wait_for_locks).
-        self.loop_thread: int | None = None
+        # An event loop's thread that runs use cases itself, and the engine its units of work use (see loop_uses).
+        self._loop_thread: int | None = None
+        self._loop_engine = engine
+        # Write transactions begun on SQLite (it took its write lock): proof the database can be written.
+        self.writes_begun = 0
 
-    def wait_for_locks(self, connection: PoolProxiedConnection) -> None:
-        """SQLite waits for another connection's write lock inside its own call, holding up the calling thread: on a
-        thread of its own it waits up to the busy timeout; on the event loop's thread not at all (SQLITE_BUSY at once,
-        and the loop's runner retries after a pause in which everything else runs)."""
-        wanted = 0 if threading.get_ident() == self.loop_thread else self._busy_timeout_ms
-        if connection.info.get("busy_timeout_ms") != wanted:
-            cursor = connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-            cursor.execute(f"PRAGMA busy_timeout={wanted}")
-            cursor.close()
-            connection.info["busy_timeout_ms"] = wanted
+    def loop_uses(self, engine: Engine) -> None:
+        """Units of work begun on this thread (an event loop's, running use cases itself) take their connections
+        from `engine`, made not to wait for another connection's lock: SQLite would wait inside its own call,
+        holding up the whole loop, where the loop's runner fails the attempt at once and makes it again after a
+        pause in which everything else runs. Other threads (and the engine's direct users) wait as `self.engine`
+        does."""
+        self._loop_thread, self._loop_engine = threading.get_ident(), engine
+
+    def _engine_here(self) -> Engine:
+        return self._loop_engine if threading.get_ident() == self._loop_thread else self.engine
 
     def unit_of_work(self, read_only: bool = False) -> SqlUnitOfWork:
         """A new unit of work on this store (the use cases' UnitOfWorkFactory)."""
@@ -68,13 +68,13 @@ class SqlUnitOfWork:
         self._read_only = read_only
 
     def __enter__(self) -> SqlUnitOfWork:
-        self._connection = self._store.engine.raw_connection()
+        self._connection = self._store._engine_here().raw_connection()
         self._cursor = Cursor(self._connection.driver_connection)
         self._open = True
         try:
             if self._store.is_sqlite:
-                self._store.wait_for_locks(self._connection)
                 self._cursor.raw("BEGIN" if self._read_only else "BEGIN IMMEDIATE")
+                self._store.writes_begun += not self._read_only
             elif self._read_only:
                 self._cursor.raw("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         except BaseException:  # the transaction did not begin (the database is locked): the connection goes back

@@ -1,4 +1,5 @@
-"""Waiting out a locked database without holding up the event loop, and the watch that tells health and the log."""
+"""Waiting out a locked database without holding up the event loop, the watch that tells health and the log, and
+their settings."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from gateway.config import ConfigError, Settings
 from gateway.database_watch import DatabaseWatch
 from gateway.domain.errors import DatabaseBusy
 from gateway.usecases.runner import waiting_out_locks
@@ -115,3 +117,15 @@ def test_a_failing_probe_counts_as_busy_and_names_the_failure(caplog: pytest.Log
     asyncio.run(run())
     assert told == [False, True]
     assert "failing (ConnectionError)" in caplog.records[0].getMessage()
+
+
+def test_the_bound_and_the_stop_grace_come_from_the_environment() -> None:
+    env = {"GONGJI_INSECURE_DEV_PLAINTEXT": "true"}
+    defaults = Settings.from_env(env)
+    assert (defaults.database_busy_seconds, defaults.stop_grace_seconds) == (5.0, 20.0)
+    given = Settings.from_env({**env, "GONGJI_DATABASE_BUSY_SECONDS": "2.5", "GONGJI_STOP_GRACE_SECONDS": "40"})
+    assert (given.database_busy_seconds, given.stop_grace_seconds) == (2.5, 40.0)
+    for bad in ({"GONGJI_DATABASE_BUSY_SECONDS": "0"}, {"GONGJI_DATABASE_BUSY_SECONDS": "500"},
+                {"GONGJI_STOP_GRACE_SECONDS": "0.5"}):
+        with pytest.raises(ConfigError, match="database_busy_seconds"):
+            Settings.from_env({**env, **bad})
