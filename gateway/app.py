@@ -163,20 +163,18 @@ class Gateway:
     async def stop(self, grace: float = 20.0, *, exiting: bool = False) -> None:
         """Graceful stop: health NOT_SERVING first; the calls executing finish with their answer (waited for up to
         `grace`), calls not yet executing and new ones are answered UNAVAILABLE / SHUTTING_DOWN, open streams end
-        so (see CallGate); the outbox stops meanwhile; the audit gets its last checkpoint; the database is closed.
+        so (see CallGate). Then the servers stop, the outbox stops (its sends in flight finish), the audit gets its
+        last checkpoint and the database is closed.
 
-        Then the servers stop, except when `exiting`: gRPC's own stop cancels (CANCELLED) any call that reaches the
-        server in the instant it stops, before its client has read the GOAWAY. A process that exits instead calls
-        hold_calls and exits at once (os._exit): the kernel closing the connections fails what was held or on its
-        way UNAVAILABLE, and none of it was executed.
+        With `exiting` the servers are left running, refusing new calls: gRPC's own stop cancels (CANCELLED) any
+        call reaching the server in the instant it stops, before its client has read the GOAWAY. The process calls
+        hold_calls next and exits at once (os._exit): the kernel closing the connections fails what was held or on
+        its way UNAVAILABLE, and none of it was executed.
         """
         for servicer in self._healths:
             await servicer.enter_graceful_shutdown()
         loop = asyncio.get_running_loop()
         started = loop.time()
-        # Its sends in flight finish (each within its call's deadline) while the calls drain; what the calls
-        # executing now enqueue stays in the outbox for the next start (or another gateway).
-        outbox_stopped = loop.create_task(self._outbox.stop())
         await asyncio.gather(*(gate.drain(grace, hold=not exiting) for gate in self._gates))
         log.info("stopping: calls drained in %.3f s (still inside: %s)",
                  loop.time() - started, [gate.active for gate in self._gates])
@@ -190,7 +188,7 @@ class Gateway:
             for gate in self._gates:
                 gate.release()
             await stopping
-        await outbox_stopped
+        await self._outbox.stop()  # its sends in flight finish, each within its call's deadline
         # The last state changes get a signed checkpoint before the process goes.
         try:
             await self._core.run_in_db(checkpoint_audit, self._core.context)
