@@ -21,6 +21,7 @@ from sqlalchemy.exc import OperationalError
 
 from gateway.app import create_dispatcher, create_gateway
 from gateway.config import ConfigError, Settings
+from gateway.domain.errors import DatabaseBusy
 from gateway.logs import configure_logging
 from gateway.store.schema import SchemaError
 
@@ -78,6 +79,9 @@ async def _opening_database(settings: Settings) -> AsyncIterator[None]:
         lines = str(error.orig or error).strip().splitlines()
         reason = lines[0] if lines else "unknown"
         raise DatabaseUnreachable(f"cannot open the database {_where(settings.database_url)}: {reason}") from None
+    except DatabaseBusy:
+        raise DatabaseUnreachable(f"the database {_where(settings.database_url)} stayed locked by another connection "
+                                  f"for over {settings.database_busy_seconds:g} s while starting") from None
 
 
 async def serve(settings: Settings) -> None:
@@ -93,8 +97,13 @@ async def serve(settings: Settings) -> None:
     print(f"gateway ready: provinces 127.0.0.1:{gateway.port}, operators 127.0.0.1:{gateway.ops_port}", flush=True)
     await stop.wait()
     log.info("stopping: health NOT_SERVING, draining in-flight calls")
-    await gateway.stop(grace=5.0)
-    await supervisor
+    await asyncio.gather(gateway.stop(grace=settings.stop_grace_seconds, exiting=True), supervisor)
+    # Not gRPC's own server stop, which cancels (CANCELLED) a call reaching the server in the instant it stops:
+    # new calls are held, and the connections close with the process, failing them UNAVAILABLE (none executed).
+    await gateway.hold_calls()
+    log.info("stopped")
+    logging.shutdown()
+    os._exit(0)
 
 
 async def dispatch(settings: Settings) -> None:

@@ -33,6 +33,7 @@ from gateway.api.servicers import (
 from gateway.api.transport import authorize_operator, server_credentials
 from gateway.api.web import HttpLimits, MetricsServer
 from gateway.config import Settings
+from gateway.database_watch import PROBE_WAIT_SECONDS, DatabaseWatch
 from gateway.domain.clock import Clock, SystemClock
 from gateway.domain.envelope import GATEWAY
 from gateway.manifest import load_manifest
@@ -43,6 +44,7 @@ from gateway.security.hashing import HmacPersonHasher, load_or_create_secret
 from gateway.security.keys import ensure_key_pair, public_bytes
 from gateway.security.signing import EnvelopeSigner, verify_signature
 from gateway.store.engine import make_engine
+from gateway.store.probe import WriteProbe
 from gateway.store.schema import ensure_known_schema
 from gateway.store.unit_of_work import SqlStore
 from gateway.usecases.audit import checkpoint_audit
@@ -51,7 +53,7 @@ from gateway.usecases.dashboard import dashboard_snapshot
 from gateway.usecases.keys import register_gateway_key
 from gateway.usecases.monitoring import get_stats
 from gateway.usecases.provinces import apply_manifest
-from gateway.usecases.runner import UseCaseRunner
+from gateway.usecases.runner import UseCaseRunner, waiting_out_locks
 from protos.gongji.v1 import (
     keys_pb2,
     keys_pb2_grpc,
@@ -87,6 +89,9 @@ OPERATOR_SERVICES = (operations_pb2.DESCRIPTOR.services_by_name["Operations"].fu
 HANDSHAKE_TIMEOUT_MS = 10_000
 # Calls in flight on one connection (HTTP/2's recommended minimum); a client queues any beyond.
 MAX_STREAMS_PER_CONNECTION = 100
+# Once the calls executing at a stop have finished, what is left (held calls, health watches) is answered at
+# once: the servers' stop waits this long for it before cancelling.
+STRAGGLERS_SECONDS = 1.0
 
 
 @dataclass
@@ -94,18 +99,32 @@ class _Core:
     """What the gateway's server and its outbox dispatcher both need."""
 
     engine: Engine
+    store: SqlStore
     signer: EnvelopeSigner
     context: UseCaseContext
-    run_in_db: Callable[..., Awaitable[Any]]
+    run_in_db: Callable[..., Awaitable[Any]]  # for the gateway's own work (the outbox, the stop)
+    run_call: Callable[..., Awaitable[Any]]  # for the calls: its refusals are counted by the watch
     executor: ThreadPoolExecutor | None
     client: ProvinceClient
     public_key: bytes  # of the gateway's current signing key
+    watch: DatabaseWatch
+    probe: WriteProbe
+    loop_engine: Engine | None  # SQLite's connections for use cases run on the event loop: they never wait
+
+    def run_inline_from_here(self) -> None:
+        """Once started: use cases run on this (the event loop's) thread never wait inside SQLite for a lock."""
+        if self.loop_engine is not None:
+            self.store.loop_uses(self.loop_engine)
 
     async def close(self) -> None:
+        await self.watch.stop()
+        self.probe.close()
         await self.client.close()
         if self.executor is not None:
             self.executor.shutdown(wait=True)
         self.engine.dispose()
+        if self.loop_engine is not None:
+            self.loop_engine.dispose()
 
 
 @dataclass
@@ -141,23 +160,35 @@ class Gateway:
     def metrics_port(self) -> int | None:
         return self._metrics.port if self._metrics else None
 
-    async def stop(self, grace: float = 5.0) -> None:
-        """Graceful stop: health NOT_SERVING first, then in-flight calls finish within `grace`."""
+    async def stop(self, grace: float = 20.0, *, exiting: bool = False) -> None:
+        """Graceful stop: health NOT_SERVING first; the calls executing finish with their answer (waited for up to
+        `grace`), calls not yet executing and new ones are answered UNAVAILABLE / SHUTTING_DOWN, open streams end
+        so (see CallGate). Then the servers stop, the outbox stops (its sends in flight finish), the audit gets its
+        last checkpoint and the database is closed.
+
+        With `exiting` the servers are left running, refusing new calls: gRPC's own stop cancels (CANCELLED) any
+        call reaching the server in the instant it stops, before its client has read the GOAWAY. The process calls
+        hold_calls next and exits at once (os._exit): the kernel closing the connections fails what was held or on
+        its way UNAVAILABLE, and none of it was executed.
+        """
         for servicer in self._healths:
             await servicer.enter_graceful_shutdown()
-        # The gates answer new calls UNAVAILABLE while the calls inside finish, then hold new ones while
-        # the servers stop (a bare stop cancels calls queued or arriving then: see CallGate).
-        started = asyncio.get_running_loop().time()
-        await asyncio.gather(*(gate.drain(grace) for gate in self._gates))
-        left = max(0.1, grace - (asyncio.get_running_loop().time() - started))
-        log.info("stopping: calls drained in %.3f s (still inside: %s); stopping the servers",
-                 asyncio.get_running_loop().time() - started, [gate.active for gate in self._gates])
-        stopping = asyncio.gather(self._server.stop(left), self._ops_server.stop(left))
-        await asyncio.sleep(0.05)  # the servers have begun to stop: clients are being told to go away
-        for gate in self._gates:
-            gate.release()
-        await stopping
-        await self._outbox.stop()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.gather(*(gate.drain(grace, hold=not exiting) for gate in self._gates))
+        log.info("stopping: calls drained in %.3f s (still inside: %s)",
+                 loop.time() - started, [gate.active for gate in self._gates])
+        if not exiting:
+            # Only the held calls and the health watches are left, answered at the release: the servers' own grace
+            # cuts (CANCELLED) nothing else but a call still executing past `grace` or a stream its client stopped
+            # reading.
+            stopping = asyncio.gather(self._server.stop(STRAGGLERS_SECONDS),
+                                      self._ops_server.stop(STRAGGLERS_SECONDS))
+            await asyncio.sleep(0.05)  # the servers have begun to stop: clients are being told to go away
+            for gate in self._gates:
+                gate.release()
+            await stopping
+        await self._outbox.stop()  # its sends in flight finish, each within its call's deadline
         # The last state changes get a signed checkpoint before the process goes.
         try:
             await self._core.run_in_db(checkpoint_audit, self._core.context)
@@ -166,6 +197,10 @@ class Gateway:
         if self._metrics is not None:
             self._metrics.stop()
         await self._core.close()
+
+    async def hold_calls(self) -> None:
+        """Hold every new call (not answered, never executed) until the process exits: see stop(exiting=True)."""
+        await asyncio.gather(*(gate.hold_for_exit() for gate in self._gates))
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()
@@ -216,7 +251,10 @@ def _warn_of_keys_beside_database(settings: Settings) -> None:
 
 
 def _core(settings: Settings, clock: Clock) -> _Core:
-    engine = make_engine(settings.database_url, settings.sqlite_synchronous)
+    sqlite = settings.database_url.startswith("sqlite")
+    # A statement waits this long at most for a lock another connection holds (on the loop's thread, see below).
+    engine = make_engine(settings.database_url, settings.sqlite_synchronous,
+                         lock_wait_seconds=settings.database_busy_seconds)
     store = SqlStore(engine, load_or_create_keys(settings.data_key_file))
     try:
         ensure_known_schema(engine, auto_upgrade=settings.auto_migrate)
@@ -246,15 +284,31 @@ def _core(settings: Settings, clock: Clock) -> _Core:
     if settings.db_threads == 0:
         # SQLite: one writer, local file, statements in microseconds. Running use cases on the event
         # loop itself avoids a thread hop and GIL hand-over per call, which cost more than the work.
-        async def run_in_db(use_case: Any, *args: Any) -> Any:
+        # A lock held by another connection fails an attempt at once instead (see waiting_out_locks).
+        async def run_once(use_case: Any, *args: Any) -> Any:
             return use_case(*args)
     else:
         executor = ThreadPoolExecutor(max_workers=settings.db_threads, thread_name_prefix="db")
 
-        def run_in_db(use_case: Any, *args: Any) -> asyncio.Future[Any]:  # type: ignore[misc]
+        def run_once(use_case: Any, *args: Any) -> asyncio.Future[Any]:  # type: ignore[misc]
             return loop.run_in_executor(executor, functools.partial(use_case, *args))
 
-    return _Core(engine, signer, context, run_in_db, executor, client, public_bytes(private_key))
+    probe = WriteProbe(settings.database_url, PROBE_WAIT_SECONDS,
+                       (lambda: store.writes_begun) if sqlite else None)
+    watch = DatabaseWatch(probe, settings.database_busy_seconds)
+    run_in_db = waiting_out_locks(run_once, settings.database_busy_seconds)
+    run_call = waiting_out_locks(run_once, settings.database_busy_seconds, watch.count_refusal)
+    loop_engine = make_engine(settings.database_url, settings.sqlite_synchronous, lock_wait_seconds=0) \
+        if sqlite and settings.db_threads == 0 else None
+    return _Core(engine, store, signer, context, run_in_db, run_call, executor, client, public_bytes(private_key),
+                 watch, probe, loop_engine)
+
+
+async def _tell_health(healths: tuple[tuple[Any, tuple[str, ...]], ...], writable: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if writable else health_pb2.HealthCheckResponse.NOT_SERVING
+    for health_servicer, services in healths:
+        for name in ("", *services):
+            await health_servicer.set(name, status)
 
 
 async def create_gateway(settings: Settings, clock: Clock | None = None, run_outbox: bool = True) -> Gateway:
@@ -271,8 +325,9 @@ async def create_gateway(settings: Settings, clock: Clock | None = None, run_out
     if settings.manifest is not None:
         result = apply_manifest(context, load_manifest(settings.manifest))
         log.info("manifest %s applied: created %s, updated %s", settings.manifest, result.created, result.updated)
+    core.run_inline_from_here()  # the start's own writes above could wait for a lock; calls do not
     outbox = OutboxWorker(context, core.client, run_in_db, settings.outbox)
-    runner = UseCaseRunner(context, run_in_db, outbox.wake)
+    runner = UseCaseRunner(context, core.run_call, outbox.wake)
 
     registry = CollectorRegistry()
     rpc_metrics = RpcMetrics(registry)
@@ -294,9 +349,10 @@ async def create_gateway(settings: Settings, clock: Clock | None = None, run_out
     await ops_server.start()
     if run_outbox:
         outbox.start()
-    for health_servicer, services in ((server_health, PROVINCE_SERVICES), (ops_health, OPERATOR_SERVICES)):
-        for name in ("", *services):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    healths = ((server_health, PROVINCE_SERVICES), (ops_health, OPERATOR_SERVICES))
+    await _tell_health(healths, writable=True)
+    # While the database cannot be written, every service says NOT_SERVING (a stopping server's health ignores it).
+    core.watch.start(functools.partial(_tell_health, healths))
     read_snapshot = functools.partial(dashboard_snapshot, context, timedelta(seconds=settings.dashboard_stuck_seconds))
     limits = HttpLimits(settings.http_workers, settings.http_max_connections, settings.http_timeout_seconds)
     metrics = MetricsServer(registry, settings.metrics_listen, read_snapshot, limits) if settings.metrics_listen \
@@ -320,8 +376,14 @@ class Dispatcher:
 async def create_dispatcher(settings: Settings, clock: Clock | None = None) -> Dispatcher:
     """The outbox alone, in its own process: claims are leased in the database, so several may run."""
     core = _core(settings, clock or SystemClock())
+    core.run_inline_from_here()
     # Nothing in this process can wake it when a message is enqueued: poll often, it costs one query.
     polling = dataclasses.replace(settings.outbox, poll_interval_seconds=settings.dispatcher_poll_seconds)
     outbox = OutboxWorker(core.context, core.client, core.run_in_db, polling)
     outbox.start()
+    core.watch.start(_no_health)  # no health service here: the watch only logs a busy database
     return Dispatcher(outbox, core)
+
+
+async def _no_health(_writable: bool) -> None:
+    pass

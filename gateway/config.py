@@ -71,6 +71,13 @@ class Settings:
     max_clock_skew_seconds: float = 120.0
     province_call_timeout_seconds: float = 5.0
     db_threads: int = 0
+    # A call waits at most this long for a lock another connection holds on the database (SQLite's write lock, a
+    # PostgreSQL table or row lock), then is refused UNAVAILABLE / DATABASE_BUSY with nothing done.
+    database_busy_seconds: float = 5.0
+    # A stop (SIGTERM) waits this long at most for the calls executing to finish with their answers: longer than
+    # any call runs with the default bounds (two database steps of database_busy_seconds around the provinces'
+    # answers, province_call_timeout_seconds).
+    stop_grace_seconds: float = 20.0
     # The largest request or answer gRPC carries on either port; larger ones end RESOURCE_EXHAUSTED.
     max_message_bytes: int = 256 * 1024
     # Connections each gRPC port holds at once (one being set up counts); more are closed on arrival.
@@ -162,6 +169,8 @@ class Settings:
             # SQLite (one writer, microsecond statements): 0 = on the event loop. PostgreSQL: a pool of
             # threads, since its round trips would otherwise stall every call in flight.
             db_threads=int(number("DB_THREADS", 0 if sqlite else 8)),
+            database_busy_seconds=number("DATABASE_BUSY_SECONDS", cls.database_busy_seconds),
+            stop_grace_seconds=number("STOP_GRACE_SECONDS", cls.stop_grace_seconds),
             max_message_bytes=int(number("MAX_MESSAGE_BYTES", cls.max_message_bytes)),
             grpc_max_connections=int(number("GRPC_MAX_CONNECTIONS", cls.grpc_max_connections)),
             rate_limit_per_second=number("RATE_LIMIT_PER_SECOND", cls.rate_limit_per_second),
@@ -228,6 +237,8 @@ class Settings:
                 self.relation_query_rate_per_second > 0 and self.relation_query_burst < 1):
             raise ConfigError("relation_query_rate_per_second must not be negative, and relation_query_burst is at "
                               "least 1")
+        if not 0.1 <= self.database_busy_seconds <= 120 or not 1 <= self.stop_grace_seconds <= 600:
+            raise ConfigError("database_busy_seconds must be within 0.1..120 and stop_grace_seconds within 1..600")
         if self.db_threads < 0 or self.max_clock_skew_seconds <= 0 or self.province_call_timeout_seconds <= 0:
             raise ConfigError("db_threads, max_clock_skew_seconds and province_call_timeout_seconds must be positive")
         # A lease shorter than a batch's calls could let another gateway send a message still in flight.

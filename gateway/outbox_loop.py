@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import threading
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from gateway.domain.errors import DatabaseBusy
 from gateway.usecases.audit import checkpoint_audit
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.outbox import claim_outbox_work, record_outbox_results, release_unsent, sweep_deadlines
@@ -28,6 +30,15 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 RunInDb = Callable[..., Awaitable[Any]]
 IDLE_POLL_START_SECONDS = 0.002
+
+
+def _failed(what: str, *args: object) -> None:
+    """Log the outbox's own database work failing (it is tried again); a locked database is the database watch's
+    to log, once an episode, not each of its refusals."""
+    if isinstance(sys.exc_info()[1], DatabaseBusy):
+        log.debug(what + ": the database is busy", *args)
+    else:
+        log.exception(what, *args)
 
 
 @dataclass(frozen=True)
@@ -126,7 +137,7 @@ class OutboxWorker:
             try:
                 await self._run_in_db(release_unsent, self._ctx, unsent)
             except Exception:  # their leases run out instead: sent later, not lost
-                log.exception("releasing %d handed-over messages failed", len(unsent))
+                _failed("releasing %d handed-over messages failed", len(unsent))
 
     def _full_lanes(self) -> list[str]:
         return sorted(d for d, n in self._in_flight.items() if n >= self._settings.sends_per_destination)
@@ -137,7 +148,7 @@ class OutboxWorker:
             try:
                 await self._run_in_db(checkpoint_audit, self._ctx)
             except Exception:
-                log.exception("audit checkpoint failed; retrying")
+                _failed("audit checkpoint failed; retrying")
             due["checkpoint"] = loop.time() + self._settings.checkpoint_interval_seconds
         if loop.time() >= due["sweep"]:
             try:
@@ -146,7 +157,7 @@ class OutboxWorker:
                 await self._run_in_db(close_due_windows, self._ctx)
                 self.sweeps_done += 1
             except Exception:
-                log.exception("deadline sweep failed; retrying")
+                _failed("deadline sweep failed; retrying")
             due["sweep"] = loop.time() + self._settings.sweep_interval_seconds
 
     async def _run(self) -> None:
@@ -169,7 +180,7 @@ class OutboxWorker:
                                                     timedelta(seconds=self._settings.lease_seconds),
                                                     self._full_lanes())
                 except Exception:
-                    log.exception("claiming outbox messages failed; retrying")
+                    _failed("claiming outbox messages failed; retrying")
                     claimed = []
                 for item in claimed:
                     self._in_flight[item.message.destination] += 1
@@ -233,6 +244,6 @@ class OutboxWorker:
                     await self._run_in_db(record_outbox_results, self._ctx, batch, self._settings.backoff)
                 except Exception:
                     # The leases expire and the messages are retried; nothing is lost.
-                    log.exception("recording %d outbox answers failed", len(batch))
+                    _failed("recording %d outbox answers failed", len(batch))
             if self._stopping and all(task.done() for task in self._tasks):
                 return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -10,7 +11,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from gateway.api.gate import CallGate
+from gateway.api.gate import CallGate, OpenStream, shutting_down
 from gateway.api.status import status_for
 from gateway.domain import errors, reasons
 
@@ -110,20 +111,41 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
             inner_stream = handler.unary_stream
 
             async def unary_stream(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                stream: OpenStream | None = None
                 try:
+                    stream = await gate.open_stream(method)
                     if authorize is not None:
                         authorize(method, context)
                     responses = inner_stream(_decode(deserialize, raw), context)
                     if hasattr(responses, "__aiter__"):
-                        async for item in responses:
+                        items = responses.__aiter__()
+                        while not stream.ended:
+                            stream.waiting = True
+                            try:
+                                item = await items.__anext__()
+                            except StopAsyncIteration:
+                                return
+                            finally:
+                                stream.waiting = False
                             yield item
                     else:  # a coroutine that streams with context.write (e.g. health Watch)
+                        stream.waiting = True
                         await responses
+                    if stream.ended:
+                        raise shutting_down()
+                except asyncio.CancelledError:
+                    if stream is None or not stream.ended:
+                        raise  # the client went away
+                    status = _failure(shutting_down(), method)  # the stop ended it
+                    await context.abort(status.code, status.details, status.trailing_metadata)
                 except Exception as error:
                     if isinstance(error, grpc.aio.AbortError):
                         raise
                     status = _failure(error, method)
                     await context.abort(status.code, status.details, status.trailing_metadata)
+                finally:
+                    if stream is not None:
+                        gate.close_stream(stream)
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream, request_deserializer=None, response_serializer=handler.response_serializer)

@@ -71,6 +71,13 @@ class Unavailable(GongjiError):
     default_reason = "UNAVAILABLE"
 
 
+class DatabaseBusy(Unavailable):
+    """Another connection has held a lock the call needs for longer than the gateway waits (SQLite's write lock, a
+    PostgreSQL table or row lock). Nothing was changed: retry later, with the same message_id."""
+
+    default_reason = "DATABASE_BUSY"
+
+
 class Unimplemented(GongjiError):
     """Declared in the contract, implemented by a later release."""
 
@@ -78,8 +85,8 @@ class Unimplemented(GongjiError):
 
 
 class Contention(GongjiError):
-    """The database gave up on a transaction because of another one (deadlock, serialization failure,
-    a lock held too long). Nothing was changed; the gateway retries a few times before saying so."""
+    """The database gave up on a transaction because of another one (deadlock, serialization failure).
+    Nothing was changed; the gateway retries a few times before saying so."""
 
     default_reason = "CONTENTION"
 

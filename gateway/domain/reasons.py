@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from gateway.domain.errors import (
     AlreadyExists,
     Contention,
+    DatabaseBusy,
     FailedPrecondition,
     GongjiError,
     InvalidArgument,
@@ -82,6 +83,10 @@ REQUEST_IN_FLIGHT = _reason("REQUEST_IN_FLIGHT", RequestInFlight,
 CONTENTION = _reason("CONTENTION", Contention,
                      "the database gave up on the transaction because of another one, after the gateway's own "
                      "retries: nothing was changed, retry")
+DATABASE_BUSY = _reason("DATABASE_BUSY", DatabaseBusy,
+                        "another connection held a lock the call needs (SQLite's write lock, a PostgreSQL table or "
+                        "row lock) for longer than GONGJI_DATABASE_BUSY_SECONDS (default 5): nothing was done, retry "
+                        "later with the same message_id")
 SHUTTING_DOWN = _reason("SHUTTING_DOWN", Unavailable,
                         "the gateway is stopping: nothing was done, retry later or on another gateway")
 

@@ -11,15 +11,22 @@ from gateway.store.tables import Base, audit_head_t, routing_version_t
 
 # How SQLite syncs its write-ahead log: at every commit (FULL), or at checkpoints only (NORMAL).
 SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
+# How long a SQLite connection waits for another's write lock unless told otherwise (the CLI, migrations).
+SQLITE_BUSY_SECONDS = 30.0
 
 
-def make_engine(url: str, sqlite_synchronous: str = "FULL") -> Engine:
-    """An engine for `url`; SQLite files get WAL, a busy timeout, and transactions we begin ourselves."""
+def make_engine(url: str, sqlite_synchronous: str = "FULL", lock_wait_seconds: float | None = None) -> Engine:
+    """An engine for `url`; SQLite files get WAL, a busy timeout, and transactions we begin ourselves.
+
+    `lock_wait_seconds`: how long a statement waits for a lock another connection holds before it fails
+    (SQLite's busy timeout, PostgreSQL's lock_timeout); None: SQLite's 30 s, PostgreSQL's unbounded wait.
+    """
     if sqlite_synchronous not in SQLITE_SYNCHRONOUS:
         raise ValueError(f"sqlite_synchronous must be one of {SQLITE_SYNCHRONOUS}, got {sqlite_synchronous!r}")
     if url.startswith("sqlite"):
+        busy_timeout_ms = round(1000 * (SQLITE_BUSY_SECONDS if lock_wait_seconds is None else lock_wait_seconds))
         # No reset-on-return: every unit of work ends its own transaction with COMMIT or ROLLBACK.
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000},
                                pool_reset_on_return=None)
 
         @event.listens_for(engine, "connect")
@@ -30,7 +37,7 @@ def make_engine(url: str, sqlite_synchronous: str = "FULL") -> Engine:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA synchronous={sqlite_synchronous}")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
             cursor.close()
 
         @event.listens_for(engine, "begin")
@@ -40,7 +47,11 @@ def make_engine(url: str, sqlite_synchronous: str = "FULL") -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, pool_reset_on_return=None)
+    # lock_timeout 0 would mean no limit: a bound always waits at least a millisecond.
+    options = {} if lock_wait_seconds is None else {
+        "options": f"-c lock_timeout={max(1, round(1000 * lock_wait_seconds))}"}
+    return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, pool_reset_on_return=None,
+                         connect_args=options)
 
 
 def create_schema(engine: Engine) -> None:

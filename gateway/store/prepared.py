@@ -17,7 +17,8 @@ from typing import Any
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
 
-from gateway.domain.errors import Contention
+from gateway.domain import reasons
+from gateway.domain.errors import Contention, DatabaseBusy
 
 Processor = Callable[[Any], Any] | None
 
@@ -60,9 +61,14 @@ class Prepared:
 
 
 def _transient(error: Exception) -> bool:
-    """A failure another transaction caused, after which the same work may well succeed."""
-    sqlstate = getattr(error, "sqlstate", None)  # psycopg: 40001 serialization failure, 40P01 deadlock
-    if sqlstate in ("40001", "40P01", "55P03"):
+    """A failure another transaction caused, after which the same work may well succeed at once."""
+    return getattr(error, "sqlstate", None) in ("40001", "40P01")  # psycopg: serialization failure, deadlock
+
+
+def _locked(error: Exception) -> bool:
+    """A lock another connection holds outlasted this connection's wait: SQLite's busy timeout ("database is
+    locked"), PostgreSQL's lock_timeout (55P03, lock_not_available)."""
+    if getattr(error, "sqlstate", None) == "55P03":
         return True
     return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
 
@@ -72,6 +78,9 @@ def contention() -> Iterator[None]:
     try:
         yield
     except Exception as error:
+        if _locked(error):
+            raise DatabaseBusy("the database is locked by another connection; nothing was changed",
+                               reason=reasons.DATABASE_BUSY) from error
         if _transient(error):
             raise Contention("the database gave up on this transaction because of another one; "
                              "nothing was changed") from error

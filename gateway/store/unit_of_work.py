@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 
 from sqlalchemy import Engine
@@ -36,6 +37,22 @@ class SqlStore:
         self.statements = Statements(engine)
         self.routing = RoutingCache()
         self.is_sqlite = engine.dialect.name == "sqlite"
+        # An event loop's thread that runs use cases itself, and the engine its units of work use (see loop_uses).
+        self._loop_thread: int | None = None
+        self._loop_engine = engine
+        # Write transactions begun on SQLite (it took its write lock): proof the database can be written.
+        self.writes_begun = 0
+
+    def loop_uses(self, engine: Engine) -> None:
+        """Units of work begun on this thread (an event loop's, running use cases itself) take their connections
+        from `engine`, made not to wait for another connection's lock: SQLite would wait inside its own call,
+        holding up the whole loop, where the loop's runner fails the attempt at once and makes it again after a
+        pause in which everything else runs. Other threads (and the engine's direct users) wait as `self.engine`
+        does."""
+        self._loop_thread, self._loop_engine = threading.get_ident(), engine
+
+    def _engine_here(self) -> Engine:
+        return self._loop_engine if threading.get_ident() == self._loop_thread else self.engine
 
     def unit_of_work(self, read_only: bool = False) -> SqlUnitOfWork:
         """A new unit of work on this store (the use cases' UnitOfWorkFactory)."""
@@ -51,13 +68,18 @@ class SqlUnitOfWork:
         self._read_only = read_only
 
     def __enter__(self) -> SqlUnitOfWork:
-        self._connection = self._store.engine.raw_connection()
+        self._connection = self._store._engine_here().raw_connection()
         self._cursor = Cursor(self._connection.driver_connection)
         self._open = True
-        if self._store.is_sqlite:
-            self._cursor.raw("BEGIN" if self._read_only else "BEGIN IMMEDIATE")
-        elif self._read_only:
-            self._cursor.raw("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        try:
+            if self._store.is_sqlite:
+                self._cursor.raw("BEGIN" if self._read_only else "BEGIN IMMEDIATE")
+                self._store.writes_begun += not self._read_only
+            elif self._read_only:
+                self._cursor.raw("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        except BaseException:  # the transaction did not begin (the database is locked): the connection goes back
+            self.__exit__()
+            raise
         # Each repository is given what it uses of the store, and nothing is found by engine.
         cursor, statements, sealer = self._cursor, self._store.statements, self._store.sealer
         dialect = self._store.engine.dialect
@@ -86,7 +108,10 @@ class SqlUnitOfWork:
     def _end(self, verb: str) -> None:
         self._open = False
         if self._store.is_sqlite:
-            self._cursor.raw(verb)
+            # SQLite may have ended the transaction itself (after SQLITE_BUSY in a statement, say): a ROLLBACK
+            # then would fail and hide the error that ended it.
+            if verb == "COMMIT" or self._connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+                self._cursor.raw(verb)
         elif verb == "COMMIT":
             with contention():
                 self._connection.commit()

@@ -28,8 +28,10 @@ from gateway.usecases.monitoring import recount_totals
 from protos.gongji.stub.v1 import control_pb2
 from protos.gongji.v1 import transfers_pb2
 from scripts.launcher import GANSU, ROOT, XINJIANG
+from tests.crash.driver import Driver
 from tests.crash.harness import Deployment
 
+SETTLE_TIMEOUT_S = 60.0
 FINAL = frozenset({"COMMITTED", "DECLINED", "RETURNED", "REJECTED"})
 CREDIT_AFTER = {"COMMITTED": "CREDITED", "DECLINED": "DECLINED", "RETURNED": "RETURNED", "REJECTED": "REJECTED"}
 
@@ -283,3 +285,29 @@ def _cli_verify(deployment: Deployment, entries: int) -> str:
     report = json.loads(done.stdout)
     assert report["ok"] and report["entries"] == entries, report
     return f"ok entries={report['entries']} checkpoints={report['checkpoints']}"
+
+
+def finish(deployment: Deployment, driver: Driver, what: str, extra: str = "") -> tuple[Accounting, DbView]:
+    """Answers for everything, everything final and told, a graceful stop, then the accounting and the audit."""
+    driver.resend_unanswered()
+    acknowledged = [s.transfer_id for s in driver.acknowledged]
+    snaps = settle(deployment, acknowledged, SETTLE_TIMEOUT_S).snapshots
+    for gateway in deployment.gateways:
+        if gateway.alive:
+            assert gateway.terminate() == 0, gateway.tail()
+    db = DbView.read(deployment.db_url)
+    result = account(list(driver.submissions), acknowledged, db, snaps)
+    audit = verify_audit_chain(deployment, db)
+    print(f"fault {what}: acknowledged={result.acknowledged} present={result.present} doubled={result.doubled} "
+          f"lost={result.lost} redelivered={result.redelivered} final={result.final_states} {extra}"
+          f"answers_lost_then_replayed={driver.stats.replays_on_resend} "
+          f"call_codes={dict(driver.stats.codes)} "
+          f"audit={'ok' if audit.ok else 'FAILED'} entries={audit.entries}", flush=True)
+    assert not driver.stats.unexpected, driver.stats.unexpected[:10]
+    assert result.present == result.acknowledged == len(driver.submissions), result.problems()
+    assert result.lost == 0 and result.doubled == 0, result.problems()
+    assert db.pending_outbox() == 0
+    assert audit.ok and audit.transfer_entries_match_events, audit.findings[:5]
+    assert audit.totals_differences == [] and audit.recount_cli == "agree", (audit.totals_differences,
+                                                                             audit.recount_cli)
+    return result, db

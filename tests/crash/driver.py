@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from protos.gongji.stub.v1 import control_pb2, control_pb2_grpc
 from protos.gongji.v1 import common_pb2, payload_types, transfers_pb2
@@ -55,6 +57,17 @@ class Answer:
     code: str
     replay: bool = False
     receipt: bytes = b""
+    reason: str = ""  # the gateway's ErrorInfo reason; none when the transport failed the call
+
+
+def reason_of(error: grpc.RpcError) -> str:
+    """The ErrorInfo reason the gateway gave, or "" (no ErrorInfo: the transport's own status)."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return str(info.reason)
+    return ""
 
 
 @dataclass
@@ -65,8 +78,8 @@ class CallStats:
     first_time_on_resend: int = 0  # resends that were the first to commit: the earlier attempt never did
     receipt_mismatches: int = 0
     unexpected: list[str] = field(default_factory=list)
-    # Every call: (started, ended, code), monotonic seconds.
-    timeline: list[tuple[float, float, str]] = field(default_factory=list)
+    # Every call: (started, ended, code, reason), monotonic seconds.
+    timeline: list[tuple[float, float, str, str]] = field(default_factory=list)
 
 
 class Platform:
@@ -119,7 +132,7 @@ class Platform:
         try:
             answer = self._check(message, call(message.request, timeout=self._deadline_s))
         except grpc.RpcError as error:
-            answer = Answer(error.code().name)
+            answer = Answer(error.code().name, reason=reason_of(error))
             if answer.code not in RETRYABLE:
                 self._unexpected(f"{message.key}: {answer.code} {error.details()}")
         finally:
@@ -128,7 +141,7 @@ class Platform:
         with self._lock:
             self.stats.calls += 1
             self.stats.codes[answer.code] += 1
-            self.stats.timeline.append((started, time.monotonic(), answer.code))
+            self.stats.timeline.append((started, time.monotonic(), answer.code, answer.reason))
             message.codes.append(answer.code if not answer.replay else "OK(replay)")
             if answer.code == "OK":
                 if not message.receipt:

@@ -111,3 +111,64 @@ def test_after_drain_new_calls_are_held_until_release_then_refused() -> None:
         assert refused.value.reason == "SHUTTING_DOWN"
 
     asyncio.run(scenario())
+
+
+def test_the_stop_ends_streams_waiting_for_their_next_item_and_refuses_new_ones() -> None:
+    """WatchTransfers streams end at the close, health watches at the release; the stop never cancels a stream that
+    is sending (a cancelled send ends CANCELLED): it ends after that item."""
+    async def scenario() -> None:
+        gate = CallGate()
+        nothing_yet = asyncio.Event()
+
+        async def stream(method: str, sending: bool = False) -> str:
+            opened = await gate.open_stream(method)
+            try:
+                opened.waiting = not sending
+                await nothing_yet.wait()  # waiting for a change to send (or, if sending, inside the send)
+                return "ended" if opened.ended else "went on"
+            except asyncio.CancelledError:
+                return "cancelled while waiting" if opened.ended else "cancelled by its client"
+            finally:
+                gate.close_stream(opened)
+
+        loop = asyncio.get_running_loop()
+        watch = loop.create_task(stream("/gongji.v1.Operations/WatchTransfers"))
+        sending = loop.create_task(stream("/gongji.v1.Operations/WatchTransfers", sending=True))
+        health = loop.create_task(stream("/grpc.health.v1.Health/Watch"))
+        await asyncio.sleep(0.01)
+        drained = loop.create_task(gate.drain(timeout=5))
+        assert await asyncio.wait_for(watch, 1) == "cancelled while waiting"
+        with pytest.raises(Unavailable) as refused:
+            await gate.open_stream("/gongji.v1.Operations/WatchTransfers")
+        assert refused.value.reason == "SHUTTING_DOWN"
+        await drained
+        assert not health.done() and not sending.done()
+        gate.release()
+        assert await asyncio.wait_for(health, 1) == "cancelled while waiting"
+        nothing_yet.set()
+        assert await asyncio.wait_for(sending, 1) == "ended"
+
+    asyncio.run(scenario())
+
+
+def test_before_an_exit_the_gate_refuses_then_holds_for_ever_and_ends_the_health_watches() -> None:
+    """A process that exits holds the last calls instead of stopping its server: its connections close with it."""
+    async def scenario() -> None:
+        gate = CallGate()
+        loop = asyncio.get_running_loop()
+        health = await gate.open_stream("/grpc.health.v1.Health/Watch")
+        health.waiting = True
+        watching = loop.create_task(asyncio.sleep(3600))
+        health.task = watching
+        await gate.drain(timeout=1, hold=False)
+        with pytest.raises(Unavailable):  # not held: refused at once
+            await asyncio.wait_for(gate.refuse("/gongji.v1.Transfers/SubmitTransfer"), 0.5)
+        assert not watching.done()
+        exited = loop.create_task(gate.hold_for_exit(timeout=0.2))
+        held = loop.create_task(gate.refuse("/gongji.v1.Transfers/SubmitTransfer"))
+        await exited
+        assert watching.cancelled() and health.ended
+        assert not held.done()
+        held.cancel()
+
+    asyncio.run(scenario())

@@ -24,6 +24,7 @@ EXPECTED: dict[type[errors.GongjiError], grpc.StatusCode] = {
     errors.RequestInFlight: grpc.StatusCode.ABORTED,
     errors.Contention: grpc.StatusCode.ABORTED,  # retried by the gateway first; then the client retries
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.DatabaseBusy: grpc.StatusCode.UNAVAILABLE,  # a lock held elsewhere outlasted the gateway's wait
     errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
     errors.RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,  # a province over its rate limit (issue 5)
 }
