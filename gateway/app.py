@@ -1,4 +1,4 @@
-"""Composition root: the only place where concrete classes meet. Tests call create_gateway on port 0."""
+"""Composition root (with gateway/core.py): where concrete classes meet. Tests call create_gateway on port 0."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
-from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -21,8 +20,6 @@ from sqlalchemy import Engine
 from gateway.api.gate import CallGate
 from gateway.api.interceptor import ErrorMappingInterceptor
 from gateway.api.metrics import OutboxSendCollector, RpcMetrics, StateCollector
-from gateway.api.ratelimit import ProvinceRateLimits
-from gateway.api.receipts import SignedReceiptIssuer
 from gateway.api.servicers import (
     GatewayKeysServicer,
     OperationsServicer,
@@ -33,33 +30,22 @@ from gateway.api.servicers import (
 from gateway.api.transport import authorize_operator, server_credentials
 from gateway.api.web import HttpLimits, MetricsServer
 from gateway.config import Settings
-from gateway.database_watch import PROBE_WAIT_SECONDS, DatabaseWatch
+from gateway.core import Core, build_core
 from gateway.domain.clock import Clock, SystemClock
-from gateway.domain.envelope import GATEWAY
 from gateway.manifest import load_manifest
 from gateway.outbox_loop import OutboxWorker
-from gateway.provinces.client import ProvinceClient
-from gateway.security.encryption import load_or_create_keys
-from gateway.security.hashing import HmacPersonHasher, load_or_create_secret
-from gateway.security.keys import ensure_key_pair, public_bytes
-from gateway.security.signing import EnvelopeSigner, verify_signature
-from gateway.store.engine import make_engine
-from gateway.store.probe import WriteProbe
-from gateway.store.schema import ensure_known_schema
-from gateway.store.unit_of_work import SqlStore
 from gateway.usecases.audit import checkpoint_audit
-from gateway.usecases.context import StoredPayloadTypes, UseCaseContext
+from gateway.usecases.context import UseCaseContext
 from gateway.usecases.dashboard import dashboard_snapshot
 from gateway.usecases.keys import register_gateway_key
 from gateway.usecases.monitoring import get_stats
 from gateway.usecases.provinces import apply_manifest
-from gateway.usecases.runner import UseCaseRunner, waiting_out_locks
+from gateway.usecases.runner import UseCaseRunner
 from protos.gongji.v1 import (
     keys_pb2,
     keys_pb2_grpc,
     operations_pb2,
     operations_pb2_grpc,
-    payload_types,
     relations_pb2,
     relations_pb2_grpc,
     settlements_pb2,
@@ -69,10 +55,6 @@ from protos.gongji.v1 import (
 )
 
 log = logging.getLogger(__name__)
-
-STORED_PAYLOAD_TYPES = StoredPayloadTypes(instruction=payload_types.TRANSFER_INSTRUCTION,
-                                          proposal=payload_types.BINDING_PROPOSAL,
-                                          figures=payload_types.SETTLEMENT_FIGURES)
 
 # grpc-stubs describe only the synchronous health servicer; this is its asyncio twin.
 HealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
@@ -95,39 +77,6 @@ STRAGGLERS_SECONDS = 1.0
 
 
 @dataclass
-class _Core:
-    """What the gateway's server and its outbox dispatcher both need."""
-
-    engine: Engine
-    store: SqlStore
-    signer: EnvelopeSigner
-    context: UseCaseContext
-    run_in_db: Callable[..., Awaitable[Any]]  # for the gateway's own work (the outbox, the stop)
-    run_call: Callable[..., Awaitable[Any]]  # for the calls: its refusals are counted by the watch
-    executor: ThreadPoolExecutor | None
-    client: ProvinceClient
-    public_key: bytes  # of the gateway's current signing key
-    watch: DatabaseWatch
-    probe: WriteProbe
-    loop_engine: Engine | None  # SQLite's connections for use cases run on the event loop: they never wait
-
-    def run_inline_from_here(self) -> None:
-        """Once started: use cases run on this (the event loop's) thread never wait inside SQLite for a lock."""
-        if self.loop_engine is not None:
-            self.store.loop_uses(self.loop_engine)
-
-    async def close(self) -> None:
-        await self.watch.stop()
-        self.probe.close()
-        await self.client.close()
-        if self.executor is not None:
-            self.executor.shutdown(wait=True)
-        self.engine.dispose()
-        if self.loop_engine is not None:
-            self.loop_engine.dispose()
-
-
-@dataclass
 class Gateway:
     """A running gateway: the provinces' server, the operators' server and the outbox loop."""
 
@@ -138,7 +87,7 @@ class Gateway:
     _ops_server: grpc.aio.Server
     _healths: tuple[Any, ...]
     _outbox: OutboxWorker
-    _core: _Core
+    _core: Core
     _metrics: MetricsServer | None = None
     _gates: tuple[CallGate, ...] = ()
 
@@ -250,60 +199,6 @@ def _warn_of_keys_beside_database(settings: Settings) -> None:
                     ", ".join(str(path) for path in beside))
 
 
-def _core(settings: Settings, clock: Clock) -> _Core:
-    sqlite = settings.database_url.startswith("sqlite")
-    # A statement waits this long at most for a lock another connection holds (on the loop's thread, see below).
-    engine = make_engine(settings.database_url, settings.sqlite_synchronous,
-                         lock_wait_seconds=settings.database_busy_seconds)
-    store = SqlStore(engine, load_or_create_keys(settings.data_key_file))
-    try:
-        ensure_known_schema(engine, auto_upgrade=settings.auto_migrate)
-    except Exception:
-        engine.dispose()
-        raise
-    private_key = ensure_key_pair(settings.gateway_key_file, settings.gateway_public_key_file)
-    signer = EnvelopeSigner(GATEWAY, settings.gateway_key_id, private_key)
-    client = ProvinceClient(signer, clock, settings.province_call_timeout_seconds, settings.tls_files)
-    context = UseCaseContext(
-        uow=store.unit_of_work,
-        clock=clock,
-        receipts=SignedReceiptIssuer(signer),
-        hasher=HmacPersonHasher(load_or_create_secret(settings.id_hash_key_file)),
-        verify=verify_signature,
-        members=client,  # CheckMember, for VerifyRelation and ProposeBinding
-        stored_types=STORED_PAYLOAD_TYPES,
-        # Each province's calls are counted once they are proven its own (see ProvinceRateLimits).
-        admit=ProvinceRateLimits(settings.rate_limit_per_second, settings.rate_limit_burst, clock).admit,
-        admit_relation_query=ProvinceRateLimits(settings.relation_query_rate_per_second, settings.relation_query_burst,
-                                                clock, counted="relation queries").admit,
-        max_clock_skew=timedelta(seconds=settings.max_clock_skew_seconds),
-        settlement=settings.settlement,
-    )
-    loop = asyncio.get_running_loop()
-    executor = None
-    if settings.db_threads == 0:
-        # SQLite: one writer, local file, statements in microseconds. Running use cases on the event
-        # loop itself avoids a thread hop and GIL hand-over per call, which cost more than the work.
-        # A lock held by another connection fails an attempt at once instead (see waiting_out_locks).
-        async def run_once(use_case: Any, *args: Any) -> Any:
-            return use_case(*args)
-    else:
-        executor = ThreadPoolExecutor(max_workers=settings.db_threads, thread_name_prefix="db")
-
-        def run_once(use_case: Any, *args: Any) -> asyncio.Future[Any]:  # type: ignore[misc]
-            return loop.run_in_executor(executor, functools.partial(use_case, *args))
-
-    probe = WriteProbe(settings.database_url, PROBE_WAIT_SECONDS,
-                       (lambda: store.writes_begun) if sqlite else None)
-    watch = DatabaseWatch(probe, settings.database_busy_seconds)
-    run_in_db = waiting_out_locks(run_once, settings.database_busy_seconds)
-    run_call = waiting_out_locks(run_once, settings.database_busy_seconds, watch.count_refusal)
-    loop_engine = make_engine(settings.database_url, settings.sqlite_synchronous, lock_wait_seconds=0) \
-        if sqlite and settings.db_threads == 0 else None
-    return _Core(engine, store, signer, context, run_in_db, run_call, executor, client, public_bytes(private_key),
-                 watch, probe, loop_engine)
-
-
 async def _tell_health(healths: tuple[tuple[Any, tuple[str, ...]], ...], writable: bool) -> None:
     status = health_pb2.HealthCheckResponse.SERVING if writable else health_pb2.HealthCheckResponse.NOT_SERVING
     for health_servicer, services in healths:
@@ -316,7 +211,7 @@ async def create_gateway(settings: Settings, clock: Clock | None = None, run_out
 
     With run_outbox=False the outbox is left to separate dispatcher processes (create_dispatcher).
     """
-    core = _core(settings, clock or SystemClock())
+    core = build_core(settings, clock or SystemClock())
     _warn_of_keys_beside_database(settings)  # once the database opened: a refusal to start stays one line
     context, run_in_db = core.context, core.run_in_db
     # The key this process signs with is the current one; older ones retire after the overlap.
@@ -341,7 +236,8 @@ async def create_gateway(settings: Settings, clock: Clock | None = None, run_out
     keys_pb2_grpc.add_GatewayKeysServicer_to_server(GatewayKeysServicer(runner), server)
     ops_server, ops_health = _new_server(settings, OPERATOR_SERVICES, rpc_metrics.observe, gates[1],
                                          authorize_operator)
-    operations_pb2_grpc.add_OperationsServicer_to_server(OperationsServicer(runner), ops_server)
+    operations_pb2_grpc.add_OperationsServicer_to_server(
+        OperationsServicer(UseCaseRunner(context, core.run_for_operators, outbox.wake)), ops_server)
 
     port = _bind(server, settings.listen, settings)
     ops_port = _bind(ops_server, settings.ops_listen, settings)
@@ -366,7 +262,7 @@ class Dispatcher:
     """A running outbox dispatcher: delivers what any gateway process of this database enqueued."""
 
     _outbox: OutboxWorker
-    _core: _Core
+    _core: Core
 
     async def stop(self) -> None:
         await self._outbox.stop()
@@ -375,7 +271,7 @@ class Dispatcher:
 
 async def create_dispatcher(settings: Settings, clock: Clock | None = None) -> Dispatcher:
     """The outbox alone, in its own process: claims are leased in the database, so several may run."""
-    core = _core(settings, clock or SystemClock())
+    core = build_core(settings, clock or SystemClock())
     core.run_inline_from_here()
     # Nothing in this process can wake it when a message is enqueued: poll often, it costs one query.
     polling = dataclasses.replace(settings.outbox, poll_interval_seconds=settings.dispatcher_poll_seconds)

@@ -23,7 +23,7 @@ from gateway.api.convert import (
     decode_instruction,
 )
 from gateway.api.receipts import SignedReceiptIssuer
-from gateway.app import STORED_PAYLOAD_TYPES
+from gateway.core import STORED_PAYLOAD_TYPES
 from gateway.domain.clock import BEIJING
 from gateway.domain.eligibility import MemberStatus
 from gateway.domain.envelope import GATEWAY, Envelope

@@ -131,6 +131,7 @@ def test_the_scanner_finds_the_layers() -> None:
         "gateway.store.repositories.transfers",
         "gateway.provinces.client",
         "gateway.app",
+        "gateway.core",
         "gateway.__main__",
         "province_stub.server",
         "province_stub.client",
@@ -138,7 +139,7 @@ def test_the_scanner_finds_the_layers() -> None:
         "province_stub.answers",
     ):
         assert expected in names
-    assert "gateway.store.unit_of_work" in next(m for m in MODULES if m.name == "gateway.app").imports
+    assert "gateway.store.unit_of_work" in next(m for m in MODULES if m.name == "gateway.core").imports
 
 
 def test_the_standard_library_check() -> None:
@@ -163,7 +164,7 @@ def test_domain_imports_only_the_standard_library_and_itself() -> None:
 def test_usecases_import_no_transport_storage_or_adapters() -> None:
     # Use cases see the domain and their ports only: signatures are checked through an injected verifier.
     forbidden = (*GRPC, *PROTOS, *SQLALCHEMY, "cryptography", "gateway.api", "gateway.store", "gateway.provinces",
-                 "gateway.app", "gateway.security")
+                 "gateway.app", "gateway.core", "gateway.security")
     found = violations(in_package("gateway.usecases"), lambda name: within(name, forbidden))
     assert found == []
 
@@ -337,7 +338,7 @@ def test_a_transfer_changes_state_in_one_place() -> None:
 
 
 def test_only_the_composition_root_wires_store_and_api_together() -> None:
-    allowed = {"gateway/app.py", "gateway/__main__.py"}
+    allowed = {"gateway/app.py", "gateway/core.py", "gateway/__main__.py"}
     both = [
         m.path
         for m in MODULES
@@ -356,7 +357,8 @@ def test_cryptography_is_used_only_by_security() -> None:
 
 def test_grpc_and_protos_stay_at_the_edges() -> None:
     # gateway.cli is the operators' gRPC client: an edge of its own, which imports nothing of the core.
-    edges = ["gateway.api", "gateway.provinces", "gateway.wire", "gateway.app", "gateway.__main__", "gateway.cli"]
+    edges = ["gateway.api", "gateway.provinces", "gateway.wire", "gateway.app", "gateway.core", "gateway.__main__",
+             "gateway.cli"]
     modules = [m for m in in_package("gateway") if not within(m.name, edges)]
     assert violations(modules, lambda name: within(name, (*GRPC, *PROTOS))) == []
 
@@ -390,7 +392,7 @@ def test_only_the_admin_commands_open_the_database() -> None:
     assert admin and violations(admin, lambda name: within(name, ["gateway"]) and not within(name, allowed)) == []
     # Of the operators' command line, only it uses the schema module; the gateway checks it at start-up.
     users = {m.path for m in MODULES if any(within(name, ["gateway.store.schema"]) for name in m.imports)}
-    assert users <= {"gateway/cli/admin.py", "gateway/app.py", "gateway/__main__.py"}
+    assert users <= {"gateway/cli/admin.py", "gateway/core.py", "gateway/__main__.py"}
 
 
 def test_logging_setup_reads_only_the_settings_and_the_masker() -> None:

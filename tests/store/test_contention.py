@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.app import STORED_PAYLOAD_TYPES
+from gateway.core import STORED_PAYLOAD_TYPES
 from gateway.domain.clock import SystemClock
 from gateway.domain.errors import Contention
 from gateway.domain.settlement import SettlementPeriod, window_containing
