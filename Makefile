@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 BUF := tools/node_modules/.bin/buf
 TOOLS_STAMP := tools/node_modules/.installed-stamp
 
-.PHONY: setup tools run test test-browser test-crash demo bench protos protos-check protos-breaking errors-doc lint migration clean
+.PHONY: setup tools run test test-browser test-crash demo bench bench-scale protos protos-check protos-breaking errors-doc lint migration clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ test-crash: setup
 ## The real flow against the echo, relays doing no work and the contract's floor, in one run; writes bench/results/latest.json.
 bench: setup
 	$(PY) -m bench
+
+## The gateway at 200,000 and 2,000,000 seeded committed transfers (BENCH_SCALE_ROWS), on SQLite and PostgreSQL,
+## with the provinces' steady traffic and the operators' scrapes; writes bench/results/scale.json (docs/benchmark.md).
+bench-scale: setup
+	$(PY) -m bench.scale
 
 protos: setup
 	bash scripts/gen_protos.sh

@@ -265,9 +265,9 @@ PHASES = (
 )
 
 
-async def bind_giver_and_receiver(stack: Stack) -> str:
+async def bind_giver_and_receiver(stub_controls: Mapping[str, str]) -> str:
     """Transfers need an ACTIVE binding (D10): Xinjiang proposes, Gansu's stub consents by itself."""
-    async with grpc.aio.insecure_channel(stack.stub_controls[XINJIANG]) as channel:
+    async with grpc.aio.insecure_channel(stub_controls[XINJIANG]) as channel:
         control = control_pb2_grpc.StubControlStub(channel)
         answer = await control.ProposeBinding(control_pb2.StubProposeRequest(
             giver_id_number=GIVER.id_number, receiver_id_number=RECEIVER.id_number,
@@ -285,8 +285,8 @@ async def bind_giver_and_receiver(stack: Stack) -> str:
 
 async def measure(stack: Stack, options: Options, cpu: CpuMeter) -> dict[str, Any]:
     """Run PHASES in order; each yields only figures its row names (the ratios come after, in report)."""
-    session = Session(stack, options, cpu, TransferSource(stack.keys_dir, await bind_giver_and_receiver(stack),
-                                                           keep_payloads=True))
+    binding_id = await bind_giver_and_receiver(stack.stub_controls)
+    session = Session(stack, options, cpu, TransferSource(stack.keys_dir, binding_id, keep_payloads=True))
     figures: dict[str, Any] = {}
     try:
         for step in PHASES:

@@ -1,0 +1,290 @@
+"""`make bench-scale`: the gateway at N committed transfers (bench.seed), on SQLite and PostgreSQL, measured with the
+provinces' steady traffic running (bench.scale_measure); writes bench/results/scale.json with the targets of
+issue 17 item 8 evaluated. Everything on 127.0.0.1; every process it starts is stopped, whatever happens."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import uvloop
+from sqlalchemy import text
+
+from bench import report
+from bench.phases import bind_giver_and_receiver
+from bench.procs import PROJECT_ROOT
+from bench.scale_measure import Endpoints, Operators, measure, rss_mb
+from bench.scale_targets import targets
+from bench.seed import Party, Seeder
+from bench.transfers import GANSU, GIVER, RECEIVER, XINJIANG, XINJIANG_KEY_ID
+from gateway.store.engine import make_engine
+from gateway.store.sealing import NoSealer
+from gateway.store.unit_of_work import SqlStore
+from gateway.usecases.audit import verify_audit
+from gateway.usecases.monitoring import recount_totals
+from scripts import launcher
+
+# The giver's province lifts the daily limit and the blackout (D12 policy): the seeded history and the
+# traffic are one giver's, at any hour.
+SCALE_POLICY = ["daily_transfer_limit = 1000000", "blackout_start_minute = 0", "blackout_end_minute = 0"]
+VERIFY_AUDIT_UP_TO = 50_000  # rows up to which the whole audit chain is verified after seeding (minutes at 2M)
+
+
+@dataclass(frozen=True)
+class ScaleOptions:
+    rows: tuple[int, ...] = (200_000, 2_000_000)
+    databases: tuple[str, ...] = ("sqlite", "postgresql")
+    seconds: float = 20.0  # each measured phase
+    rounds: int = 2  # quiet and scraped phases, alternating
+    rate: float = 50.0  # the provinces' submissions a second
+    windows: int = 10  # daily settlement windows the rows are spread over, the last the one of now
+    sign: bool = False  # real Ed25519 signatures on the seeded envelopes (bench.seed)
+    output: Path = PROJECT_ROOT / "bench" / "results" / "scale.json"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> ScaleOptions:
+        """BENCH_SCALE_ROWS ("200000 2000000"), BENCH_SCALE_DATABASES ("sqlite postgresql"), BENCH_SCALE_SECONDS
+        (20), BENCH_SCALE_ROUNDS (2), BENCH_SCALE_RATE (50), BENCH_SCALE_WINDOWS (10), BENCH_SCALE_SIGN (0),
+        BENCH_SCALE_OUTPUT (bench/results/scale.json); ValueError if bad."""
+        d = cls()
+        rows = tuple(int(n) for n in env.get("BENCH_SCALE_ROWS", " ".join(map(str, d.rows))).split())
+        databases = tuple(env.get("BENCH_SCALE_DATABASES", " ".join(d.databases)).split())
+        options = cls(rows, databases, float(env.get("BENCH_SCALE_SECONDS", d.seconds)),
+                      int(env.get("BENCH_SCALE_ROUNDS", d.rounds)), float(env.get("BENCH_SCALE_RATE", d.rate)),
+                      int(env.get("BENCH_SCALE_WINDOWS", d.windows)), env.get("BENCH_SCALE_SIGN", "0") == "1",
+                      Path(env.get("BENCH_SCALE_OUTPUT", str(d.output))))
+        if not rows or any(n < options.windows * 10 for n in rows) or not set(databases) <= {"sqlite", "postgresql"}:
+            raise ValueError("BENCH_SCALE_ROWS: sizes of at least 10 a window; BENCH_SCALE_DATABASES: sqlite and/or "
+                             "postgresql")
+        if max(rows) / options.windows > 900_000:  # the day of now's seeded rows and the traffic under the limit
+            raise ValueError("over 900,000 rows a window: raise BENCH_SCALE_WINDOWS (the daily limit is 1,000,000)")
+        if not (0 < options.seconds <= 600 and 1 <= options.rounds <= 10 and 0 < options.rate <= 500
+                and 3 <= options.windows <= 60):
+            raise ValueError("BENCH_SCALE_SECONDS in (0, 600], ROUNDS 1-10, RATE in (0, 500], WINDOWS 3-60")
+        return options
+
+
+def _postgres_admin_url() -> str:
+    import psycopg
+
+    for user in ("postgres", "root"):
+        url = f"postgresql://{user}@127.0.0.1:5432/test"
+        with contextlib.suppress(psycopg.OperationalError), psycopg.connect(url, connect_timeout=3):
+            return url
+    raise RuntimeError("PostgreSQL at 127.0.0.1:5432 (database test) is unreachable")
+
+
+@contextlib.contextmanager
+def database(kind: str, workdir: Path) -> Iterator[str]:
+    """A new empty database of `kind`, dropped afterwards."""
+    if kind == "sqlite":
+        yield f"sqlite:///{workdir / 'scale.db'}"
+        return
+    import psycopg
+
+    admin = _postgres_admin_url()
+    name = f"gongji_scale_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def check_rows(url: str, verify_chain: bool) -> dict[str, Any]:
+    """The running totals recounted from the rows (`gongji db recount`), and the audit chain verified
+    (`gongji audit verify`) when asked."""
+    engine = make_engine(url)
+    try:
+        store = SqlStore(engine, NoSealer())
+        differences = recount_totals(lambda: store.unit_of_work(read_only=True))
+        found: dict[str, Any] = {"totals_agree": not differences, "totals_differences": differences[:10]}
+        if verify_chain:
+            from gateway.security.signing import verify_signature
+
+            with store.unit_of_work() as uow:
+                keys = {key.key_id: key.public_key for key in uow.gateway_keys.list()}
+            audit = verify_audit(lambda: store.unit_of_work(read_only=True), keys, verify_signature)
+            found |= {"audit_verified": audit.ok, "audit_entries": audit.entries}
+        return found
+    finally:
+        engine.dispose()
+
+
+def database_figures(url: str, workdir: Path) -> dict[str, Any]:
+    """Transfers stored, the database's bytes and bytes a transfer."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            transfers = int(conn.execute(text("SELECT count(*) FROM transfers")).scalar_one())
+            if engine.dialect.name == "postgresql":
+                size = int(conn.execute(text("SELECT pg_database_size(current_database())")).scalar_one())
+            else:
+                size = sum(path.stat().st_size for path in workdir.glob("scale.db*"))
+    finally:
+        engine.dispose()
+    return {"transfers_stored": transfers, "database_bytes": size,
+            "bytes_per_transfer": round(size / max(1, transfers), 1)}
+
+
+def last_event_id(url: str) -> int:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text("SELECT max(id) FROM transfer_events")).scalar_one() or 0)
+    finally:
+        engine.dispose()
+
+
+def sample_ids(url: str, window_id: str, count: int = 10) -> list[str]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [row[0] for row in conn.execute(text(
+                "SELECT transfer_id FROM transfers WHERE settlement_window_id = :w LIMIT :n"), {"w": window_id,
+                                                                                               "n": count})]
+    finally:
+        engine.dispose()
+
+
+async def one_run(kind: str, rows: int, options: ScaleOptions) -> dict[str, Any]:
+    """Seed `rows` into a new database of `kind`, run the stack on it, measure; every process stopped after."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"gongji-scale-{kind}-"))
+    found: dict[str, Any] = {"database": kind, "rows": rows, "loadavg_before": list(os.getloadavg())}
+    try:
+        with database(kind, workdir) as url:
+            gw, ops, web, xj, gs, xj_control, gs_control = launcher.free_ports(7)
+            stack = launcher.Stack(workdir, url, [f"127.0.0.1:{gw}"], [f"127.0.0.1:{ops}"],
+                                   {XINJIANG: f"127.0.0.1:{xj}", GANSU: f"127.0.0.1:{gs}"},
+                                   {XINJIANG: f"127.0.0.1:{xj_control}", GANSU: f"127.0.0.1:{gs_control}"})
+            try:
+                found |= await _run_on(stack, url, workdir, rows, options, web)
+            finally:
+                found["stopped_by_kill"] = stack.close()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    found["loadavg_after"] = list(os.getloadavg())
+    return found
+
+
+async def _run_on(stack: launcher.Stack, url: str, workdir: Path, rows: int, options: ScaleOptions,
+                  web_port: int) -> dict[str, Any]:
+    env = {"GONGJI_METRICS_LISTEN": f"127.0.0.1:{web_port}", "GONGJI_LOG_LEVEL": "WARNING",
+           "GONGJI_RATE_LIMIT_PER_SECOND": "0", "GONGJI_SQLITE_SYNCHRONOUS": "NORMAL",
+           # Windows are closed by the bench (the older ones first, then the one measured), not by the clock.
+           "GONGJI_SETTLEMENT_CLOSE_ON_SCHEDULE": "false"}
+    found: dict[str, Any] = {}
+    stack.start(gateway_env=env, policies={XINJIANG: SCALE_POLICY})
+    stack.close_channels()
+    binding = await bind_giver_and_receiver(stack.stub_controls)
+    stack.gateway.terminate()  # the seeder is the only writer
+    print(f"bench-scale: {stack.db_url.split(':')[0]} seeding {rows} transfers", file=sys.stderr, flush=True)
+    engine = make_engine(url, "NORMAL")
+    try:
+        seeded = Seeder(engine, stack.keys_dir, Party(binding, GIVER, RECEIVER, XINJIANG, GANSU, XINJIANG_KEY_ID),
+                        sign=options.sign).seed(rows, options.windows)
+        raw = engine.raw_connection()
+        try:
+            dbapi: Any = raw.driver_connection
+            if engine.dialect.name == "postgresql":  # what autovacuum would have done over the months seeded
+                dbapi.autocommit = True
+                dbapi.execute("VACUUM ANALYZE")
+            else:  # the log folded into the file, as the gateway's checkpoints do
+                dbapi.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            raw.close()
+    finally:
+        engine.dispose()
+    found |= {"seed_s": round(seeded.seconds, 1), "windows": seeded.windows}
+    found |= {f"seeded_{key}": value for key, value in check_rows(url, rows <= VERIFY_AUDIT_UP_TO).items()}
+    found["gateway_start_s"] = round(stack.start_gateway(0), 2)
+    stack.close_channels()
+    pid = stack.gateway.pid
+    found["rss_mb_ready"] = rss_mb(pid)
+    endpoints = Endpoints(stack.gateway_addresses[0], stack.ops_addresses[0], f"http://127.0.0.1:{web_port}",
+                          stack.stub_controls, stack.keys_dir, binding)
+    windows = list(seeded.windows)
+    measured_window = windows[-2]  # the newest past window: 1/windows of the rows
+    print(f"bench-scale: closing {len(windows) - 2} older windows", file=sys.stderr, flush=True)
+    operators = Operators(endpoints)
+    try:
+        found["prepare_close_s"] = [round((await operators.close_window(window_id))[0], 2)
+                                    for window_id in windows[:-2]]
+    finally:
+        await operators.close()
+    print("bench-scale: measuring", file=sys.stderr, flush=True)
+    found |= await measure(endpoints, pid, rate=options.rate, seconds=options.seconds, rounds=options.rounds,
+                           close_window=measured_window, transfer_ids=sample_ids(url, windows[0]),
+                           last_event_id=lambda: last_event_id(url))
+    found["close_window_rows"] = seeded.windows[measured_window]
+    stack.gateway.terminate()  # a graceful stop: the outbox's last answers written
+    found |= database_figures(url, workdir)
+    found |= {f"after_{key}": value for key, value in check_rows(url, False).items()}
+    return found
+
+
+async def run(options: ScaleOptions) -> dict[str, Any]:
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    task, loop = asyncio.current_task(), asyncio.get_running_loop()
+    if task is not None:  # SIGTERM cancels the run like Ctrl-C: the stacks' finally blocks stop every process
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    machine = report.machine()
+    runs: dict[str, dict[str, Any]] = {kind: {} for kind in options.databases}
+    for rows in options.rows:
+        for kind in options.databases:
+            print(f"bench-scale: {kind}, {rows} rows", file=sys.stderr, flush=True)
+            runs[kind][str(rows)] = await one_run(kind, rows, options)
+    return {"started_at": started, "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": machine, "loadavg_at_end": list(os.getloadavg()),
+            "options": {**asdict(options), "output": str(options.output)},
+            "runs": runs, "targets": targets(runs)}
+
+
+def write(result: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def main() -> int:
+    try:
+        options = ScaleOptions.from_env()
+    except ValueError as error:
+        print(f"bench-scale: {error}", file=sys.stderr)
+        return 2
+    # Bounded: seeding at a few thousand transfers a second at worst, and a quarter of an hour a run beside it.
+    bound_s = sum(rows / 1000 + 900 for rows in options.rows) * len(options.databases)
+    started = time.monotonic()
+    try:
+        result = uvloop.run(asyncio.wait_for(run(options), bound_s))
+    except TimeoutError:
+        print(f"bench-scale: FAILED: longer than {bound_s:.0f} s", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("bench-scale: interrupted; every process it started was stopped", file=sys.stderr)
+        return 130
+    write(result, options.output)
+    for line in result["targets"]:
+        print(f"{'met   ' if line['met'] else 'MISSED'} {line['database']}: {line['target']}: {line['value']}")
+    print(f"written {options.output} in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
