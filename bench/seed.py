@@ -5,10 +5,10 @@ its people as keyed hashes and masked numbers), three events (RECEIVED, DELIVERE
 rows acknowledged (the delivery to the receiver's province, the outcome to both), two stored requests with the
 gateway's receipts (the instruction, the confirmation), three audit entries chained onto the head; and the
 running totals, the giver's day, the binding's used amount and the settlement window moved as the gateway
-moves them. The seeder writes exactly that, in bulk: one transaction per CHUNK transfers (SQLite: executemany
-with the store's own compiled statements; PostgreSQL: COPY), each moving the totals, the head of the audit
-chain and the rest with its rows, so the database is consistent after every chunk (`gongji db recount` and
-`gongji audit verify` agree). The gateway must be stopped meanwhile (the seeder is the only writer).
+moves them. The seeder writes exactly that, in bulk: one transaction per CHUNK transfers (SQLite: executemany;
+PostgreSQL: COPY), built meanwhile by a second process (Lifecycles), each transaction moving the totals, the
+head of the audit chain and the rest with its rows, so the database is consistent after every chunk (`gongji db
+recount` and `gongji audit verify` agree). The gateway must be stopped meanwhile (the seeder is the only writer).
 
 The transfers are the bench binding's (one giver, one receiver: the binding made through the real flow before
 seeding), spread evenly over `windows` daily settlement windows, the newest being the one of now: the older
@@ -21,7 +21,9 @@ signed (the same size, not a valid signature: no read path re-verifies a stored 
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import random
+import traceback
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -53,6 +55,7 @@ from protos.gongji.v1 import common_pb2, payload_types, transfers_pb2
 from province_stub.messages import confirmation_message_id
 
 CHUNK = 20_000
+PRODUCER_TIMEOUT_S = 600.0  # the longest wait for the next chunk (a machine busy with others)
 # One lifecycle's steps after its arrival, as a real one on this machine took them: delivered, confirmed
 # (COMMITTED), both outcomes acknowledged.
 DELIVERED_AFTER, COMMITTED_AFTER, NOTIFIED_AFTER = timedelta(milliseconds=6), timedelta(milliseconds=9), \
@@ -79,6 +82,18 @@ class Party:
     receiver_province: str
     giver_key_id: str
     amount_fen: int = 100
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One transaction's lifecycles: their (arrival, window) and ids, rows by table, the audit head before and
+    after them."""
+
+    batch: list[tuple[datetime, str]]
+    ids: list[str]
+    tables: dict[str, list[tuple[Any, ...]]]
+    start: tuple[int, bytes]
+    end: tuple[int, bytes]
 
 
 @dataclass(frozen=True)
@@ -113,119 +128,39 @@ def arrivals(span: WindowSpan, count: int, now: datetime) -> Iterator[datetime]:
         yield (start + step * index).astimezone(UTC)  # the gateway's clock is UTC (a span's bounds are Beijing's)
 
 
-class Seeder:
-    """Writes the lifecycles; `keys_dir` holds the gateway's key files and the giver province's key."""
+class Lifecycles:
+    """Builds the lifecycles' rows, chained onto the audit chain, with the keys in `keys_dir` (the gateway's key
+    files and the giver province's key); touches no database (it runs in a process of its own)."""
 
-    def __init__(self, engine: Engine, keys_dir: Path, party: Party, *, sign: bool) -> None:
-        self.engine, self.party = engine, party
-        self.postgres = engine.dialect.name == "postgresql"
-        self.statements = Statements(engine)
+    def __init__(self, keys_dir: Path, party: Party, *, sign: bool, gateway_key_id: str, postgres: bool) -> None:
+        self.party = party
         hasher = HmacPersonHasher(load_or_create_secret(keys_dir / "id-hash.key"))
         self.giver_ref, self.receiver_ref = hasher.ref(party.giver.id_number), hasher.ref(party.receiver.id_number)
         self.cipher = load_or_create_keys(keys_dir / "data.keys")
         signer_class = EnvelopeSigner if sign else _DigestSigner
         self.province = signer_class(party.giver_province, party.giver_key_id,
                                      load_private_key(keys_dir / f"{party.giver_key_id}.key"))
-        self.gateway = signer_class(GATEWAY, self._gateway_key_id(), load_private_key(keys_dir / "gateway.key"))
+        self.gateway = signer_class(GATEWAY, gateway_key_id, load_private_key(keys_dir / "gateway.key"))
         # Values as the store's column types write them: SQLite's datetimes as its text, PostgreSQL's as they are.
-        self._time: Callable[[datetime], Any] = same_time if self.postgres else sqlite_time
+        self._time: Callable[[datetime], Any] = same_time if postgres else sqlite_time
         self.rng = random.Random()  # seeded from the system: a second seeding adds new transfers
-        dialect = engine.dialect
-        insert = postgresql.insert if self.postgres else sqlite.insert
-        d = giver_days_t.c
-        add_day = insert(giver_days_t)
-        self.add_giver_days = Prepared(add_day.on_conflict_do_update(
-            index_elements=[d.giver_ref, d.day], set_={"count": d.count + add_day.excluded.count}), dialect)
-        self.inserts = {name: f"INSERT INTO {name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-                        for name, columns in COLUMNS.items()}
 
-    def _gateway_key_id(self) -> str:
-        with self.engine.connect() as conn:
-            row = conn.exec_driver_sql("SELECT key_id FROM gateway_keys WHERE valid_until IS NULL "
-                                       "ORDER BY valid_from DESC").first()
-        if row is None:
-            raise RuntimeError("the database has no gateway key: start the gateway on it once before seeding")
-        return str(row[0])
-
-    def seed(self, rows: int, windows: int, now: datetime | None = None) -> Seeded:
-        started = datetime.now(UTC)
-        now = now or started
-        layout = plan(rows, windows, now)
+    def chunks(self, layout: list[tuple[WindowSpan, int]], now: datetime, size: int, head: bytes) -> Iterator[Chunk]:
         batch: list[tuple[datetime, str]] = []
         for span, count in layout:
             for arrived in arrivals(span, count, now):
                 batch.append((arrived, span.window_id))
                 if len(batch) == CHUNK:
-                    self._write(batch)
+                    chunk = self._chunk(batch, size, head)
+                    size, head = chunk.end
+                    yield chunk
                     batch = []
         if batch:
-            self._write(batch)
-        return Seeded(rows, {span.window_id: count for span, count in layout},
-                      (datetime.now(UTC) - started).total_seconds())
+            yield self._chunk(batch, size, head)
 
-    # -- one chunk, one transaction ------------------------------------------------------------------
-    def _write(self, batch: list[tuple[datetime, str]]) -> None:
-        raw = self.engine.raw_connection()
-        dbapi: Any = raw.driver_connection
-        try:
-            cursor = Cursor(dbapi)
-            if not self.postgres:
-                cursor.raw("PRAGMA cache_size=-1000000")  # 1 GB: the indexes' pages stay in memory while seeding
-                cursor.raw("BEGIN IMMEDIATE")
-            s = self.statements
-            head = cursor.first(s.audit_head_for_append)
-            assert head is not None, "the schema makes the head row"
-            ids, tables, (size, head_hash) = self._lifecycles(batch, int(head[0]), bytes(head[1]))
-            self._bulk(dbapi, tables)
-            cursor.run(s.move_audit_head, size=size, head_hash=head_hash)
-            self._totals(cursor, batch, ids)
-            if self.postgres:
-                dbapi.commit()
-            else:
-                cursor.raw("COMMIT")
-        except BaseException:
-            if self.postgres:
-                dbapi.rollback()
-            else:
-                Cursor(dbapi).raw("ROLLBACK")
-            raise
-        finally:
-            raw.close()
-
-    def _bulk(self, dbapi: Any, tables: dict[str, list[tuple[Any, ...]]]) -> None:
-        for name in TABLES:
-            if not self.postgres:
-                dbapi.executemany(self.inserts[name], tables[name])
-                continue
-            with dbapi.cursor() as pg, pg.copy(f"COPY {name} ({', '.join(COLUMNS[name])}) FROM STDIN") as copy:
-                for row in tables[name]:
-                    copy.write_row(row)
-
-    def _totals(self, cursor: Cursor, batch: list[tuple[datetime, str]], ids: list[str]) -> None:
-        """The running totals, the giver's days, the binding and the windows, moved by the chunk's lifecycles."""
-        p, s = self.party, self.statements
-        shards = Counter(shard_of(tid) for tid in ids)
-        cursor.run_many(s.totals.add_transfer, [
-            {"giver_province": p.giver_province, "receiver_province": p.receiver_province, "state": COMMITTED,
-             "shard": shard, "count": count, "amount_fen": count * p.amount_fen}
-            for shard, count in sorted(shards.items())])
-        outbox: Counter[tuple[str, int]] = Counter()
-        for tid in ids:
-            outbox[(p.receiver_province, shard_of(delivery_message_id(tid)))] += 1
-            outcome = transfer_outcome_message_id(tid, TransferState.COMMITTED)
-            outbox[(p.giver_province, shard_of(outcome))] += 1
-            outbox[(p.receiver_province, shard_of(outcome))] += 1
-        cursor.run_many(s.totals.add_outbox, [
-            {"destination": destination, "shard": shard, "pending": 0, "attempts": count, "done": count}
-            for (destination, shard), count in sorted(outbox.items())])
-        days = Counter(beijing_day(arrived) for arrived, _ in batch)
-        cursor.run_many(self.add_giver_days, [{"giver_ref": self.giver_ref, "day": day, "count": count}
-                                              for day, count in sorted(days.items())])
-        cursor.run(s.add_used, w_id=p.binding_id, amount=len(batch) * p.amount_fen)
-        for window_id in sorted({window_id for _, window_id in batch}):
-            span = span_of(window_id)
-            last = max(arrived for arrived, w in batch if w == window_id) + COMMITTED_AFTER
-            cursor.run(s.ensure_window, window_id=window_id, opens_at=span.opens_at, closes_at=span.closes_at, at=last)
+    def _chunk(self, batch: list[tuple[datetime, str]], size: int, head: bytes) -> Chunk:
+        ids, tables, end = self._lifecycles(batch, size, head)
+        return Chunk(batch, ids, tables, (size, head), end)
 
     def _lifecycles(self, batch: list[tuple[datetime, str]], size: int, head: bytes
                     ) -> tuple[list[str], dict[str, list[tuple[Any, ...]]], tuple[int, bytes]]:
@@ -287,6 +222,136 @@ class Seeder:
                 audit.append((size, t(at), "transfer", tid, action, detail, head, entry_hash))
                 head = entry_hash
         return ids, tables, (size, head)
+
+
+
+def _produce(queue: Any, keys_dir: Path, party: Party, sign: bool, gateway_key_id: str, postgres: bool,
+             layout: list[tuple[WindowSpan, int]], now: datetime, size: int, head: bytes) -> None:
+    """The generating process: every chunk onto `queue`, then None (or the error's text)."""
+    try:
+        for chunk in Lifecycles(keys_dir, party, sign=sign, gateway_key_id=gateway_key_id,
+                                postgres=postgres).chunks(layout, now, size, head):
+            queue.put(chunk)
+        queue.put(None)
+    except BaseException:
+        queue.put(traceback.format_exc())
+
+
+class Seeder:
+    """Writes the lifecycles a process of its own builds (bench.seed.Lifecycles), one transaction a chunk."""
+
+    def __init__(self, engine: Engine, keys_dir: Path, party: Party, *, sign: bool) -> None:
+        self.engine, self.keys_dir, self.party, self.sign = engine, keys_dir, party, sign
+        self.postgres = engine.dialect.name == "postgresql"
+        self.statements = Statements(engine)
+        dialect = engine.dialect
+        insert = postgresql.insert if self.postgres else sqlite.insert
+        d = giver_days_t.c
+        add_day = insert(giver_days_t)
+        self.add_giver_days = Prepared(add_day.on_conflict_do_update(
+            index_elements=[d.giver_ref, d.day], set_={"count": d.count + add_day.excluded.count}), dialect)
+        self.inserts = {name: f"INSERT INTO {name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+                        for name, columns in COLUMNS.items()}
+        self.giver_ref = HmacPersonHasher(load_or_create_secret(keys_dir / "id-hash.key")).ref(party.giver.id_number)
+
+    def _first(self, sql: str) -> tuple[Any, ...] | None:
+        with self.engine.connect() as conn:
+            row = conn.exec_driver_sql(sql).first()
+            conn.rollback()
+        return None if row is None else tuple(row)
+
+    def seed(self, rows: int, windows: int, now: datetime | None = None) -> Seeded:
+        """Seed `rows` transfers over `windows` windows: built in a second process while this one writes (two
+        cores)."""
+        started = datetime.now(UTC)
+        now = now or started
+        layout = plan(rows, windows, now)
+        key = self._first("SELECT key_id FROM gateway_keys WHERE valid_until IS NULL ORDER BY valid_from DESC")
+        if key is None:
+            raise RuntimeError("the database has no gateway key: start the gateway on it once before seeding")
+        head = self._first("SELECT size, head_hash FROM audit_head WHERE id = 1")
+        assert head is not None, "the schema makes the head row"
+        context = multiprocessing.get_context("spawn")  # nothing of this process's threads (gRPC's) is copied
+        queue = context.Queue(maxsize=2)
+        producer = context.Process(target=_produce, daemon=True, args=(
+            queue, self.keys_dir, self.party, self.sign, str(key[0]), self.postgres, layout, now, int(head[0]),
+            bytes(head[1])))
+        producer.start()
+        try:
+            while (chunk := queue.get(timeout=PRODUCER_TIMEOUT_S)) is not None:
+                if isinstance(chunk, str):
+                    raise RuntimeError(f"building the lifecycles failed:\n{chunk}")
+                self._write(chunk)
+        finally:
+            producer.terminate()
+            producer.join(10)
+        return Seeded(rows, {span.window_id: count for span, count in layout},
+                      (datetime.now(UTC) - started).total_seconds())
+
+    # -- one chunk, one transaction ------------------------------------------------------------------
+    def _write(self, chunk: Chunk) -> None:
+        raw = self.engine.raw_connection()
+        dbapi: Any = raw.driver_connection
+        try:
+            cursor = Cursor(dbapi)
+            if not self.postgres:
+                cursor.raw("PRAGMA cache_size=-1000000")  # 1 GB: the indexes' pages stay in memory while seeding
+                cursor.raw("BEGIN IMMEDIATE")
+            s = self.statements
+            head = cursor.first(s.audit_head_for_append)
+            if head is None or (int(head[0]), bytes(head[1])) != chunk.start:
+                raise RuntimeError("the audit chain moved while seeding: the gateway must be stopped")
+            self._bulk(dbapi, chunk.tables)
+            size, head_hash = chunk.end
+            cursor.run(s.move_audit_head, size=size, head_hash=head_hash)
+            self._totals(cursor, chunk.batch, chunk.ids)
+            if self.postgres:
+                dbapi.commit()
+            else:
+                cursor.raw("COMMIT")
+        except BaseException:
+            if self.postgres:
+                dbapi.rollback()
+            else:
+                Cursor(dbapi).raw("ROLLBACK")
+            raise
+        finally:
+            raw.close()
+
+    def _bulk(self, dbapi: Any, tables: dict[str, list[tuple[Any, ...]]]) -> None:
+        for name in TABLES:
+            if not self.postgres:
+                dbapi.executemany(self.inserts[name], tables[name])
+                continue
+            with dbapi.cursor() as pg, pg.copy(f"COPY {name} ({', '.join(COLUMNS[name])}) FROM STDIN") as copy:
+                for row in tables[name]:
+                    copy.write_row(row)
+
+    def _totals(self, cursor: Cursor, batch: list[tuple[datetime, str]], ids: list[str]) -> None:
+        """The running totals, the giver's days, the binding and the windows, moved by the chunk's lifecycles."""
+        p, s = self.party, self.statements
+        shards = Counter(shard_of(tid) for tid in ids)
+        cursor.run_many(s.totals.add_transfer, [
+            {"giver_province": p.giver_province, "receiver_province": p.receiver_province, "state": COMMITTED,
+             "shard": shard, "count": count, "amount_fen": count * p.amount_fen}
+            for shard, count in sorted(shards.items())])
+        outbox: Counter[tuple[str, int]] = Counter()
+        for tid in ids:
+            outbox[(p.receiver_province, shard_of(delivery_message_id(tid)))] += 1
+            outcome = transfer_outcome_message_id(tid, TransferState.COMMITTED)
+            outbox[(p.giver_province, shard_of(outcome))] += 1
+            outbox[(p.receiver_province, shard_of(outcome))] += 1
+        cursor.run_many(s.totals.add_outbox, [
+            {"destination": destination, "shard": shard, "pending": 0, "attempts": count, "done": count}
+            for (destination, shard), count in sorted(outbox.items())])
+        days = Counter(beijing_day(arrived) for arrived, _ in batch)
+        cursor.run_many(self.add_giver_days, [{"giver_ref": self.giver_ref, "day": day, "count": count}
+                                              for day, count in sorted(days.items())])
+        cursor.run(s.add_used, w_id=p.binding_id, amount=len(batch) * p.amount_fen)
+        for window_id in sorted({window_id for _, window_id in batch}):
+            span = span_of(window_id)
+            last = max(arrived for arrived, w in batch if w == window_id) + COMMITTED_AFTER
+            cursor.run(s.ensure_window, window_id=window_id, opens_at=span.opens_at, closes_at=span.closes_at, at=last)
 
 
 def timestamp(at: datetime) -> timestamp_pb2.Timestamp:
