@@ -40,6 +40,11 @@ from scripts import launcher
 # The giver's province lifts the daily limit and the blackout (D12 policy): the seeded history and the
 # traffic are one giver's, at any hour.
 SCALE_POLICY = ["daily_transfer_limit = 1000000", "blackout_start_minute = 0", "blackout_end_minute = 0"]
+# The figures item 8 names, printed after each run (all of them and more go to scale.json).
+FIGURES = ("rows", "seed_s", "metrics_ms_median", "snapshot_ms_median", "stats_ms_median", "submit_p99_ms_quiet",
+           "submit_p99_ms_scraped", "lifecycle_p99_ms_quiet", "lifecycle_p99_ms_scraped", "close_s",
+           "submit_p99_ms_during_close", "lifecycle_p99_ms_during_close", "bytes_per_transfer", "rss_mb_start",
+           "rss_mb_end")
 VERIFY_AUDIT_UP_TO = 50_000  # rows up to which the whole audit chain is verified after seeding (minutes at 2M)
 
 
@@ -248,7 +253,9 @@ async def run(options: ScaleOptions) -> dict[str, Any]:
     for rows in options.rows:
         for kind in options.databases:
             print(f"bench-scale: {kind}, {rows} rows", file=sys.stderr, flush=True)
-            runs[kind][str(rows)] = await one_run(kind, rows, options)
+            runs[kind][str(rows)] = found = await one_run(kind, rows, options)
+            print(f"bench-scale: {kind}, {rows} rows: " + ", ".join(
+                f"{key} {found.get(key)}" for key in FIGURES), file=sys.stderr, flush=True)
     return {"started_at": started, "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": machine, "loadavg_at_end": list(os.getloadavg()),
             "options": {**asdict(options), "output": str(options.output)},
