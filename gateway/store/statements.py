@@ -175,7 +175,8 @@ class Statements:
         self.window_state_for_commit = p(select(w.state).where(w.window_id == _b("w_id")).with_for_update(read=True))
         self.window_state_for_close = p(select(w.state).where(w.window_id == _b("w_id")).with_for_update())
         self.assign_window = p(update(transfers_t).where(t.transfer_id == _b("w_id"))
-                               .values(settlement_window_id=_b("window_id")))
+                               .values(settlement_window_id=_b("window_id"))
+                               .returning(t.giver_province, t.receiver_province, t.amount_fen))
 
         a, h = audit_t.c, audit_head_t.c
         # Locked for the last moments of each appending transaction: entries are chained in commit order.

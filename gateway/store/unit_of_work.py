@@ -91,7 +91,7 @@ class SqlUnitOfWork:
         self.outbox = SqlOutboxRepository(cursor, statements, self.totals)
         self.bindings = SqlBindingRepository(cursor, statements, sealer, self.audit)
         self.members = SqlMemberRepository(cursor, statements)
-        self.settlements = SqlSettlementRepository(cursor, statements, dialect, self.audit)
+        self.settlements = SqlSettlementRepository(cursor, statements, dialect, self.audit, self.totals)
         self.gateway_keys = SqlGatewayKeyRepository(cursor, statements, dialect, self.audit)
         self.relation_queries = SqlRelationQueryLog(cursor, statements)
         self._after_commit: list[Callable[[], None]] = []

@@ -176,6 +176,7 @@ def recount_totals(uow_factory: UnitOfWorkFactory) -> list[str]:
     """Recompute the operators' running totals from every row, in one snapshot: what differs, [] if they agree."""
     with uow_factory() as uow:
         kept, counted = uow.totals.read(), uow.totals.recount()
+        windows_kept, windows_counted = uow.totals.settlements(), uow.totals.settlements(recount=True)
     differences = []
     kept_pairs = {(f.giver_province, f.receiver_province, f.state): (f.count, f.amount_fen) for f in kept.transfers}
     counted_pairs = {(f.giver_province, f.receiver_province, f.state): (f.count, f.amount_fen)
@@ -188,4 +189,10 @@ def recount_totals(uow_factory: UnitOfWorkFactory) -> list[str]:
         mine, theirs = kept.outbox.get(destination), counted.outbox.get(destination)
         if mine != theirs:
             differences.append(f"outbox {destination}: kept {mine}, counted {theirs}")
+    for window, giver, receiver in sorted(windows_kept.keys() | windows_counted.keys()):
+        mine_window = windows_kept.get((window, giver, receiver), (0, 0))
+        theirs_window = windows_counted.get((window, giver, receiver), (0, 0))
+        if mine_window != theirs_window:
+            differences.append(f"settlement window {window} {giver}->{receiver}: kept {mine_window} (count, fen), "
+                               f"counted {theirs_window}")
     return differences

@@ -74,6 +74,9 @@ class TotalsRepository(Protocol):
     def read(self) -> Totals: ...
     def recount(self) -> Totals:
         """The same, computed from every row: what the totals must equal."""
+    def settlements(self, recount: bool = False) -> dict[tuple[str, str, str], tuple[int, int]]:
+        """Every settlement window's committed (count, fen) by (window, giver, receiver), as kept (or recounted
+        from the rows)."""
 
 
 class OutboxRepository(Protocol):

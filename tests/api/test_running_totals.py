@@ -50,3 +50,22 @@ def test_gongji_db_recount_says_whether_the_totals_agree(stack: Stack, db_url: s
     differ = runner.invoke(app, ["db", "recount", "--database", db_url])
     assert differ.exit_code == 1, differ.output
     assert "COMMITTED" in differ.output and "DECLINED" in differ.output
+
+
+def test_each_windows_kept_figures_agree_with_its_committed_transfers(stack: Stack) -> None:
+    mixed_run(stack)
+    with stack.gateway.engine.connect() as conn:  # the day the three were committed (the run's clock moved on)
+        window_id = conn.execute(text("SELECT DISTINCT settlement_window_id FROM transfers "
+                                      "WHERE state = 'COMMITTED'")).scalar_one()
+    window = stack.operations.CloseSettlementWindow(operations_pb2.CloseSettlementWindowRequest(window_id=window_id),
+                                                    timeout=10).window
+    assert [(p.from_province, p.to_province, p.gross_fen, p.transfer_count) for p in window.pairs] == [
+        (XINJIANG, GANSU, 3_000, 3)]  # the three committed; the declined and the returned are in no window
+    assert recount_totals(stack.gateway.context.uow) == []
+    with stack.gateway.engine.begin() as conn:  # a committed transfer moved to another window behind the gateway
+        conn.execute(text("UPDATE transfers SET settlement_window_id = '2000-01-01' WHERE transfer_id IN "
+                          "(SELECT transfer_id FROM transfers WHERE state = 'COMMITTED' LIMIT 1)"))
+    differences = recount_totals(stack.gateway.context.uow)
+    assert any(d.startswith(f"settlement window 2000-01-01 {XINJIANG}->{GANSU}: kept (0, 0)") for d in differences)
+    assert any(d.startswith(f"settlement window {window.window_id} {XINJIANG}->{GANSU}: kept (3, 3000) (count, fen), "
+                            "counted (2, 2000)") for d in differences), differences

@@ -219,6 +219,35 @@ def test_0007_stores_what_each_outcome_tells_filled_from_the_message_ids(engine:
     assert differences(engine) == []  # rebuilt both ways on SQLite, the table keeps its unique key and index
 
 
+def test_0010_fills_each_windows_figures_from_its_committed_transfers(engine: Engine) -> None:
+    blob = "decode('{}', 'hex')" if engine.dialect.name == "postgresql" else "x'{}'"
+    at = "'2026-05-01 00:00:00'"
+    with engine.begin() as conn:
+        command.upgrade(schema.alembic_config(conn), "0009")
+    rows = [("t-1", "COMMITTED", "620000", 100, "2026-05-01"), ("t-2", "COMMITTED", "620000", 250, "2026-05-01"),
+            ("t-3", "COMMITTED", "650000", 7, "2026-05-01"), ("t-4", "COMMITTED", "620000", 40, "2026-05-02"),
+            ("t-5", "DECLINED", "620000", 999, ""), ("t-6", "RECEIVED", "620000", 999, "")]
+    for transfer_id, state, receiver, amount, window_id in rows:
+        giver = "650000" if receiver == "620000" else "620000"
+        run("INSERT INTO transfers (transfer_id, state, reason, giver_province, receiver_province, giver_ref, "
+            "receiver_ref, giver_id_masked, receiver_id_masked, amount_fen, currency, binding_id, created_at, "
+            "updated_at, return_deadline, delivery_deadline, instruction_sha256, instruction_payload, "
+            "instruction_signer, instruction_key_id, instruction_alg, instruction_signature, settlement_window_id) "
+            f"VALUES ('{transfer_id}', '{state}', '', '{giver}', '{receiver}', {blob.format('01' * 32)}, "
+            f"{blob.format('02' * 32)}, '650502********1230', '620102********0026', {amount}, 'CNY', 'b-1', {at}, "
+            f"{at}, {at}, {at}, {blob.format('03' * 32)}, {blob.format('04' * 8)}, '{giver}', 'k1', 'ed25519', "
+            f"{blob.format('05' * 64)}, '{window_id}')", engine)
+    upgrade(engine)
+    with engine.connect() as conn:
+        kept = {tuple(row) for row in conn.execute(text(
+            "SELECT window_id, giver_province, receiver_province, count, amount_fen FROM settlement_totals"))}
+    assert kept == {("2026-05-01", "650000", "620000", 2, 350), ("2026-05-01", "620000", "650000", 1, 7),
+                    ("2026-05-02", "650000", "620000", 1, 40)}
+    with engine.begin() as conn:
+        command.downgrade(schema.alembic_config(conn), "0009")
+    assert "settlement_totals" not in table_names(engine)
+
+
 def test_an_empty_database_is_refused_without_auto_upgrade(engine: Engine) -> None:
     with pytest.raises(SchemaError, match="`gongji db upgrade`"):
         ensure_known_schema(engine, auto_upgrade=False)

@@ -89,3 +89,11 @@ def test_a_page_of_bindings_is_one_index_range_per_state_and_side(sqlite_store: 
     for plan in found:
         assert plan.startswith("SEARCH bindings") and "TEMP B-TREE" not in plan, plan
         assert any(f"USING INDEX {index} (" in plan for index in indexes), plan
+
+
+def test_a_windows_close_reads_its_kept_figures_not_its_transfers(sqlite_store: SqlStore) -> None:
+    # The close holds the window's lock (on SQLite the write lock) while it reads them: every commit waits.
+    found = plans(sqlite_store, lambda uow: uow.settlements.committed_pairs("2026-05-04"))
+    # The primary key's range (SQLite names it its autoindex): pairs x shards rows.
+    key = "sqlite_autoindex_settlement_totals_1 (window_id=?)"
+    assert all(plan.startswith(f"SEARCH settlement_totals USING INDEX {key}") for plan in found), found

@@ -19,18 +19,19 @@ from gateway.domain.settlement import (
     WindowSpan,
     WindowState,
 )
-from gateway.domain.transfers import TransferState
 from gateway.store.prepared import Cursor, Prepared
 from gateway.store.repositories.audit import SqlAuditLog
+from gateway.store.repositories.totals import SqlTotals
 from gateway.store.statements import Statements
-from gateway.store.tables import pairs_t, statements_t, transfers_t, windows_t
+from gateway.store.tables import pairs_t, statements_t, windows_t
 
 
 class SqlSettlementRepository:
     """Settlement windows, their frozen figures, the provinces' statements and acknowledgements."""
 
-    def __init__(self, cursor: Cursor, statements: Statements, dialect: Dialect, audit: SqlAuditLog) -> None:
-        self._cursor, self._s, self._dialect, self._audit = cursor, statements, dialect, audit
+    def __init__(self, cursor: Cursor, statements: Statements, dialect: Dialect, audit: SqlAuditLog,
+                 totals: SqlTotals) -> None:
+        self._cursor, self._s, self._dialect, self._audit, self._totals = cursor, statements, dialect, audit, totals
 
     def _prepared(self, statement: ClauseElement) -> Prepared:
         # Settlement statements run a few times a day: compiled per call, run like every other statement.
@@ -62,12 +63,9 @@ class SqlSettlementRepository:
         return None if row is None else WindowState(row[0])
 
     def committed_pairs(self, window_id: str) -> list[PairFigure]:
-        t = transfers_t.c
-        statement = self._prepared(
-            select(t.giver_province, t.receiver_province, func.sum(t.amount_fen), func.count())
-            .where(and_(t.settlement_window_id == window_id, t.state == TransferState.COMMITTED.value))
-            .group_by(t.giver_province, t.receiver_province).order_by(t.giver_province, t.receiver_province))
-        return [PairFigure(g, r, int(total), int(count)) for g, r, total, count in self._cursor.all(statement)]
+        """The window's figures as kept with each commit into it (gateway/store/repositories/totals.py): pairs x
+        shards rows, however many transfers the window holds."""
+        return self._totals.window_pairs(window_id)
 
     def freeze(self, window_id: str, pairs: Sequence[PairFigure],
                statements: Sequence[tuple[str, Envelope, bytes]], at: datetime) -> None:

@@ -7,13 +7,21 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import bindparam, case, func, select
 from sqlalchemy.engine import Dialect
 
 from gateway.domain.monitoring import OutboxFigures, PairStateFigure, Totals
+from gateway.domain.settlement import PairFigure
 from gateway.domain.transfers import TransferState
 from gateway.store.prepared import Cursor, Prepared
-from gateway.store.tables import TOTAL_SHARDS, outbox_t, outbox_totals_t, transfer_totals_t, transfers_t
+from gateway.store.tables import (
+    TOTAL_SHARDS,
+    outbox_t,
+    outbox_totals_t,
+    settlement_totals_t,
+    transfer_totals_t,
+    transfers_t,
+)
 
 
 def shard_of(key: str) -> int:
@@ -36,7 +44,7 @@ class TotalStatements:
         def p(statement: Any) -> Prepared:
             return Prepared(statement, dialect)
 
-        tt, ot, o, t = transfer_totals_t.c, outbox_totals_t.c, outbox_t.c, transfers_t.c
+        tt, ot, st, o, t = transfer_totals_t.c, outbox_totals_t.c, settlement_totals_t.c, outbox_t.c, transfers_t.c
         add = insert(transfer_totals_t)
         self.add_transfer = p(add.on_conflict_do_update(
             index_elements=[tt.giver_province, tt.receiver_province, tt.state, tt.shard],
@@ -46,6 +54,26 @@ class TotalStatements:
             index_elements=[ot.destination, ot.shard],
             set_={"pending": ot.pending + add_outbox.excluded.pending,
                   "attempts": ot.attempts + add_outbox.excluded.attempts, "done": ot.done + add_outbox.excluded.done}))
+        add_settlement = insert(settlement_totals_t)
+        self.add_settlement = p(add_settlement.on_conflict_do_update(
+            index_elements=[st.window_id, st.giver_province, st.receiver_province, st.shard],
+            set_={"count": st.count + add_settlement.excluded.count,
+                  "amount_fen": st.amount_fen + add_settlement.excluded.amount_fen}))
+        # One window's figures: its primary key's range (pairs x shards rows), whatever the window holds.
+        self.window_pairs = p(select(st.giver_province, st.receiver_province, func.sum(st.amount_fen),
+                                     func.sum(st.count))
+                              .where(st.window_id == bindparam("window_id"))
+                              .group_by(st.giver_province, st.receiver_province)
+                              .having(func.sum(st.count) != 0)
+                              .order_by(st.giver_province, st.receiver_province))
+        self.settlements = p(select(st.window_id, st.giver_province, st.receiver_province, func.sum(st.count),
+                                    func.sum(st.amount_fen))
+                             .group_by(st.window_id, st.giver_province, st.receiver_province)
+                             .having(func.sum(st.count) != 0))
+        self.recount_settlements = p(select(t.settlement_window_id, t.giver_province, t.receiver_province,
+                                            func.count(), func.sum(t.amount_fen))
+                                     .where(t.state == TransferState.COMMITTED.value, t.settlement_window_id != "")
+                                     .group_by(t.settlement_window_id, t.giver_province, t.receiver_province))
         # Zero counts are left out, as a GROUP BY over the rows would leave them.
         self.transfers = p(select(tt.giver_province, tt.receiver_province, tt.state, func.sum(tt.count),
                                   func.sum(tt.amount_fen))
@@ -78,6 +106,7 @@ class SqlTotals:
         self._cursor, self._s = cursor, statements
         self._moved_transfers: dict[tuple[str, str, str, int], list[int]] = {}
         self._moved_outbox: dict[tuple[str, int], list[int]] = {}
+        self._moved_settlements: dict[tuple[str, str, str, int], list[int]] = {}
 
     def transfer_moved(self, transfer_id: str, giver: str, receiver: str, amount_fen: int,
                        left: TransferState | None, entered: TransferState) -> None:
@@ -90,6 +119,12 @@ class SqlTotals:
     def _add_transfer(self, key: tuple[str, str, str, int], count: int, amount_fen: int) -> None:
         moved = self._moved_transfers.setdefault(key, [0, 0])
         moved[0] += count
+        moved[1] += amount_fen
+
+    def committed_into(self, window_id: str, transfer_id: str, giver: str, receiver: str, amount_fen: int) -> None:
+        """A committed transfer was assigned its settlement window (D16): one more in the window's figures."""
+        moved = self._moved_settlements.setdefault((window_id, giver, receiver, shard_of(transfer_id)), [0, 0])
+        moved[0] += 1
         moved[1] += amount_fen
 
     def outbox_moved(self, destination: str, message_id: str, pending: int = 0, attempts: int = 0,
@@ -109,8 +144,13 @@ class SqlTotals:
             {"destination": d, "shard": shard, "pending": pending, "attempts": attempts, "done": done}
             for (d, shard), (pending, attempts, done) in sorted(self._moved_outbox.items())
             if pending or attempts or done])
+        self._cursor.run_many(self._s.add_settlement, [
+            {"window_id": w, "giver_province": g, "receiver_province": r, "shard": shard, "count": count,
+             "amount_fen": amount}
+            for (w, g, r, shard), (count, amount) in sorted(self._moved_settlements.items())])
         self._moved_transfers.clear()
         self._moved_outbox.clear()
+        self._moved_settlements.clear()
 
     def read(self) -> Totals:
         return Totals(self._pairs(self._cursor.all(self._s.transfers)), self._outbox(self._cursor.all(self._s.outbox)))
@@ -118,6 +158,16 @@ class SqlTotals:
     def recount(self) -> Totals:
         return Totals(self._pairs(self._cursor.all(self._s.recount_transfers)),
                       self._outbox(self._cursor.all(self._s.recount_outbox)))
+
+    def window_pairs(self, window_id: str) -> list[PairFigure]:
+        """A window's committed figures by ordered pair, as kept (what its close freezes)."""
+        return [PairFigure(g, r, int(total), int(count))
+                for g, r, total, count in self._cursor.all(self._s.window_pairs, window_id=window_id)]
+
+    def settlements(self, recount: bool = False) -> dict[tuple[str, str, str], tuple[int, int]]:
+        """Every window's committed (count, fen) by (window, giver, receiver): as kept, or recounted from the rows."""
+        rows = self._cursor.all(self._s.recount_settlements if recount else self._s.settlements)
+        return {(w, g, r): (int(c), int(a or 0)) for w, g, r, c, a in rows}
 
     def oldest_undelivered(self) -> datetime | None:
         row = self._cursor.first(self._s.oldest_undelivered)

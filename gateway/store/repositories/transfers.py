@@ -184,7 +184,11 @@ class SqlTransferRepository:
         return [row[0] for row in self._cursor.all(self._s.due_for_return, now=now, limit=limit)]
 
     def assign_window(self, transfer_id: str, window_id: str) -> None:
-        self._cursor.run(self._s.assign_window, w_id=transfer_id, window_id=window_id)
+        """The committed transfer's settlement window, counted in the window's figures (its close reads them)."""
+        row = self._cursor.first(self._s.assign_window, w_id=transfer_id, window_id=window_id)
+        if row is not None:
+            giver, receiver, amount = row
+            self._totals.committed_into(window_id, transfer_id, giver, receiver, int(amount))
 
     def reserve_daily_slot(self, giver_ref: bytes, day: date) -> int:
         """Count one more transfer of the giver on `day`; returns how many there were before it."""

@@ -12,7 +12,7 @@ from gateway.store.tables.relations import RelationQueryRow
 from gateway.store.tables.requests import RequestRow
 from gateway.store.tables.routing import GatewayKeyRow, ProvinceKeyRow, ProvinceRow, RoutingVersionRow
 from gateway.store.tables.settlements import SettlementPairRow, SettlementStatementRow, SettlementWindowRow
-from gateway.store.tables.totals import TOTAL_SHARDS, OutboxTotalRow, TransferTotalRow
+from gateway.store.tables.totals import TOTAL_SHARDS, OutboxTotalRow, SettlementTotalRow, TransferTotalRow
 from gateway.store.tables.transfers import GiverDayRow, TransferEventRow, TransferRow
 
 # The tables as SQLAlchemy Core sees them, for building statements.
@@ -36,6 +36,7 @@ statements_t: Table = SettlementStatementRow.__table__  # type: ignore[assignmen
 relation_queries_t: Table = RelationQueryRow.__table__  # type: ignore[assignment]
 transfer_totals_t: Table = TransferTotalRow.__table__  # type: ignore[assignment]
 outbox_totals_t: Table = OutboxTotalRow.__table__  # type: ignore[assignment]
+settlement_totals_t: Table = SettlementTotalRow.__table__  # type: ignore[assignment]
 
 REASON_MAX = 64  # the width of every stored reason (transfers, their events, bindings, rejections)
 
@@ -59,6 +60,7 @@ __all__ = [
     "RoutingVersionRow",
     "SettlementPairRow",
     "SettlementStatementRow",
+    "SettlementTotalRow",
     "SettlementWindowRow",
     "TransferEventRow",
     "TransferRow",
@@ -79,6 +81,7 @@ __all__ = [
     "relation_queries_t",
     "requests_t",
     "routing_version_t",
+    "settlement_totals_t",
     "statements_t",
     "suspensions_t",
     "transfer_totals_t",

@@ -37,3 +37,17 @@ class OutboxTotalRow(Base):
     pending: Mapped[int] = mapped_column(BigInteger)
     attempts: Mapped[int] = mapped_column(BigInteger)
     done: Mapped[int] = mapped_column(BigInteger)
+
+
+class SettlementTotalRow(Base):
+    """How many transfers of an ordered province pair were committed into a settlement window, and their amount:
+    the figures its close freezes (D17), read without a scan of the window's transfers."""
+
+    __tablename__ = "settlement_totals"
+
+    window_id: Mapped[str] = mapped_column(String(10), primary_key=True)
+    giver_province: Mapped[str] = mapped_column(String(6), primary_key=True)
+    receiver_province: Mapped[str] = mapped_column(String(6), primary_key=True)
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    count: Mapped[int] = mapped_column(BigInteger)
+    amount_fen: Mapped[int] = mapped_column(BigInteger)
