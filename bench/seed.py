@@ -4,11 +4,12 @@ What one committed lifecycle leaves behind (read back from a real one): the tran
 its people as keyed hashes and masked numbers), three events (RECEIVED, DELIVERED, COMMITTED), three outbox
 rows acknowledged (the delivery to the receiver's province, the outcome to both), two stored requests with the
 gateway's receipts (the instruction, the confirmation), three audit entries chained onto the head; and the
-running totals, the giver's day, the binding's used amount and the settlement window moved as the gateway
-moves them. The seeder writes exactly that, in bulk: one transaction per CHUNK transfers (SQLite: executemany;
-PostgreSQL: COPY), built meanwhile by a second process (Lifecycles), each transaction moving the totals, the
-head of the audit chain and the rest with its rows, so the database is consistent after every chunk (`gongji db
-recount` and `gongji audit verify` agree). The gateway must be stopped meanwhile (the seeder is the only writer).
+running totals (by pair and state, each destination's outbox, each window's committed figures), the giver's
+day, the binding's used amount and the settlement window moved as the gateway moves them. The seeder writes
+exactly that, in bulk: one transaction per CHUNK transfers (SQLite: executemany; PostgreSQL: COPY), built
+meanwhile by a second process (Lifecycles), each transaction moving the totals, the head of the audit chain and
+the rest with its rows, so the database is consistent after every chunk (`gongji db recount` and `gongji audit
+verify` agree). The gateway must be stopped meanwhile (the seeder is the only writer).
 
 The transfers are the bench binding's (one giver, one receiver: the binding made through the real flow before
 seeding), spread evenly over `windows` daily settlement windows, the newest being the one of now: the older
@@ -331,6 +332,11 @@ class Seeder:
         """The running totals, the giver's days, the binding and the windows, moved by the chunk's lifecycles."""
         p, s = self.party, self.statements
         shards = Counter(shard_of(tid) for tid in ids)
+        windows = Counter((window_id, shard_of(tid)) for (_, window_id), tid in zip(batch, ids, strict=True))
+        cursor.run_many(s.totals.add_settlement, [
+            {"window_id": window_id, "giver_province": p.giver_province, "receiver_province": p.receiver_province,
+             "shard": shard, "count": count, "amount_fen": count * p.amount_fen}
+            for (window_id, shard), count in sorted(windows.items())])
         cursor.run_many(s.totals.add_transfer, [
             {"giver_province": p.giver_province, "receiver_province": p.receiver_province, "state": COMMITTED,
              "shard": shard, "count": count, "amount_fen": count * p.amount_fen}
