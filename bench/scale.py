@@ -12,6 +12,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -201,8 +202,14 @@ async def _run_on(stack: launcher.Stack, url: str, workdir: Path, rows: int, opt
     print(f"bench-scale: {stack.db_url.split(':')[0]} seeding {rows} transfers", file=sys.stderr, flush=True)
     engine = make_engine(url, "NORMAL")
     try:
-        seeded = Seeder(engine, stack.keys_dir, Party(binding, GIVER, RECEIVER, XINJIANG, GANSU, XINJIANG_KEY_ID),
-                        sign=options.sign).seed(rows, options.windows)
+        seeder = Seeder(engine, stack.keys_dir, Party(binding, GIVER, RECEIVER, XINJIANG, GANSU, XINJIANG_KEY_ID),
+                        sign=options.sign)
+        stop = threading.Event()
+        try:  # in a thread: the loop stays free to take a SIGTERM or the run's time bound, which stop it
+            seeded = await asyncio.to_thread(seeder.seed, rows, options.windows, None, stop)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
         raw = engine.raw_connection()
         try:
             dbapi: Any = raw.driver_connection

@@ -189,11 +189,11 @@ class Operators:
             _every(STATS_EVERY_S, until, self.stats_cli, found["stats_cli"]))
         return found
 
-    async def reads(self, transfer_ids: list[str], last_event_id: int) -> dict[str, Any]:
+    async def reads(self, transfer_ids: list[str], last_event_id: int, times: int = READS) -> dict[str, Any]:
         """ListTransfers' newest page, InspectTransfer and the province's GetTransfer of seeded transfers, a
-        WatchTransfers resumed WATCH_BACK changes before the end (until it has them all): each READS times."""
+        WatchTransfers resumed WATCH_BACK changes before the end (until it has them all): each `times` times."""
         pages, inspects, gets, watches = [], [], [], []
-        for index in range(READS):
+        for index in range(times):
             pages.append(await _timed(lambda: self.ops.ListTransfers(operations_pb2.ListTransfersRequest(),
                                                                      timeout=DEADLINE_S)))
             transfer_id = transfer_ids[index % len(transfer_ids)]
@@ -235,11 +235,16 @@ async def measure(endpoints: Endpoints, gateway_pid: int, *, rate: float, second
                   close_window: str, transfer_ids: list[str], last_event_id: Callable[[], int]) -> dict[str, Any]:
     """Quiet and scraped traffic side by side (`rounds` of each, alternating), the reads, then the close."""
     traffic, operators = Traffic(endpoints, rate), Operators(endpoints)
-    found: dict[str, Any] = {"rss_mb_start": rss_mb(gateway_pid)}
+    found: dict[str, Any] = {"rss_mb_before_warm_up": rss_mb(gateway_pid)}
     quiet, scraped = [], []
     scrapes: dict[str, list[float]] = {"metrics": [], "snapshot": [], "stats": [], "stats_cli": []}
     try:
-        await traffic.run(2.0)  # warm-up: channels, caches
+        # Warm-up: traffic, and every kind of operators' call once (channels, caches, first-call allocations);
+        # the memory at the start is read after it.
+        await asyncio.gather(traffic.run(3.0), operators.http("/metrics"), operators.http("/api/snapshot"),
+                             operators.stats())
+        await operators.reads(transfer_ids[:1], last_event_id(), times=1)
+        found["rss_mb_start"] = rss_mb(gateway_pid)
         for _ in range(rounds):
             calls = await traffic.run(seconds)
             quiet.append(figures("quiet", calls, *await traffic.lifecycles(calls)))

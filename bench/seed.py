@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import random
+import threading
 import traceback
 import uuid
 from collections import Counter
@@ -261,9 +262,10 @@ class Seeder:
             conn.rollback()
         return None if row is None else tuple(row)
 
-    def seed(self, rows: int, windows: int, now: datetime | None = None) -> Seeded:
+    def seed(self, rows: int, windows: int, now: datetime | None = None, stop: threading.Event | None = None
+             ) -> Seeded:
         """Seed `rows` transfers over `windows` windows: built in a second process while this one writes (two
-        cores)."""
+        cores). `stop` set: stops after the chunk being written (RuntimeError)."""
         started = datetime.now(UTC)
         now = now or started
         layout = plan(rows, windows, now)
@@ -280,6 +282,8 @@ class Seeder:
         producer.start()
         try:
             while (chunk := queue.get(timeout=PRODUCER_TIMEOUT_S)) is not None:
+                if stop is not None and stop.is_set():
+                    raise RuntimeError("seeding stopped")
                 if isinstance(chunk, str):
                     raise RuntimeError(f"building the lifecycles failed:\n{chunk}")
                 self._write(chunk)
