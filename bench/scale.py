@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -15,6 +16,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -148,6 +150,14 @@ def database_figures(url: str, workdir: Path) -> dict[str, Any]:
             "bytes_per_transfer": round(size / max(1, transfers), 1)}
 
 
+def log_summary(text_: str, top: int = 12) -> dict[str, Any]:
+    """The gateway's WARNING and ERROR lines, grouped by what they say (numbers and ids blanked): what went wrong
+    during a run, if anything."""
+    lines = [line for line in text_.splitlines() if " WARNING " in line or " ERROR " in line]
+    shapes = Counter(re.sub(r"[0-9a-f]{8,}|\d+(\.\d+)?", "#", line.split(" ", 2)[-1])[:200] for line in lines)
+    return {"warnings_and_errors": len(lines), "most_common": shapes.most_common(top)}
+
+
 def last_event_id(url: str) -> int:
     engine = make_engine(url)
     try:
@@ -245,6 +255,7 @@ async def _run_on(stack: launcher.Stack, url: str, workdir: Path, rows: int, opt
                            last_event_id=lambda: last_event_id(url))
     found["close_window_rows"] = seeded.windows[measured_window]
     stack.gateway.terminate()  # a graceful stop: the outbox's last answers written
+    found["gateway_log"] = log_summary(stack.gateway.output(since_start=False))
     found |= database_figures(url, workdir)
     found |= {f"after_{key}": value for key, value in check_rows(url, False).items()}
     return found
