@@ -60,20 +60,21 @@ class ScaleOptions:
     rate: float = 50.0  # the provinces' submissions a second
     windows: int = 10  # daily settlement windows the rows are spread over, the last the one of now
     sign: bool = False  # real Ed25519 signatures on the seeded envelopes (bench.seed)
+    merge: bool = False  # keep the output's runs of other sizes and databases (runs made one at a time)
     output: Path = PROJECT_ROOT / "bench" / "results" / "scale.json"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ScaleOptions:
         """BENCH_SCALE_ROWS ("200000 2000000"), BENCH_SCALE_DATABASES ("sqlite postgresql"), BENCH_SCALE_SECONDS
         (20), BENCH_SCALE_ROUNDS (2), BENCH_SCALE_RATE (50), BENCH_SCALE_WINDOWS (10), BENCH_SCALE_SIGN (0),
-        BENCH_SCALE_OUTPUT (bench/results/scale.json); ValueError if bad."""
+        BENCH_SCALE_MERGE (0), BENCH_SCALE_OUTPUT (bench/results/scale.json); ValueError if bad."""
         d = cls()
         rows = tuple(int(n) for n in env.get("BENCH_SCALE_ROWS", " ".join(map(str, d.rows))).split())
         databases = tuple(env.get("BENCH_SCALE_DATABASES", " ".join(d.databases)).split())
         options = cls(rows, databases, float(env.get("BENCH_SCALE_SECONDS", d.seconds)),
                       int(env.get("BENCH_SCALE_ROUNDS", d.rounds)), float(env.get("BENCH_SCALE_RATE", d.rate)),
                       int(env.get("BENCH_SCALE_WINDOWS", d.windows)), env.get("BENCH_SCALE_SIGN", "0") == "1",
-                      Path(env.get("BENCH_SCALE_OUTPUT", str(d.output))))
+                      env.get("BENCH_SCALE_MERGE", "0") == "1", Path(env.get("BENCH_SCALE_OUTPUT", str(d.output))))
         if not rows or any(n < options.windows * 10 for n in rows) or not set(databases) <= {"sqlite", "postgresql"}:
             raise ValueError("BENCH_SCALE_ROWS: sizes of at least 10 a window; BENCH_SCALE_DATABASES: sqlite and/or "
                              "postgresql")
@@ -178,7 +179,16 @@ def sample_ids(url: str, window_id: str, count: int = 10) -> list[str]:
         engine.dispose()
 
 
-async def one_run(kind: str, rows: int, options: ScaleOptions) -> dict[str, Any]:
+@dataclass
+class Turns:
+    """The runs of one size: seeded at once (every database's seeding done before any is measured), then
+    measured one at a time, nothing else of the bench running meanwhile."""
+
+    seeded: asyncio.Barrier
+    measuring: asyncio.Lock
+
+
+async def one_run(kind: str, rows: int, options: ScaleOptions, turns: Turns) -> dict[str, Any]:
     """Seed `rows` into a new database of `kind`, run the stack on it, measure; every process stopped after."""
     workdir = Path(tempfile.mkdtemp(prefix=f"gongji-scale-{kind}-"))
     found: dict[str, Any] = {"database": kind, "rows": rows, "loadavg_before": list(os.getloadavg())}
@@ -189,7 +199,7 @@ async def one_run(kind: str, rows: int, options: ScaleOptions) -> dict[str, Any]
                                    {XINJIANG: f"127.0.0.1:{xj}", GANSU: f"127.0.0.1:{gs}"},
                                    {XINJIANG: f"127.0.0.1:{xj_control}", GANSU: f"127.0.0.1:{gs_control}"})
             try:
-                found |= await _run_on(stack, url, workdir, rows, options, web)
+                found |= await _run_on(stack, url, workdir, rows, options, web, turns)
             finally:
                 found["stopped_by_kill"] = stack.close()
     finally:
@@ -199,7 +209,7 @@ async def one_run(kind: str, rows: int, options: ScaleOptions) -> dict[str, Any]
 
 
 async def _run_on(stack: launcher.Stack, url: str, workdir: Path, rows: int, options: ScaleOptions,
-                  web_port: int) -> dict[str, Any]:
+                  web_port: int, turns: Turns) -> dict[str, Any]:
     env = {"GONGJI_METRICS_LISTEN": f"127.0.0.1:{web_port}", "GONGJI_LOG_LEVEL": "WARNING",
            "GONGJI_RATE_LIMIT_PER_SECOND": "0", "GONGJI_SQLITE_SYNCHRONOUS": "NORMAL",
            # Windows are closed by the bench (the older ones first, then the one measured), not by the clock.
@@ -234,13 +244,23 @@ async def _run_on(stack: launcher.Stack, url: str, workdir: Path, rows: int, opt
         engine.dispose()
     found |= {"seed_s": round(seeded.seconds, 1), "windows": seeded.windows}
     found |= {f"seeded_{key}": value for key, value in check_rows(url, rows <= VERIFY_AUDIT_UP_TO).items()}
+    await turns.seeded.wait()
+    async with turns.measuring:
+        found["measured_from"] = datetime.now(UTC).isoformat(timespec="seconds")
+        found |= await _measure_on(stack, url, workdir, web_port, binding, seeded.windows, options)
+    return found
+
+
+async def _measure_on(stack: launcher.Stack, url: str, workdir: Path, web_port: int, binding: str,
+                      seeded_windows: dict[str, int], options: ScaleOptions) -> dict[str, Any]:
+    found: dict[str, Any] = {}
     found["gateway_start_s"] = round(stack.start_gateway(0), 2)
     stack.close_channels()
     pid = stack.gateway.pid
     found["rss_mb_ready"] = rss_mb(pid)
     endpoints = Endpoints(stack.gateway_addresses[0], stack.ops_addresses[0], f"http://127.0.0.1:{web_port}",
                           stack.stub_controls, stack.keys_dir, binding)
-    windows = list(seeded.windows)
+    windows = list(seeded_windows)
     measured_window = windows[-2]  # the newest past window: 1/windows of the rows
     print(f"bench-scale: closing {len(windows) - 2} older windows", file=sys.stderr, flush=True)
     operators = Operators(endpoints)
@@ -253,7 +273,7 @@ async def _run_on(stack: launcher.Stack, url: str, workdir: Path, rows: int, opt
     found |= await measure(endpoints, pid, rate=options.rate, seconds=options.seconds, rounds=options.rounds,
                            close_window=measured_window, transfer_ids=sample_ids(url, windows[0]),
                            last_event_id=lambda: last_event_id(url))
-    found["close_window_rows"] = seeded.windows[measured_window]
+    found["close_window_rows"] = seeded_windows[measured_window]
     stack.gateway.terminate()  # a graceful stop: the outbox's last answers written
     found["gateway_log"] = log_summary(stack.gateway.output(since_start=False))
     found |= database_figures(url, workdir)
@@ -262,22 +282,41 @@ async def _run_on(stack: launcher.Stack, url: str, workdir: Path, rows: int, opt
 
 
 async def run(options: ScaleOptions) -> dict[str, Any]:
-    started = datetime.now(UTC).isoformat(timespec="seconds")
+    """Every size on every database, one after the other; the output rewritten after each (a run stopped midway
+    keeps the ones it finished, `complete` false). With `merge`, the output's runs of other sizes or databases are
+    kept beside this run's."""
     task, loop = asyncio.current_task(), asyncio.get_running_loop()
     if task is not None:  # SIGTERM cancels the run like Ctrl-C: the stacks' finally blocks stop every process
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
-    machine = report.machine()
-    runs: dict[str, dict[str, Any]] = {kind: {} for kind in options.databases}
+    result: dict[str, Any] = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"), "machine": report.machine(),
+        "options": {**asdict(options), "output": str(options.output)}, "runs": {}, "complete": False}
+    if options.merge and options.output.exists():
+        earlier = json.loads(options.output.read_text(encoding="utf-8"))
+        result["runs"] = earlier.get("runs", {})
+        result["merged_from"] = [earlier.get("started_at"), *earlier.get("merged_from", [])]
+    runs: dict[str, dict[str, Any]] = result["runs"]
     for rows in options.rows:
-        for kind in options.databases:
+        turns = Turns(asyncio.Barrier(len(options.databases)), asyncio.Lock())
+
+        async def one(kind: str, rows: int = rows, turns: Turns = turns) -> None:
             print(f"bench-scale: {kind}, {rows} rows", file=sys.stderr, flush=True)
-            runs[kind][str(rows)] = found = await one_run(kind, rows, options)
+            try:
+                runs.setdefault(kind, {})[str(rows)] = found = await one_run(kind, rows, options, turns)
+            except BaseException:
+                await turns.seeded.abort()  # the others stop waiting for this one
+                raise
             print(f"bench-scale: {kind}, {rows} rows: " + ", ".join(
                 f"{key} {found.get(key)}" for key in FIGURES), file=sys.stderr, flush=True)
-    return {"started_at": started, "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": machine, "loadavg_at_end": list(os.getloadavg()),
-            "options": {**asdict(options), "output": str(options.output)},
-            "runs": runs, "targets": targets(runs)}
+            result.update({"finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                           "loadavg_at_end": list(os.getloadavg()), "targets": targets(runs)})
+            write(result, options.output)
+
+        async with asyncio.TaskGroup() as group:  # one run failing stops the others (their stacks stopped)
+            for kind in options.databases:
+                group.create_task(one(kind))
+    result["complete"] = True
+    return result
 
 
 def write(result: dict[str, Any], path: Path) -> None:
@@ -305,7 +344,7 @@ def main() -> int:
         print("bench-scale: interrupted; every process it started was stopped", file=sys.stderr)
         return 130
     write(result, options.output)
-    for line in result["targets"]:
+    for line in result.get("targets", []):
         print(f"{'met   ' if line['met'] else 'MISSED'} {line['database']}: {line['target']}: {line['value']}")
     print(f"written {options.output} in {time.monotonic() - started:.0f} s")
     return 0
