@@ -30,7 +30,7 @@ from bench import report
 from bench.phases import bind_giver_and_receiver
 from bench.procs import PROJECT_ROOT
 from bench.scale_measure import Endpoints, Operators, measure, rss_mb
-from bench.scale_targets import targets
+from bench.scale_targets import table, targets
 from bench.seed import Party, Seeder
 from bench.transfers import GANSU, GIVER, RECEIVER, XINJIANG, XINJIANG_KEY_ID
 from gateway.store.engine import make_engine
@@ -346,6 +346,7 @@ def main() -> int:
     write(result, options.output)
     for line in result.get("targets", []):
         print(f"{'met   ' if line['met'] else 'MISSED'} {line['database']}: {line['target']}: {line['value']}")
+    print(table(result["runs"]))
     print(f"written {options.output} in {time.monotonic() - started:.0f} s")
     return 0
 

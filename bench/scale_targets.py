@@ -43,3 +43,42 @@ def targets(runs: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
         lines.append(_line(database, f"rss_mb_end <= {MEMORY_GROWTH} x rss_mb_start ({big['rss_mb_start']} MB) at "
                                      f"{largest} rows", big["rss_mb_end"], MEMORY_GROWTH * big["rss_mb_start"]))
     return lines
+
+
+# The table docs/benchmark.md quotes: (heading, key in a run's figures).
+TABLE: tuple[tuple[str, str | tuple[str, str]], ...] = (
+    ("seed s", "seed_s"),
+    ("/metrics ms (median / max)", ("metrics_ms_median", "metrics_ms_max")),
+    ("snapshot ms", ("snapshot_ms_median", "snapshot_ms_max")),
+    ("GetStats ms", ("stats_ms_median", "stats_ms_max")),
+    ("submit p50 / p99 ms, quiet", ("submit_p50_ms_quiet", "submit_p99_ms_quiet")),
+    ("submit p50 / p99 ms, scraped", ("submit_p50_ms_scraped", "submit_p99_ms_scraped")),
+    ("lifecycle p50 / p99 ms, quiet", ("lifecycle_p50_ms_quiet", "lifecycle_p99_ms_quiet")),
+    ("lifecycle p50 / p99 ms, scraped", ("lifecycle_p50_ms_scraped", "lifecycle_p99_ms_scraped")),
+    ("ListTransfers newest page ms", ("list_newest_ms_median", "list_newest_ms_max")),
+    ("GetTransfer ms", ("get_transfer_ms_median", "get_transfer_ms_max")),
+    ("WatchTransfers resumed ms", ("watch_resumed_ms_median", "watch_resumed_ms_max")),
+    ("close s (window rows)", ("close_s", "close_window_rows")),
+    ("submit / lifecycle p99 ms during the close", ("submit_p99_ms_during_close", "lifecycle_p99_ms_during_close")),
+    ("bytes a transfer", "bytes_per_transfer"),
+    ("RSS MB start / end", ("rss_mb_start", "rss_mb_end")),
+    ("load average before / after", ("loadavg_before", "loadavg_after")),
+)
+
+
+def _cell(run: dict[str, Any], key: str | tuple[str, str]) -> str:
+    def one(name: str) -> str:
+        value = run.get(name, "")
+        return f"{value[0]:.1f}" if isinstance(value, list) and value else f"{value:g}" if isinstance(
+            value, float) else str(value)
+    return one(key) if isinstance(key, str) else " / ".join(one(name) for name in key)
+
+
+def table(runs: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """scale.json's runs as a Markdown table, one column per database and size."""
+    columns = [(database, size) for database, sizes in runs.items() for size in sorted(sizes, key=int)]
+    lines = ["| measure | " + " | ".join(f"{database} {int(size):,}" for database, size in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    lines += [f"| {heading} | " + " | ".join(_cell(runs[d][s], key) for d, s in columns) + " |"
+              for heading, key in TABLE]
+    return "\n".join(lines)
