@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 DEADLINE_S = 10.0
 ECHO_WARMUP_S = 1.0
-BINDING_TIMEOUT_S = 30.0
+BINDING_TIMEOUT_S = 60.0
 # Operators' watch streams left unread during the second transfer phase: a stalled consumer must not
 # slow submissions; the two phases' rates are compared side by side.
 STALLED_WATCHERS = 4
@@ -271,12 +271,14 @@ async def bind_giver_and_receiver(stub_controls: Mapping[str, str]) -> str:
         control = control_pb2_grpc.StubControlStub(channel)
         answer = await control.ProposeBinding(control_pb2.StubProposeRequest(
             giver_id_number=GIVER.id_number, receiver_id_number=RECEIVER.id_number,
-            receiver_pooling_area=RECEIVER.pooling_area, receiver_province=GANSU, relation_code="52"), timeout=10)
+            receiver_pooling_area=RECEIVER.pooling_area, receiver_province=GANSU, relation_code="52"),
+            timeout=BINDING_TIMEOUT_S)  # a machine busy with others can take more than seconds
         if answer.code != "OK":
             raise BenchError(f"proposing the bench's binding failed: {answer.code} {answer.reason}")
         deadline = time.monotonic() + BINDING_TIMEOUT_S
         while time.monotonic() < deadline:
-            view = await control.QueryBinding(control_pb2.QueryBindingRequest(binding_id=answer.subject_id), timeout=5)
+            view = await control.QueryBinding(control_pb2.QueryBindingRequest(binding_id=answer.subject_id),
+                                              timeout=BINDING_TIMEOUT_S)
             if view.binding.state == relations_pb2.BINDING_STATE_ACTIVE:
                 return answer.subject_id
             await asyncio.sleep(0.05)
