@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ DRAIN_S = 30.0  # the longest wait for the last lifecycles of a phase to reach b
 METRICS_EVERY_S, SNAPSHOT_EVERY_S, STATS_EVERY_S = 1.0, 2.0, 5.0
 READS = 10  # times each operators' read is made in the reads phase
 WATCH_BACK = 300  # changes a resumed watch is behind the end
+WATCH_DEADLINE_S = 30.0
 
 
 def ms(values: list[float], percent: float | None = None) -> float:
@@ -121,6 +123,10 @@ def figures(prefix: str, calls: list[Call], lifecycles: list[float], incomplete:
             f"incomplete_{prefix}": incomplete}
 
 
+# What a probe may meet on a machine busy with others: its answer is then left out of the latencies and counted.
+PROBE_ERRORS = (grpc.aio.AioRpcError, OSError, TimeoutError, subprocess.TimeoutExpired)
+
+
 async def _timed(work: Callable[[], Awaitable[object]]) -> float:
     t0 = time.perf_counter()
     await work()
@@ -128,14 +134,23 @@ async def _timed(work: Callable[[], Awaitable[object]]) -> float:
 
 
 async def _every(period_s: float, until: float, probe: Callable[[], Awaitable[float]], out: list[float],
-                 first_after_s: float = 0.0) -> None:
+                 failures: list[str], first_after_s: float = 0.0) -> None:
     """Run `probe` every `period_s` (from the end of the last), the first after `first_after_s`, until the loop
-    time `until`."""
+    time `until`; a failed probe is counted in `failures`, not timed."""
     loop = asyncio.get_running_loop()
     await asyncio.sleep(first_after_s)
     while loop.time() < until:
-        out.append(await probe())
+        try:
+            out.append(await probe())
+        except PROBE_ERRORS as error:
+            failures.append(_error(error))
         await asyncio.sleep(max(0.0, min(period_s, until - loop.time())))
+
+
+def _error(error: BaseException) -> str:
+    if isinstance(error, grpc.aio.AioRpcError):
+        return f"{error.code().name}: {error.details()}"[:200]
+    return f"{type(error).__name__}: {error}"[:200]
 
 
 class Operators:
@@ -148,7 +163,7 @@ class Operators:
         self.ops = operations_pb2_grpc.OperationsStub(self.channel)
         self.gateway_channel = grpc.aio.insecure_channel(endpoints.gateway)
         self.transfers = transfers_pb2_grpc.TransfersStub(self.gateway_channel)
-        self.cli_failures: list[str] = []
+        self.failures: dict[str, list[str]] = defaultdict(list)  # by kind of probe
         self.signer = ProvinceSigner(XINJIANG, XINJIANG_KEY_ID,
                                      load_private_key(endpoints.keys_dir / f"{XINJIANG_KEY_ID}.key"))
 
@@ -172,7 +187,7 @@ class Operators:
                                        stderr=subprocess.PIPE, timeout=60, check=False)
         elapsed = time.perf_counter() - t0
         if done.returncode != 0:
-            self.cli_failures.append(f"exit {done.returncode}: {done.stderr.decode(errors='replace')[-300:]}")
+            raise OSError(f"exit {done.returncode}: {done.stderr.decode(errors='replace')[-160:]}")
         return elapsed
 
     async def scrape(self, seconds: float) -> dict[str, list[float]]:
@@ -180,45 +195,57 @@ class Operators:
         stats` every 5 s, for `seconds`."""
         until = asyncio.get_running_loop().time() + seconds
         found: dict[str, list[float]] = {"metrics": [], "snapshot": [], "stats": [], "stats_cli": []}
+        failed = self.failures
         # Staggered, as independent clients would be: GetStats is timed away from the CLI's start-up (a second of
         # Python's CPU on the same two cores).
         await asyncio.gather(
-            _every(METRICS_EVERY_S, until, lambda: self.http("/metrics"), found["metrics"]),
-            _every(SNAPSHOT_EVERY_S, until, lambda: self.http("/api/snapshot"), found["snapshot"], 0.5),
-            _every(STATS_EVERY_S, until, self.stats, found["stats"], 2.5),
-            _every(STATS_EVERY_S, until, self.stats_cli, found["stats_cli"]))
+            _every(METRICS_EVERY_S, until, lambda: self.http("/metrics"), found["metrics"], failed["metrics"]),
+            _every(SNAPSHOT_EVERY_S, until, lambda: self.http("/api/snapshot"), found["snapshot"],
+                   failed["snapshot"], 0.5),
+            _every(STATS_EVERY_S, until, self.stats, found["stats"], failed["stats"], 2.5),
+            _every(STATS_EVERY_S, until, self.stats_cli, found["stats_cli"], failed["stats_cli"]))
         return found
 
     async def reads(self, transfer_ids: list[str], last_event_id: int, times: int = READS) -> dict[str, Any]:
         """ListTransfers' newest page, InspectTransfer and the province's GetTransfer of seeded transfers, a
         WatchTransfers resumed WATCH_BACK changes before the end (until it has them all): each `times` times."""
-        pages, inspects, gets, watches = [], [], [], []
+        found: dict[str, list[float]] = {"list_newest": [], "inspect_transfer": [], "get_transfer": [],
+                                         "watch_resumed": []}
+
+        async def probe(kind: str, work: Callable[[], Awaitable[object]]) -> None:
+            try:
+                found[kind].append(await _timed(work))
+            except PROBE_ERRORS as error:
+                self.failures[kind].append(_error(error))
+
         for index in range(times):
-            pages.append(await _timed(lambda: self.ops.ListTransfers(operations_pb2.ListTransfersRequest(),
-                                                                     timeout=DEADLINE_S)))
+            await probe("list_newest", lambda: self.ops.ListTransfers(operations_pb2.ListTransfersRequest(),
+                                                                      timeout=DEADLINE_S))
             transfer_id = transfer_ids[index % len(transfer_ids)]
-            inspects.append(await _timed(lambda t=transfer_id: self.ops.InspectTransfer(  # type: ignore[misc]
-                operations_pb2.InspectTransferRequest(transfer_id=t), timeout=DEADLINE_S)))
+            await probe("inspect_transfer", lambda t=transfer_id: self.ops.InspectTransfer(  # type: ignore[misc]
+                operations_pb2.InspectTransferRequest(transfer_id=t), timeout=DEADLINE_S))
             query = transfers_pb2.GetTransferRequest(query=self.signer.transfer_query_envelope(transfer_id))
-            gets.append(await _timed(lambda q=query: self.transfers.GetTransfer(q, timeout=DEADLINE_S)))  # type: ignore[misc]
-            watches.append(await self._watch(max(0, last_event_id - WATCH_BACK)))
-        return {"list_newest_ms_median": ms(pages), "list_newest_ms_max": ms([max(pages)]),
-                "inspect_transfer_ms_median": ms(inspects), "inspect_transfer_ms_max": ms([max(inspects)]),
-                "get_transfer_ms_median": ms(gets), "get_transfer_ms_max": ms([max(gets)]),
-                "watch_resumed_ms_median": ms(watches), "watch_resumed_ms_max": ms([max(watches)]),
+            await probe("get_transfer", lambda q=query: self.transfers.GetTransfer(  # type: ignore[misc]
+                q, timeout=DEADLINE_S))
+            await probe("watch_resumed", lambda: self._watch(max(0, last_event_id - WATCH_BACK)))
+        return {**{f"{kind}_ms_median": ms(values) for kind, values in found.items()},
+                **{f"{kind}_ms_max": ms([max(values)] if values else []) for kind, values in found.items()},
                 "watch_resumed_changes": WATCH_BACK}
 
-    async def _watch(self, from_cursor: int) -> float:
-        t0 = time.perf_counter()
+    async def _watch(self, from_cursor: int) -> None:
+        """Until WATCH_BACK changes after `from_cursor` have come (WATCH_DEADLINE_S at most)."""
         stream = self.ops.WatchTransfers(operations_pb2.WatchTransfersRequest(from_cursor=str(from_cursor)),
-                                         timeout=DEADLINE_S)
+                                         timeout=WATCH_DEADLINE_S)
         received = 0
-        async for _ in stream:
-            received += 1
-            if received >= WATCH_BACK:
-                break
-        stream.cancel()
-        return time.perf_counter() - t0
+        try:
+            async for _ in stream:
+                received += 1
+                if received >= WATCH_BACK:
+                    return
+        except grpc.aio.AioRpcError as error:
+            raise TimeoutError(f"{error.code().name} after {received} of {WATCH_BACK} changes") from error
+        finally:
+            stream.cancel()
 
     async def close_window(self, window_id: str) -> tuple[float, str]:
         t0 = time.perf_counter()
@@ -264,7 +291,7 @@ async def measure(endpoints: Endpoints, gateway_pid: int, *, rate: float, second
         await reads_task
         found |= await _close_under_traffic(traffic, operators, close_window, seconds)
         found["rss_mb_end"] = rss_mb(gateway_pid)
-        found["stats_cli_failures"] = operators.cli_failures
+        found["probe_failures"] = dict(operators.failures)
     finally:
         await traffic.close()
         await operators.close()
@@ -278,14 +305,18 @@ async def _close_under_traffic(traffic: Traffic, operators: Operators, window_id
     run = asyncio.create_task(traffic.run(max(seconds, 5.0)))
     await asyncio.sleep(2.0)
     began = time.time()
-    close_s, state = await operators.close_window(window_id)
+    close_s: float | None
+    try:
+        close_s, state = await operators.close_window(window_id)
+    except PROBE_ERRORS as error:
+        close_s, state = None, _error(error)
     ended = time.time()
     calls = await run
     during = [call for call in calls if began - 0.5 <= call.started_at <= ended]
     lifecycles, incomplete = await traffic.lifecycles(calls)
     during_lifecycles, _ = await traffic.lifecycles(during)
     ok = [call.latency_s for call in during if call.code == "OK"]
-    return {"close_s": round(close_s, 3), "close_window": window_id, "close_state": state,
+    return {"close_s": None if close_s is None else round(close_s, 3), "close_window": window_id, "close_state": state,
             "close_calls_during": len(during), "submit_p99_ms_during_close": ms(ok, 99),
             "lifecycle_p99_ms_during_close": ms(during_lifecycles, 99),
             **figures("close_phase", calls, lifecycles, incomplete)}

@@ -12,9 +12,10 @@ CLOSE_P99 = 2.0  # the provinces' p99 while the close runs against quiet
 MEMORY_GROWTH = 1.10  # the gateway's RSS at the end against at the start of the measurements
 
 
-def _line(database: str, target: str, value: float, limit: float) -> dict[str, Any]:
+def _line(database: str, target: str, value: float | None, limit: float) -> dict[str, Any]:
+    """One target: met when the value is known and within the limit (a failed measurement is no value)."""
     return {"database": database, "target": target, "value": value, "limit": round(limit, 2),
-            "met": bool(value <= limit)}
+            "met": value is not None and value <= limit}
 
 
 def targets(runs: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:

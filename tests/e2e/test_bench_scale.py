@@ -31,7 +31,8 @@ def test_the_scale_bench_at_two_thousand_rows(database: str, tmp_path: Path) -> 
     options = ScaleOptions(rows=(2000,), databases=(database,), seconds=1.0, rounds=1, rate=20.0, output=output)
 
     result = asyncio.run(asyncio.wait_for(run(options), 240))
-    assert result["complete"] and json.loads(output.read_text(encoding="utf-8"))["runs"] == result["runs"]
+    written = json.loads(output.read_text(encoding="utf-8"))
+    assert result["complete"] and written["runs"] == json.loads(json.dumps(result["runs"]))
 
     figures = result["runs"][database]["2000"]
     assert [key for key in REQUIRED if key not in figures] == []
@@ -42,6 +43,7 @@ def test_the_scale_bench_at_two_thousand_rows(database: str, tmp_path: Path) -> 
     assert figures["transfers_stored"] >= 2000 and figures["bytes_per_transfer"] > 0
     assert figures["close_state"] == "SETTLEMENT_WINDOW_STATE_CLOSED" and figures["close_window_rows"] == 200
     assert figures["errors_quiet"] == figures["errors_scraped"] == 0, figures["rounds"]
+    assert figures["probe_failures"] == {}, figures["probe_failures"]
     assert figures["incomplete_quiet"] == figures["incomplete_scraped"] == 0, figures["rounds"]
     assert {line["database"] for line in result["targets"]} == {database}
     assert all(set(line) == {"database", "target", "value", "limit", "met"} for line in result["targets"])
