@@ -222,7 +222,11 @@ PROVINCE_UNAVAILABLE = _reason("PROVINCE_UNAVAILABLE", Unavailable,
                                "a province asked about its member (CheckMember) did not answer in time: retry with "
                                "the same message_id")
 
-# -- the quota rules (domain/quota.py; no RPC serves them yet) ---------------------------------------------
+# -- the quota regime (Q1-Q13: domain/quota.py, usecases/quotas.py) ----------------------------------------
+TRANSFERS_NOT_ALLOWED = _reason("TRANSFERS_NOT_ALLOWED", FailedPrecondition,
+                                "the giver's or the receiver's province takes part in the quota regime only (Q1)")
+QUOTA_NOT_ALLOWED = _reason("QUOTA_NOT_ALLOWED", FailedPrecondition,
+                            "the giver's or the receiver's province does not take part in the quota regime (Q1)")
 QUOTA_BELOW_CONSUMED = _reason("QUOTA_BELOW_CONSUMED", FailedPrecondition,
                                "a quota would be lowered below what is already consumed (Q2)")
 QUOTA_EXCEEDED = _reason("QUOTA_EXCEEDED", FailedPrecondition, "the quota cannot cover the amount drawn")
