@@ -19,6 +19,7 @@ from gateway.domain.settlement import (
     WindowSpan,
     WindowState,
 )
+from gateway.domain.quota import CLEARING_PREFIX
 from gateway.domain.transfers import TransferState
 from gateway.store.prepared import Cursor, Prepared
 from gateway.store.repositories.audit import SqlAuditLog
@@ -133,8 +134,10 @@ class SqlSettlementRepository:
 
     def due_for_close(self, closes_before: datetime, limit: int) -> list[str]:
         w = windows_t.c
+        # The transfers' windows only: a clearing month ("Q2026-03", Q10) is closed by the clearing's own schedule.
         statement = self._prepared(select(w.window_id).where(and_(w.state == WindowState.OPEN.value,
-                                                                  w.closes_at <= closes_before))
+                                                                  w.closes_at <= closes_before,
+                                                                  w.window_id.not_like(CLEARING_PREFIX + "%")))
                                    .order_by(w.closes_at).limit(limit))
         return [row[0] for row in self._cursor.all(statement)]
 
