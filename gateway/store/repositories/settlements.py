@@ -11,6 +11,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
 
 from gateway.domain.envelope import GATEWAY, Envelope
+from gateway.domain.quota import CLEARING_PREFIX
 from gateway.domain.settlement import (
     Acknowledgement,
     PairFigure,
@@ -19,7 +20,6 @@ from gateway.domain.settlement import (
     WindowSpan,
     WindowState,
 )
-from gateway.domain.quota import CLEARING_PREFIX
 from gateway.domain.transfers import TransferState
 from gateway.store.prepared import Cursor, Prepared
 from gateway.store.repositories.audit import SqlAuditLog
