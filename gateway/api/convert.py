@@ -38,7 +38,7 @@ from gateway.domain.transfers import (
     TransferQuery,
     TransferState,
 )
-from gateway.wire import from_timestamp, timestamp
+from gateway.wire import from_timestamp, quota_figures, timestamp
 from protos.gongji.v1 import common_pb2, keys_pb2, operations_pb2, relations_pb2, settlements_pb2, transfers_pb2
 
 
@@ -227,7 +227,10 @@ def stats_to_proto(stats: Stats) -> operations_pb2.GetStatsResponse:
                                                amount_fen=f.amount_fen) for f in stats.transfers],
         outbox_backlog=stats.outbox_backlog,
         delivery_failures=[operations_pb2.DeliveryFailures(province=p, failed_attempts=n)
-                           for p, n in sorted(stats.failed_attempts_by_province.items())])
+                           for p, n in sorted(stats.failed_attempts_by_province.items())],
+        quota_pairs=[operations_pb2.QuotaPairTotals(
+            giver_province=q.giver_province, receiver_province=q.receiver_province, totals=quota_figures(q.balance),
+            consumption_count=q.consumption_count) for q in stats.quota_pairs])
     if stats.oldest_undelivered is not None:
         answer.oldest_undelivered.CopyFrom(timestamp(stats.oldest_undelivered))
     return answer

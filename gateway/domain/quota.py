@@ -160,6 +160,7 @@ class QuotaEvent:
     consumption_id: str  # a draw's or a reversal's consumption, else ""
     clearing_window_id: str  # a draw's or a reversal's clearing month, else ""
     at: datetime
+    consumption_reversed_fen: int = 0  # what had been reversed of that consumption after this change
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from gateway.domain.envelope import Envelope
 from gateway.domain.monitoring import Stats, Totals, TransferChange, TransferFilter
 from gateway.domain.outbox import OutboxContent, OutboxKind, OutboxMessage, OutboxRecord
 from gateway.domain.provinces import Province, ProvinceKey
-from gateway.domain.quota import Consumption, Quota, QuotaEvent, QuotaPairTotals, Reversal
+from gateway.domain.quota import Consumption, Quota, QuotaBalance, QuotaEvent, QuotaPairTotals, Reversal
 from gateway.domain.records import StoredRequest
 from gateway.domain.relations import RelationQueryRecord
 from gateway.domain.settlement import Figures, PairFigure, Payment, SettlementWindow, WindowSpan, WindowState
@@ -95,6 +95,7 @@ class QuotaRepository(Protocol):
     def consumption(self, province: str, consumption_id: str) -> Consumption | None: ...
     def consumption_by_ref(self, province: str, settlement_ref: str) -> Consumption | None: ...
     def add_reversal(self, reversal: Reversal, consumption: Consumption) -> bool: ...
+    def reversal(self, sender: str, message_id: str) -> Reversal | None: ...
     def consumptions(self, binding_id: str, before: tuple[datetime, str] | None, limit: int) -> list[Consumption]:
         """Newest first, from just before `before` (created_at, consumption_id)."""
 
@@ -234,7 +235,9 @@ class ReceiptIssuer(Protocol):
 
     def issue(self, *, request_sender: str, request_message_id: str, request_sha256: bytes,
               request_payload_type: str, subject_id: str, state: str, at: datetime,
-              affected_ids: Sequence[str] = ()) -> bytes: ...
+              affected_ids: Sequence[str] = (), quota: QuotaBalance | None = None, drawn_fen: int = 0) -> bytes:
+        """`quota`: the quota's figures after a quota request; `drawn_fen`: what a consumption drew."""
+        ...
 
     def sign_figures(self, figures: Figures, receiver: str, at: datetime) -> Envelope:
         """A closed window's figures for one province, signed by the gateway (SettlementFigures)."""

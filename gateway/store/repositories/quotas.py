@@ -68,6 +68,8 @@ class QuotaStatements:
         self.add_reversed = p(update(consumptions_t).where(and_(c.receiver_province == _b("w_province"),
                                                                 c.consumption_id == _b("w_id")))
                               .values(reversed_fen=c.reversed_fen + _b("amount")))
+        self.reversal = p(select(reversals_t).where(and_(reversals_t.c.sender == _b("w_sender"),
+                                                         reversals_t.c.message_id == _b("w_id"))))
         self.insert_reversal = p(insert(reversals_t).on_conflict_do_nothing().returning(reversals_t.c.message_id))
         # A binding's consumptions newest first: one range of ix_consumptions_binding_created_at.
         newest = select(*CONSUMPTION_VIEW).where(c.binding_id == _b("w_id"))
@@ -119,7 +121,7 @@ class SqlQuotaRepository:
                          granted_after_fen=after.granted_fen, consumed_after_fen=after.consumed_fen,
                          released_after_fen=after.released_fen, cause_id=event.cause_id,
                          consumption_id=event.consumption_id, clearing_window_id=event.clearing_window_id,
-                         at=event.at)
+                         at=event.at, consumption_reversed_fen=event.consumption_reversed_fen)
         self._totals.quota_moved(quota.giver_province, quota.receiver_province, quota.binding_id,
                                  granted=after.granted_fen - before.granted_fen,
                                  consumed=after.consumed_fen - before.consumed_fen,
@@ -140,7 +142,8 @@ class SqlQuotaRepository:
         v = dict(zip(self._s.change.columns, row, strict=True))
         return QuotaEvent(v["binding_id"], v["version"], QuotaChange(v["change"]), v["amount_fen"], v["released_fen"],
                           QuotaBalance(v["granted_after_fen"], v["consumed_after_fen"], v["released_after_fen"]),
-                          v["cause_id"], v["consumption_id"], v["clearing_window_id"], v["at"])
+                          v["cause_id"], v["consumption_id"], v["clearing_window_id"], v["at"],
+                          v["consumption_reversed_fen"])
 
     def add_consumption(self, consumption: Consumption) -> bool:
         """Store a consumption; False (nothing stored) if its id or its settlement reference is taken."""
@@ -178,6 +181,14 @@ class SqlQuotaRepository:
         self._totals.clearing_moved(r.clearing_window_id, consumption.giver_province, consumption.receiver_province,
                                     r.message_id, reversed_=r.amount_fen, reversals=1)
         return True
+
+    def reversal(self, sender: str, message_id: str) -> Reversal | None:
+        row = self._cursor.first(self._s.reversal, w_sender=sender, w_id=message_id)
+        if row is None:
+            return None
+        v = dict(zip(self._s.reversal.columns, row, strict=True))
+        return Reversal(v["sender"], v["message_id"], v["consumption_id"], v["binding_id"], v["amount_fen"],
+                        v["released_fen"], v["reason"], v["clearing_window_id"], v["at"])
 
     def consumptions(self, binding_id: str, before: tuple[datetime, str] | None, limit: int) -> list[Consumption]:
         """The binding's consumptions newest first, from just before `before` (created_at, consumption_id)."""

@@ -46,6 +46,8 @@ class QuotaChangeRow(Base):
     released_after_fen: Mapped[int] = mapped_column(BigInteger)
     cause_id: Mapped[str] = mapped_column(String(64))
     consumption_id: Mapped[str] = mapped_column(String(64), default="")  # a draw's or a reversal's consumption
+    # What had been reversed of that consumption after this change (its notice tells it as it stood then).
+    consumption_reversed_fen: Mapped[int] = mapped_column(BigInteger, default=0)
     clearing_window_id: Mapped[str] = mapped_column(String(10), default="")
     at: Mapped[datetime] = mapped_column(UtcDateTime)
 

@@ -71,6 +71,7 @@ def upgrade() -> None:
     sa.Column('released_after_fen', sa.BigInteger(), nullable=False),
     sa.Column('cause_id', sa.String(length=64), nullable=False),
     sa.Column('consumption_id', sa.String(length=64), nullable=False),
+    sa.Column('consumption_reversed_fen', sa.BigInteger(), nullable=False),
     sa.Column('clearing_window_id', sa.String(length=10), nullable=False),
     sa.Column('at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('binding_id', 'version')
