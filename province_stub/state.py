@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from protos.gongji.stub.v1 import control_pb2
 from protos.gongji.v1 import common_pb2, relations_pb2, transfers_pb2
+from province_stub.quota_ledger import QuotaLedger
 
 
 class ConfirmMode(enum.Enum):
@@ -212,6 +213,8 @@ class StubState:
     # By binding id, in order of first arrival.
     consent_requests: dict[str, ConsentRequestRecord] = field(default_factory=dict)
     settlements: dict[str, SettlementRecord] = field(default_factory=dict)
+    # Quota notices told, and the personal accounts they move.
+    quota: QuotaLedger = field(default_factory=QuotaLedger)
     deliveries_received: int = 0
     consent_requests_received: int = 0
     calls_failed: int = 0
@@ -259,4 +262,6 @@ class StubState:
                 )
                 for r in self.settlements.values()
             ],
+            quota_notices=self.quota.quota_notices_received(),
+            consumption_notices=self.quota.consumption_notices_received(),
         )

@@ -23,70 +23,75 @@ _sym_db = _symbol_database.Default()
 
 
 from protos.gongji.v1 import common_pb2 as gongji_dot_v1_dot_common__pb2
+from protos.gongji.v1 import province_pb2 as gongji_dot_v1_dot_province__pb2
 from protos.gongji.v1 import relations_pb2 as gongji_dot_v1_dot_relations__pb2
 from protos.gongji.v1 import settlements_pb2 as gongji_dot_v1_dot_settlements__pb2
 from protos.gongji.v1 import transfers_pb2 as gongji_dot_v1_dot_transfers__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cgongji/stub/v1/control.proto\x12\x0egongji.stub.v1\x1a\x16gongji/v1/common.proto\x1a\x19gongji/v1/relations.proto\x1a\x1bgongji/v1/settlements.proto\x1a\x19gongji/v1/transfers.proto\"A\n\x16StubAcknowledgeRequest\x12\x11\n\twindow_id\x18\x01 \x01(\t\x12\x14\n\x0cwrong_digest\x18\x02 \x01(\x08\"+\n\x16QuerySettlementRequest\x12\x11\n\twindow_id\x18\x01 \x01(\t\"\x8f\x01\n\x17QuerySettlementResponse\x12/\n\x05state\x18\x01 \x01(\x0e\x32 .gongji.v1.SettlementWindowState\x12*\n\x07\x66igures\x18\x02 \x01(\x0b\x32\x19.gongji.v1.SignedEnvelope\x12\x17\n\x0f\x61\x63knowledged_by\x18\x03 \x03(\t\"\x84\x01\n\x12SettlementReceived\x12\x11\n\twindow_id\x18\x01 \x01(\t\x12\x16\n\x0e\x66igures_sha256\x18\x02 \x01(\x0c\x12\x0f\n\x07net_fen\x18\x03 \x01(\x03\x12\x16\n\x0etimes_received\x18\x04 \x01(\x05\x12\x1a\n\x12\x61\x63knowledged_state\x18\x05 \x01(\t\"\xe6\x01\n\x12StubProposeRequest\x12\x17\n\x0fgiver_id_number\x18\x01 \x01(\t\x12\x1a\n\x12receiver_id_number\x18\x02 \x01(\t\x12\x1d\n\x15receiver_pooling_area\x18\x03 \x01(\t\x12\x19\n\x11receiver_province\x18\x04 \x01(\t\x12\x15\n\rrelation_code\x18\x05 \x01(\t\x12\x1d\n\x15\x61uthorised_amount_fen\x18\x06 \x01(\x03\x12\x12\n\nbinding_id\x18\x07 \x01(\t\x12\x17\n\x0f\x63onsent_seconds\x18\x08 \x01(\x05\"c\n\x10StubCallResponse\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x0e\n\x06replay\x18\x05 \x01(\x08\"U\n\x14\x41nswerConsentRequest\x12\x12\n\nbinding_id\x18\x01 \x01(\t\x12)\n\x04mode\x18\x02 \x01(\x0e\x32\x1b.gongji.stub.v1.ConsentMode\"9\n\x13StubDissolveRequest\x12\x12\n\nbinding_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"W\n\x17StubMemberChangeRequest\x12\x11\n\tid_number\x18\x01 \x01(\t\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.gongji.v1.MemberChangeKind\")\n\x13QueryBindingRequest\x12\x12\n\nbinding_id\x18\x01 \x01(\t\"?\n\x14QueryBindingResponse\x12\'\n\x07\x62inding\x18\x01 \x01(\x0b\x32\x16.gongji.v1.BindingView\"\x8f\x02\n\tBehaviour\x12\x31\n\x0c\x63onfirm_mode\x18\x01 \x01(\x0e\x32\x1b.gongji.stub.v1.ConfirmMode\x12\x18\n\x10\x63onfirm_delay_ms\x18\x02 \x01(\x05\x12\x17\n\x0f\x66\x61il_next_calls\x18\x03 \x01(\x05\x12\x12\n\nlatency_ms\x18\x04 \x01(\x05\x12\x15\n\rreject_reason\x18\x05 \x01(\t\x12\x31\n\x0c\x63onsent_mode\x18\x06 \x01(\x0e\x32\x1b.gongji.stub.v1.ConsentMode\x12>\n\x13settlement_ack_mode\x18\x07 \x01(\x0e\x32!.gongji.stub.v1.SettlementAckMode\"\xbf\x01\n\x11StubSubmitRequest\x12\x17\n\x0fgiver_id_number\x18\x01 \x01(\t\x12\x1a\n\x12receiver_id_number\x18\x02 \x01(\t\x12\x1d\n\x15receiver_pooling_area\x18\x03 \x01(\t\x12\x19\n\x11receiver_province\x18\x04 \x01(\t\x12\x12\n\namount_fen\x18\x05 \x01(\x03\x12\x13\n\x0btransfer_id\x18\x06 \x01(\t\x12\x12\n\nbinding_id\x18\x07 \x01(\t\"\xb2\x01\n\x12StubSubmitResponse\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\'\n\x05state\x18\x04 \x01(\x0e\x32\x18.gongji.v1.TransferState\x12\x0e\n\x06replay\x18\x05 \x01(\x08\x12\x18\n\x10receipt_verified\x18\x06 \x01(\x08\x12\x16\n\x0ereceipt_sha256\x18\x07 \x01(\t\"6\n\x0fResubmitRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0e\n\x06modify\x18\x02 \x01(\x08\"6\n\x0e\x43onfirmRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65\x63line\x18\x02 \x01(\x08\"X\n\x0f\x43onfirmResponse\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.gongji.v1.TransferState\"+\n\x14QueryTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\"B\n\x15QueryTransferResponse\x12)\n\x08transfer\x18\x01 \x01(\x0b\x32\x17.gongji.v1.TransferView\"\x11\n\x0fSnapshotRequest\"A\n\x06\x43redit\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x12\n\namount_fen\x18\x02 \x01(\x03\x12\x0e\n\x06status\x18\x03 \x01(\t\"\xd1\x01\n\x0cNotification\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x13\n\x0btransfer_id\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.gongji.v1.TransferState\x12\x13\n\x0breceived_at\x18\x04 \x01(\x01\x12\x16\n\x0etimes_received\x18\x05 \x01(\x05\x12\x12\n\nbinding_id\x18\x06 \x01(\t\x12.\n\rbinding_state\x18\x07 \x01(\x0e\x32\x17.gongji.v1.BindingState\"\xab\x02\n\x10SnapshotResponse\x12\x10\n\x08province\x18\x01 \x01(\t\x12\'\n\x07\x63redits\x18\x02 \x03(\x0b\x32\x16.gongji.stub.v1.Credit\x12\x33\n\rnotifications\x18\x03 \x03(\x0b\x32\x1c.gongji.stub.v1.Notification\x12\x1b\n\x13\x64\x65liveries_received\x18\x04 \x01(\x05\x12\x14\n\x0c\x63\x61lls_failed\x18\x05 \x01(\x05\x12!\n\x19\x63onsent_requests_received\x18\x06 \x01(\x05\x12\x18\n\x10\x63onsent_requests\x18\x07 \x03(\t\x12\x37\n\x0bsettlements\x18\x08 \x03(\x0b\x32\".gongji.stub.v1.SettlementReceived*v\n\x11SettlementAckMode\x12#\n\x1fSETTLEMENT_ACK_MODE_UNSPECIFIED\x10\x00\x12\x1c\n\x18SETTLEMENT_ACK_MODE_AUTO\x10\x01\x12\x1e\n\x1aSETTLEMENT_ACK_MODE_MANUAL\x10\x02*\xb5\x01\n\x0b\x43onsentMode\x12\x1c\n\x18\x43ONSENT_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43ONSENT_MODE_ACCEPT\x10\x01\x12\x1c\n\x18\x43ONSENT_MODE_ACCEPT_FACE\x10\x02\x12 \n\x1c\x43ONSENT_MODE_ACCEPT_GUARDIAN\x10\x03\x12\x17\n\x13\x43ONSENT_MODE_REFUSE\x10\x04\x12\x16\n\x12\x43ONSENT_MODE_NEVER\x10\x05*\x91\x01\n\x0b\x43onfirmMode\x12\x1c\n\x18\x43ONFIRM_MODE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43ONFIRM_MODE_IMMEDIATE\x10\x01\x12\x16\n\x12\x43ONFIRM_MODE_DELAY\x10\x02\x12\x16\n\x12\x43ONFIRM_MODE_NEVER\x10\x03\x12\x18\n\x14\x43ONFIRM_MODE_DECLINE\x10\x04\x32\x81\t\n\x0bStubControl\x12\x41\n\tConfigure\x12\x19.gongji.stub.v1.Behaviour\x1a\x19.gongji.stub.v1.Behaviour\x12W\n\x0eSubmitTransfer\x12!.gongji.stub.v1.StubSubmitRequest\x1a\".gongji.stub.v1.StubSubmitResponse\x12O\n\x08Resubmit\x12\x1f.gongji.stub.v1.ResubmitRequest\x1a\".gongji.stub.v1.StubSubmitResponse\x12J\n\x07\x43onfirm\x12\x1e.gongji.stub.v1.ConfirmRequest\x1a\x1f.gongji.stub.v1.ConfirmResponse\x12\\\n\rQueryTransfer\x12$.gongji.stub.v1.QueryTransferRequest\x1a%.gongji.stub.v1.QueryTransferResponse\x12M\n\x08Snapshot\x12\x1f.gongji.stub.v1.SnapshotRequest\x1a .gongji.stub.v1.SnapshotResponse\x12V\n\x0eProposeBinding\x12\".gongji.stub.v1.StubProposeRequest\x1a .gongji.stub.v1.StubCallResponse\x12W\n\rAnswerConsent\x12$.gongji.stub.v1.AnswerConsentRequest\x1a .gongji.stub.v1.StubCallResponse\x12X\n\x0f\x44issolveBinding\x12#.gongji.stub.v1.StubDissolveRequest\x1a .gongji.stub.v1.StubCallResponse\x12_\n\x12ReportMemberChange\x12\'.gongji.stub.v1.StubMemberChangeRequest\x1a .gongji.stub.v1.StubCallResponse\x12Y\n\x0cQueryBinding\x12#.gongji.stub.v1.QueryBindingRequest\x1a$.gongji.stub.v1.QueryBindingResponse\x12\x61\n\x15\x41\x63knowledgeSettlement\x12&.gongji.stub.v1.StubAcknowledgeRequest\x1a .gongji.stub.v1.StubCallResponse\x12\x62\n\x0fQuerySettlement\x12&.gongji.stub.v1.QuerySettlementRequest\x1a\'.gongji.stub.v1.QuerySettlementResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cgongji/stub/v1/control.proto\x12\x0egongji.stub.v1\x1a\x16gongji/v1/common.proto\x1a\x18gongji/v1/province.proto\x1a\x19gongji/v1/relations.proto\x1a\x1bgongji/v1/settlements.proto\x1a\x19gongji/v1/transfers.proto\"A\n\x16StubAcknowledgeRequest\x12\x11\n\twindow_id\x18\x01 \x01(\t\x12\x14\n\x0cwrong_digest\x18\x02 \x01(\x08\"+\n\x16QuerySettlementRequest\x12\x11\n\twindow_id\x18\x01 \x01(\t\"\x8f\x01\n\x17QuerySettlementResponse\x12/\n\x05state\x18\x01 \x01(\x0e\x32 .gongji.v1.SettlementWindowState\x12*\n\x07\x66igures\x18\x02 \x01(\x0b\x32\x19.gongji.v1.SignedEnvelope\x12\x17\n\x0f\x61\x63knowledged_by\x18\x03 \x03(\t\"\x84\x01\n\x12SettlementReceived\x12\x11\n\twindow_id\x18\x01 \x01(\t\x12\x16\n\x0e\x66igures_sha256\x18\x02 \x01(\x0c\x12\x0f\n\x07net_fen\x18\x03 \x01(\x03\x12\x16\n\x0etimes_received\x18\x04 \x01(\x05\x12\x1a\n\x12\x61\x63knowledged_state\x18\x05 \x01(\t\"\xe6\x01\n\x12StubProposeRequest\x12\x17\n\x0fgiver_id_number\x18\x01 \x01(\t\x12\x1a\n\x12receiver_id_number\x18\x02 \x01(\t\x12\x1d\n\x15receiver_pooling_area\x18\x03 \x01(\t\x12\x19\n\x11receiver_province\x18\x04 \x01(\t\x12\x15\n\rrelation_code\x18\x05 \x01(\t\x12\x1d\n\x15\x61uthorised_amount_fen\x18\x06 \x01(\x03\x12\x12\n\nbinding_id\x18\x07 \x01(\t\x12\x17\n\x0f\x63onsent_seconds\x18\x08 \x01(\x05\"c\n\x10StubCallResponse\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x0e\n\x06replay\x18\x05 \x01(\x08\"U\n\x14\x41nswerConsentRequest\x12\x12\n\nbinding_id\x18\x01 \x01(\t\x12)\n\x04mode\x18\x02 \x01(\x0e\x32\x1b.gongji.stub.v1.ConsentMode\"9\n\x13StubDissolveRequest\x12\x12\n\nbinding_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"W\n\x17StubMemberChangeRequest\x12\x11\n\tid_number\x18\x01 \x01(\t\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.gongji.v1.MemberChangeKind\")\n\x13QueryBindingRequest\x12\x12\n\nbinding_id\x18\x01 \x01(\t\"?\n\x14QueryBindingResponse\x12\'\n\x07\x62inding\x18\x01 \x01(\x0b\x32\x16.gongji.v1.BindingView\"\x8f\x02\n\tBehaviour\x12\x31\n\x0c\x63onfirm_mode\x18\x01 \x01(\x0e\x32\x1b.gongji.stub.v1.ConfirmMode\x12\x18\n\x10\x63onfirm_delay_ms\x18\x02 \x01(\x05\x12\x17\n\x0f\x66\x61il_next_calls\x18\x03 \x01(\x05\x12\x12\n\nlatency_ms\x18\x04 \x01(\x05\x12\x15\n\rreject_reason\x18\x05 \x01(\t\x12\x31\n\x0c\x63onsent_mode\x18\x06 \x01(\x0e\x32\x1b.gongji.stub.v1.ConsentMode\x12>\n\x13settlement_ack_mode\x18\x07 \x01(\x0e\x32!.gongji.stub.v1.SettlementAckMode\"\xbf\x01\n\x11StubSubmitRequest\x12\x17\n\x0fgiver_id_number\x18\x01 \x01(\t\x12\x1a\n\x12receiver_id_number\x18\x02 \x01(\t\x12\x1d\n\x15receiver_pooling_area\x18\x03 \x01(\t\x12\x19\n\x11receiver_province\x18\x04 \x01(\t\x12\x12\n\namount_fen\x18\x05 \x01(\x03\x12\x13\n\x0btransfer_id\x18\x06 \x01(\t\x12\x12\n\nbinding_id\x18\x07 \x01(\t\"\xb2\x01\n\x12StubSubmitResponse\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\'\n\x05state\x18\x04 \x01(\x0e\x32\x18.gongji.v1.TransferState\x12\x0e\n\x06replay\x18\x05 \x01(\x08\x12\x18\n\x10receipt_verified\x18\x06 \x01(\x08\x12\x16\n\x0ereceipt_sha256\x18\x07 \x01(\t\"6\n\x0fResubmitRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0e\n\x06modify\x18\x02 \x01(\x08\"6\n\x0e\x43onfirmRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65\x63line\x18\x02 \x01(\x08\"X\n\x0f\x43onfirmResponse\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.gongji.v1.TransferState\"+\n\x14QueryTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\"B\n\x15QueryTransferResponse\x12)\n\x08transfer\x18\x01 \x01(\x0b\x32\x17.gongji.v1.TransferView\"\x11\n\x0fSnapshotRequest\"A\n\x06\x43redit\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x12\n\namount_fen\x18\x02 \x01(\x03\x12\x0e\n\x06status\x18\x03 \x01(\t\"\xd1\x01\n\x0cNotification\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x13\n\x0btransfer_id\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.gongji.v1.TransferState\x12\x13\n\x0breceived_at\x18\x04 \x01(\x01\x12\x16\n\x0etimes_received\x18\x05 \x01(\x05\x12\x12\n\nbinding_id\x18\x06 \x01(\t\x12.\n\rbinding_state\x18\x07 \x01(\x0e\x32\x17.gongji.v1.BindingState\"\xaf\x03\n\x10SnapshotResponse\x12\x10\n\x08province\x18\x01 \x01(\t\x12\'\n\x07\x63redits\x18\x02 \x03(\x0b\x32\x16.gongji.stub.v1.Credit\x12\x33\n\rnotifications\x18\x03 \x03(\x0b\x32\x1c.gongji.stub.v1.Notification\x12\x1b\n\x13\x64\x65liveries_received\x18\x04 \x01(\x05\x12\x14\n\x0c\x63\x61lls_failed\x18\x05 \x01(\x05\x12!\n\x19\x63onsent_requests_received\x18\x06 \x01(\x05\x12\x18\n\x10\x63onsent_requests\x18\x07 \x03(\t\x12\x37\n\x0bsettlements\x18\x08 \x03(\x0b\x32\".gongji.stub.v1.SettlementReceived\x12:\n\rquota_notices\x18\t \x03(\x0b\x32#.gongji.stub.v1.QuotaNoticeReceived\x12\x46\n\x13\x63onsumption_notices\x18\n \x03(\x0b\x32).gongji.stub.v1.ConsumptionNoticeReceived\"\xe0\x01\n\x13QuotaNoticeReceived\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x12\n\nbinding_id\x18\x02 \x01(\t\x12&\n\x06\x63hange\x18\x03 \x01(\x0e\x32\x16.gongji.v1.QuotaChange\x12\x12\n\namount_fen\x18\x04 \x01(\x03\x12\x14\n\x0creleased_fen\x18\x05 \x01(\x03\x12\x0f\n\x07version\x18\x06 \x01(\x03\x12&\n\x05quota\x18\x07 \x01(\x0b\x32\x17.gongji.v1.QuotaFigures\x12\x16\n\x0etimes_received\x18\x08 \x01(\x05\"\xf9\x01\n\x19\x43onsumptionNoticeReceived\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x12\n\nbinding_id\x18\x02 \x01(\t\x12\x16\n\x0e\x63onsumption_id\x18\x03 \x01(\t\x12\x16\n\x0esettlement_ref\x18\x04 \x01(\t\x12&\n\x06\x63hange\x18\x05 \x01(\x0e\x32\x16.gongji.v1.QuotaChange\x12\x12\n\namount_fen\x18\x06 \x01(\x03\x12\x14\n\x0creleased_fen\x18\x07 \x01(\x03\x12\x1a\n\x12\x63learing_window_id\x18\x08 \x01(\t\x12\x16\n\x0etimes_received\x18\t \x01(\x05*v\n\x11SettlementAckMode\x12#\n\x1fSETTLEMENT_ACK_MODE_UNSPECIFIED\x10\x00\x12\x1c\n\x18SETTLEMENT_ACK_MODE_AUTO\x10\x01\x12\x1e\n\x1aSETTLEMENT_ACK_MODE_MANUAL\x10\x02*\xb5\x01\n\x0b\x43onsentMode\x12\x1c\n\x18\x43ONSENT_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43ONSENT_MODE_ACCEPT\x10\x01\x12\x1c\n\x18\x43ONSENT_MODE_ACCEPT_FACE\x10\x02\x12 \n\x1c\x43ONSENT_MODE_ACCEPT_GUARDIAN\x10\x03\x12\x17\n\x13\x43ONSENT_MODE_REFUSE\x10\x04\x12\x16\n\x12\x43ONSENT_MODE_NEVER\x10\x05*\x91\x01\n\x0b\x43onfirmMode\x12\x1c\n\x18\x43ONFIRM_MODE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43ONFIRM_MODE_IMMEDIATE\x10\x01\x12\x16\n\x12\x43ONFIRM_MODE_DELAY\x10\x02\x12\x16\n\x12\x43ONFIRM_MODE_NEVER\x10\x03\x12\x18\n\x14\x43ONFIRM_MODE_DECLINE\x10\x04\x32\x81\t\n\x0bStubControl\x12\x41\n\tConfigure\x12\x19.gongji.stub.v1.Behaviour\x1a\x19.gongji.stub.v1.Behaviour\x12W\n\x0eSubmitTransfer\x12!.gongji.stub.v1.StubSubmitRequest\x1a\".gongji.stub.v1.StubSubmitResponse\x12O\n\x08Resubmit\x12\x1f.gongji.stub.v1.ResubmitRequest\x1a\".gongji.stub.v1.StubSubmitResponse\x12J\n\x07\x43onfirm\x12\x1e.gongji.stub.v1.ConfirmRequest\x1a\x1f.gongji.stub.v1.ConfirmResponse\x12\\\n\rQueryTransfer\x12$.gongji.stub.v1.QueryTransferRequest\x1a%.gongji.stub.v1.QueryTransferResponse\x12M\n\x08Snapshot\x12\x1f.gongji.stub.v1.SnapshotRequest\x1a .gongji.stub.v1.SnapshotResponse\x12V\n\x0eProposeBinding\x12\".gongji.stub.v1.StubProposeRequest\x1a .gongji.stub.v1.StubCallResponse\x12W\n\rAnswerConsent\x12$.gongji.stub.v1.AnswerConsentRequest\x1a .gongji.stub.v1.StubCallResponse\x12X\n\x0f\x44issolveBinding\x12#.gongji.stub.v1.StubDissolveRequest\x1a .gongji.stub.v1.StubCallResponse\x12_\n\x12ReportMemberChange\x12\'.gongji.stub.v1.StubMemberChangeRequest\x1a .gongji.stub.v1.StubCallResponse\x12Y\n\x0cQueryBinding\x12#.gongji.stub.v1.QueryBindingRequest\x1a$.gongji.stub.v1.QueryBindingResponse\x12\x61\n\x15\x41\x63knowledgeSettlement\x12&.gongji.stub.v1.StubAcknowledgeRequest\x1a .gongji.stub.v1.StubCallResponse\x12\x62\n\x0fQuerySettlement\x12&.gongji.stub.v1.QuerySettlementRequest\x1a\'.gongji.stub.v1.QuerySettlementResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.gongji.stub.v1.control_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SETTLEMENTACKMODE']._serialized_start=2789
-  _globals['_SETTLEMENTACKMODE']._serialized_end=2907
-  _globals['_CONSENTMODE']._serialized_start=2910
-  _globals['_CONSENTMODE']._serialized_end=3091
-  _globals['_CONFIRMMODE']._serialized_start=3094
-  _globals['_CONFIRMMODE']._serialized_end=3239
-  _globals['_STUBACKNOWLEDGEREQUEST']._serialized_start=155
-  _globals['_STUBACKNOWLEDGEREQUEST']._serialized_end=220
-  _globals['_QUERYSETTLEMENTREQUEST']._serialized_start=222
-  _globals['_QUERYSETTLEMENTREQUEST']._serialized_end=265
-  _globals['_QUERYSETTLEMENTRESPONSE']._serialized_start=268
-  _globals['_QUERYSETTLEMENTRESPONSE']._serialized_end=411
-  _globals['_SETTLEMENTRECEIVED']._serialized_start=414
-  _globals['_SETTLEMENTRECEIVED']._serialized_end=546
-  _globals['_STUBPROPOSEREQUEST']._serialized_start=549
-  _globals['_STUBPROPOSEREQUEST']._serialized_end=779
-  _globals['_STUBCALLRESPONSE']._serialized_start=781
-  _globals['_STUBCALLRESPONSE']._serialized_end=880
-  _globals['_ANSWERCONSENTREQUEST']._serialized_start=882
-  _globals['_ANSWERCONSENTREQUEST']._serialized_end=967
-  _globals['_STUBDISSOLVEREQUEST']._serialized_start=969
-  _globals['_STUBDISSOLVEREQUEST']._serialized_end=1026
-  _globals['_STUBMEMBERCHANGEREQUEST']._serialized_start=1028
-  _globals['_STUBMEMBERCHANGEREQUEST']._serialized_end=1115
-  _globals['_QUERYBINDINGREQUEST']._serialized_start=1117
-  _globals['_QUERYBINDINGREQUEST']._serialized_end=1158
-  _globals['_QUERYBINDINGRESPONSE']._serialized_start=1160
-  _globals['_QUERYBINDINGRESPONSE']._serialized_end=1223
-  _globals['_BEHAVIOUR']._serialized_start=1226
-  _globals['_BEHAVIOUR']._serialized_end=1497
-  _globals['_STUBSUBMITREQUEST']._serialized_start=1500
-  _globals['_STUBSUBMITREQUEST']._serialized_end=1691
-  _globals['_STUBSUBMITRESPONSE']._serialized_start=1694
-  _globals['_STUBSUBMITRESPONSE']._serialized_end=1872
-  _globals['_RESUBMITREQUEST']._serialized_start=1874
-  _globals['_RESUBMITREQUEST']._serialized_end=1928
-  _globals['_CONFIRMREQUEST']._serialized_start=1930
-  _globals['_CONFIRMREQUEST']._serialized_end=1984
-  _globals['_CONFIRMRESPONSE']._serialized_start=1986
-  _globals['_CONFIRMRESPONSE']._serialized_end=2074
-  _globals['_QUERYTRANSFERREQUEST']._serialized_start=2076
-  _globals['_QUERYTRANSFERREQUEST']._serialized_end=2119
-  _globals['_QUERYTRANSFERRESPONSE']._serialized_start=2121
-  _globals['_QUERYTRANSFERRESPONSE']._serialized_end=2187
-  _globals['_SNAPSHOTREQUEST']._serialized_start=2189
-  _globals['_SNAPSHOTREQUEST']._serialized_end=2206
-  _globals['_CREDIT']._serialized_start=2208
-  _globals['_CREDIT']._serialized_end=2273
-  _globals['_NOTIFICATION']._serialized_start=2276
-  _globals['_NOTIFICATION']._serialized_end=2485
-  _globals['_SNAPSHOTRESPONSE']._serialized_start=2488
-  _globals['_SNAPSHOTRESPONSE']._serialized_end=2787
-  _globals['_STUBCONTROL']._serialized_start=3242
-  _globals['_STUBCONTROL']._serialized_end=4395
+  _globals['_SETTLEMENTACKMODE']._serialized_start=3426
+  _globals['_SETTLEMENTACKMODE']._serialized_end=3544
+  _globals['_CONSENTMODE']._serialized_start=3547
+  _globals['_CONSENTMODE']._serialized_end=3728
+  _globals['_CONFIRMMODE']._serialized_start=3731
+  _globals['_CONFIRMMODE']._serialized_end=3876
+  _globals['_STUBACKNOWLEDGEREQUEST']._serialized_start=181
+  _globals['_STUBACKNOWLEDGEREQUEST']._serialized_end=246
+  _globals['_QUERYSETTLEMENTREQUEST']._serialized_start=248
+  _globals['_QUERYSETTLEMENTREQUEST']._serialized_end=291
+  _globals['_QUERYSETTLEMENTRESPONSE']._serialized_start=294
+  _globals['_QUERYSETTLEMENTRESPONSE']._serialized_end=437
+  _globals['_SETTLEMENTRECEIVED']._serialized_start=440
+  _globals['_SETTLEMENTRECEIVED']._serialized_end=572
+  _globals['_STUBPROPOSEREQUEST']._serialized_start=575
+  _globals['_STUBPROPOSEREQUEST']._serialized_end=805
+  _globals['_STUBCALLRESPONSE']._serialized_start=807
+  _globals['_STUBCALLRESPONSE']._serialized_end=906
+  _globals['_ANSWERCONSENTREQUEST']._serialized_start=908
+  _globals['_ANSWERCONSENTREQUEST']._serialized_end=993
+  _globals['_STUBDISSOLVEREQUEST']._serialized_start=995
+  _globals['_STUBDISSOLVEREQUEST']._serialized_end=1052
+  _globals['_STUBMEMBERCHANGEREQUEST']._serialized_start=1054
+  _globals['_STUBMEMBERCHANGEREQUEST']._serialized_end=1141
+  _globals['_QUERYBINDINGREQUEST']._serialized_start=1143
+  _globals['_QUERYBINDINGREQUEST']._serialized_end=1184
+  _globals['_QUERYBINDINGRESPONSE']._serialized_start=1186
+  _globals['_QUERYBINDINGRESPONSE']._serialized_end=1249
+  _globals['_BEHAVIOUR']._serialized_start=1252
+  _globals['_BEHAVIOUR']._serialized_end=1523
+  _globals['_STUBSUBMITREQUEST']._serialized_start=1526
+  _globals['_STUBSUBMITREQUEST']._serialized_end=1717
+  _globals['_STUBSUBMITRESPONSE']._serialized_start=1720
+  _globals['_STUBSUBMITRESPONSE']._serialized_end=1898
+  _globals['_RESUBMITREQUEST']._serialized_start=1900
+  _globals['_RESUBMITREQUEST']._serialized_end=1954
+  _globals['_CONFIRMREQUEST']._serialized_start=1956
+  _globals['_CONFIRMREQUEST']._serialized_end=2010
+  _globals['_CONFIRMRESPONSE']._serialized_start=2012
+  _globals['_CONFIRMRESPONSE']._serialized_end=2100
+  _globals['_QUERYTRANSFERREQUEST']._serialized_start=2102
+  _globals['_QUERYTRANSFERREQUEST']._serialized_end=2145
+  _globals['_QUERYTRANSFERRESPONSE']._serialized_start=2147
+  _globals['_QUERYTRANSFERRESPONSE']._serialized_end=2213
+  _globals['_SNAPSHOTREQUEST']._serialized_start=2215
+  _globals['_SNAPSHOTREQUEST']._serialized_end=2232
+  _globals['_CREDIT']._serialized_start=2234
+  _globals['_CREDIT']._serialized_end=2299
+  _globals['_NOTIFICATION']._serialized_start=2302
+  _globals['_NOTIFICATION']._serialized_end=2511
+  _globals['_SNAPSHOTRESPONSE']._serialized_start=2514
+  _globals['_SNAPSHOTRESPONSE']._serialized_end=2945
+  _globals['_QUOTANOTICERECEIVED']._serialized_start=2948
+  _globals['_QUOTANOTICERECEIVED']._serialized_end=3172
+  _globals['_CONSUMPTIONNOTICERECEIVED']._serialized_start=3175
+  _globals['_CONSUMPTIONNOTICERECEIVED']._serialized_end=3424
+  _globals['_STUBCONTROL']._serialized_start=3879
+  _globals['_STUBCONTROL']._serialized_end=5032
 # @@protoc_insertion_point(module_scope)

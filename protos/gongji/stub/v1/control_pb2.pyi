@@ -8,6 +8,7 @@ read what it received.
 
 from collections import abc as _abc
 from protos.gongji.v1 import common_pb2 as _common_pb2
+from protos.gongji.v1 import province_pb2 as _province_pb2
 from protos.gongji.v1 import relations_pb2 as _relations_pb2
 from protos.gongji.v1 import settlements_pb2 as _settlements_pb2
 from protos.gongji.v1 import transfers_pb2 as _transfers_pb2
@@ -823,6 +824,8 @@ class SnapshotResponse(_message.Message):
     CONSENT_REQUESTS_RECEIVED_FIELD_NUMBER: _builtins.int
     CONSENT_REQUESTS_FIELD_NUMBER: _builtins.int
     SETTLEMENTS_FIELD_NUMBER: _builtins.int
+    QUOTA_NOTICES_FIELD_NUMBER: _builtins.int
+    CONSUMPTION_NOTICES_FIELD_NUMBER: _builtins.int
     province: _builtins.str
     """Province code."""
     deliveries_received: _builtins.int
@@ -847,6 +850,14 @@ class SnapshotResponse(_message.Message):
     def settlements(self) -> _containers.RepeatedCompositeFieldContainer[Global___SettlementReceived]:
         """Settlement figures received, by window."""
 
+    @_builtins.property
+    def quota_notices(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuotaNoticeReceived]:
+        """Quota notices received (NotifyQuota), in order of first arrival."""
+
+    @_builtins.property
+    def consumption_notices(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConsumptionNoticeReceived]:
+        """Consumption notices received (NotifyConsumption), in order of first arrival."""
+
     def __init__(
         self,
         *,
@@ -858,11 +869,119 @@ class SnapshotResponse(_message.Message):
         consent_requests_received: _builtins.int = ...,
         consent_requests: _abc.Iterable[_builtins.str] | None = ...,
         settlements: _abc.Iterable[Global___SettlementReceived] | None = ...,
+        quota_notices: _abc.Iterable[Global___QuotaNoticeReceived] | None = ...,
+        consumption_notices: _abc.Iterable[Global___ConsumptionNoticeReceived] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls_failed", b"calls_failed", "consent_requests", b"consent_requests", "consent_requests_received", b"consent_requests_received", "credits", b"credits", "deliveries_received", b"deliveries_received", "notifications", b"notifications", "province", b"province", "settlements", b"settlements"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls_failed", b"calls_failed", "consent_requests", b"consent_requests", "consent_requests_received", b"consent_requests_received", "consumption_notices", b"consumption_notices", "credits", b"credits", "deliveries_received", b"deliveries_received", "notifications", b"notifications", "province", b"province", "quota_notices", b"quota_notices", "settlements", b"settlements"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SnapshotResponse: _TypeAlias = SnapshotResponse  # noqa: Y015
+
+@_typing.final
+class QuotaNoticeReceived(_message.Message):
+    """A QuotaNotice received, once per message_id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    BINDING_ID_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
+    AMOUNT_FEN_FIELD_NUMBER: _builtins.int
+    RELEASED_FEN_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    QUOTA_FIELD_NUMBER: _builtins.int
+    TIMES_RECEIVED_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """The notice's message_id."""
+    binding_id: _builtins.str
+    """The binding."""
+    change: _province_pb2.QuotaChange.ValueType
+    """What happened."""
+    amount_fen: _builtins.int
+    """The size of the change, fen."""
+    released_fen: _builtins.int
+    """Of that, what went back to the giver, fen."""
+    version: _builtins.int
+    """The quota's version after the change."""
+    times_received: _builtins.int
+    """How many times it arrived (1 unless redelivered)."""
+    @_builtins.property
+    def quota(self) -> _common_pb2.QuotaFigures:
+        """The quota's figures after the change, as told."""
+
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        binding_id: _builtins.str = ...,
+        change: _province_pb2.QuotaChange.ValueType = ...,
+        amount_fen: _builtins.int = ...,
+        released_fen: _builtins.int = ...,
+        version: _builtins.int = ...,
+        quota: _common_pb2.QuotaFigures | None = ...,
+        times_received: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_fen", b"amount_fen", "binding_id", b"binding_id", "change", b"change", "message_id", b"message_id", "quota", b"quota", "released_fen", b"released_fen", "times_received", b"times_received", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuotaNoticeReceived: _TypeAlias = QuotaNoticeReceived  # noqa: Y015
+
+@_typing.final
+class ConsumptionNoticeReceived(_message.Message):
+    """A ConsumptionNotice received, once per message_id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    BINDING_ID_FIELD_NUMBER: _builtins.int
+    CONSUMPTION_ID_FIELD_NUMBER: _builtins.int
+    SETTLEMENT_REF_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
+    AMOUNT_FEN_FIELD_NUMBER: _builtins.int
+    RELEASED_FEN_FIELD_NUMBER: _builtins.int
+    CLEARING_WINDOW_ID_FIELD_NUMBER: _builtins.int
+    TIMES_RECEIVED_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """The notice's message_id."""
+    binding_id: _builtins.str
+    """The binding drawn on."""
+    consumption_id: _builtins.str
+    """The consumption."""
+    settlement_ref: _builtins.str
+    """The receiver province's settlement reference."""
+    change: _province_pb2.QuotaChange.ValueType
+    """CONSUMED or REVERSED."""
+    amount_fen: _builtins.int
+    """The draw's or the reversal's amount, fen."""
+    released_fen: _builtins.int
+    """A reversal after the binding ended: what was released to the giver, fen."""
+    clearing_window_id: _builtins.str
+    """The clearing month, e.g. "Q2026-03"."""
+    times_received: _builtins.int
+    """How many times it arrived (1 unless redelivered)."""
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        binding_id: _builtins.str = ...,
+        consumption_id: _builtins.str = ...,
+        settlement_ref: _builtins.str = ...,
+        change: _province_pb2.QuotaChange.ValueType = ...,
+        amount_fen: _builtins.int = ...,
+        released_fen: _builtins.int = ...,
+        clearing_window_id: _builtins.str = ...,
+        times_received: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_fen", b"amount_fen", "binding_id", b"binding_id", "change", b"change", "clearing_window_id", b"clearing_window_id", "consumption_id", b"consumption_id", "message_id", b"message_id", "released_fen", b"released_fen", "settlement_ref", b"settlement_ref", "times_received", b"times_received"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsumptionNoticeReceived: _TypeAlias = ConsumptionNoticeReceived  # noqa: Y015
