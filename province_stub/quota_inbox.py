@@ -36,6 +36,8 @@ class QuotaNoticeInbox:
     async def _checked(self, envelope: common_pb2.SignedEnvelope, payload_type: str, message: _Message,
                        context: Context) -> _Message:
         await self._apply_behaviour(context)
+        if self._state.take_quota_notice_failure():
+            await refuse(context, "FAILURE_INJECTED", "quota notices refused on purpose by the stub")
         await self._verify_gateway(envelope, payload_type, context)
         try:
             message.ParseFromString(envelope.payload)

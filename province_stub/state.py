@@ -85,6 +85,8 @@ class Behaviour:
     reject_reason: str = ""
     consent_mode: ConsentMode = ConsentMode.ACCEPT
     settlement_ack_mode: SettlementAckMode = SettlementAckMode.AUTO
+    fail_next_quota_notices: int = 0
+    refuse_quota_notices: bool = False
 
     def to_proto(self) -> control_pb2.Behaviour:
         return control_pb2.Behaviour(
@@ -95,12 +97,15 @@ class Behaviour:
             reject_reason=self.reject_reason,
             consent_mode=_CONSENT_TO_PROTO[self.consent_mode],
             settlement_ack_mode=_ACK_TO_PROTO[self.settlement_ack_mode],
+            fail_next_quota_notices=self.fail_next_quota_notices,
+            refuse_quota_notices=self.refuse_quota_notices,
         )
 
     @classmethod
     def from_proto(cls, message: control_pb2.Behaviour) -> Behaviour:
         """Raises ValueError on negative numbers or an unknown mode; UNSPECIFIED means IMMEDIATE / ACCEPT."""
-        if min(message.confirm_delay_ms, message.fail_next_calls, message.latency_ms) < 0:
+        if min(message.confirm_delay_ms, message.fail_next_calls, message.latency_ms,
+               message.fail_next_quota_notices) < 0:
             raise ValueError("durations and counts must not be negative")
         if message.confirm_mode == control_pb2.CONFIRM_MODE_UNSPECIFIED:
             mode = ConfirmMode.IMMEDIATE
@@ -122,6 +127,8 @@ class Behaviour:
             reject_reason=message.reject_reason,
             consent_mode=consent_mode_from_proto(message.consent_mode),
             settlement_ack_mode=ack_mode,
+            fail_next_quota_notices=message.fail_next_quota_notices,
+            refuse_quota_notices=message.refuse_quota_notices,
         )
 
 
@@ -227,6 +234,19 @@ class StubState:
             self.behaviour, fail_next_calls=self.behaviour.fail_next_calls - 1
         )
         self.calls_failed += 1
+        return True
+
+    def take_quota_notice_failure(self) -> bool:
+        """Whether to refuse this quota or consumption notice on purpose (consuming one of a count)."""
+        if self.behaviour.refuse_quota_notices:
+            self.quota.notices_failed += 1
+            return True
+        if self.behaviour.fail_next_quota_notices <= 0:
+            return False
+        self.behaviour = dataclasses.replace(
+            self.behaviour, fail_next_quota_notices=self.behaviour.fail_next_quota_notices - 1
+        )
+        self.quota.notices_failed += 1
         return True
 
     def snapshot(self) -> control_pb2.SnapshotResponse:
