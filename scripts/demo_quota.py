@@ -208,6 +208,9 @@ def clear_month(ops: operations_pb2_grpc.OperationsStub, month: str, today: str,
                 print(f"   {province.name} acknowledged figures sha256 {r.figures_sha256.hex()[:16]}...")
     state = settlements_pb2.SettlementWindowState.Name(window.state).removeprefix("SETTLEMENT_WINDOW_STATE_")
     print(f"   month {state}; acknowledged by {', '.join(window.acknowledged_by) or 'nobody yet'}")
+    if window.state == settlements_pb2.SETTLEMENT_WINDOW_STATE_SETTLED:
+        print("   its payment was recorded before (an earlier run)")
+        return
     if window.state != settlements_pb2.SETTLEMENT_WINDOW_STATE_ACKNOWLEDGED:
         print("   not acknowledged in time: no payment recorded")
         return
