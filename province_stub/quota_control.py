@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import defaultdict
 
 import grpc
 
@@ -55,6 +57,9 @@ class QuotaControl:
         self._client = client
         # Each grant's signed bytes by message_id, so asking again resends them as they were.
         self._grants: dict[str, common_pb2.SignedEnvelope] = {}
+        # One grant at a time per binding: a raise is measured against the freezes of the grants before it,
+        # so one of those undone while it is in flight would leave the gateway granting more than is frozen.
+        self._grant_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     def _person(self, id_number: str) -> common_pb2.PersonRef:
         person = self._seed.find(id_number)
@@ -77,6 +82,12 @@ class QuotaControl:
         if not request.binding_id or not giver_id or request.quota_fen < 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "binding_id, giver_id_number and quota_fen >= 0")
         message_id = request.message_id or new_message_id("qg")
+        async with self._grant_locks[request.binding_id]:
+            return await self._grant(request, giver_id, message_id)
+
+    async def _grant(self, request: control_pb2.StubGrantRequest, giver_id: str, message_id: str
+                     ) -> control_pb2.StubGrantResponse:
+        ledger = self._state.quota
         try:
             # Frozen before the gateway hears of it: the quota is never more than the province holds.
             freeze = ledger.freeze_for_grant(message_id, request.binding_id, giver_id, request.quota_fen)
