@@ -195,8 +195,11 @@ def consume_quota(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
             assert consumption.kind is not None  # checked: the four kinds only
             if uow.quotas.consumption_by_ref(header.sender, consumption.settlement_ref) is not None:
                 raise _duplicate_settlement_ref()
-            quota = locked_quota(uow, locked, now)
-            balance, drawn = draw(quota.balance, consumption.amount_fen, consumption.allow_partial)
+            quota = uow.quotas.get(locked.binding_id, lock=True)
+            # No quota granted yet: nothing to draw, and a refusal writes nothing (not even an empty quota).
+            balance, drawn = draw(QuotaBalance() if quota is None else quota.balance, consumption.amount_fen,
+                                  consumption.allow_partial)
+            assert quota is not None
             month = open_clearing_month(uow, now)
             record = Consumption(header.message_id, locked.binding_id, locked.giver_province, header.sender,
                                  consumption.settlement_ref, consumption.kind, consumption.amount_fen, drawn, 0,
