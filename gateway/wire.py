@@ -1,15 +1,18 @@
-"""Conversions shared by the inbound API and the outbound province client: envelopes, timestamps, quota figures."""
+"""Conversions shared by the inbound API and the outbound province client: envelopes, timestamps, quota figures,
+clearing lines."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway.domain.envelope import Envelope
 from gateway.domain.quota import Consumption, QuotaBalance
-from protos.gongji.v1 import common_pb2, quotas_pb2
+from gateway.domain.settlement import ClearingLine
+from protos.gongji.v1 import common_pb2, quotas_pb2, settlements_pb2
 
 
 def envelope_from_proto(message: common_pb2.SignedEnvelope) -> Envelope:
@@ -51,3 +54,10 @@ def consumption_record(consumption: Consumption, reversed_fen: int | None = None
         state=quotas_pb2.ConsumptionState.Value(f"CONSUMPTION_STATE_{consumption.state}"),
         clearing_window_id=consumption.month, care_pooling_area=consumption.care_pooling_area,
         created_at=timestamp(consumption.created_at))
+
+
+def clearing_lines(lines: Iterable[ClearingLine]) -> list[settlements_pb2.ClearingLine]:
+    return [settlements_pb2.ClearingLine(from_province=line.from_province, to_province=line.to_province,
+                                         consumed_fen=line.consumed_fen, reversed_fen=line.reversed_fen,
+                                         net_fen=line.net_fen, consumption_count=line.consumption_count,
+                                         reversal_count=line.reversal_count) for line in lines]

@@ -215,6 +215,7 @@ async def start_stub(config: StubConfig) -> RunningStub:
         private_key,
         gateway_keys,
         deadline_s=config.gateway_deadline_s,
+        now=config.now,
     )
     confirmer = Confirmer(client)
     consenter = Consenter(client, today=config.today)

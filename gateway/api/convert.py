@@ -38,7 +38,7 @@ from gateway.domain.transfers import (
     TransferQuery,
     TransferState,
 )
-from gateway.wire import from_timestamp, quota_figures, timestamp
+from gateway.wire import clearing_lines, from_timestamp, quota_figures, timestamp
 from protos.gongji.v1 import common_pb2, keys_pb2, operations_pb2, relations_pb2, settlements_pb2, transfers_pb2
 
 
@@ -376,7 +376,8 @@ def window_to_proto(window: SettlementWindow) -> operations_pb2.SettlementWindow
         acknowledged_by=window.acknowledged_by, provinces=window.provinces,
         payments=[operations_pb2.PaymentRecord(from_province=p.from_province, to_province=p.to_province,
                                                bank=p.bank, serial_number=p.serial_number,
-                                               date=p.paid_on.isoformat()) for p in window.payments])
+                                               date=p.paid_on.isoformat()) for p in window.payments],
+        lines=clearing_lines(window.lines))
     if window.closed_at is not None:
         answer.closed_at.CopyFrom(timestamp(window.closed_at))
     return answer

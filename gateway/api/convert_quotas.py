@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from gateway.api.convert import header_from_proto
 from gateway.api.strict import decoder
+from gateway.domain import reasons
+from gateway.domain.errors import InvalidArgument
 from gateway.domain.quota import (
     ConsumptionKind,
     ConsumptionReversal,
@@ -14,7 +16,7 @@ from gateway.domain.quota import (
 from gateway.domain.transfers import PersonRef
 from gateway.usecases.quotas import ConsumptionAnswer, QuotaView, ReversalAnswer
 from gateway.wire import consumption_record, quota_figures
-from protos.gongji.v1 import common_pb2, quotas_pb2
+from protos.gongji.v1 import common_pb2, operations_pb2, quotas_pb2
 
 _KINDS = {quotas_pb2.CONSUMPTION_KIND_MEDICAL: ConsumptionKind.MEDICAL,
           quotas_pb2.CONSUMPTION_KIND_PHARMACY: ConsumptionKind.PHARMACY,
@@ -82,3 +84,14 @@ def quota_view_to_proto(view: QuotaView) -> quotas_pb2.GetQuotaResponse:
     return quotas_pb2.GetQuotaResponse(binding_id=view.binding_id, quota=quota_figures(view.balance),
                                        consumptions=[consumption_record(c) for c in view.consumptions],
                                        next_page_token=view.next_page_token)
+
+
+def window_kind_from_proto(value: int) -> bool | None:
+    """SettlementWindowKind as list_windows' `clearing`: True clearing months, False transfers' windows, None both."""
+    kinds: dict[int, bool | None] = {operations_pb2.SETTLEMENT_WINDOW_KIND_UNSPECIFIED: None,
+                                     operations_pb2.SETTLEMENT_WINDOW_KIND_TRANSFERS: False,
+                                     operations_pb2.SETTLEMENT_WINDOW_KIND_CLEARING: True}
+    if value not in kinds:
+        raise InvalidArgument("kind must name a settlement window kind", reason=reasons.INVALID_WINDOW_KIND,
+                              field="kind")
+    return kinds[value]

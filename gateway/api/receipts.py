@@ -10,7 +10,7 @@ from gateway.domain.envelope import GATEWAY, Envelope
 from gateway.domain.quota import QuotaBalance
 from gateway.domain.settlement import Figures
 from gateway.security.signing import EnvelopeSigner
-from gateway.wire import envelope_to_proto, quota_figures, timestamp
+from gateway.wire import clearing_lines, envelope_to_proto, quota_figures, timestamp
 from protos.gongji.v1 import common_pb2, payload_types, settlements_pb2
 
 
@@ -41,7 +41,8 @@ class SignedReceiptIssuer:
                                               gross_fen=p.gross_fen, transfer_count=p.transfer_count)
                    for p in figures.pairs],
             positions=[settlements_pb2.ProvincePosition(province=p.province, net_fen=p.net_fen)
-                       for p in figures.positions if p.province == receiver])
+                       for p in figures.positions if p.province == receiver],
+            lines=clearing_lines(figures.lines))
         return self._signer.sign(payload_types.SETTLEMENT_FIGURES, message.SerializeToString())
 
     def sign_checkpoint(self, payload: bytes) -> Envelope:

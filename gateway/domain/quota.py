@@ -12,7 +12,7 @@ from gateway.domain.envelope import Header
 from gateway.domain.errors import FailedPrecondition
 from gateway.domain.money import validate_amount
 from gateway.domain.references import validate_reference
-from gateway.domain.settlement import SettlementPeriod, WindowSpan, window_containing
+from gateway.domain.settlement import CLEARING_PREFIX, SettlementPeriod, WindowSpan, window_containing
 from gateway.domain.transfers import PersonRef, validate_message_id, validate_pooling_area
 
 SETTLEMENT_REF_MAX = 64
@@ -115,9 +115,6 @@ def clearing_month(at: datetime) -> str:
     return f"{local.year:04d}-{local.month:02d}"
 
 
-CLEARING_PREFIX = "Q"  # a clearing month's window id: "Q" + YYYY-MM, beside the transfers' windows
-
-
 def clearing_span(at: datetime) -> WindowSpan:
     """Q10: the clearing month containing `at` as a settlement window ("Q2026-03"), on the Beijing calendar."""
     month = window_containing(at, SettlementPeriod.MONTHLY)
@@ -127,10 +124,6 @@ def clearing_span(at: datetime) -> WindowSpan:
 def next_clearing_span(span: WindowSpan) -> WindowSpan:
     """Where consumptions and reversals go once `span` is closed: the next month (a closed month never changes)."""
     return clearing_span(span.closes_at)
-
-
-def is_clearing_window(window_id: str) -> bool:
-    return window_id.startswith(CLEARING_PREFIX)
 
 
 @dataclass(frozen=True, slots=True)

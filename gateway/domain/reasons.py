@@ -150,6 +150,8 @@ INVALID_POLICY = _reason("INVALID_POLICY", InvalidArgument, "a policy value is o
 INVALID_STATUS = _reason("INVALID_STATUS", InvalidArgument, "a province status is not ACTIVE or SUSPENDED")
 INVALID_STATE = _reason("INVALID_STATE", InvalidArgument,
                         "a state filter names no transfer, binding or settlement window state")
+INVALID_WINDOW_KIND = _reason("INVALID_WINDOW_KIND", InvalidArgument,
+                              "ListSettlementWindows' kind names neither the transfers' windows nor clearing months")
 INVALID_PAGE_SIZE = _reason("INVALID_PAGE_SIZE", InvalidArgument,
                             "page_size is outside 0..1000 (ListTransfers, ListBindings) or 0..200 "
                             "(ListSettlementWindows)")

@@ -16,7 +16,15 @@ from gateway.domain.provinces import Province, ProvinceKey
 from gateway.domain.quota import Consumption, Quota, QuotaBalance, QuotaEvent, QuotaPairTotals, Reversal
 from gateway.domain.records import StoredRequest
 from gateway.domain.relations import RelationQueryRecord
-from gateway.domain.settlement import Figures, PairFigure, Payment, SettlementWindow, WindowSpan, WindowState
+from gateway.domain.settlement import (
+    ClearingLine,
+    Figures,
+    PairFigure,
+    Payment,
+    SettlementWindow,
+    WindowSpan,
+    WindowState,
+)
 from gateway.domain.transfers import PersonRef, Transfer, TransferState
 
 
@@ -150,12 +158,16 @@ class SettlementRepository(Protocol):
     def state_for_close(self, span: WindowSpan, at: datetime) -> WindowState: ...
     def lock(self, window_id: str) -> WindowState | None: ...
     def committed_pairs(self, window_id: str) -> list[PairFigure]: ...
+    def clearing_lines(self, window_id: str) -> list[ClearingLine]:
+        """A clearing month's figures per ordered pair, from its running totals (Q10)."""
     def freeze(self, window_id: str, pairs: Sequence[PairFigure],
-               statements: Sequence[tuple[str, Envelope, bytes]], at: datetime) -> None: ...
+               statements: Sequence[tuple[str, Envelope, bytes]], at: datetime,
+               lines: Sequence[ClearingLine] = ()) -> None: ...
     def change_state(self, window_id: str, from_state: WindowState, to: WindowState, at: datetime,
                      closed: bool = False) -> bool: ...
     def get(self, window_id: str) -> SettlementWindow | None: ...
-    def newest_first(self, states: Sequence[WindowState], before: str | None, limit: int) -> list[SettlementWindow]: ...
+    def newest_first(self, states: Sequence[WindowState], before: str | None, limit: int,
+                     clearing: bool | None = None) -> list[SettlementWindow]: ...
     def due_for_close(self, closes_before: datetime, limit: int) -> list[str]: ...
     def statement(self, window_id: str, province: str, payload_type: str) -> tuple[Envelope, bytes] | None:
         """The figures signed for `province` at closing, with their digest; the caller names their type."""
