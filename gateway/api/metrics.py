@@ -71,6 +71,11 @@ class StateCollector(Collector):
             consumptions.add_metric(where, pair.consumption_count)
         yield quotas
         yield consumptions
+        months = GaugeMetricFamily("gongji_clearing_months", "Quota clearing months (Q10) by state; they are counted "
+                                   "among gongji_settlement_windows too", labels=["state"])
+        for state, count in sorted(stats.clearing_months.items()):
+            months.add_metric([state], count)
+        yield months
 
 
 class OutboxSendCollector(Collector):

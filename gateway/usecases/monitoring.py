@@ -170,9 +170,11 @@ def get_stats(ctx: UseCaseContext) -> Stats:
     with ctx.uow() as uow:
         stats = uow.transfers.stats()
         windows = uow.settlements.counts_by_state()
+        months = uow.settlements.counts_by_state(clearing=True)
         quota_pairs = uow.totals.quota_pairs()
     return dataclasses.replace(stats, settlement_windows={state.value: windows.get(state, 0) for state in WindowState},
-                               quota_pairs=quota_pairs)
+                               quota_pairs=quota_pairs,
+                               clearing_months={state.value: months.get(state, 0) for state in WindowState})
 
 
 ZERO = QuotaBalance()

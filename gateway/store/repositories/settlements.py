@@ -221,7 +221,11 @@ class SqlSettlementRepository:
                            f"{payment.from_province}->{payment.to_province} bank={payment.bank} "
                            f"serial={payment.serial_number} date={payment.paid_on.isoformat()}")
 
-    def counts_by_state(self) -> dict[WindowState, int]:
+    def counts_by_state(self, clearing: bool | None = None) -> dict[WindowState, int]:
         w = windows_t.c
-        rows = self._cursor.all(self._prepared(select(w.state, func.count()).group_by(w.state)))
+        query = select(w.state, func.count())
+        if clearing is not None:
+            months = w.window_id.like(CLEARING_PREFIX + "%")
+            query = query.where(months if clearing else ~months)
+        rows = self._cursor.all(self._prepared(query.group_by(w.state)))
         return {WindowState(state): int(count) for state, count in rows}
