@@ -214,9 +214,10 @@ def clear_month(ops: operations_pb2_grpc.OperationsStub, month: str, today: str,
     if window.state != settlements_pb2.SETTLEMENT_WINDOW_STATE_ACKNOWLEDGED:
         print("   not acknowledged in time: no payment recorded")
         return
+    # One payment per line that does not net to 0, named by the line's pair (givers' province -> receivers'),
+    # whichever way its money goes: a negative net is paid by the receivers' province.
     payments = [operations_pb2.PaymentRecord(
-        from_province=line.from_province if line.net_fen > 0 else line.to_province,
-        to_province=line.to_province if line.net_fen > 0 else line.from_province,
+        from_province=line.from_province, to_province=line.to_province,
         bank="PBOC", serial_number=f"DEMO-{month}-{i + 1}", date=today)
         for i, line in enumerate(window.lines) if line.net_fen]
     try:
