@@ -123,7 +123,8 @@ def test_hami_month_closed_acknowledged_paid_and_late_reversal_in_the_next_month
     assert {month.window_id, following.window_id, "Q2026-01"} <= set(clearing)
     assert all(w.startswith("Q") for w in clearing) and clearing == sorted(clearing, reverse=True)
     assert not any(w.startswith("Q") for w in list_ids(stack, W.SETTLEMENT_WINDOW_KIND_TRANSFERS))
-    seen = error_of(lambda: stack.operations.ListSettlementWindows(W.ListSettlementWindowsRequest(kind=W.SettlementWindowKind.ValueType(7)), timeout=5))
+    unknown = W.ListSettlementWindowsRequest(kind=W.SettlementWindowKind.ValueType(7))
+    seen = error_of(lambda: stack.operations.ListSettlementWindows(unknown, timeout=5))
     assert (seen.code, seen.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_WINDOW_KIND")
 
 

@@ -637,7 +637,7 @@ def _stream_error(h: Hostile, path: str, request: bytes) -> ErrorSeen | None:
 
 PROVINCE_CODE = re.compile(r"[0-9]{2}0000")
 KEY_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
-WINDOW_ID = re.compile(r"[0-9]{4}-[0-9]{2}(-[0-9]{2})?")
+WINDOW_ID = re.compile(r"Q?[0-9]{4}-[0-9]{2}(-[0-9]{2})?")  # a transfers' window, or a clearing month (Q10)
 POLICY_OUT_OF_RANGE: dict[str, st.SearchStrategy[int]] = {
     "daily_transfer_limit": st.one_of(st.integers(INT32[0], 0), st.integers(1_000_001, INT32[1])),
     "max_transfer_fen": st.integers(INT64[0], 0),
@@ -772,7 +772,8 @@ def list_transfers(draw: st.DrawFn, h: Hostile) -> tuple[str, pb_message.Message
 WINDOW_TEXT = st.one_of(
     ODD_TEXT,
     st.from_regex(WINDOW_ID, fullmatch=True),
-    st.sampled_from(["9999-12-31", "9999-12", "0000-01-01", "2024-02-30", "2024-13", "٢٠٢٤-٠١-٠١", "2999-01-01"]),
+    st.sampled_from(["9999-12-31", "9999-12", "0000-01-01", "2024-02-30", "2024-13", "٢٠٢٤-٠١-٠١", "2999-01-01",
+                     "Q9999-12", "Q0000-01", "Q2024-13", "Q2026-05-01", "q2026-05", "Q٢٠٢٤-٠١"]),
 )
 
 
@@ -824,8 +825,10 @@ def get_settlement_window(draw: st.DrawFn, h: Hostile) -> tuple[str, pb_message.
 @st.composite
 def list_settlement_windows(draw: st.DrawFn, h: Hostile) -> tuple[str, pb_message.Message, bool]:
     request = operations_pb2.ListSettlementWindowsRequest(page_size=10)
-    how = draw(st.sampled_from(["states", "page_size", "page_token"]))
-    if how == "states":
+    how = draw(st.sampled_from(["states", "page_size", "page_token", "kind"]))
+    if how == "kind":
+        request.kind = draw(_extremes(*INT32))
+    elif how == "states":
         request.states[:] = draw(st.lists(_extremes(*INT32), max_size=4))
     elif how == "page_size":
         request.page_size = draw(_extremes(*INT32))
@@ -840,7 +843,8 @@ def close_settlement_window(draw: st.DrawFn, h: Hostile) -> tuple[str, pb_messag
     window_id = draw(st.one_of(
         ODD_TEXT.filter(lambda w: w != "" and not WINDOW_ID.fullmatch(w)),
         st.sampled_from(["9999-12-31", "9999-12", "0000-01-01", "2024-02-30", "2024-13", "٢٠٢٤-٠١-٠١",
-                         "2999-01-01", "2026-05"]),  # impossible, out of range, future, monthly while daily
+                         "2999-01-01", "2026-05",  # impossible, out of range, future, monthly while daily
+                         "Q9999-12", "Q0000-01", "Q2024-13", "Q2999-01", "Q2026-05-01", "q2026-05"]),  # clearing
     ))
     # Forced or not: force only lets an empty window close, never one that cannot be.
     return "window_id", operations_pb2.CloseSettlementWindowRequest(window_id=window_id,
@@ -917,7 +921,8 @@ def test_operations_refuse_hostile_input(hostile: Hostile, method: str, data: st
     hostile.check_serving()
 
 
-@pytest.mark.parametrize("window_id", ["9999-12-31", "0001-01-01", "9999-12", "2024-02-30", "2999-01-01"])
+@pytest.mark.parametrize("window_id", ["9999-12-31", "0001-01-01", "9999-12", "2024-02-30", "2999-01-01",
+                                       "Q9999-12", "Q0001-01", "Q2999-01"])
 def test_windows_that_cannot_be_closed_are_refused_cleanly(hostile: Hostile, window_id: str) -> None:
     # Found by the fuzzer: the ends of the calendar ended CloseSettlementWindow as INTERNAL (OverflowError).
     before = hostile.snapshot()

@@ -166,7 +166,7 @@ class SqlSettlementRepository:
 
     def due_for_close(self, closes_before: datetime, limit: int) -> list[str]:
         w = windows_t.c
-        # The transfers' windows only: a clearing month ("Q2026-03", Q10) is closed by the clearing's own schedule.
+        # The transfers' windows only: a clearing month ("Q2026-03", Q10) is closed by an operator, once it has begun.
         statement = self._prepared(select(w.window_id).where(and_(w.state == WindowState.OPEN.value,
                                                                   w.closes_at <= closes_before,
                                                                   w.window_id.not_like(CLEARING_PREFIX + "%")))
