@@ -5,6 +5,7 @@ ordered pair, from the month's running totals) signed and sent, acknowledged by 
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import grpc
@@ -160,3 +161,40 @@ def test_closing_reads_the_running_totals_and_the_figures_equal_the_consumptions
     assert line(closed) == [(XINJIANG, GANSU, consumed, reversed_, consumed - reversed_, consumptions, reversals)]
     assert (consumed, reversed_) == (7_500, 1_400)
     assert close(stack, month) == window(stack, month)  # closing again answers with it as it is
+
+
+def test_a_month_closed_while_draws_and_reversals_arrive_holds_exactly_what_was_recorded_in_it(stack: Stack) -> None:
+    """D16 for the clearing: draws and reversals at the moment of the close each land in exactly one month, the
+    closed month's figures are exactly those assigned to it, and the rest are in the next month."""
+    grant(stack, 500_000)
+    early = [consume(stack, 1_000 + i) for i in range(4)]
+    refs = [r[0] for r in rows(stack, "SELECT settlement_ref FROM consumptions")]
+    month = clearing_span(stack.clock.now())
+    results: dict[str, str] = {}
+
+    def draw(i: int) -> None:
+        results[f"draw-{i}"] = consume(stack, 2_000 + i).clearing_window_id
+
+    def undo(i: int) -> None:
+        results[f"reverse-{i}"] = reverse(stack, refs[i], 300).clearing_window_id
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        futures = [pool.submit(draw, i) for i in range(12)] + [pool.submit(undo, i) for i in range(4)]
+        closed = close(stack, month.window_id)
+        for future in futures:
+            future.result()
+    assert len(early) == 4 and set(results.values()) <= {month.window_id, next_clearing_span(month).window_id}
+    for window_id in (month.window_id, next_clearing_span(month).window_id):
+        drawn = rows(stack, "SELECT coalesce(sum(drawn_fen), 0), count(*) FROM consumptions "
+                            "WHERE clearing_window_id = :m", m=window_id)[0]
+        back = rows(stack, "SELECT coalesce(sum(amount_fen), 0), count(*) FROM consumption_reversals "
+                           "WHERE clearing_window_id = :m", m=window_id)[0]
+        if window_id == month.window_id:
+            expected = [(XINJIANG, GANSU, drawn[0], back[0], drawn[0] - back[0], drawn[1], back[1])]
+            assert line(closed) == expected == line(window(stack, window_id))
+        else:
+            assert (drawn[1], back[1]) == (
+                sum(1 for k, v in results.items() if k.startswith("draw") and v == window_id),
+                sum(1 for k, v in results.items() if k.startswith("reverse") and v == window_id))
+    total = rows(stack, "SELECT sum(drawn_fen) FROM consumptions")[0][0]
+    assert total == sum(1_000 + i for i in range(4)) + sum(2_000 + i for i in range(12))
