@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import grpc.aio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -50,8 +51,9 @@ class GatewayClient(ProvinceSigner):
         gateway_keys: GatewayKeyDirectory,
         *,
         deadline_s: float = DEFAULT_DEADLINE_S,
+        now: Callable[[], float] | None = None,
     ) -> None:
-        super().__init__(province, key_id, private_key)
+        super().__init__(province, key_id, private_key, now)
         self._gateway_keys = gateway_keys
         self._deadline_s = deadline_s
         self._transfers = transfers_pb2_grpc.TransfersStub(channel)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf import timestamp_pb2
@@ -125,10 +126,21 @@ def acceptance_message_id(binding_id: str) -> str:
 class ProvinceSigner:
     """Builds each kind of message as one province and signs it with that province's key."""
 
-    def __init__(self, province: str, key_id: str, private_key: Ed25519PrivateKey) -> None:
+    def __init__(self, province: str, key_id: str, private_key: Ed25519PrivateKey,
+                 now: Callable[[], float] | None = None) -> None:
         self.province = province
         self.key_id = key_id
         self._private_key = private_key
+        # The stub's clock (tests move it with the gateway's): dates the settlement messages, which a test may
+        # send a month on (a clearing month is closed after it has begun).
+        self._now = now
+
+    def _stamp(self) -> timestamp_pb2.Timestamp | None:
+        if self._now is None:
+            return None
+        stamp = timestamp_pb2.Timestamp()
+        stamp.FromNanoseconds(int(self._now() * 1_000_000_000))
+        return stamp
 
     def sign(self, payload_type: str, payload: bytes) -> common_pb2.SignedEnvelope:
         return sign_envelope(self._private_key, self.province, self.key_id, payload_type, payload)
@@ -249,13 +261,13 @@ class ProvinceSigner:
         # A fresh message id each time: a resend of these same bytes is a replay at the gateway.
         message_id = new_message_id("ack")
         acknowledgement = settlements_pb2.SettlementAcknowledgement(
-            header=header(message_id, self.province, GATEWAY_SIGNER), window_id=window_id,
+            header=header(message_id, self.province, GATEWAY_SIGNER, self._stamp()), window_id=window_id,
             figures_sha256=figures_sha256,
         )
         return self.sign(payload_types.SETTLEMENT_ACKNOWLEDGEMENT, acknowledgement.SerializeToString())
 
     def settlement_query_envelope(self, window_id: str) -> common_pb2.SignedEnvelope:
         query = settlements_pb2.SettlementQuery(
-            header=header(new_message_id("sq"), self.province, GATEWAY_SIGNER), window_id=window_id
+            header=header(new_message_id("sq"), self.province, GATEWAY_SIGNER, self._stamp()), window_id=window_id
         )
         return self.sign(payload_types.SETTLEMENT_QUERY, query.SerializeToString())

@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-from gateway.api import convert, operator_views
+from gateway.api import convert, convert_quotas, operator_views
 from gateway.api.transport import operator_actor, province_caller
 from gateway.domain.monitoring import FeedStart
 from gateway.usecases import binding_reads
@@ -125,6 +125,12 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
         inspection = await self._run.query(binding_reads.inspect_binding, request.binding_id)
         return operator_views.binding_inspection_to_proto(inspection)
 
+    async def InspectQuota(self, request: operations_pb2.InspectQuotaRequest,
+                           context: Context) -> operations_pb2.InspectQuotaResponse:
+        inspection = await self._run.query(binding_reads.inspect_quota, request.binding_id, request.page_size,
+                                           request.page_token)
+        return operator_views.quota_inspection_to_proto(inspection)
+
     async def WatchTransfers(self, request: operations_pb2.WatchTransfersRequest,
                              context: Context) -> AsyncIterator[operations_pb2.TransferChange]:
         async for item in self._run.stream(monitoring_cases.watch_transfers, request.from_cursor):
@@ -159,7 +165,8 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
     async def ListSettlementWindows(self, request: operations_pb2.ListSettlementWindowsRequest,
                                     context: Context) -> operations_pb2.ListSettlementWindowsResponse:
         page = await self._run.query(settlement_cases.list_windows, convert.window_states_from_proto(request.states),
-                                     request.page_token, request.page_size)
+                                     request.page_token, request.page_size,
+                                     convert_quotas.window_kind_from_proto(request.kind))
         return operations_pb2.ListSettlementWindowsResponse(
             windows=[convert.window_to_proto(w) for w in page.windows], next_page_token=page.next_page_token)
 

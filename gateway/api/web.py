@@ -41,7 +41,8 @@ def _time(at: datetime | None) -> str | None:
 
 
 def window_to_json(window: SettlementWindow) -> dict[str, Any]:
-    """{window_id, state, opens_at, closes_at, closed_at, pairs, positions, provinces, acknowledged_by}."""
+    """{window_id, state, opens_at, closes_at, closed_at, pairs, lines, positions, provinces, acknowledged_by}; a
+    clearing month's figures are its lines (Q10), a transfers' window's its pairs."""
     return {
         "window_id": window.window_id,
         "state": window.state.value,
@@ -50,6 +51,9 @@ def window_to_json(window: SettlementWindow) -> dict[str, Any]:
         "closed_at": _time(window.closed_at),
         "pairs": [{"from_province": p.from_province, "to_province": p.to_province, "gross_fen": p.gross_fen,
                    "transfer_count": p.transfer_count} for p in window.pairs],
+        "lines": [{"from_province": x.from_province, "to_province": x.to_province, "consumed_fen": x.consumed_fen,
+                   "reversed_fen": x.reversed_fen, "net_fen": x.net_fen, "consumption_count": x.consumption_count,
+                   "reversal_count": x.reversal_count} for x in window.lines],
         "positions": [{"province": p.province, "net_fen": p.net_fen} for p in window.positions],
         "provinces": window.provinces,
         "acknowledged_by": window.acknowledged_by,
@@ -84,6 +88,13 @@ def snapshot_to_json(snapshot: DashboardSnapshot) -> dict[str, Any]:
             "oldest_undelivered": _time(stats.oldest_undelivered),
             "failed_attempts_by_province": dict(sorted(stats.failed_attempts_by_province.items())),
         },
+        "quota_pairs": [
+            {"giver_province": q.giver_province, "receiver_province": q.receiver_province,
+             "granted_fen": q.balance.granted_fen, "consumed_fen": q.balance.consumed_fen,
+             "released_fen": q.balance.released_fen, "available_fen": q.balance.available_fen,
+             "consumption_count": q.consumption_count}
+            for q in stats.quota_pairs
+        ],
         "stuck": [
             {"transfer_id": s.transfer_id, "state": s.state.value, "giver_province": s.giver_province,
              "receiver_province": s.receiver_province, "amount_fen": s.amount_fen,
@@ -93,6 +104,7 @@ def snapshot_to_json(snapshot: DashboardSnapshot) -> dict[str, Any]:
         ],
         "stuck_more": snapshot.stuck_more,
         "windows": [window_to_json(window) for window in snapshot.windows],
+        "clearing_months": [window_to_json(window) for window in snapshot.clearing_months],
     }
 
 

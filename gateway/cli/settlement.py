@@ -1,4 +1,5 @@
-"""`gongji settlement ...`: close, show, ack-status, record-payment and export settlement windows (D16-D18)."""
+"""`gongji settlement ...`: close, show, ack-status, record-payment and export settlement windows (D16-D18), the
+quota regime's clearing months ("QYYYY-MM", Q10) among them."""
 
 from __future__ import annotations
 
@@ -49,6 +50,15 @@ def _payment_of(window: Window, from_province: str, to_province: str) -> operati
                 None)
 
 
+def _is_clearing(window: Window) -> bool:
+    return window.window_id.startswith("Q")
+
+
+def _payable(window: Window) -> int:
+    """How many payments the window needs: one per transfers' pair, one per clearing line whose net is not 0."""
+    return len(window.pairs) + sum(1 for line in window.lines if line.net_fen)
+
+
 def _acknowledged(window: Window) -> str:
     return f"{len(set(window.acknowledged_by) & set(window.provinces))}/{len(window.provinces)}"
 
@@ -61,26 +71,45 @@ def _print_window(w: Window) -> None:
         ("period (Beijing)", f"{beijing_time(w, 'opens_at')} – {beijing_time(w, 'closes_at')}"),
         ("closed (Beijing)", beijing_time(w, "closed_at")),
         ("acknowledged", f"{_acknowledged(w)} provinces" if closed else NONE),
-        ("paid", f"{len(w.payments)}/{len(w.pairs)} pairs" if closed else NONE),
-    ]), title=f"settlement window {shown(w.window_id)}", expand=False))
+        ("paid", f"{len(w.payments)}/{_payable(w)} pairs" if closed else NONE),
+    ]), title=f"{'clearing month' if _is_clearing(w) else 'settlement window'} {shown(w.window_id)}", expand=False))
     if not closed:
         console.print("open: the figures are frozen when the window is closed")
         return
-    if not w.pairs:
+    if w.lines:
+        _print_lines(w)
+    elif _is_clearing(w):
+        console.print("no consumptions or reversals in this month: nothing to acknowledge or pay")
+        return
+    elif not w.pairs:
         console.print("no committed transfers in this window: nothing to acknowledge or pay")
         return
-    pairs = Table("from (pays)", "to (is paid)", "gross", "transfers", "paid", title="gross figures by pair")
-    for pair in w.pairs:
-        paid = _payment_of(w, pair.from_province, pair.to_province)
-        add_row(pairs, pair.from_province, pair.to_province, yuan(pair.gross_fen), str(pair.transfer_count),
-                f"{paid.bank} {paid.serial_number} {paid.date}" if paid else "no")
-    console.print(pairs)
+    else:
+        pairs = Table("from (pays)", "to (is paid)", "gross", "transfers", "paid", title="gross figures by pair")
+        for pair in w.pairs:
+            paid = _payment_of(w, pair.from_province, pair.to_province)
+            add_row(pairs, pair.from_province, pair.to_province, yuan(pair.gross_fen), str(pair.transfer_count),
+                    f"{paid.bank} {paid.serial_number} {paid.date}" if paid else "no")
+        console.print(pairs)
     positions = Table("province", "net", "", "acknowledged", title="net positions")
     for position in w.positions:
         side = "receives" if position.net_fen > 0 else "pays" if position.net_fen < 0 else "even"
         add_row(positions, position.province, yuan(position.net_fen), side,
                 "yes" if position.province in w.acknowledged_by else "no")
     console.print(positions)
+
+
+def _print_lines(w: Window) -> None:
+    """A clearing month's lines: what the givers' province's fund owes the receivers' (a negative net: the other
+    way round); a payment names the line's pair whichever way its money goes."""
+    lines = Table("from (givers)", "to (receivers)", "consumed", "reversed", "net", "consumptions", "reversals",
+                  "paid", title="clearing lines by pair (net: from owes to; negative: to owes from)")
+    for line in w.lines:
+        paid = _payment_of(w, line.from_province, line.to_province)
+        add_row(lines, line.from_province, line.to_province, yuan(line.consumed_fen), yuan(line.reversed_fen),
+                yuan(line.net_fen), str(line.consumption_count), str(line.reversal_count),
+                f"{paid.bank} {paid.serial_number} {paid.date}" if paid else "no" if line.net_fen else "nothing to pay")
+    console.print(lines)
 
 
 def _get_window(stub: operations_pb2_grpc.OperationsStub, window_id: str) -> Window:
@@ -90,8 +119,8 @@ def _get_window(stub: operations_pb2_grpc.OperationsStub, window_id: str) -> Win
 
 @settlement_app.command("close")
 def settlement_close(
-    window_id: Annotated[str, typer.Argument(help="YYYY-MM-DD (daily windows) or YYYY-MM (monthly).",
-                                             show_default=False)] = "",
+    window_id: Annotated[str, typer.Argument(help="YYYY-MM-DD (daily windows), YYYY-MM (monthly), or QYYYY-MM (a "
+                                                  "quota clearing month).", show_default=False)] = "",
     current: Annotated[bool, typer.Option("--current", help="The window of now (Beijing calendar), instead of an "
                                                             "id.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Close it even if nothing is committed in it (it is then "
@@ -101,10 +130,13 @@ def settlement_close(
     """Freeze a window's figures and send each province its part to acknowledge (closing twice changes nothing).
 
     A window that has not started is refused, and so is one with nothing committed unless --force. Windows
-    are also closed on schedule, a delay after they end (GONGJI_SETTLEMENT_CLOSE_DELAY_SECONDS).
+    are also closed on schedule, a delay after they end (GONGJI_SETTLEMENT_CLOSE_DELAY_SECONDS); a clearing month
+    (QYYYY-MM) only by this command, once it has begun: its consumptions and reversals recorded later go to the
+    next month.
     """
     if bool(window_id) == current:
-        fail("name the window to close: a window id (YYYY-MM-DD or YYYY-MM) or --current, not both", 2)
+        fail("name the window to close: a window id (YYYY-MM-DD or YYYY-MM) or --current, not both; a clearing "
+             "month: QYYYY-MM", 2)
     with operations(ops) as stub, err_console.status("closing the settlement window…"):
         window = stub.CloseSettlementWindow(operations_pb2.CloseSettlementWindowRequest(window_id=window_id,
                                                                                         force=force),
@@ -117,11 +149,13 @@ def settlement_close(
 
 @settlement_app.command("show")
 def settlement_show(
-    window_id: Annotated[str, typer.Argument(help="YYYY-MM-DD or YYYY-MM; empty: the newest windows.")] = "",
+    window_id: Annotated[str, typer.Argument(help="YYYY-MM-DD, YYYY-MM or QYYYY-MM; empty: the newest windows.")] = "",
     ops: OpsAddress = DEFAULT_OPS_LISTEN, as_json: AsJson = False,
     limit: Annotated[int, typer.Option(min=1, max=200, help="Without a window id: this many, newest first.")] = 10,
     state: Annotated[list[str] | None, typer.Option(help="Without a window id: only windows in this state, "
                                                          "e.g. CLOSED (repeatable).")] = None,
+    kind: Annotated[WindowKind | None, typer.Option(help="Without a window id: only the transfers' windows or only "
+                                                         "the quota clearing months.")] = None,
 ) -> None:
     """One window in full, or the newest windows at a glance."""
     if window_id:
@@ -138,22 +172,22 @@ def settlement_show(
         fail(f"unknown window state in {state}", 2)
     with operations(ops) as stub:
         answer = stub.ListSettlementWindows(operations_pb2.ListSettlementWindowsRequest(
-            states=states, page_size=limit), timeout=TIMEOUT_S)
+            states=states, page_size=limit, kind=KINDS[kind]), timeout=TIMEOUT_S)
     if as_json:
         print_json(operations_pb2.ListSettlementWindowsResponse(windows=answer.windows))
         return
     if not answer.windows:
         console.print("no settlement windows yet")
         return
-    table = Table("window", "state", "provinces", "total gross", "transfers", "acknowledged", "paid pairs",
-                  title="settlement windows, newest first")
+    table = Table("window", "state", "provinces", "total gross (net)", "transfers (consumptions)", "acknowledged",
+                  "paid pairs", title="settlement windows and clearing months, newest first")
     for w in answer.windows:
         closed = w.state != settlements_pb2.SETTLEMENT_WINDOW_STATE_OPEN
+        total = sum(p.gross_fen for p in w.pairs) + sum(line.net_fen for line in w.lines)
+        count = sum(p.transfer_count for p in w.pairs) + sum(line.consumption_count for line in w.lines)
         add_row(table, w.window_id, _window_state(w.state), ", ".join(w.provinces) or NONE,
-                yuan(sum(p.gross_fen for p in w.pairs)) if closed else NONE,
-                str(sum(p.transfer_count for p in w.pairs)) if closed else NONE,
-                _acknowledged(w) if closed else NONE,
-                f"{len(w.payments)}/{len(w.pairs)}" if closed else NONE)
+                yuan(total) if closed else NONE, str(count) if closed else NONE,
+                _acknowledged(w) if closed else NONE, f"{len(w.payments)}/{_payable(w)}" if closed else NONE)
     console.print(table)
 
 
@@ -182,14 +216,20 @@ def settlement_ack_status(window_id: str, ops: OpsAddress = DEFAULT_OPS_LISTEN, 
 @settlement_app.command("record-payment")
 def settlement_record_payment(
     window_id: str,
-    from_province: Annotated[str, typer.Option("--from", help="The paying province, e.g. 650000.")],
-    to_province: Annotated[str, typer.Option("--to", help="The paid province, e.g. 620000.")],
+    from_province: Annotated[str, typer.Option("--from", help="The paying province, e.g. 650000 (a clearing line: "
+                                                              "its givers' province).")],
+    to_province: Annotated[str, typer.Option("--to", help="The paid province, e.g. 620000 (a clearing line: its "
+                                                          "receivers' province).")],
     bank: Annotated[str, typer.Option(help="The bank's code, e.g. ICBC or its 12-digit CNAPS number.")],
     serial: Annotated[str, typer.Option(help="The bank's serial number of the payment.")],
     date: Annotated[str, typer.Option(help="The payment's date, YYYY-MM-DD.")],
     ops: OpsAddress = DEFAULT_OPS_LISTEN, as_json: AsJson = False,
 ) -> None:
-    """Record the bank payment of one pair of an acknowledged window (D18); SETTLED once every pair is paid."""
+    """Record the bank payment of one pair of an acknowledged window (D18); SETTLED once every pair is paid.
+
+    A clearing month's payment names its line (--from the givers' province --to the receivers'), whichever way the
+    money went: a line with a negative net is paid by the receivers' province. A line netting to 0 needs none.
+    """
     payment = operations_pb2.PaymentRecord(from_province=from_province, to_province=to_province, bank=bank,
                                            serial_number=serial, date=date)
     with operations(ops) as stub:
@@ -199,9 +239,19 @@ def settlement_record_payment(
         print_json(window)
         return
     console.print(f"window {shown(window.window_id)}: payment {shown(from_province)} → {shown(to_province)} "
-                  f"recorded ({shown(bank)} {shown(serial)} {shown(date)}); {len(window.payments)}/{len(window.pairs)} "
+                  f"recorded ({shown(bank)} {shown(serial)} {shown(date)}); {len(window.payments)}/{_payable(window)} "
                   "pairs paid; "
                   f"the window is {_window_state(window.state)}")
+
+
+class WindowKind(enum.StrEnum):
+    transfers = "transfers"
+    clearing = "clearing"
+
+
+KINDS = {None: operations_pb2.SETTLEMENT_WINDOW_KIND_UNSPECIFIED,
+         WindowKind.transfers: operations_pb2.SETTLEMENT_WINDOW_KIND_TRANSFERS,
+         WindowKind.clearing: operations_pb2.SETTLEMENT_WINDOW_KIND_CLEARING}
 
 
 class ExportFormat(enum.StrEnum):
@@ -213,7 +263,27 @@ CSV_COLUMNS = ("window_id", "state", "from_province", "to_province", "gross_fen"
                "paid_bank", "paid_serial_number", "paid_date")
 
 
+CLEARING_CSV_COLUMNS = ("window_id", "state", "from_province", "to_province", "consumed_fen", "reversed_fen",
+                        "net_fen", "net_yuan", "consumption_count", "reversal_count", "paid_bank",
+                        "paid_serial_number", "paid_date")
+
+
+def write_clearing_csv(window: Window, out: IO[str]) -> None:
+    writer = csv.writer(out)
+    writer.writerow(CLEARING_CSV_COLUMNS)
+    for line in window.lines:
+        paid = _payment_of(window, line.from_province, line.to_province)
+        text = [csv_text(value) for value in (window.window_id, _window_state(window.state), line.from_province,
+                                              line.to_province)]
+        payment = [csv_text(value) for value in (paid.bank, paid.serial_number, paid.date)] if paid else ["", "", ""]
+        writer.writerow([*text, line.consumed_fen, line.reversed_fen, line.net_fen, plain_yuan(line.net_fen),
+                         line.consumption_count, line.reversal_count, *payment])
+
+
 def write_csv(window: Window, out: IO[str]) -> None:
+    if _is_clearing(window):
+        write_clearing_csv(window, out)
+        return
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS)
     for pair in window.pairs:
@@ -231,6 +301,9 @@ EXPORT_HELP = (
     "to_province (is paid), gross_fen, gross_yuan (e.g. 1234.56), transfer_count, and paid_bank, "
     "paid_serial_number, paid_date once that pair's payment is recorded (empty before). Net positions are not in "
     "the CSV (a province's is what it receives minus what it pays over the pairs).\n\n"
+    "A clearing month (QYYYY-MM): one row per line with the columns window_id, state, from_province (the givers'), "
+    "to_province (the receivers'), consumed_fen, reversed_fen, net_fen, net_yuan (negative: to_province pays "
+    "from_province), consumption_count, reversal_count, and paid_bank, paid_serial_number, paid_date.\n\n"
     "JSON: the whole window as the gateway answers it: pairs, net positions, acknowledgements and payments.\n\n"
     "Amounts in fen are exact integers."
 )
@@ -254,7 +327,7 @@ def settlement_export(
     except OSError as error:
         fail(f"cannot write {output}: {error.strerror or error}")
     if output:
-        err_console.print(f"wrote window {shown(window.window_id)} ({len(window.pairs)} pairs, "
+        err_console.print(f"wrote window {shown(window.window_id)} ({len(window.pairs) + len(window.lines)} pairs, "
                           f"{_window_state(window.state)}) to {shown(output)}", highlight=False)
 
 

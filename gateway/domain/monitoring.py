@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from gateway.domain.bindings import Binding
 from gateway.domain.outbox import OutboxRecord
 from gateway.domain.provinces import Province
+from gateway.domain.quota import QuotaPairTotals
 from gateway.domain.settlement import SettlementWindow
 from gateway.domain.transfers import Transfer, TransferState
 
@@ -121,6 +122,10 @@ class Stats:
     failed_attempts_by_province: dict[str, int] = field(default_factory=dict)
     # Settlement windows by state name (OPEN, CLOSED, ACKNOWLEDGED, SETTLED).
     settlement_windows: dict[str, int] = field(default_factory=dict)
+    # Quota figures by ordered province pair (Q3), from the running totals.
+    quota_pairs: list[QuotaPairTotals] = field(default_factory=list)
+    # The quota regime's clearing months (Q10, window ids "QYYYY-MM") by state name; also among settlement_windows.
+    clearing_months: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,4 +212,5 @@ class DashboardSnapshot:
     flows: tuple[ProvinceFlow, ...]
     stuck: tuple[StuckTransfer, ...]  # oldest first
     stuck_more: bool = False  # more stuck transfers than listed
-    windows: tuple[SettlementWindow, ...] = ()  # the newest few, with their positions
+    windows: tuple[SettlementWindow, ...] = ()  # the transfers' newest few, with their positions
+    clearing_months: tuple[SettlementWindow, ...] = ()  # the newest few clearing months (Q10), with their lines

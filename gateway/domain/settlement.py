@@ -15,7 +15,9 @@ from gateway.domain.errors import InvalidArgument
 from gateway.domain.provinces import validate_province_code
 from gateway.domain.references import validate_reference
 
-WINDOW_ID_PATTERN = re.compile(r"\d{4}-\d{2}(-\d{2})?")
+# A transfers' window (daily or monthly), or a quota clearing month "QYYYY-MM" (Q10).
+WINDOW_ID_PATTERN = re.compile(r"\d{4}-\d{2}(-\d{2})?|Q\d{4}-\d{2}")
+CLEARING_PREFIX = "Q"  # a clearing month's window id: "Q" + YYYY-MM, beside the transfers' windows
 BANK_MAX = 64
 SERIAL_NUMBER_MAX = 64
 
@@ -74,10 +76,14 @@ def next_window(span: WindowSpan, period: SettlementPeriod) -> WindowSpan:
 
 
 def span_of(window_id: str) -> WindowSpan:
-    """The span a window id names ("2026-11-22" daily, "2026-11" monthly); InvalidArgument otherwise."""
+    """The span a window id names ("2026-11-22" daily, "2026-11" monthly, "Q2026-11" a clearing month);
+    InvalidArgument otherwise."""
     validate_window_id(window_id)
     try:
-        if len(window_id) == 10:
+        if window_id.startswith(CLEARING_PREFIX):
+            month = _span(date.fromisoformat(window_id[1:] + "-01"), SettlementPeriod.MONTHLY)
+            span = WindowSpan(window_id, month.opens_at, month.closes_at)
+        elif len(window_id) == 10:
             span = _span(date.fromisoformat(window_id), SettlementPeriod.DAILY)
         else:
             span = _span(date.fromisoformat(window_id + "-01"), SettlementPeriod.MONTHLY)
@@ -92,7 +98,7 @@ def span_of(window_id: str) -> WindowSpan:
 
 def validate_window_id(window_id: str, field_name: str = "window_id") -> None:
     if not WINDOW_ID_PATTERN.fullmatch(window_id):
-        raise InvalidArgument("window_id must be YYYY-MM-DD (daily) or YYYY-MM (monthly)",
+        raise InvalidArgument("window_id must be YYYY-MM-DD (daily), YYYY-MM (monthly) or QYYYY-MM (clearing month)",
                               reason=reasons.INVALID_WINDOW_ID, field=field_name)
 
 
@@ -107,21 +113,44 @@ class PairFigure:
 
 
 @dataclass(frozen=True, slots=True)
+class ClearingLine:
+    """A clearing month's figures for one ordered pair (Q10): the givers' province's fund owes the receivers'
+    province's fund the month's consumptions less its reversals (negative: the receivers' province owes it)."""
+
+    from_province: str  # the givers' province
+    to_province: str  # the receivers' province
+    consumed_fen: int
+    reversed_fen: int
+    consumption_count: int
+    reversal_count: int
+
+    @property
+    def net_fen(self) -> int:
+        return self.consumed_fen - self.reversed_fen
+
+
+def is_clearing_window(window_id: str) -> bool:
+    return window_id.startswith(CLEARING_PREFIX)
+
+
+@dataclass(frozen=True, slots=True)
 class Position:
     province: str
     net_fen: int  # received minus paid; negative: the province pays
 
 
-def net_positions(pairs: Iterable[PairFigure]) -> list[Position]:
+def net_positions(pairs: Iterable[PairFigure], lines: Iterable[ClearingLine] = ()) -> list[Position]:
     """Each province's net position; by construction they sum to zero (D17)."""
     net: dict[str, int] = {}
-    for pair in pairs:
-        net[pair.from_province] = net.get(pair.from_province, 0) - pair.gross_fen
-        net[pair.to_province] = net.get(pair.to_province, 0) + pair.gross_fen
+    owed = [(p.from_province, p.to_province, p.gross_fen) for p in pairs]
+    owed += [(line.from_province, line.to_province, line.net_fen) for line in lines]
+    for from_province, to_province, amount in owed:
+        net[from_province] = net.get(from_province, 0) - amount
+        net[to_province] = net.get(to_province, 0) + amount
     return [Position(code, net[code]) for code in sorted(net)]
 
 
-def provinces_in(pairs: Iterable[PairFigure]) -> list[str]:
+def provinces_in(pairs: Iterable[PairFigure | ClearingLine]) -> list[str]:
     return sorted({code for pair in pairs for code in (pair.from_province, pair.to_province)})
 
 
@@ -133,15 +162,17 @@ class Figures:
     opens_at: datetime
     closes_at: datetime
     pairs: tuple[PairFigure, ...]
+    lines: tuple[ClearingLine, ...] = ()  # a clearing month's (Q10); its pairs are empty
 
     @property
     def positions(self) -> list[Position]:
-        return net_positions(self.pairs)
+        return net_positions(self.pairs, self.lines)
 
     def concerning(self, province: str) -> Figures:
         """The part of the figures a province is shown: its own pairs (GetSettlement, NotifySettlement)."""
         return Figures(self.window_id, self.opens_at, self.closes_at,
-                       tuple(p for p in self.pairs if province in (p.from_province, p.to_province)))
+                       tuple(p for p in self.pairs if province in (p.from_province, p.to_province)),
+                       tuple(line for line in self.lines if province in (line.from_province, line.to_province)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,14 +226,23 @@ class SettlementWindow:
     pairs: tuple[PairFigure, ...] = ()
     acknowledgements: tuple[Acknowledgement, ...] = ()
     payments: tuple[Payment, ...] = field(default=())
+    lines: tuple[ClearingLine, ...] = ()  # a clearing month's figures (Q10); its pairs are then empty
 
     @property
     def positions(self) -> list[Position]:
-        return net_positions(self.pairs)
+        return net_positions(self.pairs, self.lines)
 
     @property
     def provinces(self) -> list[str]:
-        return provinces_in(self.pairs)
+        return provinces_in((*self.pairs, *self.lines))
+
+    @property
+    def payable(self) -> set[tuple[str, str]]:
+        """The ordered pairs a payment is due for (D18): every transfer pair; every clearing line whose net is
+        not 0 (named by the line's pair whichever way its money goes: a negative net is paid by the receivers'
+        province to the givers')."""
+        return ({(p.from_province, p.to_province) for p in self.pairs}
+                | {(line.from_province, line.to_province) for line in self.lines if line.net_fen != 0})
 
     @property
     def acknowledged_by(self) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 from gateway.domain.monitoring import (
@@ -32,10 +33,12 @@ def dashboard_snapshot(ctx: UseCaseContext, stuck_after: timedelta, recent: int 
         last = uow.transfers.last_change()
         # Positions may have gaps (PostgreSQL numbers a change when written): at most `recent` changes.
         changes = uow.transfers.changes_after(max(0, last - recent), recent) if recent else []
-        stats = uow.transfers.stats()
+        stats = dataclasses.replace(uow.transfers.stats(), quota_pairs=uow.totals.quota_pairs())
         waiting = uow.transfers.page(TransferFilter(states=NOT_FINAL, created_to=now - stuck_after), None,
                                      MAX_STUCK + 1)
-        windows = tuple(uow.settlements.newest_first((), None, WINDOWS_SHOWN))
+        # Apart: clearing months' ids ("Q2026-03") sort after every transfers' window and would hide them.
+        windows = tuple(uow.settlements.newest_first((), None, WINDOWS_SHOWN, clearing=False))
+        months = tuple(uow.settlements.newest_first((), None, WINDOWS_SHOWN, clearing=True))
     stuck = tuple(
         StuckTransfer(transfer.transfer_id, transfer.state, transfer.giver_province, transfer.receiver_province,
                       transfer.amount_fen, transfer.created_at, transfer.updated_at, now - transfer.created_at,
@@ -54,4 +57,5 @@ def dashboard_snapshot(ctx: UseCaseContext, stuck_after: timedelta, recent: int 
         stuck=stuck,
         stuck_more=len(waiting) > MAX_STUCK,
         windows=windows,
+        clearing_months=months,
     )

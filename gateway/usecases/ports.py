@@ -13,9 +13,18 @@ from gateway.domain.envelope import Envelope
 from gateway.domain.monitoring import Stats, Totals, TransferChange, TransferFilter
 from gateway.domain.outbox import OutboxContent, OutboxKind, OutboxMessage, OutboxRecord
 from gateway.domain.provinces import Province, ProvinceKey
+from gateway.domain.quota import Consumption, Quota, QuotaBalance, QuotaEvent, QuotaPairTotals, Reversal
 from gateway.domain.records import StoredRequest
 from gateway.domain.relations import RelationQueryRecord
-from gateway.domain.settlement import Figures, PairFigure, Payment, SettlementWindow, WindowSpan, WindowState
+from gateway.domain.settlement import (
+    ClearingLine,
+    Figures,
+    PairFigure,
+    Payment,
+    SettlementWindow,
+    WindowSpan,
+    WindowState,
+)
 from gateway.domain.transfers import PersonRef, Transfer, TransferState
 
 
@@ -77,6 +86,29 @@ class TotalsRepository(Protocol):
     def settlements(self, recount: bool = False) -> dict[tuple[str, str, str], tuple[int, int]]:
         """Every settlement window's committed (count, fen) by (window, giver, receiver), as kept (or recounted
         from the rows)."""
+    def quota_pairs(self) -> list[QuotaPairTotals]: ...
+    def recount_quota_pairs(self) -> list[QuotaPairTotals]:
+        """The quota figures summed over every quota (consumption counts 0): what quota_pairs must equal."""
+
+
+class QuotaRepository(Protocol):
+    """Quotas (Q2-Q10). Every change takes the quota's lock first (get(lock=True)) and is stored with its event;
+    the running totals move in the same transaction."""
+
+    def get(self, binding_id: str, lock: bool = False) -> Quota | None: ...
+    def create(self, binding_id: str, giver_province: str, receiver_province: str, at: datetime) -> None: ...
+    def apply(self, quota: Quota, event: QuotaEvent, consumption_count: int = 0) -> None: ...
+    def end(self, binding_id: str, at: datetime) -> bool:
+        """Mark it released by its binding's end; False if it already was (Q8: once only)."""
+    def event(self, binding_id: str, version: int) -> QuotaEvent | None: ...
+    def add_consumption(self, consumption: Consumption) -> bool:
+        """False (nothing stored) if its id or its settlement reference is taken."""
+    def consumption(self, province: str, consumption_id: str) -> Consumption | None: ...
+    def consumption_by_ref(self, province: str, settlement_ref: str) -> Consumption | None: ...
+    def add_reversal(self, reversal: Reversal, consumption: Consumption) -> bool: ...
+    def reversal(self, sender: str, message_id: str) -> Reversal | None: ...
+    def consumptions(self, binding_id: str, before: tuple[datetime, str] | None, limit: int) -> list[Consumption]:
+        """Newest first, from just before `before` (created_at, consumption_id)."""
 
 
 class OutboxRepository(Protocol):
@@ -129,12 +161,16 @@ class SettlementRepository(Protocol):
     def state_for_close(self, span: WindowSpan, at: datetime) -> WindowState: ...
     def lock(self, window_id: str) -> WindowState | None: ...
     def committed_pairs(self, window_id: str) -> list[PairFigure]: ...
+    def clearing_lines(self, window_id: str) -> list[ClearingLine]:
+        """A clearing month's figures per ordered pair, from its running totals (Q10)."""
     def freeze(self, window_id: str, pairs: Sequence[PairFigure],
-               statements: Sequence[tuple[str, Envelope, bytes]], at: datetime) -> None: ...
+               statements: Sequence[tuple[str, Envelope, bytes]], at: datetime,
+               lines: Sequence[ClearingLine] = ()) -> None: ...
     def change_state(self, window_id: str, from_state: WindowState, to: WindowState, at: datetime,
                      closed: bool = False) -> bool: ...
     def get(self, window_id: str) -> SettlementWindow | None: ...
-    def newest_first(self, states: Sequence[WindowState], before: str | None, limit: int) -> list[SettlementWindow]: ...
+    def newest_first(self, states: Sequence[WindowState], before: str | None, limit: int,
+                     clearing: bool | None = None) -> list[SettlementWindow]: ...
     def due_for_close(self, closes_before: datetime, limit: int) -> list[str]: ...
     def statement(self, window_id: str, province: str, payload_type: str) -> tuple[Envelope, bytes] | None:
         """The figures signed for `province` at closing, with their digest; the caller names their type."""
@@ -143,7 +179,8 @@ class SettlementRepository(Protocol):
                     envelope: Envelope) -> bool: ...
     def unacknowledged(self, window_id: str) -> int: ...
     def record_payment(self, window_id: str, payment: Payment, at: datetime) -> None: ...
-    def counts_by_state(self) -> dict[WindowState, int]: ...
+    def counts_by_state(self, clearing: bool | None = None) -> dict[WindowState, int]:
+        """Windows by state; `clearing`: clearing months only (True), the transfers' windows only (False)."""
 
 
 class RelationQueryLog(Protocol):
@@ -188,6 +225,8 @@ class UnitOfWork(Protocol):
     @property
     def members(self) -> MemberRepository: ...
     @property
+    def quotas(self) -> QuotaRepository: ...
+    @property
     def settlements(self) -> SettlementRepository: ...
     @property
     def audit(self) -> AuditLog: ...
@@ -212,7 +251,9 @@ class ReceiptIssuer(Protocol):
 
     def issue(self, *, request_sender: str, request_message_id: str, request_sha256: bytes,
               request_payload_type: str, subject_id: str, state: str, at: datetime,
-              affected_ids: Sequence[str] = ()) -> bytes: ...
+              affected_ids: Sequence[str] = (), quota: QuotaBalance | None = None, drawn_fen: int = 0) -> bytes:
+        """`quota`: the quota's figures after a quota request; `drawn_fen`: what a consumption drew."""
+        ...
 
     def sign_figures(self, figures: Figures, receiver: str, at: datetime) -> Envelope:
         """A closed window's figures for one province, signed by the gateway (SettlementFigures)."""

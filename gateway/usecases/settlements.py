@@ -20,6 +20,7 @@ from gateway.domain.settlement import (
     SettlementWindow,
     WindowSpan,
     WindowState,
+    is_clearing_window,
     next_window,
     provinces_in,
     span_of,
@@ -58,7 +59,9 @@ def _span_to_close(uow: UnitOfWork, policy: SettlementPolicy, window_id: str, no
     if not window_id:
         return window_containing(now, policy.period)
     span = span_of(window_id)
-    if uow.settlements.get(window_id) is None and span != window_containing(span.opens_at, policy.period):
+    # A clearing month (Q10) is a calendar month whatever the transfers' window period is.
+    if (not is_clearing_window(window_id) and uow.settlements.get(window_id) is None
+            and span != window_containing(span.opens_at, policy.period)):
         raise InvalidArgument(f"windows are {policy.period.value}: {window_id} is not one",
                               reason=reasons.WINDOW_NOT_OF_PERIOD, field="window_id")
     # Commits that found today's window closed went on to the next one, which so exists already: it still
@@ -72,6 +75,10 @@ def _span_to_close(uow: UnitOfWork, policy: SettlementPolicy, window_id: str, no
 def close_window(ctx: UseCaseContext, window_id: str, actor: str, force: bool = False) -> SettlementWindow:
     """Freeze the figures (D17), sign each province's part and queue it for them; closing twice is a no-op.
 
+    A clearing month ("Q2026-03", Q10) is closed the same way: its figures are its lines, read from the running
+    totals of its consumptions and reversals (O(pairs)); the draws and reversals that find it closed go on to the
+    next month.
+
     A window with nothing committed is refused unless `force`d (an operator who named the wrong day learns
     it before that day's transfers are sent on to the next window); closed, it is SETTLED at once, as there
     is nothing to acknowledge or pay. `actor`: who closes it (an operator's identity, or SCHEDULE_ACTOR),
@@ -82,18 +89,20 @@ def close_window(ctx: UseCaseContext, window_id: str, actor: str, force: bool = 
         uow.audit.act_as(actor)
         span = _span_to_close(uow, ctx.settlement, window_id, now)
         if uow.settlements.state_for_close(span, now) is WindowState.OPEN:
-            pairs = uow.settlements.committed_pairs(span.window_id)
-            if not pairs and not force:
-                raise FailedPrecondition(f"nothing is committed in window {span.window_id}: close it with force "
+            clearing = is_clearing_window(span.window_id)
+            pairs = [] if clearing else uow.settlements.committed_pairs(span.window_id)
+            lines = uow.settlements.clearing_lines(span.window_id) if clearing else []
+            if not pairs and not lines and not force:
+                raise FailedPrecondition(f"nothing is recorded in window {span.window_id}: close it with force "
                                          "to settle it empty", reason=reasons.WINDOW_EMPTY, field="window_id")
-            figures = Figures(span.window_id, span.opens_at, span.closes_at, tuple(pairs))
+            figures = Figures(span.window_id, span.opens_at, span.closes_at, tuple(pairs), tuple(lines))
             statements = []
-            for province in provinces_in(pairs):
+            for province in provinces_in((*pairs, *lines)):
                 envelope = ctx.receipts.sign_figures(figures.concerning(province), province, now)
                 statements.append((province, envelope, payload_digest(envelope.payload)))
                 uow.outbox.enqueue(province, NotifySettlement(), settlement_message_id(span.window_id, province),
                                    span.window_id, now)
-            uow.settlements.freeze(span.window_id, pairs, statements, now)
+            uow.settlements.freeze(span.window_id, pairs, statements, now, lines)
             if not statements:  # nothing moved: no one's agreement is needed and nothing is to be paid
                 uow.settlements.change_state(span.window_id, WindowState.CLOSED, WindowState.SETTLED, now)
         window = uow.settlements.get(span.window_id)
@@ -134,8 +143,10 @@ class WindowPage:
 
 
 def list_windows(ctx: UseCaseContext, states: Sequence[WindowState], page_token: str,
-                 page_size: int) -> WindowPage:
-    """Windows newest first; the token is the last window id shown (ids sort as their dates)."""
+                 page_size: int, clearing: bool | None = None) -> WindowPage:
+    """Windows newest first; the token is the last window id shown (ids sort as their dates, the clearing
+    months' after the transfers' windows). `clearing`: clearing months only (True), transfers' windows only
+    (False), both (None)."""
     if not 0 <= page_size <= MAX_PAGE_SIZE:
         raise InvalidArgument(f"page_size must be within 0..{MAX_PAGE_SIZE}", reason=reasons.INVALID_PAGE_SIZE,
                               field="page_size")
@@ -143,7 +154,7 @@ def list_windows(ctx: UseCaseContext, states: Sequence[WindowState], page_token:
         validate_window_id(page_token, "page_token")
     size = page_size or 50
     with ctx.uow() as uow:
-        windows = uow.settlements.newest_first(states, page_token or None, size + 1)
+        windows = uow.settlements.newest_first(states, page_token or None, size + 1, clearing)
     more = len(windows) > size
     windows = windows[:size]
     return WindowPage(windows, windows[-1].window_id if more else "")
@@ -225,6 +236,10 @@ def acknowledge_settlement(ctx: UseCaseContext, envelope: Envelope, peer: str | 
             if state is WindowState.CLOSED and uow.settlements.unacknowledged(ack.window_id) == 0:
                 uow.settlements.change_state(ack.window_id, WindowState.CLOSED, WindowState.ACKNOWLEDGED, now)
                 state = WindowState.ACKNOWLEDGED
+                window = uow.settlements.get(ack.window_id)
+                if window is not None and not window.payable:  # a clearing month netting to 0: nothing to pay
+                    uow.settlements.change_state(ack.window_id, state, WindowState.SETTLED, now)
+                    state = WindowState.SETTLED
             return ctx.receipts.issue(request_sender=header.sender, request_message_id=header.message_id,
                                       request_sha256=digest, request_payload_type=decode.type_name,
                                       subject_id=ack.window_id, state=state.value, at=now)
@@ -248,7 +263,9 @@ def record_payment(ctx: UseCaseContext, window_id: str, inputs: Sequence[Payment
                    actor: str) -> SettlementWindow:
     """D18: payment references per pair of an ACKNOWLEDGED window; SETTLED once every pair is paid.
 
-    Recording the same reference again changes nothing; a different one for a paid pair is refused.
+    Recording the same reference again changes nothing; a different one for a paid pair is refused. A clearing
+    month's payment names its line's pair (from the givers' province to the receivers'), for each line whose net
+    is not 0, whichever way the money went: a negative net is paid by the receivers' province.
     """
     validate_window_id(window_id)
     now = ctx.clock.now()
@@ -269,14 +286,14 @@ def record_payment(ctx: UseCaseContext, window_id: str, inputs: Sequence[Payment
         if state in (WindowState.OPEN, WindowState.CLOSED):
             raise FailedPrecondition(f"the window is {state.value}: every province must acknowledge it first (D18)",
                                      reason=reasons.WINDOW_NOT_ACKNOWLEDGED, field="window_id")
-        pairs = {(p.from_province, p.to_province) for p in window.pairs}
+        pairs = window.payable
         paid = {(p.from_province, p.to_province): p for p in window.payments}
         assert window.closed_at is not None
         closed_on = window.closed_at.astimezone(BEIJING).date()
         for index, payment in enumerate(payments):
             key = (payment.from_province, payment.to_province)
             if key not in pairs:
-                raise InvalidArgument(f"the window has no figure from {key[0]} to {key[1]}",
+                raise InvalidArgument(f"the window has no figure to pay from {key[0]} to {key[1]}",
                                       reason=reasons.PAIR_NOT_IN_WINDOW, field=f"payments[{index}]")
             if payment.paid_on < closed_on:
                 raise InvalidArgument("a payment cannot predate the window's figures",

@@ -22,6 +22,7 @@ from gateway.domain.clock import BEIJING
 from gateway.security.keys import ensure_key_pair, public_bytes
 from protos.gongji.stub.v1 import control_pb2
 from protos.gongji.v1 import operations_pb2, transfers_pb2
+from tests.api.quota_calls import consume, grant, reverse, rows
 from tests.support import CLEAR_PERSONAL_DATA, GANSU, XINJIANG, LoopThread, Stack, register, start_stack
 
 T = TypeVar("T")
@@ -266,6 +267,39 @@ def test_the_page_shows_settlement_windows_and_fetch_errors(loop_thread: LoopThr
         driver.execute_script(FAIL_FETCH, False)
         wait_for(driver, lambda: shown(driver, "error-banner") is None and shown(driver, f"window-{wid}"),
                  "the banner gone once the gateway answers")
+        assert_no_personal_data(driver, stack)
+    finally:
+        stack.close()
+
+
+def test_the_page_shows_quota_totals_by_pair_and_the_clearing_months(loop_thread: LoopThread, tmp_path: Path,
+                                                                      sqlite_url: str, browser: WebDriver) -> None:
+    stack = start_stack(loop_thread, tmp_path, sqlite_url, metrics_listen="127.0.0.1:0")
+    try:
+        driver = browser
+        driver.get(dashboard_url(stack))
+        wait_for(driver, lambda: shown(driver, "quota-pairs-none"), "that there are no quotas")
+        wait_for(driver, lambda: shown(driver, "clearing-none"), "that there are no clearing months")
+        grant(stack, 100_000)
+        drawn = consume(stack, 18_000)
+        reverse(stack, rows(stack, "SELECT settlement_ref FROM consumptions")[0][0], 5_000)
+        wait_for(driver, lambda: (row(driver, f'[data-testid="quota-pair-{XINJIANG}-{GANSU}"]') or {}).get(
+            "consumed") == yuan(13_000), "the reversal in the pair's figures")
+        pair = seen_row(driver, f'[data-testid="quota-pair-{XINJIANG}-{GANSU}"]')
+        assert (pair["granted"], pair["consumed"], pair["released"], pair["available"], pair["consumptions"]) == (
+            yuan(100_000), yuan(13_000), yuan(0), yuan(87_000), "1")
+        assert shown(driver, "quota-pairs-none") is None
+        month = drawn.clearing_window_id
+        wait_for(driver, lambda: shown(driver, f"clearing-state-{month}") == "OPEN", "the month OPEN")
+
+        stack.operations.CloseSettlementWindow(operations_pb2.CloseSettlementWindowRequest(window_id=month),
+                                               timeout=10)
+        wait_for(driver, lambda: shown(driver, f"clearing-state-{month}") == "ACKNOWLEDGED", "the month ACKNOWLEDGED")
+        line = seen_row(driver, f'[data-testid="line-{month}-{XINJIANG}-{GANSU}"]')
+        assert (line["consumed"], line["reversed"], line["net"]) == (yuan(18_000), yuan(5_000), "+" + yuan(13_000))
+        assert f"acknowledged by: {GANSU}, {XINJIANG}" in (shown(driver, f"clearing-{month}") or "")
+        assert shown(driver, "clearing-none") is None and shown(driver, f"window-{month}") is None
+        driver.save_screenshot(str(tmp_path / "clearing.png"))
         assert_no_personal_data(driver, stack)
     finally:
         stack.close()

@@ -91,6 +91,25 @@ def test_a_page_of_bindings_is_one_index_range_per_state_and_side(sqlite_store: 
         assert any(f"USING INDEX {index} (" in plan for index in indexes), plan
 
 
+@pytest.mark.parametrize("before", [None, (AT, "c-0042")])
+def test_a_page_of_a_quotas_consumptions_is_one_index_range(sqlite_store: SqlStore,
+                                                            before: tuple[datetime, str] | None) -> None:
+    """InspectQuota and GetQuota: a binding's consumptions newest first, a page at a time."""
+    found = plans(sqlite_store, lambda uow: uow.quotas.consumptions("b-1", before, 51))
+    assert len(found) == 1
+    assert_index_ranges(found, "ix_consumptions_binding_created_at")
+    assert found[0].startswith("SEARCH consumptions"), found
+
+
+def test_closing_a_clearing_month_reads_its_running_totals_only(sqlite_store: SqlStore) -> None:
+    """The month's lines are one range of clearing_totals' key (month, pair, shard), in its order: never the
+    consumptions, never a sort."""
+    found = plans(sqlite_store, lambda uow: uow.settlements.clearing_lines("Q2026-05"))
+    assert len(found) == 1 and "consumptions" not in found[0] and "reversals" not in found[0], found
+    assert found[0].startswith("SEARCH clearing_totals USING INDEX"), found
+    assert "(clearing_window_id=?)" in found[0] and "TEMP B-TREE" not in found[0], found
+
+
 def test_a_windows_close_reads_its_kept_figures_not_its_transfers(sqlite_store: SqlStore) -> None:
     # The close holds the window's lock (on SQLite the write lock) while it reads them: every commit waits.
     found = plans(sqlite_store, lambda uow: uow.settlements.committed_pairs("2026-05-04"))

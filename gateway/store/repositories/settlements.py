@@ -12,7 +12,9 @@ from sqlalchemy.sql import ClauseElement
 
 from gateway.domain.envelope import GATEWAY, Envelope
 from gateway.domain.settlement import (
+    CLEARING_PREFIX,
     Acknowledgement,
+    ClearingLine,
     PairFigure,
     Payment,
     SettlementWindow,
@@ -23,7 +25,7 @@ from gateway.store.prepared import Cursor, Prepared
 from gateway.store.repositories.audit import SqlAuditLog
 from gateway.store.repositories.totals import SqlTotals
 from gateway.store.statements import Statements
-from gateway.store.tables import pairs_t, statements_t, windows_t
+from gateway.store.tables import clearing_totals_t, pairs_t, statements_t, windows_t
 
 
 class SqlSettlementRepository:
@@ -67,19 +69,40 @@ class SqlSettlementRepository:
         shards rows, however many transfers the window holds."""
         return self._totals.window_pairs(window_id)
 
+    def clearing_lines(self, window_id: str) -> list[ClearingLine]:
+        """A clearing month's figures per ordered pair (Q10), from its running totals: O(pairs x shards) rows,
+        whatever the number of consumptions."""
+        ct = clearing_totals_t.c
+        statement = self._prepared(
+            select(ct.giver_province, ct.receiver_province, func.sum(ct.consumed_fen), func.sum(ct.reversed_fen),
+                   func.sum(ct.consumption_count), func.sum(ct.reversal_count))
+            .where(ct.clearing_window_id == window_id)
+            .group_by(ct.giver_province, ct.receiver_province).order_by(ct.giver_province, ct.receiver_province))
+        lines = [ClearingLine(g, r, int(consumed), int(reversed_), int(consumptions), int(reversals))
+                 for g, r, consumed, reversed_, consumptions, reversals in self._cursor.all(statement)]
+        return [line for line in lines if line.consumption_count or line.reversal_count]
+
     def freeze(self, window_id: str, pairs: Sequence[PairFigure],
-               statements: Sequence[tuple[str, Envelope, bytes]], at: datetime) -> None:
-        """Store the figures and each province's signed statement, and mark the window CLOSED."""
+               statements: Sequence[tuple[str, Envelope, bytes]], at: datetime,
+               lines: Sequence[ClearingLine] = ()) -> None:
+        """Store the figures (a clearing month's lines as pairs: see SettlementPairRow) and each province's signed
+        statement, and mark the window CLOSED."""
+        rows = [(p.from_province, p.to_province, p.gross_fen, p.transfer_count, 0, 0) for p in pairs]
+        rows += [(line.from_province, line.to_province, line.consumed_fen, line.consumption_count, line.reversed_fen,
+                  line.reversal_count) for line in lines]
         self._cursor.run_many(self._prepared(pairs_t.insert()), [
-            {"window_id": window_id, "from_province": p.from_province, "to_province": p.to_province,
-             "gross_fen": p.gross_fen, "transfer_count": p.transfer_count, "bank": "", "serial_number": "",
-             "paid_on": None, "paid_recorded_at": None} for p in pairs])
+            {"window_id": window_id, "from_province": fr, "to_province": to, "gross_fen": gross,
+             "transfer_count": count, "reversed_fen": reversed_, "reversal_count": reversals, "bank": "",
+             "serial_number": "", "paid_on": None, "paid_recorded_at": None}
+            for fr, to, gross, count, reversed_, reversals in rows])
         self._cursor.run_many(self._prepared(statements_t.insert()), [
             {"window_id": window_id, "province": province, "figures_payload": envelope.payload,
              "figures_key_id": envelope.key_id, "figures_alg": envelope.alg, "figures_signature": envelope.signature,
              "figures_sha256": digest, "acknowledged_at": None, "ack_message_id": "", "ack_payload": None,
              "ack_key_id": "", "ack_signature": None} for province, envelope, digest in statements])
         figures = [f"{p.from_province}->{p.to_province}:{p.gross_fen}:{p.transfer_count}" for p in pairs]
+        figures += [f"{line.from_province}->{line.to_province}:{line.consumed_fen}:{line.consumption_count}"
+                    f":-{line.reversed_fen}:{line.reversal_count}" for line in lines]
         sent = [f"{province}:{digest.hex()}" for province, _, digest in statements]
         changed = self.change_state(window_id, WindowState.OPEN, WindowState.CLOSED, at, closed=True,
                                     detail=" ".join(figures + sent))
@@ -104,11 +127,16 @@ class SqlSettlementRepository:
             select(w.window_id, w.state, w.opens_at, w.closes_at, w.closed_at).where(w.window_id == window_id)))
         if row is None:
             return None
-        pairs, payments = [], []
-        for fr, to, gross, count, bank, serial, paid_on in self._cursor.all(self._prepared(
-                select(pr.from_province, pr.to_province, pr.gross_fen, pr.transfer_count, pr.bank, pr.serial_number,
-                       pr.paid_on).where(pr.window_id == window_id).order_by(pr.from_province, pr.to_province))):
-            pairs.append(PairFigure(fr, to, int(gross), int(count)))
+        clearing = row[0].startswith(CLEARING_PREFIX)
+        pairs, lines, payments = [], [], []
+        for fr, to, gross, count, reversed_, reversals, bank, serial, paid_on in self._cursor.all(self._prepared(
+                select(pr.from_province, pr.to_province, pr.gross_fen, pr.transfer_count, pr.reversed_fen,
+                       pr.reversal_count, pr.bank, pr.serial_number, pr.paid_on)
+                .where(pr.window_id == window_id).order_by(pr.from_province, pr.to_province))):
+            if clearing:
+                lines.append(ClearingLine(fr, to, int(gross), int(reversed_), int(count), int(reversals)))
+            else:
+                pairs.append(PairFigure(fr, to, int(gross), int(count)))
             if paid_on is not None:
                 payments.append(Payment(fr, to, bank, serial, paid_on))
         acks = tuple(Acknowledgement(province, at) for province, at in self._cursor.all(self._prepared(
@@ -116,12 +144,17 @@ class SqlSettlementRepository:
                                                                 st.acknowledged_at.is_not(None)))
             .order_by(st.province))))
         return SettlementWindow(row[0], WindowState(row[1]), row[2], row[3], row[4], tuple(pairs), acks,
-                                tuple(payments))
+                                tuple(payments), tuple(lines))
 
-    def newest_first(self, states: Sequence[WindowState], before: str | None, limit: int) -> list[SettlementWindow]:
-        """Windows newest first (by window id), `before` excluded."""
+    def newest_first(self, states: Sequence[WindowState], before: str | None, limit: int,
+                     clearing: bool | None = None) -> list[SettlementWindow]:
+        """Windows newest first (by window id: clearing months, "Q...", sort after every transfers' window),
+        `before` excluded; `clearing`: only clearing months (True), only the transfers' windows (False)."""
         w = windows_t.c
         query = select(w.window_id)
+        if clearing is not None:
+            months = w.window_id.like(CLEARING_PREFIX + "%")
+            query = query.where(months if clearing else ~months)
         if states:
             query = query.where(or_(*(w.state == state.value for state in states)))
         if before is not None:
@@ -131,8 +164,10 @@ class SqlSettlementRepository:
 
     def due_for_close(self, closes_before: datetime, limit: int) -> list[str]:
         w = windows_t.c
+        # The transfers' windows only: a clearing month ("Q2026-03", Q10) is closed by an operator, once it has begun.
         statement = self._prepared(select(w.window_id).where(and_(w.state == WindowState.OPEN.value,
-                                                                  w.closes_at <= closes_before))
+                                                                  w.closes_at <= closes_before,
+                                                                  w.window_id.not_like(CLEARING_PREFIX + "%")))
                                    .order_by(w.closes_at).limit(limit))
         return [row[0] for row in self._cursor.all(statement)]
 
@@ -149,7 +184,9 @@ class SqlSettlementRepository:
 
     def latest_statement_window(self, province: str) -> str | None:
         st = statements_t.c
-        row = self._cursor.first(self._prepared(select(st.window_id).where(st.province == province)
+        # The transfers' windows only: a clearing month ("Q...") is asked for by its id.
+        row = self._cursor.first(self._prepared(select(st.window_id).where(and_(
+            st.province == province, st.window_id.not_like(CLEARING_PREFIX + "%")))
                                                 .order_by(st.window_id.desc()).limit(1)))
         return None if row is None else str(row[0])
 
@@ -182,7 +219,11 @@ class SqlSettlementRepository:
                            f"{payment.from_province}->{payment.to_province} bank={payment.bank} "
                            f"serial={payment.serial_number} date={payment.paid_on.isoformat()}")
 
-    def counts_by_state(self) -> dict[WindowState, int]:
+    def counts_by_state(self, clearing: bool | None = None) -> dict[WindowState, int]:
         w = windows_t.c
-        rows = self._cursor.all(self._prepared(select(w.state, func.count()).group_by(w.state)))
+        query = select(w.state, func.count())
+        if clearing is not None:
+            months = w.window_id.like(CLEARING_PREFIX + "%")
+            query = query.where(months if clearing else ~months)
+        rows = self._cursor.all(self._prepared(query.group_by(w.state)))
         return {WindowState(state): int(count) for state, count in rows}

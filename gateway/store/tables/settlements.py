@@ -24,7 +24,11 @@ class SettlementWindowRow(Base):
 
 
 class SettlementPairRow(Base):
-    """A closed window's frozen gross figure for one ordered province pair, and its payment (D17, D18)."""
+    """A closed window's frozen gross figure for one ordered province pair, and its payment (D17, D18).
+
+    A clearing month's line (Q10) is one too: gross_fen its consumptions, transfer_count their number, with its
+    reversals beside them (0 for a transfers' window).
+    """
 
     __tablename__ = "settlement_pairs"
 
@@ -33,6 +37,8 @@ class SettlementPairRow(Base):
     to_province: Mapped[str] = mapped_column(String(6), primary_key=True)
     gross_fen: Mapped[int] = mapped_column(BigInteger)
     transfer_count: Mapped[int] = mapped_column(BigInteger)
+    reversed_fen: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    reversal_count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     bank: Mapped[str] = mapped_column(String(64), default="")
     serial_number: Mapped[str] = mapped_column(String(64), default="")
     paid_on: Mapped[date | None] = mapped_column(Date, nullable=True)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16gongji/v1/common.proto\x12\tgongji.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"n\n\x06Header\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x10\n\x08receiver\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"w\n\x0eSignedEnvelope\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0cpayload_type\x18\x02 \x01(\t\x12\x0e\n\x06signer\x18\x03 \x01(\t\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12\x0b\n\x03\x61lg\x18\x05 \x01(\t\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"\x81\x02\n\x07Receipt\x12!\n\x06header\x18\x01 \x01(\x0b\x32\x11.gongji.v1.Header\x12\x16\n\x0erequest_sender\x18\x02 \x01(\t\x12\x1a\n\x12request_message_id\x18\x03 \x01(\t\x12\x16\n\x0erequest_sha256\x18\x04 \x01(\x0c\x12\x1c\n\x14request_payload_type\x18\x05 \x01(\t\x12\x12\n\nsubject_id\x18\x06 \x01(\t\x12\r\n\x05state\x18\x07 \x01(\t\x12\x30\n\x0cgateway_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x61\x66\x66\x65\x63ted_ids\x18\t \x03(\t\"4\n\tPersonRef\x12\x11\n\tid_number\x18\x01 \x01(\t\x12\x14\n\x0cpooling_area\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16gongji/v1/common.proto\x12\tgongji.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"n\n\x06Header\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x10\n\x08receiver\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"w\n\x0eSignedEnvelope\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0cpayload_type\x18\x02 \x01(\t\x12\x0e\n\x06signer\x18\x03 \x01(\t\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12\x0b\n\x03\x61lg\x18\x05 \x01(\t\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"\xbc\x02\n\x07Receipt\x12!\n\x06header\x18\x01 \x01(\x0b\x32\x11.gongji.v1.Header\x12\x16\n\x0erequest_sender\x18\x02 \x01(\t\x12\x1a\n\x12request_message_id\x18\x03 \x01(\t\x12\x16\n\x0erequest_sha256\x18\x04 \x01(\x0c\x12\x1c\n\x14request_payload_type\x18\x05 \x01(\t\x12\x12\n\nsubject_id\x18\x06 \x01(\t\x12\r\n\x05state\x18\x07 \x01(\t\x12\x30\n\x0cgateway_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x61\x66\x66\x65\x63ted_ids\x18\t \x03(\t\x12&\n\x05quota\x18\n \x01(\x0b\x32\x17.gongji.v1.QuotaFigures\x12\x11\n\tdrawn_fen\x18\x0b \x01(\x03\"f\n\x0cQuotaFigures\x12\x13\n\x0bgranted_fen\x18\x01 \x01(\x03\x12\x14\n\x0c\x63onsumed_fen\x18\x02 \x01(\x03\x12\x14\n\x0creleased_fen\x18\x03 \x01(\x03\x12\x15\n\ravailable_fen\x18\x04 \x01(\x03\"4\n\tPersonRef\x12\x11\n\tid_number\x18\x01 \x01(\t\x12\x14\n\x0cpooling_area\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,7 +37,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNEDENVELOPE']._serialized_start=182
   _globals['_SIGNEDENVELOPE']._serialized_end=301
   _globals['_RECEIPT']._serialized_start=304
-  _globals['_RECEIPT']._serialized_end=561
-  _globals['_PERSONREF']._serialized_start=563
-  _globals['_PERSONREF']._serialized_end=615
+  _globals['_RECEIPT']._serialized_end=620
+  _globals['_QUOTAFIGURES']._serialized_start=622
+  _globals['_QUOTAFIGURES']._serialized_end=724
+  _globals['_PERSONREF']._serialized_start=726
+  _globals['_PERSONREF']._serialized_end=778
 # @@protoc_insertion_point(module_scope)

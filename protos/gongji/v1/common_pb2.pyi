@@ -125,6 +125,8 @@ class Receipt(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     GATEWAY_TIME_FIELD_NUMBER: _builtins.int
     AFFECTED_IDS_FIELD_NUMBER: _builtins.int
+    QUOTA_FIELD_NUMBER: _builtins.int
+    DRAWN_FEN_FIELD_NUMBER: _builtins.int
     request_sender: _builtins.str
     """The sender of the request this receipt answers."""
     request_message_id: _builtins.str
@@ -137,6 +139,8 @@ class Receipt(_message.Message):
     """The id of the thing the request acted on (transfer_id, binding_id, window_id)."""
     state: _builtins.str
     """The subject's state after the request, as the state's short name (e.g. "RECEIVED", "COMMITTED")."""
+    drawn_fen: _builtins.int
+    """ConsumeQuota only: what was drawn (less than asked for on a partial draw)."""
     @_builtins.property
     def header(self) -> Global___Header:
         """message_id "rcpt:<request sender>:<request message_id>", sender "gateway", receiver = caller."""
@@ -148,6 +152,10 @@ class Receipt(_message.Message):
     @_builtins.property
     def affected_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Other subjects the request changed, e.g. the bindings a member change ended or suspended."""
+
+    @_builtins.property
+    def quota(self) -> Global___QuotaFigures:
+        """Quota requests only (GrantQuota, ConsumeQuota, ReverseConsumption): the quota's figures after them."""
 
     def __init__(
         self,
@@ -161,14 +169,52 @@ class Receipt(_message.Message):
         state: _builtins.str = ...,
         gateway_time: _timestamp_pb2.Timestamp | None = ...,
         affected_ids: _abc.Iterable[_builtins.str] | None = ...,
+        quota: Global___QuotaFigures | None = ...,
+        drawn_fen: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["gateway_time", b"gateway_time", "header", b"header"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gateway_time", b"gateway_time", "header", b"header", "quota", b"quota"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affected_ids", b"affected_ids", "gateway_time", b"gateway_time", "header", b"header", "request_message_id", b"request_message_id", "request_payload_type", b"request_payload_type", "request_sender", b"request_sender", "request_sha256", b"request_sha256", "state", b"state", "subject_id", b"subject_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affected_ids", b"affected_ids", "drawn_fen", b"drawn_fen", "gateway_time", b"gateway_time", "header", b"header", "quota", b"quota", "request_message_id", b"request_message_id", "request_payload_type", b"request_payload_type", "request_sender", b"request_sender", "request_sha256", b"request_sha256", "state", b"state", "subject_id", b"subject_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Receipt: _TypeAlias = Receipt  # noqa: Y015
+
+@_typing.final
+class QuotaFigures(_message.Message):
+    """A binding's quota in whole fen (Q3). At every moment each figure is >= 0 and
+    available_fen = granted_fen - consumed_fen - released_fen.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANTED_FEN_FIELD_NUMBER: _builtins.int
+    CONSUMED_FEN_FIELD_NUMBER: _builtins.int
+    RELEASED_FEN_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FEN_FIELD_NUMBER: _builtins.int
+    granted_fen: _builtins.int
+    """Every fen the giver's province has frozen for this binding."""
+    consumed_fen: _builtins.int
+    """Drawn by consumptions and not reversed."""
+    released_fen: _builtins.int
+    """Gone back to the giver: lowered, reversed after the binding ended, or released when it ended."""
+    available_fen: _builtins.int
+    """What the receiver can still draw."""
+    def __init__(
+        self,
+        *,
+        granted_fen: _builtins.int = ...,
+        consumed_fen: _builtins.int = ...,
+        released_fen: _builtins.int = ...,
+        available_fen: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_fen", b"available_fen", "consumed_fen", b"consumed_fen", "granted_fen", b"granted_fen", "released_fen", b"released_fen"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuotaFigures: _TypeAlias = QuotaFigures  # noqa: Y015
 
 @_typing.final
 class PersonRef(_message.Message):

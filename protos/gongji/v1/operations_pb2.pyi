@@ -6,6 +6,8 @@ gateway's operator port (never the provinces' port).
 """
 
 from collections import abc as _abc
+from protos.gongji.v1 import common_pb2 as _common_pb2
+from protos.gongji.v1 import quotas_pb2 as _quotas_pb2
 from protos.gongji.v1 import relations_pb2 as _relations_pb2
 from protos.gongji.v1 import settlements_pb2 as _settlements_pb2
 from protos.gongji.v1 import transfers_pb2 as _transfers_pb2
@@ -49,6 +51,34 @@ PROVINCE_STATUS_SUSPENDED: ProvinceStatus.ValueType  # 2
 """Can neither submit nor receive (FAILED_PRECONDITION, PROVINCE_SUSPENDED)."""
 Global___ProvinceStatus: _TypeAlias = ProvinceStatus  # noqa: Y015
 
+class _MutualAidMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MutualAidModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MutualAidMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MUTUAL_AID_MODE_UNSPECIFIED: _MutualAidMode.ValueType  # 0
+    """Never used as a value: an unset policy field means the default, BOTH."""
+    MUTUAL_AID_MODE_TRANSFER: _MutualAidMode.ValueType  # 1
+    """The 2024-25 pilot only: wallet transfers."""
+    MUTUAL_AID_MODE_QUOTA: _MutualAidMode.ValueType  # 2
+    """The 2026 regime only: virtual quotas."""
+    MUTUAL_AID_MODE_BOTH: _MutualAidMode.ValueType  # 3
+    """Both."""
+
+class MutualAidMode(_MutualAidMode, metaclass=_MutualAidModeEnumTypeWrapper):
+    """The mutual-aid regimes a province takes part in (Q1)."""
+
+MUTUAL_AID_MODE_UNSPECIFIED: MutualAidMode.ValueType  # 0
+"""Never used as a value: an unset policy field means the default, BOTH."""
+MUTUAL_AID_MODE_TRANSFER: MutualAidMode.ValueType  # 1
+"""The 2024-25 pilot only: wallet transfers."""
+MUTUAL_AID_MODE_QUOTA: MutualAidMode.ValueType  # 2
+"""The 2026 regime only: virtual quotas."""
+MUTUAL_AID_MODE_BOTH: MutualAidMode.ValueType  # 3
+"""Both."""
+Global___MutualAidMode: _TypeAlias = MutualAidMode  # noqa: Y015
+
 class _TransferOrder:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -73,6 +103,30 @@ TRANSFER_ORDER_OLDEST_FIRST: TransferOrder.ValueType  # 2
 """Oldest first: transfers arriving while the pages are read come on the last pages."""
 Global___TransferOrder: _TypeAlias = TransferOrder  # noqa: Y015
 
+class _SettlementWindowKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SettlementWindowKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SettlementWindowKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SETTLEMENT_WINDOW_KIND_UNSPECIFIED: _SettlementWindowKind.ValueType  # 0
+    """Either."""
+    SETTLEMENT_WINDOW_KIND_TRANSFERS: _SettlementWindowKind.ValueType  # 1
+    """Windows of committed transfers (D16)."""
+    SETTLEMENT_WINDOW_KIND_CLEARING: _SettlementWindowKind.ValueType  # 2
+    """Monthly clearing of quota consumptions (Q10), window_id "QYYYY-MM"."""
+
+class SettlementWindowKind(_SettlementWindowKind, metaclass=_SettlementWindowKindEnumTypeWrapper):
+    """Transfer settlement windows or quota clearing months."""
+
+SETTLEMENT_WINDOW_KIND_UNSPECIFIED: SettlementWindowKind.ValueType  # 0
+"""Either."""
+SETTLEMENT_WINDOW_KIND_TRANSFERS: SettlementWindowKind.ValueType  # 1
+"""Windows of committed transfers (D16)."""
+SETTLEMENT_WINDOW_KIND_CLEARING: SettlementWindowKind.ValueType  # 2
+"""Monthly clearing of quota consumptions (Q10), window_id "QYYYY-MM"."""
+Global___SettlementWindowKind: _TypeAlias = SettlementWindowKind  # noqa: Y015
+
 class _OutboxMessageKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -91,6 +145,10 @@ class _OutboxMessageKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Out
     """NotifyOutcome of a binding's new state, to each of its two provinces."""
     OUTBOX_MESSAGE_KIND_NOTIFY_SETTLEMENT: _OutboxMessageKind.ValueType  # 5
     """NotifySettlement: a closed window's figures, to a province in it."""
+    OUTBOX_MESSAGE_KIND_NOTIFY_QUOTA: _OutboxMessageKind.ValueType  # 6
+    """NotifyQuota: a quota's changed figures, to the receiver's province (and the giver's for a release)."""
+    OUTBOX_MESSAGE_KIND_NOTIFY_CONSUMPTION: _OutboxMessageKind.ValueType  # 7
+    """NotifyConsumption: a consumption or reversal, to the giver's province."""
 
 class OutboxMessageKind(_OutboxMessageKind, metaclass=_OutboxMessageKindEnumTypeWrapper):
     """What an outbox message is (the ProvinceInbox call it is sent as)."""
@@ -107,6 +165,10 @@ OUTBOX_MESSAGE_KIND_NOTIFY_BINDING_OUTCOME: OutboxMessageKind.ValueType  # 4
 """NotifyOutcome of a binding's new state, to each of its two provinces."""
 OUTBOX_MESSAGE_KIND_NOTIFY_SETTLEMENT: OutboxMessageKind.ValueType  # 5
 """NotifySettlement: a closed window's figures, to a province in it."""
+OUTBOX_MESSAGE_KIND_NOTIFY_QUOTA: OutboxMessageKind.ValueType  # 6
+"""NotifyQuota: a quota's changed figures, to the receiver's province (and the giver's for a release)."""
+OUTBOX_MESSAGE_KIND_NOTIFY_CONSUMPTION: OutboxMessageKind.ValueType  # 7
+"""NotifyConsumption: a consumption or reversal, to the giver's province."""
 Global___OutboxMessageKind: _TypeAlias = OutboxMessageKind  # noqa: Y015
 
 class _OutboxMessageStatus:
@@ -192,6 +254,8 @@ class ProvincePolicy(_message.Message):
     BLACKOUT_END_MINUTE_FIELD_NUMBER: _builtins.int
     RETURN_HOUR_FIELD_NUMBER: _builtins.int
     DELIVERY_DEADLINE_SECONDS_FIELD_NUMBER: _builtins.int
+    MUTUAL_AID_MODE_FIELD_NUMBER: _builtins.int
+    MAX_CONSUMPTION_FEN_FIELD_NUMBER: _builtins.int
     single_relation_only: _builtins.bool
     """D8: creator and members may be in only one relation at a time."""
     daily_transfer_limit: _builtins.int
@@ -208,6 +272,12 @@ class ProvincePolicy(_message.Message):
     """How long the gateway keeps trying to deliver before REJECTED / DESTINATION_UNREACHABLE,
     in seconds (default 600).
     """
+    mutual_aid_mode: Global___MutualAidMode.ValueType
+    """Q1: which regimes the province takes part in (default BOTH). A quota needs both provinces of the
+    binding to allow QUOTA; a transfer both to allow TRANSFER.
+    """
+    max_consumption_fen: _builtins.int
+    """Q11: largest single consumption in fen (default: none)."""
     def __init__(
         self,
         *,
@@ -218,10 +288,12 @@ class ProvincePolicy(_message.Message):
         blackout_end_minute: _builtins.int | None = ...,
         return_hour: _builtins.int | None = ...,
         delivery_deadline_seconds: _builtins.int | None = ...,
+        mutual_aid_mode: Global___MutualAidMode.ValueType | None = ...,
+        max_consumption_fen: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_blackout_end_minute", b"_blackout_end_minute", "_blackout_start_minute", b"_blackout_start_minute", "_daily_transfer_limit", b"_daily_transfer_limit", "_delivery_deadline_seconds", b"_delivery_deadline_seconds", "_max_transfer_fen", b"_max_transfer_fen", "_return_hour", b"_return_hour", "_single_relation_only", b"_single_relation_only", "blackout_end_minute", b"blackout_end_minute", "blackout_start_minute", b"blackout_start_minute", "daily_transfer_limit", b"daily_transfer_limit", "delivery_deadline_seconds", b"delivery_deadline_seconds", "max_transfer_fen", b"max_transfer_fen", "return_hour", b"return_hour", "single_relation_only", b"single_relation_only"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_blackout_end_minute", b"_blackout_end_minute", "_blackout_start_minute", b"_blackout_start_minute", "_daily_transfer_limit", b"_daily_transfer_limit", "_delivery_deadline_seconds", b"_delivery_deadline_seconds", "_max_consumption_fen", b"_max_consumption_fen", "_max_transfer_fen", b"_max_transfer_fen", "_mutual_aid_mode", b"_mutual_aid_mode", "_return_hour", b"_return_hour", "_single_relation_only", b"_single_relation_only", "blackout_end_minute", b"blackout_end_minute", "blackout_start_minute", b"blackout_start_minute", "daily_transfer_limit", b"daily_transfer_limit", "delivery_deadline_seconds", b"delivery_deadline_seconds", "max_consumption_fen", b"max_consumption_fen", "max_transfer_fen", b"max_transfer_fen", "mutual_aid_mode", b"mutual_aid_mode", "return_hour", b"return_hour", "single_relation_only", b"single_relation_only"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_blackout_end_minute", b"_blackout_end_minute", "_blackout_start_minute", b"_blackout_start_minute", "_daily_transfer_limit", b"_daily_transfer_limit", "_delivery_deadline_seconds", b"_delivery_deadline_seconds", "_max_transfer_fen", b"_max_transfer_fen", "_return_hour", b"_return_hour", "_single_relation_only", b"_single_relation_only", "blackout_end_minute", b"blackout_end_minute", "blackout_start_minute", b"blackout_start_minute", "daily_transfer_limit", b"daily_transfer_limit", "delivery_deadline_seconds", b"delivery_deadline_seconds", "max_transfer_fen", b"max_transfer_fen", "return_hour", b"return_hour", "single_relation_only", b"single_relation_only"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_blackout_end_minute", b"_blackout_end_minute", "_blackout_start_minute", b"_blackout_start_minute", "_daily_transfer_limit", b"_daily_transfer_limit", "_delivery_deadline_seconds", b"_delivery_deadline_seconds", "_max_consumption_fen", b"_max_consumption_fen", "_max_transfer_fen", b"_max_transfer_fen", "_mutual_aid_mode", b"_mutual_aid_mode", "_return_hour", b"_return_hour", "_single_relation_only", b"_single_relation_only", "blackout_end_minute", b"blackout_end_minute", "blackout_start_minute", b"blackout_start_minute", "daily_transfer_limit", b"daily_transfer_limit", "delivery_deadline_seconds", b"delivery_deadline_seconds", "max_consumption_fen", b"max_consumption_fen", "max_transfer_fen", b"max_transfer_fen", "mutual_aid_mode", b"mutual_aid_mode", "return_hour", b"return_hour", "single_relation_only", b"single_relation_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__blackout_end_minute: _TypeAlias = _typing.Literal["blackout_end_minute"]  # noqa: Y015
     _WhichOneofArgType__blackout_end_minute: _TypeAlias = _typing.Literal["_blackout_end_minute", b"_blackout_end_minute"]  # noqa: Y015
@@ -231,8 +303,12 @@ class ProvincePolicy(_message.Message):
     _WhichOneofArgType__daily_transfer_limit: _TypeAlias = _typing.Literal["_daily_transfer_limit", b"_daily_transfer_limit"]  # noqa: Y015
     _WhichOneofReturnType__delivery_deadline_seconds: _TypeAlias = _typing.Literal["delivery_deadline_seconds"]  # noqa: Y015
     _WhichOneofArgType__delivery_deadline_seconds: _TypeAlias = _typing.Literal["_delivery_deadline_seconds", b"_delivery_deadline_seconds"]  # noqa: Y015
+    _WhichOneofReturnType__max_consumption_fen: _TypeAlias = _typing.Literal["max_consumption_fen"]  # noqa: Y015
+    _WhichOneofArgType__max_consumption_fen: _TypeAlias = _typing.Literal["_max_consumption_fen", b"_max_consumption_fen"]  # noqa: Y015
     _WhichOneofReturnType__max_transfer_fen: _TypeAlias = _typing.Literal["max_transfer_fen"]  # noqa: Y015
     _WhichOneofArgType__max_transfer_fen: _TypeAlias = _typing.Literal["_max_transfer_fen", b"_max_transfer_fen"]  # noqa: Y015
+    _WhichOneofReturnType__mutual_aid_mode: _TypeAlias = _typing.Literal["mutual_aid_mode"]  # noqa: Y015
+    _WhichOneofArgType__mutual_aid_mode: _TypeAlias = _typing.Literal["_mutual_aid_mode", b"_mutual_aid_mode"]  # noqa: Y015
     _WhichOneofReturnType__return_hour: _TypeAlias = _typing.Literal["return_hour"]  # noqa: Y015
     _WhichOneofArgType__return_hour: _TypeAlias = _typing.Literal["_return_hour", b"_return_hour"]  # noqa: Y015
     _WhichOneofReturnType__single_relation_only: _TypeAlias = _typing.Literal["single_relation_only"]  # noqa: Y015
@@ -246,7 +322,11 @@ class ProvincePolicy(_message.Message):
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__delivery_deadline_seconds) -> _WhichOneofReturnType__delivery_deadline_seconds | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_consumption_fen) -> _WhichOneofReturnType__max_consumption_fen | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_transfer_fen) -> _WhichOneofReturnType__max_transfer_fen | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mutual_aid_mode) -> _WhichOneofReturnType__mutual_aid_mode | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__return_hour) -> _WhichOneofReturnType__return_hour | None: ...
     @_typing.overload
@@ -727,6 +807,7 @@ class GetStatsResponse(_message.Message):
     OUTBOX_BACKLOG_FIELD_NUMBER: _builtins.int
     OLDEST_UNDELIVERED_FIELD_NUMBER: _builtins.int
     DELIVERY_FAILURES_FIELD_NUMBER: _builtins.int
+    QUOTA_PAIRS_FIELD_NUMBER: _builtins.int
     outbox_backlog: _builtins.int
     """Outbox messages not yet acknowledged."""
     @_builtins.property
@@ -741,6 +822,10 @@ class GetStatsResponse(_message.Message):
     def delivery_failures(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeliveryFailures]:
         """Failed delivery attempts by destination."""
 
+    @_builtins.property
+    def quota_pairs(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuotaPairTotals]:
+        """Quota totals by ordered province pair (Q3), kept up to date with every change: never a scan."""
+
     def __init__(
         self,
         *,
@@ -748,14 +833,51 @@ class GetStatsResponse(_message.Message):
         outbox_backlog: _builtins.int = ...,
         oldest_undelivered: _timestamp_pb2.Timestamp | None = ...,
         delivery_failures: _abc.Iterable[Global___DeliveryFailures] | None = ...,
+        quota_pairs: _abc.Iterable[Global___QuotaPairTotals] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["oldest_undelivered", b"oldest_undelivered"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery_failures", b"delivery_failures", "oldest_undelivered", b"oldest_undelivered", "outbox_backlog", b"outbox_backlog", "transfers", b"transfers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery_failures", b"delivery_failures", "oldest_undelivered", b"oldest_undelivered", "outbox_backlog", b"outbox_backlog", "quota_pairs", b"quota_pairs", "transfers", b"transfers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStatsResponse: _TypeAlias = GetStatsResponse  # noqa: Y015
+
+@_typing.final
+class QuotaPairTotals(_message.Message):
+    """The quotas of every binding from one province's givers to another's receivers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GIVER_PROVINCE_FIELD_NUMBER: _builtins.int
+    RECEIVER_PROVINCE_FIELD_NUMBER: _builtins.int
+    TOTALS_FIELD_NUMBER: _builtins.int
+    CONSUMPTION_COUNT_FIELD_NUMBER: _builtins.int
+    giver_province: _builtins.str
+    """The givers' province."""
+    receiver_province: _builtins.str
+    """The receivers' province."""
+    consumption_count: _builtins.int
+    """Consumptions recorded."""
+    @_builtins.property
+    def totals(self) -> _common_pb2.QuotaFigures:
+        """Sums over the pair's bindings."""
+
+    def __init__(
+        self,
+        *,
+        giver_province: _builtins.str = ...,
+        receiver_province: _builtins.str = ...,
+        totals: _common_pb2.QuotaFigures | None = ...,
+        consumption_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["totals", b"totals"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumption_count", b"consumption_count", "giver_province", b"giver_province", "receiver_province", b"receiver_province", "totals", b"totals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuotaPairTotals: _TypeAlias = QuotaPairTotals  # noqa: Y015
 
 @_typing.final
 class SettlementWindow(_message.Message):
@@ -773,6 +895,7 @@ class SettlementWindow(_message.Message):
     CLOSED_AT_FIELD_NUMBER: _builtins.int
     PROVINCES_FIELD_NUMBER: _builtins.int
     PAYMENTS_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
     window_id: _builtins.str
     """The window."""
     state: _settlements_pb2.SettlementWindowState.ValueType
@@ -809,6 +932,10 @@ class SettlementWindow(_message.Message):
     def payments(self) -> _containers.RepeatedCompositeFieldContainer[Global___PaymentRecord]:
         """Payment references recorded so far, one per paid pair."""
 
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[_settlements_pb2.ClearingLine]:
+        """A clearing month's figures (window_id "QYYYY-MM", when closed): quota consumptions per ordered pair."""
+
     def __init__(
         self,
         *,
@@ -822,10 +949,11 @@ class SettlementWindow(_message.Message):
         closed_at: _timestamp_pb2.Timestamp | None = ...,
         provinces: _abc.Iterable[_builtins.str] | None = ...,
         payments: _abc.Iterable[Global___PaymentRecord] | None = ...,
+        lines: _abc.Iterable[_settlements_pb2.ClearingLine] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "closes_at", b"closes_at", "opens_at", b"opens_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_by", b"acknowledged_by", "closed_at", b"closed_at", "closes_at", b"closes_at", "opens_at", b"opens_at", "pairs", b"pairs", "payments", b"payments", "positions", b"positions", "provinces", b"provinces", "state", b"state", "window_id", b"window_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_by", b"acknowledged_by", "closed_at", b"closed_at", "closes_at", b"closes_at", "lines", b"lines", "opens_at", b"opens_at", "pairs", b"pairs", "payments", b"payments", "positions", b"positions", "provinces", b"provinces", "state", b"state", "window_id", b"window_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -843,8 +971,9 @@ class CloseSettlementWindowRequest(_message.Message):
     WINDOW_ID_FIELD_NUMBER: _builtins.int
     FORCE_FIELD_NUMBER: _builtins.int
     window_id: _builtins.str
-    """The window to close, YYYY-MM-DD (daily windows) or YYYY-MM (monthly); empty: the calendar window
-    containing the gateway's time now (Beijing), whatever its state.
+    """The window to close, YYYY-MM-DD (daily windows) or YYYY-MM (monthly), or a quota clearing month
+    QYYYY-MM (Q10); empty: the calendar window containing the gateway's time now (Beijing), whatever its
+    state.
     """
     force: _builtins.bool
     """Close it even if nothing is committed in it: it is then SETTLED at once (nothing to acknowledge or pay)."""
@@ -1035,10 +1164,13 @@ class ListSettlementWindowsRequest(_message.Message):
     STATES_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Page size, 0 = 50, at most 200."""
     page_token: _builtins.str
     """From a previous answer's next_page_token."""
+    kind: Global___SettlementWindowKind.ValueType
+    """Only this kind (unspecified: both)."""
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[_settlements_pb2.SettlementWindowState.ValueType]:
         """Only these states (empty: all)."""
@@ -1049,10 +1181,11 @@ class ListSettlementWindowsRequest(_message.Message):
         states: _abc.Iterable[_settlements_pb2.SettlementWindowState.ValueType] | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        kind: Global___SettlementWindowKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "page_size", b"page_size", "page_token", b"page_token", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1371,3 +1504,83 @@ class InspectBindingResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InspectBindingResponse: _TypeAlias = InspectBindingResponse  # noqa: Y015
+
+@_typing.final
+class InspectQuotaRequest(_message.Message):
+    """InspectQuota's request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BINDING_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    binding_id: _builtins.str
+    """The binding."""
+    page_size: _builtins.int
+    """Consumptions per page, 0 = 50, at most 200."""
+    page_token: _builtins.str
+    """From a previous answer's next_page_token."""
+    def __init__(
+        self,
+        *,
+        binding_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["binding_id", b"binding_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InspectQuotaRequest: _TypeAlias = InspectQuotaRequest  # noqa: Y015
+
+@_typing.final
+class InspectQuotaResponse(_message.Message):
+    """InspectQuota's answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BINDING_FIELD_NUMBER: _builtins.int
+    QUOTA_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    CONSUMPTIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """The quota's version: how many changes it has had."""
+    next_page_token: _builtins.str
+    """Empty when there are no more."""
+    @_builtins.property
+    def binding(self) -> _relations_pb2.BindingView:
+        """The binding (masked ID numbers only)."""
+
+    @_builtins.property
+    def quota(self) -> _common_pb2.QuotaFigures:
+        """Its quota's figures now."""
+
+    @_builtins.property
+    def consumptions(self) -> _containers.RepeatedCompositeFieldContainer[_quotas_pb2.ConsumptionRecord]:
+        """Its consumptions, newest first."""
+
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutboxMessageView]:
+        """The notices owed about it (NotifyQuota, NotifyConsumption), oldest first, with their attempts."""
+
+    def __init__(
+        self,
+        *,
+        binding: _relations_pb2.BindingView | None = ...,
+        quota: _common_pb2.QuotaFigures | None = ...,
+        version: _builtins.int = ...,
+        consumptions: _abc.Iterable[_quotas_pb2.ConsumptionRecord] | None = ...,
+        next_page_token: _builtins.str = ...,
+        messages: _abc.Iterable[Global___OutboxMessageView] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["binding", b"binding", "quota", b"quota"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["binding", b"binding", "consumptions", b"consumptions", "messages", b"messages", "next_page_token", b"next_page_token", "quota", b"quota", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InspectQuotaResponse: _TypeAlias = InspectQuotaResponse  # noqa: Y015

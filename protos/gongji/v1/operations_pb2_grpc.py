@@ -100,6 +100,11 @@ class OperationsStub:
                 request_serializer=gongji_dot_v1_dot_operations__pb2.InspectBindingRequest.SerializeToString,
                 response_deserializer=gongji_dot_v1_dot_operations__pb2.InspectBindingResponse.FromString,
                 _registered_method=True)
+        self.InspectQuota = channel.unary_unary(
+                '/gongji.v1.Operations/InspectQuota',
+                request_serializer=gongji_dot_v1_dot_operations__pb2.InspectQuotaRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_operations__pb2.InspectQuotaResponse.FromString,
+                _registered_method=True)
 
 
 class OperationsServicer:
@@ -159,7 +164,7 @@ class OperationsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RecordSettlementPayment(self, request, context):
-        """Record the payment references of an acknowledged window (issue 4).
+        """Record the payment references of an acknowledged window (D18), a clearing month's too.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -196,6 +201,14 @@ class OperationsServicer:
 
     def InspectBinding(self, request, context):
         """One binding with its consent deadline and the messages owed about it (masked ID numbers only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InspectQuota(self, request, context):
+        """One binding's quota: its figures, its consumptions newest first (a page at a time) and the notices owed
+        about it (Q3-Q8). NOT_FOUND / BINDING_NOT_FOUND for an unknown binding.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -268,6 +281,11 @@ def add_OperationsServicer_to_server(servicer, server):
                     servicer.InspectBinding,
                     request_deserializer=gongji_dot_v1_dot_operations__pb2.InspectBindingRequest.FromString,
                     response_serializer=gongji_dot_v1_dot_operations__pb2.InspectBindingResponse.SerializeToString,
+            ),
+            'InspectQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.InspectQuota,
+                    request_deserializer=gongji_dot_v1_dot_operations__pb2.InspectQuotaRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_operations__pb2.InspectQuotaResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -622,6 +640,33 @@ class Operations:
             '/gongji.v1.Operations/InspectBinding',
             gongji_dot_v1_dot_operations__pb2.InspectBindingRequest.SerializeToString,
             gongji_dot_v1_dot_operations__pb2.InspectBindingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InspectQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gongji.v1.Operations/InspectQuota',
+            gongji_dot_v1_dot_operations__pb2.InspectQuotaRequest.SerializeToString,
+            gongji_dot_v1_dot_operations__pb2.InspectQuotaResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,7 +54,7 @@ class OperationsStub:
     CloseSettlementWindow: _grpc.UnaryUnaryMultiCallable[_operations_pb2.CloseSettlementWindowRequest, _operations_pb2.CloseSettlementWindowResponse]
     """Freeze a window's figures and send them to the provinces (D17)."""
     RecordSettlementPayment: _grpc.UnaryUnaryMultiCallable[_operations_pb2.RecordSettlementPaymentRequest, _operations_pb2.RecordSettlementPaymentResponse]
-    """Record the payment references of an acknowledged window (issue 4)."""
+    """Record the payment references of an acknowledged window (D18), a clearing month's too."""
     GetSettlementWindow: _grpc.UnaryUnaryMultiCallable[_operations_pb2.GetSettlementWindowRequest, _operations_pb2.GetSettlementWindowResponse]
     """One settlement window with its figures, acknowledgements and payments."""
     ListSettlementWindows: _grpc.UnaryUnaryMultiCallable[_operations_pb2.ListSettlementWindowsRequest, _operations_pb2.ListSettlementWindowsResponse]
@@ -67,6 +67,10 @@ class OperationsStub:
     """Bindings by province and state, newest first, paginated (masked ID numbers only)."""
     InspectBinding: _grpc.UnaryUnaryMultiCallable[_operations_pb2.InspectBindingRequest, _operations_pb2.InspectBindingResponse]
     """One binding with its consent deadline and the messages owed about it (masked ID numbers only)."""
+    InspectQuota: _grpc.UnaryUnaryMultiCallable[_operations_pb2.InspectQuotaRequest, _operations_pb2.InspectQuotaResponse]
+    """One binding's quota: its figures, its consumptions newest first (a page at a time) and the notices owed
+    about it (Q3-Q8). NOT_FOUND / BINDING_NOT_FOUND for an unknown binding.
+    """
 
 @_typing.type_check_only
 class OperationsAsyncStub(OperationsStub):
@@ -92,7 +96,7 @@ class OperationsAsyncStub(OperationsStub):
     CloseSettlementWindow: _aio.UnaryUnaryMultiCallable[_operations_pb2.CloseSettlementWindowRequest, _operations_pb2.CloseSettlementWindowResponse]  # type: ignore[assignment]
     """Freeze a window's figures and send them to the provinces (D17)."""
     RecordSettlementPayment: _aio.UnaryUnaryMultiCallable[_operations_pb2.RecordSettlementPaymentRequest, _operations_pb2.RecordSettlementPaymentResponse]  # type: ignore[assignment]
-    """Record the payment references of an acknowledged window (issue 4)."""
+    """Record the payment references of an acknowledged window (D18), a clearing month's too."""
     GetSettlementWindow: _aio.UnaryUnaryMultiCallable[_operations_pb2.GetSettlementWindowRequest, _operations_pb2.GetSettlementWindowResponse]  # type: ignore[assignment]
     """One settlement window with its figures, acknowledgements and payments."""
     ListSettlementWindows: _aio.UnaryUnaryMultiCallable[_operations_pb2.ListSettlementWindowsRequest, _operations_pb2.ListSettlementWindowsResponse]  # type: ignore[assignment]
@@ -105,6 +109,10 @@ class OperationsAsyncStub(OperationsStub):
     """Bindings by province and state, newest first, paginated (masked ID numbers only)."""
     InspectBinding: _aio.UnaryUnaryMultiCallable[_operations_pb2.InspectBindingRequest, _operations_pb2.InspectBindingResponse]  # type: ignore[assignment]
     """One binding with its consent deadline and the messages owed about it (masked ID numbers only)."""
+    InspectQuota: _aio.UnaryUnaryMultiCallable[_operations_pb2.InspectQuotaRequest, _operations_pb2.InspectQuotaResponse]  # type: ignore[assignment]
+    """One binding's quota: its figures, its consumptions newest first (a page at a time) and the notices owed
+    about it (Q3-Q8). NOT_FOUND / BINDING_NOT_FOUND for an unknown binding.
+    """
 
 class OperationsServicer(metaclass=_abc_1.ABCMeta):
     """Called by operators."""
@@ -175,7 +183,7 @@ class OperationsServicer(metaclass=_abc_1.ABCMeta):
         request: _operations_pb2.RecordSettlementPaymentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_operations_pb2.RecordSettlementPaymentResponse, _abc.Awaitable[_operations_pb2.RecordSettlementPaymentResponse]]:
-        """Record the payment references of an acknowledged window (issue 4)."""
+        """Record the payment references of an acknowledged window (D18), a clearing month's too."""
 
     @_abc_1.abstractmethod
     def GetSettlementWindow(
@@ -218,5 +226,15 @@ class OperationsServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_operations_pb2.InspectBindingResponse, _abc.Awaitable[_operations_pb2.InspectBindingResponse]]:
         """One binding with its consent deadline and the messages owed about it (masked ID numbers only)."""
+
+    @_abc_1.abstractmethod
+    def InspectQuota(
+        self,
+        request: _operations_pb2.InspectQuotaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.InspectQuotaResponse, _abc.Awaitable[_operations_pb2.InspectQuotaResponse]]:
+        """One binding's quota: its figures, its consumptions newest first (a page at a time) and the notices owed
+        about it (Q3-Q8). NOT_FOUND / BINDING_NOT_FOUND for an unknown binding.
+        """
 
 def add_OperationsServicer_to_server(servicer: OperationsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -23,54 +23,69 @@ _sym_db = _symbol_database.Default()
 
 
 from protos.gongji.v1 import common_pb2 as gongji_dot_v1_dot_common__pb2
+from protos.gongji.v1 import quotas_pb2 as gongji_dot_v1_dot_quotas__pb2
 from protos.gongji.v1 import relations_pb2 as gongji_dot_v1_dot_relations__pb2
 from protos.gongji.v1 import transfers_pb2 as gongji_dot_v1_dot_transfers__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gongji/v1/province.proto\x12\tgongji.v1\x1a\x16gongji/v1/common.proto\x1a\x19gongji/v1/relations.proto\x1a\x19gongji/v1/transfers.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"V\n\x0bMemberQuery\x12!\n\x06header\x18\x01 \x01(\x0b\x32\x11.gongji.v1.Header\x12$\n\x06person\x18\x02 \x01(\x0b\x32\x14.gongji.v1.PersonRef\">\n\x12\x43heckMemberRequest\x12(\n\x05query\x18\x01 \x01(\x0b\x32\x19.gongji.v1.SignedEnvelope\"\x99\x01\n\x13\x43heckMemberResponse\x12\'\n\x06status\x18\x01 \x01(\x0e\x32\x17.gongji.v1.MemberStatus\x12\x10\n\x08insutype\x18\x02 \x01(\t\x12\x14\n\x0cpooling_area\x18\x03 \x01(\t\x12\x13\n\x0bwallet_open\x18\x04 \x01(\x08\x12\x1c\n\x14settlement_suspended\x18\x05 \x01(\x08\"x\n\x15RequestConsentRequest\x12+\n\x08proposal\x18\x01 \x01(\x0b\x32\x19.gongji.v1.SignedEnvelope\x12\x32\n\x0f\x63onsent_request\x18\x02 \x01(\x0b\x32\x19.gongji.v1.SignedEnvelope\"\x90\x01\n\x0e\x43onsentRequest\x12!\n\x06header\x18\x01 \x01(\x0b\x32\x11.gongji.v1.Header\x12\x12\n\nbinding_id\x18\x02 \x01(\t\x12\x17\n\x0fproposal_sha256\x18\x03 \x01(\x0c\x12.\n\nconsent_by\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x18\n\x16RequestConsentResponse\"\x96\x01\n\x10TransferDelivery\x12!\n\x06header\x18\x01 \x01(\x0b\x32\x11.gongji.v1.Header\x12\x13\n\x0btransfer_id\x18\x02 \x01(\t\x12\x1a\n\x12instruction_sha256\x18\x03 \x01(\x0c\x12.\n\nconfirm_by\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"u\n\x16\x44\x65liverTransferRequest\x12.\n\x0binstruction\x18\x01 \x01(\x0b\x32\x19.gongji.v1.SignedEnvelope\x12+\n\x08\x64\x65livery\x18\x02 \x01(\x0b\x32\x19.gongji.v1.SignedEnvelope\"_\n\x17\x44\x65liverTransferResponse\x12-\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x1b.gongji.v1.DeliveryDecision\x12\x15\n\rreject_reason\x18\x02 \x01(\t\"\xd6\x01\n\x0fTransferOutcome\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.gongji.v1.TransferState\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\namount_fen\x18\x04 \x01(\x03\x12\x16\n\x0egiver_province\x18\x05 \x01(\t\x12\x19\n\x11receiver_province\x18\x06 \x01(\t\x12.\n\ndecided_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\\\n\x0e\x42indingOutcome\x12\x12\n\nbinding_id\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.gongji.v1.BindingState\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x95\x01\n\x07Outcome\x12!\n\x06header\x18\x01 \x01(\x0b\x32\x11.gongji.v1.Header\x12.\n\x08transfer\x18\x02 \x01(\x0b\x32\x1a.gongji.v1.TransferOutcomeH\x00\x12,\n\x07\x62inding\x18\x03 \x01(\x0b\x32\x19.gongji.v1.BindingOutcomeH\x00\x42\t\n\x07subject\"B\n\x14NotifyOutcomeRequest\x12*\n\x07outcome\x18\x01 \x01(\x0b\x32\x19.gongji.v1.SignedEnvelope\"\x17\n\x15NotifyOutcomeResponse\"E\n\x17NotifySettlementRequest\x12*\n\x07\x66igures\x18\x01 \x01(\x0b\x32\x19.gongji.v1.SignedEnvelope\"\x1a\n\x18NotifySettlementResponse*\x80\x01\n\x0cMemberStatus\x12\x1d\n\x19MEMBER_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14MEMBER_STATUS_NORMAL\x10\x01\x12\x1a\n\x16MEMBER_STATUS_INACTIVE\x10\x02\x12\x1b\n\x17MEMBER_STATUS_NOT_FOUND\x10\x03*u\n\x10\x44\x65liveryDecision\x12!\n\x1d\x44\x45LIVERY_DECISION_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x44\x45LIVERY_DECISION_ACCEPTED\x10\x01\x12\x1e\n\x1a\x44\x45LIVERY_DECISION_REJECTED\x10\x02\x32\xbf\x03\n\rProvinceInbox\x12L\n\x0b\x43heckMember\x12\x1d.gongji.v1.CheckMemberRequest\x1a\x1e.gongji.v1.CheckMemberResponse\x12U\n\x0eRequestConsent\x12 .gongji.v1.RequestConsentRequest\x1a!.gongji.v1.RequestConsentResponse\x12X\n\x0f\x44\x65liverTransfer\x12!.gongji.v1.DeliverTransferRequest\x1a\".gongji.v1.DeliverTransferResponse\x12R\n\rNotifyOutcome\x12\x1f.gongji.v1.NotifyOutcomeRequest\x1a .gongji.v1.NotifyOutcomeResponse\x12[\n\x10NotifySettlement\x12\".gongji.v1.NotifySettlementRequest\x1a#.gongji.v1.NotifySettlementResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gongji/v1/province.proto\x12\tgongji.v1\x1a\x16gongji/v1/common.proto\x1a\x16gongji/v1/quotas.proto\x1a\x19gongji/v1/relations.proto\x1a\x19gongji/v1/transfers.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"V\n\x0bMemberQuery\x12!\n\x06header\x18\x01 \x01(\x0b\x32\x11.gongji.v1.Header\x12$\n\x06person\x18\x02 \x01(\x0b\x32\x14.gongji.v1.PersonRef\">\n\x12\x43heckMemberRequest\x12(\n\x05query\x18\x01 \x01(\x0b\x32\x19.gongji.v1.SignedEnvelope\"\x99\x01\n\x13\x43heckMemberResponse\x12\'\n\x06status\x18\x01 \x01(\x0e\x32\x17.gongji.v1.MemberStatus\x12\x10\n\x08insutype\x18\x02 \x01(\t\x12\x14\n\x0cpooling_area\x18\x03 \x01(\t\x12\x13\n\x0bwallet_open\x18\x04 \x01(\x08\x12\x1c\n\x14settlement_suspended\x18\x05 \x01(\x08\"x\n\x15RequestConsentRequest\x12+\n\x08proposal\x18\x01 \x01(\x0b\x32\x19.gongji.v1.SignedEnvelope\x12\x32\n\x0f\x63onsent_request\x18\x02 \x01(\x0b\x32\x19.gongji.v1.SignedEnvelope\"\x90\x01\n\x0e\x43onsentRequest\x12!\n\x06header\x18\x01 \x01(\x0b\x32\x11.gongji.v1.Header\x12\x12\n\nbinding_id\x18\x02 \x01(\t\x12\x17\n\x0fproposal_sha256\x18\x03 \x01(\x0c\x12.\n\nconsent_by\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x18\n\x16RequestConsentResponse\"\x96\x01\n\x10TransferDelivery\x12!\n\x06header\x18\x01 \x01(\x0b\x32\x11.gongji.v1.Header\x12\x13\n\x0btransfer_id\x18\x02 \x01(\t\x12\x1a\n\x12instruction_sha256\x18\x03 \x01(\x0c\x12.\n\nconfirm_by\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"u\n\x16\x44\x65liverTransferRequest\x12.\n\x0binstruction\x18\x01 \x01(\x0b\x32\x19.gongji.v1.SignedEnvelope\x12+\n\x08\x64\x65livery\x18\x02 \x01(\x0b\x32\x19.gongji.v1.SignedEnvelope\"_\n\x17\x44\x65liverTransferResponse\x12-\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x1b.gongji.v1.DeliveryDecision\x12\x15\n\rreject_reason\x18\x02 \x01(\t\"\xd6\x01\n\x0fTransferOutcome\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.gongji.v1.TransferState\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\namount_fen\x18\x04 \x01(\x03\x12\x16\n\x0egiver_province\x18\x05 \x01(\t\x12\x19\n\x11receiver_province\x18\x06 \x01(\t\x12.\n\ndecided_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\\\n\x0e\x42indingOutcome\x12\x12\n\nbinding_id\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.gongji.v1.BindingState\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x95\x01\n\x07Outcome\x12!\n\x06header\x18\x01 \x01(\x0b\x32\x11.gongji.v1.Header\x12.\n\x08transfer\x18\x02 \x01(\x0b\x32\x1a.gongji.v1.TransferOutcomeH\x00\x12,\n\x07\x62inding\x18\x03 \x01(\x0b\x32\x19.gongji.v1.BindingOutcomeH\x00\x42\t\n\x07subject\"B\n\x14NotifyOutcomeRequest\x12*\n\x07outcome\x18\x01 \x01(\x0b\x32\x19.gongji.v1.SignedEnvelope\"\x17\n\x15NotifyOutcomeResponse\"E\n\x17NotifySettlementRequest\x12*\n\x07\x66igures\x18\x01 \x01(\x0b\x32\x19.gongji.v1.SignedEnvelope\"\x1a\n\x18NotifySettlementResponse\"\x91\x02\n\x0bQuotaNotice\x12!\n\x06header\x18\x01 \x01(\x0b\x32\x11.gongji.v1.Header\x12\x12\n\nbinding_id\x18\x02 \x01(\t\x12&\n\x06\x63hange\x18\x03 \x01(\x0e\x32\x16.gongji.v1.QuotaChange\x12\x12\n\namount_fen\x18\x04 \x01(\x03\x12\x14\n\x0creleased_fen\x18\x05 \x01(\x03\x12&\n\x05quota\x18\x06 \x01(\x0b\x32\x17.gongji.v1.QuotaFigures\x12\x0f\n\x07version\x18\x07 \x01(\x03\x12\x10\n\x08\x63\x61use_id\x18\x08 \x01(\t\x12.\n\nchanged_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x12NotifyQuotaRequest\x12)\n\x06notice\x18\x01 \x01(\x0b\x32\x19.gongji.v1.SignedEnvelope\"\x15\n\x13NotifyQuotaResponse\"\xff\x01\n\x11\x43onsumptionNotice\x12!\n\x06header\x18\x01 \x01(\x0b\x32\x11.gongji.v1.Header\x12\x31\n\x0b\x63onsumption\x18\x02 \x01(\x0b\x32\x1c.gongji.v1.ConsumptionRecord\x12&\n\x06\x63hange\x18\x03 \x01(\x0e\x32\x16.gongji.v1.QuotaChange\x12\x12\n\namount_fen\x18\x04 \x01(\x03\x12\x14\n\x0creleased_fen\x18\x05 \x01(\x03\x12\x1a\n\x12\x63learing_window_id\x18\x06 \x01(\t\x12&\n\x05quota\x18\x07 \x01(\x0b\x32\x17.gongji.v1.QuotaFigures\"E\n\x18NotifyConsumptionRequest\x12)\n\x06notice\x18\x01 \x01(\x0b\x32\x19.gongji.v1.SignedEnvelope\"\x1b\n\x19NotifyConsumptionResponse*\x80\x01\n\x0cMemberStatus\x12\x1d\n\x19MEMBER_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14MEMBER_STATUS_NORMAL\x10\x01\x12\x1a\n\x16MEMBER_STATUS_INACTIVE\x10\x02\x12\x1b\n\x17MEMBER_STATUS_NOT_FOUND\x10\x03*u\n\x10\x44\x65liveryDecision\x12!\n\x1d\x44\x45LIVERY_DECISION_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x44\x45LIVERY_DECISION_ACCEPTED\x10\x01\x12\x1e\n\x1a\x44\x45LIVERY_DECISION_REJECTED\x10\x02*\xb0\x01\n\x0bQuotaChange\x12\x1c\n\x18QUOTA_CHANGE_UNSPECIFIED\x10\x00\x12\x18\n\x14QUOTA_CHANGE_GRANTED\x10\x01\x12\x18\n\x14QUOTA_CHANGE_LOWERED\x10\x02\x12\x19\n\x15QUOTA_CHANGE_CONSUMED\x10\x03\x12\x19\n\x15QUOTA_CHANGE_REVERSED\x10\x04\x12\x19\n\x15QUOTA_CHANGE_RELEASED\x10\x05\x32\xed\x04\n\rProvinceInbox\x12L\n\x0b\x43heckMember\x12\x1d.gongji.v1.CheckMemberRequest\x1a\x1e.gongji.v1.CheckMemberResponse\x12U\n\x0eRequestConsent\x12 .gongji.v1.RequestConsentRequest\x1a!.gongji.v1.RequestConsentResponse\x12X\n\x0f\x44\x65liverTransfer\x12!.gongji.v1.DeliverTransferRequest\x1a\".gongji.v1.DeliverTransferResponse\x12R\n\rNotifyOutcome\x12\x1f.gongji.v1.NotifyOutcomeRequest\x1a .gongji.v1.NotifyOutcomeResponse\x12[\n\x10NotifySettlement\x12\".gongji.v1.NotifySettlementRequest\x1a#.gongji.v1.NotifySettlementResponse\x12L\n\x0bNotifyQuota\x12\x1d.gongji.v1.NotifyQuotaRequest\x1a\x1e.gongji.v1.NotifyQuotaResponse\x12^\n\x11NotifyConsumption\x12#.gongji.v1.NotifyConsumptionRequest\x1a$.gongji.v1.NotifyConsumptionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.gongji.v1.province_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MEMBERSTATUS']._serialized_start=1778
-  _globals['_MEMBERSTATUS']._serialized_end=1906
-  _globals['_DELIVERYDECISION']._serialized_start=1908
-  _globals['_DELIVERYDECISION']._serialized_end=2025
-  _globals['_MEMBERQUERY']._serialized_start=150
-  _globals['_MEMBERQUERY']._serialized_end=236
-  _globals['_CHECKMEMBERREQUEST']._serialized_start=238
-  _globals['_CHECKMEMBERREQUEST']._serialized_end=300
-  _globals['_CHECKMEMBERRESPONSE']._serialized_start=303
-  _globals['_CHECKMEMBERRESPONSE']._serialized_end=456
-  _globals['_REQUESTCONSENTREQUEST']._serialized_start=458
-  _globals['_REQUESTCONSENTREQUEST']._serialized_end=578
-  _globals['_CONSENTREQUEST']._serialized_start=581
-  _globals['_CONSENTREQUEST']._serialized_end=725
-  _globals['_REQUESTCONSENTRESPONSE']._serialized_start=727
-  _globals['_REQUESTCONSENTRESPONSE']._serialized_end=751
-  _globals['_TRANSFERDELIVERY']._serialized_start=754
-  _globals['_TRANSFERDELIVERY']._serialized_end=904
-  _globals['_DELIVERTRANSFERREQUEST']._serialized_start=906
-  _globals['_DELIVERTRANSFERREQUEST']._serialized_end=1023
-  _globals['_DELIVERTRANSFERRESPONSE']._serialized_start=1025
-  _globals['_DELIVERTRANSFERRESPONSE']._serialized_end=1120
-  _globals['_TRANSFEROUTCOME']._serialized_start=1123
-  _globals['_TRANSFEROUTCOME']._serialized_end=1337
-  _globals['_BINDINGOUTCOME']._serialized_start=1339
-  _globals['_BINDINGOUTCOME']._serialized_end=1431
-  _globals['_OUTCOME']._serialized_start=1434
-  _globals['_OUTCOME']._serialized_end=1583
-  _globals['_NOTIFYOUTCOMEREQUEST']._serialized_start=1585
-  _globals['_NOTIFYOUTCOMEREQUEST']._serialized_end=1651
-  _globals['_NOTIFYOUTCOMERESPONSE']._serialized_start=1653
-  _globals['_NOTIFYOUTCOMERESPONSE']._serialized_end=1676
-  _globals['_NOTIFYSETTLEMENTREQUEST']._serialized_start=1678
-  _globals['_NOTIFYSETTLEMENTREQUEST']._serialized_end=1747
-  _globals['_NOTIFYSETTLEMENTRESPONSE']._serialized_start=1749
-  _globals['_NOTIFYSETTLEMENTRESPONSE']._serialized_end=1775
-  _globals['_PROVINCEINBOX']._serialized_start=2028
-  _globals['_PROVINCEINBOX']._serialized_end=2475
+  _globals['_MEMBERSTATUS']._serialized_start=2524
+  _globals['_MEMBERSTATUS']._serialized_end=2652
+  _globals['_DELIVERYDECISION']._serialized_start=2654
+  _globals['_DELIVERYDECISION']._serialized_end=2771
+  _globals['_QUOTACHANGE']._serialized_start=2774
+  _globals['_QUOTACHANGE']._serialized_end=2950
+  _globals['_MEMBERQUERY']._serialized_start=174
+  _globals['_MEMBERQUERY']._serialized_end=260
+  _globals['_CHECKMEMBERREQUEST']._serialized_start=262
+  _globals['_CHECKMEMBERREQUEST']._serialized_end=324
+  _globals['_CHECKMEMBERRESPONSE']._serialized_start=327
+  _globals['_CHECKMEMBERRESPONSE']._serialized_end=480
+  _globals['_REQUESTCONSENTREQUEST']._serialized_start=482
+  _globals['_REQUESTCONSENTREQUEST']._serialized_end=602
+  _globals['_CONSENTREQUEST']._serialized_start=605
+  _globals['_CONSENTREQUEST']._serialized_end=749
+  _globals['_REQUESTCONSENTRESPONSE']._serialized_start=751
+  _globals['_REQUESTCONSENTRESPONSE']._serialized_end=775
+  _globals['_TRANSFERDELIVERY']._serialized_start=778
+  _globals['_TRANSFERDELIVERY']._serialized_end=928
+  _globals['_DELIVERTRANSFERREQUEST']._serialized_start=930
+  _globals['_DELIVERTRANSFERREQUEST']._serialized_end=1047
+  _globals['_DELIVERTRANSFERRESPONSE']._serialized_start=1049
+  _globals['_DELIVERTRANSFERRESPONSE']._serialized_end=1144
+  _globals['_TRANSFEROUTCOME']._serialized_start=1147
+  _globals['_TRANSFEROUTCOME']._serialized_end=1361
+  _globals['_BINDINGOUTCOME']._serialized_start=1363
+  _globals['_BINDINGOUTCOME']._serialized_end=1455
+  _globals['_OUTCOME']._serialized_start=1458
+  _globals['_OUTCOME']._serialized_end=1607
+  _globals['_NOTIFYOUTCOMEREQUEST']._serialized_start=1609
+  _globals['_NOTIFYOUTCOMEREQUEST']._serialized_end=1675
+  _globals['_NOTIFYOUTCOMERESPONSE']._serialized_start=1677
+  _globals['_NOTIFYOUTCOMERESPONSE']._serialized_end=1700
+  _globals['_NOTIFYSETTLEMENTREQUEST']._serialized_start=1702
+  _globals['_NOTIFYSETTLEMENTREQUEST']._serialized_end=1771
+  _globals['_NOTIFYSETTLEMENTRESPONSE']._serialized_start=1773
+  _globals['_NOTIFYSETTLEMENTRESPONSE']._serialized_end=1799
+  _globals['_QUOTANOTICE']._serialized_start=1802
+  _globals['_QUOTANOTICE']._serialized_end=2075
+  _globals['_NOTIFYQUOTAREQUEST']._serialized_start=2077
+  _globals['_NOTIFYQUOTAREQUEST']._serialized_end=2140
+  _globals['_NOTIFYQUOTARESPONSE']._serialized_start=2142
+  _globals['_NOTIFYQUOTARESPONSE']._serialized_end=2163
+  _globals['_CONSUMPTIONNOTICE']._serialized_start=2166
+  _globals['_CONSUMPTIONNOTICE']._serialized_end=2421
+  _globals['_NOTIFYCONSUMPTIONREQUEST']._serialized_start=2423
+  _globals['_NOTIFYCONSUMPTIONREQUEST']._serialized_end=2492
+  _globals['_NOTIFYCONSUMPTIONRESPONSE']._serialized_start=2494
+  _globals['_NOTIFYCONSUMPTIONRESPONSE']._serialized_end=2521
+  _globals['_PROVINCEINBOX']._serialized_start=2953
+  _globals['_PROVINCEINBOX']._serialized_end=3574
 # @@protoc_insertion_point(module_scope)

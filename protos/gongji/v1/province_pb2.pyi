@@ -6,6 +6,7 @@ call, idempotently on message_id, retried from a durable outbox until acknowledg
 """
 
 from protos.gongji.v1 import common_pb2 as _common_pb2
+from protos.gongji.v1 import quotas_pb2 as _quotas_pb2
 from protos.gongji.v1 import relations_pb2 as _relations_pb2
 from protos.gongji.v1 import transfers_pb2 as _transfers_pb2
 from google.protobuf import descriptor as _descriptor
@@ -74,6 +75,42 @@ DELIVERY_DECISION_ACCEPTED: DeliveryDecision.ValueType  # 1
 DELIVERY_DECISION_REJECTED: DeliveryDecision.ValueType  # 2
 """Refused (see reject_reason); the transfer ends REJECTED."""
 Global___DeliveryDecision: _TypeAlias = DeliveryDecision  # noqa: Y015
+
+class _QuotaChange:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _QuotaChangeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_QuotaChange.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    QUOTA_CHANGE_UNSPECIFIED: _QuotaChange.ValueType  # 0
+    """Never used."""
+    QUOTA_CHANGE_GRANTED: _QuotaChange.ValueType  # 1
+    """Set or raised by the giver's province."""
+    QUOTA_CHANGE_LOWERED: _QuotaChange.ValueType  # 2
+    """Lowered by the giver's province: the unused part released."""
+    QUOTA_CHANGE_CONSUMED: _QuotaChange.ValueType  # 3
+    """Drawn by a consumption."""
+    QUOTA_CHANGE_REVERSED: _QuotaChange.ValueType  # 4
+    """A consumption reversed: back to the quota, or released when the binding has ended."""
+    QUOTA_CHANGE_RELEASED: _QuotaChange.ValueType  # 5
+    """The binding ended: its unused quota released to the giver (Q8)."""
+
+class QuotaChange(_QuotaChange, metaclass=_QuotaChangeEnumTypeWrapper):
+    """Why a quota's figures moved."""
+
+QUOTA_CHANGE_UNSPECIFIED: QuotaChange.ValueType  # 0
+"""Never used."""
+QUOTA_CHANGE_GRANTED: QuotaChange.ValueType  # 1
+"""Set or raised by the giver's province."""
+QUOTA_CHANGE_LOWERED: QuotaChange.ValueType  # 2
+"""Lowered by the giver's province: the unused part released."""
+QUOTA_CHANGE_CONSUMED: QuotaChange.ValueType  # 3
+"""Drawn by a consumption."""
+QUOTA_CHANGE_REVERSED: QuotaChange.ValueType  # 4
+"""A consumption reversed: back to the quota, or released when the binding has ended."""
+QUOTA_CHANGE_RELEASED: QuotaChange.ValueType  # 5
+"""The binding ended: its unused quota released to the giver (Q8)."""
+Global___QuotaChange: _TypeAlias = QuotaChange  # noqa: Y015
 
 @_typing.final
 class MemberQuery(_message.Message):
@@ -548,3 +585,206 @@ class NotifySettlementResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NotifySettlementResponse: _TypeAlias = NotifySettlementResponse  # noqa: Y015
+
+@_typing.final
+class QuotaNotice(_message.Message):
+    """Gateway-signed, payload_type "gongji.v1.QuotaNotice"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    BINDING_ID_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
+    AMOUNT_FEN_FIELD_NUMBER: _builtins.int
+    RELEASED_FEN_FIELD_NUMBER: _builtins.int
+    QUOTA_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    CAUSE_ID_FIELD_NUMBER: _builtins.int
+    CHANGED_AT_FIELD_NUMBER: _builtins.int
+    binding_id: _builtins.str
+    """The binding the quota belongs to."""
+    change: Global___QuotaChange.ValueType
+    """What happened."""
+    amount_fen: _builtins.int
+    """The size of the change, whole fen (for RELEASED and LOWERED: what was released)."""
+    released_fen: _builtins.int
+    """Of that, what went back to the giver (unfreeze it): the whole amount for LOWERED and RELEASED, a
+    reversal's amount after the binding ended, else 0.
+    """
+    version: _builtins.int
+    """The quota's version after the change: the figures of a higher version supersede a lower one's."""
+    cause_id: _builtins.str
+    """The request that caused it (its sender's message_id), or the binding's ending."""
+    @_builtins.property
+    def header(self) -> _common_pb2.Header:
+        """message_id "qn:<binding_id>:<version>" (the quota's version after the change; the same id to both
+        provinces), sender "gateway", receiver the province told.
+        """
+
+    @_builtins.property
+    def quota(self) -> _common_pb2.QuotaFigures:
+        """The quota's figures after the change."""
+
+    @_builtins.property
+    def changed_at(self) -> _timestamp_pb2.Timestamp:
+        """When the gateway recorded it."""
+
+    def __init__(
+        self,
+        *,
+        header: _common_pb2.Header | None = ...,
+        binding_id: _builtins.str = ...,
+        change: Global___QuotaChange.ValueType = ...,
+        amount_fen: _builtins.int = ...,
+        released_fen: _builtins.int = ...,
+        quota: _common_pb2.QuotaFigures | None = ...,
+        version: _builtins.int = ...,
+        cause_id: _builtins.str = ...,
+        changed_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "header", b"header", "quota", b"quota"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_fen", b"amount_fen", "binding_id", b"binding_id", "cause_id", b"cause_id", "change", b"change", "changed_at", b"changed_at", "header", b"header", "quota", b"quota", "released_fen", b"released_fen", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuotaNotice: _TypeAlias = QuotaNotice  # noqa: Y015
+
+@_typing.final
+class NotifyQuotaRequest(_message.Message):
+    """NotifyQuota's request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTICE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def notice(self) -> _common_pb2.SignedEnvelope:
+        """Envelope of a QuotaNotice."""
+
+    def __init__(
+        self,
+        *,
+        notice: _common_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["notice", b"notice"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["notice", b"notice"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NotifyQuotaRequest: _TypeAlias = NotifyQuotaRequest  # noqa: Y015
+
+@_typing.final
+class NotifyQuotaResponse(_message.Message):
+    """NotifyQuota's answer: acknowledgement only."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NotifyQuotaResponse: _TypeAlias = NotifyQuotaResponse  # noqa: Y015
+
+@_typing.final
+class ConsumptionNotice(_message.Message):
+    """Gateway-signed, payload_type "gongji.v1.ConsumptionNotice"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    CONSUMPTION_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
+    AMOUNT_FEN_FIELD_NUMBER: _builtins.int
+    RELEASED_FEN_FIELD_NUMBER: _builtins.int
+    CLEARING_WINDOW_ID_FIELD_NUMBER: _builtins.int
+    QUOTA_FIELD_NUMBER: _builtins.int
+    change: Global___QuotaChange.ValueType
+    """CONSUMED (debit drawn_fen from the freeze) or REVERSED (credit amount_fen back to the freeze, or
+    unfreeze it when released_fen says it was released).
+    """
+    amount_fen: _builtins.int
+    """The draw's or the reversal's amount, whole fen."""
+    released_fen: _builtins.int
+    """A reversal after the binding ended: what was released to the giver (else 0)."""
+    clearing_window_id: _builtins.str
+    """The clearing month this draw or reversal belongs to, e.g. "Q2026-03"."""
+    @_builtins.property
+    def header(self) -> _common_pb2.Header:
+        """message_id "cn:<receiver province>:<consumption_id>" for the draw (a consumption id is unique per
+        province only), "cr:<receiver province>:<reversal message_id>" for a reversal; sender "gateway", receiver
+        the giver's province.
+        """
+
+    @_builtins.property
+    def consumption(self) -> _quotas_pb2.ConsumptionRecord:
+        """The consumption as it stands after the draw or the reversal."""
+
+    @_builtins.property
+    def quota(self) -> _common_pb2.QuotaFigures:
+        """The quota's figures after it."""
+
+    def __init__(
+        self,
+        *,
+        header: _common_pb2.Header | None = ...,
+        consumption: _quotas_pb2.ConsumptionRecord | None = ...,
+        change: Global___QuotaChange.ValueType = ...,
+        amount_fen: _builtins.int = ...,
+        released_fen: _builtins.int = ...,
+        clearing_window_id: _builtins.str = ...,
+        quota: _common_pb2.QuotaFigures | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["consumption", b"consumption", "header", b"header", "quota", b"quota"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_fen", b"amount_fen", "change", b"change", "clearing_window_id", b"clearing_window_id", "consumption", b"consumption", "header", b"header", "quota", b"quota", "released_fen", b"released_fen"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsumptionNotice: _TypeAlias = ConsumptionNotice  # noqa: Y015
+
+@_typing.final
+class NotifyConsumptionRequest(_message.Message):
+    """NotifyConsumption's request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTICE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def notice(self) -> _common_pb2.SignedEnvelope:
+        """Envelope of a ConsumptionNotice."""
+
+    def __init__(
+        self,
+        *,
+        notice: _common_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["notice", b"notice"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["notice", b"notice"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NotifyConsumptionRequest: _TypeAlias = NotifyConsumptionRequest  # noqa: Y015
+
+@_typing.final
+class NotifyConsumptionResponse(_message.Message):
+    """NotifyConsumption's answer: acknowledgement only."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NotifyConsumptionResponse: _TypeAlias = NotifyConsumptionResponse  # noqa: Y015

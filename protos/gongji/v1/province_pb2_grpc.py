@@ -60,6 +60,16 @@ class ProvinceInboxStub:
                 request_serializer=gongji_dot_v1_dot_province__pb2.NotifySettlementRequest.SerializeToString,
                 response_deserializer=gongji_dot_v1_dot_province__pb2.NotifySettlementResponse.FromString,
                 _registered_method=True)
+        self.NotifyQuota = channel.unary_unary(
+                '/gongji.v1.ProvinceInbox/NotifyQuota',
+                request_serializer=gongji_dot_v1_dot_province__pb2.NotifyQuotaRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_province__pb2.NotifyQuotaResponse.FromString,
+                _registered_method=True)
+        self.NotifyConsumption = channel.unary_unary(
+                '/gongji.v1.ProvinceInbox/NotifyConsumption',
+                request_serializer=gongji_dot_v1_dot_province__pb2.NotifyConsumptionRequest.SerializeToString,
+                response_deserializer=gongji_dot_v1_dot_province__pb2.NotifyConsumptionResponse.FromString,
+                _registered_method=True)
 
 
 class ProvinceInboxServicer:
@@ -96,7 +106,25 @@ class ProvinceInboxServicer:
         raise NotImplementedError('Method not implemented!')
 
     def NotifySettlement(self, request, context):
-        """A closed settlement window's figures to acknowledge.
+        """A closed settlement window's figures to acknowledge (a clearing month's too).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def NotifyQuota(self, request, context):
+        """A quota's figures changed (Q6, Q8): told to the receiver's province for every change of what it can
+        draw, and to the giver's province for every release of unused quota, LOWERED or RELEASED (to unfreeze
+        that much; a reversal after the binding ended reaches it as NotifyConsumption only). At least once per
+        message_id: de-duplicate on it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def NotifyConsumption(self, request, context):
+        """A consumption or a reversal of one (Q6): told to the giver's province, to turn that much of the freeze
+        into a debit, or back. At least once per message_id: de-duplicate on it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -129,6 +157,16 @@ def add_ProvinceInboxServicer_to_server(servicer, server):
                     servicer.NotifySettlement,
                     request_deserializer=gongji_dot_v1_dot_province__pb2.NotifySettlementRequest.FromString,
                     response_serializer=gongji_dot_v1_dot_province__pb2.NotifySettlementResponse.SerializeToString,
+            ),
+            'NotifyQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.NotifyQuota,
+                    request_deserializer=gongji_dot_v1_dot_province__pb2.NotifyQuotaRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_province__pb2.NotifyQuotaResponse.SerializeToString,
+            ),
+            'NotifyConsumption': grpc.unary_unary_rpc_method_handler(
+                    servicer.NotifyConsumption,
+                    request_deserializer=gongji_dot_v1_dot_province__pb2.NotifyConsumptionRequest.FromString,
+                    response_serializer=gongji_dot_v1_dot_province__pb2.NotifyConsumptionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +305,60 @@ class ProvinceInbox:
             '/gongji.v1.ProvinceInbox/NotifySettlement',
             gongji_dot_v1_dot_province__pb2.NotifySettlementRequest.SerializeToString,
             gongji_dot_v1_dot_province__pb2.NotifySettlementResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NotifyQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gongji.v1.ProvinceInbox/NotifyQuota',
+            gongji_dot_v1_dot_province__pb2.NotifyQuotaRequest.SerializeToString,
+            gongji_dot_v1_dot_province__pb2.NotifyQuotaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NotifyConsumption(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gongji.v1.ProvinceInbox/NotifyConsumption',
+            gongji_dot_v1_dot_province__pb2.NotifyConsumptionRequest.SerializeToString,
+            gongji_dot_v1_dot_province__pb2.NotifyConsumptionResponse.FromString,
             options,
             channel_credentials,
             insecure,

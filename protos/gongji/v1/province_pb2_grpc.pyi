@@ -46,7 +46,17 @@ class ProvinceInboxStub:
     message_id: de-duplicate on it.
     """
     NotifySettlement: _grpc.UnaryUnaryMultiCallable[_province_pb2.NotifySettlementRequest, _province_pb2.NotifySettlementResponse]
-    """A closed settlement window's figures to acknowledge."""
+    """A closed settlement window's figures to acknowledge (a clearing month's too)."""
+    NotifyQuota: _grpc.UnaryUnaryMultiCallable[_province_pb2.NotifyQuotaRequest, _province_pb2.NotifyQuotaResponse]
+    """A quota's figures changed (Q6, Q8): told to the receiver's province for every change of what it can
+    draw, and to the giver's province for every release of unused quota, LOWERED or RELEASED (to unfreeze
+    that much; a reversal after the binding ended reaches it as NotifyConsumption only). At least once per
+    message_id: de-duplicate on it.
+    """
+    NotifyConsumption: _grpc.UnaryUnaryMultiCallable[_province_pb2.NotifyConsumptionRequest, _province_pb2.NotifyConsumptionResponse]
+    """A consumption or a reversal of one (Q6): told to the giver's province, to turn that much of the freeze
+    into a debit, or back. At least once per message_id: de-duplicate on it.
+    """
 
 @_typing.type_check_only
 class ProvinceInboxAsyncStub(ProvinceInboxStub):
@@ -64,7 +74,17 @@ class ProvinceInboxAsyncStub(ProvinceInboxStub):
     message_id: de-duplicate on it.
     """
     NotifySettlement: _aio.UnaryUnaryMultiCallable[_province_pb2.NotifySettlementRequest, _province_pb2.NotifySettlementResponse]  # type: ignore[assignment]
-    """A closed settlement window's figures to acknowledge."""
+    """A closed settlement window's figures to acknowledge (a clearing month's too)."""
+    NotifyQuota: _aio.UnaryUnaryMultiCallable[_province_pb2.NotifyQuotaRequest, _province_pb2.NotifyQuotaResponse]  # type: ignore[assignment]
+    """A quota's figures changed (Q6, Q8): told to the receiver's province for every change of what it can
+    draw, and to the giver's province for every release of unused quota, LOWERED or RELEASED (to unfreeze
+    that much; a reversal after the binding ended reaches it as NotifyConsumption only). At least once per
+    message_id: de-duplicate on it.
+    """
+    NotifyConsumption: _aio.UnaryUnaryMultiCallable[_province_pb2.NotifyConsumptionRequest, _province_pb2.NotifyConsumptionResponse]  # type: ignore[assignment]
+    """A consumption or a reversal of one (Q6): told to the giver's province, to turn that much of the freeze
+    into a debit, or back. At least once per message_id: de-duplicate on it.
+    """
 
 class ProvinceInboxServicer(metaclass=_abc_1.ABCMeta):
     """Served by each province."""
@@ -109,6 +129,28 @@ class ProvinceInboxServicer(metaclass=_abc_1.ABCMeta):
         request: _province_pb2.NotifySettlementRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_province_pb2.NotifySettlementResponse, _abc.Awaitable[_province_pb2.NotifySettlementResponse]]:
-        """A closed settlement window's figures to acknowledge."""
+        """A closed settlement window's figures to acknowledge (a clearing month's too)."""
+
+    @_abc_1.abstractmethod
+    def NotifyQuota(
+        self,
+        request: _province_pb2.NotifyQuotaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_province_pb2.NotifyQuotaResponse, _abc.Awaitable[_province_pb2.NotifyQuotaResponse]]:
+        """A quota's figures changed (Q6, Q8): told to the receiver's province for every change of what it can
+        draw, and to the giver's province for every release of unused quota, LOWERED or RELEASED (to unfreeze
+        that much; a reversal after the binding ended reaches it as NotifyConsumption only). At least once per
+        message_id: de-duplicate on it.
+        """
+
+    @_abc_1.abstractmethod
+    def NotifyConsumption(
+        self,
+        request: _province_pb2.NotifyConsumptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_province_pb2.NotifyConsumptionResponse, _abc.Awaitable[_province_pb2.NotifyConsumptionResponse]]:
+        """A consumption or a reversal of one (Q6): told to the giver's province, to turn that much of the freeze
+        into a debit, or back. At least once per message_id: de-duplicate on it.
+        """
 
 def add_ProvinceInboxServicer_to_server(servicer: ProvinceInboxServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

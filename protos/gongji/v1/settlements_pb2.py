@@ -26,33 +26,35 @@ from protos.gongji.v1 import common_pb2 as gongji_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgongji/v1/settlements.proto\x12\tgongji.v1\x1a\x16gongji/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"c\n\nPairFigure\x12\x15\n\rfrom_province\x18\x01 \x01(\t\x12\x13\n\x0bto_province\x18\x02 \x01(\t\x12\x11\n\tgross_fen\x18\x03 \x01(\x03\x12\x16\n\x0etransfer_count\x18\x04 \x01(\x03\"5\n\x10ProvincePosition\x12\x10\n\x08province\x18\x01 \x01(\t\x12\x0f\n\x07net_fen\x18\x02 \x01(\x03\"\xfc\x01\n\x11SettlementFigures\x12!\n\x06header\x18\x01 \x01(\x0b\x32\x11.gongji.v1.Header\x12\x11\n\twindow_id\x18\x02 \x01(\t\x12,\n\x08opens_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tcloses_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x05pairs\x18\x05 \x03(\x0b\x32\x15.gongji.v1.PairFigure\x12.\n\tpositions\x18\x06 \x03(\x0b\x32\x1b.gongji.v1.ProvincePosition\"G\n\x0fSettlementQuery\x12!\n\x06header\x18\x01 \x01(\x0b\x32\x11.gongji.v1.Header\x12\x11\n\twindow_id\x18\x02 \x01(\t\"@\n\x14GetSettlementRequest\x12(\n\x05query\x18\x01 \x01(\x0b\x32\x19.gongji.v1.SignedEnvelope\"\x8d\x01\n\x15GetSettlementResponse\x12/\n\x05state\x18\x01 \x01(\x0e\x32 .gongji.v1.SettlementWindowState\x12*\n\x07\x66igures\x18\x02 \x01(\x0b\x32\x19.gongji.v1.SignedEnvelope\x12\x17\n\x0f\x61\x63knowledged_by\x18\x03 \x03(\t\"i\n\x19SettlementAcknowledgement\x12!\n\x06header\x18\x01 \x01(\x0b\x32\x11.gongji.v1.Header\x12\x11\n\twindow_id\x18\x02 \x01(\t\x12\x16\n\x0e\x66igures_sha256\x18\x03 \x01(\x0c\"R\n\x1c\x41\x63knowledgeSettlementRequest\x12\x32\n\x0f\x61\x63knowledgement\x18\x01 \x01(\x0b\x32\x19.gongji.v1.SignedEnvelope\"\x8c\x01\n\x1d\x41\x63knowledgeSettlementResponse\x12*\n\x07receipt\x18\x01 \x01(\x0b\x32\x19.gongji.v1.SignedEnvelope\x12\x0e\n\x06replay\x18\x02 \x01(\x08\x12/\n\x05state\x18\x03 \x01(\x0e\x32 .gongji.v1.SettlementWindowState*\xd5\x01\n\x15SettlementWindowState\x12\'\n#SETTLEMENT_WINDOW_STATE_UNSPECIFIED\x10\x00\x12 \n\x1cSETTLEMENT_WINDOW_STATE_OPEN\x10\x01\x12\"\n\x1eSETTLEMENT_WINDOW_STATE_CLOSED\x10\x02\x12(\n$SETTLEMENT_WINDOW_STATE_ACKNOWLEDGED\x10\x03\x12#\n\x1fSETTLEMENT_WINDOW_STATE_SETTLED\x10\x04\x32\xcd\x01\n\x0bSettlements\x12R\n\rGetSettlement\x12\x1f.gongji.v1.GetSettlementRequest\x1a .gongji.v1.GetSettlementResponse\x12j\n\x15\x41\x63knowledgeSettlement\x12\'.gongji.v1.AcknowledgeSettlementRequest\x1a(.gongji.v1.AcknowledgeSettlementResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgongji/v1/settlements.proto\x12\tgongji.v1\x1a\x16gongji/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"c\n\nPairFigure\x12\x15\n\rfrom_province\x18\x01 \x01(\t\x12\x13\n\x0bto_province\x18\x02 \x01(\t\x12\x11\n\tgross_fen\x18\x03 \x01(\x03\x12\x16\n\x0etransfer_count\x18\x04 \x01(\x03\"5\n\x10ProvincePosition\x12\x10\n\x08province\x18\x01 \x01(\t\x12\x0f\n\x07net_fen\x18\x02 \x01(\x03\"\xa4\x02\n\x11SettlementFigures\x12!\n\x06header\x18\x01 \x01(\x0b\x32\x11.gongji.v1.Header\x12\x11\n\twindow_id\x18\x02 \x01(\t\x12,\n\x08opens_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tcloses_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x05pairs\x18\x05 \x03(\x0b\x32\x15.gongji.v1.PairFigure\x12.\n\tpositions\x18\x06 \x03(\x0b\x32\x1b.gongji.v1.ProvincePosition\x12&\n\x05lines\x18\x07 \x03(\x0b\x32\x17.gongji.v1.ClearingLine\"\xaa\x01\n\x0c\x43learingLine\x12\x15\n\rfrom_province\x18\x01 \x01(\t\x12\x13\n\x0bto_province\x18\x02 \x01(\t\x12\x14\n\x0c\x63onsumed_fen\x18\x03 \x01(\x03\x12\x14\n\x0creversed_fen\x18\x04 \x01(\x03\x12\x0f\n\x07net_fen\x18\x05 \x01(\x03\x12\x19\n\x11\x63onsumption_count\x18\x06 \x01(\x03\x12\x16\n\x0ereversal_count\x18\x07 \x01(\x03\"G\n\x0fSettlementQuery\x12!\n\x06header\x18\x01 \x01(\x0b\x32\x11.gongji.v1.Header\x12\x11\n\twindow_id\x18\x02 \x01(\t\"@\n\x14GetSettlementRequest\x12(\n\x05query\x18\x01 \x01(\x0b\x32\x19.gongji.v1.SignedEnvelope\"\x8d\x01\n\x15GetSettlementResponse\x12/\n\x05state\x18\x01 \x01(\x0e\x32 .gongji.v1.SettlementWindowState\x12*\n\x07\x66igures\x18\x02 \x01(\x0b\x32\x19.gongji.v1.SignedEnvelope\x12\x17\n\x0f\x61\x63knowledged_by\x18\x03 \x03(\t\"i\n\x19SettlementAcknowledgement\x12!\n\x06header\x18\x01 \x01(\x0b\x32\x11.gongji.v1.Header\x12\x11\n\twindow_id\x18\x02 \x01(\t\x12\x16\n\x0e\x66igures_sha256\x18\x03 \x01(\x0c\"R\n\x1c\x41\x63knowledgeSettlementRequest\x12\x32\n\x0f\x61\x63knowledgement\x18\x01 \x01(\x0b\x32\x19.gongji.v1.SignedEnvelope\"\x8c\x01\n\x1d\x41\x63knowledgeSettlementResponse\x12*\n\x07receipt\x18\x01 \x01(\x0b\x32\x19.gongji.v1.SignedEnvelope\x12\x0e\n\x06replay\x18\x02 \x01(\x08\x12/\n\x05state\x18\x03 \x01(\x0e\x32 .gongji.v1.SettlementWindowState*\xd5\x01\n\x15SettlementWindowState\x12\'\n#SETTLEMENT_WINDOW_STATE_UNSPECIFIED\x10\x00\x12 \n\x1cSETTLEMENT_WINDOW_STATE_OPEN\x10\x01\x12\"\n\x1eSETTLEMENT_WINDOW_STATE_CLOSED\x10\x02\x12(\n$SETTLEMENT_WINDOW_STATE_ACKNOWLEDGED\x10\x03\x12#\n\x1fSETTLEMENT_WINDOW_STATE_SETTLED\x10\x04\x32\xcd\x01\n\x0bSettlements\x12R\n\rGetSettlement\x12\x1f.gongji.v1.GetSettlementRequest\x1a .gongji.v1.GetSettlementResponse\x12j\n\x15\x41\x63knowledgeSettlement\x12\'.gongji.v1.AcknowledgeSettlementRequest\x1a(.gongji.v1.AcknowledgeSettlementResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.gongji.v1.settlements_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SETTLEMENTWINDOWSTATE']._serialized_start=1128
-  _globals['_SETTLEMENTWINDOWSTATE']._serialized_end=1341
+  _globals['_SETTLEMENTWINDOWSTATE']._serialized_start=1341
+  _globals['_SETTLEMENTWINDOWSTATE']._serialized_end=1554
   _globals['_PAIRFIGURE']._serialized_start=99
   _globals['_PAIRFIGURE']._serialized_end=198
   _globals['_PROVINCEPOSITION']._serialized_start=200
   _globals['_PROVINCEPOSITION']._serialized_end=253
   _globals['_SETTLEMENTFIGURES']._serialized_start=256
-  _globals['_SETTLEMENTFIGURES']._serialized_end=508
-  _globals['_SETTLEMENTQUERY']._serialized_start=510
-  _globals['_SETTLEMENTQUERY']._serialized_end=581
-  _globals['_GETSETTLEMENTREQUEST']._serialized_start=583
-  _globals['_GETSETTLEMENTREQUEST']._serialized_end=647
-  _globals['_GETSETTLEMENTRESPONSE']._serialized_start=650
-  _globals['_GETSETTLEMENTRESPONSE']._serialized_end=791
-  _globals['_SETTLEMENTACKNOWLEDGEMENT']._serialized_start=793
-  _globals['_SETTLEMENTACKNOWLEDGEMENT']._serialized_end=898
-  _globals['_ACKNOWLEDGESETTLEMENTREQUEST']._serialized_start=900
-  _globals['_ACKNOWLEDGESETTLEMENTREQUEST']._serialized_end=982
-  _globals['_ACKNOWLEDGESETTLEMENTRESPONSE']._serialized_start=985
-  _globals['_ACKNOWLEDGESETTLEMENTRESPONSE']._serialized_end=1125
-  _globals['_SETTLEMENTS']._serialized_start=1344
-  _globals['_SETTLEMENTS']._serialized_end=1549
+  _globals['_SETTLEMENTFIGURES']._serialized_end=548
+  _globals['_CLEARINGLINE']._serialized_start=551
+  _globals['_CLEARINGLINE']._serialized_end=721
+  _globals['_SETTLEMENTQUERY']._serialized_start=723
+  _globals['_SETTLEMENTQUERY']._serialized_end=794
+  _globals['_GETSETTLEMENTREQUEST']._serialized_start=796
+  _globals['_GETSETTLEMENTREQUEST']._serialized_end=860
+  _globals['_GETSETTLEMENTRESPONSE']._serialized_start=863
+  _globals['_GETSETTLEMENTRESPONSE']._serialized_end=1004
+  _globals['_SETTLEMENTACKNOWLEDGEMENT']._serialized_start=1006
+  _globals['_SETTLEMENTACKNOWLEDGEMENT']._serialized_end=1111
+  _globals['_ACKNOWLEDGESETTLEMENTREQUEST']._serialized_start=1113
+  _globals['_ACKNOWLEDGESETTLEMENTREQUEST']._serialized_end=1195
+  _globals['_ACKNOWLEDGESETTLEMENTRESPONSE']._serialized_start=1198
+  _globals['_ACKNOWLEDGESETTLEMENTRESPONSE']._serialized_end=1338
+  _globals['_SETTLEMENTS']._serialized_start=1557
+  _globals['_SETTLEMENTS']._serialized_end=1762
 # @@protoc_insertion_point(module_scope)

@@ -125,6 +125,7 @@ class SettlementFigures(_message.Message):
     CLOSES_AT_FIELD_NUMBER: _builtins.int
     PAIRS_FIELD_NUMBER: _builtins.int
     POSITIONS_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
     window_id: _builtins.str
     """The window."""
     @_builtins.property
@@ -147,6 +148,12 @@ class SettlementFigures(_message.Message):
     def positions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProvincePosition]:
         """Net position per province."""
 
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClearingLine]:
+        """A clearing month's (window_id "QYYYY-MM", Q10) figures per ordered pair; empty for transfer windows,
+        whose figures are the pairs above. A clearing month's pairs are empty.
+        """
+
     def __init__(
         self,
         *,
@@ -156,14 +163,65 @@ class SettlementFigures(_message.Message):
         closes_at: _timestamp_pb2.Timestamp | None = ...,
         pairs: _abc.Iterable[Global___PairFigure] | None = ...,
         positions: _abc.Iterable[Global___ProvincePosition] | None = ...,
+        lines: _abc.Iterable[Global___ClearingLine] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["closes_at", b"closes_at", "header", b"header", "opens_at", b"opens_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["closes_at", b"closes_at", "header", b"header", "opens_at", b"opens_at", "pairs", b"pairs", "positions", b"positions", "window_id", b"window_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closes_at", b"closes_at", "header", b"header", "lines", b"lines", "opens_at", b"opens_at", "pairs", b"pairs", "positions", b"positions", "window_id", b"window_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SettlementFigures: _TypeAlias = SettlementFigures  # noqa: Y015
+
+@_typing.final
+class ClearingLine(_message.Message):
+    """One ordered pair's quota consumptions in a clearing month (Q10): the giver's province's fund owes the
+    receiver's province's fund net_fen.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_PROVINCE_FIELD_NUMBER: _builtins.int
+    TO_PROVINCE_FIELD_NUMBER: _builtins.int
+    CONSUMED_FEN_FIELD_NUMBER: _builtins.int
+    REVERSED_FEN_FIELD_NUMBER: _builtins.int
+    NET_FEN_FIELD_NUMBER: _builtins.int
+    CONSUMPTION_COUNT_FIELD_NUMBER: _builtins.int
+    REVERSAL_COUNT_FIELD_NUMBER: _builtins.int
+    from_province: _builtins.str
+    """The givers' province (pays)."""
+    to_province: _builtins.str
+    """The receivers' province (is paid)."""
+    consumed_fen: _builtins.int
+    """Consumptions recorded in the month, whole fen."""
+    reversed_fen: _builtins.int
+    """Reversals recorded in the month (of this month's consumptions or earlier ones), whole fen."""
+    net_fen: _builtins.int
+    """consumed_fen - reversed_fen; negative when the month's reversals exceed its consumptions (the
+    receivers' province then owes it back).
+    """
+    consumption_count: _builtins.int
+    """Number of consumptions recorded in the month."""
+    reversal_count: _builtins.int
+    """Number of reversals recorded in the month."""
+    def __init__(
+        self,
+        *,
+        from_province: _builtins.str = ...,
+        to_province: _builtins.str = ...,
+        consumed_fen: _builtins.int = ...,
+        reversed_fen: _builtins.int = ...,
+        net_fen: _builtins.int = ...,
+        consumption_count: _builtins.int = ...,
+        reversal_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumed_fen", b"consumed_fen", "consumption_count", b"consumption_count", "from_province", b"from_province", "net_fen", b"net_fen", "reversal_count", b"reversal_count", "reversed_fen", b"reversed_fen", "to_province", b"to_province"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClearingLine: _TypeAlias = ClearingLine  # noqa: Y015
 
 @_typing.final
 class SettlementQuery(_message.Message):
