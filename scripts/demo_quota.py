@@ -56,14 +56,16 @@ class Province:
         for q in ledger.quota_notices:
             if q.binding_id == binding_id and q.message_id not in self.shown:
                 self.shown.add(q.message_id)
-                told.append(f"quota {change_name(q.change)} {yuan(q.amount_fen)} yuan"
-                            + (f" (released to the giver {yuan(q.released_fen)})" if q.released_fen else "")
-                            + f", available now {yuan(q.quota.available_fen)}")
+                to_giver = "" if not q.released_fen else (
+                    " to the giver" if q.released_fen == q.amount_fen else f" ({yuan(q.released_fen)} to the giver)")
+                told.append(f"quota {change_name(q.change)} {yuan(q.amount_fen)} yuan{to_giver}, "
+                            f"available {yuan(q.quota.available_fen)}")
         for c in ledger.consumption_notices:
             if c.binding_id == binding_id and c.message_id not in self.shown:
                 self.shown.add(c.message_id)
-                told.append(f"consumption {change_name(c.change)} {yuan(c.amount_fen)} yuan "
-                            f"(settlement {c.settlement_ref}, month {c.clearing_window_id})")
+                to_giver = f" ({yuan(c.released_fen)} to the giver)" if c.released_fen else ""
+                told.append(f"consumption {change_name(c.change)} {yuan(c.amount_fen)} yuan{to_giver}, "
+                            f"month {c.clearing_window_id}")
         return told
 
 
@@ -87,8 +89,8 @@ class QuotaStory:
         given = next((g for g in ledger.given if g.binding_id == binding_id), None)
         if account is None:
             return "no account"
-        return (f"his account {yuan(account.balance_fen)}, frozen {yuan(account.frozen_fen)}, "
-                f"debited for her {yuan(given.debited_fen if given else 0)}")
+        return (f"his account in Hami: {yuan(account.balance_fen)} yuan, {yuan(account.frozen_fen)} frozen, "
+                f"{yuan(given.debited_fen if given else 0)} debited for her")
 
     def told(self, binding_id: str, expected: dict[str, int]) -> None:
         """Print what each province was told, once `expected` notices per province arrived (or in time)."""
@@ -101,11 +103,10 @@ class QuotaStory:
                 break
             time.sleep(0.1)
         for province in (self.xinjiang, self.gansu):
-            lines = seen[province.name] or ["nothing"]
-            suffix = f"; {self.son_account(binding_id)}" if province is self.xinjiang else ""
-            print(f"   {province.name} was told: {'; '.join(lines)}{suffix}")
+            print(f"   {province.name} was told: {'; '.join(seen[province.name]) or 'nothing'}")
             if len(seen[province.name]) < expected.get(province.name, 0):
                 self.fail(f"{province.name} was not told everything in time")
+        print(f"   {self.son_account(binding_id)}")
 
     def run(self, binding_id: str, ops: operations_pb2_grpc.OperationsStub, today: str) -> bool:
         print(f"7. The 2026 quota regime (step 4 of the Hami seed), on the binding with his mother {binding_id}:")
@@ -126,7 +127,8 @@ class QuotaStory:
             self.fail(f"refused: {grant.code} {grant.reason}"
                       + (" (the gateway does not serve gongji.v1.Quotas)" if grant.code == "UNIMPLEMENTED" else ""))
             return False
-        print(f"   gateway: OK, receipt verified: {grant.receipt_verified}; {figures_line(grant.quota)}")
+        print(f"   gateway: OK, receipt verified: {grant.receipt_verified}")
+        print(f"   quota: {figures_line(grant.quota)}")
         self.told(binding_id, {"Gansu 620000": 1})
 
         print(f"8. She buys medicine for {yuan(BILL_FEN)} yuan at a Lanzhou pharmacy (620100):")
@@ -138,7 +140,8 @@ class QuotaStory:
         if bill.code != "OK":
             self.fail(f"the draw was refused: {bill.code} {bill.reason}")
             return False
-        print(f"   gateway: OK, month {bill.clearing_window_id}; {figures_line(bill.quota)}")
+        print(f"   gateway: OK, drawn in clearing month {bill.clearing_window_id}")
+        print(f"   quota: {figures_line(bill.quota)}")
         self.told(binding_id, {"Xinjiang 650000": 1, "Gansu 620000": 1})
 
         print(f"9. A {yuan(RETURNED_FEN)} yuan drug is returned: Gansu reverses that much of the settlement:")
@@ -149,7 +152,8 @@ class QuotaStory:
             return False
         state = quotas_pb2.ConsumptionState.Name(reversal.consumption.state).removeprefix("CONSUMPTION_STATE_")
         print(f"   gateway: OK, consumption {state} ({yuan(reversal.consumption.reversed_fen)} of "
-              f"{yuan(reversal.consumption.drawn_fen)} reversed); {figures_line(reversal.quota)}")
+              f"{yuan(reversal.consumption.drawn_fen)} reversed)")
+        print(f"   quota: {figures_line(reversal.quota)}")
         self.told(binding_id, {"Xinjiang 650000": 1, "Gansu 620000": 1})
 
         clear_month(ops, bill.clearing_window_id, today, (self.xinjiang, self.gansu))
@@ -167,7 +171,7 @@ class QuotaStory:
         quota = self.xinjiang.control.QueryQuota(control_pb2.QueryQuotaRequest(binding_id=binding_id),
                                                  timeout=5).answer.quota
         given = next((g for g in self.xinjiang.ledger().given if g.binding_id == binding_id), None)
-        print(f"   gateway's quota now: {figures_line(quota)}")
+        print(f"   quota: {figures_line(quota)}")
         same = given is not None and (given.frozen_fen, given.debited_fen, given.released_fen) == (
             quota.available_fen, quota.consumed_fen, quota.released_fen)
         print(f"   Xinjiang's freeze {yuan(given.frozen_fen if given else 0)}, debit "
