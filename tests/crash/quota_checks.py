@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from gateway.domain.outbox import consumption_notice_message_id, quota_notice_message_id, reversal_notice_message_id
 from protos.gongji.stub.v1 import control_pb2
-from protos.gongji.v1 import common_pb2, payload_types, quotas_pb2
+from protos.gongji.v1 import common_pb2, payload_types, province_pb2, quotas_pb2
 from province_stub.messages import ProvinceSigner, header, new_message_id
 from province_stub.signing import GATEWAY_SIGNER, load_private_key
 from scripts.launcher import CHANNEL_OPTIONS, GANSU, XINJIANG
@@ -84,6 +84,11 @@ class QuotaAccounting:
     doubled: dict[str, int] = field(default_factory=dict)
     broken: dict[str, int] = field(default_factory=dict)  # conservation, release, the giver's ledger, GetQuota
     redelivered: int = 0
+    # What the run went through, from the database: draws of less than asked, reversals after the binding ended
+    # (released to the giver), the unused amounts released when bindings ended.
+    partial_draws: int = 0
+    late_reversals: int = 0
+    released_at_end_fen: int = 0
     examples: list[str] = field(default_factory=list)
 
     def flag(self, bucket: dict[str, int], name: str, items: list[str]) -> None:
@@ -121,6 +126,15 @@ def _replayed_chain(changes: list[Change]) -> list[str]:
         if (g, c, r) != change.after or min(g, c, r, g - c - r) < 0:
             problems.append(f"v{change.version}: figures {change.after}, replayed {(g, c, r)}")
     return problems
+
+
+def told_as(notice: control_pb2.QuotaNoticeReceived, change: Change) -> bool:
+    """The notice says what the change did and the figures after it (a release: the unused amount)."""
+    g, c, r = change.after
+    return (province_pb2.QuotaChange.Name(notice.change), notice.amount_fen, notice.released_fen, notice.version,
+            notice.quota.granted_fen, notice.quota.consumed_fen, notice.quota.released_fen,
+            notice.quota.available_fen) == (f"QUOTA_CHANGE_{change.change}", change.amount_fen, change.released_fen,
+                                            change.version, g, c, r, g - c - r)
 
 
 def conserved(figures: Figures, available: int | None = None) -> bool:
@@ -214,6 +228,11 @@ def account_quotas(calls: list[Call], db: QuotaDb, ledger: control_pb2.LedgerRes
     result.redelivered = sum(n.times_received - 1 for code in notices for n in notices[code].values()) + sum(
         n.times_received - 1 for n in drawn_notices.values())
 
+    result.partial_draws = sum(1 for row in db.consumptions if row[5] < row[4])
+    result.late_reversals = sum(1 for row in db.reversals if row[5] > 0)
+    result.released_at_end_fen = sum(ch.amount_fen for chain in db.changes.values() for ch in chain
+                                     if ch.change == "RELEASED")
+
     # Q3 from the database and from GetQuota; each chain replayed; Q8 once; the giver's ledger; audit per change.
     by_binding: dict[str, list[tuple[str, str, str, str, int, int, int]]] = defaultdict(list)
     for drawn in db.consumptions:
@@ -233,6 +252,9 @@ def account_quotas(calls: list[Call], db: QuotaDb, ledger: control_pb2.LedgerRes
     result.flag(broken, "released_not_release_plus_late_reversals", [
         b for b, (f, _, _) in db.quotas.items()
         if f[2] != sum(ch.released_fen for ch in db.changes.get(b, ()) if ch.change in ("RELEASED", "REVERSED"))])
+    result.flag(broken, "notice_not_the_change", [
+        f"{code} {b} v{ch.version}" for b, chain in db.changes.items() for ch in chain for code in (GANSU, XINJIANG)
+        if (n := notices[code].get(quota_notice_message_id(b, ch.version))) is not None and not told_as(n, ch)])
     result.flag(broken, "ended_open_after_release", [b for b, (f, _, ended) in db.quotas.items()
                                                      if ended and f[0] - f[1] - f[2] != 0])
     for b, (figures, _, _) in db.quotas.items():
