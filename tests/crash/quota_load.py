@@ -144,7 +144,7 @@ class QuotaLoad:
         lots = self._open_lots()
         if time.monotonic() < self._next_dissolution or len(lots) <= MIN_OPEN:
             return None
-        self._next_dissolution = time.monotonic() + pick.uniform(0.4, 1.2)
+        self._next_dissolution = time.monotonic() + pick.uniform(0.2, 0.7)
         lot = pick.choice(lots)
         lot.open = False
         # Either side may dissolve (D9): the giver's and the receiver's province in turn.

@@ -26,7 +26,7 @@ from tests.crash.quota_checks import QuotaDb, account_quotas, get_quota
 from tests.crash.quota_load import CONSUME, DISSOLVE, GRANT, LANES, REVERSE, QuotaLoad, giver_account
 
 CYCLES = int(os.environ.get("GONGJI_CRASH_CYCLES", "20"))
-BINDINGS = 4  # open bindings at the start of each cycle: dissolved ones are replaced between cycles
+BINDINGS = 5  # open bindings at the start of each cycle: dissolved ones are replaced between cycles
 # A notice the killed process had leased waits out its lease (30 s) before the next process sends it.
 DRAIN_TIMEOUT_S = 120.0
 
