@@ -107,6 +107,10 @@ def _giver_missed_a_reversal(run: Run) -> None:
     run.ledger.given[0].debited_fen = 2_000
 
 
+def _giver_account_off(run: Run) -> None:
+    run.ledger.accounts[0].balance_fen += 1
+
+
 def _reversal_not_told(run: Run) -> None:
     del run.snaps[XINJIANG].consumption_notices[2]
 
@@ -137,6 +141,7 @@ def _dissolved_not_released(run: Run) -> None:
     (_released_twice, "doubled", "released_twice"),
     (_released_too_little, "broken", "chain"),
     (_giver_missed_a_reversal, "broken", "giver_ledger_differs"),
+    (_giver_account_off, "broken", "giver_ledger_differs"),
     (_reversal_not_told, "lost", "reversal_not_told_giver"),
     (_release_told_otherwise, "broken", "notice_not_the_change"),
     (_get_quota_differs, "broken", f"get_quota_{B}"),
