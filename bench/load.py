@@ -1,7 +1,8 @@
-"""The closed-loop load generator shared by the echo ceiling and the transfer driver.
+"""The load generators: the closed loop shared by the echo ceiling and the transfer driver, and an open loop
+at a set rate (`drive_at_rate`, the consumptions' steady half).
 
-Both go through `drive`: the same grpc.aio channel type, the same multi-callable call, the same
-number of coroutines, the same timing and error handling. Only the request factory differs.
+The echo and the transfers both go through `drive`: the same grpc.aio channel type, the same multi-callable
+call, the same number of coroutines, the same timing and error handling. Only the request factory differs.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import asyncio
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -43,6 +44,8 @@ class Phase:
     window_s: float  # no call is started after started_at + window_s
     elapsed_s: float = 0.0  # until the last call started in the window had returned
     calls: list[Call] = field(default_factory=list)
+    # Open loop (drive_at_rate) only: how much later than its schedule the latest call was sent.
+    max_lag_s: float = 0.0
 
     @property
     def ok(self) -> list[Call]:
@@ -137,4 +140,44 @@ async def drive(
     phase.elapsed_s = time.perf_counter() - start
     if seconds is None:
         phase.window_s = phase.elapsed_s
+    return phase
+
+
+async def drive_at_rate(
+    name: str,
+    target: Callable[[Req], Awaitable[tuple[str, Resp | None]]],  # a UnaryTarget
+    next_request: Callable[[], tuple[str, Req]],
+    check: Callable[[Resp], str],
+    *,
+    rate: float,
+    seconds: float,
+) -> Phase:
+    """Send `rate` calls a second for `seconds`, each on its schedule whatever the earlier ones are doing.
+
+    Open loop: a slow answer does not delay the next call, so queueing in the server shows in the latency. A
+    call's latency runs from its scheduled time, not from when the driver got round to sending it: a driver
+    falling behind counts against the server, never hides its queue (`max_lag_s` says how far behind it fell).
+    The request is built before its time comes, as `drive` builds it before the clock starts.
+    """
+    phase = Phase(name, started_at=time.time(), window_s=seconds)
+    start = time.perf_counter()
+
+    async def one(key: str, request: Req, scheduled: float) -> None:
+        code, answer = await target(request)
+        latency = time.perf_counter() - scheduled
+        if answer is not None:
+            code = check(answer)
+        phase.calls.append(Call(key, phase.started_at + (scheduled - start), latency, code))
+
+    calls: list[asyncio.Task[None]] = []
+    for index in range(math.floor(rate * seconds)):
+        key, request = next_request()
+        scheduled = start + index / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        phase.max_lag_s = max(phase.max_lag_s, time.perf_counter() - scheduled)
+        calls.append(asyncio.create_task(one(key, request, scheduled)))
+    await asyncio.gather(*calls)
+    phase.elapsed_s = time.perf_counter() - start
     return phase
