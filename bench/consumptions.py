@@ -273,7 +273,7 @@ async def consumptions(session: Session, name: str) -> dict[str, Any]:
         source = ConsumptionSource(stack.keys_dir, binding_id, granted)
         target: UnaryTarget[quotas_pb2.ConsumeQuotaRequest, quotas_pb2.ConsumeQuotaResponse] = UnaryTarget(
             channel, CONSUME_METHOD, quotas_pb2.ConsumeQuotaRequest.SerializeToString,
-            quotas_pb2.ConsumeQuotaResponse.FromString, DEADLINE_S)
+            quotas_pb2.ConsumeQuotaResponse.FromString, DEADLINE_S, with_reason=True)
         # The run's earlier objects (tens of thousands of transfer calls) out of the driver's collector: a full
         # collection walking them would pause the driver and count against the gateway's latency.
         gc.collect()

@@ -18,6 +18,8 @@ from typing import Any, Generic, TypeVar
 import grpc
 import grpc.aio
 
+from province_stub.answers import status_from_error
+
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
@@ -87,18 +89,23 @@ class UnaryTarget(Generic[Req, Resp]):
         serializer: Callable[[Req], bytes],
         deserializer: Callable[[bytes], Resp],
         deadline_s: float,
+        *,
+        with_reason: bool = False,
     ) -> None:
         self._call = channel.unary_unary(
             method, request_serializer=serializer, response_deserializer=deserializer
         )
         self._deadline_s = deadline_s
+        self._with_reason = with_reason
 
     async def __call__(self, request: Req) -> tuple[str, Resp | None]:
-        """("OK", answer) or (status code name, None); gRPC errors never escape."""
+        """("OK", answer) or (status code name, None), with the gateway's ErrorInfo reason ("UNAVAILABLE/
+        DATABASE_BUSY") if `with_reason`; gRPC errors never escape."""
         try:
             answer: Resp = await self._call(request, timeout=self._deadline_s)
         except grpc.aio.AioRpcError as error:
-            return error.code().name, None
+            reason = status_from_error(error).reason if self._with_reason else ""
+            return f"{error.code().name}/{reason}" if reason else error.code().name, None
         return "OK", answer
 
 
