@@ -104,14 +104,24 @@ class UnaryTarget(Generic[Req, Resp]):
         try:
             answer: Resp = await self._call(request, timeout=self._deadline_s)
         except grpc.aio.AioRpcError as error:
-            reason = status_from_error(error).reason if self._with_reason else ""
+            reason = (status_from_error(error).reason or refused_stream(error)) if self._with_reason else ""
             return f"{error.code().name}/{reason}" if reason else error.code().name, None
         return "OK", answer
 
 
+REFUSED_STREAM = "REFUSED_STREAM"
+
+
+def refused_stream(error: grpc.aio.AioRpcError) -> str:
+    """REFUSED_STREAM when HTTP/2 refused the call's stream (RST_STREAM code 7: more streams open on the connection
+    than the server allows, the call not processed), else "". gRPC says so only in its details' text."""
+    details = error.details() or ""
+    return REFUSED_STREAM if "RST_STREAM" in details and "error code 7" in details else ""
+
+
 async def drive(
     name: str,
-    target: UnaryTarget[Req, Resp],
+    target: Callable[[Req], Awaitable[tuple[str, Resp | None]]],  # a UnaryTarget
     next_request: Callable[[], tuple[str, Req]],
     check: Callable[[Resp], str],
     *,

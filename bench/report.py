@@ -154,8 +154,9 @@ def _rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("consume", f"consumptions: p50 / p99 at {r['consume_steady']['rate']:g} a second (ms); as fast as "
          f"{r['consume_max']['concurrency']} in flight go (per s; ratio to the echo)",
          f"{r['consume_p50_ms']:.1f} / {r['consume_p99_ms']:.1f}; {r['consume_tps']:.0f} ({r['consume_ratio']:.3f})"),
-        ("consume checks", "consumptions: errors / over-drawn / lost (must be 0)",
-         f"{r['consume_errors']} / {r['consume_overdrawn']} / {r['consume_lost']}"),
+        ("consume checks", "consumptions: errors / over-drawn / lost (must be 0); calls sent again after HTTP/2 "
+         "refused their stream", f"{r['consume_errors']} / {r['consume_overdrawn']} / {r['consume_lost']}; "
+         f"{r['consume_resent']} resent"),
     ]
 
 
