@@ -10,6 +10,7 @@ was drawn) and nothing lost (every answered consumption listed and stored once, 
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import hashlib
 import math
@@ -45,9 +46,13 @@ OWN_ACCOUNT_USED_FEN = 2_000  # the own account paid first and is used up (own_a
 # a QUOTA_EXCEEDED would measure the grant, not the gateway.
 RATE_COVERED = 5_000
 WARMUP_CALLS = 4 * FLAT_OUT_CONCURRENCY
-# A call whose HTTP/2 stream the gateway refused (more than its 100 streams a connection open at once: the gateway
-# stalled for a second at 100 a second) was not processed: the platform sends the same bytes again, this often.
+# The gateway allows 100 streams at once on a connection (gateway/app.py); at 100 a second a stall of a second
+# reaches it. Beyond this many in flight the steady half's calls wait in the driver, their latency running.
+MAX_IN_FLIGHT = 64
+# A call whose HTTP/2 stream the gateway refused anyway was not processed: the platform sends the same bytes
+# again after a pause, this often in all.
 SEND_ATTEMPTS = 3
+RESEND_PAUSE_S = 0.05
 PAGE_SIZE = 200  # GetQuota's largest page
 # The quota read after the phase: its pages, and the last calls' answers before it.
 READ_S = 10.0
@@ -77,11 +82,12 @@ class Resending:
 
     async def __call__(self, request: quotas_pb2.ConsumeQuotaRequest
                        ) -> tuple[str, quotas_pb2.ConsumeQuotaResponse | None]:
-        for _ in range(SEND_ATTEMPTS - 1):
+        for attempt in range(1, SEND_ATTEMPTS):
             code, answer = await self._target(request)
             if not code.endswith(f"/{REFUSED_STREAM}"):
                 return code, answer
             self.resent += 1
+            await asyncio.sleep(RESEND_PAUSE_S * attempt)
         return await self._target(request)
 
 
@@ -312,7 +318,8 @@ async def consumptions(session: Session, name: str) -> dict[str, Any]:
             warmup = await drive(f"{name}-warmup", target, source.next_request, source.check,
                                  concurrency=FLAT_OUT_CONCURRENCY, total_calls=WARMUP_CALLS)
             steady = await session.cpu.phase(f"{name}-steady", drive_at_rate(
-                f"{name}-steady", target, source.next_request, source.check, rate=STEADY_RATE, seconds=seconds))
+                f"{name}-steady", target, source.next_request, source.check, rate=STEADY_RATE, seconds=seconds,
+                max_in_flight=MAX_IN_FLIGHT))
             flat_out = await session.cpu.phase(f"{name}-max", drive(
                 f"{name}-max", target, source.next_request, source.check, concurrency=FLAT_OUT_CONCURRENCY,
                 seconds=seconds))

@@ -168,6 +168,7 @@ async def drive_at_rate(
     *,
     rate: float,
     seconds: float,
+    max_in_flight: int,
 ) -> Phase:
     """Send `rate` calls a second for `seconds`, each on its schedule whatever the earlier ones are doing.
 
@@ -175,12 +176,18 @@ async def drive_at_rate(
     call's latency runs from its scheduled time, not from when the driver got round to sending it: a driver
     falling behind counts against the server, never hides its queue (`max_lag_s` says how far behind it fell).
     The request is built before its time comes, as `drive` builds it before the clock starts.
+
+    Beyond `max_in_flight` calls a call waits in the driver for one to end, its latency running all the while: a
+    server stalled for a second would otherwise have more streams open on the connection than it allows (gRPC's
+    client then has some of them refused, not queued).
     """
     phase = Phase(name, started_at=time.time(), window_s=seconds)
     start = time.perf_counter()
+    slots = asyncio.Semaphore(max_in_flight)
 
     async def one(key: str, request: Req, scheduled: float) -> None:
-        code, answer = await target(request)
+        async with slots:
+            code, answer = await target(request)
         latency = time.perf_counter() - scheduled
         if answer is not None:
             code = check(answer)

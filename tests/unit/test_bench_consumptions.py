@@ -199,7 +199,7 @@ def test_the_steady_half_sends_on_schedule_whatever_the_answers_do() -> None:
         return str(number), number
 
     phase = asyncio.run(drive_at_rate("steady", target, next_request, lambda answer: "OK",
-                                      rate=200.0, seconds=0.1))
+                                      rate=200.0, seconds=0.1, max_in_flight=20))
     assert sent == list(range(1, 21))  # 200 a second for 0.1 s, all in flight at once
     assert sorted(call.key for call in phase.calls) == sorted(str(n) for n in range(20))
     assert phase.errors == 0 and len(phase.ok) == 20
@@ -247,3 +247,27 @@ def test_only_a_refused_stream_is_sent_again_and_only_so_often() -> None:
     # The gateway's own word, even "nothing was done, retry", is an error the bench shows.
     assert resent(["UNAVAILABLE/DATABASE_BUSY"]) == (("UNAVAILABLE/DATABASE_BUSY", False), 0, 1)
     assert resent(["UNAVAILABLE"]) == (("UNAVAILABLE", False), 0, 1)
+
+
+def test_the_steady_half_holds_calls_beyond_its_limit_in_flight_until_one_ends() -> None:
+    in_flight, most, answers = [0], [0], asyncio.Event()
+
+    async def target(request: int) -> tuple[str, int | None]:
+        in_flight[0] += 1
+        most[0] = max(most[0], in_flight[0])
+        if in_flight[0] == 5:
+            answers.set()  # the limit reached: from now on every call is answered
+        await answers.wait()
+        in_flight[0] -= 1
+        return "OK", request
+
+    counter = iter(range(1000))
+
+    def next_request() -> tuple[str, int]:
+        number = next(counter)
+        return str(number), number
+
+    phase = asyncio.run(drive_at_rate("steady", target, next_request, lambda answer: "OK",
+                                      rate=200.0, seconds=0.1, max_in_flight=5))
+    assert most[0] == 5
+    assert len(phase.ok) == 20
