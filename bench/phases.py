@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc.aio
 
+from bench import consumptions
 from bench.checks import Database, Outcomes, Stubs, account, completed, drain
 from bench.echo_server import ECHO_METHOD
 from bench.load import Call, Phase, UnaryTarget, drive, percentile
@@ -223,7 +224,8 @@ class Step:
 
     @property
     def duration(self) -> str:
-        parts = [*(["BENCH_SECONDS"] if self.windows else []), *([f"{self.extra_s:g} s"] if self.extra_s else []),
+        windows = "BENCH_SECONDS" if self.windows == 1 else f"{self.windows} × BENCH_SECONDS"
+        parts = [*([windows] if self.windows else []), *([f"{self.extra_s:g} s"] if self.extra_s else []),
                  *(["the drain"] if self.drains else [])]
         return " + ".join(parts) or "at once"
 
@@ -262,6 +264,10 @@ PHASES = (
          yields=("errors", "error_codes", "lost", "duplicated", "redelivered", "lost_detail", "duplicated_detail",
                  "redelivered_detail", "outbox_pending", "outbox_status", "db_transfer_states",
                  "stub_credit_status", "refused_but_stored", "submitted", "accepted")),
+    Step("consumptions", f"a quota granted on the binding, then ConsumeQuota signed by the receiver's province: "
+         f"{consumptions.STEADY_RATE:g} a second (open loop), then {consumptions.FLAT_OUT_CONCURRENCY} in flight "
+         "(closed loop), a window each; the quota read back (bench.consumptions)", consumptions.consumptions,
+         windows=2, extra_s=consumptions.READ_S, yields=consumptions.YIELDS),
 )
 
 

@@ -6,13 +6,16 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 # Counts that must be 0 in every run: a miss is a broken product, not a slow one.
-ZERO_TARGETS = ("errors", "lost", "duplicated")
+ZERO_TARGETS = ("errors", "lost", "duplicated", "consume_errors", "consume_overdrawn", "consume_lost")
+# The checkout path's target on this machine (issue 18): a consumption's p99 at a steady 100 a second.
+CONSUME_P99_TARGET_MS = 50.0
 
 
 def machine() -> dict[str, Any]:
@@ -35,7 +38,16 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "grpcio": grpc.__version__,
         "loadavg_at_start": load,
+        "uptime_at_start": uptime(),
     }
+
+
+def uptime() -> str:
+    """`uptime`'s line: the machine is shared, and its load says how far to trust the figures."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5, check=False).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
 def _share(part: float, whole: float, digits: int) -> float:
@@ -59,12 +71,16 @@ def ratios(f: dict[str, Any]) -> dict[str, float]:
         "pipeline_lifecycle_ratio": _share(f["pipeline_lifecycle_tps"], echo, 4),
         "lifecycle_share_of_pipeline": _share(f["lifecycle_tps"], f["pipeline_lifecycle_tps"], 3),
         "stalled_watchers_submit_ratio": _share(f["stalled_watchers_submit_tps"], bracket, 3),
+        "consume_ratio": _share(f["consume_tps"], echo, 4),
     }
 
 
 def missed(report: dict[str, Any]) -> list[str]:
-    """One line per count that must be 0 and is not."""
-    return [f"{key} = {report[key]} (must be 0)" for key in ZERO_TARGETS if report[key] != 0]
+    """One line per count that must be 0 and is not, and the consumptions' p99 if above its target."""
+    lines = [f"{key} = {report[key]} (must be 0)" for key in ZERO_TARGETS if report[key] != 0]
+    if report["consume_p99_ms"] > CONSUME_P99_TARGET_MS:
+        lines.append(f"consume_p99_ms = {report['consume_p99_ms']:g} at 100/s (target <= {CONSUME_P99_TARGET_MS:g})")
+    return lines
 
 
 ECHO_DRIFT_LIMIT = 0.15  # echo rounds further apart than this: the machine's speed moved during the run
@@ -135,6 +151,12 @@ def _rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
          f"{r['stalled_watchers_submit_tps']:.0f} ({r['stalled_watchers_submit_ratio']:.2f})"),
         ("errors/lost/dup", "errors / lost / duplicated (must be 0)",
          f"{r['errors']} / {r['lost']} / {r['duplicated']}"),
+        ("consume", f"consumptions: p50 / p99 at {r['consume_steady']['rate']:g} a second (ms); as fast as "
+         f"{r['consume_max']['concurrency']} in flight go (per s; ratio to the echo)",
+         f"{r['consume_p50_ms']:.1f} / {r['consume_p99_ms']:.1f}; {r['consume_tps']:.0f} ({r['consume_ratio']:.3f})"),
+        ("consume checks", "consumptions: errors / over-drawn / lost (must be 0); calls sent again after HTTP/2 "
+         "refused their stream", f"{r['consume_errors']} / {r['consume_overdrawn']} / {r['consume_lost']}; "
+         f"{r['consume_resent']} resent"),
     ]
 
 
@@ -154,6 +176,10 @@ def markdown(r: dict[str, Any]) -> str:
         f"CPU during the transfer phase (% of one core): {_cpu_line(r['cpu'], 'transfers')}; "
         f"other processes on the machine: {r['cpu'].get('transfers', {}).get('others_percent_of_one_core', 0):.0f}%.",
         "",
+        f"CPU during the consumptions, 100 a second: {_cpu_line(r['cpu'], 'consumptions-steady')}; as fast as they "
+        f"go: {_cpu_line(r['cpu'], 'consumptions-max')}. Load: {m.get('uptime_at_start', '')} (at the start); "
+        f"{r.get('uptime_before_consumptions', '')} (before the consumptions).",
+        "",
         "| phase | what runs | how long |",
         "|---|---|---|",
         *(f"| {p['name']} | {p['runs']} | {p['duration']} |" for p in r["phases"]),
@@ -171,10 +197,15 @@ def summary(r: dict[str, Any]) -> str:
     lines += [
         f"{'redelivered':<18}{r['redelivered']}; outbox pending {r['outbox_pending']}",
         *([f"{'error codes':<18}{r['error_codes']}"] if r["error_codes"] else []),
-        *(f"{key:<18}{_nonzero(r[f'{key}_detail'])}" for key in ("lost", "duplicated", "redelivered")
+        *(f"{key:<18}{_nonzero(r[f'{key}_detail'])}" for key in ("lost", "duplicated", "redelivered", "consume_lost",
+                                                                  "consume_overdrawn")
           if _nonzero(r[f"{key}_detail"])),
+        *([f"{'consume codes':<18}{r['consume_error_codes']}"] if r["consume_error_codes"] else []),
         f"{'cpu (transfers)':<18}{_cpu_line(r['cpu'], 'transfers')}; "
         f"machine {r['cpu'].get('transfers', {}).get('machine_busy_percent', 0):.0f}% busy",
+        f"{'cpu (consume)':<18}{_cpu_line(r['cpu'], 'consumptions-max')}; "
+        f"machine {r['cpu'].get('consumptions-max', {}).get('machine_busy_percent', 0):.0f}% busy",
+        f"{'uptime':<18}{r.get('uptime_before_consumptions', '')}",
     ]
     return "\n".join(lines)
 

@@ -30,6 +30,11 @@ class TransferSource:
         self.keep_payloads = keep_payloads
         self._payloads: dict[str, bytes] = {}
 
+    @property
+    def binding_id(self) -> str:
+        """The ACTIVE binding the transfers name (the consumption phase draws on its quota)."""
+        return self._binding_id
+
     def sample_request(self) -> transfers_pb2.SubmitTransferRequest:
         """A request like every submitted one, but never sent to the gateway (the echo's payload)."""
         return self._build(new_transfer_id(XINJIANG))[1]

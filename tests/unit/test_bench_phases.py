@@ -21,14 +21,15 @@ def test_every_ratio_the_report_derives_is_named_by_a_phase() -> None:
     named = {key for step in PHASES for key in step.yields}
     found = ratios({"echo_rounds": [{"rps": 1000.0}], "submit_tps": 1.0, "lifecycle_tps": 1.0,
                     "submit_tps_after": 1.0, "stalled_watchers_submit_tps": 1.0, "pipeline_lifecycle_tps": 1.0,
-                    "floor_submit_tps": 1.0, "floor_lifecycle_tps": 1.0})
+                    "floor_submit_tps": 1.0, "floor_lifecycle_tps": 1.0, "consume_tps": 1.0})
     assert set(found) <= named
     assert {"floor_share_submit", "floor_share_lifecycle"} <= named
 
 
 def test_the_phases_are_the_ones_that_anchor_the_goal_and_each_figure_has_one_source() -> None:
     assert [step.name for step in PHASES] == ["warm-up", "echo-1", "transfers", "transfers-stalled-watchers",
-                                              "transfers-after", "pipeline", "floor-records", "echo-2", "accounting"]
+                                              "transfers-after", "pipeline", "floor-records", "echo-2", "accounting",
+                                              "consumptions"]
     # The two echo rounds yield the same figures (echo_rps is their median); nothing else is shared.
     rows = [step.yields for step in PHASES if not step.name.startswith("echo-")]
     counts = Counter(key for row in rows for key in row)
@@ -40,10 +41,12 @@ def test_durations_read_as_the_run_spends_them() -> None:
     assert by_name["transfers"].duration == "BENCH_SECONDS + the drain"
     assert by_name["floor-records"].duration == "BENCH_SECONDS + 3 s"
     assert by_name["accounting"].duration == "at once"
+    assert by_name["consumptions"].duration == "2 × BENCH_SECONDS + 10 s"
     options = Options(seconds=20, concurrency=32, drain_timeout_s=60, results_dir=Path("results"))
-    # Seven windows, four drains (warm-up and the three transfer phases), 1 s of warm-up echo, 2 × 3 s
-    # settling: what the run may take beyond starting its processes.
-    assert sum(step.longest_s(options) for step in PHASES) == 7 * 20 + 4 * 60 + 1 + 2 * 3
+    # Nine windows (two of them the consumptions'), four drains (warm-up and the three transfer phases), 1 s of
+    # warm-up echo, 2 × 3 s settling, 10 s to read the quota back: what the run may take beyond starting its
+    # processes.
+    assert sum(step.longest_s(options) for step in PHASES) == 9 * 20 + 4 * 60 + 1 + 2 * 3 + 10
 
 
 def _told(province: str, at: dict[str, float]) -> Outcomes:

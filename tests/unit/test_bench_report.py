@@ -41,7 +41,7 @@ def figures(**changes: float) -> dict[str, Any]:
     """What the phases of a run found, before the ratios: echo rounds of 1000 and 1200 rps."""
     return {"echo_rounds": [{"rps": 1000.0}, {"rps": 1200.0}], "submit_tps": 55.0, "lifecycle_tps": 44.0,
             "submit_tps_after": 45.0, "stalled_watchers_submit_tps": 49.0, "pipeline_lifecycle_tps": 154.0,
-            "floor_submit_tps": 100.0, "floor_lifecycle_tps": 88.0} | changes
+            "floor_submit_tps": 100.0, "floor_lifecycle_tps": 88.0, "consume_tps": 330.0} | changes
 
 
 def test_the_goal_is_the_real_flow_as_a_share_of_the_floor_in_the_same_run() -> None:
@@ -56,6 +56,7 @@ def test_the_goal_is_the_real_flow_as_a_share_of_the_floor_in_the_same_run() -> 
         "pipeline_lifecycle_ratio": 0.14,
         "lifecycle_share_of_pipeline": 0.286,
         "stalled_watchers_submit_ratio": 0.98,  # 49 against the mean of 55 and 45
+        "consume_ratio": 0.3,  # 330 consumptions a second against the echo's 1100
     }
 
 
@@ -64,6 +65,13 @@ def test_a_floor_that_carried_nothing_gives_no_share_rather_than_failing_the_run
     assert (found["floor_share_submit"], found["floor_share_lifecycle"]) == (0.0, 0.0)
 
 
-def test_only_the_counts_that_must_be_zero_are_missed() -> None:
-    assert missed({"errors": 0, "lost": 0, "duplicated": 0, "submit_ratio": 0.05}) == []
-    assert missed({"errors": 2, "lost": 0, "duplicated": 1}) == ["errors = 2 (must be 0)", "duplicated = 1 (must be 0)"]
+CLEAN = {"errors": 0, "lost": 0, "duplicated": 0, "consume_errors": 0, "consume_overdrawn": 0, "consume_lost": 0,
+         "consume_p99_ms": 50.0}
+
+
+def test_only_the_counts_that_must_be_zero_and_the_checkout_p99_are_missed() -> None:
+    assert missed(CLEAN | {"submit_ratio": 0.05}) == []  # a p99 of 50 ms meets its target
+    assert missed(CLEAN | {"errors": 2, "duplicated": 1}) == ["errors = 2 (must be 0)", "duplicated = 1 (must be 0)"]
+    assert missed(CLEAN | {"consume_overdrawn": 1, "consume_lost": 3, "consume_p99_ms": 50.5}) == [
+        "consume_overdrawn = 1 (must be 0)", "consume_lost = 3 (must be 0)",
+        "consume_p99_ms = 50.5 at 100/s (target <= 50)"]
