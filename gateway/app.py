@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 from gateway.api.gate import CallGate
 from gateway.api.interceptor import ErrorMappingInterceptor
 from gateway.api.metrics import OutboxSendCollector, RpcMetrics, StateCollector
+from gateway.api.quota_servicer import QuotasServicer
 from gateway.api.servicers import (
     GatewayKeysServicer,
     OperationsServicer,
@@ -46,6 +47,8 @@ from protos.gongji.v1 import (
     keys_pb2_grpc,
     operations_pb2,
     operations_pb2_grpc,
+    quotas_pb2,
+    quotas_pb2_grpc,
     relations_pb2,
     relations_pb2_grpc,
     settlements_pb2,
@@ -64,6 +67,7 @@ PROVINCE_SERVICES = (
     relations_pb2.DESCRIPTOR.services_by_name["Relations"].full_name,
     settlements_pb2.DESCRIPTOR.services_by_name["Settlements"].full_name,
     keys_pb2.DESCRIPTOR.services_by_name["GatewayKeys"].full_name,
+    quotas_pb2.DESCRIPTOR.services_by_name["Quotas"].full_name,
 )
 OPERATOR_SERVICES = (operations_pb2.DESCRIPTOR.services_by_name["Operations"].full_name,)
 
@@ -234,6 +238,7 @@ async def create_gateway(settings: Settings, clock: Clock | None = None, run_out
     relations_pb2_grpc.add_RelationsServicer_to_server(RelationsServicer(runner), server)
     settlements_pb2_grpc.add_SettlementsServicer_to_server(SettlementsServicer(runner), server)
     keys_pb2_grpc.add_GatewayKeysServicer_to_server(GatewayKeysServicer(runner), server)
+    quotas_pb2_grpc.add_QuotasServicer_to_server(QuotasServicer(runner), server)
     ops_server, ops_health = _new_server(settings, OPERATOR_SERVICES, rpc_metrics.observe, gates[1],
                                          authorize_operator)
     operations_pb2_grpc.add_OperationsServicer_to_server(

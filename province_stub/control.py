@@ -16,6 +16,7 @@ from province_stub.consent import Consenter
 from province_stub.inbox import Context
 from province_stub.messages import DEFAULT_CONSENT_SECONDS, new_binding_id, new_message_id, new_transfer_id
 from province_stub.people import Seed, mask_id
+from province_stub.quota_control import QuotaControl
 from province_stub.settlement import Acknowledger
 from province_stub.state import Behaviour, ConsentMode, StubState, SubmittedInstruction, consent_mode_from_proto
 
@@ -72,6 +73,7 @@ class StubControl(control_pb2_grpc.StubControlServicer):
         confirmer: Confirmer,
         consenter: Consenter,
         acknowledger: Acknowledger,
+        quota: QuotaControl,
     ) -> None:
         self._state = state
         self._seed = seed
@@ -79,6 +81,7 @@ class StubControl(control_pb2_grpc.StubControlServicer):
         self._confirmer = confirmer
         self._consenter = consenter
         self._acknowledger = acknowledger
+        self._quota = quota
 
     async def Configure(self, request: control_pb2.Behaviour, context: Context) -> control_pb2.Behaviour:
         try:
@@ -262,3 +265,30 @@ class StubControl(control_pb2_grpc.StubControlServicer):
                 state=answer.state, figures=answer.figures, acknowledged_by=answer.acknowledged_by
             )
         await _abort_as_gateway(context, result.status)
+
+    # --- the quota regime (province_stub/quota_control.py) ---
+
+    async def SetAccount(self, request: control_pb2.SetAccountRequest, context: Context) -> control_pb2.AccountView:
+        return await self._quota.set_account(request, context)
+
+    async def GrantQuota(self, request: control_pb2.StubGrantRequest, context: Context
+                         ) -> control_pb2.StubGrantResponse:
+        return await self._quota.grant_quota(request, context)
+
+    async def SettleBill(self, request: control_pb2.SettleBillRequest, context: Context
+                         ) -> control_pb2.SettleBillResponse:
+        return await self._quota.settle_bill(request, context)
+
+    async def ReverseBill(self, request: control_pb2.ReverseBillRequest, context: Context
+                          ) -> control_pb2.ReverseBillResponse:
+        return await self._quota.reverse_bill(request, context)
+
+    async def QueryQuota(self, request: control_pb2.QueryQuotaRequest, context: Context
+                         ) -> control_pb2.QueryQuotaResponse:
+        result = await self._quota.query_quota(request)
+        if result.response is not None:
+            return control_pb2.QueryQuotaResponse(answer=result.response)
+        await _abort_as_gateway(context, result.status)
+
+    async def Ledger(self, request: control_pb2.LedgerRequest, context: Context) -> control_pb2.LedgerResponse:
+        return self._quota.ledger()

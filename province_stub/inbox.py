@@ -23,6 +23,7 @@ from protos.gongji.v1 import (
 )
 from province_stub.gateway_keys import GatewayKeyDirectory
 from province_stub.people import Seed, mask_id
+from province_stub.quota_inbox import QuotaNoticeInbox
 from province_stub.refusals import HeaderCheck, refuse
 from province_stub.signing import PublicKeyStore, sha256, verify_envelope
 from province_stub.state import (
@@ -91,6 +92,7 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
         self._on_accepted = on_accepted
         self._on_consent_requested = on_consent_requested
         self._on_settlement = on_settlement
+        self._quota_notices = QuotaNoticeInbox(state, header_check, self._apply_behaviour, self._verify_gateway)
 
     async def _apply_behaviour(self, context: Context) -> None:
         behaviour = self._state.behaviour
@@ -359,3 +361,13 @@ class ProvinceInbox(province_pb2_grpc.ProvinceInboxServicer):
             # Acknowledging before the gateway has our answer is allowed, but keep the order a platform would.
             _after_rpc(context, lambda: self._on_settlement(record))
         return province_pb2.NotifySettlementResponse()
+
+    async def NotifyQuota(
+        self, request: province_pb2.NotifyQuotaRequest, context: Context
+    ) -> province_pb2.NotifyQuotaResponse:
+        return await self._quota_notices.notify_quota(request, context)
+
+    async def NotifyConsumption(
+        self, request: province_pb2.NotifyConsumptionRequest, context: Context
+    ) -> province_pb2.NotifyConsumptionResponse:
+        return await self._quota_notices.notify_consumption(request, context)

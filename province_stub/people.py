@@ -22,6 +22,8 @@ class Person:
     status: str
     wallet_open: bool
     settlement_suspended: bool
+    # The personal account's balance (个人账户), whole fen.
+    account_fen: int = 0
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ def load_seed(path: Path) -> Seed:
             status=str(entry.get("status", "NORMAL")),
             wallet_open=bool(entry.get("wallet_open", True)),
             settlement_suspended=bool(entry.get("settlement_suspended", False)),
+            account_fen=int(entry.get("account_fen", 0)),
         )
         # A typo in a seed file should stop the stub at start, not surface as a strange test failure.
         if person.status not in _STATUSES or person.insutype not in _INSUTYPES:

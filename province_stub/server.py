@@ -27,6 +27,8 @@ from province_stub.control import StubControl
 from province_stub.gateway_keys import FETCH_DEADLINE_S, MAX_AGE_S, REFETCH_INTERVAL_S, GatewayKeyDirectory
 from province_stub.inbox import ProvinceInbox
 from province_stub.people import default_seed_path, load_seed
+from province_stub.quota_client import QuotaClient
+from province_stub.quota_control import QuotaControl
 from province_stub.refusals import DEFAULT_MAX_CLOCK_SKEW_S, HeaderCheck
 from province_stub.settlement import Acknowledger
 from province_stub.signing import PublicKeyStore, ensure_key_pair
@@ -186,6 +188,8 @@ async def start_stub(config: StubConfig) -> RunningStub:
     # Other provinces' keys, where their files were given to us (checked on what the gateway passes on).
     province_keys = PublicKeyStore(Path(config.keys_dir), gateway_current_file=False)
     state = StubState(province=config.province, behaviour=config.behaviour)
+    for person in seed.people.values():
+        state.quota.set_balance(person.id_number, person.account_fen)
 
     if config.tls_dir is None:
         channel = grpc.aio.insecure_channel(config.gateway, options=GATEWAY_CHANNEL_OPTIONS)
@@ -241,7 +245,10 @@ async def start_stub(config: StubConfig) -> RunningStub:
     control_server = grpc.aio.server(interceptors=[CallerGate(
         is_operator, "NOT_AN_OPERATOR", "only an operator (gongji:operator:<name>) steers the stub")] if tls else [])
     control_pb2_grpc.add_StubControlServicer_to_server(
-        StubControl(state, seed, client, confirmer, consenter, acknowledger), control_server
+        StubControl(state, seed, client, confirmer, consenter, acknowledger,
+                    QuotaControl(state, seed, QuotaClient(channel, client, gateway_keys,
+                                                          deadline_s=config.gateway_deadline_s))),
+        control_server
     )
     reflection.enable_server_reflection((CONTROL_SERVICE, reflection.SERVICE_NAME), control_server)
 

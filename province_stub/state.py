@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from protos.gongji.stub.v1 import control_pb2
 from protos.gongji.v1 import common_pb2, relations_pb2, transfers_pb2
+from province_stub.quota_ledger import QuotaLedger
 
 
 class ConfirmMode(enum.Enum):
@@ -84,6 +85,8 @@ class Behaviour:
     reject_reason: str = ""
     consent_mode: ConsentMode = ConsentMode.ACCEPT
     settlement_ack_mode: SettlementAckMode = SettlementAckMode.AUTO
+    fail_next_quota_notices: int = 0
+    refuse_quota_notices: bool = False
 
     def to_proto(self) -> control_pb2.Behaviour:
         return control_pb2.Behaviour(
@@ -94,12 +97,15 @@ class Behaviour:
             reject_reason=self.reject_reason,
             consent_mode=_CONSENT_TO_PROTO[self.consent_mode],
             settlement_ack_mode=_ACK_TO_PROTO[self.settlement_ack_mode],
+            fail_next_quota_notices=self.fail_next_quota_notices,
+            refuse_quota_notices=self.refuse_quota_notices,
         )
 
     @classmethod
     def from_proto(cls, message: control_pb2.Behaviour) -> Behaviour:
         """Raises ValueError on negative numbers or an unknown mode; UNSPECIFIED means IMMEDIATE / ACCEPT."""
-        if min(message.confirm_delay_ms, message.fail_next_calls, message.latency_ms) < 0:
+        if min(message.confirm_delay_ms, message.fail_next_calls, message.latency_ms,
+               message.fail_next_quota_notices) < 0:
             raise ValueError("durations and counts must not be negative")
         if message.confirm_mode == control_pb2.CONFIRM_MODE_UNSPECIFIED:
             mode = ConfirmMode.IMMEDIATE
@@ -121,6 +127,8 @@ class Behaviour:
             reject_reason=message.reject_reason,
             consent_mode=consent_mode_from_proto(message.consent_mode),
             settlement_ack_mode=ack_mode,
+            fail_next_quota_notices=message.fail_next_quota_notices,
+            refuse_quota_notices=message.refuse_quota_notices,
         )
 
 
@@ -212,6 +220,8 @@ class StubState:
     # By binding id, in order of first arrival.
     consent_requests: dict[str, ConsentRequestRecord] = field(default_factory=dict)
     settlements: dict[str, SettlementRecord] = field(default_factory=dict)
+    # Quota notices told, and the personal accounts they move.
+    quota: QuotaLedger = field(default_factory=QuotaLedger)
     deliveries_received: int = 0
     consent_requests_received: int = 0
     calls_failed: int = 0
@@ -224,6 +234,19 @@ class StubState:
             self.behaviour, fail_next_calls=self.behaviour.fail_next_calls - 1
         )
         self.calls_failed += 1
+        return True
+
+    def take_quota_notice_failure(self) -> bool:
+        """Whether to refuse this quota or consumption notice on purpose (consuming one of a count)."""
+        if self.behaviour.refuse_quota_notices:
+            self.quota.notices_failed += 1
+            return True
+        if self.behaviour.fail_next_quota_notices <= 0:
+            return False
+        self.behaviour = dataclasses.replace(
+            self.behaviour, fail_next_quota_notices=self.behaviour.fail_next_quota_notices - 1
+        )
+        self.quota.notices_failed += 1
         return True
 
     def snapshot(self) -> control_pb2.SnapshotResponse:
@@ -259,4 +282,6 @@ class StubState:
                 )
                 for r in self.settlements.values()
             ],
+            quota_notices=self.quota.quota_notices_received(),
+            consumption_notices=self.quota.consumption_notices_received(),
         )

@@ -4,10 +4,14 @@ A giver insured in Hami (Xinjiang 650000, employee insurance) binds himself to h
 Lanzhou (Gansu 620000, resident insurance) — she consents with her own face — is refused an in-law,
 binds his daughter under 16 with a guardian's attestation, then sends his mother 500.00 yuan. The
 demo drives Xinjiang's stub platform, follows the transfer through the gateway, shows both
-provinces' view, resends the instruction unchanged (a replay) and modified (refused), and finally
-dissolves the bindings it made so it can run again. Last, the operator closes the settlement window:
-each province's position is printed, both provinces acknowledge their signed figures, and the
-operator records the bank payment (D16-D18). ID numbers are shown masked only (D19).
+provinces' view, resends the instruction unchanged (a replay) and modified (refused). Then step 4 of the
+Hami seed, the 2026 quota regime (scripts/demo_quota.py): he grants his mother a quota frozen on his
+personal account, she pays a pharmacy bill own account first and the quota the rest, a drug is returned,
+the operator closes the month's clearing, and the binding is dissolved, releasing what is unused; each
+step shows what each province was told. It dissolves the bindings it made so it can run again. Last,
+the operator closes the settlement window: each province's position is printed, both provinces
+acknowledge their signed figures, and the operator records the bank payment (D16-D18). ID numbers are
+shown masked only (D19).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from gateway.domain.identity import mask_id_number
 from gateway.security.tls import GATEWAY_DNS, province_dns
 from protos.gongji.stub.v1 import control_pb2, control_pb2_grpc
 from protos.gongji.v1 import operations_pb2, operations_pb2_grpc, relations_pb2, settlements_pb2, transfers_pb2
+from scripts.demo_quota import QuotaStory
 from scripts.devtls import channel_as
 
 # The stubs' control services (make run puts them on loopback ports of their own, beside their inboxes).
@@ -157,12 +162,15 @@ def main() -> int:
         modified = xinjiang.Resubmit(control_pb2.ResubmitRequest(transfer_id=transfer_id, modify=True), timeout=10)
         print(f"   refused: {modified.code} {modified.reason}")
 
-        print("7. Cleaning up: Xinjiang dissolves the demo's bindings (Gansu allows one relation at a time):")
-        for binding_id in (b for b in (mother_binding, daughter_binding) if b):
+        quota_told = tell_the_quota_story(xinjiang, gansu, mother_binding)
+
+        print("12. Cleaning up: Xinjiang dissolves the demo's other bindings (Gansu allows one relation at a time):")
+        for binding_id in (b for b in (None if quota_told else mother_binding, daughter_binding) if b):
             dissolved = xinjiang.DissolveBinding(control_pb2.StubDissolveRequest(binding_id=binding_id,
                                                                                  reason="DEMO_FINISHED"), timeout=10)
             print(f"   binding {binding_id}: {dissolved.code} {dissolved.state}")
         ok = again.replay and same and modified.code == "ALREADY_EXISTS" and modified.reason == "MODIFIED_REQUEST"
+        ok = ok and quota_told
         try:
             ok = settle(transfer_id, xinjiang, gansu) and ok
         except grpc.RpcError as error:
@@ -170,6 +178,22 @@ def main() -> int:
             ok = False
         print("\ndemo complete." if ok else "\ndemo finished with unexpected answers.")
         return 0 if ok else 1
+
+
+def beijing_today() -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(time.time() + 8 * 3600))
+
+
+def tell_the_quota_story(xinjiang: control_pb2_grpc.StubControlStub, gansu: control_pb2_grpc.StubControlStub,
+                         binding_id: str) -> bool:
+    """Steps 7-11 (scripts/demo_quota.py); True once the binding was dissolved with everything as expected."""
+    story = QuotaStory(xinjiang, gansu, GIVER_ID, MOTHER_ID, mask_id_number)
+    try:
+        with channel_as(OPS, GATEWAY_DNS, TLS_DIR) as ops_channel:
+            return story.run(binding_id, operations_pb2_grpc.OperationsStub(ops_channel), beijing_today())
+    except grpc.RpcError as error:
+        print(f"   the quota story stopped: {error.code().name}: {error.details()}", file=sys.stderr)
+        return False
 
 
 def yuan(fen: int) -> str:
@@ -191,19 +215,19 @@ def acknowledgement_answer(window_state_after: str) -> str:
 
 def settle(transfer_id: str, xinjiang: control_pb2_grpc.StubControlStub,
            gansu: control_pb2_grpc.StubControlStub) -> bool:
-    """Step 8: the operator closes the window the transfer committed into; the provinces agree; payment."""
+    """Step 13: the operator closes the window the transfer committed into; the provinces agree; payment."""
     with channel_as(OPS, GATEWAY_DNS, TLS_DIR) as ops_channel:
         ops = operations_pb2_grpc.OperationsStub(ops_channel)
         window_id = xinjiang.QueryTransfer(control_pb2.QueryTransferRequest(transfer_id=transfer_id),
                                            timeout=5).transfer.settlement_window_id
-        today = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 8 * 3600))  # Beijing date
+        today = beijing_today()
         if window_id > today[:len(window_id)]:
             # An earlier run closed today's window, so today's commits go to the next one (D16), which cannot be
             # closed before it starts: it closes on schedule once it has ended.
-            print(f"8. The transfer committed into settlement window {window_id} (today's was closed by an earlier "
+            print(f"13. The transfer committed into settlement window {window_id} (today's was closed by an earlier "
                   "run): it has not started, so it is closed on schedule after it ends, not now.")
             return True
-        print(f"8. The operator closes settlement window {window_id} (the transfer committed into it):")
+        print(f"13. The operator closes settlement window {window_id} (the transfer committed into it):")
         window = ops.CloseSettlementWindow(operations_pb2.CloseSettlementWindowRequest(window_id=window_id),
                                            timeout=10).window
         for pair in window.pairs:

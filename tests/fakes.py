@@ -119,11 +119,13 @@ def memory_store() -> SqlStore:
     return store
 
 
-def fake_context(clock: FixedClock | None = None, members: Members | None = None) -> UseCaseContext:
-    """The use cases' context on a fresh in-memory database: a clock that moves when told, the gateway's receipts
-    signed with a new Ed25519 key, keyed hashes of ID numbers, real signature checks, CheckMember from a table."""
+def fake_context(clock: FixedClock | None = None, members: Members | None = None,
+                 store: SqlStore | None = None) -> UseCaseContext:
+    """The use cases' context on a fresh in-memory database (or `store`): a clock that moves when told, the gateway's
+    receipts signed with a new Ed25519 key, keyed hashes of ID numbers, real signature checks, CheckMember from a
+    table."""
     return UseCaseContext(
-        uow=memory_store().unit_of_work, clock=clock or FixedClock(),
+        uow=(store or memory_store()).unit_of_work, clock=clock or FixedClock(),
         receipts=SignedReceiptIssuer(EnvelopeSigner(GATEWAY, "gateway-k1", Ed25519PrivateKey.generate())),
         hasher=HmacPersonHasher(b"fakes-ring-id-hash-secret-32byte"), verify=verify_signature,
         members=members or Members(), stored_types=STORED_PAYLOAD_TYPES)
@@ -144,10 +146,12 @@ class Ring:
     verified with the real signature check: what a call through the server would hand the use case.
     """
 
-    def __init__(self, policy: Policy = OPEN_POLICY, clock: FixedClock | None = None) -> None:
+    def __init__(self, policy: Policy = OPEN_POLICY, clock: FixedClock | None = None,
+                 store: SqlStore | None = None) -> None:
+        """On a fresh in-memory database, or on `store` (a real one: its provinces are registered once)."""
         self.clock = clock or FixedClock()
         self.members = Members()
-        self.ctx = fake_context(self.clock, self.members)
+        self.ctx = fake_context(self.clock, self.members, store)
         self.signers: dict[str, EnvelopeSigner] = {}
         self._ids = itertools.count(1)
         for code, name in ((XINJIANG, "新疆"), (GANSU, "甘肃")):

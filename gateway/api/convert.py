@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 from google.protobuf import message as pb_message
 
@@ -25,7 +26,7 @@ from gateway.domain.eligibility import AttestationMethod
 from gateway.domain.envelope import Header
 from gateway.domain.errors import InvalidArgument
 from gateway.domain.monitoring import Stats, TransferChange, TransferFilter
-from gateway.domain.provinces import Policy, Province, ProvinceKey, ProvinceStatus
+from gateway.domain.provinces import MutualAidMode, Policy, Province, ProvinceKey, ProvinceStatus
 from gateway.domain.relations import RelationQuery
 from gateway.domain.settlement import SettlementAcknowledgement, SettlementQuery, SettlementWindow, WindowState
 from gateway.domain.transfers import (
@@ -37,7 +38,7 @@ from gateway.domain.transfers import (
     TransferQuery,
     TransferState,
 )
-from gateway.wire import from_timestamp, timestamp
+from gateway.wire import from_timestamp, quota_figures, timestamp
 from protos.gongji.v1 import common_pb2, keys_pb2, operations_pb2, relations_pb2, settlements_pb2, transfers_pb2
 
 
@@ -226,7 +227,10 @@ def stats_to_proto(stats: Stats) -> operations_pb2.GetStatsResponse:
                                                amount_fen=f.amount_fen) for f in stats.transfers],
         outbox_backlog=stats.outbox_backlog,
         delivery_failures=[operations_pb2.DeliveryFailures(province=p, failed_attempts=n)
-                           for p, n in sorted(stats.failed_attempts_by_province.items())])
+                           for p, n in sorted(stats.failed_attempts_by_province.items())],
+        quota_pairs=[operations_pb2.QuotaPairTotals(
+            giver_province=q.giver_province, receiver_province=q.receiver_province, totals=quota_figures(q.balance),
+            consumption_count=q.consumption_count) for q in stats.quota_pairs])
     if stats.oldest_undelivered is not None:
         answer.oldest_undelivered.CopyFrom(timestamp(stats.oldest_undelivered))
     return answer
@@ -272,16 +276,34 @@ def province_status_from_proto(value: int, field: str = "status") -> ProvinceSta
     return status  # type: ignore[no-any-return]
 
 
+def _mode_from_proto(value: int) -> MutualAidMode | None:
+    """UNSPECIFIED: the default (BOTH); a number the contract does not name is refused."""
+    if value == operations_pb2.MUTUAL_AID_MODE_UNSPECIFIED:
+        return None
+    name = {int(number): name for name, number in operations_pb2.MutualAidMode.items()}.get(value, "")
+    if not name:
+        raise InvalidArgument("policy.mutual_aid_mode must be TRANSFER, QUOTA or BOTH", reason=reasons.INVALID_POLICY,
+                              field="policy.mutual_aid_mode")
+    return MutualAidMode(name.removeprefix("MUTUAL_AID_MODE_"))
+
+
 def policy_from_proto(policy: operations_pb2.ProvincePolicy) -> Policy:
     def opt(name: str) -> int | bool | None:
         return getattr(policy, name) if policy.HasField(name) else None  # type: ignore[arg-type]
 
-    return Policy(**{name: opt(name) for name in Policy.__slots__})  # type: ignore[arg-type]
+    values: dict[str, Any] = {name: opt(name) for name in Policy.__slots__}
+    if policy.HasField("mutual_aid_mode"):
+        values["mutual_aid_mode"] = _mode_from_proto(policy.mutual_aid_mode)
+    return Policy(**values)
 
 
 def policy_to_proto(policy: Policy) -> operations_pb2.ProvincePolicy:
-    return operations_pb2.ProvincePolicy(
-        **{name: getattr(policy, name) for name in Policy.__slots__ if getattr(policy, name) is not None})
+    values: dict[str, Any] = {name: getattr(policy, name) for name in Policy.__slots__
+                              if getattr(policy, name) is not None}
+    if policy.mutual_aid_mode is not None:
+        mode = f"MUTUAL_AID_MODE_{policy.mutual_aid_mode.value}"
+        values["mutual_aid_mode"] = operations_pb2.MutualAidMode.Value(mode)
+    return operations_pb2.ProvincePolicy(**values)
 
 
 def key_from_proto(key: operations_pb2.ProvinceKey) -> ProvinceKey:

@@ -1,4 +1,4 @@
-"""Prometheus metrics (served by gateway.api.web): RPCs as they happen, transfers and outbox at scrape time."""
+"""Prometheus metrics (served by gateway.api.web): RPCs as they happen, transfers, outbox and quotas at scrape time."""
 
 from __future__ import annotations
 
@@ -59,6 +59,18 @@ class StateCollector(Collector):
         for state, count in sorted(stats.settlement_windows.items()):
             windows.add_metric([state], count)
         yield windows
+        quotas = GaugeMetricFamily("gongji_quota_fen", "Quota figures (fen) by province pair: granted, consumed, "
+                                   "released, available (Q3)", labels=["figure", "giver_province", "receiver_province"])
+        consumptions = GaugeMetricFamily("gongji_quota_consumptions", "Consumptions recorded, by province pair",
+                                         labels=["giver_province", "receiver_province"])
+        for pair in stats.quota_pairs:
+            b, where = pair.balance, [pair.giver_province, pair.receiver_province]
+            for name, value in (("granted", b.granted_fen), ("consumed", b.consumed_fen),
+                                ("released", b.released_fen), ("available", b.available_fen)):
+                quotas.add_metric([name, *where], value)
+            consumptions.add_metric(where, pair.consumption_count)
+        yield quotas
+        yield consumptions
 
 
 class OutboxSendCollector(Collector):

@@ -1,5 +1,5 @@
 """Proto views of what operators inspect: the outbox messages about a transfer or binding, a transfer's deadline,
-binding pages and filters."""
+binding pages and filters, a binding's quota."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from gateway.domain.bindings import BindingState
 from gateway.domain.errors import InvalidArgument
 from gateway.domain.monitoring import BindingInspection, BindingPage, TransferInspection
 from gateway.domain.outbox import NotifyBindingOutcome, NotifyTransferOutcome, OutboxRecord, OutboxStatus
-from gateway.wire import timestamp
+from gateway.usecases.binding_reads import QuotaInspection
+from gateway.wire import consumption_record, quota_figures, timestamp
 from protos.gongji.v1 import operations_pb2, relations_pb2
 
 
@@ -67,3 +68,11 @@ def binding_inspection_to_proto(inspection: BindingInspection) -> operations_pb2
     if binding.attested_at is not None:
         answer.attested_at.CopyFrom(timestamp(binding.attested_at))
     return answer
+
+
+def quota_inspection_to_proto(inspection: QuotaInspection) -> operations_pb2.InspectQuotaResponse:
+    view = inspection.quota
+    return operations_pb2.InspectQuotaResponse(
+        binding=binding_to_proto(inspection.binding), quota=quota_figures(view.balance), version=view.version,
+        consumptions=[consumption_record(c) for c in view.consumptions], next_page_token=view.next_page_token,
+        messages=[outbox_record_to_proto(m) for m in inspection.messages])

@@ -7,9 +7,10 @@ from datetime import datetime
 
 from gateway.domain.audit import CHECKPOINT_TYPE
 from gateway.domain.envelope import GATEWAY, Envelope
+from gateway.domain.quota import QuotaBalance
 from gateway.domain.settlement import Figures
 from gateway.security.signing import EnvelopeSigner
-from gateway.wire import envelope_to_proto, timestamp
+from gateway.wire import envelope_to_proto, quota_figures, timestamp
 from protos.gongji.v1 import common_pb2, payload_types, settlements_pb2
 
 
@@ -19,13 +20,14 @@ class SignedReceiptIssuer:
 
     def issue(self, *, request_sender: str, request_message_id: str, request_sha256: bytes,
               request_payload_type: str, subject_id: str, state: str, at: datetime,
-              affected_ids: Sequence[str] = ()) -> bytes:
+              affected_ids: Sequence[str] = (), quota: QuotaBalance | None = None, drawn_fen: int = 0) -> bytes:
         receipt = common_pb2.Receipt(
             header=common_pb2.Header(message_id=f"rcpt:{request_sender}:{request_message_id}", sender=GATEWAY,
                                      receiver=request_sender, created_at=timestamp(at)),
             request_sender=request_sender, request_message_id=request_message_id, request_sha256=request_sha256,
             request_payload_type=request_payload_type, subject_id=subject_id, state=state,
-            gateway_time=timestamp(at), affected_ids=list(affected_ids))
+            gateway_time=timestamp(at), affected_ids=list(affected_ids), drawn_fen=drawn_fen,
+            quota=None if quota is None else quota_figures(quota))
         envelope = self._signer.sign(payload_types.RECEIPT, receipt.SerializeToString())
         return envelope_to_proto(envelope).SerializeToString()
 

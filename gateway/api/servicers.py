@@ -125,6 +125,12 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
         inspection = await self._run.query(binding_reads.inspect_binding, request.binding_id)
         return operator_views.binding_inspection_to_proto(inspection)
 
+    async def InspectQuota(self, request: operations_pb2.InspectQuotaRequest,
+                           context: Context) -> operations_pb2.InspectQuotaResponse:
+        inspection = await self._run.query(binding_reads.inspect_quota, request.binding_id, request.page_size,
+                                           request.page_token)
+        return operator_views.quota_inspection_to_proto(inspection)
+
     async def WatchTransfers(self, request: operations_pb2.WatchTransfersRequest,
                              context: Context) -> AsyncIterator[operations_pb2.TransferChange]:
         async for item in self._run.stream(monitoring_cases.watch_transfers, request.from_cursor):

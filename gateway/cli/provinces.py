@@ -48,6 +48,8 @@ POLICY_FIELDS = (  # (field of ProvincePolicy, what it means)
     ("blackout_end_minute", "D12: ... until (Beijing)"),
     ("return_hour", "D13: unconfirmed transfers return at (Beijing, next day)"),
     ("delivery_deadline_seconds", "delivery attempts stop after (seconds)"),
+    ("mutual_aid_mode", "Q1: transfer (pilot), quota (2026) or both"),
+    ("max_consumption_fen", "Q11: largest single consumption"),
 )
 
 
@@ -55,7 +57,9 @@ def _policy_value(policy: Message, field: str) -> str:
     if not policy.HasField(field):
         return "national default"
     value = getattr(policy, field)
-    if field == "max_transfer_fen":
+    if field == "mutual_aid_mode":
+        return operations_pb2.MutualAidMode.Name(value).removeprefix("MUTUAL_AID_MODE_").lower()
+    if field in ("max_transfer_fen", "max_consumption_fen"):
         return f"{yuan(value)} ({value} fen)"
     if field.endswith("_minute"):
         return f"{value // 60:02d}:{value % 60:02d} ({value})"
@@ -115,14 +119,27 @@ def load_public_key(path: Path) -> bytes:
 PolicyInt = Annotated[int | None, typer.Option(min=0, help="Unset: the national default.")]
 PolicySingle = Annotated[bool | None, typer.Option(
     "--policy-single-relation-only/--policy-multiple-relations", help="D8. Unset: the national default.")]
+
+class Mode(enum.StrEnum):
+    transfer = "transfer"
+    quota = "quota"
+    both = "both"
+
+
+PolicyMode = Annotated[Mode | None, typer.Option(
+    help="Q1: the regimes it takes part in. Unset: the national default (both).", show_default=False)]
 PublicKeyFile = Annotated[Path, typer.Option(
     exists=True, dir_okay=False, readable=True,
     help="Ed25519 public key file: raw 32 bytes, hex text (like var/keys/*.pub), or PEM/DER.")]
 
 
-def _policy_given(single_relation_only: bool | None, **numbers: int | None) -> dict[str, int | bool]:
+def _policy_given(single_relation_only: bool | None, mode: Mode | None = None,
+                  **numbers: int | None) -> dict[str, int | bool]:
     """The policy options given on the command line, by ProvincePolicy field."""
-    given: dict[str, int | bool | None] = {"single_relation_only": single_relation_only, **numbers}
+    given: dict[str, int | bool | None] = {
+        "single_relation_only": single_relation_only, **numbers,
+        "mutual_aid_mode": None if mode is None else operations_pb2.MutualAidMode.Value(
+            f"MUTUAL_AID_MODE_{mode.value.upper()}")}
     return {field: value for field, value in given.items() if value is not None}
 
 
@@ -140,12 +157,15 @@ def provinces_register(
     policy_blackout_end_minute: PolicyInt = None,
     policy_return_hour: PolicyInt = None,
     policy_delivery_deadline_seconds: PolicyInt = None,
+    policy_mutual_aid_mode: PolicyMode = None,
+    policy_max_consumption_fen: PolicyInt = None,
     ops: OpsAddress = DEFAULT_OPS_LISTEN,
     as_json: AsJson = False,
 ) -> None:
     """Add a province to the routing table (ACTIVE, its key valid from now)."""
     policy = operations_pb2.ProvincePolicy(**_policy_given(  # type: ignore[arg-type]
-        policy_single_relation_only, daily_transfer_limit=policy_daily_transfer_limit,
+        policy_single_relation_only, policy_mutual_aid_mode, max_consumption_fen=policy_max_consumption_fen,
+        daily_transfer_limit=policy_daily_transfer_limit,
         max_transfer_fen=policy_max_transfer_fen, blackout_start_minute=policy_blackout_start_minute,
         blackout_end_minute=policy_blackout_end_minute, return_hour=policy_return_hour,
         delivery_deadline_seconds=policy_delivery_deadline_seconds))
@@ -219,6 +239,8 @@ def provinces_update(
     policy_blackout_end_minute: PolicyInt = None,
     policy_return_hour: PolicyInt = None,
     policy_delivery_deadline_seconds: PolicyInt = None,
+    policy_mutual_aid_mode: PolicyMode = None,
+    policy_max_consumption_fen: PolicyInt = None,
     policy_default: Annotated[list[str] | None, typer.Option(
         "--policy-default", metavar="FIELD", show_default=False,
         help=f"Set this policy field back to the national default (repeatable): one of {', '.join(POLICY_NAMES)}.")]
@@ -243,7 +265,8 @@ def provinces_update(
     back to the national default.
     """
     given = _policy_given(
-        policy_single_relation_only, daily_transfer_limit=policy_daily_transfer_limit,
+        policy_single_relation_only, policy_mutual_aid_mode, max_consumption_fen=policy_max_consumption_fen,
+        daily_transfer_limit=policy_daily_transfer_limit,
         max_transfer_fen=policy_max_transfer_fen, blackout_start_minute=policy_blackout_start_minute,
         blackout_end_minute=policy_blackout_end_minute, return_hour=policy_return_hour,
         delivery_deadline_seconds=policy_delivery_deadline_seconds)

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from gateway.domain.bindings import Binding
 from gateway.domain.outbox import OutboxRecord
 from gateway.domain.provinces import Province
+from gateway.domain.quota import QuotaPairTotals
 from gateway.domain.settlement import SettlementWindow
 from gateway.domain.transfers import Transfer, TransferState
 
@@ -121,6 +122,8 @@ class Stats:
     failed_attempts_by_province: dict[str, int] = field(default_factory=dict)
     # Settlement windows by state name (OPEN, CLOSED, ACKNOWLEDGED, SETTLED).
     settlement_windows: dict[str, int] = field(default_factory=dict)
+    # Quota figures by ordered province pair (Q3), from the running totals.
+    quota_pairs: list[QuotaPairTotals] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

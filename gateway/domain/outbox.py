@@ -17,6 +17,8 @@ class OutboxKind(enum.Enum):
     REQUEST_CONSENT = "REQUEST_CONSENT"
     NOTIFY_BINDING_OUTCOME = "NOTIFY_BINDING_OUTCOME"
     NOTIFY_SETTLEMENT = "NOTIFY_SETTLEMENT"
+    NOTIFY_QUOTA = "NOTIFY_QUOTA"
+    NOTIFY_CONSUMPTION = "NOTIFY_CONSUMPTION"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +60,24 @@ class NotifySettlement:
     kind: ClassVar[OutboxKind] = OutboxKind.NOTIFY_SETTLEMENT
 
 
-OutboxContent = DeliverTransfer | NotifyTransferOutcome | RequestConsent | NotifyBindingOutcome | NotifySettlement
+@dataclass(frozen=True, slots=True)
+class NotifyQuota:
+    """A change of a quota's figures (its version), to the receiver's province, and to the giver's for a release."""
+
+    version: int
+    kind: ClassVar[OutboxKind] = OutboxKind.NOTIFY_QUOTA
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyConsumption:
+    """A consumption or a reversal (the quota's version it made), to the giver's province (Q6)."""
+
+    version: int
+    kind: ClassVar[OutboxKind] = OutboxKind.NOTIFY_CONSUMPTION
+
+
+OutboxContent = (DeliverTransfer | NotifyTransferOutcome | RequestConsent | NotifyBindingOutcome | NotifySettlement
+                 | NotifyQuota | NotifyConsumption)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,3 +140,16 @@ def binding_outcome_message_id(binding_id: str, state: BindingState, at: datetim
 
 def settlement_message_id(window_id: str, province: str) -> str:
     return f"stl:{window_id}:{province}"
+
+
+def quota_notice_message_id(binding_id: str, version: int) -> str:
+    return f"qn:{binding_id}:{version}"
+
+
+def consumption_notice_message_id(receiver_province: str, consumption_id: str) -> str:
+    # The province too: a consumption's id is its province's message id, unique per province only.
+    return f"cn:{receiver_province}:{consumption_id}"
+
+
+def reversal_notice_message_id(receiver_province: str, message_id: str) -> str:
+    return f"cr:{receiver_province}:{message_id}"

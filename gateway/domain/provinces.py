@@ -24,9 +24,25 @@ class ProvinceStatus(enum.Enum):
     SUSPENDED = "SUSPENDED"
 
 
+class MutualAidMode(enum.Enum):
+    """Q1: the regimes a province takes part in: the 2024-25 pilot's transfers, the 2026 quotas, or both."""
+
+    TRANSFER = "TRANSFER"
+    QUOTA = "QUOTA"
+    BOTH = "BOTH"
+
+    @property
+    def allows_transfers(self) -> bool:
+        return self is not MutualAidMode.QUOTA
+
+    @property
+    def allows_quotas(self) -> bool:
+        return self is not MutualAidMode.TRANSFER
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """Per-province policy (D8, D12, D13); None means the national default."""
+    """Per-province policy (D8, D12, D13, Q1, Q11); None means the national default."""
 
     single_relation_only: bool | None = None
     daily_transfer_limit: int | None = None
@@ -35,6 +51,8 @@ class Policy:
     blackout_end_minute: int | None = None
     return_hour: int | None = None
     delivery_deadline_seconds: int | None = None
+    mutual_aid_mode: MutualAidMode | None = None
+    max_consumption_fen: int | None = None  # Q11; none by default (the effective policy keeps None)
 
 
 NATIONAL_DEFAULTS = Policy(
@@ -45,6 +63,7 @@ NATIONAL_DEFAULTS = Policy(
     blackout_end_minute=6 * 60,
     return_hour=6,
     delivery_deadline_seconds=600,
+    mutual_aid_mode=MutualAidMode.BOTH,
 )
 
 
@@ -55,6 +74,11 @@ def effective_policy(policy: Policy) -> Policy:
         for name in Policy.__slots__
     }
     return Policy(**merged)
+
+
+def mutual_aid_mode(policy: Policy) -> MutualAidMode:
+    """Q1: the province's regimes (BOTH unless its policy says otherwise)."""
+    return policy.mutual_aid_mode or MutualAidMode.BOTH
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +157,7 @@ def validate_policy(policy: Policy) -> None:
         ("blackout_end_minute", policy.blackout_end_minute, 0, 1439),
         ("return_hour", policy.return_hour, 0, 23),
         ("delivery_deadline_seconds", policy.delivery_deadline_seconds, 1, 7 * 24 * 3600),
+        ("max_consumption_fen", policy.max_consumption_fen, 1, MAX_AMOUNT_FEN),
     ]
     for name, value, low, high in checks:
         if value is not None and not low <= value <= high:

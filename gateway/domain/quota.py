@@ -12,6 +12,7 @@ from gateway.domain.envelope import Header
 from gateway.domain.errors import FailedPrecondition
 from gateway.domain.money import validate_amount
 from gateway.domain.references import validate_reference
+from gateway.domain.settlement import SettlementPeriod, WindowSpan, window_containing
 from gateway.domain.transfers import PersonRef, validate_message_id, validate_pooling_area
 
 SETTLEMENT_REF_MAX = 64
@@ -114,6 +115,79 @@ def clearing_month(at: datetime) -> str:
     return f"{local.year:04d}-{local.month:02d}"
 
 
+CLEARING_PREFIX = "Q"  # a clearing month's window id: "Q" + YYYY-MM, beside the transfers' windows
+
+
+def clearing_span(at: datetime) -> WindowSpan:
+    """Q10: the clearing month containing `at` as a settlement window ("Q2026-03"), on the Beijing calendar."""
+    month = window_containing(at, SettlementPeriod.MONTHLY)
+    return WindowSpan(CLEARING_PREFIX + month.window_id, month.opens_at, month.closes_at)
+
+
+def next_clearing_span(span: WindowSpan) -> WindowSpan:
+    """Where consumptions and reversals go once `span` is closed: the next month (a closed month never changes)."""
+    return clearing_span(span.closes_at)
+
+
+def is_clearing_window(window_id: str) -> bool:
+    return window_id.startswith(CLEARING_PREFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """A binding's quota as stored: its figures, how many changes it has had, and whether its end released it."""
+
+    binding_id: str
+    giver_province: str
+    receiver_province: str
+    balance: QuotaBalance
+    version: int
+    ended: bool  # its binding ended and the unused quota was released (Q8): once only
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaEvent:
+    """One change of a quota (its version), as the provinces are told it: the figures after it (Q6, Q8)."""
+
+    binding_id: str
+    version: int
+    change: QuotaChange
+    amount_fen: int
+    released_fen: int  # of amount_fen, what went back to the giver
+    balance: QuotaBalance  # after the change
+    cause_id: str  # the request's message_id, or the binding's ending
+    consumption_id: str  # a draw's or a reversal's consumption, else ""
+    clearing_window_id: str  # a draw's or a reversal's clearing month, else ""
+    at: datetime
+    consumption_reversed_fen: int = 0  # what had been reversed of that consumption after this change
+
+
+@dataclass(frozen=True, slots=True)
+class Reversal:
+    """A reversal of a consumption (Q7), by its sender's message id."""
+
+    sender: str
+    message_id: str
+    consumption_id: str
+    binding_id: str
+    amount_fen: int
+    released_fen: int  # the binding had ended: the amount went back to the giver
+    reason: str
+    clearing_window_id: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaPairTotals:
+    """Sums over the quotas of every binding from one province's givers to another's receivers (Q3)."""
+
+    giver_province: str
+    receiver_province: str
+    balance: QuotaBalance
+    consumption_count: int
+
+
 # -- messages -----------------------------------------------------------------------------------------------
 
 
@@ -159,6 +233,8 @@ class ConsumptionReversal:
 class QuotaQuery:
     header: Header
     binding_id: str
+    page_size: int = 0
+    page_token: str = ""
 
 
 @dataclass(frozen=True, slots=True)

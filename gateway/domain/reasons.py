@@ -222,7 +222,22 @@ PROVINCE_UNAVAILABLE = _reason("PROVINCE_UNAVAILABLE", Unavailable,
                                "a province asked about its member (CheckMember) did not answer in time: retry with "
                                "the same message_id")
 
-# -- the quota rules (domain/quota.py; no RPC serves them yet) ---------------------------------------------
+# -- the quota regime (Q1-Q13: domain/quota.py, usecases/quotas.py) ----------------------------------------
+TRANSFERS_NOT_ALLOWED = _reason("TRANSFERS_NOT_ALLOWED", FailedPrecondition,
+                                "the giver's or the receiver's province takes part in the quota regime only (Q1)")
+QUOTA_NOT_ALLOWED = _reason("QUOTA_NOT_ALLOWED", FailedPrecondition,
+                            "the giver's or the receiver's province does not take part in the quota regime (Q1)")
+NOT_GIVER_PROVINCE = _reason("NOT_GIVER_PROVINCE", PermissionDenied,
+                             "a province other than the binding's giver's sets its quota (Q2)")
+NOT_BINDING_RECEIVER = _reason("NOT_BINDING_RECEIVER", FailedPrecondition,
+                               "the person a consumption names is not the binding's receiver (Q12)")
+CONSUMPTION_OVER_MAXIMUM = _reason("CONSUMPTION_OVER_MAXIMUM", FailedPrecondition,
+                                   "a consumption asks for more than the lower of the two provinces' "
+                                   "max_consumption_fen (Q11)")
+DUPLICATE_SETTLEMENT_REF = _reason("DUPLICATE_SETTLEMENT_REF", FailedPrecondition,
+                                   "the province's settlement reference is taken by another of its consumptions")
+CONSUMPTION_NOT_FOUND = _reason("CONSUMPTION_NOT_FOUND", NotFound,
+                                "no consumption of the binding with this settlement reference from this province")
 QUOTA_BELOW_CONSUMED = _reason("QUOTA_BELOW_CONSUMED", FailedPrecondition,
                                "a quota would be lowered below what is already consumed (Q2)")
 QUOTA_EXCEEDED = _reason("QUOTA_EXCEEDED", FailedPrecondition, "the quota cannot cover the amount drawn")

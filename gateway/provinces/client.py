@@ -19,6 +19,8 @@ from gateway.domain.envelope import GATEWAY
 from gateway.domain.outbox import (
     DeliverTransfer,
     NotifyBindingOutcome,
+    NotifyConsumption,
+    NotifyQuota,
     NotifySettlement,
     NotifyTransferOutcome,
     RequestConsent,
@@ -28,7 +30,7 @@ from gateway.domain.transfers import REASON_PATTERN, PersonRef
 from gateway.security.signing import EnvelopeSigner
 from gateway.security.tls import TlsFiles, province_dns
 from gateway.usecases.outbox_ports import OutboxWork, SendResult
-from gateway.wire import envelope_to_proto, timestamp
+from gateway.wire import consumption_record, envelope_to_proto, quota_figures, timestamp
 from protos.gongji.v1 import common_pb2, payload_types, province_pb2, province_pb2_grpc, relations_pb2, transfers_pb2
 
 log = logging.getLogger(__name__)
@@ -128,6 +130,10 @@ class ProvinceClient:
                 await stub.NotifyOutcome(self._binding_outcome(work, told), timeout=timeout)  # type: ignore[misc]
             case NotifySettlement():
                 await stub.NotifySettlement(self._settlement(work), timeout=timeout)  # type: ignore[misc]
+            case NotifyQuota():
+                await stub.NotifyQuota(self._quota_notice(work), timeout=timeout)  # type: ignore[misc]
+            case NotifyConsumption():
+                await stub.NotifyConsumption(self._consumption_notice(work), timeout=timeout)  # type: ignore[misc]
         return SendResult(acknowledged=True)
 
     def _delivery(self, work: OutboxWork) -> province_pb2.DeliverTransferRequest:
@@ -188,6 +194,29 @@ class ProvinceClient:
         assert work.figures is not None
         # The figures go exactly as signed at closing: the province acknowledges the digest of these bytes.
         return province_pb2.NotifySettlementRequest(figures=envelope_to_proto(work.figures))
+
+    def _quota_notice(self, work: OutboxWork) -> province_pb2.NotifyQuotaRequest:
+        event, message = work.quota_event, work.message
+        assert event is not None
+        notice = province_pb2.QuotaNotice(
+            header=self._header(message.message_id, message.destination), binding_id=event.binding_id,
+            change=province_pb2.QuotaChange.Value(f"QUOTA_CHANGE_{event.change.value}"), amount_fen=event.amount_fen,
+            released_fen=event.released_fen, quota=quota_figures(event.balance), version=event.version,
+            cause_id=event.cause_id, changed_at=timestamp(event.at))
+        return province_pb2.NotifyQuotaRequest(
+            notice=self._sign(payload_types.QUOTA_NOTICE, notice.SerializeToString()))
+
+    def _consumption_notice(self, work: OutboxWork) -> province_pb2.NotifyConsumptionRequest:
+        event, consumption, message = work.quota_event, work.consumption, work.message
+        assert event is not None and consumption is not None
+        notice = province_pb2.ConsumptionNotice(
+            header=self._header(message.message_id, message.destination),
+            consumption=consumption_record(consumption, event.consumption_reversed_fen),
+            change=province_pb2.QuotaChange.Value(f"QUOTA_CHANGE_{event.change.value}"), amount_fen=event.amount_fen,
+            released_fen=event.released_fen, clearing_window_id=event.clearing_window_id,
+            quota=quota_figures(event.balance))
+        return province_pb2.NotifyConsumptionRequest(
+            notice=self._sign(payload_types.CONSUMPTION_NOTICE, notice.SerializeToString()))
 
     async def check_member(self, province: Province, person: PersonRef) -> MemberStatus | None:
         """CheckMember (signed MemberQuery) with a deadline; None when the province cannot answer."""

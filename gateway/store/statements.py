@@ -12,6 +12,7 @@ from sqlalchemy.sql import ClauseElement
 from gateway.domain.settlement import WindowState
 from gateway.domain.transfers import TransferState
 from gateway.store.prepared import Prepared
+from gateway.store.repositories.quotas import QuotaStatements
 from gateway.store.repositories.totals import TotalStatements
 from gateway.store.tables import (
     audit_head_t,
@@ -64,6 +65,7 @@ class Statements:
 
         t, o, r = transfers_t.c, outbox_t.c, requests_t.c
         self.totals = TotalStatements(dialect, insert)
+        self.quotas = QuotaStatements(dialect, insert)
         self.routing_version = p(select(routing_version_t.c.version).where(routing_version_t.c.id == 1))
         self.bump_routing_version = p(update(routing_version_t).where(routing_version_t.c.id == 1)
                                       .values(version=routing_version_t.c.version + 1))

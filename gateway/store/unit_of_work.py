@@ -14,6 +14,7 @@ from gateway.store.repositories.bindings import SqlBindingRepository
 from gateway.store.repositories.gateway_keys import SqlGatewayKeyRepository
 from gateway.store.repositories.members import SqlMemberRepository
 from gateway.store.repositories.outbox import SqlOutboxRepository
+from gateway.store.repositories.quotas import SqlQuotaRepository
 from gateway.store.repositories.relation_queries import SqlRelationQueryLog
 from gateway.store.repositories.requests import SqlRequestRepository
 from gateway.store.repositories.routing import RoutingCache, SqlProvinceRepository
@@ -91,6 +92,7 @@ class SqlUnitOfWork:
         self.outbox = SqlOutboxRepository(cursor, statements, self.totals)
         self.bindings = SqlBindingRepository(cursor, statements, sealer, self.audit)
         self.members = SqlMemberRepository(cursor, statements)
+        self.quotas = SqlQuotaRepository(cursor, statements.quotas, self.totals, self.audit)
         self.settlements = SqlSettlementRepository(cursor, statements, dialect, self.audit)
         self.gateway_keys = SqlGatewayKeyRepository(cursor, statements, dialect, self.audit)
         self.relation_queries = SqlRelationQueryLog(cursor, statements)

@@ -1,22 +1,33 @@
-"""Operators' reads of bindings: pages by province and state, newest first, and one binding with its messages."""
+"""Operators' reads of bindings: pages by province and state, newest first, one binding with its messages, and one
+binding's quota with its consumptions and notices."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from gateway.domain import reasons
-from gateway.domain.bindings import BindingState
+from gateway.domain.bindings import Binding, BindingState
 from gateway.domain.errors import InvalidArgument
 from gateway.domain.monitoring import BindingInspection, BindingPage
-from gateway.domain.outbox import OutboxKind
+from gateway.domain.outbox import OutboxKind, OutboxRecord
 from gateway.domain.provinces import validate_province_code
 from gateway.domain.transfers import validate_message_id
 from gateway.usecases.bindings import binding_not_found
 from gateway.usecases.context import UseCaseContext
 from gateway.usecases.monitoring import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, position_token, token_position
+from gateway.usecases.quotas import QuotaView, read_quota
 
 # The messages about a binding; a transfer's id may equal a binding's, and its messages are not this one's.
 BINDING_MESSAGES = (OutboxKind.REQUEST_CONSENT, OutboxKind.NOTIFY_BINDING_OUTCOME)
+QUOTA_MESSAGES = (OutboxKind.NOTIFY_QUOTA, OutboxKind.NOTIFY_CONSUMPTION)
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaInspection:
+    binding: Binding
+    quota: QuotaView
+    messages: tuple[OutboxRecord, ...]  # the notices about its quota, oldest first
 
 
 def list_bindings(ctx: UseCaseContext, province: str, states: Sequence[BindingState], page_token: str,
@@ -46,3 +57,15 @@ def inspect_binding(ctx: UseCaseContext, binding_id: str) -> BindingInspection:
     if binding is None:
         raise binding_not_found()
     return BindingInspection(binding, tuple(m for m in messages if m.content.kind in BINDING_MESSAGES))
+
+
+def inspect_quota(ctx: UseCaseContext, binding_id: str, page_size: int, page_token: str) -> QuotaInspection:
+    """One binding's quota (masked ID numbers only): its figures, a page of its consumptions, the notices owed."""
+    validate_message_id(binding_id, field="binding_id")
+    with ctx.uow() as uow:
+        binding = uow.bindings.get(binding_id)
+        if binding is None:
+            raise binding_not_found()
+        view = read_quota(uow, binding_id, page_size, page_token)
+        messages = uow.outbox.of_subject(binding_id)
+    return QuotaInspection(binding, view, tuple(m for m in messages if m.content.kind in QUOTA_MESSAGES))

@@ -51,6 +51,7 @@ from gateway.usecases.context import UseCaseContext
 from gateway.usecases.idempotency import payload_digest, replay_if_seen, run_once
 from gateway.usecases.ports import RunInDb, UnitOfWork
 from gateway.usecases.provinces import require_active
+from gateway.usecases.quota_changes import release_unused_quota
 from gateway.usecases.relations import ask_both
 
 
@@ -292,6 +293,7 @@ def dissolve_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                 raise FailedPrecondition(f"the binding is {binding.state.value} and cannot be dissolved",
                                          reason=reasons.BINDING_NOT_ACTIVE, field="binding_id")
             tell_both(uow, binding, BindingState.DISSOLVED, reason, now)
+            release_unused_quota(uow, binding, header.message_id, now)  # Q8, in the transaction that ends it
             return ctx.receipts.issue(request_sender=header.sender, request_message_id=header.message_id,
                                       request_sha256=digest, request_payload_type=decode.type_name,
                                       subject_id=binding.binding_id, state=BindingState.DISSOLVED.value, at=now)
@@ -352,6 +354,8 @@ def report_member_change(ctx: UseCaseContext, envelope: Envelope, peer: str | No
                 if uow.bindings.change_state(binding.binding_id, from_states, to, reason, now):
                     tell_both(uow, binding, to, reason, now)
                     affected.append(binding.binding_id)
+                    if to is BindingState.DISSOLVED:
+                        release_unused_quota(uow, binding, header.message_id, now)  # Q8
 
             for binding in mine:
                 if change.kind in _ENDING:

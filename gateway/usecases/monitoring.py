@@ -23,6 +23,7 @@ from gateway.domain.monitoring import (
 )
 from gateway.domain.outbox import OutboxKind
 from gateway.domain.provinces import validate_province_code
+from gateway.domain.quota import QuotaBalance
 from gateway.domain.settlement import WindowState
 from gateway.domain.transfers import INT64_MAX, Transfer, TransferState, validate_message_id
 from gateway.usecases.context import UseCaseContext
@@ -169,13 +170,19 @@ def get_stats(ctx: UseCaseContext) -> Stats:
     with ctx.uow() as uow:
         stats = uow.transfers.stats()
         windows = uow.settlements.counts_by_state()
-    return dataclasses.replace(stats, settlement_windows={state.value: windows.get(state, 0) for state in WindowState})
+        quota_pairs = uow.totals.quota_pairs()
+    return dataclasses.replace(stats, settlement_windows={state.value: windows.get(state, 0) for state in WindowState},
+                               quota_pairs=quota_pairs)
+
+
+ZERO = QuotaBalance()
 
 
 def recount_totals(uow_factory: UnitOfWorkFactory) -> list[str]:
     """Recompute the operators' running totals from every row, in one snapshot: what differs, [] if they agree."""
     with uow_factory() as uow:
         kept, counted = uow.totals.read(), uow.totals.recount()
+        kept_quotas, counted_quotas = uow.totals.quota_pairs(), uow.totals.recount_quota_pairs()
     differences = []
     kept_pairs = {(f.giver_province, f.receiver_province, f.state): (f.count, f.amount_fen) for f in kept.transfers}
     counted_pairs = {(f.giver_province, f.receiver_province, f.state): (f.count, f.amount_fen)
@@ -188,4 +195,11 @@ def recount_totals(uow_factory: UnitOfWorkFactory) -> list[str]:
         mine, theirs = kept.outbox.get(destination), counted.outbox.get(destination)
         if mine != theirs:
             differences.append(f"outbox {destination}: kept {mine}, counted {theirs}")
+    kept_figures = {(q.giver_province, q.receiver_province): q.balance for q in kept_quotas if q.balance != ZERO}
+    counted_figures = {(q.giver_province, q.receiver_province): q.balance for q in counted_quotas
+                       if q.balance != ZERO}
+    for pair in sorted(kept_figures.keys() | counted_figures.keys()):
+        if kept_figures.get(pair) != counted_figures.get(pair):
+            differences.append(f"quotas {pair[0]}->{pair[1]}: kept {kept_figures.get(pair)}, counted "
+                               f"{counted_figures.get(pair)}")
     return differences

@@ -8,6 +8,8 @@ from datetime import datetime, timedelta
 from gateway.domain.outbox import (
     DeliverTransfer,
     NotifyBindingOutcome,
+    NotifyConsumption,
+    NotifyQuota,
     NotifySettlement,
     NotifyTransferOutcome,
     OutboxKind,
@@ -35,6 +37,13 @@ def _work_for(uow: UnitOfWork, types: StoredPayloadTypes, message: OutboxMessage
     """What it takes to send `message`, as stored now: the transfer, binding or figures it is about."""
     endpoint, active, subject_id = province.endpoint, province.is_active, message.subject_id
     match message.content:
+        case NotifyQuota(version=version) | NotifyConsumption(version=version):
+            event = uow.quotas.event(subject_id, version)
+            consumption = (uow.quotas.consumption(province_of_binding(uow, subject_id), event.consumption_id)
+                           if event is not None and event.consumption_id else None)
+            if event is None or (isinstance(message.content, NotifyConsumption) and consumption is None):
+                return None
+            return OutboxWork(message, endpoint, active, None, None, quota_event=event, consumption=consumption)
         case NotifySettlement():
             statement = uow.settlements.statement(subject_id, message.destination, types.figures)
             return None if statement is None else OutboxWork(message, endpoint, active, None, None,
@@ -49,6 +58,12 @@ def _work_for(uow: UnitOfWork, types: StoredPayloadTypes, message: OutboxMessage
             instruction = (uow.transfers.instruction_envelope(subject_id, types.instruction)
                            if isinstance(message.content, DeliverTransfer) else None)
             return None if transfer is None else OutboxWork(message, endpoint, active, transfer, instruction)
+
+
+def province_of_binding(uow: UnitOfWork, binding_id: str) -> str:
+    """The receiver's province of a quota's binding: its consumptions are keyed by it."""
+    quota = uow.quotas.get(binding_id)
+    return "" if quota is None else quota.receiver_province
 
 
 def claim_outbox_work(ctx: UseCaseContext, limit: int, lease: timedelta,

@@ -10,6 +10,7 @@ from typing import Protocol
 from gateway.domain.bindings import Binding
 from gateway.domain.envelope import Envelope
 from gateway.domain.outbox import OutboxMessage
+from gateway.domain.quota import Consumption, QuotaEvent
 from gateway.domain.transfers import Transfer
 
 
@@ -24,6 +25,8 @@ class OutboxWork:
     instruction: Envelope | None  # the giver province's original envelope: instruction or binding proposal
     binding: Binding | None = None  # for binding messages
     figures: Envelope | None = None  # for settlement messages: the gateway-signed figures for this province
+    quota_event: QuotaEvent | None = None  # for quota notices: the change told
+    consumption: Consumption | None = None  # for consumption notices: the consumption drawn or reversed
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from gateway.domain.envelope import Envelope
 from gateway.domain.monitoring import Stats, Totals, TransferChange, TransferFilter
 from gateway.domain.outbox import OutboxContent, OutboxKind, OutboxMessage, OutboxRecord
 from gateway.domain.provinces import Province, ProvinceKey
+from gateway.domain.quota import Consumption, Quota, QuotaBalance, QuotaEvent, QuotaPairTotals, Reversal
 from gateway.domain.records import StoredRequest
 from gateway.domain.relations import RelationQueryRecord
 from gateway.domain.settlement import Figures, PairFigure, Payment, SettlementWindow, WindowSpan, WindowState
@@ -74,6 +75,29 @@ class TotalsRepository(Protocol):
     def read(self) -> Totals: ...
     def recount(self) -> Totals:
         """The same, computed from every row: what the totals must equal."""
+    def quota_pairs(self) -> list[QuotaPairTotals]: ...
+    def recount_quota_pairs(self) -> list[QuotaPairTotals]:
+        """The quota figures summed over every quota (consumption counts 0): what quota_pairs must equal."""
+
+
+class QuotaRepository(Protocol):
+    """Quotas (Q2-Q10). Every change takes the quota's lock first (get(lock=True)) and is stored with its event;
+    the running totals move in the same transaction."""
+
+    def get(self, binding_id: str, lock: bool = False) -> Quota | None: ...
+    def create(self, binding_id: str, giver_province: str, receiver_province: str, at: datetime) -> None: ...
+    def apply(self, quota: Quota, event: QuotaEvent, consumption_count: int = 0) -> None: ...
+    def end(self, binding_id: str, at: datetime) -> bool:
+        """Mark it released by its binding's end; False if it already was (Q8: once only)."""
+    def event(self, binding_id: str, version: int) -> QuotaEvent | None: ...
+    def add_consumption(self, consumption: Consumption) -> bool:
+        """False (nothing stored) if its id or its settlement reference is taken."""
+    def consumption(self, province: str, consumption_id: str) -> Consumption | None: ...
+    def consumption_by_ref(self, province: str, settlement_ref: str) -> Consumption | None: ...
+    def add_reversal(self, reversal: Reversal, consumption: Consumption) -> bool: ...
+    def reversal(self, sender: str, message_id: str) -> Reversal | None: ...
+    def consumptions(self, binding_id: str, before: tuple[datetime, str] | None, limit: int) -> list[Consumption]:
+        """Newest first, from just before `before` (created_at, consumption_id)."""
 
 
 class OutboxRepository(Protocol):
@@ -185,6 +209,8 @@ class UnitOfWork(Protocol):
     @property
     def members(self) -> MemberRepository: ...
     @property
+    def quotas(self) -> QuotaRepository: ...
+    @property
     def settlements(self) -> SettlementRepository: ...
     @property
     def audit(self) -> AuditLog: ...
@@ -209,7 +235,9 @@ class ReceiptIssuer(Protocol):
 
     def issue(self, *, request_sender: str, request_message_id: str, request_sha256: bytes,
               request_payload_type: str, subject_id: str, state: str, at: datetime,
-              affected_ids: Sequence[str] = ()) -> bytes: ...
+              affected_ids: Sequence[str] = (), quota: QuotaBalance | None = None, drawn_fen: int = 0) -> bytes:
+        """`quota`: the quota's figures after a quota request; `drawn_fen`: what a consumption drew."""
+        ...
 
     def sign_figures(self, figures: Figures, receiver: str, at: datetime) -> Envelope:
         """A closed window's figures for one province, signed by the gateway (SettlementFigures)."""

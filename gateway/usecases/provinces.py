@@ -13,6 +13,7 @@ from gateway.domain.provinces import (
     Province,
     ProvinceKey,
     ProvinceStatus,
+    mutual_aid_mode,
     validate_endpoint,
     validate_key,
     validate_name,
@@ -74,6 +75,19 @@ def require_active(province: Province | None, code: str, field: str) -> Province
     if not province.is_active:
         raise FailedPrecondition(f"province {code} is suspended", reason=reasons.PROVINCE_SUSPENDED, field=field)
     return province
+
+
+def require_regime(giver: Province, receiver: Province, *, quota: bool) -> None:
+    """Q1: both provinces take part in the regime (the quotas, or the pilot's transfers): stored refusals."""
+    for province in (giver, receiver):
+        mode = mutual_aid_mode(province.policy)
+        if quota and not mode.allows_quotas:
+            raise FailedPrecondition(f"province {province.code} does not take part in the quota regime (Q1)",
+                                     reason=reasons.QUOTA_NOT_ALLOWED, field="binding_id")
+        if not quota and not mode.allows_transfers:
+            raise FailedPrecondition(f"province {province.code} takes part in the quota regime only (Q1)",
+                                     reason=reasons.TRANSFERS_NOT_ALLOWED, field="header.receiver"
+                                     if province is receiver else "header.sender")
 
 
 def register_province(ctx: UseCaseContext, province: Province, actor: str) -> Province:

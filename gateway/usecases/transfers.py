@@ -38,7 +38,7 @@ from gateway.usecases.context import UseCaseContext
 from gateway.usecases.handoff import as_decided, enqueue_transfer_message
 from gateway.usecases.idempotency import payload_digest, run_once
 from gateway.usecases.ports import UnitOfWork
-from gateway.usecases.provinces import require_active
+from gateway.usecases.provinces import require_active, require_regime
 from gateway.usecases.settlements import assign_to_open_window
 
 
@@ -159,7 +159,8 @@ def submit_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
 
         def accept() -> bytes:
             giver_province = require_active(uow.provinces.get(header.sender), header.sender, "header.sender")
-            require_active(uow.provinces.get(header.receiver), header.receiver, "header.receiver")
+            receiver_province = require_active(uow.provinces.get(header.receiver), header.receiver, "header.receiver")
+            require_regime(giver_province, receiver_province, quota=False)
             if uow.transfers.exists(transfer_id):
                 raise _transfer_id_taken()
             # Taken first: it locks the giver's row of the day, so one giver's submissions are decided one

@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from protos.gongji.v1 import operations_pb2, settlements_pb2, transfers_pb2
+from tests.api.quota_calls import consume, grant
 from tests.support import GANSU, XINJIANG, LoopThread, Stack, error_of, start_stack, wait_until
 
 
@@ -32,9 +33,16 @@ def check_metrics(stack: Stack) -> None:
     for transfer_id in ids:
         stack.wait_for_state(transfer_id, transfers_pb2.TRANSFER_STATE_COMMITTED)
     error_of(lambda: stack.submit(stack.instruction(amount_fen=0)))  # one refused call
+    grant(stack, 30_000)
+    consume(stack, 12_000)
     stack.wait_for_outbox_idle(XINJIANG)
     stack.wait_for_outbox_idle(GANSU)
     metrics = scrape(stack)
+    where = {"giver_province": XINJIANG, "receiver_province": GANSU}
+    assert {labels["figure"]: value for labels, value in metrics["gongji_quota_fen"]
+            if {k: labels[k] for k in where} == where} == {"granted": 30_000, "consumed": 12_000, "released": 0,
+                                                          "available": 18_000}
+    assert metrics["gongji_quota_consumptions"] == [(where, 1)]
 
     with stack.gateway.engine.connect() as conn:
         committed = conn.execute(
@@ -56,9 +64,10 @@ def check_metrics(stack: Stack) -> None:
     assert calls[("/gongji.v1.Transfers/ConfirmTransfer", "OK")] == 5  # Gansu's stub confirmed each
     assert any(s.get("method") == submit for s, _ in metrics["gongji_rpc_duration_seconds"])
 
-    # Settlement windows by state: one open window holds the commits; closing it moves it on.
+    # Settlement windows by state: one open window holds the commits, and the month's clearing (Q10) the
+    # consumption; closing the transfers' window moves it on.
     windows = {s["state"]: v for s, v in metrics["gongji_settlement_windows"]}
-    assert windows == {"OPEN": 1, "CLOSED": 0, "ACKNOWLEDGED": 0, "SETTLED": 0}
+    assert windows == {"OPEN": 2, "CLOSED": 0, "ACKNOWLEDGED": 0, "SETTLED": 0}
     window_id = stack.operations.CloseSettlementWindow(operations_pb2.CloseSettlementWindowRequest(),
                                                        timeout=10).window.window_id
     # The stubs acknowledge by themselves: once both have, nothing moves while scrape and query compare.
@@ -68,7 +77,7 @@ def check_metrics(stack: Stack) -> None:
     windows = {s["state"]: v for s, v in scrape(stack)["gongji_settlement_windows"]}
     with stack.gateway.engine.connect() as conn:
         in_db = dict(conn.execute(text("SELECT state, count(*) FROM settlement_windows GROUP BY state")).all())
-    assert windows == {"OPEN": 0, "CLOSED": 0, "ACKNOWLEDGED": 1, "SETTLED": 0}
+    assert windows == {"OPEN": 1, "CLOSED": 0, "ACKNOWLEDGED": 1, "SETTLED": 0}
     assert {state: count for state, count in windows.items() if count} == in_db
 
 

@@ -1,4 +1,5 @@
-"""A transfer, binding or settlement window of other provinces is, to a province, exactly one that does not exist."""
+"""A transfer, binding (its quota too) or settlement window of other provinces is, to a province, exactly one that
+does not exist."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Any
 from protos.gongji.stub.v1 import control_pb2
 from protos.gongji.v1 import (
     common_pb2,
+    quotas_pb2,
+    quotas_pb2_grpc,
     relations_pb2,
     settlements_pb2,
     settlements_pb2_grpc,
@@ -113,6 +116,31 @@ def test_what_belongs_to_other_provinces_is_not_found_as_if_it_did_not_exist(sta
                            "acknowledgement", settlements_pb2.SettlementAcknowledgement(
                                header=header(stack, SHAANXI), window_id=wid, figures_sha256=bytes(32)))
 
+    quotas = quotas_pb2_grpc.QuotasStub(stack.channel)
+    shaanxi_person = common_pb2.PersonRef(id_number=SHAANXI_GIVER[0], pooling_area=SHAANXI_GIVER[1])
+
+    def get_quota(bid: str) -> Callable[[], Any]:
+        return signed_call(stack, quotas.GetQuota, quotas_pb2.GetQuotaRequest, "query",
+                           quotas_pb2.QuotaQuery(header=header(stack, SHAANXI), binding_id=bid))
+
+    def grant(bid: str) -> Callable[[], Any]:
+        return signed_call(stack, quotas.GrantQuota, quotas_pb2.GrantQuotaRequest, "grant",
+                           quotas_pb2.QuotaGrant(header=header(stack, SHAANXI), binding_id=bid, giver=shaanxi_person,
+                                                 quota_fen=10_000, freeze_ref="frz-1"))
+
+    def consume(bid: str) -> Callable[[], Any]:
+        return signed_call(stack, quotas.ConsumeQuota, quotas_pb2.ConsumeQuotaRequest, "consumption",
+                           quotas_pb2.QuotaConsumption(
+                               header=header(stack, SHAANXI), binding_id=bid, receiver=shaanxi_person,
+                               amount_fen=1_000, kind=quotas_pb2.CONSUMPTION_KIND_MEDICAL, settlement_ref="stl-1",
+                               care_pooling_area="610100"))
+
+    def reverse(bid: str) -> Callable[[], Any]:
+        return signed_call(stack, quotas.ReverseConsumption, quotas_pb2.ReverseConsumptionRequest, "reversal",
+                           quotas_pb2.ConsumptionReversal(header=header(stack, SHAANXI), binding_id=bid,
+                                                          settlement_ref="stl-1", amount_fen=1,
+                                                          reason="DRUG_RETURNED"))
+
     # (what, the call for something of Xinjiang's and Gansu's, the call for something that does not exist)
     cases = [
         ("GetTransfer", get_transfer(transfer_id), get_transfer(unique_id("absent"))),
@@ -123,6 +151,10 @@ def test_what_belongs_to_other_provinces_is_not_found_as_if_it_did_not_exist(sta
         ("DissolveBinding", dissolve(stack.binding_id), dissolve(unique_id("absent"))),
         ("GetSettlement", get_settlement(window_id), get_settlement(ABSENT_WINDOW)),
         ("AcknowledgeSettlement", acknowledge(window_id), acknowledge(ABSENT_WINDOW)),
+        ("GetQuota", get_quota(stack.binding_id), get_quota(unique_id("absent"))),
+        ("GrantQuota", grant(stack.binding_id), grant(unique_id("absent"))),
+        ("ConsumeQuota", consume(stack.binding_id), consume(unique_id("absent"))),
+        ("ReverseConsumption", reverse(stack.binding_id), reverse(unique_id("absent"))),
     ]
     told = {}
     for name, not_yours, absent in cases:
@@ -140,6 +172,10 @@ def test_what_belongs_to_other_provinces_is_not_found_as_if_it_did_not_exist(sta
         "DissolveBinding": ("NOT_FOUND", "BINDING_NOT_FOUND", True, {}),
         "GetSettlement": ("NOT_FOUND", "SETTLEMENT_WINDOW_NOT_FOUND", True, {}),
         "AcknowledgeSettlement": ("NOT_FOUND", "SETTLEMENT_WINDOW_NOT_FOUND", True, {}),
+        "GetQuota": ("NOT_FOUND", "BINDING_NOT_FOUND", True, {}),
+        "GrantQuota": ("NOT_FOUND", "BINDING_NOT_FOUND", True, {}),
+        "ConsumeQuota": ("NOT_FOUND", "BINDING_NOT_FOUND", True, {}),
+        "ReverseConsumption": ("NOT_FOUND", "BINDING_NOT_FOUND", True, {}),
     }
     # What the parties see is unchanged by all this.
     assert stack.get(transfer_id, signer=GANSU).state == transfers_pb2.TRANSFER_STATE_COMMITTED

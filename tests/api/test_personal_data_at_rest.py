@@ -1,4 +1,4 @@
-"""D19 at rest: after real bindings and transfers, the database holds no clear ID number, name or birth date.
+"""D19 at rest: after real bindings, transfers and quotas, the database holds no clear ID number, name or birth date.
 
 A birth date is the 8 digits a masked ID number (first 6 + last 4) hides: stored beside it in any form, it
 gives the whole number back.
@@ -14,13 +14,21 @@ from sqlalchemy import Connection, text
 
 from gateway.domain.identity import IdNumber
 from protos.gongji.v1 import transfers_pb2
+from tests.api.quota_calls import consumption_message, grant, reverse, send_consumption
 from tests.support import CLEAR_PERSONAL_DATA, GANSU, GIVER, MOTHER, XINJIANG, Stack
 
 CHILD = ("620102201508160027", "620100")  # a girl of Lanzhou, under 16: a guardian attests for her
 
 
 def test_the_database_holds_no_clear_personal_data(stack: Stack, db_url: str) -> None:
-    stack.bind(GIVER, CHILD, "30", XINJIANG, GANSU)  # 30: daughter
+    daughter = stack.bind(GIVER, CHILD, "30", XINJIANG, GANSU)  # 30: daughter
+    # Quotas (Q13): granted, drawn on, reversed and released; every quota table gets rows.
+    for binding_id, person in ((stack.binding_id, MOTHER), (daughter, CHILD)):
+        grant(stack, 50_000, binding_id)
+        drawn = consumption_message(stack, 20_000, binding_id, person=person)
+        send_consumption(stack, drawn)
+        reverse(stack, drawn.settlement_ref, 5_000, binding_id)
+    stack.dissolve(daughter)
     # Relation queries are recorded too: an eligible relative and a suspended stranger of Gansu's.
     for person, code in ((MOTHER, "52"), (("620102199207070511", "620100"), "70")):
         stack.verify_relation(person, relation_code=code)
@@ -31,6 +39,9 @@ def test_the_database_holds_no_clear_personal_data(stack: Stack, db_url: str) ->
     assert stack.snapshot("620000").deliveries_received >= 3
 
     with stack.gateway.engine.connect() as conn:
+        for table in ("quotas", "quota_changes", "consumptions", "consumption_reversals", "quota_totals",
+                      "clearing_totals"):
+            assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() > 0, table
         sealed = [bytes(v) for (v,) in conn.execute(text("SELECT instruction_payload FROM transfers"))]
         sealed += [bytes(v) for (v,) in conn.execute(text("SELECT proposal_payload FROM bindings"))]
         values = list(every_value(conn, db_url))

@@ -12,7 +12,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from gateway.config import Settings
 from gateway.manifest import load_manifest
-from protos.gongji.v1 import keys_pb2, operations_pb2, relations_pb2, settlements_pb2, transfers_pb2
+from protos.gongji.v1 import keys_pb2, operations_pb2, quotas_pb2, relations_pb2, settlements_pb2, transfers_pb2
 from tests.support import GANSU, XINJIANG, LoopThread, Stack, error_of, start_stack
 
 
@@ -35,7 +35,7 @@ def _listed_services(channel: grpc.Channel) -> set[str]:
 
 
 def test_reflection_lets_generic_clients_discover_the_services(stack: Stack) -> None:
-    assert {"gongji.v1.Transfers", "gongji.v1.Relations", "gongji.v1.Settlements",
+    assert {"gongji.v1.Transfers", "gongji.v1.Relations", "gongji.v1.Settlements", "gongji.v1.Quotas",
             "grpc.health.v1.Health"} <= _listed_services(stack.channel)
     assert "gongji.v1.Operations" in _listed_services(stack.ops_channel)
     assert "gongji.v1.Operations" not in _listed_services(stack.channel)
@@ -47,7 +47,7 @@ def test_every_declared_rpc_is_served(stack: Stack) -> None:
     INTERNAL, and an empty request deserves a clear refusal anyway."""
     services = [(stack.channel, transfers_pb2, "Transfers"), (stack.channel, relations_pb2, "Relations"),
                 (stack.channel, settlements_pb2, "Settlements"), (stack.channel, keys_pb2, "GatewayKeys"),
-                (stack.ops_channel, operations_pb2, "Operations")]
+                (stack.channel, quotas_pb2, "Quotas"), (stack.ops_channel, operations_pb2, "Operations")]
     served = 0
     for channel, module, name in services:
         service = module.DESCRIPTOR.services_by_name[name]
@@ -69,7 +69,7 @@ def test_every_declared_rpc_is_served(stack: Stack) -> None:
                     code = error.code()
             assert code not in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INTERNAL), (path, code)
             served += 1
-    assert served >= 20
+    assert served >= 25
 
 
 def test_register_province_validates_and_refuses_duplicates(stack: Stack) -> None:

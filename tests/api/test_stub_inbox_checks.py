@@ -26,6 +26,7 @@ from protos.gongji.v1 import (
     common_pb2,
     province_pb2,
     province_pb2_grpc,
+    quotas_pb2,
     relations_pb2,
     settlements_pb2,
     transfers_pb2,
@@ -215,12 +216,31 @@ def figures(stack: Stack, receiver: str, age: timedelta) -> province_pb2.NotifyS
     return province_pb2.NotifySettlementRequest(figures=gateway_sign(stack, message))
 
 
+def quota_notice(stack: Stack, receiver: str, age: timedelta) -> province_pb2.NotifyQuotaRequest:
+    message = province_pb2.QuotaNotice(
+        header=gateway_header(stack, receiver, age), binding_id=unique_id("b"),
+        change=province_pb2.QUOTA_CHANGE_GRANTED,
+        amount_fen=100, quota=common_pb2.QuotaFigures(granted_fen=100, available_fen=100), version=1)
+    return province_pb2.NotifyQuotaRequest(notice=gateway_sign(stack, message))
+
+
+def consumption_notice(stack: Stack, receiver: str, age: timedelta) -> province_pb2.NotifyConsumptionRequest:
+    message = province_pb2.ConsumptionNotice(
+        header=gateway_header(stack, receiver, age), consumption=quotas_pb2.ConsumptionRecord(
+            consumption_id=unique_id("c"), binding_id=unique_id("b"), settlement_ref="S1", drawn_fen=40),
+        change=province_pb2.QUOTA_CHANGE_CONSUMED, amount_fen=40, clearing_window_id="Q2026-03",
+        quota=common_pb2.QuotaFigures(granted_fen=100, consumed_fen=40, available_fen=60))
+    return province_pb2.NotifyConsumptionRequest(notice=gateway_sign(stack, message))
+
+
 SENDS: dict[str, tuple[Any, str]] = {
     "MemberQuery": (member_query, "CheckMember"),
     "TransferDelivery": (delivery, "DeliverTransfer"),
     "ConsentRequest": (consent_request, "RequestConsent"),
     "Outcome": (outcome, "NotifyOutcome"),
     "SettlementFigures": (figures, "NotifySettlement"),
+    "QuotaNotice": (quota_notice, "NotifyQuota"),
+    "ConsumptionNotice": (consumption_notice, "NotifyConsumption"),
 }
 
 
@@ -230,11 +250,11 @@ def send(stack: Stack, kind: str, receiver: str = GANSU, age: timedelta = timede
     return getattr(inbox_as(stack, GANSU, "gateway"), method)(build(stack, receiver, age), timeout=5)
 
 
-def recorded(stack: Stack) -> tuple[int, int, int, int]:
-    """What Gansu's stub keeps of what it was sent: credits, notifications, consent requests, figures."""
+def recorded(stack: Stack) -> tuple[int, ...]:
+    """What Gansu's stub keeps of what it was sent: credits, notifications, consent requests, figures, notices."""
     snapshot = stack.snapshot(GANSU)
     return (len(snapshot.credits), len(snapshot.notifications), len(snapshot.consent_requests),
-            len(snapshot.settlements))
+            len(snapshot.settlements), len(snapshot.quota_notices), len(snapshot.consumption_notices))
 
 
 @pytest.mark.parametrize("kind", list(SENDS))
@@ -273,3 +293,26 @@ def test_settlement_figures_resent_long_after_closing_are_still_taken(tls_stack:
     stack.configure(GANSU, settlement_ack_mode=control_pb2.SETTLEMENT_ACK_MODE_MANUAL)
     send(stack, "SettlementFigures", age=timedelta(days=2))
     assert len(stack.snapshot(GANSU).settlements) == 1
+
+
+@pytest.mark.parametrize("kind", ["QuotaNotice", "ConsumptionNotice"])
+def test_a_quota_notice_is_kept_once_per_message_id_and_only_with_the_gateways_signature(
+        tls_stack: Stack, kind: str) -> None:
+    stack = tls_stack
+    build, method = SENDS[kind]
+    request = build(stack, GANSU, timedelta(0))
+    inbox = getattr(inbox_as(stack, GANSU, "gateway"), method)
+    before = recorded(stack)
+    # The same notice signed with Xinjiang's key, claiming the gateway's (the gateway's certificate calls): refused.
+    forged = type(request)()
+    forged.CopyFrom(request)
+    forged.notice.signature = stack.sign(None, XINJIANG, request.notice.payload_type, request.notice.payload).signature
+    seen = error_of(lambda: inbox(forged, timeout=5))
+    assert (seen.code, seen.reason) == (grpc.StatusCode.UNAUTHENTICATED, "BAD_GATEWAY_SIGNATURE")
+    assert recorded(stack) == before
+    # The genuine notice, told twice: kept once, counted twice.
+    inbox(request, timeout=5)
+    inbox(request, timeout=5)
+    snapshot = stack.snapshot(GANSU)
+    kept = snapshot.quota_notices if kind == "QuotaNotice" else snapshot.consumption_notices
+    assert [(n.times_received, n.amount_fen) for n in kept] == [(2, 100 if kind == "QuotaNotice" else 40)]

@@ -56,6 +56,27 @@ def gansu_cannot_drive_xinjiangs_stub(env: dict[str, str], tls: Path) -> None:
             configure, timeout=5)) == grpc.StatusCode.UNIMPLEMENTED
 
 
+def quota_story_told(out: str) -> None:
+    """Step 4 of the Hami seed as `make demo` tells it: grant, bill own account first, return, clearing, release."""
+    assert "gateway: OK, receipt verified: True; granted 1,000.00, consumed 0.00, released 0.00, available 1,000.00" \
+        in out
+    told = [line.strip() for line in out.splitlines() if " was told: " in line]
+    assert told[0].startswith("Xinjiang 650000 was told: nothing; his account 5,000.00, frozen 1,000.00"), told
+    assert told[1] == "Gansu 620000 was told: quota GRANTED 1,000.00 yuan, available now 1,000.00", told
+    assert "her own account pays 120.00, the quota 180.00, she pays 0.00 herself" in out
+    assert told[2].startswith("Xinjiang 650000 was told: consumption CONSUMED 180.00 yuan") and told[2].endswith(
+        "his account 4,820.00, frozen 820.00, debited for her 180.00"), told
+    assert told[3] == "Gansu 620000 was told: quota CONSUMED 180.00 yuan, available now 820.00", told
+    assert "consumption PARTLY_REVERSED (50.00 of 180.00 reversed)" in out
+    assert told[4].startswith("Xinjiang 650000 was told: consumption REVERSED 50.00 yuan") and told[4].endswith(
+        "his account 4,870.00, frozen 870.00, debited for her 130.00"), told
+    assert "The operator closes clearing month Q" in out or "closed after it ends, not now" in out
+    assert told[6] == ("Xinjiang 650000 was told: quota RELEASED 870.00 yuan (released to the giver 870.00), "
+                       "available now 0.00; his account 4,870.00, frozen 0.00, debited for her 130.00"), told
+    assert "granted 1,000.00, consumed 130.00, released 870.00, available 0.00" in out
+    assert "released 870.00: the same as the gateway" in out
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -136,6 +157,12 @@ def test_devstack_serves_and_the_demo_tells_the_story(tmp_path: Path, dispatcher
         assert window["state"] == "SETTLEMENT_WINDOW_STATE_SETTLED" and len(window["payments"]) == 1
         assert "OK: replay=True, same receipt as the first answer: True" in out
         assert "refused: ALREADY_EXISTS MODIFIED_REQUEST" in out
+        quota_story_told(out)
+        # Runnable again on the same `make run`: fresh bindings, fresh ids, the same story.
+        again = subprocess.run([sys.executable, "-m", "scripts.demo"], cwd=ROOT, env=env, text=True,
+                               capture_output=True, timeout=90)
+        assert again.returncode == 0, again.stdout + again.stderr
+        quota_story_told(again.stdout)
     finally:
         stack.send_signal(signal.SIGTERM)
         stack.wait(30)

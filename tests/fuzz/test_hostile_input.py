@@ -41,6 +41,7 @@ from gateway.wire import envelope_to_proto
 from protos.gongji.v1 import (
     common_pb2,
     operations_pb2,
+    quotas_pb2,
     relations_pb2,
     settlements_pb2,
     transfers_pb2,
@@ -353,11 +354,30 @@ SIGNED_RPCS = [
               lambda h: settlements_pb2.SettlementAcknowledgement(header=_header(h, XINJIANG),
                                                                   window_id=ABSENT_WINDOW, figures_sha256=bytes(32)),
               "no such window", "SETTLEMENT_WINDOW_NOT_FOUND"),
+    SignedRpc("Quotas", "GrantQuota", quotas_pb2.GrantQuotaRequest, "grant", XINJIANG,
+              lambda h: quotas_pb2.QuotaGrant(header=_header(h, XINJIANG), binding_id=h.stack.binding_id,
+                                              giver=_person(("650502198001011235", "650500")), quota_fen=100_000,
+                                              freeze_ref="frz-1"),
+              "the giver is not the binding's (a stored refusal)", "BINDING_MISMATCH"),
+    SignedRpc("Quotas", "ConsumeQuota", quotas_pb2.ConsumeQuotaRequest, "consumption", GANSU,
+              lambda h: quotas_pb2.QuotaConsumption(
+                  header=_header(h, GANSU), binding_id=h.stack.binding_id, receiver=_person(MOTHER), amount_fen=1_000,
+                  kind=quotas_pb2.CONSUMPTION_KIND_MEDICAL, settlement_ref=unique_id("stl"),
+                  care_pooling_area="620100", own_account_used_fen=0, own_account_balance_fen=1),
+              "the receiver's own account still has money (a stored refusal)", "OWN_ACCOUNT_NOT_FIRST"),
+    SignedRpc("Quotas", "ReverseConsumption", quotas_pb2.ReverseConsumptionRequest, "reversal", GANSU,
+              lambda h: quotas_pb2.ConsumptionReversal(header=_header(h, GANSU), binding_id=h.stack.binding_id,
+                                                       settlement_ref=unique_id("absent"), amount_fen=1,
+                                                       reason="DRUG_RETURNED"),
+              "no such consumption", "CONSUMPTION_NOT_FOUND"),
+    SignedRpc("Quotas", "GetQuota", quotas_pb2.GetQuotaRequest, "query", XINJIANG,
+              lambda h: quotas_pb2.QuotaQuery(header=_header(h, XINJIANG), binding_id=unique_id("absent")),
+              "no such binding", "BINDING_NOT_FOUND"),
 ]
 
 PAYLOAD_TYPES = sorted(
     message.full_name
-    for module in (common_pb2, transfers_pb2, relations_pb2, settlements_pb2, operations_pb2)
+    for module in (common_pb2, transfers_pb2, relations_pb2, settlements_pb2, operations_pb2, quotas_pb2)
     for message in module.DESCRIPTOR.message_types_by_name.values()
 )
 
@@ -539,9 +559,10 @@ def _methods(module: Any, service: str) -> list[tuple[str, Any]]:
 
 
 ALL_METHODS = (_methods(transfers_pb2, "Transfers") + _methods(relations_pb2, "Relations")
-               + _methods(settlements_pb2, "Settlements") + _methods(operations_pb2, "Operations"))
+               + _methods(settlements_pb2, "Settlements") + _methods(quotas_pb2, "Quotas")
+               + _methods(operations_pb2, "Operations"))
 READ_ONLY_OPERATIONS = {"ListProvinces", "ListTransfers", "GetStats", "GetSettlementWindow", "ListSettlementWindows",
-                        "InspectTransfer", "ListBindings", "InspectBinding"}
+                        "InspectTransfer", "ListBindings", "InspectBinding", "InspectQuota"}
 
 
 def _parses(raw: bytes, message_class: Any) -> pb_message.Message | None:
@@ -594,7 +615,7 @@ def test_undecodable_request_bytes_are_an_invalid_argument(hostile: Hostile, raw
 
 
 def _request_class(method: Any) -> Any:
-    for module in (transfers_pb2, relations_pb2, settlements_pb2, operations_pb2):
+    for module in (transfers_pb2, relations_pb2, settlements_pb2, quotas_pb2, operations_pb2):
         found = getattr(module, method.input_type.name, None)
         if found is not None and found.DESCRIPTOR is method.input_type:
             return found
@@ -783,6 +804,19 @@ def inspect_binding(draw: st.DrawFn, h: Hostile) -> tuple[str, pb_message.Messag
 
 
 @st.composite
+def inspect_quota(draw: st.DrawFn, h: Hostile) -> tuple[str, pb_message.Message, bool]:
+    request = operations_pb2.InspectQuotaRequest(binding_id=h.stack.binding_id)
+    how = draw(st.sampled_from(["binding_id", "page_size", "page_token"]))
+    if how == "binding_id":
+        request.binding_id = draw(ODD_TEXT)
+    elif how == "page_size":
+        request.page_size = draw(_extremes(*INT32))
+    else:
+        request.page_token = draw(ODD_TEXT)
+    return how, request, True
+
+
+@st.composite
 def get_settlement_window(draw: st.DrawFn, h: Hostile) -> tuple[str, pb_message.Message, bool]:
     return "window_id", operations_pb2.GetSettlementWindowRequest(window_id=draw(WINDOW_TEXT)), True
 
@@ -855,6 +889,7 @@ OPERATIONS: dict[str, Callable[[Hostile], st.SearchStrategy[tuple[str, pb_messag
     "InspectTransfer": inspect_transfer,
     "ListBindings": list_bindings,
     "InspectBinding": inspect_binding,
+    "InspectQuota": inspect_quota,
     "GetSettlementWindow": get_settlement_window,
     "ListSettlementWindows": list_settlement_windows,
     "CloseSettlementWindow": close_settlement_window,
@@ -927,6 +962,10 @@ ENORMOUS = "A" * 200_000  # fits in one message, but in no field
     ("ProposeBinding", "commitment.letter_version", "INVALID_REFERENCE"),
     ("AcceptBinding", "attestation.evidence_ref", "INVALID_REFERENCE"),
     ("DissolveBinding", "reason", "INVALID_REASON"),
+    ("GrantQuota", "freeze_ref", "INVALID_REFERENCE"),
+    ("ConsumeQuota", "settlement_ref", "INVALID_REFERENCE"),
+    ("ReverseConsumption", "reason", "INVALID_REASON"),
+    ("GetQuota", "binding_id", "INVALID_MESSAGE_ID"),
     ("AcknowledgeSettlement", "header.message_id", "INVALID_MESSAGE_ID"),
     ("AcknowledgeSettlement", "window_id", "INVALID_WINDOW_ID"),
 ])

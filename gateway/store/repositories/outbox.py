@@ -9,6 +9,8 @@ from gateway.domain.bindings import BindingState
 from gateway.domain.outbox import (
     DeliverTransfer,
     NotifyBindingOutcome,
+    NotifyConsumption,
+    NotifyQuota,
     NotifySettlement,
     NotifyTransferOutcome,
     OutboxContent,
@@ -30,6 +32,9 @@ def _columns(content: OutboxContent) -> dict[str, str]:
     match content:
         case NotifyTransferOutcome(state=state, reason=reason) | NotifyBindingOutcome(state=state, reason=reason):
             return {"kind": content.kind.value, "state": state.value, "reason": reason[:REASON_MAX]}
+        case NotifyQuota(version=version) | NotifyConsumption(version=version):
+            # The quota's version the notice tells (its quota_changes row), where outcomes keep their state.
+            return {"kind": content.kind.value, "state": str(version), "reason": ""}
         case _:
             return {"kind": content.kind.value, "state": "", "reason": ""}
 
@@ -47,6 +52,10 @@ def _content(kind: str, state: str, reason: str) -> OutboxContent:
             return NotifyBindingOutcome(BindingState(state), reason)
         case OutboxKind.NOTIFY_SETTLEMENT:
             return NotifySettlement()
+        case OutboxKind.NOTIFY_QUOTA:
+            return NotifyQuota(int(state))
+        case OutboxKind.NOTIFY_CONSUMPTION:
+            return NotifyConsumption(int(state))
 
 
 class SqlOutboxRepository:

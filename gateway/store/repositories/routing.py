@@ -7,20 +7,24 @@ import threading
 from datetime import datetime
 from typing import Any
 
-from gateway.domain.provinces import Policy, Province, ProvinceKey, ProvinceStatus
+from gateway.domain.provinces import MutualAidMode, Policy, Province, ProvinceKey, ProvinceStatus
 from gateway.store.prepared import Cursor
 from gateway.store.repositories.audit import SqlAuditLog
 from gateway.store.statements import Statements
 
 
 def _policy_to_json(policy: Policy) -> str:
-    return json.dumps({name: getattr(policy, name) for name in Policy.__slots__ if getattr(policy, name) is not None},
-                      sort_keys=True)
+    values = {name: getattr(policy, name) for name in Policy.__slots__ if getattr(policy, name) is not None}
+    if policy.mutual_aid_mode is not None:
+        values["mutual_aid_mode"] = policy.mutual_aid_mode.value
+    return json.dumps(values, sort_keys=True)
 
 
 def _policy_from_json(text: str) -> Policy:
-    values = json.loads(text or "{}")
-    return Policy(**{k: v for k, v in values.items() if k in Policy.__slots__})
+    values = {k: v for k, v in json.loads(text or "{}").items() if k in Policy.__slots__}
+    if values.get("mutual_aid_mode") is not None:
+        values["mutual_aid_mode"] = MutualAidMode(values["mutual_aid_mode"])
+    return Policy(**values)
 
 
 class RoutingCache:

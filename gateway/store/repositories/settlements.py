@@ -11,6 +11,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
 
 from gateway.domain.envelope import GATEWAY, Envelope
+from gateway.domain.quota import CLEARING_PREFIX
 from gateway.domain.settlement import (
     Acknowledgement,
     PairFigure,
@@ -133,8 +134,10 @@ class SqlSettlementRepository:
 
     def due_for_close(self, closes_before: datetime, limit: int) -> list[str]:
         w = windows_t.c
+        # The transfers' windows only: a clearing month ("Q2026-03", Q10) is closed by the clearing's own schedule.
         statement = self._prepared(select(w.window_id).where(and_(w.state == WindowState.OPEN.value,
-                                                                  w.closes_at <= closes_before))
+                                                                  w.closes_at <= closes_before,
+                                                                  w.window_id.not_like(CLEARING_PREFIX + "%")))
                                    .order_by(w.closes_at).limit(limit))
         return [row[0] for row in self._cursor.all(statement)]
 

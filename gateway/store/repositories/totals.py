@@ -11,9 +11,19 @@ from sqlalchemy import case, func, select
 from sqlalchemy.engine import Dialect
 
 from gateway.domain.monitoring import OutboxFigures, PairStateFigure, Totals
+from gateway.domain.quota import QuotaBalance, QuotaPairTotals
 from gateway.domain.transfers import TransferState
 from gateway.store.prepared import Cursor, Prepared
-from gateway.store.tables import TOTAL_SHARDS, outbox_t, outbox_totals_t, transfer_totals_t, transfers_t
+from gateway.store.tables import (
+    TOTAL_SHARDS,
+    clearing_totals_t,
+    outbox_t,
+    outbox_totals_t,
+    quota_totals_t,
+    quotas_t,
+    transfer_totals_t,
+    transfers_t,
+)
 
 
 def shard_of(key: str) -> int:
@@ -27,6 +37,10 @@ def aware(value: Any) -> datetime | None:
         return None
     at: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
     return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+QUOTA_SUMS = ("granted_fen", "consumed_fen", "released_fen", "consumption_count")
+CLEARING_SUMS = ("consumed_fen", "reversed_fen", "consumption_count", "reversal_count")
 
 
 class TotalStatements:
@@ -52,6 +66,24 @@ class TotalStatements:
                            .group_by(tt.giver_province, tt.receiver_province, tt.state)
                            .having(func.sum(tt.count) != 0)
                            .order_by(tt.giver_province, tt.receiver_province, tt.state))
+        qt, ct, q = quota_totals_t.c, clearing_totals_t.c, quotas_t.c
+        add_quota = insert(quota_totals_t)
+        self.add_quota = p(add_quota.on_conflict_do_update(
+            index_elements=[qt.giver_province, qt.receiver_province, qt.shard],
+            set_={name: getattr(qt, name) + getattr(add_quota.excluded, name) for name in QUOTA_SUMS}))
+        add_clearing = insert(clearing_totals_t)
+        self.add_clearing = p(add_clearing.on_conflict_do_update(
+            index_elements=[ct.clearing_window_id, ct.giver_province, ct.receiver_province, ct.shard],
+            set_={name: getattr(ct, name) + getattr(add_clearing.excluded, name) for name in CLEARING_SUMS}))
+        self.quota_pairs = p(select(qt.giver_province, qt.receiver_province,
+                                    *(func.sum(getattr(qt, name)) for name in QUOTA_SUMS))
+                             .group_by(qt.giver_province, qt.receiver_province)
+                             .order_by(qt.giver_province, qt.receiver_province))
+        # The recount reads every quota (operators' check): the count of consumptions is not in it.
+        self.recount_quota_pairs = p(select(q.giver_province, q.receiver_province, func.sum(q.granted_fen),
+                                            func.sum(q.consumed_fen), func.sum(q.released_fen))
+                                     .group_by(q.giver_province, q.receiver_province)
+                                     .order_by(q.giver_province, q.receiver_province))
         self.outbox = p(select(ot.destination, func.sum(ot.pending), func.sum(ot.attempts), func.sum(ot.done))
                         .group_by(ot.destination).order_by(ot.destination))
         # An index seek (ix_outbox_status_created_at), however long the outbox's history.
@@ -78,6 +110,8 @@ class SqlTotals:
         self._cursor, self._s = cursor, statements
         self._moved_transfers: dict[tuple[str, str, str, int], list[int]] = {}
         self._moved_outbox: dict[tuple[str, int], list[int]] = {}
+        self._moved_quotas: dict[tuple[str, str, int], list[int]] = {}
+        self._moved_clearing: dict[tuple[str, str, str, int], list[int]] = {}
 
     def transfer_moved(self, transfer_id: str, giver: str, receiver: str, amount_fen: int,
                        left: TransferState | None, entered: TransferState) -> None:
@@ -99,6 +133,20 @@ class SqlTotals:
         moved[1] += attempts
         moved[2] += done
 
+    def quota_moved(self, giver: str, receiver: str, binding_id: str, granted: int = 0, consumed: int = 0,
+                    released: int = 0, consumptions: int = 0) -> None:
+        """A quota's figures moved by these differences (Q3), and `consumptions` more were recorded on it."""
+        moved = self._moved_quotas.setdefault((giver, receiver, shard_of(binding_id)), [0, 0, 0, 0])
+        for index, value in enumerate((granted, consumed, released, consumptions)):
+            moved[index] += value
+
+    def clearing_moved(self, month: str, giver: str, receiver: str, subject_id: str, consumed: int = 0,
+                       reversed_: int = 0, consumptions: int = 0, reversals: int = 0) -> None:
+        """A consumption or a reversal recorded in a clearing month (Q10), counted for the pair's figures."""
+        moved = self._moved_clearing.setdefault((month, giver, receiver, shard_of(subject_id)), [0, 0, 0, 0])
+        for index, value in enumerate((consumed, reversed_, consumptions, reversals)):
+            moved[index] += value
+
     def flush(self) -> None:
         """Write what this transaction moved, rows in key order (called just before the commit)."""
         self._cursor.run_many(self._s.add_transfer, [
@@ -109,8 +157,17 @@ class SqlTotals:
             {"destination": d, "shard": shard, "pending": pending, "attempts": attempts, "done": done}
             for (d, shard), (pending, attempts, done) in sorted(self._moved_outbox.items())
             if pending or attempts or done])
+        self._cursor.run_many(self._s.add_quota, [
+            {"giver_province": g, "receiver_province": r, "shard": shard, **dict(zip(QUOTA_SUMS, sums, strict=True))}
+            for (g, r, shard), sums in sorted(self._moved_quotas.items()) if any(sums)])
+        self._cursor.run_many(self._s.add_clearing, [
+            {"clearing_window_id": month, "giver_province": g, "receiver_province": r, "shard": shard,
+             **dict(zip(CLEARING_SUMS, sums, strict=True))}
+            for (month, g, r, shard), sums in sorted(self._moved_clearing.items()) if any(sums)])
         self._moved_transfers.clear()
         self._moved_outbox.clear()
+        self._moved_quotas.clear()
+        self._moved_clearing.clear()
 
     def read(self) -> Totals:
         return Totals(self._pairs(self._cursor.all(self._s.transfers)), self._outbox(self._cursor.all(self._s.outbox)))
@@ -118,6 +175,16 @@ class SqlTotals:
     def recount(self) -> Totals:
         return Totals(self._pairs(self._cursor.all(self._s.recount_transfers)),
                       self._outbox(self._cursor.all(self._s.recount_outbox)))
+
+    def quota_pairs(self) -> list[QuotaPairTotals]:
+        """Quota figures by ordered province pair: provinces x shards rows, never the quotas themselves."""
+        return [QuotaPairTotals(g, r, QuotaBalance(int(granted), int(consumed), int(released)), int(count))
+                for g, r, granted, consumed, released, count in self._cursor.all(self._s.quota_pairs)]
+
+    def recount_quota_pairs(self) -> list[QuotaPairTotals]:
+        """The same figures summed over every quota (without the consumption count): what they must equal."""
+        return [QuotaPairTotals(g, r, QuotaBalance(int(granted), int(consumed), int(released)), 0)
+                for g, r, granted, consumed, released in self._cursor.all(self._s.recount_quota_pairs)]
 
     def oldest_undelivered(self) -> datetime | None:
         row = self._cursor.first(self._s.oldest_undelivered)

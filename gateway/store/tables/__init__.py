@@ -8,6 +8,14 @@ from gateway.store.tables.audit import AuditCheckpointRow, AuditEntryRow, AuditH
 from gateway.store.tables.base import Base, UtcDateTime
 from gateway.store.tables.bindings import BindingRow, MemberSuspensionRow
 from gateway.store.tables.outbox import OutboxRow
+from gateway.store.tables.quotas import (
+    ClearingTotalRow,
+    ConsumptionReversalRow,
+    ConsumptionRow,
+    QuotaChangeRow,
+    QuotaRow,
+    QuotaTotalRow,
+)
 from gateway.store.tables.relations import RelationQueryRow
 from gateway.store.tables.requests import RequestRow
 from gateway.store.tables.routing import GatewayKeyRow, ProvinceKeyRow, ProvinceRow, RoutingVersionRow
@@ -36,6 +44,12 @@ statements_t: Table = SettlementStatementRow.__table__  # type: ignore[assignmen
 relation_queries_t: Table = RelationQueryRow.__table__  # type: ignore[assignment]
 transfer_totals_t: Table = TransferTotalRow.__table__  # type: ignore[assignment]
 outbox_totals_t: Table = OutboxTotalRow.__table__  # type: ignore[assignment]
+quotas_t: Table = QuotaRow.__table__  # type: ignore[assignment]
+quota_changes_t: Table = QuotaChangeRow.__table__  # type: ignore[assignment]
+consumptions_t: Table = ConsumptionRow.__table__  # type: ignore[assignment]
+reversals_t: Table = ConsumptionReversalRow.__table__  # type: ignore[assignment]
+quota_totals_t: Table = QuotaTotalRow.__table__  # type: ignore[assignment]
+clearing_totals_t: Table = ClearingTotalRow.__table__  # type: ignore[assignment]
 
 REASON_MAX = 64  # the width of every stored reason (transfers, their events, bindings, rejections)
 
@@ -47,6 +61,9 @@ __all__ = [
     "AuditHeadRow",
     "Base",
     "BindingRow",
+    "ClearingTotalRow",
+    "ConsumptionReversalRow",
+    "ConsumptionRow",
     "GatewayKeyRow",
     "GiverDayRow",
     "MemberSuspensionRow",
@@ -54,6 +71,9 @@ __all__ = [
     "OutboxTotalRow",
     "ProvinceKeyRow",
     "ProvinceRow",
+    "QuotaChangeRow",
+    "QuotaRow",
+    "QuotaTotalRow",
     "RelationQueryRow",
     "RequestRow",
     "RoutingVersionRow",
@@ -68,6 +88,8 @@ __all__ = [
     "audit_t",
     "bindings_t",
     "checkpoints_t",
+    "clearing_totals_t",
+    "consumptions_t",
     "events_t",
     "gateway_keys_t",
     "giver_days_t",
@@ -76,8 +98,12 @@ __all__ = [
     "outbox_totals_t",
     "pairs_t",
     "provinces_t",
+    "quota_changes_t",
+    "quota_totals_t",
+    "quotas_t",
     "relation_queries_t",
     "requests_t",
+    "reversals_t",
     "routing_version_t",
     "statements_t",
     "suspensions_t",

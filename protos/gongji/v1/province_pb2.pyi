@@ -716,8 +716,9 @@ class ConsumptionNotice(_message.Message):
     """The clearing month this draw or reversal belongs to, e.g. "Q2026-03"."""
     @_builtins.property
     def header(self) -> _common_pb2.Header:
-        """message_id "cn:<consumption_id>" for the draw, "cr:<receiver province>:<reversal message_id>" for a
-        reversal; sender "gateway", receiver the giver's province.
+        """message_id "cn:<receiver province>:<consumption_id>" for the draw (a consumption id is unique per
+        province only), "cr:<receiver province>:<reversal message_id>" for a reversal; sender "gateway", receiver
+        the giver's province.
         """
 
     @_builtins.property

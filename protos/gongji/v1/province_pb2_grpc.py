@@ -114,7 +114,8 @@ class ProvinceInboxServicer:
 
     def NotifyQuota(self, request, context):
         """A quota's figures changed (Q6, Q8): told to the receiver's province for every change of what it can
-        draw, and to the giver's province for every release (to unfreeze that much). At least once per
+        draw, and to the giver's province for every release of unused quota, LOWERED or RELEASED (to unfreeze
+        that much; a reversal after the binding ended reaches it as NotifyConsumption only). At least once per
         message_id: de-duplicate on it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

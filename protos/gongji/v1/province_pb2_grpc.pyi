@@ -49,7 +49,8 @@ class ProvinceInboxStub:
     """A closed settlement window's figures to acknowledge (a clearing month's too)."""
     NotifyQuota: _grpc.UnaryUnaryMultiCallable[_province_pb2.NotifyQuotaRequest, _province_pb2.NotifyQuotaResponse]
     """A quota's figures changed (Q6, Q8): told to the receiver's province for every change of what it can
-    draw, and to the giver's province for every release (to unfreeze that much). At least once per
+    draw, and to the giver's province for every release of unused quota, LOWERED or RELEASED (to unfreeze
+    that much; a reversal after the binding ended reaches it as NotifyConsumption only). At least once per
     message_id: de-duplicate on it.
     """
     NotifyConsumption: _grpc.UnaryUnaryMultiCallable[_province_pb2.NotifyConsumptionRequest, _province_pb2.NotifyConsumptionResponse]
@@ -76,7 +77,8 @@ class ProvinceInboxAsyncStub(ProvinceInboxStub):
     """A closed settlement window's figures to acknowledge (a clearing month's too)."""
     NotifyQuota: _aio.UnaryUnaryMultiCallable[_province_pb2.NotifyQuotaRequest, _province_pb2.NotifyQuotaResponse]  # type: ignore[assignment]
     """A quota's figures changed (Q6, Q8): told to the receiver's province for every change of what it can
-    draw, and to the giver's province for every release (to unfreeze that much). At least once per
+    draw, and to the giver's province for every release of unused quota, LOWERED or RELEASED (to unfreeze
+    that much; a reversal after the binding ended reaches it as NotifyConsumption only). At least once per
     message_id: de-duplicate on it.
     """
     NotifyConsumption: _aio.UnaryUnaryMultiCallable[_province_pb2.NotifyConsumptionRequest, _province_pb2.NotifyConsumptionResponse]  # type: ignore[assignment]
@@ -136,7 +138,8 @@ class ProvinceInboxServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_province_pb2.NotifyQuotaResponse, _abc.Awaitable[_province_pb2.NotifyQuotaResponse]]:
         """A quota's figures changed (Q6, Q8): told to the receiver's province for every change of what it can
-        draw, and to the giver's province for every release (to unfreeze that much). At least once per
+        draw, and to the giver's province for every release of unused quota, LOWERED or RELEASED (to unfreeze
+        that much; a reversal after the binding ended reaches it as NotifyConsumption only). At least once per
         message_id: de-duplicate on it.
         """
 

@@ -8,6 +8,8 @@ read what it received.
 
 from collections import abc as _abc
 from protos.gongji.v1 import common_pb2 as _common_pb2
+from protos.gongji.v1 import province_pb2 as _province_pb2
+from protos.gongji.v1 import quotas_pb2 as _quotas_pb2
 from protos.gongji.v1 import relations_pb2 as _relations_pb2
 from protos.gongji.v1 import settlements_pb2 as _settlements_pb2
 from protos.gongji.v1 import transfers_pb2 as _transfers_pb2
@@ -117,6 +119,581 @@ CONFIRM_MODE_NEVER: ConfirmMode.ValueType  # 3
 CONFIRM_MODE_DECLINE: ConfirmMode.ValueType  # 4
 """Confirm DECLINED at once."""
 Global___ConfirmMode: _TypeAlias = ConfirmMode  # noqa: Y015
+
+@_typing.final
+class SetAccountRequest(_message.Message):
+    """SetAccount's request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_NUMBER_FIELD_NUMBER: _builtins.int
+    BALANCE_FEN_FIELD_NUMBER: _builtins.int
+    id_number: _builtins.str
+    """The person (insured here, or not: tests may open any account)."""
+    balance_fen: _builtins.int
+    """The balance, whole fen, frozen part included."""
+    def __init__(
+        self,
+        *,
+        id_number: _builtins.str = ...,
+        balance_fen: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_fen", b"balance_fen", "id_number", b"id_number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAccountRequest: _TypeAlias = SetAccountRequest  # noqa: Y015
+
+@_typing.final
+class AccountView(_message.Message):
+    """One personal account."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_NUMBER_FIELD_NUMBER: _builtins.int
+    BALANCE_FEN_FIELD_NUMBER: _builtins.int
+    FROZEN_FEN_FIELD_NUMBER: _builtins.int
+    DEBITED_FEN_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FEN_FIELD_NUMBER: _builtins.int
+    id_number: _builtins.str
+    """The person's ID number (the control service is for operators on loopback only)."""
+    balance_fen: _builtins.int
+    """Everything on the account, frozen part included, fen."""
+    frozen_fen: _builtins.int
+    """Frozen for quotas granted, fen."""
+    debited_fen: _builtins.int
+    """Paid out of freezes for relatives' care, fen."""
+    available_fen: _builtins.int
+    """balance_fen - frozen_fen."""
+    def __init__(
+        self,
+        *,
+        id_number: _builtins.str = ...,
+        balance_fen: _builtins.int = ...,
+        frozen_fen: _builtins.int = ...,
+        debited_fen: _builtins.int = ...,
+        available_fen: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_fen", b"available_fen", "balance_fen", b"balance_fen", "debited_fen", b"debited_fen", "frozen_fen", b"frozen_fen", "id_number", b"id_number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountView: _TypeAlias = AccountView  # noqa: Y015
+
+@_typing.final
+class StubGrantRequest(_message.Message):
+    """GrantQuota's request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BINDING_ID_FIELD_NUMBER: _builtins.int
+    GIVER_ID_NUMBER_FIELD_NUMBER: _builtins.int
+    QUOTA_FEN_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    binding_id: _builtins.str
+    """The ACTIVE binding, given by a person insured here."""
+    giver_id_number: _builtins.str
+    """The giver (the binding's); may be empty once a quota was granted for this binding through this stub."""
+    quota_fen: _builtins.int
+    """The quota wanted, fen (as QuotaGrant.quota_fen)."""
+    message_id: _builtins.str
+    """The grant's message_id; empty: a fresh one. The same id again resends the same bytes and freezes
+    nothing more (unless the gateway refused it and the freeze was undone).
+    """
+    def __init__(
+        self,
+        *,
+        binding_id: _builtins.str = ...,
+        giver_id_number: _builtins.str = ...,
+        quota_fen: _builtins.int = ...,
+        message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["binding_id", b"binding_id", "giver_id_number", b"giver_id_number", "message_id", b"message_id", "quota_fen", b"quota_fen"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StubGrantRequest: _TypeAlias = StubGrantRequest  # noqa: Y015
+
+@_typing.final
+class StubGrantResponse(_message.Message):
+    """GrantQuota's answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SENT_TO_GATEWAY_FIELD_NUMBER: _builtins.int
+    FROZEN_FEN_FIELD_NUMBER: _builtins.int
+    QUOTA_FIELD_NUMBER: _builtins.int
+    REPLAY_FIELD_NUMBER: _builtins.int
+    RECEIPT_VERIFIED_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """The grant's message_id."""
+    code: _builtins.str
+    """gRPC status code name ("OK" on success); FAILED_PRECONDITION with reason INSUFFICIENT_BALANCE when
+    the stub refused the grant itself (sent_to_gateway false).
+    """
+    reason: _builtins.str
+    """ErrorInfo reason, when not OK."""
+    sent_to_gateway: _builtins.bool
+    """Whether the grant reached the gateway."""
+    frozen_fen: _builtins.int
+    """What this grant froze on the giver's account, fen (0 for a lowering, or once undone)."""
+    replay: _builtins.bool
+    """Whether the gateway marked its answer a replay."""
+    receipt_verified: _builtins.bool
+    """Whether the gateway's receipt verified and bound our payload."""
+    @_builtins.property
+    def quota(self) -> _common_pb2.QuotaFigures:
+        """The quota's figures after the grant, per the gateway."""
+
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        code: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        sent_to_gateway: _builtins.bool = ...,
+        frozen_fen: _builtins.int = ...,
+        quota: _common_pb2.QuotaFigures | None = ...,
+        replay: _builtins.bool = ...,
+        receipt_verified: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "frozen_fen", b"frozen_fen", "message_id", b"message_id", "quota", b"quota", "reason", b"reason", "receipt_verified", b"receipt_verified", "replay", b"replay", "sent_to_gateway", b"sent_to_gateway"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StubGrantResponse: _TypeAlias = StubGrantResponse  # noqa: Y015
+
+@_typing.final
+class SettleBillRequest(_message.Message):
+    """SettleBill's request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_NUMBER_FIELD_NUMBER: _builtins.int
+    BINDING_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FEN_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    ALLOW_PARTIAL_FIELD_NUMBER: _builtins.int
+    CARE_POOLING_AREA_FIELD_NUMBER: _builtins.int
+    SETTLEMENT_REF_FIELD_NUMBER: _builtins.int
+    SKIP_OWN_ACCOUNT_FIELD_NUMBER: _builtins.int
+    id_number: _builtins.str
+    """The person treated (insured here)."""
+    binding_id: _builtins.str
+    """The binding to draw on for what the own account does not cover."""
+    amount_fen: _builtins.int
+    """The bill, whole fen > 0."""
+    kind: _quotas_pb2.ConsumptionKind.ValueType
+    """What it is for."""
+    allow_partial: _builtins.bool
+    """Draw what is available when the quota cannot cover the rest."""
+    care_pooling_area: _builtins.str
+    """Where the care was given (6 digits); empty: the person's pooling area."""
+    settlement_ref: _builtins.str
+    """The settlement reference; empty: a fresh one."""
+    skip_own_account: _builtins.bool
+    """Do not pay from the own account first, and say so truthfully (to see OWN_ACCOUNT_NOT_FIRST)."""
+    def __init__(
+        self,
+        *,
+        id_number: _builtins.str = ...,
+        binding_id: _builtins.str = ...,
+        amount_fen: _builtins.int = ...,
+        kind: _quotas_pb2.ConsumptionKind.ValueType = ...,
+        allow_partial: _builtins.bool = ...,
+        care_pooling_area: _builtins.str = ...,
+        settlement_ref: _builtins.str = ...,
+        skip_own_account: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_partial", b"allow_partial", "amount_fen", b"amount_fen", "binding_id", b"binding_id", "care_pooling_area", b"care_pooling_area", "id_number", b"id_number", "kind", b"kind", "settlement_ref", b"settlement_ref", "skip_own_account", b"skip_own_account"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettleBillRequest: _TypeAlias = SettleBillRequest  # noqa: Y015
+
+@_typing.final
+class SettleBillResponse(_message.Message):
+    """SettleBill's answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTLEMENT_REF_FIELD_NUMBER: _builtins.int
+    CONSUMPTION_ID_FIELD_NUMBER: _builtins.int
+    OWN_ACCOUNT_FEN_FIELD_NUMBER: _builtins.int
+    DRAWN_FEN_FIELD_NUMBER: _builtins.int
+    OWED_FEN_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    QUOTA_FIELD_NUMBER: _builtins.int
+    CLEARING_WINDOW_ID_FIELD_NUMBER: _builtins.int
+    REPLAY_FIELD_NUMBER: _builtins.int
+    RECEIPT_VERIFIED_FIELD_NUMBER: _builtins.int
+    settlement_ref: _builtins.str
+    """The settlement reference (ReverseBill names it)."""
+    consumption_id: _builtins.str
+    """The consumption's message_id ("" when the own account paid it all)."""
+    own_account_fen: _builtins.int
+    """Paid by the person's own account, fen."""
+    drawn_fen: _builtins.int
+    """Drawn from the quota, fen."""
+    owed_fen: _builtins.int
+    """Still owed by the person (paid themselves), fen."""
+    code: _builtins.str
+    """The gateway's answer to ConsumeQuota ("OK"; "" when not called)."""
+    reason: _builtins.str
+    """ErrorInfo reason, when not OK."""
+    clearing_window_id: _builtins.str
+    """The clearing month of the draw."""
+    replay: _builtins.bool
+    """Whether the gateway marked its answer a replay."""
+    receipt_verified: _builtins.bool
+    """Whether the gateway's receipt verified and bound our payload."""
+    @_builtins.property
+    def quota(self) -> _common_pb2.QuotaFigures:
+        """The quota's figures after the draw, per the gateway."""
+
+    def __init__(
+        self,
+        *,
+        settlement_ref: _builtins.str = ...,
+        consumption_id: _builtins.str = ...,
+        own_account_fen: _builtins.int = ...,
+        drawn_fen: _builtins.int = ...,
+        owed_fen: _builtins.int = ...,
+        code: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        quota: _common_pb2.QuotaFigures | None = ...,
+        clearing_window_id: _builtins.str = ...,
+        replay: _builtins.bool = ...,
+        receipt_verified: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clearing_window_id", b"clearing_window_id", "code", b"code", "consumption_id", b"consumption_id", "drawn_fen", b"drawn_fen", "owed_fen", b"owed_fen", "own_account_fen", b"own_account_fen", "quota", b"quota", "reason", b"reason", "receipt_verified", b"receipt_verified", "replay", b"replay", "settlement_ref", b"settlement_ref"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettleBillResponse: _TypeAlias = SettleBillResponse  # noqa: Y015
+
+@_typing.final
+class ReverseBillRequest(_message.Message):
+    """ReverseBill's request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTLEMENT_REF_FIELD_NUMBER: _builtins.int
+    AMOUNT_FEN_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    BINDING_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    settlement_ref: _builtins.str
+    """A bill settled here (or not: then binding_id must be given, to see the gateway refuse it)."""
+    amount_fen: _builtins.int
+    """How much to reverse, fen."""
+    reason: _builtins.str
+    """Why (UPPER_SNAKE_CASE); empty: DRUG_RETURNED."""
+    binding_id: _builtins.str
+    """The binding; empty: the bill's."""
+    message_id: _builtins.str
+    """The reversal's message_id; empty: a fresh one."""
+    def __init__(
+        self,
+        *,
+        settlement_ref: _builtins.str = ...,
+        amount_fen: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        binding_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_fen", b"amount_fen", "binding_id", b"binding_id", "message_id", b"message_id", "reason", b"reason", "settlement_ref", b"settlement_ref"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReverseBillRequest: _TypeAlias = ReverseBillRequest  # noqa: Y015
+
+@_typing.final
+class ReverseBillResponse(_message.Message):
+    """ReverseBill's answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CONSUMPTION_FIELD_NUMBER: _builtins.int
+    QUOTA_FIELD_NUMBER: _builtins.int
+    CLEARING_WINDOW_ID_FIELD_NUMBER: _builtins.int
+    REPLAY_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """The reversal's message_id."""
+    code: _builtins.str
+    """The gateway's answer ("OK" on success)."""
+    reason: _builtins.str
+    """ErrorInfo reason, when not OK."""
+    clearing_window_id: _builtins.str
+    """The clearing month of the reversal."""
+    replay: _builtins.bool
+    """Whether the gateway marked its answer a replay."""
+    @_builtins.property
+    def consumption(self) -> _quotas_pb2.ConsumptionRecord:
+        """The consumption after the reversal."""
+
+    @_builtins.property
+    def quota(self) -> _common_pb2.QuotaFigures:
+        """The quota's figures after it."""
+
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        code: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        consumption: _quotas_pb2.ConsumptionRecord | None = ...,
+        quota: _common_pb2.QuotaFigures | None = ...,
+        clearing_window_id: _builtins.str = ...,
+        replay: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["consumption", b"consumption", "quota", b"quota"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clearing_window_id", b"clearing_window_id", "code", b"code", "consumption", b"consumption", "message_id", b"message_id", "quota", b"quota", "reason", b"reason", "replay", b"replay"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReverseBillResponse: _TypeAlias = ReverseBillResponse  # noqa: Y015
+
+@_typing.final
+class QueryQuotaRequest(_message.Message):
+    """QueryQuota's request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BINDING_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    binding_id: _builtins.str
+    """The binding."""
+    page_size: _builtins.int
+    """Consumptions per page (0: the gateway's default)."""
+    page_token: _builtins.str
+    """From a previous answer."""
+    def __init__(
+        self,
+        *,
+        binding_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["binding_id", b"binding_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueryQuotaRequest: _TypeAlias = QueryQuotaRequest  # noqa: Y015
+
+@_typing.final
+class QueryQuotaResponse(_message.Message):
+    """QueryQuota's response: the gateway's GetQuotaResponse as it came."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANSWER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def answer(self) -> _quotas_pb2.GetQuotaResponse:
+        """The gateway's answer."""
+
+    def __init__(
+        self,
+        *,
+        answer: _quotas_pb2.GetQuotaResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueryQuotaResponse: _TypeAlias = QueryQuotaResponse  # noqa: Y015
+
+@_typing.final
+class LedgerRequest(_message.Message):
+    """Ledger's request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LedgerRequest: _TypeAlias = LedgerRequest  # noqa: Y015
+
+@_typing.final
+class GivenQuotaView(_message.Message):
+    """A binding whose quota this province granted (as its giver)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BINDING_ID_FIELD_NUMBER: _builtins.int
+    ID_NUMBER_FIELD_NUMBER: _builtins.int
+    FROZEN_FEN_FIELD_NUMBER: _builtins.int
+    DEBITED_FEN_FIELD_NUMBER: _builtins.int
+    RELEASED_FEN_FIELD_NUMBER: _builtins.int
+    binding_id: _builtins.str
+    """The binding."""
+    id_number: _builtins.str
+    """The giver."""
+    frozen_fen: _builtins.int
+    """Frozen for it now (the gateway's available, once every notice arrived), fen."""
+    debited_fen: _builtins.int
+    """Debited for consumptions (the gateway's consumed), fen."""
+    released_fen: _builtins.int
+    """Released back to the giver (the gateway's released), fen."""
+    def __init__(
+        self,
+        *,
+        binding_id: _builtins.str = ...,
+        id_number: _builtins.str = ...,
+        frozen_fen: _builtins.int = ...,
+        debited_fen: _builtins.int = ...,
+        released_fen: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["binding_id", b"binding_id", "debited_fen", b"debited_fen", "frozen_fen", b"frozen_fen", "id_number", b"id_number", "released_fen", b"released_fen"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GivenQuotaView: _TypeAlias = GivenQuotaView  # noqa: Y015
+
+@_typing.final
+class BillView(_message.Message):
+    """A bill settled here (as the receiver's province)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTLEMENT_REF_FIELD_NUMBER: _builtins.int
+    ID_NUMBER_FIELD_NUMBER: _builtins.int
+    BINDING_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FEN_FIELD_NUMBER: _builtins.int
+    OWN_ACCOUNT_FEN_FIELD_NUMBER: _builtins.int
+    DRAWN_FEN_FIELD_NUMBER: _builtins.int
+    REVERSED_FEN_FIELD_NUMBER: _builtins.int
+    OWED_FEN_FIELD_NUMBER: _builtins.int
+    CONSUMPTION_ID_FIELD_NUMBER: _builtins.int
+    settlement_ref: _builtins.str
+    """Its settlement reference."""
+    id_number: _builtins.str
+    """The person treated."""
+    binding_id: _builtins.str
+    """The binding drawn on."""
+    amount_fen: _builtins.int
+    """The bill, fen."""
+    own_account_fen: _builtins.int
+    """Paid by the own account, fen."""
+    drawn_fen: _builtins.int
+    """Drawn from the quota, fen."""
+    reversed_fen: _builtins.int
+    """Reversed since, fen."""
+    owed_fen: _builtins.int
+    """Paid by the person themselves, fen."""
+    consumption_id: _builtins.str
+    """The consumption's message_id."""
+    def __init__(
+        self,
+        *,
+        settlement_ref: _builtins.str = ...,
+        id_number: _builtins.str = ...,
+        binding_id: _builtins.str = ...,
+        amount_fen: _builtins.int = ...,
+        own_account_fen: _builtins.int = ...,
+        drawn_fen: _builtins.int = ...,
+        reversed_fen: _builtins.int = ...,
+        owed_fen: _builtins.int = ...,
+        consumption_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_fen", b"amount_fen", "binding_id", b"binding_id", "consumption_id", b"consumption_id", "drawn_fen", b"drawn_fen", "id_number", b"id_number", "owed_fen", b"owed_fen", "own_account_fen", b"own_account_fen", "reversed_fen", b"reversed_fen", "settlement_ref", b"settlement_ref"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BillView: _TypeAlias = BillView  # noqa: Y015
+
+@_typing.final
+class LedgerResponse(_message.Message):
+    """Ledger's answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVINCE_FIELD_NUMBER: _builtins.int
+    ACCOUNTS_FIELD_NUMBER: _builtins.int
+    GIVEN_FIELD_NUMBER: _builtins.int
+    BILLS_FIELD_NUMBER: _builtins.int
+    QUOTA_NOTICES_FIELD_NUMBER: _builtins.int
+    CONSUMPTION_NOTICES_FIELD_NUMBER: _builtins.int
+    NOTICES_FAILED_FIELD_NUMBER: _builtins.int
+    province: _builtins.str
+    """Province code."""
+    notices_failed: _builtins.int
+    """Quota and consumption notices answered UNAVAILABLE on purpose (Behaviour)."""
+    @_builtins.property
+    def accounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccountView]:
+        """Every personal account kept here."""
+
+    @_builtins.property
+    def given(self) -> _containers.RepeatedCompositeFieldContainer[Global___GivenQuotaView]:
+        """Quotas granted here, by binding."""
+
+    @_builtins.property
+    def bills(self) -> _containers.RepeatedCompositeFieldContainer[Global___BillView]:
+        """Bills settled here."""
+
+    @_builtins.property
+    def quota_notices(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuotaNoticeReceived]:
+        """Quota notices received, in order of first arrival."""
+
+    @_builtins.property
+    def consumption_notices(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConsumptionNoticeReceived]:
+        """Consumption notices received, in order of first arrival."""
+
+    def __init__(
+        self,
+        *,
+        province: _builtins.str = ...,
+        accounts: _abc.Iterable[Global___AccountView] | None = ...,
+        given: _abc.Iterable[Global___GivenQuotaView] | None = ...,
+        bills: _abc.Iterable[Global___BillView] | None = ...,
+        quota_notices: _abc.Iterable[Global___QuotaNoticeReceived] | None = ...,
+        consumption_notices: _abc.Iterable[Global___ConsumptionNoticeReceived] | None = ...,
+        notices_failed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts", "bills", b"bills", "consumption_notices", b"consumption_notices", "given", b"given", "notices_failed", b"notices_failed", "province", b"province", "quota_notices", b"quota_notices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LedgerResponse: _TypeAlias = LedgerResponse  # noqa: Y015
 
 @_typing.final
 class StubAcknowledgeRequest(_message.Message):
@@ -463,6 +1040,8 @@ class Behaviour(_message.Message):
     REJECT_REASON_FIELD_NUMBER: _builtins.int
     CONSENT_MODE_FIELD_NUMBER: _builtins.int
     SETTLEMENT_ACK_MODE_FIELD_NUMBER: _builtins.int
+    FAIL_NEXT_QUOTA_NOTICES_FIELD_NUMBER: _builtins.int
+    REFUSE_QUOTA_NOTICES_FIELD_NUMBER: _builtins.int
     confirm_mode: Global___ConfirmMode.ValueType
     """How deliveries are confirmed."""
     confirm_delay_ms: _builtins.int
@@ -477,6 +1056,10 @@ class Behaviour(_message.Message):
     """How consent requests are answered."""
     settlement_ack_mode: Global___SettlementAckMode.ValueType
     """How settlement figures are acknowledged."""
+    fail_next_quota_notices: _builtins.int
+    """Answer the next N quota and consumption notices UNAVAILABLE (FAILURE_INJECTED), keeping nothing."""
+    refuse_quota_notices: _builtins.bool
+    """Answer every quota and consumption notice UNAVAILABLE until configured otherwise."""
     def __init__(
         self,
         *,
@@ -487,10 +1070,12 @@ class Behaviour(_message.Message):
         reject_reason: _builtins.str = ...,
         consent_mode: Global___ConsentMode.ValueType = ...,
         settlement_ack_mode: Global___SettlementAckMode.ValueType = ...,
+        fail_next_quota_notices: _builtins.int = ...,
+        refuse_quota_notices: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirm_delay_ms", b"confirm_delay_ms", "confirm_mode", b"confirm_mode", "consent_mode", b"consent_mode", "fail_next_calls", b"fail_next_calls", "latency_ms", b"latency_ms", "reject_reason", b"reject_reason", "settlement_ack_mode", b"settlement_ack_mode"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirm_delay_ms", b"confirm_delay_ms", "confirm_mode", b"confirm_mode", "consent_mode", b"consent_mode", "fail_next_calls", b"fail_next_calls", "fail_next_quota_notices", b"fail_next_quota_notices", "latency_ms", b"latency_ms", "refuse_quota_notices", b"refuse_quota_notices", "reject_reason", b"reject_reason", "settlement_ack_mode", b"settlement_ack_mode"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -823,6 +1408,8 @@ class SnapshotResponse(_message.Message):
     CONSENT_REQUESTS_RECEIVED_FIELD_NUMBER: _builtins.int
     CONSENT_REQUESTS_FIELD_NUMBER: _builtins.int
     SETTLEMENTS_FIELD_NUMBER: _builtins.int
+    QUOTA_NOTICES_FIELD_NUMBER: _builtins.int
+    CONSUMPTION_NOTICES_FIELD_NUMBER: _builtins.int
     province: _builtins.str
     """Province code."""
     deliveries_received: _builtins.int
@@ -847,6 +1434,14 @@ class SnapshotResponse(_message.Message):
     def settlements(self) -> _containers.RepeatedCompositeFieldContainer[Global___SettlementReceived]:
         """Settlement figures received, by window."""
 
+    @_builtins.property
+    def quota_notices(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuotaNoticeReceived]:
+        """Quota notices received (NotifyQuota), in order of first arrival."""
+
+    @_builtins.property
+    def consumption_notices(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConsumptionNoticeReceived]:
+        """Consumption notices received (NotifyConsumption), in order of first arrival."""
+
     def __init__(
         self,
         *,
@@ -858,11 +1453,119 @@ class SnapshotResponse(_message.Message):
         consent_requests_received: _builtins.int = ...,
         consent_requests: _abc.Iterable[_builtins.str] | None = ...,
         settlements: _abc.Iterable[Global___SettlementReceived] | None = ...,
+        quota_notices: _abc.Iterable[Global___QuotaNoticeReceived] | None = ...,
+        consumption_notices: _abc.Iterable[Global___ConsumptionNoticeReceived] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls_failed", b"calls_failed", "consent_requests", b"consent_requests", "consent_requests_received", b"consent_requests_received", "credits", b"credits", "deliveries_received", b"deliveries_received", "notifications", b"notifications", "province", b"province", "settlements", b"settlements"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls_failed", b"calls_failed", "consent_requests", b"consent_requests", "consent_requests_received", b"consent_requests_received", "consumption_notices", b"consumption_notices", "credits", b"credits", "deliveries_received", b"deliveries_received", "notifications", b"notifications", "province", b"province", "quota_notices", b"quota_notices", "settlements", b"settlements"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SnapshotResponse: _TypeAlias = SnapshotResponse  # noqa: Y015
+
+@_typing.final
+class QuotaNoticeReceived(_message.Message):
+    """A QuotaNotice received, once per message_id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    BINDING_ID_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
+    AMOUNT_FEN_FIELD_NUMBER: _builtins.int
+    RELEASED_FEN_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    QUOTA_FIELD_NUMBER: _builtins.int
+    TIMES_RECEIVED_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """The notice's message_id."""
+    binding_id: _builtins.str
+    """The binding."""
+    change: _province_pb2.QuotaChange.ValueType
+    """What happened."""
+    amount_fen: _builtins.int
+    """The size of the change, fen."""
+    released_fen: _builtins.int
+    """Of that, what went back to the giver, fen."""
+    version: _builtins.int
+    """The quota's version after the change."""
+    times_received: _builtins.int
+    """How many times it arrived (1 unless redelivered)."""
+    @_builtins.property
+    def quota(self) -> _common_pb2.QuotaFigures:
+        """The quota's figures after the change, as told."""
+
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        binding_id: _builtins.str = ...,
+        change: _province_pb2.QuotaChange.ValueType = ...,
+        amount_fen: _builtins.int = ...,
+        released_fen: _builtins.int = ...,
+        version: _builtins.int = ...,
+        quota: _common_pb2.QuotaFigures | None = ...,
+        times_received: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_fen", b"amount_fen", "binding_id", b"binding_id", "change", b"change", "message_id", b"message_id", "quota", b"quota", "released_fen", b"released_fen", "times_received", b"times_received", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuotaNoticeReceived: _TypeAlias = QuotaNoticeReceived  # noqa: Y015
+
+@_typing.final
+class ConsumptionNoticeReceived(_message.Message):
+    """A ConsumptionNotice received, once per message_id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    BINDING_ID_FIELD_NUMBER: _builtins.int
+    CONSUMPTION_ID_FIELD_NUMBER: _builtins.int
+    SETTLEMENT_REF_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
+    AMOUNT_FEN_FIELD_NUMBER: _builtins.int
+    RELEASED_FEN_FIELD_NUMBER: _builtins.int
+    CLEARING_WINDOW_ID_FIELD_NUMBER: _builtins.int
+    TIMES_RECEIVED_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """The notice's message_id."""
+    binding_id: _builtins.str
+    """The binding drawn on."""
+    consumption_id: _builtins.str
+    """The consumption."""
+    settlement_ref: _builtins.str
+    """The receiver province's settlement reference."""
+    change: _province_pb2.QuotaChange.ValueType
+    """CONSUMED or REVERSED."""
+    amount_fen: _builtins.int
+    """The draw's or the reversal's amount, fen."""
+    released_fen: _builtins.int
+    """A reversal after the binding ended: what was released to the giver, fen."""
+    clearing_window_id: _builtins.str
+    """The clearing month, e.g. "Q2026-03"."""
+    times_received: _builtins.int
+    """How many times it arrived (1 unless redelivered)."""
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        binding_id: _builtins.str = ...,
+        consumption_id: _builtins.str = ...,
+        settlement_ref: _builtins.str = ...,
+        change: _province_pb2.QuotaChange.ValueType = ...,
+        amount_fen: _builtins.int = ...,
+        released_fen: _builtins.int = ...,
+        clearing_window_id: _builtins.str = ...,
+        times_received: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_fen", b"amount_fen", "binding_id", b"binding_id", "change", b"change", "clearing_window_id", b"clearing_window_id", "consumption_id", b"consumption_id", "message_id", b"message_id", "released_fen", b"released_fen", "settlement_ref", b"settlement_ref", "times_received", b"times_received"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsumptionNoticeReceived: _TypeAlias = ConsumptionNoticeReceived  # noqa: Y015

@@ -101,6 +101,36 @@ class StubControlStub:
                 request_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.QuerySettlementRequest.SerializeToString,
                 response_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.QuerySettlementResponse.FromString,
                 _registered_method=True)
+        self.SetAccount = channel.unary_unary(
+                '/gongji.stub.v1.StubControl/SetAccount',
+                request_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.SetAccountRequest.SerializeToString,
+                response_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.AccountView.FromString,
+                _registered_method=True)
+        self.GrantQuota = channel.unary_unary(
+                '/gongji.stub.v1.StubControl/GrantQuota',
+                request_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.StubGrantRequest.SerializeToString,
+                response_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.StubGrantResponse.FromString,
+                _registered_method=True)
+        self.SettleBill = channel.unary_unary(
+                '/gongji.stub.v1.StubControl/SettleBill',
+                request_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.SettleBillRequest.SerializeToString,
+                response_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.SettleBillResponse.FromString,
+                _registered_method=True)
+        self.ReverseBill = channel.unary_unary(
+                '/gongji.stub.v1.StubControl/ReverseBill',
+                request_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.ReverseBillRequest.SerializeToString,
+                response_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.ReverseBillResponse.FromString,
+                _registered_method=True)
+        self.QueryQuota = channel.unary_unary(
+                '/gongji.stub.v1.StubControl/QueryQuota',
+                request_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.QueryQuotaRequest.SerializeToString,
+                response_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.QueryQuotaResponse.FromString,
+                _registered_method=True)
+        self.Ledger = channel.unary_unary(
+                '/gongji.stub.v1.StubControl/Ledger',
+                request_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.LedgerRequest.SerializeToString,
+                response_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.LedgerResponse.FromString,
+                _registered_method=True)
 
 
 class StubControlServicer:
@@ -199,6 +229,51 @@ class StubControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetAccount(self, request, context):
+        """Set a person's personal-account balance (frozen part included; never below what is frozen).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GrantQuota(self, request, context):
+        """As the giver's province: freeze what raising the quota grants on the giver's account, then sign and
+        send a GrantQuota; the freeze is undone if the gateway refuses. A grant larger than the unfrozen
+        balance is refused here (FAILED_PRECONDITION / INSUFFICIENT_BALANCE) and never sent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SettleBill(self, request, context):
+        """As the receiver's province: settle a point-of-care bill, the person's own account first, then
+        ConsumeQuota for the rest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReverseBill(self, request, context):
+        """As the receiver's province: sign and send a ReverseConsumption for a bill settled here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QueryQuota(self, request, context):
+        """Ask the gateway (signed GetQuota) for a binding's quota.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Ledger(self, request, context):
+        """The quota ledger: accounts, quotas given, bills settled, and the notices told.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StubControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -266,6 +341,36 @@ def add_StubControlServicer_to_server(servicer, server):
                     servicer.QuerySettlement,
                     request_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.QuerySettlementRequest.FromString,
                     response_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.QuerySettlementResponse.SerializeToString,
+            ),
+            'SetAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAccount,
+                    request_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.SetAccountRequest.FromString,
+                    response_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.AccountView.SerializeToString,
+            ),
+            'GrantQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantQuota,
+                    request_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.StubGrantRequest.FromString,
+                    response_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.StubGrantResponse.SerializeToString,
+            ),
+            'SettleBill': grpc.unary_unary_rpc_method_handler(
+                    servicer.SettleBill,
+                    request_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.SettleBillRequest.FromString,
+                    response_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.SettleBillResponse.SerializeToString,
+            ),
+            'ReverseBill': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReverseBill,
+                    request_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.ReverseBillRequest.FromString,
+                    response_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.ReverseBillResponse.SerializeToString,
+            ),
+            'QueryQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryQuota,
+                    request_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.QueryQuotaRequest.FromString,
+                    response_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.QueryQuotaResponse.SerializeToString,
+            ),
+            'Ledger': grpc.unary_unary_rpc_method_handler(
+                    servicer.Ledger,
+                    request_deserializer=gongji_dot_stub_dot_v1_dot_control__pb2.LedgerRequest.FromString,
+                    response_serializer=gongji_dot_stub_dot_v1_dot_control__pb2.LedgerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -621,6 +726,168 @@ class StubControl:
             '/gongji.stub.v1.StubControl/QuerySettlement',
             gongji_dot_stub_dot_v1_dot_control__pb2.QuerySettlementRequest.SerializeToString,
             gongji_dot_stub_dot_v1_dot_control__pb2.QuerySettlementResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gongji.stub.v1.StubControl/SetAccount',
+            gongji_dot_stub_dot_v1_dot_control__pb2.SetAccountRequest.SerializeToString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.AccountView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gongji.stub.v1.StubControl/GrantQuota',
+            gongji_dot_stub_dot_v1_dot_control__pb2.StubGrantRequest.SerializeToString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.StubGrantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SettleBill(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gongji.stub.v1.StubControl/SettleBill',
+            gongji_dot_stub_dot_v1_dot_control__pb2.SettleBillRequest.SerializeToString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.SettleBillResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReverseBill(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gongji.stub.v1.StubControl/ReverseBill',
+            gongji_dot_stub_dot_v1_dot_control__pb2.ReverseBillRequest.SerializeToString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.ReverseBillResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gongji.stub.v1.StubControl/QueryQuota',
+            gongji_dot_stub_dot_v1_dot_control__pb2.QueryQuotaRequest.SerializeToString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.QueryQuotaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ledger(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gongji.stub.v1.StubControl/Ledger',
+            gongji_dot_stub_dot_v1_dot_control__pb2.LedgerRequest.SerializeToString,
+            gongji_dot_stub_dot_v1_dot_control__pb2.LedgerResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -64,6 +64,23 @@ class StubControlStub:
     """Sign and send an AcknowledgeSettlement for figures received (now, whatever the ack mode)."""
     QuerySettlement: _grpc.UnaryUnaryMultiCallable[_control_pb2.QuerySettlementRequest, _control_pb2.QuerySettlementResponse]
     """Ask the gateway (signed GetSettlement) for a window's figures."""
+    SetAccount: _grpc.UnaryUnaryMultiCallable[_control_pb2.SetAccountRequest, _control_pb2.AccountView]
+    """Set a person's personal-account balance (frozen part included; never below what is frozen)."""
+    GrantQuota: _grpc.UnaryUnaryMultiCallable[_control_pb2.StubGrantRequest, _control_pb2.StubGrantResponse]
+    """As the giver's province: freeze what raising the quota grants on the giver's account, then sign and
+    send a GrantQuota; the freeze is undone if the gateway refuses. A grant larger than the unfrozen
+    balance is refused here (FAILED_PRECONDITION / INSUFFICIENT_BALANCE) and never sent.
+    """
+    SettleBill: _grpc.UnaryUnaryMultiCallable[_control_pb2.SettleBillRequest, _control_pb2.SettleBillResponse]
+    """As the receiver's province: settle a point-of-care bill, the person's own account first, then
+    ConsumeQuota for the rest.
+    """
+    ReverseBill: _grpc.UnaryUnaryMultiCallable[_control_pb2.ReverseBillRequest, _control_pb2.ReverseBillResponse]
+    """As the receiver's province: sign and send a ReverseConsumption for a bill settled here."""
+    QueryQuota: _grpc.UnaryUnaryMultiCallable[_control_pb2.QueryQuotaRequest, _control_pb2.QueryQuotaResponse]
+    """Ask the gateway (signed GetQuota) for a binding's quota."""
+    Ledger: _grpc.UnaryUnaryMultiCallable[_control_pb2.LedgerRequest, _control_pb2.LedgerResponse]
+    """The quota ledger: accounts, quotas given, bills settled, and the notices told."""
 
 @_typing.type_check_only
 class StubControlAsyncStub(StubControlStub):
@@ -98,6 +115,23 @@ class StubControlAsyncStub(StubControlStub):
     """Sign and send an AcknowledgeSettlement for figures received (now, whatever the ack mode)."""
     QuerySettlement: _aio.UnaryUnaryMultiCallable[_control_pb2.QuerySettlementRequest, _control_pb2.QuerySettlementResponse]  # type: ignore[assignment]
     """Ask the gateway (signed GetSettlement) for a window's figures."""
+    SetAccount: _aio.UnaryUnaryMultiCallable[_control_pb2.SetAccountRequest, _control_pb2.AccountView]  # type: ignore[assignment]
+    """Set a person's personal-account balance (frozen part included; never below what is frozen)."""
+    GrantQuota: _aio.UnaryUnaryMultiCallable[_control_pb2.StubGrantRequest, _control_pb2.StubGrantResponse]  # type: ignore[assignment]
+    """As the giver's province: freeze what raising the quota grants on the giver's account, then sign and
+    send a GrantQuota; the freeze is undone if the gateway refuses. A grant larger than the unfrozen
+    balance is refused here (FAILED_PRECONDITION / INSUFFICIENT_BALANCE) and never sent.
+    """
+    SettleBill: _aio.UnaryUnaryMultiCallable[_control_pb2.SettleBillRequest, _control_pb2.SettleBillResponse]  # type: ignore[assignment]
+    """As the receiver's province: settle a point-of-care bill, the person's own account first, then
+    ConsumeQuota for the rest.
+    """
+    ReverseBill: _aio.UnaryUnaryMultiCallable[_control_pb2.ReverseBillRequest, _control_pb2.ReverseBillResponse]  # type: ignore[assignment]
+    """As the receiver's province: sign and send a ReverseConsumption for a bill settled here."""
+    QueryQuota: _aio.UnaryUnaryMultiCallable[_control_pb2.QueryQuotaRequest, _control_pb2.QueryQuotaResponse]  # type: ignore[assignment]
+    """Ask the gateway (signed GetQuota) for a binding's quota."""
+    Ledger: _aio.UnaryUnaryMultiCallable[_control_pb2.LedgerRequest, _control_pb2.LedgerResponse]  # type: ignore[assignment]
+    """The quota ledger: accounts, quotas given, bills settled, and the notices told."""
 
 class StubControlServicer(metaclass=_abc_1.ABCMeta):
     """Served by each stub province on a loopback port of its own (--control-listen), never beside its
@@ -207,5 +241,58 @@ class StubControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.QuerySettlementResponse, _abc.Awaitable[_control_pb2.QuerySettlementResponse]]:
         """Ask the gateway (signed GetSettlement) for a window's figures."""
+
+    @_abc_1.abstractmethod
+    def SetAccount(
+        self,
+        request: _control_pb2.SetAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.AccountView, _abc.Awaitable[_control_pb2.AccountView]]:
+        """Set a person's personal-account balance (frozen part included; never below what is frozen)."""
+
+    @_abc_1.abstractmethod
+    def GrantQuota(
+        self,
+        request: _control_pb2.StubGrantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.StubGrantResponse, _abc.Awaitable[_control_pb2.StubGrantResponse]]:
+        """As the giver's province: freeze what raising the quota grants on the giver's account, then sign and
+        send a GrantQuota; the freeze is undone if the gateway refuses. A grant larger than the unfrozen
+        balance is refused here (FAILED_PRECONDITION / INSUFFICIENT_BALANCE) and never sent.
+        """
+
+    @_abc_1.abstractmethod
+    def SettleBill(
+        self,
+        request: _control_pb2.SettleBillRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.SettleBillResponse, _abc.Awaitable[_control_pb2.SettleBillResponse]]:
+        """As the receiver's province: settle a point-of-care bill, the person's own account first, then
+        ConsumeQuota for the rest.
+        """
+
+    @_abc_1.abstractmethod
+    def ReverseBill(
+        self,
+        request: _control_pb2.ReverseBillRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ReverseBillResponse, _abc.Awaitable[_control_pb2.ReverseBillResponse]]:
+        """As the receiver's province: sign and send a ReverseConsumption for a bill settled here."""
+
+    @_abc_1.abstractmethod
+    def QueryQuota(
+        self,
+        request: _control_pb2.QueryQuotaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.QueryQuotaResponse, _abc.Awaitable[_control_pb2.QueryQuotaResponse]]:
+        """Ask the gateway (signed GetQuota) for a binding's quota."""
+
+    @_abc_1.abstractmethod
+    def Ledger(
+        self,
+        request: _control_pb2.LedgerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.LedgerResponse, _abc.Awaitable[_control_pb2.LedgerResponse]]:
+        """The quota ledger: accounts, quotas given, bills settled, and the notices told."""
 
 def add_StubControlServicer_to_server(servicer: StubControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
