@@ -31,6 +31,7 @@ from protos.gongji.v1 import (
     keys_pb2,
     operations_pb2,
     province_pb2,
+    quotas_pb2,
     relations_pb2,
     settlements_pb2,
     transfers_pb2,
@@ -46,10 +47,10 @@ PUBLISHED = (CONTRACT, RULES)
 EVERY_DOCUMENT = (README, *sorted(DOCS.glob("*.md")))
 README_MAX_LINES = 200
 CONTRACT_FILES: tuple[FileDescriptor, ...] = tuple(
-    module.DESCRIPTOR for module in (common_pb2, keys_pb2, operations_pb2, province_pb2, relations_pb2,
+    module.DESCRIPTOR for module in (common_pb2, keys_pb2, operations_pb2, province_pb2, quotas_pb2, relations_pb2,
                                      settlements_pb2, transfers_pb2))
 # The services a province meets; Operations is only pointed to (its protos carry its semantics).
-PROVINCE_FACING = ("Transfers", "Relations", "Settlements", "GatewayKeys", "ProvinceInbox")
+PROVINCE_FACING = ("Transfers", "Relations", "Settlements", "Quotas", "GatewayKeys", "ProvinceInbox")
 
 BACKTICKED = re.compile(r"`([^`\n]+)`")
 UPPER_SNAKE = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*")
@@ -230,7 +231,10 @@ def message_ids_the_gateway_makes() -> list[tuple[str, dict[str, str], str]]:
     from gateway.domain.outbox import (
         binding_outcome_message_id,
         consent_message_id,
+        consumption_notice_message_id,
         delivery_message_id,
+        quota_notice_message_id,
+        reversal_notice_message_id,
         settlement_message_id,
         transfer_outcome_message_id,
     )
@@ -253,12 +257,17 @@ def message_ids_the_gateway_makes() -> list[tuple[str, dict[str, str], str]]:
         ("stl:<window_id>:<province>", {"window_id": "2026-05-04", "province": "620000"},
          settlement_message_id("2026-05-04", "620000")),
         ("rcpt:<sender>:<message_id>", {"sender": "650000", "message_id": "m-1"}, receipt_id),
+        ("qn:<binding_id>:<version>", {"binding_id": "b-1", "version": "3"}, quota_notice_message_id("b-1", 3)),
+        ("cn:<province>:<consumption_id>", {"province": "620000", "consumption_id": "c-1"},
+         consumption_notice_message_id("620000", "c-1")),
+        ("cr:<province>:<message_id>", {"province": "620000", "message_id": "r-1"},
+         reversal_notice_message_id("620000", "r-1")),
     ]
 
 
 def test_the_message_ids_the_gateway_sends_are_spelled_as_documented() -> None:
     """Provinces de-duplicate by these ids: each pattern the contract gives is the one the code makes."""
-    documented = set(re.findall(r"`((?:dlv|out|bout|csn|stl|rcpt):[^`]+)`", text(CONTRACT)))
+    documented = set(re.findall(r"`((?:dlv|out|bout|csn|stl|rcpt|qn|cn|cr):[^`]+)`", text(CONTRACT)))
     made = message_ids_the_gateway_makes()
     assert documented == {pattern for pattern, _, _ in made}
     for pattern, values, message_id in made:
