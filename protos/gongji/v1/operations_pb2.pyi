@@ -1027,9 +1027,11 @@ class PaymentRecord(_message.Message):
     SERIAL_NUMBER_FIELD_NUMBER: _builtins.int
     DATE_FIELD_NUMBER: _builtins.int
     from_province: _builtins.str
-    """Paying province."""
+    """Paying province; for a clearing month's line, the line's givers' province (whichever way its net goes:
+    a negative net is paid by the receivers' province).
+    """
     to_province: _builtins.str
-    """Paid province."""
+    """Paid province; for a clearing month's line, the line's receivers' province."""
     bank: _builtins.str
     """The bank's code, e.g. "ICBC" or its 12-digit CNAPS number, not its name: 1-64 characters
     [A-Za-z0-9_.:/-], starting with a letter or digit, holding no ID number.
