@@ -86,7 +86,10 @@ def test_messages_handed_over_but_unsent_at_a_stop_are_due_at_once(loop_thread: 
                           sweep_interval_seconds=0.05, backoff=Backoff(base_seconds=0.05, max_seconds=0.5))
     stack = start_stack(loop_thread, tmp_path, db_url, outbox=slow, province_call_timeout_seconds=4.0)
     try:
-        stack.configure(GANSU, latency_ms=2_000)  # once the stack's binding is made
+        # Once the stack's binding is made and Gansu told so: a notice still on its way would take the one lane
+        # for two seconds, and the first delivery would then wait in it until the stop.
+        stack.wait_for_outbox_idle(GANSU)
+        stack.configure(GANSU, latency_ms=2_000)
         ids = [stack.submit(stack.instruction(amount_fen=1_000 + i)).transfer_id for i in range(3)]
         wait_until(lambda: stack.gateway.outbox_sent[0] >= 1, what="the first delivery in flight")
         stopped_at = stack.clock.now()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.api import convert
+from gateway.api import convert, convert_quotas
 from gateway.api.strict import Decoder
 from protos.gongji.v1 import payload_types
 
@@ -25,6 +25,12 @@ ON_THE_WIRE = {
     "CONSENT_REQUEST": "gongji.v1.ConsentRequest",
     "MEMBER_QUERY": "gongji.v1.MemberQuery",
     "OUTCOME": "gongji.v1.Outcome",
+    "QUOTA_GRANT": "gongji.v1.QuotaGrant",
+    "QUOTA_CONSUMPTION": "gongji.v1.QuotaConsumption",
+    "CONSUMPTION_REVERSAL": "gongji.v1.ConsumptionReversal",
+    "QUOTA_QUERY": "gongji.v1.QuotaQuery",
+    "QUOTA_NOTICE": "gongji.v1.QuotaNotice",
+    "CONSUMPTION_NOTICE": "gongji.v1.ConsumptionNotice",
 }
 
 
@@ -35,6 +41,7 @@ def test_the_table_keeps_every_name_on_the_wire() -> None:
 
 
 def test_each_message_a_province_signs_has_one_decoder_named_by_its_type() -> None:
-    decoders = [value for value in vars(convert).values() if isinstance(value, Decoder)]
+    decoders = [value for module in (convert, convert_quotas) for value in vars(module).values()
+                if isinstance(value, Decoder)]
     names = [d.type_name for d in decoders]
     assert sorted(names) == sorted(payload_types.FROM_PROVINCES)

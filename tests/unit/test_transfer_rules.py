@@ -17,6 +17,7 @@ from gateway.domain.errors import InvalidArgument
 from gateway.domain.money import MAX_AMOUNT_FEN
 from gateway.domain.provinces import (
     NATIONAL_DEFAULTS,
+    MutualAidMode,
     Policy,
     ProvinceKey,
     effective_policy,
@@ -338,6 +339,7 @@ def test_national_defaults_are_the_pilot_values() -> None:
         blackout_end_minute=6 * 60,
         return_hour=6,
         delivery_deadline_seconds=600,
+        mutual_aid_mode=MutualAidMode.BOTH,  # Q1: both regimes unless a province says otherwise
     )
     assert pilot == NATIONAL_DEFAULTS
 
@@ -351,7 +353,9 @@ def test_effective_policy_merges_overrides_over_the_defaults() -> None:
     assert merged == dataclasses.replace(
         NATIONAL_DEFAULTS, single_relation_only=True, daily_transfer_limit=1, return_hour=0
     )
-    assert all(getattr(merged, name) is not None for name in Policy.__slots__)
+    # Every field has a national value, but Q11's per-consumption maximum: none unless a province sets one.
+    assert all(getattr(merged, name) is not None for name in Policy.__slots__ if name != "max_consumption_fen")
+    assert merged.max_consumption_fen is None
 
 
 def test_an_override_equal_to_a_falsy_value_is_kept() -> None:
@@ -368,6 +372,7 @@ POLICY_RANGES = {
     "blackout_end_minute": (0, 1439),
     "return_hour": (0, 23),
     "delivery_deadline_seconds": (1, 7 * 24 * 3600),
+    "max_consumption_fen": (1, MAX_AMOUNT_FEN),
 }
 
 
@@ -394,7 +399,7 @@ def test_validate_policy_accepts_no_overrides_and_the_defaults() -> None:
 
 
 def test_every_numeric_policy_field_is_range_checked() -> None:
-    numeric = {f.name for f in dataclasses.fields(Policy) if f.name != "single_relation_only"}
+    numeric = {f.name for f in dataclasses.fields(Policy) if f.name not in ("single_relation_only", "mutual_aid_mode")}
     assert numeric == set(POLICY_RANGES)
 
 
