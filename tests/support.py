@@ -126,6 +126,11 @@ def unique_id(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:20]}"
 
 
+def unique_ref(prefix: str = "ref") -> str:
+    """A unique opaque reference without digits: one with digits may, by chance, look like an ID number (D19)."""
+    return f"{prefix}-{uuid.uuid4().hex[:20].translate(str.maketrans('0123456789', 'ghijklmnop'))}"
+
+
 # Every seeded person's ID number and name: none may appear in clear in a log line or error (D19).
 SEEDS = Path(__file__).resolve().parents[1] / "province_stub" / "seeds"
 CLEAR_PERSONAL_DATA = tuple(

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import text
 
 from protos.gongji.v1 import common_pb2, quotas_pb2, quotas_pb2_grpc
-from tests.support import GANSU, GIVER, MOTHER, XINJIANG, Stack, ts, unique_id
+from tests.support import GANSU, GIVER, MOTHER, XINJIANG, Stack, ts, unique_id, unique_ref
 
 PHARMACY = quotas_pb2.CONSUMPTION_KIND_PHARMACY
 
@@ -25,7 +25,7 @@ def grant_message(stack: Stack, quota_fen: int, binding_id: str | None = None, s
                   giver: tuple[str, str] = GIVER) -> quotas_pb2.QuotaGrant:
     return quotas_pb2.QuotaGrant(header=header(stack, sender), binding_id=binding_id or stack.binding_id,
                                  giver=common_pb2.PersonRef(id_number=giver[0], pooling_area=giver[1]),
-                                 quota_fen=quota_fen, freeze_ref=unique_id("frz"))
+                                 quota_fen=quota_fen, freeze_ref=unique_ref("frz"))
 
 
 def send_grant(stack: Stack, message: quotas_pb2.QuotaGrant, signer: str = XINJIANG) -> quotas_pb2.GrantQuotaResponse:
@@ -41,7 +41,7 @@ def consumption_message(stack: Stack, amount_fen: int, binding_id: str | None = 
     message = quotas_pb2.QuotaConsumption(
         header=header(stack, sender), binding_id=binding_id or stack.binding_id,
         receiver=common_pb2.PersonRef(id_number=person[0], pooling_area=person[1]), amount_fen=amount_fen,
-        kind=PHARMACY, settlement_ref=unique_id("stl"), care_pooling_area="620100", own_account_used_fen=12_000,
+        kind=PHARMACY, settlement_ref=unique_ref("stl"), care_pooling_area="620100", own_account_used_fen=12_000,
         own_account_balance_fen=0)
     for name, value in overrides.items():
         setattr(message, name, value)

@@ -27,6 +27,7 @@ from province_stub.signing import GATEWAY_SIGNER, PublicKeyStore, load_private_k
 from scripts.launcher import CHANNEL_OPTIONS, GANSU, XINJIANG
 from tests.crash.driver import RETRYABLE, reason_of
 from tests.crash.harness import GIVER, MOTHER
+from tests.support import unique_ref
 
 GRANT, CONSUME, REVERSE, DISSOLVE = "grant", "consume", "reverse", "dissolve"
 METHODS = {CONSUME: ("/gongji.v1.Quotas/ConsumeQuota", quotas_pb2.ConsumeQuotaResponse),
@@ -159,7 +160,7 @@ class QuotaLoad:
 
     def _consumption(self, lot: Lot) -> Call:
         pick = self._random
-        message_id, settlement_ref = f"cq-{uuid.uuid4().hex}", f"ST:{uuid.uuid4().hex}"
+        message_id, settlement_ref = f"cq-{uuid.uuid4().hex}", unique_ref("ST")
         consumption = quotas_pb2.QuotaConsumption(
             header=header(message_id, GANSU, GATEWAY_SIGNER), binding_id=lot.binding_id,
             receiver=common_pb2.PersonRef(id_number=MOTHER[0], pooling_area=MOTHER[1]),

@@ -60,6 +60,7 @@ from tests.support import (
     start_stack,
     ts,
     unique_id,
+    unique_ref,
 )
 
 # What a hostile call may end with: each says what was wrong with it. Never UNKNOWN or INTERNAL.
@@ -362,12 +363,12 @@ SIGNED_RPCS = [
     SignedRpc("Quotas", "ConsumeQuota", quotas_pb2.ConsumeQuotaRequest, "consumption", GANSU,
               lambda h: quotas_pb2.QuotaConsumption(
                   header=_header(h, GANSU), binding_id=h.stack.binding_id, receiver=_person(MOTHER), amount_fen=1_000,
-                  kind=quotas_pb2.CONSUMPTION_KIND_MEDICAL, settlement_ref=unique_id("stl"),
+                  kind=quotas_pb2.CONSUMPTION_KIND_MEDICAL, settlement_ref=unique_ref("stl"),
                   care_pooling_area="620100", own_account_used_fen=0, own_account_balance_fen=1),
               "the receiver's own account still has money (a stored refusal)", "OWN_ACCOUNT_NOT_FIRST"),
     SignedRpc("Quotas", "ReverseConsumption", quotas_pb2.ReverseConsumptionRequest, "reversal", GANSU,
               lambda h: quotas_pb2.ConsumptionReversal(header=_header(h, GANSU), binding_id=h.stack.binding_id,
-                                                       settlement_ref=unique_id("absent"), amount_fen=1,
+                                                       settlement_ref=unique_ref("absent"), amount_fen=1,
                                                        reason="DRUG_RETURNED"),
               "no such consumption", "CONSUMPTION_NOT_FOUND"),
     SignedRpc("Quotas", "GetQuota", quotas_pb2.GetQuotaRequest, "query", XINJIANG,
