@@ -291,7 +291,7 @@ async def measure(endpoints: Endpoints, gateway_pid: int, *, rate: float, second
         await reads_task
         found |= await _close_under_traffic(traffic, operators, close_window, seconds)
         found["rss_mb_end"] = rss_mb(gateway_pid)
-        found["probe_failures"] = dict(operators.failures)
+        found["probe_failures"] = {kind: failed for kind, failed in operators.failures.items() if failed}
     finally:
         await traffic.close()
         await operators.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import date, datetime
 
 from gateway.domain import reasons
 from gateway.domain.clock import BEIJING
@@ -13,7 +13,7 @@ from gateway.domain.errors import FailedPrecondition
 from gateway.domain.money import validate_amount
 from gateway.domain.references import validate_reference
 from gateway.domain.settlement import CLEARING_PREFIX, SettlementPeriod, WindowSpan, window_containing
-from gateway.domain.transfers import PersonRef, validate_message_id, validate_pooling_area
+from gateway.domain.transfers import PersonRef, validate_message_id, validate_person, validate_pooling_area
 
 SETTLEMENT_REF_MAX = 64
 FREEZE_REF_MAX = 64
@@ -259,19 +259,19 @@ class Consumption:
         return "REVERSED" if self.reversed_fen >= self.drawn_fen else "PARTLY_REVERSED"
 
 
-def validate_grant(grant: QuotaGrant) -> None:
+def validate_grant(grant: QuotaGrant, today: date) -> None:
     validate_message_id(grant.header.message_id)
     validate_message_id(grant.binding_id, field="binding_id")
-    validate_pooling_area(grant.giver.pooling_area, grant.header.sender, "giver.pooling_area")
+    validate_person(grant.giver, grant.header.sender, "giver", today)
     validate_amount(grant.quota_fen, "quota_fen", zero_allowed=True)  # 0: lower it to what is consumed
     validate_reference(grant.freeze_ref, "freeze_ref", max_length=FREEZE_REF_MAX)
 
 
-def validate_consumption(consumption: QuotaConsumption) -> None:
+def validate_consumption(consumption: QuotaConsumption, today: date) -> None:
     """The fields alone; rules that depend on the binding and its quota are the use case's."""
     validate_message_id(consumption.header.message_id)
     validate_message_id(consumption.binding_id, field="binding_id")
-    validate_pooling_area(consumption.receiver.pooling_area, consumption.header.sender, "receiver.pooling_area")
+    validate_person(consumption.receiver, consumption.header.sender, "receiver", today)
     validate_pooling_area(consumption.care_pooling_area, consumption.header.sender, "care_pooling_area")
     validate_amount(consumption.amount_fen, "amount_fen")
     validate_reference(consumption.settlement_ref, "settlement_ref", max_length=SETTLEMENT_REF_MAX)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from gateway.domain import reasons
 from gateway.domain.bindings import Binding, BindingState, validate_reason
+from gateway.domain.clock import BEIJING
 from gateway.domain.envelope import Envelope
 from gateway.domain.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from gateway.domain.quota import (
@@ -110,7 +111,7 @@ def grant_quota(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
     now = ctx.clock.now()
     with ctx.uow() as uow:
         grant = authenticate(uow, envelope, decode, peer, now, ctx)
-        validate_grant(grant)
+        validate_grant(grant, today=now.astimezone(BEIJING).date())
         header = grant.header
         require_addressed_to_gateway(header, "a quota grant")
         binding = _party_binding(uow, grant.binding_id, header.sender)
@@ -177,7 +178,7 @@ def consume_quota(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
     now = ctx.clock.now()
     with ctx.uow() as uow:
         consumption = authenticate(uow, envelope, decode, peer, now, ctx)
-        validate_consumption(consumption)
+        validate_consumption(consumption, today=now.astimezone(BEIJING).date())
         header = consumption.header
         require_addressed_to_gateway(header, "a consumption")
         binding = _party_binding(uow, consumption.binding_id, header.sender)

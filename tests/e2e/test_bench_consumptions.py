@@ -77,7 +77,7 @@ def launched(tmp_path: Path) -> Iterator[BenchStack]:
 
 def test_the_consumption_phase_draws_every_bill_once_with_nothing_over_drawn_or_lost(launched: BenchStack) -> None:
     async def phase() -> dict[str, Any]:
-        binding_id = await bind_giver_and_receiver(launched)  # type: ignore[arg-type]  # the fields it reads
+        binding_id = await bind_giver_and_receiver(launched.stub_controls)
         session = Session(launched, Options(), Source(binding_id), Cpu())
         found = await consumptions.consumptions(session, "consumptions")  # type: ignore[arg-type]  # likewise
         assert session.cpu.phases == ["consumptions-steady", "consumptions-max"]
