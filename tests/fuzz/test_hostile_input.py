@@ -357,7 +357,7 @@ SIGNED_RPCS = [
               "no such window", "SETTLEMENT_WINDOW_NOT_FOUND"),
     SignedRpc("Quotas", "GrantQuota", quotas_pb2.GrantQuotaRequest, "grant", XINJIANG,
               lambda h: quotas_pb2.QuotaGrant(header=_header(h, XINJIANG), binding_id=h.stack.binding_id,
-                                              giver=_person(("650502198001011235", "650500")), quota_fen=100_000,
+                                              giver=_person(("650502198001011236", "650500")), quota_fen=100_000,
                                               freeze_ref="frz-1"),
               "the giver is not the binding's (a stored refusal)", "BINDING_MISMATCH"),
     SignedRpc("Quotas", "ConsumeQuota", quotas_pb2.ConsumeQuotaRequest, "consumption", GANSU,
