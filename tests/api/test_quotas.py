@@ -157,14 +157,14 @@ def test_only_the_bindings_provinces_call_and_each_its_own_side(stack: Stack) ->
     assert (wrong_side.code, wrong_side.reason) == (grpc.StatusCode.PERMISSION_DENIED, "NOT_RECEIVER_PROVINCE")
     stack.add_province(SHAANXI, "陕西")
     for call in (lambda: get_quota(stack, signer=SHAANXI),
-                 lambda: send_grant(stack, grant_message(stack, 1, sender=SHAANXI, giver=("610102199001011234",
+                 lambda: send_grant(stack, grant_message(stack, 1, sender=SHAANXI, giver=("610102199001011231",
                                                                                          "610100")),
                                     signer=SHAANXI)):
         seen = error_of(call)
         assert (seen.code, seen.reason) == (grpc.StatusCode.NOT_FOUND, "BINDING_NOT_FOUND")
     seen = error_of(lambda: get_quota(stack, binding_id="no-such-binding"))
     assert (seen.code, seen.reason) == (grpc.StatusCode.NOT_FOUND, "BINDING_NOT_FOUND")
-    mismatch = error_of(lambda: send_grant(stack, grant_message(stack, 20_000, giver=("650502198001011235",
+    mismatch = error_of(lambda: send_grant(stack, grant_message(stack, 20_000, giver=("650502198001011236",
                                                                                       "650500"))))
     assert (mismatch.code, mismatch.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "BINDING_MISMATCH")
 
