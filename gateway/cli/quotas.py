@@ -1,4 +1,4 @@
-"""`gongji quotas ...`: a binding's quota, its consumptions and the notices owed about it; the totals by province
+"""`gongji quotas ...`: a binding's quota, its consumptions and the newest notices about it; the totals by province
 pair (Q3-Q10). Read only: quotas change by the provinces' signed calls, and the clearing by `gongji settlement`."""
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def quotas_show(
     page_size: Annotated[int, typer.Option(min=1, max=200, help="Consumptions shown, newest first.")] = 20,
     page_token: Annotated[str, typer.Option(help="From a previous answer's 'more available' line.")] = "",
 ) -> None:
-    """A binding's quota: its figures and version, its consumptions newest first, the notices owed about it."""
+    """A binding's quota: its figures and version, its consumptions newest first, its newest notices."""
     with operations(ops) as stub:
         answer = stub.InspectQuota(operations_pb2.InspectQuotaRequest(binding_id=binding_id, page_size=page_size,
                                                                       page_token=page_token), timeout=TIMEOUT_S)

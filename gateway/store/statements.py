@@ -219,10 +219,12 @@ class Statements:
                            .returning(o.destination, o.message_id))
         self.mark_retry = p(update(outbox_t).where(and_(o.id == _b("w_id"), o.status == "PENDING"))
                             .values(next_attempt_at=_b("next_attempt_at"), last_error=_b("error")))
-        # Every message about one transfer or binding (ix_outbox_subject_id), for operators.
-        self.outbox_of_subject = p(select(o.destination, o.kind, o.state, o.reason, o.message_id, o.status,
+        # The newest messages of one kind about one transfer, binding or window, for operators: one range of
+        # ix_outbox_subject_kind_id read backwards, however many notices a binding's quota has had.
+        self.outbox_of_subject = p(select(o.id, o.destination, o.kind, o.state, o.reason, o.message_id, o.status,
                                           o.attempts, o.last_error, o.next_attempt_at, o.created_at, o.done_at)
-                                   .where(o.subject_id == _b("subject")).order_by(o.id))
+                                   .where(and_(o.subject_id == _b("subject"), o.kind == _b("kind")))
+                                   .order_by(o.id.desc()).limit(_b("limit")))
         self.expire_pending = p(update(outbox_t).where(and_(o.kind == _b("w_kind"), o.subject_id == _b("w_subject"),
                                                             o.status == "PENDING"))
                                 .values(status="EXPIRED", done_at=_b("at"), last_error=_b("error"))

@@ -21,13 +21,15 @@ from gateway.usecases.quotas import QuotaView, read_quota
 # The messages about a binding; a transfer's id may equal a binding's, and its messages are not this one's.
 BINDING_MESSAGES = (OutboxKind.REQUEST_CONSENT, OutboxKind.NOTIFY_BINDING_OUTCOME)
 QUOTA_MESSAGES = (OutboxKind.NOTIFY_QUOTA, OutboxKind.NOTIFY_CONSUMPTION)
+# A quota has two notices per draw and grows without bound; an inspection shows the newest ones.
+NEWEST_NOTICES = 50
 
 
 @dataclass(frozen=True, slots=True)
 class QuotaInspection:
     binding: Binding
     quota: QuotaView
-    messages: tuple[OutboxRecord, ...]  # the notices about its quota, oldest first
+    messages: tuple[OutboxRecord, ...]  # the newest notices about its quota, oldest first
 
 
 def list_bindings(ctx: UseCaseContext, province: str, states: Sequence[BindingState], page_token: str,
@@ -53,19 +55,20 @@ def inspect_binding(ctx: UseCaseContext, binding_id: str) -> BindingInspection:
     validate_message_id(binding_id, field="binding_id")
     with ctx.uow() as uow:
         binding = uow.bindings.get(binding_id)
-        messages = uow.outbox.of_subject(binding_id) if binding is not None else []
+        messages = uow.outbox.of_subject(binding_id, BINDING_MESSAGES, NEWEST_NOTICES) if binding is not None else []
     if binding is None:
         raise binding_not_found()
-    return BindingInspection(binding, tuple(m for m in messages if m.content.kind in BINDING_MESSAGES))
+    return BindingInspection(binding, tuple(messages))
 
 
 def inspect_quota(ctx: UseCaseContext, binding_id: str, page_size: int, page_token: str) -> QuotaInspection:
-    """One binding's quota (masked ID numbers only): its figures, a page of its consumptions, the notices owed."""
+    """One binding's quota (masked ID numbers only): its figures, a page of its consumptions, the newest
+    notices about it."""
     validate_message_id(binding_id, field="binding_id")
     with ctx.uow() as uow:
         binding = uow.bindings.get(binding_id)
         if binding is None:
             raise binding_not_found()
         view = read_quota(uow, binding_id, page_size, page_token)
-        messages = uow.outbox.of_subject(binding_id)
-    return QuotaInspection(binding, view, tuple(m for m in messages if m.content.kind in QUOTA_MESSAGES))
+        messages = uow.outbox.of_subject(binding_id, QUOTA_MESSAGES, NEWEST_NOTICES)
+    return QuotaInspection(binding, view, tuple(messages))

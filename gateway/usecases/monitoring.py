@@ -57,6 +57,8 @@ def token_position(token: str) -> tuple[datetime, str]:
 
 # The messages about a transfer; a binding's id may equal a transfer's, and its messages are not this one's.
 TRANSFER_MESSAGES = (OutboxKind.DELIVER_TRANSFER, OutboxKind.NOTIFY_TRANSFER_OUTCOME)
+# One delivery and an outcome notice to each province: three; the bound is room to spare, not a page.
+TRANSFER_MESSAGES_AT_MOST = 8
 
 
 def pending_end(transfer: Transfer) -> PendingEnd | None:
@@ -75,11 +77,11 @@ def inspect_transfer(ctx: UseCaseContext, transfer_id: str) -> TransferInspectio
     validate_message_id(transfer_id, field="transfer_id")
     with ctx.uow() as uow:
         transfer = uow.transfers.get(transfer_id, with_history=True)
-        messages = uow.outbox.of_subject(transfer_id) if transfer is not None else []
+        messages = (uow.outbox.of_subject(transfer_id, TRANSFER_MESSAGES, TRANSFER_MESSAGES_AT_MOST)
+                    if transfer is not None else [])
     if transfer is None:
         raise NotFound("no such transfer", reason=reasons.TRANSFER_NOT_FOUND, field="transfer_id")
-    return TransferInspection(transfer, tuple(m for m in messages if m.content.kind in TRANSFER_MESSAGES),
-                              pending_end(transfer))
+    return TransferInspection(transfer, tuple(messages), pending_end(transfer))
 
 
 def list_transfers(ctx: UseCaseContext, where: TransferFilter, page_token: str, page_size: int,

@@ -124,8 +124,9 @@ class OutboxRepository(Protocol):
     def mark_done(self, message_id: int, at: datetime) -> None: ...
     def mark_retry(self, message_id: int, next_attempt_at: datetime, error: str) -> None: ...
     def expire_pending(self, kind: OutboxKind, subject_id: str, at: datetime, error: str) -> None: ...
-    def of_subject(self, subject_id: str) -> list[OutboxRecord]:
-        """Every message about one transfer, binding or window, oldest first, whatever its status."""
+    def of_subject(self, subject_id: str, kinds: Sequence[OutboxKind], newest: int) -> list[OutboxRecord]:
+        """The newest `newest` messages of these kinds about one transfer, binding or window, oldest first,
+        whatever their status; the cost does not grow with the subject's history."""
 
 
 class BindingRepository(Protocol):

@@ -11,6 +11,7 @@ import pytest
 
 from gateway.domain.bindings import BindingState
 from gateway.domain.monitoring import TransferFilter
+from gateway.domain.outbox import OutboxKind
 from gateway.domain.transfers import TransferState
 from gateway.security.encryption import FieldCipher
 from gateway.store.engine import make_engine
@@ -71,10 +72,12 @@ def test_a_page_within_a_time_range_seeks_to_it(sqlite_store: SqlStore) -> None:
     assert all("created_at>? AND created_at<?" in plan for plan in found), found
 
 
-def test_the_messages_about_one_transfer_are_one_index_range(sqlite_store: SqlStore) -> None:
-    found = plans(sqlite_store, lambda uow: uow.outbox.of_subject("tr-0042"))
-    assert_index_ranges(found, "ix_outbox_subject_id")
-    assert all(plan.startswith("SEARCH outbox") for plan in found), found
+def test_the_messages_about_one_subject_are_one_index_range_per_kind(sqlite_store: SqlStore) -> None:
+    kinds = (OutboxKind.NOTIFY_QUOTA, OutboxKind.NOTIFY_CONSUMPTION)
+    found = plans(sqlite_store, lambda uow: uow.outbox.of_subject("b-0042", kinds, 50))
+    assert len(found) == len(kinds)
+    assert_index_ranges(found, "ix_outbox_subject_kind_id")
+    assert all(plan.startswith("SEARCH outbox") and "subject_id=? AND kind=?" in plan for plan in found), found
 
 
 @pytest.mark.parametrize("province", ["", "620000"])

@@ -19,8 +19,11 @@ from gateway.domain.envelope import Envelope
 from gateway.domain.outbox import (
     DeliverTransfer,
     NotifyBindingOutcome,
+    NotifyConsumption,
+    NotifyQuota,
     NotifySettlement,
     NotifyTransferOutcome,
+    OutboxKind,
     RequestConsent,
 )
 from gateway.domain.provinces import Policy, Province, ProvinceKey, ProvinceStatus
@@ -605,6 +608,26 @@ def test_expire_pending_ends_only_the_matching_pending_messages(engine: Engine, 
     with SqlUnitOfWork(store) as uow:
         due = {m.message_id for m in uow.outbox.claim_due(expired_at, 10, expired_at)}
     assert due == {f"notify-{subject}", f"deliver-{other}"}
+
+
+def test_a_subjects_messages_are_the_newest_of_the_kinds_asked_for_oldest_first(store: SqlStore) -> None:
+    """A quota's notices grow with every draw: an inspection reads the newest few of its kinds, never the rest."""
+    subject = uid("b")
+    with SqlUnitOfWork(store) as uow:
+        uow.outbox.enqueue("620000", RequestConsent(), f"consent-{subject}", subject, T0)
+        for n in range(30):
+            uow.outbox.enqueue("620000", NotifyQuota(2 * n), f"q{n:02}-{subject}", subject, T0)
+            uow.outbox.enqueue("650000", NotifyConsumption(2 * n + 1), f"c{n:02}-{subject}", subject, T0)
+        uow.outbox.enqueue("620000", NotifyQuota(0), f"q-{uid('b')}", uid("b"), T0)  # another subject
+        uow.commit()
+    with SqlUnitOfWork(store) as uow:
+        newest = uow.outbox.of_subject(subject, (OutboxKind.NOTIFY_QUOTA, OutboxKind.NOTIFY_CONSUMPTION), 7)
+        consent = uow.outbox.of_subject(subject, (OutboxKind.REQUEST_CONSENT, OutboxKind.NOTIFY_BINDING_OUTCOME), 7)
+    assert [m.message_id for m in newest] == [f"{k}{n}-{subject}" for n, k in
+                                              [(26, "c"), (27, "q"), (27, "c"), (28, "q"), (28, "c"), (29, "q"),
+                                               (29, "c")]]
+    assert [m.content for m in newest][-2:] == [NotifyQuota(58), NotifyConsumption(59)]
+    assert [m.message_id for m in consent] == [f"consent-{subject}"]
 
 
 # -- concurrency -------------------------------------------------------------------------------------

@@ -107,9 +107,13 @@ class SqlOutboxRepository:
                                                         w_subject=subject_id, at=at, error=error[:128]):
             self._totals.outbox_moved(destination, message_id, pending=-1)
 
-    def of_subject(self, subject_id: str) -> list[OutboxRecord]:
-        """Every message about one transfer, binding or window, oldest first, whatever its status."""
+    def of_subject(self, subject_id: str, kinds: Sequence[OutboxKind], newest: int) -> list[OutboxRecord]:
+        """The newest `newest` messages of these kinds about one transfer, binding or window, oldest first,
+        whatever their status: one index range per kind."""
+        rows = sorted((row for kind in dict.fromkeys(kinds)
+                       for row in self._cursor.all(self._s.outbox_of_subject, subject=subject_id, kind=kind.value,
+                                                   limit=newest)), key=lambda row: row[0])[-newest:]
         return [OutboxRecord(destination, _content(kind, state, reason), message_id, OutboxStatus(status), attempts,
                              last_error, next_attempt_at, created_at, done_at)
-                for destination, kind, state, reason, message_id, status, attempts, last_error, next_attempt_at,
-                created_at, done_at in self._cursor.all(self._s.outbox_of_subject, subject=subject_id)]
+                for _, destination, kind, state, reason, message_id, status, attempts, last_error, next_attempt_at,
+                created_at, done_at in rows]

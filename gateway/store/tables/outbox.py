@@ -37,6 +37,7 @@ class OutboxRow(Base):
         Index("ix_outbox_status_next_attempt", "status", "next_attempt_at"),
         # The oldest message not yet delivered, read by operators without scanning the backlog.
         Index("ix_outbox_status_created_at", "status", "created_at"),
-        # The messages about one transfer or binding (operators' inspections, expiring a delivery).
-        Index("ix_outbox_subject_id", "subject_id"),
+        # The messages of one kind about one transfer, binding or window, newest first (operators' inspections,
+        # expiring a delivery): a range however long the subject's history.
+        Index("ix_outbox_subject_kind_id", "subject_id", "kind", "id"),
     )

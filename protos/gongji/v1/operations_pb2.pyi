@@ -1567,7 +1567,7 @@ class InspectQuotaResponse(_message.Message):
 
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutboxMessageView]:
-        """The notices owed about it (NotifyQuota, NotifyConsumption), oldest first, with their attempts."""
+        """The newest 50 notices about it (NotifyQuota, NotifyConsumption), oldest first, with their attempts."""
 
     def __init__(
         self,
