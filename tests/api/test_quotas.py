@@ -128,6 +128,10 @@ def test_each_refusal_of_a_consumption_is_stored_and_replayed(stack: Stack) -> N
     refused_and_replayed(stack, attempt(consumption_message(stack, 10_001, allow_partial=True)), precondition,
                          "CONSUMPTION_OVER_MAXIMUM")
     assert consume(stack, 10_000).drawn_fen == 10_000
+    # ... the receiver's province's when it is the lower one.
+    stack.operations.UpdateProvince(operations_pb2.UpdateProvinceRequest(
+        code=GANSU, policy=operations_pb2.ProvincePolicy(max_consumption_fen=5_000)), timeout=5)
+    refused_and_replayed(stack, attempt(consumption_message(stack, 5_001)), precondition, "CONSUMPTION_OVER_MAXIMUM")
     # Q1: the receiver's province on transfers only.
     transfers_only = operations_pb2.ProvincePolicy(mutual_aid_mode=operations_pb2.MUTUAL_AID_MODE_TRANSFER,
                                                    blackout_start_minute=0, blackout_end_minute=0)
