@@ -1,6 +1,7 @@
 """The quota regime's monthly clearing (Q10) through the settlement windows' flow (D16-D18): real gateway, real stub
-provinces, SQLite and PostgreSQL. A clearing month "QYYYY-MM" is closed by the operator, its figures (one line per
-ordered pair, from the month's running totals) signed and sent, acknowledged by the stubs, paid, SETTLED."""
+provinces, SQLite and PostgreSQL. A clearing month "QYYYY-MM" is closed on schedule or by the operator, its figures
+(one line per ordered pair, from the month's running totals) signed and sent, acknowledged by the stubs, paid,
+SETTLED."""
 
 from __future__ import annotations
 
@@ -127,6 +128,20 @@ def test_hami_month_closed_acknowledged_paid_and_late_reversal_in_the_next_month
     unknown = W.ListSettlementWindowsRequest(kind=W.SettlementWindowKind.ValueType(7))
     seen = error_of(lambda: stack.operations.ListSettlementWindows(unknown, timeout=5))
     assert (seen.code, seen.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_WINDOW_KIND")
+
+
+def test_a_month_closes_on_schedule_after_its_end_and_the_close_delay(stack: Stack) -> None:
+    grant(stack, 40_000)
+    consume(stack, 6_000)
+    month = clearing_span(stack.clock.now())
+    # Just past the month's end (Beijing), within the close delay (10 minutes by default): still open.
+    stack.clock.advance((month.closes_at - stack.clock.now()).total_seconds() + 60)
+    stack.wait_for_sweeps()  # the scheduled close runs in the sweep: it has seen this time, and left it open
+    assert window(stack, month.window_id).state == S.SETTLEMENT_WINDOW_STATE_OPEN
+    stack.clock.advance(10 * 60)
+    closed = wait_window_state(stack, month.window_id, S.SETTLEMENT_WINDOW_STATE_CLOSED)
+    assert line(closed) == [(XINJIANG, GANSU, 6_000, 0, 6_000, 1, 0)]
+    assert consume(stack, 1_000).clearing_window_id == next_clearing_span(month).window_id
 
 
 def test_a_month_netting_to_zero_is_settled_by_the_acknowledgements_alone(stack: Stack) -> None:

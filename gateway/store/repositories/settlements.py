@@ -164,10 +164,9 @@ class SqlSettlementRepository:
 
     def due_for_close(self, closes_before: datetime, limit: int) -> list[str]:
         w = windows_t.c
-        # The transfers' windows only: a clearing month ("Q2026-03", Q10) is closed by an operator, once it has begun.
+        # The transfers' windows and the clearing months ("Q2026-03", Q10) alike: each ends on its own calendar.
         statement = self._prepared(select(w.window_id).where(and_(w.state == WindowState.OPEN.value,
-                                                                  w.closes_at <= closes_before,
-                                                                  w.window_id.not_like(CLEARING_PREFIX + "%")))
+                                                                  w.closes_at <= closes_before))
                                    .order_by(w.closes_at).limit(limit))
         return [row[0] for row in self._cursor.all(statement)]
 
