@@ -74,11 +74,15 @@ def bind_after_restart(deployment: Deployment, timeout_s: float = 30.0) -> str:
 
 
 @pytest.mark.timeout(480)
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_kill_nine_under_quota_load_loses_and_doubles_nothing(tmp_path: Path, closing: contextlib.ExitStack,
-                                                              seed: int) -> None:
+                                                              seed: int, database: str,
+                                                              request: pytest.FixtureRequest) -> None:
     choose = random.Random(seed)
     started = time.monotonic()
-    deployment = Deployment.allocate(tmp_path, f"sqlite:///{tmp_path / 'gongji.db'}")
+    db_url = (f"sqlite:///{tmp_path / 'gongji.db'}" if database == "sqlite"
+              else request.getfixturevalue("postgres_url"))
+    deployment = Deployment.allocate(tmp_path, db_url)
     closing.callback(deployment.close)
     bindings = [start_deployment(deployment)] + [deployment.bind() for _ in range(BINDINGS - 1)]
     giver_account(deployment.control(XINJIANG))
@@ -125,7 +129,7 @@ def test_kill_nine_under_quota_load_loses_and_doubles_nothing(tmp_path: Path, cl
     lost, doubled, broken = sum(result.lost.values()), sum(result.doubled.values()), sum(result.broken.values())
 
     summary = (
-        f"quota crash test: cycles={CYCLES} kills_with_calls_in_flight={kills_with_calls_in_flight} "
+        f"quota crash test ({database}): cycles={CYCLES} kills_with_calls_in_flight={kills_with_calls_in_flight} "
         f"grants={result.acknowledged[GRANT]} consumptions={result.acknowledged[CONSUME]} "
         f"reversals={result.acknowledged[REVERSE]} releases={result.acknowledged[DISSOLVE]} lost={lost} "
         f"doubled={doubled} broken={broken} redelivered={result.redelivered} "
