@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from sqlalchemy import BigInteger, Engine, and_, bindparam, cast, func, select, text, update
@@ -64,6 +65,7 @@ class Statements:
             return Prepared(statement, dialect)
 
         t, o, r = transfers_t.c, outbox_t.c, requests_t.c
+        self._once: dict[Hashable, Prepared] = {}
         self.totals = TotalStatements(dialect, insert)
         self.quotas = QuotaStatements(dialect, insert)
         self.routing_version = p(select(routing_version_t.c.version).where(routing_version_t.c.id == 1))
@@ -229,6 +231,15 @@ class Statements:
                                                             o.status == "PENDING"))
                                 .values(status="EXPIRED", done_at=_b("at"), last_error=_b("error"))
                                 .returning(o.destination, o.message_id))
+
+    def once(self, key: Hashable, build: Callable[[], ClauseElement]) -> Prepared:
+        """The statement `build` makes, compiled the first time `key` is asked for and kept for the engine's life:
+        for statements whose shape is known only where they run (values as bound parameters, never in `key`'s
+        statement)."""
+        found = self._once.get(key)
+        if found is None:  # two threads may both compile it: the same statement, either one kept
+            found = self._once[key] = Prepared(build(), self._dialect)
+        return found
 
     @functools.lru_cache(maxsize=8)  # noqa: B019 -- one Statements per engine, kept for the engine's life
     def binding_page(self, side: str, after: bool) -> Prepared:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
 
@@ -36,7 +36,8 @@ class SqlSettlementRepository:
         self._cursor, self._s, self._dialect, self._audit, self._totals = cursor, statements, dialect, audit, totals
 
     def _prepared(self, statement: ClauseElement) -> Prepared:
-        # Settlement statements run a few times a day: compiled per call, run like every other statement.
+        # A close, an acknowledgement, a payment: a few times a day, compiled per call. Reads that operators and
+        # provinces repeat (the dashboard every 2 s) are compiled once (Statements.once).
         return Prepared(statement, self._dialect)
 
     def _ensure(self, span: WindowSpan, at: datetime) -> None:
@@ -123,26 +124,29 @@ class SqlSettlementRepository:
 
     def get(self, window_id: str) -> SettlementWindow | None:
         w, pr, st = windows_t.c, pairs_t.c, statements_t.c
-        row = self._cursor.first(self._prepared(
-            select(w.window_id, w.state, w.opens_at, w.closes_at, w.closed_at).where(w.window_id == window_id)))
+        row = self._cursor.first(self._s.once("window", lambda: select(
+            w.window_id, w.state, w.opens_at, w.closes_at, w.closed_at).where(w.window_id == bindparam("window_id"))),
+                                 window_id=window_id)
         if row is None:
             return None
         clearing = row[0].startswith(CLEARING_PREFIX)
         pairs, lines, payments = [], [], []
-        for fr, to, gross, count, reversed_, reversals, bank, serial, paid_on in self._cursor.all(self._prepared(
-                select(pr.from_province, pr.to_province, pr.gross_fen, pr.transfer_count, pr.reversed_fen,
-                       pr.reversal_count, pr.bank, pr.serial_number, pr.paid_on)
-                .where(pr.window_id == window_id).order_by(pr.from_province, pr.to_province))):
+        for fr, to, gross, count, reversed_, reversals, bank, serial, paid_on in self._cursor.all(self._s.once(
+                "window_pairs", lambda: select(pr.from_province, pr.to_province, pr.gross_fen, pr.transfer_count,
+                                               pr.reversed_fen, pr.reversal_count, pr.bank, pr.serial_number,
+                                               pr.paid_on)
+                .where(pr.window_id == bindparam("window_id")).order_by(pr.from_province, pr.to_province)),
+                window_id=window_id):
             if clearing:
                 lines.append(ClearingLine(fr, to, int(gross), int(reversed_), int(count), int(reversals)))
             else:
                 pairs.append(PairFigure(fr, to, int(gross), int(count)))
             if paid_on is not None:
                 payments.append(Payment(fr, to, bank, serial, paid_on))
-        acks = tuple(Acknowledgement(province, at) for province, at in self._cursor.all(self._prepared(
-            select(st.province, st.acknowledged_at).where(and_(st.window_id == window_id,
-                                                                st.acknowledged_at.is_not(None)))
-            .order_by(st.province))))
+        acks = tuple(Acknowledgement(province, at) for province, at in self._cursor.all(self._s.once(
+            "window_acknowledgements", lambda: select(st.province, st.acknowledged_at)
+            .where(and_(st.window_id == bindparam("window_id"), st.acknowledged_at.is_not(None)))
+            .order_by(st.province)), window_id=window_id))
         return SettlementWindow(row[0], WindowState(row[1]), row[2], row[3], row[4], tuple(pairs), acks,
                                 tuple(payments), tuple(lines))
 
@@ -150,32 +154,42 @@ class SqlSettlementRepository:
                      clearing: bool | None = None) -> list[SettlementWindow]:
         """Windows newest first (by window id: clearing months, "Q...", sort after every transfers' window),
         `before` excluded; `clearing`: only clearing months (True), only the transfers' windows (False)."""
-        w = windows_t.c
-        query = select(w.window_id)
-        if clearing is not None:
-            months = w.window_id.like(CLEARING_PREFIX + "%")
-            query = query.where(months if clearing else ~months)
-        if states:
-            query = query.where(or_(*(w.state == state.value for state in states)))
+        states = tuple(dict.fromkeys(states))
+
+        def build() -> ClauseElement:
+            w = windows_t.c
+            query = select(w.window_id)
+            if clearing is not None:
+                months = w.window_id.like(CLEARING_PREFIX + "%")
+                query = query.where(months if clearing else ~months)
+            if states:
+                query = query.where(or_(*(w.state == bindparam(f"state_{n}") for n in range(len(states)))))
+            if before is not None:
+                query = query.where(w.window_id < bindparam("before"))
+            return query.order_by(w.window_id.desc()).limit(bindparam("limit"))
+
+        values: dict[str, Any] = {f"state_{n}": state.value for n, state in enumerate(states)}
         if before is not None:
-            query = query.where(w.window_id < before)
-        ids = [r[0] for r in self._cursor.all(self._prepared(query.order_by(w.window_id.desc()).limit(limit)))]
+            values["before"] = before
+        statement = self._s.once(("windows_newest_first", clearing, len(states), before is not None), build)
+        ids = [r[0] for r in self._cursor.all(statement, limit=limit, **values)]
         return [window for window_id in ids if (window := self.get(window_id)) is not None]
 
     def due_for_close(self, closes_before: datetime, limit: int) -> list[str]:
         w = windows_t.c
         # The transfers' windows and the clearing months ("Q2026-03", Q10) alike: each ends on its own calendar.
-        statement = self._prepared(select(w.window_id).where(and_(w.state == WindowState.OPEN.value,
-                                                                  w.closes_at <= closes_before))
-                                   .order_by(w.closes_at).limit(limit))
-        return [row[0] for row in self._cursor.all(statement)]
+        statement = self._s.once("windows_due_for_close", lambda: select(w.window_id).where(
+            and_(w.state == WindowState.OPEN.value, w.closes_at <= bindparam("closes_before")))
+                                 .order_by(w.closes_at).limit(bindparam("limit")))
+        return [row[0] for row in self._cursor.all(statement, closes_before=closes_before, limit=limit)]
 
     def statement(self, window_id: str, province: str, payload_type: str) -> tuple[Envelope, bytes] | None:
         """The gateway-signed figures sent to `province` (of the type the caller stored them as), with their digest."""
         st = statements_t.c
-        row = self._cursor.first(self._prepared(
-            select(st.figures_payload, st.figures_key_id, st.figures_alg, st.figures_signature, st.figures_sha256)
-            .where(and_(st.window_id == window_id, st.province == province))))
+        row = self._cursor.first(self._s.once("window_statement", lambda: select(
+            st.figures_payload, st.figures_key_id, st.figures_alg, st.figures_signature, st.figures_sha256)
+            .where(and_(st.window_id == bindparam("window_id"), st.province == bindparam("province")))),
+            window_id=window_id, province=province)
         if row is None:
             return None
         payload, key_id, alg, signature, digest = row
@@ -184,9 +198,9 @@ class SqlSettlementRepository:
     def latest_statement_window(self, province: str) -> str | None:
         st = statements_t.c
         # The transfers' windows only: a clearing month ("Q...") is asked for by its id.
-        row = self._cursor.first(self._prepared(select(st.window_id).where(and_(
-            st.province == province, st.window_id.not_like(CLEARING_PREFIX + "%")))
-                                                .order_by(st.window_id.desc()).limit(1)))
+        row = self._cursor.first(self._s.once("latest_statement_window", lambda: select(st.window_id).where(and_(
+            st.province == bindparam("province"), st.window_id.not_like(CLEARING_PREFIX + "%")))
+                                              .order_by(st.window_id.desc()).limit(1)), province=province)
         return None if row is None else str(row[0])
 
     def acknowledge(self, window_id: str, province: str, at: datetime, message_id: str, envelope: Envelope) -> bool:
@@ -204,8 +218,10 @@ class SqlSettlementRepository:
 
     def unacknowledged(self, window_id: str) -> int:
         st = statements_t.c
-        row = self._cursor.first(self._prepared(select(func.count()).select_from(statements_t).where(
-            and_(st.window_id == window_id, st.acknowledged_at.is_(None)))))
+        row = self._cursor.first(self._s.once("window_unacknowledged", lambda: select(func.count())
+                                              .select_from(statements_t).where(and_(
+                                                  st.window_id == bindparam("window_id"),
+                                                  st.acknowledged_at.is_(None)))), window_id=window_id)
         return int(row[0]) if row else 0
 
     def record_payment(self, window_id: str, payment: Payment, at: datetime) -> None:
@@ -219,10 +235,13 @@ class SqlSettlementRepository:
                            f"serial={payment.serial_number} date={payment.paid_on.isoformat()}")
 
     def counts_by_state(self, clearing: bool | None = None) -> dict[WindowState, int]:
-        w = windows_t.c
-        query = select(w.state, func.count())
-        if clearing is not None:
-            months = w.window_id.like(CLEARING_PREFIX + "%")
-            query = query.where(months if clearing else ~months)
-        rows = self._cursor.all(self._prepared(query.group_by(w.state)))
+        def build() -> ClauseElement:
+            w = windows_t.c
+            query = select(w.state, func.count())
+            if clearing is not None:
+                months = w.window_id.like(CLEARING_PREFIX + "%")
+                query = query.where(months if clearing else ~months)
+            return query.group_by(w.state)
+
+        rows = self._cursor.all(self._s.once(("window_counts", clearing), build))
         return {WindowState(state): int(count) for state, count in rows}
