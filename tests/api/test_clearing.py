@@ -20,10 +20,11 @@ from tests.api.test_settlement import (
     gateway_signed,
     get_settlement,
     pay,
+    wait_closed,
     wait_window_state,
     window,
 )
-from tests.support import GANSU, XINJIANG, Stack, error_of, wait_until
+from tests.support import GANSU, XINJIANG, Stack, error_of
 
 W = operations_pb2
 S = settlements_pb2
@@ -139,10 +140,7 @@ def test_a_month_closes_on_schedule_after_its_end_and_the_close_delay(stack: Sta
     stack.wait_for_sweeps()  # the scheduled close runs in the sweep: it has seen this time, and left it open
     assert window(stack, month.window_id).state == S.SETTLEMENT_WINDOW_STATE_OPEN
     stack.clock.advance(10 * 60)
-    # Closed, and perhaps acknowledged by both stubs already (they read the same clock): CLOSED may not be seen.
-    closed = wait_until(lambda: (w := window(stack, month.window_id)).state in (
-        S.SETTLEMENT_WINDOW_STATE_CLOSED, S.SETTLEMENT_WINDOW_STATE_ACKNOWLEDGED) and w,
-                        what=f"{month.window_id} closed on schedule")
+    closed = wait_closed(stack, month.window_id)
     assert line(closed) == [(XINJIANG, GANSU, 6_000, 0, 6_000, 1, 0)]
     assert consume(stack, 1_000).clearing_window_id == next_clearing_span(month).window_id
 
