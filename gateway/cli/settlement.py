@@ -51,6 +51,7 @@ def _payment_of(window: Window, from_province: str, to_province: str) -> operati
 
 
 def _is_clearing(window: Window) -> bool:
+    # A client of the contract, not of the gateway's domain: a clearing month's id is "QYYYY-MM" (operations.proto).
     return window.window_id.startswith("Q")
 
 
@@ -66,19 +67,20 @@ def _acknowledged(window: Window) -> str:
 def _print_window(w: Window) -> None:
     """A window: when, its state, who agreed, the gross figure per pair and each province's net position."""
     closed = w.state != settlements_pb2.SETTLEMENT_WINDOW_STATE_OPEN
+    clearing = _is_clearing(w)
     console.print(Panel(field_grid([
         ("state", _window_state(w.state)),
         ("period (Beijing)", f"{beijing_time(w, 'opens_at')} – {beijing_time(w, 'closes_at')}"),
         ("closed (Beijing)", beijing_time(w, "closed_at")),
         ("acknowledged", f"{_acknowledged(w)} provinces" if closed else NONE),
         ("paid", f"{len(w.payments)}/{_payable(w)} pairs" if closed else NONE),
-    ]), title=f"{'clearing month' if _is_clearing(w) else 'settlement window'} {shown(w.window_id)}", expand=False))
+    ]), title=f"{'clearing month' if clearing else 'settlement window'} {shown(w.window_id)}", expand=False))
     if not closed:
         console.print("open: the figures are frozen when the window is closed")
         return
     if w.lines:
         _print_lines(w)
-    elif _is_clearing(w):
+    elif clearing:
         console.print("no consumptions or reversals in this month: nothing to acknowledge or pay")
         return
     elif not w.pairs:
@@ -129,10 +131,10 @@ def settlement_close(
 ) -> None:
     """Freeze a window's figures and send each province its part to acknowledge (closing twice changes nothing).
 
-    A window that has not started is refused, and so is one with nothing committed unless --force. Windows
-    are also closed on schedule, a delay after they end (GONGJI_SETTLEMENT_CLOSE_DELAY_SECONDS); a clearing month
-    (QYYYY-MM) only by this command, once it has begun: its consumptions and reversals recorded later go to the
-    next month.
+    A window that has not started is refused, and so is one with nothing committed unless --force. Windows and
+    clearing months (QYYYY-MM) are also closed on schedule, a delay after they end
+    (GONGJI_SETTLEMENT_CLOSE_DELAY_SECONDS); a clearing month closed early sends the consumptions and reversals
+    recorded later to the next month.
     """
     if bool(window_id) == current:
         fail("name the window to close: a window id (YYYY-MM-DD or YYYY-MM) or --current, not both; a clearing "
@@ -268,31 +270,26 @@ CLEARING_CSV_COLUMNS = ("window_id", "state", "from_province", "to_province", "c
                         "paid_serial_number", "paid_date")
 
 
-def write_clearing_csv(window: Window, out: IO[str]) -> None:
-    writer = csv.writer(out)
-    writer.writerow(CLEARING_CSV_COLUMNS)
-    for line in window.lines:
-        paid = _payment_of(window, line.from_province, line.to_province)
-        text = [csv_text(value) for value in (window.window_id, _window_state(window.state), line.from_province,
-                                              line.to_province)]
-        payment = [csv_text(value) for value in (paid.bank, paid.serial_number, paid.date)] if paid else ["", "", ""]
-        writer.writerow([*text, line.consumed_fen, line.reversed_fen, line.net_fen, plain_yuan(line.net_fen),
-                         line.consumption_count, line.reversal_count, *payment])
+def _csv_row(window: Window, from_province: str, to_province: str, figures: list[int | str]) -> list[object]:
+    """One pair's row: its text cells neutralised, its numbers written as they are (to stay numbers), its payment."""
+    paid = _payment_of(window, from_province, to_province)
+    text = [csv_text(value) for value in (window.window_id, _window_state(window.state), from_province, to_province)]
+    payment = [csv_text(value) for value in (paid.bank, paid.serial_number, paid.date)] if paid else ["", "", ""]
+    return [*text, *figures, *payment]
 
 
 def write_csv(window: Window, out: IO[str]) -> None:
-    if _is_clearing(window):
-        write_clearing_csv(window, out)
-        return
     writer = csv.writer(out)
-    writer.writerow(CSV_COLUMNS)
-    for pair in window.pairs:
-        paid = _payment_of(window, pair.from_province, pair.to_province)
-        text = [csv_text(value) for value in (window.window_id, _window_state(window.state), pair.from_province,
-                                              pair.to_province)]
-        payment = [csv_text(value) for value in (paid.bank, paid.serial_number, paid.date)] if paid else ["", "", ""]
-        # The numbers (gross amounts are positive) are written as they are, to stay numbers.
-        writer.writerow([*text, pair.gross_fen, plain_yuan(pair.gross_fen), pair.transfer_count, *payment])
+    if _is_clearing(window):
+        writer.writerow(CLEARING_CSV_COLUMNS)
+        writer.writerows(_csv_row(window, line.from_province, line.to_province,
+                                  [line.consumed_fen, line.reversed_fen, line.net_fen, plain_yuan(line.net_fen),
+                                   line.consumption_count, line.reversal_count]) for line in window.lines)
+    else:
+        writer.writerow(CSV_COLUMNS)
+        writer.writerows(_csv_row(window, pair.from_province, pair.to_province,
+                                  [pair.gross_fen, plain_yuan(pair.gross_fen), pair.transfer_count])
+                         for pair in window.pairs)
 
 
 EXPORT_HELP = (
