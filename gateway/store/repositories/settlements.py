@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import Select, and_, bindparam, func, or_, select, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
 
@@ -20,12 +20,21 @@ from gateway.domain.settlement import (
     SettlementWindow,
     WindowSpan,
     WindowState,
+    is_clearing_window,
 )
 from gateway.store.prepared import Cursor, Prepared
 from gateway.store.repositories.audit import SqlAuditLog
 from gateway.store.repositories.totals import SqlTotals
 from gateway.store.statements import Statements
 from gateway.store.tables import clearing_totals_t, pairs_t, statements_t, windows_t
+
+
+def _of_kind(query: Select[Any], clearing: bool | None) -> Select[Any]:
+    """Clearing months only (True), the transfers' windows only (False), or both (None)."""
+    if clearing is None:
+        return query
+    months = windows_t.c.window_id.like(CLEARING_PREFIX + "%")
+    return query.where(months if clearing else ~months)
 
 
 class SqlSettlementRepository:
@@ -129,7 +138,7 @@ class SqlSettlementRepository:
                                  window_id=window_id)
         if row is None:
             return None
-        clearing = row[0].startswith(CLEARING_PREFIX)
+        clearing = is_clearing_window(row[0])
         pairs, lines, payments = [], [], []
         for fr, to, gross, count, reversed_, reversals, bank, serial, paid_on in self._cursor.all(self._s.once(
                 "window_pairs", lambda: select(pr.from_province, pr.to_province, pr.gross_fen, pr.transfer_count,
@@ -158,10 +167,7 @@ class SqlSettlementRepository:
 
         def build() -> ClauseElement:
             w = windows_t.c
-            query = select(w.window_id)
-            if clearing is not None:
-                months = w.window_id.like(CLEARING_PREFIX + "%")
-                query = query.where(months if clearing else ~months)
+            query = _of_kind(select(w.window_id), clearing)
             if states:
                 query = query.where(or_(*(w.state == bindparam(f"state_{n}") for n in range(len(states)))))
             if before is not None:
@@ -235,13 +241,8 @@ class SqlSettlementRepository:
                            f"serial={payment.serial_number} date={payment.paid_on.isoformat()}")
 
     def counts_by_state(self, clearing: bool | None = None) -> dict[WindowState, int]:
-        def build() -> ClauseElement:
-            w = windows_t.c
-            query = select(w.state, func.count())
-            if clearing is not None:
-                months = w.window_id.like(CLEARING_PREFIX + "%")
-                query = query.where(months if clearing else ~months)
-            return query.group_by(w.state)
-
-        rows = self._cursor.all(self._s.once(("window_counts", clearing), build))
+        w = windows_t.c
+        statement = self._s.once(("window_counts", clearing),
+                                 lambda: _of_kind(select(w.state, func.count()), clearing).group_by(w.state))
+        rows = self._cursor.all(statement)
         return {WindowState(state): int(count) for state, count in rows}
