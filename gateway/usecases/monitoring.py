@@ -6,8 +6,9 @@ import asyncio
 import base64
 import binascii
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from gateway.domain import reasons
 from gateway.domain.envelope import MESSAGE_ID_PATTERN
@@ -180,6 +181,7 @@ def get_stats(ctx: UseCaseContext) -> Stats:
 
 
 ZERO = QuotaBalance()
+K = TypeVar("K")
 
 
 def recount_totals(uow_factory: UnitOfWorkFactory) -> list[str]:
@@ -188,29 +190,25 @@ def recount_totals(uow_factory: UnitOfWorkFactory) -> list[str]:
         kept, counted = uow.totals.read(), uow.totals.recount()
         kept_quotas, counted_quotas = uow.totals.quota_pairs(), uow.totals.recount_quota_pairs()
         windows_kept, windows_counted = uow.totals.settlements(), uow.totals.settlements(recount=True)
-    differences = []
     kept_pairs = {(f.giver_province, f.receiver_province, f.state): (f.count, f.amount_fen) for f in kept.transfers}
     counted_pairs = {(f.giver_province, f.receiver_province, f.state): (f.count, f.amount_fen)
                      for f in counted.transfers}
-    for key in sorted(kept_pairs.keys() | counted_pairs.keys(), key=lambda k: (k[0], k[1], k[2].value)):
-        if kept_pairs.get(key, (0, 0)) != counted_pairs.get(key, (0, 0)):
-            differences.append(f"transfers {key[0]}->{key[1]} {key[2].value}: kept {kept_pairs.get(key, (0, 0))} "
-                               f"(count, fen), counted {counted_pairs.get(key, (0, 0))}")
-    for destination in sorted(kept.outbox.keys() | counted.outbox.keys()):
-        mine, theirs = kept.outbox.get(destination), counted.outbox.get(destination)
-        if mine != theirs:
-            differences.append(f"outbox {destination}: kept {mine}, counted {theirs}")
     kept_figures = {(q.giver_province, q.receiver_province): q.balance for q in kept_quotas if q.balance != ZERO}
     counted_figures = {(q.giver_province, q.receiver_province): q.balance for q in counted_quotas
                        if q.balance != ZERO}
-    for pair in sorted(kept_figures.keys() | counted_figures.keys()):
-        if kept_figures.get(pair) != counted_figures.get(pair):
-            differences.append(f"quotas {pair[0]}->{pair[1]}: kept {kept_figures.get(pair)}, counted "
-                               f"{counted_figures.get(pair)}")
-    for window, giver, receiver in sorted(windows_kept.keys() | windows_counted.keys()):
-        mine_window = windows_kept.get((window, giver, receiver), (0, 0))
-        theirs_window = windows_counted.get((window, giver, receiver), (0, 0))
-        if mine_window != theirs_window:
-            differences.append(f"settlement window {window} {giver}->{receiver}: kept {mine_window} (count, fen), "
-                               f"counted {theirs_window}")
-    return differences
+    return [
+        *_differences(kept_pairs, counted_pairs, lambda k: f"transfers {k[0]}->{k[1]} {k[2].value}", (0, 0),
+                      " (count, fen)", order=lambda k: (k[0], k[1], k[2].value)),
+        *_differences(kept.outbox, counted.outbox, lambda d: f"outbox {d}"),
+        *_differences(kept_figures, counted_figures, lambda pair: f"quotas {pair[0]}->{pair[1]}"),
+        *_differences(windows_kept, windows_counted, lambda k: f"settlement window {k[0]} {k[1]}->{k[2]}", (0, 0),
+                      " (count, fen)"),
+    ]
+
+
+def _differences(kept: Mapping[K, object], counted: Mapping[K, object], name: Callable[[K], str],
+                 absent: object = None, unit: str = "", order: Callable[[K], Any] | None = None) -> list[str]:
+    """One line for each key whose kept figure is not the counted one (a key missing on one side: `absent`)."""
+    return [f"{name(key)}: kept {kept.get(key, absent)}{unit}, counted {counted.get(key, absent)}"
+            for key in sorted(kept.keys() | counted.keys(), key=order)  # type: ignore[type-var, arg-type]
+            if kept.get(key, absent) != counted.get(key, absent)]
