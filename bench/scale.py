@@ -15,7 +15,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -38,6 +37,7 @@ from gateway.store.unit_of_work import SqlStore
 from gateway.usecases.audit import verify_audit
 from gateway.usecases.monitoring import recount_totals
 from scripts import launcher
+from scripts.scratch_postgres import admin_url, scratch_database
 
 # The giver's province lifts the daily limit and the blackout (D12 policy): the seeded history and the
 # traffic are one giver's, at any hour.
@@ -85,33 +85,17 @@ class ScaleOptions:
         return options
 
 
-def _postgres_admin_url() -> str:
-    import psycopg
-
-    for user in ("postgres", "root"):
-        url = f"postgresql://{user}@127.0.0.1:5432/test"
-        with contextlib.suppress(psycopg.OperationalError), psycopg.connect(url, connect_timeout=3):
-            return url
-    raise RuntimeError("PostgreSQL at 127.0.0.1:5432 (database test) is unreachable")
-
-
 @contextlib.contextmanager
 def database(kind: str, workdir: Path) -> Iterator[str]:
     """A new empty database of `kind`, dropped afterwards."""
     if kind == "sqlite":
         yield f"sqlite:///{workdir / 'scale.db'}"
         return
-    import psycopg
-
-    admin = _postgres_admin_url()
-    name = f"gongji_scale_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield admin.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin = admin_url()
+    if admin is None:
+        raise RuntimeError("PostgreSQL at 127.0.0.1:5432 (database test) is unreachable")
+    with scratch_database(admin, "gongji_scale") as url:
+        yield url
 
 
 def check_rows(url: str, verify_chain: bool) -> dict[str, Any]:

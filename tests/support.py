@@ -46,6 +46,8 @@ from protos.gongji.v1 import (
 from province_stub.server import RunningStub, StubConfig, start_stub
 from province_stub.state import Behaviour, ConfirmMode
 from scripts.devtls import DevCa, channel_as, ensure_dev_pki
+from scripts.scratch_postgres import admin_url as postgres_admin_url
+from scripts.scratch_postgres import scratch_database
 
 T = TypeVar("T")
 
@@ -70,38 +72,17 @@ class LoopThread:
         self._thread.join(5)
 
 
-def postgres_admin_url() -> str | None:
-    """A URL of the local PostgreSQL's `test` database, or None if it cannot be reached."""
-    import psycopg
-
-    for user in ("postgres", "root"):
-        url = f"postgresql://{user}@127.0.0.1:5432/test"
-        try:
-            with psycopg.connect(url, connect_timeout=3):
-                return url
-        except psycopg.OperationalError:
-            continue
-    return None
-
-
 def fresh_postgres_database(prefix: str, skipped: str) -> Iterator[str]:
     """A new, empty PostgreSQL database on 127.0.0.1:5432, dropped afterwards; required when CI=true."""
-    import psycopg
     import pytest
 
-    admin_url = postgres_admin_url()
-    if admin_url is None:
+    admin = postgres_admin_url()
+    if admin is None:
         if os.environ.get("CI") == "true":
             pytest.fail("PostgreSQL at 127.0.0.1:5432 is unreachable, and CI=true requires it")
         pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is unreachable; {skipped} (they run when CI=true)")
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield admin_url.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database(admin, prefix) as url:
+        yield url
 
 
 def wait_until(condition: Callable[[], T], timeout: float = 15.0, interval: float = 0.02, what: str = "") -> T:
