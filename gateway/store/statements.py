@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Hashable
 from typing import Any
 
 from sqlalchemy import BigInteger, Engine, and_, bindparam, cast, func, select, text, update
@@ -14,6 +13,7 @@ from gateway.domain.settlement import WindowState
 from gateway.domain.transfers import TransferState
 from gateway.store.prepared import Prepared
 from gateway.store.repositories.quotas import QuotaStatements
+from gateway.store.repositories.settlements import SettlementStatements
 from gateway.store.repositories.totals import TotalStatements
 from gateway.store.tables import (
     audit_head_t,
@@ -65,9 +65,9 @@ class Statements:
             return Prepared(statement, dialect)
 
         t, o, r = transfers_t.c, outbox_t.c, requests_t.c
-        self._once: dict[Hashable, Prepared] = {}
         self.totals = TotalStatements(dialect, insert)
         self.quotas = QuotaStatements(dialect, insert)
+        self.settlements = SettlementStatements(dialect)
         self.routing_version = p(select(routing_version_t.c.version).where(routing_version_t.c.id == 1))
         self.bump_routing_version = p(update(routing_version_t).where(routing_version_t.c.id == 1)
                                       .values(version=routing_version_t.c.version + 1))
@@ -231,15 +231,6 @@ class Statements:
                                                             o.status == "PENDING"))
                                 .values(status="EXPIRED", done_at=_b("at"), last_error=_b("error"))
                                 .returning(o.destination, o.message_id))
-
-    def once(self, key: Hashable, build: Callable[[], ClauseElement]) -> Prepared:
-        """The statement `build` makes, compiled the first time `key` is asked for and kept for the engine's life:
-        for statements whose shape is known only where they run (values as bound parameters, never in `key`'s
-        statement)."""
-        found = self._once.get(key)
-        if found is None:  # two threads may both compile it: the same statement, either one kept
-            found = self._once[key] = Prepared(build(), self._dialect)
-        return found
 
     @functools.lru_cache(maxsize=8)  # noqa: B019 -- one Statements per engine, kept for the engine's life
     def binding_page(self, side: str, after: bool) -> Prepared:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Select, and_, bindparam, func, or_, select, update
 from sqlalchemy.engine import Dialect
@@ -23,10 +24,12 @@ from gateway.domain.settlement import (
     is_clearing_window,
 )
 from gateway.store.prepared import Cursor, Prepared
-from gateway.store.repositories.audit import SqlAuditLog
-from gateway.store.repositories.totals import SqlTotals
-from gateway.store.statements import Statements
 from gateway.store.tables import clearing_totals_t, pairs_t, statements_t, windows_t
+
+if TYPE_CHECKING:  # statements.py imports this module's statements, and audit.py imports statements.py
+    from gateway.store.repositories.audit import SqlAuditLog
+    from gateway.store.repositories.totals import SqlTotals
+    from gateway.store.statements import Statements
 
 
 def _of_kind(query: Select[Any], clearing: bool | None) -> Select[Any]:
@@ -37,6 +40,59 @@ def _of_kind(query: Select[Any], clearing: bool | None) -> Select[Any]:
     return query.where(months if clearing else ~months)
 
 
+class SettlementStatements:
+    """The settlement reads that operators and provinces repeat (the dashboard every 2 s), compiled once per
+    engine; a close, an acknowledgement and a payment, a few times a day, compile theirs when they run."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        def p(statement: Any) -> Prepared:
+            return Prepared(statement, dialect)
+
+        w, pr, st = windows_t.c, pairs_t.c, statements_t.c
+        self._dialect = dialect
+        self.window = p(select(w.window_id, w.state, w.opens_at, w.closes_at, w.closed_at)
+                        .where(w.window_id == bindparam("window_id")))
+        self.window_pairs = p(select(pr.from_province, pr.to_province, pr.gross_fen, pr.transfer_count,
+                                     pr.reversed_fen, pr.reversal_count, pr.bank, pr.serial_number, pr.paid_on)
+                              .where(pr.window_id == bindparam("window_id"))
+                              .order_by(pr.from_province, pr.to_province))
+        self.window_acknowledgements = p(select(st.province, st.acknowledged_at)
+                                         .where(and_(st.window_id == bindparam("window_id"),
+                                                     st.acknowledged_at.is_not(None)))
+                                         .order_by(st.province))
+        # The transfers' windows and the clearing months ("Q2026-03", Q10) alike: each ends on its own calendar.
+        self.due_for_close = p(select(w.window_id).where(and_(w.state == WindowState.OPEN.value,
+                                                              w.closes_at <= bindparam("closes_before")))
+                               .order_by(w.closes_at).limit(bindparam("limit")))
+        self.statement = p(select(st.figures_payload, st.figures_key_id, st.figures_alg, st.figures_signature,
+                                  st.figures_sha256)
+                           .where(and_(st.window_id == bindparam("window_id"), st.province == bindparam("province"))))
+        # The transfers' windows only: a clearing month ("Q...") is asked for by its id.
+        self.latest_statement_window = p(select(st.window_id)
+                                         .where(and_(st.province == bindparam("province"),
+                                                     st.window_id.not_like(CLEARING_PREFIX + "%")))
+                                         .order_by(st.window_id.desc()).limit(1))
+        self.unacknowledged = p(select(func.count()).select_from(statements_t)
+                                .where(and_(st.window_id == bindparam("window_id"), st.acknowledged_at.is_(None))))
+
+    @functools.lru_cache(maxsize=32)  # noqa: B019 -- one per engine, kept for the engine's life
+    def newest_first(self, clearing: bool | None, states: int, before: bool) -> Prepared:
+        """Window ids newest first, of one kind (`_of_kind`), in one of `states` states (binds state_0…) when
+        there are any, before a window id (bind `before`) when asked."""
+        w = windows_t.c
+        query = _of_kind(select(w.window_id), clearing)
+        if states:
+            query = query.where(or_(*(w.state == bindparam(f"state_{n}") for n in range(states))))
+        if before:
+            query = query.where(w.window_id < bindparam("before"))
+        return Prepared(query.order_by(w.window_id.desc()).limit(bindparam("limit")), self._dialect)
+
+    @functools.lru_cache(maxsize=4)  # noqa: B019 -- one per engine, kept for the engine's life
+    def counts_by_state(self, clearing: bool | None) -> Prepared:
+        w = windows_t.c
+        return Prepared(_of_kind(select(w.state, func.count()), clearing).group_by(w.state), self._dialect)
+
+
 class SqlSettlementRepository:
     """Settlement windows, their frozen figures, the provinces' statements and acknowledgements."""
 
@@ -45,8 +101,8 @@ class SqlSettlementRepository:
         self._cursor, self._s, self._dialect, self._audit, self._totals = cursor, statements, dialect, audit, totals
 
     def _prepared(self, statement: ClauseElement) -> Prepared:
-        # A close, an acknowledgement, a payment: a few times a day, compiled per call. Reads that operators and
-        # provinces repeat (the dashboard every 2 s) are compiled once (Statements.once).
+        # A close, an acknowledgement, a payment: a few times a day, compiled per call (SettlementStatements
+        # holds the reads that repeat).
         return Prepared(statement, self._dialect)
 
     def _ensure(self, span: WindowSpan, at: datetime) -> None:
@@ -132,30 +188,21 @@ class SqlSettlementRepository:
         return True
 
     def get(self, window_id: str) -> SettlementWindow | None:
-        w, pr, st = windows_t.c, pairs_t.c, statements_t.c
-        row = self._cursor.first(self._s.once("window", lambda: select(
-            w.window_id, w.state, w.opens_at, w.closes_at, w.closed_at).where(w.window_id == bindparam("window_id"))),
-                                 window_id=window_id)
+        row = self._cursor.first(self._s.settlements.window, window_id=window_id)
         if row is None:
             return None
         clearing = is_clearing_window(row[0])
         pairs, lines, payments = [], [], []
-        for fr, to, gross, count, reversed_, reversals, bank, serial, paid_on in self._cursor.all(self._s.once(
-                "window_pairs", lambda: select(pr.from_province, pr.to_province, pr.gross_fen, pr.transfer_count,
-                                               pr.reversed_fen, pr.reversal_count, pr.bank, pr.serial_number,
-                                               pr.paid_on)
-                .where(pr.window_id == bindparam("window_id")).order_by(pr.from_province, pr.to_province)),
-                window_id=window_id):
+        for fr, to, gross, count, reversed_, reversals, bank, serial, paid_on in self._cursor.all(
+                self._s.settlements.window_pairs, window_id=window_id):
             if clearing:
                 lines.append(ClearingLine(fr, to, int(gross), int(reversed_), int(count), int(reversals)))
             else:
                 pairs.append(PairFigure(fr, to, int(gross), int(count)))
             if paid_on is not None:
                 payments.append(Payment(fr, to, bank, serial, paid_on))
-        acks = tuple(Acknowledgement(province, at) for province, at in self._cursor.all(self._s.once(
-            "window_acknowledgements", lambda: select(st.province, st.acknowledged_at)
-            .where(and_(st.window_id == bindparam("window_id"), st.acknowledged_at.is_not(None)))
-            .order_by(st.province)), window_id=window_id))
+        acks = tuple(Acknowledgement(province, at) for province, at in self._cursor.all(
+            self._s.settlements.window_acknowledgements, window_id=window_id))
         return SettlementWindow(row[0], WindowState(row[1]), row[2], row[3], row[4], tuple(pairs), acks,
                                 tuple(payments), tuple(lines))
 
@@ -164,49 +211,27 @@ class SqlSettlementRepository:
         """Windows newest first (by window id: clearing months, "Q...", sort after every transfers' window),
         `before` excluded; `clearing`: only clearing months (True), only the transfers' windows (False)."""
         states = tuple(dict.fromkeys(states))
-
-        def build() -> ClauseElement:
-            w = windows_t.c
-            query = _of_kind(select(w.window_id), clearing)
-            if states:
-                query = query.where(or_(*(w.state == bindparam(f"state_{n}") for n in range(len(states)))))
-            if before is not None:
-                query = query.where(w.window_id < bindparam("before"))
-            return query.order_by(w.window_id.desc()).limit(bindparam("limit"))
-
         values: dict[str, Any] = {f"state_{n}": state.value for n, state in enumerate(states)}
         if before is not None:
             values["before"] = before
-        statement = self._s.once(("windows_newest_first", clearing, len(states), before is not None), build)
+        statement = self._s.settlements.newest_first(clearing, len(states), before is not None)
         ids = [r[0] for r in self._cursor.all(statement, limit=limit, **values)]
         return [window for window_id in ids if (window := self.get(window_id)) is not None]
 
     def due_for_close(self, closes_before: datetime, limit: int) -> list[str]:
-        w = windows_t.c
-        # The transfers' windows and the clearing months ("Q2026-03", Q10) alike: each ends on its own calendar.
-        statement = self._s.once("windows_due_for_close", lambda: select(w.window_id).where(
-            and_(w.state == WindowState.OPEN.value, w.closes_at <= bindparam("closes_before")))
-                                 .order_by(w.closes_at).limit(bindparam("limit")))
-        return [row[0] for row in self._cursor.all(statement, closes_before=closes_before, limit=limit)]
+        rows = self._cursor.all(self._s.settlements.due_for_close, closes_before=closes_before, limit=limit)
+        return [row[0] for row in rows]
 
     def statement(self, window_id: str, province: str, payload_type: str) -> tuple[Envelope, bytes] | None:
         """The gateway-signed figures sent to `province` (of the type the caller stored them as), with their digest."""
-        st = statements_t.c
-        row = self._cursor.first(self._s.once("window_statement", lambda: select(
-            st.figures_payload, st.figures_key_id, st.figures_alg, st.figures_signature, st.figures_sha256)
-            .where(and_(st.window_id == bindparam("window_id"), st.province == bindparam("province")))),
-            window_id=window_id, province=province)
+        row = self._cursor.first(self._s.settlements.statement, window_id=window_id, province=province)
         if row is None:
             return None
         payload, key_id, alg, signature, digest = row
         return Envelope(bytes(payload), payload_type, GATEWAY, key_id, alg, bytes(signature)), bytes(digest)
 
     def latest_statement_window(self, province: str) -> str | None:
-        st = statements_t.c
-        # The transfers' windows only: a clearing month ("Q...") is asked for by its id.
-        row = self._cursor.first(self._s.once("latest_statement_window", lambda: select(st.window_id).where(and_(
-            st.province == bindparam("province"), st.window_id.not_like(CLEARING_PREFIX + "%")))
-                                              .order_by(st.window_id.desc()).limit(1)), province=province)
+        row = self._cursor.first(self._s.settlements.latest_statement_window, province=province)
         return None if row is None else str(row[0])
 
     def acknowledge(self, window_id: str, province: str, at: datetime, message_id: str, envelope: Envelope) -> bool:
@@ -223,11 +248,7 @@ class SqlSettlementRepository:
         return True
 
     def unacknowledged(self, window_id: str) -> int:
-        st = statements_t.c
-        row = self._cursor.first(self._s.once("window_unacknowledged", lambda: select(func.count())
-                                              .select_from(statements_t).where(and_(
-                                                  st.window_id == bindparam("window_id"),
-                                                  st.acknowledged_at.is_(None)))), window_id=window_id)
+        row = self._cursor.first(self._s.settlements.unacknowledged, window_id=window_id)
         return int(row[0]) if row else 0
 
     def record_payment(self, window_id: str, payment: Payment, at: datetime) -> None:
@@ -241,8 +262,5 @@ class SqlSettlementRepository:
                            f"serial={payment.serial_number} date={payment.paid_on.isoformat()}")
 
     def counts_by_state(self, clearing: bool | None = None) -> dict[WindowState, int]:
-        w = windows_t.c
-        statement = self._s.once(("window_counts", clearing),
-                                 lambda: _of_kind(select(w.state, func.count()), clearing).group_by(w.state))
-        rows = self._cursor.all(statement)
+        rows = self._cursor.all(self._s.settlements.counts_by_state(clearing))
         return {WindowState(state): int(count) for state, count in rows}
