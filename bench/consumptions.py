@@ -15,7 +15,6 @@ import gc
 import hashlib
 import math
 import sqlite3
-import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from bench.transfers import GANSU, GIVER, RECEIVER, XINJIANG
 from protos.gongji.v1 import common_pb2, payload_types, quotas_pb2, quotas_pb2_grpc
 from province_stub.messages import header, new_message_id
 from province_stub.signing import GATEWAY_SIGNER, PublicKeyStore, load_private_key, sign_envelope, verify_with_store
+from scripts.idgen import opaque_ref
 
 if TYPE_CHECKING:
     from bench.phases import Session
@@ -62,13 +62,6 @@ YIELDS = ("consume_p50_ms", "consume_p99_ms", "consume_tps", "consume_ratio", "c
           "consume_lost", "consume_error_codes", "consume_overdrawn_detail", "consume_lost_detail",
           "consume_stored_but_refused", "consume_resent", "consume_steady", "consume_max", "consume_quota",
           "uptime_before_consumptions")
-_DIGITS_AS_LETTERS = str.maketrans("0123456789", "ghijklmnop")
-
-
-def opaque_ref(prefix: str) -> str:
-    """A fresh settlement or freeze reference without digits: 32 hex digits would now and then hold what looks
-    like an ID number (18 digits with a valid check character, or 15), which the gateway refuses (D19)."""
-    return f"{prefix}-{uuid.uuid4().hex.translate(_DIGITS_AS_LETTERS)}"
 
 
 class Resending:

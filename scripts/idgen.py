@@ -1,13 +1,24 @@
-"""`python -m scripts.idgen`: valid resident ID numbers (GB 11643, rule D1) for a stub province's test people."""
+"""`python -m scripts.idgen`: valid resident ID numbers (GB 11643, rule D1) for a stub province's test people, and
+opaque references that can never look like one."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import uuid
 from collections.abc import Sequence
 from datetime import date
 
 from gateway.domain.identity import PROVINCE_PREFIXES, Sex, check_character
+
+_DIGITS_AS_LETTERS = str.maketrans("0123456789", "ghijklmnop")
+
+
+def opaque_ref(prefix: str, length: int = 32) -> str:
+    """A fresh reference (settlement, freeze, …) without digits: random hex would now and then hold what looks like
+    an ID number (18 digits with a valid check character, or 15), which the gateway refuses (D19)."""
+    return f"{prefix}-{uuid.uuid4().hex[:length].translate(_DIGITS_AS_LETTERS)}"
+
 
 # Three sequence digits: the last one's parity is the sex (odd male, even female); 000 is left out.
 _SEQUENCES = {Sex.MALE: range(1, 1000, 2), Sex.FEMALE: range(2, 1000, 2)}

@@ -46,6 +46,7 @@ from protos.gongji.v1 import (
 from province_stub.server import RunningStub, StubConfig, start_stub
 from province_stub.state import Behaviour, ConfirmMode
 from scripts.devtls import DevCa, channel_as, ensure_dev_pki
+from scripts.idgen import opaque_ref
 from scripts.scratch_postgres import admin_url as postgres_admin_url
 from scripts.scratch_postgres import scratch_database
 
@@ -109,7 +110,7 @@ def unique_id(prefix: str = "t") -> str:
 
 def unique_ref(prefix: str = "ref") -> str:
     """A unique opaque reference without digits: one with digits may, by chance, look like an ID number (D19)."""
-    return f"{prefix}-{uuid.uuid4().hex[:20].translate(str.maketrans('0123456789', 'ghijklmnop'))}"
+    return opaque_ref(prefix, 20)
 
 
 # Every seeded person's ID number and name: none may appear in clear in a log line or error (D19).
