@@ -19,7 +19,7 @@ from bench.procs import BenchError
 from bench.relays import RELAY_SETTLE_S, relay_phase
 from bench.transfers import GANSU, GIVER, RECEIVER, SUBMIT_METHOD, XINJIANG, TransferSource
 from protos.gongji.stub.v1 import control_pb2, control_pb2_grpc
-from protos.gongji.v1 import operations_pb2, operations_pb2_grpc, relations_pb2, transfers_pb2
+from protos.gongji.v1 import common_pb2, operations_pb2, operations_pb2_grpc, relations_pb2, transfers_pb2
 
 if TYPE_CHECKING:
     from bench.run import CpuMeter, Options, Stack
@@ -271,13 +271,14 @@ PHASES = (
 )
 
 
-async def bind_giver_and_receiver(stub_controls: Mapping[str, str]) -> str:
+async def bind_giver_and_receiver(stub_controls: Mapping[str, str], giver: common_pb2.PersonRef = GIVER,
+                                  receiver: common_pb2.PersonRef = RECEIVER) -> str:
     """Transfers need an ACTIVE binding (D10): Xinjiang proposes, Gansu's stub consents by itself."""
     async with grpc.aio.insecure_channel(stub_controls[XINJIANG]) as channel:
         control = control_pb2_grpc.StubControlStub(channel)
         answer = await control.ProposeBinding(control_pb2.StubProposeRequest(
-            giver_id_number=GIVER.id_number, receiver_id_number=RECEIVER.id_number,
-            receiver_pooling_area=RECEIVER.pooling_area, receiver_province=GANSU, relation_code="52"),
+            giver_id_number=giver.id_number, receiver_id_number=receiver.id_number,
+            receiver_pooling_area=receiver.pooling_area, receiver_province=GANSU, relation_code="52"),
             timeout=BINDING_TIMEOUT_S)  # a machine busy with others can take more than seconds
         if answer.code != "OK":
             raise BenchError(f"proposing the bench's binding failed: {answer.code} {answer.reason}")

@@ -24,23 +24,24 @@ from typing import Any
 
 import uvloop
 
-from bench import report
+from bench import report, scale_people
 from bench.phases import bind_giver_and_receiver
 from bench.procs import PROJECT_ROOT
 from bench.scale_measure import PROBE_ERRORS, Endpoints, Operators, measure, rss_mb
 from bench.scale_targets import table, targets
 from bench.seed import Party, Seeder
-from bench.transfers import GANSU, GIVER, RECEIVER, XINJIANG, XINJIANG_KEY_ID
+from bench.transfers import GANSU, GIVER, RECEIVER, XINJIANG, XINJIANG_KEY_ID, Pair
 from gateway.store.engine import make_engine
 from gateway.store.sealing import NoSealer
 from gateway.store.unit_of_work import SqlStore
 from gateway.usecases.audit import verify_audit
 from gateway.usecases.monitoring import recount_totals
 from scripts import launcher
+from scripts.idgen import MAX_COUNT
 from scripts.scratch_postgres import admin_url, scratch_database
 
-# The giver's province lifts the daily limit and the blackout (D12 policy): the seeded history and the
-# traffic are one giver's, at any hour.
+# The giver's province lifts the daily limit and the blackout (D12 policy): the seeded history is one giver's,
+# the traffic a hundred givers' many times a day, at any hour.
 SCALE_POLICY = ["daily_transfer_limit = 1000000", "blackout_start_minute = 0", "blackout_end_minute = 0"]
 # The figures item 8 names, printed after each run (all of them and more go to scale.json).
 FIGURES = ("rows", "seed_s", "metrics_ms_median", "snapshot_ms_median", "stats_ms_median", "submit_p99_ms_quiet",
@@ -55,8 +56,9 @@ class ScaleOptions:
     rows: tuple[int, ...] = (200_000, 2_000_000)
     databases: tuple[str, ...] = ("sqlite", "postgresql")
     seconds: float = 20.0  # each measured phase
-    rounds: int = 2  # quiet and scraped phases, alternating
+    rounds: int = 4  # quiet and scraped phases, alternating (medians of the rounds: the machine is noisy)
     rate: float = 50.0  # the provinces' submissions a second
+    givers: int = 100  # whose transfers they are, in turn (bench.scale_people)
     windows: int = 10  # daily settlement windows the rows are spread over, the last the one of now
     sign: bool = False  # real Ed25519 signatures on the seeded envelopes (bench.seed)
     merge: bool = False  # keep the output's runs of other sizes and databases (runs made one at a time)
@@ -65,13 +67,15 @@ class ScaleOptions:
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ScaleOptions:
         """BENCH_SCALE_ROWS ("200000 2000000"), BENCH_SCALE_DATABASES ("sqlite postgresql"), BENCH_SCALE_SECONDS
-        (20), BENCH_SCALE_ROUNDS (2), BENCH_SCALE_RATE (50), BENCH_SCALE_WINDOWS (10), BENCH_SCALE_SIGN (0),
+        (20), BENCH_SCALE_ROUNDS (4), BENCH_SCALE_RATE (50), BENCH_SCALE_GIVERS (100), BENCH_SCALE_WINDOWS (10),
+        BENCH_SCALE_SIGN (0),
         BENCH_SCALE_MERGE (0), BENCH_SCALE_OUTPUT (bench/results/scale.json); ValueError if bad."""
         d = cls()
         rows = tuple(int(n) for n in env.get("BENCH_SCALE_ROWS", " ".join(map(str, d.rows))).split())
         databases = tuple(env.get("BENCH_SCALE_DATABASES", " ".join(d.databases)).split())
         options = cls(rows, databases, float(env.get("BENCH_SCALE_SECONDS", d.seconds)),
                       int(env.get("BENCH_SCALE_ROUNDS", d.rounds)), float(env.get("BENCH_SCALE_RATE", d.rate)),
+                      int(env.get("BENCH_SCALE_GIVERS", d.givers)),
                       int(env.get("BENCH_SCALE_WINDOWS", d.windows)), env.get("BENCH_SCALE_SIGN", "0") == "1",
                       env.get("BENCH_SCALE_MERGE", "0") == "1", Path(env.get("BENCH_SCALE_OUTPUT", str(d.output))))
         if not rows or any(n < options.windows * 10 for n in rows) or not set(databases) <= {"sqlite", "postgresql"}:
@@ -80,8 +84,9 @@ class ScaleOptions:
         if max(rows) / options.windows > 900_000:  # the day of now's seeded rows and the traffic under the limit
             raise ValueError("over 900,000 rows a window: raise BENCH_SCALE_WINDOWS (the daily limit is 1,000,000)")
         if not (0 < options.seconds <= 600 and 1 <= options.rounds <= 10 and 0 < options.rate <= 500
-                and 3 <= options.windows <= 60):
-            raise ValueError("BENCH_SCALE_SECONDS in (0, 600], ROUNDS 1-10, RATE in (0, 500], WINDOWS 3-60")
+                and 1 <= options.givers <= MAX_COUNT and 3 <= options.windows <= 60):
+            raise ValueError(f"BENCH_SCALE_SECONDS in (0, 600], ROUNDS 1-10, RATE in (0, 500], GIVERS 1-{MAX_COUNT}, "
+                             "WINDOWS 3-60")
         return options
 
 
@@ -139,13 +144,14 @@ def query(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 
 
 def database_figures(url: str, workdir: Path) -> dict[str, Any]:
-    """Transfers stored, the database's bytes and bytes a transfer."""
+    """Transfers stored, the bindings they name, the database's bytes and bytes a transfer."""
     transfers = int(query(url, "SELECT count(*) FROM transfers")[0][0])
+    bindings = int(query(url, "SELECT count(DISTINCT binding_id) FROM transfers")[0][0])
     if url.startswith("postgresql"):
         size = int(query(url, "SELECT pg_database_size(current_database())")[0][0])
     else:
         size = sum(path.stat().st_size for path in workdir.glob("scale.db*"))
-    return {"transfers_stored": transfers, "database_bytes": size,
+    return {"transfers_stored": transfers, "bindings_transferred_on": bindings, "database_bytes": size,
             "bytes_per_transfer": round(size / max(1, transfers), 1)}
 
 
@@ -202,9 +208,13 @@ async def _run_on(stack: launcher.Stack, url: str, workdir: Path, rows: int, opt
            # Windows are closed by the bench (the older ones first, then the one measured), not by the clock.
            "GONGJI_SETTLEMENT_CLOSE_ON_SCHEDULE": "false"}
     found: dict[str, Any] = {}
+    people = scale_people.people(options.givers)
+    for province, seed in scale_people.seed_files(workdir, people).items():
+        stack.add_stub(province, stack.gateway_addresses[0], "--seed", str(seed))
     stack.start(gateway_env=env, policies={XINJIANG: SCALE_POLICY})
     stack.close_channels()
-    binding = await bind_giver_and_receiver(stack.stub_controls)
+    binding = await bind_giver_and_receiver(stack.stub_controls)  # the seeded history's pair
+    pairs = await scale_people.bind(stack.stub_controls, people)  # the traffic's
     stack.gateway.terminate()  # the seeder is the only writer
     print(f"bench-scale: {stack.db_url.split(':')[0]} seeding {rows} transfers", file=sys.stderr, flush=True)
     engine = make_engine(url, "NORMAL")
@@ -234,19 +244,19 @@ async def _run_on(stack: launcher.Stack, url: str, workdir: Path, rows: int, opt
     await turns.seeded.wait()
     async with turns.measuring:
         found["measured_from"] = datetime.now(UTC).isoformat(timespec="seconds")
-        found |= await _measure_on(stack, url, workdir, web_port, binding, seeded.windows, options)
+        found |= await _measure_on(stack, url, workdir, web_port, binding, pairs, seeded.windows, options)
     return found
 
 
 async def _measure_on(stack: launcher.Stack, url: str, workdir: Path, web_port: int, binding: str,
-                      seeded_windows: dict[str, int], options: ScaleOptions) -> dict[str, Any]:
+                      pairs: list[Pair], seeded_windows: dict[str, int], options: ScaleOptions) -> dict[str, Any]:
     found: dict[str, Any] = {}
     found["gateway_start_s"] = round(stack.start_gateway(0), 2)
     stack.close_channels()
     pid = stack.gateway.pid
     found["rss_mb_ready"] = rss_mb(pid)
     endpoints = Endpoints(stack.gateway_addresses[0], stack.ops_addresses[0], f"http://127.0.0.1:{web_port}",
-                          stack.stub_controls, stack.keys_dir, binding)
+                          stack.stub_controls, stack.keys_dir, binding, tuple(pairs))
     windows = list(seeded_windows)
     measured_window = windows[-2]  # the newest past window: 1/windows of the rows
     print(f"bench-scale: closing {len(windows) - 2} older windows", file=sys.stderr, flush=True)

@@ -20,7 +20,7 @@ import grpc.aio
 
 from bench.checks import Stubs, completed
 from bench.load import Call, UnaryTarget, percentile
-from bench.transfers import SUBMIT_METHOD, XINJIANG, XINJIANG_KEY_ID, TransferSource
+from bench.transfers import SUBMIT_METHOD, XINJIANG, XINJIANG_KEY_ID, Pair, TransferSource
 from protos.gongji.v1 import operations_pb2, operations_pb2_grpc, settlements_pb2, transfers_pb2, transfers_pb2_grpc
 from province_stub.messages import ProvinceSigner
 from province_stub.signing import load_private_key
@@ -57,6 +57,7 @@ class Endpoints:
     stub_controls: dict[str, str]
     keys_dir: Path
     binding_id: str
+    pairs: tuple[Pair, ...] = ()  # whose transfers the traffic submits, in turn (else the binding's pair)
 
 
 @dataclass
@@ -69,7 +70,7 @@ class Traffic:
     calls: list[Call] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.source = TransferSource(self.endpoints.keys_dir, self.endpoints.binding_id)
+        self.source = TransferSource(self.endpoints.keys_dir, self.endpoints.binding_id, pairs=self.endpoints.pairs)
         self.channel = grpc.aio.insecure_channel(self.endpoints.gateway)
         self.submit: UnaryTarget[Any, Any] = UnaryTarget(
             self.channel, SUBMIT_METHOD, transfers_pb2.SubmitTransferRequest.SerializeToString,

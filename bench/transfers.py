@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from protos.gongji.v1 import common_pb2, transfers_pb2
@@ -18,11 +21,23 @@ RECEIVER = common_pb2.PersonRef(id_number="620102196505120026", pooling_area="62
 AMOUNT_FEN = 100
 
 
-class TransferSource:
-    """Builds and signs one new instruction per call (unique transfer_id, created_at = now)."""
+@dataclass(frozen=True)
+class Pair:
+    """A giver and a receiver with their ACTIVE binding."""
 
-    def __init__(self, keys_dir: Path, binding_id: str, *, keep_payloads: bool = False) -> None:
+    binding_id: str
+    giver: common_pb2.PersonRef
+    receiver: common_pb2.PersonRef
+
+
+class TransferSource:
+    """Builds and signs one new instruction per call (unique transfer_id, created_at = now), naming `pairs` in turn
+    (else the seeds' pair on `binding_id`)."""
+
+    def __init__(self, keys_dir: Path, binding_id: str, *, keep_payloads: bool = False,
+                 pairs: Sequence[Pair] = ()) -> None:
         self._binding_id = binding_id
+        self._pairs = itertools.cycle(pairs or [Pair(binding_id, GIVER, RECEIVER)])
         self._private_key = load_private_key(keys_dir / f"{XINJIANG_KEY_ID}.key")
         self._keys = PublicKeyStore(keys_dir)
         self.submitted: list[str] = []
@@ -45,9 +60,10 @@ class TransferSource:
         return self._build(transfer_id)
 
     def _build(self, transfer_id: str) -> tuple[str, transfers_pb2.SubmitTransferRequest]:
+        pair = next(self._pairs)
         envelope = build_instruction_envelope(
-            XINJIANG, XINJIANG_KEY_ID, self._private_key, transfer_id, GIVER, RECEIVER, GANSU, AMOUNT_FEN,
-            binding_id=self._binding_id,
+            XINJIANG, XINJIANG_KEY_ID, self._private_key, transfer_id, pair.giver, pair.receiver, GANSU, AMOUNT_FEN,
+            binding_id=pair.binding_id,
         )
         if self.keep_payloads:
             self._payloads[transfer_id] = envelope.payload

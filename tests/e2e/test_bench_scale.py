@@ -28,7 +28,8 @@ def test_the_scale_bench_at_two_thousand_rows(database: str, tmp_path: Path) -> 
         pytest.skip("PostgreSQL at 127.0.0.1:5432 is unreachable")
     published = PUBLISHED.stat().st_mtime_ns if PUBLISHED.exists() else None
     output = tmp_path / "scale.json"
-    options = ScaleOptions(rows=(2000,), databases=(database,), seconds=1.0, rounds=1, rate=20.0, output=output)
+    options = ScaleOptions(rows=(2000,), databases=(database,), seconds=1.0, rounds=1, rate=20.0, givers=10,
+                           output=output)
 
     result = asyncio.run(asyncio.wait_for(run(options), 240))
     written = json.loads(output.read_text(encoding="utf-8"))
@@ -41,6 +42,8 @@ def test_the_scale_bench_at_two_thousand_rows(database: str, tmp_path: Path) -> 
     assert figures["seeded_audit_verified"] and figures["seeded_audit_entries"] >= 3 * 2000
     assert figures["after_totals_agree"], figures["after_totals_differences"]
     assert figures["transfers_stored"] >= 2000 and figures["bytes_per_transfer"] > 0
+    # The traffic is the ten givers' in turn, the seeded history the seeds' pair's.
+    assert figures["bindings_transferred_on"] == 10 + 1
     assert figures["close_state"] == "SETTLEMENT_WINDOW_STATE_CLOSED" and figures["close_window_rows"] == 200
     assert figures["errors_quiet"] == figures["errors_scraped"] == 0, figures["rounds"]
     assert figures["probe_failures"] == {}, figures["probe_failures"]
