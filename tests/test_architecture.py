@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -373,6 +374,17 @@ def test_the_cli_is_only_a_client() -> None:
     # Only the package itself mounts the database commands: a command group does not lean on them.
     mounting = {m.path for m in cli if any(within(name, ["gateway.cli.admin"]) for name in m.imports)}
     assert mounting == {"gateway/cli/__init__.py"}
+
+
+def test_the_command_line_starts_without_what_only_some_commands_need() -> None:
+    # `gongji stats` may run every few seconds on the gateway's own machine: its start-up loads gRPC, typer and
+    # rich, not the key-file reader's cryptography, the database commands' SQLAlchemy and Alembic, the progress
+    # bar of `transfers list --all`, or the error details read only when a call fails.
+    heavy = ("cryptography", "sqlalchemy", "alembic", "grpc_status", "google.rpc", "rich.progress")
+    probe = ("import sys, gateway.cli; "
+             f"print(sorted(name for name in sys.modules if name.startswith({heavy!r})))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
+    assert loaded.stdout.strip() == "[]"
 
 
 def test_the_default_addresses_import_nothing() -> None:

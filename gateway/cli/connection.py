@@ -10,8 +10,6 @@ from typing import Annotated
 
 import grpc
 import typer
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from gateway.cli.output import err_console, fail, shown
 from protos.gongji.v1 import operations_pb2_grpc
@@ -67,6 +65,10 @@ def operations(address: str) -> Iterator[operations_pb2_grpc.OperationsStub]:
         try:
             yield operations_pb2_grpc.OperationsStub(channel)
         except grpc.RpcError as error:
+            # Loaded on a failure only: a command that succeeds (`gongji stats` every few seconds) never pays for them.
+            from google.rpc import error_details_pb2
+            from grpc_status import rpc_status
+
             status = rpc_status.from_call(error)  # type: ignore[arg-type]
             reason = ""
             for detail in status.details if status else ():

@@ -16,7 +16,6 @@ from gateway.addresses import DEFAULT_OPS_LISTEN
 from gateway.cli.connection import TIMEOUT_S, AsJson, OpsAddress, operations
 from gateway.cli.output import add_row, beijing_time, console, fail, field_grid, print_json, shown, yuan
 from gateway.cli.times import TIME_HELP, parse_time, timestamp_of
-from gateway.security.keys import load_public_key as read_public_key
 from protos.gongji.v1 import operations_pb2, operations_pb2_grpc
 
 provinces_app = typer.Typer(help="The routing table.", no_args_is_help=True)
@@ -110,6 +109,10 @@ def provinces_show(code: str, ops: OpsAddress = DEFAULT_OPS_LISTEN, as_json: AsJ
 
 def load_public_key(path: Path) -> bytes:
     """The raw 32-byte Ed25519 public key of a file, in any format the manifest accepts too (security/keys.py)."""
+    # Here, not at the top: `cryptography` is only for the commands that read a key file, and every command
+    # (`gongji stats` every few seconds, say) would pay for loading it.
+    from gateway.security.keys import load_public_key as read_public_key
+
     try:
         return read_public_key(path)
     except ValueError as error:

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 from rich.panel import Panel
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
 from gateway.addresses import DEFAULT_OPS_LISTEN
@@ -63,6 +62,8 @@ def transfers_list(
         request.created_from.CopyFrom(timestamp_of(parse_time(since, "--since")))
     if until is not None:
         request.created_to.CopyFrom(timestamp_of(parse_time(until, "--until")))
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn  # for this command only
+
     rows: list[transfers_pb2.TransferView] = []
     token = ""
     pages = 0
