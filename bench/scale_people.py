@@ -15,7 +15,7 @@ from bench.transfers import GANSU, XINJIANG, Pair
 from gateway.domain.identity import Sex
 from protos.gongji.v1 import common_pb2
 from province_stub.people import default_seed_path
-from scripts.idgen import id_numbers, seed_entries
+from scripts.idgen import id_numbers, pooling_area, seed_entries
 
 GIVERS_AREA, RECEIVERS_AREA = "650502", "620102"  # Hami, Lanzhou (the seeds' pair's)
 GIVERS_BORN, RECEIVERS_BORN = date(1988, 3, 14), date(1961, 9, 2)
@@ -26,8 +26,8 @@ def people(count: int) -> list[tuple[common_pb2.PersonRef, common_pb2.PersonRef]
     """`count` (giver, receiver) pairs, the same for the same count (at most scripts.idgen.MAX_COUNT)."""
     givers = id_numbers(GIVERS_AREA, GIVERS_BORN, Sex.MALE, count)
     receivers = id_numbers(RECEIVERS_AREA, RECEIVERS_BORN, Sex.FEMALE, count)
-    return [(common_pb2.PersonRef(id_number=giver, pooling_area=giver[:4] + "00"),
-             common_pb2.PersonRef(id_number=receiver, pooling_area=receiver[:4] + "00"))
+    return [(common_pb2.PersonRef(id_number=giver, pooling_area=pooling_area(giver)),
+             common_pb2.PersonRef(id_number=receiver, pooling_area=pooling_area(receiver)))
             for giver, receiver in zip(givers, receivers, strict=True)]
 
 

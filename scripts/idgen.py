@@ -44,6 +44,11 @@ def id_numbers(area: str, born: date, sex: Sex, count: int = 1) -> list[str]:
     return [digits + check_character(digits) for digits in first17]
 
 
+def pooling_area(id_number: str) -> str:
+    """The pooling area a stub seeds for a person: the city of the ID number's address code (650502… → 650500)."""
+    return f"{id_number[:4]}00"
+
+
 def seed_entries(id_numbers: Sequence[str], insutype: str = "310") -> str:
     """`[[people]]` entries of a stub seed file (province_stub/seeds/*.toml): insured, normal, wallet open.
 
@@ -56,7 +61,7 @@ def seed_entries(id_numbers: Sequence[str], insutype: str = "310") -> str:
             "[[people]]",
             f'id_number = "{number}"',
             f'name = "测试{number[-4:]}"',  # synthetic, and distinct for each number
-            f'pooling_area = "{number[:4]}00"',  # the city of the address code
+            f'pooling_area = "{pooling_area(number)}"',
             f'insutype = "{insutype}"',
             'status = "NORMAL"',
             "wallet_open = true",
