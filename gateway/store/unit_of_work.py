@@ -108,7 +108,9 @@ class SqlUnitOfWork:
             self._connection.close()  # back to the pool
 
     def _end(self, verb: str) -> None:
-        self._open = False
+        # Still open until the verb succeeds: a COMMIT that fails (in a batch, a statement's failure surfaces at
+        # the COMMIT and leaves the transaction aborted, not ended) is rolled back on leaving, and the connection
+        # goes back to the pool ready for the next unit of work.
         if self._store.is_sqlite:
             # SQLite may have ended the transaction itself (after SQLITE_BUSY in a statement, say): a ROLLBACK
             # then would fail and hide the error that ended it.
@@ -119,12 +121,17 @@ class SqlUnitOfWork:
                 self._connection.commit()
         else:
             self._connection.rollback()
+        self._open = False
 
     def commit(self) -> None:
-        # The rows every writer shares, last and in one order: the totals, then the audit chain's head.
-        self.totals.flush()
-        self.audit.flush()
-        self._end("COMMIT")
+        # The rows every writer shares, last and in one order: the totals, then the audit chain's head. Every
+        # audited commit queues on the head's row, so it is held for as little as can be: batched, the totals
+        # and the head's read make one round trip, and the chain's entries, the head's move and the COMMIT a
+        # second, where one a statement held it for four or more.
+        with self._cursor.batched():
+            self.totals.flush()
+            self.audit.flush()
+            self._end("COMMIT")
         actions, self._after_commit = self._after_commit, []
         for action in actions:
             try:

@@ -283,6 +283,28 @@ def test_leaving_without_commit_rolls_everything_back(engine: Engine, store: Sql
         assert uow.transfers.get(message_id) is None
 
 
+def test_a_commit_that_fails_is_rolled_back_and_its_connection_serves_the_next_unit_of_work(
+        engine: Engine, store: SqlStore) -> None:
+    """On PostgreSQL the commit's tail goes in a batch: a statement failing in it surfaces at the COMMIT and leaves
+    the transaction aborted. It must end there, not go back to the pool with the connection."""
+    with SqlUnitOfWork(store) as uow:
+        uow.audit.record("province", "650000", "ADDED", T0)
+        uow.commit()
+    with engine.begin() as conn:  # the head one entry behind: the next entry's number is taken
+        conn.execute(text("UPDATE audit_head SET size = size - 1"))
+    assert engine.pool.checkedin() == 1  # type: ignore[attr-defined]  # the next unit of work takes this one
+
+    with pytest.raises(Exception, match=r"(?i)unique|duplicate"), SqlUnitOfWork(store) as uow:
+        uow.provinces.add(gansu())
+        uow.audit.record("province", "620000", "ADDED", T0)
+        uow.commit()
+
+    with SqlUnitOfWork(store) as uow:  # the same connection, in no transaction
+        assert uow.provinces.get("620000") is None
+        assert uow.audit.head()[0] == 0
+    assert engine.pool.checkedin() == 1  # type: ignore[attr-defined]
+
+
 # -- transfers ---------------------------------------------------------------------------------------
 
 
