@@ -1,0 +1,36 @@
+"""`python -m bench.commit_tail` in brief: both ways commit, and every commit's audit entry is chained in order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from bench.commit_tail import WAYS, run
+from gateway.domain.audit import verify_chain
+from gateway.security.encryption import FieldCipher
+from gateway.store.engine import make_engine
+from gateway.store.unit_of_work import SqlStore, SqlUnitOfWork
+from tests.support import fresh_postgres_database
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    yield from fresh_postgres_database("gongji_test", "the commit-tail bench needs PostgreSQL")
+
+
+@pytest.mark.postgres
+def test_both_ways_commit_and_chain_every_entry(pg_url: str) -> None:
+    result = run(pg_url, threads=3, seconds=0.5, rounds=1)
+
+    commits = {way: result["rounds_measured"][way][0]["commits"] for way in WAYS}
+    assert all(commits.values()), commits
+    engine = make_engine(pg_url)
+    try:
+        with SqlUnitOfWork(SqlStore(engine, FieldCipher.generate()), read_only=True) as uow:
+            size, head = uow.audit.head()
+            entries = uow.audit.entries_after(0, size + 1)
+    finally:
+        engine.dispose()
+    assert size == len(entries) == sum(commits.values())
+    assert verify_chain(entries, [], size, head, lambda _: True).ok
