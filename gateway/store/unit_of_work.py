@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from contextlib import nullcontext
 
 from sqlalchemy import Engine
 
@@ -127,8 +128,10 @@ class SqlUnitOfWork:
         # The rows every writer shares, last and in one order: the totals, then the audit chain's head. Every
         # audited commit queues on the head's row, so it is held for as little as can be: batched, the totals
         # and the head's read make one round trip, and the chain's entries, the head's move and the COMMIT a
-        # second, where one a statement held it for four or more.
-        with self._cursor.batched():
+        # second, where one a statement held it for four or more. A COMMIT alone is one round trip already:
+        # batching it would only add the batch's closing one.
+        tail = self.totals.unflushed() or self.audit.unflushed()
+        with self._cursor.batched() if tail else nullcontext():
             self.totals.flush()
             self.audit.flush()
             self._end("COMMIT")

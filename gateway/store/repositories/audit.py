@@ -25,6 +25,10 @@ class SqlAuditLog:
             detail = f"{detail} by={self._actor}" if detail else f"by={self._actor}"
         self._pending.append(AuditEvent(kind, subject_id, action, at, detail))
 
+    def unflushed(self) -> bool:
+        """Whether flush() has entries to write."""
+        return bool(self._pending)
+
     def flush(self) -> None:
         """Chain what this transaction did onto the head (locked until commit) and write it."""
         if not self._pending:

@@ -176,6 +176,11 @@ class SqlTotals:
         for index, value in enumerate((consumed, reversed_, consumptions, reversals)):
             moved[index] += value
 
+    def unflushed(self) -> bool:
+        """Whether this transaction moved anything flush() has still to write."""
+        return any((self._moved_transfers, self._moved_outbox, self._moved_quotas, self._moved_clearing,
+                    self._moved_settlements))
+
     def flush(self) -> None:
         """Write what this transaction moved, rows in key order (called just before the commit)."""
         self._cursor.run_many(self._s.add_transfer, [
