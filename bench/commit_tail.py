@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import sys
 import threading
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+from bench.report import machine
+from bench.scale_measure import ms
 from gateway.domain.transfers import TransferState
 from gateway.security.encryption import FieldCipher
 from gateway.store.engine import make_engine
@@ -76,10 +77,8 @@ def one_round(store: SqlStore, way: str, threads: int, seconds: float, tag: str)
             worker.join()
     if failures:
         raise RuntimeError(f"{len(failures)} threads failed in a {way} round: {failures[0]!r}")
-    latencies.sort()
     return {"commits": len(latencies), "commits_per_s": round(len(latencies) / seconds, 1),
-            "p50_ms": round(1000 * latencies[len(latencies) // 2], 2),
-            "p99_ms": round(1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 2)}
+            "p50_ms": ms(latencies), "p99_ms": ms(latencies, 99)}
 
 
 def run(url: str, threads: int, seconds: float, rounds: int) -> dict[str, Any]:
@@ -116,11 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     if admin is None:
         print("commit-tail: no PostgreSQL at 127.0.0.1:5432 (user postgres or root, database test)", file=sys.stderr)
         return 2
-    started = datetime.now(UTC)
+    started, host = datetime.now(UTC), machine()  # the load average before the run
     with scratch_database(admin, "gongji_commit_tail") as url:
         result = run(url, options.threads, options.seconds, options.rounds)
-    result = {"started_at": started.isoformat(timespec="seconds"),
-              "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, **result,
+    result = {"started_at": started.isoformat(timespec="seconds"), "machine": host, **result,
               "loadavg_at_end": list(os.getloadavg())}
     options.output.parent.mkdir(parents=True, exist_ok=True)
     options.output.write_text(json.dumps(result, indent=2) + "\n")
