@@ -7,10 +7,11 @@ from collections.abc import Iterator
 import pytest
 
 from bench.commit_tail import WAYS, run
-from gateway.domain.audit import verify_chain
 from gateway.security.encryption import FieldCipher
+from gateway.security.signing import verify_signature
 from gateway.store.engine import make_engine
-from gateway.store.unit_of_work import SqlStore, SqlUnitOfWork
+from gateway.store.unit_of_work import SqlStore
+from gateway.usecases.audit import verify_audit
 from tests.support import fresh_postgres_database
 
 
@@ -27,10 +28,9 @@ def test_both_ways_commit_and_chain_every_entry(pg_url: str) -> None:
     assert all(commits.values()), commits
     engine = make_engine(pg_url)
     try:
-        with SqlUnitOfWork(SqlStore(engine, FieldCipher.generate()), read_only=True) as uow:
-            size, head = uow.audit.head()
-            entries = uow.audit.entries_after(0, size + 1)
+        store = SqlStore(engine, FieldCipher.generate())
+        report = verify_audit(lambda: store.unit_of_work(read_only=True), {}, verify_signature)
     finally:
         engine.dispose()
-    assert size == len(entries) == sum(commits.values())
-    assert verify_chain(entries, [], size, head, lambda _: True).ok
+    assert report.ok, report.findings
+    assert report.entries == sum(commits.values())
