@@ -109,14 +109,14 @@ def check_rows(url: str, verify_chain: bool) -> dict[str, Any]:
     engine = make_engine(url)
     try:
         store = SqlStore(engine, NoSealer())
-        differences = recount_totals(lambda: store.unit_of_work(read_only=True))
+        differences = recount_totals(store.unit_of_work)
         found: dict[str, Any] = {"totals_agree": not differences, "totals_differences": differences[:10]}
         if verify_chain:
             from gateway.security.signing import verify_signature
 
             with store.unit_of_work() as uow:
                 keys = {key.key_id: key.public_key for key in uow.gateway_keys.list()}
-            audit = verify_audit(lambda: store.unit_of_work(read_only=True), keys, verify_signature)
+            audit = verify_audit(store.unit_of_work, keys, verify_signature)
             found |= {"audit_verified": audit.ok, "audit_entries": audit.entries}
         return found
     finally:

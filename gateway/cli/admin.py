@@ -142,7 +142,7 @@ def db_recount(url: DatabaseUrl = None, as_json: AsJson = False) -> None:
 
     with database(url) as (engine, shown):
         store = SqlStore(engine, NoSealer())  # totals and counts hold no personal data
-        differences = recount_totals(lambda: store.unit_of_work(read_only=True))
+        differences = recount_totals(store.unit_of_work)
     if as_json:
         print(json.dumps({"database": shown, "agree": not differences, "differences": differences}))
     elif not differences:
@@ -175,7 +175,7 @@ def audit_verify(url: DatabaseUrl = None, as_json: AsJson = False) -> None:
         with store.unit_of_work() as uow:
             keys = {key.key_id: key.public_key for key in uow.gateway_keys.list()}
         # One snapshot, no write lock: the gateway goes on writing while the chain is checked.
-        report = verify_audit(lambda: store.unit_of_work(read_only=True), keys, verify_signature)
+        report = verify_audit(store.unit_of_work, keys, verify_signature)
     if as_json:
         print(json.dumps({"database": shown, "ok": report.ok, "entries": report.entries,
                           "head_sha256": report.head.hex(), "checkpoints": report.checkpoints,

@@ -6,6 +6,7 @@ import logging
 import threading
 from collections.abc import Callable
 from contextlib import nullcontext
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -26,6 +27,9 @@ from gateway.store.sealing import Sealer
 from gateway.store.statements import Statements
 
 log = logging.getLogger(__name__)
+
+# psycopg.IsolationLevel.REPEATABLE_READ by value: psycopg itself is imported only by PostgreSQL's engine.
+PSYCOPG_REPEATABLE_READ = 3
 
 
 class SqlStore:
@@ -66,19 +70,25 @@ class SqlUnitOfWork:
 
     def __init__(self, store: SqlStore, read_only: bool = False) -> None:
         self._store = store
-        # A long read (verifying the whole audit chain) takes one consistent snapshot and no write lock.
+        # Reads only: one consistent snapshot, no write lock, a write refused (see UnitOfWorkFactory).
         self._read_only = read_only
 
     def __enter__(self) -> SqlUnitOfWork:
         self._connection = self._store._engine_here().raw_connection()
-        self._cursor = Cursor(self._connection.driver_connection)
+        driver = self._connection.driver_connection
+        self._cursor = Cursor(driver)
         self._open = True
         try:
-            if self._store.is_sqlite:
-                self._cursor.raw("BEGIN" if self._read_only else "BEGIN IMMEDIATE")
-                self._store.writes_begun += not self._read_only
+            if self._store.is_sqlite and self._read_only:
+                # A deferred BEGIN in WAL mode reads one snapshot without the write lock: beside the one writer.
+                self._cursor.raw("PRAGMA query_only = ON")
+                self._cursor.raw("BEGIN")
+            elif self._store.is_sqlite:
+                self._cursor.raw("BEGIN IMMEDIATE")
+                self._store.writes_begun += 1
             elif self._read_only:
-                self._cursor.raw("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                # Said in the BEGIN psycopg sends before the first statement: no round trip of its own.
+                driver.isolation_level, driver.read_only = PSYCOPG_REPEATABLE_READ, True  # type: ignore[union-attr]
         except BaseException:  # the transaction did not begin (the database is locked): the connection goes back
             self.__exit__()
             raise
@@ -105,8 +115,22 @@ class SqlUnitOfWork:
             if self._open:
                 self._end("ROLLBACK")
         finally:
+            if self._read_only:
+                self._writable_again()
             self._cursor.close()
             self._connection.close()  # back to the pool
+
+    def _writable_again(self) -> None:
+        """The connection's next transactions as the pool's others' (writable; on PostgreSQL READ COMMITTED). One
+        that cannot be told so (its transaction could not be ended: the connection is lost) is not used again."""
+        driver: Any = self._connection.driver_connection
+        try:
+            if self._store.is_sqlite:
+                self._cursor.raw("PRAGMA query_only = OFF")
+            else:
+                driver.isolation_level, driver.read_only = None, None
+        except Exception:
+            self._connection.invalidate()
 
     def _end(self, verb: str) -> None:
         # Still open until the verb succeeds: a COMMIT that fails (in a batch, a statement's failure surfaces at

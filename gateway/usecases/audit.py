@@ -56,7 +56,7 @@ def verify_audit(uow_factory: UnitOfWorkFactory, gateway_keys: Mapping[str, byte
         return (key is not None and verify(envelope, key)
                 and checkpoint.payload == checkpoint_payload(checkpoint.size, checkpoint.head, checkpoint.at))
 
-    with uow_factory() as uow:
+    with uow_factory(read_only=True) as uow:
         # Checkpoints, then the head: a checkpoint never covers more than the head read after it, unless
         # entries were removed. What is appended while this runs is left to the next verification.
         checkpoints = uow.audit.checkpoints()

@@ -43,7 +43,7 @@ def list_bindings(ctx: UseCaseContext, province: str, states: Sequence[BindingSt
         validate_province_code(province, "province")
     size = page_size or DEFAULT_PAGE_SIZE
     before = token_position(page_token) if page_token else None
-    with ctx.uow() as uow:
+    with ctx.uow(read_only=True) as uow:
         rows = uow.bindings.page(province, tuple(dict.fromkeys(states)), before, size + 1)
     more = len(rows) > size
     rows = rows[:size]
@@ -53,7 +53,7 @@ def list_bindings(ctx: UseCaseContext, province: str, states: Sequence[BindingSt
 def inspect_binding(ctx: UseCaseContext, binding_id: str) -> BindingInspection:
     """One binding (masked ID numbers only) with the messages owed to the provinces about it."""
     validate_message_id(binding_id, field="binding_id")
-    with ctx.uow() as uow:
+    with ctx.uow(read_only=True) as uow:
         binding = uow.bindings.get(binding_id)
         messages = uow.outbox.of_subject(binding_id, BINDING_MESSAGES, NEWEST_NOTICES) if binding is not None else []
     if binding is None:
@@ -65,7 +65,7 @@ def inspect_quota(ctx: UseCaseContext, binding_id: str, page_size: int, page_tok
     """One binding's quota (masked ID numbers only): its figures, a page of its consumptions, the newest
     notices about it."""
     validate_message_id(binding_id, field="binding_id")
-    with ctx.uow() as uow:
+    with ctx.uow(read_only=True) as uow:
         binding = uow.bindings.get(binding_id)
         if binding is None:
             raise binding_not_found()

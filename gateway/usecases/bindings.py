@@ -306,7 +306,7 @@ def dissolve_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
 def get_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                 decode: PayloadDecoder[BindingQuery]) -> Binding:
     now = ctx.clock.now()
-    with ctx.uow() as uow:
+    with ctx.uow(read_only=True) as uow:
         query = authenticate(uow, envelope, decode, peer, now, ctx)
         validate_message_id(query.header.message_id)
         require_addressed_to_gateway(query.header, "a binding query")

@@ -28,7 +28,7 @@ def dashboard_snapshot(ctx: UseCaseContext, stuck_after: timedelta, recent: int 
     """
     recent = max(0, min(recent, MAX_RECENT))
     now = ctx.clock.now()
-    with ctx.uow() as uow:
+    with ctx.uow(read_only=True) as uow:
         provinces = tuple(sorted(uow.provinces.list(), key=lambda province: province.code))
         last = uow.transfers.last_change()
         # Positions may have gaps (PostgreSQL numbers a change when written): at most `recent` changes.

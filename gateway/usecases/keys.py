@@ -34,6 +34,6 @@ def register_gateway_key(ctx: UseCaseContext, key_id: str, public_key: bytes, ov
 def gateway_keys(ctx: UseCaseContext, include_expired: bool = False) -> list[ProvinceKey]:
     """Newest first; without `include_expired`, only keys whose signatures are still good."""
     now = ctx.clock.now()
-    with ctx.uow() as uow:
+    with ctx.uow(read_only=True) as uow:
         keys = uow.gateway_keys.list()
     return [k for k in keys if include_expired or k.valid_until is None or k.valid_until > now]

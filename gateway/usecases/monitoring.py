@@ -76,7 +76,7 @@ def inspect_transfer(ctx: UseCaseContext, transfer_id: str) -> TransferInspectio
     """One transfer with its history, the messages owed about it (attempts, last error, next retry) and when
     it ends if nothing else happens, for operators (the view holds masked ID numbers only)."""
     validate_message_id(transfer_id, field="transfer_id")
-    with ctx.uow() as uow:
+    with ctx.uow(read_only=True) as uow:
         transfer = uow.transfers.get(transfer_id, with_history=True)
         messages = (uow.outbox.of_subject(transfer_id, TRANSFER_MESSAGES, TRANSFER_MESSAGES_AT_MOST)
                     if transfer is not None else [])
@@ -97,7 +97,7 @@ def list_transfers(ctx: UseCaseContext, where: TransferFilter, page_token: str, 
             validate_province_code(code, name)
     size = page_size or DEFAULT_PAGE_SIZE
     after = token_position(page_token) if page_token else None
-    with ctx.uow() as uow:
+    with ctx.uow(read_only=True) as uow:
         rows = uow.transfers.page(where, after, size + 1, newest_first=newest_first)
     more = len(rows) > size
     rows = rows[:size]
@@ -109,22 +109,22 @@ WATCH_POLL_SECONDS = 0.1
 
 
 def _changes_after(ctx: UseCaseContext, position: int, limit: int) -> list[TransferChange]:
-    with ctx.uow() as uow:
+    with ctx.uow(read_only=True) as uow:
         return uow.transfers.changes_after(position, limit)
 
 
 def _last_change(ctx: UseCaseContext) -> int:
-    with ctx.uow() as uow:
+    with ctx.uow(read_only=True) as uow:
         return uow.transfers.last_change()
 
 
 def _writers_horizon(ctx: UseCaseContext) -> datetime | None:
-    with ctx.uow() as uow:
+    with ctx.uow(read_only=True) as uow:
         return uow.transfers.writers_horizon()
 
 
 def _writers_ended(ctx: UseCaseContext, horizon: datetime | None) -> bool:
-    with ctx.uow() as uow:
+    with ctx.uow(read_only=True) as uow:
         return uow.transfers.writers_ended(horizon)
 
 
@@ -170,7 +170,7 @@ async def watch_transfers(ctx: UseCaseContext, run_in_db: RunInDb,
 
 
 def get_stats(ctx: UseCaseContext) -> Stats:
-    with ctx.uow() as uow:
+    with ctx.uow(read_only=True) as uow:
         stats = uow.transfers.stats()
         windows = uow.settlements.counts_by_state()
         months = uow.settlements.counts_by_state(clearing=True)
@@ -186,7 +186,7 @@ K = TypeVar("K")
 
 def recount_totals(uow_factory: UnitOfWorkFactory) -> list[str]:
     """Recompute the operators' running totals from every row, in one snapshot: what differs, [] if they agree."""
-    with uow_factory() as uow:
+    with uow_factory(read_only=True) as uow:
         kept, counted = uow.totals.read(), uow.totals.recount()
         kept_quotas, counted_quotas = uow.totals.quota_pairs(), uow.totals.recount_quota_pairs()
         windows_kept, windows_counted = uow.totals.settlements(), uow.totals.settlements(recount=True)

@@ -244,7 +244,12 @@ class UnitOfWork(Protocol):
         raises is logged, as the commit stands."""
 
 
-UnitOfWorkFactory = Callable[[], UnitOfWork]
+class UnitOfWorkFactory(Protocol):
+    """A new unit of work. `read_only`: one consistent snapshot that takes no write lock, so it neither waits
+    for writers nor holds them up (SQLite: a deferred read transaction beside its one writer; PostgreSQL:
+    REPEATABLE READ READ ONLY); a write in it fails. For reads that change nothing."""
+
+    def __call__(self, read_only: bool = False) -> UnitOfWork: ...
 
 
 class ReceiptIssuer(Protocol):

@@ -142,7 +142,7 @@ def update_province(ctx: UseCaseContext, code: str, changes: ProvinceChanges, ac
 
 
 def list_provinces(ctx: UseCaseContext) -> list[Province]:
-    with ctx.uow() as uow:
+    with ctx.uow(read_only=True) as uow:
         return uow.provinces.list()
 
 

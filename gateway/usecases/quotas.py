@@ -288,7 +288,7 @@ def reverse_consumption(ctx: UseCaseContext, envelope: Envelope, peer: str | Non
 def get_quota(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
               decode: PayloadDecoder[QuotaQuery]) -> QuotaView:
     now = ctx.clock.now()
-    with ctx.uow() as uow:
+    with ctx.uow(read_only=True) as uow:
         query = authenticate(uow, envelope, decode, peer, now, ctx)
         validate_message_id(query.header.message_id)
         require_addressed_to_gateway(query.header, "a quota query")

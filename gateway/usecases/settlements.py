@@ -129,7 +129,7 @@ def window_not_found() -> NotFound:
 
 def get_window(ctx: UseCaseContext, window_id: str) -> SettlementWindow:
     validate_window_id(window_id)
-    with ctx.uow() as uow:
+    with ctx.uow(read_only=True) as uow:
         window = uow.settlements.get(window_id)
     if window is None:
         raise window_not_found()
@@ -153,7 +153,7 @@ def list_windows(ctx: UseCaseContext, states: Sequence[WindowState], page_token:
     if page_token:
         validate_window_id(page_token, "page_token")
     size = page_size or 50
-    with ctx.uow() as uow:
+    with ctx.uow(read_only=True) as uow:
         windows = uow.settlements.newest_first(states, page_token or None, size + 1, clearing)
     more = len(windows) > size
     windows = windows[:size]
@@ -315,5 +315,5 @@ def record_payment(ctx: UseCaseContext, window_id: str, inputs: Sequence[Payment
 
 
 def window_counts(ctx: UseCaseContext) -> dict[WindowState, int]:
-    with ctx.uow() as uow:
+    with ctx.uow(read_only=True) as uow:
         return uow.settlements.counts_by_state()

@@ -263,7 +263,7 @@ def confirm_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
 def get_transfer(ctx: UseCaseContext, envelope: Envelope, peer: str | None,
                  decode: PayloadDecoder[TransferQuery]) -> Transfer:
     now = ctx.clock.now()
-    with ctx.uow() as uow:
+    with ctx.uow(read_only=True) as uow:
         query = authenticate(uow, envelope, decode, peer, now, ctx)
         validate_message_id(query.header.message_id)
         require_addressed_to_gateway(query.header, "a transfer query")

@@ -1,5 +1,6 @@
 """A database another connection holds locked: health keeps answering and says NOT_SERVING, a call is refused
-UNAVAILABLE / DATABASE_BUSY within the bound, the log names the cause once; released, the same call executes once."""
+UNAVAILABLE / DATABASE_BUSY within the bound, the operators' stats still answer (reads take no lock), the log names
+the cause once; released, the same call executes once."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.config import Settings
-from protos.gongji.v1 import transfers_pb2
+from protos.gongji.v1 import operations_pb2, operations_pb2_grpc, transfers_pb2
 from tests.support import LoopThread, error_seen, start_stack, wait_until
 
 BOUND_S = 5.0  # the documented default (GONGJI_DATABASE_BUSY_SECONDS), checked below
@@ -110,6 +111,9 @@ def test_a_locked_database_refuses_calls_within_the_bound_and_health_says_so(
             with pytest.raises(grpc.RpcError) as refused:
                 submitted.result(timeout=3 * HELD_S)
             refused_after = time.monotonic() - locked_at
+            # Reads wait for no lock: an operator still sees the exchange while nothing can be written.
+            stats = operations_pb2_grpc.OperationsStub(stack.ops_channel).GetStats(
+                operations_pb2.GetStatsRequest(), timeout=1.0)
             wait_until(lambda: probes.said("NOT_SERVING") == set(targets), timeout=HELD_S,
                        what="health to say NOT_SERVING on both ports")
             still_locked = time.monotonic() - locked_at < HELD_S
@@ -119,6 +123,7 @@ def test_a_locked_database_refuses_calls_within_the_bound_and_health_says_so(
             released_at = time.monotonic()
             wait_until(lambda: probes.said("SERVING", since=released_at) == set(targets), timeout=10,
                        what="health to say SERVING on both ports again")
+        assert sum(pair.count for pair in stats.transfers) >= 1, stats
         seen = error_seen(refused.value)
         assert (seen.code, seen.reason) == (grpc.StatusCode.UNAVAILABLE, "DATABASE_BUSY"), seen
         assert still_locked and refused_after < BOUND_S + 2, (

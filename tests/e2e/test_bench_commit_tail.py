@@ -29,7 +29,7 @@ def test_both_ways_commit_and_chain_every_entry(pg_url: str) -> None:
     engine = make_engine(pg_url)
     try:
         store = SqlStore(engine, FieldCipher.generate())
-        report = verify_audit(lambda: store.unit_of_work(read_only=True), {}, verify_signature)
+        report = verify_audit(store.unit_of_work, {}, verify_signature)
     finally:
         engine.dispose()
     assert report.ok, report.findings

@@ -25,7 +25,7 @@ def store_context(store: SqlStore) -> UseCaseContext:
     def unused(*_: Any) -> Any:
         raise AssertionError("a store-only use case signed, hashed or verified")
 
-    return UseCaseContext(uow=lambda: SqlUnitOfWork(store), clock=SystemClock(), receipts=unused,  # type: ignore[arg-type]
+    return UseCaseContext(uow=store.unit_of_work, clock=SystemClock(), receipts=unused,  # type: ignore[arg-type]
                           hasher=unused, verify=unused, members=unused,
                           stored_types=STORED_PAYLOAD_TYPES)  # type: ignore[arg-type]
 

@@ -779,6 +779,30 @@ def test_a_read_only_unit_of_work_does_not_hold_writers_back(store: SqlStore) ->
         assert later.audit.head()[0] == before[0] + 1
 
 
+def test_a_read_only_unit_of_work_refuses_a_write_and_leaves_its_connection_writable(engine: Engine,
+                                                                                        store: SqlStore) -> None:
+    """The operators' reads run read-only: a write slipped into one fails and changes nothing, and the pool's
+    connection it used writes again in the next unit of work (on PostgreSQL READ COMMITTED, as the others)."""
+    with SqlUnitOfWork(store) as uow:  # the pool holds one connection, used by every unit of work below
+        uow.provinces.add(xinjiang())
+        uow.commit()
+    assert engine.pool.checkedin() == 1  # type: ignore[attr-defined]
+
+    with pytest.raises(Exception, match=r"(?i)read.?only"), SqlUnitOfWork(store, read_only=True) as reader:
+        reader.provinces.add(gansu())
+
+    with SqlUnitOfWork(store) as uow:
+        assert uow.provinces.get("620000") is None
+        uow.provinces.add(gansu())
+        if not store.is_sqlite:
+            isolation = uow._cursor._cursor.execute("SHOW transaction_isolation").fetchone()[0]  # type: ignore[union-attr]
+            assert isolation == "read committed"
+        uow.commit()
+    with SqlUnitOfWork(store, read_only=True) as reader:
+        assert reader.provinces.get("620000") is not None
+    assert engine.pool.checkedin() == 1  # type: ignore[attr-defined]
+
+
 def test_a_taken_transfer_id_is_reported_not_raised(engine: Engine, store: SqlStore) -> None:
     """Ids are unique per sender only, so another province may already hold one: add says so and stores
     nothing (the use case answers TRANSFER_ID_TAKEN), rather than failing on the primary key."""
