@@ -191,9 +191,9 @@ class Operators:
             raise OSError(f"exit {done.returncode}: {done.stderr.decode(errors='replace')[-160:]}")
         return elapsed
 
-    async def scrape(self, seconds: float) -> dict[str, list[float]]:
+    async def scrape(self, seconds: float, cli: bool = True) -> dict[str, list[float]]:
         """The continuous scrape: /metrics every 1 s, the dashboard's snapshot every 2 s, GetStats and `gongji
-        stats` every 5 s, for `seconds`."""
+        stats` every 5 s, for `seconds`; without `cli`, the gateway's own three alone (no process started)."""
         until = asyncio.get_running_loop().time() + seconds
         found: dict[str, list[float]] = {"metrics": [], "snapshot": [], "stats": [], "stats_cli": []}
         failed = self.failures
@@ -204,7 +204,7 @@ class Operators:
             _every(SNAPSHOT_EVERY_S, until, lambda: self.http("/api/snapshot"), found["snapshot"],
                    failed["snapshot"], 0.5),
             _every(STATS_EVERY_S, until, self.stats, found["stats"], failed["stats"], 2.5),
-            _every(STATS_EVERY_S, until, self.stats_cli, found["stats_cli"], failed["stats_cli"]))
+            *([_every(STATS_EVERY_S, until, self.stats_cli, found["stats_cli"], failed["stats_cli"])] if cli else []))
         return found
 
     async def reads(self, transfer_ids: list[str], last_event_id: int, times: int = READS) -> dict[str, Any]:
@@ -261,10 +261,11 @@ class Operators:
 
 async def measure(endpoints: Endpoints, gateway_pid: int, *, rate: float, seconds: float, rounds: int,
                   close_window: str, transfer_ids: list[str], last_event_id: Callable[[], int]) -> dict[str, Any]:
-    """Quiet and scraped traffic side by side (`rounds` of each, alternating), the reads, then the close."""
+    """Quiet and scraped traffic side by side (`rounds` of each, alternating; and scraped without `gongji stats`,
+    to tell the gateway's share from the CLI process's on the same cores), the reads, then the close."""
     traffic, operators = Traffic(endpoints, rate), Operators(endpoints)
     found: dict[str, Any] = {"rss_mb_before_warm_up": rss_mb(gateway_pid)}
-    quiet, scraped = [], []
+    quiet, scraped, scraped_no_cli = [], [], []
     scrapes: dict[str, list[float]] = {"metrics": [], "snapshot": [], "stats": [], "stats_cli": []}
     try:
         # Warm-up: traffic, and every kind of operators' call once (channels, caches, first-call allocations);
@@ -280,10 +281,12 @@ async def measure(endpoints: Endpoints, gateway_pid: int, *, rate: float, second
             scraped.append(figures("scraped", calls, *await traffic.lifecycles(calls)))
             for key, values in scraped_now.items():
                 scrapes[key].extend(values)
-        for rows in (quiet, scraped):
+            calls, _ = await asyncio.gather(traffic.run(seconds), operators.scrape(seconds, cli=False))
+            scraped_no_cli.append(figures("scraped_no_cli", calls, *await traffic.lifecycles(calls)))
+        for rows in (quiet, scraped, scraped_no_cli):
             found |= {key: (round(statistics.median(row[key] for row in rows), 2) if "_ms_" in key
                             else sum(row[key] for row in rows)) for key in rows[0]}
-        found["rounds"] = {"quiet": quiet, "scraped": scraped}
+        found["rounds"] = {"quiet": quiet, "scraped": scraped, "scraped_no_cli": scraped_no_cli}
         for key, values in scrapes.items():
             found[f"{key}_ms_median"], found[f"{key}_ms_max"] = ms(values), ms([max(values)] if values else [])
             found[f"{key}_samples"] = len(values)

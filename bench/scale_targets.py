@@ -54,6 +54,8 @@ TABLE: tuple[tuple[str, str | tuple[str, str]], ...] = (
     ("GetStats ms", ("stats_ms_median", "stats_ms_max")),
     ("submit p50 / p99 ms, quiet", ("submit_p50_ms_quiet", "submit_p99_ms_quiet")),
     ("submit p50 / p99 ms, scraped", ("submit_p50_ms_scraped", "submit_p99_ms_scraped")),
+    ("submit p50 / p99 ms, scraped without `gongji stats`", ("submit_p50_ms_scraped_no_cli",
+                                                            "submit_p99_ms_scraped_no_cli")),
     ("lifecycle p50 / p99 ms, quiet", ("lifecycle_p50_ms_quiet", "lifecycle_p99_ms_quiet")),
     ("lifecycle p50 / p99 ms, scraped", ("lifecycle_p50_ms_scraped", "lifecycle_p99_ms_scraped")),
     ("ListTransfers newest page ms", ("list_newest_ms_median", "list_newest_ms_max")),
