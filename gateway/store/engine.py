@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, select
+from sqlalchemy import Connection, Engine, create_engine, event, exc, select
 
 from gateway.domain.audit import GENESIS
 from gateway.store.tables import Base, audit_head_t, routing_version_t
@@ -13,6 +14,8 @@ from gateway.store.tables import Base, audit_head_t, routing_version_t
 SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
 # How long a SQLite connection waits for another's write lock unless told otherwise (the CLI, migrations).
 SQLITE_BUSY_SECONDS = 30.0
+# A PostgreSQL connection back in the pool longer than this is checked (SELECT 1) before it is handed out again.
+IDLE_CHECK_SECONDS = 1.0
 
 
 def make_engine(url: str, sqlite_synchronous: str = "FULL", lock_wait_seconds: float | None = None) -> Engine:
@@ -50,8 +53,30 @@ def make_engine(url: str, sqlite_synchronous: str = "FULL", lock_wait_seconds: f
     # lock_timeout 0 would mean no limit: a bound always waits at least a millisecond.
     options = {} if lock_wait_seconds is None else {
         "options": f"-c lock_timeout={max(1, round(1000 * lock_wait_seconds))}"}
-    return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, pool_reset_on_return=None,
-                         connect_args=options)
+    engine = create_engine(url, pool_size=10, max_overflow=10, pool_reset_on_return=None, connect_args=options)
+    _check_connections_left_idle(engine)
+    return engine
+
+
+def _check_connections_left_idle(engine: Engine) -> None:
+    """A connection is checked before it is handed out only when it has been idle (IDLE_CHECK_SECONDS): one a
+    restart of the database ended is replaced, and the busy pool of a loaded gateway pays no round trip a unit
+    of work for it, as a check at every checkout (SQLAlchemy's pre-ping) would. A connection that breaks in use
+    is not handed out again (SqlUnitOfWork drops it)."""
+
+    @event.listens_for(engine, "connect")
+    @event.listens_for(engine, "checkin")
+    def _used_now(_dbapi_connection: Any, record: Any) -> None:
+        record.info["used_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _check_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if time.monotonic() - record.info.get("used_at", 0.0) <= IDLE_CHECK_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:  # the pool drops it and hands out another (a new one if need be)
+            raise exc.DisconnectionError(f"a pooled connection was lost: {error}") from error
 
 
 def create_schema(engine: Engine) -> None:

@@ -115,14 +115,18 @@ class SqlUnitOfWork:
             if self._open:
                 self._end("ROLLBACK")
         finally:
-            if self._read_only:
-                self._writable_again()
+            # A connection lost in use (the database restarted) is never handed out again, nor one that could not
+            # be made writable again.
+            lost = getattr(self._connection.driver_connection, "broken", False)
+            usable = not lost and (not self._read_only or self._writable_again())
             self._cursor.close()
+            if not usable:
+                self._connection.invalidate()
             self._connection.close()  # back to the pool
 
-    def _writable_again(self) -> None:
-        """The connection's next transactions as the pool's others' (writable; on PostgreSQL READ COMMITTED). One
-        that cannot be told so (its transaction could not be ended: the connection is lost) is not used again."""
+    def _writable_again(self) -> bool:
+        """The connection's next transactions as the pool's others' (writable; on PostgreSQL READ COMMITTED);
+        False if it cannot be told so (its transaction could not be ended)."""
         driver: Any = self._connection.driver_connection
         try:
             if self._store.is_sqlite:
@@ -130,7 +134,8 @@ class SqlUnitOfWork:
             else:
                 driver.isolation_level, driver.read_only = None, None
         except Exception:
-            self._connection.invalidate()
+            return False
+        return True
 
     def _end(self, verb: str) -> None:
         # Still open until the verb succeeds: a COMMIT that fails (in a batch, a statement's failure surfaces at

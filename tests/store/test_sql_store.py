@@ -30,6 +30,7 @@ from gateway.domain.provinces import Policy, Province, ProvinceKey, ProvinceStat
 from gateway.domain.records import RequestOutcome
 from gateway.domain.transfers import INT64_MAX, Transfer, TransferEvent, TransferState
 from gateway.security.encryption import FieldCipher, SealedValueError
+from gateway.store import engine as engine_module
 from gateway.store.engine import make_engine
 from gateway.store.sealing import NoSealer
 from gateway.store.tables import events_t, outbox_t, requests_t, transfers_t
@@ -801,6 +802,37 @@ def test_a_read_only_unit_of_work_refuses_a_write_and_leaves_its_connection_writ
     with SqlUnitOfWork(store, read_only=True) as reader:
         assert reader.provinces.get("620000") is not None
     assert engine.pool.checkedin() == 1  # type: ignore[attr-defined]
+
+
+def test_a_connection_the_database_ended_is_replaced_and_never_handed_out_twice(
+        engine: Engine, store: SqlStore, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restart of PostgreSQL (here: its backend terminated) ends the pool's connections. One left idle is checked
+    before it is handed out and replaced unseen; one used a moment ago fails the unit of work that finds it, and is
+    dropped: the next unit of work has a new connection."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("a SQLite connection is a file's: no server ends it")
+    import psycopg
+
+    def backend() -> int:
+        with SqlUnitOfWork(store) as uow:
+            return int(uow._cursor._cursor.execute("SELECT pg_backend_pid()").fetchone()[0])  # type: ignore[union-attr]
+
+    def terminate(pid: int) -> None:
+        with psycopg.connect(db_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+
+    monkeypatch.setattr(engine_module, "IDLE_CHECK_SECONDS", 0.0)  # every connection counts as idle: checked
+    first = backend()
+    terminate(first)
+    second = backend()
+    assert second != first and engine.pool.checkedin() == 1  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(engine_module, "IDLE_CHECK_SECONDS", 3600.0)  # none counts as idle: none checked
+    terminate(second)
+    with pytest.raises(psycopg.OperationalError):
+        backend()
+    third = backend()
+    assert third not in (first, second) and engine.pool.checkedin() == 1  # type: ignore[attr-defined]
 
 
 def test_a_taken_transfer_id_is_reported_not_raised(engine: Engine, store: SqlStore) -> None:
