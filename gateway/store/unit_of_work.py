@@ -28,9 +28,6 @@ from gateway.store.statements import Statements
 
 log = logging.getLogger(__name__)
 
-# psycopg.IsolationLevel.REPEATABLE_READ by value: psycopg itself is imported only by PostgreSQL's engine.
-PSYCOPG_REPEATABLE_READ = 3
-
 
 class SqlStore:
     """What the units of work of one database share: its engine, the statements compiled for it, its routing
@@ -43,6 +40,11 @@ class SqlStore:
         self.statements = Statements(engine)
         self.routing = RoutingCache()
         self.is_sqlite = engine.dialect.name == "sqlite"
+        if not self.is_sqlite:  # psycopg, loaded by PostgreSQL's engine already; SQLite's gateway never loads it
+            from psycopg import IsolationLevel
+
+            # How a read-only unit of work's transaction begins (psycopg says it in its BEGIN).
+            self.read_isolation: Any = IsolationLevel.REPEATABLE_READ
         # An event loop's thread that runs use cases itself, and the engine its units of work use (see loop_uses).
         self._loop_thread: int | None = None
         self._loop_engine = engine
@@ -88,7 +90,7 @@ class SqlUnitOfWork:
                 self._store.writes_begun += 1
             elif self._read_only:
                 # Said in the BEGIN psycopg sends before the first statement: no round trip of its own.
-                driver.isolation_level, driver.read_only = PSYCOPG_REPEATABLE_READ, True  # type: ignore[union-attr]
+                driver.isolation_level, driver.read_only = self._store.read_isolation, True  # type: ignore[union-attr]
         except BaseException:  # the transaction did not begin (the database is locked): the connection goes back
             self.__exit__()
             raise
