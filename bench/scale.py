@@ -114,7 +114,7 @@ def check_rows(url: str, verify_chain: bool) -> dict[str, Any]:
         if verify_chain:
             from gateway.security.signing import verify_signature
 
-            with store.unit_of_work() as uow:
+            with store.unit_of_work(read_only=True) as uow:
                 keys = {key.key_id: key.public_key for key in uow.gateway_keys.list()}
             audit = verify_audit(store.unit_of_work, keys, verify_signature)
             found |= {"audit_verified": audit.ok, "audit_entries": audit.entries}

@@ -172,7 +172,7 @@ def audit_verify(url: DatabaseUrl = None, as_json: AsJson = False) -> None:
         if status.state in (SchemaState.EMPTY, SchemaState.UNVERSIONED):  # no chain to verify: say why, as db current
             fail(f"{shown}: {status.problem()}")
         store = SqlStore(engine, NoSealer())  # the chain holds no personal data: no data keys needed
-        with store.unit_of_work() as uow:
+        with store.unit_of_work(read_only=True) as uow:
             keys = {key.key_id: key.public_key for key in uow.gateway_keys.list()}
         # One snapshot, no write lock: the gateway goes on writing while the chain is checked.
         report = verify_audit(store.unit_of_work, keys, verify_signature)
