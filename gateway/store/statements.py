@@ -97,10 +97,10 @@ class Statements:
                                                        reason=_b("reason"), at=_b("at")))
         self.get_transfer = p(select(*TRANSFER_VIEW).where(t.transfer_id == _b("w_id")))
         e = events_t.c
-        self.changes_after = p(select(e.id, e.transfer_id, e.state, e.at, e.reason, t.giver_province,
-                                      t.receiver_province, t.amount_fen)
-                               .join_from(events_t, transfers_t, e.transfer_id == t.transfer_id)
-                               .where(e.id > _b("after")).order_by(e.id).limit(_b("limit")))
+        change = (select(e.id, e.transfer_id, e.state, e.at, e.reason, t.giver_province, t.receiver_province,
+                         t.amount_fen).join_from(events_t, transfers_t, e.transfer_id == t.transfer_id))
+        self.changes_after = p(change.where(e.id > _b("after")).order_by(e.id).limit(_b("limit")))
+        self.newest_changes = p(change.order_by(e.id.desc()).limit(_b("limit")))
         self.last_change = p(select(func.max(e.id)))
         # PostgreSQL numbers a change before it commits; a watcher passes a missing number once every writing
         # transaction of this database that had begun when it saw the gap has ended (other databases on the

@@ -30,9 +30,7 @@ def dashboard_snapshot(ctx: UseCaseContext, stuck_after: timedelta, recent: int 
     now = ctx.clock.now()
     with ctx.uow(read_only=True) as uow:
         provinces = tuple(sorted(uow.provinces.list(), key=lambda province: province.code))
-        last = uow.transfers.last_change()
-        # Positions may have gaps (PostgreSQL numbers a change when written): at most `recent` changes.
-        changes = uow.transfers.changes_after(max(0, last - recent), recent) if recent else []
+        changes = uow.transfers.newest_changes(recent) if recent else []
         stats = dataclasses.replace(uow.transfers.stats(), quota_pairs=uow.totals.quota_pairs())
         waiting = uow.transfers.page(TransferFilter(states=NOT_FINAL, created_to=now - stuck_after), None,
                                      MAX_STUCK + 1)
@@ -50,7 +48,7 @@ def dashboard_snapshot(ctx: UseCaseContext, stuck_after: timedelta, recent: int 
         at=now,
         stuck_after=stuck_after,
         provinces=provinces,
-        recent_changes=tuple(reversed(changes)),
+        recent_changes=tuple(changes),
         stats=stats,
         pairs=pairs,
         flows=province_flows(pairs, [province.code for province in provinces]),

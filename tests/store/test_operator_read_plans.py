@@ -119,3 +119,51 @@ def test_a_windows_close_reads_its_kept_figures_not_its_transfers(sqlite_store: 
     # The primary key's range (SQLite names it its autoindex): pairs x shards rows.
     key = "sqlite_autoindex_settlement_totals_1 (window_id=?)"
     assert all(plan.startswith(f"SEARCH settlement_totals USING INDEX {key}") for plan in found), found
+
+
+def _windows_with_figures(store: SqlStore, count: int) -> None:
+    """`count` closed windows, each with two pairs' figures and one of its two provinces' acknowledgement."""
+    with store.unit_of_work() as uow:
+        connection = uow._connection.driver_connection  # type: ignore[attr-defined]
+        for day in range(1, count + 1):
+            window_id = f"2026-05-{day:02d}"
+            at = datetime(2026, 5, day, tzinfo=UTC).isoformat(sep=" ")
+            connection.execute("INSERT INTO settlement_windows VALUES (?, 'CLOSED', ?, ?, ?, ?)",
+                               (window_id, at, at, at, at))
+            for fr, to, gross in (("620000", "650000", day), ("650000", "620000", 100 * day)):
+                connection.execute("INSERT INTO settlement_pairs (window_id, from_province, to_province, gross_fen, "
+                                   "transfer_count, bank, serial_number) VALUES (?, ?, ?, ?, 1, '', '')",
+                                   (window_id, fr, to, gross))
+            for province, acknowledged in (("620000", at), ("650000", None)):
+                connection.execute("INSERT INTO settlement_statements (window_id, province, figures_payload, "
+                                   "figures_key_id, figures_alg, figures_signature, figures_sha256, acknowledged_at, "
+                                   "ack_message_id, ack_key_id) VALUES (?, ?, x'00', 'k', 'ed25519', x'00', x'00', ?, "
+                                   "'', '')", (window_id, province, acknowledged))
+        uow.commit()
+
+
+@pytest.mark.parametrize("limit", [1, 3, 7])
+def test_a_page_of_windows_is_three_statements_whatever_its_size_and_each_as_read_alone(sqlite_store: SqlStore,
+                                                                                        limit: int) -> None:
+    """The dashboard reads two pages of windows every 2 s: their rows, then all their pairs and all their
+    acknowledgements, each by the tables' keys; the windows are those read one at a time."""
+    _windows_with_figures(sqlite_store, 6)
+    found = plans(sqlite_store, lambda uow: uow.settlements.newest_first((), None, limit, clearing=False))
+    assert len(found) == 3, found
+    assert "TEMP B-TREE" not in found[0], found
+    assert found[1].startswith("SEARCH settlement_pairs USING INDEX sqlite_autoindex_settlement_pairs_1"), found
+    assert found[2].startswith("SEARCH settlement_statements USING INDEX"), found
+    with sqlite_store.unit_of_work(read_only=True) as uow:
+        page = uow.settlements.newest_first((), None, limit, clearing=False)
+        one_by_one = [uow.settlements.get(f"2026-05-{day:02d}") for day in range(6, 6 - min(limit, 6), -1)]
+    assert page == one_by_one and len(page) == min(limit, 6)
+    assert all(len(window.pairs) == 2 and len(window.acknowledgements) == 1 for window in page)
+
+
+def test_the_dashboards_newest_changes_are_the_events_key_read_backwards(sqlite_store: SqlStore) -> None:
+    """One statement, however long the history: the events' key read from its end, each change's transfer
+    found by its key; never a sort."""
+    found = plans(sqlite_store, lambda uow: uow.transfers.newest_changes(50))
+    assert len(found) == 1 and "TEMP B-TREE" not in found[0], found
+    assert found[0].startswith("SCAN transfer_events"), found
+    assert "SEARCH transfers USING INDEX sqlite_autoindex_transfers_1 (transfer_id=?)" in found[0], found

@@ -32,6 +32,34 @@ if TYPE_CHECKING:  # statements.py imports this module's statements, and audit.p
     from gateway.store.statements import Statements
 
 
+_PAIR_COLUMNS = (pairs_t.c.from_province, pairs_t.c.to_province, pairs_t.c.gross_fen, pairs_t.c.transfer_count,
+                 pairs_t.c.reversed_fen, pairs_t.c.reversal_count, pairs_t.c.bank, pairs_t.c.serial_number,
+                 pairs_t.c.paid_on)
+
+
+def _in_sizes(count: int) -> int:
+    """The number of ids an IN list is compiled for: a power of two from `count`, the rest filled with the last id,
+    so a few compiled statements serve every page size."""
+    return 1 << max(0, count - 1).bit_length()
+
+
+def _window(row: Sequence[Any], pair_rows: Sequence[Sequence[Any]],
+            ack_rows: Sequence[Sequence[Any]]) -> SettlementWindow:
+    """A window from its row, its pairs' rows (`_PAIR_COLUMNS`) and its acknowledgements' (province, at)."""
+    clearing = is_clearing_window(row[0])
+    pairs, lines, payments = [], [], []
+    for fr, to, gross, count, reversed_, reversals, bank, serial, paid_on in pair_rows:
+        if clearing:
+            lines.append(ClearingLine(fr, to, int(gross), int(reversed_), int(count), int(reversals)))
+        else:
+            pairs.append(PairFigure(fr, to, int(gross), int(count)))
+        if paid_on is not None:
+            payments.append(Payment(fr, to, bank, serial, paid_on))
+    acks = tuple(Acknowledgement(province, at) for province, at in ack_rows)
+    return SettlementWindow(row[0], WindowState(row[1]), row[2], row[3], row[4], tuple(pairs), acks,
+                            tuple(payments), tuple(lines))
+
+
 def _of_kind(query: Select[Any], clearing: bool | None) -> Select[Any]:
     """Clearing months only (True), the transfers' windows only (False), or both (None)."""
     if clearing is None:
@@ -52,8 +80,7 @@ class SettlementStatements:
         self._dialect = dialect
         self.window = p(select(w.window_id, w.state, w.opens_at, w.closes_at, w.closed_at)
                         .where(w.window_id == bindparam("window_id")))
-        self.window_pairs = p(select(pr.from_province, pr.to_province, pr.gross_fen, pr.transfer_count,
-                                     pr.reversed_fen, pr.reversal_count, pr.bank, pr.serial_number, pr.paid_on)
+        self.window_pairs = p(select(*_PAIR_COLUMNS)
                               .where(pr.window_id == bindparam("window_id"))
                               .order_by(pr.from_province, pr.to_province))
         self.window_acknowledgements = p(select(st.province, st.acknowledged_at)
@@ -77,15 +104,32 @@ class SettlementStatements:
 
     @functools.lru_cache(maxsize=32)  # noqa: B019 -- one per engine, kept for the engine's life
     def newest_first(self, clearing: bool | None, states: int, before: bool) -> Prepared:
-        """Window ids newest first, of one kind (`_of_kind`), in one of `states` states (binds state_0…) when
+        """Windows' rows newest first, of one kind (`_of_kind`), in one of `states` states (binds state_0…) when
         there are any, before a window id (bind `before`) when asked."""
         w = windows_t.c
-        query = _of_kind(select(w.window_id), clearing)
+        query = _of_kind(select(w.window_id, w.state, w.opens_at, w.closes_at, w.closed_at), clearing)
         if states:
             query = query.where(or_(*(w.state == bindparam(f"state_{n}") for n in range(states))))
         if before:
             query = query.where(w.window_id < bindparam("before"))
         return Prepared(query.order_by(w.window_id.desc()).limit(bindparam("limit")), self._dialect)
+
+    @functools.lru_cache(maxsize=16)  # noqa: B019 -- one per engine and size, kept for the engine's life
+    def pairs_of(self, count: int) -> Prepared:
+        """The frozen pair figures of `count` windows (binds w_0…), by window then pair."""
+        pr = pairs_t.c
+        return Prepared(select(pr.window_id, *_PAIR_COLUMNS)
+                        .where(pr.window_id.in_([bindparam(f"w_{n}") for n in range(count)]))
+                        .order_by(pr.window_id, pr.from_province, pr.to_province), self._dialect)
+
+    @functools.lru_cache(maxsize=16)  # noqa: B019 -- one per engine and size, kept for the engine's life
+    def acknowledgements_of(self, count: int) -> Prepared:
+        """The acknowledgements of `count` windows (binds w_0…), by window then province."""
+        st = statements_t.c
+        return Prepared(select(st.window_id, st.province, st.acknowledged_at)
+                        .where(and_(st.window_id.in_([bindparam(f"w_{n}") for n in range(count)]),
+                                    st.acknowledged_at.is_not(None)))
+                        .order_by(st.window_id, st.province), self._dialect)
 
     @functools.lru_cache(maxsize=4)  # noqa: B019 -- one per engine, kept for the engine's life
     def counts_by_state(self, clearing: bool | None) -> Prepared:
@@ -191,20 +235,8 @@ class SqlSettlementRepository:
         row = self._cursor.first(self._s.settlements.window, window_id=window_id)
         if row is None:
             return None
-        clearing = is_clearing_window(row[0])
-        pairs, lines, payments = [], [], []
-        for fr, to, gross, count, reversed_, reversals, bank, serial, paid_on in self._cursor.all(
-                self._s.settlements.window_pairs, window_id=window_id):
-            if clearing:
-                lines.append(ClearingLine(fr, to, int(gross), int(reversed_), int(count), int(reversals)))
-            else:
-                pairs.append(PairFigure(fr, to, int(gross), int(count)))
-            if paid_on is not None:
-                payments.append(Payment(fr, to, bank, serial, paid_on))
-        acks = tuple(Acknowledgement(province, at) for province, at in self._cursor.all(
-            self._s.settlements.window_acknowledgements, window_id=window_id))
-        return SettlementWindow(row[0], WindowState(row[1]), row[2], row[3], row[4], tuple(pairs), acks,
-                                tuple(payments), tuple(lines))
+        return _window(row, self._cursor.all(self._s.settlements.window_pairs, window_id=window_id),
+                       self._cursor.all(self._s.settlements.window_acknowledgements, window_id=window_id))
 
     def newest_first(self, states: Sequence[WindowState], before: str | None, limit: int,
                      clearing: bool | None = None) -> list[SettlementWindow]:
@@ -215,8 +247,20 @@ class SqlSettlementRepository:
         if before is not None:
             values["before"] = before
         statement = self._s.settlements.newest_first(clearing, len(states), before is not None)
-        ids = [r[0] for r in self._cursor.all(statement, limit=limit, **values)]
-        return [window for window_id in ids if (window := self.get(window_id)) is not None]
+        rows = self._cursor.all(statement, limit=limit, **values)
+        if not rows:
+            return []
+        # Three statements for the page, whatever its size (the dashboard reads two pages every 2 s).
+        ids = [row[0] for row in rows]
+        size = _in_sizes(len(ids))
+        given = {f"w_{n}": ids[min(n, len(ids) - 1)] for n in range(size)}
+        pairs: dict[str, list[tuple[Any, ...]]] = {window_id: [] for window_id in ids}
+        for pair in self._cursor.all(self._s.settlements.pairs_of(size), **given):
+            pairs[pair[0]].append(pair[1:])
+        acks: dict[str, list[tuple[Any, ...]]] = {window_id: [] for window_id in ids}
+        for ack in self._cursor.all(self._s.settlements.acknowledgements_of(size), **given):
+            acks[ack[0]].append(ack[1:])
+        return [_window(row, pairs[row[0]], acks[row[0]]) for row in rows]
 
     def due_for_close(self, closes_before: datetime, limit: int) -> list[str]:
         rows = self._cursor.all(self._s.settlements.due_for_close, closes_before=closes_before, limit=limit)

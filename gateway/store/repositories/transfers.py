@@ -62,7 +62,14 @@ class SqlTransferRepository:
         return [self._transfer(dict(zip(statement.columns, raw, strict=True))) for raw in self._cursor.all(statement)]
 
     def changes_after(self, position: int, limit: int) -> list[TransferChange]:
-        rows = self._cursor.all(self._s.changes_after, after=position, limit=limit)
+        return self._changes(self._cursor.all(self._s.changes_after, after=position, limit=limit))
+
+    def newest_changes(self, limit: int) -> list[TransferChange]:
+        """The last `limit` changes written, newest first: one range of the events' key, read backwards."""
+        return self._changes(self._cursor.all(self._s.newest_changes, limit=limit))
+
+    @staticmethod
+    def _changes(rows: list[tuple[Any, ...]]) -> list[TransferChange]:
         return [TransferChange(int(i), tid, TransferState(state), at, reason, giver, receiver, int(amount))
                 for i, tid, state, at, reason, giver, receiver, amount in rows]
 
