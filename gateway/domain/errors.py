@@ -78,6 +78,14 @@ class DatabaseBusy(Unavailable):
     default_reason = "DATABASE_BUSY"
 
 
+class DatabaseUnavailable(Unavailable):
+    """The gateway cannot reach its database, or lost its connection during the call (the database restarted or
+    ended it). Nothing was committed, or, when the connection was lost at the commit, it is not known whether the
+    change was: retry with the same message_id, which executes once either way."""
+
+    default_reason = "DATABASE_UNAVAILABLE"
+
+
 class Unimplemented(GongjiError):
     """Declared in the contract, implemented by a later release."""
 

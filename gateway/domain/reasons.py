@@ -8,6 +8,7 @@ from gateway.domain.errors import (
     AlreadyExists,
     Contention,
     DatabaseBusy,
+    DatabaseUnavailable,
     FailedPrecondition,
     GongjiError,
     InvalidArgument,
@@ -87,6 +88,9 @@ DATABASE_BUSY = _reason("DATABASE_BUSY", DatabaseBusy,
                         "another connection held a lock the call needs (SQLite's write lock, a PostgreSQL table or "
                         "row lock) for longer than GONGJI_DATABASE_BUSY_SECONDS (default 5): nothing was done, retry "
                         "later with the same message_id")
+DATABASE_UNAVAILABLE = _reason("DATABASE_UNAVAILABLE", DatabaseUnavailable,
+                               "the gateway cannot reach its database, or lost its connection to it during the "
+                               "call (a restart): retry with the same message_id, which executes once")
 SHUTTING_DOWN = _reason("SHUTTING_DOWN", Unavailable,
                         "the gateway is stopping: nothing was done, retry later or on another gateway")
 

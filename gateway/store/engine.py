@@ -16,6 +16,9 @@ SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
 SQLITE_BUSY_SECONDS = 30.0
 # A PostgreSQL connection back in the pool longer than this is checked (SELECT 1) before it is handed out again.
 IDLE_CHECK_SECONDS = 1.0
+# How long opening a PostgreSQL connection may take (libpq's connect_timeout; it counts whole seconds, 2 at least):
+# an unreachable server fails a call after this, not after the operating system's TCP retries (minutes).
+CONNECT_TIMEOUT_SECONDS = 5
 
 
 def make_engine(url: str, sqlite_synchronous: str = "FULL", lock_wait_seconds: float | None = None) -> Engine:
@@ -51,8 +54,9 @@ def make_engine(url: str, sqlite_synchronous: str = "FULL", lock_wait_seconds: f
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     # lock_timeout 0 would mean no limit: a bound always waits at least a millisecond.
-    options = {} if lock_wait_seconds is None else {
-        "options": f"-c lock_timeout={max(1, round(1000 * lock_wait_seconds))}"}
+    options: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+    if lock_wait_seconds is not None:
+        options["options"] = f"-c lock_timeout={max(1, round(1000 * lock_wait_seconds))}"
     engine = create_engine(url, pool_size=10, max_overflow=10, pool_reset_on_return=None, connect_args=options)
     _check_connections_left_idle(engine)
     return engine

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
 
 from gateway.domain import reasons
-from gateway.domain.errors import Contention, DatabaseBusy
+from gateway.domain.errors import Contention, DatabaseBusy, DatabaseUnavailable
 
 Processor = Callable[[Any], Any] | None
 
@@ -73,11 +73,29 @@ def _locked(error: Exception) -> bool:
     return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
 
 
+# PostgreSQL's classes of a connection ended by the server: connection exception (08…), admin or crash shutdown,
+# cannot connect now (57P01-57P03).
+_CONNECTION_ENDED = ("08", "57P01", "57P02", "57P03")
+
+
+def _lost(error: Exception, connection: Any) -> bool:
+    """The connection is gone (the database restarted or ended it): libpq's own errors carry no SQLSTATE, so the
+    driver's word that the connection is broken counts as much as the server's code."""
+    sqlstate = getattr(error, "sqlstate", None) or ""
+    return bool(getattr(connection, "broken", False)) or sqlstate.startswith(_CONNECTION_ENDED)
+
+
 @contextmanager
-def contention() -> Iterator[None]:
+def contention(connection: Any = None) -> Iterator[None]:
+    """Driver errors another connection or the database itself caused, as the domain's: DatabaseBusy, Contention,
+    DatabaseUnavailable (on `connection`, the DBAPI connection the statement ran on)."""
     try:
         yield
     except Exception as error:
+        if _lost(error, connection):
+            raise DatabaseUnavailable("the gateway lost its connection to the database during the call: retry with "
+                                      "the same message_id, which executes once",
+                                      reason=reasons.DATABASE_UNAVAILABLE) from error
         if _locked(error):
             raise DatabaseBusy("the database is locked by another connection; nothing was changed",
                                reason=reasons.DATABASE_BUSY) from error
@@ -103,34 +121,34 @@ class Cursor:
         if pipeline is None:
             yield
             return
-        with contention(), pipeline():
+        with contention(self._connection), pipeline():
             yield
 
     def run(self, statement: Prepared, **values: Any) -> int:
         """Execute; returns the driver's row count."""
-        with contention():
+        with contention(self._connection):
             self._cursor.execute(statement.sql, statement.params(values))
         return int(self._cursor.rowcount)
 
     def run_many(self, statement: Prepared, rows: Sequence[Mapping[str, Any]]) -> None:
         if rows:
-            with contention():
+            with contention(self._connection):
                 self._cursor.executemany(statement.sql, [statement.params(row) for row in rows])
 
     def first(self, statement: Prepared, **values: Any) -> tuple[Any, ...] | None:
-        with contention():
+        with contention(self._connection):
             self._cursor.execute(statement.sql, statement.params(values))
             raw = self._cursor.fetchone()
         return None if raw is None else statement.row(raw)
 
     def all(self, statement: Prepared, **values: Any) -> list[tuple[Any, ...]]:
-        with contention():
+        with contention(self._connection):
             self._cursor.execute(statement.sql, statement.params(values))
             rows = self._cursor.fetchall()
         return [statement.row(raw) for raw in rows]
 
     def raw(self, sql: str) -> None:
-        with contention():
+        with contention(self._connection):
             self._cursor.execute(sql)
 
     def close(self) -> None:

@@ -9,7 +9,10 @@ from contextlib import nullcontext
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
+from gateway.domain import reasons
+from gateway.domain.errors import DatabaseUnavailable
 from gateway.store.prepared import Cursor, contention
 from gateway.store.repositories.audit import SqlAuditLog
 from gateway.store.repositories.bindings import SqlBindingRepository
@@ -40,6 +43,7 @@ class SqlStore:
         self.statements = Statements(engine)
         self.routing = RoutingCache()
         self.is_sqlite = engine.dialect.name == "sqlite"
+        self.driver_operational_error: type[Exception] = engine.dialect.loaded_dbapi.OperationalError
         if not self.is_sqlite:  # psycopg, loaded by PostgreSQL's engine already; SQLite's gateway never loads it
             from psycopg import IsolationLevel
 
@@ -76,7 +80,13 @@ class SqlUnitOfWork:
         self._read_only = read_only
 
     def __enter__(self) -> SqlUnitOfWork:
-        self._connection = self._store._engine_here().raw_connection()
+        try:
+            self._connection = self._store._engine_here().raw_connection()
+        except (OperationalError, self._store.driver_operational_error) as error:  # the pool's raises the driver's
+            if self._store.is_sqlite:  # a file that cannot be opened: not a database that will come back
+                raise
+            raise DatabaseUnavailable("the gateway cannot reach its database: nothing was done, retry with the same "
+                                      "message_id", reason=reasons.DATABASE_UNAVAILABLE) from error
         driver = self._connection.driver_connection
         self._cursor = Cursor(driver)
         self._open = True
@@ -113,13 +123,13 @@ class SqlUnitOfWork:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        # A connection lost in use (the database restarted) has no transaction left to end, is never handed out
+        # again, nor is one that could not be made writable again.
+        lost = getattr(self._connection.driver_connection, "broken", False)
         try:
-            if self._open:
+            if self._open and not lost:
                 self._end("ROLLBACK")
         finally:
-            # A connection lost in use (the database restarted) is never handed out again, nor one that could not
-            # be made writable again.
-            lost = getattr(self._connection.driver_connection, "broken", False)
             usable = not lost and (not self._read_only or self._writable_again())
             self._cursor.close()
             if not usable:
@@ -149,7 +159,7 @@ class SqlUnitOfWork:
             if verb == "COMMIT" or self._connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
                 self._cursor.raw(verb)
         elif verb == "COMMIT":
-            with contention():
+            with contention(self._connection.driver_connection):
                 self._connection.commit()
         else:
             self._connection.rollback()

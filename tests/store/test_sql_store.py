@@ -10,12 +10,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from sqlalchemy import Engine, Table, func, select, text
 
+from gateway.api.status import status_code_for
+from gateway.domain import reasons
 from gateway.domain.bindings import Binding, BindingState
 from gateway.domain.clock import BEIJING
 from gateway.domain.envelope import Envelope
+from gateway.domain.errors import DatabaseUnavailable
 from gateway.domain.outbox import (
     DeliverTransfer,
     NotifyBindingOutcome,
@@ -829,10 +833,27 @@ def test_a_connection_the_database_ended_is_replaced_and_never_handed_out_twice(
 
     monkeypatch.setattr(engine_module, "IDLE_CHECK_SECONDS", 3600.0)  # none counts as idle: none checked
     terminate(second)
-    with pytest.raises(psycopg.OperationalError):
-        backend()
+    with pytest.raises(DatabaseUnavailable) as lost, SqlUnitOfWork(store, read_only=True) as uow:
+        uow.transfers.last_change()
+    # The call's answer: UNAVAILABLE with a stable reason (retry with the same message_id), not an internal error.
+    assert lost.value.reason == reasons.DATABASE_UNAVAILABLE and isinstance(lost.value.__cause__, psycopg.Error)
     third = backend()
     assert third not in (first, second) and engine.pool.checkedin() == 1  # type: ignore[attr-defined]
+
+
+def test_a_database_that_cannot_be_reached_is_said_so_within_the_connect_timeout(db_url: str) -> None:
+    """No server where the URL points (here: a closed port): the unit of work fails DATABASE_UNAVAILABLE (UNAVAILABLE
+    for the caller), having opened nothing."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("a SQLite database is a local file")
+    unreachable = make_engine("postgresql://postgres@127.0.0.1:9/test")  # the discard port: nothing listens
+    try:
+        with pytest.raises(DatabaseUnavailable) as refused, SqlUnitOfWork(SqlStore(unreachable, NoSealer())):
+            pass
+        assert refused.value.reason == reasons.DATABASE_UNAVAILABLE
+        assert status_code_for(refused.value) is grpc.StatusCode.UNAVAILABLE
+    finally:
+        unreachable.dispose()
 
 
 def test_a_taken_transfer_id_is_reported_not_raised(engine: Engine, store: SqlStore) -> None:

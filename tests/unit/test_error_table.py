@@ -25,6 +25,7 @@ EXPECTED: dict[type[errors.GongjiError], grpc.StatusCode] = {
     errors.Contention: grpc.StatusCode.ABORTED,  # retried by the gateway first; then the client retries
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.DatabaseBusy: grpc.StatusCode.UNAVAILABLE,  # a lock held elsewhere outlasted the gateway's wait
+    errors.DatabaseUnavailable: grpc.StatusCode.UNAVAILABLE,  # the database unreachable, or the connection lost
     errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
     errors.RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,  # a province over its rate limit (issue 5)
 }
