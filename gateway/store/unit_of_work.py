@@ -9,7 +9,6 @@ from contextlib import nullcontext
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError
 
 from gateway.domain import reasons
 from gateway.domain.errors import DatabaseUnavailable
@@ -43,7 +42,10 @@ class SqlStore:
         self.statements = Statements(engine)
         self.routing = RoutingCache()
         self.is_sqlite = engine.dialect.name == "sqlite"
-        self.driver_operational_error: type[Exception] = engine.dialect.loaded_dbapi.OperationalError
+        # What the pool raises when it cannot open a connection to a database server (the driver's own error);
+        # none for SQLite, whose file failing to open is not a database that will come back.
+        self.unreachable: tuple[type[Exception], ...] = () if self.is_sqlite else (
+            engine.dialect.loaded_dbapi.OperationalError,)
         if not self.is_sqlite:  # psycopg, loaded by PostgreSQL's engine already; SQLite's gateway never loads it
             from psycopg import IsolationLevel
 
@@ -82,9 +84,7 @@ class SqlUnitOfWork:
     def __enter__(self) -> SqlUnitOfWork:
         try:
             self._connection = self._store._engine_here().raw_connection()
-        except (OperationalError, self._store.driver_operational_error) as error:  # the pool's raises the driver's
-            if self._store.is_sqlite:  # a file that cannot be opened: not a database that will come back
-                raise
+        except self._store.unreachable as error:
             raise DatabaseUnavailable("the gateway cannot reach its database: nothing was done, retry with the same "
                                       "message_id", reason=reasons.DATABASE_UNAVAILABLE) from error
         driver = self._connection.driver_connection
