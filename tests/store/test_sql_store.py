@@ -841,7 +841,7 @@ def test_a_connection_the_database_ended_is_replaced_and_never_handed_out_twice(
     assert third not in (first, second) and engine.pool.checkedin() == 1  # type: ignore[attr-defined]
 
 
-def test_a_database_that_cannot_be_reached_is_said_so_within_the_connect_timeout(db_url: str) -> None:
+def test_a_database_that_cannot_be_reached_is_said_unavailable(db_url: str) -> None:
     """No server where the URL points (here: a closed port): the unit of work fails DATABASE_UNAVAILABLE (UNAVAILABLE
     for the caller), having opened nothing."""
     if not db_url.startswith("postgresql"):

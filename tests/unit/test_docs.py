@@ -26,6 +26,7 @@ from gateway.domain.eligibility import (
     RelationKind,
 )
 from gateway.domain.provinces import NATIONAL_DEFAULTS
+from gateway.store.engine import CONNECT_TIMEOUT_SECONDS
 from protos.gongji.v1 import (
     common_pb2,
     keys_pb2,
@@ -212,6 +213,7 @@ NUMBERS = [
     (RULES, f"({NATIONAL_DEFAULTS.blackout_start_minute}–{NATIONAL_DEFAULTS.blackout_end_minute}, i.e. 22:00–06:00"),
     (RULES, f"`return_hour` ({NATIONAL_DEFAULTS.return_hour})"),
     (RULES, f"`delivery_deadline_seconds` ({NATIONAL_DEFAULTS.delivery_deadline_seconds})"),
+    (OPERATIONS, f"after at most {CONNECT_TIMEOUT_SECONDS} s of trying to connect (libpq's `connect_timeout`)"),
 ]
 
 
