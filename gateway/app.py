@@ -110,6 +110,11 @@ class Gateway:
         return self._outbox.sent
 
     @property
+    def outbox_claims(self) -> int:
+        """Claim transactions the outbox loop has made."""
+        return self._outbox.claims
+
+    @property
     def metrics_port(self) -> int | None:
         return self._metrics.port if self._metrics else None
 
@@ -226,12 +231,13 @@ async def create_gateway(settings: Settings, clock: Clock | None = None, run_out
         log.info("manifest %s applied: created %s, updated %s", settings.manifest, result.created, result.updated)
     core.run_inline_from_here()  # the start's own writes above could wait for a lock; calls do not
     outbox = OutboxWorker(context, core.client, run_in_db, settings.outbox)
-    runner = UseCaseRunner(context, core.run_call, outbox.wake)
+    core.store.claimable_committed = outbox.wake
+    runner = UseCaseRunner(context, core.run_call)
 
     registry = CollectorRegistry()
     rpc_metrics = RpcMetrics(registry)
     registry.register(StateCollector(functools.partial(get_stats, context)))
-    registry.register(OutboxSendCollector(lambda: outbox.sent))
+    registry.register(OutboxSendCollector(lambda: (*outbox.sent, outbox.claims)))
     gates = (CallGate(), CallGate())
     server, server_health = _new_server(settings, PROVINCE_SERVICES, rpc_metrics.observe, gates[0])
     transfers_pb2_grpc.add_TransfersServicer_to_server(TransfersServicer(runner), server)
@@ -242,7 +248,7 @@ async def create_gateway(settings: Settings, clock: Clock | None = None, run_out
     ops_server, ops_health = _new_server(settings, OPERATOR_SERVICES, rpc_metrics.observe, gates[1],
                                          authorize_operator)
     operations_pb2_grpc.add_OperationsServicer_to_server(
-        OperationsServicer(UseCaseRunner(context, core.run_for_operators, outbox.wake)), ops_server)
+        OperationsServicer(UseCaseRunner(context, core.run_for_operators)), ops_server)
 
     port = _bind(server, settings.listen, settings)
     ops_port = _bind(ops_server, settings.ops_listen, settings)
@@ -279,8 +285,10 @@ async def create_dispatcher(settings: Settings, clock: Clock | None = None) -> D
     core = build_core(settings, clock or SystemClock())
     core.run_inline_from_here()
     # Nothing in this process can wake it when a message is enqueued: poll often, it costs one query.
-    polling = dataclasses.replace(settings.outbox, poll_interval_seconds=settings.dispatcher_poll_seconds)
+    polling = dataclasses.replace(settings.outbox, poll_interval_seconds=settings.dispatcher_poll_seconds,
+                                  poll_fast_after_work=True)
     outbox = OutboxWorker(core.context, core.client, core.run_in_db, polling)
+    core.store.claimable_committed = outbox.wake  # what its own sweeps queue
     outbox.start()
     core.watch.start(_no_health)  # no health service here: the watch only logs a busy database
     return Dispatcher(outbox, core)

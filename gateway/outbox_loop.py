@@ -47,6 +47,9 @@ class OutboxSettings:
     sends_per_destination: int = 32  # one province's messages in flight at once
     max_in_flight: int = 256  # all provinces' together
     poll_interval_seconds: float = 0.25
+    # A dispatcher process is told of no new message: after a claim that found work it polls again after
+    # IDLE_POLL_START_SECONDS, backing off to poll_interval_seconds, so it answers fast under load.
+    poll_fast_after_work: bool = False
     sweep_interval_seconds: float = 0.5
     lease_seconds: float = 30.0
     # How often the audit chain's head is signed (a checkpoint), when it has grown.
@@ -83,6 +86,14 @@ class OutboxWorker:
         self._answered = asyncio.Event()
         # Messages sent as handed over at their commit, and as found by a claim (retries, other kinds).
         self.sent_handed = self.sent_claimed = 0
+        # Claim transactions made. Only when something may be waiting that no hand-off brought: a commit said it
+        # queued a message for the claim (wake), a lane the last claim skipped as full has room again, the last
+        # claim filled its batch; else at the poll (see poll_fast_after_work). Under a steady flow of handed-over
+        # messages, one a poll interval.
+        self.claims = 0
+        self._claim_wanted = True
+        self._claim_gap = settings.poll_interval_seconds
+        self._skipped: frozenset[str] = frozenset()  # the destinations whose lanes the last claim found full
 
     @property
     def sent(self) -> tuple[int, int]:
@@ -90,7 +101,19 @@ class OutboxWorker:
         return self.sent_handed, self.sent_claimed
 
     def wake(self) -> None:
-        """Called after a use case enqueued something, so it goes out now rather than at the next poll."""
+        """From any thread, after a commit that queued messages only a claim finds: claim them now rather than at
+        the next poll. Before the loop starts (or in a gateway whose outbox runs in dispatcher processes), nothing
+        to do: a started loop's first claim finds them."""
+        if self._loop is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            self._want_claim()
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop closed: a gateway's next claim finds them
+                self._loop.call_soon_threadsafe(self._want_claim)
+
+    def _want_claim(self) -> None:
+        self._claim_wanted = True
         self._wake.set()
 
     def start(self) -> None:
@@ -163,41 +186,49 @@ class OutboxWorker:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         due = {"sweep": 0.0, "claim": 0.0, "checkpoint": loop.time() + self._settings.checkpoint_interval_seconds}
-        idle_wait = 0.0
         while not self._stopping:
             await self._housekeeping(loop, due)
             self._wake.clear()
             work = self._take_handed(loop.time())
             self.sent_handed += len(work)
-            # The claim finds everything else: retries, messages of other kinds or other processes, leases
-            # run out. Under a steady flow of handed-over messages it still runs every poll interval; it takes
-            # nothing for a province whose lane is full.
+            # The claim finds everything else: retries, messages of other kinds or other processes, leases run
+            # out. Handed-over messages need none (see self.claims); it takes nothing for a province whose lane
+            # is full.
             room = self._settings.max_in_flight - sum(self._in_flight.values())
-            if room > 0 and (not work or loop.time() >= due["claim"]):
-                due["claim"] = loop.time() + self._settings.poll_interval_seconds
-                try:
-                    claimed = await self._run_in_db(claim_outbox_work, self._ctx, min(room, self._settings.batch_size),
-                                                    timedelta(seconds=self._settings.lease_seconds),
-                                                    self._full_lanes())
-                except Exception:
-                    _failed("claiming outbox messages failed; retrying")
-                    claimed = []
-                for item in claimed:
-                    self._in_flight[item.message.destination] += 1
-                self.sent_claimed += len(claimed)
+            if room > 0 and (self._claim_wanted or loop.time() >= due["claim"]):
+                claimed = await self._claim(min(room, self._settings.batch_size))
+                due["claim"] = loop.time() + self._claim_gap
                 work += claimed
             for item in work:
                 task = loop.create_task(self._send(item))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             if work:
-                idle_wait = 0.0
                 continue
-            # Idle: wait for a wake-up (same process) or poll, backing off to poll_interval_seconds so a
-            # dispatcher in its own process answers fast under load and costs little when idle.
-            idle_wait = min(self._settings.poll_interval_seconds, max(idle_wait * 2, IDLE_POLL_START_SECONDS))
+            # Idle: wait for a wake-up (a hand-off, a commit's word, a lane with room) or the next thing due.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), idle_wait)
+                await asyncio.wait_for(self._wake.wait(), max(0.0, min(due.values()) - loop.time()))
+
+    async def _claim(self, limit: int) -> list[OutboxWork]:
+        self._claim_wanted = False
+        self._skipped = frozenset(self._full_lanes())
+        self.claims += 1
+        try:
+            claimed: list[OutboxWork] = await self._run_in_db(
+                claim_outbox_work, self._ctx, limit, timedelta(seconds=self._settings.lease_seconds),
+                sorted(self._skipped))
+        except Exception:
+            _failed("claiming outbox messages failed; retrying")
+            claimed = []
+        for item in claimed:
+            self._in_flight[item.message.destination] += 1
+        self.sent_claimed += len(claimed)
+        if len(claimed) == limit:  # a full batch: more may be waiting
+            self._claim_wanted = True
+        if self._settings.poll_fast_after_work:
+            self._claim_gap = IDLE_POLL_START_SECONDS if claimed else \
+                min(self._settings.poll_interval_seconds, 2 * self._claim_gap)
+        return claimed
 
     def _take_handed(self, now: float) -> list[OutboxWork]:
         work: list[OutboxWork] = []
@@ -230,7 +261,10 @@ class OutboxWorker:
             log.exception("sending an outbox message failed")
         finally:
             self._in_flight[destination] -= 1
-            self._wake.set()  # its lane has room again
+            if destination in self._skipped:  # its lane has room again: claim what the last claim left for it
+                self._skipped = self._skipped - {destination}
+                self._claim_wanted = True
+            self._wake.set()  # and hand-overs waiting for the room may go
 
     async def _record(self) -> None:
         """Record the answers as they come, what is ready at once in one transaction."""

@@ -80,15 +80,18 @@ class StateCollector(Collector):
 
 class OutboxSendCollector(Collector):
     """This process's outbox sends by how its loop got each message: handed over at the commit that wrote
-    it, or found by a claim (retries, binding and settlement messages, what another process left)."""
+    it, or found by a claim (retries, binding and settlement messages, what another process left); and the
+    claim transactions its loop made."""
 
-    def __init__(self, read_counts: Callable[[], tuple[int, int]]) -> None:
+    def __init__(self, read_counts: Callable[[], tuple[int, int, int]]) -> None:
         self._read_counts = read_counts
 
     def collect(self) -> Iterator[Any]:
-        handed, claimed = self._read_counts()
+        handed, claimed, claims = self._read_counts()
         sends = CounterMetricFamily("gongji_outbox_sends", "Outbox send attempts by this process, by how the "
                                     "outbox loop got the message", labels=["path"])
         sends.add_metric(["handed_off"], handed)
         sends.add_metric(["claimed"], claimed)
         yield sends
+        yield CounterMetricFamily("gongji_outbox_claims", "Claim transactions this process's outbox loop made",
+                                  value=claims)

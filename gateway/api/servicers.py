@@ -187,9 +187,8 @@ class RelationsServicer(relations_pb2_grpc.RelationsServicer):
 
     async def ProposeBinding(self, request: relations_pb2.ProposeBindingRequest,
                              context: Context) -> relations_pb2.ProposeBindingResponse:
-        answer = await self._run.orchestrate_change(binding_cases.propose_binding,
-                                                    envelope_from_proto(request.proposal), peer_identity(context),
-                                                    convert.decode_binding_proposal)
+        answer = await self._run.orchestrate(binding_cases.propose_binding, envelope_from_proto(request.proposal),
+                                             peer_identity(context), convert.decode_binding_proposal)
         return relations_pb2.ProposeBindingResponse(receipt=_envelope(answer.receipt), replay=answer.replay,
                                                     state=_receipt_binding_state(answer.receipt))
 

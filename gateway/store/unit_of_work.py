@@ -56,6 +56,9 @@ class SqlStore:
         self._loop_engine = engine
         # Write transactions begun on SQLite (it took its write lock): proof the database can be written.
         self.writes_begun = 0
+        # Called (on the committing thread) after a commit that made outbox messages due which only a claim finds:
+        # the outbox loop listens (app.py), so it claims them now rather than at its next poll, and only then.
+        self.claimable_committed: Callable[[], None] = lambda: None
 
     def loop_uses(self, engine: Engine) -> None:
         """Units of work begun on this thread (an event loop's, running use cases itself) take their connections
@@ -178,6 +181,9 @@ class SqlUnitOfWork:
             self.audit.flush()
             self._end("COMMIT")
         actions, self._after_commit = self._after_commit, []
+        if self.outbox.claimable:
+            self.outbox.claimable = False
+            actions.append(self._store.claimable_committed)
         for action in actions:
             try:
                 action()

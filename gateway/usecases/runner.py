@@ -51,13 +51,12 @@ def waiting_out_locks(run_in_db: RunInDb, bound_seconds: float,
 
 
 class UseCaseRunner:
-    """Runs use cases off the event loop, as queries, changes, streams or orchestrations; wakes the outbox
-    after a change, since the change may have queued a message."""
+    """Runs use cases off the event loop, as queries, changes, streams or orchestrations. (What a change queues
+    reaches the outbox loop at its commit: handed over, or the store's word that a claim will find it.)"""
 
-    def __init__(self, ctx: UseCaseContext, run_in_db: RunInDb, on_change: Callable[[], None]) -> None:
+    def __init__(self, ctx: UseCaseContext, run_in_db: RunInDb) -> None:
         self.ctx = ctx
         self._run_in_db = run_in_db
-        self._on_change = on_change
 
     async def _with_retries(self, use_case: Callable[..., T], *args: Any) -> T:
         return await self._retried(use_case, self.ctx, *args)
@@ -81,9 +80,7 @@ class UseCaseRunner:
 
     async def change(self, use_case: Callable[..., T], *args: Any) -> T:
         """A synchronous use case that may change state (one transaction)."""
-        result = await self._with_retries(use_case, *args)
-        self._on_change()
-        return result
+        return await self._with_retries(use_case, *args)
 
     def stream(self, use_case: Callable[..., AsyncIterator[T]], *args: Any) -> AsyncIterator[T]:
         """An asynchronous use case that yields results as they come (a server stream)."""
@@ -93,9 +90,3 @@ class UseCaseRunner:
         """An asynchronous use case that calls other systems between its database steps (each retried as a
         change is, on contention)."""
         return await use_case(self.ctx, self._retried, *args)
-
-    async def orchestrate_change(self, use_case: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """An orchestrated use case that may change state: the outbox is woken once it has."""
-        result = await self.orchestrate(use_case, *args)
-        self._on_change()
-        return result

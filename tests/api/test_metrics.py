@@ -57,6 +57,8 @@ def check_metrics(stack: Stack) -> None:
     sends = {labels["path"]: value for labels, value in metrics["gongji_outbox_sends"]}
     handed, claimed = stack.gateway.outbox_sent
     assert sends == {"handed_off": handed, "claimed": claimed} and handed >= 3 * len(ids) and claimed >= 1
+    [(_, claims)] = metrics["gongji_outbox_claims"]  # the loop's count, which its polls move on meanwhile
+    assert 1 <= claims <= stack.gateway.outbox_claims
 
     calls = {(s["method"], s["code"]): v for s, v in metrics["gongji_rpc"] if "method" in s}
     submit = "/gongji.v1.Transfers/SubmitTransfer"

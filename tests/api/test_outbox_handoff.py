@@ -13,7 +13,7 @@ from gateway.store.tables import outbox_t
 from gateway.usecases.outbox_ports import Backoff, OutboxWork
 from protos.gongji.stub.v1 import control_pb2
 from protos.gongji.v1 import payload_types, transfers_pb2
-from tests.support import GANSU, XINJIANG, LoopThread, Stack, start_stack, wait_until
+from tests.support import GANSU, MOTHER, XINJIANG, LoopThread, Stack, start_stack, wait_until
 
 COMMITTED, DECLINED = transfers_pb2.TRANSFER_STATE_COMMITTED, transfers_pb2.TRANSFER_STATE_DECLINED
 
@@ -108,3 +108,35 @@ def test_messages_handed_over_but_unsent_at_a_stop_are_due_at_once(loop_thread: 
     # Given back: their attempt not counted, due at once (not when the 30 s lease would have run out).
     assert [rows[t][:2] for t in ids[1:]] == [("PENDING", 0), ("PENDING", 0)]
     assert all(rows[t][2] < stopped_at + timedelta(seconds=10) for t in ids[1:])
+
+
+def test_handed_over_messages_make_no_claim_and_a_commit_that_queues_for_the_claim_gets_one_at_once(
+        loop_thread: LoopThread, tmp_path: Path, db_url: str) -> None:
+    # No poll within the test: every claim it sees is one a commit or the loop itself asked for.
+    lazy = OutboxSettings(poll_interval_seconds=600.0, sweep_interval_seconds=0.05,
+                          backoff=Backoff(base_seconds=0.05, max_seconds=0.5))
+    # The stack's binding (made by start_stack) goes through its consent request and outcome notices, which are
+    # queued for the claim: it becomes ACTIVE only because those commits asked for one.
+    stack = start_stack(loop_thread, tmp_path, db_url, outbox=lazy)
+    try:
+        for province in (XINJIANG, GANSU):
+            stack.wait_for_outbox_idle(province)
+        claims_before, (handed_before, claimed_before) = stack.gateway.outbox_claims, stack.gateway.outbox_sent
+        assert claims_before >= 1
+
+        ids = [stack.submit(stack.instruction(amount_fen=100 + i)).transfer_id for i in range(20)]
+        for transfer_id in ids:  # Gansu's stub credits each: a delivery and two outcomes, all handed over
+            wait_until(lambda t=transfer_id: told(stack, t, XINJIANG) == [COMMITTED] == told(stack, t, GANSU),  # type: ignore[misc]
+                       what=f"both provinces told {transfer_id}")
+        handed, claimed = stack.gateway.outbox_sent
+        assert (handed - handed_before, claimed - claimed_before) == (3 * len(ids), 0)
+        assert stack.gateway.outbox_claims == claims_before, "a claim made while every message was handed over"
+
+        # A binding's consent request is queued for the claim: its commit asks for one, the poll being far off.
+        requests = stack.snapshot(GANSU).consent_requests_received
+        stack.propose(MOTHER, relation_code="52")
+        wait_until(lambda: stack.snapshot(GANSU).consent_requests_received == requests + 1,
+                   what="the consent request claimed at its commit and sent")
+        assert stack.gateway.outbox_claims > claims_before
+    finally:
+        stack.close()

@@ -61,6 +61,9 @@ def _content(kind: str, state: str, reason: str) -> OutboxContent:
 class SqlOutboxRepository:
     def __init__(self, cursor: Cursor, statements: Statements, totals: SqlTotals) -> None:
         self._cursor, self._s, self._totals = cursor, statements, totals
+        # Whether this transaction made a message due now that no loop was handed (written unleased, or its lease
+        # given back): only a claim finds it, so the unit of work says so once it commits.
+        self.claimable = False
 
     def enqueue(self, destination: str, content: OutboxContent, message_id: str, subject_id: str, at: datetime,
                 lease_until: datetime | None = None) -> OutboxMessage | None:
@@ -70,6 +73,7 @@ class SqlOutboxRepository:
             if self._cursor.first(self._s.enqueue, destination=destination, message_id=message_id,
                                   subject_id=subject_id, at=at, **columns) is not None:
                 self._totals.outbox_moved(destination, message_id, pending=1)
+                self.claimable = True
             return None
         row = self._cursor.first(self._s.enqueue_leased, destination=destination, message_id=message_id,
                                  subject_id=subject_id, at=at, lease_until=lease_until, **columns)
@@ -82,6 +86,7 @@ class SqlOutboxRepository:
         for id in message_ids:
             if (row := self._cursor.first(self._s.release_lease, w_id=id, now=now)) is not None:
                 self._totals.outbox_moved(row[0], row[1], attempts=-1)  # the attempt was never made
+                self.claimable = True
 
     def claim_due(self, now: datetime, limit: int, lease_until: datetime,
                   skip_destinations: Sequence[str] = ()) -> list[OutboxMessage]:
