@@ -169,14 +169,17 @@ class SqlUnitOfWork:
         self._open = False
 
     def commit(self) -> None:
-        # The call's answer first (its own row), then the rows every writer shares, last and in one order: the
-        # totals, then the audit chain's head. Every audited commit queues on the head's row, so it is held for
-        # as little as can be: batched, the answer, the totals and the head's read make one round trip, and the
-        # chain's entries, the head's move and the COMMIT a second, where one a statement held it for four or
-        # more. A COMMIT alone is one round trip already: batching it would only add the batch's closing one.
-        tail = self.requests.unflushed() or self.totals.unflushed() or self.audit.unflushed()
+        # The call's answer and its transfers' events first (rows of their own), then the rows every writer
+        # shares, last and in one order: the totals, then the audit chain's head. Every audited commit queues on
+        # the head's row, so it is held for as little as can be: batched, the answer, the events, the totals and
+        # the head's read make one round trip, and the chain's entries, the head's move and the COMMIT a second,
+        # where one a statement held it for four or more. A COMMIT alone is one round trip already: batching it
+        # would only add the batch's closing one.
+        tail = self.requests.unflushed() or self.transfers.unflushed() or self.totals.unflushed() \
+            or self.audit.unflushed()
         with self._cursor.batched() if tail else nullcontext():
             self.requests.flush()
+            self.transfers.flush()
             self.totals.flush()
             self.audit.flush()
             self._end("COMMIT")

@@ -163,8 +163,9 @@ def test_a_change_that_commits_late_is_still_watched_in_its_place(pg_store: SqlS
                                        delivery_deadline=now + timedelta(minutes=1), instruction_sha256=b"\x00" * 32),
                               b"\x01" * 32, b"\x02" * 32,
                               Envelope(b"p", "gongji.v1.TransferInstruction", "650000", "k", "ed25519", b"\x00" * 64))
-        start = uow.transfers.last_change()
         uow.commit()
+    with SqlUnitOfWork(store, read_only=True) as uow:
+        start = uow.transfers.last_change()  # after the two transfers' own events, written at their commit
     seen: list[tuple[int, str]] = []
 
     async def run_in_db(function: Callable[..., Any], *args: Any) -> Any:
@@ -182,7 +183,8 @@ def test_a_change_that_commits_late_is_still_watched_in_its_place(pg_store: SqlS
     watcher = threading.Thread(target=lambda: asyncio.run(asyncio.wait_for(watch(), 60)))
     watcher.start()
     with SqlUnitOfWork(store) as slow:
-        slow.transfers.add_event(ids[0], TransferState.DELIVERED, "", now)  # numbered first, committed last
+        slow.transfers.add_event(ids[0], TransferState.DELIVERED, "", now)
+        slow.transfers.flush()  # written (numbered) first, committed last
 
         def quick() -> None:
             with SqlUnitOfWork(store) as uow:
