@@ -162,8 +162,8 @@ class OutboxWorker:
             except Exception:  # their leases run out instead: sent later, not lost
                 _failed("releasing %d handed-over messages failed", len(unsent))
 
-    def _full_lanes(self) -> list[str]:
-        return sorted(d for d, n in self._in_flight.items() if n >= self._settings.sends_per_destination)
+    def _full_lanes(self) -> frozenset[str]:
+        return frozenset(d for d, n in self._in_flight.items() if n >= self._settings.sends_per_destination)
 
     async def _housekeeping(self, loop: asyncio.AbstractEventLoop, due: dict[str, float]) -> None:
         """Signed audit checkpoints, deadline sweeps and scheduled closes, each when its time has come."""
@@ -205,13 +205,15 @@ class OutboxWorker:
                 task.add_done_callback(self._tasks.discard)
             if work:
                 continue
-            # Idle: wait for a wake-up (a hand-off, a commit's word, a lane with room) or the next thing due.
+            # Idle: wait for a wake-up (a hand-off, a commit's word, a send ended) or the next thing due; with
+            # every send slot taken no claim can be made, so only a send ending does.
+            next_due = min(due["sweep"], due["checkpoint"], due["claim"] if room > 0 else float("inf"))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, min(due.values()) - loop.time()))
+                await asyncio.wait_for(self._wake.wait(), max(0.0, next_due - loop.time()))
 
     async def _claim(self, limit: int) -> list[OutboxWork]:
         self._claim_wanted = False
-        self._skipped = frozenset(self._full_lanes())
+        self._skipped = self._full_lanes()
         self.claims += 1
         try:
             claimed: list[OutboxWork] = await self._run_in_db(
@@ -264,7 +266,7 @@ class OutboxWorker:
             if destination in self._skipped:  # its lane has room again: claim what the last claim left for it
                 self._skipped = self._skipped - {destination}
                 self._claim_wanted = True
-            self._wake.set()  # and hand-overs waiting for the room may go
+            self._wake.set()  # a send slot is free: a claim held back for want of one may be made
 
     async def _record(self) -> None:
         """Record the answers as they come, what is ready at once in one transaction."""

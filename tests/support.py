@@ -68,6 +68,12 @@ class LoopThread:
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
+    @property
+    def thread_id(self) -> int:
+        """The loop's thread (its CPU clock: time.pthread_getcpuclockid)."""
+        assert self._thread.ident is not None
+        return self._thread.ident
+
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -138,5 +139,28 @@ def test_handed_over_messages_make_no_claim_and_a_commit_that_queues_for_the_cla
         wait_until(lambda: stack.snapshot(GANSU).consent_requests_received == requests + 1,
                    what="the consent request claimed at its commit and sent")
         assert stack.gateway.outbox_claims > claims_before
+    finally:
+        stack.close()
+
+
+def test_a_loop_with_every_send_slot_taken_waits_for_a_send_to_end_rather_than_spinning(
+        loop_thread: LoopThread, tmp_path: Path, db_url: str) -> None:
+    # One message in flight at most, and the claim's poll due all the time: the loop may claim only once the
+    # send in flight ends, and until then must sleep, not turn over and over.
+    one = OutboxSettings(max_in_flight=1, sends_per_destination=1, poll_interval_seconds=0.05,
+                         sweep_interval_seconds=0.5, backoff=Backoff(base_seconds=0.05, max_seconds=0.5))
+    stack = start_stack(loop_thread, tmp_path, db_url, outbox=one, province_call_timeout_seconds=4.0)
+    try:
+        for province in (XINJIANG, GANSU):
+            stack.wait_for_outbox_idle(province)
+        stack.configure(GANSU, latency_ms=2_000)
+        handed_before = stack.gateway.outbox_sent[0]
+        stack.submit(stack.instruction(amount_fen=500))
+        wait_until(lambda: stack.gateway.outbox_sent[0] > handed_before, what="the delivery in flight")
+        clock = time.pthread_getcpuclockid(loop_thread.thread_id)  # the gateway's loop runs on this thread
+        cpu_before = time.clock_gettime(clock)
+        time.sleep(1.0)
+        busy = time.clock_gettime(clock) - cpu_before
+        assert busy < 0.3, f"the loop's thread used {busy:.2f} s of CPU in 1 s with nothing it could do"
     finally:
         stack.close()
