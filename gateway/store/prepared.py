@@ -111,6 +111,8 @@ class Cursor:
     def __init__(self, dbapi_connection: Any) -> None:
         self._connection = dbapi_connection
         self._cursor = dbapi_connection.cursor()
+        # Writes nothing in the transaction reads back, sent with its commit (no round trip each on PostgreSQL).
+        self._later: list[tuple[Prepared, dict[str, Any]]] = []
 
     @contextmanager
     def batched(self) -> Iterator[None]:
@@ -129,6 +131,21 @@ class Cursor:
         with contention(self._connection):
             self._cursor.execute(statement.sql, statement.params(values))
         return int(self._cursor.rowcount)
+
+    def later(self, statement: Prepared, **values: Any) -> None:
+        """Execute with the commit (write_later), in the order queued: for a write nothing in this transaction
+        reads back."""
+        self._later.append((statement, values))
+
+    @property
+    def has_later(self) -> bool:
+        return bool(self._later)
+
+    def write_later(self) -> None:
+        """Execute the writes queued by later() (the unit of work, just before its commit)."""
+        for statement, values in self._later:
+            self.run(statement, **values)
+        self._later.clear()
 
     def run_many(self, statement: Prepared, rows: Sequence[Mapping[str, Any]]) -> None:
         if rows:

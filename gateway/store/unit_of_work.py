@@ -175,11 +175,9 @@ class SqlUnitOfWork:
         # the head's read make one round trip, and the chain's entries, the head's move and the COMMIT a second,
         # where one a statement held it for four or more. A COMMIT alone is one round trip already: batching it
         # would only add the batch's closing one.
-        tail = self.requests.unflushed() or self.transfers.unflushed() or self.totals.unflushed() \
-            or self.audit.unflushed()
+        tail = self._cursor.has_later or self.totals.unflushed() or self.audit.unflushed()
         with self._cursor.batched() if tail else nullcontext():
-            self.requests.flush()
-            self.transfers.flush()
+            self.flush()
             self.totals.flush()
             self.audit.flush()
             self._end("COMMIT")
@@ -192,6 +190,10 @@ class SqlUnitOfWork:
                 action()
             except Exception:  # committed all the same: the caller must hear so, not an error
                 log.exception("an action after a commit failed")
+
+    def flush(self) -> None:
+        """Write now what waits for the commit (the call's answer, its transfers' events): the commit does it."""
+        self._cursor.write_later()
 
     def after_commit(self, action: Callable[[], None]) -> None:
         self._after_commit.append(action)

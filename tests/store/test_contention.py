@@ -184,7 +184,7 @@ def test_a_change_that_commits_late_is_still_watched_in_its_place(pg_store: SqlS
     watcher.start()
     with SqlUnitOfWork(store) as slow:
         slow.transfers.add_event(ids[0], TransferState.DELIVERED, "", now)
-        slow.transfers.flush()  # written (numbered) first, committed last
+        slow.flush()  # written (numbered) first, committed last
 
         def quick() -> None:
             with SqlUnitOfWork(store) as uow:

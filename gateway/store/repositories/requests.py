@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from gateway.domain.records import RequestOutcome, StoredRequest
-from gateway.store.prepared import Cursor, Prepared
+from gateway.store.prepared import Cursor
 from gateway.store.statements import Statements
 from gateway.store.tables import REASON_MAX
 
@@ -14,8 +13,6 @@ from gateway.store.tables import REASON_MAX
 class SqlRequestRepository:
     def __init__(self, cursor: Cursor, statements: Statements) -> None:
         self._cursor, self._s = cursor, statements
-        # The answer recorded, written by flush() with the commit (no round trip of its own on PostgreSQL).
-        self._answers: list[tuple[Prepared, dict[str, Any]]] = []
 
     def get(self, sender: str, message_id: str) -> StoredRequest | None:
         raw = self._cursor.first(self._s.get_request, w_sender=sender, w_id=message_id)
@@ -39,22 +36,12 @@ class SqlRequestRepository:
 
     def record_response(self, sender: str, message_id: str, response: bytes) -> None:
         """The answer to the claimed request, written with the commit."""
-        self._answers.append((self._s.record_response, {
-            "w_sender": sender, "w_id": message_id, "outcome": RequestOutcome.OK.value, "response": response}))
+        self._cursor.later(self._s.record_response, w_sender=sender, w_id=message_id,
+                           outcome=RequestOutcome.OK.value, response=response)
 
     def record_rejection(self, sender: str, message_id: str, kind: str, reason: str, field: str | None,
                          message: str) -> None:
         """The stored refusal of the claimed request, written with the commit."""
-        self._answers.append((self._s.record_rejection, {
-            "w_sender": sender, "w_id": message_id, "outcome": RequestOutcome.REJECTED.value, "error_kind": kind,
-            "error_reason": reason[:REASON_MAX], "error_field": field, "error_message": message}))
-
-    def unflushed(self) -> bool:
-        """Whether an answer recorded in this transaction is still to be written."""
-        return bool(self._answers)
-
-    def flush(self) -> None:
-        """Write the answers recorded (called just before the commit)."""
-        for statement, values in self._answers:
-            self._cursor.run(statement, **values)
-        self._answers.clear()
+        self._cursor.later(self._s.record_rejection, w_sender=sender, w_id=message_id,
+                           outcome=RequestOutcome.REJECTED.value, error_kind=kind, error_reason=reason[:REASON_MAX],
+                           error_field=field, error_message=message)

@@ -29,9 +29,6 @@ class SqlTransferRepository:
                  audit: SqlAuditLog, totals: SqlTotals) -> None:
         self._cursor, self._s, self._dialect, self._sealer, self._audit = cursor, statements, dialect, sealer, audit
         self._totals = totals
-        # State changes to record as events, written with the commit (no statement of this transaction reads
-        # them back): on PostgreSQL in the commit's batch, not a round trip each.
-        self._events: list[dict[str, Any]] = []
 
     def page(self, where: TransferFilter, after: tuple[datetime, str] | None, limit: int,
              newest_first: bool = False) -> list[Transfer]:
@@ -187,17 +184,9 @@ class SqlTransferRepository:
         return False
 
     def add_event(self, transfer_id: str, state: TransferState, reason: str, at: datetime) -> None:
-        """A state change for the watch and the history, written at the commit (see flush)."""
-        self._events.append({"transfer_id": transfer_id, "state": state.value, "reason": reason[:REASON_MAX],
-                             "at": at})
-
-    def unflushed(self) -> bool:
-        return bool(self._events)
-
-    def flush(self) -> None:
-        """Write the events added, in their order (called just before the commit)."""
-        self._cursor.run_many(self._s.insert_event, self._events)
-        self._events.clear()
+        """A state change for the watch and the history, written with the commit (nothing here reads it back)."""
+        self._cursor.later(self._s.insert_event, transfer_id=transfer_id, state=state.value,
+                           reason=reason[:REASON_MAX], at=at)
 
     def due_for_return(self, now: datetime, limit: int) -> list[str]:
         return [row[0] for row in self._cursor.all(self._s.due_for_return, now=now, limit=limit)]
