@@ -164,6 +164,15 @@ class Cursor:
             rows = self._cursor.fetchall()
         return [statement.row(raw) for raw in rows]
 
+    def begin(self, sql: str) -> int | None:
+        """PostgreSQL: run `sql`, a BEGIN and a one-value SELECT, as one simple query (one round trip; psycopg
+        sends a query without parameters so); returns the SELECT's value."""
+        with contention(self._connection):
+            self._cursor.execute(sql)
+            self._cursor.nextset()
+            raw = self._cursor.fetchone()
+        return None if raw is None else int(raw[0])
+
     def raw(self, sql: str) -> None:
         with contention(self._connection):
             self._cursor.execute(sql)

@@ -68,7 +68,11 @@ class Statements:
         self.totals = TotalStatements(dialect, insert)
         self.quotas = QuotaStatements(dialect, insert)
         self.settlements = SettlementStatements(dialect)
-        self.routing_version = p(select(routing_version_t.c.version).where(routing_version_t.c.id == 1))
+        routing_version = select(routing_version_t.c.version).where(routing_version_t.c.id == 1)
+        self.routing_version = p(routing_version)
+        # The same, its values written in: it goes in a simple query beside a BEGIN (unit_of_work.py).
+        self.routing_version_sql = str(routing_version.compile(dialect=dialect,
+                                                               compile_kwargs={"literal_binds": True}))
         self.bump_routing_version = p(update(routing_version_t).where(routing_version_t.c.id == 1)
                                       .values(version=routing_version_t.c.version + 1))
         self.all_provinces = p(select(provinces_t).order_by(provinces_t.c.code))
@@ -169,6 +173,11 @@ class Statements:
         self.suspend_member = p(insert(suspensions_t).on_conflict_do_nothing())
         self.resume_member = p(suspensions_t.delete().where(_suspended_in(_b("ref"), _b("province"))))
         self.member_suspended = p(select(suspensions_t.c.person_ref).where(_suspended_in(_b("ref"), _b("province"))))
+        # Both parties of a transfer, binding or draw in one statement (one round trip, not one a person).
+        self.parties_suspended = p(select(*(select(suspensions_t.c.person_ref).where(_suspended_in(ref, province))
+                                            .exists() for ref, province in ((_b("giver_ref"), _b("giver_province")),
+                                                                            (_b("receiver_ref"),
+                                                                             _b("receiver_province"))))))
 
         w = windows_t.c
         self.ensure_window = p(insert(windows_t).on_conflict_do_nothing().values(

@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from contextlib import nullcontext
-from typing import Any
 
 from sqlalchemy import Engine
 
@@ -46,11 +44,10 @@ class SqlStore:
         # none for SQLite, whose file failing to open is not a database that will come back.
         self.unreachable: tuple[type[Exception], ...] = () if self.is_sqlite else (
             engine.dialect.loaded_dbapi.OperationalError,)
-        if not self.is_sqlite:  # psycopg, loaded by PostgreSQL's engine already; SQLite's gateway never loads it
-            from psycopg import IsolationLevel
-
-            # How a read-only unit of work's transaction begins (psycopg says it in its BEGIN).
-            self.read_isolation: Any = IsolationLevel.REPEATABLE_READ
+        # PostgreSQL: how a unit of work begins, and the routing table's version read in the same round trip
+        # (one simple query of two statements; see SqlUnitOfWork.__enter__).
+        self.begin_sql = {read_only: f"{begin}; {self.statements.routing_version_sql}" for read_only, begin in (
+            (False, "BEGIN"), (True, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"))}
         # An event loop's thread that runs use cases itself, and the engine its units of work use (see loop_uses).
         self._loop_thread: int | None = None
         self._loop_engine = engine
@@ -93,6 +90,7 @@ class SqlUnitOfWork:
         driver = self._connection.driver_connection
         self._cursor = Cursor(driver)
         self._open = True
+        routing_version: int | None = None
         try:
             if self._store.is_sqlite and self._read_only:
                 # A deferred BEGIN in WAL mode reads one snapshot without the write lock: beside the one writer.
@@ -101,9 +99,12 @@ class SqlUnitOfWork:
             elif self._store.is_sqlite:
                 self._cursor.raw("BEGIN IMMEDIATE")
                 self._store.writes_begun += 1
-            elif self._read_only:
-                # Said in the BEGIN psycopg sends before the first statement: no round trip of its own.
-                driver.isolation_level, driver.read_only = self._store.read_isolation, True  # type: ignore[union-attr]
+            else:
+                # psycopg would send its BEGIN in a round trip of its own before the first statement: the unit of
+                # work says BEGIN itself (the driver in autocommit until the transaction ends, so it adds none),
+                # with the routing table's version, which nearly every call reads, in the same round trip.
+                driver.autocommit = True  # type: ignore[union-attr]
+                routing_version = self._cursor.begin(self._store.begin_sql[self._read_only])
         except BaseException:  # the transaction did not begin (the database is locked): the connection goes back
             self.__exit__()
             raise
@@ -111,7 +112,7 @@ class SqlUnitOfWork:
         cursor, statements, sealer = self._cursor, self._store.statements, self._store.sealer
         dialect = self._store.engine.dialect
         self.audit = SqlAuditLog(cursor, statements)
-        self.provinces = SqlProvinceRepository(cursor, statements, self._store.routing, self.audit)
+        self.provinces = SqlProvinceRepository(cursor, statements, self._store.routing, self.audit, routing_version)
         self.requests = SqlRequestRepository(cursor, statements)
         self.totals = SqlTotals(cursor, statements.totals)
         self.transfers = SqlTransferRepository(cursor, statements, dialect, sealer, self.audit, self.totals)
@@ -133,21 +134,21 @@ class SqlUnitOfWork:
             if self._open and not lost:
                 self._end("ROLLBACK")
         finally:
-            usable = not lost and (not self._read_only or self._writable_again())
+            usable = not lost and self._writable_again()
             self._cursor.close()
             if not usable:
                 self._connection.invalidate()
             self._connection.close()  # back to the pool
 
     def _writable_again(self) -> bool:
-        """The connection's next transactions as the pool's others' (writable; on PostgreSQL READ COMMITTED);
-        False if it cannot be told so (its transaction could not be ended)."""
-        driver: Any = self._connection.driver_connection
+        """The connection back as the pool's others are (SQLite writable, psycopg out of autocommit); False if it
+        cannot be (its transaction could not be ended)."""
         try:
             if self._store.is_sqlite:
-                self._cursor.raw("PRAGMA query_only = OFF")
+                if self._read_only:
+                    self._cursor.raw("PRAGMA query_only = OFF")
             else:
-                driver.isolation_level, driver.read_only = None, None
+                self._connection.driver_connection.autocommit = False  # type: ignore[union-attr]
         except Exception:
             return False
         return True
@@ -173,13 +174,17 @@ class SqlUnitOfWork:
         # shares, last and in one order: the totals, then the audit chain's head. Every audited commit queues on
         # the head's row, so it is held for as little as can be: batched, the answer, the events, the totals and
         # the head's read make one round trip, and the chain's entries, the head's move and the COMMIT a second,
-        # where one a statement held it for four or more. A COMMIT alone is one round trip already: batching it
-        # would only add the batch's closing one.
-        tail = self._cursor.has_later or self.totals.unflushed() or self.audit.unflushed()
-        with self._cursor.batched() if tail else nullcontext():
-            self.flush()
-            self.totals.flush()
-            self.audit.flush()
+        # where one a statement held it for four or more. The COMMIT is sent as a statement of the batch, so the
+        # batch's closing Sync is its round trip (the driver's commit() would sync once and the batch's end
+        # again). A COMMIT alone is one round trip already: batching it would gain nothing.
+        if not self._store.is_sqlite and (self._cursor.has_later or self.totals.unflushed()
+                                          or self.audit.unflushed()):
+            with self._cursor.batched():
+                self._write_what_waits()
+                self._cursor.raw("COMMIT")
+            self._open = False  # once the batch has ended without error: the COMMIT is then known done
+        else:
+            self._write_what_waits()
             self._end("COMMIT")
         actions, self._after_commit = self._after_commit, []
         if self.outbox.claimable:
@@ -194,6 +199,11 @@ class SqlUnitOfWork:
     def flush(self) -> None:
         """Write now what waits for the commit (the call's answer, its transfers' events): the commit does it."""
         self._cursor.write_later()
+
+    def _write_what_waits(self) -> None:
+        self.flush()
+        self.totals.flush()
+        self.audit.flush()
 
     def after_commit(self, action: Callable[[], None]) -> None:
         self._after_commit.append(action)

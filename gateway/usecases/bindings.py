@@ -206,8 +206,8 @@ def _check_attested_at(attested_at: datetime, binding: Binding, now: datetime, s
 
 def _either_suspended(uow: UnitOfWork, binding: Binding) -> bool:
     """D3: either person suspended by the province they are a member of here (D20)."""
-    return (uow.members.is_suspended(binding.giver_ref, binding.giver_province)
-            or uow.members.is_suspended(binding.receiver_ref, binding.receiver_province))
+    return uow.members.suspended_party(binding.giver_ref, binding.giver_province, binding.receiver_ref,
+                                       binding.receiver_province) is not None
 
 
 def accept_binding(ctx: UseCaseContext, envelope: Envelope, peer: str | None,

@@ -156,6 +156,9 @@ class MemberRepository(Protocol):
     def suspend(self, person_ref: bytes, province: str, at: datetime) -> None: ...
     def resume(self, person_ref: bytes, province: str) -> None: ...
     def is_suspended(self, person_ref: bytes, province: str) -> bool: ...
+    def suspended_party(self, giver_ref: bytes, giver_province: str, receiver_ref: bytes,
+                        receiver_province: str) -> str | None:
+        """"giver" (first) or "receiver" if suspended by the province given beside them, else None."""
 
 
 class SettlementRepository(Protocol):

@@ -156,11 +156,10 @@ def _check_consumption(uow: UnitOfWork, consumption: QuotaConsumption, binding: 
     if receiver_ref != binding.receiver_ref:
         raise FailedPrecondition("the person treated is not the binding's receiver (Q12)",
                                  reason=reasons.NOT_BINDING_RECEIVER, field="receiver.id_number")
-    for ref, province, role in ((binding.giver_ref, binding.giver_province, "giver"),
-                                (binding.receiver_ref, binding.receiver_province, "receiver")):
-        if uow.members.is_suspended(ref, province):
-            raise FailedPrecondition(f"the {role}'s networked settlement is suspended (D3)",
-                                     reason=reasons.SETTLEMENT_SUSPENDED, field="binding_id")
+    if role := uow.members.suspended_party(binding.giver_ref, binding.giver_province, binding.receiver_ref,
+                                           binding.receiver_province):
+        raise FailedPrecondition(f"the {role}'s networked settlement is suspended (D3)",
+                                 reason=reasons.SETTLEMENT_SUSPENDED, field="binding_id")
     _require_active(binding)
     maximum = _lowest_maximum(uow, binding)
     if maximum is not None and consumption.amount_fen > maximum:

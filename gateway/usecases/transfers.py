@@ -96,15 +96,6 @@ def tell_operators_it_failed(ctx: UseCaseContext, uow: UnitOfWork, transfer: Tra
                                                         transfer.receiver_province, state.value, reason))
 
 
-def _suspended_party(uow: UnitOfWork, giver_ref: bytes, giver_province: str, receiver_ref: bytes,
-                     receiver_province: str) -> str | None:
-    """D3: "giver" or "receiver" if suspended by the province they are a member of here (D20), else None."""
-    for ref, province, role in ((giver_ref, giver_province, "giver"), (receiver_ref, receiver_province, "receiver")):
-        if uow.members.is_suspended(ref, province):
-            return role
-    return None
-
-
 def _settlement_suspended(role: str, field: str) -> FailedPrecondition:
     return FailedPrecondition(f"the {role}'s networked settlement is suspended (D3)",
                               reason=reasons.SETTLEMENT_SUSPENDED,
@@ -127,7 +118,7 @@ def _require_binding(uow: UnitOfWork, instruction: TransferInstruction, giver_re
         raise FailedPrecondition("the binding is not between this giver and this receiver",
                                  reason=reasons.BINDING_MISMATCH,
                                  field="binding_id")
-    if suspended := _suspended_party(uow, giver_ref, header.sender, receiver_ref, header.receiver):
+    if suspended := uow.members.suspended_party(giver_ref, header.sender, receiver_ref, header.receiver):
         raise _settlement_suspended(suspended, f"{suspended}.id_number")
     if binding.state is not BindingState.ACTIVE:
         raise FailedPrecondition(f"the binding is {binding.state.value}, not ACTIVE", reason=reasons.BINDING_NOT_ACTIVE,

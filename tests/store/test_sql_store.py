@@ -187,6 +187,28 @@ def test_provinces_and_keys_round_trip_through_add_get_list_and_update(store: Sq
         assert [p.code for p in uow.provinces.list()] == ["620000", "650000"]
 
 
+def test_a_routing_change_made_after_a_transaction_began_is_read_by_it_once_it_locks_the_table(
+        engine: Engine, store: SqlStore) -> None:
+    """A unit of work reads the routing table's version as it begins (on PostgreSQL in its BEGIN's round trip);
+    one that locks the table to change it reads the version again after the lock, so what it reads is what it
+    changes, not the table as it was when it began."""
+    with SqlUnitOfWork(store) as uow:
+        uow.provinces.add(xinjiang())
+        uow.commit()
+    with SqlUnitOfWork(store) as uow:  # this store's cache holds the table as it stands
+        assert uow.provinces.get("650000") == xinjiang()
+    renamed = dataclasses.replace(xinjiang(), name="新疆维吾尔自治区", updated_at=T0 + timedelta(days=1))
+    if store.is_sqlite:
+        pytest.skip("SQLite's writers take the whole database at BEGIN: no change comes between BEGIN and lock")
+    other_gateway = SqlStore(engine, NoSealer())
+    with SqlUnitOfWork(store) as uow:
+        with SqlUnitOfWork(other_gateway) as theirs:
+            theirs.provinces.update(renamed)
+            theirs.commit()
+        uow.provinces.lock()
+        assert uow.provinces.get("650000") == renamed
+
+
 # -- idempotency records ----------------------------------------------------------------------------
 
 
@@ -806,6 +828,9 @@ def test_a_read_only_unit_of_work_refuses_a_write_and_leaves_its_connection_writ
     with SqlUnitOfWork(store, read_only=True) as reader:
         assert reader.provinces.get("620000") is not None
     assert engine.pool.checkedin() == 1  # type: ignore[attr-defined]
+    if not store.is_sqlite:  # a unit of work says its own BEGIN on psycopg in autocommit: the pool's is not
+        with engine.connect() as conn:
+            assert conn.connection.driver_connection.autocommit is False  # type: ignore[union-attr]
 
 
 def test_a_connection_the_database_ended_is_replaced_and_never_handed_out_twice(
@@ -937,6 +962,63 @@ def test_a_locked_binding_is_read_by_one_submission_at_a_time(engine: Engine, st
         first.bindings.add_used(binding_id, 60_000)
         first.commit()
     assert result_of(thread, outcome) == 60_000  # it read the amount the first one added, not the one before
+
+
+def test_a_bindings_used_amount_added_in_a_transaction_is_read_back_in_it(store: SqlStore) -> None:
+    """add_used is sent with the commit (no round trip of its own); a read of the binding before then sees it."""
+    binding_id = uid("b")
+    with SqlUnitOfWork(store) as uow:
+        uow.bindings.add(binding(binding_id, 100_000), envelope())
+        uow.commit()
+    with SqlUnitOfWork(store) as uow:
+        uow.bindings.add_used(binding_id, 60_000)
+        locked = uow.bindings.get(binding_id, lock=True)
+        assert locked is not None and locked.used_amount_fen == 60_000
+        uow.bindings.add_used(binding_id, -10_000)
+        assert [b.used_amount_fen for b in uow.bindings.of_person(b"\x01" * 32) if b.binding_id == binding_id] == [
+            50_000]
+        uow.bindings.add_used(binding_id, 5_000)
+        assert [b.used_amount_fen for b in uow.bindings.page("650000", [BindingState.ACTIVE], None, 100)
+                if b.binding_id == binding_id] == [55_000]
+        uow.bindings.add_used(binding_id, 1_000)  # read by nobody before the commit
+        uow.commit()
+    with SqlUnitOfWork(store) as uow:
+        stored = uow.bindings.get(binding_id)
+        assert stored is not None and stored.used_amount_fen == 56_000
+    with SqlUnitOfWork(store) as uow:  # rolled back: nothing of it
+        uow.bindings.add_used(binding_id, 7_000)
+    with SqlUnitOfWork(store) as uow:
+        stored = uow.bindings.get(binding_id)
+        assert stored is not None and stored.used_amount_fen == 56_000
+
+
+def test_a_suspended_party_is_named_only_as_a_member_of_the_province_given_beside_them(store: SqlStore) -> None:
+    """D3, D20: both parties looked up in one statement; the giver is named first when both are suspended."""
+    giver, receiver = b"\x0a" * 32, b"\x0b" * 32
+
+    def named() -> str | None:
+        with SqlUnitOfWork(store) as uow:
+            return uow.members.suspended_party(giver, "650000", receiver, "620000")
+
+    assert named() is None
+    with SqlUnitOfWork(store) as uow:  # suspended by other provinces than the ones they are members of here
+        uow.members.suspend(giver, "620000", T0)
+        uow.members.suspend(receiver, "650000", T0)
+        uow.commit()
+    assert named() is None
+    with SqlUnitOfWork(store) as uow:
+        uow.members.suspend(receiver, "620000", T0)
+        uow.commit()
+    assert named() == "receiver"
+    with SqlUnitOfWork(store) as uow:
+        uow.members.suspend(giver, "650000", T0)
+        uow.commit()
+    assert named() == "giver"
+    with SqlUnitOfWork(store) as uow:
+        uow.members.resume(giver, "650000")
+        uow.members.resume(receiver, "620000")
+        uow.commit()
+    assert named() is None
 
 
 def test_the_repositories_count_only_what_they_are_told(store: SqlStore) -> None:

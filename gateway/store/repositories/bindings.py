@@ -23,6 +23,13 @@ def _proposal_place(binding_id: str) -> bytes:
 class SqlBindingRepository:
     def __init__(self, cursor: Cursor, statements: Statements, sealer: Sealer, audit: SqlAuditLog) -> None:
         self._cursor, self._s, self._sealer, self._audit = cursor, statements, sealer, audit
+        self._used_later = False  # an add_used() waits for the commit: a read of a binding writes it first
+
+    def _written(self) -> None:
+        """What this transaction queued for its bindings written before one is read."""
+        if self._used_later:
+            self._cursor.write_later()
+            self._used_later = False
 
     def lock_people(self, *person_refs: bytes) -> None:
         # In one order, so two transactions locking the same two people never wait on each other.
@@ -68,6 +75,7 @@ class SqlBindingRepository:
 
     def get(self, binding_id: str, lock: bool = False) -> Binding | None:
         """The binding; with `lock`, no other transaction changes it until this one ends."""
+        self._written()
         raw = self._cursor.first(self._s.lock_binding if lock else self._s.get_binding, w_id=binding_id)
         return None if raw is None else self._binding(raw)
 
@@ -93,8 +101,11 @@ class SqlBindingRepository:
         return False
 
     def add_used(self, binding_id: str, amount_fen: int) -> None:
-        """Add `amount_fen` (negative: take it off) to what the binding has used of its authorised amount."""
-        self._cursor.run(self._s.add_used, w_id=binding_id, amount=amount_fen)
+        """Add `amount_fen` (negative: take it off) to what the binding has used of its authorised amount. Sent with
+        the commit (no round trip of its own): the caller has the row locked (a submission) or changes it by this
+        alone (a transfer that fails), and the binding's reads here write it first."""
+        self._cursor.later(self._s.add_used, w_id=binding_id, amount=amount_fen)
+        self._used_later = True
 
     def record_attestation(self, binding_id: str, attestation: Attestation) -> None:
         self._cursor.run(self._s.attest_binding, w_id=binding_id, attestation_method=attestation.method.value,
@@ -103,6 +114,7 @@ class SqlBindingRepository:
                            f"method={attestation.method.value} evidence_ref={attestation.evidence_ref[:128]}")
 
     def of_person(self, person_ref: bytes) -> list[Binding]:
+        self._written()
         return [self._binding(raw) for raw in self._cursor.all(self._s.bindings_of_person, ref=person_ref)]
 
     def expired_proposals(self, now: datetime, limit: int) -> list[str]:
@@ -112,6 +124,7 @@ class SqlBindingRepository:
              limit: int) -> list[Binding]:
         """Bindings newest first (created_at, then binding_id) from just before `before`, in `states` (any if
         none) and with `province` on either side (any if empty): one index range per state and side, merged."""
+        self._written()
         sides = ("giver", "receiver") if province else ("",)
         found: dict[str, Binding] = {}
         for state in states or tuple(BindingState):

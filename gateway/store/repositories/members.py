@@ -22,3 +22,10 @@ class SqlMemberRepository:
 
     def is_suspended(self, person_ref: bytes, province: str) -> bool:
         return self._cursor.first(self._s.member_suspended, ref=person_ref, province=province) is not None
+
+    def suspended_party(self, giver_ref: bytes, giver_province: str, receiver_ref: bytes,
+                        receiver_province: str) -> str | None:
+        row = self._cursor.first(self._s.parties_suspended, giver_ref=giver_ref, giver_province=giver_province,
+                                 receiver_ref=receiver_ref, receiver_province=receiver_province)
+        assert row is not None, "a SELECT of two EXISTS has its row"
+        return "giver" if row[0] else "receiver" if row[1] else None

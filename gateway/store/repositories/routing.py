@@ -37,10 +37,12 @@ class RoutingCache:
         self._provinces: dict[str, Province] = {}
         self._key_owners: dict[str, tuple[str, ProvinceKey]] = {}
 
-    def snapshot(self, cursor: Cursor, statements: Statements) -> tuple[dict[str, Province],
-                                                                         dict[str, tuple[str, ProvinceKey]]]:
-        row = cursor.first(statements.routing_version)
-        version = int(row[0]) if row else 0
+    def snapshot(self, cursor: Cursor, statements: Statements,
+                 version: int | None = None) -> tuple[dict[str, Province], dict[str, tuple[str, ProvinceKey]]]:
+        """The table as of `version` (read in this transaction already), else as of the version read now."""
+        if version is None:
+            row = cursor.first(statements.routing_version)
+            version = int(row[0]) if row else 0
         with self._lock:
             if version == self._version:
                 return self._provinces, self._key_owners
@@ -72,14 +74,17 @@ def _when(province: Province) -> datetime:
 
 
 class SqlProvinceRepository:
-    def __init__(self, cursor: Cursor, statements: Statements, cache: RoutingCache, audit: SqlAuditLog) -> None:
+    def __init__(self, cursor: Cursor, statements: Statements, cache: RoutingCache, audit: SqlAuditLog,
+                 version_at_begin: int | None = None) -> None:
         self._cursor, self._s, self._cache, self._audit = cursor, statements, cache, audit
         self._snapshot: tuple[dict[str, Province], dict[str, tuple[str, ProvinceKey]]] | None = None
+        # The version the transaction read with its BEGIN (PostgreSQL), if any: no query of its own then.
+        self._version_at_begin = version_at_begin
 
     def _routing(self) -> tuple[dict[str, Province], dict[str, tuple[str, ProvinceKey]]]:
         # Read the version once per unit of work: one cheap query instead of the whole table.
         if self._snapshot is None:
-            self._snapshot = self._cache.snapshot(self._cursor, self._s)
+            self._snapshot = self._cache.snapshot(self._cursor, self._s, self._version_at_begin)
         return self._snapshot
 
     def lock(self) -> None:
@@ -88,6 +93,7 @@ class SqlProvinceRepository:
         assert self._snapshot is None, "lock before the first read"
         if self._s.lock_routing is not None:
             self._cursor.run(self._s.lock_routing)
+        self._version_at_begin = None  # read before the lock: another change may have come between
 
     def get(self, code: str) -> Province | None:
         return self._routing()[0].get(code)
