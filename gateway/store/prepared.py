@@ -158,6 +158,25 @@ class Cursor:
             raw = self._cursor.fetchone()
         return None if raw is None else statement.row(raw)
 
+    def together(self, *reads: tuple[Prepared, Mapping[str, Any]]) -> list[tuple[Any, ...] | None]:
+        """The first row of each statement (None if it has none), in order, the statements sent together: on
+        PostgreSQL (psycopg's pipeline mode) all their answers come in one round trip, and the batch's closing
+        sync is one more, for any number of them; SQLite runs them one by one. Executed in the order given, so
+        rows locked by one are locked before the next runs, as one by one."""
+        pipeline = getattr(self._connection, "pipeline", None)
+        if pipeline is None:
+            return [self.first(statement, **values) for statement, values in reads]
+        cursors = [self._connection.cursor() for _ in reads]
+        try:
+            with contention(self._connection), pipeline():
+                for cursor, (statement, values) in zip(cursors, reads, strict=True):
+                    cursor.execute(statement.sql, statement.params(values))
+                raws = [cursor.fetchone() for cursor in cursors]  # the first waits for them all
+        finally:
+            for cursor in cursors:
+                cursor.close()
+        return [None if raw is None else statement.row(raw) for raw, (statement, _) in zip(raws, reads, strict=True)]
+
     def all(self, statement: Prepared, **values: Any) -> list[tuple[Any, ...]]:
         with contention(self._connection):
             self._cursor.execute(statement.sql, statement.params(values))

@@ -21,6 +21,7 @@ from gateway.store.repositories.relation_queries import SqlRelationQueryLog
 from gateway.store.repositories.requests import SqlRequestRepository
 from gateway.store.repositories.routing import RoutingCache, SqlProvinceRepository
 from gateway.store.repositories.settlements import SqlSettlementRepository
+from gateway.store.repositories.submissions import SqlSubmissionReads
 from gateway.store.repositories.totals import SqlTotals
 from gateway.store.repositories.transfers import SqlTransferRepository
 from gateway.store.sealing import Sealer
@@ -119,6 +120,7 @@ class SqlUnitOfWork:
         self.outbox = SqlOutboxRepository(cursor, statements, self.totals)
         self.bindings = SqlBindingRepository(cursor, statements, sealer, self.audit)
         self.members = SqlMemberRepository(cursor, statements)
+        self.submissions = SqlSubmissionReads(cursor, statements, self.bindings)
         self.quotas = SqlQuotaRepository(cursor, statements.quotas, self.totals, self.audit)
         self.settlements = SqlSettlementRepository(cursor, statements, dialect, self.audit, self.totals)
         self.gateway_keys = SqlGatewayKeyRepository(cursor, statements, dialect, self.audit)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Protocol
 
@@ -44,6 +45,24 @@ class RequestRepository(Protocol):
     def record_response(self, sender: str, message_id: str, response: bytes) -> None: ...
     def record_rejection(self, sender: str, message_id: str, kind: str, reason: str, field: str | None,
                          message: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SubmissionFacts:
+    """What a new transfer is decided on, read together (SubmissionReads)."""
+
+    transfer_id_taken: bool  # by another transfer (of any province)
+    earlier_today: int  # the giver's transfers of the day before this one, which is counted already (D12)
+    binding: Binding | None  # locked until the transaction ends (D10's used amount)
+    suspended_party: str | None  # "giver" or "receiver", as a member of their province here (D3, D20)
+
+
+class SubmissionReads(Protocol):
+    def read(self, transfer_id: str, giver_ref: bytes, giver_province: str, receiver_ref: bytes,
+             receiver_province: str, day: date, binding_id: str) -> SubmissionFacts:
+        """In this order, as a submission needs them: whether the id is taken; the giver's day counted one more
+        (its row locked: one giver's submissions are decided one at a time); the binding, locked; either party's
+        suspension. The count stays unless release_daily_slot takes it back or the transaction rolls back."""
 
 
 class TransferRepository(Protocol):
@@ -229,6 +248,8 @@ class UnitOfWork(Protocol):
     def bindings(self) -> BindingRepository: ...
     @property
     def members(self) -> MemberRepository: ...
+    @property
+    def submissions(self) -> SubmissionReads: ...
     @property
     def quotas(self) -> QuotaRepository: ...
     @property

@@ -8,6 +8,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from datetime import date
 
 import pytest
 
@@ -65,6 +66,22 @@ def test_a_held_lock_is_database_busy_after_the_wait_and_nothing_is_held_after(w
     assert waited >= WAIT_S * 0.9, "a thread of its own waits for the lock a while"
     assert waiting_store.engine.pool.checkedout() == 0, "the connection went back to the pool"  # type: ignore[attr-defined]
     _write(waiting_store)  # released: the same work goes through
+
+
+def test_a_lock_met_by_reads_sent_together_is_database_busy_and_the_connection_serves_again(
+        waiting_store: SqlStore, db_url: str) -> None:
+    """A submission's facts go to PostgreSQL in one batch (pipeline mode): the lock met by its first read ends the
+    batch with DatabaseBusy, not a broken connection."""
+    def read_facts() -> bool:
+        with SqlUnitOfWork(waiting_store) as uow:
+            return uow.submissions.read("t-locks", b"\x01" * 32, "650000", b"\x02" * 32, "620000",
+                                        date(2026, 5, 1), "b-locks").transfer_id_taken
+
+    with held(db_url), pytest.raises(DatabaseBusy):
+        read_facts()
+    assert waiting_store.engine.pool.checkedout() == 0, "the connection went back to the pool"  # type: ignore[attr-defined]
+    assert read_facts() is False
+    _write(waiting_store)
 
 
 def test_on_the_event_loops_thread_sqlite_does_not_wait(waiting_store: SqlStore, db_url: str) -> None:

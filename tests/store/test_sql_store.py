@@ -992,6 +992,29 @@ def test_a_bindings_used_amount_added_in_a_transaction_is_read_back_in_it(store:
         assert stored is not None and stored.used_amount_fen == 56_000
 
 
+def test_a_submissions_facts_read_together_are_what_each_read_alone_says(store: SqlStore) -> None:
+    """SubmissionReads sends four reads in one batch on PostgreSQL: each answer is its own statement's, in order,
+    and the day's count stays counted."""
+    binding_id, giver, receiver, day = uid("b"), b"\x01" * 32, b"\x02" * 32, T0.date()
+    taken = transfer()
+    add_transfers(store, taken)
+    with SqlUnitOfWork(store) as uow:
+        uow.bindings.add(binding(binding_id, 100_000), envelope())
+        uow.members.suspend(receiver, "620000", T0)
+        uow.commit()
+
+    with SqlUnitOfWork(store) as uow:
+        first = uow.submissions.read(uid("tr"), giver, "650000", receiver, "620000", day, binding_id)
+        second = uow.submissions.read(taken.transfer_id, giver, "650000", receiver, "620000", day, uid("b"))
+        uow.commit()
+    assert (first.transfer_id_taken, first.earlier_today, first.suspended_party) == (False, 0, "receiver")
+    assert first.binding is not None and first.binding.binding_id == binding_id and first.binding.used_amount_fen == 0
+    assert (second.transfer_id_taken, second.earlier_today, second.binding, second.suspended_party) == (
+        True, 1, None, "receiver")
+    with SqlUnitOfWork(store) as uow:
+        assert uow.transfers.reserve_daily_slot(giver, day) == 2  # both reads counted the day
+
+
 def test_a_suspended_party_is_named_only_as_a_member_of_the_province_given_beside_them(store: SqlStore) -> None:
     """D3, D20: both parties looked up in one statement; the giver is named first when both are suspended."""
     giver, receiver = b"\x0a" * 32, b"\x0b" * 32

@@ -25,8 +25,8 @@ class SqlBindingRepository:
         self._cursor, self._s, self._sealer, self._audit = cursor, statements, sealer, audit
         self._used_later = False  # an add_used() waits for the commit: a read of a binding writes it first
 
-    def _written(self) -> None:
-        """What this transaction queued for its bindings written before one is read."""
+    def write_queued(self) -> None:
+        """What this transaction queued for its bindings written now (before one is read)."""
         if self._used_later:
             self._cursor.write_later()
             self._used_later = False
@@ -59,7 +59,8 @@ class SqlBindingRepository:
                            f"proposal_sha256={binding.proposal_sha256.hex()}")
         return True
 
-    def _binding(self, raw: Sequence[Any]) -> Binding:
+    def from_row(self, raw: Sequence[Any]) -> Binding:
+        """A binding from a row of get_binding's or lock_binding's columns."""
         v = dict(zip(self._s.get_binding.columns, raw, strict=True))
         return Binding(
             binding_id=v["binding_id"], state=BindingState(v["state"]), giver_province=v["giver_province"],
@@ -75,9 +76,9 @@ class SqlBindingRepository:
 
     def get(self, binding_id: str, lock: bool = False) -> Binding | None:
         """The binding; with `lock`, no other transaction changes it until this one ends."""
-        self._written()
+        self.write_queued()
         raw = self._cursor.first(self._s.lock_binding if lock else self._s.get_binding, w_id=binding_id)
-        return None if raw is None else self._binding(raw)
+        return None if raw is None else self.from_row(raw)
 
     def exists(self, binding_id: str) -> bool:
         return self._cursor.first(self._s.binding_exists, w_id=binding_id) is not None
@@ -114,8 +115,8 @@ class SqlBindingRepository:
                            f"method={attestation.method.value} evidence_ref={attestation.evidence_ref[:128]}")
 
     def of_person(self, person_ref: bytes) -> list[Binding]:
-        self._written()
-        return [self._binding(raw) for raw in self._cursor.all(self._s.bindings_of_person, ref=person_ref)]
+        self.write_queued()
+        return [self.from_row(raw) for raw in self._cursor.all(self._s.bindings_of_person, ref=person_ref)]
 
     def expired_proposals(self, now: datetime, limit: int) -> list[str]:
         return [row[0] for row in self._cursor.all(self._s.expired_proposals, now=now, limit=limit)]
@@ -124,7 +125,7 @@ class SqlBindingRepository:
              limit: int) -> list[Binding]:
         """Bindings newest first (created_at, then binding_id) from just before `before`, in `states` (any if
         none) and with `province` on either side (any if empty): one index range per state and side, merged."""
-        self._written()
+        self.write_queued()
         sides = ("giver", "receiver") if province else ("",)
         found: dict[str, Binding] = {}
         for state in states or tuple(BindingState):
@@ -132,6 +133,6 @@ class SqlBindingRepository:
                 position = {"at": before[0], "w_id": before[1]} if before is not None else {}
                 for raw in self._cursor.all(self._s.binding_page(side, before is not None), state=state.value,
                                             limit=limit, **({"province": province} if side else {}), **position):
-                    binding = self._binding(raw)
+                    binding = self.from_row(raw)
                     found[binding.binding_id] = binding
         return sorted(found.values(), key=lambda b: (b.created_at, b.binding_id), reverse=True)[:limit]
