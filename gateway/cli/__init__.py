@@ -1,28 +1,56 @@
-"""`gongji`: the operators' command line, a client of the Operations service (typer + rich)."""
+"""`gongji`: the operators' command line, a client of the Operations service (typer + rich).
+
+A command loads only its own module: `gongji stats`, run every few seconds beside the gateway, does not import
+and build the provinces', settlement's or database commands. `gongji --help` (or an unknown command) and
+`app`, which the tests drive, have them all.
+"""
 
 from __future__ import annotations
 
+import sys
+from importlib import import_module
+from typing import Any
+
 import typer
 
-from gateway.cli.admin import add_admin_commands
-from gateway.cli.bindings import bindings_app
-from gateway.cli.provinces import provinces_app
-from gateway.cli.quotas import quotas_app
-from gateway.cli.settlement import settlement_app
-from gateway.cli.stats import stats
-from gateway.cli.transfers import transfers_app
+HELP = ("Operate the Gongji exchange: provinces, transfers, bindings, settlement, quotas, stats, the database "
+        "schema.")
 
-app = typer.Typer(help="Operate the Gongji exchange: provinces, transfers, bindings, settlement, quotas, stats, the "
-                       "database schema.", no_args_is_help=True)
-app.add_typer(provinces_app, name="provinces")
-app.add_typer(transfers_app, name="transfers")
-app.add_typer(bindings_app, name="bindings")
-app.add_typer(settlement_app, name="settlement")
-app.add_typer(quotas_app, name="quotas")
-# `db` and `audit`: the only commands that open the database rather than call the gateway (gateway/cli/admin.py).
-add_admin_commands(app)
-app.command("stats")(stats)
+# Each top-level name: the module that holds it, and its command group or (stats) its command.
+GROUPS = {"provinces": ("gateway.cli.provinces", "provinces_app"),
+          "transfers": ("gateway.cli.transfers", "transfers_app"),
+          "bindings": ("gateway.cli.bindings", "bindings_app"),
+          "settlement": ("gateway.cli.settlement", "settlement_app"),
+          "quotas": ("gateway.cli.quotas", "quotas_app"),
+          # The only commands that open the database rather than call the gateway (gateway/cli/admin.py).
+          "db": ("gateway.cli.admin", "db_app"),
+          "audit": ("gateway.cli.admin", "audit_app")}
+COMMANDS = {"stats": ("gateway.cli.stats", "stats")}
+
+
+def _root() -> None:
+    """Operate the Gongji exchange."""  # the group's own callback: a tree of one command stays a group
+
+
+def build(only: str | None = None) -> typer.Typer:
+    """The command line: every group and command, or only the one named `only`."""
+    cli = typer.Typer(help=HELP, no_args_is_help=True)
+    cli.callback()(_root)
+    for name, (module, attribute) in GROUPS.items():
+        if only in (None, name):
+            cli.add_typer(getattr(import_module(module), attribute), name=name)
+    for name, (module, attribute) in COMMANDS.items():
+        if only in (None, name):
+            cli.command(name)(getattr(import_module(module), attribute))
+    return cli
 
 
 def main() -> None:
-    app()
+    named = sys.argv[1] if len(sys.argv) > 1 else None
+    build(named if named in GROUPS or named in COMMANDS else None)()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # the whole command line, built when asked for
+        return build()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,8 +2,8 @@
 
 The rest of `gongji` is a gRPC client (gateway.cli); only this module reaches into the store, and only
 through gateway.store.schema. Its imports of the core are made inside the commands, so the gRPC
-commands do not pay for loading SQLAlchemy and Alembic. Mount new database-side command groups (say,
-`audit`) in add_admin_commands.
+commands do not pay for loading SQLAlchemy and Alembic. A new database-side command group is named in
+gateway.cli's GROUPS, as `db` and `audit` are.
 """
 
 from __future__ import annotations
@@ -34,12 +34,6 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 audit_app = typer.Typer(help="The tamper-evident record (hash chain and signed checkpoints).",
                         no_args_is_help=True)
-
-
-def add_admin_commands(app: typer.Typer) -> None:
-    """Mount every command group of this module on the `gongji` command line."""
-    app.add_typer(db_app, name="db")
-    app.add_typer(audit_app, name="audit")
 
 
 def fail(message: str) -> NoReturn:

@@ -6,6 +6,9 @@ import base64
 import csv
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -251,6 +254,27 @@ def test_settlement_failures_are_one_line_without_a_traceback(stack: Stack, tmp_
 def test_an_unreachable_gateway_is_one_line(command: list[str]) -> None:
     result = runner.invoke(app, [*command, "--ops", "127.0.0.1:1"], env={"GONGJI_INSECURE_DEV_PLAINTEXT": "true"})
     assert result.exit_code == 1 and "UNAVAILABLE" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("command", "loaded", "not_loaded"), [
+    (["stats"], "gateway.cli.stats", ("gateway.cli.provinces", "gateway.cli.settlement", "gateway.cli.admin")),
+    (["db"], "gateway.cli.admin", ("gateway.cli.provinces", "gateway.cli.settlement", "gateway.cli.stats")),
+    (["settlement"], "gateway.cli.settlement", ("gateway.cli.provinces", "gateway.cli.admin", "gateway.cli.quotas")),
+])
+def test_a_command_loads_only_its_own_module_and_says_the_same_as_with_all_of_them(
+        command: list[str], loaded: str, not_loaded: tuple[str, ...]) -> None:
+    """`gongji stats` every few seconds beside the gateway starts without the other commands; what any command
+    prints is what the whole command line would print."""
+    script = ("import sys; from gateway.cli import main\nsys.argv[0] = 'gongji'\n"
+              "try:\n    main()\nexcept SystemExit:\n    pass\n"
+              "print(sorted(m for m in sys.modules if m.startswith('gateway.cli.')), file=sys.stderr)")
+    started = subprocess.run([sys.executable, "-c", script, *command, "--help"], capture_output=True, text=True,
+                             timeout=60, check=True, env={**os.environ, "COLUMNS": "100", "TERM": "dumb"},
+                             cwd=Path(__file__).resolve().parents[2])
+    modules = started.stderr.strip().splitlines()[-1]
+    assert loaded in modules and not any(f"'{m}'" in modules for m in not_loaded), modules
+    whole = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "100", "TERM": "dumb"}, prog_name="gongji")
+    assert whole.exit_code == 0 and started.stdout == whole.output
 
 
 # -- what the gateway sends is printed, never obeyed ---------------------------------------------
