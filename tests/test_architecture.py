@@ -381,8 +381,9 @@ def test_the_cli_is_only_a_client() -> None:
 def test_the_command_line_starts_without_what_only_some_commands_need() -> None:
     # `gongji stats` may run every few seconds on the gateway's own machine: its start-up loads gRPC, typer and
     # rich, not the key-file reader's cryptography, the database commands' SQLAlchemy and Alembic, the progress
-    # bar of `transfers list --all`, or the error details read only when a call fails.
-    heavy = ("cryptography", "sqlalchemy", "alembic", "grpc_status", "google.rpc", "rich.progress")
+    # bar of `transfers list --all`, the error details read only when a call fails, or --json's converter.
+    heavy = ("cryptography", "sqlalchemy", "alembic", "grpc_status", "google.rpc", "rich.progress",
+             "google.protobuf.json_format")
     probe = ("import sys, gateway.cli; gateway.cli.build(); "  # the whole command line: every group's module
              f"print(sorted(name for name in sys.modules if name.startswith({heavy!r})))")
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)

@@ -9,7 +9,6 @@ from datetime import UTC
 from typing import Any, NoReturn
 
 import typer
-from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Console
@@ -95,6 +94,9 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def as_dict(message: Message) -> dict[str, Any]:
+    # Loaded for --json only: a table's command (`gongji stats` every few seconds) does not pay its 9 ms.
+    from google.protobuf.json_format import MessageToDict
+
     return MessageToDict(message, preserving_proto_field_name=True)
 
 
