@@ -26,7 +26,8 @@ class SqlBindingRepository:
         self._used_later = False  # an add_used() waits for the commit: a read of a binding writes it first
 
     def write_queued(self) -> None:
-        """What this transaction queued for its bindings written now (before one is read)."""
+        """Before a binding is read: if an add_used() waits for the commit, the writes queued for it (the cursor's,
+        all of them, in order) are written now, so the read sees the amount."""
         if self._used_later:
             self._cursor.write_later()
             self._used_later = False

@@ -6,6 +6,7 @@ from datetime import date
 
 from gateway.store.prepared import Cursor
 from gateway.store.repositories.bindings import SqlBindingRepository
+from gateway.store.repositories.members import parties_suspended, party_named
 from gateway.store.statements import Statements
 from gateway.usecases.ports import SubmissionFacts
 
@@ -22,9 +23,8 @@ class SqlSubmissionReads:
             (s.transfer_exists, {"w_id": transfer_id}),
             (s.reserve_daily_slot, {"ref": giver_ref, "day": day}),
             (s.lock_binding, {"w_id": binding_id}),
-            (s.parties_suspended, {"giver_ref": giver_ref, "giver_province": giver_province,
-                                   "receiver_ref": receiver_ref, "receiver_province": receiver_province}))
-        assert counted is not None and suspended is not None, "an upsert's RETURNING and two EXISTS have their row"
+            parties_suspended(s, giver_ref, giver_province, receiver_ref, receiver_province))
+        assert counted is not None, "an upsert's RETURNING has its row"
         return SubmissionFacts(transfer_id_taken=taken is not None, earlier_today=int(counted[0]) - 1,
                                binding=None if binding is None else self._bindings.from_row(binding),
-                               suspended_party="giver" if suspended[0] else "receiver" if suspended[1] else None)
+                               suspended_party=party_named(suspended))
