@@ -177,12 +177,16 @@ class Operators:
     async def stats(self) -> float:
         return await _timed(lambda: self.ops.GetStats(operations_pb2.GetStatsRequest(), timeout=DEADLINE_S))
 
-    async def stats_cli(self) -> float:
-        """`gongji stats` as an operator runs it (its own process: start-up included). Started by subprocess in a
-        thread (vfork and exec), not by the event loop's fork, which this process's gRPC threads make unsafe."""
+    async def stats_cli(self, niceness: str | None = None) -> float:
+        """`gongji stats` as an operator runs it (its own process: start-up included), at the priority it gives
+        itself, or with GONGJI_CLI_NICE=`niceness`. Started by subprocess in a thread (vfork and exec), not by
+        the event loop's fork, which this process's gRPC threads make unsafe."""
         command = [sys.executable, "-c", "from gateway.cli import main; main()", "stats", "--ops",
                    self.endpoints.operations]
-        env = {**os.environ, "GONGJI_INSECURE_DEV_PLAINTEXT": "true"}  # as the bench's gateway speaks
+        env = {key: value for key, value in os.environ.items() if key != "GONGJI_CLI_NICE"}
+        env["GONGJI_INSECURE_DEV_PLAINTEXT"] = "true"  # as the bench's gateway speaks
+        if niceness is not None:
+            env["GONGJI_CLI_NICE"] = niceness
         t0 = time.perf_counter()
         done = await asyncio.to_thread(subprocess.run, command, env=env, stdout=subprocess.DEVNULL,
                                        stderr=subprocess.PIPE, timeout=60, check=False)
@@ -191,9 +195,11 @@ class Operators:
             raise OSError(f"exit {done.returncode}: {done.stderr.decode(errors='replace')[-160:]}")
         return elapsed
 
-    async def scrape(self, seconds: float, cli: bool = True) -> dict[str, list[float]]:
+    async def scrape(self, seconds: float, cli: bool = True, cli_niceness: str | None = None
+                     ) -> dict[str, list[float]]:
         """The continuous scrape: /metrics every 1 s, the dashboard's snapshot every 2 s, GetStats and `gongji
-        stats` every 5 s, for `seconds`; without `cli`, the gateway's own three alone (no process started)."""
+        stats` every 5 s, for `seconds`; without `cli`, the gateway's own three alone (no process started);
+        `cli_niceness` sets GONGJI_CLI_NICE for the command."""
         until = asyncio.get_running_loop().time() + seconds
         found: dict[str, list[float]] = {"metrics": [], "snapshot": [], "stats": [], "stats_cli": []}
         failed = self.failures
@@ -204,7 +210,8 @@ class Operators:
             _every(SNAPSHOT_EVERY_S, until, lambda: self.http("/api/snapshot"), found["snapshot"],
                    failed["snapshot"], 0.5),
             _every(STATS_EVERY_S, until, self.stats, found["stats"], failed["stats"], 2.5),
-            *([_every(STATS_EVERY_S, until, self.stats_cli, found["stats_cli"], failed["stats_cli"])] if cli else []))
+            *([_every(STATS_EVERY_S, until, lambda: self.stats_cli(cli_niceness), found["stats_cli"],
+                      failed["stats_cli"])] if cli else []))
         return found
 
     async def reads(self, transfer_ids: list[str], last_event_id: int, times: int = READS) -> dict[str, Any]:
@@ -261,11 +268,13 @@ class Operators:
 
 async def measure(endpoints: Endpoints, gateway_pid: int, *, rate: float, seconds: float, rounds: int,
                   close_window: str, transfer_ids: list[str], last_event_id: Callable[[], int]) -> dict[str, Any]:
-    """Quiet and scraped traffic side by side (`rounds` of each, alternating; and scraped without `gongji stats`,
-    to tell the gateway's share from the CLI process's on the same cores), the reads, then the close."""
+    """Quiet and scraped traffic side by side, `rounds` of each, alternating. Scraped three ways, to tell the
+    gateway's share from the CLI process's on the same cores: as operators would (`gongji stats` at the
+    priority it gives itself), without `gongji stats`, and with `gongji stats` at the caller's priority
+    (GONGJI_CLI_NICE=0). Then the reads, then the close."""
     traffic, operators = Traffic(endpoints, rate), Operators(endpoints)
     found: dict[str, Any] = {"rss_mb_before_warm_up": rss_mb(gateway_pid)}
-    quiet, scraped, scraped_no_cli = [], [], []
+    quiet, scraped, scraped_no_cli, scraped_cli_nice0 = [], [], [], []
     scrapes: dict[str, list[float]] = {"metrics": [], "snapshot": [], "stats": [], "stats_cli": []}
     try:
         # Warm-up: traffic, and every kind of operators' call once (channels, caches, first-call allocations);
@@ -283,10 +292,13 @@ async def measure(endpoints: Endpoints, gateway_pid: int, *, rate: float, second
                 scrapes[key].extend(values)
             calls, _ = await asyncio.gather(traffic.run(seconds), operators.scrape(seconds, cli=False))
             scraped_no_cli.append(figures("scraped_no_cli", calls, *await traffic.lifecycles(calls)))
-        for rows in (quiet, scraped, scraped_no_cli):
+            calls, _ = await asyncio.gather(traffic.run(seconds), operators.scrape(seconds, cli_niceness="0"))
+            scraped_cli_nice0.append(figures("scraped_cli_nice0", calls, *await traffic.lifecycles(calls)))
+        for rows in (quiet, scraped, scraped_no_cli, scraped_cli_nice0):
             found |= {key: (round(statistics.median(row[key] for row in rows), 2) if "_ms_" in key
                             else sum(row[key] for row in rows)) for key in rows[0]}
-        found["rounds"] = {"quiet": quiet, "scraped": scraped, "scraped_no_cli": scraped_no_cli}
+        found["rounds"] = {"quiet": quiet, "scraped": scraped, "scraped_no_cli": scraped_no_cli,
+                           "scraped_cli_nice0": scraped_cli_nice0}
         for key, values in scrapes.items():
             found[f"{key}_ms_median"], found[f"{key}_ms_max"] = ms(values), ms([max(values)] if values else [])
             found[f"{key}_samples"] = len(values)

@@ -56,6 +56,8 @@ TABLE: tuple[tuple[str, str | tuple[str, str]], ...] = (
     ("submit p50 / p99 ms, scraped", ("submit_p50_ms_scraped", "submit_p99_ms_scraped")),
     ("submit p50 / p99 ms, scraped without `gongji stats`", ("submit_p50_ms_scraped_no_cli",
                                                             "submit_p99_ms_scraped_no_cli")),
+    ("submit p50 / p99 ms, scraped, `gongji stats` at the caller's priority", ("submit_p50_ms_scraped_cli_nice0",
+                                                                             "submit_p99_ms_scraped_cli_nice0")),
     ("lifecycle p50 / p99 ms, quiet", ("lifecycle_p50_ms_quiet", "lifecycle_p99_ms_quiet")),
     ("lifecycle p50 / p99 ms, scraped", ("lifecycle_p50_ms_scraped", "lifecycle_p99_ms_scraped")),
     ("ListTransfers newest page ms", ("list_newest_ms_median", "list_newest_ms_max")),

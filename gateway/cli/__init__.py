@@ -3,15 +3,22 @@
 A command loads only its own module: `gongji stats`, run every few seconds beside the gateway, does not import
 and build the provinces', settlement's or database commands. `gongji --help` (or an unknown command) and
 `app`, which the tests drive, have them all.
+
+An operator's command often runs on the gateway's own host, beside the gateway and its database, and a
+monitoring job may run `gongji stats` every few seconds: `main()` first lowers the command's CPU priority
+(GONGJI_CLI_NICE, added to the caller's niceness; default 10, 0 keeps it), so that the gateway and its database
+are scheduled before it. It does so before loading typer, rich and gRPC, most of a command's start-up.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import typer
+if TYPE_CHECKING:
+    import typer
 
 HELP = ("Operate the Gongji exchange: provinces, transfers, bindings, settlement, quotas, stats, the database "
         "schema.")
@@ -26,6 +33,8 @@ GROUPS = {"provinces": ("gateway.cli.provinces", "provinces_app"),
           "db": ("gateway.cli.admin", "db_app"),
           "audit": ("gateway.cli.admin", "audit_app")}
 COMMANDS = {"stats": ("gateway.cli.stats", "stats")}
+NICENESS_DEFAULT = 10
+NICENESS_VARIABLE = "GONGJI_CLI_NICE"
 
 
 def _root() -> None:
@@ -34,6 +43,8 @@ def _root() -> None:
 
 def build(only: str | None = None) -> typer.Typer:
     """The command line: every group and command, or only the one named `only`."""
+    import typer  # here, not at the top: main() lowers the priority first
+
     cli = typer.Typer(help=HELP, no_args_is_help=True)
     cli.callback()(_root)
     for name, (module, attribute) in GROUPS.items():
@@ -45,7 +56,19 @@ def build(only: str | None = None) -> typer.Typer:
     return cli
 
 
+def yield_cpu() -> None:
+    """Lower this process's CPU priority by GONGJI_CLI_NICE (default 10): the gateway on the same host goes
+    first. A value that is not a whole number from 0 to 19 is a usage error (exit code 2)."""
+    raw = (os.environ.get(NICENESS_VARIABLE) or str(NICENESS_DEFAULT)).strip()  # empty: the default
+    if not (raw.isascii() and raw.isdigit() and 0 <= int(raw) <= 19):
+        print(f"error: {NICENESS_VARIABLE} must be a whole number from 0 to 19, not {raw!r}", file=sys.stderr)
+        raise SystemExit(2)
+    if int(raw):
+        os.nice(int(raw))  # only ever raises the niceness, which every process may do
+
+
 def main() -> None:
+    yield_cpu()
     named = sys.argv[1] if len(sys.argv) > 1 else None
     build(named if named in GROUPS or named in COMMANDS else None)()
 

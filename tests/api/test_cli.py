@@ -277,6 +277,38 @@ def test_a_command_loads_only_its_own_module_and_says_the_same_as_with_all_of_th
     assert whole.exit_code == 0 and started.stdout == whole.output
 
 
+NICENESS_PROBE = ("import os, sys\nimport gateway.cli\nloaded_first = 'typer' in sys.modules\nbefore = os.nice(0)\n"
+                  "sys.argv = ['gongji', 'stats', '--help']\n"
+                  "try:\n    gateway.cli.main()\nexcept SystemExit as ended:\n    code = ended.code\n"
+                  "print(loaded_first, before, os.nice(0), code, file=sys.stderr)")
+
+
+@pytest.mark.parametrize(("setting", "added"), [(None, 10), ("", 10), ("0", 0), ("19", 19), (" 3 ", 3)])
+def test_a_command_yields_the_cpu_to_the_gateway_before_it_loads_anything(setting: str | None, added: int) -> None:
+    """`gongji stats` every few seconds on the gateway's host must not take the CPU from the gateway and its
+    database: the command lowers its priority (GONGJI_CLI_NICE, default 10) before typer, rich and gRPC load."""
+    env = {key: value for key, value in os.environ.items() if key != "GONGJI_CLI_NICE"}
+    if setting is not None:
+        env["GONGJI_CLI_NICE"] = setting
+    started = subprocess.run([sys.executable, "-c", NICENESS_PROBE], capture_output=True, text=True, timeout=60,
+                             check=True, env=env, cwd=Path(__file__).resolve().parents[2])
+    loaded_first, before, after, code = started.stderr.strip().splitlines()[-1].split()
+    assert (loaded_first, code) == ("False", "0")
+    assert int(after) == min(int(before) + added, 19)
+    assert "Usage: gongji stats" in started.stdout
+
+
+@pytest.mark.parametrize("setting", ["-5", "20", "ten", "1.5"])
+def test_a_niceness_out_of_range_is_one_line_and_a_usage_error(setting: str) -> None:
+    started = subprocess.run([sys.executable, "-c", NICENESS_PROBE], capture_output=True, text=True, timeout=60,
+                             check=True, env={**os.environ, "GONGJI_CLI_NICE": setting},
+                             cwd=Path(__file__).resolve().parents[2])
+    message, figures = started.stderr.strip().splitlines()
+    assert message == f"error: GONGJI_CLI_NICE must be a whole number from 0 to 19, not {setting!r}"
+    loaded_first, before, after, code = figures.split()
+    assert (loaded_first, code, after) == ("False", "2", before) and started.stdout == ""
+
+
 # -- what the gateway sends is printed, never obeyed ---------------------------------------------
 
 # Markup, emoji codes and brackets are printable, so a province may still be named so; the CLI prints them.
