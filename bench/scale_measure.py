@@ -49,6 +49,22 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+CPU_KINDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def cpu_ticks() -> list[int]:
+    """The host's CPU time so far, by kind (CPU_KINDS: /proc/stat's first line)."""
+    return [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+
+
+def cpu_percent(before: list[int], after: list[int]) -> dict[str, float]:
+    """How the host's CPU time between two cpu_ticks() went, in % by kind: a measurement's share of iowait or
+    steal (another guest's), or of nice (a `gongji` command at its lowered priority), tells a noisy host."""
+    spent = [later - earlier for earlier, later in zip(before, after, strict=True)]
+    total = sum(spent) or 1
+    return {kind: round(100 * value / total, 1) for kind, value in zip(CPU_KINDS, spent, strict=True)}
+
+
 @dataclass
 class Endpoints:
     gateway: str

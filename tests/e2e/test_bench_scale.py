@@ -52,6 +52,9 @@ def test_the_scale_bench_at_two_thousand_rows(database: str, tmp_path: Path) -> 
         figures["incomplete_scraped_cli_nice0"] == 0, figures["rounds"]
     assert len(figures["rounds"]["scraped_no_cli"]) == 1 and figures["submitted_scraped_no_cli"] == 20
     assert len(figures["rounds"]["scraped_cli_nice0"]) == 1 and figures["submitted_scraped_cli_nice0"] == 20
+    shares = figures["host_cpu_percent_measuring"]
+    assert set(shares) == {"user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"}
+    assert 99 <= sum(shares.values()) <= 101 and shares["user"] > 0, shares
     assert {line["database"] for line in result["targets"]} == {database}
     assert all(set(line) == {"database", "target", "value", "limit", "met"} for line in result["targets"])
     assert output.exists()
