@@ -6,8 +6,9 @@ and build the provinces', settlement's or database commands. `gongji --help` (or
 
 An operator's command often runs on the gateway's own host, beside the gateway and its database, and a
 monitoring job may run `gongji stats` every few seconds: `main()` first lowers the command's CPU priority
-(GONGJI_CLI_NICE, added to the caller's niceness; default 10, 0 keeps it), so that the gateway and its database
-are scheduled before it. It does so before loading typer, rich and gRPC, most of a command's start-up.
+(GONGJI_CLI_NICE, added to the caller's niceness; default 10, 0 keeps it), so that what shares its scheduling
+group (its session under autogroup, or its cgroup: the gateway, when started beside it) runs first. It does so
+before loading typer, rich and gRPC, most of a command's start-up.
 """
 
 from __future__ import annotations
