@@ -47,14 +47,34 @@ def child_pids(parent: int) -> list[int]:
     return pids
 
 
-def machine_busy_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs since boot, from the first line of /proc/stat."""
+CPU_KINDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def machine_ticks() -> list[int]:
+    """Jiffies of all CPUs since boot by kind (CPU_KINDS, then guest time), from the first line of /proc/stat;
+    empty if unreadable."""
     try:
-        values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        return [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     except (OSError, ValueError, IndexError):
+        return []
+
+
+def machine_busy_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot."""
+    values = machine_ticks()
+    if not values:
         return 0, 0
     idle = values[3] + (values[4] if len(values) > 4 else 0)
     return sum(values) - idle, sum(values)
+
+
+def cpu_percent(before: list[int], after: list[int]) -> dict[str, float]:
+    """How the machine's CPU time between two machine_ticks() went, in % by kind (CPU_KINDS): a measurement's
+    share of iowait or steal (another guest's), or of nice (a `gongji` command at its lowered priority), tells
+    a noisy host."""
+    spent = [later - earlier for earlier, later in zip(before[:len(CPU_KINDS)], after[:len(CPU_KINDS)], strict=True)]
+    total = sum(spent) or 1
+    return {kind: round(100 * value / total, 1) for kind, value in zip(CPU_KINDS, spent, strict=True)}
 
 
 def cpu_seconds(proc: Proc) -> float:

@@ -26,8 +26,8 @@ import uvloop
 
 from bench import report, scale_people
 from bench.phases import bind_giver_and_receiver
-from bench.procs import PROJECT_ROOT
-from bench.scale_measure import PROBE_ERRORS, Endpoints, Operators, cpu_percent, cpu_ticks, measure, rss_mb
+from bench.procs import PROJECT_ROOT, cpu_percent, machine_ticks
+from bench.scale_measure import PROBE_ERRORS, Endpoints, Operators, measure, rss_mb
 from bench.scale_targets import table, targets
 from bench.seed import Party, Seeder
 from bench.transfers import GANSU, GIVER, RECEIVER, XINJIANG, XINJIANG_KEY_ID, Pair
@@ -247,9 +247,9 @@ async def _run_on(stack: launcher.Stack, url: str, workdir: Path, rows: int, opt
     await turns.seeded.wait()
     async with turns.measuring:
         found["measured_from"] = datetime.now(UTC).isoformat(timespec="seconds")
-        ticks = cpu_ticks()
+        ticks = machine_ticks()
         found |= await _measure_on(stack, url, workdir, web_port, binding, pairs, seeded.windows, options)
-        found["host_cpu_percent_measuring"] = cpu_percent(ticks, cpu_ticks())
+        found["host_cpu_percent_measuring"] = cpu_percent(ticks, machine_ticks())
     return found
 
 

@@ -49,22 +49,6 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-CPU_KINDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
-
-
-def cpu_ticks() -> list[int]:
-    """The host's CPU time so far, by kind (CPU_KINDS: /proc/stat's first line)."""
-    return [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-
-
-def cpu_percent(before: list[int], after: list[int]) -> dict[str, float]:
-    """How the host's CPU time between two cpu_ticks() went, in % by kind: a measurement's share of iowait or
-    steal (another guest's), or of nice (a `gongji` command at its lowered priority), tells a noisy host."""
-    spent = [later - earlier for earlier, later in zip(before, after, strict=True)]
-    total = sum(spent) or 1
-    return {kind: round(100 * value / total, 1) for kind, value in zip(CPU_KINDS, spent, strict=True)}
-
-
 @dataclass
 class Endpoints:
     gateway: str
@@ -282,6 +266,12 @@ class Operators:
         await self.gateway_channel.close(None)
 
 
+# A round's phases, in order, by their names in scale.json: the operators' scrape run beside the traffic (its
+# options), or none.
+PHASES: dict[str, dict[str, Any] | None] = {"quiet": None, "scraped": {}, "scraped_no_cli": {"cli": False},
+                                            "scraped_cli_nice0": {"cli_niceness": "0"}}
+
+
 async def measure(endpoints: Endpoints, gateway_pid: int, *, rate: float, seconds: float, rounds: int,
                   close_window: str, transfer_ids: list[str], last_event_id: Callable[[], int]) -> dict[str, Any]:
     """Quiet and scraped traffic side by side, `rounds` of each, alternating. Scraped three ways, to tell the
@@ -290,7 +280,7 @@ async def measure(endpoints: Endpoints, gateway_pid: int, *, rate: float, second
     (GONGJI_CLI_NICE=0). Then the reads, then the close."""
     traffic, operators = Traffic(endpoints, rate), Operators(endpoints)
     found: dict[str, Any] = {"rss_mb_before_warm_up": rss_mb(gateway_pid)}
-    quiet, scraped, scraped_no_cli, scraped_cli_nice0 = [], [], [], []
+    phases: dict[str, list[dict[str, Any]]] = {phase: [] for phase in PHASES}
     scrapes: dict[str, list[float]] = {"metrics": [], "snapshot": [], "stats": [], "stats_cli": []}
     try:
         # Warm-up: traffic, and every kind of operators' call once (channels, caches, first-call allocations);
@@ -300,21 +290,19 @@ async def measure(endpoints: Endpoints, gateway_pid: int, *, rate: float, second
         await operators.reads(transfer_ids[:1], last_event_id(), times=1)
         found["rss_mb_start"] = rss_mb(gateway_pid)
         for _ in range(rounds):
-            calls = await traffic.run(seconds)
-            quiet.append(figures("quiet", calls, *await traffic.lifecycles(calls)))
-            calls, scraped_now = await asyncio.gather(traffic.run(seconds), operators.scrape(seconds))
-            scraped.append(figures("scraped", calls, *await traffic.lifecycles(calls)))
-            for key, values in scraped_now.items():
-                scrapes[key].extend(values)
-            calls, _ = await asyncio.gather(traffic.run(seconds), operators.scrape(seconds, cli=False))
-            scraped_no_cli.append(figures("scraped_no_cli", calls, *await traffic.lifecycles(calls)))
-            calls, _ = await asyncio.gather(traffic.run(seconds), operators.scrape(seconds, cli_niceness="0"))
-            scraped_cli_nice0.append(figures("scraped_cli_nice0", calls, *await traffic.lifecycles(calls)))
-        for rows in (quiet, scraped, scraped_no_cli, scraped_cli_nice0):
+            for phase, scrape in PHASES.items():
+                if scrape is None:
+                    calls = await traffic.run(seconds)
+                else:
+                    calls, scraped_now = await asyncio.gather(traffic.run(seconds), operators.scrape(seconds, **scrape))
+                    if phase == "scraped":  # the operators' own latencies: scraped as operators would
+                        for key, values in scraped_now.items():
+                            scrapes[key].extend(values)
+                phases[phase].append(figures(phase, calls, *await traffic.lifecycles(calls)))
+        for rows in phases.values():
             found |= {key: (round(statistics.median(row[key] for row in rows), 2) if "_ms_" in key
                             else sum(row[key] for row in rows)) for key in rows[0]}
-        found["rounds"] = {"quiet": quiet, "scraped": scraped, "scraped_no_cli": scraped_no_cli,
-                           "scraped_cli_nice0": scraped_cli_nice0}
+        found["rounds"] = phases
         for key, values in scrapes.items():
             found[f"{key}_ms_median"], found[f"{key}_ms_max"] = ms(values), ms([max(values)] if values else [])
             found[f"{key}_samples"] = len(values)

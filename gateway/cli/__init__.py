@@ -58,7 +58,7 @@ def build(only: str | None = None) -> typer.Typer:
 
 
 def yield_cpu() -> None:
-    """Lower this process's CPU priority by GONGJI_CLI_NICE (default 10): the gateway on the same host goes
+    """Lower this process's CPU priority by GONGJI_CLI_NICE (default 10): what shares its scheduling group goes
     first. A value that is not a whole number from 0 to 19 is a usage error (exit code 2)."""
     raw = (os.environ.get(NICENESS_VARIABLE) or str(NICENESS_DEFAULT)).strip()  # empty: the default
     if not (raw.isascii() and raw.isdigit() and 0 <= int(raw) <= 19):

@@ -283,6 +283,13 @@ NICENESS_PROBE = ("import os, sys\nimport gateway.cli\nloaded_first = 'typer' in
                   "print(loaded_first, before, os.nice(0), code, file=sys.stderr)")
 
 
+def _niceness_probe(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`gongji stats --help` through main(), in a process of its own: whether typer was loaded before main(), the
+    niceness before and after, the exit code (stderr's last line)."""
+    return subprocess.run([sys.executable, "-c", NICENESS_PROBE], capture_output=True, text=True, timeout=60,
+                          check=True, env=env, cwd=Path(__file__).resolve().parents[2])
+
+
 @pytest.mark.parametrize(("setting", "added"), [(None, 10), ("", 10), ("0", 0), ("19", 19), (" 3 ", 3)])
 def test_a_command_yields_the_cpu_to_the_gateway_before_it_loads_anything(setting: str | None, added: int) -> None:
     """`gongji stats` every few seconds on the gateway's host must not take the CPU from the gateway and its
@@ -290,8 +297,7 @@ def test_a_command_yields_the_cpu_to_the_gateway_before_it_loads_anything(settin
     env = {key: value for key, value in os.environ.items() if key != "GONGJI_CLI_NICE"}
     if setting is not None:
         env["GONGJI_CLI_NICE"] = setting
-    started = subprocess.run([sys.executable, "-c", NICENESS_PROBE], capture_output=True, text=True, timeout=60,
-                             check=True, env=env, cwd=Path(__file__).resolve().parents[2])
+    started = _niceness_probe(env)
     loaded_first, before, after, code = started.stderr.strip().splitlines()[-1].split()
     assert (loaded_first, code) == ("False", "0")
     assert int(after) == min(int(before) + added, 19)
@@ -300,9 +306,7 @@ def test_a_command_yields_the_cpu_to_the_gateway_before_it_loads_anything(settin
 
 @pytest.mark.parametrize("setting", ["-5", "20", "ten", "1.5"])
 def test_a_niceness_out_of_range_is_one_line_and_a_usage_error(setting: str) -> None:
-    started = subprocess.run([sys.executable, "-c", NICENESS_PROBE], capture_output=True, text=True, timeout=60,
-                             check=True, env={**os.environ, "GONGJI_CLI_NICE": setting},
-                             cwd=Path(__file__).resolve().parents[2])
+    started = _niceness_probe({**os.environ, "GONGJI_CLI_NICE": setting})
     message, figures = started.stderr.strip().splitlines()
     assert message == f"error: GONGJI_CLI_NICE must be a whole number from 0 to 19, not {setting!r}"
     loaded_first, before, after, code = figures.split()
