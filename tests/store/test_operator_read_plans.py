@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import inspect
 
 from gateway.domain.bindings import BindingState
 from gateway.domain.monitoring import TransferFilter
@@ -167,3 +169,19 @@ def test_the_dashboards_newest_changes_are_the_events_key_read_backwards(sqlite_
     assert len(found) == 1 and "TEMP B-TREE" not in found[0], found
     assert found[0].startswith("SCAN transfer_events"), found
     assert "SEARCH transfers USING INDEX sqlite_autoindex_transfers_1 (transfer_id=?)" in found[0], found
+
+
+def test_every_index_of_the_transfers_is_read_by_a_statement(sqlite_store: SqlStore) -> None:
+    """An index costs every insert and every state change of a transfer a write (on PostgreSQL a state change is
+    never heap-only: `state` is indexed), and at millions of rows a page a write: each must serve a read. The
+    reads of transfers by anything but their key: the operators' pages, the return and delivery sweeps."""
+    found = [plan for read in (lambda uow: uow.transfers.page(TransferFilter(), None, 101, newest_first=True),
+                               lambda uow: uow.transfers.page(TransferFilter(states=(TransferState.COMMITTED,)),
+                                                              None, 101, newest_first=True),
+                               lambda uow: uow.transfers.due_for_return(AT, 100),
+                               lambda uow: uow.transfers.undelivered_past_deadline(AT, 100))
+             for plan in plans(sqlite_store, read)]
+    indexes = {index["name"] for index in inspect(sqlite_store.engine).get_indexes("transfers")}
+    assert indexes, "the transfers have no index besides their key"
+    read = " / ".join(found)
+    assert not {index for index in indexes if not re.search(rf"USING (COVERING )?INDEX {index}\b", read)}, found
