@@ -2,11 +2,10 @@
 
 Created 2026-12-07. Every insert and every state change of a transfer writes an entry into each of the table's
 indexes (a state change is never a heap-only update on PostgreSQL: `state` is indexed), and at millions of rows a
-randomly keyed index costs a page a write. `ix_transfers_giver_ref`, `ix_transfers_receiver_ref` and
-`ix_transfers_giver_ref_created_at` served the giver's day count and people's lookups, which now read `giver_days`
-and the bindings; `ix_transfers_binding_id` and `ix_transfers_settlement_window_id` served nothing since a window's
-close reads its kept figures. What stays: the key, (state, return_deadline) for the return sweep, and the
-operators' two page orders.
+randomly keyed index costs a page a write. No statement reads these five: a giver's day is counted in `giver_days`,
+people are looked up in the bindings, and a window's close reads its kept figures. What stays: the key,
+(state, return_deadline) for the return sweep, and the operators' two page orders
+(tests/store/test_operator_read_plans.py checks that each is read).
 """
 
 from __future__ import annotations
