@@ -19,13 +19,15 @@ def admin_url() -> str | None:
 
 
 @contextlib.contextmanager
-def scratch_database(admin: str, prefix: str) -> Iterator[str]:
-    """A new, empty database named `prefix`_<random>, its URL yielded, dropped afterwards (whatever is connected)."""
+def scratch_database(admin: str, prefix: str, template: str | None = None) -> Iterator[str]:
+    """A new database named `prefix`_<random>, empty or a copy of the database `template` (which nothing may be
+    connected to), its URL yielded, dropped afterwards (whatever is connected)."""
     import psycopg
 
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    copied = f' TEMPLATE "{template}"' if template else ""
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"{copied}')
     try:
         yield admin.rsplit("/", 1)[0] + "/" + name
     finally:

@@ -79,8 +79,9 @@ class LoopThread:
         self._thread.join(5)
 
 
-def fresh_postgres_database(prefix: str, skipped: str) -> Iterator[str]:
-    """A new, empty PostgreSQL database on 127.0.0.1:5432, dropped afterwards; required when CI=true."""
+def fresh_postgres_database(prefix: str, skipped: str, template: str | None = None) -> Iterator[str]:
+    """A new PostgreSQL database on 127.0.0.1:5432, empty or a copy of `template`, dropped afterwards; required when
+    CI=true."""
     import pytest
 
     admin = postgres_admin_url()
@@ -88,7 +89,7 @@ def fresh_postgres_database(prefix: str, skipped: str) -> Iterator[str]:
         if os.environ.get("CI") == "true":
             pytest.fail("PostgreSQL at 127.0.0.1:5432 is unreachable, and CI=true requires it")
         pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is unreachable; {skipped} (they run when CI=true)")
-    with scratch_database(admin, prefix) as url:
+    with scratch_database(admin, prefix, template) as url:
         yield url
 
 
