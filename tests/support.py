@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import functools
 import hashlib
 import os
+import shutil
+import tempfile
 import threading
 import time
 import tomllib
@@ -16,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -29,6 +34,8 @@ from gateway.outbox_loop import OutboxSettings
 from gateway.security.keys import load_private_key, load_public_key
 from gateway.security.signing import EnvelopeSigner, verify_signature
 from gateway.security.tls import GATEWAY_DNS, province_dns
+from gateway.store.engine import make_engine
+from gateway.store.schema import upgrade
 from gateway.usecases.outbox_ports import Backoff
 from gateway.wire import envelope_to_proto
 from protos.gongji.stub.v1 import control_pb2, control_pb2_grpc
@@ -79,11 +86,15 @@ class LoopThread:
         self._thread.join(5)
 
 
+# The two databases a test runs on, as pytest parameters: PostgreSQL's marked (skipped when unreachable, but not
+# when CI=true).
+DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+POSTGRES_SKIPPED = "PostgreSQL tests skipped"
+
+
 def fresh_postgres_database(prefix: str, skipped: str, template: str | None = None) -> Iterator[str]:
     """A new PostgreSQL database on 127.0.0.1:5432, empty or a copy of `template`, dropped afterwards; required when
     CI=true."""
-    import pytest
-
     admin = postgres_admin_url()
     if admin is None:
         if os.environ.get("CI") == "true":
@@ -91,6 +102,49 @@ def fresh_postgres_database(prefix: str, skipped: str, template: str | None = No
         pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is unreachable; {skipped} (they run when CI=true)")
     with scratch_database(admin, prefix, template) as url:
         yield url
+
+
+def empty_database(kind: str, folder: Path) -> Iterator[str]:
+    """A fresh, empty database of `kind` (DATABASES): a SQLite file in `folder`, or a new PostgreSQL database."""
+    if kind == "sqlite":
+        yield f"sqlite:///{folder / 'gongji.db'}"
+    else:
+        yield from fresh_postgres_database("gongji_test", POSTGRES_SKIPPED)
+
+
+def migrated_database(kind: str, folder: Path) -> Iterator[str]:
+    """A fresh database of `kind` at the schema's head, as `gongji db upgrade` leaves it: a copy of one the
+    migrations made once a process, not migrated anew."""
+    if kind == "sqlite":
+        shutil.copyfile(_migrated_sqlite(), folder / "gongji.db")
+        yield f"sqlite:///{folder / 'gongji.db'}"
+    else:
+        yield from fresh_postgres_database("gongji_test", POSTGRES_SKIPPED, template=_migrated_postgres())
+
+
+@functools.cache
+def _migrated_sqlite() -> Path:
+    """A SQLite file at the schema's head, made once a process, removed when it ends."""
+    path = Path(tempfile.mkdtemp(prefix="gongji-schema-")) / "gongji.db"
+    engine = make_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    engine.dispose()  # the last connection's close checkpoints the log into the file
+    atexit.register(shutil.rmtree, path.parent, True)
+    return path
+
+
+@functools.cache
+def _migrated_postgres() -> str:
+    """The name of a PostgreSQL database at the schema's head, made once a process (nothing stays connected to it:
+    a template must have no connection), dropped when it ends. Skips or fails as every PostgreSQL test does when
+    the server is unreachable (nothing is cached then)."""
+    made = fresh_postgres_database("gongji_schema", POSTGRES_SKIPPED)
+    url = next(made)
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    atexit.register(lambda: next(made, None))
+    return url.rsplit("/", 1)[1]
 
 
 def wait_until(condition: Callable[[], T], timeout: float = 15.0, interval: float = 0.02, what: str = "") -> T:

@@ -12,7 +12,7 @@ import pytest
 
 from bench.procs import PROJECT_ROOT
 from bench.scale import ScaleOptions, run
-from tests.support import postgres_admin_url
+from tests.support import DATABASES, postgres_admin_url
 
 REQUIRED = ("rows", "metrics_ms_median", "snapshot_ms_median", "stats_ms_median", "submit_p99_ms_quiet",
             "submit_p99_ms_scraped", "lifecycle_p99_ms_scraped", "close_s", "bytes_per_transfer", "rss_mb_start",
@@ -20,7 +20,7 @@ REQUIRED = ("rows", "metrics_ms_median", "snapshot_ms_median", "stats_ms_median"
 PUBLISHED = PROJECT_ROOT / "bench" / "results" / "scale.json"
 
 
-@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.mark.parametrize("database", DATABASES)
 def test_the_scale_bench_at_two_thousand_rows(database: str, tmp_path: Path) -> None:
     if database == "postgresql" and postgres_admin_url() is None:
         if os.environ.get("CI") == "true":

@@ -46,8 +46,8 @@ from protos.gongji.v1 import (
     settlements_pb2,
     transfers_pb2,
 )
-from tests.conftest import _postgres_database
 from tests.support import (
+    DATABASES,
     GANSU,
     GIVER,
     MOTHER,
@@ -56,6 +56,7 @@ from tests.support import (
     ErrorSeen,
     LoopThread,
     Stack,
+    empty_database,
     error_of,
     start_stack,
     ts,
@@ -149,12 +150,11 @@ def _all_tables(stack: Stack) -> list[str]:
     return sorted(inspect(stack.gateway.engine).get_table_names())
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(scope="module", params=DATABASES)
 def hostile(request: pytest.FixtureRequest, loop_thread: LoopThread,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
     tmp_path: Path = tmp_path_factory.mktemp(f"hostile-{request.param}")
-    urls: Iterator[str] = (iter([f"sqlite:///{tmp_path / 'gongji.db'}"]) if request.param == "sqlite"
-                           else _postgres_database())
+    urls = empty_database(request.param, tmp_path)
     url = next(urls)
     # Rate limits have their own tests (tests/api/test_rate_limits.py): here every call must reach the
     # gateway's checks. Nothing may change the database but the calls: no scheduled settlement close, and

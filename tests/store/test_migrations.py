@@ -31,14 +31,13 @@ from gateway.store.schema import (
     upgrade,
 )
 from gateway.store.tables import Base
-from tests.conftest import empty_database
-from tests.support import LoopThread, start_stack
+from tests.support import DATABASES, LoopThread, empty_database, start_stack
 
 GONGJI = Path(sys.executable).with_name("gongji")
 UNKNOWN_REVISION = "ffffffffffff"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(params=DATABASES)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """Here the database starts empty: the migrations are what is tested."""
     yield from empty_database(request.param, tmp_path)
