@@ -43,6 +43,16 @@ def _b(name: str) -> Any:
     return bindparam(name)
 
 
+def _on_the_row(column: Any) -> Any:
+    """A state or status compared on the row its key found, never used to choose an index. PostgreSQL plans a
+    statement with its values: asked for `transfer_id = … AND state = 'RECEIVED'`, with few transfers RECEIVED in
+    its statistics, it reads the whole RECEIVED range of a (state, …) index instead of the key's one entry, and a
+    change then costs as much as the transfers in flight and the versions autovacuum has not yet removed (on a
+    large table, hours of them). COALESCE of a NOT NULL column changes no answer and matches no index.
+    tests/store/test_key_lookups.py checks each such statement's plan."""
+    return func.coalesce(column, "")
+
+
 # A transfer without its sealed instruction, and the instruction alone (read only to send it).
 TRANSFER_VIEW = [c for c in transfers_t.c if not c.name.startswith("instruction_") or c.name == "instruction_sha256"]
 INSTRUCTION = [transfers_t.c.instruction_payload, transfers_t.c.instruction_signer, transfers_t.c.instruction_key_id,
@@ -124,7 +134,8 @@ class Statements:
                          .where(events_t.c.transfer_id == _b("w_id")).order_by(events_t.c.id))
         self.instruction = p(select(*INSTRUCTION).where(t.transfer_id == _b("w_id")))
         # What moved is returned for the running totals (repositories/totals.py).
-        self.change_state = p(update(transfers_t).where(and_(t.transfer_id == _b("w_id"), t.state == _b("w_from")))
+        self.change_state = p(update(transfers_t)
+                              .where(and_(t.transfer_id == _b("w_id"), _on_the_row(t.state) == _b("w_from")))
                               .values(state=_b("state"), reason=_b("reason"), updated_at=_b("updated_at"))
                               .returning(t.giver_province, t.receiver_province, t.amount_fen))
         self.due_for_return = p(select(t.transfer_id).where(and_(t.state == TransferState.DELIVERED.value,
@@ -142,7 +153,7 @@ class Statements:
         self.binding_exists = p(select(b.binding_id).where(b.binding_id == _b("w_id")))
         self.proposal = p(select(*PROPOSAL).where(b.binding_id == _b("w_id")))
         self.change_binding_state = p(update(bindings_t).where(and_(b.binding_id == _b("w_id"),
-                                                                    b.state == _b("w_from")))
+                                                                    _on_the_row(b.state) == _b("w_from")))
                                       .values(state=_b("state"), reason=_b("reason"), updated_at=_b("updated_at")))
         self.attest_binding = p(update(bindings_t).where(b.binding_id == _b("w_id")).values(
             attestation_method=_b("attestation_method"), evidence_ref=_b("evidence_ref"),
@@ -218,17 +229,17 @@ class Statements:
         self.enqueue = p(queued(0, _b("at")).returning(o.id))
         # Written as a claim would leave it: its first attempt counted, due again when the lease ends.
         self.enqueue_leased = p(queued(1, _b("lease_until")).returning(o.id))
-        self.release_lease = p(update(outbox_t).where(and_(o.id == _b("w_id"), o.status == "PENDING"))
+        self.release_lease = p(update(outbox_t).where(and_(o.id == _b("w_id"), _on_the_row(o.status) == "PENDING"))
                                .values(next_attempt_at=_b("now"), attempts=o.attempts - 1)
                                .returning(o.destination, o.message_id))
         self._dialect = dialect
         self.claim_due = self.claim_due_except(())
         self.lease = p(update(outbox_t).where(o.id == _b("w_id"))
                        .values(next_attempt_at=_b("lease_until"), attempts=o.attempts + 1))
-        self.mark_done = p(update(outbox_t).where(and_(o.id == _b("w_id"), o.status == "PENDING"))
+        self.mark_done = p(update(outbox_t).where(and_(o.id == _b("w_id"), _on_the_row(o.status) == "PENDING"))
                            .values(status="DONE", done_at=_b("at"), last_error="")
                            .returning(o.destination, o.message_id))
-        self.mark_retry = p(update(outbox_t).where(and_(o.id == _b("w_id"), o.status == "PENDING"))
+        self.mark_retry = p(update(outbox_t).where(and_(o.id == _b("w_id"), _on_the_row(o.status) == "PENDING"))
                             .values(next_attempt_at=_b("next_attempt_at"), last_error=_b("error")))
         # The newest messages of one kind about one transfer, binding or window, for operators: one range of
         # ix_outbox_subject_kind_id read backwards, however many notices a binding's quota has had.
@@ -237,7 +248,7 @@ class Statements:
                                    .where(and_(o.subject_id == _b("subject"), o.kind == _b("kind")))
                                    .order_by(o.id.desc()).limit(_b("limit")))
         self.expire_pending = p(update(outbox_t).where(and_(o.kind == _b("w_kind"), o.subject_id == _b("w_subject"),
-                                                            o.status == "PENDING"))
+                                                            _on_the_row(o.status) == "PENDING"))
                                 .values(status="EXPIRED", done_at=_b("at"), last_error=_b("error"))
                                 .returning(o.destination, o.message_id))
 
