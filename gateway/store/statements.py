@@ -47,8 +47,8 @@ def _on_the_row(column: Any) -> Any:
     """A state or status compared on the row its key found, never used to choose an index. PostgreSQL plans a
     statement with its values: asked for `transfer_id = … AND state = 'RECEIVED'`, with few transfers RECEIVED in
     its statistics, it reads the whole RECEIVED range of a (state, …) index instead of the key's one entry, and a
-    change then costs as much as the transfers in flight and the versions autovacuum has not yet removed (on a
-    large table, hours of them). COALESCE of a NOT NULL column changes no answer and matches no index.
+    change then costs as much as the transfers in flight and the versions autovacuum has not yet removed.
+    COALESCE of a NOT NULL column changes no answer and matches no index.
     tests/store/test_key_lookups.py checks each such statement's plan."""
     return func.coalesce(column, "")
 

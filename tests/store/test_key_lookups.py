@@ -60,12 +60,7 @@ def filled(db_url: str) -> Iterator[Engine]:
         connection.execute(insert(transfers_t), [_transfer(f"t-{n}", "COMMITTED") for n in range(FINAL_ROWS)])
         connection.execute(insert(outbox_t), [_message(n, "DONE") for n in range(1, FINAL_ROWS + 1)])
         connection.execute(insert(bindings_t), [_binding(f"b-{n}", "ACTIVE") for n in range(FINAL_ROWS)])
-    raw = engine.raw_connection()
-    try:
-        raw.driver_connection.execute("ANALYZE")  # type: ignore[union-attr]
-        raw.commit()
-    finally:
-        raw.close()
+        connection.exec_driver_sql("ANALYZE")
     with engine.begin() as connection:
         connection.execute(insert(transfers_t), [_transfer(f"r-{n}", "RECEIVED") for n in range(IN_FLIGHT)])
         connection.execute(insert(outbox_t), [_message(FINAL_ROWS + n, "PENDING") for n in range(1, IN_FLIGHT + 1)])
@@ -76,17 +71,10 @@ def filled(db_url: str) -> Iterator[Engine]:
 
 def plan(engine: Engine, statement: Prepared, values: dict[str, Any]) -> str:
     """The database's plan of `statement` with these values, as one line."""
-    raw = engine.raw_connection()
-    try:
-        cursor = raw.driver_connection.cursor()  # type: ignore[union-attr]
-        if engine.dialect.name == "postgresql":
-            cursor.execute(f"EXPLAIN {statement.sql}", statement.params(values))
-        else:
-            cursor.execute(f"EXPLAIN QUERY PLAN {statement.sql}", statement.params(values))
-        return " / ".join(str(row[-1]) for row in cursor.fetchall())
-    finally:
-        raw.rollback()
-        raw.close()
+    explain = "EXPLAIN" if engine.dialect.name == "postgresql" else "EXPLAIN QUERY PLAN"
+    with engine.connect() as connection:
+        rows = connection.exec_driver_sql(f"{explain} {statement.sql}", statement.params(values)).fetchall()
+    return " / ".join(str(row[-1]) for row in rows)
 
 
 # Each change by key, its values, and how each database names the table's key in a plan.
