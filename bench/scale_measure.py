@@ -21,7 +21,6 @@ import grpc.aio
 from bench.checks import Stubs, completed
 from bench.load import Call, UnaryTarget, percentile
 from bench.transfers import SUBMIT_METHOD, XINJIANG, XINJIANG_KEY_ID, Pair, TransferSource
-from gateway.cli.priority import NICENESS_DEFAULT
 from protos.gongji.v1 import operations_pb2, operations_pb2_grpc, settlements_pb2, transfers_pb2, transfers_pb2_grpc
 from province_stub.messages import ProvinceSigner
 from province_stub.signing import load_private_key
@@ -178,14 +177,12 @@ class Operators:
     async def stats(self) -> float:
         return await _timed(lambda: self.ops.GetStats(operations_pb2.GetStatsRequest(), timeout=DEADLINE_S))
 
-    async def stats_cli(self, niceness: str | None = None, short_slice: bool = True) -> float:
-        """`gongji stats` as an operator runs it (its own process: start-up included), as it makes way for the
-        gateway (gateway/cli/priority.py), or with GONGJI_CLI_NICE=`niceness`; without `short_slice`, niced as by
-        default but left at the kernel's time slice. Started by subprocess in a thread (vfork and exec), not by the
-        event loop's fork, which this process's gRPC threads make unsafe."""
-        start = ("from gateway.cli import main; main()" if short_slice else  # main() without its slice
-                 f"import os; os.nice({NICENESS_DEFAULT}); from gateway.cli import build; build('stats')()")
-        command = [sys.executable, "-c", start, "stats", "--ops", self.endpoints.operations]
+    async def stats_cli(self, niceness: str | None = None) -> float:
+        """`gongji stats` as an operator runs it (its own process: start-up included), at the priority it gives
+        itself, or with GONGJI_CLI_NICE=`niceness`. Started by subprocess in a thread (vfork and exec), not by
+        the event loop's fork, which this process's gRPC threads make unsafe."""
+        command = [sys.executable, "-c", "from gateway.cli import main; main()", "stats", "--ops",
+                   self.endpoints.operations]
         env = {key: value for key, value in os.environ.items() if key != "GONGJI_CLI_NICE"}
         env["GONGJI_INSECURE_DEV_PLAINTEXT"] = "true"  # as the bench's gateway speaks
         if niceness is not None:
@@ -198,11 +195,11 @@ class Operators:
             raise OSError(f"exit {done.returncode}: {done.stderr.decode(errors='replace')[-160:]}")
         return elapsed
 
-    async def scrape(self, seconds: float, cli: bool = True, cli_niceness: str | None = None,
-                     cli_short_slice: bool = True) -> dict[str, list[float]]:
+    async def scrape(self, seconds: float, cli: bool = True, cli_niceness: str | None = None
+                     ) -> dict[str, list[float]]:
         """The continuous scrape: /metrics every 1 s, the dashboard's snapshot every 2 s, GetStats and `gongji
         stats` every 5 s, for `seconds`; without `cli`, the gateway's own three alone (no process started);
-        `cli_niceness` and `cli_short_slice` as `stats_cli` takes them."""
+        `cli_niceness` sets GONGJI_CLI_NICE for the command."""
         until = asyncio.get_running_loop().time() + seconds
         found: dict[str, list[float]] = {"metrics": [], "snapshot": [], "stats": [], "stats_cli": []}
         failed = self.failures
@@ -213,7 +210,7 @@ class Operators:
             _every(SNAPSHOT_EVERY_S, until, lambda: self.http("/api/snapshot"), found["snapshot"],
                    failed["snapshot"], 0.5),
             _every(STATS_EVERY_S, until, self.stats, found["stats"], failed["stats"], 2.5),
-            *([_every(STATS_EVERY_S, until, lambda: self.stats_cli(cli_niceness, cli_short_slice), found["stats_cli"],
+            *([_every(STATS_EVERY_S, until, lambda: self.stats_cli(cli_niceness), found["stats_cli"],
                       failed["stats_cli"])] if cli else []))
         return found
 
@@ -272,16 +269,15 @@ class Operators:
 # A round's phases, in order, by their names in scale.json: the operators' scrape run beside the traffic (its
 # options), or none.
 PHASES: dict[str, dict[str, Any] | None] = {"quiet": None, "scraped": {}, "scraped_no_cli": {"cli": False},
-                                            "scraped_cli_nice0": {"cli_niceness": "0"},
-                                            "scraped_cli_long_slice": {"cli_short_slice": False}}
+                                            "scraped_cli_nice0": {"cli_niceness": "0"}}
 
 
 async def measure(endpoints: Endpoints, gateway_pid: int, *, rate: float, seconds: float, rounds: int,
                   close_window: str, transfer_ids: list[str], last_event_id: Callable[[], int]) -> dict[str, Any]:
-    """Quiet and scraped traffic side by side, `rounds` of each, alternating. Scraped four ways, to tell the
-    gateway's share from the CLI process's on the same cores: as operators would (`gongji stats` making way as
-    it does by itself), without `gongji stats`, with `gongji stats` at the caller's priority
-    (GONGJI_CLI_NICE=0), and niced but at the kernel's time slice. Then the reads, then the close."""
+    """Quiet and scraped traffic side by side, `rounds` of each, alternating. Scraped three ways, to tell the
+    gateway's share from the CLI process's on the same cores: as operators would (`gongji stats` at the
+    priority it gives itself), without `gongji stats`, and with `gongji stats` at the caller's priority
+    (GONGJI_CLI_NICE=0). Then the reads, then the close."""
     traffic, operators = Traffic(endpoints, rate), Operators(endpoints)
     found: dict[str, Any] = {"rss_mb_before_warm_up": rss_mb(gateway_pid)}
     phases: dict[str, list[dict[str, Any]]] = {phase: [] for phase in PHASES}

@@ -58,8 +58,6 @@ TABLE: tuple[tuple[str, str | tuple[str, str]], ...] = (
                                                             "submit_p99_ms_scraped_no_cli")),
     ("submit p50 / p99 ms, scraped, `gongji stats` at the caller's priority", ("submit_p50_ms_scraped_cli_nice0",
                                                                              "submit_p99_ms_scraped_cli_nice0")),
-    ("submit p50 / p99 ms, scraped, `gongji stats` niced at the kernel's slice",
-     ("submit_p50_ms_scraped_cli_long_slice", "submit_p99_ms_scraped_cli_long_slice")),
     ("lifecycle p50 / p99 ms, quiet", ("lifecycle_p50_ms_quiet", "lifecycle_p99_ms_quiet")),
     ("lifecycle p50 / p99 ms, scraped", ("lifecycle_p50_ms_scraped", "lifecycle_p99_ms_scraped")),
     ("ListTransfers newest page ms", ("list_newest_ms_median", "list_newest_ms_max")),

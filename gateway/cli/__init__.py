@@ -5,18 +5,18 @@ and build the provinces', settlement's or database commands. `gongji --help` (or
 `app`, which the tests drive, have them all.
 
 An operator's command often runs on the gateway's own host, beside the gateway and its database, and a
-monitoring job may run `gongji stats` every few seconds: `main()` first makes the command give way to them
-(a lower CPU priority and a short time slice, gateway/cli/priority.py), before loading typer, rich and gRPC,
-most of a command's start-up.
+monitoring job may run `gongji stats` every few seconds: `main()` first lowers the command's CPU priority
+(GONGJI_CLI_NICE, added to the caller's niceness; default 10, 0 keeps it), so that what shares its scheduling
+group (its session under autogroup, or its cgroup: the gateway, when started beside it) runs first. It does so
+before loading typer, rich and gRPC, most of a command's start-up.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
-
-from gateway.cli.priority import yield_cpu
 
 if TYPE_CHECKING:
     import typer
@@ -34,6 +34,8 @@ GROUPS = {"provinces": ("gateway.cli.provinces", "provinces_app"),
           "db": ("gateway.cli.admin", "db_app"),
           "audit": ("gateway.cli.admin", "audit_app")}
 COMMANDS = {"stats": ("gateway.cli.stats", "stats")}
+NICENESS_DEFAULT = 10
+NICENESS_VARIABLE = "GONGJI_CLI_NICE"
 
 
 def _root() -> None:
@@ -53,6 +55,17 @@ def build(only: str | None = None) -> typer.Typer:
         if only in (None, name):
             cli.command(name)(getattr(import_module(module), attribute))
     return cli
+
+
+def yield_cpu() -> None:
+    """Lower this process's CPU priority by GONGJI_CLI_NICE (default 10): what shares its scheduling group goes
+    first. A value that is not a whole number from 0 to 19 is a usage error (exit code 2)."""
+    raw = (os.environ.get(NICENESS_VARIABLE) or str(NICENESS_DEFAULT)).strip()  # empty: the default
+    if not (raw.isascii() and raw.isdigit() and 0 <= int(raw) <= 19):
+        print(f"error: {NICENESS_VARIABLE} must be a whole number from 0 to 19, not {raw!r}", file=sys.stderr)
+        raise SystemExit(2)
+    if int(raw):
+        os.nice(int(raw))  # only ever raises the niceness, which every process may do
 
 
 def main() -> None:

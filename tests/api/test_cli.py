@@ -21,7 +21,6 @@ from rich.table import Table
 
 from gateway.cli import app
 from gateway.cli.output import add_row, csv_text, field_grid, json_text, plain_yuan, shown, yuan
-from gateway.cli.priority import SLICE_NS
 from gateway.cli.provinces import load_public_key
 from gateway.cli.settlement import write_csv
 from gateway.domain.clock import BEIJING
@@ -278,29 +277,15 @@ def test_a_command_loads_only_its_own_module_and_says_the_same_as_with_all_of_th
     assert whole.exit_code == 0 and started.stdout == whole.output
 
 
-# The probe prints whether typer was loaded before main(), the niceness and Linux's time slice (`se.slice` in
-# /proc/self/sched, "-" where the kernel shows none) before and after, and the exit code.
-NICENESS_PROBE = """import os, re, sys
-def time_slice():
-    try:
-        return re.search(r"se\\.slice\\s*:\\s*(\\d+)", open("/proc/self/sched").read())[1]
-    except (OSError, TypeError):
-        return "-"
-import gateway.cli
-loaded_first = 'typer' in sys.modules
-before, slice_before = os.nice(0), time_slice()
-sys.argv = ['gongji', 'stats', '--help']
-try:
-    gateway.cli.main()
-except SystemExit as ended:
-    code = ended.code
-print(loaded_first, before, os.nice(0), slice_before, time_slice(), code, file=sys.stderr)
-"""
+NICENESS_PROBE = ("import os, sys\nimport gateway.cli\nloaded_first = 'typer' in sys.modules\nbefore = os.nice(0)\n"
+                  "sys.argv = ['gongji', 'stats', '--help']\n"
+                  "try:\n    gateway.cli.main()\nexcept SystemExit as ended:\n    code = ended.code\n"
+                  "print(loaded_first, before, os.nice(0), code, file=sys.stderr)")
 
 
 def _niceness_probe(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """`gongji stats --help` through main(), in a process of its own (NICENESS_PROBE's figures on stderr's last
-    line)."""
+    """`gongji stats --help` through main(), in a process of its own: whether typer was loaded before main(), the
+    niceness before and after, the exit code (stderr's last line)."""
     return subprocess.run([sys.executable, "-c", NICENESS_PROBE], capture_output=True, text=True, timeout=60,
                           check=True, env=env, cwd=Path(__file__).resolve().parents[2])
 
@@ -308,16 +293,14 @@ def _niceness_probe(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(("setting", "added"), [(None, 10), ("", 10), ("0", 0), ("19", 19), (" 3 ", 3)])
 def test_a_command_yields_the_cpu_to_the_gateway_before_it_loads_anything(setting: str | None, added: int) -> None:
     """`gongji stats` every few seconds on the gateway's host must not take the CPU from the gateway and its
-    database: the command lowers its priority (GONGJI_CLI_NICE, default 10) and, where Linux shows its time
-    slice (6.12 and later), takes the shortest one, before typer, rich and gRPC load; with 0, neither."""
+    database: the command lowers its priority (GONGJI_CLI_NICE, default 10) before typer, rich and gRPC load."""
     env = {key: value for key, value in os.environ.items() if key != "GONGJI_CLI_NICE"}
     if setting is not None:
         env["GONGJI_CLI_NICE"] = setting
     started = _niceness_probe(env)
-    loaded_first, before, after, slice_before, slice_after, code = started.stderr.strip().splitlines()[-1].split()
+    loaded_first, before, after, code = started.stderr.strip().splitlines()[-1].split()
     assert (loaded_first, code) == ("False", "0")
     assert int(after) == min(int(before) + added, 19)
-    assert slice_after == (slice_before if added == 0 or slice_before == "-" else str(SLICE_NS))
     assert "Usage: gongji stats" in started.stdout
 
 
@@ -326,9 +309,8 @@ def test_a_niceness_out_of_range_is_one_line_and_a_usage_error(setting: str) -> 
     started = _niceness_probe({**os.environ, "GONGJI_CLI_NICE": setting})
     message, figures = started.stderr.strip().splitlines()
     assert message == f"error: GONGJI_CLI_NICE must be a whole number from 0 to 19, not {setting!r}"
-    loaded_first, before, after, slice_before, slice_after, code = figures.split()
-    assert (loaded_first, code, after, slice_after) == ("False", "2", before, slice_before)
-    assert started.stdout == ""
+    loaded_first, before, after, code = figures.split()
+    assert (loaded_first, code, after) == ("False", "2", before) and started.stdout == ""
 
 
 # -- what the gateway sends is printed, never obeyed ---------------------------------------------
