@@ -92,15 +92,21 @@ DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 POSTGRES_SKIPPED = "PostgreSQL tests skipped"
 
 
-def fresh_postgres_database(prefix: str, skipped: str, template: str | None = None) -> Iterator[str]:
-    """A new PostgreSQL database on 127.0.0.1:5432, empty or a copy of `template`, dropped afterwards; required when
-    CI=true."""
+def required_postgres_admin_url(skipped: str) -> str:
+    """The PostgreSQL at 127.0.0.1:5432 as its administrator; unreachable, the test fails when CI=true, else is
+    skipped saying `skipped`."""
     admin = postgres_admin_url()
     if admin is None:
         if os.environ.get("CI") == "true":
             pytest.fail("PostgreSQL at 127.0.0.1:5432 is unreachable, and CI=true requires it")
         pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is unreachable; {skipped} (they run when CI=true)")
-    with scratch_database(admin, prefix, template) as url:
+    return admin
+
+
+def fresh_postgres_database(prefix: str, skipped: str, template: str | None = None) -> Iterator[str]:
+    """A new PostgreSQL database on 127.0.0.1:5432, empty or a copy of `template`, dropped afterwards; required when
+    CI=true."""
+    with scratch_database(required_postgres_admin_url(skipped), prefix, template) as url:
         yield url
 
 

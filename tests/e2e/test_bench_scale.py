@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from bench.procs import PROJECT_ROOT
 from bench.scale import ScaleOptions, run
-from tests.support import DATABASES, postgres_admin_url
+from tests.support import DATABASES, required_postgres_admin_url
 
 REQUIRED = ("rows", "metrics_ms_median", "snapshot_ms_median", "stats_ms_median", "submit_p99_ms_quiet",
             "submit_p99_ms_scraped", "lifecycle_p99_ms_scraped", "close_s", "bytes_per_transfer", "rss_mb_start",
@@ -22,10 +21,8 @@ PUBLISHED = PROJECT_ROOT / "bench" / "results" / "scale.json"
 
 @pytest.mark.parametrize("database", DATABASES)
 def test_the_scale_bench_at_two_thousand_rows(database: str, tmp_path: Path) -> None:
-    if database == "postgresql" and postgres_admin_url() is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("PostgreSQL at 127.0.0.1:5432 is unreachable, and CI=true requires it")
-        pytest.skip("PostgreSQL at 127.0.0.1:5432 is unreachable")
+    if database == "postgresql":
+        required_postgres_admin_url("the scale bench's PostgreSQL test skipped")
     published = PUBLISHED.stat().st_mtime_ns if PUBLISHED.exists() else None
     output = tmp_path / "scale.json"
     options = ScaleOptions(rows=(2000,), databases=(database,), seconds=1.0, rounds=1, rate=20.0, givers=10,
