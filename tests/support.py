@@ -99,7 +99,7 @@ def required_postgres_admin_url(skipped: str) -> str:
     if admin is None:
         if os.environ.get("CI") == "true":
             pytest.fail("PostgreSQL at 127.0.0.1:5432 is unreachable, and CI=true requires it")
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is unreachable; {skipped} (they run when CI=true)")
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is unreachable; {skipped} (CI=true requires them)")
     return admin
 
 

@@ -99,4 +99,3 @@ def test_a_change_by_key_reads_the_key_whatever_state_it_expects(filled: Engine)
     plans = {name: plan(filled, getattr(statements, name), values) for name, (values, _) in CHANGES.items()}
     astray = {name: found for name, found in plans.items() if CHANGES[name][1][filled.dialect.name] not in found}
     assert not astray, sorted(astray)
-
