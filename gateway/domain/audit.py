@@ -42,9 +42,16 @@ class AuditEntry:
 
 
 def canonical(seq: int, event: AuditEvent) -> bytes:
-    """The bytes an entry's hash covers: position, time (UTC, microseconds) and content, unambiguously."""
-    return json.dumps([seq, event.at.isoformat(timespec="microseconds"), event.kind, event.subject_id, event.action,
-                       event.detail], ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    """The bytes an entry's hash covers: position, time (UTC, microseconds) and content, unambiguously: the JSON
+    array [seq, at, kind, subject_id, action, detail], compact, in UTF-8."""
+    return b"[" + str(seq).encode("ascii") + canonical_tail(event)
+
+
+def canonical_tail(event: AuditEvent) -> bytes:
+    """canonical()'s bytes after the position, which does not depend on where the entry lands: a database that
+    chains entries itself (PostgreSQL, gateway/store/repositories/audit.py) is given these and writes the rest."""
+    return b"," + json.dumps([event.at.isoformat(timespec="microseconds"), event.kind, event.subject_id, event.action,
+                              event.detail], ensure_ascii=False, separators=(",", ":")).encode("utf-8")[1:]
 
 
 def chain(prev_hash: bytes, seq: int, event: AuditEvent) -> AuditEntry:

@@ -5,10 +5,26 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from sqlalchemy import BigInteger, Engine, and_, bindparam, cast, func, select, text, update
+from sqlalchemy import (
+    BigInteger,
+    Engine,
+    LargeBinary,
+    Text,
+    and_,
+    bindparam,
+    case,
+    cast,
+    func,
+    literal,
+    literal_column,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import ClauseElement
 
+from gateway.domain.audit import GENESIS
 from gateway.domain.settlement import WindowState
 from gateway.domain.transfers import TransferState
 from gateway.store.prepared import Prepared
@@ -209,6 +225,25 @@ class Statements:
         self.move_audit_head = p(update(audit_head_t).where(h.id == 1).values(size=_b("size"),
                                                                                head_hash=_b("head_hash")))
         self.insert_audit = p(audit_t.insert())
+        # PostgreSQL chains each entry itself, so no answer has to come back before the COMMIT and the head is
+        # held for no round trip to the gateway (repositories/audit.py): the head moved by one entry, hashed as
+        # gateway.domain.audit.chain does, from the entry's canonical bytes after its position ("tail"); then
+        # the entry written from the moved head and the entry before it (READ COMMITTED: the INSERT, a statement
+        # after the UPDATE that waited for the head, sees what the transaction it waited for wrote).
+        entry_bytes = (func.convert_to(literal_column("'['") + cast(h.size + 1, Text), literal_column("'UTF8'"))
+                       .op("||", return_type=LargeBinary)(bindparam("tail", type_=LargeBinary)))
+        self.chain_audit_head: Prepared | None = p(update(audit_head_t).where(h.id == 1).values(
+            size=h.size + 1, head_hash=func.sha256(h.head_hash.op("||", return_type=LargeBinary)(entry_bytes)))
+        ) if postgres else None
+        before = audit_t.alias("before")
+        self.insert_audit_at_head: Prepared | None = p(insert(audit_t).from_select(
+            ["seq", "at", "kind", "subject_id", "action", "detail", "prev_hash", "entry_hash"],
+            select(h.size, bindparam("at", type_=a.at.type), bindparam("kind", type_=a.kind.type),
+                   bindparam("subject_id", type_=a.subject_id.type), bindparam("action", type_=a.action.type),
+                   bindparam("detail", type_=a.detail.type),
+                   case((h.size == 1, literal(GENESIS, LargeBinary)),
+                        else_=select(before.c.entry_hash).where(before.c.seq == h.size - 1).scalar_subquery()),
+                   h.head_hash).where(h.id == 1))) if postgres else None
         c = checkpoints_t.c
         self.insert_checkpoint = p(insert(checkpoints_t).on_conflict_do_nothing())
         self.checkpoints = p(select(c.size, c.head_hash, c.at, c.payload, c.key_id, c.signature).order_by(c.size))

@@ -174,11 +174,12 @@ class SqlUnitOfWork:
     def commit(self) -> None:
         # The call's answer and its transfers' events first (rows of their own), then the rows every writer
         # shares, last and in one order: the totals, then the audit chain's head. Every audited commit queues on
-        # the head's row, so it is held for as little as can be: batched, the answer, the events, the totals and
-        # the head's read make one round trip, and the chain's entries, the head's move and the COMMIT a second,
-        # where one a statement held it for four or more. The COMMIT is sent as a statement of the batch, so the
-        # batch's closing Sync is its round trip (the driver's commit() would sync once and the batch's end
-        # again). A COMMIT alone is one round trip already: batching it would gain nothing.
+        # the head's row, so it is held for as little as can be: on PostgreSQL the answer, the events, the totals,
+        # the chain's entries (chained by the database, repositories/audit.py) and the COMMIT go in one batch,
+        # one round trip, and the shared rows are locked only while the database runs its end, never while an
+        # answer travels to the gateway and back. The COMMIT is sent as a statement of the batch, so the batch's
+        # closing Sync is its round trip (the driver's commit() would sync once and the batch's end again). A
+        # COMMIT alone is one round trip already: batching it would gain nothing.
         if not self._store.is_sqlite and (self._cursor.has_later or self.totals.unflushed()
                                           or self.audit.unflushed()):
             with self._cursor.batched():

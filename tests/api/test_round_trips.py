@@ -20,9 +20,9 @@ POSTGRES_ONLY = pytest.mark.parametrize(
 # psycopg prepares a statement on its fifth run on a connection (one round trip more, once): the warm-up runs each
 # on every connection of the pool the stack's database threads use.
 WARM_UP, COUNTED = 25, 10
-# A submission waits 7 to 8 times (docs/benchmark.md); two more would be a step back worth a look. Before its
-# statements were batched it waited 14 to 15 times.
-MOST_WAITS = 10.0
+# A submission waits about 7 times (docs/benchmark.md); two more would be a step back worth a look. Before its
+# statements were batched it waited 14 to 15 times, before PostgreSQL chained the audit entries itself about 8.
+MOST_WAITS = 9.0
 
 
 def _submission_waits(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
@@ -62,7 +62,7 @@ def _submission_waits(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Counter[
 
 
 @POSTGRES_ONLY
-def test_a_submission_waits_for_postgresql_at_most_ten_times(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_submission_waits_for_postgresql_at_most_nine_times(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     waits = _submission_waits(stack, monkeypatch)
     per_submission = sum(waits.values()) / COUNTED
     assert 5 <= per_submission <= MOST_WAITS, dict(waits)

@@ -34,11 +34,13 @@ from gateway.domain.provinces import Policy, Province, ProvinceKey, ProvinceStat
 from gateway.domain.records import RequestOutcome
 from gateway.domain.transfers import INT64_MAX, Transfer, TransferEvent, TransferState
 from gateway.security.encryption import FieldCipher, SealedValueError
+from gateway.security.signing import verify_signature
 from gateway.store import engine as engine_module
 from gateway.store.engine import make_engine
 from gateway.store.sealing import NoSealer
 from gateway.store.tables import events_t, outbox_t, requests_t, transfers_t
 from gateway.store.unit_of_work import SqlStore, SqlUnitOfWork
+from gateway.usecases.audit import verify_audit
 from tests.support import wait_until
 
 T0 = datetime(2026, 5, 1, 7, 0, 0, 123456, tzinfo=UTC)
@@ -804,6 +806,40 @@ def test_a_read_only_unit_of_work_does_not_hold_writers_back(store: SqlStore) ->
     writer.join(5)
     with SqlUnitOfWork(store, read_only=True) as later:
         assert later.audit.head()[0] == before[0] + 1
+
+
+def test_entries_written_by_racing_commits_make_one_chain_that_verifies(store: SqlStore) -> None:
+    """PostgreSQL chains each entry itself, in the statements the COMMIT is sent with; SQLite is given them chained.
+    Either way, writers racing for the head must leave one unbroken chain: every entry once, in commit order,
+    each hash what gateway.domain.audit.chain computes (details with characters JSON escapes or not)."""
+    details = ["", 'quote " and back\\slash', "共济 mutual aid", "tab\tnew\nline", "emoji \U0001f91d"]
+    failures: list[BaseException] = []
+
+    def write(thread: int) -> None:
+        try:
+            for commit in range(12):
+                with SqlUnitOfWork(store) as uow:
+                    for entry in range(1 + (thread + commit) % 3):  # one to three entries a commit
+                        uow.audit.record("test", f"s-{thread}-{commit}-{entry}", "WRITTEN", datetime.now(UTC),
+                                         details[(thread + commit + entry) % len(details)])
+                    uow.commit()
+        except BaseException as error:  # reported by the test's thread
+            failures.append(error)
+
+    writers = [threading.Thread(target=write, args=(n,)) for n in range(6)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(60)
+    assert not failures, failures[0]
+
+    report = verify_audit(store.unit_of_work, {}, verify_signature)
+    assert report.ok, report.findings
+    assert report.entries == sum(1 + (thread + commit) % 3 for thread in range(6) for commit in range(12))
+    with SqlUnitOfWork(store, read_only=True) as uow:
+        entries = uow.audit.entries_after(0, 1000)
+    assert {entry.detail for entry in entries} == set(details)
+    assert [entry.seq for entry in entries] == list(range(1, report.entries + 1))
 
 
 def test_a_read_only_unit_of_work_refuses_a_write_and_leaves_its_connection_writable(engine: Engine,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from gateway.domain.audit import GENESIS, AuditEntry, AuditEvent, Checkpoint, chain
+from gateway.domain.audit import GENESIS, AuditEntry, AuditEvent, Checkpoint, canonical_tail, chain
 from gateway.store.prepared import Cursor
 from gateway.store.statements import Statements
 
@@ -30,8 +30,21 @@ class SqlAuditLog:
         return bool(self._pending)
 
     def flush(self) -> None:
-        """Chain what this transaction did onto the head (locked until commit) and write it."""
+        """Chain what this transaction did onto the head (locked until commit) and write it.
+
+        On PostgreSQL the database chains each entry (statements.py, chain_audit_head): the unit of work sends
+        them with its COMMIT in one batch, so the head, which every audited commit queues on, is held only while
+        the database runs the batch's end, never while an answer travels to the gateway and back. SQLite, one
+        writer in this process, is given the entries chained here."""
         if not self._pending:
+            return
+        chain_head, insert_at_head = self._s.chain_audit_head, self._s.insert_audit_at_head
+        if chain_head is not None and insert_at_head is not None:
+            for pending in self._pending:
+                self._cursor.run(chain_head, tail=canonical_tail(pending))
+                self._cursor.run(insert_at_head, at=pending.at, kind=pending.kind, subject_id=pending.subject_id,
+                                 action=pending.action, detail=pending.detail)
+            self._pending.clear()
             return
         row = self._cursor.first(self._s.audit_head_for_append)
         assert row is not None, "the schema makes the head row (migration 0002)"
