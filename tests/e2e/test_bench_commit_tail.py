@@ -1,4 +1,5 @@
-"""`python -m bench.commit_tail` in brief: both ways commit, and every commit's audit entry is chained in order."""
+"""`python -m bench.commit_tail` in brief: each way commits, and every commit's audit entry is chained in order,
+whichever way chained it."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.mark.postgres
-def test_both_ways_commit_and_chain_every_entry(pg_url: str) -> None:
+def test_each_way_commits_and_every_entry_is_chained(pg_url: str) -> None:
     result = run(pg_url, threads=3, seconds=0.5, rounds=1)
 
     commits = {way: result["rounds_measured"][way][0]["commits"] for way in WAYS}
