@@ -5,8 +5,8 @@ the entries and the COMMIT in a second) and against one round trip a statement, 
 Every audited transaction locks the chain's one head row until its COMMIT, so how long the row is held bounds
 how many such commits a second one database can make, and how long they queue. Each of
 `--threads` threads makes, for `--seconds`, one unit of work after another shaped like a provinces' call's
-ending: a read, a transfer's totals moved, one audit entry, the commit. Rounds alternate the two ways; each
-way's figures are the medians of its rounds.
+ending: a read, a transfer's totals moved, one audit entry, the commit. Each round runs every way, in a rotating
+order; each way's figures are the medians of its rounds.
 
     python -m bench.commit_tail [--threads 8] [--seconds 10] [--rounds 3] [--output bench/results/commit_tail.json]
 """
@@ -47,20 +47,16 @@ def one_statement_at_a_time(_cursor: Cursor) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def chained_by_the_gateway(store: SqlStore) -> Iterator[None]:
-    """The entries chained in the gateway, as on SQLite: the head read (and locked) in the batch, its answer
-    awaited, then the entries, the head's move and the COMMIT."""
-    with mock.patch.multiple(store.statements, chain_audit_head=None, insert_audit_at_head=None):
+def the_way(store: SqlStore, way: str) -> Iterator[None]:
+    """`way` in force: "batched" as the gateway runs it; "chained_by_the_gateway" as on SQLite (the head read and
+    locked in the batch, its answer awaited, then the entries, the head's move and the COMMIT); "one_by_one" as the
+    gateway once ran it (chained by it, a round trip a statement)."""
+    with contextlib.ExitStack() as patches:
+        if way != "batched":
+            patches.enter_context(mock.patch.object(store.statements, "chain_audit_in_database", None))
+        if way == "one_by_one":
+            patches.enter_context(mock.patch.object(Cursor, "batched", one_statement_at_a_time))
         yield
-
-
-def the_way(store: SqlStore, way: str) -> contextlib.AbstractContextManager[Any]:
-    if way == "one_by_one":  # as the gateway once ran it: chained by it, a round trip a statement
-        stack = contextlib.ExitStack()
-        stack.enter_context(chained_by_the_gateway(store))
-        stack.enter_context(mock.patch.object(Cursor, "batched", one_statement_at_a_time))
-        return stack
-    return chained_by_the_gateway(store) if way == "chained_by_the_gateway" else contextlib.nullcontext()
 
 
 def one_round(store: SqlStore, way: str, threads: int, seconds: float, tag: str) -> dict[str, float]:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     BigInteger,
@@ -78,6 +79,35 @@ INSTRUCTION = [transfers_t.c.instruction_payload, transfers_t.c.instruction_sign
 BINDING_VIEW = [c for c in bindings_t.c if not c.name.startswith("proposal_") or c.name == "proposal_sha256"]
 PROPOSAL = [bindings_t.c.proposal_payload, bindings_t.c.proposal_signer, bindings_t.c.proposal_key_id,
             bindings_t.c.proposal_alg, bindings_t.c.proposal_signature]
+
+
+class DatabaseChaining(NamedTuple):
+    """PostgreSQL's two statements that append one audit entry, run in this order."""
+
+    move_head: Prepared  # the head moved by one entry, hashed from the entry's canonical bytes after its position
+    write_entry: Prepared  # the entry written from the moved head and the entry before it
+
+
+def _database_chaining(p: Callable[[ClauseElement], Prepared]) -> DatabaseChaining:
+    """PostgreSQL chains each entry itself, so no answer has to come back before the COMMIT and the head is held for
+    no round trip to the gateway (repositories/audit.py). The head's hash is gateway.domain.audit.chain's:
+    sha256(head || '[' || position || tail), the gateway sending the tail (canonical_tail). READ COMMITTED: the
+    INSERT, a statement after the UPDATE that waited for the head, sees what the transaction it waited for wrote."""
+    a, h = audit_t.c, audit_head_t.c
+    entry_bytes = (func.convert_to(literal_column("'['") + cast(h.size + 1, Text), literal_column("'UTF8'"))
+                   .op("||", return_type=LargeBinary)(bindparam("tail", type_=LargeBinary)))
+    before = audit_t.alias("before")
+    return DatabaseChaining(
+        move_head=p(update(audit_head_t).where(h.id == 1).values(
+            size=h.size + 1, head_hash=func.sha256(h.head_hash.op("||", return_type=LargeBinary)(entry_bytes)))),
+        write_entry=p(audit_t.insert().from_select(
+            ["seq", "at", "kind", "subject_id", "action", "detail", "prev_hash", "entry_hash"],
+            select(h.size, bindparam("at", type_=a.at.type), bindparam("kind", type_=a.kind.type),
+                   bindparam("subject_id", type_=a.subject_id.type), bindparam("action", type_=a.action.type),
+                   bindparam("detail", type_=a.detail.type),
+                   case((h.size == 1, literal(GENESIS, LargeBinary)),
+                        else_=select(before.c.entry_hash).where(before.c.seq == h.size - 1).scalar_subquery()),
+                   h.head_hash).where(h.id == 1))))
 
 
 class Statements:
@@ -225,25 +255,7 @@ class Statements:
         self.move_audit_head = p(update(audit_head_t).where(h.id == 1).values(size=_b("size"),
                                                                                head_hash=_b("head_hash")))
         self.insert_audit = p(audit_t.insert())
-        # PostgreSQL chains each entry itself, so no answer has to come back before the COMMIT and the head is
-        # held for no round trip to the gateway (repositories/audit.py): the head moved by one entry, hashed as
-        # gateway.domain.audit.chain does, from the entry's canonical bytes after its position ("tail"); then
-        # the entry written from the moved head and the entry before it (READ COMMITTED: the INSERT, a statement
-        # after the UPDATE that waited for the head, sees what the transaction it waited for wrote).
-        entry_bytes = (func.convert_to(literal_column("'['") + cast(h.size + 1, Text), literal_column("'UTF8'"))
-                       .op("||", return_type=LargeBinary)(bindparam("tail", type_=LargeBinary)))
-        self.chain_audit_head: Prepared | None = p(update(audit_head_t).where(h.id == 1).values(
-            size=h.size + 1, head_hash=func.sha256(h.head_hash.op("||", return_type=LargeBinary)(entry_bytes)))
-        ) if postgres else None
-        before = audit_t.alias("before")
-        self.insert_audit_at_head: Prepared | None = p(insert(audit_t).from_select(
-            ["seq", "at", "kind", "subject_id", "action", "detail", "prev_hash", "entry_hash"],
-            select(h.size, bindparam("at", type_=a.at.type), bindparam("kind", type_=a.kind.type),
-                   bindparam("subject_id", type_=a.subject_id.type), bindparam("action", type_=a.action.type),
-                   bindparam("detail", type_=a.detail.type),
-                   case((h.size == 1, literal(GENESIS, LargeBinary)),
-                        else_=select(before.c.entry_hash).where(before.c.seq == h.size - 1).scalar_subquery()),
-                   h.head_hash).where(h.id == 1))) if postgres else None
+        self.chain_audit_in_database = _database_chaining(p) if postgres else None
         c = checkpoints_t.c
         self.insert_checkpoint = p(insert(checkpoints_t).on_conflict_do_nothing())
         self.checkpoints = p(select(c.size, c.head_hash, c.at, c.payload, c.key_id, c.signature).order_by(c.size))

@@ -23,5 +23,5 @@ def test_the_canonical_bytes_are_the_compact_json_array_and_the_tail_is_all_afte
                          ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
     assert canonical(seq, event) == as_json
-    # What PostgreSQL is given and prefixes with '[' and the position it assigns (statements.py, chain_audit_head).
+    # What PostgreSQL is given and prefixes with '[' and the position it assigns (statements.py, DatabaseChaining).
     assert b"[" + str(seq).encode("ascii") + canonical_tail(event) == as_json

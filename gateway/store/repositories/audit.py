@@ -32,18 +32,18 @@ class SqlAuditLog:
     def flush(self) -> None:
         """Chain what this transaction did onto the head (locked until commit) and write it.
 
-        On PostgreSQL the database chains each entry (statements.py, chain_audit_head): the unit of work sends
+        On PostgreSQL the database chains each entry (statements.py, DatabaseChaining): the unit of work sends
         them with its COMMIT in one batch, so the head, which every audited commit queues on, is held only while
         the database runs the batch's end, never while an answer travels to the gateway and back. SQLite, one
         writer in this process, is given the entries chained here."""
         if not self._pending:
             return
-        chain_head, insert_at_head = self._s.chain_audit_head, self._s.insert_audit_at_head
-        if chain_head is not None and insert_at_head is not None:
+        in_database = self._s.chain_audit_in_database
+        if in_database is not None:
             for pending in self._pending:
-                self._cursor.run(chain_head, tail=canonical_tail(pending))
-                self._cursor.run(insert_at_head, at=pending.at, kind=pending.kind, subject_id=pending.subject_id,
-                                 action=pending.action, detail=pending.detail)
+                self._cursor.run(in_database.move_head, tail=canonical_tail(pending))
+                self._cursor.run(in_database.write_entry, at=pending.at, kind=pending.kind,
+                                 subject_id=pending.subject_id, action=pending.action, detail=pending.detail)
             self._pending.clear()
             return
         row = self._cursor.first(self._s.audit_head_for_append)
